@@ -1,0 +1,134 @@
+"""The one type every adapter produces (IQBlock) and the small protocols around it.
+
+An adapter is an iterable of IQBlock. It starts no threads (streamer.runner decides thread or
+process) and never raises for an expected per-frame failure: it counts it through the injected
+``DropCounter`` and goes on. Foreign errors (SoapySDR, libiio, sockets) are translated at the adapter
+edge into ``ReceiverTransientError`` / ``ReceiverFatalError``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from streamer.config import Config, ReceiverConfig
+
+TimeSource = Literal["gps", "device", "host"]
+TIME_SOURCES: tuple[str, ...] = ("gps", "device", "host")
+
+
+class Flags(enum.IntFlag):
+    """Per-block conditions reported by the source."""
+
+    NONE = 0
+    OVERFLOW = 1  # the source lost samples before this block (sample_index shows how many)
+    RETUNE = 2  # centre frequency or rate changed at this block
+    AGC = 4  # gain is under automatic control: absolute power is not trustworthy
+    DISCONTINUITY = 8  # the stream restarted (reconnect); do not carry filter state across
+
+
+@dataclass(frozen=True)
+class IQBlock:
+    """A contiguous run of complex baseband samples from one receiver.
+
+    Attributes
+    ----------
+    receiver_id : config id of the receiver.
+    samples : complex64, 1-D, full scale = 1.0.
+    sample_index : absolute index of ``samples[0]`` in this receiver's stream; a jump is a gap.
+    t0_ns : Unix time of ``samples[0]`` in nanoseconds, from ``time_source``.
+    time_source : "gps", "device" or "host".
+    sample_rate : samples per second (Hz).
+    center_freq : tuned centre frequency (Hz).
+    gain_db : receiver gain in dB, or None when unknown / automatic.
+    flags : ``Flags``.
+    """
+
+    receiver_id: str
+    samples: np.ndarray
+    sample_index: int
+    t0_ns: int
+    time_source: TimeSource
+    sample_rate: float
+    center_freq: float
+    gain_db: float | None = None
+    flags: Flags = Flags.NONE
+
+    @property
+    def end_index(self) -> int:
+        """Index one past the last sample."""
+        return self.sample_index + len(self.samples)
+
+    @property
+    def duration_ns(self) -> int:
+        return int(round(len(self.samples) * 1e9 / self.sample_rate))
+
+
+class DropCounter(Protocol):
+    """Where adapters and stages count what they could not use (streamer.metrics.Metrics implements it)."""
+
+    def bad_frame(self, receiver_id: str, reason: str) -> None: ...
+
+    def samples_dropped(self, receiver_id: str, reason: str, n: int) -> None: ...
+
+
+@dataclass
+class TallyDropCounter:
+    """A DropCounter that keeps plain tallies: for tests and for ``heimdall receiver`` without metrics."""
+
+    bad_frames: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+
+    def bad_frame(self, receiver_id: str, reason: str) -> None:
+        self.bad_frames[(receiver_id, reason)] += 1
+
+    def samples_dropped(self, receiver_id: str, reason: str, n: int) -> None:
+        self.dropped[(receiver_id, reason)] += int(n)
+
+
+@dataclass(frozen=True)
+class ReceiverContext:
+    """What an adapter may use besides its own section: the whole config and where to count drops."""
+
+    config: "Config"
+    drops: DropCounter
+
+
+class Receiver(Protocol):
+    """One IQ source. ``Options`` is a frozen dataclass of the kind-specific config keys."""
+
+    Options: ClassVar[type]
+    #: False for sources that produce as fast as they can (replay, simulation unpaced): the runner
+    #: then applies back-pressure instead of dropping when the pipeline is behind.
+    realtime: bool
+
+    @classmethod
+    def from_config(cls, rx: "ReceiverConfig", ctx: ReceiverContext) -> "Receiver": ...
+
+    def __iter__(self) -> Iterator[IQBlock]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class ReceiverBase:
+    """Context-manager plumbing shared by adapters; subclasses implement ``__iter__`` and ``close``."""
+
+    realtime: bool = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:  # pragma: no cover - overridden where there is something to release
+        pass

@@ -1,0 +1,299 @@
+"""TOML configuration -> frozen dataclasses, validated with errors that name file, key path and expectation.
+
+Each key is one dataclass field with a default and a one-line doc in ``field(metadata={"doc": ...})``
+(STYLE.md habit 11). Receiver tables carry common keys (id, kind, position, calibration) plus the
+kind-specific keys of the adapter's ``Options`` dataclass.
+
+Examples
+--------
+>>> cfg = from_dict({"receivers": [{"id": "a", "kind": "simulator", "lat": 45.0, "lon": 7.0}]}, source="<doc>")
+>>> cfg.receivers[0].id, cfg.pipeline.min_receivers
+('a', 3)
+>>> from_dict({"pipeline": {"min_receivers": "three"}}, source="x.toml")
+Traceback (most recent call last):
+...
+streamer.errors.ConfigError: x.toml: pipeline.min_receivers: expected int, got str 'three'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamer.errors import ConfigError
+from streamer.features import FeatureSpec
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    name: str = field(default="default", metadata=_doc("network name; topic becomes loc.<name> unless 'default'"))
+    target_freq_hz: float = field(default=145.5e6, metadata=_doc("frequency of the transmitter to localize (Hz)"))
+    origin: tuple[float, float, float] | None = field(
+        default=None, metadata=_doc("[lat, lon, alt_m] of the ENU origin; the receivers' centroid if unset")
+    )
+    area_margin_km: float = field(default=30.0, metadata=_doc("search area = receivers' bounding box + this margin (km)"))
+    channel_bandwidth_hz: float = field(default=12_500.0, metadata=_doc("occupied bandwidth used for received power (Hz)"))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    buffer_s: float = field(default=4.0, metadata=_doc("ring buffer capacity per receiver (s)"))
+    late_tolerance_s: float = field(
+        default=0.5, metadata=_doc("how long after a window ends to wait for a slow receiver before masking it (s)")
+    )
+    min_receivers: int = field(default=3, metadata=_doc("fewest receivers that must hear the transmitter to localize"))
+    detection_snr_db: float = field(default=6.0, metadata=_doc("in-channel SNR above which a receiver 'hears' (dB)"))
+    offline_after_s: float = field(default=3.0, metadata=_doc("a receiver silent this long is reported down (s)"))
+    clock_jump_tolerance_s: float = field(
+        default=0.05, metadata=_doc("timestamp disagreement with the sample count that counts as a clock jump (s)")
+    )
+    queue_blocks: int = field(default=512, metadata=_doc("blocks queued between adapters and the pipeline"))
+
+
+@dataclass(frozen=True)
+class PhysicsConfig:
+    path_loss_exponent: float = field(default=3.0, metadata=_doc("log-distance exponent n"))
+    ref_loss_db: float = field(default=75.7, metadata=_doc("median path loss at 1 km (dB); free space at 145.5 MHz"))
+    shadowing_db: float = field(default=6.0, metadata=_doc("shadowing standard deviation (dB)"))
+    calibration_sigma_db: float = field(default=2.0, metadata=_doc("uncertainty of each receiver's calibration_db (dB)"))
+    tx_power_min_dbm: float = field(default=30.0, metadata=_doc("lower end of the transmit power prior (dBm)"))
+    tx_power_max_dbm: float = field(default=47.0, metadata=_doc("upper end of the transmit power prior (dBm)"))
+    grid_step_km: float = field(default=2.0, metadata=_doc("posterior grid spacing (km)"))
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    kind: str = field(default="physics", metadata=_doc("'physics' or 'onnx'"))
+    model: str | None = field(default=None, metadata=_doc("path of the ONNX model (kind = 'onnx')"))
+    providers: tuple[str, ...] = field(
+        default=("CUDAExecutionProvider", "CPUExecutionProvider"),
+        metadata=_doc("ONNX Runtime providers in order of preference; CPU is always the fallback"),
+    )
+    physics: PhysicsConfig = field(default_factory=PhysicsConfig, metadata=_doc("physics estimator parameters"))
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    endpoint: str = field(default="tcp://127.0.0.1:5557", metadata=_doc("ZeroMQ PUB bind address"))
+    send_hwm: int = field(default=1000, metadata=_doc("messages queued per subscriber before dropping"))
+    status_interval_s: float = field(default=2.0, metadata=_doc("heartbeat period (s)"))
+    publish_truth: bool = field(default=True, metadata=_doc("publish the simulator's ground truth on topic 'truth'"))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = field(default=True, metadata=_doc("serve Prometheus metrics"))
+    host: str = field(default="127.0.0.1", metadata=_doc("metrics HTTP bind address"))
+    port: int = field(default=9108, metadata=_doc("metrics HTTP port (0 = ephemeral)"))
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    seed: int = field(default=1, metadata=_doc("seed of the whole simulated world"))
+    tx_power_min_dbm: float = field(default=30.0, metadata=_doc("transmit power, lower end (dBm)"))
+    tx_power_max_dbm: float = field(default=47.0, metadata=_doc("transmit power, upper end (dBm)"))
+    path_loss_exponent: float = field(default=3.0, metadata=_doc("log-distance exponent n"))
+    ref_loss_db: float = field(default=75.7, metadata=_doc("median path loss at 1 km (dB)"))
+    shadowing_db: float = field(default=6.0, metadata=_doc("shadowing standard deviation (dB)"))
+    shadowing_corr_km: float = field(default=5.0, metadata=_doc("shadowing decorrelation distance (km)"))
+    calibration_sigma_db: float = field(default=2.0, metadata=_doc("spread of true receiver gains around calibration_db (dB)"))
+    noise_figure_db: float = field(default=6.0, metadata=_doc("receiver noise figure (dB)"))
+    speed_mps: float = field(default=300.0, metadata=_doc("transmitter ground speed (m/s); fast so a demo covers the area"))
+    key_up_mean_s: float = field(default=8.0, metadata=_doc("mean length of a transmission (s)"))
+    key_down_mean_s: float = field(default=3.0, metadata=_doc("mean pause between transmissions (s)"))
+    fm_deviation_hz: float = field(default=2_500.0, metadata=_doc("NBFM peak deviation (Hz)"))
+    clock_offset_sigma_ms: float = field(default=2.0, metadata=_doc("spread of receiver host-clock offsets (ms)"))
+    clock_ppm_sigma: float = field(default=1.0, metadata=_doc("spread of receiver sample-clock errors (ppm)"))
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    id: str = field(metadata=_doc("unique receiver id"))
+    kind: str = field(metadata=_doc("adapter kind (see docs/receivers.md)"))
+    lat: float = field(metadata=_doc("latitude (degrees, WGS84)"))
+    lon: float = field(metadata=_doc("longitude (degrees, WGS84)"))
+    alt_m: float = field(default=0.0, metadata=_doc("antenna height above the ellipsoid (m)"))
+    calibration_db: float = field(default=0.0, metadata=_doc("dBm at the antenna = dBFS + calibration_db"))
+    options: Any = field(default=None, metadata=_doc("kind-specific keys, checked against the adapter's Options"))
+
+
+@dataclass(frozen=True)
+class Config:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    receivers: tuple[ReceiverConfig, ...] = ()
+    source: str = "<defaults>"
+
+    def receiver(self, receiver_id: str) -> ReceiverConfig:
+        for rx in self.receivers:
+            if rx.id == receiver_id:
+                return rx
+        known = ", ".join(rx.id for rx in self.receivers)
+        raise ConfigError(f"{self.source}: no receiver with id {receiver_id!r}; configured: {known}")
+
+
+_COMMON_RECEIVER_KEYS = {f.name for f in dataclasses.fields(ReceiverConfig)} - {"options"}
+
+
+def default_config_path() -> Path:
+    """The embedded default (a simulated seven-receiver network); works from any folder."""
+    return Path(str(importlib.resources.files("streamer").joinpath("default.toml")))
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Read and validate a TOML config; ``None`` loads the embedded default."""
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return from_dict(data, source=str(path))
+
+
+def from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Config:
+    """Validate a parsed TOML document."""
+    data = dict(data)
+    receivers = data.pop("receivers", [])
+    cfg = _build(Config, {**data, "source": source}, "", source)
+    if not isinstance(receivers, list):
+        raise ConfigError(f"{source}: receivers: expected an array of tables ([[receivers]]), got {type(receivers).__name__}")
+    parsed = tuple(_build_receiver(item, f"receivers[{i}]", source) for i, item in enumerate(receivers))
+    ids = [rx.id for rx in parsed]
+    for i, rx_id in enumerate(ids):
+        if rx_id in ids[:i]:
+            raise ConfigError(f"{source}: receivers[{i}].id: duplicate receiver id {rx_id!r}")
+    _check_ranges(cfg, parsed, source)
+    return dataclasses.replace(cfg, receivers=parsed)
+
+
+def _build_receiver(item: Any, path: str, source: str) -> ReceiverConfig:
+    from receivers.registry import adapter_class
+
+    if not isinstance(item, dict):
+        raise ConfigError(f"{source}: {path}: expected a table, got {type(item).__name__}")
+    common = {k: v for k, v in item.items() if k in _COMMON_RECEIVER_KEYS}
+    rest = {k: v for k, v in item.items() if k not in _COMMON_RECEIVER_KEYS}
+    for key in ("id", "kind"):
+        if key not in common:
+            raise ConfigError(f"{source}: {path}.{key}: required key is missing")
+    try:
+        cls = adapter_class(str(common["kind"]))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {path}.kind: {exc}") from None
+    options = _build(cls.Options, rest, path, source)
+    return _build(ReceiverConfig, {**common, "options": options}, path, source)
+
+
+def _build(cls: type, data: Any, path: str, source: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {path or '<top>'}: expected a table, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"{source}: {where}{unknown[0]}: unknown key; expected one of: {', '.join(sorted(k for k in fields if k != 'source'))}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        key_path = f"{path}.{name}" if path else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: {key_path}: required key is missing")
+            continue
+        if name == "options":
+            values[name] = data[name]
+            continue
+        values[name] = _coerce(hints[name], data[name], key_path, source)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: {path or '<top>'}: {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, path: str, source: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path, source)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {path}: expected an array, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{path}[{i}]", source) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{source}: {path}: expected an array of {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, f"{path}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {path}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {path}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {path}: expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {path}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    if hint is Any:
+        return value
+    raise ConfigError(f"{source}: {path}: unsupported type {hint!r}")  # pragma: no cover - schema bug
+
+
+def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: str) -> None:
+    def need(ok: bool, key: str, expected: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"{source}: {key}: expected {expected}, got {value!r}")
+
+    p = cfg.pipeline
+    need(p.buffer_s > 2 * cfg.features.window_s, "pipeline.buffer_s", "more than two windows", p.buffer_s)
+    need(p.min_receivers >= 1, "pipeline.min_receivers", ">= 1", p.min_receivers)
+    need(p.late_tolerance_s >= 0, "pipeline.late_tolerance_s", ">= 0", p.late_tolerance_s)
+    need(p.queue_blocks >= 1, "pipeline.queue_blocks", ">= 1", p.queue_blocks)
+    need(cfg.estimator.kind in ("physics", "onnx"), "estimator.kind", "'physics' or 'onnx'", cfg.estimator.kind)
+    if cfg.estimator.kind == "onnx":
+        need(cfg.estimator.model is not None, "estimator.model", "a model path when kind = 'onnx'", None)
+    need(0 <= cfg.metrics.port < 65536, "metrics.port", "0..65535", cfg.metrics.port)
+    ph = cfg.estimator.physics
+    need(ph.tx_power_max_dbm > ph.tx_power_min_dbm, "estimator.physics.tx_power_max_dbm", "> tx_power_min_dbm", ph.tx_power_max_dbm)
+    need(ph.grid_step_km > 0, "estimator.physics.grid_step_km", "> 0", ph.grid_step_km)
+    for i, rx in enumerate(receivers):
+        need(-90 <= rx.lat <= 90, f"receivers[{i}].lat", "-90..90 degrees", rx.lat)
+        need(-180 <= rx.lon <= 180, f"receivers[{i}].lon", "-180..180 degrees", rx.lon)

@@ -1,0 +1,82 @@
+"""WGS84 <-> local ENU (pymap3d) and covariance -> uncertainty ellipse.
+
+Examples
+--------
+>>> e = ellipse_from_covariance([[4.0, 0.0], [0.0, 1.0]], p=0.95)
+>>> round(e.semi_major_m, 3), round(e.semi_minor_m, 3), round(e.azimuth_deg, 1)
+(4.895, 2.448, 90.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pymap3d
+
+
+@dataclass(frozen=True)
+class Origin:
+    """ENU origin: latitude and longitude in degrees, altitude in metres above the ellipsoid."""
+
+    lat: float
+    lon: float
+    alt_m: float = 0.0
+
+
+def centroid_origin(lats, lons, alts_m) -> Origin:
+    """The receivers' centroid (plain mean of lat/lon: fine for networks far smaller than a hemisphere)."""
+    return Origin(float(np.mean(lats)), float(np.mean(lons)), float(np.mean(alts_m)))
+
+
+def geodetic_to_enu_m(lat, lon, alt_m, origin: Origin) -> np.ndarray:
+    """East, north, up (m) of points relative to ``origin``; returns ``[..., 3]``."""
+    e, n, u = pymap3d.geodetic2enu(lat, lon, alt_m, origin.lat, origin.lon, origin.alt_m)
+    return np.stack([np.asarray(e, float), np.asarray(n, float), np.asarray(u, float)], axis=-1)
+
+
+def enu_to_geodetic(east_m, north_m, up_m, origin: Origin) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Latitude, longitude (degrees) and altitude (m) of ENU points relative to ``origin``."""
+    lat, lon, alt = pymap3d.enu2geodetic(east_m, north_m, up_m, origin.lat, origin.lon, origin.alt_m)
+    return np.asarray(lat, float), np.asarray(lon, float), np.asarray(alt, float)
+
+
+def ellipse_scale(p: float) -> float:
+    """Standard deviations spanned by a 2-D Gaussian's p-ellipse: sqrt(-2 ln(1-p)) (2.448 for 0.95)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"ellipse probability must be in (0, 1), got {p}")
+    return math.sqrt(-2.0 * math.log(1.0 - p))
+
+
+@dataclass(frozen=True)
+class Ellipse:
+    """A p-probability ellipse: axes in metres, azimuth of the major axis clockwise from north (degrees, 0..180)."""
+
+    p: float
+    semi_major_m: float
+    semi_minor_m: float
+    azimuth_deg: float
+
+
+def ellipse_from_covariance(cov_en_m2, p: float = 0.95) -> Ellipse:
+    """Ellipse of a 2x2 east/north covariance (m^2) holding probability ``p``."""
+    cov = np.asarray(cov_en_m2, dtype=np.float64)
+    if cov.shape != (2, 2) or not np.all(np.isfinite(cov)):
+        raise ValueError(f"covariance must be a finite 2x2 matrix, got {cov!r}")
+    eigvals, eigvecs = np.linalg.eigh(0.5 * (cov + cov.T))
+    k = ellipse_scale(p)
+    major = eigvecs[:, 1]
+    azimuth = math.degrees(math.atan2(major[0], major[1])) % 180.0  # atan2(east, north): clockwise from north
+    return Ellipse(
+        p=p,
+        semi_major_m=k * math.sqrt(max(eigvals[1], 0.0)),
+        semi_minor_m=k * math.sqrt(max(eigvals[0], 0.0)),
+        azimuth_deg=azimuth,
+    )
+
+
+def mahalanobis_sq(delta_en_m, cov_en_m2) -> float:
+    """r^T C^-1 r: inside the p-ellipse when <= ellipse_scale(p)**2."""
+    d = np.asarray(delta_en_m, dtype=np.float64)
+    return float(d @ np.linalg.solve(np.asarray(cov_en_m2, dtype=np.float64), d))
