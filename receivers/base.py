@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Literal, Protocol
 
 import numpy as np
 
@@ -91,12 +91,22 @@ class TallyDropCounter:
         self.dropped[(receiver_id, reason)] += int(n)
 
 
+def _ignore_gauge(receiver_id: str, name: str, value: float) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class ReceiverContext:
-    """What an adapter may use besides its own section: the whole config and where to count drops."""
+    """What an adapter may use besides its own section.
+
+    ``config`` is the whole validated config, ``drops`` counts what the adapter could not use, and
+    ``gauge(receiver_id, name, value)`` reports an adapter-specific reading (e.g. ``"smeter_dbm"``)
+    that streamer.metrics exports as ``heimdall_receiver_<name>``.
+    """
 
     config: "Config"
     drops: DropCounter
+    gauge: Callable[[str, str, float], None] = _ignore_gauge
 
 
 class Receiver(Protocol):
