@@ -69,6 +69,7 @@ class PhysicsConfig:
     tx_power_min_dbm: float = field(default=30.0, metadata=_doc("lower end of the transmit power prior (dBm)"))
     tx_power_max_dbm: float = field(default=47.0, metadata=_doc("upper end of the transmit power prior (dBm)"))
     grid_step_km: float = field(default=2.0, metadata=_doc("posterior grid spacing (km)"))
+    tx_alt_m: float = field(default=200.0, metadata=_doc("assumed transmitter antenna altitude above the ellipsoid (m)"))
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class SimulatorConfig:
     fm_deviation_hz: float = field(default=2_500.0, metadata=_doc("NBFM peak deviation (Hz)"))
     clock_offset_sigma_ms: float = field(default=2.0, metadata=_doc("spread of receiver host-clock offsets (ms)"))
     clock_ppm_sigma: float = field(default=1.0, metadata=_doc("spread of receiver sample-clock errors (ppm)"))
+    tx_alt_m: float = field(default=200.0, metadata=_doc("transmitter antenna altitude above the ellipsoid (m)"))
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,78 @@ def mahalanobis_sq(delta_en_m, cov_en_m2) -> float:
     """r^T C^-1 r: inside the p-ellipse when <= ellipse_scale(p)**2."""
     d = np.asarray(delta_en_m, dtype=np.float64)
     return float(d @ np.linalg.solve(np.asarray(cov_en_m2, dtype=np.float64), d))
+
+
+@dataclass(frozen=True)
+class SearchArea:
+    """Axis-aligned rectangle in the network's ENU plane (metres): where a transmitter may be.
+
+    The simulator keeps its transmitter inside it and the physics estimator puts its uniform prior on it,
+    so both must build it the same way: with ``search_area``.
+    """
+
+    east_min_m: float
+    east_max_m: float
+    north_min_m: float
+    north_max_m: float
+
+    @property
+    def width_m(self) -> float:
+        """East-west extent (m)."""
+        return self.east_max_m - self.east_min_m
+
+    @property
+    def height_m(self) -> float:
+        """North-south extent (m)."""
+        return self.north_max_m - self.north_min_m
+
+    def contains(self, east_north_m) -> np.ndarray:
+        """True where points ``[..., 2]`` (east, north, m) lie inside (edges included)."""
+        p = np.asarray(east_north_m, dtype=np.float64)
+        return (
+            (p[..., 0] >= self.east_min_m)
+            & (p[..., 0] <= self.east_max_m)
+            & (p[..., 1] >= self.north_min_m)
+            & (p[..., 1] <= self.north_max_m)
+        )
+
+
+def search_area(rx_enu_m, margin_km: float) -> SearchArea:
+    """The receivers' ENU bounding box grown by ``margin_km`` on every side.
+
+    Examples
+    --------
+    >>> search_area([[0.0, 0.0, 0.0], [10_000.0, 5_000.0, 0.0]], margin_km=1.0)
+    SearchArea(east_min_m=-1000.0, east_max_m=11000.0, north_min_m=-1000.0, north_max_m=6000.0)
+    """
+    rx = np.asarray(rx_enu_m, dtype=np.float64).reshape(-1, np.shape(rx_enu_m)[-1])
+    if rx.shape[0] == 0:
+        raise ValueError("search_area: no receiver positions")
+    margin_m = 1000.0 * float(margin_km)
+    return SearchArea(
+        east_min_m=float(rx[:, 0].min() - margin_m),
+        east_max_m=float(rx[:, 0].max() + margin_m),
+        north_min_m=float(rx[:, 1].min() - margin_m),
+        north_max_m=float(rx[:, 1].max() + margin_m),
+    )
+
+
+def network_geometry(config) -> tuple[Origin, np.ndarray, SearchArea]:
+    """ENU origin, receiver positions ``[R, 3]`` (east, north, up in m) and search area of a ``Config``.
+
+    The origin is ``config.network.origin`` when set, else the receivers' centroid (DESIGN.md). The up
+    coordinate is relative to the origin's altitude; the physics models use heights above the ellipsoid
+    (``ReceiverConfig.alt_m``) for the vertical part of a distance instead.
+    """
+    receivers = config.receivers
+    if not receivers:
+        raise ValueError("network_geometry: the config names no receivers")
+    lats = np.array([rx.lat for rx in receivers], dtype=np.float64)
+    lons = np.array([rx.lon for rx in receivers], dtype=np.float64)
+    alts = np.array([rx.alt_m for rx in receivers], dtype=np.float64)
+    if config.network.origin is not None:
+        origin = Origin(*(float(v) for v in config.network.origin))
+    else:
+        origin = centroid_origin(lats, lons, alts)
+    rx_enu = geodetic_to_enu_m(lats, lons, alts, origin).reshape(len(receivers), 3)
+    return origin, rx_enu, search_area(rx_enu, config.network.area_margin_km)
