@@ -1,0 +1,153 @@
+"""OnnxEstimator: load a contract-following ONNX model (streamer.model_contract) and run it on dBm mel frames.
+
+The estimator owns everything between the window aligner's arrays and the model's tensors: the metadata's
+normalisation, zero-filling masked receiver slots, padding to the model's ``max_receivers``, and checking what
+comes back. A row whose output is not finite or whose covariance is not positive definite (after symmetrising)
+is not raised: ``run`` returns ``valid[b] = False`` for it and the caller counts and drops it (STYLE habit 4).
+
+Providers: the configured list is filtered by ``onnxruntime.get_available_providers()`` and CPU is always
+appended; ONNX Runtime may still fall back (onnxruntime-gpu lists CUDA on a machine without a GPU), so
+``provider`` is read back from ``session.get_providers()[0]``, never from the request.
+
+Examples
+--------
+>>> select_providers(("CUDAExecutionProvider", "CPUExecutionProvider"), available=["CPUExecutionProvider"])
+['CPUExecutionProvider']
+>>> covariance_km2_to_m2([[1.0, 0.0], [0.0, 0.25]]).tolist()
+[[1000000.0, 0.0], [0.0, 250000.0]]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import onnxruntime as ort
+
+from streamer.errors import ModelMismatchError
+from streamer.features import FeatureSpec, normalise
+from streamer.model_contract import OUTPUT_NAMES, ModelMetadata, check_model
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", CPU)
+
+
+class Estimate(NamedTuple):
+    """One batch of model outputs: float64, covariance symmetrised; ``valid[b]`` False = drop and count row b."""
+
+    position_enu_km: np.ndarray  # [B, 2] east, north (km)
+    covariance_km2: np.ndarray  # [B, 2, 2] (km^2)
+    valid: np.ndarray  # [B] bool: finite and positive definite
+
+
+def select_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The requested providers that are available, in order, with CPU always last as the fallback."""
+    chosen = [p for p in requested if p in available and p != CPU]
+    return [*dict.fromkeys(chosen), CPU]
+
+
+def covariance_km2_to_m2(covariance_km2) -> np.ndarray:
+    """km^2 -> m^2 (x 1e6), float64."""
+    return np.asarray(covariance_km2, dtype=np.float64) * 1e6
+
+
+def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray) -> Estimate:
+    """Symmetrise the covariance and flag rows that are not finite or not positive definite."""
+    position = np.asarray(position_enu_km, dtype=np.float64)
+    cov = np.asarray(covariance_km2, dtype=np.float64)
+    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(position).all(axis=-1) & np.isfinite(cov).all(axis=(-2, -1))
+        var_e, var_n, cross = cov[:, 0, 0], cov[:, 1, 1], cov[:, 0, 1]
+        positive_definite = (var_e > 0) & (var_e * var_n - cross * cross > 0)
+    return Estimate(position, cov, finite & positive_definite)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class OnnxEstimator:
+    """A checked ONNX model on the best available provider; ``run`` maps dBm frames to position + covariance.
+
+    Not thread-safe: ``run`` reuses its input buffers (the daemon calls it from one thread).
+    """
+
+    def __init__(self, model_path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS,
+                 expected_spec: FeatureSpec | None = None, session_options: ort.SessionOptions | None = None) -> None:
+        self.model_path = Path(model_path)
+        self.metadata: ModelMetadata = check_model(self.model_path, expected_spec)
+        self.spec: FeatureSpec = self.metadata.features
+        self.max_receivers: int = self.metadata.max_receivers
+        self.model_sha256 = _sha256(self.model_path)
+        chosen = select_providers(providers, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), sess_options=session_options, providers=chosen)
+        except Exception as exc:  # onnxruntime's own Fail/InvalidGraph/NotImplemented types
+            raise ModelMismatchError(f"onnxruntime cannot load model {self.model_path}: {exc}") from exc
+        self.provider: str = self.session.get_providers()[0]
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        self._static_batch = batch_dim if isinstance(batch_dim, int) else None
+        self._buffers = self._allocate(1)
+        log.info("model %s %s (%s) runs on %s (requested %s)", self.metadata.name, self.metadata.version,
+                 self.model_path, self.provider, ", ".join(providers))
+
+    def _allocate(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        r, spec = self.max_receivers, self.spec
+        return (np.zeros((batch, r, spec.n_mels, spec.n_frames), np.float32), np.zeros((batch, r, 3), np.float32),
+                np.zeros((batch, r), np.float32))
+
+    def _check_shapes(self, features_dbm: np.ndarray, rx_enu_km: np.ndarray, rx_mask: np.ndarray) -> tuple[int, int]:
+        if features_dbm.ndim != 4 or features_dbm.shape[2:] != (self.spec.n_mels, self.spec.n_frames):
+            raise ValueError(f"features_dbm: expected [B, R, {self.spec.n_mels}, {self.spec.n_frames}], "
+                             f"got {list(features_dbm.shape)}")
+        batch, n_rx = features_dbm.shape[:2]
+        if rx_enu_km.shape != (batch, n_rx, 3) or rx_mask.shape != (batch, n_rx):
+            raise ValueError(f"rx_enu_km / rx_mask: expected [{batch}, {n_rx}, 3] / [{batch}, {n_rx}], "
+                             f"got {list(rx_enu_km.shape)} / {list(rx_mask.shape)}")
+        if n_rx > self.max_receivers:
+            raise ModelMismatchError(f"{n_rx} receivers, but model {self.metadata.name} {self.metadata.version} "
+                                     f"takes at most {self.max_receivers} (metadata max_receivers)")
+        if self._static_batch is not None and batch != self._static_batch:
+            raise ValueError(f"batch of {batch}, but model {self.metadata.name} has a fixed batch of {self._static_batch}")
+        return batch, n_rx
+
+    def run(self, features_dbm, rx_enu_km, rx_mask) -> Estimate:
+        """Estimate positions for a batch.
+
+        Parameters
+        ----------
+        features_dbm : [B, R, M, T] dBm mel frames (``features.mel_frames_dbm``); R <= ``max_receivers``
+        rx_enu_km : [B, R, 3] receiver east, north, up from the network origin (km)
+        rx_mask : [B, R] 1 = present; absent slots may hold anything (NaN included): they are zero-filled
+        """
+        features_dbm, rx_enu_km, rx_mask = np.asarray(features_dbm), np.asarray(rx_enu_km), np.asarray(rx_mask)
+        batch, n_rx = self._check_shapes(features_dbm, rx_enu_km, rx_mask)
+        if self._buffers[0].shape[0] != batch:
+            self._buffers = self._allocate(batch)
+        feats, enu, mask = self._buffers
+        absent = ~(rx_mask > 0.5)
+        norm = self.metadata.normalisation
+        feats[:, :n_rx] = normalise(features_dbm, norm.offset_db, norm.scale_db)
+        feats[:, :n_rx][absent] = 0.0
+        feats[:, n_rx:] = 0.0
+        enu[:, :n_rx] = rx_enu_km
+        enu[:, :n_rx][absent] = 0.0
+        enu[:, n_rx:] = 0.0
+        mask[:, :n_rx] = ~absent
+        mask[:, n_rx:] = 0.0
+        position, covariance = self.session.run(OUTPUT_NAMES, {"features": feats, "rx_enu_km": enu, "rx_mask": mask})
+        if position.shape != (batch, 2) or covariance.shape != (batch, 2, 2):
+            raise ModelMismatchError(f"model {self.metadata.name} returned shapes {list(position.shape)} and "
+                                     f"{list(covariance.shape)}, expected [{batch}, 2] and [{batch}, 2, 2]")
+        return check_outputs(position, covariance)

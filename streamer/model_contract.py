@@ -1,0 +1,336 @@
+"""The ONNX model contract of DESIGN.md ("Model contract") as code; docs/model-contract.md describes it for people.
+
+A model has three float32 inputs and two float32 outputs (B batch, R receiver slots, M mel bands, T frames):
+
+=================== ============== ================================================================
+name                shape          meaning
+=================== ============== ================================================================
+``features``        [B, R, M, T]   normalised mel frames: ``(dBm - offset_db) / scale_db``
+``rx_enu_km``       [B, R, 3]      east, north, up of each receiver from the network origin (km)
+``rx_mask``         [B, R]         1 = receiver present, 0 = slot unused (its features are 0)
+``position_enu_km`` [B, 2]         estimated transmitter east, north (km)
+``covariance_km2``  [B, 2, 2]      full 2-D covariance of that estimate (km^2), symmetric PD
+=================== ============== ================================================================
+
+Dimensions may be static or symbolic; a static R, M or T must equal the metadata's ``max_receivers``,
+``features.n_mels`` and ``features.n_frames``. Extra outputs are allowed (the daemon asks only for the two
+above); extra inputs are not (nothing would feed them).
+
+The model's ``metadata_props`` carry one key, ``heimdall``, whose value is the JSON of :class:`ModelMetadata`.
+
+Examples
+--------
+>>> from streamer.features import FeatureSpec
+>>> meta = ModelMetadata(name="demo", version="1", features=FeatureSpec(), normalisation=Normalisation(-100.0, 20.0),
+...                      max_receivers=8, freq_range_hz=(144e6, 148e6), training_data="simulated")
+>>> ModelMetadata.from_json(meta.to_json()) == meta
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from streamer.errors import ModelMismatchError
+from streamer.features import FeatureSpec
+
+METADATA_KEY = "heimdall"
+COORDINATES = "enu_km"
+
+
+@dataclass(frozen=True)
+class TensorContract:
+    """One named float32 tensor of the contract; ``dims`` names each axis (a metadata-bound name or a number)."""
+
+    name: str
+    dims: tuple[str | int, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.dims)
+
+
+INPUTS = (
+    TensorContract("features", ("B", "R", "M", "T")),
+    TensorContract("rx_enu_km", ("B", "R", 3)),
+    TensorContract("rx_mask", ("B", "R")),
+)
+OUTPUTS = (
+    TensorContract("position_enu_km", ("B", 2)),
+    TensorContract("covariance_km2", ("B", 2, 2)),
+)
+INPUT_NAMES = tuple(t.name for t in INPUTS)
+OUTPUT_NAMES = tuple(t.name for t in OUTPUTS)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """Affine map from dBm to model input: ``(dBm - offset_db) / scale_db`` (see ``features.normalise``)."""
+
+    offset_db: float
+    scale_db: float
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model carries about itself in ``metadata_props["heimdall"]`` (JSON).
+
+    ``features`` is serialised as ``FeatureSpec.as_dict()``; a plain dict (or ``normalisation`` as a dict,
+    ``freq_range_hz`` as a list) is accepted and converted. ``extent_scaling`` optionally describes how the graph
+    rescales ENU kilometres internally (for people; the inputs and outputs stay in km).
+    """
+
+    name: str
+    version: str
+    features: FeatureSpec
+    normalisation: Normalisation
+    max_receivers: int
+    freq_range_hz: tuple[float, float]
+    training_data: str
+    accuracy: dict = field(default_factory=dict, hash=False)
+    calibration: dict = field(default_factory=dict, hash=False)
+    coordinates: str = COORDINATES
+    extent_scaling: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.features, dict):
+            problems: list[str] = []
+            spec = _spec_from_dict(self.features, problems)
+            if spec is None:
+                raise ValueError("; ".join(problems))
+            object.__setattr__(self, "features", spec)
+        if isinstance(self.normalisation, dict):
+            object.__setattr__(self, "normalisation", Normalisation(**self.normalisation))
+        object.__setattr__(self, "freq_range_hz", tuple(self.freq_range_hz))
+
+    def to_json(self) -> str:
+        """Serialise as the ``heimdall`` metadata value."""
+        data = dataclasses.asdict(self)
+        data["features"] = self.features.as_dict()
+        data["freq_range_hz"] = list(self.freq_range_hz)
+        if self.extent_scaling is None:
+            del data["extent_scaling"]
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMetadata:
+        """Parse and validate; raises ModelMismatchError listing every problem found."""
+        problems: list[str] = []
+        meta = _parse_metadata(text, problems)
+        if problems:
+            raise ModelMismatchError("metadata 'heimdall': " + "; ".join(problems))
+        return meta
+
+
+REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(ModelMetadata) if f.name != "extent_scaling")
+
+
+def _parse_metadata(text: str, problems: list[str]) -> ModelMetadata | None:
+    """Validate the JSON text; append one line per problem and return None if any."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as exc:
+        problems.append(f"not valid JSON ({exc})")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"expected a JSON object, got {type(data).__name__}")
+        return None
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    expect = _Expect(data, problems)
+    expect.typed("name", str)
+    expect.typed("version", str)
+    expect.typed("training_data", str)
+    expect.typed("accuracy", dict)
+    expect.typed("calibration", dict)
+    expect.typed("max_receivers", int, check=lambda v: v >= 1, wanted=">= 1")
+    expect.typed("coordinates", str, check=lambda v: v == COORDINATES, wanted=f"{COORDINATES!r}")
+    if "extent_scaling" in data:
+        expect.typed("extent_scaling", str)
+    expect.typed("freq_range_hz", list, check=_is_freq_range, wanted="[lo, hi] with 0 <= lo < hi")
+    spec = _spec_from_dict(data["features"], problems) if expect.typed("features", dict) else None
+    norm = _normalisation_from_dict(data["normalisation"], problems) if expect.typed("normalisation", dict) else None
+    if problems:
+        return None
+    return ModelMetadata(
+        name=data["name"], version=data["version"], features=spec, normalisation=norm,
+        max_receivers=data["max_receivers"], freq_range_hz=tuple(float(f) for f in data["freq_range_hz"]),
+        training_data=data["training_data"], accuracy=data["accuracy"], calibration=data["calibration"],
+        coordinates=data["coordinates"], extent_scaling=data.get("extent_scaling"),
+    )
+
+
+class _Expect:
+    """Type checks on a JSON object that record problems instead of raising."""
+
+    def __init__(self, data: dict, problems: list[str], prefix: str = "") -> None:
+        self.data, self.problems, self.prefix = data, problems, prefix
+
+    def typed(self, key: str, kind: type, check=None, wanted: str = "") -> bool:
+        if key not in self.data:
+            return False
+        value = self.data[key]
+        accepted = (int, float) if kind is float else kind  # JSON writes 24000.0 as 24000 too
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            self.problems.append(f"{self.prefix}{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+            return False
+        if check is not None and not check(value):
+            self.problems.append(f"{self.prefix}{key}: expected {wanted}, got {value!r}")
+            return False
+        return True
+
+
+def _is_freq_range(value: list) -> bool:
+    if len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return False
+    return 0 <= value[0] < value[1]
+
+
+def _normalisation_from_dict(data: dict, problems: list[str]) -> Normalisation | None:
+    before = len(problems)
+    expect = _Expect(data, problems, "normalisation.")
+    for key in ("offset_db", "scale_db"):
+        if key not in data:
+            problems.append(f"normalisation.{key}: required key is missing")
+    expect.typed("offset_db", float, check=math.isfinite, wanted="a finite number")
+    expect.typed("scale_db", float, check=lambda v: math.isfinite(v) and v > 0, wanted="a finite number > 0")
+    if len(problems) > before:
+        return None
+    return Normalisation(float(data["offset_db"]), float(data["scale_db"]))
+
+
+_SPEC_TYPES = {"sample_rate_hz": float, "n_fft": int, "hop": int, "n_mels": int, "window_s": float,
+               "n_frames": int, "window": str, "mel_scale": str, "eps": float}
+
+
+def _spec_from_dict(data: dict, problems: list[str]) -> FeatureSpec | None:
+    """``FeatureSpec.as_dict()`` -> FeatureSpec; ``n_frames`` is derived, so it must agree with the rest."""
+    before = len(problems)
+    expect = _Expect(data, problems, "features.")
+    for key, kind in _SPEC_TYPES.items():
+        if key not in data:
+            problems.append(f"features.{key}: required key is missing")
+        else:
+            expect.typed(key, kind)
+    if len(problems) > before:
+        return None
+    try:
+        spec = FeatureSpec(**{k: data[k] for k in _SPEC_TYPES if k != "n_frames"})
+    except ValueError as exc:
+        problems.append(str(exc))
+        return None
+    if spec.n_frames != data["n_frames"]:
+        problems.append(f"features.n_frames: {data['n_frames']} disagrees with the other keys, which give {spec.n_frames}")
+        return None
+    return spec
+
+
+def write_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
+    """Set (or replace) ``metadata_props["heimdall"]`` of ``model`` in place."""
+    props = {p.key: p.value for p in model.metadata_props}
+    props[METADATA_KEY] = meta.to_json()
+    onnx.helper.set_model_props(model, props)
+
+
+def read_metadata(model: Any) -> ModelMetadata:
+    """The metadata of an ``onnx.ModelProto`` or an ``onnxruntime.InferenceSession``; ModelMismatchError if absent/bad."""
+    text = _raw_metadata(model)
+    if text is None:
+        raise ModelMismatchError("metadata 'heimdall': missing from metadata_props")
+    return ModelMetadata.from_json(text)
+
+
+def _raw_metadata(model: Any) -> str | None:
+    if hasattr(model, "get_modelmeta"):
+        return model.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    return {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
+
+
+def check_model(path: str | Path, expected_spec: FeatureSpec | None = None) -> ModelMetadata:
+    """Verify that the ONNX file at ``path`` follows the contract; return its metadata.
+
+    Every mismatch is collected and reported in one ModelMismatchError. With ``expected_spec`` the model's feature
+    spec must equal it field by field ("features.n_mels: model 32, config 40"); with None the caller adopts
+    ``metadata.features``.
+    """
+    model = _load(Path(path))
+    problems: list[str] = []
+    raw = _raw_metadata(model)
+    meta = None
+    if raw is None:
+        problems.append("metadata 'heimdall': missing from metadata_props")
+    else:
+        meta_problems: list[str] = []
+        meta = _parse_metadata(raw, meta_problems)
+        problems += [f"metadata 'heimdall': {p}" for p in meta_problems]
+    problems += _check_graph(model.graph, meta)
+    if meta is not None and expected_spec is not None:
+        problems += spec_differences(meta.features, expected_spec)
+    if problems:
+        raise ModelMismatchError(f"model {path} breaks the model contract:\n  - " + "\n  - ".join(problems))
+    return meta
+
+
+def spec_differences(model_spec: FeatureSpec, config_spec: FeatureSpec) -> list[str]:
+    """One line per differing feature parameter, e.g. ``features.n_mels: model 32, config 40``."""
+    got, want = model_spec.as_dict(), config_spec.as_dict()
+    return [f"features.{k}: model {got[k]!r}, config {want[k]!r}" for k in want if got[k] != want[k]]
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ModelMismatchError(f"model file {path} missing")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # protobuf DecodeError, ValidationError, OSError for a missing external file ...
+        raise ModelMismatchError(f"model file {path} is not a valid ONNX model: {exc}") from exc
+    return model
+
+
+def _check_graph(graph: onnx.GraphProto, meta: ModelMetadata | None) -> list[str]:
+    initializers = {t.name for t in graph.initializer}
+    inputs = {v.name: v for v in graph.input if v.name not in initializers}
+    outputs = {v.name: v for v in graph.output}
+    problems = [f"input {n!r}: not in the contract (expected {', '.join(INPUT_NAMES)})" for n in inputs if n not in INPUT_NAMES]
+    sizes = {"B": None}
+    if meta is not None:
+        sizes.update(R=meta.max_receivers, M=meta.features.n_mels, T=meta.features.n_frames)
+    for kind, declared, contract in (("input", inputs, INPUTS), ("output", outputs, OUTPUTS)):
+        for tensor in contract:
+            if tensor.name not in declared:
+                problems.append(f"{kind} {tensor.name!r}: missing (got {', '.join(declared) or 'none'})")
+            else:
+                problems += _check_tensor(kind, declared[tensor.name], tensor, sizes)
+    return problems
+
+
+def _check_tensor(kind: str, value: onnx.ValueInfoProto, contract: TensorContract, sizes: dict) -> list[str]:
+    where = f"{kind} {contract.name!r}"
+    if not value.type.HasField("tensor_type"):
+        return [f"{where}: expected a float32 tensor, got {value.type.WhichOneof('value')}"]
+    tensor_type = value.type.tensor_type
+    problems = []
+    if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        got = onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()
+        problems.append(f"{where}: element type expected float32, got {got}")
+    if not tensor_type.HasField("shape"):
+        return problems + [f"{where}: no shape declared (expected rank {contract.rank})"]
+    dims = tensor_type.shape.dim
+    if len(dims) != contract.rank:
+        return problems + [f"{where}: rank expected {contract.rank} {list(contract.dims)}, got {len(dims)}"]
+    for axis, (dim, name) in enumerate(zip(dims, contract.dims)):
+        want = name if isinstance(name, int) else sizes.get(name)
+        if dim.HasField("dim_value") and want is not None and dim.dim_value != want:
+            label = name if isinstance(name, str) else f"axis {axis}"
+            source = {"R": "max_receivers", "M": "features.n_mels", "T": "features.n_frames"}.get(name, "contract")
+            problems.append(f"{where}: dim {axis} ({label}) expected {want} ({source}), got {dim.dim_value}")
+    return problems
