@@ -38,7 +38,7 @@ CPU = "CPUExecutionProvider"
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", CPU)
 
 
-class Estimate(NamedTuple):
+class ModelOutput(NamedTuple):
     """One batch of model outputs: float64, covariance symmetrised; ``valid[b]`` False = drop and count row b."""
 
     position_enu_km: np.ndarray  # [B, 2] east, north (km)
@@ -57,7 +57,7 @@ def covariance_km2_to_m2(covariance_km2) -> np.ndarray:
     return np.asarray(covariance_km2, dtype=np.float64) * 1e6
 
 
-def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray) -> Estimate:
+def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray) -> ModelOutput:
     """Symmetrise the covariance and flag rows that are not finite or not positive definite."""
     position = np.asarray(position_enu_km, dtype=np.float64)
     cov = np.asarray(covariance_km2, dtype=np.float64)
@@ -66,7 +66,7 @@ def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray) -> Es
         finite = np.isfinite(position).all(axis=-1) & np.isfinite(cov).all(axis=(-2, -1))
         var_e, var_n, cross = cov[:, 0, 0], cov[:, 1, 1], cov[:, 0, 1]
         positive_definite = (var_e > 0) & (var_e * var_n - cross * cross > 0)
-    return Estimate(position, cov, finite & positive_definite)
+    return ModelOutput(position, cov, finite & positive_definite)
 
 
 def _sha256(path: Path) -> str:
@@ -122,8 +122,8 @@ class OnnxEstimator:
             raise ValueError(f"batch of {batch}, but model {self.metadata.name} has a fixed batch of {self._static_batch}")
         return batch, n_rx
 
-    def run(self, features_dbm, rx_enu_km, rx_mask) -> Estimate:
-        """Estimate positions for a batch.
+    def run(self, features_dbm, rx_enu_km, rx_mask) -> ModelOutput:
+        """ModelOutput positions for a batch.
 
         Parameters
         ----------

@@ -12,7 +12,7 @@ import pytest
 
 from streamer import inference
 from streamer.errors import ModelMismatchError
-from streamer.inference import Estimate, OnnxEstimator, check_outputs, covariance_km2_to_m2, select_providers
+from streamer.inference import ModelOutput, OnnxEstimator, check_outputs, covariance_km2_to_m2, select_providers
 from tests.onnx_models import OFFSET_DB, SCALE_DB, SMALL_SPEC, known_model, known_outputs, metadata, save
 
 M, T = SMALL_SPEC.n_mels, SMALL_SPEC.n_frames
@@ -51,7 +51,7 @@ def test_run_returns_the_known_function_of_normalised_padded_inputs(model_path):
     est = OnnxEstimator(model_path)
     result = est.run(features, enu, mask)
     position, cov = known_outputs(*_fed(features, enu, mask))
-    assert isinstance(result, Estimate)
+    assert isinstance(result, ModelOutput)
     np.testing.assert_allclose(result.position_enu_km, position, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(result.covariance_km2, cov, rtol=1e-5, atol=1e-6)
     assert result.valid.tolist() == [True]
