@@ -123,7 +123,7 @@ class OnnxEstimator:
         return batch, n_rx
 
     def run(self, features_dbm, rx_enu_km, rx_mask) -> ModelOutput:
-        """ModelOutput positions for a batch.
+        """Estimate positions for a batch.
 
         Parameters
         ----------
