@@ -1,0 +1,112 @@
+"""WindowAligner: cut the same time span [t, t + W) out of every receiver's lane.
+
+Windows sit on a fixed grid of Unix time (multiples of W), so every central streamer that sees the same
+receivers cuts the same windows. A window goes out when every live receiver covers it, or when the
+newest data of any receiver is ``late_tolerance`` past its end: receivers that do not cover it then are
+masked, with a reason:
+
+- ``offline``: no block arrived for ``offline_after_s`` (host time);
+- ``gap``: its data starts inside the window (it came back, or its stream restarted after a gap);
+- ``late``: its data has not reached the window's end yet.
+
+A masked receiver's samples in the window are dropped under that reason, so the sample accounting of
+streamer.lane stays exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.lane import Lane
+
+
+@dataclass(frozen=True)
+class Window:
+    """One aligned window. ``samples[i]`` is zeros where ``present[i]`` is False."""
+
+    t_start_ns: int
+    t_end_ns: int
+    receiver_ids: tuple[str, ...]
+    samples: np.ndarray  # complex64 [R, N] at the model rate
+    present: np.ndarray  # bool [R]
+    mask_reasons: dict[str, str]
+
+
+class WindowAligner:
+    """Decides when a window is complete and cuts it from the lanes."""
+
+    def __init__(
+        self,
+        lanes: list[Lane],
+        *,
+        window_s: float,
+        sample_rate_hz: float,
+        late_tolerance_s: float,
+        offline_after_s: float,
+    ) -> None:
+        self.lanes = lanes
+        self.window_ns = int(round(window_s * 1e9))
+        self.n_samples = int(round(window_s * sample_rate_hz))
+        self.late_tolerance_ns = int(round(late_tolerance_s * 1e9))
+        self.offline_after_ns = int(round(offline_after_s * 1e9))
+        self.next_t_ns: int | None = None
+        self.last_arrival_ns: dict[str, int] = {}
+
+    def mark_arrival(self, receiver_id: str, host_ns: int) -> None:
+        """Record host time of a receiver's latest block (liveness)."""
+        self.last_arrival_ns[receiver_id] = host_ns
+
+    def is_live(self, receiver_id: str, host_ns: int) -> bool:
+        last = self.last_arrival_ns.get(receiver_id)
+        return last is not None and host_ns - last <= self.offline_after_ns
+
+    def poll(self, host_ns: int) -> list[Window]:
+        """Every window that is complete (or overdue) now."""
+        windows = []
+        while True:
+            spans = {lane.receiver_id: lane.span_ns() for lane in self.lanes}
+            held = [s for s in spans.values() if s is not None]
+            if not held:
+                return windows
+            earliest = min(s[0] for s in held)
+            if self.next_t_ns is None or self.next_t_ns + self.window_ns <= earliest:
+                # Start, or resume after every receiver fell silent: the first window that data can cover.
+                self.next_t_ns = -(-earliest // self.window_ns) * self.window_ns
+            t0, t1 = self.next_t_ns, self.next_t_ns + self.window_ns
+            newest = max(s[1] for s in held)
+            waiting = [
+                lane
+                for lane in self.lanes
+                if self.is_live(lane.receiver_id, host_ns)
+                and not lane.covers(t0, self.n_samples)
+                and (spans[lane.receiver_id] is None or spans[lane.receiver_id][0] <= t0)
+            ]
+            if waiting and newest < t1 + self.late_tolerance_ns:
+                return windows
+            windows.append(self._cut(t0, t1, spans, host_ns))
+            self.next_t_ns = t1
+
+    def _cut(self, t0: int, t1: int, spans: dict, host_ns: int) -> Window:
+        n_rx = len(self.lanes)
+        samples = np.zeros((n_rx, self.n_samples), dtype=np.complex64)
+        present = np.zeros(n_rx, dtype=bool)
+        reasons = {}
+        for i, lane in enumerate(self.lanes):
+            rid = lane.receiver_id
+            reason = None
+            if not lane.covers(t0, self.n_samples):
+                span = spans[rid]
+                if not self.is_live(rid, host_ns):
+                    reason = "offline"
+                elif span is not None and span[0] > t0:
+                    reason = "gap"
+                else:
+                    reason = "late"
+                reasons[rid] = reason
+            taken = lane.take(t0, self.n_samples, reason)
+            if taken is not None:
+                samples[i] = taken
+                present[i] = True
+        return Window(t0, t1, tuple(lane.receiver_id for lane in self.lanes), samples, present, reasons)

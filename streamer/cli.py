@@ -1,0 +1,214 @@
+"""``heimdall`` command line: run, listen, check, receiver, bench, kinds.
+
+Examples
+--------
+>>> build_parser().parse_args(["run", "-c", "site.toml"]).config
+'site.toml'
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+import threading
+
+from streamer import __version__
+from streamer.errors import HeimdallError
+
+log = logging.getLogger("heimdall")
+
+DEFAULT_LISTEN = "tcp://127.0.0.1:5557"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heimdall", description="Heimdall streamer: IQ from many receivers -> transmitter positions")
+    parser.add_argument("--version", action="version", version=f"heimdall {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon (embedded default config: a simulated 7-receiver network)")
+    run.add_argument("-c", "--config", help="TOML config (default: the embedded config/default.toml)")
+
+    listen = sub.add_parser("listen", help="subscribe and print localizations")
+    listen.add_argument("endpoint", nargs="?", default=DEFAULT_LISTEN, help=f"PUB endpoint (default {DEFAULT_LISTEN})")
+    listen.add_argument("--json", action="store_true", help="one JSON object per line")
+    listen.add_argument("--topic", default="loc", help="topic prefix (default 'loc')")
+    listen.add_argument("--count", type=int, default=0, help="stop after this many messages (0 = forever)")
+
+    check = sub.add_parser("check", help="validate a config (and its model)")
+    check.add_argument("-c", "--config", required=True, help="TOML config")
+
+    receiver = sub.add_parser("receiver", help="run one configured receiver alone, publishing framed IQ over ZeroMQ")
+    receiver.add_argument("id", help="receiver id in the config")
+    receiver.add_argument("-c", "--config", required=True, help="TOML config")
+    receiver.add_argument("--publish", default="tcp://127.0.0.1:5560", help="PUB bind endpoint for framed IQ")
+    receiver.add_argument("--dtype", default="cf32", choices=["cf32", "ci16", "cu8"], help="sample format on the wire")
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    pipe = bench_sub.add_parser("pipeline", help="channelizer + features + estimator as fast as possible")
+    pipe.add_argument("--receivers", type=int, default=7)
+    pipe.add_argument("--rate", type=float, default=2.4e6, help="input rate per receiver (samples/s)")
+    pipe.add_argument("--windows", type=int, default=40)
+    pipe.add_argument("-c", "--config", help="config whose features and estimator to use (default: embedded)")
+
+    sub.add_parser("kinds", help="list receiver kinds")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 and args.command == "listen" else logging.INFO
+    if args.verbose >= 2:
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except HeimdallError as exc:
+        print(f"heimdall: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def cmd_run(args) -> int:
+    from streamer import config as config_mod
+    from streamer.app import Daemon
+
+    cfg = config_mod.load(args.config)
+    daemon = Daemon(cfg)
+    daemon.run(_stop_on_signals())
+    return 0
+
+
+def cmd_check(args) -> int:
+    from streamer import config as config_mod
+    from streamer.estimators import build_estimators
+
+    cfg = config_mod.load(args.config)
+    build_estimators(cfg)  # loads and checks the model against the contract, if one is named
+    print(f"{cfg.source}: ok ({len(cfg.receivers)} receivers, estimator {cfg.estimator.kind})")
+    return 0
+
+
+def cmd_receiver(args) -> int:
+    from receivers.base import ReceiverContext, TallyDropCounter
+    from receivers.zmq_framed import FramedPublisher
+    from streamer import config as config_mod
+    from streamer.runner import ReceiverRunner
+
+    cfg = config_mod.load(args.config)
+    rx = cfg.receiver(args.id)
+    drops = TallyDropCounter()
+    publisher = FramedPublisher(args.publish, bind=True)
+    log.info("receiver %s (%s): publishing framed IQ on %s", rx.id, rx.kind, publisher.endpoint)
+    lock = threading.Lock()
+
+    def sink(block, realtime):
+        with lock:
+            publisher.send(block, dtype=args.dtype)
+
+    stop = _stop_on_signals()
+    runner = ReceiverRunner(rx, ReceiverContext(config=cfg, drops=drops), sink)
+    runner.start()
+    try:
+        while not stop.wait(5.0):
+            if drops.bad_frames or drops.dropped:
+                log.info("receiver %s: bad frames %s, dropped samples %s", rx.id, dict(drops.bad_frames), dict(drops.dropped))
+    finally:
+        runner.stop()
+        publisher.close()
+    return 0
+
+
+def format_localization(msg: dict) -> str:
+    """One human line: UTC time, position, 95 % ellipse, receivers, latency."""
+    t = dt.datetime.fromtimestamp(msg["t_end_ns"] / 1e9, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    e = msg["ellipse"]
+    return (
+        f"{t} {msg['lat']:.5f} {msg['lon']:.5f} "
+        f"{int(round(e['p'] * 100))}% {e['semi_major_m'] / 1000:.1f}x{e['semi_minor_m'] / 1000:.1f} km az {e['azimuth_deg']:.0f} "
+        f"rx={','.join(msg['receivers'])} {msg['estimator']} {msg['latency_ms']['processing']:.1f} ms"
+    )
+
+
+def cmd_listen(args) -> int:
+    import msgpack
+    import zmq
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(args.endpoint)
+    sock.setsockopt_string(zmq.SUBSCRIBE, args.topic)
+    stop = _stop_on_signals()
+    seen = 0
+    last_seq = None
+    try:
+        while not stop.is_set():
+            if not sock.poll(200):
+                continue
+            frames = sock.recv_multipart()
+            if len(frames) != 2:
+                continue
+            topic = frames[0].decode(errors="replace")
+            try:
+                msg = msgpack.unpackb(frames[1], raw=False)
+            except Exception as exc:
+                print(f"heimdall listen: undecodable message on {topic!r}: {exc}", file=sys.stderr)
+                continue
+            if topic.startswith("loc") and isinstance(msg, dict) and "seq" in msg:
+                if last_seq is not None and msg["seq"] > last_seq + 1:
+                    print(f"heimdall listen: missed {msg['seq'] - last_seq - 1} localizations", file=sys.stderr)
+                last_seq = msg["seq"]
+            if args.json:
+                print(json.dumps({"topic": topic, **msg}), flush=True)
+            elif topic.startswith("loc"):
+                print(format_localization(msg), flush=True)
+            else:
+                print(f"{topic} {json.dumps(msg)}", flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    finally:
+        sock.close()
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from streamer.bench import bench_pipeline
+
+    return bench_pipeline(args)
+
+
+def cmd_kinds(args) -> int:
+    from receivers.registry import KINDS
+
+    for kind, target in sorted(KINDS.items()):
+        print(f"{kind:14s} {target}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "listen": cmd_listen,
+    "check": cmd_check,
+    "receiver": cmd_receiver,
+    "bench": cmd_bench,
+    "kinds": cmd_kinds,
+}

@@ -1,0 +1,47 @@
+"""The Estimator protocol shared by the ONNX model and the physics posterior, and its input/output types.
+
+Both estimators see the same ``EstimatorInputs``, built once per window from the one feature
+implementation (streamer.features), so their answers are comparable message by message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EstimatorInputs:
+    """One window, R receivers (all configured receivers, in config order).
+
+    features_dbm : float32 [R, M, T] mel frames in dBm (zeros where not present).
+    rx_enu_m : float64 [R, 3] receiver east, north, up relative to the network origin (m).
+    present : bool [R] receiver delivered the whole window.
+    heard : bool [R] present and in-channel SNR >= detection threshold.
+    rx_power_dbm : float64 [R] estimated in-channel signal power (dBm; NaN where not present).
+    detection_level_dbm : float64 [R] signal power at the detection threshold (dBm) for each receiver.
+    """
+
+    features_dbm: np.ndarray
+    rx_enu_m: np.ndarray
+    present: np.ndarray
+    heard: np.ndarray
+    rx_power_dbm: np.ndarray
+    detection_level_dbm: np.ndarray
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Position (east, north, m) and its 2x2 covariance (m^2) relative to the network origin."""
+
+    estimator: str
+    position_en_m: np.ndarray
+    cov_en_m2: np.ndarray
+
+
+class Estimator(Protocol):
+    name: str
+
+    def estimate(self, inputs: EstimatorInputs) -> Estimate: ...

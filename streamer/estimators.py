@@ -1,0 +1,72 @@
+"""Build the configured estimators behind the one ``Estimator`` protocol (streamer.estimate).
+
+``estimator.kind = "physics"``: the Bayesian RSS posterior alone. ``"onnx"``: the model first, with the
+physics posterior alongside as an alternative in every message, so users can compare them live.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamer.config import Config
+from streamer.errors import HeimdallError
+from streamer.estimate import Estimate, EstimatorInputs
+from streamer.geodesy import network_geometry
+from streamer.physics import PhysicsEstimator
+
+
+class EstimateRejected(HeimdallError):
+    """The estimator's output for a window was unusable (not finite, covariance not positive definite)."""
+
+
+class PhysicsPosterior:
+    """streamer.physics.PhysicsEstimator behind the Estimator protocol."""
+
+    name = "physics"
+
+    def __init__(self, config: Config) -> None:
+        _, rx_enu_m, area = network_geometry(config)
+        self._estimator = PhysicsEstimator.from_config(config)
+        self.info = {"name": "physics-posterior", "version": "1", "sha256": ""}
+
+    def estimate(self, inputs: EstimatorInputs) -> Estimate:
+        result = self._estimator.estimate(
+            rx_power_dbm=inputs.rx_power_dbm,
+            heard=inputs.heard,
+            present=inputs.present,
+            detection_level_dbm=inputs.detection_level_dbm,
+        )
+        return Estimate(self.name, np.asarray(result.position_en_m), np.asarray(result.cov_en_m2))
+
+
+class OnnxModel:
+    """streamer.inference.OnnxEstimator behind the Estimator protocol (km in the model, m outside)."""
+
+    name = "onnx"
+
+    def __init__(self, config: Config) -> None:
+        from streamer.inference import OnnxEstimator
+
+        self._model = OnnxEstimator(config.estimator.model, providers=config.estimator.providers, expected_spec=config.features)
+        meta = self._model.metadata
+        self.info = {"name": meta.name, "version": meta.version, "sha256": self._model.model_sha256}
+        self.provider = self._model.provider
+
+    def estimate(self, inputs: EstimatorInputs) -> Estimate:
+        out = self._model.run(
+            inputs.features_dbm[None].astype(np.float32),
+            (inputs.rx_enu_m / 1000.0)[None].astype(np.float32),
+            inputs.present[None].astype(np.float32),
+        )
+        if not out.valid[0]:
+            raise EstimateRejected("model output not finite or covariance not positive definite")
+        return Estimate(self.name, out.position_enu_km[0] * 1000.0, out.covariance_km2[0] * 1e6)
+
+
+def build_estimators(config: Config) -> list:
+    """The primary estimator first; raises ConfigError / ModelMismatchError before start-up when it cannot load."""
+    physics = PhysicsPosterior(config) if config.receivers else None
+    if config.estimator.kind == "onnx":
+        model = OnnxModel(config)
+        return [model, physics] if physics is not None else [model]
+    return [physics] if physics is not None else []

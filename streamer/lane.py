@@ -1,0 +1,210 @@
+"""Lane: one receiver's path from IQBlock to its ring buffer, with exact sample accounting.
+
+Per receiver: check the block (dtype, finite values, index continuity, clock), channelize it to the model
+rate and append it to the ring buffer; hand out windows ``[t, t + W)`` and forget what lies before them.
+
+Accounting is kept in input samples (what the adapter delivered), so that at every moment
+
+    received == used + buffered + dropped (pipeline reasons)
+
+holds exactly. Output sample ``j`` of the channelizer "owns" input samples
+``[ceil(j*down/up), ceil((j+1)*down/up))``, so converting any run of outputs back to inputs telescopes.
+Samples a source lost before delivery (overflow, index gaps) are counted separately, with stage "source".
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from receivers.base import Flags, IQBlock
+from streamer.channelizer import Channelizer
+from streamer.ringbuffer import RingBuffer
+
+#: stage label of drops that happened before the pipeline received the samples (never in ``received``).
+SOURCE = "source"
+PIPELINE = "pipeline"
+
+
+@dataclass(frozen=True)
+class LaneSettings:
+    """Shared by every lane of a pipeline."""
+
+    target_freq_hz: float
+    model_rate_hz: float
+    capacity_s: float
+    clock_jump_tolerance_s: float
+
+
+DropFn = Callable[[str, str, int], None]  # (reason, stage, n_samples)
+BadFrameFn = Callable[[str], None]  # (reason)
+
+
+class Lane:
+    """Channelizer + ring buffer of one receiver, and the counts that prove no sample went missing."""
+
+    def __init__(self, receiver_id: str, settings: LaneSettings, on_drop: DropFn, on_bad_frame: BadFrameFn) -> None:
+        self.receiver_id = receiver_id
+        self.settings = settings
+        self._on_drop = on_drop
+        self._on_bad_frame = on_bad_frame
+        self.ring = RingBuffer(int(math.ceil(settings.capacity_s * settings.model_rate_hz)), settings.model_rate_hz)
+        self.channelizer: Channelizer | None = None
+        self.received = 0
+        self.used = 0
+        self.dropped: Counter[tuple[str, str]] = Counter()
+        self._expected_index: int | None = None
+        self._expected_t_ns: int | None = None
+        self._consumed_until_ns: int | None = None  # windows before this are already emitted
+        self._pending_restart: str | None = None
+        self.last_block: IQBlock | None = None
+
+    # Accounting -----------------------------------------------------------------------------------
+    @property
+    def buffered(self) -> int:
+        """Input samples held in the channelizer or the ring buffer."""
+        if self.channelizer is None:
+            return 0
+        return self.channelizer.samples_in - self._inputs_before(self.ring.start_index)
+
+    def _inputs_before(self, out_index: int) -> int:
+        assert self.channelizer is not None
+        return self.channelizer.input_samples_represented(out_index)
+
+    def _drop(self, reason: str, n: int, stage: str = PIPELINE) -> None:
+        if n > 0:
+            self.dropped[(reason, stage)] += n
+            self._on_drop(reason, stage, n)
+
+    def _drop_outputs(self, reason: str, first: int, last: int) -> None:
+        self._drop(reason, self._inputs_before(last) - self._inputs_before(first))
+
+    def _restart(self, reason: str) -> None:
+        """Forget all held samples (counted under ``reason``) and start a new segment."""
+        if self.channelizer is not None:
+            self._drop(reason, self.buffered)
+            self.channelizer.reset()
+        self.ring.clear()
+
+    # Input ----------------------------------------------------------------------------------------
+    def push(self, block: IQBlock) -> None:
+        """Take one block from the adapter. Every sample in it is counted as received, then placed or dropped."""
+        n = len(block.samples) if isinstance(block.samples, np.ndarray) and block.samples.ndim == 1 else 0
+        self.received += n
+        if not isinstance(block.samples, np.ndarray) or block.samples.ndim != 1 or block.samples.dtype != np.complex64:
+            self._on_bad_frame("bad_dtype")
+            self._drop("bad_dtype", n)
+            return
+        if not (block.sample_rate > 0 and math.isfinite(block.sample_rate)):
+            self._on_bad_frame("bad_rate")
+            self._drop("bad_rate", n)
+            return
+        if n and not np.isfinite(block.samples).all():
+            self._on_bad_frame("non_finite")
+            self._drop("non_finite", n)
+            # The stream now has a hole the channelizer must not filter across; it is not a source gap.
+            self._expected_index = block.end_index
+            self._expected_t_ns = block.t0_ns + block.duration_ns
+            self._pending_restart = "non_finite"
+            return
+        if self._expected_index is not None and block.sample_index < self._expected_index:
+            self._on_bad_frame("index_backwards")
+            self._drop("index_backwards", n)
+            return
+        self._check_continuity(block)
+        self.last_block = block
+        self._expected_index = block.end_index
+        self._expected_t_ns = block.t0_ns + block.duration_ns
+        if n == 0:
+            return
+        out = self.channelizer.process(block)
+        if out is not None and len(out.samples):
+            overwritten = self.ring.append(out.samples, out.t0_ns)
+            if overwritten:
+                self._drop_outputs("overwrite", self.ring.start_index - overwritten, self.ring.start_index)
+        self._discard_consumed()
+
+    def _check_continuity(self, block: IQBlock) -> None:
+        restart, self._pending_restart = self._pending_restart, None
+        if restart is not None:
+            pass
+        elif self.channelizer is None or (
+            self.channelizer.in_rate_hz != block.sample_rate or self.channelizer.center_freq_hz != block.center_freq
+        ):
+            restart = "retune"
+        elif block.flags & Flags.DISCONTINUITY:
+            restart = "discontinuity"
+        elif self._expected_index is not None and block.sample_index > self._expected_index:
+            if not block.flags & Flags.OVERFLOW:  # an adapter that sets OVERFLOW has counted the loss itself
+                self._drop("gap", block.sample_index - self._expected_index, SOURCE)
+            restart = "gap"
+        elif self._expected_t_ns is not None:
+            jump_s = abs(block.t0_ns - self._expected_t_ns) / 1e9
+            if jump_s > self.settings.clock_jump_tolerance_s:
+                self._on_bad_frame("clock_jump")
+                restart = "clock_jump"
+        if restart is None:
+            return
+        if self.channelizer is None or restart == "retune":
+            if self.channelizer is not None:
+                self._restart("retune")
+            self.channelizer = Channelizer(
+                in_rate_hz=block.sample_rate,
+                center_freq_hz=block.center_freq,
+                target_freq_hz=self.settings.target_freq_hz,
+                out_rate_hz=self.settings.model_rate_hz,
+            )
+            self.ring.clear()
+        else:
+            self._restart(restart)
+
+    def _discard_consumed(self) -> None:
+        """Samples that belong to windows already emitted arrived too late: drop them."""
+        if self._consumed_until_ns is None or self.ring.t_anchor_ns is None or not len(self.ring):
+            return
+        first = self.ring.start_index
+        cut = min(self.ring.index_at(self._consumed_until_ns), self.ring.end_index)
+        if cut > first:
+            self.ring.discard_before(cut)
+            self._drop_outputs("late", first, cut)
+
+    # Windows --------------------------------------------------------------------------------------
+    def span_ns(self) -> tuple[int, int] | None:
+        """[first, end) time of the held segment, or None when empty."""
+        if self.ring.t_anchor_ns is None or not len(self.ring):
+            return None
+        return self.ring.time_of(self.ring.start_index), self.ring.time_of(self.ring.end_index)
+
+    def covers(self, t_start_ns: int, n: int) -> bool:
+        if self.ring.t_anchor_ns is None:
+            return False
+        i0 = self.ring.index_at(t_start_ns)
+        return self.ring.start_index <= i0 and i0 + n <= self.ring.end_index
+
+    def take(self, t_start_ns: int, n: int, mask_reason: str | None) -> np.ndarray | None:
+        """Samples of ``[t_start, t_start + n/fs)`` if held and ``mask_reason`` is None; forgets everything before the window end.
+
+        A masked receiver's samples in the window are dropped under ``mask_reason``.
+        """
+        t_end_ns = t_start_ns + int(round(n * 1e9 / self.settings.model_rate_hz))
+        self._consumed_until_ns = t_end_ns
+        if self.ring.t_anchor_ns is None or not len(self.ring):
+            return None
+        first = self.ring.start_index
+        i0 = self.ring.index_at(t_start_ns)
+        cut = min(max(i0 + n, first), self.ring.end_index)
+        window = None
+        if mask_reason is None and first <= i0 and i0 + n <= self.ring.end_index:
+            window = self.ring.read(i0, n)
+            # Samples before the window: the head of a new segment, which started between two windows.
+            self._drop_outputs("alignment", first, i0)
+            used = self._inputs_before(cut) - self._inputs_before(i0)
+            self.used += used
+        else:
+            self._drop_outputs(mask_reason or "gap", first, cut)
+        self.ring.discard_before(cut)
+        return window

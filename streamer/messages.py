@@ -1,0 +1,143 @@
+"""What goes on the wire: Localization, Truth and Status as plain dicts (docs/protocol.md, schema v1).
+
+These dataclasses are the only path to the publisher; numpy values are converted to Python numbers here,
+because msgpack cannot encode numpy types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamer.geodesy import Ellipse
+
+SCHEMA_VERSION = 1
+
+
+def _f(x: Any) -> float:
+    return float(x)
+
+
+@dataclass(frozen=True)
+class EstimateOut:
+    """One estimator's answer in geodetic terms."""
+
+    estimator: str  # "onnx" | "physics"
+    lat: float
+    lon: float
+    cov_en_m2: np.ndarray  # [2, 2]
+    ellipse: Ellipse
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "estimator": self.estimator,
+            "lat": _f(self.lat),
+            "lon": _f(self.lon),
+            "cov_en_m2": [[_f(v) for v in row] for row in np.asarray(self.cov_en_m2)],
+            "ellipse": {
+                "p": _f(self.ellipse.p),
+                "semi_major_m": _f(self.ellipse.semi_major_m),
+                "semi_minor_m": _f(self.ellipse.semi_minor_m),
+                "azimuth_deg": _f(self.ellipse.azimuth_deg),
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Localization:
+    """Topic ``loc``: one estimate for one window."""
+
+    seq: int
+    t_start_ns: int
+    t_end_ns: int
+    primary: EstimateOut
+    receivers: tuple[str, ...]
+    rx_power_dbm: dict[str, float]
+    model: dict[str, str]
+    processing_ms: float
+    age_ms: float
+    network: str
+    alternatives: tuple[EstimateOut, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        msg = {"v": SCHEMA_VERSION, "seq": int(self.seq), "t_start_ns": int(self.t_start_ns), "t_end_ns": int(self.t_end_ns)}
+        msg.update(self.primary.to_wire())
+        msg.update(
+            {
+                "network": self.network,
+                "receivers": list(self.receivers),
+                "rx_power_dbm": {k: _f(v) for k, v in self.rx_power_dbm.items()},
+                "model": dict(self.model),
+                "latency_ms": {"processing": _f(self.processing_ms), "age": _f(self.age_ms)},
+                "alternatives": [a.to_wire() for a in self.alternatives],
+            }
+        )
+        return msg
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Topic ``truth``: the simulator's transmitter at ``t_ns`` (only when receivers are simulated)."""
+
+    t_ns: int
+    lat: float
+    lon: float
+    power_dbm: float | None
+    keyed: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "t_ns": int(self.t_ns),
+            "lat": _f(self.lat),
+            "lon": _f(self.lon),
+            "power_dbm": None if self.power_dbm is None else _f(self.power_dbm),
+            "keyed": bool(self.keyed),
+        }
+
+
+@dataclass(frozen=True)
+class ReceiverHealth:
+    up: bool
+    last_block_age_s: float | None
+    sample_rate_hz: float | None
+    time_source: str | None
+    samples_received: int
+    samples_dropped: int
+    buffer_fill_ratio: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "up": bool(self.up),
+            "last_block_age_s": None if self.last_block_age_s is None else _f(self.last_block_age_s),
+            "sample_rate_hz": None if self.sample_rate_hz is None else _f(self.sample_rate_hz),
+            "time_source": self.time_source,
+            "samples_received": int(self.samples_received),
+            "samples_dropped": int(self.samples_dropped),
+            "buffer_fill_ratio": _f(self.buffer_fill_ratio),
+        }
+
+
+@dataclass(frozen=True)
+class Status:
+    """Topic ``status``: heartbeat with per-receiver health."""
+
+    t_ns: int
+    uptime_s: float
+    estimator: str
+    windows: int
+    localizations: int
+    receivers: dict[str, ReceiverHealth] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "t_ns": int(self.t_ns),
+            "uptime_s": _f(self.uptime_s),
+            "estimator": self.estimator,
+            "windows": int(self.windows),
+            "localizations": int(self.localizations),
+            "receivers": {k: v.to_wire() for k, v in self.receivers.items()},
+        }

@@ -1,0 +1,194 @@
+"""Lanes and the window aligner: masking by reason, and exact sample accounting under every fault."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from receivers.base import Flags, IQBlock
+from streamer.aligner import WindowAligner
+from streamer.lane import PIPELINE, SOURCE, Lane, LaneSettings
+
+IN_RATE = 240_000.0
+MODEL_RATE = 24_000.0
+TARGET = 145.5e6
+WINDOW_S = 0.5
+T0_NS = 1_700_000_000_000_000_000  # a multiple of the window length
+
+
+class Recorder:
+    def __init__(self):
+        self.drops = {}
+        self.bad = {}
+
+    def lane(self, rid: str, capacity_s: float = 4.0) -> Lane:
+        settings = LaneSettings(TARGET, MODEL_RATE, capacity_s, clock_jump_tolerance_s=0.05)
+
+        def drop(reason, stage, n):
+            self.drops[(rid, reason, stage)] = self.drops.get((rid, reason, stage), 0) + n
+
+        def bad(reason):
+            self.bad[(rid, reason)] = self.bad.get((rid, reason), 0) + 1
+
+        return Lane(rid, settings, drop, bad)
+
+
+def tone_block(rid: str, index: int, n: int, *, t_offset_ns: int = 0, flags=Flags.NONE, rate=IN_RATE) -> IQBlock:
+    t = (index + np.arange(n)) / rate
+    samples = (0.01 * np.exp(2j * np.pi * 1000.0 * t)).astype(np.complex64)
+    t0 = T0_NS + int(round(index * 1e9 / rate)) + t_offset_ns
+    return IQBlock(rid, samples, index, t0, "host", rate, TARGET - 25_000.0, flags=flags)
+
+
+def assert_accounting(lane: Lane) -> None:
+    dropped = sum(n for (reason, stage), n in lane.dropped.items() if stage == PIPELINE)
+    assert lane.received == lane.used + lane.buffered + dropped, (lane.receiver_id, lane.received, lane.used, lane.buffered, dict(lane.dropped))
+
+
+def make_aligner(lanes, late_tolerance_s=0.25, offline_after_s=1.0):
+    return WindowAligner(lanes, window_s=WINDOW_S, sample_rate_hz=MODEL_RATE, late_tolerance_s=late_tolerance_s, offline_after_s=offline_after_s)
+
+
+def feed(lane, aligner, blocks, host_ns):
+    for b in blocks:
+        lane.push(b)
+        aligner.mark_arrival(lane.receiver_id, host_ns)
+
+
+def test_windows_cover_the_same_span_on_every_receiver_and_account_exactly():
+    rec = Recorder()
+    lanes = [rec.lane(r) for r in ("a", "b", "c")]
+    aligner = make_aligner(lanes)
+    rng = np.random.default_rng(1)
+    index = {lane.receiver_id: 0 for lane in lanes}
+    windows = []
+    step_n = 24_000  # 100 ms per step, cut differently into blocks on each receiver
+    for step in range(40):
+        for lane in lanes:
+            cuts = np.sort(rng.integers(0, step_n, size=int(rng.integers(0, 6))))
+            for a, b in zip(np.r_[0, cuts], np.r_[cuts, step_n]):
+                rid = lane.receiver_id
+                feed(lane, aligner, [tone_block(rid, index[rid], int(b - a))], T0_NS + step * 10**8)
+                index[rid] += int(b - a)
+        windows += aligner.poll(T0_NS + step * 10**8)
+    assert len(windows) >= 3
+    for w in windows:
+        assert w.present.all() and not w.mask_reasons
+        assert w.t_end_ns - w.t_start_ns == int(WINDOW_S * 1e9) and w.t_start_ns % int(WINDOW_S * 1e9) == 0
+        # The same tone on every receiver, cut at the same time: identical samples.
+        np.testing.assert_allclose(w.samples[0], w.samples[1], atol=1e-6)
+        # The tone sits at centre + 1 kHz = target - 24 kHz: outside the +-12 kHz model band, filtered out.
+        assert np.mean(np.abs(w.samples[0]) ** 2) < 1e-8
+    for lane in lanes:
+        assert_accounting(lane)
+        assert lane.used > 0
+
+
+def test_faults_are_masked_counted_and_accounted():
+    rec = Recorder()
+    lanes = {r: rec.lane(r) for r in ("ok", "gappy", "jumpy", "broken")}
+    aligner = make_aligner(list(lanes.values()))
+    block_n = 12_000  # 50 ms
+    host = T0_NS
+    windows = []
+    for k in range(80):
+        host = T0_NS + k * 50_000_000
+        idx = k * block_n
+        feed(lanes["ok"], aligner, [tone_block("ok", idx, block_n)], host)
+        if k != 30:  # one block missing: a gap of 50 ms
+            feed(lanes["gappy"], aligner, [tone_block("gappy", idx, block_n)], host)
+        jump = 200_000_000 if k >= 40 else 0  # the clock jumps 200 ms at block 40
+        feed(lanes["jumpy"], aligner, [tone_block("jumpy", idx, block_n, t_offset_ns=jump)], host)
+        b = tone_block("broken", idx, block_n)
+        if k == 20:
+            b = IQBlock("broken", b.samples.copy(), b.sample_index, b.t0_ns, "host", IN_RATE, b.center_freq)
+            b.samples[5] = np.nan
+        feed(lanes["broken"], aligner, [b], host)
+        if k == 50:  # a stale block replayed: index going backwards
+            feed(lanes["broken"], aligner, [tone_block("broken", idx - block_n, block_n)], host)
+        if k == 60:  # wrong dtype
+            bad = tone_block("broken", idx + block_n, 10)
+            feed(lanes["broken"], aligner, [IQBlock("broken", bad.samples.astype(np.complex128), bad.sample_index, bad.t0_ns, "host", IN_RATE, bad.center_freq)], host)
+        windows += aligner.poll(host)
+    assert rec.bad[("broken", "non_finite")] == 1
+    assert rec.bad[("broken", "index_backwards")] == 1
+    assert rec.bad[("broken", "bad_dtype")] == 1
+    assert rec.bad[("jumpy", "clock_jump")] == 1
+    assert rec.drops[("gappy", "gap", SOURCE)] == block_n  # never received: counted at the source stage
+    assert rec.drops[("gappy", "gap", PIPELINE)] > 0  # what it held when the gap showed
+    assert rec.drops[("broken", "non_finite", PIPELINE)] >= block_n  # the block, and what was held before the hole
+    assert ("broken", "gap", SOURCE) not in rec.drops  # the NaN block was received: not a source gap too
+    reasons = [w.mask_reasons for w in windows]
+    assert any(r.get("gappy") == "gap" for r in reasons)
+    assert any(r.get("broken") == "gap" for r in reasons)  # the NaN block left a hole in its stream
+    assert all(w.present[0] for w in windows)  # the healthy receiver is never masked
+    for lane in lanes.values():
+        assert_accounting(lane)
+
+
+def test_offline_receiver_is_masked_then_resumes_within_two_windows():
+    rec = Recorder()
+    lanes = {r: rec.lane(r) for r in ("a", "b", "c")}
+    aligner = make_aligner(list(lanes.values()), offline_after_s=0.5)
+    block_n = 12_000
+    windows = []
+    for k in range(120):
+        host = T0_NS + k * 50_000_000
+        idx = k * block_n
+        for rid, lane in lanes.items():
+            if rid == "c" and 30 <= k < 70:  # c goes silent for 2 s, then comes back (after a reconnect)
+                continue
+            flags = Flags.DISCONTINUITY if (rid == "c" and k == 70) else Flags.NONE
+            feed(lane, aligner, [tone_block(rid, idx, block_n, flags=flags)], host)
+        windows += aligner.poll(host)
+    c_reasons = [w.mask_reasons.get("c") for w in windows]
+    assert "offline" in c_reasons or "late" in c_reasons
+    back = T0_NS + 70 * 50_000_000
+    first_present_after = next(w for w in windows if w.t_start_ns >= back and w.present[2])
+    assert first_present_after.t_start_ns - back <= 2 * int(WINDOW_S * 1e9)
+    for lane in lanes.values():
+        assert_accounting(lane)
+
+
+def test_late_samples_after_their_window_went_out_are_dropped_as_late():
+    rec = Recorder()
+    lanes = {r: rec.lane(r) for r in ("fast", "slow")}
+    aligner = make_aligner(list(lanes.values()), late_tolerance_s=0.1, offline_after_s=10.0)
+    block_n = 12_000
+    for k in range(40):
+        host = T0_NS + k * 50_000_000
+        feed(lanes["fast"], aligner, [tone_block("fast", k * block_n, block_n)], host)
+        if k >= 20:  # slow delivers its stream 1 s late, in a burst
+            for j in (2 * (k - 20), 2 * (k - 20) + 1):
+                feed(lanes["slow"], aligner, [tone_block("slow", j * block_n, block_n)], host)
+        aligner.poll(host)
+    assert rec.drops.get(("slow", "late", PIPELINE), 0) > 0
+    for lane in lanes.values():
+        assert_accounting(lane)
+
+
+def test_ring_overwrite_is_counted_when_windows_cannot_go_out():
+    rec = Recorder()
+    lane = rec.lane("a", capacity_s=1.2)
+    index = 0
+    for _ in range(60):  # 3 s, never polled
+        lane.push(tone_block("a", index, 12_000))
+        index += 12_000
+    assert rec.drops[("a", "overwrite", PIPELINE)] > 0
+    assert_accounting(lane)
+
+
+@pytest.mark.parametrize("rate", [240_000.0, 2_400_000.0, 250_000.0])
+def test_accounting_holds_for_rational_resampling_ratios(rate):
+    rec = Recorder()
+    lane = rec.lane("a")
+    aligner = make_aligner([lane])
+    rng = np.random.default_rng(7)
+    index = 0
+    for step in range(30):
+        n = int(rng.integers(1, int(rate // 10)))
+        lane.push(tone_block("a", index, n, rate=rate))
+        aligner.mark_arrival("a", T0_NS)
+        index += n
+        aligner.poll(T0_NS)
+        assert_accounting(lane)
