@@ -1,0 +1,287 @@
+"""ZmqFramedReceiver and FramedPublisher over real ZeroMQ sockets on 127.0.0.1 (ephemeral ports)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from receivers.base import Flags, IQBlock, ReceiverContext, TallyDropCounter
+from receivers.framing import encode
+from receivers.zmq_framed import FramedPublisher, Options, ZmqFramedReceiver
+from streamer.config import from_dict
+
+N = 1000
+RATE = 1e6
+T0 = 1_700_000_000_000_000_000
+TIMEOUT_S = 5.0
+
+
+def make_block(index: int, *, rid: str = "rx1", n: int = N, t0_ns: int | None = None, flags=Flags.NONE) -> IQBlock:
+    samples = (np.arange(n, dtype=np.float32) + index).astype(np.complex64) * np.complex64(1e-6j)
+    t0 = T0 + round(index * 1e9 / RATE) if t0_ns is None else t0_ns
+    return IQBlock(rid, samples, index, t0, "gps", RATE, 145.5e6, 10.0, flags)
+
+
+class Collector:
+    """Iterates a receiver in a thread; the test takes blocks with a timeout."""
+
+    def __init__(self, receiver) -> None:
+        self.receiver = receiver
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for block in self.receiver:
+                self.queue.put(block)
+        except BaseException as exc:  # surfaced in get()
+            self.queue.put(exc)
+
+    def get(self, timeout: float = TIMEOUT_S) -> IQBlock:
+        item = self.queue.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        self.receiver.close()
+        self.thread.join(TIMEOUT_S)
+        assert not self.thread.is_alive(), "receiver did not stop after close()"
+
+
+@pytest.fixture
+def context():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def publisher(context):
+    with FramedPublisher("tcp://127.0.0.1:0", context=context) as pub:
+        yield pub
+
+
+def start_receiver(endpoint: str, drops, context, *, rid: str = "rx1", tolerance_s: float = 0.05, **options):
+    rx = ZmqFramedReceiver(
+        rid, Options(endpoint=endpoint, recv_timeout_s=0.05, **options), drops=drops,
+        clock_jump_tolerance_s=tolerance_s, context=context,
+    )  # fmt: skip
+    return Collector(rx)
+
+
+@pytest.fixture
+def drops():
+    return TallyDropCounter()
+
+
+@pytest.fixture
+def connected(publisher, drops, context):
+    collector = start_receiver(publisher.endpoint, drops, context)
+    assert publisher.wait_for_subscriber("rx1", TIMEOUT_S)
+    yield publisher, collector
+    collector.stop()
+
+
+def send_raw(publisher: FramedPublisher, frames: list[bytes]) -> None:
+    publisher._sock.send_multipart(frames)
+
+
+def test_good_blocks_pass_unchanged(connected, drops):
+    publisher, rx = connected
+    sent = [make_block(i * N) for i in range(3)]
+    for block in sent:
+        assert publisher.send(block)
+    for block in sent:
+        got = rx.get()
+        np.testing.assert_array_equal(got.samples, block.samples)
+        assert (got.receiver_id, got.sample_index, got.t0_ns, got.time_source) == ("rx1", block.sample_index, block.t0_ns, "gps")
+        assert (got.sample_rate, got.center_freq, got.gain_db) == (RATE, 145.5e6, 10.0)
+    assert not drops.bad_frames and not drops.dropped
+
+
+def test_the_publisher_flags_its_first_block_as_a_discontinuity(connected):
+    publisher, rx = connected
+    publisher.send(make_block(0))
+    publisher.send(make_block(N))
+    assert rx.get().flags == Flags.DISCONTINUITY
+    assert rx.get().flags == Flags.NONE
+
+
+def test_bad_frames_are_counted_by_reason_and_skipped(connected, drops):
+    publisher, rx = connected
+    good = encode(make_block(0))
+    header = msgpack.unpackb(good[1])
+    bad = {
+        "short_frame": [b"rx1", good[1]],
+        "bad_header": [b"rx1", b"\xc1", good[2]],
+        "unknown_version": [b"rx1", msgpack.packb({**header, "v": 2}), good[2]],
+        "unknown_dtype": [b"rx1", msgpack.packb({**header, "dtype": "cs8"}), good[2]],
+        "bad_length": [b"rx1", good[1], good[2][:-3]],
+        "non_finite": [b"rx1", good[1], np.full(4, np.nan, np.complex64).tobytes()],
+        "unknown_receiver": [b"rx1", msgpack.packb({**header, "receiver_id": "rx7"}), good[2]],
+        "bad_rate": [b"rx1", msgpack.packb({**header, "sample_rate": -1.0}), good[2]],
+    }
+    for frames in bad.values():
+        send_raw(publisher, frames)
+    publisher.send(make_block(0))
+    assert rx.get().sample_index == 0  # every bad one before it was skipped
+    assert drops.bad_frames == {("rx1", reason): 1 for reason in bad}
+    assert rx.queue.empty()
+
+
+def test_another_receiver_sharing_our_prefix_is_ignored_without_counting(connected, drops):
+    publisher, rx = connected
+    publisher.send(make_block(0, rid="rx10"))
+    publisher.send(make_block(0, rid="rx1"))
+    assert rx.get().receiver_id == "rx1"
+    assert not drops.bad_frames
+
+
+def test_index_going_backwards_drops_the_block_and_counts_its_samples(connected, drops):
+    publisher, rx = connected
+    for index in (0, N, 2 * N, N // 2, N, 3 * N):  # N // 2 overlaps, second N duplicates
+        publisher.send(make_block(index))
+    assert [rx.get().sample_index for _ in range(4)] == [0, N, 2 * N, 3 * N]
+    assert drops.bad_frames == {("rx1", "index_backwards"): 2}
+    assert drops.dropped == {("rx1", "index_backwards"): 2 * N}
+
+
+def test_forward_gap_passes_without_counting(connected, drops):
+    publisher, rx = connected
+    publisher.send(make_block(0))
+    publisher.send(make_block(10 * N))
+    assert [rx.get().sample_index, rx.get().sample_index] == [0, 10 * N]
+    assert not drops.bad_frames and not drops.dropped
+
+
+def test_restart_without_flag_costs_one_block_then_resumes(connected, drops):
+    publisher, rx = connected
+    later = T0 + 10**9 * 60
+    for index in (0, N, 2 * N):
+        publisher.send(make_block(index))
+    for index in (0, N, 2 * N):  # a publisher restarted from 0 whose flagged first block was lost
+        publisher.send(make_block(index, t0_ns=later + round(index * 1e9 / RATE)))
+    got = [rx.get() for _ in range(5)]
+    assert [b.sample_index for b in got] == [0, N, 2 * N, N, 2 * N]
+    assert got[3].flags & Flags.DISCONTINUITY
+    assert drops.bad_frames == {("rx1", "index_backwards"): 1}
+    assert drops.dropped == {("rx1", "index_backwards"): N}
+
+
+def test_clock_jump_is_counted_but_the_block_is_kept(connected, drops):
+    publisher, rx = connected
+    publisher.send(make_block(0))
+    publisher.send(make_block(N, t0_ns=T0 + 1_000_000 + 30_000_000))  # 30 ms late: within 50 ms
+    publisher.send(make_block(2 * N, t0_ns=T0 + 2_000_000 + 30_000_000 + 200_000_000))  # +200 ms jump
+    publisher.send(make_block(3 * N, t0_ns=T0 + 3_000_000 + 230_000_000))  # continuous after re-anchoring
+    got = [rx.get() for _ in range(4)]
+    assert [b.sample_index for b in got] == [0, N, 2 * N, 3 * N]
+    assert got[2].t0_ns == T0 + 232_000_000
+    assert drops.bad_frames == {("rx1", "clock_jump"): 1}
+    assert not drops.dropped
+
+
+def test_publisher_that_stops_and_comes_back_is_picked_up_again(drops, context):
+    first_ctx = zmq.Context()
+    first = FramedPublisher("tcp://127.0.0.1:0", context=first_ctx)
+    endpoint = first.endpoint
+    rx = start_receiver(endpoint, drops, context)
+    try:
+        assert first.wait_for_subscriber("rx1", TIMEOUT_S)
+        first.send(make_block(0))
+        assert rx.get().sample_index == 0
+        first.close()
+        first_ctx.term()  # returns once the listening socket is really closed
+        with pytest.raises(queue.Empty):
+            rx.get(timeout=0.3)
+        assert rx.thread.is_alive()  # still waiting, not failed
+        with FramedPublisher(endpoint, context=context) as second:
+            assert second.wait_for_subscriber("rx1", TIMEOUT_S)  # the SUB reconnected by itself
+            later = T0 + 10**10
+            for index in (0, N):
+                assert second.send(make_block(index, t0_ns=later + index * 1000))
+            got = [rx.get(), rx.get()]
+    finally:
+        rx.stop()
+    assert [b.sample_index for b in got] == [0, N]
+    assert got[0].flags & Flags.DISCONTINUITY
+    assert not drops.bad_frames
+
+
+def test_receiver_can_bind_and_publishers_connect(drops, context):
+    rx = start_receiver("tcp://127.0.0.1:0", drops, context, bind=True)
+    try:
+        with FramedPublisher(rx.receiver.endpoint, bind=False, context=context) as pub:
+            assert pub.wait_for_subscriber("rx1", TIMEOUT_S)
+            pub.send(make_block(0))
+            assert rx.get().sample_index == 0
+    finally:
+        rx.stop()
+
+
+def test_close_from_another_thread_stops_a_waiting_receiver(drops, context):
+    rx = start_receiver("tcp://127.0.0.1:9", drops, context)  # nothing ever answers there
+    with pytest.raises(queue.Empty):
+        rx.get(timeout=0.1)
+    rx.stop()  # asserts the thread ended
+    assert list(rx.receiver) == []  # a closed receiver yields nothing
+
+
+def test_publisher_counts_blocks_dropped_at_the_high_water_mark(context):
+    with FramedPublisher("tcp://127.0.0.1:0", sndhwm=1, context=context) as pub:
+        sub = context.socket(zmq.SUB)
+        sub.rcvhwm = 1
+        sub.connect(pub.endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, b"rx1")  # subscribed but never reading
+        assert pub.wait_for_subscriber("rx1", TIMEOUT_S)
+        big = make_block(0, n=64 * 1024)
+        results = []
+        while len(results) < 2000 and results.count(False) < 3:
+            results.append(pub.send(big))
+        sub.close(linger=0)
+    assert results[0] is True
+    assert results.count(False) == 3
+    assert pub.dropped == results.count(False) and pub.sent == results.count(True)
+    assert pub.dropped_samples == pub.dropped * 64 * 1024
+
+
+def test_from_config_uses_the_options_and_the_pipeline_clock_tolerance(publisher, drops, context):
+    cfg = from_dict(
+        {
+            "pipeline": {"clock_jump_tolerance_s": 0.5},
+            "receivers": [{"id": "rx1", "kind": "zmq", "lat": 45.0, "lon": 7.0, "endpoint": publisher.endpoint, "rcvhwm": 50}],
+        },
+        source="test.toml",
+    )
+    rx = ZmqFramedReceiver.from_config(cfg.receivers[0], ReceiverContext(config=cfg, drops=drops))
+    assert rx.options == Options(endpoint=publisher.endpoint, rcvhwm=50)
+    collector = Collector(rx)
+    try:
+        assert publisher.wait_for_subscriber("rx1", TIMEOUT_S)
+        publisher.send(make_block(0))
+        publisher.send(make_block(N, t0_ns=T0 + 1_000_000 + 300_000_000))  # 300 ms: under 0.5 s
+        assert [collector.get().sample_index, collector.get().sample_index] == [0, N]
+    finally:
+        collector.stop()
+    assert not drops.bad_frames
+
+
+def test_config_requires_an_endpoint():
+    from streamer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"receivers\[0\]\.endpoint: required key is missing"):
+        from_dict({"receivers": [{"id": "rx1", "kind": "zmq", "lat": 45.0, "lon": 7.0}]}, source="t.toml")
+
+
+def test_an_invalid_endpoint_is_a_fatal_receiver_error(drops):
+    from streamer.errors import ReceiverFatalError
+
+    with pytest.raises(ReceiverFatalError, match="cannot connect 'tcp://no-port'"):
+        ZmqFramedReceiver("rx1", Options(endpoint="tcp://no-port"), drops=drops)
