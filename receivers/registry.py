@@ -20,6 +20,7 @@ KINDS: dict[str, str] = {
     "simulator": "receivers.simulator:SimulatedReceiver",
     "zmq": "receivers.zmq_framed:ZmqFramedReceiver",
     "gnuradio_zmq": "receivers.gnuradio_zmq:GnuRadioZmqReceiver",
+    "soapy": "receivers.soapy:SoapyReceiver",
 }
 
 #: top-level import name of a foreign dependency -> how to install it.
