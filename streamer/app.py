@@ -30,7 +30,7 @@ def _truth_source(config: Config):
         return None
     from receivers.simulator import SimulatedWorld
 
-    return SimulatedWorld.from_config(config)
+    return SimulatedWorld(config)
 
 
 class Daemon:

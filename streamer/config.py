@@ -299,3 +299,65 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     for i, rx in enumerate(receivers):
         need(-90 <= rx.lat <= 90, f"receivers[{i}].lat", "-90..90 degrees", rx.lat)
         need(-180 <= rx.lon <= 180, f"receivers[{i}].lon", "-180..180 degrees", rx.lon)
+
+
+def options_table(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key path, type, default, doc) for every key of a config dataclass, nested tables flattened."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in ("source", "receivers", "options"):
+            continue
+        key = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(options_table(hint, f"{key}."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "(required)"
+        type_name = (getattr(hint, "__name__", None) or str(hint).replace("typing.", "")).replace(" | ", " or ")
+        rows.append((key, type_name, default, f.metadata.get("doc", "")))
+    return rows
+
+
+def configuration_markdown() -> str:
+    """docs/configuration.md, generated from the dataclasses (a test keeps the file in step)."""
+    from receivers.registry import KINDS, adapter_class
+
+    def table(rows) -> list[str]:
+        out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+        out += [f"| `{k}` | {t} | `{d}` | {doc} |" for k, t, d, doc in rows]
+        return out
+
+    lines = [
+        "# Configuration",
+        "",
+        "Generated from the dataclasses in `streamer/config.py` and each adapter's `Options` by",
+        "`python -m streamer.config > docs/configuration.md`; a test checks that this file is up to date.",
+        "Unknown keys and wrong types are refused with the file, the key path and what was expected.",
+        "",
+        "## Top-level tables",
+        "",
+        *table(options_table(Config)),
+        "",
+        "## `[[receivers]]` (common keys)",
+        "",
+        *table(options_table(ReceiverConfig)),
+        "",
+    ]
+    for kind in sorted(KINDS):
+        try:
+            cls = adapter_class(kind)
+        except Exception as exc:  # an optional dependency missing: say so instead of failing the docs
+            lines += [f"## `kind = \"{kind}\"`", "", f"(options not listed: {exc})", ""]
+            continue
+        lines += [f"## `kind = \"{kind}\"`", "", *table(options_table(cls.Options)), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(configuration_markdown())

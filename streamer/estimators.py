@@ -11,7 +11,6 @@ import numpy as np
 from streamer.config import Config
 from streamer.errors import HeimdallError
 from streamer.estimate import Estimate, EstimatorInputs
-from streamer.geodesy import network_geometry
 from streamer.physics import PhysicsEstimator
 
 
@@ -25,7 +24,6 @@ class PhysicsPosterior:
     name = "physics"
 
     def __init__(self, config: Config) -> None:
-        _, rx_enu_m, area = network_geometry(config)
         self._estimator = PhysicsEstimator.from_config(config)
         self.info = {"name": "physics-posterior", "version": "1", "sha256": ""}
 

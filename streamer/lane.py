@@ -111,6 +111,8 @@ class Lane:
             self._expected_t_ns = block.t0_ns + block.duration_ns
             self._pending_restart = "non_finite"
             return
+        if block.flags & Flags.DISCONTINUITY:  # a reconnected source may restart its sample count
+            self._expected_index = self._expected_t_ns = None
         if self._expected_index is not None and block.sample_index < self._expected_index:
             self._on_bad_frame("index_backwards")
             self._drop("index_backwards", n)

@@ -22,7 +22,7 @@ from streamer.geodesy import ellipse_from_covariance, enu_to_geodetic, network_g
 from streamer.lane import PIPELINE, Lane, LaneSettings
 from streamer.messages import EstimateOut, Localization, ReceiverHealth, Status, Truth
 from streamer.metrics import Metrics
-from streamer.physics import window_power
+from streamer.physics import channel_power
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +147,20 @@ class Pipeline:
         started = time.perf_counter()
         spec = self.config.features
         features = mel_frames_dbm(window.samples, spec, self.calibration_db)
-        power = window_power(
+        power = channel_power(
             features,
             spec,
             channel_bandwidth_hz=self.config.network.channel_bandwidth_hz,
             detection_snr_db=self.config.pipeline.detection_snr_db,
+            # The channelizer's anti-alias filter rolls off near +-fs/2: estimate noise inside 80 % of Nyquist.
+            noise_max_offset_hz=0.4 * spec.sample_rate_hz,
         )
         present = window.present
         features[~present] = 0.0
         heard = power.heard & present
         for i, rid in enumerate(self.receiver_ids):
             if present[i]:
-                m.received_power.labels(rid).set(float(power.total_dbm[i]))
+                m.received_power.labels(rid).set(float(power.signal_dbm[i]))
         m.feature_seconds.observe(time.perf_counter() - started)
         if int(heard.sum()) < self.config.pipeline.min_receivers:
             m.windows.labels("too_few_receivers").inc()
