@@ -22,6 +22,7 @@ Recipe, for one receiver's window of ``n_samples`` complex samples at ``sample_r
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +42,11 @@ class FeatureSpec:
     eps: float = field(default=1e-20, metadata={"doc": "floor added to power before log10 (mW)"})
 
     def __post_init__(self) -> None:
+        # Checked first: a non-positive rate or window would otherwise surface as a misleading n_fft message.
+        for name in ("sample_rate_hz", "window_s", "eps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"features.{name}: expected a positive number, got {value!r}")
         if self.window != "hann":
             raise ValueError(f"features.window: only 'hann' is supported, got {self.window!r}")
         if self.mel_scale != "htk":
