@@ -21,6 +21,8 @@ KINDS: dict[str, str] = {
     "zmq": "receivers.zmq_framed:ZmqFramedReceiver",
     "gnuradio_zmq": "receivers.gnuradio_zmq:GnuRadioZmqReceiver",
     "soapy": "receivers.soapy:SoapyReceiver",
+    "rtl_tcp": "receivers.rtl_tcp:RtlTcpReceiver",
+    "kiwisdr": "receivers.kiwisdr:KiwiSdrReceiver",
 }
 
 #: top-level import name of a foreign dependency -> how to install it.
