@@ -20,6 +20,7 @@ KINDS: dict[str, str] = {
     "simulator": "receivers.simulator:SimulatedReceiver",
     "zmq": "receivers.zmq_framed:ZmqFramedReceiver",
     "gnuradio_zmq": "receivers.gnuradio_zmq:GnuRadioZmqReceiver",
+    "pluto": "receivers.pluto:PlutoReceiver",
     "soapy": "receivers.soapy:SoapyReceiver",
     "rtl_tcp": "receivers.rtl_tcp:RtlTcpReceiver",
     "kiwisdr": "receivers.kiwisdr:KiwiSdrReceiver",
