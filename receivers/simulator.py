@@ -1,0 +1,617 @@
+"""Simulated receiver network: a seeded world of one moving NBFM transmitter, heard by every configured receiver.
+
+This is the template adapter (copy it to start a new one) and the fake that the other tests lean on.
+
+What a block holds
+------------------
+``IQBlock.samples`` are complex64 in full-scale units: ``dBFS = dBm at the antenna - true gain``, where the
+true gain is the receiver's configured ``calibration_db`` plus a hidden per-receiver offset
+N(0, ``simulator.calibration_sigma_db``). The daemon adds ``calibration_db`` back and so reads dBm up to
+that unknown offset, as with real, imperfectly calibrated receivers. ``center_freq`` is the nominal tuned
+frequency (default: ``network.target_freq_hz`` - 50 kHz, so the signal sits at +50 kHz), ``sample_rate``
+the nominal rate, ``time_source`` is ``"host"``.
+
+Physics (units in the names; all of it deterministic from ``simulator.seed``)
+----------------------------------------------------------------------------
+- Track: a smooth random walk over the search area (receivers' ENU bounding box + ``area_margin_km``).
+  Each axis is ``min + width * Phi(g(t))`` with ``g`` a unit-variance stationary Gaussian process (a sum
+  of random cosines), so over time the position is exactly uniform over the area; the RMS ground speed
+  is ``speed_mps`` (slower near the edges, faster in the middle).
+- Keying: alternating on/off periods with exponential lengths (means ``key_up_mean_s``,
+  ``key_down_mean_s``); each transmission draws a power uniform in [tx_power_min_dbm, tx_power_max_dbm],
+  a CTCSS tone and three voice-band tones whose deviation swells and fades at syllabic rates. Edges are
+  2 ms raised-cosine ramps.
+- NBFM: the phase is an analytic function of transmitter time, so the propagation delay d/c is applied
+  exactly, to the modulation and to the carrier (which gives Doppler for free).
+- Propagation: ``P_rx = P_tx - (ref_loss_db + 10 n log10(d / 1 km)) + S_r(x)``, d the 3-D distance
+  (``streamer.physics.slant_distance_m``), ``S_r`` a Gaussian random field per receiver over transmitter
+  position (std ``shadowing_db``, exponential correlation with distance ``shadowing_corr_km``). No fast
+  fading: a 0.5 s window would average it to a fraction of a dB.
+- Receiver: thermal noise ``-174 dBm/Hz + 10 log10(fs) + noise_figure_db``; one reference oscillator
+  per receiver, off by N(0, ``clock_ppm_sigma``) ppm, sets both the true sample rate and the LO, so the
+  carrier appears ``-ppm * f_c`` off; ``t0_ns`` counts samples at the nominal rate from a host clock that
+  is off by N(0, ``clock_offset_sigma_ms``).
+
+Reproducibility: the same seed and the same time span give the same samples whatever the block size
+(noise comes from RNG streams keyed by (seed, receiver, fixed-size chunk index); the track, keying and
+fields are functions of absolute time). Each adapter builds its own ``SimulatedWorld`` from the config: no
+shared mutable state, so receivers can run in threads or processes alike.
+
+For training and evaluation, ``render_windows`` produces windows at any rate (e.g. the model's 24 kHz)
+through the same signal code, and ``SimulatedWorld.received_power_dbm`` gives the underlying power.
+
+Examples
+--------
+>>> from streamer.config import from_dict
+>>> cfg = from_dict({"receivers": [
+...     {"id": "a", "kind": "simulator", "lat": 45.0, "lon": 7.0, "start_ns": 0, "realtime": False, "duration_s": 0.1},
+...     {"id": "b", "kind": "simulator", "lat": 45.2, "lon": 7.3, "start_ns": 0, "realtime": False, "duration_s": 0.1}]})
+>>> from receivers.base import ReceiverContext, TallyDropCounter
+>>> with SimulatedReceiver.from_config(cfg.receivers[0], ReceiverContext(cfg, TallyDropCounter())) as rx:
+...     blocks = list(rx)
+>>> len(blocks), blocks[0].samples.dtype, blocks[0].sample_rate, blocks[0].time_source
+(2, dtype('complex64'), 240000.0, 'host')
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Iterator
+
+import numpy as np
+from scipy.special import ndtr
+
+from receivers.base import IQBlock, ReceiverBase, ReceiverContext
+from streamer.geodesy import SearchArea, enu_to_geodetic, network_geometry
+from streamer.physics import log_distance_path_loss_db, slant_distance_m
+
+SPEED_OF_LIGHT_MPS = 299_792_458.0
+THERMAL_NOISE_DBM_PER_HZ = -174.0  # kT at 290 K
+
+#: Standard CTCSS tones (Hz, EIA/TIA-603); a transmission uses one.
+CTCSS_TONES_HZ = (67.0, 71.9, 77.0, 82.5, 88.5, 94.8, 100.0, 103.5, 107.2, 110.9, 114.8, 118.8, 123.0, 127.3,
+                  131.8, 136.5, 141.3, 146.2, 151.4, 156.7, 162.2, 167.9, 173.8, 179.9, 186.2, 192.8, 203.5,
+                  210.7, 218.1, 225.7, 233.6, 241.8, 250.3)
+CTCSS_DEVIATION_FRACTION = 0.15  # of the peak deviation; the usual 10-15 % for sub-audible tones
+VOICE_TONES = 3
+VOICE_BAND_HZ = (300.0, 2700.0)
+SYLLABIC_RATE_HZ = (1.5, 5.0)
+KEY_RAMP_S = 0.002
+
+# Each random quantity has its own SeedSequence branch (seed, stream, ...), so adding one never shifts
+# the others and every piece can be regenerated independently, in any order.
+_TRACK, _KEYING, _SHADOWING, _RECEIVER, _NOISE, _WINDOW, _WINDOW_NOISE = range(7)
+
+KEYING_CHUNK_NS = 600 * 10**9  # keying schedule is generated per 10-minute chunk of absolute time
+TRACK_KNOT_NS = 15_625_000  # track evaluated every 1/64 s and interpolated (error < 1 mm at 300 m/s)
+TRACK_TERMS = 48  # random cosines per axis: enough for near-Gaussian marginals
+NOISE_CHUNK = 16_384  # samples per noise RNG stream
+# E[phi(g)^2] for g ~ N(0, 1): links the Gaussian process's time scale to the RMS speed.
+_E_PDF_SQ = 1.0 / (2.0 * math.pi * math.sqrt(3.0))
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+def thermal_noise_dbm(bandwidth_hz: float, noise_figure_db: float) -> float:
+    """Receiver noise power (dBm) over ``bandwidth_hz``: -174 dBm/Hz + 10 log10(B) + NF."""
+    return THERMAL_NOISE_DBM_PER_HZ + 10.0 * math.log10(bandwidth_hz) + noise_figure_db
+
+
+def received_power_dbm(tx_power_dbm, distance_m, *, ref_loss_db: float, path_loss_exponent: float, shadowing_db=0.0):
+    """Power at the receiving antenna (dBm): P_tx - log-distance path loss(d) + shadowing (dB)."""
+    return (
+        np.asarray(tx_power_dbm, dtype=np.float64)
+        - log_distance_path_loss_db(distance_m, ref_loss_db, path_loss_exponent)
+        + np.asarray(shadowing_db, dtype=np.float64)
+    )
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Where the transmitter is at Unix time ``t_ns`` (transmitter time, no propagation delay).
+
+    ``power_dbm`` is the transmit power (dBm) or None while keyed down; east/north in metres from the
+    network origin, lat/lon in degrees.
+    """
+
+    t_ns: int
+    lat: float
+    lon: float
+    east_m: float
+    north_m: float
+    power_dbm: float | None
+    keyed: bool
+
+
+@dataclass(frozen=True, eq=False)
+class Transmission:
+    """One key-up: [start_ns, end_ns) in transmitter Unix time, power (dBm) and the audio that modulates it.
+
+    The FM phase (rad) at time tau (s) after key-up is
+    ``(dev_ctcss / f_ctcss) sin(2 pi f_ctcss tau) + sum_k b_k(tau) sin(2 pi f_k tau + theta_k)`` with
+    ``b_k = (dev_k / f_k) (0.55 + 0.45 sin(2 pi r_k tau + psi_k))``: instantaneous deviation never exceeds
+    ``dev_ctcss + sum(dev_k)`` = the configured peak deviation (up to the slow envelope's own tiny term).
+    """
+
+    start_ns: int
+    end_ns: int
+    power_dbm: float
+    ctcss_hz: float
+    ctcss_dev_hz: float
+    tone_hz: np.ndarray
+    tone_dev_hz: np.ndarray
+    tone_phase_rad: np.ndarray
+    syllable_hz: np.ndarray
+    syllable_phase_rad: np.ndarray
+
+    @classmethod
+    def draw(cls, start_ns: int, end_ns: int, power_dbm: float, deviation_hz: float, rng: np.random.Generator) -> "Transmission":
+        """Random audio for one transmission."""
+        voice_share = rng.dirichlet(np.full(VOICE_TONES, 2.0)) * (1.0 - CTCSS_DEVIATION_FRACTION) * deviation_hz
+        return cls(
+            start_ns=int(start_ns),
+            end_ns=int(end_ns),
+            power_dbm=float(power_dbm),
+            ctcss_hz=float(CTCSS_TONES_HZ[rng.integers(len(CTCSS_TONES_HZ))]),
+            ctcss_dev_hz=CTCSS_DEVIATION_FRACTION * deviation_hz,
+            tone_hz=rng.uniform(*VOICE_BAND_HZ, VOICE_TONES),
+            tone_dev_hz=voice_share,
+            tone_phase_rad=rng.uniform(0.0, 2.0 * math.pi, VOICE_TONES),
+            syllable_hz=rng.uniform(*SYLLABIC_RATE_HZ, VOICE_TONES),
+            syllable_phase_rad=rng.uniform(0.0, 2.0 * math.pi, VOICE_TONES),
+        )
+
+    def phase_rad(self, tau_s: np.ndarray) -> np.ndarray:
+        """FM phase (rad) at ``tau_s`` seconds after key-up (any real tau: analytic, so delays are exact)."""
+        two_pi = 2.0 * math.pi
+        phase = (self.ctcss_dev_hz / self.ctcss_hz) * np.sin(two_pi * self.ctcss_hz * tau_s)
+        for f, dev, th, r, psi in zip(self.tone_hz, self.tone_dev_hz, self.tone_phase_rad, self.syllable_hz, self.syllable_phase_rad):
+            swell = 0.55 + 0.45 * np.sin(two_pi * r * tau_s + psi)
+            phase = phase + (dev / f) * swell * np.sin(two_pi * f * tau_s + th)
+        return phase
+
+    def envelope(self, tau_s: np.ndarray) -> np.ndarray:
+        """Amplitude 0..1 with raised-cosine key-up/key-down ramps of ``KEY_RAMP_S``."""
+        length_s = (self.end_ns - self.start_ns) / 1e9
+        up = np.clip(tau_s / KEY_RAMP_S, 0.0, 1.0)
+        down = np.clip((length_s - tau_s) / KEY_RAMP_S, 0.0, 1.0)
+        return 0.25 * (1.0 - np.cos(math.pi * up)) * (1.0 - np.cos(math.pi * down))
+
+
+class ShadowingField:
+    """A stationary Gaussian random field over the search area (dB), exponential correlation exp(-r / L).
+
+    Made by circulant embedding: white noise filtered in 2-D FFT space by the square root of the
+    covariance's spectrum on a grid padded by 5 L (so the periodic wrap-around is below 1 % correlation),
+    then read by bilinear interpolation. Bilinear averaging of a rough field loses variance between nodes
+    (about 10 % at the grid step of L / 8), so each interpolated value is divided by the standard deviation
+    that the interpolation weights imply: the field has std ``std_db`` everywhere, and stays continuous.
+    """
+
+    def __init__(self, area: SearchArea, std_db: float, corr_m: float, rng: np.random.Generator) -> None:
+        self.std_db = float(std_db)
+        corr_m = max(float(corr_m), 1.0)
+        step = max(corr_m / 8.0, max(area.width_m, area.height_m) / 2048.0)
+        pad = 5.0 * corr_m
+        self.origin_m = (area.east_min_m - step, area.north_min_m - step)
+        self.step_m = step
+        n_e = int(math.ceil(area.width_m / step)) + 3
+        n_n = int(math.ceil(area.height_m / step)) + 3
+        m_e = _fft_size(n_e + int(math.ceil(pad / step)))
+        m_n = _fft_size(n_n + int(math.ceil(pad / step)))
+        lag_e = np.minimum(np.arange(m_e), m_e - np.arange(m_e)) * step
+        lag_n = np.minimum(np.arange(m_n), m_n - np.arange(m_n)) * step
+        cov = np.exp(-np.hypot(lag_n[:, None], lag_e[None, :]) / corr_m)
+        spectrum = np.maximum(np.fft.rfft2(cov).real, 0.0)
+        white = rng.standard_normal((m_n, m_e))
+        grid = np.fft.irfft2(np.sqrt(spectrum) * np.fft.rfft2(white), s=(m_n, m_e))
+        self.grid_db = (self.std_db * grid[:n_n, :n_e]).astype(np.float64)
+        self._rho_side = math.exp(-step / corr_m)  # correlation of neighbouring nodes
+        self._rho_diag = math.exp(-math.sqrt(2.0) * step / corr_m)
+
+    def __call__(self, east_north_m) -> np.ndarray:
+        """Field value (dB) at points ``[..., 2]`` (east, north, m); clamped to the grid's edge outside it."""
+        p = np.asarray(east_north_m, dtype=np.float64)
+        n_n, n_e = self.grid_db.shape
+        x = np.clip((p[..., 0] - self.origin_m[0]) / self.step_m, 0.0, n_e - 1.000001)
+        y = np.clip((p[..., 1] - self.origin_m[1]) / self.step_m, 0.0, n_n - 1.000001)
+        i, j = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
+        fy, fx = y - i, x - j
+        g = self.grid_db
+        value = (g[i, j] * (1 - fx) + g[i, j + 1] * fx) * (1 - fy) + (g[i + 1, j] * (1 - fx) + g[i + 1, j + 1] * fx) * fy
+        # Var of the weighted sum of 4 unit-variance nodes: sum w_a w_b rho(a, b), in closed form.
+        sx = (1 - fx) ** 2 + fx**2 + 2 * fx * (1 - fx) * self._rho_side  # along one row
+        sy = (1 - fy) ** 2 + fy**2
+        cross = 2 * fy * (1 - fy) * (((1 - fx) ** 2 + fx**2) * self._rho_side + 2 * fx * (1 - fx) * self._rho_diag)
+        return value / np.sqrt(sx * sy + cross)
+
+
+def _fft_size(n: int) -> int:
+    """Smallest 2^a 3^b >= n (fast FFT length)."""
+    best = 1 << (n - 1).bit_length()
+    p3 = 1
+    while p3 < best:
+        p2 = p3
+        while p2 < n:
+            p2 *= 2
+        best = min(best, p2)
+        p3 *= 3
+    return best
+
+
+class SimulatedWorld:
+    """Everything the simulated network shares, built deterministically from a ``Config``.
+
+    Attributes (per receiver arrays are in ``config.receivers`` order)
+    ----------
+    origin, rx_enu_m ``[R, 3]``, rx_alt_m ``[R]``, area : geometry (``streamer.geodesy.network_geometry``).
+    calibration_db ``[R]`` : configured gains, dBm = dBFS + calibration_db (what the daemon knows).
+    calibration_error_db ``[R]`` : hidden true gain minus configured (dB); never give it to an estimator.
+    clock_ppm ``[R]`` : reference-oscillator error (ppm): sample rate and LO are both off by it.
+    clock_offset_ns ``[R]`` : host-clock error added to every ``t0_ns`` (ns).
+    """
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.sim = config.simulator
+        self.target_freq_hz = float(config.network.target_freq_hz)
+        self.origin, self.rx_enu_m, self.area = network_geometry(config)
+        self.receiver_ids = tuple(rx.id for rx in config.receivers)
+        self.rx_alt_m = np.array([rx.alt_m for rx in config.receivers], dtype=np.float64)
+        self.calibration_db = np.array([rx.calibration_db for rx in config.receivers], dtype=np.float64)
+        seed = self.sim.seed
+        n_rx = len(self.receiver_ids)
+        per_rx = [_rng(seed, _RECEIVER, r).standard_normal(3) for r in range(n_rx)]
+        self.calibration_error_db = np.array([v[0] for v in per_rx]) * self.sim.calibration_sigma_db
+        self.clock_ppm = np.array([v[1] for v in per_rx]) * self.sim.clock_ppm_sigma
+        self.clock_offset_ns = np.round(np.array([v[2] for v in per_rx]) * self.sim.clock_offset_sigma_ms * 1e6).astype(np.int64)
+        self._track_omega, self._track_phase = self._track_terms(seed)
+        self._shadowing: dict[int, ShadowingField] = {}
+        self._keying: dict[int, list[Transmission]] = {}
+
+    # --- geometry and power ------------------------------------------------------------------------
+
+    def receiver_index(self, receiver_id: str) -> int:
+        """Position of ``receiver_id`` in the config (the index every per-receiver array uses)."""
+        return self.receiver_ids.index(receiver_id)
+
+    def shadowing(self, r: int) -> ShadowingField:
+        """Receiver ``r``'s shadowing field (built on first use, then cached)."""
+        if r not in self._shadowing:
+            self._shadowing[r] = ShadowingField(
+                self.area, self.sim.shadowing_db, 1000.0 * self.sim.shadowing_corr_km, _rng(self.sim.seed, _SHADOWING, r)
+            )
+        return self._shadowing[r]
+
+    def distance_m(self, tx_en_m) -> np.ndarray:
+        """3-D distance (m) from transmitter positions ``[..., 2]`` to every receiver: ``[..., R]``."""
+        return slant_distance_m(tx_en_m, self.sim.tx_alt_m, self.rx_enu_m, self.rx_alt_m)
+
+    def received_power_dbm(self, tx_en_m, tx_power_dbm) -> np.ndarray:
+        """True power at each receiving antenna (dBm) ``[..., R]``, shadowing included, before calibration."""
+        tx = np.asarray(tx_en_m, dtype=np.float64)
+        shadow = np.stack([self.shadowing(r)(tx) for r in range(len(self.receiver_ids))], axis=-1)
+        return received_power_dbm(
+            np.asarray(tx_power_dbm, dtype=np.float64)[..., None],
+            self.distance_m(tx),
+            ref_loss_db=self.sim.ref_loss_db,
+            path_loss_exponent=self.sim.path_loss_exponent,
+            shadowing_db=shadow,
+        )
+
+    def measured_offset_db(self) -> np.ndarray:
+        """What the daemon's dBm reads minus the true antenna power, per receiver (= -calibration_error_db)."""
+        return -self.calibration_error_db
+
+    # --- track -------------------------------------------------------------------------------------
+
+    def _track_terms(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = _rng(seed, _TRACK)
+        omega = rng.standard_normal((2, TRACK_TERMS))
+        omega /= np.sqrt(np.mean(omega**2, axis=1, keepdims=True))  # exactly unit mean square per axis
+        # RMS speed^2 = E[phi(g)^2] * E[g'^2] * (W^2 + H^2) with E[g'^2] = mean(omega^2) = lam.
+        lam = self.sim.speed_mps**2 / (_E_PDF_SQ * (self.area.width_m**2 + self.area.height_m**2))
+        return omega * math.sqrt(lam), rng.uniform(0.0, 2.0 * math.pi, (2, TRACK_TERMS))
+
+    def position_en_m(self, t_ns) -> np.ndarray:
+        """Transmitter (east, north) in metres at Unix times ``t_ns`` (int or array): ``[..., 2]``."""
+        t_s = np.asarray(t_ns, dtype=np.float64) / 1e9
+        arg = t_s[..., None, None] * self._track_omega + self._track_phase  # [..., 2, K]
+        g = np.sqrt(2.0 / TRACK_TERMS) * np.cos(arg).sum(axis=-1)
+        u = ndtr(g)
+        a = self.area
+        return np.stack([a.east_min_m + a.width_m * u[..., 0], a.north_min_m + a.height_m * u[..., 1]], axis=-1)
+
+    def _interpolated_positions(self, ref_ns: int, t_rel_s: np.ndarray) -> np.ndarray:
+        """Track at ``ref_ns + t_rel_s`` by linear interpolation between absolute-time knots ``[N, 2]``."""
+        k0 = ref_ns // TRACK_KNOT_NS
+        u = ((ref_ns - k0 * TRACK_KNOT_NS) / 1e9 + t_rel_s) / (TRACK_KNOT_NS / 1e9)
+        k = np.floor(u).astype(np.int64)
+        frac = (u - k)[:, None]
+        lo, hi = int(k.min()), int(k.max()) + 1
+        knots = self.position_en_m((k0 + np.arange(lo, hi + 1)) * TRACK_KNOT_NS)
+        i = k - lo
+        return knots[i] * (1.0 - frac) + knots[i + 1] * frac
+
+    # --- keying ------------------------------------------------------------------------------------
+
+    def _raw_chunk(self, c: int) -> list[Transmission]:
+        """Transmissions whose key-up falls in keying chunk ``c`` (an alternating exponential process)."""
+        sim = self.sim
+        rng = _rng(sim.seed, _KEYING, c + (1 << 40))  # offset keeps negative chunk indices valid entropy
+        t = c * KEYING_CHUNK_NS
+        end = t + KEYING_CHUNK_NS
+        on = rng.random() < sim.key_up_mean_s / (sim.key_up_mean_s + sim.key_down_mean_s)
+        out = []
+        while t < end:
+            # Exponential periods are memoryless, so starting the chunk in the stationary state is exact.
+            length = int(rng.exponential(sim.key_up_mean_s if on else sim.key_down_mean_s) * 1e9) + 1
+            if on:
+                power = rng.uniform(sim.tx_power_min_dbm, sim.tx_power_max_dbm)
+                out.append(Transmission.draw(t, t + length, power, sim.fm_deviation_hz, rng))
+            t += length
+            on = not on
+        return out
+
+    def _chunk(self, c: int) -> list[Transmission]:
+        """Chunk ``c`` without the transmissions that would overlap the previous chunk's last one."""
+        if c not in self._keying:
+            previous = self._raw_chunk(c - 1)
+            busy_until = previous[-1].end_ns if previous else c * KEYING_CHUNK_NS
+            self._keying[c] = [tx for tx in self._raw_chunk(c) if tx.start_ns >= busy_until]
+            if len(self._keying) > 16:
+                self._keying.pop(next(iter(self._keying)))
+        return self._keying[c]
+
+    def transmissions(self, start_ns: int, end_ns: int) -> list[Transmission]:
+        """Transmissions overlapping [start_ns, end_ns) (transmitter Unix time), in time order."""
+        first = int(start_ns) // KEYING_CHUNK_NS - 1
+        last = int(end_ns) // KEYING_CHUNK_NS
+        return [tx for c in range(first, last + 1) for tx in self._chunk(c) if tx.end_ns > start_ns and tx.start_ns < end_ns]
+
+    def truth(self, t_ns: int) -> Truth:
+        """Ground truth at Unix time ``t_ns``: position, and transmit power while keyed."""
+        t_ns = int(t_ns)
+        east, north = self.position_en_m(t_ns)
+        lat, lon, _ = enu_to_geodetic(east, north, 0.0, self.origin)
+        active = [tx for tx in self.transmissions(t_ns, t_ns + 1) if tx.start_ns <= t_ns < tx.end_ns]
+        power = active[0].power_dbm if active else None
+        return Truth(t_ns, float(lat), float(lon), float(east), float(north), power, bool(active))
+
+    # --- signal ------------------------------------------------------------------------------------
+
+    def received_baseband(
+        self,
+        r: int,
+        ref_ns: int,
+        t_rel_s: np.ndarray,
+        lo_freq_hz: float,
+        *,
+        tx_en_m: np.ndarray | None = None,
+        transmissions: list[Transmission] | None = None,
+    ) -> np.ndarray:
+        """Noise-free complex baseband at receiver ``r``'s antenna, in sqrt(mW) (|x|^2 = power in mW).
+
+        The one signal model: the adapter and ``render_windows`` both call it.
+
+        Parameters
+        ----------
+        r : receiver index.
+        ref_ns : Unix time (ns) that ``t_rel_s`` counts from.
+        t_rel_s : ``[N]`` true sampling instants, seconds after ``ref_ns``.
+        lo_freq_hz : the receiver's actual LO frequency (Hz); the carrier lands at target - LO.
+        tx_en_m : fixed transmitter (east, north) in m; default: the world's track.
+        transmissions : what is on air; default: the world's keying schedule.
+        """
+        t_rel_s = np.asarray(t_rel_s, dtype=np.float64)
+        if tx_en_m is None:
+            pos = self._interpolated_positions(ref_ns, t_rel_s)
+            shadow_db = self.shadowing(r)(pos)
+        else:
+            pos = np.broadcast_to(np.asarray(tx_en_m, dtype=np.float64), (1, 2))
+            shadow_db = self.shadowing(r)(pos)
+        dist = slant_distance_m(pos, self.sim.tx_alt_m, self.rx_enu_m[r : r + 1], self.rx_alt_m[r : r + 1])[:, 0]
+        delay_s = dist / SPEED_OF_LIGHT_MPS
+        gain_db = shadow_db - log_distance_path_loss_db(dist, self.sim.ref_loss_db, self.sim.path_loss_exponent)
+        t_tx_first = ref_ns + int(math.floor((t_rel_s[0] - delay_s.max()) * 1e9)) - 1
+        t_tx_last = ref_ns + int(math.ceil(t_rel_s[-1] * 1e9)) + 1
+        if transmissions is None:
+            transmissions = self.transmissions(t_tx_first, t_tx_last)
+        out = np.zeros(t_rel_s.shape, dtype=np.complex128)
+        if not transmissions:
+            return out
+        # Carrier: exp(j 2 pi [(f_tx - f_lo) t - f_tx d/c]). The constant part (f_tx - f_lo) * ref is
+        # reduced mod 1 exactly (Fraction) so the phase is continuous whatever ref a block uses.
+        offset_hz = self.target_freq_hz - lo_freq_hz
+        ref_cycles = float((Fraction(offset_hz) * Fraction(int(ref_ns), 10**9)) % 1)
+        carrier_cycles = ref_cycles + offset_hz * t_rel_s - self.target_freq_hz * delay_s
+        carrier_cycles -= np.floor(carrier_cycles)
+        for tx in transmissions:
+            tau = (ref_ns - tx.start_ns) / 1e9 + t_rel_s - delay_s  # seconds since key-up, at the transmitter
+            on = (tau > 0.0) & (tau < (tx.end_ns - tx.start_ns) / 1e9)
+            if not on.any():
+                continue
+            tau_on = tau[on]
+            amp = tx.envelope(tau_on) * 10.0 ** ((tx.power_dbm + np.broadcast_to(gain_db, tau.shape)[on]) / 20.0)
+            out[on] += amp * np.exp(1j * (2.0 * math.pi * carrier_cycles[on] + tx.phase_rad(tau_on)))
+        return out
+
+
+def receiver_noise(world: SimulatedWorld, key: tuple[int, ...], n: int, noise_dbm: float) -> np.ndarray:
+    """``n`` samples of complex white Gaussian noise of total power ``noise_dbm``, in sqrt(mW)."""
+    rng = _rng(world.sim.seed, *key)
+    scale = math.sqrt(10.0 ** (noise_dbm / 10.0) / 2.0)
+    return scale * (rng.standard_normal(n) + 1j * rng.standard_normal(n))
+
+
+def render_windows(
+    world: SimulatedWorld,
+    tx_en_m,
+    tx_power_dbm,
+    start_ns,
+    *,
+    sample_rate_hz: float,
+    n_samples: int,
+    window_ids=None,
+    receivers=None,
+    add_noise: bool = True,
+) -> np.ndarray:
+    """IQ windows as the daemon would see them after a channelizer tuned to the target frequency.
+
+    For each window b the transmitter stands at ``tx_en_m[b]`` (east, north in m) keyed up at
+    ``tx_power_dbm[b]`` (dBm) with audio drawn from (seed, window id); receiver r samples ``n_samples`` at
+    ``sample_rate_hz`` (its oscillator error included) from Unix time ``start_ns[b]`` on, with thermal
+    noise over ``sample_rate_hz``. The shadowing fields, calibration errors and signal model are the
+    world's, through ``SimulatedWorld.received_baseband``.
+
+    Returns complex64 ``[B, R, n_samples]`` in full-scale units (dBFS = dBm - true gain), so
+    ``features.mel_frames_dbm(x, spec, world.calibration_db)`` gives dBm as the daemon reads them.
+    ``receivers`` selects receiver indices (default all); ``window_ids`` (default 0..B-1) keys the audio
+    and noise RNG streams, so the same id always gives the same window.
+    """
+    tx = np.atleast_2d(np.asarray(tx_en_m, dtype=np.float64))
+    n_win = tx.shape[0]
+    power = np.broadcast_to(np.asarray(tx_power_dbm, dtype=np.float64), (n_win,))
+    starts = np.broadcast_to(np.asarray(start_ns, dtype=np.int64), (n_win,))
+    ids = np.arange(n_win) if window_ids is None else np.asarray(window_ids, dtype=np.int64)
+    rx_idx = list(range(len(world.receiver_ids))) if receivers is None else list(receivers)
+    noise_dbm = thermal_noise_dbm(sample_rate_hz, world.sim.noise_figure_db)
+    out = np.empty((n_win, len(rx_idx), n_samples), dtype=np.complex64)
+    for b in range(n_win):
+        # Keyed well before the window (longer than any propagation delay) and until well after it.
+        t0 = int(starts[b])
+        burst = Transmission.draw(t0 - 10**9, t0 + 10**9 + int(n_samples / sample_rate_hz * 1e9), power[b],
+                                  world.sim.fm_deviation_hz, _rng(world.sim.seed, _WINDOW, int(ids[b])))
+        for j, r in enumerate(rx_idx):
+            ppm = world.clock_ppm[r] * 1e-6
+            t_rel = np.arange(n_samples) / (sample_rate_hz * (1.0 + ppm))
+            x = world.received_baseband(r, t0, t_rel, world.target_freq_hz * (1.0 + ppm), tx_en_m=tx[b], transmissions=[burst])
+            if add_noise:
+                x += receiver_noise(world, (_WINDOW_NOISE, int(ids[b]), r), n_samples, noise_dbm)
+            out[b, j] = x * _full_scale_per_sqrt_mw(world, r)
+    return out
+
+
+def _full_scale_per_sqrt_mw(world: SimulatedWorld, r: int) -> float:
+    """Amplitude factor antenna sqrt(mW) -> full scale: dBFS = dBm - (calibration_db + hidden error)."""
+    return 10.0 ** (-(world.calibration_db[r] + world.calibration_error_db[r]) / 20.0)
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+class SimulatedReceiver(ReceiverBase):
+    """Adapter ``kind = "simulator"``: one receiver of the seeded ``SimulatedWorld``."""
+
+    @dataclass(frozen=True)
+    class Options:
+        sample_rate_hz: float = field(default=240_000.0, metadata=_doc("nominal sample rate (Hz)"))
+        center_freq_hz: float | None = field(
+            default=None, metadata=_doc("tuned centre frequency (Hz); default network.target_freq_hz - 50 kHz")
+        )
+        block_s: float = field(default=0.05, metadata=_doc("samples per IQBlock (s)"))
+        realtime: bool = field(default=True, metadata=_doc("pace blocks to the wall clock; false = as fast as consumed"))
+        start_ns: int | None = field(default=None, metadata=_doc("Unix time of the first sample (ns); default now"))
+        duration_s: float | None = field(default=None, metadata=_doc("stop after this much signal (s); default never"))
+        gain_db: float | None = field(default=None, metadata=_doc("gain reported in IQBlock.gain_db (dB); levels follow calibration_db"))
+
+        def __post_init__(self) -> None:
+            if not self.sample_rate_hz > 0:
+                raise ValueError(f"sample_rate_hz must be > 0, got {self.sample_rate_hz}")
+            if not self.block_s * self.sample_rate_hz >= 1:
+                raise ValueError(f"block_s must hold at least one sample, got {self.block_s}")
+            if self.duration_s is not None and self.duration_s < 0:
+                raise ValueError(f"duration_s must be >= 0, got {self.duration_s}")
+
+    def __init__(
+        self,
+        receiver_id: str,
+        world: SimulatedWorld,
+        options: "SimulatedReceiver.Options | None" = None,
+        *,
+        clock_ns: Callable[[], int] = time.time_ns,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.options = options or self.Options()
+        self.world = world
+        self.receiver_id = receiver_id
+        self.index = world.receiver_index(receiver_id)
+        self.realtime = self.options.realtime
+        self._clock_ns = clock_ns
+        self._sleep = sleep
+        opts = self.options
+        self.sample_rate_hz = float(opts.sample_rate_hz)
+        self.center_freq_hz = float(opts.center_freq_hz) if opts.center_freq_hz is not None else world.target_freq_hz - 50e3
+        ppm = world.clock_ppm[self.index] * 1e-6
+        # One reference oscillator drives both: true rate and LO are off by the same fraction.
+        self.true_sample_rate_hz = self.sample_rate_hz * (1.0 + ppm)
+        self.lo_freq_hz = self.center_freq_hz * (1.0 + ppm)
+        self.start_ns = int(opts.start_ns) if opts.start_ns is not None else int(clock_ns())
+        self.block_len = max(1, int(round(opts.block_s * self.sample_rate_hz)))
+        self.total_samples = None if opts.duration_s is None else int(round(opts.duration_s * self.sample_rate_hz))
+        self.noise_dbm = thermal_noise_dbm(self.sample_rate_hz, world.sim.noise_figure_db)
+        self._closed = False
+        self._noise_cache: tuple[int, np.ndarray] | None = None
+
+    @classmethod
+    def from_config(cls, rx, ctx: ReceiverContext) -> "SimulatedReceiver":
+        """Build from a ``ReceiverConfig`` whose ``options`` is ``SimulatedReceiver.Options``."""
+        return cls(rx.id, SimulatedWorld(ctx.config), rx.options)
+
+    def read(self, first: int, count: int) -> np.ndarray:
+        """Samples ``first .. first+count`` of this receiver's stream (complex64, full scale)."""
+        n = np.arange(first, first + count, dtype=np.int64)
+        t_rel = n / self.true_sample_rate_hz
+        x = self.world.received_baseband(self.index, self.start_ns, t_rel, self.lo_freq_hz)
+        x += self._noise(first, count)
+        return (x * _full_scale_per_sqrt_mw(self.world, self.index)).astype(np.complex64)
+
+    def _noise(self, first: int, count: int) -> np.ndarray:
+        parts = []
+        for c in range(first // NOISE_CHUNK, (first + count - 1) // NOISE_CHUNK + 1):
+            if self._noise_cache is None or self._noise_cache[0] != c:
+                chunk = receiver_noise(self.world, (_NOISE, self.index, c), NOISE_CHUNK, self.noise_dbm)
+                self._noise_cache = (c, chunk)
+            lo = max(first, c * NOISE_CHUNK) - c * NOISE_CHUNK
+            hi = min(first + count, (c + 1) * NOISE_CHUNK) - c * NOISE_CHUNK
+            parts.append(self._noise_cache[1][lo:hi])
+        return np.concatenate(parts)
+
+    def block_t0_ns(self, sample_index: int) -> int:
+        """Host timestamp of a sample: start + count at the nominal rate + this host's clock error (ns)."""
+        return self.start_ns + int(round(sample_index * 1e9 / self.sample_rate_hz)) + int(self.world.clock_offset_ns[self.index])
+
+    def __iter__(self) -> Iterator[IQBlock]:
+        first = 0
+        while not self._closed:
+            count = self.block_len
+            if self.total_samples is not None:
+                count = min(count, self.total_samples - first)
+                if count <= 0:
+                    return
+            if self.realtime:
+                # A real receiver delivers a block once its last sample has been taken.
+                due_ns = self.start_ns + int((first + count) * 1e9 / self.sample_rate_hz)
+                wait_s = (due_ns - self._clock_ns()) / 1e9
+                if wait_s > 0:
+                    self._sleep(wait_s)
+            yield IQBlock(
+                receiver_id=self.receiver_id,
+                samples=self.read(first, count),
+                sample_index=first,
+                t0_ns=self.block_t0_ns(first),
+                time_source="host",
+                sample_rate=self.sample_rate_hz,
+                center_freq=self.center_freq_hz,
+                gain_db=self.options.gain_db,
+            )
+            first += count
+
+    def close(self) -> None:
+        self._closed = True
