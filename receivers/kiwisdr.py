@@ -380,6 +380,8 @@ class _WebSocket:
                     raise _Closed from None
                 raise ReceiverTransientError(f"{self._what}: connection lost: {exc}") from exc
             if not chunk:
+                if self._closed.is_set():
+                    raise _Closed  # our own close() shut the socket down
                 raise ReceiverTransientError(f"{self._what}: server closed the connection")
             if self._pos > 1 << 16:
                 del self._buf[: self._pos]

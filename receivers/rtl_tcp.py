@@ -230,6 +230,8 @@ class RtlTcpReceiver(ReceiverBase):
                     return 0
                 raise ReceiverTransientError(f"{self.receiver_id}: rtl_tcp connection lost: {exc}") from exc
             if n == 0:
+                if self._closed.is_set():
+                    return 0  # our own close() shut the socket down
                 raise _EndOfStream
             return n
         return 0

@@ -288,6 +288,8 @@ class FakeKiwiServer(_Server):
     gps : (last_gps_solution, tow_s, ns) of frame 0; later frames advance by 512 / fs. None: zeros.
     password : the accepted password; ``too_busy``: answer ``MSG too_busy=4`` and close.
     pace : send frames in real time (512 / fs apart) instead of as fast as possible.
+    iq_cache_frames : for benchmarks, reuse the IQ of frames ``i % iq_cache_frames`` (headers stay
+        exact) so generating the tone does not limit the rate; None = every frame computed exactly.
     """
 
     def __init__(
@@ -307,8 +309,11 @@ class FakeKiwiServer(_Server):
         pace: bool = False,
         msg_opcode: int = 0x2,
         send_ping: bool = False,
+        iq_cache_frames: int | None = None,
     ) -> None:
         super().__init__()
+        self.iq_cache_frames = iq_cache_frames
+        self._iq_cache: dict[tuple[int, bool], bytes] = {}
         self.fs, self.tone_hz, self.amplitude = fs, tone_hz, amplitude
         self.n_frames, self.after, self.faults = n_frames, after, dict(faults or {})
         self.seq_start, self.smeter_raw, self.gps = seq_start, smeter_raw, gps
@@ -404,14 +409,23 @@ class FakeKiwiServer(_Server):
             tow, ns = (t_ns // 10**9) % 604_800, t_ns % 10**9
         head = b"SND" + struct.pack("<BI", flags, (self.seq_start + i) & 0xFFFFFFFF)
         head += struct.pack(">H", self.smeter_raw) + struct.pack("<BBII", lgs, 0, tow, ns)
-        iq = expected_i16(512 * i, 512, fs=self.fs, tone_hz=self.tone_hz, amplitude=self.amplitude)
-        body = iq.astype("<i2" if little_endian else ">i2").tobytes()
+        body = self._iq(i if self.iq_cache_frames is None else i % self.iq_cache_frames, little_endian)
         frame = head + body
         if fault == "truncate":
             return frame[:1000]
         if fault == "bad_tag":
             return b"XYZ" + frame[3:]
         return frame
+
+    def _iq(self, i: int, little_endian: bool) -> bytes:
+        key = (i, little_endian)
+        if key not in self._iq_cache:
+            iq = expected_i16(512 * i, 512, fs=self.fs, tone_hz=self.tone_hz, amplitude=self.amplitude)
+            body = iq.astype("<i2" if little_endian else ">i2").tobytes()
+            if self.iq_cache_frames is None:
+                return body
+            self._iq_cache[key] = body
+        return self._iq_cache[key]
 
     def _serve(self, conn: socket.socket, n: int) -> None:
         # blocking socket: stop() shuts it down, which ends both the reader and a blocked sendall

@@ -7,6 +7,7 @@ import struct
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +314,12 @@ def test_fuzzed_frames_never_raise_and_every_rejection_is_counted(messages):
             assert after == before and block.samples.dtype == np.complex64 and len(block.samples) == 512
             assert np.all(np.abs(block.samples.view(np.float32)) <= 1.0)
     assert dec.next_index >= 512 * produced
+
+
+def test_example_config_loads_and_opens():
+    from streamer.config import load
+
+    cfg = load(Path(__file__).resolve().parents[2] / "config/examples/kiwisdr.toml")
+    ctx = ReceiverContext(config=cfg, drops=TallyDropCounter())
+    rxs = [KiwiSdrReceiver.from_config(rx, ctx) for rx in cfg.receivers]  # no I/O until iterated
+    assert [rx.center_freq_hz for rx in rxs] == [7.1e6] * 3 and rxs[2].path.startswith("/wb/")

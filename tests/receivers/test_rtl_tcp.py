@@ -6,6 +6,7 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,10 @@ def test_valid_sample_rates_are_accepted(rate):
 def test_sample_rates_librtlsdr_refuses_are_config_errors(rate):
     with pytest.raises(ConfigError, match="sample_rate_hz"):
         from_dict({"receivers": [{"id": "r", "kind": "rtl_tcp", "lat": 0.0, "lon": 0.0, "sample_rate_hz": rate}]})
+
+
+def test_example_config_loads():
+    from streamer.config import load
+
+    cfg = load(Path(__file__).resolve().parents[2] / "config/examples/rtl_tcp.toml")
+    assert {rx.kind for rx in cfg.receivers} == {"rtl_tcp"} and len(cfg.receivers) == 3
