@@ -32,8 +32,8 @@ or an IQ frame::
 Mapping to IQBlock: one block per frame, samples / 32768 (full scale 1.0); ``center_freq`` = the
 configured frequency; ``sample_rate`` = the server's ``sample_rate`` (``sample_rate_hz`` until it
 arrives); a seq gap of g frames is counted as ``samples_dropped(id, "seq_gap", 512 * g)`` and
-advances ``sample_index`` by as much, so the stream stays aligned with seq. ADC overflow ->
-``Flags.OVERFLOW``; new frequency or a changed rate -> ``Flags.RETUNE``; restart and the first
+advances ``sample_index`` by as much, so the stream stays aligned with seq; the next block carries
+``Flags.OVERFLOW`` (as after a masked frame). ADC overflow -> ``Flags.OVERFLOW`` too; new frequency or a changed rate -> ``Flags.RETUNE``; restart and the first
 block of a connection -> ``Flags.DISCONTINUITY``; agc = true -> ``Flags.AGC`` and ``gain_db=None``.
 
 Time: with a running GPS clock (last_gps_solution < 255 and a non-zero timestamp) ``t0_ns`` is the
@@ -263,6 +263,7 @@ class SndDecoder:
         if frame.flags & FLAG_MASKED:
             self.drops.samples_dropped(self.receiver_id, "masked", len(frame.samples))
             self.next_index += len(frame.samples)
+            self._pending |= Flags.OVERFLOW
             return None
         flags = self._pending
         self._pending = Flags.NONE
@@ -303,6 +304,7 @@ class SndDecoder:
             return
         self.drops.samples_dropped(self.receiver_id, "seq_gap", FRAME_SAMPLES * gap)
         self.next_index += FRAME_SAMPLES * gap
+        self._pending |= Flags.OVERFLOW  # samples lost before the next block, counted, index jumped
 
     def _time(self, frame: SndFrame) -> tuple[int, str]:
         now = self.clock_ns()

@@ -114,6 +114,8 @@ def test_seq_gaps_are_counted_and_advance_sample_index():
     assert rec.drops.dropped == {("kiwi1", "seq_gap"): 3 * 512}
     assert [b.sample_index // 512 for b in blocks] == [0, 1, 2, 3, 6, 7, 8, 10, 11]
     assert_tone(blocks, server)  # sample_index stayed aligned with the stream across the gaps
+    after_gap = [b.sample_index // 512 for b in blocks if b.flags & Flags.OVERFLOW]
+    assert after_gap == [6, 10]
 
 
 def test_truncated_and_bad_tag_frames_are_counted_not_raised():
@@ -134,6 +136,7 @@ def test_overflow_new_frequency_and_masked_flags():
     by_frame = {b.sample_index // 512: b for b in blocks}
     assert by_frame[1].flags == Flags.OVERFLOW and by_frame[2].flags == Flags.RETUNE
     assert by_frame[3].flags == Flags.NONE and 4 not in by_frame and by_frame[5].sample_index == 5 * 512
+    assert by_frame[5].flags == Flags.OVERFLOW  # the masked frame's samples were dropped before it
     assert rec.drops.dropped == {("kiwi1", "masked"): 512}
 
 
@@ -275,6 +278,7 @@ def test_seq_wraps_around_without_a_gap():
     blocks = [dec.decode(snd(0x08, s, iq)) for s in (0xFFFFFFFE, 0xFFFFFFFF, 0, 2)]
     assert [b.sample_index for b in blocks] == [0, 512, 1024, 2048]
     assert dec.drops.dropped == {("k", "seq_gap"): 512}
+    assert [bool(b.flags & Flags.OVERFLOW) for b in blocks] == [False, False, False, True]
 
 
 @given(host_offset_s=st.integers(-3 * 86400, 3 * 86400), unix_ns=st.integers(10**18, 3 * 10**18))
