@@ -26,10 +26,13 @@ class Flags(enum.IntFlag):
     """Per-block conditions reported by the source."""
 
     NONE = 0
-    OVERFLOW = 1  # the source lost samples before this block (sample_index shows how many)
+    #: The source lost samples just before this block and has counted them (``DropCounter``); the
+    #: pipeline restarts its filters here. ``sample_index`` jumps by the loss where the size is known.
+    OVERFLOW = 1
     RETUNE = 2  # centre frequency or rate changed at this block
     AGC = 4  # gain is under automatic control: absolute power is not trustworthy
     DISCONTINUITY = 8  # the stream restarted (reconnect); do not carry filter state across
+    CLIPPED = 16  # the ADC overloaded in this block: power readings are a lower bound
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,8 @@ class GnuRadioZmqReceiver(ReceiverBase):
         if expected is None or offset == expected:
             return Flags.NONE
         if offset > expected:
+            # The PUB dropped messages (HWM) or items were lost upstream: the offset shows how many.
+            self._drops.samples_dropped(self.receiver_id, "gap", offset - expected)
             return Flags.OVERFLOW
         self._state.anchor = None  # the flowgraph restarted: its old rx_time no longer applies
         self._pending = []

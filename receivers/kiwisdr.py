@@ -33,7 +33,7 @@ Mapping to IQBlock: one block per frame, samples / 32768 (full scale 1.0); ``cen
 configured frequency; ``sample_rate`` = the server's ``sample_rate`` (``sample_rate_hz`` until it
 arrives); a seq gap of g frames is counted as ``samples_dropped(id, "seq_gap", 512 * g)`` and
 advances ``sample_index`` by as much, so the stream stays aligned with seq; the next block carries
-``Flags.OVERFLOW`` (as after a masked frame). ADC overflow -> ``Flags.OVERFLOW`` too; new frequency or a changed rate -> ``Flags.RETUNE``; restart and the first
+``Flags.OVERFLOW`` (as after a masked frame). ADC overflow (clipping, not loss) -> ``Flags.CLIPPED``; new frequency or a changed rate -> ``Flags.RETUNE``; restart and the first
 block of a connection -> ``Flags.DISCONTINUITY``; agc = true -> ``Flags.AGC`` and ``gain_db=None``.
 
 Time: with a running GPS clock (last_gps_solution < 255 and a non-zero timestamp) ``t0_ns`` is the
@@ -268,7 +268,7 @@ class SndDecoder:
         flags = self._pending
         self._pending = Flags.NONE
         if frame.flags & FLAG_ADC_OVERFLOW:
-            flags |= Flags.OVERFLOW
+            flags |= Flags.CLIPPED
         if frame.flags & FLAG_NEW_FREQ:
             flags |= Flags.RETUNE
         if frame.flags & FLAG_RESTART:

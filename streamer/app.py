@@ -112,10 +112,18 @@ class Daemon:
                 break
             with self._queued_lock:
                 self._queued[block.receiver_id] -= len(block.samples)
-            self.pipeline.push(block)
+            try:
+                self.pipeline.push(block)
+            except Exception:  # a bug must cost one block, never the daemon
+                log.exception("receiver %s: block dropped by an internal error", block.receiver_id)
+                self.metrics.bad_frames.labels(block.receiver_id, "internal_error").inc()
             if time.monotonic() >= deadline:
                 break
-        self.pipeline.poll()
+        try:
+            self.pipeline.poll()
+        except Exception:
+            log.exception("window processing failed")
+            self.metrics.windows.labels("internal_error").inc()
 
     def run(self, stop: threading.Event) -> None:
         self.start()

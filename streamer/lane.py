@@ -40,6 +40,10 @@ class LaneSettings:
     clock_jump_tolerance_s: float
 
 
+class UntunableBlock(Exception):
+    """The block's rate or centre frequency cannot be channelized to the target (counted, not raised further)."""
+
+
 DropFn = Callable[[str, str, int], None]  # (reason, stage, n_samples)
 BadFrameFn = Callable[[str], None]  # (reason)
 
@@ -62,6 +66,7 @@ class Lane:
         self._consumed_until_ns: int | None = None  # windows before this are already emitted
         self._pending_restart: str | None = None
         self.last_block: IQBlock | None = None
+        self.untunable_reason: str | None = None  # why the last untunable block was refused (for logs)
 
     # Accounting -----------------------------------------------------------------------------------
     @property
@@ -117,7 +122,14 @@ class Lane:
             self._on_bad_frame("index_backwards")
             self._drop("index_backwards", n)
             return
-        self._check_continuity(block)
+        try:
+            self._check_continuity(block)
+        except UntunableBlock as exc:
+            self._on_bad_frame("untunable")
+            self._drop("untunable", n)
+            self.untunable_reason = str(exc)
+            self._expected_index = None
+            return
         self.last_block = block
         self._expected_index = block.end_index
         self._expected_t_ns = block.t0_ns + block.duration_ns
@@ -140,9 +152,10 @@ class Lane:
             restart = "retune"
         elif block.flags & Flags.DISCONTINUITY:
             restart = "discontinuity"
+        elif block.flags & Flags.OVERFLOW:  # the adapter counted the loss; the signal is not continuous
+            restart = "overflow"
         elif self._expected_index is not None and block.sample_index > self._expected_index:
-            if not block.flags & Flags.OVERFLOW:  # an adapter that sets OVERFLOW has counted the loss itself
-                self._drop("gap", block.sample_index - self._expected_index, SOURCE)
+            self._drop("gap", block.sample_index - self._expected_index, SOURCE)
             restart = "gap"
         elif self._expected_t_ns is not None:
             jump_s = abs(block.t0_ns - self._expected_t_ns) / 1e9
@@ -154,12 +167,17 @@ class Lane:
         if self.channelizer is None or restart == "retune":
             if self.channelizer is not None:
                 self._restart("retune")
-            self.channelizer = Channelizer(
-                in_rate_hz=block.sample_rate,
-                center_freq_hz=block.center_freq,
-                target_freq_hz=self.settings.target_freq_hz,
-                out_rate_hz=self.settings.model_rate_hz,
-            )
+            try:
+                self.channelizer = Channelizer(
+                    in_rate_hz=block.sample_rate,
+                    center_freq_hz=block.center_freq,
+                    target_freq_hz=self.settings.target_freq_hz,
+                    out_rate_hz=self.settings.model_rate_hz,
+                )
+            except ValueError as exc:  # rate ratio not rational enough, or the target outside the band
+                self.channelizer = None
+                self.ring.clear()
+                raise UntunableBlock(str(exc)) from None
             self.ring.clear()
         else:
             self._restart(restart)

@@ -134,7 +134,7 @@ def test_overflow_new_frequency_and_masked_flags():
     with FakeKiwiServer(n_frames=6, faults={1: "overflow", 2: "new_freq", 4: "masked"}) as server:
         blocks, _ = collect(make_rx(server, rec))
     by_frame = {b.sample_index // 512: b for b in blocks}
-    assert by_frame[1].flags == Flags.OVERFLOW and by_frame[2].flags == Flags.RETUNE
+    assert by_frame[1].flags == Flags.CLIPPED and by_frame[2].flags == Flags.RETUNE  # ADC overload is not loss
     assert by_frame[3].flags == Flags.NONE and 4 not in by_frame and by_frame[5].sample_index == 5 * 512
     assert by_frame[5].flags == Flags.OVERFLOW  # the masked frame's samples were dropped before it
     assert rec.drops.dropped == {("kiwi1", "masked"): 512}

@@ -192,3 +192,16 @@ def test_accounting_holds_for_rational_resampling_ratios(rate):
         index += n
         aligner.poll(T0_NS)
         assert_accounting(lane)
+
+
+def test_a_block_the_channelizer_cannot_tune_is_counted_not_raised():
+    rec = Recorder()
+    lane = rec.lane("a")
+    far = tone_block("a", 0, 1000, rate=48_000.0)  # centre 25 kHz below the target, band only +-24 kHz
+    lane.push(far)
+    assert rec.bad[("a", "untunable")] == 1
+    assert rec.drops[("a", "untunable", PIPELINE)] == 1000
+    assert "outside the band" in lane.untunable_reason
+    lane.push(tone_block("a", 0, 2400))  # a good block afterwards is taken
+    assert lane.channelizer is not None
+    assert_accounting(lane)
