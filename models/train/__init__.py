@@ -1,0 +1,1 @@
+"""Training, export and evaluation of the localization model (torch is imported only by network, train, export)."""

@@ -1,0 +1,224 @@
+"""``heimdall evaluate``: score ONNX models, the physics estimator and a centroid baseline on the same seeded draws.
+
+Datasets (every method sees exactly the same windows; a draw is kept only when the daemon would localize
+it, i.e. at least three receivers hear the transmitter by its detection rule):
+
+``default``      the embedded default network (streamer/default.toml, 7 receivers, simulator defaults), the
+                 transmitter uniform over its search area, power uniform in [30, 47] dBm. Seed ``EVAL_SEED``;
+                 no training network is this one (training networks are random).
+``random-<k>``   three random networks drawn from seeds that training never uses (``EVAL_SEED + 1 + k``):
+                 5 receivers over 8 km (k=0), 10 over 60 km (k=1), 16 over 180 km (k=2); band, propagation,
+                 noise and calibration errors random as in training.
+``powder-grid``  POWDER real received power (462.7 MHz), see ``models.train.powder`` (only with ``--powder``).
+
+Methods: each ONNX model (named by its file stem) through ``streamer.inference.OnnxEstimator.run``;
+``physics``: ``streamer.physics.PhysicsEstimator`` on ``channel_power`` of the same frames, as the daemon
+runs it, given the true propagation parameters of each simulated world (path-loss exponent, 1 km loss,
+shadowing and calibration sigmas, power range, transmitter height: an oracle the model does not get), grid
+step = the larger side of the search area / 100 (2 km on the default network, as configured there);
+``centroid``: the mean of the receivers that heard, covariance = their spread + (0.1 km)^2 I.
+
+Scores per method: median, mean and 90th-percentile error (m); coverage of the 68 % and 95 % ellipses
+(fraction with Mahalanobis^2 <= 2.279 and <= 5.991); mean NLL of the truth under the reported Gaussian in
+metres, 1/2 r^T C^-1 r + 1/2 ln|C| + ln 2 pi; and n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from models.train.dataset import (CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, MAX_RECEIVERS, NOISE_BAND_FRACTION, Windows,
+                                  _spec_tag, draw_windows, random_network_config)
+from streamer.config import Config, PhysicsConfig, load
+from streamer.features import FeatureSpec
+from streamer.physics import PhysicsEstimator, channel_power
+
+EVAL_SEED = 20_260_001
+RANDOM_NETWORKS = ((5, 8.0), (10, 60.0), (16, 180.0))  # (receivers, bounding-box side in km)
+CHI2_68, CHI2_95 = 2.279, 5.991
+
+
+def _cached(cache_dir, name: str, make: Callable[[], Windows]) -> Windows:
+    if cache_dir is None:
+        return make()
+    path = Path(cache_dir) / f"{name}.npz"
+    if path.is_file():
+        data = Windows.load(path)
+    else:
+        data = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        data.save(tmp)
+        tmp.replace(path)
+    return data
+
+
+def physics_config_for(config: Config) -> PhysicsConfig:
+    """The true propagation parameters of a simulated world, as a ``PhysicsConfig`` (the oracle of the module doc)."""
+    from streamer.geodesy import network_geometry
+
+    sim = config.simulator
+    _, _, area = network_geometry(config)
+    return PhysicsConfig(path_loss_exponent=sim.path_loss_exponent, ref_loss_db=sim.ref_loss_db,
+                         shadowing_db=sim.shadowing_db, calibration_sigma_db=max(sim.calibration_sigma_db, 0.5),
+                         tx_power_min_dbm=sim.tx_power_min_dbm, tx_power_max_dbm=sim.tx_power_max_dbm,
+                         grid_step_km=max(area.width_m, area.height_m) / 1000.0 / 100.0, tx_alt_m=sim.tx_alt_m)
+
+
+def simulated_sets(n_default: int, n_random: int, spec: FeatureSpec,
+                   cache_dir=None) -> dict[str, tuple[Config, PhysicsConfig, Windows]]:
+    """The ``default`` and ``random-<k>`` datasets: world config, physics parameters for it, draws."""
+    sets = {}
+    tag = _spec_tag(spec)
+    default = load()
+    if n_default:
+        sets["default"] = (default, default.estimator.physics, _cached(cache_dir, f"eval-default-{EVAL_SEED}-{n_default}-{tag}", lambda: draw_windows(
+            default, n_default, np.random.default_rng(EVAL_SEED), spec, shuffle_slots=False, max_tries=20)))
+    for k, (n_rx, extent_km) in enumerate(RANDOM_NETWORKS if n_random else ()):
+        rng = np.random.default_rng(np.random.SeedSequence([EVAL_SEED + 1 + k]))
+        config = random_network_config(rng, n_rx=n_rx, extent_km=extent_km, seed=EVAL_SEED + 1 + k)
+        sets[f"random-{k}"] = (config, physics_config_for(config), _cached(cache_dir, f"eval-random{k}-{EVAL_SEED}-{n_random}-{tag}", lambda: draw_windows(
+            config, n_random, rng, spec, shuffle_slots=False, max_tries=20)))
+    return sets
+
+
+def scores(position_m: np.ndarray, cov_m2: np.ndarray, truth_m: np.ndarray) -> dict:
+    """Error percentiles (m), ellipse coverage and mean NLL of a batch of estimates ``[N, 2]``, ``[N, 2, 2]``."""
+    r = truth_m - position_m
+    err = np.linalg.norm(r, axis=-1)
+    cov = 0.5 * (cov_m2 + np.swapaxes(cov_m2, -1, -2))
+    maha2 = np.einsum("ni,ni->n", r, np.linalg.solve(cov, r[..., None])[..., 0])
+    _, logdet = np.linalg.slogdet(cov)
+    nll = 0.5 * maha2 + 0.5 * logdet + math.log(2 * math.pi)
+    return {"median_m": float(np.median(err)), "mean_m": float(err.mean()), "p90_m": float(np.percentile(err, 90)),
+            "cov68": float(np.mean(maha2 <= CHI2_68)), "cov95": float(np.mean(maha2 <= CHI2_95)),
+            "nll": float(nll.mean()), "n": int(len(err))}
+
+
+def run_onnx(path: Path, data: Windows, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (m) and covariances (m^2) of an ONNX model through ``OnnxEstimator.run``."""
+    from streamer.inference import OnnxEstimator
+
+    est = OnnxEstimator(path, providers=("CPUExecutionProvider",))
+    pos, cov = [], []
+    for i in range(0, len(data), batch):
+        out = est.run(data.features_dbm[i : i + batch], data.rx_enu_km[i : i + batch], data.rx_mask[i : i + batch])
+        bad = ~out.valid
+        pos.append(np.where(bad[:, None], np.nan, out.position_enu_km))
+        cov.append(np.where(bad[:, None, None], np.nan, out.covariance_km2))
+    return 1e3 * np.concatenate(pos), 1e6 * np.concatenate(cov)
+
+
+def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The daemon's physics estimator on every draw (receivers in config order, slots not shuffled)."""
+    from streamer.geodesy import network_geometry
+
+    _, rx_enu_m, area = network_geometry(config)
+    n_rx = rx_enu_m.shape[0]
+    alts = np.array([rx.alt_m for rx in config.receivers])
+    est = PhysicsEstimator(physics, rx_enu_m, alts, area)
+    pos = np.empty((len(data), 2))
+    cov = np.empty((len(data), 2, 2))
+    for b in range(len(data)):
+        frames = data.features_dbm[b, :n_rx]
+        present = data.rx_mask[b, :n_rx] > 0.5
+        power = channel_power(frames, spec, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ, detection_snr_db=DETECTION_SNR_DB,
+                              noise_max_offset_hz=NOISE_BAND_FRACTION * spec.sample_rate_hz)
+        res = est.estimate(np.where(present, power.signal_dbm, np.nan), power.heard & present, present,
+                           power.detection_level_dbm)
+        pos[b], cov[b] = res.position_en_m, res.cov_en_m2
+    return pos, cov
+
+
+def run_centroid(data: Windows) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the receivers that heard; covariance = their spread + (100 m)^2 I."""
+    w = data.heard[..., None]
+    xy = data.rx_enu_km[..., :2] * 1e3
+    count = w.sum(axis=1)
+    centre = (xy * w).sum(axis=1) / count
+    d = (xy - centre[:, None]) * w
+    cov = np.einsum("nri,nrj->nij", d, d) / count[..., None] + 1e4 * np.eye(2)
+    return centre, cov
+
+
+def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000, physics: bool = True,
+             powder: bool = False, powder_split: str = "grid", cache_dir=None, spec: FeatureSpec | None = None,
+             log=print) -> dict:
+    """``{dataset: {method: scores}}`` for every model, ``physics`` and ``centroid`` (module doc)."""
+    spec = spec or FeatureSpec()
+    results: dict[str, dict] = {}
+    for name, (config, physics_cfg, data) in simulated_sets(n_default, n_random, spec, cache_dir).items():
+        truth = data.tx_enu_km.astype(np.float64) * 1e3
+        table = {}
+        for path in models:
+            table[Path(path).stem] = scores(*run_onnx(Path(path), data), truth)
+        if physics:
+            table["physics"] = scores(*run_physics(config, physics_cfg, data, spec), truth)
+        table["centroid"] = scores(*run_centroid(data), truth)
+        results[name] = table
+        log(format_table(name, table))
+    if powder:
+        from models.train.powder import evaluate_powder
+
+        results[f"powder-{powder_split}"] = evaluate_powder(models, split=powder_split, spec=spec)
+        log(format_table(f"powder-{powder_split}", results[f"powder-{powder_split}"]))
+    return results
+
+
+def format_table(dataset: str, table: dict) -> str:
+    lines = [f"{dataset}:", f"  {'method':<24}{'median_m':>10}{'mean_m':>10}{'p90_m':>10}{'cov68':>7}{'cov95':>7}{'nll':>8}{'n':>6}"]
+    for method, s in table.items():
+        lines.append(f"  {method:<24}{s['median_m']:>10.0f}{s['mean_m']:>10.0f}{s['p90_m']:>10.0f}{s['cov68']:>7.3f}"
+                     f"{s['cov95']:>7.3f}{s['nll']:>8.2f}{s['n']:>6d}")
+    return "\n".join(lines)
+
+
+def summary_for_metadata(results: dict, method: str) -> tuple[dict, dict]:
+    """(accuracy, calibration) dicts for ``ModelMetadata`` from ``evaluate``'s results for one model."""
+    accuracy = {ds: {k: table[method][k] for k in ("median_m", "mean_m", "p90_m", "n")} for ds, table in results.items()}
+    calibration = {ds: {k: table[method][k] for k in ("cov68", "cov95", "nll")} for ds, table in results.items()}
+    return accuracy, calibration
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``heimdall evaluate``."""
+    parser.add_argument("models", nargs="*", type=Path, help="ONNX models to score (default: the shipped model)")
+    parser.add_argument("--n", type=int, default=5000, help="draws on the default network")
+    parser.add_argument("--n-random", type=int, default=1000, help="draws on each of the three random networks")
+    parser.add_argument("--no-physics", action="store_true", help="skip the physics estimator")
+    parser.add_argument("--powder", action="store_true", help="also score on POWDER real data")
+    parser.add_argument("--powder-split", default="grid", choices=("grid", "random"))
+    parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store the generated draws here")
+    parser.add_argument("--json", action="store_true", help="print {dataset: {method: scores}} as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``heimdall evaluate`` with parsed arguments."""
+    models = list(args.models)
+    if not models:
+        from models.train.train import default_out
+
+        models = [default_out()]
+    log = (lambda *a, **k: None) if args.json else print
+    results = evaluate(models, n_default=args.n, n_random=args.n_random, physics=not args.no_physics,
+                       powder=args.powder, powder_split=args.powder_split, cache_dir=args.cache_dir, log=log)
+    if args.json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``heimdall evaluate`` entry point (also ``python -m models.train.evaluate``)."""
+    parser = argparse.ArgumentParser(prog="heimdall evaluate", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""Export a trained ``LocalizerNet`` to a single-file ONNX model (opset 17) with the contract's metadata.
+
+``export_model`` writes the graph with the TorchScript exporter (``dynamo=False``: one self-contained file,
+no external ``.onnx.data``), the batch axis symbolic and R, M, T fixed to the metadata's values, stores
+``ModelMetadata`` under ``metadata_props["heimdall"]``, checks the file with ``streamer.model_contract
+.check_model`` and compares ONNX Runtime with torch on the same inputs (``onnx_vs_torch``).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from streamer.model_contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata, check_model, write_metadata
+
+OPSET = 17
+MAX_MODEL_BYTES = 5 * 1024 * 1024
+
+
+def export_model(model: torch.nn.Module, path: str | Path, meta: ModelMetadata) -> Path:
+    """Write ``model`` as ONNX with ``meta``; returns the path. Raises if the contract check fails."""
+    path = Path(path)
+    spec = meta.features
+    example = (
+        torch.zeros(2, meta.max_receivers, spec.n_mels, spec.n_frames),
+        torch.zeros(2, meta.max_receivers, 3),
+        torch.ones(2, meta.max_receivers),
+    )
+    model = model.eval()
+    buffer = io.BytesIO()
+    # The TorchScript exporter writes one self-contained opset-17 file; torch >= 2.9 warns that it is the legacy path.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # scoped to the export call
+        torch.onnx.export(
+            model, example, buffer, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: {0: "B"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)}, opset_version=OPSET,
+            dynamo=False,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    write_metadata(proto, meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    check_model(path)
+    return path
+
+
+def set_metadata(path: str | Path, meta: ModelMetadata) -> None:
+    """Replace the metadata of an exported model in place (e.g. to add measured accuracy)."""
+    proto = onnx.load(str(path))
+    write_metadata(proto, meta)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    check_model(path)
+
+
+def onnx_vs_torch(model: torch.nn.Module, path: str | Path, features: np.ndarray, rx_enu_km: np.ndarray,
+                  rx_mask: np.ndarray) -> dict:
+    """Max absolute differences between ONNX Runtime (CPU) and torch on the same normalised inputs."""
+    feeds = {"features": np.ascontiguousarray(features, np.float32), "rx_enu_km": np.ascontiguousarray(rx_enu_km, np.float32),
+             "rx_mask": np.ascontiguousarray(rx_mask, np.float32)}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pos_ort, cov_ort = session.run(list(OUTPUT_NAMES), feeds)
+    with torch.no_grad():
+        pos_t, cov_t = model.eval()(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
+    return {
+        "position_max_abs_diff_km": float(np.max(np.abs(pos_ort - pos_t.numpy()))),
+        "covariance_max_abs_diff_km2": float(np.max(np.abs(cov_ort - cov_t.numpy()))),
+        "covariance_max_rel_diff": float(np.max(np.abs(cov_ort - cov_t.numpy()) / (np.abs(cov_t.numpy()) + 1e-6))),
+        "n": int(features.shape[0]),
+    }

@@ -1,0 +1,255 @@
+"""``heimdall train``: train the localization network from scratch on simulated networks, export it, score it.
+
+Steps (each one printed as it finishes):
+
+1. Data: ``models.train.dataset.generate_cached`` draws ``--n-train`` windows from random networks (seed
+   ``--seed``) and ``--n-val`` from other random networks (seed ``--seed + 1``), through
+   ``receivers.simulator.render_windows`` and ``streamer.features.mel_frames_dbm``.
+2. Training: AdamW, cosine learning rate, full 2-D Gaussian NLL (``network.gaussian_nll``). Each batch is
+   rotated by a random angle and mirrored with probability 1/2 about the origin (propagation is isotropic, so
+   this is exact), and present receivers are dropped with probability ``--drop-prob`` as extra outages (never
+   below three that heard). The weights with the lowest validation NLL are kept. ``--budget-minutes`` caps the
+   wall time of the whole command: training stops early (and says so) if it would overrun.
+3. Export (``export.export_model``): ONNX opset 17, one file, metadata per streamer/model_contract.py;
+   ONNX Runtime is compared with torch on validation inputs and the max abs differences printed.
+4. Scoring (``models.train.evaluate``): the exported model on the seeded held-out sets; the numbers go into
+   the metadata's ``accuracy`` and ``calibration``.
+
+Examples (shell)
+----------------
+``heimdall train --budget-minutes 25 --out models/heimdall-0.1.0.onnx``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached
+from models.train.network import LocalizerNet, gaussian_nll
+from streamer.features import FeatureSpec
+from streamer.model_contract import ModelMetadata, Normalisation
+
+VERSION = "0.1.0"
+NORMALISATION = Normalisation(offset_db=-100.0, scale_db=20.0)
+FREQ_RANGE_HZ = (144e6, 440e6)
+TRAINING_DATA = (
+    "receivers/simulator.py render_windows -> streamer.features.mel_frames_dbm, random networks: 3-16 receivers, "
+    "bounding box 3-200 km, 144-148 MHz or 430-440 MHz, path-loss exponent 2-4, 1 km loss free space -3..+25 dB, "
+    "correlated shadowing 3-9 dB, calibration error sigma 0-4 dB, noise figure 3-12 dB, transmit power 15-60 dBm, "
+    "outages; windows heard by >= 3 receivers (6 dB in 12.5 kHz)"
+)
+
+
+def default_out() -> Path:
+    return Path(__file__).resolve().parents[1] / f"heimdall-{VERSION}.onnx"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``heimdall train``."""
+    parser.add_argument("--out", type=Path, default=default_out(), help="ONNX file to write (default %(default)s)")
+    parser.add_argument("--budget-minutes", type=float, default=30.0, help="wall-time cap of the whole command (min)")
+    parser.add_argument("--n-train", type=int, default=16384, help="simulated training windows")
+    parser.add_argument("--n-val", type=int, default=2048, help="simulated validation windows (other networks)")
+    parser.add_argument("--steps", type=int, default=6000, help="optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--dim", type=int, default=128, help="token width")
+    parser.add_argument("--layers", type=int, default=3, help="self-attention blocks")
+    parser.add_argument("--drop-prob", type=float, default=0.1, help="extra receiver outage probability per batch")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="processes generating data")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store generated data here (same seed = same data)")
+    parser.add_argument("--eval-n", type=int, default=1000, help="draws per scored set written into the metadata (0: skip)")
+    parser.add_argument("--report", type=Path, default=None, help="also write the training report as JSON here")
+
+
+def to_tensors(data: Windows, batch: int = 1024) -> dict[str, torch.Tensor]:
+    """Model inputs and targets; features normalised with ``NORMALISATION`` (absent slots zero) and pooled
+    over time once (``LocalizerNet.pool_time``, the graph's own first step)."""
+    pooled = []
+    for i in range(0, len(data), batch):
+        feats = (data.features_dbm[i : i + batch] - NORMALISATION.offset_db) / NORMALISATION.scale_db
+        feats *= data.rx_mask[i : i + batch, :, None, None]
+        pooled.append(LocalizerNet.pool_time(torch.from_numpy(np.ascontiguousarray(feats, np.float32))))
+    return {
+        "pooled": torch.cat(pooled) if pooled else torch.zeros(0, data.rx_mask.shape[1], 2 * data.features_dbm.shape[2]),
+        "rx_enu_km": torch.from_numpy(data.rx_enu_km * data.rx_mask[..., None]),
+        "rx_mask": torch.from_numpy(data.rx_mask),
+        "heard": torch.from_numpy(data.heard),
+        "target": torch.from_numpy(data.tx_enu_km),
+    }
+
+
+def augment(batch: dict[str, torch.Tensor], gen: torch.Generator, drop_prob: float) -> dict[str, torch.Tensor]:
+    """Random rotation + mirror of the scene and extra receiver outages (module doc, step 2)."""
+    b = batch["target"].shape[0]
+    theta = torch.rand(b, generator=gen) * 2 * math.pi
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    rot = torch.stack([torch.stack([cos, -sin * flip], -1), torch.stack([sin, cos * flip], -1)], -2)  # [B, 2, 2]
+    enu = batch["rx_enu_km"].clone()
+    enu[..., :2] = torch.einsum("bij,brj->bri", rot, enu[..., :2])
+    target = torch.einsum("bij,bj->bi", rot, batch["target"])
+    mask, heard = batch["rx_mask"], batch["heard"]
+    drop = (torch.rand(mask.shape, generator=gen) < drop_prob) & (mask > 0)
+    keep_all = ((heard * ~drop).sum(dim=1) < 3).unsqueeze(-1)
+    drop = drop & ~keep_all
+    new_mask = mask * ~drop
+    absent = LocalizerNet.pool_time(torch.zeros(1, 1, batch["pooled"].shape[-1] // 2, 1))[0, 0]  # a zero-filled slot
+    pooled = torch.where(new_mask[..., None] > 0, batch["pooled"], absent)
+    return {"pooled": pooled, "rx_enu_km": enu * new_mask[..., None],
+            "rx_mask": new_mask, "target": target}
+
+
+def nll_of(model: LocalizerNet, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    centre, scale, position, chol = model.normalised_pooled(batch["pooled"], batch["rx_enu_km"], batch["rx_mask"])
+    return gaussian_nll(centre, scale, position, chol, batch["target"])
+
+
+def evaluate_nll(model: LocalizerNet, data: dict[str, torch.Tensor], batch_size: int = 512) -> tuple[float, float]:
+    """Mean normalised NLL and median error (km) on a whole set, without augmentation."""
+    model.eval()
+    nlls, errs = [], []
+    with torch.no_grad():
+        for i in range(0, data["target"].shape[0], batch_size):
+            part = {k: v[i : i + batch_size] for k, v in data.items()}
+            centre, scale, position, chol = model.normalised_pooled(part["pooled"], part["rx_enu_km"], part["rx_mask"])
+            nlls.append(gaussian_nll(centre, scale, position, chol, part["target"]))
+            errs.append(torch.linalg.norm(centre + scale * position - part["target"], dim=-1))
+    model.train()
+    return float(torch.cat(nlls).mean()), float(torch.cat(errs).median())
+
+
+def fit(model: LocalizerNet, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], *, steps: int,
+        batch_size: int, lr: float, drop_prob: float, seed: int, deadline: float, log=print) -> dict:
+    """Train ``model`` in place; restores the weights with the best validation NLL. Returns a summary."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    warmup = max(1, steps // 20)
+
+    def lr_factor(i: int) -> float:  # linear warm-up, then cosine down to 1 % of lr
+        if i < warmup:
+            return (i + 1) / warmup
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * (i - warmup) / max(1, steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    n = train["target"].shape[0]
+    best = (math.inf, None, 0)
+    history = []
+    eval_every = max(50, steps // 20)
+    started = time.monotonic()
+    step = 0
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, n, (batch_size,), generator=gen)
+        batch = augment({k: v[idx] for k, v in train.items()}, gen, drop_prob)
+        loss = nll_of(model, batch).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % eval_every == 0 or step == steps or time.monotonic() > deadline:
+            val_nll, val_med = evaluate_nll(model, val)
+            history.append({"step": step, "train_nll": loss.item(), "val_nll": val_nll, "val_median_km": val_med})
+            log(f"step {step}/{steps}  train NLL {loss.item():.3f}  val NLL {val_nll:.3f}  val median {val_med:.3f} km"
+                f"  ({time.monotonic() - started:.0f} s)")
+            if val_nll < best[0]:
+                best = (val_nll, {k: v.clone() for k, v in model.state_dict().items()}, step)
+            if time.monotonic() > deadline:
+                log(f"budget reached: stopped at step {step} of {steps}")
+                break
+    if best[1] is not None:
+        model.load_state_dict(best[1])
+    return {"steps_run": step, "steps_planned": steps, "best_step": best[2], "best_val_nll": best[0],
+            "train_seconds": time.monotonic() - started, "history": history}
+
+
+def metadata(spec: FeatureSpec, args_summary: dict) -> ModelMetadata:
+    return ModelMetadata(
+        name="heimdall-localizer", version=VERSION, features=spec, normalisation=NORMALISATION,
+        max_receivers=MAX_RECEIVERS, freq_range_hz=FREQ_RANGE_HZ,
+        training_data=f"{TRAINING_DATA}; {json.dumps(args_summary, sort_keys=True)}",
+        extent_scaling="centre = mean of present receivers' east/north, scale = their RMS distance from it "
+                       "(>= 0.2 km); the network works in (xy - centre) / scale and returns km",
+    )
+
+
+def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_val: int = 2048, steps: int = 6000,
+          batch_size: int = 128, lr: float = 1e-3, dim: int = 128, layers: int = 3, drop_prob: float = 0.1,
+          seed: int = 1, workers: int = 2, threads: int = 2, cache_dir: Path | None = None, eval_n: int = 1000,
+          spec: FeatureSpec | None = None, log=print) -> dict:
+    """Generate data, train, export to ``out`` and score; returns the report (also stored in the metadata)."""
+    t0 = time.monotonic()
+    deadline = t0 + 60.0 * budget_minutes
+    spec = spec or FeatureSpec()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    train_data = generate_cached(n_train, seed=seed, spec=spec, cache_dir=cache_dir, workers=workers,
+                                 progress=lambda k: log(f"train data: {k}/{n_train} windows ({time.monotonic() - t0:.0f} s)"))
+    val_data = generate_cached(n_val, seed=seed + 1, spec=spec, cache_dir=cache_dir, workers=workers,
+                               progress=lambda k: log(f"validation data: {k}/{n_val} windows ({time.monotonic() - t0:.0f} s)"))
+    data_seconds = time.monotonic() - t0
+    model = LocalizerNet(n_mels=spec.n_mels, dim=dim, n_layers=layers)
+    # Keep time for export and scoring: about 1.5 s per scored draw-set of 100 on this kind of CPU.
+    reserve = 60.0 + (0.02 * eval_n * 4 if eval_n else 0.0)
+    summary = fit(model, to_tensors(train_data), to_tensors(val_data), steps=steps, batch_size=batch_size, lr=lr,
+                  drop_prob=drop_prob, seed=seed, deadline=deadline - reserve, log=log)
+    args_summary = {"n_train": n_train, "n_val": n_val, "steps": summary["steps_run"], "batch_size": batch_size,
+                    "lr": lr, "dim": dim, "layers": layers, "drop_prob": drop_prob, "seed": seed}
+    meta = metadata(spec, args_summary)
+    from models.train.export import MAX_MODEL_BYTES, export_model, onnx_vs_torch, set_metadata
+
+    export_model(model, out, meta)
+    check = val_data.subset(slice(0, 256))
+    feats = (check.features_dbm - NORMALISATION.offset_db) / NORMALISATION.scale_db * check.rx_mask[..., None, None]
+    diff = onnx_vs_torch(model, out, feats, check.rx_enu_km * check.rx_mask[..., None], check.rx_mask)
+    log(f"ONNX Runtime vs torch on {diff['n']} validation windows: position max abs diff "
+        f"{diff['position_max_abs_diff_km']:.2e} km, covariance max abs diff {diff['covariance_max_abs_diff_km2']:.2e} km^2")
+    size = out.stat().st_size
+    log(f"wrote {out} ({size / 1e6:.2f} MB)")
+    if size > MAX_MODEL_BYTES:
+        raise RuntimeError(f"{out} is {size} bytes, over the {MAX_MODEL_BYTES} byte limit")
+    report = {"data_seconds": data_seconds, **{k: v for k, v in summary.items() if k != "history"},
+              "onnx_vs_torch": diff, "model_bytes": size, "history": summary["history"]}
+    if eval_n:
+        from models.train.evaluate import evaluate, summary_for_metadata
+
+        results = evaluate([out], n_default=eval_n, n_random=eval_n // 2, cache_dir=cache_dir, powder=False, log=log)
+        accuracy, calibration = summary_for_metadata(results, method=out.stem)
+        meta = replace(meta, accuracy=accuracy, calibration={**calibration, "onnx_vs_torch": diff})
+        set_metadata(out, meta)
+        report["evaluation"] = results
+    report["total_seconds"] = time.monotonic() - t0
+    log(f"done in {report['total_seconds']:.0f} s (data {data_seconds:.0f} s, training {summary['train_seconds']:.0f} s)")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``heimdall train`` entry point (also ``python -m models.train.train``)."""
+    parser = argparse.ArgumentParser(prog="heimdall train", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``heimdall train`` with parsed arguments (see ``add_arguments``)."""
+    report = train(out=args.out, budget_minutes=args.budget_minutes, n_train=args.n_train, n_val=args.n_val,
+                   steps=args.steps, batch_size=args.batch_size, lr=args.lr, dim=args.dim, layers=args.layers,
+                   drop_prob=args.drop_prob, seed=args.seed, workers=args.workers, threads=args.threads,
+                   cache_dir=args.cache_dir, eval_n=args.eval_n)
+    if args.report is not None:
+        args.report.write_text(json.dumps(report, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

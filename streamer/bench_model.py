@@ -1,0 +1,156 @@
+"""``heimdall bench model``: batch-1 latency of an ONNX model, through ``OnnxEstimator.run`` and raw ``session.run``.
+
+Both are timed in the same process on the same inputs, so the difference is what the estimator adds
+(normalisation, zero-filling and padding to ``max_receivers``, output checks). The input is one window of
+``--receivers`` receivers at seeded random positions (within 50 km), with dBm frames made by
+``streamer.features.mel_frames_dbm`` from seeded complex noise plus a tone at a random level per receiver.
+
+``--provider cuda`` asks for the CUDA execution provider. The raw path then binds inputs and outputs on the
+GPU with ONNX Runtime's I/O binding (inputs copied once, outside the timed loop; outputs left on the device),
+which is how a GPU deployment avoids host round trips; the estimator path copies host arrays each call, as the
+daemon does. If CUDA is not available the run says so and reports the provider ONNX Runtime actually used.
+
+Examples (shell)
+----------------
+``heimdall bench model --model models/heimdall-0.1.0.onnx --iterations 2000``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from streamer.features import mel_frames_dbm, normalise
+from streamer.inference import CPU, OnnxEstimator
+from streamer.model_contract import OUTPUT_NAMES
+
+CUDA = "CUDAExecutionProvider"
+
+
+def default_model() -> Path:
+    models = sorted((Path(__file__).resolve().parents[1] / "models").glob("heimdall-*.onnx"))
+    return models[-1] if models else Path("models/heimdall-0.1.0.onnx")
+
+
+def example_window(estimator: OnnxEstimator, n_rx: int, seed: int = 0):
+    """One window ``[1, n_rx, M, T]`` dBm, receiver positions ``[1, n_rx, 3]`` km and mask, from seeded IQ."""
+    spec = estimator.spec
+    rng = np.random.default_rng(seed)
+    n = spec.n_samples
+    t = np.arange(n) / spec.sample_rate_hz
+    iq = (rng.standard_normal((n_rx, n)) + 1j * rng.standard_normal((n_rx, n))) * 1e-3
+    iq += (10 ** rng.uniform(-4, -1, (n_rx, 1))) * np.exp(2j * np.pi * 300.0 * t)
+    frames = mel_frames_dbm(iq.astype(np.complex64), spec, calibration_db=-60.0)[None]
+    enu = np.concatenate([rng.uniform(-50, 50, (1, n_rx, 2)), rng.uniform(-0.2, 0.5, (1, n_rx, 1))], axis=-1)
+    return frames.astype(np.float32), enu.astype(np.float32), np.ones((1, n_rx), np.float32)
+
+
+def _percentiles(seconds: list[float]) -> dict:
+    ms = np.asarray(seconds) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "max_ms": float(ms.max()), "n": int(ms.size)}
+
+
+def _time(fn, iterations: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def raw_feeds(estimator: OnnxEstimator, frames, enu, mask) -> dict[str, np.ndarray]:
+    """What ``OnnxEstimator.run`` hands the session: normalised, padded to ``max_receivers``."""
+    r = estimator.max_receivers
+    n_rx = frames.shape[1]
+    norm = estimator.metadata.normalisation
+    feats = np.zeros((1, r, *frames.shape[2:]), np.float32)
+    feats[:, :n_rx] = normalise(frames, norm.offset_db, norm.scale_db)
+    pos = np.zeros((1, r, 3), np.float32)
+    pos[:, :n_rx] = enu
+    m = np.zeros((1, r), np.float32)
+    m[:, :n_rx] = mask
+    return {"features": feats, "rx_enu_km": pos, "rx_mask": m}
+
+
+def bench_model(model: Path, *, provider: str = "cpu", receivers: int = 7, iterations: int = 2000,
+                warmup: int = 200, threads: int = 1) -> dict:
+    """Latency percentiles (ms) of ``OnnxEstimator.run`` and of the raw session on one batch-1 window."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    providers = (CUDA, CPU) if provider == "cuda" else (CPU,)
+    estimator = OnnxEstimator(model, providers=providers, session_options=options)
+    frames, enu, mask = example_window(estimator, receivers)
+    feeds = raw_feeds(estimator, frames, enu, mask)
+    session = estimator.session
+    result = {"model": str(model), "provider_requested": provider, "provider": estimator.provider,
+              "receivers": receivers, "max_receivers": estimator.max_receivers, "threads": threads,
+              "onnxruntime": ort.__version__}
+    result["estimator_run"] = _percentiles(_time(lambda: estimator.run(frames, enu, mask), iterations, warmup))
+    if estimator.provider == CUDA:
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        for name in OUTPUT_NAMES:
+            binding.bind_output(name, "cuda", 0)
+
+        def raw():
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+
+        result["raw_session_run"] = _percentiles(_time(raw, iterations, warmup))
+        result["raw_mode"] = "io_binding (inputs and outputs on cuda:0)"
+    else:
+        if provider == "cuda":
+            result["note"] = f"CUDA requested but ONNX Runtime runs on {estimator.provider}"
+        result["raw_session_run"] = _percentiles(_time(lambda: session.run(list(OUTPUT_NAMES), feeds), iterations, warmup))
+        result["raw_mode"] = "session.run with host numpy arrays"
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``heimdall bench model``."""
+    parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the newest models/heimdall-*.onnx)")
+    parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--receivers", type=int, default=7, help="receivers in the window (<= the model's max)")
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``heimdall bench model`` with parsed arguments."""
+    res = bench_model(args.model or default_model(), provider=args.provider, receivers=args.receivers,
+                      iterations=args.iterations, warmup=args.warmup, threads=args.threads)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"model {res['model']} on {res['provider']} ({res['threads']} thread(s)), batch 1, {res['receivers']} receivers")
+    for key in ("estimator_run", "raw_session_run"):
+        s = res[key]
+        print(f"  {key:<16} p50 {s['p50_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms  mean {s['mean_ms']:.3f} ms  (n={s['n']})")
+    if "note" in res:
+        print(f"  note: {res['note']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``heimdall bench model`` entry point (also ``python -m streamer.bench_model``)."""
+    parser = argparse.ArgumentParser(prog="heimdall bench model", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""``heimdall bench model`` on a small exported model: both paths timed, numbers sane, CUDA fallback reported."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="exporting a test model needs torch: pip install heimdall-streamer[train]")
+
+from models.train.export import export_model  # noqa: E402
+from models.train.network import LocalizerNet  # noqa: E402
+from models.train.train import metadata  # noqa: E402
+from streamer.bench_model import bench_model, main  # noqa: E402
+from streamer.features import FeatureSpec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("bench") / "m.onnx"
+    export_model(LocalizerNet(dim=32, n_layers=1, heads=2), path, metadata(FeatureSpec(), {}))
+    return path
+
+
+def test_bench_times_estimator_and_raw_session(model_path):
+    res = bench_model(model_path, iterations=30, warmup=5, receivers=5)
+    for key in ("estimator_run", "raw_session_run"):
+        assert res[key]["n"] == 30
+        assert 0 < res[key]["p50_ms"] <= res[key]["p99_ms"] <= res[key]["max_ms"]
+    assert res["provider"] == "CPUExecutionProvider"
+
+
+def test_bench_cuda_request_reports_what_ran(model_path, capsys):
+    assert main(["--model", str(model_path), "--provider", "cuda", "--iterations", "10", "--warmup", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "raw_session_run" in out and "estimator_run" in out
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "CUDA requested but ONNX Runtime runs on CPUExecutionProvider" in out

@@ -1,0 +1,195 @@
+"""The localization model: dataset path, network properties, loss, export contract, and a short training run."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs torch: pip install heimdall-streamer[train]")
+
+import streamer.features  # noqa: E402
+from models.train import dataset  # noqa: E402
+from models.train.evaluate import run_centroid, scores  # noqa: E402
+from models.train.export import MAX_MODEL_BYTES, export_model, onnx_vs_torch  # noqa: E402
+from models.train.network import LocalizerNet, gaussian_nll  # noqa: E402
+from models.train.train import NORMALISATION, fit, metadata, to_tensors  # noqa: E402
+from streamer.features import FeatureSpec  # noqa: E402
+from streamer.inference import OnnxEstimator  # noqa: E402
+from streamer.model_contract import check_model, read_metadata  # noqa: E402
+
+SPEC = FeatureSpec()
+R = dataset.MAX_RECEIVERS
+
+
+def random_inputs(batch: int, seed: int = 0, present_min: int = 3):
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(-0.5, 0.6, (batch, R, SPEC.n_mels, SPEC.n_frames)).astype(np.float32)
+    enu = np.zeros((batch, R, 3), np.float32)
+    mask = np.zeros((batch, R), np.float32)
+    for b in range(batch):
+        k = int(rng.integers(present_min, R + 1))
+        slots = rng.permutation(R)[:k]
+        mask[b, slots] = 1.0
+        enu[b, slots, :2] = rng.uniform(-1, 1, (k, 2)) * 10 ** rng.uniform(0.3, 2.0)
+        enu[b, slots, 2] = rng.uniform(-0.3, 0.3, k)
+    feats *= mask[..., None, None]
+    return feats, enu, mask
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    export_model(tiny_model, path, metadata(SPEC, {"test": True}))
+    return path
+
+
+def test_dataset_features_come_from_streamer_features(monkeypatch):
+    calls = []
+    real = streamer.features.mel_frames_dbm
+
+    def sentinel(samples, spec, calibration_db=0.0):
+        calls.append(np.shape(samples))
+        return real(samples, spec, calibration_db) * 0.0 - 77.25  # -77.25 dBm everywhere: only this path gives it
+
+    monkeypatch.setattr(streamer.features, "mel_frames_dbm", sentinel)
+    cfg = dataset.random_network_config(np.random.default_rng(5), n_rx=4, extent_km=10.0, seed=5)
+    # The sentinel makes every receiver look equally strong, so ask for no hearing receivers at all.
+    data = dataset.draw_windows(cfg, 2, np.random.default_rng(1), SPEC, min_heard=0)
+    assert calls and all(shape[-1] == SPEC.n_samples for shape in calls)
+    present = data.rx_mask > 0
+    assert np.all(data.features_dbm[present] == np.float32(-77.25))
+    assert np.all(data.features_dbm[~present] == 0.0)
+
+
+def test_dataset_is_seeded_and_padded():
+    a = dataset.generate(3, seed=11, spec=SPEC, windows_per_world=3)
+    b = dataset.generate(3, seed=11, spec=SPEC, windows_per_world=3)
+    assert np.array_equal(a.features_dbm, b.features_dbm) and np.array_equal(a.tx_enu_km, b.tx_enu_km)
+    assert a.features_dbm.shape == (3, R, SPEC.n_mels, SPEC.n_frames)
+    assert np.all(a.heard.sum(axis=1) >= 3) and np.all(a.heard <= a.rx_mask)
+    # The transmitter lies within the world's search area: rx bounding box + margin, so within a few extents.
+    extent = np.ptp(a.rx_enu_km[0][a.rx_mask[0] > 0][:, :2], axis=0).max()
+    assert np.all(np.abs(a.tx_enu_km[0]) < 3 * extent + 1)
+
+
+def test_permutation_invariant(tiny_model):
+    feats, enu, mask = random_inputs(6, seed=1)
+    perm = np.random.default_rng(2).permutation(R)
+    with torch.no_grad():
+        p1, c1 = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
+        p2, c2 = tiny_model(*map(torch.from_numpy, (feats[:, perm], enu[:, perm], mask[:, perm])))
+    assert torch.allclose(p1, p2, atol=1e-4) and torch.allclose(c1, c2, rtol=1e-4, atol=1e-6)
+
+
+def test_masked_slots_are_ignored(tiny_model):
+    feats, enu, mask = random_inputs(4, seed=3)
+    junk_f, junk_e = feats.copy(), enu.copy()
+    junk_f[mask == 0] = 3.0  # the estimator zero-fills, but the graph must not depend on it
+    junk_e[mask == 0] = 500.0
+    with torch.no_grad():
+        p1, c1 = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
+        p2, c2 = tiny_model(*map(torch.from_numpy, (junk_f, junk_e, mask)))
+    assert torch.allclose(p1, p2, atol=1e-4) and torch.allclose(c1, c2, rtol=1e-4, atol=1e-6)
+
+
+def test_covariance_is_spd_and_scales_with_the_network(tiny_model):
+    feats, enu, mask = random_inputs(32, seed=4)
+    with torch.no_grad():
+        pos, cov = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
+        pos10, cov10 = tiny_model(torch.from_numpy(feats), torch.from_numpy(enu * np.float32(10.0)), torch.from_numpy(mask))
+    cov = cov.double().numpy()
+    assert np.allclose(cov, np.swapaxes(cov, 1, 2))
+    assert np.all(np.linalg.eigvalsh(cov) > 0)
+    assert np.all(np.abs(cov[:, 0, 1]) > 0)  # full covariance, not axis-aligned
+    # Normalised coordinates: 10x the network gives outputs in the new km (not equal, since ln(scale) is an input).
+    assert torch.all(torch.isfinite(pos10)) and torch.all(torch.isfinite(cov10))
+
+
+def test_gaussian_nll_matches_closed_form():
+    rng = np.random.default_rng(6)
+    centre = torch.tensor(rng.normal(0, 5, (5, 2)))
+    scale = torch.tensor(rng.uniform(0.5, 20, (5, 1)))
+    pos = torch.tensor(rng.normal(0, 1, (5, 2)))
+    chol = torch.tensor(np.c_[rng.uniform(0.1, 2, 5), rng.normal(0, 1, 5), rng.uniform(0.1, 2, 5)])
+    target = torch.tensor(rng.normal(0, 30, (5, 2)))
+    got = gaussian_nll(centre, scale, pos, chol, target).numpy()
+    for b in range(5):
+        L = np.array([[chol[b, 0], 0.0], [chol[b, 1], chol[b, 2]]])
+        C = L @ L.T
+        r = (target[b].numpy() - centre[b].numpy()) / scale[b, 0].item() - pos[b].numpy()
+        want = 0.5 * r @ np.linalg.solve(C, r) + 0.5 * np.log(np.linalg.det(C)) + math.log(2 * math.pi)
+        assert got[b] == pytest.approx(want, rel=1e-9)
+
+
+def test_export_follows_the_contract(exported):
+    meta = check_model(exported)
+    assert meta.max_receivers == R and meta.features == SPEC
+    assert meta.normalisation == NORMALISATION
+    assert exported.stat().st_size < MAX_MODEL_BYTES
+    import onnx
+
+    proto = onnx.load(str(exported))
+    assert proto.opset_import[0].version == 17
+    assert read_metadata(proto) == meta
+
+
+def test_onnx_equals_torch(tiny_model, exported):
+    feats, enu, mask = random_inputs(16, seed=7)
+    diff = onnx_vs_torch(tiny_model, exported, feats, enu, mask)
+    assert diff["position_max_abs_diff_km"] < 1e-3
+    assert diff["covariance_max_rel_diff"] < 1e-3
+
+
+def test_onnx_estimator_runs_the_exported_model(tiny_model, exported):
+    feats, enu, mask = random_inputs(3, seed=8)
+    dbm = feats * NORMALISATION.scale_db + NORMALISATION.offset_db
+    n = 9  # the daemon passes its own receiver count; the estimator pads to max_receivers
+    order = np.argsort(-mask, axis=1, kind="stable")[:, :n]
+    take = np.take_along_axis
+    out = OnnxEstimator(exported, providers=("CPUExecutionProvider",)).run(
+        take(dbm, order[..., None, None], 1), take(enu, order[..., None], 1), take(mask, order, 1))
+    keep = take(mask, order, 1)
+    with torch.no_grad():
+        pos, cov = tiny_model(torch.from_numpy(np.where(keep[..., None, None] > 0, take(feats, order[..., None, None], 1), 0)),
+                              torch.from_numpy(take(enu, order[..., None], 1) * keep[..., None]), torch.from_numpy(keep))
+    assert out.valid.all()
+    assert np.allclose(out.position_enu_km, pos.numpy(), atol=1e-3)
+
+
+def test_scores_of_a_calibrated_gaussian():
+    rng = np.random.default_rng(9)
+    cov = np.array([[4.0, 1.5], [1.5, 1.0]]) * 1e6
+    truth = rng.multivariate_normal([0, 0], cov, 20000)
+    s = scores(np.zeros_like(truth), np.broadcast_to(cov, (len(truth), 2, 2)), truth)
+    assert s["cov68"] == pytest.approx(0.68, abs=0.01) and s["cov95"] == pytest.approx(0.95, abs=0.01)
+
+
+@pytest.mark.slow
+def test_short_training_beats_the_receiver_centroid():
+    """About two minutes on two cores: a small model trained on ~2000 simulated windows halves the centroid's error."""
+    torch.manual_seed(0)
+    train = dataset.generate(1536, seed=101, spec=SPEC, windows_per_world=48, workers=2)
+    held_out = dataset.generate(384, seed=202, spec=SPEC, windows_per_world=48, workers=2)  # other networks
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=64, n_layers=2)
+    fit(model, to_tensors(train), to_tensors(held_out.subset(slice(0, 128))), steps=400, batch_size=64, lr=2e-3,
+        drop_prob=0.1, seed=0, deadline=time.monotonic() + 240, log=lambda *a: None)
+    test = held_out.subset(slice(128, None))
+    feats = (test.features_dbm - NORMALISATION.offset_db) / NORMALISATION.scale_db * test.rx_mask[..., None, None]
+    with torch.no_grad():
+        pos, _ = model.eval()(torch.from_numpy(feats), torch.from_numpy(test.rx_enu_km), torch.from_numpy(test.rx_mask))
+    err_model = np.linalg.norm(pos.numpy() - test.tx_enu_km, axis=-1)
+    centroid, _ = run_centroid(test)
+    err_centroid = np.linalg.norm(centroid / 1e3 - test.tx_enu_km, axis=-1)
+    # Networks span 3-200 km, so compare errors relative to each network's size.
+    size = np.array([np.ptp(test.rx_enu_km[b][test.rx_mask[b] > 0][:, :2], axis=0).max() for b in range(len(test))])
+    ratio = np.median(err_model / size) / np.median(err_centroid / size)
+    assert ratio < 0.7, f"model / centroid median relative error = {ratio:.2f}"
