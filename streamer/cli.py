@@ -115,21 +115,24 @@ def cmd_receiver(args) -> int:
     cfg = config_mod.load(args.config)
     rx = cfg.receiver(args.id)
     drops = TallyDropCounter()
-    publisher = FramedPublisher(args.publish, bind=True)
+    publisher = FramedPublisher(args.publish, bind=True, dtype=args.dtype)
     log.info("receiver %s (%s): publishing framed IQ on %s", rx.id, rx.kind, publisher.endpoint)
-    lock = threading.Lock()
 
     def sink(block, realtime):
-        with lock:
-            publisher.send(block, dtype=args.dtype)
+        # Only the runner's thread sends; the subscriber sees a dropped block as an index gap.
+        publisher.send(block)
 
     stop = _stop_on_signals()
     runner = ReceiverRunner(rx, ReceiverContext(config=cfg, drops=drops), sink)
     runner.start()
+    reported = None
     try:
         while not stop.wait(5.0):
-            if drops.bad_frames or drops.dropped:
-                log.info("receiver %s: bad frames %s, dropped samples %s", rx.id, dict(drops.bad_frames), dict(drops.dropped))
+            state = (dict(drops.bad_frames), dict(drops.dropped), publisher.dropped)
+            if state != reported and (drops.bad_frames or drops.dropped or publisher.dropped):
+                log.warning("receiver %s: bad frames %s, source drops %s, blocks dropped at the PUB high-water mark %d",
+                            rx.id, *state)
+                reported = state
     finally:
         runner.stop()
         publisher.close()
