@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamer.config import Config
-from streamer.errors import HeimdallError
+from streamer.errors import HeimdallError, ModelMismatchError
 from streamer.estimate import Estimate, EstimatorInputs
 from streamer.physics import PhysicsEstimator
 
@@ -26,6 +26,7 @@ class PhysicsPosterior:
     def __init__(self, config: Config) -> None:
         self._estimator = PhysicsEstimator.from_config(config)
         self.info = {"name": "physics-posterior", "version": "1", "sha256": ""}
+        self.provider = "numpy"
 
     def estimate(self, inputs: EstimatorInputs) -> Estimate:
         result = self._estimator.estimate(
@@ -47,6 +48,11 @@ class OnnxModel:
 
         self._model = OnnxEstimator(config.estimator.model, providers=config.estimator.providers, expected_spec=config.features)
         meta = self._model.metadata
+        if len(config.receivers) > self._model.max_receivers:
+            raise ModelMismatchError(
+                f"{config.source}: {len(config.receivers)} receivers configured, but model {config.estimator.model} "
+                f"takes at most {self._model.max_receivers} (metadata max_receivers)"
+            )
         self.info = {"name": meta.name, "version": meta.version, "sha256": self._model.model_sha256}
         self.provider = self._model.provider
 

@@ -17,6 +17,7 @@ from receivers.base import IQBlock
 from streamer.aligner import Window, WindowAligner
 from streamer.config import Config
 from streamer.estimate import Estimate, Estimator, EstimatorInputs
+from streamer.estimators import EstimateRejected
 from streamer.features import mel_frames_dbm
 from streamer.geodesy import ellipse_from_covariance, enu_to_geodetic, network_geometry
 from streamer.lane import PIPELINE, Lane, LaneSettings
@@ -75,8 +76,9 @@ class Pipeline:
         self._started_ns = clock_ns()
         for rid in self.receiver_ids:
             metrics.init_receiver(rid)
+        primary = self.estimators[0]
         metrics.model_info.info(
-            {"estimator": self.estimators[0].name, **{k: str(v) for k, v in getattr(self.estimators[0], "info", {}).items()}}
+            {"estimator": primary.name, "provider": getattr(primary, "provider", ""), **{k: str(v) for k, v in primary.info.items()}}
         )
 
     # Counting ---------------------------------------------------------------------------------------
@@ -178,6 +180,10 @@ class Pipeline:
             t = time.perf_counter()
             try:
                 results.append(estimator.estimate(inputs))
+            except EstimateRejected as exc:
+                log.debug("estimator %s rejected window %d: %s", estimator.name, window.t_start_ns, exc)
+                m.windows.labels(f"{estimator.name}_rejected").inc()
+                return None
             except Exception:  # a failing estimator costs this window, never the daemon
                 log.exception("estimator %s failed on window %d", estimator.name, window.t_start_ns)
                 m.windows.labels(f"{estimator.name}_error").inc()
@@ -193,7 +199,7 @@ class Pipeline:
             primary=outs[0],
             receivers=tuple(rid for rid, h in zip(self.receiver_ids, heard) if h),
             rx_power_dbm={rid: float(p) for rid, p, h in zip(self.receiver_ids, power.signal_dbm, heard) if h},
-            model=getattr(self.estimators[0], "info", {"name": self.estimators[0].name}),
+            model=self.estimators[0].info,
             processing_ms=processing_s * 1e3,
             age_ms=(end_ns - window.t_end_ns) / 1e6,
             network=self.config.network.name,
