@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("-c", "--config", help="config whose features and estimator to use (default: embedded)")
 
     sub.add_parser("kinds", help="list receiver kinds")
+
+    keys = sub.add_parser("keys", help="CURVE key files (docs/security.md)")
+    keys_sub = keys.add_subparsers(dest="keys", required=True)
+    generate = keys_sub.add_parser("generate", help="write NAME.key (public) and NAME.key_secret (secret, mode 0600)")
+    generate.add_argument("dir", help="folder to write into (created if missing)")
+    generate.add_argument("--name", default="heimdall", help="file name stem (default 'heimdall')")
     return parser
 
 
@@ -109,13 +115,14 @@ def cmd_check(args) -> int:
 def cmd_receiver(args) -> int:
     from receivers.base import ReceiverContext, TallyDropCounter
     from receivers.zmq_framed import FramedPublisher
+    from streamer.security import edge_curve
     from streamer import config as config_mod
     from streamer.runner import ReceiverRunner
 
     cfg = config_mod.load(args.config)
     rx = cfg.receiver(args.id)
     drops = TallyDropCounter()
-    publisher = FramedPublisher(args.publish, bind=True, dtype=args.dtype)
+    publisher = FramedPublisher(args.publish, bind=True, dtype=args.dtype, **edge_curve(cfg))
     log.info("receiver %s (%s): publishing framed IQ on %s", rx.id, rx.kind, publisher.endpoint)
 
     def sink(block, realtime):
@@ -207,6 +214,14 @@ def cmd_kinds(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    from streamer.security import generate_keys
+
+    public, secret = generate_keys(args.dir, args.name)
+    print(f"public key {public} (give it to peers; allow-lists are folders of these)\nsecret key {secret} (mode 0600; keep it on this host)")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "listen": cmd_listen,
@@ -214,4 +229,5 @@ COMMANDS = {
     "receiver": cmd_receiver,
     "bench": cmd_bench,
     "kinds": cmd_kinds,
+    "keys": cmd_keys,
 }
