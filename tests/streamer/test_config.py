@@ -1,0 +1,60 @@
+"""Config validation: every mistake is refused before start-up with the file, the key path and what was expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamer import config as config_mod
+from streamer.errors import ConfigError
+
+RX = {"id": "a", "kind": "simulator", "lat": 45.0, "lon": 7.0}
+
+
+def load_text(tmp_path, text: str):
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    return config_mod.load(path), str(path)
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"pipeline": {"min_receivers": "3"}}, "pipeline.min_receivers: expected int, got str '3'"),
+        ({"pipeline": {"min_receivers": 2.5}}, "pipeline.min_receivers: expected int, got float 2.5"),
+        ({"network": {"target_freq_hz": "145.5 MHz"}}, "network.target_freq_hz: expected a number"),
+        ({"output": {"publish_truth": 1}}, "output.publish_truth: expected true or false, got int 1"),
+        ({"pipline": {}}, "pipline: unknown key; expected one of:"),
+        ({"pipeline": {"window_s": 1.0}}, "pipeline.window_s: unknown key; expected one of: buffer_s"),
+        ({"estimator": {"kind": "neural"}}, "estimator.kind: expected 'physics' or 'onnx', got 'neural'"),
+        ({"estimator": {"kind": "onnx"}}, "estimator.model: expected a model path when kind = 'onnx'"),
+        ({"features": {"n_mels": 31}}, "features.n_mels: expected an even number >= 2, got 31"),
+        ({"receivers": [{**RX, "kind": "sopy"}]}, "receivers[0].kind: unknown receiver kind 'sopy'; known:"),
+        ({"receivers": [{**RX, "gain": 20}]}, "receivers[0].gain: unknown key; expected one of:"),
+        ({"receivers": [{k: v for k, v in RX.items() if k != "lat"}]}, "receivers[0].lat: required key is missing"),
+        ({"receivers": [RX, RX]}, "receivers[1].id: duplicate receiver id 'a'"),
+        ({"receivers": [{**RX, "lat": 95.0}]}, "receivers[0].lat: expected -90..90 degrees, got 95.0"),
+        ({"receivers": [{**RX, "sample_rate_hz": -1.0}]}, "receivers[0]: sample_rate_hz must be > 0"),
+        ({"receivers": {"id": "a"}}, "receivers: expected an array of tables"),
+    ],
+)
+def test_a_wrong_config_names_file_key_and_expectation(doc, message):
+    with pytest.raises(ConfigError) as err:
+        config_mod.from_dict(doc, source="site.toml")
+    assert str(err.value).startswith("site.toml: ")
+    assert message in str(err.value)
+
+
+def test_unreadable_and_invalid_toml_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="missing.toml: cannot read config"):
+        config_mod.load(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match=r"site.toml: not valid TOML"):
+        load_text(tmp_path, "[pipeline\nmin_receivers = 3")
+
+
+def test_a_valid_file_loads_with_defaults_filled_in(tmp_path):
+    cfg, path = load_text(tmp_path, '[pipeline]\nmin_receivers = 4\n[[receivers]]\nid = "a"\nkind = "simulator"\nlat = 45.0\nlon = 7.0\n')
+    assert cfg.source == path and cfg.pipeline.min_receivers == 4 and cfg.pipeline.buffer_s == 4.0
+    assert cfg.receivers[0].options.sample_rate_hz == 240_000.0
+    assert cfg.receiver("a").lat == 45.0
+    with pytest.raises(ConfigError, match="no receiver with id 'b'; configured: a"):
+        cfg.receiver("b")
