@@ -24,6 +24,7 @@ KINDS: dict[str, str] = {
     "soapy": "receivers.soapy:SoapyReceiver",
     "rtl_tcp": "receivers.rtl_tcp:RtlTcpReceiver",
     "kiwisdr": "receivers.kiwisdr:KiwiSdrReceiver",
+    "sigmf": "receivers.sigmf_file:SigmfReceiver",
 }
 
 #: top-level import name of a foreign dependency -> how to install it.
