@@ -19,6 +19,17 @@ Every unusable message is counted with ``drops.bad_frame(id, reason)`` and skipp
   yielded: the pipeline re-anchors its time on it.
 
 Forward index jumps are not counted here: the gap is visible in ``sample_index`` for the pipeline.
+
+Limits (docs/security.md): ZeroMQ refuses a frame over ``max_message_bytes`` (ZMQ_MAXMSGSIZE) by closing
+the connection. When this side connects, libzmq does not reconnect after that: the adapter sees the link
+close without a reconnect, counts ``bad_frame(id, "link_error")`` and raises ReceiverTransientError so the
+runner opens a fresh socket. (When this side binds, the edge reconnects by itself; the lost message shows
+as a gap.) A message whose frames *together* exceed the limit is counted ``oversize``. A token bucket
+limits the samples accepted per second to ``max_rate_sps`` (unset: ``rate_limit_factor`` times the rate
+the publisher declares), with ``rate_burst_s`` seconds of burst; blocks over it are dropped and counted
+``samples_dropped(id, "rate_limit", n)``, and the next block passed on carries ``Flags.OVERFLOW``.
+With ``[security] curve_ingest`` the socket is a CURVE server (streamer.security) and peers it refuses
+are counted through ``drops.auth_failure("ingest:<id>")`` when the DropCounter has that method.
 Silence is not an error: the adapter keeps polling (``recv_timeout_s`` at a time, checking whether
 ``close()`` was called from another thread) and resumes when a publisher comes back; ZeroMQ
 reconnects by itself.
@@ -28,16 +39,20 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import zmq
 
 from receivers.base import DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext
 from receivers.framing import FrameError, decode, encode
 from streamer.errors import ReceiverFatalError, ReceiverTransientError
+from streamer.security import INGEST_DOMAIN, KeyPair, SocketEvents, load_secret_key, make_curve_client, make_curve_server
+
+log = logging.getLogger(__name__)
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -51,13 +66,40 @@ class Options:
     rcvhwm: int = field(default=1000, metadata=_doc("messages queued in ZeroMQ before it drops (receive high-water mark)"))
     recv_timeout_s: float = field(default=0.2, metadata=_doc("one poll's wait before checking for close() (s)"))
     max_message_bytes: int = field(default=64 << 20, metadata=_doc("larger inbound messages are refused by ZeroMQ"))
+    max_rate_sps: float | None = field(
+        default=None, metadata=_doc("samples/s accepted; more is dropped (rate_limit); unset: rate_limit_factor x declared rate")
+    )
+    rate_limit_factor: float = field(
+        default=2.0, metadata=_doc("without max_rate_sps: limit = this x the sample_rate the publisher declares (0 = no limit)")
+    )
+    rate_burst_s: float = field(default=1.0, metadata=_doc("seconds of samples at the limit accepted in one burst (s)"))
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes <= 0:
+            raise ValueError(f"max_message_bytes: expected > 0, got {self.max_message_bytes}")
+        if self.max_rate_sps is not None and self.max_rate_sps <= 0:
+            raise ValueError(f"max_rate_sps: expected > 0 (or unset), got {self.max_rate_sps}")
+        if self.rate_limit_factor < 0 or self.rate_burst_s <= 0:
+            raise ValueError(f"rate_limit_factor >= 0 and rate_burst_s > 0 expected, got {self.rate_limit_factor}, {self.rate_burst_s}")
 
 
-def open_socket(context: zmq.Context, socket_type: int, endpoint: str, *, bind: bool) -> zmq.Socket:
-    """Create, bind or connect a socket; ZeroMQ setup errors become ReceiverFatal/TransientError."""
+def open_socket(
+    context: zmq.Context,
+    socket_type: int,
+    endpoint: str,
+    *,
+    bind: bool,
+    configure: Callable[[zmq.Socket], None] = lambda sock: None,
+) -> zmq.Socket:
+    """Create, bind or connect a socket; ZeroMQ setup errors become ReceiverFatal/TransientError.
+
+    ``configure(sock)`` runs before bind/connect: options such as ZMQ_MAXMSGSIZE, the high-water marks and
+    the CURVE keys are copied into a connection when it is set up, so setting them later has no effect.
+    """
     sock = context.socket(socket_type)
     sock.linger = 0
     try:
+        configure(sock)
         (sock.bind if bind else sock.connect)(endpoint)
     except zmq.ZMQError as exc:
         sock.close()
@@ -72,10 +114,22 @@ class PolledSocket:
 
     ``messages()`` yields multipart messages until ``close()``; the socket is closed by whichever side
     finishes last (the iterating thread if it is inside ``messages()``, else ``close()`` itself).
+    With ``events`` (a monitor on the socket), after every poll (so at least every ``timeout_s``) the
+    pending monitor events go to ``on_events`` (an empty list if none), in the iterating thread; it may
+    raise to end the iteration.
     """
 
-    def __init__(self, sock: zmq.Socket, timeout_s: float) -> None:
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        timeout_s: float,
+        *,
+        events: SocketEvents | None = None,
+        on_events: Callable[[list[tuple[int, int]]], None] = lambda events: None,
+    ) -> None:
         self._sock = sock
+        self._events = events
+        self._on_events = on_events
         self._timeout_ms = max(1, int(timeout_s * 1000))
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -96,12 +150,15 @@ class PolledSocket:
             with self._lock:
                 self._iterating = False
                 if self._closed.is_set():
-                    self._sock.close(linger=0)
+                    self._release()
 
     def _poll_loop(self) -> Iterator[list[bytes]]:
         while not self._closed.is_set():
             try:
-                if not self._sock.poll(self._timeout_ms, zmq.POLLIN):
+                readable = self._sock.poll(self._timeout_ms, zmq.POLLIN)
+                if self._events is not None:
+                    self._on_events(self._events.drain())
+                if not readable:
                     continue
                 frames = self._sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -116,7 +173,12 @@ class PolledSocket:
         self._closed.set()
         with self._lock:
             if not self._iterating:
-                self._sock.close(linger=0)
+                self._release()
+
+    def _release(self) -> None:
+        if self._events is not None:
+            self._events.close()
+        self._sock.close(linger=0)
 
 
 class StreamContinuity:
@@ -148,6 +210,54 @@ class StreamContinuity:
         return reason, block
 
 
+_RECONNECT_GRACE_S = 1.0  # libzmq schedules a reconnect at once after an ordinary disconnect
+
+
+class RateLimit:
+    """Token bucket over samples: ``admit(n, declared_rate)`` is False for a block over the limit.
+
+    The limit is ``max_rate_sps``, or ``factor`` times the rate the block declares (``factor = 0`` and no
+    ``max_rate_sps``: no limit). The bucket holds ``burst_s`` seconds at the limit and starts full (again
+    when the declared rate changes, e.g. a retune); a block is admitted while the bucket is not empty,
+    even if it takes it below zero, so one block larger than the bucket still passes.
+
+    Examples
+    --------
+    >>> t = [0.0]
+    >>> limit = RateLimit(max_rate_sps=1000.0, factor=2.0, burst_s=1.0, clock=lambda: t[0])
+    >>> [limit.admit(400, 1e6) for _ in range(4)]
+    [True, True, True, False]
+    >>> t[0] = 1.0; limit.admit(400, 1e6)
+    True
+    """
+
+    def __init__(self, max_rate_sps: float | None, factor: float, burst_s: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._max = max_rate_sps
+        self._factor = factor
+        self._burst_s = burst_s
+        self._clock = clock
+        self._tokens: float | None = None
+        self._last = 0.0
+        self._rate = 0.0
+
+    def admit(self, n: int, declared_rate: float) -> bool:
+        rate = self._max if self._max is not None else self._factor * declared_rate
+        if rate <= 0:
+            return True
+        now = self._clock()
+        capacity = rate * self._burst_s
+        if self._tokens is None or rate != self._rate:
+            self._tokens, self._rate = capacity, rate
+        else:
+            self._tokens = min(capacity, self._tokens + (now - self._last) * rate)
+        self._last = now
+        if self._tokens <= 0:
+            return False
+        self._tokens -= n
+        return True
+
+
 class ZmqFramedReceiver(ReceiverBase):
     """SUB socket -> framing.decode -> stream checks -> IQBlock.
 
@@ -172,21 +282,64 @@ class ZmqFramedReceiver(ReceiverBase):
         drops: DropCounter,
         clock_jump_tolerance_s: float = 0.05,
         context: zmq.Context | None = None,
+        curve_keys: KeyPair | None = None,
+        on_auth_failure: Callable[[str], None] = lambda socket: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.receiver_id = receiver_id
         self.options = options
         self._drops = drops
         self._topic = receiver_id.encode("utf-8")
         self._continuity = StreamContinuity(clock_jump_tolerance_s)
-        sock = open_socket(context or zmq.Context.instance(), zmq.SUB, options.endpoint, bind=options.bind)
-        sock.rcvhwm = options.rcvhwm
-        sock.setsockopt(zmq.MAXMSGSIZE, options.max_message_bytes)
+        self._rate = RateLimit(options.max_rate_sps, options.rate_limit_factor, options.rate_burst_s, clock=clock)
+        self._after_drop = False
+        self._clock = clock
+        self._lost_at: float | None = None
+
+        def configure(sock: zmq.Socket) -> None:
+            sock.rcvhwm = options.rcvhwm
+            sock.setsockopt(zmq.MAXMSGSIZE, options.max_message_bytes)
+            if curve_keys is not None:  # CURVE server; the daemon's CurveAuthenticator checks the edges' keys
+                make_curve_server(sock, curve_keys, INGEST_DOMAIN)
+
+        sock = open_socket(context or zmq.Context.instance(), zmq.SUB, options.endpoint, bind=options.bind, configure=configure)
         sock.setsockopt(zmq.SUBSCRIBE, self._topic)
-        self._polled = PolledSocket(sock, options.recv_timeout_s)
+        events = None
+        if isinstance(sock, zmq.Socket):  # a real one: tests may pass a context whose sockets are fakes
+            events = SocketEvents(sock, f"ingest:{receiver_id}", on_auth_failure, curve=curve_keys is not None)
+        self._polled = PolledSocket(sock, options.recv_timeout_s, events=events, on_events=self._on_events)
 
     @classmethod
     def from_config(cls, rx, ctx: ReceiverContext) -> "ZmqFramedReceiver":
-        return cls(rx.id, rx.options, drops=ctx.drops, clock_jump_tolerance_s=ctx.config.pipeline.clock_jump_tolerance_s)
+        security = ctx.config.security
+        curve_keys = None
+        if security.curve_ingest:
+            curve_keys = load_secret_key(security.secret_key, key=f"{ctx.config.source}: security.secret_key")
+        return cls(
+            rx.id,
+            rx.options,
+            drops=ctx.drops,
+            clock_jump_tolerance_s=ctx.config.pipeline.clock_jump_tolerance_s,
+            curve_keys=curve_keys,
+            on_auth_failure=getattr(ctx.drops, "auth_failure", lambda socket: None),
+        )
+
+    def _on_events(self, events: list[tuple[int, int]]) -> None:
+        """Connecting side: a link closed without a reconnect was closed by libzmq for a protocol error."""
+        if self.options.bind:
+            return
+        for event, _value in events:
+            if event == zmq.EVENT_DISCONNECTED:
+                self._lost_at = self._clock()
+            elif event in (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECT_DELAYED, zmq.EVENT_CONNECTED):
+                self._lost_at = None
+        if self._lost_at is not None and self._clock() - self._lost_at > _RECONNECT_GRACE_S:
+            self._lost_at = None
+            self._drops.bad_frame(self.receiver_id, "link_error")
+            raise ReceiverTransientError(
+                f"{self.options.endpoint}: ZeroMQ closed the link after a protocol error and does not reconnect "
+                f"(most often a frame over max_message_bytes = {self.options.max_message_bytes}); reopening"
+            )
 
     @property
     def endpoint(self) -> str:
@@ -208,6 +361,18 @@ class ZmqFramedReceiver(ReceiverBase):
         except FrameError as exc:
             self._drops.bad_frame(rid, exc.reason)
             return None
+        if sum(len(f) for f in frames) > self.options.max_message_bytes:
+            self._drops.bad_frame(rid, "oversize")  # each frame was under ZMQ_MAXMSGSIZE, together they are not
+            self._drops.samples_dropped(rid, "oversize", len(block.samples))
+            self._after_drop = True
+            return None
+        if not self._rate.admit(len(block.samples), block.sample_rate):
+            self._drops.samples_dropped(rid, "rate_limit", len(block.samples))
+            self._after_drop = True
+            return None
+        if self._after_drop:  # the samples just dropped here are counted: the pipeline must not count a gap
+            block = dataclasses.replace(block, flags=block.flags | Flags.OVERFLOW)
+            self._after_drop = False
         reason, accepted = self._continuity.check(block)
         if reason is not None:
             self._drops.bad_frame(rid, reason)
@@ -246,16 +411,27 @@ class FramedPublisher:
         sndhwm: int = 1000,
         dtype: str = "cf32",
         context: zmq.Context | None = None,
+        curve_keys: KeyPair | None = None,
+        server_key: bytes | None = None,
     ) -> None:
+        """``curve_keys`` (this edge's pair) and ``server_key`` (the daemon's public key), both or neither:
+        a CURVE client, which the daemon admits only if this edge's public key is on its ingest allow-list."""
+        if (curve_keys is None) != (server_key is None):
+            raise ValueError("FramedPublisher: CURVE needs both curve_keys and server_key")
         self.dtype = dtype
         self.sent = 0
         self.dropped = 0
         self.dropped_samples = 0
         self._first = True
         self._subscriptions: set[bytes] = set()
-        self._sock = open_socket(context or zmq.Context.instance(), zmq.XPUB, endpoint, bind=bind)
-        self._sock.sndhwm = sndhwm
-        self._sock.setsockopt(zmq.XPUB_NODROP, 1)  # at the HWM, send raises Again instead of dropping silently
+
+        def configure(sock: zmq.Socket) -> None:
+            sock.sndhwm = sndhwm
+            sock.setsockopt(zmq.XPUB_NODROP, 1)  # at the HWM, send raises Again instead of dropping silently
+            if curve_keys is not None:
+                make_curve_client(sock, curve_keys, server_key)
+
+        self._sock = open_socket(context or zmq.Context.instance(), zmq.XPUB, endpoint, bind=bind, configure=configure)
 
     @property
     def endpoint(self) -> str:

@@ -14,6 +14,8 @@ from collections import Counter
 from prometheus_client import CollectorRegistry, start_http_server
 
 from receivers.base import IQBlock, ReceiverContext
+from streamer import security
+from streamer.archive import JsonlArchive
 from streamer.config import Config
 from streamer.estimators import build_estimators
 from streamer.metrics import AdapterCounters, Metrics
@@ -22,6 +24,25 @@ from streamer.publish import ZmqPublisher
 from streamer.runner import BlockQueue, ReceiverRunner
 
 log = logging.getLogger(__name__)
+
+
+class _DaemonCounters(AdapterCounters):
+    """AdapterCounters plus ``auth_failure(socket)``, which framed-IQ ingest uses for refused peers."""
+
+    def auth_failure(self, socket: str) -> None:
+        self._m.auth_failures.labels(socket).inc()
+
+
+def _warn_exposed(config: Config) -> None:
+    """A warning for every socket bound beyond loopback without CURVE (docs/security.md)."""
+    sec = config.security
+    security.warn_if_exposed("output.endpoint", config.output.endpoint, curve=sec.curve_output)
+    if config.metrics.enabled and not security.is_loopback_host(config.metrics.host):
+        log.warning("metrics.host %s is not loopback: metrics are served to anyone who can reach port %d "
+                    "(no authentication; firewall it)", config.metrics.host, config.metrics.port)
+    for i, rx in enumerate(config.receivers):
+        if rx.kind == "zmq" and rx.options.bind:
+            security.warn_if_exposed(f"receivers[{i}] ({rx.id}, kind zmq)", rx.options.endpoint, curve=sec.curve_ingest)
 
 
 def _truth_source(config: Config):
@@ -42,30 +63,75 @@ class Daemon:
         self.config = config
         self.metrics = Metrics(registry)
         self.estimators = build_estimators(config)
+        sec = config.security
+        keys = None
+        if sec.curve_output or sec.curve_ingest:  # checked here so that a bad key stops the start (exit 2)
+            keys = security.load_secret_key(sec.secret_key, key=f"{config.source}: security.secret_key")
+            for on, domain_dir, name in ((sec.curve_output, sec.output_clients_dir, "output_clients_dir"),
+                                         (sec.curve_ingest, sec.ingest_clients_dir, "ingest_clients_dir")):
+                if on:
+                    security.load_allow_list(domain_dir, key=f"{config.source}: security.{name}")
+        _warn_exposed(config)
+        self.authenticator: security.CurveAuthenticator | None = None
+        archive = config.output.archive
+        self.archive = None if archive.dir is None else JsonlArchive(
+            archive.dir, max_bytes=archive.max_bytes, keep_files=archive.keep_files,
+            on_error=lambda reason: self.metrics.archive_errors.labels(reason).inc(),
+        )
+        self._start_authenticator()  # before any CURVE socket exists: without it libzmq admits any client
         self.publisher = ZmqPublisher(
             config.output.endpoint,
             send_hwm=config.output.send_hwm,
             on_sent=lambda topic: self.metrics.messages_published.labels(topic).inc(),
             on_dropped=lambda topic: self.metrics.subscriber_drops.labels(topic).inc(),
             on_subscribers=self.metrics.subscriptions.set,
+            curve_keys=keys if sec.curve_output else None,
+            on_auth_failure=lambda socket: self.metrics.auth_failures.labels(socket).inc(),
         )
         self._queued: Counter[str] = Counter()
         self._queued_lock = threading.Lock()
         self.pipeline = Pipeline(
             config,
             metrics=self.metrics,
-            send=self.publisher.send,
+            send=self._publish,
             estimators=self.estimators,
             truth_source=_truth_source(config) if config.output.publish_truth else None,
             queued_samples=self._queued_samples,
         )
         self.queue = BlockQueue(config.pipeline.queue_blocks, on_full=self._on_queue_full)
-        counters = AdapterCounters(self.metrics)
+        counters = _DaemonCounters(self.metrics)
         ctx = ReceiverContext(config=config, drops=counters, gauge=counters.gauge)
         self._stop = threading.Event()
         self.runners = [ReceiverRunner(rx, ctx, self._on_block, on_state=self._on_state) for rx in config.receivers]
         self.metrics_server = None
         self.metrics_url: str | None = None
+
+    def _publish(self, topic: str, payload: dict) -> bool:
+        """Send on the output socket; localizations and status also go to the archive, if configured."""
+        sent = self.publisher.send(topic, payload)
+        if self.archive is not None and (topic == "status" or topic == self.pipeline.topic):
+            self.archive.write(topic, payload)  # errors are counted inside; publication goes on
+        return sent
+
+    def _start_authenticator(self) -> None:
+        sec = self.config.security
+        if not (sec.curve_output or sec.curve_ingest):
+            return
+        import zmq
+
+        auth = security.CurveAuthenticator(zmq.Context.instance())  # the context of the publisher and adapters
+        try:
+            if sec.curve_output:
+                auth.allow(security.OUTPUT_DOMAIN, sec.output_clients_dir, key=f"{self.config.source}: security.output_clients_dir")
+            if sec.curve_ingest:
+                auth.allow(security.INGEST_DOMAIN, sec.ingest_clients_dir, key=f"{self.config.source}: security.ingest_clients_dir")
+        except BaseException:
+            auth.stop()
+            raise
+        self.authenticator = auth
+        for socket in (["output"] if sec.curve_output else []) + [f"ingest:{rx.id}" for rx in self.config.receivers
+                                                                 if sec.curve_ingest and rx.kind == "zmq"]:
+            self.metrics.auth_failures.labels(socket)  # at zero from the start, for alerts
 
     # Adapter threads ----------------------------------------------------------------------------------
     def _on_block(self, block: IQBlock, realtime: bool) -> None:
@@ -132,7 +198,7 @@ class Daemon:
             while not stop.is_set():
                 self.step()
                 if time.monotonic() >= next_status:
-                    self.publisher.send("status", self.pipeline.status().to_wire())
+                    self._publish("status", self.pipeline.status().to_wire())
                     next_status += self.config.output.status_interval_s
         finally:
             self.shutdown()
@@ -142,6 +208,10 @@ class Daemon:
         for runner in self.runners:
             runner.stop(timeout_s=0.5)
         self.publisher.close()
+        if self.archive is not None:
+            self.archive.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()

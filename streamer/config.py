@@ -84,11 +84,39 @@ class EstimatorConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    dir: str | None = field(
+        default=None, metadata=_doc("write every localization and status message as JSON lines here (unset: no archive)")
+    )
+    max_bytes: int = field(default=64 << 20, metadata=_doc("a file is rotated before it would grow past this size (bytes)"))
+    keep_files: int = field(default=10, metadata=_doc("rotated files kept besides the current one; older ones are deleted"))
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     endpoint: str = field(default="tcp://127.0.0.1:5557", metadata=_doc("ZeroMQ PUB bind address"))
     send_hwm: int = field(default=1000, metadata=_doc("messages queued per subscriber before dropping"))
     status_interval_s: float = field(default=2.0, metadata=_doc("heartbeat period (s)"))
     publish_truth: bool = field(default=True, metadata=_doc("publish the simulator's ground truth on topic 'truth'"))
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig, metadata=_doc("JSON-lines archive (docs/security.md)"))
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    curve_output: bool = field(
+        default=False, metadata=_doc("CURVE on the output PUB: encrypted, only subscribers in output_clients_dir")
+    )
+    curve_ingest: bool = field(
+        default=False, metadata=_doc("CURVE on framed-IQ ingest (kind 'zmq'): only edges in ingest_clients_dir")
+    )
+    secret_key: str | None = field(
+        default=None, metadata=_doc("this host's key pair: NAME.key_secret (mode 0600) from `heimdall keys generate`")
+    )
+    output_clients_dir: str | None = field(default=None, metadata=_doc("allowed subscribers' public keys (*.key files)"))
+    ingest_clients_dir: str | None = field(default=None, metadata=_doc("allowed edge publishers' public keys (*.key files)"))
+    server_key: str | None = field(
+        default=None, metadata=_doc("`heimdall receiver` with curve_ingest: the central daemon's public NAME.key")
+    )
 
 
 @dataclass(frozen=True)
@@ -138,6 +166,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     receivers: tuple[ReceiverConfig, ...] = ()
     source: str = "<defaults>"
 
@@ -293,6 +322,8 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     if cfg.estimator.kind == "onnx":
         need(cfg.estimator.model is not None, "estimator.model", "a model path when kind = 'onnx'", None)
     need(0 <= cfg.metrics.port < 65536, "metrics.port", "0..65535", cfg.metrics.port)
+    need(cfg.output.archive.max_bytes > 0, "output.archive.max_bytes", "> 0", cfg.output.archive.max_bytes)
+    need(cfg.output.archive.keep_files >= 0, "output.archive.keep_files", ">= 0", cfg.output.archive.keep_files)
     ph = cfg.estimator.physics
     need(ph.tx_power_max_dbm > ph.tx_power_min_dbm, "estimator.physics.tx_power_max_dbm", "> tx_power_min_dbm", ph.tx_power_max_dbm)
     need(ph.grid_step_km > 0, "estimator.physics.grid_step_km", "> 0", ph.grid_step_km)

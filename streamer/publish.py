@@ -14,6 +14,8 @@ from typing import Any, Callable
 import msgpack
 import zmq
 
+from streamer.security import OUTPUT_DOMAIN, KeyPair, SocketEvents, make_curve_server
+
 log = logging.getLogger(__name__)
 
 
@@ -29,15 +31,21 @@ class ZmqPublisher:
         on_sent: Callable[[str], None] = lambda topic: None,
         on_dropped: Callable[[str], None] = lambda topic: None,
         on_subscribers: Callable[[int], None] = lambda n: None,
+        curve_keys: KeyPair | None = None,
+        on_auth_failure: Callable[[str], None] = lambda socket: None,
     ) -> None:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.XPUB)
+        if curve_keys is not None:  # CURVE server; a CurveAuthenticator on the context checks the clients
+            make_curve_server(self._sock, curve_keys, OUTPUT_DOMAIN)
+        self._events = SocketEvents(self._sock, "output", on_auth_failure, curve=curve_keys is not None)
         self._sock.setsockopt(zmq.SNDHWM, send_hwm)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscribe, to count subscribers
         try:
             self._sock.bind(endpoint)
         except zmq.ZMQError as exc:
+            self._events.close()
             self._sock.close()
             raise OSError(f"output.endpoint: cannot bind {endpoint!r}: {exc}") from exc
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -59,6 +67,7 @@ class ZmqPublisher:
         return True
 
     def _drain_subscriptions(self) -> None:
+        self._events.drain()  # counts refused peers (on_auth_failure)
         while True:
             try:
                 event = self._sock.recv(flags=zmq.NOBLOCK)
@@ -71,4 +80,5 @@ class ZmqPublisher:
         self._on_subscribers(self._subscriptions)
 
     def close(self) -> None:
+        self._events.close()
         self._sock.close(linger=0)

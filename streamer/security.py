@@ -185,8 +185,8 @@ def load_allow_list(directory: str | os.PathLike | None, *, key: str) -> dict[by
 def make_curve_server(sock: zmq.Socket, keys: KeyPair, domain: str) -> None:
     """Make ``sock`` a CURVE server whose clients the ZAP handler checks against ``domain``'s allow-list.
 
-    Set before bind/connect. Without a running ``CurveAuthenticator`` on the socket's context libzmq
-    completes no handshake at all (fails closed), because ``domain`` is set.
+    Set before bind/connect. Start a ``CurveAuthenticator`` on the socket's context first (the Daemon
+    does): without a ZAP handler libzmq admits every client that knows the server's public key.
     """
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
