@@ -1,4 +1,4 @@
-"""``heimdall`` command line: run, listen, check, receiver, bench, kinds.
+"""``heimdall`` command line: run, listen, check, receiver, record, bench, train, evaluate, soak, keys, kinds.
 
 Examples
 --------
@@ -17,7 +17,7 @@ import sys
 import threading
 
 from streamer import __version__
-from streamer.errors import HeimdallError
+from streamer.errors import HeimdallError, MissingDependencyError
 
 log = logging.getLogger("heimdall")
 
@@ -56,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--windows", type=int, default=40)
     pipe.add_argument("-c", "--config", help="config whose features and estimator to use (default: embedded)")
 
+    bench_sub.add_parser("model", help="batch-1 model latency: OnnxEstimator vs raw ONNX Runtime", add_help=False)
+
+    record = sub.add_parser("record", help="record what the configured receivers hear as a SigMF collection")
+    record.add_argument("-c", "--config", help="TOML config (default: the embedded default)")
+    record.add_argument("--seconds", type=float, required=True, help="seconds of signal per receiver")
+    record.add_argument("out", help="output folder (must not exist)")
+
+    # Subcommands implemented elsewhere parse their own options (`heimdall train --help`), so that the
+    # daemon's CLI never imports torch.
+    for name, text in (("train", "train the localization model (needs the [train] extra: torch)"),
+                       ("evaluate", "score models and the physics estimator on simulated and real data"),
+                       ("soak", "run the daemon under load and check memory, accounting, rate and latency")):
+        sub.add_parser(name, help=text, add_help=False)
+
     sub.add_parser("kinds", help="list receiver kinds")
 
     keys = sub.add_parser("keys", help="CURVE key files (docs/security.md)")
@@ -67,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in DELEGATED or getattr(args, "bench", None) == "model":
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     level = logging.WARNING if args.verbose == 0 and args.command == "listen" else logging.INFO
     if args.verbose >= 2:
         level = logging.DEBUG
@@ -201,9 +220,41 @@ def cmd_listen(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.bench == "model":
+        from streamer.bench_model import main as bench_model
+
+        return bench_model(args.rest)
     from streamer.bench import bench_pipeline
 
     return bench_pipeline(args)
+
+
+def cmd_record(args) -> int:
+    from streamer.record import main as record
+
+    return record(args)
+
+
+def cmd_train(args) -> int:
+    try:
+        from models.train.train import main as train
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] == "torch":
+            raise MissingDependencyError("heimdall train needs torch: pip install 'heimdall-streamer[train]'") from exc
+        raise
+    return train(args.rest)
+
+
+def cmd_evaluate(args) -> int:
+    from models.train.evaluate import main as evaluate
+
+    return evaluate(args.rest)
+
+
+def cmd_soak(args) -> int:
+    from streamer.soak import main as soak
+
+    return soak(args.rest)
 
 
 def cmd_kinds(args) -> int:
@@ -222,12 +273,18 @@ def cmd_keys(args) -> int:
     return 0
 
 
+DELEGATED = ("train", "evaluate", "soak")  # parse their own options
+
 COMMANDS = {
     "run": cmd_run,
     "listen": cmd_listen,
     "check": cmd_check,
     "receiver": cmd_receiver,
     "bench": cmd_bench,
+    "record": cmd_record,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "soak": cmd_soak,
     "kinds": cmd_kinds,
     "keys": cmd_keys,
 }
