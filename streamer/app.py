@@ -6,6 +6,7 @@ the pipeline and the publisher (ZeroMQ sockets are not thread-safe, so only this
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -14,9 +15,11 @@ from collections import Counter
 from prometheus_client import CollectorRegistry, start_http_server
 
 from receivers.base import IQBlock, ReceiverContext
+from streamer import config as config_mod
 from streamer import security
 from streamer.archive import JsonlArchive
 from streamer.config import Config
+from streamer.errors import ConfigError, HeimdallError
 from streamer.estimators import build_estimators
 from streamer.metrics import AdapterCounters, Metrics
 from streamer.pipeline import Pipeline
@@ -99,12 +102,16 @@ class Daemon:
             queued_samples=self._queued_samples,
         )
         self.queue = BlockQueue(config.pipeline.queue_blocks, on_full=self._on_queue_full)
-        counters = _DaemonCounters(self.metrics)
-        ctx = ReceiverContext(config=config, drops=counters, gauge=counters.gauge)
+        self._counters = _DaemonCounters(self.metrics)
         self._stop = threading.Event()
-        self.runners = [ReceiverRunner(rx, ctx, self._on_block, on_state=self._on_state) for rx in config.receivers]
+        self.reload_requested = threading.Event()
+        self.runners = {rx.id: self._runner(rx, config) for rx in config.receivers}
         self.metrics_server = None
         self.metrics_url: str | None = None
+
+    def _runner(self, rx, config: Config) -> ReceiverRunner:
+        ctx = ReceiverContext(config=config, drops=self._counters, gauge=self._counters.gauge)
+        return ReceiverRunner(rx, ctx, self._on_block, on_state=self._on_state)
 
     def _publish(self, topic: str, payload: dict) -> bool:
         """Send on the output socket; localizations and status also go to the archive, if configured."""
@@ -166,7 +173,7 @@ class Daemon:
             log.info("metrics on %s", self.metrics_url)
         log.info("publishing on %s (topics %s, status%s)", self.publisher.endpoint, self.pipeline.topic,
                  ", truth" if self.pipeline.has_truth else "")
-        for runner in self.runners:
+        for runner in self.runners.values():
             runner.start()
 
     def step(self, timeout_s: float = 0.05) -> None:
@@ -196,6 +203,9 @@ class Daemon:
         next_status = time.monotonic()
         try:
             while not stop.is_set():
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload()
                 self.step()
                 if time.monotonic() >= next_status:
                     self._publish("status", self.pipeline.status().to_wire())
@@ -203,9 +213,61 @@ class Daemon:
         finally:
             self.shutdown()
 
+    def reload(self, path: str | None = None) -> bool:
+        """Re-read the config (SIGHUP): receivers that did not change keep running, untouched.
+
+        Added receivers start, removed ones stop, changed ones restart; the pipeline is rebuilt with the
+        new receivers, estimator and pipeline settings (what it held is counted as dropped, reason
+        ``reload``). ``output``, ``metrics`` and ``security`` need a restart: changes there are logged and
+        ignored. A config or model that does not load leaves everything as it was.
+        """
+        path = path or self.config.source
+        try:
+            new = config_mod.load(path)
+            if not new.receivers:
+                raise ConfigError(f"{path}: no [[receivers]] configured")
+            estimators = build_estimators(new)
+        except HeimdallError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            self.metrics.reloads.labels("refused").inc()
+            return False
+        old = self.config
+        for section in ("output", "metrics", "security"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("reload: [%s] changed; that needs a restart, the running values stay", section)
+        new = dataclasses.replace(new, output=old.output, metrics=old.metrics, security=old.security)
+        old_rx = {rx.id: rx for rx in old.receivers}
+        new_rx = {rx.id: rx for rx in new.receivers}
+        for rid, runner in list(self.runners.items()):
+            if new_rx.get(rid) != old_rx[rid]:
+                runner.stop(timeout_s=1.0)
+                del self.runners[rid]
+        self.pipeline.flush_as_dropped("reload")
+        self.config = new
+        self.estimators = estimators
+        self.pipeline = Pipeline(
+            new,
+            metrics=self.metrics,
+            send=self._publish,
+            estimators=estimators,
+            truth_source=_truth_source(new) if new.output.publish_truth else None,
+            queued_samples=self._queued_samples,
+        )
+        started = []
+        for rid, rx in new_rx.items():
+            if rid not in self.runners:
+                self.runners[rid] = self._runner(rx, new)
+                self.runners[rid].start()
+                started.append(rid)
+        kept = sorted(set(self.runners) - set(started))
+        log.info("reloaded %s: kept %s, (re)started %s, stopped %s", path, ", ".join(kept) or "none",
+                 ", ".join(sorted(started)) or "none", ", ".join(sorted(set(old_rx) - set(new_rx))) or "none")
+        self.metrics.reloads.labels("applied").inc()
+        return True
+
     def shutdown(self) -> None:
         self._stop.set()
-        for runner in self.runners:
+        for runner in self.runners.values():
             runner.stop(timeout_s=0.5)
         self.publisher.close()
         if self.archive is not None:

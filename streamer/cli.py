@@ -117,7 +117,9 @@ def cmd_run(args) -> int:
 
     cfg = config_mod.load(args.config)
     daemon = Daemon(cfg)
-    daemon.run(_stop_on_signals())
+    stop = _stop_on_signals()
+    signal.signal(signal.SIGHUP, lambda signum, frame: daemon.reload_requested.set())
+    daemon.run(stop)
     return 0
 
 

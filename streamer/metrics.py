@@ -84,6 +84,7 @@ class Metrics:
         )
         self.subscriptions = Gauge("heimdall_subscriptions", "active topic subscriptions on the output socket", registry=r)
         self.model_info = Info("heimdall_model", "estimator in use", registry=r)
+        self.reloads = Counter("heimdall_config_reloads", "config reloads (SIGHUP), by result", ["result"], registry=r)
         self.auth_failures = Counter("heimdall_auth_failures", "peers refused in the CURVE/ZAP handshake", ["socket"], registry=r)
         self.archive_errors = Counter("heimdall_archive_errors", "messages the archive could not write", ["reason"], registry=r)
 

@@ -99,8 +99,10 @@ class Pipeline:
         """One block from an adapter (already counted as received by whoever dequeued it)."""
         lane = self.lanes.get(block.receiver_id)
         if lane is None:
-            # An adapter yielded a block for a receiver the config does not know: count, don't crash.
+            # A block for a receiver the config does not know (an adapter bug, or one removed by a reload):
+            # it was counted as received, so count its samples as dropped too.
             self.metrics.bad_frames.labels(block.receiver_id, "unknown_receiver").inc()
+            self.metrics.samples_dropped.labels(block.receiver_id, "unknown_receiver", PIPELINE).inc(len(block.samples))
             return
         arrival_ns = self._clock_ns() if arrival_ns is None else arrival_ns
         lane.push(block)
@@ -124,6 +126,14 @@ class Pipeline:
                 published.append(payload)
         self._update_receiver_gauges(now)
         return published
+
+    def flush_as_dropped(self, reason: str) -> None:
+        """Hand over before this pipeline is replaced: report what was used, count what is held as dropped."""
+        self._update_receiver_gauges(self._clock_ns())
+        for rid, lane in self.lanes.items():
+            if lane.buffered:
+                self.metrics.samples_dropped.labels(rid, reason, PIPELINE).inc(lane.buffered)
+            self.metrics.samples_buffered.labels(rid).set(self._queued_samples(rid))
 
     def _update_receiver_gauges(self, now: int) -> None:
         m = self.metrics
