@@ -21,6 +21,16 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped in CI (HEIMDALL_REQUIRE_PEERS=1), a peer is missing: {reason}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_PEERS and report.skipped:  # a whole module skipped (pytest.importorskip)
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"module skipped in CI (HEIMDALL_REQUIRE_PEERS=1): {reason}"
+
+
 @pytest.fixture
 def registry() -> CollectorRegistry:
     return CollectorRegistry()
