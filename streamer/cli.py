@@ -13,7 +13,9 @@ import datetime as dt
 import json
 import logging
 import signal
+import subprocess
 import sys
+from pathlib import Path
 import threading
 
 from streamer import __version__
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("-c", "--config", help="config whose features and estimator to use (default: embedded)")
 
     bench_sub.add_parser("model", help="batch-1 model latency: OnnxEstimator vs raw ONNX Runtime", add_help=False)
+    bench_sub.add_parser("receivers", help="each adapter against its peer (needs a source checkout)", add_help=False)
 
     record = sub.add_parser("record", help="record what the configured receivers hear as a SigMF collection")
     record.add_argument("-c", "--config", help="TOML config (default: the embedded default)")
@@ -83,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command in DELEGATED or getattr(args, "bench", None) == "model":
+    if args.command in DELEGATED or getattr(args, "bench", None) in ("model", "receivers"):
         args.rest = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -226,6 +229,11 @@ def cmd_bench(args) -> int:
         from streamer.bench_model import main as bench_model
 
         return bench_model(args.rest)
+    if args.bench == "receivers":
+        script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_receivers.py"
+        if not script.is_file():
+            raise HeimdallError(f"{script} not found: `heimdall bench receivers` needs a source checkout (its peers live in tests/)")
+        return subprocess.call([sys.executable, str(script), *args.rest])
     from streamer.bench import bench_pipeline
 
     return bench_pipeline(args)

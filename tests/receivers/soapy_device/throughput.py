@@ -23,25 +23,31 @@ from receivers.base import TallyDropCounter  # noqa: E402
 from receivers.soapy import SoapyOptions, SoapyReceiver  # noqa: E402
 
 
-def measure(stream_format: str, read_size: int, seconds: float) -> float:
+def measure(stream_format: str, read_size: int, seconds: float, paced_rate_hz: float | None = None) -> tuple[float, float]:
+    """(samples/s delivered, CPU seconds per wall second) through the adapter; unpaced unless ``paced_rate_hz``."""
     drops = TallyDropCounter()
-    args = f"driver=heimdalltest,serial=bench-{stream_format}-{read_size},paced=0"
-    options = SoapyOptions(device_args=args, sample_rate_hz=10e6, stream_format=stream_format, read_size=read_size,
-                           stream_args={"mtu": str(read_size)})
+    paced = 1 if paced_rate_hz else 0
+    args = f"driver=heimdalltest,serial=bench-{stream_format}-{read_size}-{paced},paced={paced}"
+    options = SoapyOptions(device_args=args, sample_rate_hz=paced_rate_hz or 10e6, stream_format=stream_format,
+                           read_size=read_size, stream_args={"mtu": str(read_size)})
     n = 0
     with SoapyReceiver("bench", options, soapy=SoapySDR, drops=drops) as rx:
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         for block in rx:
             n += len(block.samples)
             if time.perf_counter() - start >= seconds:
                 break
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
     assert not drops.dropped and not drops.bad_frames, (drops.dropped, drops.bad_frames)
-    return n / elapsed
+    return n / elapsed, cpu / elapsed
 
 
 if __name__ == "__main__":
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
     for read_size in (4096, 16384, 65536):
         for fmt in ("CF32", "CS16"):
-            print(f"{fmt} read_size={read_size:6d}: {measure(fmt, read_size, seconds) / 1e6:7.1f} MS/s, no drops")
+            rate, _ = measure(fmt, read_size, seconds)
+            print(f"{fmt} read_size={read_size:6d}: {rate / 1e6:7.1f} MS/s = {rate / 2.4e6:6.1f} x 2.4 MS/s, no drops")
+    rate, cpu = measure("CS16", 16384, seconds, paced_rate_hz=2.4e6)
+    print(f"CS16 paced at 2.4 MS/s: {rate / 1e6:.2f} MS/s delivered, CPU {cpu:.3f} of one core"
+          " (adapter and the test device's tone generation together)")
