@@ -74,6 +74,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from receivers.base import DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext
+from receivers.tcp import ClosableConnection, ClosedWhileConnecting
 from streamer.errors import ConfigError, ReceiverFatalError, ReceiverTransientError
 
 log = logging.getLogger(__name__)
@@ -483,9 +484,8 @@ class KiwiSdrReceiver(ReceiverBase):
             gain_db=None if options.agc else float(options.gain_db),
             clock_ns=clock_ns,
         )
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
+        self._conn = ClosableConnection()
+        self._closed = self._conn.closed
         self._ws: _WebSocket | None = None
         self._last_keepalive = 0.0
         self._last_frame = 0.0
@@ -509,15 +509,7 @@ class KiwiSdrReceiver(ReceiverBase):
 
     def close(self) -> None:
         """Stop iteration (from any thread) and release the socket."""
-        self._closed.set()
-        with self._lock:
-            sock, self._sock = self._sock, None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+        self._conn.close()
 
     def __iter__(self) -> Iterator[IQBlock]:
         try:
@@ -545,15 +537,9 @@ class KiwiSdrReceiver(ReceiverBase):
         o = self.options
         what = f"{self.receiver_id}: KiwiSDR {o.host}:{o.port}"
         try:
-            sock = socket.create_connection((o.host, o.port), timeout=o.timeout_s)
-        except OSError as exc:
-            raise ReceiverTransientError(f"{what}: cannot connect: {exc}") from exc
-        sock.settimeout(self._poll_s)
-        with self._lock:
-            if self._closed.is_set():
-                sock.close()
-                raise _Closed
-            self._sock = sock
+            sock = self._conn.connect(o.host, o.port, timeout_s=o.timeout_s, poll_s=self._poll_s, what=what)
+        except ClosedWhileConnecting:
+            raise _Closed from None
         self._last_frame = time.monotonic()
         ws = _WebSocket(sock, closed=self._closed, on_idle=self._on_idle, what=what)
         self._ws = ws

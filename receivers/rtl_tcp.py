@@ -46,7 +46,6 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -54,6 +53,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from receivers.base import Flags, IQBlock, ReceiverBase, ReceiverContext
+from receivers.tcp import ClosableConnection
 from streamer.errors import ReceiverFatalError, ReceiverTransientError
 
 log = logging.getLogger(__name__)
@@ -169,9 +169,8 @@ class RtlTcpReceiver(ReceiverBase):
         self.gain_count: int | None = None
         self._clock_ns = clock_ns
         self._poll_s = min(poll_s, options.timeout_s)
-        self._sock: socket.socket | None = None
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
+        self._conn = ClosableConnection()
+        self._closed = self._conn.closed
 
     @classmethod
     def from_config(cls, rx, ctx: ReceiverContext) -> "RtlTcpReceiver":
@@ -181,15 +180,7 @@ class RtlTcpReceiver(ReceiverBase):
 
     def close(self) -> None:
         """Stop iteration (from any thread) and release the socket."""
-        self._closed.set()
-        with self._lock:
-            sock, self._sock = self._sock, None
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+        self._conn.close()
 
     def __iter__(self) -> Iterator[IQBlock]:
         sock = self._connect()
@@ -202,17 +193,8 @@ class RtlTcpReceiver(ReceiverBase):
 
     def _connect(self) -> socket.socket:
         o = self.options
-        try:
-            sock = socket.create_connection((o.host, o.port), timeout=o.timeout_s)
-        except OSError as exc:
-            raise ReceiverTransientError(f"{self.receiver_id}: cannot connect to rtl_tcp {o.host}:{o.port}: {exc}") from exc
-        sock.settimeout(self._poll_s)
-        with self._lock:
-            if self._closed.is_set():
-                sock.close()
-                raise ReceiverTransientError(f"{self.receiver_id}: closed while connecting")
-            self._sock = sock
-        return sock
+        return self._conn.connect(o.host, o.port, timeout_s=o.timeout_s, poll_s=self._poll_s,
+                                  what=f"{self.receiver_id}: rtl_tcp")
 
     def _recv_into(self, sock: socket.socket, view: memoryview, last_data: float) -> int:
         """Bytes read into ``view``; 0 when closed; raises on EOF or a stall longer than timeout_s."""
