@@ -19,20 +19,11 @@ from receivers.simulator import (
     render_windows,
     thermal_noise_dbm,
 )
+from tests.helpers.network import NETWORK
 from streamer.config import from_dict
 from streamer.features import FeatureSpec, mel_frames_dbm
 from streamer.physics import channel_power
 
-#: The default seven-receiver network (id, lat, lon, alt m) at 145.5 MHz.
-NETWORK = (
-    ("giaveno", 45.02, 7.29, 600.0),
-    ("montanaro", 45.234, 7.857, 300.0),
-    ("torino", 45.044, 7.672, 250.0),
-    ("coazze", 45.048, 7.238, 700.0),
-    ("giovi", 44.561, 8.956, 480.0),
-    ("genova", 44.395, 8.956, 100.0),
-    ("milano", 45.478, 9.123, 120.0),
-)
 T_REF_NS = 1_700_000_000_000_000_000  # an arbitrary fixed Unix time for unpaced runs
 SPEC = FeatureSpec()
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from receivers.simulator import SimulatedWorld, render_windows
+from tests.helpers.network import NETWORK
 from streamer.config import PhysicsConfig, from_dict
 from streamer.features import FeatureSpec, band_centres_hz, mel_frames_dbm
 from streamer.geodesy import SearchArea, mahalanobis_sq
@@ -19,15 +20,6 @@ from streamer.physics import (
     log_distance_path_loss_db,
 )
 
-NETWORK = (
-    ("giaveno", 45.02, 7.29, 600.0),
-    ("montanaro", 45.234, 7.857, 300.0),
-    ("torino", 45.044, 7.672, 250.0),
-    ("coazze", 45.048, 7.238, 700.0),
-    ("giovi", 44.561, 8.956, 480.0),
-    ("genova", 44.395, 8.956, 100.0),
-    ("milano", 45.478, 9.123, 120.0),
-)
 SPEC = FeatureSpec()
 T_REF_NS = 1_700_000_000_000_000_000
 
