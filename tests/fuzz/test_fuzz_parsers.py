@@ -19,7 +19,7 @@ most examples reach past the first length check.
 
 Size: ``HEIMDALL_FUZZ_EXAMPLES`` is the total number of examples across this file (default 3000, a few
 seconds); it is split over the tests by the weights in ``_WEIGHTS``. CI sets it to 100000 (about
-3 minutes on 2 cores: see docs/reliability.md, which also gives a longer run).
+4.5 minutes on 2 cores: see docs/reliability.md, which also gives a longer run).
 
 The adapters are built on a ``NullContext`` (no ZeroMQ socket) and their polled message source
 (``_polled``, the one private attribute touched here) is replaced by the generated list of messages;
@@ -603,3 +603,16 @@ def test_snd_decoder_counts_every_dropped_frame_and_keeps_the_index_exact(messag
     # Every index the decoder advanced over is a block, a masked frame or a counted sequence gap.
     dropped = drops.dropped[("k", "masked")] + drops.dropped[("k", "seq_gap")]
     assert dec.next_index == FRAME_SAMPLES * produced + dropped
+
+
+def test_gnuradio_rx_time_with_a_huge_fraction_is_counted_not_raised():
+    """Found by the 100,000-example run: a finite rx_time fraction such as 1e300 overflowed round(frac * 1e9)."""
+    data = struct.pack("<HBQQ", 0x5FF0, 1, 0, 1) + struct.pack("<Q", 0) + sym("rx_time")
+    data += pmt_value("time", (1_700_000_000, 1e300)) + sym("src") + np.zeros(4, "<c8").tobytes()
+    log: list = []
+    drops = RecordingDrops(log)
+    options = GrOptions(endpoint=ENDPOINT, pass_tags=True, sample_rate_hz=48e3, center_freq_hz=145.49e6)
+    rx = GnuRadioZmqReceiver("gr1", options, drops=drops, context=NullContext(), clock=lambda: T0)
+    blocks = run_adapter(rx, [[data]], log)
+    assert drops.bad_frames[("gr1", "bad_tag_value")] == 1
+    assert sum(len(b.samples) for b in blocks) == 4
