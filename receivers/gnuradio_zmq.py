@@ -145,7 +145,9 @@ def _rx_time_ns(value: Any) -> int | None:
     if not (isinstance(value, tuple) and len(value) == 2):
         return None
     secs, frac = value
-    if isinstance(secs, bool) or not isinstance(secs, int) or _number(frac) is None:
+    frac = _number(frac)
+    # UHD's rx_time: whole seconds since the epoch (u64) and a fraction in [0, 1); anything else is a bad tag.
+    if isinstance(secs, bool) or not isinstance(secs, int) or not 0 <= secs < 1 << 40 or frac is None or not 0.0 <= frac < 1.0:
         return None
     return secs * 1_000_000_000 + round(frac * 1e9)
 

@@ -2,7 +2,8 @@
 
 Windows sit on a fixed grid of Unix time (multiples of W), so every central streamer that sees the same
 receivers cuts the same windows. A window goes out when every live receiver covers it, or when the
-newest data of any receiver is ``late_tolerance`` past its end: receivers that do not cover it then are
+newest data of most receivers (the upper median over receivers, so that one receiver whose clock jumped
+ahead cannot hurry the others) is ``late_tolerance`` past its end: receivers that do not cover it then are
 masked, with a reason:
 
 - ``offline``: no block arrived for ``offline_after_s`` (host time);
@@ -75,7 +76,10 @@ class WindowAligner:
                 # Start, or resume after every receiver fell silent: the first window that data can cover.
                 self.next_t_ns = -(-earliest // self.window_ns) * self.window_ns
             t0, t1 = self.next_t_ns, self.next_t_ns + self.window_ns
-            newest = max(s[1] for s in held)
+            # The data clock: the upper median of the receivers' newest samples, so that one receiver whose
+            # clock jumped ahead cannot make every other receiver look late.
+            ends = sorted(s[1] for s in held)
+            newest = ends[len(ends) // 2]
             waiting = [
                 lane
                 for lane in self.lanes

@@ -205,3 +205,22 @@ def test_a_block_the_channelizer_cannot_tune_is_counted_not_raised():
     lane.push(tone_block("a", 0, 2400))  # a good block afterwards is taken
     assert lane.channelizer is not None
     assert_accounting(lane)
+
+
+def test_one_receiver_whose_clock_jumps_ahead_does_not_make_the_others_late():
+    rec = Recorder()
+    lanes = {r: rec.lane(r) for r in ("a", "b", "c", "ahead")}
+    aligner = make_aligner(list(lanes.values()), late_tolerance_s=0.25, offline_after_s=5.0)
+    block_n = 12_000
+    windows = []
+    for k in range(80):
+        host = T0_NS + k * 50_000_000
+        for rid, lane in lanes.items():
+            jump = 3_000_000_000 if (rid == "ahead" and k >= 20) else 0  # +3 s, and it stays there
+            feed(lane, aligner, [tone_block(rid, k * block_n, block_n, t_offset_ns=jump)], host)
+        windows += aligner.poll(host)
+    assert rec.bad[("ahead", "clock_jump")] == 1
+    later = [w for w in windows if w.t_start_ns >= T0_NS + 1_500_000_000]
+    assert later and all(w.present[:3].all() for w in later), [w.mask_reasons for w in later]
+    for lane in lanes.values():
+        assert_accounting(lane)
