@@ -193,3 +193,17 @@ def test_short_training_beats_the_receiver_centroid():
     size = np.array([np.ptp(test.rx_enu_km[b][test.rx_mask[b] > 0][:, :2], axis=0).max() for b in range(len(test))])
     ratio = np.median(err_model / size) / np.median(err_centroid / size)
     assert ratio < 0.7, f"model / centroid median relative error = {ratio:.2f}"
+
+
+def test_evaluate_json_has_every_dataset_and_method(exported, capsys, tmp_path):
+    from models.train.evaluate import main as evaluate_main
+
+    assert evaluate_main([str(exported), "--n", "4", "--n-random", "3", "--json", "--cache-dir", str(tmp_path)]) == 0
+    import json
+
+    results = json.loads(capsys.readouterr().out)
+    assert set(results) == {"default", "random-0", "random-1", "random-2"}
+    for table in results.values():
+        assert set(table) == {exported.stem, "physics", "centroid"}
+        for s in table.values():
+            assert set(s) == {"median_m", "mean_m", "p90_m", "cov68", "cov95", "nll", "n"} and s["n"] >= 1
