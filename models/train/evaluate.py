@@ -179,6 +179,14 @@ def format_table(dataset: str, table: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(dataset: str, table: dict) -> str:
+    lines = [f"**{dataset}**", "", "| method | median m | mean m | p90 m | cov68 | cov95 | NLL | n |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for method, s in table.items():
+        lines.append(f"| {method} | {s['median_m']:.0f} | {s['mean_m']:.0f} | {s['p90_m']:.0f} | {s['cov68']:.3f} | "
+                     f"{s['cov95']:.3f} | {s['nll']:.2f} | {s['n']} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_for_metadata(results: dict, method: str) -> tuple[dict, dict]:
     """(accuracy, calibration) dicts for ``ModelMetadata`` from ``evaluate``'s results for one model."""
     accuracy = {ds: {k: table[method][k] for k in ("median_m", "mean_m", "p90_m", "n")} for ds, table in results.items()}
@@ -196,10 +204,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--powder-split", default="grid", choices=("grid", "random"))
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store the generated draws here")
     parser.add_argument("--json", action="store_true", help="print {dataset: {method: scores}} as JSON")
+    parser.add_argument("--from-json", type=Path, default=None, help="print the tables of a saved --json result (no scoring)")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for MODEL_CARD.md)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``heimdall evaluate`` with parsed arguments."""
+    if args.from_json is not None:
+        results = json.loads(args.from_json.read_text())
+        for name, table in results.items():
+            print(format_markdown(name, table) if args.markdown else format_table(name, table))
+        return 0
     models = list(args.models)
     if not models:
         from models.train.train import default_out

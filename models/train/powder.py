@@ -28,6 +28,8 @@ From measured RSS to IQ, exactly:
    false "too weak here" (the physics estimator's censoring term then drags its estimate away; measured:
    median 1.6 km on the first 40 grid-test samples). The model takes at most 16 receivers, POWDER has up to
    25 heard: both methods get the same subset, the heard receivers by decreasing measured RSS, up to 16.
+   Receivers reported more than 5 km from the fixed receivers' centroid (bogus bus GPS fixes) are left out,
+   here and in the fit.
 5. A sample is scored only if at least three of those receivers hear by the daemon's rule
    (``dataset.heard_mask``); the count left out is reported as ``skipped``.
 
@@ -61,6 +63,8 @@ P_TX_DBM = 30.0
 NOT_HEARD = -101.0
 FIT_THRESHOLD_DB = -95.0
 TX_ALT_M = 1.5
+#: Receiver positions farther than this from the fixed receivers' centroid are GPS errors (the campus is ~3 km).
+MAX_RX_RANGE_M = 5_000.0
 
 
 def _json(path: Path) -> dict:
@@ -117,6 +121,11 @@ def _enu(lat, lon, origin: Origin) -> np.ndarray:
     return geodetic_to_enu_m(np.asarray(lat, float), np.asarray(lon, float), 0.0, origin)[..., :2]
 
 
+def _on_campus(lat: float, lon: float, origin: Origin) -> bool:
+    """A receiver position within ``MAX_RX_RANGE_M`` of the fixed receivers' centroid (some bus fixes are bogus)."""
+    return bool(np.linalg.norm(_enu(lat, lon, origin)) <= MAX_RX_RANGE_M)
+
+
 def fit_offsets(rows: list[dict], origin: Origin) -> dict:
     """Least-squares log-distance fit with per-receiver offsets (module doc, step 1)."""
     names = sorted({n for r in rows for n, (rss, _, _) in r["rx"].items() if rss > FIT_THRESHOLD_DB})
@@ -125,7 +134,7 @@ def fit_offsets(rows: list[dict], origin: Origin) -> dict:
     for r in rows:
         tx = _enu(*r["tx"], origin)
         for name, (rss, lat, lon) in r["rx"].items():
-            if rss <= FIT_THRESHOLD_DB:
+            if rss <= FIT_THRESHOLD_DB or not _on_campus(lat, lon, origin):
                 continue
             d_km = max(float(np.linalg.norm(_enu(lat, lon, origin) - tx)), 10.0) / 1000.0
             x = np.zeros(2 + len(names))
@@ -151,7 +160,8 @@ def sample_windows(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, samp
     """One POWDER sample as a ``Windows`` of one draw (receivers chosen per step 4) and the receiver names."""
     from receivers.simulator import SimulatedWorld, render_windows
 
-    heard = sorted([it for it in row["rx"].items() if it[1][0] > NOT_HEARD], key=lambda it: -it[1][0])
+    heard = sorted([it for it in row["rx"].items() if it[1][0] > NOT_HEARD and _on_campus(it[1][1], it[1][2], origin)],
+                   key=lambda it: -it[1][0])
     chosen = heard[:MAX_RECEIVERS]
     if not chosen:
         return None, []
