@@ -17,7 +17,7 @@ Steps (each one printed as it finishes):
 
 Examples (shell)
 ----------------
-``heimdall train --budget-minutes 25 --out models/heimdall-0.1.0.onnx``
+``heimdall train --out models/heimdall-0.1.0.onnx`` (defaults = the shipped model's settings; see models/MODEL_CARD.md)
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="wall-time cap of the whole command (min)")
     parser.add_argument("--n-train", type=int, default=16384, help="simulated training windows")
     parser.add_argument("--n-val", type=int, default=2048, help="simulated validation windows (other networks)")
-    parser.add_argument("--steps", type=int, default=6000, help="optimiser steps")
+    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps (the shipped model: 3000)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dim", type=int, default=128, help="token width")
@@ -183,7 +183,7 @@ def metadata(spec: FeatureSpec, args_summary: dict) -> ModelMetadata:
     )
 
 
-def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_val: int = 2048, steps: int = 6000,
+def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_val: int = 2048, steps: int = 3000,
           batch_size: int = 128, lr: float = 1e-3, dim: int = 128, layers: int = 3, drop_prob: float = 0.1,
           seed: int = 1, workers: int = 2, threads: int = 2, cache_dir: Path | None = None, eval_n: int = 1000,
           spec: FeatureSpec | None = None, log=print) -> dict:
