@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     models = list(args.models)
     if not models:
-        from models.train.train import default_out
+        from models.train.commands import default_out
 
         models = [default_out()]
     log = (lambda *a, **k: None) if args.json else print

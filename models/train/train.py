@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.train.commands import VERSION, add_train_arguments as add_arguments, default_out  # noqa: F401
 from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached
 from models.train.network import LocalizerNet, gaussian_nll
 from streamer.features import FeatureSpec
 from streamer.model_contract import ModelMetadata, Normalisation
 
-VERSION = "0.1.0"
 NORMALISATION = Normalisation(offset_db=-100.0, scale_db=20.0)
 FREQ_RANGE_HZ = (144e6, 440e6)
 TRAINING_DATA = (
@@ -46,30 +46,6 @@ TRAINING_DATA = (
     "correlated shadowing 3-9 dB, calibration error sigma 0-4 dB, noise figure 3-12 dB, transmit power 15-60 dBm, "
     "outages; windows heard by >= 3 receivers (6 dB in 12.5 kHz)"
 )
-
-
-def default_out() -> Path:
-    return Path(__file__).resolve().parents[1] / f"heimdall-{VERSION}.onnx"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``heimdall train``."""
-    parser.add_argument("--out", type=Path, default=default_out(), help="ONNX file to write (default %(default)s)")
-    parser.add_argument("--budget-minutes", type=float, default=30.0, help="wall-time cap of the whole command (min)")
-    parser.add_argument("--n-train", type=int, default=16384, help="simulated training windows")
-    parser.add_argument("--n-val", type=int, default=2048, help="simulated validation windows (other networks)")
-    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps (the shipped model: 3000)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--dim", type=int, default=128, help="token width")
-    parser.add_argument("--layers", type=int, default=3, help="self-attention blocks")
-    parser.add_argument("--drop-prob", type=float, default=0.1, help="extra receiver outage probability per batch")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2, help="processes generating data")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store generated data here (same seed = same data)")
-    parser.add_argument("--eval-n", type=int, default=1000, help="draws per scored set written into the metadata (0: skip)")
-    parser.add_argument("--report", type=Path, default=None, help="also write the training report as JSON here")
 
 
 def to_tensors(data: Windows, batch: int = 1024) -> dict[str, torch.Tensor]:

@@ -37,3 +37,15 @@ def test_bench_cuda_request_reports_what_ran(model_path, capsys):
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert "CUDA requested but ONNX Runtime runs on CPUExecutionProvider" in out
+
+
+def test_cli_facing_modules_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys\n"
+            "import models.train.commands as c, models.train.evaluate as e, streamer.bench_model as b\n"
+            "for add in (c.add_train_arguments, e.add_arguments, b.add_arguments): add(argparse.ArgumentParser())\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

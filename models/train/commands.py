@@ -1,0 +1,44 @@
+"""Argument tables of ``heimdall train`` and the shipped model's path, importable without torch.
+
+streamer/cli.py builds its subcommands from ``add_train_arguments``, ``models.train.evaluate.add_arguments`` and
+``streamer.bench_model.add_arguments`` at start-up, so none of them may import torch; ``run_train`` imports the
+trainer (and torch) only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+VERSION = "0.1.0"
+
+
+def default_out() -> Path:
+    return Path(__file__).resolve().parents[1] / f"heimdall-{VERSION}.onnx"
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``heimdall train``."""
+    parser.add_argument("--out", type=Path, default=default_out(), help="ONNX file to write (default %(default)s)")
+    parser.add_argument("--budget-minutes", type=float, default=30.0, help="wall-time cap of the whole command (min)")
+    parser.add_argument("--n-train", type=int, default=16384, help="simulated training windows")
+    parser.add_argument("--n-val", type=int, default=2048, help="simulated validation windows (other networks)")
+    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps (the shipped model: 3000)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--dim", type=int, default=128, help="token width")
+    parser.add_argument("--layers", type=int, default=3, help="self-attention blocks")
+    parser.add_argument("--drop-prob", type=float, default=0.1, help="extra receiver outage probability per batch")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="processes generating data")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store generated data here (same seed = same data)")
+    parser.add_argument("--eval-n", type=int, default=1000, help="draws per scored set written into the metadata (0: skip)")
+    parser.add_argument("--report", type=Path, default=None, help="also write the training report as JSON here")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``heimdall train`` (imports torch)."""
+    from models.train.train import run
+
+    return run(args)
