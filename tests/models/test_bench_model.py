@@ -47,5 +47,8 @@ def test_cli_facing_modules_do_not_import_torch():
             "import models.train.commands as c, models.train.evaluate as e, streamer.bench_model as b\n"
             "for add in (c.add_train_arguments, e.add_arguments, b.add_arguments): add(argparse.ArgumentParser())\n"
             "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "False"
