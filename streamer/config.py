@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import os
 import tomllib
 import types
 import typing
@@ -75,7 +76,9 @@ class PhysicsConfig:
 @dataclass(frozen=True)
 class EstimatorConfig:
     kind: str = field(default="physics", metadata=_doc("'physics' or 'onnx'"))
-    model: str | None = field(default=None, metadata=_doc("path of the ONNX model (kind = 'onnx')"))
+    model: str | None = field(
+        default=None, metadata=_doc("ONNX model file (kind = 'onnx'); a relative path is relative to the config file")
+    )
     providers: tuple[str, ...] = field(
         default=("CUDAExecutionProvider", "CPUExecutionProvider"),
         metadata=_doc("ONNX Runtime providers in order of preference; CPU is always the fallback"),
@@ -197,7 +200,14 @@ def load(path: str | Path | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return from_dict(data, source=str(path))
+    cfg = from_dict(data, source=str(path))
+    model = cfg.estimator.model
+    if model is not None and not Path(model).is_absolute():
+        # Relative to the config file (not the working directory), so a config and its model move together.
+        # The embedded default names ../models/heimdall-<version>.onnx: the package's models/ folder.
+        model = os.path.abspath(path.parent / model)
+        cfg = dataclasses.replace(cfg, estimator=dataclasses.replace(cfg.estimator, model=model))
+    return cfg
 
 
 def from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Config:

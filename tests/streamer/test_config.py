@@ -58,3 +58,12 @@ def test_a_valid_file_loads_with_defaults_filled_in(tmp_path):
     assert cfg.receiver("a").lat == 45.0
     with pytest.raises(ConfigError, match="no receiver with id 'b'; configured: a"):
         cfg.receiver("b")
+
+
+def test_a_relative_model_path_is_relative_to_the_config_file(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "site.toml").write_text('[estimator]\nkind = "onnx"\nmodel = "models/m.onnx"\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = config_mod.load("site/site.toml")
+    assert cfg.estimator.model == str(tmp_path / "site" / "models" / "m.onnx")
