@@ -1,0 +1,14 @@
+"""The localization models: the shipped ONNX file, its card, and (in ``models.train``, torch only) the trainer."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+#: Version of the model shipped in this package (models/heimdall-<version>.onnx).
+SHIPPED_VERSION = "0.1.0"
+
+
+def shipped_model_path() -> Path:
+    """Path of the model shipped with the package: what ``estimator.kind = "onnx"`` uses when no model is named."""
+    return Path(str(importlib.resources.files("models").joinpath(f"heimdall-{SHIPPED_VERSION}.onnx")))

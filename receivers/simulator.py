@@ -516,7 +516,9 @@ class SimulatedReceiver(ReceiverBase):
             default=None, metadata=_doc("tuned centre frequency (Hz); default network.target_freq_hz - 50 kHz")
         )
         block_s: float = field(default=0.05, metadata=_doc("samples per IQBlock (s)"))
-        realtime: bool = field(default=True, metadata=_doc("pace blocks to the wall clock; false = as fast as consumed"))
+        realtime: bool = field(
+            default=True, metadata=_doc("pace blocks to the wall clock (also with a fixed start_ns); false = as fast as consumed")
+        )
         start_ns: int | None = field(default=None, metadata=_doc("Unix time of the first sample (ns); default now"))
         duration_s: float | None = field(default=None, metadata=_doc("stop after this much signal (s); default never"))
         gain_db: float | None = field(default=None, metadata=_doc("gain reported in IQBlock.gain_db (dB); levels follow calibration_db"))
@@ -552,7 +554,10 @@ class SimulatedReceiver(ReceiverBase):
         # One reference oscillator drives both: true rate and LO are off by the same fraction.
         self.true_sample_rate_hz = self.sample_rate_hz * (1.0 + ppm)
         self.lo_freq_hz = self.center_freq_hz * (1.0 + ppm)
-        self.start_ns = int(opts.start_ns) if opts.start_ns is not None else int(clock_ns())
+        # Pacing follows the wall clock from construction, whatever the simulated start time: a fixed
+        # ``start_ns`` gives a reproducible world that still arrives in real time.
+        self._pace_origin_ns = int(clock_ns())
+        self.start_ns = int(opts.start_ns) if opts.start_ns is not None else self._pace_origin_ns
         self.block_len = max(1, int(round(opts.block_s * self.sample_rate_hz)))
         self.total_samples = None if opts.duration_s is None else int(round(opts.duration_s * self.sample_rate_hz))
         self.noise_dbm = thermal_noise_dbm(self.sample_rate_hz, world.sim.noise_figure_db)
@@ -597,7 +602,7 @@ class SimulatedReceiver(ReceiverBase):
                     return
             if self.realtime:
                 # A real receiver delivers a block once its last sample has been taken.
-                due_ns = self.start_ns + int((first + count) * 1e9 / self.sample_rate_hz)
+                due_ns = self._pace_origin_ns + int((first + count) * 1e9 / self.sample_rate_hz)
                 wait_s = (due_ns - self._clock_ns()) / 1e9
                 if wait_s > 0:
                     self._sleep(wait_s)

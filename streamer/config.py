@@ -75,9 +75,12 @@ class PhysicsConfig:
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    kind: str = field(default="physics", metadata=_doc("'physics' or 'onnx'"))
+    kind: str = field(
+        default="onnx", metadata=_doc("'onnx' (the model, with the physics posterior alongside) or 'physics' alone")
+    )
     model: str | None = field(
-        default=None, metadata=_doc("ONNX model file (kind = 'onnx'); a relative path is relative to the config file")
+        default=None,
+        metadata=_doc("ONNX model file; unset = the model shipped in the package; relative = to the config file"),
     )
     providers: tuple[str, ...] = field(
         default=("CUDAExecutionProvider", "CPUExecutionProvider"),
@@ -329,8 +332,6 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(p.late_tolerance_s >= 0, "pipeline.late_tolerance_s", ">= 0", p.late_tolerance_s)
     need(p.queue_blocks >= 1, "pipeline.queue_blocks", ">= 1", p.queue_blocks)
     need(cfg.estimator.kind in ("physics", "onnx"), "estimator.kind", "'physics' or 'onnx'", cfg.estimator.kind)
-    if cfg.estimator.kind == "onnx":
-        need(cfg.estimator.model is not None, "estimator.model", "a model path when kind = 'onnx'", None)
     need(0 <= cfg.metrics.port < 65536, "metrics.port", "0..65535", cfg.metrics.port)
     need(cfg.output.archive.max_bytes > 0, "output.archive.max_bytes", "> 0", cfg.output.archive.max_bytes)
     need(cfg.output.archive.keep_files >= 0, "output.archive.keep_files", ">= 0", cfg.output.archive.keep_files)

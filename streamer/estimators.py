@@ -46,11 +46,14 @@ class OnnxModel:
     def __init__(self, config: Config) -> None:
         from streamer.inference import OnnxEstimator
 
-        self._model = OnnxEstimator(config.estimator.model, providers=config.estimator.providers, expected_spec=config.features)
+        from models import shipped_model_path
+
+        path = config.estimator.model or shipped_model_path()
+        self._model = OnnxEstimator(path, providers=config.estimator.providers, expected_spec=config.features)
         meta = self._model.metadata
         if len(config.receivers) > self._model.max_receivers:
             raise ModelMismatchError(
-                f"{config.source}: {len(config.receivers)} receivers configured, but model {config.estimator.model} "
+                f"{config.source}: {len(config.receivers)} receivers configured, but model {path} "
                 f"takes at most {self._model.max_receivers} (metadata max_receivers)"
             )
         self.info = {"name": meta.name, "version": meta.version, "sha256": self._model.model_sha256}

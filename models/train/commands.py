@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-VERSION = "0.1.0"
+from models import SHIPPED_VERSION as VERSION
+from models import shipped_model_path
 
 
 def default_out() -> Path:
-    return Path(__file__).resolve().parents[1] / f"heimdall-{VERSION}.onnx"
+    return shipped_model_path()
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """POWDER real received power (462.7 MHz, University of Utah campus) as receiver IQ, scored like the simulated sets.
 
-Data: /work/shared/localization-data/powder-rss-462mhz (``POWDER_DIR`` overrides), ``single_tx.csv`` (RSS in
+Data: ../shared/localization-data/powder-rss-462mhz beside the checkout (``POWDER_DIR`` overrides), ``single_tx.csv`` (RSS in
 uncalibrated dB per receiver, -101 = not heard; 29 fixed receivers, 11 shuttle buses with per-sample
 positions; GPS truth). Split ``grid`` (default): test = ``grid_split/grid_test.json``; ``random``: test =
 ``random_split/random_test.json``. Either way the fitting set is every other row of ``single_tx.csv`` minus
@@ -57,7 +57,9 @@ from streamer.features import FeatureSpec
 from streamer.geodesy import Origin, geodetic_to_enu_m, search_area
 from streamer.physics import PhysicsEstimator, channel_power, log_distance_path_loss_db, slant_distance_m
 
-POWDER_DIR = Path(os.environ.get("POWDER_DIR", "/work/shared/localization-data/powder-rss-462mhz"))
+#: The project keeps its external data in ``shared/`` beside the repository checkout (as CI lays it out).
+DEFAULT_POWDER_DIR = Path(__file__).resolve().parents[3] / "shared" / "localization-data" / "powder-rss-462mhz"
+POWDER_DIR = Path(os.environ.get("POWDER_DIR", DEFAULT_POWDER_DIR))
 FREQ_HZ = 462.7e6
 P_TX_DBM = 30.0
 NOT_HEARD = -101.0

@@ -20,10 +20,17 @@ LOC_KEYS = {"v", "seq", "t_start_ns", "t_end_ns", "lat", "lon", "cov_en_m2", "el
 CHI2_95 = 5.991
 
 
-def unpaced_receivers(duration_s: float | None = None):
+#: A fixed start makes the simulated world (track, keying, shadowing, noise) the same on every run: the
+#: windows of one 40 s stretch of track are strongly correlated, so a coverage figure over them is only
+#: repeatable, not a calibration measurement (that is tests/streamer/test_physics.py and MODEL_CARD.md).
+START_NS = 1_790_000_000_000_000_000
+
+
+def reproducible_receivers(duration_s: float | None = None):
     rxs = default_receivers()
     for rx in rxs:
-        rx["realtime"] = False
+        rx["realtime"] = True  # paced: unpaced receivers in threads drift apart and get masked late
+        rx["start_ns"] = START_NS
         rx["sample_rate_hz"] = 48_000.0  # cheaper to simulate; the channelizer still mixes and resamples (2:1)
         rx["center_freq_hz"] = 145.49e6
         if duration_s is not None:
@@ -67,7 +74,7 @@ def check_localization_schema(msg: dict) -> None:
 
 @pytest.mark.slow
 def test_daemon_publishes_honest_localizations_truth_status_and_metrics(tmp_path):
-    overrides = {"receivers": unpaced_receivers(), "output": {"status_interval_s": 0.5}}
+    overrides = {"receivers": reproducible_receivers(), "output": {"status_interval_s": 0.5}}
     with running_daemon(tmp_path, overrides=overrides) as d:
         got = collect(d.pub_endpoint, n_loc=60, timeout_s=150)
         metrics_text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
@@ -81,18 +88,22 @@ def test_daemon_publishes_honest_localizations_truth_status_and_metrics(tmp_path
     assert seqs == sorted(seqs)
     # Truth is published for every window's midpoint: score each localization against it.
     truth_at = {t["t_ns"]: t for t in truths}
-    inside = []
+    inside: dict[str, list[bool]] = {}
     for msg in locs:
         t_mid = (msg["t_start_ns"] + msg["t_end_ns"]) // 2
         truth = truth_at.get(t_mid)
         if truth is None:
             continue
-        origin = Origin(msg["lat"], msg["lon"], 0.0)
-        delta = geodetic_to_enu_m(truth["lat"], truth["lon"], 0.0, origin)[:2]
-        inside.append(mahalanobis_sq(delta, msg["cov_en_m2"]) <= CHI2_95)
-    assert len(inside) >= 50
-    coverage = float(np.mean(inside))
-    assert coverage >= 0.88, f"95 % ellipse covered the truth in {coverage:.2f} of {len(inside)} windows"
+        for est in [msg, *msg["alternatives"]]:  # the primary (the model) and the physics posterior beside it
+            origin = Origin(est["lat"], est["lon"], 0.0)
+            delta = geodetic_to_enu_m(truth["lat"], truth["lon"], 0.0, origin)[:2]
+            inside.setdefault(est["estimator"], []).append(mahalanobis_sq(delta, est["cov_en_m2"]) <= CHI2_95)
+    assert set(inside) == {"onnx", "physics"}
+    for estimator, hits in inside.items():
+        coverage = float(np.mean(hits))
+        print(f"{estimator}: 95 % ellipse covered the truth in {coverage:.2f} of {len(hits)} windows")
+        assert len(hits) >= 50
+        assert coverage >= 0.88, f"{estimator}: 95 % ellipse covered the truth in {coverage:.2f} of {len(hits)} windows"
     status = got["status"][-1]
     assert set(status["receivers"]) == {rx["id"] for rx in default_receivers()}
     documented = set(re.findall(r"^\| `(heimdall_[a-z_]+)`", Path("docs/metrics.md").read_text(), flags=re.M))

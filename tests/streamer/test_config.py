@@ -26,7 +26,6 @@ def load_text(tmp_path, text: str):
         ({"pipline": {}}, "pipline: unknown key; expected one of:"),
         ({"pipeline": {"window_s": 1.0}}, "pipeline.window_s: unknown key; expected one of: buffer_s"),
         ({"estimator": {"kind": "neural"}}, "estimator.kind: expected 'physics' or 'onnx', got 'neural'"),
-        ({"estimator": {"kind": "onnx"}}, "estimator.model: expected a model path when kind = 'onnx'"),
         ({"features": {"n_mels": 31}}, "features.n_mels: expected an even number >= 2, got 31"),
         ({"receivers": [{**RX, "kind": "sopy"}]}, "receivers[0].kind: unknown receiver kind 'sopy'; known:"),
         ({"receivers": [{**RX, "gain": 20}]}, "receivers[0].gain: unknown key; expected one of:"),
