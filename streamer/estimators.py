@@ -48,8 +48,16 @@ class OnnxModel:
 
         from models import shipped_model_path
 
+        import onnxruntime as ort
+
         path = config.estimator.model or shipped_model_path()
-        self._model = OnnxEstimator(path, providers=config.estimator.providers, expected_spec=config.features)
+        options = ort.SessionOptions()
+        # Batch 1 every half second: one thread, and no worker threads spinning on the daemon's cores.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._model = OnnxEstimator(path, providers=config.estimator.providers, expected_spec=config.features,
+                                    session_options=options)
         meta = self._model.metadata
         if len(config.receivers) > self._model.max_receivers:
             raise ModelMismatchError(

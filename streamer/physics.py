@@ -255,6 +255,8 @@ class PhysicsEstimator:
         p = self.power_grid_dbm  # [P]
         use_heard = present & heard & np.isfinite(rx_power)
         use_cens = present & ~heard & np.isfinite(detection)
+        if not use_cens.any():
+            return self._log_posterior_uncensored(rx_power[use_heard], self._path_loss_db[:, use_heard])
         log_post = np.zeros((self.grid_en_m.shape[0], p.shape[0]))
         if use_heard.any():
             # Each hearing receiver implies a transmit power y = received + path loss; their Gaussian
@@ -269,6 +271,22 @@ class PhysicsEstimator:
             z = (detection[i] - (p[None, :] - self._path_loss_db[:, i : i + 1])) / s
             log_post += log_ndtr(z)
         return logsumexp(log_post, axis=1)
+
+    def _log_posterior_uncensored(self, rx_power_dbm: np.ndarray, path_loss_db: np.ndarray) -> np.ndarray:
+        """The same posterior when every present receiver heard: the uniform transmit-power prior is then
+        integrated in closed form (a Gaussian in P over [P_min, P_max]), which is ~20x faster than the grid
+        over P and the common case (the censored form is needed only when some receiver did not hear)."""
+        s = self.sigma_db
+        k = rx_power_dbm.shape[0]
+        if k == 0:
+            return np.zeros(self.grid_en_m.shape[0])
+        y = rx_power_dbm + path_loss_db  # [G, k] transmit power each receiver implies
+        mu = y.mean(axis=1)
+        scatter = ((y - mu[:, None]) ** 2).sum(axis=1)
+        sd = s / math.sqrt(k)
+        lo = (self.physics.tx_power_min_dbm - mu) / sd
+        hi = (self.physics.tx_power_max_dbm - mu) / sd
+        return -scatter / (2.0 * s * s) + _log_ndtr_difference(lo, hi)
 
     def estimate(self, rx_power_dbm, heard, present, detection_level_dbm) -> PhysicsResult:
         """Posterior mean and covariance of the transmitter position.
@@ -306,3 +324,12 @@ class PhysicsEstimator:
         y = np.asarray(rx_power_dbm, dtype=np.float64)[used] + self._path_loss_db[:, used]
         lo, hi = self.physics.tx_power_min_dbm, self.physics.tx_power_max_dbm
         return float(np.clip(w @ y.mean(axis=1), lo, hi))
+
+
+def _log_ndtr_difference(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """log(Phi(hi) - Phi(lo)) for lo < hi, accurate in both tails (mirror to the lower tail where lo > 0)."""
+    flip = lo > 0
+    a = np.where(flip, -hi, lo)
+    b = np.where(flip, -lo, hi)
+    log_b = log_ndtr(b)
+    return log_b + np.log1p(-np.exp(np.minimum(log_ndtr(a) - log_b, 0.0)) + 1e-300)
