@@ -168,3 +168,25 @@ def test_posterior_is_calibrated_on_simulated_iq_through_the_feature_code(capsys
     assert 0.92 <= cover95 <= 0.97
     # Much better than ~25 km would mean a leak (true offsets or SNR reaching the estimator).
     assert 10.0 <= np.median(errors) <= 45.0
+
+
+def test_closed_form_power_marginal_equals_the_grid_over_transmit_power():
+    """When every receiver heard, the posterior integrates the power prior in closed form; it must be the
+    same posterior as the explicit grid over transmit power (up to that grid's 0.25 dB quadrature)."""
+    from scipy.special import logsumexp
+
+    from streamer.config import load
+
+    est = PhysicsEstimator.from_config(load())
+    rng = np.random.default_rng(5)
+    s, p = est.sigma_db, est.power_grid_dbm
+    for _ in range(5):
+        rx_power = rng.uniform(-115.0, -70.0, est.rx_en_m.shape[0])
+        everyone = np.ones_like(rx_power, dtype=bool)
+        fast = est.log_posterior(rx_power, everyone, everyone, np.full_like(rx_power, -130.0))
+        y = rx_power + est._path_loss_db
+        grid = logsumexp(-((p[None, None, :] - y[:, :, None]) ** 2).sum(axis=1) / (2 * s * s), axis=1)
+        weight = np.exp(grid - grid.max())
+        weight /= weight.sum()
+        diff = (fast - fast.max()) - (grid - grid.max())
+        assert np.abs(diff[weight > 1e-6]).max() < 0.01
