@@ -55,6 +55,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -92,6 +93,9 @@ NOISE_CHUNK = 16_384  # samples per noise RNG stream
 # E[phi(g)^2] for g ~ N(0, 1): links the Gaussian process's time scale to the RMS speed.
 _E_PDF_SQ = 1.0 / (2.0 * math.pi * math.sqrt(3.0))
 
+
+#: Shortest key-down between two transmissions where keying chunks meet (ns).
+_MIN_KEY_DOWN_NS = 50_000_000
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
@@ -359,11 +363,23 @@ class SimulatedWorld:
         return out
 
     def _chunk(self, c: int) -> list[Transmission]:
-        """Chunk ``c`` without the transmissions that would overlap the previous chunk's last one."""
+        """Chunk ``c``, its transmissions clipped so as not to overlap the previous chunk's last one.
+
+        Each chunk's on/off process starts independently, so its first key-up may fall inside a transmission
+        carried over from the previous chunk: that one is shortened to start after it (by a key-down of
+        ``_MIN_KEY_DOWN_NS``), not dropped: dropping it left silences as long as a whole transmission.
+        """
         if c not in self._keying:
             previous = self._raw_chunk(c - 1)
-            busy_until = previous[-1].end_ns if previous else c * KEYING_CHUNK_NS
-            self._keying[c] = [tx for tx in self._raw_chunk(c) if tx.start_ns >= busy_until]
+            busy_until = (previous[-1].end_ns if previous else c * KEYING_CHUNK_NS) + _MIN_KEY_DOWN_NS
+            kept = []
+            for tx in self._raw_chunk(c):
+                if tx.start_ns < busy_until:
+                    if tx.end_ns <= busy_until:
+                        continue
+                    tx = dataclasses.replace(tx, start_ns=busy_until)
+                kept.append(tx)
+            self._keying[c] = kept
             if len(self._keying) > 16:
                 self._keying.pop(next(iter(self._keying)))
         return self._keying[c]
