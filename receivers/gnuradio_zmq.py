@@ -135,6 +135,10 @@ def parse_tag_header(data: bytes | memoryview) -> tuple[int, list[Tag], memoryvi
     return offset, tags, view[pos:]
 
 
+MIN_RATE_HZ = 1.0
+MAX_RATE_HZ = 1e11
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
@@ -176,7 +180,8 @@ class _StreamState:
         if tag.key not in ("rx_rate", "rx_freq"):
             return None
         value = _number(tag.value)
-        if value is None or (tag.key == "rx_rate" and value <= 0):
+        # A sample rate outside 1 Hz .. 100 GHz is no radio's (and 1e-300 would make durations infinite).
+        if value is None or (tag.key == "rx_rate" and not MIN_RATE_HZ <= value <= MAX_RATE_HZ):
             return "bad"
         old = self.rate if tag.key == "rx_rate" else self.freq
         if tag.key == "rx_rate":

@@ -560,3 +560,27 @@ def test_pmt_matches_the_installed_gnuradio(gnuradio_python):
     expected = {e: (GR310_SERIALISED.get(e) or GR310_UNIFORM[e])[0] for e in exprs}
     assert produced == expected
     assert sys.byteorder == "little"  # raw items are host order: this adapter reads them as little-endian
+
+
+def test_an_rx_rate_tag_outside_any_radio_range_is_a_counted_bad_tag():
+    """Found by the CI fuzz run: rx_rate = 1e-300 made a duration infinite and the adapter raise."""
+    import struct as _struct
+
+    from receivers.base import TallyDropCounter
+    from receivers.gnuradio_zmq import GnuRadioZmqReceiver, Options
+
+    def symbol(text):
+        return b"\x02" + _struct.pack(">H", len(text)) + text.encode()
+
+    tag = _struct.pack("<Q", 0) + symbol("rx_rate") + b"\x04" + _struct.pack(">d", 1e-300) + symbol("src")
+    header = b"\xf0\x5f\x01" + _struct.pack("<QQ", 0, 1) + tag
+    payload = np.ones(8, np.complex64).tobytes()
+    drops = TallyDropCounter()
+    rx = GnuRadioZmqReceiver("gr1", Options(endpoint="tcp://127.0.0.1:1", pass_tags=True, sample_rate_hz=1e6,
+                                            center_freq_hz=1e8), drops=drops)
+    try:
+        blocks = list(rx._blocks(header + payload))
+    finally:
+        rx.close()
+    assert drops.bad_frames[("gr1", "bad_tag_value")] == 1
+    assert sum(len(b.samples) for b in blocks) == 8 and blocks[0].sample_rate == 1e6
