@@ -19,6 +19,7 @@ SOAK_MINUTES = float(os.environ.get("HEIMDALL_SOAK_MINUTES", "5"))
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_soak_keeps_memory_accounting_rate_and_latency_steady(tmp_path):
     report = tmp_path / "soak.json"
     # Its own process, as an operator runs it: the test process carries every earlier test's state.
