@@ -226,9 +226,12 @@ class GnuRadioZmqReceiver(ReceiverBase):
         self._state = _StreamState(options.sample_rate_hz, options.center_freq_hz)
         self._next_index: int | None = None
         self._pending: list[Tag] = []
-        sock = open_socket(context or zmq.Context.instance(), _SOCKET_TYPES[options.socket_type], options.endpoint, bind=False)
-        sock.rcvhwm = options.rcvhwm
-        sock.setsockopt(zmq.MAXMSGSIZE, options.max_message_bytes)
+        def configure(sock: zmq.Socket) -> None:  # before connect: later, these options have no effect
+            sock.rcvhwm = options.rcvhwm
+            sock.setsockopt(zmq.MAXMSGSIZE, options.max_message_bytes)
+
+        sock = open_socket(context or zmq.Context.instance(), _SOCKET_TYPES[options.socket_type], options.endpoint,
+                           bind=False, configure=configure)
         if options.socket_type == "sub":
             sock.setsockopt(zmq.SUBSCRIBE, self._key or b"")
         self._polled = PolledSocket(sock, options.recv_timeout_s)
