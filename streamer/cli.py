@@ -1,4 +1,4 @@
-"""``heimdall`` command line: run, listen, check, receiver, record, bench, train, evaluate, soak, keys, kinds.
+"""``heimdall`` command line: run, listen, check, receiver, record, bench, train, evaluate, calibrate, soak, keys, kinds.
 
 Examples
 --------
@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     # daemon's CLI never imports torch.
     for name, text in (("train", "train the localization model (needs the [train] extra: torch)"),
                        ("evaluate", "score models and the physics estimator on simulated and real data"),
+                       ("calibrate", "fit receivers' calibration_db (and the path-loss exponent) from transmissions at known positions"),
                        ("soak", "run the daemon under load and check memory, accounting, rate and latency")):
         sub.add_parser(name, help=text, add_help=False)
 
@@ -261,6 +262,12 @@ def cmd_evaluate(args) -> int:
     return evaluate(args.rest)
 
 
+def cmd_calibrate(args) -> int:
+    from streamer.calibrate import main as calibrate
+
+    return calibrate(args.rest)
+
+
 def cmd_soak(args) -> int:
     from streamer.soak import main as soak
 
@@ -283,7 +290,7 @@ def cmd_keys(args) -> int:
     return 0
 
 
-DELEGATED = ("train", "evaluate", "soak")  # parse their own options
+DELEGATED = ("train", "evaluate", "calibrate", "soak")  # parse their own options
 
 COMMANDS = {
     "run": cmd_run,
@@ -294,6 +301,7 @@ COMMANDS = {
     "record": cmd_record,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "calibrate": cmd_calibrate,
     "soak": cmd_soak,
     "kinds": cmd_kinds,
     "keys": cmd_keys,

@@ -11,7 +11,8 @@ From measured RSS to IQ, exactly:
 1. Offsets (fitting set only, links with RSS > -95 dB, the README's reference rule): least squares of
    ``RSS_ir = A - 10 n log10(d_ir / 1 km) + o_r`` over a common A, exponent n and one offset o_r per receiver
    (sum of o_r = 0); d is the horizontal distance (ENU from the fixed receivers' centroid, pymap3d),
-   at least 10 m. The residual standard deviation is the fitted shadowing sigma.
+   at least 10 m. The residual standard deviation is the fitted shadowing sigma. The fit is
+   ``streamer.calibrate.fit_path_loss``, the same one ``heimdall calibrate`` runs on an operator's receivers.
 2. Calibrated power: ``P_ir = RSS_ir - o_r - A + (P_TX_DBM - FSPL_1km(462.7 MHz))`` dBm, i.e. levels as a
    1 W transmitter with a free-space 1 km loss and the fitted exponent would give. Receivers never seen in the
    fitting set keep o_r = 0.
@@ -43,7 +44,6 @@ from __future__ import annotations
 import ast
 import csv
 import json
-import math
 import os
 from pathlib import Path
 
@@ -52,6 +52,7 @@ import numpy as np
 from models.train.dataset import (CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, MAX_RECEIVERS, NOISE_BAND_FRACTION, Windows,
                                   free_space_loss_1km_db, heard_mask)
 from streamer import features as feature_module
+from streamer.calibrate import fit_path_loss
 from streamer.config import PhysicsConfig, from_dict
 from streamer.features import FeatureSpec
 from streamer.geodesy import Origin, geodetic_to_enu_m, search_area
@@ -129,28 +130,23 @@ def _on_campus(lat: float, lon: float, origin: Origin) -> bool:
 
 
 def fit_offsets(rows: list[dict], origin: Origin) -> dict:
-    """Least-squares log-distance fit with per-receiver offsets (module doc, step 1)."""
+    """Least-squares log-distance fit with per-receiver offsets (module doc, step 1; ``streamer.calibrate.fit_path_loss``)."""
     names = sorted({n for r in rows for n, (rss, _, _) in r["rx"].items() if rss > FIT_THRESHOLD_DB})
     index = {n: i for i, n in enumerate(names)}
-    design, target = [], []
-    for r in rows:
+    dist_m = np.ones((len(rows), len(names)))
+    rss_db = np.zeros((len(rows), len(names)))
+    used = np.zeros((len(rows), len(names)), bool)
+    for i, r in enumerate(rows):
         tx = _enu(*r["tx"], origin)
         for name, (rss, lat, lon) in r["rx"].items():
             if rss <= FIT_THRESHOLD_DB or not _on_campus(lat, lon, origin):
                 continue
-            d_km = max(float(np.linalg.norm(_enu(lat, lon, origin) - tx)), 10.0) / 1000.0
-            x = np.zeros(2 + len(names))
-            x[0], x[1], x[2 + index[name]] = 1.0, -10.0 * math.log10(d_km), 1.0
-            design.append(x)
-            target.append(rss)
-    a = np.asarray(design)
-    y = np.asarray(target)
-    # sum(o_r) = 0 as an extra heavily weighted row removes the A / offsets degeneracy.
-    constraint = np.r_[0.0, 0.0, np.ones(len(names))] * 1e3
-    sol, *_ = np.linalg.lstsq(np.vstack([a, constraint]), np.r_[y, 0.0], rcond=None)
-    resid = y - a @ sol
-    return {"A_db": float(sol[0]), "n": float(sol[1]), "sigma_db": float(resid.std()),
-            "offsets_db": {n: float(sol[2 + i]) for n, i in index.items()}, "links": int(len(y))}
+            j = index[name]
+            dist_m[i, j], rss_db[i, j], used[i, j] = float(np.linalg.norm(_enu(lat, lon, origin) - tx)), rss, True
+    # No transmit power given: a common A is fitted and sum(o_r) = 0; distances clamped at 10 m.
+    fit = fit_path_loss(dist_m, rss_db, used, min_distance_m=10.0)
+    return {"A_db": fit.level_db, "n": fit.exponent, "sigma_db": fit.sigma_db,
+            "offsets_db": {n: float(fit.offsets_db[i]) for n, i in index.items() if fit.fitted[i]}, "links": fit.links}
 
 
 def calibrated_dbm(rss: float, name: str, fit: dict) -> float:

@@ -1,0 +1,404 @@
+"""``heimdall calibrate``: each receiver's ``calibration_db`` (and the path-loss exponent) from known transmissions.
+
+Observations file (CSV, one row per transmission; lines starting with ``#`` and blank lines are skipped)::
+
+    # transmitter lat/lon (deg, WGS84), antenna altitude (m), transmit power (dBm), then dBm per receiver
+    lat,lon,alt_m,tx_power_dbm,giaveno,torino,milano
+    45.101,7.512,200,37.0,-81.25,-77.90,
+    44.873,8.204,200,40.0,-95.10,,-99.42
+
+- ``lat``, ``lon`` (required): the transmitter position in degrees.
+- ``alt_m`` (optional): its antenna altitude above the ellipsoid (m); default ``estimator.physics.tx_alt_m``.
+- ``tx_power_dbm`` (optional): its transmit power (dBm). Without it a common transmit level is fitted and the
+  offsets are only relative: their mean is constrained to 0, so the calibration values keep their mean.
+- every other column is a receiver id of the config, holding the power (dBm) the daemon reads with the
+  receiver's *current* ``calibration_db``; an empty cell = not heard. Use transmissions well above each
+  receiver's noise floor: weak ones that go unheard are missing, which biases the fit upwards.
+
+Model (the daemon's, ``streamer.physics``): ``measured_ir = P_i - PL(d_ir) + offset_r + shadowing``, with
+``PL = ref_loss_db + 10 n log10(d / 1 km)`` (``log_distance_path_loss_db``), d the 3-D distance
+(``slant_distance_m``, ENU from ``network_geometry``), ``ref_loss_db`` and n from ``estimator.physics``
+(n fitted with ``--fit-exponent``). Least squares gives ``offset_r``; the new ``calibration_db = old - offset``.
+A receiver with fewer than ``MIN_OBSERVATIONS`` readings is left unchanged and named in an error line.
+
+``fit_path_loss`` is the one implementation of this fit; ``models/train/powder.py`` uses it for POWDER.
+
+Examples
+--------
+>>> d = np.array([[1000.0, 2000.0], [4000.0, 500.0], [2000.0, 3000.0]])
+>>> p = 30.0 - log_distance_path_loss_db(d, 75.7, 3.0) + np.array([1.5, -2.0])
+>>> fit = fit_path_loss(d, p, np.ones_like(d, bool), tx_power_dbm=np.full(3, 30.0), ref_loss_db=75.7, exponent=3.0)
+>>> np.round(fit.offsets_db, 6).tolist(), fit.n_obs.tolist()
+([1.5, -2.0], [3, 3])
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamer.errors import ConfigError, HeimdallError
+from streamer.physics import MIN_DISTANCE_M, log_distance_path_loss_db, slant_distance_m
+
+MIN_OBSERVATIONS = 3
+#: Weight of the sum(offsets) = 0 row when the transmit level is fitted (it removes the level/offset degeneracy).
+_CONSTRAINT_WEIGHT = 1e3
+RESERVED_COLUMNS = ("lat", "lon", "alt_m", "tx_power_dbm")
+
+
+class ObservationsError(HeimdallError):
+    """The observations file is malformed; the message names file, line and column."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fit: arrays in, arrays out
+
+
+@dataclass(frozen=True)
+class PathLossFit:
+    """Least-squares log-distance fit with one offset per receiver (all dB unless named otherwise).
+
+    Per receiver ``[R]``: ``offsets_db`` (NaN where not fitted), ``offset_se_db`` (standard error),
+    ``residual_sigma_db`` (RMS of its residuals), ``n_obs`` (readings given), ``fitted`` (``n_obs`` >= the minimum).
+    ``exponent`` (fitted or the one given; ``exponent_se`` NaN when given), ``level_db`` (the common term
+    ``P_tx - ref_loss_db`` when the transmit power was not given, else NaN), ``sigma_db`` (standard deviation
+    of all residuals), ``links`` (readings used), ``relative`` (offsets constrained to sum 0).
+    """
+
+    offsets_db: np.ndarray
+    offset_se_db: np.ndarray
+    residual_sigma_db: np.ndarray
+    n_obs: np.ndarray
+    fitted: np.ndarray
+    exponent: float
+    exponent_se: float
+    level_db: float
+    level_se_db: float
+    sigma_db: float
+    links: int
+    relative: bool
+
+
+def fit_path_loss(distance_m, measured_db, mask, *, tx_power_dbm=None, ref_loss_db: float = 0.0,
+                  exponent: float | None = None, min_distance_m: float = MIN_DISTANCE_M,
+                  min_observations: int = MIN_OBSERVATIONS) -> PathLossFit:
+    """Fit ``measured_ir = P_i - ref_loss_db - 10 n log10(max(d_ir, min_distance_m) / 1 km) + o_r`` by least squares.
+
+    Parameters
+    ----------
+    distance_m, measured_db, mask : ``[N, R]`` distances (m), measured power (dB) and which readings exist.
+    tx_power_dbm : ``[N]`` transmit powers, or None: then a common level ``A = P - ref_loss_db`` is fitted and
+        the offsets of the fitted receivers are constrained to sum to 0 (only relative offsets are observable).
+    exponent : fixed path-loss exponent n, or None to fit it.
+    min_distance_m : distances are clamped here (``MIN_DISTANCE_M`` reproduces ``log_distance_path_loss_db``).
+    min_observations : receivers with fewer readings are left out (``fitted`` False, offset NaN).
+
+    Raises ``ValueError`` when no receiver qualifies or the readings do not determine the unknowns.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    n_obs = mask.sum(axis=0)
+    fitted = n_obs >= min_observations
+    relative = tx_power_dbm is None
+    if fitted.sum() < (2 if relative else 1):
+        raise ValueError(f"need at least {2 if relative else 1} receiver(s) with {min_observations} or more readings")
+    rows, cols = np.nonzero(mask & fitted[None, :])
+    log_d = 10.0 * np.log10(np.maximum(np.asarray(distance_m, dtype=np.float64)[rows, cols], min_distance_m) / 1000.0)
+    target = np.asarray(measured_db, dtype=np.float64)[rows, cols]
+    if not relative:
+        target = target - np.asarray(tx_power_dbm, dtype=np.float64)[rows] + ref_loss_db
+    if exponent is not None:
+        target = target + exponent * log_d
+    slot = np.cumsum(fitted) - 1  # receiver -> offset parameter
+    n_offsets = int(fitted.sum())
+    lead = [np.ones_like(log_d)] if relative else []
+    lead += [-log_d] if exponent is None else []
+    design = np.zeros((len(target), len(lead) + n_offsets))
+    for j, column in enumerate(lead):
+        design[:, j] = column
+    design[np.arange(len(target)), len(lead) + slot[cols]] = 1.0
+    constraint = np.r_[np.zeros(len(lead)), np.ones(n_offsets)][None, :] if relative else np.zeros((0, design.shape[1]))
+    sol, _, rank, _ = np.linalg.lstsq(np.vstack([design, _CONSTRAINT_WEIGHT * constraint]),
+                                      np.r_[target, np.zeros(len(constraint))], rcond=None)
+    if rank < design.shape[1]:
+        raise ValueError("the readings do not determine every unknown (e.g. every transmission at the same distances)")
+    resid = target - design @ sol
+    cov = _covariance(design, constraint, resid)
+    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    offsets = np.full(mask.shape[1], np.nan)
+    offset_se = np.full(mask.shape[1], np.nan)
+    offsets[fitted] = sol[len(lead):]
+    offset_se[fitted] = se[len(lead):]
+    rms = np.full(mask.shape[1], np.nan)
+    for r in np.flatnonzero(fitted):
+        rms[r] = math.sqrt(float(np.mean(resid[cols == r] ** 2)))
+    fitted_n = exponent is None
+    return PathLossFit(
+        offsets_db=offsets, offset_se_db=offset_se, residual_sigma_db=rms, n_obs=n_obs, fitted=fitted,
+        exponent=float(sol[int(relative)]) if fitted_n else float(exponent),
+        exponent_se=float(se[int(relative)]) if fitted_n else math.nan,
+        level_db=float(sol[0]) if relative else math.nan, level_se_db=float(se[0]) if relative else math.nan,
+        sigma_db=float(resid.std()), links=int(len(target)), relative=relative)
+
+
+def _covariance(design: np.ndarray, constraint: np.ndarray, resid: np.ndarray) -> np.ndarray:
+    """Parameter covariance of equality-constrained least squares: s^2 times the top-left block of the KKT inverse."""
+    p, c = design.shape[1], constraint.shape[0]
+    dof = len(resid) - (p - c)
+    s2 = float(resid @ resid) / dof if dof > 0 else math.nan
+    kkt = np.block([[design.T @ design, constraint.T], [constraint, np.zeros((c, c))]])
+    return s2 * np.linalg.inv(kkt)[:p, :p]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Observations file
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Transmissions at known positions: ``[N]`` per row, ``measured_dbm`` ``[N, K]`` (NaN = not heard)."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    alt_m: np.ndarray | None
+    tx_power_dbm: np.ndarray | None
+    receiver_ids: tuple[str, ...]
+    measured_dbm: np.ndarray
+    source: str
+
+
+def read_observations(path: str | Path, receiver_ids) -> Observations:
+    """Parse an observations CSV (module doc); every receiver column must name one of ``receiver_ids``."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ObservationsError(f"{path}: cannot read observations: {exc}") from exc
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:
+        raise ObservationsError(f"{path}: no header line (expected lat,lon[,alt_m][,tx_power_dbm],<receiver id>...)")
+    header_line, header_text = numbered[0]
+    header = [name.strip() for name in next(csv.reader([header_text]))]
+    _check_header(path, header_line, header, tuple(receiver_ids))
+    values = {name: [] for name in header}
+    for line_no, text in numbered[1:]:
+        fields = next(csv.reader([text]))
+        if len(fields) != len(header):
+            raise ObservationsError(f"{path}:{line_no}: {len(fields)} fields, the header has {len(header)}")
+        for col, (name, field) in enumerate(zip(header, fields), start=1):
+            values[name].append(_number(path, line_no, col, name, field.strip()))
+    if not numbered[1:]:
+        raise ObservationsError(f"{path}: no observation rows after the header (line {header_line})")
+    rx_cols = [n for n in header if n not in RESERVED_COLUMNS]
+    col = {name: np.array(v, dtype=np.float64) for name, v in values.items()}
+    return Observations(lat=col["lat"], lon=col["lon"], alt_m=col.get("alt_m"), tx_power_dbm=col.get("tx_power_dbm"),
+                        receiver_ids=tuple(rx_cols),
+                        measured_dbm=np.stack([col[n] for n in rx_cols], axis=1) if rx_cols else np.zeros((len(col["lat"]), 0)),
+                        source=str(path))
+
+
+def _check_header(path: Path, line_no: int, header: list[str], known: tuple[str, ...]) -> None:
+    for col, name in enumerate(header, start=1):
+        if not name:
+            raise ObservationsError(f"{path}:{line_no}: column {col}: empty column name")
+        if name in header[: col - 1]:
+            raise ObservationsError(f"{path}:{line_no}: column {col} ({name}): duplicate column")
+        if name not in RESERVED_COLUMNS and name not in known:
+            raise ObservationsError(f"{path}:{line_no}: column {col} ({name}): unknown receiver id {name!r}; "
+                                    f"configured: {', '.join(known)}")
+    for need in ("lat", "lon"):
+        if need not in header:
+            raise ObservationsError(f"{path}:{line_no}: required column {need!r} is missing")
+
+
+def _number(path: Path, line_no: int, col: int, name: str, text: str) -> float:
+    """One cell: a finite number; empty is NaN (not heard) in a receiver column and an error elsewhere."""
+    where = f"{path}:{line_no}: column {col} ({name})"
+    if not text:
+        if name in RESERVED_COLUMNS:
+            raise ObservationsError(f"{where}: empty; {name} is required on every row")
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        raise ObservationsError(f"{where}: expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ObservationsError(f"{where}: {text!r} is not a finite number (leave a receiver's cell empty for not heard)")
+    limit = {"lat": 90.0, "lon": 180.0}.get(name)
+    if limit is not None and abs(value) > limit:
+        raise ObservationsError(f"{where}: {value} is outside [-{limit:g}, {limit:g}] degrees")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config in, corrections out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Result per configured receiver (config order) plus the fit; ``new_db`` equals ``old_db`` where unchanged."""
+
+    receiver_ids: tuple[str, ...]
+    old_db: np.ndarray
+    new_db: np.ndarray
+    fit: PathLossFit          # per-receiver arrays in config order (receivers without a column: n_obs 0)
+    fit_exponent: bool
+    refused: dict[str, str]   # receiver id -> why it is left unchanged (it has a column, too few readings)
+    absent: tuple[str, ...]   # receivers without a column in the observations: left unchanged
+
+
+def calibrate(config, obs: Observations, *, fit_exponent: bool = False) -> Calibration:
+    """Fit offsets (and n) from ``obs`` against ``config``'s receivers and ``estimator.physics`` (module doc)."""
+    from streamer.geodesy import geodetic_to_enu_m, network_geometry
+
+    physics = config.estimator.physics
+    ids = tuple(rx.id for rx in config.receivers)
+    origin, rx_enu_m, _ = network_geometry(config)
+    rx_alt_m = np.array([rx.alt_m for rx in config.receivers], dtype=np.float64)
+    tx_alt_m = obs.alt_m if obs.alt_m is not None else np.full(len(obs.lat), physics.tx_alt_m)
+    tx_en_m = geodetic_to_enu_m(obs.lat, obs.lon, tx_alt_m, origin).reshape(-1, 3)[:, :2]
+    measured = np.full((len(obs.lat), len(ids)), np.nan)
+    for k, rx_id in enumerate(obs.receiver_ids):
+        measured[:, ids.index(rx_id)] = obs.measured_dbm[:, k]
+    mask = np.isfinite(measured)
+    try:
+        fit = fit_path_loss(slant_distance_m(tx_en_m, tx_alt_m, rx_enu_m, rx_alt_m), np.nan_to_num(measured), mask,
+                            tx_power_dbm=obs.tx_power_dbm, ref_loss_db=physics.ref_loss_db,
+                            exponent=None if fit_exponent else physics.path_loss_exponent)
+    except ValueError as exc:
+        raise ObservationsError(f"{obs.source}: cannot calibrate: {exc}") from None
+    old = np.array([rx.calibration_db for rx in config.receivers], dtype=np.float64)
+    new = np.where(fit.fitted, old - np.nan_to_num(fit.offsets_db), old)
+    absent = tuple(rx_id for rx_id in ids if rx_id not in obs.receiver_ids)
+    refused = {rx_id: f"{fit.n_obs[r]} observation(s), need at least {MIN_OBSERVATIONS}"
+               for r, rx_id in enumerate(ids) if not fit.fitted[r] and rx_id not in absent}
+    return Calibration(ids, old, new, fit, fit_exponent, refused, absent)
+
+
+def updated_toml(text: str, calibration: Calibration, *, decimals_db: int = 2) -> str:
+    """``text`` with each calibrated receiver's ``calibration_db`` (and a fitted exponent) replaced; comments kept."""
+    import tomlkit
+
+    doc = tomlkit.parse(text)
+    new = {rx_id: value for rx_id, value, ok in zip(calibration.receiver_ids, calibration.new_db, calibration.fit.fitted) if ok}
+    for table in doc.get("receivers", []):
+        rx_id = table.get("id")
+        if rx_id in new:
+            table["calibration_db"] = round(float(new[rx_id]), decimals_db)
+    if calibration.fit_exponent:
+        estimator = doc.get("estimator")
+        if estimator is None:
+            estimator = tomlkit.table(is_super_table=True)
+            doc.add("estimator", estimator)
+        physics = estimator.get("physics")
+        if physics is None:
+            physics = tomlkit.table()
+            estimator.add("physics", physics)
+        physics["path_loss_exponent"] = round(calibration.fit.exponent, 3)
+    return tomlkit.dumps(doc)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report and command line
+
+
+def report_dict(cal: Calibration, written: str | None) -> dict:
+    """The report as plain JSON-ready data."""
+    fit = cal.fit
+
+    def num(x) -> float | None:
+        return None if not math.isfinite(float(x)) else round(float(x), 4)
+
+    receivers = {}
+    for r, rx_id in enumerate(cal.receiver_ids):
+        why = "no column in the observations" if rx_id in cal.absent else cal.refused.get(rx_id)
+        receivers[rx_id] = {"n": int(fit.n_obs[r]), "offset_db": num(fit.offsets_db[r]), "offset_se_db": num(fit.offset_se_db[r]),
+                            "residual_sigma_db": num(fit.residual_sigma_db[r]), "calibration_db_old": float(cal.old_db[r]),
+                            "calibration_db_new": num(cal.new_db[r]), "unchanged_because": why}
+    return {"receivers": receivers, "path_loss_exponent": num(fit.exponent), "path_loss_exponent_se": num(fit.exponent_se),
+            "exponent_fitted": cal.fit_exponent, "relative": fit.relative, "common_level_db": num(fit.level_db),
+            "sigma_db": num(fit.sigma_db), "links": fit.links, "written": written}
+
+
+def format_report(cal: Calibration, ref_loss_db: float) -> str:
+    """Human-readable report: one line per receiver, then the exponent and the residual sigma."""
+    fit = cal.fit
+    lines = [f"{'receiver':<20}{'n':>6}{'offset_db':>11}{'se_db':>8}{'sigma_db':>10}   calibration_db"]
+    for r, rx_id in enumerate(cal.receiver_ids):
+        if not fit.fitted[r]:
+            why = "no column in the observations" if rx_id in cal.absent else cal.refused[rx_id]
+            lines.append(f"{rx_id:<20}{fit.n_obs[r]:>6}{'-':>11}{'-':>8}{'-':>10}   {cal.old_db[r]:.2f} unchanged ({why})")
+        else:
+            lines.append(f"{rx_id:<20}{fit.n_obs[r]:>6}{fit.offsets_db[r]:>11.2f}{fit.offset_se_db[r]:>8.2f}"
+                         f"{fit.residual_sigma_db[r]:>10.2f}   {cal.old_db[r]:.2f} -> {cal.new_db[r]:.2f}")
+    if cal.fit_exponent:
+        lines.append(f"path-loss exponent: {fit.exponent:.3f} +- {fit.exponent_se:.3f} (fitted)")
+    else:
+        lines.append(f"path-loss exponent: {fit.exponent:.3f} (estimator.physics, fixed)")
+    if fit.relative:
+        lines.append(f"no tx_power_dbm column: a common transmit power was fitted ({fit.level_db + ref_loss_db:.1f} "
+                     f"+- {fit.level_se_db:.1f} dBm), so the offsets are relative (constrained to mean 0)")
+    lines.append(f"residual sigma {fit.sigma_db:.2f} dB over {fit.links} readings")
+    return "\n".join(lines)
+
+
+def write_config(path: Path, text: str) -> None:
+    """Write ``text`` atomically, then prove it loads (``streamer.config.load``)."""
+    from streamer.config import load
+
+    tmp = path.with_name(f".{path.name}.calibrate.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        load(tmp)
+    except ConfigError:
+        tmp.unlink()
+        raise
+    os.replace(tmp, path)
+    load(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``heimdall calibrate`` (the observations format is the module doc)."""
+    doc = __doc__.split("Examples\n")[0]
+    parser = argparse.ArgumentParser(prog="heimdall calibrate", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description=doc.split("\n")[0], epilog=doc.split("\n", 2)[2])
+    parser.add_argument("-c", "--config", required=True, type=Path, help="TOML config whose receivers to calibrate")
+    parser.add_argument("observations", type=Path, help="CSV of transmissions at known positions (format below)")
+    parser.add_argument("--fit-exponent", action="store_true", help="also fit estimator.physics.path_loss_exponent")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, help="write the calibrated config here (comments and layout kept)")
+    where.add_argument("--in-place", action="store_true", help="rewrite the config given with -c")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``heimdall calibrate`` entry point; errors are ``HeimdallError`` (the CLI prints them, exit status 2)."""
+    from streamer.config import load
+
+    args = build_parser().parse_args(argv)
+    config = load(args.config)
+    cal = calibrate(config, read_observations(args.observations, [rx.id for rx in config.receivers]),
+                    fit_exponent=args.fit_exponent)
+    out = args.config if args.in_place else args.out
+    if out is not None:
+        write_config(Path(out), updated_toml(Path(args.config).read_text(encoding="utf-8"), cal))
+    for rx_id, why in cal.refused.items():
+        print(f"heimdall calibrate: error: receiver {rx_id!r}: {why}; its calibration_db is left unchanged", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report_dict(cal, str(out) if out else None), indent=2))
+    else:
+        print(format_report(cal, config.estimator.physics.ref_loss_db))
+        print(f"wrote {out}" if out else "nothing written (use --out FILE or --in-place)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
