@@ -13,7 +13,6 @@ import selectors
 import struct
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from receivers.base import Flags, IQBlock, TallyDropCounter
 from receivers.gnuradio_zmq import GnuRadioZmqReceiver, Options, parse_tag_header
 from streamer.config import from_dict
 from streamer.errors import ConfigError
+from tests.helpers.collect import Collector
 
 TIMEOUT_S = 5.0
 HOST_NS = 1_800_000_000_000_000_000
@@ -170,30 +170,6 @@ def test_tag_header_layout_matches_the_documented_offsets():
     assert bytes(payload) == items(0, 2).tobytes()
 
 
-class Collector:
-    def __init__(self, receiver) -> None:
-        self.receiver = receiver
-        self.queue: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            for block in self.receiver:
-                self.queue.put(block)
-        except BaseException as exc:
-            self.queue.put(exc)
-
-    def get(self, timeout: float = TIMEOUT_S) -> IQBlock:
-        item = self.queue.get(timeout=timeout)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def stop(self) -> None:
-        self.receiver.close()
-        self.thread.join(TIMEOUT_S)
-        assert not self.thread.is_alive(), "receiver did not stop after close()"
 
 
 @pytest.fixture

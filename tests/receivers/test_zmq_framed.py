@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import threading
 
 import msgpack
 import numpy as np
@@ -14,6 +13,7 @@ from receivers.base import Flags, IQBlock, ReceiverContext, TallyDropCounter
 from receivers.framing import encode
 from receivers.zmq_framed import FramedPublisher, Options, ZmqFramedReceiver
 from streamer.config import from_dict
+from tests.helpers.collect import Collector
 
 N = 1000
 RATE = 1e6
@@ -27,32 +27,6 @@ def make_block(index: int, *, rid: str = "rx1", n: int = N, t0_ns: int | None = 
     return IQBlock(rid, samples, index, t0, "gps", RATE, 145.5e6, 10.0, flags)
 
 
-class Collector:
-    """Iterates a receiver in a thread; the test takes blocks with a timeout."""
-
-    def __init__(self, receiver) -> None:
-        self.receiver = receiver
-        self.queue: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            for block in self.receiver:
-                self.queue.put(block)
-        except BaseException as exc:  # surfaced in get()
-            self.queue.put(exc)
-
-    def get(self, timeout: float = TIMEOUT_S) -> IQBlock:
-        item = self.queue.get(timeout=timeout)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def stop(self) -> None:
-        self.receiver.close()
-        self.thread.join(TIMEOUT_S)
-        assert not self.thread.is_alive(), "receiver did not stop after close()"
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from receivers.zmq_framed import FramedPublisher, Options, RateLimit, ZmqFramedR
 from streamer import security
 from streamer.errors import ConfigError, ReceiverTransientError
 from streamer.publish import ZmqPublisher
+from tests.helpers.collect import Collector
 
 TIMEOUT_S = 5.0
 RATE = 100_000.0
@@ -212,26 +211,6 @@ def test_output_admits_an_allowed_subscriber_and_refuses_and_counts_the_others(c
 
 
 # CURVE on framed-IQ ingest ---------------------------------------------------------------------------------
-class Collector:
-    """Iterates a receiver in a thread; blocks (or the exception that ended iteration) come out of a queue."""
-
-    def __init__(self, receiver) -> None:
-        self.receiver = receiver
-        self.items: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            for b in self.receiver:
-                self.items.put(b)
-        except BaseException as exc:
-            self.items.put(exc)
-
-    def stop(self) -> None:
-        self.receiver.close()
-        self.thread.join(TIMEOUT_S)
-        assert not self.thread.is_alive()
 
 
 def test_ingest_admits_an_allowed_edge_and_refuses_and_counts_a_stranger(context, keys):
@@ -250,7 +229,7 @@ def test_ingest_admits_an_allowed_edge_and_refuses_and_counts_a_stranger(context
     try:
         assert edges["edge"].wait_for_subscriber("edge", TIMEOUT_S), "the allowed edge never saw the daemon subscribe"
         edges["edge"].send(block(0, rid="edge"))
-        got = collectors["edge"].items.get(timeout=TIMEOUT_S)
+        got = collectors["edge"].queue.get(timeout=TIMEOUT_S)
         assert isinstance(got, IQBlock) and got.receiver_id == "edge" and len(got.samples) == 1000
         wait_until(lambda: "ingest:stranger" in refused, what="the stranger's refusal")
         assert not edges["stranger"].wait_for_subscriber("stranger", 0.2), "a refused edge saw a subscription"
@@ -280,11 +259,11 @@ def test_rate_limit_drops_and_counts_the_excess_and_flags_the_next_block(context
         assert edge.wait_for_subscriber("rx1", TIMEOUT_S)
         for i in range(5):  # 5000 samples at once into a 3000-sample bucket: blocks 0..2 pass, 3 and 4 do not
             edge.send(block(i * 1000))
-        got = [collector.items.get(timeout=TIMEOUT_S) for _ in range(3)]
+        got = [collector.queue.get(timeout=TIMEOUT_S) for _ in range(3)]
         wait_until(lambda: drops.dropped[("rx1", "rate_limit")] == 2000, what="2000 samples counted as rate_limit")
         now[0] = 10.0  # the bucket refills
         edge.send(block(5000))
-        after = collector.items.get(timeout=TIMEOUT_S)
+        after = collector.queue.get(timeout=TIMEOUT_S)
     finally:
         collector.stop()
         edge.close()
@@ -311,9 +290,9 @@ def test_oversize_frame_closes_the_link_which_is_counted_and_reopened(context):
     try:
         assert edge.wait_for_subscriber("rx1", TIMEOUT_S)
         edge.send(block(0, n=100))  # 800 bytes of payload
-        assert isinstance(collector.items.get(timeout=TIMEOUT_S), IQBlock)
+        assert isinstance(collector.queue.get(timeout=TIMEOUT_S), IQBlock)
         edge.send(block(100, n=10_000))  # 80 kB: over the limit
-        ended = collector.items.get(timeout=TIMEOUT_S)
+        ended = collector.queue.get(timeout=TIMEOUT_S)
     finally:
         collector.stop()
         edge.close()
@@ -335,7 +314,7 @@ def test_frames_under_the_limit_that_together_exceed_it_are_counted_oversize(con
         assert pub.poll(TIMEOUT_S * 1000) and pub.recv() == b"\x01rx1"
         pub.send_multipart(frames)
         pub.send_multipart(encode(block(120, n=10), "cf32"))
-        got = collector.items.get(timeout=TIMEOUT_S)
+        got = collector.queue.get(timeout=TIMEOUT_S)
     finally:
         collector.stop()
         pub.close()
