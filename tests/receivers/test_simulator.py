@@ -192,6 +192,17 @@ def test_keying_alternates_with_exponential_lengths_and_uniform_power():
     assert not down.keyed and down.power_dbm is None
 
 
+def test_a_nearly_always_keyed_transmitter_has_no_long_silence_at_keying_chunk_edges():
+    """The soak's keying (60 s on, 0.05 s off on average): a transmission crossing a 600 s keying chunk's
+    edge is shortened, not dropped, so no silence is longer than a few key-downs."""
+    world = SimulatedWorld(network_config(seed=1, key_up_mean_s=60.0, key_down_mean_s=0.05))
+    txs = world.transmissions(T_REF_NS, T_REF_NS + 7200 * 10**9)
+    gaps_s = np.array([(b.start_ns - a.end_ns) / 1e9 for a, b in zip(txs, txs[1:])])
+    on_s = sum((t.end_ns - t.start_ns) / 1e9 for t in txs)
+    assert gaps_s.max() < 2.0
+    assert on_s / ((txs[-1].end_ns - txs[0].start_ns) / 1e9) > 0.99
+
+
 def test_track_stays_in_the_area_covers_it_and_moves_at_the_configured_speed():
     world = SimulatedWorld(network_config(seed=6))
     t = T_REF_NS + np.arange(0, 48 * 3600, 2, dtype=np.int64) * 10**9
