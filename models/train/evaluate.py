@@ -9,7 +9,11 @@ it, i.e. at least three receivers hear the transmitter by its detection rule):
 ``random-<k>``   three random networks drawn from seeds that training never uses (``EVAL_SEED + 1 + k``):
                  5 receivers over 8 km (k=0), 10 over 60 km (k=1), 16 over 180 km (k=2); band, propagation,
                  noise and calibration errors random as in training.
-``powder-grid``  POWDER real received power (462.7 MHz), see ``models.train.powder`` (only with ``--powder``).
+``powder-grid``  POWDER real received power (462.7 MHz), see ``models.train.powder`` (only with ``--powder``):
+                 the test rows of ``grid_split/grid_test.json``, offsets fitted on every other row (minus
+                 unused, indoor and off-campus). ``--powder-split random`` scores ``random_split/random_test.json``
+                 as ``powder-random``; ``--test-split PATH`` any split file of the data folder (e.g.
+                 ``special_test_cases/indoor.json``) as ``powder-<file stem>``, by the same rule.
 
 Methods: each ONNX model (named by its file stem) through ``streamer.inference.OnnxEstimator.run``;
 ``physics``: ``streamer.physics.PhysicsEstimator`` on ``channel_power`` of the same frames, as the daemon
@@ -148,10 +152,18 @@ def run_centroid(data: Windows) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000, physics: bool = True,
-             powder: bool = False, powder_split: str = "grid", cache_dir=None, spec: FeatureSpec | None = None,
-             log=print) -> dict:
-    """``{dataset: {method: scores}}`` for every model, ``physics`` and ``centroid`` (module doc)."""
+             powder: bool = False, powder_split: str | Path = "grid", powder_max_samples: int | None = None,
+             cache_dir=None, spec: FeatureSpec | None = None, log=print) -> dict:
+    """``{dataset: {method: scores}}`` for every model, ``physics`` and ``centroid`` (module doc).
+
+    ``powder_split`` is a shorthand (``grid``, ``random``) or a split file's path; ``powder_max_samples`` scores
+    only its first rows. A missing or malformed split file fails here, before any scoring.
+    """
     spec = spec or FeatureSpec()
+    if powder:
+        from models.train.powder import read_split, split_path
+
+        read_split(split_path(powder_split))
     results: dict[str, dict] = {}
     for name, (config, physics_cfg, data) in simulated_sets(n_default, n_random, spec, cache_dir).items():
         truth = data.tx_enu_km.astype(np.float64) * 1e3
@@ -164,10 +176,11 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         results[name] = table
         log(format_table(name, table))
     if powder:
-        from models.train.powder import evaluate_powder
+        from models.train.powder import evaluate_powder, split_name
 
-        results[f"powder-{powder_split}"] = evaluate_powder(models, split=powder_split, spec=spec)
-        log(format_table(f"powder-{powder_split}", results[f"powder-{powder_split}"]))
+        name = split_name(powder_split)
+        results[name] = evaluate_powder(models, split=powder_split, spec=spec, limit=powder_max_samples, log=log)
+        log(format_table(name, results[name]))
     return results
 
 
@@ -194,14 +207,28 @@ def summary_for_metadata(results: dict, method: str) -> tuple[dict, dict]:
     return accuracy, calibration
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``heimdall evaluate``."""
     parser.add_argument("models", nargs="*", type=Path, help="ONNX models to score (default: the shipped model)")
     parser.add_argument("--n", type=int, default=5000, help="draws on the default network")
     parser.add_argument("--n-random", type=int, default=1000, help="draws on each of the three random networks")
     parser.add_argument("--no-physics", action="store_true", help="skip the physics estimator")
-    parser.add_argument("--powder", action="store_true", help="also score on POWDER real data")
-    parser.add_argument("--powder-split", default="grid", choices=("grid", "random"))
+    parser.add_argument("--powder", action="store_true", help="also score on POWDER real data (the split of --powder-split)")
+    split = parser.add_mutually_exclusive_group()
+    split.add_argument("--powder-split", default=None, choices=("grid", "random"),
+                       help="with --powder: grid = grid_split/grid_test.json (default), random = random_split/random_test.json")
+    split.add_argument("--test-split", type=Path, default=None, metavar="PATH",
+                       help="score POWDER on the rows of this split file (implies --powder; e.g. .../train_test_splits/"
+                            "special_test_cases/indoor.json); offsets are fitted on every other row minus unused/indoor/off_campus")
+    parser.add_argument("--powder-max-samples", type=_positive_int, default=None, metavar="N",
+                        help="score only the first N POWDER test rows (quick checks)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store the generated draws here")
     parser.add_argument("--json", action="store_true", help="print {dataset: {method: scores}} as JSON")
     parser.add_argument("--from-json", type=Path, default=None, help="print the tables of a saved --json result (no scoring)")
@@ -222,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
         models = [default_out()]
     log = (lambda *a, **k: None) if args.json else print
     results = evaluate(models, n_default=args.n, n_random=args.n_random, physics=not args.no_physics,
-                       powder=args.powder, powder_split=args.powder_split, cache_dir=args.cache_dir, log=log)
+                       powder=args.powder or args.test_split is not None, powder_split=args.test_split or args.powder_split or "grid",
+                       powder_max_samples=args.powder_max_samples, cache_dir=args.cache_dir, log=log)
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
     return 0

@@ -2,9 +2,14 @@
 
 Data: ../shared/localization-data/powder-rss-462mhz beside the checkout (``POWDER_DIR`` overrides), ``single_tx.csv`` (RSS in
 uncalibrated dB per receiver, -101 = not heard; 29 fixed receivers, 11 shuttle buses with per-sample
-positions; GPS truth). Split ``grid`` (default): test = ``grid_split/grid_test.json``; ``random``: test =
-``random_split/random_test.json``. Either way the fitting set is every other row of ``single_tx.csv`` minus
-``unused.json``, ``special_test_cases/indoor.json`` and ``off_campus.json`` (the folder's README recipe).
+positions; GPS truth). The test rows are those of a split file (``{timestamp: {"rx_data": [[rss, lat, lon,
+name], ...], "tx_coords": [[lat, lon]], ...}}``, any of ``Separated_Dataset_JSON/train_test_splits``):
+``grid`` (default) is shorthand for ``grid_split/grid_test.json``, ``random`` for ``random_split/random_test.json``.
+A test timestamp found in ``single_tx.csv`` is read from there; one that is not (the ``stationary*`` special
+cases, 13 of ``november.json``) is read from the split file itself (same RSS and positions: the two agree on
+every heard link of the grid split), and must have one transmitter. The fitting set is every row of
+``single_tx.csv`` not in the split file, minus ``unused.json``, ``special_test_cases/indoor.json`` and
+``off_campus.json`` (the folder's README recipe).
 
 From measured RSS to IQ, exactly:
 
@@ -44,6 +49,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -54,6 +60,7 @@ from models.train.dataset import (CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, MAX_RE
 from streamer import features as feature_module
 from streamer.calibrate import fit_path_loss
 from streamer.config import PhysicsConfig, from_dict
+from streamer.errors import HeimdallError
 from streamer.features import FeatureSpec
 from streamer.geodesy import Origin, geodetic_to_enu_m, search_area
 from streamer.physics import PhysicsEstimator, channel_power, log_distance_path_loss_db, slant_distance_m
@@ -66,8 +73,15 @@ P_TX_DBM = 30.0
 NOT_HEARD = -101.0
 FIT_THRESHOLD_DB = -95.0
 TX_ALT_M = 1.5
+SPLIT_DIR = Path("Separated_Dataset_JSON") / "train_test_splits"
+#: ``--powder-split`` shorthands: split name -> test file under ``SPLIT_DIR``.
+SPLITS = {"grid": Path("grid_split") / "grid_test.json", "random": Path("random_split") / "random_test.json"}
 #: Receiver positions farther than this from the fixed receivers' centroid are GPS errors (the campus is ~3 km).
 MAX_RX_RANGE_M = 5_000.0
+
+
+class SplitFileError(HeimdallError):
+    """A POWDER split file is missing or malformed; the message names the file."""
 
 
 def _json(path: Path) -> dict:
@@ -100,16 +114,62 @@ def load_rows(root: Path = POWDER_DIR) -> list[dict]:
     return rows
 
 
-def split_rows(rows: list[dict], kind: str = "grid", root: Path = POWDER_DIR) -> tuple[list[dict], list[dict]]:
-    """(fitting rows, test rows) for the ``grid`` or ``random`` split (module doc)."""
+def split_path(split: str | Path, root: Path = POWDER_DIR) -> Path:
+    """The test file of a split: a shorthand in ``SPLITS`` (``grid``, ``random``) under ``root``, else ``split`` as a path."""
+    if isinstance(split, str) and split in SPLITS:
+        return root / SPLIT_DIR / SPLITS[split]
+    return Path(split)
+
+
+def split_name(split: str | Path) -> str:
+    """Dataset name in ``heimdall evaluate``'s results: ``powder-grid`` for a shorthand, ``powder-<file stem>`` else."""
+    return f"powder-{split}" if isinstance(split, str) and split in SPLITS else f"powder-{Path(split).stem}"
+
+
+def read_split(path: Path) -> dict[str, dict]:
+    """A split file as ``{timestamp: sample}``; a missing or malformed file is a ``SplitFileError`` naming it."""
+    try:
+        data = json.loads(Path(path).read_text())  # the files hold -Infinity, which Python's json accepts
+    except OSError as exc:
+        raise SplitFileError(f"{path}: cannot read the POWDER split file: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SplitFileError(f"{path}: not a POWDER split file: not JSON ({exc})") from None
+    if not isinstance(data, dict) or not data:
+        raise SplitFileError(f"{path}: not a POWDER split file: expected a non-empty JSON object "
+                             f"{{timestamp: {{\"rx_data\": [...], \"tx_coords\": [...]}}}}, got {type(data).__name__}")
+    for timestamp, sample in data.items():
+        if not (isinstance(sample, dict) and isinstance(sample.get("rx_data"), list) and isinstance(sample.get("tx_coords"), list)):
+            raise SplitFileError(f"{path}: sample {timestamp!r}: expected {{\"rx_data\": [[rss, lat, lon, name], ...], "
+                                 f"\"tx_coords\": [[lat, lon]], ...}}")
+    return data
+
+
+def _row_from_split(timestamp: str, sample: dict, path: Path) -> dict:
+    """A test row from the split file itself (its timestamp is not in ``single_tx.csv``), shaped like ``load_rows``'."""
+    where = f"{path}: sample {timestamp!r}"
+    if len(sample["tx_coords"]) != 1:
+        raise SplitFileError(f"{where}: {len(sample['tx_coords'])} transmitters; only one-transmitter samples can be scored")
+    try:
+        tx = (float(sample["tx_coords"][0][0]), float(sample["tx_coords"][0][1]))
+        rx = {str(name): (float(rss) if math.isfinite(float(rss)) else NOT_HEARD, float(lat), float(lon))
+              for rss, lat, lon, name in sample["rx_data"]}
+    except (TypeError, ValueError, IndexError) as exc:
+        raise SplitFileError(f"{where}: expected tx_coords [[lat, lon]] and rx_data [[rss, lat, lon, name], ...] ({exc})") from None
+    return {"timestamp": timestamp, "tx": tx, "rx": rx}
+
+
+def split_rows(rows: list[dict], split: str | Path = "grid", root: Path = POWDER_DIR) -> tuple[list[dict], list[dict]]:
+    """(fitting rows, test rows) for a split shorthand or split file (module doc)."""
+    path = split_path(split, root)
+    test = read_split(path)
     base = root / "Separated_Dataset_JSON"
-    test_file = {"grid": "grid_split/grid_test.json", "random": "random_split/random_test.json"}[kind]
-    test = set(_json(base / "train_test_splits" / test_file))
     excluded = set(_json(base / "unused.json"))
     for name in ("indoor", "off_campus"):
         excluded |= set(_json(base / "train_test_splits" / "special_test_cases" / f"{name}.json"))
     fit = [r for r in rows if r["timestamp"] not in test and r["timestamp"] not in excluded]
-    return fit, [r for r in rows if r["timestamp"] in test]
+    known = {r["timestamp"] for r in rows}
+    only_in_split = [_row_from_split(t, sample, path) for t, sample in test.items() if t not in known]
+    return fit, [r for r in rows if r["timestamp"] in test] + only_in_split
 
 
 def origin_of(rows: list[dict]) -> Origin:
@@ -194,9 +254,12 @@ def sample_windows(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, samp
                    np.zeros(1, np.int32), heard_slots), [name for name, _ in chosen]
 
 
-def evaluate_powder(models: list, *, split: str = "grid", spec: FeatureSpec | None = None, limit: int | None = None,
+def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSpec | None = None, limit: int | None = None,
                     root: Path = POWDER_DIR, log=None) -> dict:
-    """``{method: scores}`` on the POWDER test split for each ONNX model, ``physics`` and ``centroid``."""
+    """``{method: scores}`` on a POWDER split (shorthand or file) for each ONNX model, ``physics`` and ``centroid``.
+
+    ``limit`` scores only the first ``limit`` test rows (quick checks); ``skipped`` counts within them.
+    """
     from models.train.evaluate import run_centroid, run_onnx, scores
 
     spec = spec or FeatureSpec()
@@ -205,8 +268,8 @@ def evaluate_powder(models: list, *, split: str = "grid", spec: FeatureSpec | No
     origin = origin_of(rows)
     fit = fit_offsets(fit_rows, origin)
     if log:
-        log(f"POWDER {split} split: fit on {len(fit_rows)} rows ({fit['links']} links): n = {fit['n']:.2f}, "
-            f"sigma = {fit['sigma_db']:.2f} dB; test rows {len(test_rows)}")
+        log(f"POWDER {split_path(split, root)}: fit on {len(fit_rows)} rows ({fit['links']} links): n = {fit['n']:.2f}, "
+            f"sigma = {fit['sigma_db']:.2f} dB; test rows {len(test_rows)}" + (f", scoring the first {limit}" if limit else ""))
     parts, names = [], []
     for i, row in enumerate(test_rows[:limit] if limit else test_rows):
         data, chosen = sample_windows(row, fit, origin, spec, i)

@@ -1,0 +1,33 @@
+"""``heimdall evaluate --test-split``: a missing or malformed split file is refused by name, before any scoring."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.train import evaluate
+from streamer.cli import main
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "cannot read the POWDER split file"),
+        ("{", "not a POWDER split file: not JSON"),
+        ("[1, 2]", "not a POWDER split file: expected a non-empty JSON object"),
+        ('{"2022-04-25 14:15:11": {"rx_data": 3}}', """sample '2022-04-25 14:15:11': expected {"rx_data": [[rss, lat, lon, name]"""),
+    ],
+)
+def test_a_missing_or_malformed_split_file_is_named_before_scoring(tmp_path, monkeypatch, capsys, content, message):
+    path = tmp_path / "my_split.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setattr(evaluate, "simulated_sets", lambda *a, **k: pytest.fail("scored before checking the split file"))
+    assert main(["evaluate", "--n", "0", "--n-random", "0", "--test-split", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"heimdall: error: {path}: ") and message in err, err
+
+
+def test_test_split_and_powder_split_are_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--powder-split", "grid", "--test-split", "x.json"])
+    assert "not allowed with argument" in capsys.readouterr().err
