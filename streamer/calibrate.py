@@ -354,7 +354,10 @@ def write_config(path: Path, text: str) -> None:
     from streamer.config import load
 
     tmp = path.with_name(f".{path.name}.calibrate.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the calibrated config: {exc.strerror}") from None
     try:
         load(tmp)
     except ConfigError:
