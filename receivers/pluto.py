@@ -244,7 +244,7 @@ class PlutoReceiver(ReceiverBase):
                 next_index += lost
                 flags |= Flags.OVERFLOW
             # raw 12-bit counts -> full scale 1.0 (see the module docstring)
-            samples = (raw * (1.0 / FULL_SCALE_COUNTS)).astype(np.complex64)
+            samples = np.multiply(raw, 1.0 / FULL_SCALE_COUNTS, out=np.empty(raw.shape, np.complex64), casting="same_kind")
             yield IQBlock(
                 receiver_id=self.receiver_id,
                 samples=samples,
