@@ -38,7 +38,8 @@ fields are functions of absolute time). Each adapter builds its own ``SimulatedW
 shared mutable state, so receivers can run in threads or processes alike.
 
 For training and evaluation, ``render_windows`` produces windows at any rate (e.g. the model's 24 kHz)
-through the same signal code, and ``SimulatedWorld.received_power_dbm`` gives the underlying power.
+through the same signal code (optionally through the daemon's channelizer), and
+``SimulatedWorld.received_power_dbm`` gives the underlying power.
 
 Examples
 --------
@@ -493,8 +494,9 @@ def render_windows(
     window_ids=None,
     receivers=None,
     add_noise: bool = True,
+    oversampling: int = 1,
 ) -> np.ndarray:
-    """IQ windows as the daemon would see them after a channelizer tuned to the target frequency.
+    """IQ windows as the daemon sees them after its channelizer tuned to the target frequency.
 
     For each window b the transmitter stands at ``tx_en_m[b]`` (east, north in m) keyed up at
     ``tx_power_dbm[b]`` (dBm) with audio drawn from (seed, window id); receiver r samples ``n_samples`` at
@@ -506,6 +508,14 @@ def render_windows(
     ``features.mel_frames_dbm(x, spec, world.calibration_db)`` gives dBm as the daemon reads them.
     ``receivers`` selects receiver indices (default all); ``window_ids`` (default 0..B-1) keys the audio
     and noise RNG streams, so the same id always gives the same window.
+
+    ``oversampling=1`` (the default; what the shipped model was trained on) samples at ``sample_rate_hz``
+    directly: a flat spectrum out to +-fs/2. With ``oversampling`` k > 1 each receiver is sampled at
+    k x ``sample_rate_hz``, tuned ``sample_rate_hz / 4`` below the target as a real tuner sits off the
+    carrier, and brought to ``sample_rate_hz`` by the daemon's own ``streamer.channelizer.Channelizer``:
+    the windows then carry its anti-alias roll-off near +-fs/2 as live data does (its filter scales with
+    the output rate, so the shape is the same for any decimation). The difference is measured by
+    ``tests/receivers/test_simulator.py``: about -0.3 dB in the two outermost mel bands, nothing elsewhere.
     """
     tx = np.atleast_2d(np.asarray(tx_en_m, dtype=np.float64))
     n_win = tx.shape[0]
@@ -513,7 +523,21 @@ def render_windows(
     starts = np.broadcast_to(np.asarray(start_ns, dtype=np.int64), (n_win,))
     ids = np.arange(n_win) if window_ids is None else np.asarray(window_ids, dtype=np.int64)
     rx_idx = list(range(len(world.receiver_ids))) if receivers is None else list(receivers)
-    noise_dbm = thermal_noise_dbm(sample_rate_hz, world.sim.noise_figure_db)
+    if oversampling < 1:
+        raise ValueError(f"oversampling: expected an integer >= 1, got {oversampling!r}")
+    in_rate_hz = oversampling * sample_rate_hz
+    centre_hz = world.target_freq_hz - (sample_rate_hz / 4 if oversampling > 1 else 0.0)
+    channelizer, lead, n_in = None, 0, n_samples
+    if oversampling > 1:
+        from streamer.channelizer import Channelizer
+
+        channelizer = Channelizer(in_rate_hz, centre_hz, world.target_freq_hz, sample_rate_hz)
+        # Outputs whose filter span reaches before the first input are transients (resample_poly pads with
+        # zeros): render `lead` outputs' worth before the window and enough after it to emit its last one.
+        half_len = (len(channelizer.taps) - 1) // 2
+        lead = -(-half_len // channelizer.down) + 1
+        n_in = (lead + n_samples) * channelizer.down // channelizer.up + half_len + channelizer.down
+    noise_dbm = thermal_noise_dbm(in_rate_hz, world.sim.noise_figure_db)
     out = np.empty((n_win, len(rx_idx), n_samples), dtype=np.complex64)
     for b in range(n_win):
         # Keyed well before the window (longer than any propagation delay) and until well after it.
@@ -522,11 +546,17 @@ def render_windows(
                                   world.sim.fm_deviation_hz, _rng(world.sim.seed, _WINDOW, int(ids[b])))
         for j, r in enumerate(rx_idx):
             ppm = world.clock_ppm[r] * 1e-6
-            t_rel = np.arange(n_samples) / (sample_rate_hz * (1.0 + ppm))
-            x = world.received_baseband(r, t0, t_rel, world.target_freq_hz * (1.0 + ppm), tx_en_m=tx[b], transmissions=[burst])
+            first_input = lead * oversampling  # input sample at t0, the window's first output
+            t_rel = (np.arange(n_in) - first_input) / (in_rate_hz * (1.0 + ppm))
+            x = world.received_baseband(r, t0, t_rel, centre_hz * (1.0 + ppm), tx_en_m=tx[b], transmissions=[burst])
             if add_noise:
-                x += receiver_noise(world, (_WINDOW_NOISE, int(ids[b]), r), n_samples, noise_dbm)
-            out[b, j] = x * _full_scale_per_sqrt_mw(world, r)
+                x += receiver_noise(world, (_WINDOW_NOISE, int(ids[b]), r), n_in, noise_dbm)
+            x = (x * _full_scale_per_sqrt_mw(world, r)).astype(np.complex64)
+            if channelizer is not None:
+                channelizer.reset()
+                block = IQBlock(world.receiver_ids[r], x, 0, t0, "host", in_rate_hz, centre_hz)
+                x = channelizer.process(block).samples[lead : lead + n_samples]
+            out[b, j] = x
     return out
 
 

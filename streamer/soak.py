@@ -164,6 +164,16 @@ def _sum_samples(registry, name: str, **labels: str) -> float:
     return total
 
 
+def _window_outcomes(registry) -> dict[str, float]:
+    """heimdall_windows_total by outcome (cumulative)."""
+    out: dict[str, float] = {}
+    for metric in registry.collect():
+        for s in metric.samples:
+            if s.name == "heimdall_windows_total":
+                out[s.labels["outcome"]] = out.get(s.labels["outcome"], 0.0) + s.value
+    return out
+
+
 def accounting_residuals(registry, receiver_ids: Sequence[str]) -> dict[str, float]:
     """received - used - buffered - dropped{stage=pipeline} per receiver, from the live registry."""
     return {
@@ -235,6 +245,9 @@ class Sample:
     hist_p99_ms: float  # from heimdall_processing_seconds buckets (what Prometheus would say)
     max_residual: float  # largest |accounting residual| right now (in-flight blocks: up to one step)
     queue_full: float
+    #: heimdall_windows_total by outcome, cumulative (so a dip in the rate says whether windows were not
+    #: heard by enough receivers, rejected by an estimator, or never formed because data was dropped)
+    windows: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -320,9 +333,12 @@ def _sample_loop(args, registry, reader: OutputReader, ids: Sequence[str], resul
             hist_p99_ms=quantile_from_buckets(delta, 0.99) * 1e3 if delta else math.nan,
             max_residual=max(abs(v) for v in residuals.values()),
             queue_full=_sum_samples(registry, "heimdall_samples_dropped_total", reason="queue_full"),
+            windows=_window_outcomes(registry),
         )
         result.samples.append(sample)
-        log.info("soak t=%.0f s rss=%.1f MB loc/s=%.2f p99=%.1f ms", sample.t_s, sample.rss_mb, sample.loc_per_s, sample.p99_ms)
+        not_localized = {k: int(v) for k, v in sample.windows.items() if k != "localized" and v}
+        log.info("soak t=%.0f s rss=%.1f MB loc/s=%.2f p99=%.1f ms queue_full=%d not localized=%s", sample.t_s,
+                 sample.rss_mb, sample.loc_per_s, sample.p99_ms, sample.queue_full, not_localized or 0)
         last_t, last_locs, last_buckets = now, locs, buckets
 
 
