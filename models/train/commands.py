@@ -36,6 +36,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store generated data here (same seed = same data)")
     parser.add_argument("--eval-n", type=int, default=1000, help="draws per scored set written into the metadata (0: skip)")
     parser.add_argument("--report", type=Path, default=None, help="also write the training report as JSON here")
+    parser.add_argument("--channelized", action="store_true",
+                        help="render windows at 2x the model rate through the daemon's channelizer, as live data "
+                             "arrives (the shipped model was trained without)")
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -165,13 +165,14 @@ def heard_mask(frames_dbm: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: FeatureSpec, *, outage_prob: float = 0.0,
                  min_heard: int = 3, max_receivers: int = MAX_RECEIVERS, shuffle_slots: bool = True,
-                 max_tries: int = 6, first_window_id: int = 0) -> Windows:
+                 max_tries: int = 6, first_window_id: int = 0, oversampling: int = 1) -> Windows:
     """Up to ``n`` windows of ``config``'s simulated world with the transmitter uniform over its search area.
 
     Transmit power is uniform in the simulator's ``[tx_power_min_dbm, tx_power_max_dbm]``. Returns fewer than
     ``n`` only if ``max_tries`` rounds of candidates do not give ``n`` draws heard by ``min_heard`` receivers.
     Rendered windows are numbered from ``first_window_id`` (it keys their audio and noise streams): calls on
-    the same world that must not share noise use disjoint ranges.
+    the same world that must not share noise use disjoint ranges. ``oversampling`` > 1 renders through the
+    daemon's channelizer (``receivers.simulator.render_windows``).
     """
     from receivers.simulator import SimulatedWorld, render_windows  # the simulator's fast path
 
@@ -200,7 +201,7 @@ def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: Feature
             rx_idx = np.flatnonzero(present[b])
             iq = render_windows(world, tx[b], power[b], UNIX_2026_NS + int(rng.integers(0, 10**15)),
                                 sample_rate_hz=spec.sample_rate_hz, n_samples=spec.n_samples,
-                                window_ids=[next_id], receivers=rx_idx)
+                                window_ids=[next_id], receivers=rx_idx, oversampling=oversampling)
             next_id += 1
             frames = feature_module.mel_frames_dbm(iq[0], spec, world.calibration_db[rx_idx])
             heard = heard_mask(frames, spec)
@@ -238,21 +239,21 @@ def _empty(max_receivers: int, spec: FeatureSpec) -> Windows:
 
 
 def _world_job(args) -> Windows:
-    seed, w, n, spec_dict, top_up = args
+    seed, w, n, spec_dict, top_up, oversampling = args
     spec = FeatureSpec(**{k: v for k, v in spec_dict.items() if k != "n_frames"})
     rng = np.random.default_rng(np.random.SeedSequence([seed, w] + ([top_up] if top_up else [])))
     config = random_network_config(rng, seed=int(rng.integers(1, 2**31)))
     outage = float(rng.uniform(0.0, 0.3)) if rng.random() < 0.6 else 0.0
-    data = draw_windows(config, n, rng, spec, outage_prob=outage)
+    data = draw_windows(config, n, rng, spec, outage_prob=outage, oversampling=oversampling)
     data.world[:] = w
     return data
 
 
 def generate(n_samples: int, *, seed: int, spec: FeatureSpec, windows_per_world: int = 64, workers: int = 1,
-             first_world: int = 0, progress=None) -> Windows:
+             first_world: int = 0, progress=None, oversampling: int = 1) -> Windows:
     """``n_samples`` draws from random networks (module doc); worlds ``first_world, first_world+1, ...`` of ``seed``."""
     n_worlds = max(1, math.ceil(n_samples / windows_per_world))
-    jobs = [(seed, first_world + w, windows_per_world, spec.as_dict(), 0) for w in range(n_worlds)]
+    jobs = [(seed, first_world + w, windows_per_world, spec.as_dict(), 0, oversampling) for w in range(n_worlds)]
     parts: list[Windows] = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -269,20 +270,23 @@ def generate(n_samples: int, *, seed: int, spec: FeatureSpec, windows_per_world:
     top_up = 0
     while len(data) < n_samples:  # some worlds gave fewer draws: top up from fresh worlds keyed (seed, w, k)
         top_up += 1
-        more = _world_job((seed, first_world + top_up % n_worlds, windows_per_world, spec.as_dict(), top_up))
+        more = _world_job((seed, first_world + top_up % n_worlds, windows_per_world, spec.as_dict(), top_up, oversampling))
         data = Windows.concat([data, more])
     return data.subset(slice(0, n_samples))
 
 
-def _spec_tag(spec: FeatureSpec) -> str:
+def _spec_tag(spec: FeatureSpec, oversampling: int = 1) -> str:
+    """Cache key of what besides the seed determines a window: the feature spec, and the rendering when it
+    goes through the channelizer (left out at 1, so caches made before that option stay valid)."""
     import hashlib
     import json
 
-    return hashlib.sha256(json.dumps(spec.as_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    key = spec.as_dict() if oversampling == 1 else {**spec.as_dict(), "render_oversampling": oversampling}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def generate_cached(n_samples: int, *, seed: int, spec: FeatureSpec, cache_dir=None, windows_per_world: int = 64,
-                    worlds_per_chunk: int = 16, workers: int = 1, progress=None) -> Windows:
+                    worlds_per_chunk: int = 16, workers: int = 1, progress=None, oversampling: int = 1) -> Windows:
     """``generate`` in chunks of ``worlds_per_chunk`` worlds, each saved under ``cache_dir`` (if given) and reused.
 
     A chunk's file name holds everything that determines it (seed, spec hash, worlds, windows per world), so
@@ -298,12 +302,12 @@ def generate_cached(n_samples: int, *, seed: int, spec: FeatureSpec, cache_dir=N
     while done < n_samples:
         path = None
         if cache_dir is not None:
-            path = Path(cache_dir) / f"sim-{seed}-{_spec_tag(spec)}-w{first_world}+{worlds_per_chunk}x{windows_per_world}.npz"
+            path = Path(cache_dir) / f"sim-{seed}-{_spec_tag(spec, oversampling)}-w{first_world}+{worlds_per_chunk}x{windows_per_world}.npz"
         if path is not None and path.is_file():
             part = Windows.load(path)
         else:
             part = generate(chunk, seed=seed, spec=spec, windows_per_world=windows_per_world, workers=workers,
-                            first_world=first_world)
+                            first_world=first_world, oversampling=oversampling)
             part.features_dbm = part.features_dbm.astype(np.float16)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)

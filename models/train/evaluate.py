@@ -75,20 +75,22 @@ def physics_config_for(config: Config) -> PhysicsConfig:
                          grid_step_km=max(area.width_m, area.height_m) / 1000.0 / 100.0, tx_alt_m=sim.tx_alt_m)
 
 
-def simulated_sets(n_default: int, n_random: int, spec: FeatureSpec,
-                   cache_dir=None) -> dict[str, tuple[Config, PhysicsConfig, Windows]]:
-    """The ``default`` and ``random-<k>`` datasets: world config, physics parameters for it, draws."""
+def simulated_sets(n_default: int, n_random: int, spec: FeatureSpec, cache_dir=None,
+                   oversampling: int = 1) -> dict[str, tuple[Config, PhysicsConfig, Windows]]:
+    """The ``default`` and ``random-<k>`` datasets: world config, physics parameters for it, draws
+    (rendered through the daemon's channelizer when ``oversampling`` > 1)."""
     sets = {}
-    tag = _spec_tag(spec)
+    tag = _spec_tag(spec, oversampling)
     default = load()
     if n_default:
         sets["default"] = (default, default.estimator.physics, _cached(cache_dir, f"eval-default-{EVAL_SEED}-{n_default}-{tag}", lambda: draw_windows(
-            default, n_default, np.random.default_rng(EVAL_SEED), spec, shuffle_slots=False, max_tries=20)))
+            default, n_default, np.random.default_rng(EVAL_SEED), spec, shuffle_slots=False, max_tries=20,
+            oversampling=oversampling)))
     for k, (n_rx, extent_km) in enumerate(RANDOM_NETWORKS if n_random else ()):
         rng = np.random.default_rng(np.random.SeedSequence([EVAL_SEED + 1 + k]))
         config = random_network_config(rng, n_rx=n_rx, extent_km=extent_km, seed=EVAL_SEED + 1 + k)
         sets[f"random-{k}"] = (config, physics_config_for(config), _cached(cache_dir, f"eval-random{k}-{EVAL_SEED}-{n_random}-{tag}", lambda: draw_windows(
-            config, n_random, rng, spec, shuffle_slots=False, max_tries=20)))
+            config, n_random, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling)))
     return sets
 
 
@@ -153,7 +155,7 @@ def run_centroid(data: Windows) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000, physics: bool = True,
              powder: bool = False, powder_split: str | Path = "grid", powder_max_samples: int | None = None,
-             cache_dir=None, spec: FeatureSpec | None = None, log=print) -> dict:
+             cache_dir=None, spec: FeatureSpec | None = None, oversampling: int = 1, log=print) -> dict:
     """``{dataset: {method: scores}}`` for every model, ``physics`` and ``centroid`` (module doc).
 
     ``powder_split`` is a shorthand (``grid``, ``random``) or a split file's path; ``powder_max_samples`` scores
@@ -165,7 +167,7 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
 
         read_split(split_path(powder_split))
     results: dict[str, dict] = {}
-    for name, (config, physics_cfg, data) in simulated_sets(n_default, n_random, spec, cache_dir).items():
+    for name, (config, physics_cfg, data) in simulated_sets(n_default, n_random, spec, cache_dir, oversampling).items():
         truth = data.tx_enu_km.astype(np.float64) * 1e3
         table = {}
         for path in models:
@@ -230,6 +232,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--powder-max-samples", type=_positive_int, default=None, metavar="N",
                         help="score only the first N POWDER test rows (quick checks)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store the generated draws here")
+    parser.add_argument("--channelized", action="store_true",
+                        help="render the simulated draws through the daemon's channelizer (as heimdall train --channelized)")
     parser.add_argument("--json", action="store_true", help="print {dataset: {method: scores}} as JSON")
     parser.add_argument("--from-json", type=Path, default=None, help="print the tables of a saved --json result (no scoring)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for MODEL_CARD.md)")
@@ -250,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda *a, **k: None) if args.json else print
     results = evaluate(models, n_default=args.n, n_random=args.n_random, physics=not args.no_physics,
                        powder=args.powder or args.test_split is not None, powder_split=args.test_split or args.powder_split or "grid",
-                       powder_max_samples=args.powder_max_samples, cache_dir=args.cache_dir, log=log)
+                       powder_max_samples=args.powder_max_samples, cache_dir=args.cache_dir,
+                       oversampling=2 if args.channelized else 1, log=log)
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
     return 0

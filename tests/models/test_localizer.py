@@ -70,6 +70,27 @@ def test_dataset_features_come_from_streamer_features(monkeypatch):
     assert np.all(data.features_dbm[~present] == 0.0)
 
 
+def test_channelized_training_windows_go_through_the_daemons_channelizer(monkeypatch):
+    """``heimdall train --channelized`` (oversampling=2): every rendered receiver window passes through
+    streamer.channelizer.Channelizer, from twice the model rate down to it."""
+    import streamer.channelizer
+
+    calls = []
+    real = streamer.channelizer.Channelizer.process
+
+    def spy(self, block):
+        calls.append((block.sample_rate, self.out_rate_hz))
+        return real(self, block)
+
+    monkeypatch.setattr(streamer.channelizer.Channelizer, "process", spy)
+    cfg = dataset.random_network_config(np.random.default_rng(5), n_rx=4, extent_km=10.0, seed=5)
+    data = dataset.draw_windows(cfg, 2, np.random.default_rng(1), SPEC, min_heard=0, oversampling=2)
+    assert len(data) == 2
+    assert calls and set(calls) == {(2 * SPEC.sample_rate_hz, SPEC.sample_rate_hz)}
+    assert len(calls) == int(data.rx_mask.sum())  # one per present receiver window, none skipped
+    assert dataset._spec_tag(SPEC, 2) != dataset._spec_tag(SPEC)  # cached apart from unchannelized data
+
+
 def test_dataset_is_seeded_and_padded():
     a = dataset.generate(3, seed=11, spec=SPEC, windows_per_world=3)
     b = dataset.generate(3, seed=11, spec=SPEC, windows_per_world=3)
