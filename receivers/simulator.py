@@ -434,9 +434,12 @@ class SimulatedWorld:
         t_rel_s = np.asarray(t_rel_s, dtype=np.float64)
         if tx_en_m is None and t_rel_s.size > 1:
             # The geometry changes slowly: evaluate it every GEOMETRY_STEP_S and interpolate distance and
-            # gain, which costs a fraction of evaluating the track and shadowing field per sample.
-            n_geo = int(math.ceil((t_rel_s[-1] - t_rel_s[0]) / GEOMETRY_STEP_S)) + 1
-            t_geo = t_rel_s[0] + np.arange(n_geo + 1) * GEOMETRY_STEP_S
+            # gain, which costs a fraction of evaluating the track and shadowing field per sample. The knots
+            # sit on multiples of the step after ref_ns, so a sample gets the same value whatever block
+            # it is read in (the stream does not depend on the block size).
+            first = math.floor(t_rel_s[0] / GEOMETRY_STEP_S)
+            last = math.ceil(t_rel_s[-1] / GEOMETRY_STEP_S)
+            t_geo = np.arange(first, last + 1) * GEOMETRY_STEP_S
             dist_geo, gain_geo = self._path(r, self._interpolated_positions(ref_ns, t_geo))
             dist = np.interp(t_rel_s, t_geo, dist_geo)
             gain_db = np.interp(t_rel_s, t_geo, gain_geo)
