@@ -101,6 +101,7 @@ _E_PDF_SQ = 1.0 / (2.0 * math.pi * math.sqrt(3.0))
 #: Shortest key-down between two transmissions where keying chunks meet (ns).
 _MIN_KEY_DOWN_NS = 50_000_000
 
+
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
@@ -471,7 +472,6 @@ class SimulatedWorld:
             out[on] += amp * np.exp(1j * (2.0 * math.pi * carrier_cycles[on] + tx.phase_rad(tau_on)))
         return out
 
-
     def _path(self, r: int, pos_en_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Distance (m) and gain (dB: shadowing minus median path loss) from positions ``[N, 2]`` to receiver ``r``."""
         dist = slant_distance_m(pos_en_m, self.sim.tx_alt_m, self.rx_enu_m[r : r + 1], self.rx_alt_m[r : r + 1])[:, 0]
@@ -540,6 +540,7 @@ def render_windows(
         half_len = (len(channelizer.taps) - 1) // 2
         lead = -(-half_len // channelizer.down) + 1
         n_in = (lead + n_samples) * channelizer.down // channelizer.up + half_len + channelizer.down
+    first_input = lead * channelizer.down // channelizer.up if channelizer else 0  # input sample at t0
     noise_dbm = thermal_noise_dbm(in_rate_hz, world.sim.noise_figure_db)
     out = np.empty((n_win, len(rx_idx), n_samples), dtype=np.complex64)
     for b in range(n_win):
@@ -549,7 +550,6 @@ def render_windows(
                                   world.sim.fm_deviation_hz, _rng(world.sim.seed, _WINDOW, int(ids[b])))
         for j, r in enumerate(rx_idx):
             ppm = world.clock_ppm[r] * 1e-6
-            first_input = lead * oversampling  # input sample at t0, the window's first output
             t_rel = (np.arange(n_in) - first_input) / (in_rate_hz * (1.0 + ppm))
             x = world.received_baseband(r, t0, t_rel, centre_hz * (1.0 + ppm), tx_en_m=tx[b], transmissions=[burst])
             if add_noise:

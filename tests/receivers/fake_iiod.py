@@ -281,7 +281,7 @@ class FakeIiod:
         rate = float(self.attrs[(ADC, "input", "voltage0", "sampling_frequency")])
         period = self._tone_period(rate)
         if period is None:
-            return _interleaved_i16(self._tone_samples(rate, np.arange(start, start + n, dtype=np.float64)))
+            return _interleaved_i16(self.tone(start, n))
         # A periodic tone: slice the bytes out of a precomputed run, so serving costs no arithmetic.
         run = self._wire_run(rate, period, n)
         offset = 4 * (start % period)
