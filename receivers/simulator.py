@@ -526,7 +526,7 @@ def render_windows(
     starts = np.broadcast_to(np.asarray(start_ns, dtype=np.int64), (n_win,))
     ids = np.arange(n_win) if window_ids is None else np.asarray(window_ids, dtype=np.int64)
     rx_idx = list(range(len(world.receiver_ids))) if receivers is None else list(receivers)
-    if oversampling < 1:
+    if isinstance(oversampling, bool) or not isinstance(oversampling, (int, np.integer)) or oversampling < 1:
         raise ValueError(f"oversampling: expected an integer >= 1, got {oversampling!r}")
     in_rate_hz = oversampling * sample_rate_hz
     centre_hz = world.target_freq_hz - (sample_rate_hz / 4 if oversampling > 1 else 0.0)

@@ -266,11 +266,15 @@ class SoakResult:
         lines = [
             f"heimdall soak: {a['receivers']} receivers x {a['rate']:g} S/s, {a['minutes']:g} min "
             f"(warm-up {a['warmup_minutes']:g} min), sample every {a['interval_s']:g} s",
-            f"{'t_s':>7} {'rss_MB':>8} {'locs':>6} {'loc/s':>6} {'p99_ms':>7} {'hist_p99':>8} {'resid':>7} {'q_full':>7}",
+            f"{'t_s':>7} {'rss_MB':>8} {'locs':>6} {'loc/s':>6} {'p99_ms':>7} {'hist_p99':>8} {'resid':>7} {'q_full':>7}"
+            "  not localized (this interval)",
         ]
+        previous: dict = {}
         for s in self.samples:
+            missed = {k: int(v - previous.get(k, 0)) for k, v in s.windows.items() if k != "localized" and v > previous.get(k, 0)}
+            previous = s.windows
             lines.append(f"{s.t_s:7.0f} {s.rss_mb:8.1f} {s.localizations:6d} {s.loc_per_s:6.2f} {s.p99_ms:7.1f} "
-                         f"{s.hist_p99_ms:8.1f} {s.max_residual:7.0f} {s.queue_full:7.0f}")  # fmt: skip
+                         f"{s.hist_p99_ms:8.1f} {s.max_residual:7.0f} {s.queue_full:7.0f}  {missed or ''}")  # fmt: skip
         for name, (ok, detail) in self.checks.items():
             lines.append(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
         lines.append("soak: " + ("passed" if self.ok else "FAILED"))

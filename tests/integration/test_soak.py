@@ -25,8 +25,10 @@ def test_soak_keeps_memory_accounting_rate_and_latency_steady(tmp_path):
     # Its own process, as an operator runs it: the test process carries every earlier test's state.
     command = [sys.executable, "-m", "streamer", "soak", "--minutes", str(SOAK_MINUTES), "--report", str(report)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=SOAK_MINUTES * 60 + 300)
-    print(proc.stdout[-6000:])
+    print(proc.stdout[-8000:])
     rc = proc.returncode
+    if rc != 0:  # the daemon's and the soak's log lines (queue drops, window outcomes, errors) say why
+        print(proc.stderr[-12000:], file=sys.stderr)
     result = json.loads(report.read_text())
     failed = {k: v["detail"] for k, v in result["checks"].items() if not v["ok"]}
     assert rc == 0 and result["ok"], f"soak checks failed: {failed}"

@@ -357,3 +357,11 @@ def test_render_windows_through_the_daemons_channelizer_carry_its_roll_off():
     finally:
         streamer.channelizer.Channelizer.process = real
     assert calls == [(2 * SPEC.sample_rate_hz, SPEC.sample_rate_hz)] * len(NETWORK)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_render_windows_refuses_an_oversampling_that_is_not_a_whole_number_from_one(bad):
+    world = SimulatedWorld(network_config(seed=4))
+    with pytest.raises(ValueError, match="oversampling: expected an integer >= 1"):
+        render_windows(world, [[0.0, 0.0]], [40.0], [T_REF_NS], sample_rate_hz=SPEC.sample_rate_hz,
+                       n_samples=SPEC.n_samples, oversampling=bad)
