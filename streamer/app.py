@@ -24,9 +24,12 @@ from streamer.estimators import build_estimators
 from streamer.metrics import AdapterCounters, Metrics
 from streamer.pipeline import Pipeline
 from streamer.publish import ZmqPublisher
-from streamer.runner import BlockQueue, ReceiverRunner
+from streamer.runner import BlockQueue, ReceiverRunner, coalesce_blocks
 
 log = logging.getLogger(__name__)
+
+#: Most queued blocks taken in one go by ``Daemon.step`` (then coalesced per receiver).
+STEP_MAX_BLOCKS = 256
 
 
 class _DaemonCounters(AdapterCounters):
@@ -101,7 +104,8 @@ class Daemon:
             truth_source=_truth_source(config) if config.output.publish_truth else None,
             queued_samples=self._queued_samples,
         )
-        self.queue = BlockQueue(config.pipeline.queue_blocks, on_full=self._on_queue_full)
+        self.queue = BlockQueue(config.pipeline.queue_blocks, on_full=self._on_queue_full,
+                                max_bytes=max(1, int(config.pipeline.queue_mb * 2**20)))
         self._counters = _DaemonCounters(self.metrics)
         self._stop = threading.Event()
         self.reload_requested = threading.Event()
@@ -180,16 +184,19 @@ class Daemon:
         """Move queued blocks into the pipeline and emit what is ready."""
         deadline = time.monotonic() + timeout_s
         while True:
-            block = self.queue.get(max(0.0, deadline - time.monotonic()))
-            if block is None:
+            # Everything queued at once: a receiver's consecutive blocks are pushed as one (coalesce_blocks).
+            blocks = self.queue.get_many(max(0.0, deadline - time.monotonic()), STEP_MAX_BLOCKS)
+            if not blocks:
                 break
             with self._queued_lock:
-                self._queued[block.receiver_id] -= len(block.samples)
-            try:
-                self.pipeline.push(block)
-            except Exception:  # a bug must cost one block, never the daemon
-                log.exception("receiver %s: block dropped by an internal error", block.receiver_id)
-                self.metrics.bad_frames.labels(block.receiver_id, "internal_error").inc()
+                for block in blocks:
+                    self._queued[block.receiver_id] -= len(block.samples)
+            for block in coalesce_blocks(blocks):
+                try:
+                    self.pipeline.push(block)
+                except Exception:  # a bug must cost one block, never the daemon
+                    log.exception("receiver %s: block dropped by an internal error", block.receiver_id)
+                    self.metrics.bad_frames.labels(block.receiver_id, "internal_error").inc()
             if time.monotonic() >= deadline:
                 break
         try:

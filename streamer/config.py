@@ -58,7 +58,8 @@ class PipelineConfig:
     clock_jump_tolerance_s: float = field(
         default=0.05, metadata=_doc("timestamp disagreement with the sample count that counts as a clock jump (s)")
     )
-    queue_blocks: int = field(default=512, metadata=_doc("blocks queued between adapters and the pipeline"))
+    queue_blocks: int = field(default=4096, metadata=_doc("most blocks queued between adapters and the pipeline"))
+    queue_mb: float = field(default=256.0, metadata=_doc("most sample data queued between adapters and the pipeline (MiB)"))
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,7 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(p.min_receivers >= 1, "pipeline.min_receivers", ">= 1", p.min_receivers)
     need(p.late_tolerance_s >= 0, "pipeline.late_tolerance_s", ">= 0", p.late_tolerance_s)
     need(p.queue_blocks >= 1, "pipeline.queue_blocks", ">= 1", p.queue_blocks)
+    need(p.queue_mb > 0, "pipeline.queue_mb", "> 0", p.queue_mb)
     need(cfg.estimator.kind in ("physics", "onnx"), "estimator.kind", "'physics' or 'onnx'", cfg.estimator.kind)
     need(0 <= cfg.metrics.port < 65536, "metrics.port", "0..65535", cfg.metrics.port)
     need(cfg.output.archive.max_bytes > 0, "output.archive.max_bytes", "> 0", cfg.output.archive.max_bytes)

@@ -12,8 +12,12 @@ Checks (after ``--warmup-minutes``):
   measured period (medians of three samples each);
 - exact sample accounting: with the sources stopped and the queue drained, for every receiver
   ``received == used + buffered + dropped{stage="pipeline"}``;
-- steady localization rate: overall at least 90 % of one per window, and no interval under 70 %;
-  the subscriber sees no gap in ``seq``;
+- steady localization rate, counted by the time of the signal each localization is about (its window's
+  ``t_start_ns``), in ``--interval-s`` slices: overall at least 90 % of one per window, no slice under 70 %,
+  and no gap in ``seq`` at the subscriber. A window localized late still counts for its own slice: a stall
+  that delays localizations without losing any is the latency check's business (the arrival rate per
+  interval and the worst end-to-end age are reported beside it), while a window that is lost (dropped
+  data, too few receivers) leaves a hole in its slice;
 - steady latency: p99 of the processing latency in the second half of the measured period at most
   1.5 x the first half's + 5 ms.
 
@@ -35,6 +39,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -62,6 +67,8 @@ RATE_FLOOR_INTERVAL = 0.70
 P99_GROWTH_FACTOR = 1.5
 P99_SLACK_S = 0.005
 DRAIN_TIMEOUT_S = 20.0
+#: Slices of signal ending later than this before the last sample are not judged (their windows may be in flight).
+SLICE_MARGIN_S = 2.0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -196,6 +203,8 @@ class OutputReader:
         self._sock.connect(endpoint)
         self._lock = threading.Lock()
         self._latencies_s: list[float] = []
+        self.window_starts_ns: list[int] = []
+        self._ages_s: list[float] = []
         self.received = 0
         self.seq_gaps = 0
         self._last_seq: int | None = None
@@ -215,10 +224,18 @@ class OutputReader:
                     self.seq_gaps += 1
                 self._last_seq = msg["seq"]
                 self._latencies_s.append(msg["latency_ms"]["processing"] / 1e3)
+                self.window_starts_ns.append(int(msg["t_start_ns"]))
+                self._ages_s.append(msg["latency_ms"]["age"] / 1e3)
 
-    def take_latencies(self) -> list[float]:
+    def window_starts(self) -> list[int]:
         with self._lock:
-            out, self._latencies_s = self._latencies_s, []
+            return list(self.window_starts_ns)
+
+    def take_latencies(self) -> tuple[list[float], list[float]]:
+        """Processing latencies and end-to-end ages (s) of the localizations since the last call."""
+        with self._lock:
+            out = self._latencies_s, self._ages_s
+            self._latencies_s, self._ages_s = [], []
         return out
 
     def close(self) -> None:
@@ -226,6 +243,15 @@ class OutputReader:
         self._thread.join(5)
         self._sock.close()
         self._ctx.term()
+
+
+def localizations_per_slice(window_starts_ns: Sequence[int], start_unix_ns: int, interval_s: float,
+                            first_slice: int, end_slice: int) -> dict[int, int]:
+    """Localizations per ``interval_s`` slice of signal time (by window start), slices ``first_slice..end_slice-1``
+    counted from ``start_unix_ns``; a slice nothing was localized in is there with 0."""
+    slice_ns = int(round(interval_s * 1e9))
+    counts = collections.Counter((int(t) - start_unix_ns) // slice_ns for t in window_starts_ns)
+    return {k: counts.get(k, 0) for k in range(first_slice, end_slice)}
 
 
 def exact_quantile(values: Sequence[float], q: float) -> float:
@@ -245,6 +271,7 @@ class Sample:
     hist_p99_ms: float  # from heimdall_processing_seconds buckets (what Prometheus would say)
     max_residual: float  # largest |accounting residual| right now (in-flight blocks: up to one step)
     queue_full: float
+    max_age_s: float  # worst end-to-end age (window end -> published) of this interval's localizations
     #: heimdall_windows_total by outcome, cumulative (so a dip in the rate says whether windows were not
     #: heard by enough receivers, rejected by an estimator, or never formed because data was dropped)
     windows: dict = field(default_factory=dict)
@@ -256,6 +283,9 @@ class SoakResult:
     samples: list[Sample] = field(default_factory=list)
     checks: dict[str, tuple[bool, str]] = field(default_factory=dict)
     final_residuals: dict[str, float] = field(default_factory=dict)
+    start_unix_ns: int = 0  # wall clock when sampling began: slices of signal time count from here
+    #: localizations per slice of signal time (index = slice since start_unix_ns), filled by the judge
+    slices: dict[int, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -266,7 +296,7 @@ class SoakResult:
         lines = [
             f"heimdall soak: {a['receivers']} receivers x {a['rate']:g} S/s, {a['minutes']:g} min "
             f"(warm-up {a['warmup_minutes']:g} min), sample every {a['interval_s']:g} s",
-            f"{'t_s':>7} {'rss_MB':>8} {'locs':>6} {'loc/s':>6} {'p99_ms':>7} {'hist_p99':>8} {'resid':>7} {'q_full':>7}"
+            f"{'t_s':>7} {'rss_MB':>8} {'locs':>6} {'loc/s':>6} {'p99_ms':>7} {'hist_p99':>8} {'resid':>7} {'q_full':>7} {'age_s':>6}"
             "  not localized (this interval)",
         ]
         previous: dict = {}
@@ -274,7 +304,7 @@ class SoakResult:
             missed = {k: int(v - previous.get(k, 0)) for k, v in s.windows.items() if k != "localized" and v > previous.get(k, 0)}
             previous = s.windows
             lines.append(f"{s.t_s:7.0f} {s.rss_mb:8.1f} {s.localizations:6d} {s.loc_per_s:6.2f} {s.p99_ms:7.1f} "
-                         f"{s.hist_p99_ms:8.1f} {s.max_residual:7.0f} {s.queue_full:7.0f}  {missed or ''}")  # fmt: skip
+                         f"{s.hist_p99_ms:8.1f} {s.max_residual:7.0f} {s.queue_full:7.0f} {s.max_age_s:6.2f}  {missed or ''}")  # fmt: skip
         for name, (ok, detail) in self.checks.items():
             lines.append(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
         lines.append("soak: " + ("passed" if self.ok else "FAILED"))
@@ -283,7 +313,7 @@ class SoakResult:
     def to_json(self) -> str:
         return json.dumps({"args": self.args, "samples": [dataclasses.asdict(s) for s in self.samples],
                            "checks": {k: {"ok": ok, "detail": d} for k, (ok, d) in self.checks.items()},
-                           "final_residuals": self.final_residuals, "ok": self.ok}, indent=2)  # fmt: skip
+                           "final_residuals": self.final_residuals, "slices": self.slices, "ok": self.ok}, indent=2)  # fmt: skip
 
 
 # Running ---------------------------------------------------------------------------------------------
@@ -317,6 +347,7 @@ def run_soak(args: argparse.Namespace) -> SoakResult:
 
 def _sample_loop(args, registry, reader: OutputReader, ids: Sequence[str], result: SoakResult) -> None:
     start = time.monotonic()
+    result.start_unix_ns = time.time_ns()
     deadline = start + args.minutes * 60.0
     ticker = threading.Event()  # only ever waited on: the sampling period
     last_t, last_locs = start, reader.received
@@ -328,15 +359,17 @@ def _sample_loop(args, registry, reader: OutputReader, ids: Sequence[str], resul
         buckets = _histogram_buckets(registry, "heimdall_processing_seconds")
         delta = [(le, c - c0) for (le, c), (_, c0) in zip(buckets, last_buckets)] if last_buckets else buckets
         residuals = accounting_residuals(registry, ids)
+        latencies, ages = reader.take_latencies()
         sample = Sample(
             t_s=now - start,
             rss_mb=rss_bytes() / 2**20,
             localizations=locs - last_locs,
             loc_per_s=(locs - last_locs) / max(now - last_t, 1e-9),
-            p99_ms=exact_quantile(reader.take_latencies(), 0.99) * 1e3,
+            p99_ms=exact_quantile(latencies, 0.99) * 1e3,
             hist_p99_ms=quantile_from_buckets(delta, 0.99) * 1e3 if delta else math.nan,
             max_residual=max(abs(v) for v in residuals.values()),
             queue_full=_sum_samples(registry, "heimdall_samples_dropped_total", reason="queue_full"),
+            max_age_s=max(ages, default=math.nan),
             windows=_window_outcomes(registry),
         )
         result.samples.append(sample)
@@ -374,12 +407,21 @@ def _judge(args, cfg: Config, result: SoakResult, reader: OutputReader) -> dict[
     bad = {rid: v for rid, v in result.final_residuals.items() if v != 0}
     checks["accounting"] = (not bad, "exact for every receiver after draining" if not bad else f"residuals {bad}")
     expected = 1.0 / cfg.features.window_s
-    span = measured[-1].t_s - measured[0].t_s + args.interval_s
-    overall = sum(s.localizations for s in measured) / span
-    low = min(s.loc_per_s for s in measured)
-    rate_ok = overall >= RATE_FLOOR_OVERALL * expected and low >= RATE_FLOOR_INTERVAL * expected and reader.seq_gaps == 0
-    checks["localization rate"] = (rate_ok, f"{overall:.2f}/s overall, lowest interval {low:.2f}/s (window rate {expected:.2f}/s), "
-                                            f"{reader.seq_gaps} seq gaps")  # fmt: skip
+    first_slice = math.ceil(args.warmup_minutes * 60.0 / args.interval_s)
+    end_slice = math.floor((result.samples[-1].t_s - SLICE_MARGIN_S) / args.interval_s)  # their windows are all out
+    result.slices = localizations_per_slice(reader.window_starts(), result.start_unix_ns, args.interval_s, first_slice, end_slice)
+    if not result.slices:
+        checks["localization rate"] = (False, "no whole slice of signal after the warm-up (run longer)")
+    else:
+        per_s = [n / args.interval_s for n in result.slices.values()]
+        overall = sum(per_s) / len(per_s)
+        low = min(per_s)
+        low_arrival = min(s.loc_per_s for s in measured)
+        worst_age = max((s.max_age_s for s in measured if not math.isnan(s.max_age_s)), default=math.nan)
+        rate_ok = overall >= RATE_FLOOR_OVERALL * expected and low >= RATE_FLOOR_INTERVAL * expected and reader.seq_gaps == 0
+        checks["localization rate"] = (rate_ok, f"{overall:.2f}/s overall, lowest {args.interval_s:g} s of signal {low:.2f}/s "
+                                                f"(window rate {expected:.2f}/s), {reader.seq_gaps} seq gaps; by arrival: lowest "
+                                                f"interval {low_arrival:.2f}/s, worst end-to-end age {worst_age:.2f} s")  # fmt: skip
     half = len(measured) // 2
     first = statistics.median(s.p99_ms for s in measured[:half])
     second = statistics.median(s.p99_ms for s in measured[half:])

@@ -53,6 +53,15 @@ def test_p99_from_histogram_buckets_interpolates_like_prometheus():
     assert soak.quantile_from_buckets([(0.01, 0), (float("inf"), 0)], 0.99) != soak.quantile_from_buckets(buckets, 0.99)
 
 
+def test_the_rate_is_counted_by_the_signal_time_a_localization_is_about_not_when_it_arrived():
+    start = 1_700_000_000 * 10**9
+    half_s = 5 * 10**8
+    # Windows every 0.5 s for 20 s; the window at 7.5 s is lost; slice 3 (15-20 s) holds 10.
+    starts = [start + k * half_s for k in range(40) if k != 15]
+    slices = soak.localizations_per_slice(starts[::-1], start, 5.0, 1, 5)  # arrival order does not matter
+    assert slices == {1: 9, 2: 10, 3: 10, 4: 0}  # slice 4 (20-25 s) had no signal localized: a hole, not absent
+
+
 def test_a_run_too_short_to_judge_fails_instead_of_passing(tmp_path):
     args = soak.parse_args(["--minutes", "0.05", "--receivers", "3", "--interval-s", "1"])
     result = soak.run_soak(args)
