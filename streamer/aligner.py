@@ -6,7 +6,8 @@ newest data of most receivers (the upper median over receivers, so that one rece
 ahead cannot hurry the others) is ``late_tolerance`` past its end: receivers that do not cover it then are
 masked, with a reason:
 
-- ``offline``: no block arrived for ``offline_after_s`` (host time);
+- ``offline``: no block arrived for ``offline_after_s`` (host time, not counting time the daemon itself
+  was not running: see ``STALL_S``);
 - ``gap``: its data starts inside the window (it came back, or its stream restarted after a gap);
 - ``late``: its data has not reached the window's end yet.
 
@@ -35,6 +36,12 @@ class Window:
     mask_reasons: dict[str, str]
 
 
+#: Polls come every few tens of ms while the daemon runs. A longer gap between two polls means the daemon
+#: itself was not running (the process suspended, the host starved): that time is not counted as the
+#: receivers' silence, or on resuming every receiver would look offline before its queued blocks arrive.
+STALL_S = 0.5
+
+
 class WindowAligner:
     """Decides when a window is complete and cuts it from the lanes."""
 
@@ -54,17 +61,31 @@ class WindowAligner:
         self.offline_after_ns = int(round(offline_after_s * 1e9))
         self.next_t_ns: int | None = None
         self.last_arrival_ns: dict[str, int] = {}
+        self.stalled_ns = 0  # total time between polls further apart than STALL_S
+        self._stalled_at_arrival: dict[str, int] = {}
+        self._last_poll_ns: int | None = None
 
     def mark_arrival(self, receiver_id: str, host_ns: int) -> None:
         """Record host time of a receiver's latest block (liveness)."""
         self.last_arrival_ns[receiver_id] = host_ns
+        self._stalled_at_arrival[receiver_id] = self.stalled_ns
+
+    def silence_ns(self, receiver_id: str, host_ns: int) -> int | None:
+        """Host time since the receiver's latest block, less the daemon's own stalls since then (None: never heard)."""
+        last = self.last_arrival_ns.get(receiver_id)
+        if last is None:
+            return None
+        return host_ns - last - (self.stalled_ns - self._stalled_at_arrival[receiver_id])
 
     def is_live(self, receiver_id: str, host_ns: int) -> bool:
-        last = self.last_arrival_ns.get(receiver_id)
-        return last is not None and host_ns - last <= self.offline_after_ns
+        silence = self.silence_ns(receiver_id, host_ns)
+        return silence is not None and silence <= self.offline_after_ns
 
     def poll(self, host_ns: int) -> list[Window]:
         """Every window that is complete (or overdue) now."""
+        if self._last_poll_ns is not None and host_ns - self._last_poll_ns > STALL_S * 1e9:
+            self.stalled_ns += host_ns - self._last_poll_ns
+        self._last_poll_ns = host_ns
         windows = []
         while True:
             spans = {lane.receiver_id: lane.span_ns() for lane in self.lanes}

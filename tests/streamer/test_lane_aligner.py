@@ -150,6 +150,35 @@ def test_offline_receiver_is_masked_then_resumes_within_two_windows():
         assert_accounting(lane)
 
 
+def test_a_stall_of_the_daemon_itself_does_not_make_every_receiver_look_offline():
+    """The process was suspended for 4 s (offline_after 3 s): on resuming, the first poll comes before the
+    adapters' queued blocks. The receivers must not be masked offline for that; a receiver that stays
+    silent while the daemon runs still is, after offline_after of running time."""
+    rec = Recorder()
+    lanes = {r: rec.lane(r) for r in ("a", "b", "c")}
+    aligner = make_aligner(list(lanes.values()), offline_after_s=3.0)
+    block_n = 12_000
+    windows = []
+    host = T0_NS
+    for k in range(200):
+        host = T0_NS + k * 50_000_000 + (4 * 10**9 if k >= 40 else 0)  # suspended between blocks 39 and 40
+        if k == 40:
+            windows += aligner.poll(host)  # resumed: polled before any block arrived
+            assert aligner.is_live("a", host) and aligner.stalled_ns == 4 * 10**9 + 50_000_000
+        for rid, lane in lanes.items():
+            if rid == "c" and k >= 100:  # c stops for good at block 100, the daemon running on
+                continue
+            feed(lane, aligner, [tone_block(rid, k * block_n, block_n)], host)
+        windows += aligner.poll(host)
+    # (the window ending where c stopped lacks the filter delay's last samples of c: masked, rightly)
+    before_c_stopped = [w for w in windows if w.t_end_ns < T0_NS + 100 * 50_000_000]
+    assert len(before_c_stopped) >= 8 and all(w.present.all() and not w.mask_reasons for w in before_c_stopped)
+    assert not aligner.is_live("c", host) and aligner.silence_ns("c", host) == 100 * 50_000_000
+    assert "offline" in [w.mask_reasons.get("c") for w in windows]
+    for lane in lanes.values():
+        assert_accounting(lane)
+
+
 def test_late_samples_after_their_window_went_out_are_dropped_as_late():
     rec = Recorder()
     lanes = {r: rec.lane(r) for r in ("fast", "slow")}
