@@ -236,6 +236,8 @@ def coalesce_blocks(blocks: Sequence[IQBlock], max_samples: int = COALESCE_MAX_S
 
 def _continues(run: list[IQBlock], block: IQBlock, max_samples: int) -> bool:
     first, last = run[0], run[-1]
+    if not (isinstance(first.samples, np.ndarray) and isinstance(block.samples, np.ndarray)):
+        return False  # malformed: the lane counts it, alone
     if block.flags or block.sample_index != last.end_index or not len(block.samples):
         return False
     if (block.sample_rate, block.center_freq, block.time_source, block.gain_db) != (

@@ -102,6 +102,7 @@ def test_blocks_that_do_not_continue_one_another_are_not_joined():
         "dtype": dataclasses.replace(tone_block("x", 100, 100), samples=tone_block("x", 100, 100).samples.astype(np.complex128)),
         "nan": dataclasses.replace(tone_block("x", 100, 100), samples=np.full(100, np.nan, dtype=np.complex64)),
         "empty": tone_block("x", 100, 0),
+        "not an array": dataclasses.replace(tone_block("x", 100, 100), samples=[0j] * 100),
     }
     for name, b in cases.items():
         assert len(coalesce_blocks([a, b])) == 2, name
