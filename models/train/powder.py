@@ -51,6 +51,7 @@ import csv
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,8 @@ from streamer.config import PhysicsConfig, from_dict
 from streamer.errors import HeimdallError
 from streamer.features import FeatureSpec
 from streamer.geodesy import Origin, geodetic_to_enu_m, search_area
-from streamer.physics import PhysicsEstimator, channel_power, log_distance_path_loss_db, slant_distance_m
+from streamer.physics import (PhysicsEstimator, channel_power, correlated_error_cov, log_distance_path_loss_db,
+                             slant_distance_m)
 
 #: The project keeps its external data in ``shared/`` beside the repository checkout (as CI lays it out).
 DEFAULT_POWDER_DIR = Path(__file__).resolve().parents[3] / "shared" / "localization-data" / "powder-rss-462mhz"
@@ -78,6 +80,12 @@ SPLIT_DIR = Path("Separated_Dataset_JSON") / "train_test_splits"
 SPLITS = {"grid": Path("grid_split") / "grid_test.json", "random": Path("random_split") / "random_test.json"}
 #: Receiver positions farther than this from the fixed receivers' centroid are GPS errors (the campus is ~3 km).
 MAX_RX_RANGE_M = 5_000.0
+#: A receiver's own residual sigma is used (``PhysicsOptions.per_receiver_sigma``) only with this many fitted links.
+MIN_LINKS_RX_SIGMA = 30
+#: Receiver-separation bins (m) for the shadowing-correlation fit (``fit_correlation``).
+CORR_BINS_M = (0.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 5000.0)
+#: Calibration sigma (dB) given to the physics estimator on POWDER (the recipe's; offsets fitted on ~75k links).
+CALIBRATION_SIGMA_DB = 1.0
 
 
 class SplitFileError(HeimdallError):
@@ -206,7 +214,67 @@ def fit_offsets(rows: list[dict], origin: Origin) -> dict:
     # No transmit power given: a common A is fitted and sum(o_r) = 0; distances clamped at 10 m.
     fit = fit_path_loss(dist_m, rss_db, used, min_distance_m=10.0)
     return {"A_db": fit.level_db, "n": fit.exponent, "sigma_db": fit.sigma_db,
-            "offsets_db": {n: float(fit.offsets_db[i]) for n, i in index.items() if fit.fitted[i]}, "links": fit.links}
+            "offsets_db": {n: float(fit.offsets_db[i]) for n, i in index.items() if fit.fitted[i]}, "links": fit.links,
+            "rx_sigma_db": {n: float(fit.residual_sigma_db[i]) for n, i in index.items()
+                            if fit.fitted[i] and fit.n_obs[i] >= MIN_LINKS_RX_SIGMA},
+            "residuals": _residual_pairs(rows, fit, index, origin)}
+
+
+def _residual_pairs(rows: list[dict], fit, index: dict, origin: Origin) -> tuple[np.ndarray, np.ndarray]:
+    """(separation m, residual pair [2]) for every pair of fitted links sharing a transmission (for the correlation fit)."""
+    seps, pairs = [], []
+    for r in rows:
+        tx = _enu(*r["tx"], origin)
+        pos, res = [], []
+        for name, (rss, lat, lon) in r["rx"].items():
+            if rss <= FIT_THRESHOLD_DB or name not in index or not fit.fitted[index[name]] or not _on_campus(lat, lon, origin):
+                continue
+            p = _enu(lat, lon, origin)
+            d = max(float(np.linalg.norm(p - tx)), 10.0)
+            res.append(rss - (fit.level_db - 10.0 * fit.exponent * math.log10(d / 1000.0) + fit.offsets_db[index[name]]))
+            pos.append(p)
+        if len(res) < 2:
+            continue
+        pos, res = np.array(pos), np.array(res)
+        i, j = np.triu_indices(len(res), 1)
+        seps.append(np.linalg.norm(pos[i] - pos[j], axis=1))
+        pairs.append(np.stack([res[i], res[j]], -1))
+    return np.concatenate(seps), np.concatenate(pairs)
+
+
+def fit_correlation(residuals: tuple[np.ndarray, np.ndarray]) -> tuple[tuple[float, float], ...]:
+    """Shadowing correlation between receivers vs their separation, from the fitting links' residuals.
+
+    The pooled correlation of residual pairs (same transmission, two receivers) is measured in separation bins
+    (``CORR_BINS_M``) and a sum of two exponentials ``w1 exp(-d/L1) + w2 exp(-d/L2)`` (w >= 0, w1 + w2 <= 1,
+    L in [10 m, 5 km]) is fitted to it by least squares weighted by each bin's pair count. Returns
+    ``((w1, L1), (w2, L2))`` for ``streamer.physics.correlated_error_cov``.
+    """
+    from scipy.optimize import minimize
+
+    seps, pairs = residuals
+    centres, rhos, counts = [], [], []
+    for lo, hi in zip(CORR_BINS_M[:-1], CORR_BINS_M[1:]):
+        m = (seps >= lo) & (seps < hi)
+        if m.sum() < 50:
+            continue
+        centres.append(float(np.mean(seps[m])))
+        rhos.append(float(np.corrcoef(pairs[m, 0], pairs[m, 1])[0, 1]))
+        counts.append(float(m.sum()))
+    d, rho, wt = np.array(centres), np.array(rhos), np.sqrt(np.array(counts))
+
+    def model(x):
+        return x[0] * np.exp(-d / np.exp(x[1])) + x[2] * np.exp(-d / np.exp(x[3]))
+
+    def loss(x):
+        return float(np.sum(wt * (model(x) - rho) ** 2)) + 1e3 * max(0.0, x[0] + x[2] - 1.0) ** 2
+
+    bounds = [(0.0, 1.0), (math.log(10.0), math.log(5000.0)), (0.0, 1.0), (math.log(10.0), math.log(5000.0))]
+    x = minimize(loss, [0.5, math.log(50.0), 0.2, math.log(500.0)], bounds=bounds, method="L-BFGS-B").x
+    w1, w2 = float(x[0]), float(x[2])
+    if w1 + w2 > 1.0:
+        w1, w2 = w1 / (w1 + w2), w2 / (w1 + w2)
+    return ((w1, float(math.exp(x[1]))), (w2, float(math.exp(x[3]))))
 
 
 def calibrated_dbm(rss: float, name: str, fit: dict) -> float:
@@ -214,87 +282,298 @@ def calibrated_dbm(rss: float, name: str, fit: dict) -> float:
     return rss - fit["offsets_db"].get(name, 0.0) - fit["A_db"] + P_TX_DBM - free_space_loss_1km_db(FREQ_HZ)
 
 
-def sample_windows(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, sample_id: int) -> tuple[Windows | None, list[str]]:
-    """One POWDER sample as a ``Windows`` of one draw (receivers chosen per step 4) and the receiver names."""
+@dataclass(frozen=True)
+class PhysicsOptions:
+    """How POWDER is fed to the physics estimator (module doc, "Physics estimator").
+
+    max_receivers : the heard receivers used, strongest first; ``None`` = all of them.
+    per_receiver_sigma : each receiver's own fitted residual sigma (``fit["rx_sigma_db"]``) instead of the common one.
+    correlated : shadowing correlated between receivers by their separation (``fit["correlation"]``).
+    sigma_scale : factor on the whole error covariance's standard deviations (shadowing and calibration).
+    """
+
+    max_receivers: int | None = MAX_RECEIVERS
+    per_receiver_sigma: bool = False
+    correlated: bool = False
+    sigma_scale: float = 1.0
+
+    def label(self) -> str:
+        return (f"rx={self.max_receivers or 'all'} sigma={'per-rx' if self.per_receiver_sigma else 'common'} "
+                f"corr={'yes' if self.correlated else 'no'} scale={self.sigma_scale:g}")
+
+
+#: The recipe before ``select_physics_options`` (16 strongest, i.i.d. errors of the fitted sigma): the baseline.
+BASELINE_OPTIONS = PhysicsOptions()
+
+
+@dataclass
+class RenderedSample:
+    """One POWDER sample rendered as IQ -> mel frames: every heard receiver, strongest first."""
+
+    frames_dbm: np.ndarray  # [k, M, T]
+    rx_enu_m: np.ndarray  # [k, 2]
+    names: list
+    tx_enu_m: np.ndarray  # [2]
+    heard: np.ndarray  # [k] the daemon's detection rule on the frames
+
+
+def render_sample(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, sample_id: int) -> RenderedSample | None:
+    """Every heard receiver of a POWDER sample as mel frames (module doc, steps 2-4); None when none heard."""
     from receivers.simulator import SimulatedWorld, render_windows
 
     heard = sorted([it for it in row["rx"].items() if it[1][0] > NOT_HEARD and _on_campus(it[1][1], it[1][2], origin)],
                    key=lambda it: -it[1][0])
-    chosen = heard[:MAX_RECEIVERS]
-    if not chosen:
-        return None, []
+    if not heard:
+        return None
     config = from_dict({
         "network": {"target_freq_hz": FREQ_HZ, "origin": [origin.lat, origin.lon, 0.0], "area_margin_km": 0.3},
         "simulator": {"seed": 462 + sample_id, "shadowing_db": 0.0, "calibration_sigma_db": 0.0,
                       "path_loss_exponent": fit["n"], "ref_loss_db": free_space_loss_1km_db(FREQ_HZ), "tx_alt_m": TX_ALT_M},
         "receivers": [{"id": f"r{i}", "kind": "simulator", "lat": lat, "lon": lon, "alt_m": 0.0}
-                      for i, (_, (_, lat, lon)) in enumerate(chosen)],
+                      for i, (_, (_, lat, lon)) in enumerate(heard)],
     }, source="<powder>")
     world = SimulatedWorld(config)
     tx_m = _enu(*row["tx"], origin)
     dist = slant_distance_m(tx_m, TX_ALT_M, world.rx_enu_m, world.rx_alt_m)
     path_loss = log_distance_path_loss_db(dist, world.sim.ref_loss_db, world.sim.path_loss_exponent)
-    frames = np.empty((len(chosen), spec.n_mels, spec.n_frames), np.float32)
+    frames = np.empty((len(heard), spec.n_mels, spec.n_frames), np.float32)
     start_ns = 1_650_000_000 * 10**9 + sample_id * 10**9
-    for r, (name, (rss, _, _)) in enumerate(chosen):
+    for r, (name, (rss, _, _)) in enumerate(heard):
         p_rx = calibrated_dbm(rss, name, fit)
         iq = render_windows(world, tx_m, p_rx + path_loss[r], start_ns, sample_rate_hz=spec.sample_rate_hz,
                             n_samples=spec.n_samples, window_ids=[sample_id], receivers=[r])
         frames[r] = feature_module.mel_frames_dbm(iq[0, 0], spec, world.calibration_db[r])
-    k = len(chosen)
-    feats = np.zeros((1, MAX_RECEIVERS, spec.n_mels, spec.n_frames), np.float32)
+    return RenderedSample(frames, np.asarray(world.rx_enu_m[:, :2], np.float64), [name for name, _ in heard], tx_m,
+                          heard_mask(frames, spec).astype(bool))
+
+
+def model_windows(sample: RenderedSample) -> Windows:
+    """The model's input for a rendered sample: its ``MAX_RECEIVERS`` strongest receivers (the model's slots)."""
+    k = min(len(sample.names), MAX_RECEIVERS)
+    spec_shape = sample.frames_dbm.shape[1:]
+    feats = np.zeros((1, MAX_RECEIVERS, *spec_shape), np.float32)
     enu = np.zeros((1, MAX_RECEIVERS, 3), np.float32)
     mask = np.zeros((1, MAX_RECEIVERS), np.float32)
     heard_slots = np.zeros((1, MAX_RECEIVERS), np.float32)
-    feats[0, :k] = frames
-    enu[0, :k] = world.rx_enu_m / 1000.0
+    feats[0, :k] = sample.frames_dbm[:k]
+    enu[0, :k, :2] = sample.rx_enu_m[:k] / 1000.0
     mask[0, :k] = 1.0
-    heard_slots[0, :k] = heard_mask(frames, spec)
-    return Windows(feats, enu, mask, (tx_m / 1000.0).astype(np.float32)[None], np.zeros((1, MAX_RECEIVERS), np.float32),
-                   np.zeros(1, np.int32), heard_slots), [name for name, _ in chosen]
+    heard_slots[0, :k] = sample.heard[:k]
+    return Windows(feats, enu, mask, (sample.tx_enu_m / 1000.0).astype(np.float32)[None], np.zeros((1, MAX_RECEIVERS), np.float32),
+                   np.zeros(1, np.int32), heard_slots)
+
+
+def sample_windows(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, sample_id: int) -> tuple[Windows | None, list[str]]:
+    """One POWDER sample as a ``Windows`` of one draw (the model's receivers, step 4) and those receivers' names."""
+    sample = render_sample(row, fit, origin, spec, sample_id)
+    if sample is None:
+        return None, []
+    return model_windows(sample), sample.names[:MAX_RECEIVERS]
+
+
+def scorable(sample: RenderedSample | None) -> bool:
+    """Step 5: at least three of the model's receivers hear (the same samples are scored for every method)."""
+    return sample is not None and int(sample.heard[:MAX_RECEIVERS].sum()) >= 3
+
+
+def physics_config(fit: dict) -> PhysicsConfig:
+    """The physics estimator's parameters for a fit (module doc)."""
+    return PhysicsConfig(path_loss_exponent=fit["n"], ref_loss_db=free_space_loss_1km_db(FREQ_HZ),
+                         shadowing_db=fit["sigma_db"], calibration_sigma_db=CALIBRATION_SIGMA_DB, tx_power_min_dbm=P_TX_DBM - 3,
+                         tx_power_max_dbm=P_TX_DBM + 3, grid_step_km=0.025, tx_alt_m=TX_ALT_M)
+
+
+def _channel_power(sample: RenderedSample, spec: FeatureSpec):
+    return channel_power(sample.frames_dbm, spec, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ, detection_snr_db=DETECTION_SNR_DB,
+                         noise_max_offset_hz=NOISE_BAND_FRACTION * spec.sample_rate_hz)
+
+
+def physics_estimate(sample: RenderedSample, fit: dict, options: PhysicsOptions, spec: FeatureSpec,
+                     power=None) -> tuple[np.ndarray, np.ndarray]:
+    """Position (m) and covariance (m^2) of the physics estimator on one rendered sample, fed as ``options`` say."""
+    power = power if power is not None else _channel_power(sample, spec)
+    k = len(sample.names) if options.max_receivers is None else min(len(sample.names), options.max_receivers)
+    rx = sample.rx_enu_m[:k]
+    physics = physics_config(fit)
+    error_cov = None
+    if options != BASELINE_OPTIONS:
+        sigma = np.array([fit["rx_sigma_db"].get(n, fit["sigma_db"]) if options.per_receiver_sigma else fit["sigma_db"]
+                          for n in sample.names[:k]])
+        components = fit["correlation"] if options.correlated else ()
+        error_cov = options.sigma_scale**2 * correlated_error_cov(rx, sigma, components, CALIBRATION_SIGMA_DB)
+    est = PhysicsEstimator(physics, rx, np.zeros(k), search_area(rx, 0.3), error_cov_db2=error_cov)
+    res = est.estimate(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
+    return res.position_en_m, res.cov_en_m2
+
+
+def fit_model(fit_rows: list[dict], origin: Origin) -> dict:
+    """Offsets (``fit_offsets``) plus the shadowing correlation between receivers (``fit_correlation``)."""
+    fit = fit_offsets(fit_rows, origin)
+    fit["correlation"] = fit_correlation(fit.pop("residuals"))
+    return fit
+
+
+def _spatial_folds(rows: list[dict], origin: Origin, folds: int, block_m: float, seed: int) -> np.ndarray:
+    """Fold index of each row: square blocks of ``block_m`` of the transmitter position, blocks dealt to folds at random."""
+    cells = [tuple(np.floor(_enu(*r["tx"], origin) / block_m).astype(int)) for r in rows]
+    unique = sorted(set(cells))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = {c: int(order[i] % folds) for i, c in enumerate(unique)}
+    return np.array([fold_of[c] for c in cells])
+
+
+#: ``select_physics_options``' candidates: receivers used, error structure, and a sigma scale grid.
+SELECT_RECEIVERS = (MAX_RECEIVERS, None)
+SELECT_STRUCTURES = ((False, False), (True, False), (False, True), (True, True))  # (per_receiver_sigma, correlated)
+SELECT_SCALES = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0, 2.5)
+SELECT_FOLDS, SELECT_BLOCK_M, SELECT_PER_FOLD, SELECT_SEED = 5, 200.0, 120, 462
+
+
+def cross_validate(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, folds: int = SELECT_FOLDS,
+                   block_m: float = SELECT_BLOCK_M, per_fold: int = SELECT_PER_FOLD, seed: int = SELECT_SEED,
+                   candidates=None, log=None) -> dict:
+    """Spatial cross-validation over the fitting rows only: ``{options: scores}`` for every candidate.
+
+    The fitting rows' transmitter positions are cut into ``block_m`` squares dealt to ``folds`` folds (whole
+    blocks held out, like the grid split's cells); for each fold the offsets, sigmas and correlation are fitted
+    on the other folds (``fit_model``) and ``per_fold`` random rows of the fold are rendered and scored exactly
+    as the test rows are. The test split's rows are never read here.
+    """
+    from models.train.evaluate import scores
+
+    candidates = candidates or [PhysicsOptions(m, per, cor, sc) for m in SELECT_RECEIVERS for per, cor in SELECT_STRUCTURES
+                                for sc in SELECT_SCALES]
+    fold = _spatial_folds(fit_rows, origin, folds, block_m, seed)
+    rng = np.random.default_rng(seed)
+    pos = {c: [] for c in candidates}
+    cov = {c: [] for c in candidates}
+    truth = []
+    for f in range(folds):
+        train = [r for r, g in zip(fit_rows, fold) if g != f]
+        held = [i for i, g in enumerate(fold) if g == f]
+        pick = rng.choice(held, size=min(per_fold, len(held)), replace=False)
+        fit = fit_model(train, origin)
+        if log:
+            log(f"fold {f}: fit on {len(train)} rows: n = {fit['n']:.2f}, sigma = {fit['sigma_db']:.2f} dB, "
+                f"correlation {tuple((round(w, 3), round(length)) for w, length in fit['correlation'])}; scoring {len(pick)} rows")
+        for i in pick:
+            sample = render_sample(fit_rows[i], fit, origin, spec, 100_000 + int(i))
+            if not scorable(sample):
+                continue
+            power = _channel_power(sample, spec)
+            truth.append(sample.tx_enu_m)
+            for c in candidates:
+                p, v = physics_estimate(sample, fit, c, spec, power)
+                pos[c].append(p)
+                cov[c].append(v)
+    truth = np.array(truth)
+    return {c: scores(np.array(pos[c]), np.array(cov[c]), truth) for c in candidates}
+
+
+def choose_options(cv: dict) -> PhysicsOptions:
+    """The selection rule on cross-validated scores (fitting rows only).
+
+    For each (receivers, error structure), the smallest sigma scale whose 95 % ellipse covers at least 95 % of
+    the held-out truths (the nominal rate; the largest scale if none does); among those, the smallest median error.
+    """
+    groups: dict = {}
+    for c in sorted(cv, key=lambda c: c.sigma_scale):
+        groups.setdefault((c.max_receivers, c.per_receiver_sigma, c.correlated), []).append(c)
+    picked = [next((c for c in group if cv[c]["cov95"] >= 0.95), group[-1]) for group in groups.values()]
+    return min(picked, key=lambda c: cv[c]["median_m"])
 
 
 def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSpec | None = None, limit: int | None = None,
-                    root: Path = POWDER_DIR, log=None) -> dict:
+                    root: Path = POWDER_DIR, options: PhysicsOptions | None = None, log=None) -> dict:
     """``{method: scores}`` on a POWDER split (shorthand or file) for each ONNX model, ``physics`` and ``centroid``.
 
     ``limit`` scores only the first ``limit`` test rows (quick checks); ``skipped`` counts within them.
+    ``options`` feeds the physics estimator (default: ``options_for(split)``, the choice ``select`` stored for this
+    split's test file, else ``BASELINE_OPTIONS``).
     """
     from models.train.evaluate import run_centroid, run_onnx, scores
 
     spec = spec or FeatureSpec()
+    options = options or options_for(split, root=root)
     rows = load_rows(root)
     fit_rows, test_rows = split_rows(rows, split, root)
     origin = origin_of(rows)
-    fit = fit_offsets(fit_rows, origin)
+    fit = fit_model(fit_rows, origin)
     if log:
         log(f"POWDER {split_path(split, root)}: fit on {len(fit_rows)} rows ({fit['links']} links): n = {fit['n']:.2f}, "
             f"sigma = {fit['sigma_db']:.2f} dB; test rows {len(test_rows)}" + (f", scoring the first {limit}" if limit else ""))
-    parts, names = [], []
+        log(f"physics fed as: {options.label()}; shadowing correlation "
+            f"{tuple((round(w, 3), round(length)) for w, length in fit['correlation'])}")
+    samples = []
     for i, row in enumerate(test_rows[:limit] if limit else test_rows):
-        data, chosen = sample_windows(row, fit, origin, spec, i)
-        if data is not None and data.heard.sum() >= 3:
-            parts.append(data)
-            names.append(chosen)
-    data = Windows.concat(parts)
+        sample = render_sample(row, fit, origin, spec, i)
+        if scorable(sample):
+            samples.append(sample)
+    data = Windows.concat([model_windows(sm) for sm in samples])
     truth = data.tx_enu_km.astype(np.float64) * 1e3
     table = {Path(p).stem: scores(*run_onnx(Path(p), data), truth) for p in models}
-    pos = np.empty((len(data), 2))
-    cov = np.empty((len(data), 2, 2))
-    physics = PhysicsConfig(path_loss_exponent=fit["n"], ref_loss_db=free_space_loss_1km_db(FREQ_HZ),
-                            shadowing_db=fit["sigma_db"], calibration_sigma_db=1.0, tx_power_min_dbm=P_TX_DBM - 3,
-                            tx_power_max_dbm=P_TX_DBM + 3, grid_step_km=0.025, tx_alt_m=TX_ALT_M)
-    for b in range(len(data)):
-        k = int(data.rx_mask[b].sum())
-        rx = data.rx_enu_km[b, :k].astype(np.float64) * 1e3
-        est = PhysicsEstimator(physics, rx, np.zeros(k), search_area(rx, 0.3))
-        power = channel_power(data.features_dbm[b, :k], spec, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ,
-                              detection_snr_db=DETECTION_SNR_DB, noise_max_offset_hz=NOISE_BAND_FRACTION * spec.sample_rate_hz)
-        res = est.estimate(power.signal_dbm, power.heard, np.ones(k, bool), power.detection_level_dbm)
-        pos[b], cov[b] = res.position_en_m, res.cov_en_m2
+    pos = np.empty((len(samples), 2))
+    cov = np.empty((len(samples), 2, 2))
+    for b, sample in enumerate(samples):
+        pos[b], cov[b] = physics_estimate(sample, fit, options, spec)
     table["physics"] = scores(pos, cov, truth)
     table["centroid"] = scores(*run_centroid(data), truth)
     skipped = (min(limit, len(test_rows)) if limit else len(test_rows)) - len(data)
     for s in table.values():
         s["skipped"] = int(skipped)
     return table
+
+
+#: Where ``python -m models.train.powder select`` stores its choice, per split; ``evaluate_powder`` reads it.
+OPTIONS_FILE = Path(__file__).with_name("powder_physics_options.json")
+
+
+def split_key(split: str | Path, root: Path = POWDER_DIR) -> str:
+    """The key of a split in ``OPTIONS_FILE``: its test file's path under ``SPLIT_DIR`` (shorthand or path alike)."""
+    path = Path(split_path(split, root)).resolve()
+    try:
+        return path.relative_to((root / SPLIT_DIR).resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def options_for(split: str | Path, path: Path = OPTIONS_FILE, root: Path = POWDER_DIR) -> PhysicsOptions:
+    """The physics options ``select`` stored for ``split`` in ``path``; ``BASELINE_OPTIONS`` when none is stored."""
+    if not path.is_file():
+        return BASELINE_OPTIONS
+    stored = json.loads(path.read_text()).get(split_key(split, root))
+    return PhysicsOptions(**stored["options"]) if stored else BASELINE_OPTIONS
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.train.powder select [--split grid|random|PATH]``: choose the physics options by CV (fitting rows only)."""
+    import argparse
+    from dataclasses import asdict
+
+    from models.train.evaluate import format_table
+
+    parser = argparse.ArgumentParser(prog="python -m models.train.powder", description=main.__doc__)
+    parser.add_argument("command", choices=("select",))
+    parser.add_argument("--split", default="grid", help="grid, random or a split file: its test rows are left out of everything")
+    parser.add_argument("--per-fold", type=int, default=SELECT_PER_FOLD, help="held-out rows scored per fold")
+    parser.add_argument("--out", type=Path, default=OPTIONS_FILE, help="JSON file to store the choice in (merged by split)")
+    args = parser.parse_args(argv)
+    split = args.split if args.split in SPLITS else Path(args.split)
+    rows = load_rows()
+    fit_rows, _ = split_rows(rows, split)
+    origin = origin_of(rows)
+    cv = cross_validate(fit_rows, origin, FeatureSpec(), per_fold=args.per_fold, log=print)
+    print(format_table(f"cross-validation on the fitting rows of {split_name(split)}", {c.label(): s for c, s in cv.items()}))
+    chosen = choose_options(cv)
+    print(f"chosen: {chosen.label()} (CV {cv[chosen]['median_m']:.0f} m median, cov68 {cv[chosen]['cov68']:.3f}, "
+          f"cov95 {cv[chosen]['cov95']:.3f}); baseline {BASELINE_OPTIONS.label()}: CV {cv[BASELINE_OPTIONS]['median_m']:.0f} m, "
+          f"cov95 {cv[BASELINE_OPTIONS]['cov95']:.3f}")
+    stored = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    stored[split_key(split)] = {"options": asdict(chosen), "cv": cv[chosen], "baseline_cv": cv[BASELINE_OPTIONS],
+                                 "command": f"python -m models.train.powder select --split {args.split} --per-fold {args.per_fold}"}
+    args.out.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

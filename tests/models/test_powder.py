@@ -79,3 +79,51 @@ def test_a_two_transmitter_file_is_refused_by_name(rows):
     path = powder.POWDER_DIR / "Separated_Dataset_JSON" / "all_data" / "two_tx.json"
     with pytest.raises(powder.SplitFileError, match=f"{path}: sample .*: 2 transmitters"):
         powder.split_rows(rows, path)
+
+
+def test_fit_correlation_recovers_a_known_two_scale_correlation():
+    rng = np.random.default_rng(4)
+    seps = rng.uniform(0.0, 3000.0, 200_000)
+    rho = 0.4 * np.exp(-seps / 40.0) + 0.25 * np.exp(-seps / 500.0)
+    a = rng.normal(size=seps.size)
+    b = rho * a + np.sqrt(1 - rho**2) * rng.normal(size=seps.size)
+    components = powder.fit_correlation((seps, 6.0 * np.stack([a, b], -1)))
+    assert sum(w for w, _ in components) <= 1.0
+    d = np.array([25.0, 75.0, 150.0, 300.0, 600.0, 1200.0])
+    fitted = sum(w * np.exp(-d / length) for w, length in components)
+    np.testing.assert_allclose(fitted, 0.4 * np.exp(-d / 40.0) + 0.25 * np.exp(-d / 500.0), atol=0.04)
+
+
+def test_choose_options_takes_the_smallest_calibrated_scale_then_the_smallest_median():
+    o = powder.PhysicsOptions
+    cv = {o(16, False, False, 1.0): {"cov95": 0.90, "median_m": 100.0}, o(16, False, False, 1.5): {"cov95": 0.96, "median_m": 150.0},
+          o(16, False, False, 2.0): {"cov95": 0.99, "median_m": 120.0},
+          o(None, True, True, 1.0): {"cov95": 0.95, "median_m": 140.0}, o(None, True, True, 1.5): {"cov95": 0.99, "median_m": 90.0},
+          o(None, False, True, 1.0): {"cov95": 0.80, "median_m": 50.0}, o(None, False, True, 1.2): {"cov95": 0.85, "median_m": 145.0}}
+    # 16/iid: 1.5 (first >= 0.95, 150 m); all/per-rx/corr: 1.0 (140 m); all/common/corr: none reaches 0.95 -> 1.2 (145 m)
+    assert powder.choose_options(cv) == o(None, True, True, 1.0)
+
+
+def test_stored_options_are_keyed_by_the_test_file(tmp_path):
+    path = tmp_path / "options.json"
+    assert powder.options_for("grid", path) == powder.BASELINE_OPTIONS
+    chosen = powder.PhysicsOptions(None, True, True, 1.3)
+    path.write_text(json.dumps({powder.split_key("grid"): {"options": {"max_receivers": None, "per_receiver_sigma": True,
+                                                                      "correlated": True, "sigma_scale": 1.3}}}))
+    assert powder.options_for("grid", path) == chosen
+    assert powder.options_for(SPLITS / "grid_split" / "grid_test.json", path) == chosen
+    assert powder.options_for("random", path) == powder.BASELINE_OPTIONS
+
+
+def test_cross_validation_scores_held_out_fitting_rows_only(rows):
+    fit_rows, test_rows = powder.split_rows(rows, "grid")
+    origin = powder.origin_of(rows)
+    folds = powder._spatial_folds(fit_rows, origin, 5, 200.0, 0)
+    assert set(folds) == {0, 1, 2, 3, 4}
+    cells = {}
+    for r, f in zip(fit_rows, folds):  # a 200 m block is never split between folds
+        cells.setdefault(tuple(np.floor(powder._enu(*r["tx"], origin) / 200.0).astype(int)), set()).add(f)
+    assert all(len(v) == 1 for v in cells.values())
+    candidates = [powder.BASELINE_OPTIONS, powder.PhysicsOptions(None, True, True, 1.2)]
+    cv = powder.cross_validate(fit_rows, origin, FeatureSpec(), folds=2, per_fold=2, candidates=candidates)
+    assert set(cv) == set(candidates) and all(s["n"] >= 1 for s in cv.values())
