@@ -198,6 +198,9 @@ class PhysicsEstimator:
     error_cov_db2 : optional ``[R, R]`` covariance of the receivers' power errors (shadowing + calibration,
         dB^2), e.g. from ``correlated_error_cov``; default ``sigma_db^2 I`` with
         ``sigma_db = hypot(shadowing_db, calibration_sigma_db)`` (independent receivers).
+    shadowing_map : optional callable ``grid_en_m [G, 2] -> (mean_db [G, R], sd_db [G, R])``: a surveyed map of
+        each receiver's shadowing (received power minus the median model's, dB) at each cell and the standard
+        deviation of what remains (dB, shadowing and calibration together); replaces ``sigma_db``.
 
     Examples
     --------
@@ -211,7 +214,7 @@ class PhysicsEstimator:
     True
     """
 
-    def __init__(self, physics, rx_enu_m, rx_alt_m, area: SearchArea, error_cov_db2=None) -> None:
+    def __init__(self, physics, rx_enu_m, rx_alt_m, area: SearchArea, error_cov_db2=None, shadowing_map=None) -> None:
         self.physics = physics
         self.area = area
         rx = np.asarray(rx_enu_m, dtype=np.float64)
@@ -246,6 +249,18 @@ class PhysicsEstimator:
             if not np.allclose(cov, cov.T) or np.linalg.eigvalsh(0.5 * (cov + cov.T)).min() <= 0:
                 raise ValueError("error_cov_db2 must be symmetric positive definite")
             self.error_cov_db2 = 0.5 * (cov + cov.T)
+        # Optional surveyed shadowing map: at each cell, the received power's expected departure from the median
+        # path loss (dB) and the remaining error's standard deviation (dB), per receiver; receivers independent.
+        self._error_var_db2 = None
+        if shadowing_map is not None:
+            if error_cov_db2 is not None:
+                raise ValueError("give error_cov_db2 or shadowing_map, not both")
+            mean_db, sd_db = (np.asarray(a, dtype=np.float64) for a in shadowing_map(self.grid_en_m))
+            want = self._path_loss_db.shape
+            if mean_db.shape != want or sd_db.shape != want or not np.all(sd_db > 0):
+                raise ValueError(f"shadowing_map must return mean and sd (> 0) of shape {want}, got {mean_db.shape}, {sd_db.shape}")
+            self._path_loss_db = self._path_loss_db - mean_db
+            self._error_var_db2 = sd_db**2
         # A uniform variable over one cell has variance step^2 / 12 per axis: the posterior cannot be
         # narrower than the grid that represents it.
         self._cell_cov_m2 = np.diag([self.cell_m[0] ** 2 / 12.0, self.cell_m[1] ** 2 / 12.0])
@@ -273,6 +288,8 @@ class PhysicsEstimator:
         use_cens = present & ~heard & np.isfinite(detection)
         if self.error_cov_db2 is not None:
             return self._log_posterior_correlated(rx_power, use_heard, use_cens, detection)
+        if self._error_var_db2 is not None:
+            return self._log_posterior_mapped(rx_power, use_heard, use_cens, detection)
         if not use_cens.any():
             return self._log_posterior_uncensored(rx_power[use_heard], self._path_loss_db[:, use_heard])
         log_post = np.zeros((self.grid_en_m.shape[0], p.shape[0]))
@@ -328,6 +345,41 @@ class PhysicsEstimator:
         log_post = -0.5 * (scatter[:, None] + a * (p[None, :] - mu[:, None]) ** 2)
         for i in np.flatnonzero(use_cens):
             z = (detection[i] - (p[None, :] - self._path_loss_db[:, i : i + 1])) / math.sqrt(cov[i, i])
+            log_post += log_ndtr(z)
+        peak = log_post.max(axis=1)
+        return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
+
+    def _log_posterior_mapped(self, rx_power, use_heard, use_cens, detection) -> np.ndarray:
+        """The posterior with a shadowing map: independent receivers, error variance v_gr per cell and receiver.
+
+        The same closed form in P as ``_log_posterior_correlated`` with W = diag(1 / v_g) at each cell g; the
+        determinant term -1/2 sum ln v_gr no longer cancels between cells and is kept.
+        """
+        var = self._error_var_db2
+        n_grid = self.grid_en_m.shape[0]
+        idx = np.flatnonzero(use_heard)
+        if idx.size:
+            inv = 1.0 / var[:, idx]  # [G, k]
+            y = rx_power[idx] + self._path_loss_db[:, idx]
+            a = inv.sum(axis=1)
+            mu = (inv * y).sum(axis=1) / a
+            scatter = (inv * (y - mu[:, None]) ** 2).sum(axis=1)
+            log_det = -0.5 * np.log(var[:, idx]).sum(axis=1) - 0.5 * np.log(a)
+        else:
+            a, mu, scatter, log_det = np.zeros(n_grid), np.zeros(n_grid), np.zeros(n_grid), np.zeros(n_grid)
+        if not use_cens.any():
+            if not idx.size:
+                return np.zeros(n_grid)
+            sd = 1.0 / np.sqrt(a)
+            lo = (self.physics.tx_power_min_dbm - mu) / sd
+            hi = (self.physics.tx_power_max_dbm - mu) / sd
+            return -0.5 * scatter + log_det + _log_ndtr_difference(lo, hi)
+        p = self.power_grid_dbm
+        log_post = -0.5 * (scatter[:, None] + a[:, None] * (p[None, :] - mu[:, None]) ** 2) + log_det[:, None]
+        if idx.size:
+            log_post += 0.5 * np.log(a)[:, None]  # the P grid integrates the Gaussian in P itself
+        for i in np.flatnonzero(use_cens):
+            z = (detection[i] - (p[None, :] - self._path_loss_db[:, i : i + 1])) / np.sqrt(var[:, i : i + 1])
             log_post += log_ndtr(z)
         peak = log_post.max(axis=1)
         return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak

@@ -289,6 +289,8 @@ class PhysicsOptions:
     max_receivers : the heard receivers used, strongest first; ``None`` = all of them.
     per_receiver_sigma : each receiver's own fitted residual sigma (``fit["rx_sigma_db"]``) instead of the common one.
     correlated : shadowing correlated between receivers by their separation (``fit["correlation"]``).
+    mapped : the fixed receivers' shadowing maps kriged from the fitting links (``fit["maps"]``, ``ShadowingMaps``);
+        receivers then independent (not with ``correlated``).
     sigma_scale : factor on the whole error covariance's standard deviations (shadowing and calibration).
     """
 
@@ -296,10 +298,11 @@ class PhysicsOptions:
     per_receiver_sigma: bool = False
     correlated: bool = False
     sigma_scale: float = 1.0
+    mapped: bool = False
 
     def label(self) -> str:
         return (f"rx={self.max_receivers or 'all'} sigma={'per-rx' if self.per_receiver_sigma else 'common'} "
-                f"corr={'yes' if self.correlated else 'no'} scale={self.sigma_scale:g}")
+                f"{'map' if self.mapped else 'corr=yes' if self.correlated else 'corr=no'} scale={self.sigma_scale:g}")
 
 
 #: The recipe before ``select_physics_options`` (16 strongest, i.i.d. errors of the fitted sigma): the baseline.
@@ -395,22 +398,132 @@ def physics_estimate(sample: RenderedSample, fit: dict, options: PhysicsOptions,
     k = len(sample.names) if options.max_receivers is None else min(len(sample.names), options.max_receivers)
     rx = sample.rx_enu_m[:k]
     physics = physics_config(fit)
-    error_cov = None
-    if options != BASELINE_OPTIONS:
+    error_cov = shadowing_map = None
+    if options.mapped:
+        sigma = np.array([fit["rx_sigma_db"].get(n, fit["sigma_db"]) if options.per_receiver_sigma else fit["sigma_db"]
+                          for n in sample.names[:k]])
+        shadowing_map = fit["maps"].for_receivers(sample.names[:k], sigma, options.sigma_scale)
+    elif options != BASELINE_OPTIONS:
         sigma = np.array([fit["rx_sigma_db"].get(n, fit["sigma_db"]) if options.per_receiver_sigma else fit["sigma_db"]
                           for n in sample.names[:k]])
         components = fit["correlation"] if options.correlated else ()
         error_cov = options.sigma_scale**2 * correlated_error_cov(rx, sigma, components, CALIBRATION_SIGMA_DB)
-    est = PhysicsEstimator(physics, rx, np.zeros(k), search_area(rx, 0.3), error_cov_db2=error_cov)
+    est = PhysicsEstimator(physics, rx, np.zeros(k), search_area(rx, 0.3), error_cov_db2=error_cov,
+                           shadowing_map=shadowing_map)
     res = est.estimate(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
     return res.position_en_m, res.cov_en_m2
 
 
-def fit_model(fit_rows: list[dict], origin: Origin) -> dict:
-    """Offsets (``fit_offsets``) plus the shadowing correlation between receivers (``fit_correlation``)."""
+def fit_model(fit_rows: list[dict], origin: Origin, maps: bool = True) -> dict:
+    """Offsets (``fit_offsets``), the shadowing correlation between receivers (``fit_correlation``) and, with
+    ``maps``, the fixed receivers' shadowing maps (``ShadowingMaps.fit``)."""
     fit = fit_offsets(fit_rows, origin)
     fit["correlation"] = fit_correlation(fit.pop("residuals"))
+    if maps:
+        fit["maps"] = ShadowingMaps.fit(fit_rows, fit, origin)
     return fit
+
+
+#: Shadowing maps: links are averaged in squares of ``MAP_BIN_M`` before kriging; maps are computed on a grid of
+#: ``MAP_STEP_M`` over the fitting transmitters' bounding box + ``MAP_MARGIN_M`` and interpolated linearly.
+MAP_BIN_M, MAP_STEP_M, MAP_MARGIN_M = 25.0, 50.0, 500.0
+#: Random link pairs per receiver for the fit of the shadowing's spatial correlation (``ShadowingMaps.fit``).
+MAP_PAIRS_PER_RX = 30_000
+
+
+class ShadowingMaps:
+    """Each fixed receiver's shadowing field, kriged (Gaussian-process regression) from the fitting links' residuals.
+
+    Shadowing is a spatially correlated field of the transmitter position for each receiver (LOCALIZATION-FACTS:
+    correlation 0.45 at 50-100 m on POWDER); links measured nearby tell what the next one will read. Model, per
+    receiver r: residual e(x) = s_r(x) + u, s_r a zero-mean Gaussian field of covariance sigma_r^2 rho(|x - x'|),
+    u white of variance sigma_r^2 (1 - rho(0+)), with rho = w1 exp(-h/L1) + w2 exp(-h/L2) fitted by
+    ``fit_correlation`` on residual pairs of one receiver at two transmitter positions (pooled over receivers,
+    fitting rows only). Links in a ``MAP_BIN_M`` square are averaged (their white part shrinks by the count). The
+    map at x is the kriging mean E[s_r(x) | links] and the predictive sd of a new reading, sqrt(sigma_r^2 -
+    k(x)^T K^-1 k(x)); receivers without a map (buses: they move) get mean 0 and sd sigma_r.
+    """
+
+    def __init__(self, correlation, east_m, north_m, unit_mean: dict, unit_var: dict) -> None:
+        self.correlation = correlation
+        self.east_m, self.north_m = east_m, north_m
+        self.unit_mean, self.unit_var = unit_mean, unit_var  # per receiver, in units of its sigma (and sigma^2)
+
+    @classmethod
+    def fit(cls, rows: list[dict], fit: dict, origin: Origin) -> "ShadowingMaps":
+        links: dict[str, list] = {}
+        for r in rows:
+            tx = _enu(*r["tx"], origin)
+            for name, (rss, lat, lon) in r["rx"].items():
+                if rss <= FIT_THRESHOLD_DB or name.startswith("bus-") or name not in fit["offsets_db"] or not _on_campus(lat, lon, origin):
+                    continue
+                d = max(float(np.linalg.norm(_enu(lat, lon, origin) - tx)), 10.0)
+                e = rss - (fit["A_db"] - 10.0 * fit["n"] * math.log10(d / 1000.0) + fit["offsets_db"][name])
+                links.setdefault(name, []).append((tx[0], tx[1], e))
+        links = {n: np.array(v) for n, v in links.items() if len(v) >= MIN_LINKS_RX_SIGMA}
+        rng = np.random.default_rng(0)
+        seps, pairs = [], []
+        for v in links.values():
+            i, j = rng.integers(0, len(v), MAP_PAIRS_PER_RX), rng.integers(0, len(v), MAP_PAIRS_PER_RX)
+            keep = i != j
+            seps.append(np.hypot(*(v[i[keep], :2] - v[j[keep], :2]).T))
+            pairs.append(np.stack([v[i[keep], 2], v[j[keep], 2]], -1))
+        correlation = fit_correlation((np.concatenate(seps), np.concatenate(pairs)))
+        txs = np.concatenate([v[:, :2] for v in links.values()])
+        lo, hi = txs.min(axis=0) - MAP_MARGIN_M, txs.max(axis=0) + MAP_MARGIN_M
+        east = np.arange(lo[0], hi[0] + MAP_STEP_M, MAP_STEP_M)
+        north = np.arange(lo[1], hi[1] + MAP_STEP_M, MAP_STEP_M)
+        cells = np.stack(np.meshgrid(east, north, indexing="ij"), -1).reshape(-1, 2)
+        w_field = sum(w for w, _ in correlation)
+        unit_mean, unit_var = {}, {}
+        for name, v in links.items():
+            sigma = fit["rx_sigma_db"].get(name, fit["sigma_db"])
+            z = v[:, 2] / sigma  # unit-variance residuals
+            keys = np.floor(v[:, :2] / MAP_BIN_M).astype(np.int64)
+            _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+            inverse = inverse.reshape(-1)
+            pos = np.stack([np.bincount(inverse, v[:, 0]), np.bincount(inverse, v[:, 1])], -1) / counts[:, None]
+            zbar = np.bincount(inverse, z) / counts
+            k_bb = cls._rho(correlation, pos[:, None, :] - pos[None, :, :])
+            k_bb[np.diag_indices_from(k_bb)] = w_field + (1.0 - w_field) / counts
+            chol = np.linalg.cholesky(k_bb)
+            alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, zbar))
+            k_cb = cls._rho(correlation, cells[:, None, :] - pos[None, :, :])
+            mean = k_cb @ alpha
+            from scipy.linalg import solve_triangular
+
+            half = solve_triangular(chol, k_cb.T, lower=True)
+            var = np.maximum(1.0 - (half * half).sum(axis=0), 1.0 - w_field)
+            unit_mean[name] = mean.reshape(len(east), len(north))
+            unit_var[name] = var.reshape(len(east), len(north))
+        return cls(correlation, east, north, unit_mean, unit_var)
+
+    @staticmethod
+    def _rho(correlation, delta: np.ndarray) -> np.ndarray:
+        h = np.hypot(delta[..., 0], delta[..., 1])
+        return sum(w * np.exp(-h / length) for w, length in correlation)
+
+    def for_receivers(self, names: list, sigma_db: np.ndarray, scale: float = 1.0):
+        """``shadowing_map`` callable for ``PhysicsEstimator``: receivers ``names`` with shadowing sigmas ``sigma_db``
+        (dB; the map's unit field times it), calibration sigma ``CALIBRATION_SIGMA_DB`` added, all sds times ``scale``."""
+        from scipy.interpolate import RegularGridInterpolator
+
+        def shadowing_map(grid_en_m):
+            mean = np.zeros((len(grid_en_m), len(names)))
+            var = np.ones((len(grid_en_m), len(names)))
+            for r, name in enumerate(names):
+                if name in self.unit_mean:
+                    for out, table, fill in ((mean, self.unit_mean[name], 0.0), (var, self.unit_var[name], 1.0)):
+                        out[:, r] = RegularGridInterpolator((self.east_m, self.north_m), table, bounds_error=False,
+                                                            fill_value=fill)(grid_en_m)
+            sd = scale * np.sqrt(var * np.asarray(sigma_db)[None, :] ** 2 + CALIBRATION_SIGMA_DB**2)
+            return mean * np.asarray(sigma_db)[None, :], sd
+
+        return shadowing_map
+
+
+def _components(correlation) -> tuple:
+    return tuple((round(w, 3), round(length)) for w, length in correlation)
 
 
 def _spatial_folds(rows: list[dict], origin: Origin, folds: int, block_m: float, seed: int) -> np.ndarray:
@@ -424,7 +537,9 @@ def _spatial_folds(rows: list[dict], origin: Origin, folds: int, block_m: float,
 
 #: ``select_physics_options``' candidates: receivers used, error structure, and a sigma scale grid.
 SELECT_RECEIVERS = (MAX_RECEIVERS, None)
-SELECT_STRUCTURES = ((False, False), (True, False), (False, True), (True, True))  # (per_receiver_sigma, correlated)
+#: (per_receiver_sigma, correlated, mapped)
+SELECT_STRUCTURES = ((False, False, False), (True, False, False), (False, True, False), (True, True, False),
+                     (False, False, True), (True, False, True))
 SELECT_SCALES = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0, 2.5)
 SELECT_FOLDS, SELECT_BLOCK_M, SELECT_PER_FOLD, SELECT_SEED = 5, 200.0, 120, 462
 
@@ -441,7 +556,7 @@ def cross_validate(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, f
     """
     from models.train.evaluate import scores
 
-    candidates = candidates or [PhysicsOptions(m, per, cor, sc) for m in SELECT_RECEIVERS for per, cor in SELECT_STRUCTURES
+    candidates = candidates or [PhysicsOptions(m, per, cor, sc, mp) for m in SELECT_RECEIVERS for per, cor, mp in SELECT_STRUCTURES
                                 for sc in SELECT_SCALES]
     fold = _spatial_folds(fit_rows, origin, folds, block_m, seed)
     rng = np.random.default_rng(seed)
@@ -452,10 +567,11 @@ def cross_validate(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, f
         train = [r for r, g in zip(fit_rows, fold) if g != f]
         held = [i for i, g in enumerate(fold) if g == f]
         pick = rng.choice(held, size=min(per_fold, len(held)), replace=False)
-        fit = fit_model(train, origin)
+        fit = fit_model(train, origin, maps=any(c.mapped for c in candidates))
         if log:
             log(f"fold {f}: fit on {len(train)} rows: n = {fit['n']:.2f}, sigma = {fit['sigma_db']:.2f} dB, "
-                f"correlation {tuple((round(w, 3), round(length)) for w, length in fit['correlation'])}; scoring {len(pick)} rows")
+                f"correlation {_components(fit['correlation'])}" + (f", map correlation {_components(fit['maps'].correlation)}"
+                                                                      if "maps" in fit else "") + f"; scoring {len(pick)} rows")
         for i in pick:
             sample = render_sample(fit_rows[i], fit, origin, spec, 100_000 + int(i))
             if not scorable(sample):
@@ -478,7 +594,7 @@ def choose_options(cv: dict) -> PhysicsOptions:
     """
     groups: dict = {}
     for c in sorted(cv, key=lambda c: c.sigma_scale):
-        groups.setdefault((c.max_receivers, c.per_receiver_sigma, c.correlated), []).append(c)
+        groups.setdefault((c.max_receivers, c.per_receiver_sigma, c.correlated, c.mapped), []).append(c)
     picked = [next((c for c in group if cv[c]["cov95"] >= 0.95), group[-1]) for group in groups.values()]
     return min(picked, key=lambda c: cv[c]["median_m"])
 
@@ -498,12 +614,12 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
     rows = load_rows(root)
     fit_rows, test_rows = split_rows(rows, split, root)
     origin = origin_of(rows)
-    fit = fit_model(fit_rows, origin)
+    fit = fit_model(fit_rows, origin, maps=options.mapped)
     if log:
         log(f"POWDER {split_path(split, root)}: fit on {len(fit_rows)} rows ({fit['links']} links): n = {fit['n']:.2f}, "
             f"sigma = {fit['sigma_db']:.2f} dB; test rows {len(test_rows)}" + (f", scoring the first {limit}" if limit else ""))
-        log(f"physics fed as: {options.label()}; shadowing correlation "
-            f"{tuple((round(w, 3), round(length)) for w, length in fit['correlation'])}")
+        log(f"physics fed as: {options.label()}; shadowing correlation between receivers {_components(fit['correlation'])}"
+            + (f", along transmitter positions (maps) {_components(fit['maps'].correlation)}" if "maps" in fit else ""))
     samples = []
     for i, row in enumerate(test_rows[:limit] if limit else test_rows):
         sample = render_sample(row, fit, origin, spec, i)

@@ -127,3 +127,30 @@ def test_cross_validation_scores_held_out_fitting_rows_only(rows):
     candidates = [powder.BASELINE_OPTIONS, powder.PhysicsOptions(None, True, True, 1.2)]
     cv = powder.cross_validate(fit_rows, origin, FeatureSpec(), folds=2, per_fold=2, candidates=candidates)
     assert set(cv) == set(candidates) and all(s["n"] >= 1 for s in cv.values())
+
+
+def test_shadowing_maps_predict_held_out_fitting_links(rows):
+    """Kriged maps fitted on 4 of 5 spatial folds of the fitting rows predict the 5th fold's residuals."""
+    fit_rows, _ = powder.split_rows(rows, "grid")
+    origin = powder.origin_of(rows)
+    folds = powder._spatial_folds(fit_rows, origin, 5, 200.0, 1)
+    fit = powder.fit_model([r for r, f in zip(fit_rows, folds) if f != 0], origin)
+    maps = fit["maps"]
+    names = sorted(maps.unit_mean)
+    sigma = np.array([fit["rx_sigma_db"].get(n, fit["sigma_db"]) for n in names])
+    predicted, observed = [], []
+    for r in (r for r, f in zip(fit_rows, folds) if f == 0):
+        tx = powder._enu(*r["tx"], origin)
+        mean, sd = maps.for_receivers(names, sigma)(tx[None])
+        for j, n in enumerate(names):
+            rss, lat, lon = r["rx"].get(n, (powder.NOT_HEARD, 0, 0))
+            if rss > powder.FIT_THRESHOLD_DB:
+                d = max(float(np.linalg.norm(powder._enu(lat, lon, origin) - tx)), 10.0)
+                observed.append(rss - (fit["A_db"] - 10 * fit["n"] * np.log10(d / 1000) + fit["offsets_db"][n]))
+                predicted.append(mean[0, j])
+                assert 0.0 < sd[0, j] <= np.hypot(sigma[j], powder.CALIBRATION_SIGMA_DB) + 1e-9
+    assert np.corrcoef(predicted, observed)[0, 1] > 0.3
+    assert np.std(np.subtract(observed, predicted)) < np.std(observed)
+    far = maps.for_receivers(names, sigma)(np.array([[4000.0, 4000.0]]))  # beyond the map: the prior
+    np.testing.assert_allclose(far[0], 0.0)
+    np.testing.assert_allclose(far[1][0], np.hypot(sigma, powder.CALIBRATION_SIGMA_DB))

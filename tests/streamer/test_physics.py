@@ -239,3 +239,42 @@ def test_correlated_error_cov_is_positive_definite_and_checked():
         correlated_error_cov(rx, 6.0, ((0.8, 40.0), (0.3, 500.0)))
     with pytest.raises(ValueError, match="error_cov_db2"):
         PhysicsEstimator(PhysicsConfig(), rx, np.zeros(25), SearchArea(0, 2000, 0, 2000), error_cov_db2=np.eye(3))
+
+
+def test_a_flat_shadowing_map_gives_the_iid_posterior_and_a_mapped_bump_moves_it():
+    physics = PhysicsConfig(grid_step_km=2.0)
+    est, rx = _square_network(physics)
+    alts = np.full(len(rx), 200.0)
+
+    def flat(grid):
+        return np.zeros((len(grid), len(rx))), np.full((len(grid), len(rx)), est.sigma_db)
+
+    mapped = PhysicsEstimator(physics, rx, alts, est.area, shadowing_map=flat)
+    truth = np.array([12e3, 30e3])
+    power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - truth).T), physics.ref_loss_db, physics.path_loss_exponent)
+    power += np.random.default_rng(3).normal(0.0, 4.0, len(rx))
+    for heard in (np.ones(len(rx), bool), np.array([True, True, True, False, True])):
+        args = (power, heard, np.ones(len(rx), bool), np.full(len(rx), -100.0))
+        a, b = est.log_posterior(*args), mapped.log_posterior(*args)
+        np.testing.assert_allclose(a - a.max(), b - b.max(), atol=1e-6)
+
+    # A map that says receiver 0 reads 15 dB weaker (sd 1 dB) near (45 km, 45 km) pulls the estimate there
+    # when receiver 0 reads 15 dB below the median model for that spot.
+    spot = np.array([45e3, 45e3])
+
+    def bump(grid):
+        near = np.hypot(*(grid - spot).T) < 5e3
+        mean = np.zeros((len(grid), len(rx)))
+        sd = np.full((len(grid), len(rx)), est.sigma_db)
+        mean[near, 0], sd[near, 0] = -15.0, 1.0
+        return mean, sd
+
+    bumped = PhysicsEstimator(physics, rx, alts, est.area, shadowing_map=bump)
+    power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - spot).T), physics.ref_loss_db, physics.path_loss_exponent)
+    power[0] -= 15.0
+    every = np.ones(len(rx), bool)
+    plain = est.estimate(power, every, every, np.full(len(rx), -130.0))
+    with_map = bumped.estimate(power, every, every, np.full(len(rx), -130.0))
+    assert np.hypot(*(with_map.position_en_m - spot)) < 0.5 * np.hypot(*(plain.position_en_m - spot))
+    with pytest.raises(ValueError, match="shadowing_map must return"):
+        PhysicsEstimator(physics, rx, alts, est.area, shadowing_map=lambda g: (np.zeros((len(g), 2)), np.ones((len(g), 2))))
