@@ -32,8 +32,10 @@ From measured RSS to IQ, exactly:
    first grid-test sample: four -101 receivers at 0.8-1.5 km while one at 1.5 km reads -60 dBm calibrated),
    so they are mostly missing data, and rendering them as noise-only windows would feed both estimators a
    false "too weak here" (the physics estimator's censoring term then drags its estimate away; measured:
-   median 1.6 km on the first 40 grid-test samples). The model takes at most 16 receivers, POWDER has up to
-   25 heard: both methods get the same subset, the heard receivers by decreasing measured RSS, up to 16.
+   median 1.6 km on the first 40 grid-test samples). Every heard receiver is rendered, strongest measured RSS
+   first (POWDER has up to 25 heard). The model takes at most 16 receivers: it gets the 16 strongest. The
+   physics estimator has no such limit; how many it uses is one of its CV-chosen options (below: "all" was a
+   candidate; on the grid split the CV chose the same 16 as the model, so both methods see the same receivers).
    Receivers reported more than 5 km from the fixed receivers' centroid (bogus bus GPS fixes) are left out,
    here and in the fit.
 5. A sample is scored only if at least three of those receivers hear by the daemon's rule
@@ -41,7 +43,36 @@ From measured RSS to IQ, exactly:
 
 Physics estimator: ``PhysicsEstimator`` with the fitted exponent and sigma, the free-space 1 km loss,
 calibration sigma 1 dB, transmit power prior [27, 33] dBm, search area = the receivers' bounding box + 0.3 km,
-grid step 25 m; transmitter at 1.5 m, receivers at 0 m (heights are not in the data).
+grid step 25 m; transmitter at 1.5 m, receivers at 0 m (heights are not in the data). How the measured errors
+are modelled is a ``PhysicsOptions``:
+
+- ``BASELINE_OPTIONS`` (``heimdall evaluate --powder-baseline``): the 16 strongest, i.i.d. errors of sigma
+  hypot(fitted sigma, 1 dB). It is overconfident on POWDER (grid split: cov95 0.871 on the test rows, 0.885 in
+  cross-validation) because real shadowing is not i.i.d.: residuals of two receivers for one transmission
+  correlate 0.57 below 50 m of receiver separation, 0.20 at 100-200 m, ~0 beyond 800 m (``fit_correlation``),
+  and one receiver's residuals at two transmitter positions correlate 0.57 below 50 m, 0.29 at 100-200 m
+  (``python -m models.train.powder residuals --split grid`` prints both tables).
+- ``correlated``: the full error covariance between receivers, a two-exponential correlation in their
+  separation fitted on the fitting links (``streamer.physics.correlated_error_cov``).
+- ``per_receiver_sigma``: each receiver's own residual sigma (receivers with >= 30 fitted links).
+- ``mapped``: each fixed receiver's shadowing map, kriged from the fitting links (``ShadowingMaps``): the
+  expected shadowing at each cell and the sd that remains (a site survey, as an operator with calibration
+  transmissions would have; it is physics plus measured shadowing, not a trained model). Buses have no map.
+- ``sigma_scale``: a factor on every error sd.
+- ``max_receivers``: 16 (the model's subset) or all heard.
+
+``python -m models.train.powder select --split grid`` chooses the options on the fitting rows only, never reading
+the test rows' measurements: spatial 5-fold cross-validation (200 m blocks of transmitter positions held out
+whole, like the grid split's cells; offsets, sigmas, correlations and maps refitted on the other folds; 120
+random rows per fold rendered and scored like the test rows). Rule (``choose_options``): for each (receivers,
+error structure), the smallest sigma scale of {1, 1.1, ..., 1.5, 1.75, 2, 2.5} whose 95 % ellipse covers at
+least 95 % of the held-out truths; among those, the smallest median error. It stores the choice per test file
+in ``powder_physics_options.json``, which ``evaluate_powder`` reads (a split without a stored choice gets
+``BASELINE_OPTIONS``). Grid split choice: 16 strongest, common sigma, maps, scale 1.5 (CV: 126 m median,
+cov68 0.788, cov95 0.958; baseline 159 m, 0.885); test rows, scored once: 138 m median, cov68 0.791, cov95 0.955
+(baseline 174 m, 0.613, 0.871). Random split choice: all heard, common sigma, maps, scale 1.75 (CV 125 m,
+cov95 0.960); test rows: 92 m, cov95 0.990 (baseline 157 m, 0.879). Commands and tables: models/MODEL_CARD.md,
+"POWDER: the physics estimator with measured shadowing".
 """
 
 from __future__ import annotations
@@ -242,6 +273,18 @@ def _residual_pairs(rows: list[dict], fit, index: dict, origin: Origin) -> tuple
     return np.concatenate(seps), np.concatenate(pairs)
 
 
+def correlation_table(residuals: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``[bins, 3]``: mean separation (m), pooled correlation of the residual pairs, pair count, per ``CORR_BINS_M`` bin
+    (bins with under 50 pairs left out)."""
+    seps, pairs = residuals
+    out = []
+    for lo, hi in zip(CORR_BINS_M[:-1], CORR_BINS_M[1:]):
+        m = (seps >= lo) & (seps < hi)
+        if m.sum() >= 50:
+            out.append((float(np.mean(seps[m])), float(np.corrcoef(pairs[m, 0], pairs[m, 1])[0, 1]), float(m.sum())))
+    return np.array(out)
+
+
 def fit_correlation(residuals: tuple[np.ndarray, np.ndarray]) -> tuple[tuple[float, float], ...]:
     """Shadowing correlation between receivers vs their separation, from the fitting links' residuals.
 
@@ -252,16 +295,8 @@ def fit_correlation(residuals: tuple[np.ndarray, np.ndarray]) -> tuple[tuple[flo
     """
     from scipy.optimize import minimize
 
-    seps, pairs = residuals
-    centres, rhos, counts = [], [], []
-    for lo, hi in zip(CORR_BINS_M[:-1], CORR_BINS_M[1:]):
-        m = (seps >= lo) & (seps < hi)
-        if m.sum() < 50:
-            continue
-        centres.append(float(np.mean(seps[m])))
-        rhos.append(float(np.corrcoef(pairs[m, 0], pairs[m, 1])[0, 1]))
-        counts.append(float(m.sum()))
-    d, rho, wt = np.array(centres), np.array(rhos), np.sqrt(np.array(counts))
+    table = correlation_table(residuals)
+    d, rho, wt = table[:, 0], table[:, 1], np.sqrt(table[:, 2])
 
     def model(x):
         return x[0] * np.exp(-d / np.exp(x[1])) + x[2] * np.exp(-d / np.exp(x[3]))
@@ -468,7 +503,8 @@ class ShadowingMaps:
             keep = i != j
             seps.append(np.hypot(*(v[i[keep], :2] - v[j[keep], :2]).T))
             pairs.append(np.stack([v[i[keep], 2], v[j[keep], 2]], -1))
-        correlation = fit_correlation((np.concatenate(seps), np.concatenate(pairs)))
+        along = (np.concatenate(seps), np.concatenate(pairs))
+        correlation = fit_correlation(along)
         txs = np.concatenate([v[:, :2] for v in links.values()])
         lo, hi = txs.min(axis=0) - MAP_MARGIN_M, txs.max(axis=0) + MAP_MARGIN_M
         east = np.arange(lo[0], hi[0] + MAP_STEP_M, MAP_STEP_M)
@@ -496,7 +532,9 @@ class ShadowingMaps:
             var = np.maximum(1.0 - (half * half).sum(axis=0), 1.0 - w_field)
             unit_mean[name] = mean.reshape(len(east), len(north))
             unit_var[name] = var.reshape(len(east), len(north))
-        return cls(correlation, east, north, unit_mean, unit_var)
+        maps = cls(correlation, east, north, unit_mean, unit_var)
+        maps.table = correlation_table(along)
+        return maps
 
     @staticmethod
     def _rho(correlation, delta: np.ndarray) -> np.ndarray:
@@ -669,7 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     from models.train.evaluate import format_table
 
     parser = argparse.ArgumentParser(prog="python -m models.train.powder", description=main.__doc__)
-    parser.add_argument("command", choices=("select",))
+    parser.add_argument("command", choices=("select", "residuals"),
+                        help="select: choose the physics options by CV; residuals: print the fitting links' residual "
+                             "correlations (between receivers, and along transmitter positions) and their fits")
     parser.add_argument("--split", default="grid", help="grid, random or a split file: its test rows are left out of everything")
     parser.add_argument("--per-fold", type=int, default=SELECT_PER_FOLD, help="held-out rows scored per fold")
     parser.add_argument("--out", type=Path, default=OPTIONS_FILE, help="JSON file to store the choice in (merged by split)")
@@ -678,6 +718,24 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_rows()
     fit_rows, _ = split_rows(rows, split)
     origin = origin_of(rows)
+    if args.command == "residuals":
+        fit = fit_offsets(fit_rows, origin)
+        between = fit.pop("residuals")
+        fit["correlation"] = fit_correlation(between)
+        maps = ShadowingMaps.fit(fit_rows, fit, origin)
+        print(f"fit on {len(fit_rows)} rows of {split_name(split)} ({fit['links']} links): n = {fit['n']:.2f}, "
+              f"sigma = {fit['sigma_db']:.2f} dB; per-receiver sigma (>= {MIN_LINKS_RX_SIGMA} links) median "
+              f"{np.median(list(fit['rx_sigma_db'].values())):.2f} dB, range {min(fit['rx_sigma_db'].values()):.2f}-"
+              f"{max(fit['rx_sigma_db'].values()):.2f} dB")
+        for title, table, comps in (("two receivers, one transmission, vs receiver separation", correlation_table(between),
+                                     fit["correlation"]),
+                                    ("one receiver, two transmissions, vs transmitter separation", maps.table, maps.correlation)):
+            print(f"residual correlation, {title}: fit {_components(comps)}")
+            bins = list(zip(CORR_BINS_M[:-1], CORR_BINS_M[1:]))
+            for centre, rho, count in table:
+                lo, hi = next((lo, hi) for lo, hi in bins if lo <= centre < hi)
+                print(f"  {lo:>6.0f}-{hi:<6.0f} m  pairs {count:>8.0f}  correlation {rho:+.3f}")
+        return 0
     cv = cross_validate(fit_rows, origin, FeatureSpec(), per_fold=args.per_fold, log=print)
     print(format_table(f"cross-validation on the fitting rows of {split_name(split)}", {c.label(): s for c, s in cv.items()}))
     chosen = choose_options(cv)
