@@ -317,6 +317,15 @@ def calibrated_dbm(rss: float, name: str, fit: dict) -> float:
     return rss - fit["offsets_db"].get(name, 0.0) - fit["A_db"] + P_TX_DBM - free_space_loss_1km_db(FREQ_HZ)
 
 
+#: ``cross_validate``'s candidates (``python -m models.train.powder select``): receivers used, error structure, and a sigma scale grid.
+SELECT_RECEIVERS = (MAX_RECEIVERS, None)
+#: (per_receiver_sigma, correlated, mapped)
+SELECT_STRUCTURES = ((False, False, False), (True, False, False), (False, True, False), (True, True, False),
+                     (False, False, True), (True, False, True))
+SELECT_SCALES = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0, 2.5)
+SELECT_FOLDS, SELECT_BLOCK_M, SELECT_PER_FOLD, SELECT_SEED = 5, 200.0, 120, 462
+
+
 @dataclass(frozen=True)
 class PhysicsOptions:
     """How POWDER is fed to the physics estimator (module doc, "Physics estimator").
@@ -414,11 +423,12 @@ def scorable(sample: RenderedSample | None) -> bool:
     return sample is not None and int(sample.heard[:MAX_RECEIVERS].sum()) >= 3
 
 
-def physics_config(fit: dict) -> PhysicsConfig:
-    """The physics estimator's parameters for a fit (module doc)."""
+def physics_config(fit: dict, power_halfwidth_db: float = 3.0) -> PhysicsConfig:
+    """The physics estimator's parameters for a fit (module doc); transmit power prior P_TX_DBM +- ``power_halfwidth_db``."""
     return PhysicsConfig(path_loss_exponent=fit["n"], ref_loss_db=free_space_loss_1km_db(FREQ_HZ),
-                         shadowing_db=fit["sigma_db"], calibration_sigma_db=CALIBRATION_SIGMA_DB, tx_power_min_dbm=P_TX_DBM - 3,
-                         tx_power_max_dbm=P_TX_DBM + 3, grid_step_km=0.025, tx_alt_m=TX_ALT_M)
+                         shadowing_db=fit["sigma_db"], calibration_sigma_db=CALIBRATION_SIGMA_DB,
+                         tx_power_min_dbm=P_TX_DBM - power_halfwidth_db, tx_power_max_dbm=P_TX_DBM + power_halfwidth_db,
+                         grid_step_km=0.025, tx_alt_m=TX_ALT_M)
 
 
 def _channel_power(sample: RenderedSample, spec: FeatureSpec):
@@ -430,9 +440,17 @@ def physics_estimate(sample: RenderedSample, fit: dict, options: PhysicsOptions,
                      power=None) -> tuple[np.ndarray, np.ndarray]:
     """Position (m) and covariance (m^2) of the physics estimator on one rendered sample, fed as ``options`` say."""
     power = power if power is not None else _channel_power(sample, spec)
+    est, k = physics_estimator(sample, fit, options)
+    res = est.estimate(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
+    return res.position_en_m, res.cov_en_m2
+
+
+def physics_estimator(sample: RenderedSample, fit: dict, options: PhysicsOptions, power_halfwidth_db: float = 3.0,
+                      area_margin_km: float = 0.3) -> tuple[PhysicsEstimator, int]:
+    """The estimator ``physics_estimate`` uses for a sample, and the number of (strongest) receivers it takes."""
     k = len(sample.names) if options.max_receivers is None else min(len(sample.names), options.max_receivers)
     rx = sample.rx_enu_m[:k]
-    physics = physics_config(fit)
+    physics = physics_config(fit, power_halfwidth_db)
     error_cov = shadowing_map = None
     if options.mapped:
         sigma = np.array([fit["rx_sigma_db"].get(n, fit["sigma_db"]) if options.per_receiver_sigma else fit["sigma_db"]
@@ -443,10 +461,65 @@ def physics_estimate(sample: RenderedSample, fit: dict, options: PhysicsOptions,
                           for n in sample.names[:k]])
         components = fit["correlation"] if options.correlated else ()
         error_cov = options.sigma_scale**2 * correlated_error_cov(rx, sigma, components, CALIBRATION_SIGMA_DB)
-    est = PhysicsEstimator(physics, rx, np.zeros(k), search_area(rx, 0.3), error_cov_db2=error_cov,
-                           shadowing_map=shadowing_map)
-    res = est.estimate(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
-    return res.position_en_m, res.cov_en_m2
+    return PhysicsEstimator(physics, rx, np.zeros(k), search_area(rx, area_margin_km), error_cov_db2=error_cov,
+                            shadowing_map=shadowing_map), k
+
+
+def _summaries(est: PhysicsEstimator, k: int, power) -> dict:
+    """Point estimates of one posterior, each with the posterior second moment about it: mean, median, mode."""
+    log_post = est.log_posterior(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
+    w = np.exp(log_post - log_post.max())
+    w /= w.sum()
+    grid = est.grid_en_m
+    points = {"mean": w @ grid, "mode": grid[int(np.argmax(w))]}
+    median = []
+    for axis in (0, 1):
+        order = np.argsort(grid[:, axis])
+        median.append(grid[order, axis][np.searchsorted(np.cumsum(w[order]), 0.5)])
+    points["median"] = np.array(median)
+    out = {}
+    for name, point in points.items():
+        d = grid - point
+        out[name] = (point, (d * w[:, None]).T @ d + est._cell_cov_m2)
+    return out
+
+
+def compare_variants(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, options: PhysicsOptions, *,
+                     folds: int = SELECT_FOLDS, block_m: float = SELECT_BLOCK_M, per_fold: int = SELECT_PER_FOLD,
+                     seed: int = SELECT_SEED, log=None) -> dict:
+    """Cross-validated scores (the same folds and rows as ``cross_validate``) of variants of one ``options``: the
+    posterior summary (mean, coordinate-wise median, mode, each with the second moment about it), the transmit
+    power prior (+-3 dB, +-6 dB around the calibrated 30 dBm) and the search-area margin (0.3 km, 0.6 km)."""
+    from models.train.evaluate import scores
+
+    variants = [(summary, 3.0, 0.3) for summary in ("mean", "median", "mode")] + [("mean", 6.0, 0.3), ("mean", 3.0, 0.6)]
+    fold = _spatial_folds(fit_rows, origin, folds, block_m, seed)
+    rng = np.random.default_rng(seed)
+    got = {v: ([], []) for v in variants}
+    truth = []
+    for f in range(folds):
+        train = [r for r, g in zip(fit_rows, fold) if g != f]
+        held = [i for i, g in enumerate(fold) if g == f]
+        pick = rng.choice(held, size=min(per_fold, len(held)), replace=False)
+        fit = fit_model(train, origin, maps=options.mapped)
+        if log:
+            log(f"fold {f}: fit on {len(train)} rows; scoring {len(pick)} rows")
+        for i in pick:
+            sample = render_sample(fit_rows[i], fit, origin, spec, 100_000 + int(i))
+            if not scorable(sample):
+                continue
+            power = _channel_power(sample, spec)
+            truth.append(sample.tx_enu_m)
+            cache = {}
+            for summary, halfwidth, margin in variants:
+                if (halfwidth, margin) not in cache:
+                    cache[(halfwidth, margin)] = _summaries(*physics_estimator(sample, fit, options, halfwidth, margin), power)
+                point, cov = cache[(halfwidth, margin)][summary]
+                got[(summary, halfwidth, margin)][0].append(point)
+                got[(summary, halfwidth, margin)][1].append(cov)
+    truth = np.array(truth)
+    return {f"summary={s} power=30+-{h:g}dBm margin={m:g}km": scores(np.array(got[(s, h, m)][0]), np.array(got[(s, h, m)][1]), truth)
+            for s, h, m in variants}
 
 
 def fit_model(fit_rows: list[dict], origin: Origin, maps: bool = True) -> dict:
@@ -571,15 +644,6 @@ def _spatial_folds(rows: list[dict], origin: Origin, folds: int, block_m: float,
     order = np.random.default_rng(seed).permutation(len(unique))
     fold_of = {c: int(order[i] % folds) for i, c in enumerate(unique)}
     return np.array([fold_of[c] for c in cells])
-
-
-#: ``select_physics_options``' candidates: receivers used, error structure, and a sigma scale grid.
-SELECT_RECEIVERS = (MAX_RECEIVERS, None)
-#: (per_receiver_sigma, correlated, mapped)
-SELECT_STRUCTURES = ((False, False, False), (True, False, False), (False, True, False), (True, True, False),
-                     (False, False, True), (True, False, True))
-SELECT_SCALES = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0, 2.5)
-SELECT_FOLDS, SELECT_BLOCK_M, SELECT_PER_FOLD, SELECT_SEED = 5, 200.0, 120, 462
 
 
 def cross_validate(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, folds: int = SELECT_FOLDS,
@@ -707,9 +771,10 @@ def main(argv: list[str] | None = None) -> int:
     from models.train.evaluate import format_table
 
     parser = argparse.ArgumentParser(prog="python -m models.train.powder", description=main.__doc__)
-    parser.add_argument("command", choices=("select", "residuals"),
+    parser.add_argument("command", choices=("select", "residuals", "variants"),
                         help="select: choose the physics options by CV; residuals: print the fitting links' residual "
-                             "correlations (between receivers, and along transmitter positions) and their fits")
+                             "correlations (between receivers, and along transmitter positions) and their fits; "
+                             "variants: CV scores of the stored choice's posterior summary, power prior and area margin")
     parser.add_argument("--split", default="grid", help="grid, random or a split file: its test rows are left out of everything")
     parser.add_argument("--per-fold", type=int, default=SELECT_PER_FOLD, help="held-out rows scored per fold")
     parser.add_argument("--out", type=Path, default=OPTIONS_FILE, help="JSON file to store the choice in (merged by split)")
@@ -735,6 +800,11 @@ def main(argv: list[str] | None = None) -> int:
             for centre, rho, count in table:
                 lo, hi = next((lo, hi) for lo, hi in bins if lo <= centre < hi)
                 print(f"  {lo:>6.0f}-{hi:<6.0f} m  pairs {count:>8.0f}  correlation {rho:+.3f}")
+        return 0
+    if args.command == "variants":
+        options = options_for(split)
+        table = compare_variants(fit_rows, origin, FeatureSpec(), options, per_fold=args.per_fold, log=print)
+        print(format_table(f"cross-validation on the fitting rows of {split_name(split)}, {options.label()}", table))
         return 0
     cv = cross_validate(fit_rows, origin, FeatureSpec(), per_fold=args.per_fold, log=print)
     print(format_table(f"cross-validation on the fitting rows of {split_name(split)}", {c.label(): s for c, s in cv.items()}))

@@ -154,3 +154,23 @@ def test_shadowing_maps_predict_held_out_fitting_links(rows):
     far = maps.for_receivers(names, sigma)(np.array([[4000.0, 4000.0]]))  # beyond the map: the prior
     np.testing.assert_allclose(far[0], 0.0)
     np.testing.assert_allclose(far[1][0], np.hypot(sigma, powder.CALIBRATION_SIGMA_DB))
+
+
+def test_posterior_summaries_mean_is_the_estimators_own():
+    from types import SimpleNamespace
+
+    from streamer.config import PhysicsConfig
+    from streamer.geodesy import SearchArea
+    from streamer.physics import PhysicsEstimator
+
+    rx = np.array([[0.0, 0.0], [1500.0, 0.0], [0.0, 1500.0], [1500.0, 1500.0]])
+    est = PhysicsEstimator(PhysicsConfig(grid_step_km=0.05, ref_loss_db=85.7, tx_alt_m=1.5), rx, np.zeros(4),
+                           SearchArea(-300, 1800, -300, 1800))
+    power = SimpleNamespace(signal_dbm=np.array([-60.0, -75.0, -72.0, -85.0]), heard=np.ones(4, bool),
+                            detection_level_dbm=np.full(4, -120.0))
+    got = powder._summaries(est, 4, power)
+    res = est.estimate(power.signal_dbm, power.heard, np.ones(4, bool), power.detection_level_dbm)
+    np.testing.assert_allclose(got["mean"][0], res.position_en_m)
+    np.testing.assert_allclose(got["mean"][1], res.cov_en_m2, rtol=1e-9)
+    for name in ("median", "mode"):  # second moment about another point is larger than the covariance
+        assert np.trace(got[name][1]) >= np.trace(res.cov_en_m2) - 1e-6
