@@ -195,6 +195,12 @@ class PhysicsEstimator:
     rx_enu_m : ``[R, 2]`` or ``[R, 3]`` receiver positions (m); only east and north are used.
     rx_alt_m : ``[R]`` receiver antenna heights above the ellipsoid (m).
     area : the search area (uniform prior over it).
+    error_cov_db2 : optional ``[R, R]`` covariance of the receivers' power errors (shadowing + calibration,
+        dB^2), e.g. from ``correlated_error_cov``; default ``sigma_db^2 I`` with
+        ``sigma_db = hypot(shadowing_db, calibration_sigma_db)`` (independent receivers).
+    shadowing_map : optional callable ``grid_en_m [G, 2] -> (mean_db [G, R], sd_db [G, R])``: a surveyed map of
+        each receiver's shadowing (received power minus the median model's, dB) at each cell and the standard
+        deviation of what remains (dB, shadowing and calibration together); replaces ``sigma_db``.
 
     Examples
     --------
@@ -208,7 +214,7 @@ class PhysicsEstimator:
     True
     """
 
-    def __init__(self, physics, rx_enu_m, rx_alt_m, area: SearchArea) -> None:
+    def __init__(self, physics, rx_enu_m, rx_alt_m, area: SearchArea, error_cov_db2=None, shadowing_map=None) -> None:
         self.physics = physics
         self.area = area
         rx = np.asarray(rx_enu_m, dtype=np.float64)
@@ -231,6 +237,30 @@ class PhysicsEstimator:
         n_p = max(1, int(math.ceil(span / POWER_STEP_DB)))
         self.power_grid_dbm = physics.tx_power_min_dbm + (np.arange(n_p) + 0.5) * span / n_p  # [P] bin centres
         self.sigma_db = math.hypot(physics.shadowing_db, physics.calibration_sigma_db)
+        # Optional full covariance of the receivers' power errors (shadowing + calibration, dB^2) in place of
+        # the i.i.d. sigma_db^2 I: nearby receivers see correlated shadowing (shared obstacles near the
+        # transmitter), and i.i.d. errors then count the same evidence several times (overconfidence).
+        self.error_cov_db2 = None
+        if error_cov_db2 is not None:
+            cov = np.asarray(error_cov_db2, dtype=np.float64)
+            n_rx = self.rx_en_m.shape[0]
+            if cov.shape != (n_rx, n_rx):
+                raise ValueError(f"error_cov_db2: expected shape ({n_rx}, {n_rx}), got {cov.shape}")
+            if not np.allclose(cov, cov.T) or np.linalg.eigvalsh(0.5 * (cov + cov.T)).min() <= 0:
+                raise ValueError("error_cov_db2 must be symmetric positive definite")
+            self.error_cov_db2 = 0.5 * (cov + cov.T)
+        # Optional surveyed shadowing map: at each cell, the received power's expected departure from the median
+        # path loss (dB) and the remaining error's standard deviation (dB), per receiver; receivers independent.
+        self._error_var_db2 = None
+        if shadowing_map is not None:
+            if error_cov_db2 is not None:
+                raise ValueError("give error_cov_db2 or shadowing_map, not both")
+            mean_db, sd_db = (np.asarray(a, dtype=np.float64) for a in shadowing_map(self.grid_en_m))
+            want = self._path_loss_db.shape
+            if mean_db.shape != want or sd_db.shape != want or not np.all(sd_db > 0):
+                raise ValueError(f"shadowing_map must return mean and sd (> 0) of shape {want}, got {mean_db.shape}, {sd_db.shape}")
+            self._path_loss_db = self._path_loss_db - mean_db
+            self._error_var_db2 = sd_db**2
         # A uniform variable over one cell has variance step^2 / 12 per axis: the posterior cannot be
         # narrower than the grid that represents it.
         self._cell_cov_m2 = np.diag([self.cell_m[0] ** 2 / 12.0, self.cell_m[1] ** 2 / 12.0])
@@ -256,6 +286,10 @@ class PhysicsEstimator:
         p = self.power_grid_dbm  # [P]
         use_heard = present & heard & np.isfinite(rx_power)
         use_cens = present & ~heard & np.isfinite(detection)
+        if self.error_cov_db2 is not None:
+            return self._log_posterior_correlated(rx_power, use_heard, use_cens, detection)
+        if self._error_var_db2 is not None:
+            return self._log_posterior_mapped(rx_power, use_heard, use_cens, detection)
         if not use_cens.any():
             return self._log_posterior_uncensored(rx_power[use_heard], self._path_loss_db[:, use_heard])
         log_post = np.zeros((self.grid_en_m.shape[0], p.shape[0]))
@@ -272,6 +306,81 @@ class PhysicsEstimator:
             z = (detection[i] - (p[None, :] - self._path_loss_db[:, i : i + 1])) / s
             log_post += log_ndtr(z)
         # logsumexp over P by hand: scipy's generic version costs ~3x more on this [G, P] shape.
+        peak = log_post.max(axis=1)
+        return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
+
+    def _log_posterior_correlated(self, rx_power, use_heard, use_cens, detection) -> np.ndarray:
+        """The posterior with the full error covariance ``error_cov_db2`` (Gaussian in the hearing receivers).
+
+        With W = inverse of the hearing receivers' error covariance and y_g the transmit powers they imply at
+        cell g, the likelihood in P is exp(-(y - P 1)^T W (y - P 1) / 2) = exp(-(q - b^2/a) / 2) times a
+        Gaussian in P of mean b/a and variance 1/a (a = 1^T W 1, b = 1^T W y, q = y^T W y); the uniform prior
+        on P integrates it in closed form. With W = I / sigma^2 this is exactly the i.i.d. posterior. Silent
+        receivers keep their independent censoring term (each with its own error variance), on the grid over P.
+        """
+        cov = self.error_cov_db2
+        idx = np.flatnonzero(use_heard)
+        n_grid = self.grid_en_m.shape[0]
+        if idx.size:
+            w = np.linalg.inv(cov[np.ix_(idx, idx)])
+            w = 0.5 * (w + w.T)
+            y = rx_power[idx] + self._path_loss_db[:, idx]  # [G, k]
+            centre = y.mean(axis=1)
+            yc = y - centre[:, None]
+            wy = yc @ w
+            a = float(w.sum())
+            b = wy.sum(axis=1)
+            scatter = (wy * yc).sum(axis=1) - b * b / a
+            mu = centre + b / a
+        else:
+            a, scatter, mu = 0.0, np.zeros(n_grid), np.zeros(n_grid)
+        if not use_cens.any():
+            if a == 0.0:
+                return np.zeros(n_grid)
+            sd = 1.0 / math.sqrt(a)
+            lo = (self.physics.tx_power_min_dbm - mu) / sd
+            hi = (self.physics.tx_power_max_dbm - mu) / sd
+            return -0.5 * scatter + _log_ndtr_difference(lo, hi)
+        p = self.power_grid_dbm
+        log_post = -0.5 * (scatter[:, None] + a * (p[None, :] - mu[:, None]) ** 2)
+        for i in np.flatnonzero(use_cens):
+            z = (detection[i] - (p[None, :] - self._path_loss_db[:, i : i + 1])) / math.sqrt(cov[i, i])
+            log_post += log_ndtr(z)
+        peak = log_post.max(axis=1)
+        return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
+
+    def _log_posterior_mapped(self, rx_power, use_heard, use_cens, detection) -> np.ndarray:
+        """The posterior with a shadowing map: independent receivers, error variance v_gr per cell and receiver.
+
+        The same closed form in P as ``_log_posterior_correlated`` with W = diag(1 / v_g) at each cell g; the
+        determinant term -1/2 sum ln v_gr no longer cancels between cells and is kept.
+        """
+        var = self._error_var_db2
+        n_grid = self.grid_en_m.shape[0]
+        idx = np.flatnonzero(use_heard)
+        if idx.size:
+            inv = 1.0 / var[:, idx]  # [G, k]
+            y = rx_power[idx] + self._path_loss_db[:, idx]
+            a = inv.sum(axis=1)
+            mu = (inv * y).sum(axis=1) / a
+            scatter = (inv * (y - mu[:, None]) ** 2).sum(axis=1)
+            log_det = -0.5 * np.log(var[:, idx]).sum(axis=1) - 0.5 * np.log(a)
+        else:
+            a, mu, scatter, log_det = np.zeros(n_grid), np.zeros(n_grid), np.zeros(n_grid), np.zeros(n_grid)
+        if not use_cens.any():
+            if not idx.size:
+                return np.zeros(n_grid)
+            sd = 1.0 / np.sqrt(a)
+            lo = (self.physics.tx_power_min_dbm - mu) / sd
+            hi = (self.physics.tx_power_max_dbm - mu) / sd
+            return -0.5 * scatter + log_det + _log_ndtr_difference(lo, hi)
+        p = self.power_grid_dbm
+        log_post = -0.5 * (scatter[:, None] + a[:, None] * (p[None, :] - mu[:, None]) ** 2) + log_det[:, None]
+        if idx.size:
+            log_post += 0.5 * np.log(a)[:, None]  # the P grid integrates the Gaussian in P itself
+        for i in np.flatnonzero(use_cens):
+            z = (detection[i] - (p[None, :] - self._path_loss_db[:, i : i + 1])) / np.sqrt(var[:, i : i + 1])
+            log_post += log_ndtr(z)
         peak = log_post.max(axis=1)
         return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
 
@@ -336,3 +445,30 @@ def _log_ndtr_difference(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     b = np.where(flip, -lo, hi)
     log_b = log_ndtr(b)
     return log_b + np.log1p(-np.exp(np.minimum(log_ndtr(a) - log_b, 0.0)) + 1e-300)
+
+
+def correlated_error_cov(rx_en_m, sigma_db, components=(), calibration_sigma_db: float = 0.0) -> np.ndarray:
+    """``[R, R]`` power-error covariance (dB^2) with shadowing correlated between nearby receivers.
+
+    ``cov_ij = sigma_i sigma_j rho(d_ij) + calibration_sigma^2 [i == j]``, with d_ij the receivers' horizontal
+    separation, ``rho(0) = 1`` and ``rho(d) = sum_c w_c exp(-d / L_c)`` for d > 0 (``components`` = ``((w_c,
+    L_c in m), ...)``, ``sum w_c <= 1``; the rest, 1 - sum w_c, is uncorrelated). A sum of exponential kernels
+    plus a nugget is positive definite, so any receiver layout gives a valid covariance. ``sigma_db`` is one
+    shadowing sigma for all receivers or one per receiver ``[R]``.
+
+    >>> c = correlated_error_cov([[0, 0], [50, 0], [5000, 0]], 6.0, ((0.5, 100.0),), 1.0)
+    >>> round(float(c[0, 0]), 1), round(float(c[0, 1]), 2), round(float(c[0, 2]), 4)
+    (37.0, 10.92, 0.0)
+    """
+    rx = np.asarray(rx_en_m, dtype=np.float64)[:, :2]
+    n = rx.shape[0]
+    sig = np.broadcast_to(np.asarray(sigma_db, dtype=np.float64), (n,))
+    d = np.hypot(rx[:, None, 0] - rx[None, :, 0], rx[:, None, 1] - rx[None, :, 1])
+    total = sum(w for w, _ in components)
+    if any(w < 0 or length <= 0 for w, length in components) or total > 1.0 + 1e-12:
+        raise ValueError(f"correlation components must have weights >= 0 summing to <= 1 and lengths > 0: {components}")
+    rho = np.zeros((n, n))
+    for w, length in components:
+        rho += w * np.exp(-d / length)
+    np.fill_diagonal(rho, 1.0)
+    return sig[:, None] * sig[None, :] * rho + calibration_sigma_db**2 * np.eye(n)

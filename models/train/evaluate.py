@@ -155,7 +155,7 @@ def run_centroid(data: Windows) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000, physics: bool = True,
              powder: bool = False, powder_split: str | Path = "grid", powder_max_samples: int | None = None,
-             cache_dir=None, spec: FeatureSpec | None = None, oversampling: int = 1, log=print) -> dict:
+             powder_baseline: bool = False, cache_dir=None, spec: FeatureSpec | None = None, oversampling: int = 1, log=print) -> dict:
     """``{dataset: {method: scores}}`` for every model, ``physics`` and ``centroid`` (module doc).
 
     ``powder_split`` is a shorthand (``grid``, ``random``) or a split file's path; ``powder_max_samples`` scores
@@ -181,7 +181,10 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         from models.train.powder import evaluate_powder, split_name
 
         name = split_name(powder_split)
-        results[name] = evaluate_powder(models, split=powder_split, spec=spec, limit=powder_max_samples, log=log)
+        from models.train.powder import BASELINE_OPTIONS
+
+        results[name] = evaluate_powder(models, split=powder_split, spec=spec, limit=powder_max_samples,
+                                        options=BASELINE_OPTIONS if powder_baseline else None, log=log)
         log(format_table(name, results[name]))
     return results
 
@@ -231,6 +234,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "special_test_cases/indoor.json); offsets are fitted on every other row minus unused/indoor/off_campus")
     parser.add_argument("--powder-max-samples", type=_positive_int, default=None, metavar="N",
                         help="score only the first N POWDER test rows (quick checks)")
+    parser.add_argument("--powder-baseline", action="store_true",
+                        help="feed POWDER to the physics estimator by the old recipe (16 strongest, i.i.d. errors) instead of "
+                             "the options `python -m models.train.powder select` stored for the split")
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store the generated draws here")
     parser.add_argument("--channelized", action="store_true",
                         help="render the simulated draws through the daemon's channelizer (as heimdall train --channelized)")
@@ -254,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda *a, **k: None) if args.json else print
     results = evaluate(models, n_default=args.n, n_random=args.n_random, physics=not args.no_physics,
                        powder=args.powder or args.test_split is not None, powder_split=args.test_split or args.powder_split or "grid",
-                       powder_max_samples=args.powder_max_samples, cache_dir=args.cache_dir,
+                       powder_max_samples=args.powder_max_samples, powder_baseline=args.powder_baseline, cache_dir=args.cache_dir,
                        oversampling=2 if args.channelized else 1, log=log)
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))

@@ -32,8 +32,10 @@ From measured RSS to IQ, exactly:
    first grid-test sample: four -101 receivers at 0.8-1.5 km while one at 1.5 km reads -60 dBm calibrated),
    so they are mostly missing data, and rendering them as noise-only windows would feed both estimators a
    false "too weak here" (the physics estimator's censoring term then drags its estimate away; measured:
-   median 1.6 km on the first 40 grid-test samples). The model takes at most 16 receivers, POWDER has up to
-   25 heard: both methods get the same subset, the heard receivers by decreasing measured RSS, up to 16.
+   median 1.6 km on the first 40 grid-test samples). Every heard receiver is rendered, strongest measured RSS
+   first (POWDER has up to 25 heard). The model takes at most 16 receivers: it gets the 16 strongest. The
+   physics estimator has no such limit; how many it uses is one of its CV-chosen options (below: "all" was a
+   candidate; on the grid split the CV chose the same 16 as the model, so both methods see the same receivers).
    Receivers reported more than 5 km from the fixed receivers' centroid (bogus bus GPS fixes) are left out,
    here and in the fit.
 5. A sample is scored only if at least three of those receivers hear by the daemon's rule
@@ -41,7 +43,36 @@ From measured RSS to IQ, exactly:
 
 Physics estimator: ``PhysicsEstimator`` with the fitted exponent and sigma, the free-space 1 km loss,
 calibration sigma 1 dB, transmit power prior [27, 33] dBm, search area = the receivers' bounding box + 0.3 km,
-grid step 25 m; transmitter at 1.5 m, receivers at 0 m (heights are not in the data).
+grid step 25 m; transmitter at 1.5 m, receivers at 0 m (heights are not in the data). How the measured errors
+are modelled is a ``PhysicsOptions``:
+
+- ``BASELINE_OPTIONS`` (``heimdall evaluate --powder-baseline``): the 16 strongest, i.i.d. errors of sigma
+  hypot(fitted sigma, 1 dB). It is overconfident on POWDER (grid split: cov95 0.871 on the test rows, 0.885 in
+  cross-validation) because real shadowing is not i.i.d.: residuals of two receivers for one transmission
+  correlate 0.57 below 50 m of receiver separation, 0.20 at 100-200 m, ~0 beyond 800 m (``fit_correlation``),
+  and one receiver's residuals at two transmitter positions correlate 0.57 below 50 m, 0.29 at 100-200 m
+  (``python -m models.train.powder residuals --split grid`` prints both tables).
+- ``correlated``: the full error covariance between receivers, a two-exponential correlation in their
+  separation fitted on the fitting links (``streamer.physics.correlated_error_cov``).
+- ``per_receiver_sigma``: each receiver's own residual sigma (receivers with >= 30 fitted links).
+- ``mapped``: each fixed receiver's shadowing map, kriged from the fitting links (``ShadowingMaps``): the
+  expected shadowing at each cell and the sd that remains (a site survey, as an operator with calibration
+  transmissions would have; it is physics plus measured shadowing, not a trained model). Buses have no map.
+- ``sigma_scale``: a factor on every error sd.
+- ``max_receivers``: 16 (the model's subset) or all heard.
+
+``python -m models.train.powder select --split grid`` chooses the options on the fitting rows only, never reading
+the test rows' measurements: spatial 5-fold cross-validation (200 m blocks of transmitter positions held out
+whole, like the grid split's cells; offsets, sigmas, correlations and maps refitted on the other folds; 120
+random rows per fold rendered and scored like the test rows). Rule (``choose_options``): for each (receivers,
+error structure), the smallest sigma scale of {1, 1.1, ..., 1.5, 1.75, 2, 2.5} whose 95 % ellipse covers at
+least 95 % of the held-out truths; among those, the smallest median error. It stores the choice per test file
+in ``powder_physics_options.json``, which ``evaluate_powder`` reads (a split without a stored choice gets
+``BASELINE_OPTIONS``). Grid split choice: 16 strongest, common sigma, maps, scale 1.5 (CV: 126 m median,
+cov68 0.788, cov95 0.958; baseline 159 m, 0.885); test rows, scored once: 138 m median, cov68 0.791, cov95 0.955
+(baseline 174 m, 0.613, 0.871). Random split choice: all heard, common sigma, maps, scale 1.75 (CV 125 m,
+cov95 0.960); test rows: 92 m, cov95 0.990 (baseline 157 m, 0.879). Commands and tables: models/MODEL_CARD.md,
+"POWDER: the physics estimator with measured shadowing".
 """
 
 from __future__ import annotations
@@ -51,6 +82,7 @@ import csv
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +95,8 @@ from streamer.config import PhysicsConfig, from_dict
 from streamer.errors import HeimdallError
 from streamer.features import FeatureSpec
 from streamer.geodesy import Origin, geodetic_to_enu_m, search_area
-from streamer.physics import PhysicsEstimator, channel_power, log_distance_path_loss_db, slant_distance_m
+from streamer.physics import (PhysicsEstimator, channel_power, correlated_error_cov, log_distance_path_loss_db,
+                             slant_distance_m)
 
 #: The project keeps its external data in ``shared/`` beside the repository checkout (as CI lays it out).
 DEFAULT_POWDER_DIR = Path(__file__).resolve().parents[3] / "shared" / "localization-data" / "powder-rss-462mhz"
@@ -78,6 +111,12 @@ SPLIT_DIR = Path("Separated_Dataset_JSON") / "train_test_splits"
 SPLITS = {"grid": Path("grid_split") / "grid_test.json", "random": Path("random_split") / "random_test.json"}
 #: Receiver positions farther than this from the fixed receivers' centroid are GPS errors (the campus is ~3 km).
 MAX_RX_RANGE_M = 5_000.0
+#: A receiver's own residual sigma is used (``PhysicsOptions.per_receiver_sigma``) only with this many fitted links.
+MIN_LINKS_RX_SIGMA = 30
+#: Receiver-separation bins (m) for the shadowing-correlation fit (``fit_correlation``).
+CORR_BINS_M = (0.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 5000.0)
+#: Calibration sigma (dB) given to the physics estimator on POWDER (the recipe's; offsets fitted on ~75k links).
+CALIBRATION_SIGMA_DB = 1.0
 
 
 class SplitFileError(HeimdallError):
@@ -206,7 +245,71 @@ def fit_offsets(rows: list[dict], origin: Origin) -> dict:
     # No transmit power given: a common A is fitted and sum(o_r) = 0; distances clamped at 10 m.
     fit = fit_path_loss(dist_m, rss_db, used, min_distance_m=10.0)
     return {"A_db": fit.level_db, "n": fit.exponent, "sigma_db": fit.sigma_db,
-            "offsets_db": {n: float(fit.offsets_db[i]) for n, i in index.items() if fit.fitted[i]}, "links": fit.links}
+            "offsets_db": {n: float(fit.offsets_db[i]) for n, i in index.items() if fit.fitted[i]}, "links": fit.links,
+            "rx_sigma_db": {n: float(fit.residual_sigma_db[i]) for n, i in index.items()
+                            if fit.fitted[i] and fit.n_obs[i] >= MIN_LINKS_RX_SIGMA},
+            "residuals": _residual_pairs(rows, fit, index, origin)}
+
+
+def _residual_pairs(rows: list[dict], fit, index: dict, origin: Origin) -> tuple[np.ndarray, np.ndarray]:
+    """(separation m, residual pair [2]) for every pair of fitted links sharing a transmission (for the correlation fit)."""
+    seps, pairs = [], []
+    for r in rows:
+        tx = _enu(*r["tx"], origin)
+        pos, res = [], []
+        for name, (rss, lat, lon) in r["rx"].items():
+            if rss <= FIT_THRESHOLD_DB or name not in index or not fit.fitted[index[name]] or not _on_campus(lat, lon, origin):
+                continue
+            p = _enu(lat, lon, origin)
+            d = max(float(np.linalg.norm(p - tx)), 10.0)
+            res.append(rss - (fit.level_db - 10.0 * fit.exponent * math.log10(d / 1000.0) + fit.offsets_db[index[name]]))
+            pos.append(p)
+        if len(res) < 2:
+            continue
+        pos, res = np.array(pos), np.array(res)
+        i, j = np.triu_indices(len(res), 1)
+        seps.append(np.linalg.norm(pos[i] - pos[j], axis=1))
+        pairs.append(np.stack([res[i], res[j]], -1))
+    return np.concatenate(seps), np.concatenate(pairs)
+
+
+def correlation_table(residuals: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``[bins, 3]``: mean separation (m), pooled correlation of the residual pairs, pair count, per ``CORR_BINS_M`` bin
+    (bins with under 50 pairs left out)."""
+    seps, pairs = residuals
+    out = []
+    for lo, hi in zip(CORR_BINS_M[:-1], CORR_BINS_M[1:]):
+        m = (seps >= lo) & (seps < hi)
+        if m.sum() >= 50:
+            out.append((float(np.mean(seps[m])), float(np.corrcoef(pairs[m, 0], pairs[m, 1])[0, 1]), float(m.sum())))
+    return np.array(out)
+
+
+def fit_correlation(residuals: tuple[np.ndarray, np.ndarray]) -> tuple[tuple[float, float], ...]:
+    """Shadowing correlation between receivers vs their separation, from the fitting links' residuals.
+
+    The pooled correlation of residual pairs (same transmission, two receivers) is measured in separation bins
+    (``CORR_BINS_M``) and a sum of two exponentials ``w1 exp(-d/L1) + w2 exp(-d/L2)`` (w >= 0, w1 + w2 <= 1,
+    L in [10 m, 5 km]) is fitted to it by least squares weighted by each bin's pair count. Returns
+    ``((w1, L1), (w2, L2))`` for ``streamer.physics.correlated_error_cov``.
+    """
+    from scipy.optimize import minimize
+
+    table = correlation_table(residuals)
+    d, rho, wt = table[:, 0], table[:, 1], np.sqrt(table[:, 2])
+
+    def model(x):
+        return x[0] * np.exp(-d / np.exp(x[1])) + x[2] * np.exp(-d / np.exp(x[3]))
+
+    def loss(x):
+        return float(np.sum(wt * (model(x) - rho) ** 2)) + 1e3 * max(0.0, x[0] + x[2] - 1.0) ** 2
+
+    bounds = [(0.0, 1.0), (math.log(10.0), math.log(5000.0)), (0.0, 1.0), (math.log(10.0), math.log(5000.0))]
+    x = minimize(loss, [0.5, math.log(50.0), 0.2, math.log(500.0)], bounds=bounds, method="L-BFGS-B").x
+    w1, w2 = float(x[0]), float(x[2])
+    if w1 + w2 > 1.0:
+        w1, w2 = w1 / (w1 + w2), w2 / (w1 + w2)
+    return ((w1, float(math.exp(x[1]))), (w2, float(math.exp(x[3]))))
 
 
 def calibrated_dbm(rss: float, name: str, fit: dict) -> float:
@@ -214,87 +317,507 @@ def calibrated_dbm(rss: float, name: str, fit: dict) -> float:
     return rss - fit["offsets_db"].get(name, 0.0) - fit["A_db"] + P_TX_DBM - free_space_loss_1km_db(FREQ_HZ)
 
 
-def sample_windows(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, sample_id: int) -> tuple[Windows | None, list[str]]:
-    """One POWDER sample as a ``Windows`` of one draw (receivers chosen per step 4) and the receiver names."""
+#: ``cross_validate``'s candidates (``python -m models.train.powder select``): receivers used, error structure, and a sigma scale grid.
+SELECT_RECEIVERS = (MAX_RECEIVERS, None)
+#: (per_receiver_sigma, correlated, mapped)
+SELECT_STRUCTURES = ((False, False, False), (True, False, False), (False, True, False), (True, True, False),
+                     (False, False, True), (True, False, True))
+SELECT_SCALES = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.75, 2.0, 2.5)
+SELECT_FOLDS, SELECT_BLOCK_M, SELECT_PER_FOLD, SELECT_SEED = 5, 200.0, 120, 462
+
+
+@dataclass(frozen=True)
+class PhysicsOptions:
+    """How POWDER is fed to the physics estimator (module doc, "Physics estimator").
+
+    max_receivers : the heard receivers used, strongest first; ``None`` = all of them.
+    per_receiver_sigma : each receiver's own fitted residual sigma (``fit["rx_sigma_db"]``) instead of the common one.
+    correlated : shadowing correlated between receivers by their separation (``fit["correlation"]``).
+    mapped : the fixed receivers' shadowing maps kriged from the fitting links (``fit["maps"]``, ``ShadowingMaps``);
+        receivers then independent (not with ``correlated``).
+    sigma_scale : factor on the whole error covariance's standard deviations (shadowing and calibration).
+    """
+
+    max_receivers: int | None = MAX_RECEIVERS
+    per_receiver_sigma: bool = False
+    correlated: bool = False
+    sigma_scale: float = 1.0
+    mapped: bool = False
+
+    def label(self) -> str:
+        return (f"rx={self.max_receivers or 'all'} sigma={'per-rx' if self.per_receiver_sigma else 'common'} "
+                f"{'map' if self.mapped else 'corr=yes' if self.correlated else 'corr=no'} scale={self.sigma_scale:g}")
+
+
+#: The recipe before ``select_physics_options`` (16 strongest, i.i.d. errors of the fitted sigma): the baseline.
+BASELINE_OPTIONS = PhysicsOptions()
+
+
+@dataclass
+class RenderedSample:
+    """One POWDER sample rendered as IQ -> mel frames: every heard receiver, strongest first."""
+
+    frames_dbm: np.ndarray  # [k, M, T]
+    rx_enu_m: np.ndarray  # [k, 2]
+    names: list
+    tx_enu_m: np.ndarray  # [2]
+    heard: np.ndarray  # [k] the daemon's detection rule on the frames
+
+
+def render_sample(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, sample_id: int) -> RenderedSample | None:
+    """Every heard receiver of a POWDER sample as mel frames (module doc, steps 2-4); None when none heard."""
     from receivers.simulator import SimulatedWorld, render_windows
 
     heard = sorted([it for it in row["rx"].items() if it[1][0] > NOT_HEARD and _on_campus(it[1][1], it[1][2], origin)],
                    key=lambda it: -it[1][0])
-    chosen = heard[:MAX_RECEIVERS]
-    if not chosen:
-        return None, []
+    if not heard:
+        return None
     config = from_dict({
         "network": {"target_freq_hz": FREQ_HZ, "origin": [origin.lat, origin.lon, 0.0], "area_margin_km": 0.3},
         "simulator": {"seed": 462 + sample_id, "shadowing_db": 0.0, "calibration_sigma_db": 0.0,
                       "path_loss_exponent": fit["n"], "ref_loss_db": free_space_loss_1km_db(FREQ_HZ), "tx_alt_m": TX_ALT_M},
         "receivers": [{"id": f"r{i}", "kind": "simulator", "lat": lat, "lon": lon, "alt_m": 0.0}
-                      for i, (_, (_, lat, lon)) in enumerate(chosen)],
+                      for i, (_, (_, lat, lon)) in enumerate(heard)],
     }, source="<powder>")
     world = SimulatedWorld(config)
     tx_m = _enu(*row["tx"], origin)
     dist = slant_distance_m(tx_m, TX_ALT_M, world.rx_enu_m, world.rx_alt_m)
     path_loss = log_distance_path_loss_db(dist, world.sim.ref_loss_db, world.sim.path_loss_exponent)
-    frames = np.empty((len(chosen), spec.n_mels, spec.n_frames), np.float32)
+    frames = np.empty((len(heard), spec.n_mels, spec.n_frames), np.float32)
     start_ns = 1_650_000_000 * 10**9 + sample_id * 10**9
-    for r, (name, (rss, _, _)) in enumerate(chosen):
+    for r, (name, (rss, _, _)) in enumerate(heard):
         p_rx = calibrated_dbm(rss, name, fit)
         iq = render_windows(world, tx_m, p_rx + path_loss[r], start_ns, sample_rate_hz=spec.sample_rate_hz,
                             n_samples=spec.n_samples, window_ids=[sample_id], receivers=[r])
         frames[r] = feature_module.mel_frames_dbm(iq[0, 0], spec, world.calibration_db[r])
-    k = len(chosen)
-    feats = np.zeros((1, MAX_RECEIVERS, spec.n_mels, spec.n_frames), np.float32)
+    return RenderedSample(frames, np.asarray(world.rx_enu_m[:, :2], np.float64), [name for name, _ in heard], tx_m,
+                          heard_mask(frames, spec).astype(bool))
+
+
+def model_windows(sample: RenderedSample) -> Windows:
+    """The model's input for a rendered sample: its ``MAX_RECEIVERS`` strongest receivers (the model's slots)."""
+    k = min(len(sample.names), MAX_RECEIVERS)
+    spec_shape = sample.frames_dbm.shape[1:]
+    feats = np.zeros((1, MAX_RECEIVERS, *spec_shape), np.float32)
     enu = np.zeros((1, MAX_RECEIVERS, 3), np.float32)
     mask = np.zeros((1, MAX_RECEIVERS), np.float32)
     heard_slots = np.zeros((1, MAX_RECEIVERS), np.float32)
-    feats[0, :k] = frames
-    enu[0, :k] = world.rx_enu_m / 1000.0
+    feats[0, :k] = sample.frames_dbm[:k]
+    enu[0, :k, :2] = sample.rx_enu_m[:k] / 1000.0
     mask[0, :k] = 1.0
-    heard_slots[0, :k] = heard_mask(frames, spec)
-    return Windows(feats, enu, mask, (tx_m / 1000.0).astype(np.float32)[None], np.zeros((1, MAX_RECEIVERS), np.float32),
-                   np.zeros(1, np.int32), heard_slots), [name for name, _ in chosen]
+    heard_slots[0, :k] = sample.heard[:k]
+    return Windows(feats, enu, mask, (sample.tx_enu_m / 1000.0).astype(np.float32)[None], np.zeros((1, MAX_RECEIVERS), np.float32),
+                   np.zeros(1, np.int32), heard_slots)
+
+
+def sample_windows(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, sample_id: int) -> tuple[Windows | None, list[str]]:
+    """One POWDER sample as a ``Windows`` of one draw (the model's receivers, step 4) and those receivers' names."""
+    sample = render_sample(row, fit, origin, spec, sample_id)
+    if sample is None:
+        return None, []
+    return model_windows(sample), sample.names[:MAX_RECEIVERS]
+
+
+def scorable(sample: RenderedSample | None) -> bool:
+    """Step 5: at least three of the model's receivers hear (the same samples are scored for every method)."""
+    return sample is not None and int(sample.heard[:MAX_RECEIVERS].sum()) >= 3
+
+
+def physics_config(fit: dict, power_halfwidth_db: float = 3.0) -> PhysicsConfig:
+    """The physics estimator's parameters for a fit (module doc); transmit power prior P_TX_DBM +- ``power_halfwidth_db``."""
+    return PhysicsConfig(path_loss_exponent=fit["n"], ref_loss_db=free_space_loss_1km_db(FREQ_HZ),
+                         shadowing_db=fit["sigma_db"], calibration_sigma_db=CALIBRATION_SIGMA_DB,
+                         tx_power_min_dbm=P_TX_DBM - power_halfwidth_db, tx_power_max_dbm=P_TX_DBM + power_halfwidth_db,
+                         grid_step_km=0.025, tx_alt_m=TX_ALT_M)
+
+
+def _channel_power(sample: RenderedSample, spec: FeatureSpec):
+    return channel_power(sample.frames_dbm, spec, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ, detection_snr_db=DETECTION_SNR_DB,
+                         noise_max_offset_hz=NOISE_BAND_FRACTION * spec.sample_rate_hz)
+
+
+def physics_estimate(sample: RenderedSample, fit: dict, options: PhysicsOptions, spec: FeatureSpec,
+                     power=None) -> tuple[np.ndarray, np.ndarray]:
+    """Position (m) and covariance (m^2) of the physics estimator on one rendered sample, fed as ``options`` say."""
+    power = power if power is not None else _channel_power(sample, spec)
+    est, k = physics_estimator(sample, fit, options)
+    res = est.estimate(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
+    return res.position_en_m, res.cov_en_m2
+
+
+def physics_estimator(sample: RenderedSample, fit: dict, options: PhysicsOptions, power_halfwidth_db: float = 3.0,
+                      area_margin_km: float = 0.3) -> tuple[PhysicsEstimator, int]:
+    """The estimator ``physics_estimate`` uses for a sample, and the number of (strongest) receivers it takes."""
+    k = len(sample.names) if options.max_receivers is None else min(len(sample.names), options.max_receivers)
+    rx = sample.rx_enu_m[:k]
+    physics = physics_config(fit, power_halfwidth_db)
+    error_cov = shadowing_map = None
+    if options.mapped:
+        sigma = np.array([fit["rx_sigma_db"].get(n, fit["sigma_db"]) if options.per_receiver_sigma else fit["sigma_db"]
+                          for n in sample.names[:k]])
+        shadowing_map = fit["maps"].for_receivers(sample.names[:k], sigma, options.sigma_scale)
+    elif options != BASELINE_OPTIONS:
+        sigma = np.array([fit["rx_sigma_db"].get(n, fit["sigma_db"]) if options.per_receiver_sigma else fit["sigma_db"]
+                          for n in sample.names[:k]])
+        components = fit["correlation"] if options.correlated else ()
+        error_cov = options.sigma_scale**2 * correlated_error_cov(rx, sigma, components, CALIBRATION_SIGMA_DB)
+    return PhysicsEstimator(physics, rx, np.zeros(k), search_area(rx, area_margin_km), error_cov_db2=error_cov,
+                            shadowing_map=shadowing_map), k
+
+
+def _summaries(est: PhysicsEstimator, k: int, power) -> dict:
+    """Point estimates of one posterior, each with the posterior second moment about it: mean, median, mode."""
+    log_post = est.log_posterior(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
+    w = np.exp(log_post - log_post.max())
+    w /= w.sum()
+    grid = est.grid_en_m
+    points = {"mean": w @ grid, "mode": grid[int(np.argmax(w))]}
+    median = []
+    for axis in (0, 1):
+        order = np.argsort(grid[:, axis])
+        median.append(grid[order, axis][np.searchsorted(np.cumsum(w[order]), 0.5)])
+    points["median"] = np.array(median)
+    out = {}
+    for name, point in points.items():
+        d = grid - point
+        out[name] = (point, (d * w[:, None]).T @ d + est._cell_cov_m2)
+    return out
+
+
+def compare_variants(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, options: PhysicsOptions, *,
+                     folds: int = SELECT_FOLDS, block_m: float = SELECT_BLOCK_M, per_fold: int = SELECT_PER_FOLD,
+                     seed: int = SELECT_SEED, log=None) -> dict:
+    """Cross-validated scores (the same folds and rows as ``cross_validate``) of variants of one ``options``: the
+    posterior summary (mean, coordinate-wise median, mode, each with the second moment about it), the transmit
+    power prior (+-3 dB, +-6 dB around the calibrated 30 dBm) and the search-area margin (0.3 km, 0.6 km)."""
+    from models.train.evaluate import scores
+
+    variants = [(summary, 3.0, 0.3) for summary in ("mean", "median", "mode")] + [("mean", 6.0, 0.3), ("mean", 3.0, 0.6)]
+    fold = _spatial_folds(fit_rows, origin, folds, block_m, seed)
+    rng = np.random.default_rng(seed)
+    got = {v: ([], []) for v in variants}
+    truth = []
+    for f in range(folds):
+        train = [r for r, g in zip(fit_rows, fold) if g != f]
+        held = [i for i, g in enumerate(fold) if g == f]
+        pick = rng.choice(held, size=min(per_fold, len(held)), replace=False)
+        fit = fit_model(train, origin, maps=options.mapped)
+        if log:
+            log(f"fold {f}: fit on {len(train)} rows; scoring {len(pick)} rows")
+        for i in pick:
+            sample = render_sample(fit_rows[i], fit, origin, spec, 100_000 + int(i))
+            if not scorable(sample):
+                continue
+            power = _channel_power(sample, spec)
+            truth.append(sample.tx_enu_m)
+            cache = {}
+            for summary, halfwidth, margin in variants:
+                if (halfwidth, margin) not in cache:
+                    cache[(halfwidth, margin)] = _summaries(*physics_estimator(sample, fit, options, halfwidth, margin), power)
+                point, cov = cache[(halfwidth, margin)][summary]
+                got[(summary, halfwidth, margin)][0].append(point)
+                got[(summary, halfwidth, margin)][1].append(cov)
+    truth = np.array(truth)
+    return {f"summary={s} power=30+-{h:g}dBm margin={m:g}km": scores(np.array(got[(s, h, m)][0]), np.array(got[(s, h, m)][1]), truth)
+            for s, h, m in variants}
+
+
+def fit_model(fit_rows: list[dict], origin: Origin, maps: bool = True) -> dict:
+    """Offsets (``fit_offsets``), the shadowing correlation between receivers (``fit_correlation``) and, with
+    ``maps``, the fixed receivers' shadowing maps (``ShadowingMaps.fit``)."""
+    fit = fit_offsets(fit_rows, origin)
+    fit["correlation"] = fit_correlation(fit.pop("residuals"))
+    if maps:
+        fit["maps"] = ShadowingMaps.fit(fit_rows, fit, origin)
+    return fit
+
+
+#: Shadowing maps: links are averaged in squares of ``MAP_BIN_M`` before kriging; maps are computed on a grid of
+#: ``MAP_STEP_M`` over the fitting transmitters' bounding box + ``MAP_MARGIN_M`` and interpolated linearly.
+MAP_BIN_M, MAP_STEP_M, MAP_MARGIN_M = 25.0, 50.0, 500.0
+#: Random link pairs per receiver for the fit of the shadowing's spatial correlation (``ShadowingMaps.fit``).
+MAP_PAIRS_PER_RX = 30_000
+
+
+class ShadowingMaps:
+    """Each fixed receiver's shadowing field, kriged (Gaussian-process regression) from the fitting links' residuals.
+
+    Shadowing is a spatially correlated field of the transmitter position for each receiver (LOCALIZATION-FACTS:
+    correlation 0.45 at 50-100 m on POWDER); links measured nearby tell what the next one will read. Model, per
+    receiver r: residual e(x) = s_r(x) + u, s_r a zero-mean Gaussian field of covariance sigma_r^2 rho(|x - x'|),
+    u white of variance sigma_r^2 (1 - rho(0+)), with rho = w1 exp(-h/L1) + w2 exp(-h/L2) fitted by
+    ``fit_correlation`` on residual pairs of one receiver at two transmitter positions (pooled over receivers,
+    fitting rows only). Links in a ``MAP_BIN_M`` square are averaged (their white part shrinks by the count). The
+    map at x is the kriging mean E[s_r(x) | links] and the predictive sd of a new reading, sqrt(sigma_r^2 -
+    k(x)^T K^-1 k(x)); receivers without a map (buses: they move) get mean 0 and sd sigma_r.
+    """
+
+    def __init__(self, correlation, east_m, north_m, unit_mean: dict, unit_var: dict) -> None:
+        self.correlation = correlation
+        self.east_m, self.north_m = east_m, north_m
+        self.unit_mean, self.unit_var = unit_mean, unit_var  # per receiver, in units of its sigma (and sigma^2)
+
+    @classmethod
+    def fit(cls, rows: list[dict], fit: dict, origin: Origin) -> "ShadowingMaps":
+        links: dict[str, list] = {}
+        for r in rows:
+            tx = _enu(*r["tx"], origin)
+            for name, (rss, lat, lon) in r["rx"].items():
+                if rss <= FIT_THRESHOLD_DB or name.startswith("bus-") or name not in fit["offsets_db"] or not _on_campus(lat, lon, origin):
+                    continue
+                d = max(float(np.linalg.norm(_enu(lat, lon, origin) - tx)), 10.0)
+                e = rss - (fit["A_db"] - 10.0 * fit["n"] * math.log10(d / 1000.0) + fit["offsets_db"][name])
+                links.setdefault(name, []).append((tx[0], tx[1], e))
+        links = {n: np.array(v) for n, v in links.items() if len(v) >= MIN_LINKS_RX_SIGMA}
+        rng = np.random.default_rng(0)
+        seps, pairs = [], []
+        for v in links.values():
+            i, j = rng.integers(0, len(v), MAP_PAIRS_PER_RX), rng.integers(0, len(v), MAP_PAIRS_PER_RX)
+            keep = i != j
+            seps.append(np.hypot(*(v[i[keep], :2] - v[j[keep], :2]).T))
+            pairs.append(np.stack([v[i[keep], 2], v[j[keep], 2]], -1))
+        along = (np.concatenate(seps), np.concatenate(pairs))
+        correlation = fit_correlation(along)
+        txs = np.concatenate([v[:, :2] for v in links.values()])
+        lo, hi = txs.min(axis=0) - MAP_MARGIN_M, txs.max(axis=0) + MAP_MARGIN_M
+        east = np.arange(lo[0], hi[0] + MAP_STEP_M, MAP_STEP_M)
+        north = np.arange(lo[1], hi[1] + MAP_STEP_M, MAP_STEP_M)
+        cells = np.stack(np.meshgrid(east, north, indexing="ij"), -1).reshape(-1, 2)
+        w_field = sum(w for w, _ in correlation)
+        unit_mean, unit_var = {}, {}
+        for name, v in links.items():
+            sigma = fit["rx_sigma_db"].get(name, fit["sigma_db"])
+            z = v[:, 2] / sigma  # unit-variance residuals
+            keys = np.floor(v[:, :2] / MAP_BIN_M).astype(np.int64)
+            _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+            inverse = inverse.reshape(-1)
+            pos = np.stack([np.bincount(inverse, v[:, 0]), np.bincount(inverse, v[:, 1])], -1) / counts[:, None]
+            zbar = np.bincount(inverse, z) / counts
+            k_bb = cls._rho(correlation, pos[:, None, :] - pos[None, :, :])
+            k_bb[np.diag_indices_from(k_bb)] = w_field + (1.0 - w_field) / counts
+            chol = np.linalg.cholesky(k_bb)
+            alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, zbar))
+            k_cb = cls._rho(correlation, cells[:, None, :] - pos[None, :, :])
+            mean = k_cb @ alpha
+            from scipy.linalg import solve_triangular
+
+            half = solve_triangular(chol, k_cb.T, lower=True)
+            var = np.maximum(1.0 - (half * half).sum(axis=0), 1.0 - w_field)
+            unit_mean[name] = mean.reshape(len(east), len(north))
+            unit_var[name] = var.reshape(len(east), len(north))
+        maps = cls(correlation, east, north, unit_mean, unit_var)
+        maps.table = correlation_table(along)
+        return maps
+
+    @staticmethod
+    def _rho(correlation, delta: np.ndarray) -> np.ndarray:
+        h = np.hypot(delta[..., 0], delta[..., 1])
+        return sum(w * np.exp(-h / length) for w, length in correlation)
+
+    def for_receivers(self, names: list, sigma_db: np.ndarray, scale: float = 1.0):
+        """``shadowing_map`` callable for ``PhysicsEstimator``: receivers ``names`` with shadowing sigmas ``sigma_db``
+        (dB; the map's unit field times it), calibration sigma ``CALIBRATION_SIGMA_DB`` added, all sds times ``scale``."""
+        from scipy.interpolate import RegularGridInterpolator
+
+        def shadowing_map(grid_en_m):
+            mean = np.zeros((len(grid_en_m), len(names)))
+            var = np.ones((len(grid_en_m), len(names)))
+            for r, name in enumerate(names):
+                if name in self.unit_mean:
+                    for out, table, fill in ((mean, self.unit_mean[name], 0.0), (var, self.unit_var[name], 1.0)):
+                        out[:, r] = RegularGridInterpolator((self.east_m, self.north_m), table, bounds_error=False,
+                                                            fill_value=fill)(grid_en_m)
+            sd = scale * np.sqrt(var * np.asarray(sigma_db)[None, :] ** 2 + CALIBRATION_SIGMA_DB**2)
+            return mean * np.asarray(sigma_db)[None, :], sd
+
+        return shadowing_map
+
+
+def _components(correlation) -> tuple:
+    return tuple((round(w, 3), round(length)) for w, length in correlation)
+
+
+def _spatial_folds(rows: list[dict], origin: Origin, folds: int, block_m: float, seed: int) -> np.ndarray:
+    """Fold index of each row: square blocks of ``block_m`` of the transmitter position, blocks dealt to folds at random."""
+    cells = [tuple(np.floor(_enu(*r["tx"], origin) / block_m).astype(int)) for r in rows]
+    unique = sorted(set(cells))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = {c: int(order[i] % folds) for i, c in enumerate(unique)}
+    return np.array([fold_of[c] for c in cells])
+
+
+def cross_validate(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, folds: int = SELECT_FOLDS,
+                   block_m: float = SELECT_BLOCK_M, per_fold: int = SELECT_PER_FOLD, seed: int = SELECT_SEED,
+                   candidates=None, log=None) -> dict:
+    """Spatial cross-validation over the fitting rows only: ``{options: scores}`` for every candidate.
+
+    The fitting rows' transmitter positions are cut into ``block_m`` squares dealt to ``folds`` folds (whole
+    blocks held out, like the grid split's cells); for each fold the offsets, sigmas and correlation are fitted
+    on the other folds (``fit_model``) and ``per_fold`` random rows of the fold are rendered and scored exactly
+    as the test rows are. The test split's rows are never read here.
+    """
+    from models.train.evaluate import scores
+
+    candidates = candidates or [PhysicsOptions(m, per, cor, sc, mp) for m in SELECT_RECEIVERS for per, cor, mp in SELECT_STRUCTURES
+                                for sc in SELECT_SCALES]
+    fold = _spatial_folds(fit_rows, origin, folds, block_m, seed)
+    rng = np.random.default_rng(seed)
+    pos = {c: [] for c in candidates}
+    cov = {c: [] for c in candidates}
+    truth = []
+    for f in range(folds):
+        train = [r for r, g in zip(fit_rows, fold) if g != f]
+        held = [i for i, g in enumerate(fold) if g == f]
+        pick = rng.choice(held, size=min(per_fold, len(held)), replace=False)
+        fit = fit_model(train, origin, maps=any(c.mapped for c in candidates))
+        if log:
+            log(f"fold {f}: fit on {len(train)} rows: n = {fit['n']:.2f}, sigma = {fit['sigma_db']:.2f} dB, "
+                f"correlation {_components(fit['correlation'])}" + (f", map correlation {_components(fit['maps'].correlation)}"
+                                                                      if "maps" in fit else "") + f"; scoring {len(pick)} rows")
+        for i in pick:
+            sample = render_sample(fit_rows[i], fit, origin, spec, 100_000 + int(i))
+            if not scorable(sample):
+                continue
+            power = _channel_power(sample, spec)
+            truth.append(sample.tx_enu_m)
+            for c in candidates:
+                p, v = physics_estimate(sample, fit, c, spec, power)
+                pos[c].append(p)
+                cov[c].append(v)
+    truth = np.array(truth)
+    return {c: scores(np.array(pos[c]), np.array(cov[c]), truth) for c in candidates}
+
+
+def choose_options(cv: dict) -> PhysicsOptions:
+    """The selection rule on cross-validated scores (fitting rows only).
+
+    For each (receivers, error structure), the smallest sigma scale whose 95 % ellipse covers at least 95 % of
+    the held-out truths (the nominal rate; the largest scale if none does); among those, the smallest median error.
+    """
+    groups: dict = {}
+    for c in sorted(cv, key=lambda c: c.sigma_scale):
+        groups.setdefault((c.max_receivers, c.per_receiver_sigma, c.correlated, c.mapped), []).append(c)
+    picked = [next((c for c in group if cv[c]["cov95"] >= 0.95), group[-1]) for group in groups.values()]
+    return min(picked, key=lambda c: cv[c]["median_m"])
 
 
 def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSpec | None = None, limit: int | None = None,
-                    root: Path = POWDER_DIR, log=None) -> dict:
+                    root: Path = POWDER_DIR, options: PhysicsOptions | None = None, log=None) -> dict:
     """``{method: scores}`` on a POWDER split (shorthand or file) for each ONNX model, ``physics`` and ``centroid``.
 
     ``limit`` scores only the first ``limit`` test rows (quick checks); ``skipped`` counts within them.
+    ``options`` feeds the physics estimator (default: ``options_for(split)``, the choice ``select`` stored for this
+    split's test file, else ``BASELINE_OPTIONS``).
     """
     from models.train.evaluate import run_centroid, run_onnx, scores
 
     spec = spec or FeatureSpec()
+    options = options or options_for(split, root=root)
     rows = load_rows(root)
     fit_rows, test_rows = split_rows(rows, split, root)
     origin = origin_of(rows)
-    fit = fit_offsets(fit_rows, origin)
+    fit = fit_model(fit_rows, origin, maps=options.mapped)
     if log:
         log(f"POWDER {split_path(split, root)}: fit on {len(fit_rows)} rows ({fit['links']} links): n = {fit['n']:.2f}, "
             f"sigma = {fit['sigma_db']:.2f} dB; test rows {len(test_rows)}" + (f", scoring the first {limit}" if limit else ""))
-    parts, names = [], []
+        log(f"physics fed as: {options.label()}; shadowing correlation between receivers {_components(fit['correlation'])}"
+            + (f", along transmitter positions (maps) {_components(fit['maps'].correlation)}" if "maps" in fit else ""))
+    samples = []
     for i, row in enumerate(test_rows[:limit] if limit else test_rows):
-        data, chosen = sample_windows(row, fit, origin, spec, i)
-        if data is not None and data.heard.sum() >= 3:
-            parts.append(data)
-            names.append(chosen)
-    data = Windows.concat(parts)
+        sample = render_sample(row, fit, origin, spec, i)
+        if scorable(sample):
+            samples.append(sample)
+    data = Windows.concat([model_windows(sm) for sm in samples])
     truth = data.tx_enu_km.astype(np.float64) * 1e3
     table = {Path(p).stem: scores(*run_onnx(Path(p), data), truth) for p in models}
-    pos = np.empty((len(data), 2))
-    cov = np.empty((len(data), 2, 2))
-    physics = PhysicsConfig(path_loss_exponent=fit["n"], ref_loss_db=free_space_loss_1km_db(FREQ_HZ),
-                            shadowing_db=fit["sigma_db"], calibration_sigma_db=1.0, tx_power_min_dbm=P_TX_DBM - 3,
-                            tx_power_max_dbm=P_TX_DBM + 3, grid_step_km=0.025, tx_alt_m=TX_ALT_M)
-    for b in range(len(data)):
-        k = int(data.rx_mask[b].sum())
-        rx = data.rx_enu_km[b, :k].astype(np.float64) * 1e3
-        est = PhysicsEstimator(physics, rx, np.zeros(k), search_area(rx, 0.3))
-        power = channel_power(data.features_dbm[b, :k], spec, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ,
-                              detection_snr_db=DETECTION_SNR_DB, noise_max_offset_hz=NOISE_BAND_FRACTION * spec.sample_rate_hz)
-        res = est.estimate(power.signal_dbm, power.heard, np.ones(k, bool), power.detection_level_dbm)
-        pos[b], cov[b] = res.position_en_m, res.cov_en_m2
+    pos = np.empty((len(samples), 2))
+    cov = np.empty((len(samples), 2, 2))
+    for b, sample in enumerate(samples):
+        pos[b], cov[b] = physics_estimate(sample, fit, options, spec)
     table["physics"] = scores(pos, cov, truth)
     table["centroid"] = scores(*run_centroid(data), truth)
     skipped = (min(limit, len(test_rows)) if limit else len(test_rows)) - len(data)
     for s in table.values():
         s["skipped"] = int(skipped)
     return table
+
+
+#: Where ``python -m models.train.powder select`` stores its choice, per split; ``evaluate_powder`` reads it.
+OPTIONS_FILE = Path(__file__).with_name("powder_physics_options.json")
+
+
+def split_key(split: str | Path, root: Path = POWDER_DIR) -> str:
+    """The key of a split in ``OPTIONS_FILE``: its test file's path under ``SPLIT_DIR`` (shorthand or path alike)."""
+    path = Path(split_path(split, root)).resolve()
+    try:
+        return path.relative_to((root / SPLIT_DIR).resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def options_for(split: str | Path, path: Path = OPTIONS_FILE, root: Path = POWDER_DIR) -> PhysicsOptions:
+    """The physics options ``select`` stored for ``split`` in ``path``; ``BASELINE_OPTIONS`` when none is stored."""
+    if not path.is_file():
+        return BASELINE_OPTIONS
+    stored = json.loads(path.read_text()).get(split_key(split, root))
+    return PhysicsOptions(**stored["options"]) if stored else BASELINE_OPTIONS
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m models.train.powder select [--split grid|random|PATH]``: choose the physics options by CV (fitting rows only)."""
+    import argparse
+    from dataclasses import asdict
+
+    from models.train.evaluate import format_table
+
+    parser = argparse.ArgumentParser(prog="python -m models.train.powder", description=main.__doc__)
+    parser.add_argument("command", choices=("select", "residuals", "variants"),
+                        help="select: choose the physics options by CV; residuals: print the fitting links' residual "
+                             "correlations (between receivers, and along transmitter positions) and their fits; "
+                             "variants: CV scores of the stored choice's posterior summary, power prior and area margin")
+    parser.add_argument("--split", default="grid", help="grid, random or a split file: its test rows are left out of everything")
+    parser.add_argument("--per-fold", type=int, default=SELECT_PER_FOLD, help="held-out rows scored per fold")
+    parser.add_argument("--out", type=Path, default=OPTIONS_FILE, help="JSON file to store the choice in (merged by split)")
+    args = parser.parse_args(argv)
+    split = args.split if args.split in SPLITS else Path(args.split)
+    rows = load_rows()
+    fit_rows, _ = split_rows(rows, split)
+    origin = origin_of(rows)
+    if args.command == "residuals":
+        fit = fit_offsets(fit_rows, origin)
+        between = fit.pop("residuals")
+        fit["correlation"] = fit_correlation(between)
+        maps = ShadowingMaps.fit(fit_rows, fit, origin)
+        print(f"fit on {len(fit_rows)} rows of {split_name(split)} ({fit['links']} links): n = {fit['n']:.2f}, "
+              f"sigma = {fit['sigma_db']:.2f} dB; per-receiver sigma (>= {MIN_LINKS_RX_SIGMA} links) median "
+              f"{np.median(list(fit['rx_sigma_db'].values())):.2f} dB, range {min(fit['rx_sigma_db'].values()):.2f}-"
+              f"{max(fit['rx_sigma_db'].values()):.2f} dB")
+        for title, table, comps in (("two receivers, one transmission, vs receiver separation", correlation_table(between),
+                                     fit["correlation"]),
+                                    ("one receiver, two transmissions, vs transmitter separation", maps.table, maps.correlation)):
+            print(f"residual correlation, {title}: fit {_components(comps)}")
+            bins = list(zip(CORR_BINS_M[:-1], CORR_BINS_M[1:]))
+            for centre, rho, count in table:
+                lo, hi = next((lo, hi) for lo, hi in bins if lo <= centre < hi)
+                print(f"  {lo:>6.0f}-{hi:<6.0f} m  pairs {count:>8.0f}  correlation {rho:+.3f}")
+        return 0
+    if args.command == "variants":
+        options = options_for(split)
+        table = compare_variants(fit_rows, origin, FeatureSpec(), options, per_fold=args.per_fold, log=print)
+        print(format_table(f"cross-validation on the fitting rows of {split_name(split)}, {options.label()}", table))
+        return 0
+    cv = cross_validate(fit_rows, origin, FeatureSpec(), per_fold=args.per_fold, log=print)
+    print(format_table(f"cross-validation on the fitting rows of {split_name(split)}", {c.label(): s for c, s in cv.items()}))
+    chosen = choose_options(cv)
+    print(f"chosen: {chosen.label()} (CV {cv[chosen]['median_m']:.0f} m median, cov68 {cv[chosen]['cov68']:.3f}, "
+          f"cov95 {cv[chosen]['cov95']:.3f}); baseline {BASELINE_OPTIONS.label()}: CV {cv[BASELINE_OPTIONS]['median_m']:.0f} m, "
+          f"cov95 {cv[BASELINE_OPTIONS]['cov95']:.3f}")
+    stored = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    stored[split_key(split)] = {"options": asdict(chosen), "cv": cv[chosen], "baseline_cv": cv[BASELINE_OPTIONS],
+                                 "command": f"python -m models.train.powder select --split {args.split} --per-fold {args.per_fold}"}
+    args.out.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -79,3 +79,98 @@ def test_a_two_transmitter_file_is_refused_by_name(rows):
     path = powder.POWDER_DIR / "Separated_Dataset_JSON" / "all_data" / "two_tx.json"
     with pytest.raises(powder.SplitFileError, match=f"{path}: sample .*: 2 transmitters"):
         powder.split_rows(rows, path)
+
+
+def test_fit_correlation_recovers_a_known_two_scale_correlation():
+    rng = np.random.default_rng(4)
+    seps = rng.uniform(0.0, 3000.0, 200_000)
+    rho = 0.4 * np.exp(-seps / 40.0) + 0.25 * np.exp(-seps / 500.0)
+    a = rng.normal(size=seps.size)
+    b = rho * a + np.sqrt(1 - rho**2) * rng.normal(size=seps.size)
+    components = powder.fit_correlation((seps, 6.0 * np.stack([a, b], -1)))
+    assert sum(w for w, _ in components) <= 1.0
+    d = np.array([25.0, 75.0, 150.0, 300.0, 600.0, 1200.0])
+    fitted = sum(w * np.exp(-d / length) for w, length in components)
+    np.testing.assert_allclose(fitted, 0.4 * np.exp(-d / 40.0) + 0.25 * np.exp(-d / 500.0), atol=0.04)
+
+
+def test_choose_options_takes_the_smallest_calibrated_scale_then_the_smallest_median():
+    o = powder.PhysicsOptions
+    cv = {o(16, False, False, 1.0): {"cov95": 0.90, "median_m": 100.0}, o(16, False, False, 1.5): {"cov95": 0.96, "median_m": 150.0},
+          o(16, False, False, 2.0): {"cov95": 0.99, "median_m": 120.0},
+          o(None, True, True, 1.0): {"cov95": 0.95, "median_m": 140.0}, o(None, True, True, 1.5): {"cov95": 0.99, "median_m": 90.0},
+          o(None, False, True, 1.0): {"cov95": 0.80, "median_m": 50.0}, o(None, False, True, 1.2): {"cov95": 0.85, "median_m": 145.0}}
+    # 16/iid: 1.5 (first >= 0.95, 150 m); all/per-rx/corr: 1.0 (140 m); all/common/corr: none reaches 0.95 -> 1.2 (145 m)
+    assert powder.choose_options(cv) == o(None, True, True, 1.0)
+
+
+def test_stored_options_are_keyed_by_the_test_file(tmp_path):
+    path = tmp_path / "options.json"
+    assert powder.options_for("grid", path) == powder.BASELINE_OPTIONS
+    chosen = powder.PhysicsOptions(None, True, True, 1.3)
+    path.write_text(json.dumps({powder.split_key("grid"): {"options": {"max_receivers": None, "per_receiver_sigma": True,
+                                                                      "correlated": True, "sigma_scale": 1.3}}}))
+    assert powder.options_for("grid", path) == chosen
+    assert powder.options_for(SPLITS / "grid_split" / "grid_test.json", path) == chosen
+    assert powder.options_for("random", path) == powder.BASELINE_OPTIONS
+
+
+def test_cross_validation_scores_held_out_fitting_rows_only(rows):
+    fit_rows, test_rows = powder.split_rows(rows, "grid")
+    origin = powder.origin_of(rows)
+    folds = powder._spatial_folds(fit_rows, origin, 5, 200.0, 0)
+    assert set(folds) == {0, 1, 2, 3, 4}
+    cells = {}
+    for r, f in zip(fit_rows, folds):  # a 200 m block is never split between folds
+        cells.setdefault(tuple(np.floor(powder._enu(*r["tx"], origin) / 200.0).astype(int)), set()).add(f)
+    assert all(len(v) == 1 for v in cells.values())
+    candidates = [powder.BASELINE_OPTIONS, powder.PhysicsOptions(None, True, True, 1.2)]
+    cv = powder.cross_validate(fit_rows, origin, FeatureSpec(), folds=2, per_fold=2, candidates=candidates)
+    assert set(cv) == set(candidates) and all(s["n"] >= 1 for s in cv.values())
+
+
+def test_shadowing_maps_predict_held_out_fitting_links(rows):
+    """Kriged maps fitted on 4 of 5 spatial folds of the fitting rows predict the 5th fold's residuals."""
+    fit_rows, _ = powder.split_rows(rows, "grid")
+    origin = powder.origin_of(rows)
+    folds = powder._spatial_folds(fit_rows, origin, 5, 200.0, 1)
+    fit = powder.fit_model([r for r, f in zip(fit_rows, folds) if f != 0], origin)
+    maps = fit["maps"]
+    names = sorted(maps.unit_mean)
+    sigma = np.array([fit["rx_sigma_db"].get(n, fit["sigma_db"]) for n in names])
+    predicted, observed = [], []
+    for r in (r for r, f in zip(fit_rows, folds) if f == 0):
+        tx = powder._enu(*r["tx"], origin)
+        mean, sd = maps.for_receivers(names, sigma)(tx[None])
+        for j, n in enumerate(names):
+            rss, lat, lon = r["rx"].get(n, (powder.NOT_HEARD, 0, 0))
+            if rss > powder.FIT_THRESHOLD_DB:
+                d = max(float(np.linalg.norm(powder._enu(lat, lon, origin) - tx)), 10.0)
+                observed.append(rss - (fit["A_db"] - 10 * fit["n"] * np.log10(d / 1000) + fit["offsets_db"][n]))
+                predicted.append(mean[0, j])
+                assert 0.0 < sd[0, j] <= np.hypot(sigma[j], powder.CALIBRATION_SIGMA_DB) + 1e-9
+    assert np.corrcoef(predicted, observed)[0, 1] > 0.3
+    assert np.std(np.subtract(observed, predicted)) < np.std(observed)
+    far = maps.for_receivers(names, sigma)(np.array([[4000.0, 4000.0]]))  # beyond the map: the prior
+    np.testing.assert_allclose(far[0], 0.0)
+    np.testing.assert_allclose(far[1][0], np.hypot(sigma, powder.CALIBRATION_SIGMA_DB))
+
+
+def test_posterior_summaries_mean_is_the_estimators_own():
+    from types import SimpleNamespace
+
+    from streamer.config import PhysicsConfig
+    from streamer.geodesy import SearchArea
+    from streamer.physics import PhysicsEstimator
+
+    rx = np.array([[0.0, 0.0], [1500.0, 0.0], [0.0, 1500.0], [1500.0, 1500.0]])
+    est = PhysicsEstimator(PhysicsConfig(grid_step_km=0.05, ref_loss_db=85.7, tx_alt_m=1.5), rx, np.zeros(4),
+                           SearchArea(-300, 1800, -300, 1800))
+    power = SimpleNamespace(signal_dbm=np.array([-60.0, -75.0, -72.0, -85.0]), heard=np.ones(4, bool),
+                            detection_level_dbm=np.full(4, -120.0))
+    got = powder._summaries(est, 4, power)
+    res = est.estimate(power.signal_dbm, power.heard, np.ones(4, bool), power.detection_level_dbm)
+    np.testing.assert_allclose(got["mean"][0], res.position_en_m)
+    np.testing.assert_allclose(got["mean"][1], res.cov_en_m2, rtol=1e-9)
+    for name in ("median", "mode"):  # second moment about another point is larger than the covariance
+        assert np.trace(got[name][1]) >= np.trace(res.cov_en_m2) - 1e-6

@@ -17,6 +17,7 @@ from streamer.physics import (
     PhysicsEstimator,
     bands_noise_bandwidth_hz,
     channel_power,
+    correlated_error_cov,
     log_distance_path_loss_db,
 )
 
@@ -190,3 +191,90 @@ def test_closed_form_power_marginal_equals_the_grid_over_transmit_power():
         weight /= weight.sum()
         diff = (fast - fast.max()) - (grid - grid.max())
         assert np.abs(diff[weight > 1e-6]).max() < 0.01
+
+
+def test_a_diagonal_error_covariance_gives_the_iid_posterior():
+    """error_cov_db2 = sigma^2 I is the i.i.d. model: same posterior, with and without silent receivers."""
+    physics = PhysicsConfig(grid_step_km=2.0)
+    est, rx = _square_network(physics)
+    full = PhysicsEstimator(physics, rx, np.full(len(rx), 200.0), est.area, error_cov_db2=est.sigma_db**2 * np.eye(len(rx)))
+    truth = np.array([12e3, 30e3])
+    power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - truth).T), physics.ref_loss_db, physics.path_loss_exponent)
+    power += np.random.default_rng(3).normal(0.0, 4.0, len(rx))
+    for heard in (np.ones(len(rx), bool), np.array([True, True, True, False, True])):
+        args = (power, heard, np.ones(len(rx), bool), np.full(len(rx), -100.0))
+        a, b = est.log_posterior(*args), full.log_posterior(*args)
+        np.testing.assert_allclose(a - a.max(), b - b.max(), atol=1e-6)
+        np.testing.assert_allclose(est.estimate(*args).position_en_m, full.estimate(*args).position_en_m, atol=1e-6)
+
+
+def test_fully_correlated_twin_receivers_count_once():
+    """Two receivers at one spot whose errors are (almost) fully correlated carry one receiver's evidence."""
+    physics = PhysicsConfig(grid_step_km=2.0)
+    est, rx = _square_network(physics)
+    twin_rx = np.vstack([rx, rx[:1]])
+    sigma = est.sigma_db
+    cov = correlated_error_cov(twin_rx, sigma, ((0.999, 100.0),))
+    twins = PhysicsEstimator(physics, twin_rx, np.full(len(twin_rx), 200.0), est.area, error_cov_db2=cov)
+    independent = PhysicsEstimator(physics, twin_rx, np.full(len(twin_rx), 200.0), est.area)
+    truth = np.array([12e3, 30e3])
+    power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - truth).T), physics.ref_loss_db, physics.path_loss_exponent)
+    twin_power = np.append(power, power[0])
+    one = est.estimate(power, np.ones(len(rx), bool), np.ones(len(rx), bool), np.full(len(rx), -130.0))
+    every = np.ones(len(twin_rx), bool)
+    corr = twins.estimate(twin_power, every, every, np.full(len(twin_rx), -130.0))
+    naive = independent.estimate(twin_power, every, every, np.full(len(twin_rx), -130.0))
+    assert np.linalg.det(corr.cov_en_m2) == pytest.approx(np.linalg.det(one.cov_en_m2), rel=0.02)
+    np.testing.assert_allclose(corr.position_en_m, one.position_en_m, atol=100.0)
+    assert np.linalg.det(naive.cov_en_m2) < 0.9 * np.linalg.det(one.cov_en_m2)
+
+
+def test_correlated_error_cov_is_positive_definite_and_checked():
+    rng = np.random.default_rng(0)
+    rx = rng.uniform(0, 2000, (25, 2))
+    cov = correlated_error_cov(rx, rng.uniform(3, 9, 25), ((0.4, 40.0), (0.25, 500.0)), 1.0)
+    assert np.linalg.eigvalsh(cov).min() > 0
+    np.testing.assert_allclose(np.diag(cov), np.diag(correlated_error_cov(rx, np.sqrt(np.diag(cov) - 1.0))) + 1.0)
+    with pytest.raises(ValueError, match="summing to <= 1"):
+        correlated_error_cov(rx, 6.0, ((0.8, 40.0), (0.3, 500.0)))
+    with pytest.raises(ValueError, match="error_cov_db2"):
+        PhysicsEstimator(PhysicsConfig(), rx, np.zeros(25), SearchArea(0, 2000, 0, 2000), error_cov_db2=np.eye(3))
+
+
+def test_a_flat_shadowing_map_gives_the_iid_posterior_and_a_mapped_bump_moves_it():
+    physics = PhysicsConfig(grid_step_km=2.0)
+    est, rx = _square_network(physics)
+    alts = np.full(len(rx), 200.0)
+
+    def flat(grid):
+        return np.zeros((len(grid), len(rx))), np.full((len(grid), len(rx)), est.sigma_db)
+
+    mapped = PhysicsEstimator(physics, rx, alts, est.area, shadowing_map=flat)
+    truth = np.array([12e3, 30e3])
+    power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - truth).T), physics.ref_loss_db, physics.path_loss_exponent)
+    power += np.random.default_rng(3).normal(0.0, 4.0, len(rx))
+    for heard in (np.ones(len(rx), bool), np.array([True, True, True, False, True])):
+        args = (power, heard, np.ones(len(rx), bool), np.full(len(rx), -100.0))
+        a, b = est.log_posterior(*args), mapped.log_posterior(*args)
+        np.testing.assert_allclose(a - a.max(), b - b.max(), atol=1e-6)
+
+    # A map that says receiver 0 reads 15 dB weaker (sd 1 dB) near (45 km, 45 km) pulls the estimate there
+    # when receiver 0 reads 15 dB below the median model for that spot.
+    spot = np.array([45e3, 45e3])
+
+    def bump(grid):
+        near = np.hypot(*(grid - spot).T) < 5e3
+        mean = np.zeros((len(grid), len(rx)))
+        sd = np.full((len(grid), len(rx)), est.sigma_db)
+        mean[near, 0], sd[near, 0] = -15.0, 1.0
+        return mean, sd
+
+    bumped = PhysicsEstimator(physics, rx, alts, est.area, shadowing_map=bump)
+    power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - spot).T), physics.ref_loss_db, physics.path_loss_exponent)
+    power[0] -= 15.0
+    every = np.ones(len(rx), bool)
+    plain = est.estimate(power, every, every, np.full(len(rx), -130.0))
+    with_map = bumped.estimate(power, every, every, np.full(len(rx), -130.0))
+    assert np.hypot(*(with_map.position_en_m - spot)) < 0.5 * np.hypot(*(plain.position_en_m - spot))
+    with pytest.raises(ValueError, match="shadowing_map must return"):
+        PhysicsEstimator(physics, rx, alts, est.area, shadowing_map=lambda g: (np.zeros((len(g), 2)), np.ones((len(g), 2))))
