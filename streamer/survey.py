@@ -98,7 +98,8 @@ def _rho(correlation, delta: np.ndarray) -> np.ndarray:
     return sum(w * np.exp(-h / length) for w, length in correlation)
 
 
-def krige(v: np.ndarray, sigma_db: float, correlation, cells: np.ndarray, bin_m: float) -> tuple[np.ndarray, np.ndarray]:
+def krige(v: np.ndarray, sigma_db: float, correlation, cells: np.ndarray, bin_m: float,
+          chunk: int = 32768) -> tuple[np.ndarray, np.ndarray]:
     """Kriging mean and variance (units of ``sigma_db`` and its square) at ``cells [G, 2]`` from one receiver's
     links ``v [N, 3]`` (east m, north m, residual dB); module doc."""
     from scipy.linalg import solve_triangular
@@ -114,9 +115,13 @@ def krige(v: np.ndarray, sigma_db: float, correlation, cells: np.ndarray, bin_m:
     k_bb[np.diag_indices_from(k_bb)] = w_field + (1.0 - w_field) / counts
     chol = np.linalg.cholesky(k_bb)
     alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, zbar))
-    k_cb = _rho(correlation, cells[:, None, :] - pos[None, :, :])
-    half = solve_triangular(chol, k_cb.T, lower=True)
-    return k_cb @ alpha, np.maximum(1.0 - (half * half).sum(axis=0), 1.0 - w_field)
+    mean, var = np.empty(len(cells)), np.empty(len(cells))
+    for lo in range(0, len(cells), chunk):  # [chunk, B] kernel blocks: memory bounded on large grids
+        k_cb = _rho(correlation, cells[lo : lo + chunk, None, :] - pos[None, :, :])
+        half = solve_triangular(chol, k_cb.T, lower=True)
+        mean[lo : lo + chunk] = k_cb @ alpha
+        var[lo : lo + chunk] = np.maximum(1.0 - (half * half).sum(axis=0), 1.0 - w_field)
+    return mean, var
 
 
 class ShadowingMaps:
@@ -167,6 +172,44 @@ class ShadowingMaps:
             return mean * sigma, sd
 
         return shadowing_map
+
+
+def map_axes(area, step_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Grid axes (m) at ``step_m`` covering ``area`` (a ``SearchArea``) with one step to spare on each side."""
+    east = np.arange(area.east_min_m - step_m, area.east_max_m + 2.0 * step_m, step_m)
+    north = np.arange(area.north_min_m - step_m, area.north_max_m + 2.0 * step_m, step_m)
+    return east, north
+
+
+def survey_maps(config, tx_en_m: np.ndarray, residual_db: np.ndarray, sigma_db: np.ndarray, *,
+                min_links: int = MIN_MAP_LINKS) -> tuple[ShadowingMaps, np.ndarray]:
+    """Maps of ``config``'s receivers over its search area from surveyed links.
+
+    ``tx_en_m [N, 2]``: transmitter positions (config's ENU, m); ``residual_db [N, R]``: readings minus the
+    calibrated median model (NaN = no link); ``sigma_db [R]``: each receiver's shadowing sigma (dB). Receivers
+    with under ``min_links`` links get no map. The grid step is half the estimator's (``grid_step_km``); the
+    correlation's separation bins and length bounds scale with the area's diagonal D (bins D/128 .. D, lengths
+    D/1000 .. D); links are averaged in squares of a quarter grid step. Returns the maps and the links per receiver.
+    Raises ``ValueError`` when no receiver has ``min_links`` links.
+    """
+    from streamer.geodesy import network_geometry
+
+    _, _, area = network_geometry(config)
+    ids = [rx.id for rx in config.receivers]
+    heard = np.isfinite(residual_db)
+    counts = heard.sum(axis=0)
+    links = {ids[r]: np.column_stack([tx_en_m[heard[:, r]], residual_db[heard[:, r], r]])
+             for r in range(len(ids)) if counts[r] >= min_links}
+    if not links:
+        raise ValueError(f"no receiver has {min_links} or more links (most: {int(counts.max(initial=0))}): no map")
+    diag_m = math.hypot(area.width_m, area.height_m)
+    bins = (0.0,) + tuple(diag_m / 2.0**k for k in range(7, -1, -1))
+    correlation = fit_correlation(pair_residuals(links), bins_m=bins, length_bounds_m=(diag_m / 1000.0, diag_m),
+                                  start_lengths_m=(diag_m / 100.0, diag_m / 10.0))
+    step_m = 500.0 * config.estimator.physics.grid_step_km
+    east, north = map_axes(area, step_m)
+    sigma = {ids[r]: float(sigma_db[r]) for r in range(len(ids))}
+    return ShadowingMaps.krige(links, sigma, correlation, east, north, bin_m=step_m / 4.0), counts
 
 
 # ----------------------------------------------------------------------------------------------------
