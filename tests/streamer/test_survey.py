@@ -179,3 +179,29 @@ def test_a_missing_or_unreadable_map_is_refused(tmp_path, surveyed, content):
     with pytest.raises(ConfigError, match=("no such file" if content is None else "cannot read")) as err:
         build_estimators(load(cfg))
     assert f"{cfg}: {KEY}" in str(err.value) and str(bad) in str(err.value)
+
+
+def test_the_physics_posterior_names_the_map_by_its_sha256(surveyed, tmp_path):
+    import hashlib
+
+    calibrated, survey, _ = surveyed
+    cfg = tmp_path / "physics.toml"
+    cfg.write_text(with_map(calibrated, str(survey)).replace('kind = "onnx"', 'kind = "physics"', 1))
+    (physics,) = build_estimators(load(cfg))
+    assert physics.info["sha256"] == hashlib.sha256(survey.read_bytes()).hexdigest()
+
+
+def test_a_map_made_with_a_fitted_exponent_matches_the_config_written_with_it(tmp_path, site, world):
+    obs = write_csv(tmp_path / "obs.csv", observations(world, 200, seed=3), world.receiver_ids)
+    out, survey = tmp_path / "calibrated.toml", tmp_path / "m.npz"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["calibrate", "-c", str(site), str(obs), "--fit-exponent", "--out", str(out),
+                     "--survey-map", str(survey)]) == 0
+    text = out.read_text()
+    assert "[estimator.physics]\n" in text
+    out.write_text(text.replace("[estimator.physics]\n", f'[estimator.physics]\nshadowing_map = "{survey}"\n', 1))
+    config = load(out)
+    with np.load(survey) as m:
+        assert float(m["path_loss_exponent"]) == config.estimator.physics.path_loss_exponent != 3.0
+    mean, sd = load_map(config)(np.zeros((1, 2)))
+    assert mean.shape == sd.shape == (1, len(world.receiver_ids))
