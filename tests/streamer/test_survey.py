@@ -150,11 +150,17 @@ def _drop(arrays, key):
     del arrays[key]
 
 
+def _crop_east(arrays, cells: int = 5):
+    """The grid, means and sds without their ``cells`` westmost columns: consistent, but short of the area."""
+    arrays["east_m"] = arrays["east_m"][cells:]
+    for key in ("mean_db", "sd_db"):
+        arrays[key] = arrays[key][:, cells:]
+
+
 @pytest.mark.parametrize("edit, problem", [
     (lambda a: a.__setitem__("receiver_ids", np.array(["x"] + list(a["receiver_ids"][1:]))), "maps receivers"),
     (lambda a: a.__setitem__("east_m", a["east_m"][5:]), "mean_db"),
-    (lambda a: [a.__setitem__(k, a[k][:, 5:]) for k in ("mean_db", "sd_db")] and a.__setitem__("east_m", a["east_m"][5:]),
-     "does not cover the search area"),
+    (_crop_east, "does not cover the search area"),
     (lambda a: a.__setitem__("path_loss_exponent", np.array(3.5)), "path_loss_exponent = 3.5"),
     (lambda a: a.__setitem__("calibration_db", a["calibration_db"] + 1.0), "calibration_db"),
     (lambda a: a.__setitem__("lat", a["lat"] + 0.01), "was mapped at"),
