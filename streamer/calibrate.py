@@ -254,22 +254,39 @@ class Calibration:
     absent: tuple[str, ...]   # receivers without a column in the observations: left unchanged
 
 
-def calibrate(config, obs: Observations, *, fit_exponent: bool = False) -> Calibration:
-    """Fit offsets (and n) from ``obs`` against ``config``'s receivers and ``estimator.physics`` (module doc)."""
+def link_geometry(config, obs: Observations) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Transmitter positions ``[N, 2]`` (config's ENU, m), slant distances ``[N, R]`` (m) and readings ``[N, R]``
+    (dBm, NaN = not heard) in config receiver order."""
     from streamer.geodesy import geodetic_to_enu_m, network_geometry
 
-    physics = config.estimator.physics
     ids = tuple(rx.id for rx in config.receivers)
     origin, rx_enu_m, _ = network_geometry(config)
     rx_alt_m = np.array([rx.alt_m for rx in config.receivers], dtype=np.float64)
-    tx_alt_m = obs.alt_m if obs.alt_m is not None else np.full(len(obs.lat), physics.tx_alt_m)
+    tx_alt_m = obs.alt_m if obs.alt_m is not None else np.full(len(obs.lat), config.estimator.physics.tx_alt_m)
     tx_en_m = geodetic_to_enu_m(obs.lat, obs.lon, tx_alt_m, origin).reshape(-1, 3)[:, :2]
     measured = np.full((len(obs.lat), len(ids)), np.nan)
     for k, rx_id in enumerate(obs.receiver_ids):
         measured[:, ids.index(rx_id)] = obs.measured_dbm[:, k]
+    return tx_en_m, slant_distance_m(tx_en_m, tx_alt_m, rx_enu_m, rx_alt_m), measured
+
+
+def residuals_db(cal: "Calibration", obs: Observations, distance_m: np.ndarray, measured: np.ndarray,
+                 ref_loss_db: float) -> np.ndarray:
+    """``[N, R]`` readings minus the fitted model (offsets included; NaN where not heard or not fitted), dB."""
+    fit = cal.fit
+    level = (obs.tx_power_dbm[:, None] - ref_loss_db) if not fit.relative else fit.level_db
+    model = level - log_distance_path_loss_db(distance_m, 0.0, fit.exponent) + fit.offsets_db[None, :]
+    return np.where(fit.fitted[None, :], measured - model, np.nan)
+
+
+def calibrate(config, obs: Observations, *, fit_exponent: bool = False) -> Calibration:
+    """Fit offsets (and n) from ``obs`` against ``config``'s receivers and ``estimator.physics`` (module doc)."""
+    physics = config.estimator.physics
+    ids = tuple(rx.id for rx in config.receivers)
+    _, distance_m, measured = link_geometry(config, obs)
     mask = np.isfinite(measured)
     try:
-        fit = fit_path_loss(slant_distance_m(tx_en_m, tx_alt_m, rx_enu_m, rx_alt_m), np.nan_to_num(measured), mask,
+        fit = fit_path_loss(distance_m, np.nan_to_num(measured), mask,
                             tx_power_dbm=obs.tx_power_dbm, ref_loss_db=physics.ref_loss_db,
                             exponent=None if fit_exponent else physics.path_loss_exponent)
     except ValueError as exc:
@@ -379,7 +396,45 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", type=Path, help="write the calibrated config here (comments and layout kept)")
     where.add_argument("--in-place", action="store_true", help="rewrite the config given with -c")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--survey-map", type=Path, metavar="PATH.npz",
+                        help="also krige each receiver's residuals into a shadowing map over the search area and "
+                             "write it here (for estimator.physics.shadowing_map; streamer.survey)")
     return parser
+
+
+def write_survey_map(path: Path, config, obs: Observations, cal: Calibration) -> list[str]:
+    """Krige the calibrated residuals into ``path`` (``streamer.survey``); returns the report lines."""
+    from streamer.geodesy import network_geometry
+    from streamer.survey import MIN_MAP_LINKS, save_map, survey_maps
+
+    physics = config.estimator.physics
+    tx_en_m, distance_m, measured = link_geometry(config, obs)
+    resid = residuals_db(cal, obs, distance_m, measured, physics.ref_loss_db)
+    fit = cal.fit
+    sigma = np.where(fit.fitted, np.nan_to_num(fit.residual_sigma_db, nan=physics.shadowing_db), physics.shadowing_db)
+    try:
+        maps, links = survey_maps(config, tx_en_m, resid, sigma)
+    except ValueError as exc:
+        raise ObservationsError(f"{obs.source}: cannot make a survey map: {exc}") from None
+    mapped = [rx.id in maps.unit_mean for rx in config.receivers]
+    sigma = np.where(mapped, sigma, physics.shadowing_db)  # receivers without a map: the estimator's prior sigma
+    # What the written config holds (updated_toml's rounding), so that load_map accepts the pair.
+    calibrated = np.where(fit.fitted, np.round(cal.new_db, 2), cal.old_db)
+    exponent = round(fit.exponent, 3) if cal.fit_exponent else physics.path_loss_exponent
+    try:
+        save_map(path, maps, receiver_ids=cal.receiver_ids, sigma_db=sigma, links=links,
+                 lat=[rx.lat for rx in config.receivers], lon=[rx.lon for rx in config.receivers],
+                 origin=network_geometry(config)[0], calibration_db=calibrated, path_loss_exponent=exponent,
+                 ref_loss_db=physics.ref_loss_db)
+    except OSError as exc:
+        raise ObservationsError(f"{path}: cannot write the survey map: {exc.strerror}") from None
+    lines = [f"survey map {path}: {sum(mapped)} of {len(mapped)} receivers mapped on {len(maps.east_m)} x "
+             f"{len(maps.north_m)} points ({maps.east_m[1] - maps.east_m[0]:.0f} m step); correlation "
+             + " + ".join(f"{w:.2f} exp(-d/{length:.0f} m)" for w, length in maps.correlation)]
+    for rx_id, n, ok, s in zip(cal.receiver_ids, links, mapped, sigma):
+        lines.append(f"  {rx_id:<20}{int(n):>6} links  " + (f"mapped, sigma {s:.2f} dB" if ok else
+                     f"no map (fewer than {MIN_MAP_LINKS} links): mean 0, sd {s:.2f} dB"))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,8 +443,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     config = load(args.config)
-    cal = calibrate(config, read_observations(args.observations, [rx.id for rx in config.receivers]),
-                    fit_exponent=args.fit_exponent)
+    obs = read_observations(args.observations, [rx.id for rx in config.receivers])
+    cal = calibrate(config, obs, fit_exponent=args.fit_exponent)
+    survey = write_survey_map(args.survey_map, config, obs, cal) if args.survey_map is not None else []
     out = args.config if args.in_place else args.out
     if out is not None:
         write_config(Path(out), updated_toml(Path(args.config).read_text(encoding="utf-8"), cal))
@@ -400,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_report(cal, config.estimator.physics.ref_loss_db))
         print(f"wrote {out}" if out else "nothing written (use --out FILE or --in-place)")
+    for line in survey:
+        print(line, file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

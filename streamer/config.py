@@ -72,6 +72,10 @@ class PhysicsConfig:
     tx_power_max_dbm: float = field(default=47.0, metadata=_doc("upper end of the transmit power prior (dBm)"))
     grid_step_km: float = field(default=2.0, metadata=_doc("posterior grid spacing (km)"))
     tx_alt_m: float = field(default=200.0, metadata=_doc("assumed transmitter antenna altitude above the ellipsoid (m)"))
+    shadowing_map: str | None = field(
+        default=None,
+        metadata=_doc("surveyed shadowing map (.npz from heimdall calibrate --survey-map); unset = none; relative = to the config file"),
+    )
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,10 @@ def load(path: str | Path | None = None) -> Config:
         # The embedded default names ../models/heimdall-<version>.onnx: the package's models/ folder.
         model = os.path.abspath(path.parent / model)
         cfg = dataclasses.replace(cfg, estimator=dataclasses.replace(cfg.estimator, model=model))
+    survey = cfg.estimator.physics.shadowing_map
+    if survey is not None and not Path(survey).is_absolute():
+        physics = dataclasses.replace(cfg.estimator.physics, shadowing_map=os.path.abspath(path.parent / survey))
+        cfg = dataclasses.replace(cfg, estimator=dataclasses.replace(cfg.estimator, physics=physics))
     return cfg
 
 

@@ -6,26 +6,38 @@ physics posterior alongside as an alternative in every message, so users can com
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from streamer.config import Config
 from streamer.errors import HeimdallError, ModelMismatchError
 from streamer.estimate import Estimate, EstimatorInputs
 from streamer.physics import PhysicsEstimator
+from streamer.survey import load_map
 
 
 class EstimateRejected(HeimdallError):
     """The estimator's output for a window was unusable (not finite, covariance not positive definite)."""
 
 
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 class PhysicsPosterior:
-    """streamer.physics.PhysicsEstimator behind the Estimator protocol."""
+    """streamer.physics.PhysicsEstimator behind the Estimator protocol, with the surveyed shadowing map of
+    ``estimator.physics.shadowing_map`` when set (``streamer.survey.load_map``: ConfigError when it does not fit)."""
 
     name = "physics"
 
     def __init__(self, config: Config) -> None:
-        self._estimator = PhysicsEstimator.from_config(config)
-        self.info = {"name": "physics-posterior", "version": "1", "sha256": ""}
+        survey = load_map(config) if config.estimator.physics.shadowing_map is not None else None
+        self._estimator = PhysicsEstimator.from_config(config, shadowing_map=survey)
+        # With a survey map, sha256 is the map file's: the messages say which survey fed the posterior.
+        self.info = {"name": "physics-posterior", "version": "1",
+                     "sha256": "" if survey is None else _sha256(config.estimator.physics.shadowing_map)}
         self.provider = "numpy"
 
     def estimate(self, inputs: EstimatorInputs) -> Estimate:

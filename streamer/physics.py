@@ -266,11 +266,12 @@ class PhysicsEstimator:
         self._cell_cov_m2 = np.diag([self.cell_m[0] ** 2 / 12.0, self.cell_m[1] ** 2 / 12.0])
 
     @classmethod
-    def from_config(cls, config) -> "PhysicsEstimator":
-        """Estimator for a ``Config``'s receivers, search area and ``estimator.physics`` section."""
+    def from_config(cls, config, shadowing_map=None) -> "PhysicsEstimator":
+        """Estimator for a ``Config``'s receivers, search area and ``estimator.physics`` section (``shadowing_map``:
+        the callable of ``__init__``, e.g. ``streamer.survey.load_map(config)``)."""
         _, rx_enu, area = network_geometry(config)
         alts = np.array([rx.alt_m for rx in config.receivers], dtype=np.float64)
-        return cls(config.estimator.physics, rx_enu, alts, area)
+        return cls(config.estimator.physics, rx_enu, alts, area, shadowing_map=shadowing_map)
 
     def log_posterior(self, rx_power_dbm, heard, present, detection_level_dbm) -> np.ndarray:
         """Unnormalised log posterior over the grid cells ``[G]`` (transmit power marginalised)."""

@@ -97,6 +97,8 @@ from streamer.features import FeatureSpec
 from streamer.geodesy import Origin, geodetic_to_enu_m, search_area
 from streamer.physics import (PhysicsEstimator, channel_power, correlated_error_cov, log_distance_path_loss_db,
                              slant_distance_m)
+from streamer.survey import CORR_BINS_M, correlation_table, fit_correlation, pair_residuals
+from streamer.survey import ShadowingMaps as _KrigedMaps
 
 #: The project keeps its external data in ``shared/`` beside the repository checkout (as CI lays it out).
 DEFAULT_POWDER_DIR = Path(__file__).resolve().parents[3] / "shared" / "localization-data" / "powder-rss-462mhz"
@@ -113,8 +115,6 @@ SPLITS = {"grid": Path("grid_split") / "grid_test.json", "random": Path("random_
 MAX_RX_RANGE_M = 5_000.0
 #: A receiver's own residual sigma is used (``PhysicsOptions.per_receiver_sigma``) only with this many fitted links.
 MIN_LINKS_RX_SIGMA = 30
-#: Receiver-separation bins (m) for the shadowing-correlation fit (``fit_correlation``).
-CORR_BINS_M = (0.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 5000.0)
 #: Calibration sigma (dB) given to the physics estimator on POWDER (the recipe's; offsets fitted on ~75k links).
 CALIBRATION_SIGMA_DB = 1.0
 
@@ -271,45 +271,6 @@ def _residual_pairs(rows: list[dict], fit, index: dict, origin: Origin) -> tuple
         seps.append(np.linalg.norm(pos[i] - pos[j], axis=1))
         pairs.append(np.stack([res[i], res[j]], -1))
     return np.concatenate(seps), np.concatenate(pairs)
-
-
-def correlation_table(residuals: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """``[bins, 3]``: mean separation (m), pooled correlation of the residual pairs, pair count, per ``CORR_BINS_M`` bin
-    (bins with under 50 pairs left out)."""
-    seps, pairs = residuals
-    out = []
-    for lo, hi in zip(CORR_BINS_M[:-1], CORR_BINS_M[1:]):
-        m = (seps >= lo) & (seps < hi)
-        if m.sum() >= 50:
-            out.append((float(np.mean(seps[m])), float(np.corrcoef(pairs[m, 0], pairs[m, 1])[0, 1]), float(m.sum())))
-    return np.array(out)
-
-
-def fit_correlation(residuals: tuple[np.ndarray, np.ndarray]) -> tuple[tuple[float, float], ...]:
-    """Shadowing correlation between receivers vs their separation, from the fitting links' residuals.
-
-    The pooled correlation of residual pairs (same transmission, two receivers) is measured in separation bins
-    (``CORR_BINS_M``) and a sum of two exponentials ``w1 exp(-d/L1) + w2 exp(-d/L2)`` (w >= 0, w1 + w2 <= 1,
-    L in [10 m, 5 km]) is fitted to it by least squares weighted by each bin's pair count. Returns
-    ``((w1, L1), (w2, L2))`` for ``streamer.physics.correlated_error_cov``.
-    """
-    from scipy.optimize import minimize
-
-    table = correlation_table(residuals)
-    d, rho, wt = table[:, 0], table[:, 1], np.sqrt(table[:, 2])
-
-    def model(x):
-        return x[0] * np.exp(-d / np.exp(x[1])) + x[2] * np.exp(-d / np.exp(x[3]))
-
-    def loss(x):
-        return float(np.sum(wt * (model(x) - rho) ** 2)) + 1e3 * max(0.0, x[0] + x[2] - 1.0) ** 2
-
-    bounds = [(0.0, 1.0), (math.log(10.0), math.log(5000.0)), (0.0, 1.0), (math.log(10.0), math.log(5000.0))]
-    x = minimize(loss, [0.5, math.log(50.0), 0.2, math.log(500.0)], bounds=bounds, method="L-BFGS-B").x
-    w1, w2 = float(x[0]), float(x[2])
-    if w1 + w2 > 1.0:
-        w1, w2 = w1 / (w1 + w2), w2 / (w1 + w2)
-    return ((w1, float(math.exp(x[1]))), (w2, float(math.exp(x[3]))))
 
 
 def calibrated_dbm(rss: float, name: str, fit: dict) -> float:
@@ -539,23 +500,14 @@ MAP_BIN_M, MAP_STEP_M, MAP_MARGIN_M = 25.0, 50.0, 500.0
 MAP_PAIRS_PER_RX = 30_000
 
 
-class ShadowingMaps:
+class ShadowingMaps(_KrigedMaps):
     """Each fixed receiver's shadowing field, kriged (Gaussian-process regression) from the fitting links' residuals.
 
-    Shadowing is a spatially correlated field of the transmitter position for each receiver (LOCALIZATION-FACTS:
-    correlation 0.45 at 50-100 m on POWDER); links measured nearby tell what the next one will read. Model, per
-    receiver r: residual e(x) = s_r(x) + u, s_r a zero-mean Gaussian field of covariance sigma_r^2 rho(|x - x'|),
-    u white of variance sigma_r^2 (1 - rho(0+)), with rho = w1 exp(-h/L1) + w2 exp(-h/L2) fitted by
-    ``fit_correlation`` on residual pairs of one receiver at two transmitter positions (pooled over receivers,
-    fitting rows only). Links in a ``MAP_BIN_M`` square are averaged (their white part shrinks by the count). The
-    map at x is the kriging mean E[s_r(x) | links] and the predictive sd of a new reading, sqrt(sigma_r^2 -
-    k(x)^T K^-1 k(x)); receivers without a map (buses: they move) get mean 0 and sd sigma_r.
+    The kriging is ``streamer.survey``'s (its module doc: the model), the one the daemon's survey maps use; here
+    the links are POWDER's fitting rows. Shadowing correlates 0.45 at 50-100 m of transmitter separation on
+    POWDER (LOCALIZATION-FACTS). Links are averaged in ``MAP_BIN_M`` squares; receivers without a map (buses:
+    they move) get mean 0 and sd sigma_r.
     """
-
-    def __init__(self, correlation, east_m, north_m, unit_mean: dict, unit_var: dict) -> None:
-        self.correlation = correlation
-        self.east_m, self.north_m = east_m, north_m
-        self.unit_mean, self.unit_var = unit_mean, unit_var  # per receiver, in units of its sigma (and sigma^2)
 
     @classmethod
     def fit(cls, rows: list[dict], fit: dict, origin: Origin) -> "ShadowingMaps":
@@ -569,68 +521,22 @@ class ShadowingMaps:
                 e = rss - (fit["A_db"] - 10.0 * fit["n"] * math.log10(d / 1000.0) + fit["offsets_db"][name])
                 links.setdefault(name, []).append((tx[0], tx[1], e))
         links = {n: np.array(v) for n, v in links.items() if len(v) >= MIN_LINKS_RX_SIGMA}
-        rng = np.random.default_rng(0)
-        seps, pairs = [], []
-        for v in links.values():
-            i, j = rng.integers(0, len(v), MAP_PAIRS_PER_RX), rng.integers(0, len(v), MAP_PAIRS_PER_RX)
-            keep = i != j
-            seps.append(np.hypot(*(v[i[keep], :2] - v[j[keep], :2]).T))
-            pairs.append(np.stack([v[i[keep], 2], v[j[keep], 2]], -1))
-        along = (np.concatenate(seps), np.concatenate(pairs))
+        along = pair_residuals(links, MAP_PAIRS_PER_RX, seed=0)
         correlation = fit_correlation(along)
         txs = np.concatenate([v[:, :2] for v in links.values()])
         lo, hi = txs.min(axis=0) - MAP_MARGIN_M, txs.max(axis=0) + MAP_MARGIN_M
         east = np.arange(lo[0], hi[0] + MAP_STEP_M, MAP_STEP_M)
         north = np.arange(lo[1], hi[1] + MAP_STEP_M, MAP_STEP_M)
-        cells = np.stack(np.meshgrid(east, north, indexing="ij"), -1).reshape(-1, 2)
-        w_field = sum(w for w, _ in correlation)
-        unit_mean, unit_var = {}, {}
-        for name, v in links.items():
-            sigma = fit["rx_sigma_db"].get(name, fit["sigma_db"])
-            z = v[:, 2] / sigma  # unit-variance residuals
-            keys = np.floor(v[:, :2] / MAP_BIN_M).astype(np.int64)
-            _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-            inverse = inverse.reshape(-1)
-            pos = np.stack([np.bincount(inverse, v[:, 0]), np.bincount(inverse, v[:, 1])], -1) / counts[:, None]
-            zbar = np.bincount(inverse, z) / counts
-            k_bb = cls._rho(correlation, pos[:, None, :] - pos[None, :, :])
-            k_bb[np.diag_indices_from(k_bb)] = w_field + (1.0 - w_field) / counts
-            chol = np.linalg.cholesky(k_bb)
-            alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, zbar))
-            k_cb = cls._rho(correlation, cells[:, None, :] - pos[None, :, :])
-            mean = k_cb @ alpha
-            from scipy.linalg import solve_triangular
-
-            half = solve_triangular(chol, k_cb.T, lower=True)
-            var = np.maximum(1.0 - (half * half).sum(axis=0), 1.0 - w_field)
-            unit_mean[name] = mean.reshape(len(east), len(north))
-            unit_var[name] = var.reshape(len(east), len(north))
-        maps = cls(correlation, east, north, unit_mean, unit_var)
+        sigma = {name: fit["rx_sigma_db"].get(name, fit["sigma_db"]) for name in links}
+        maps = cls.krige(links, sigma, correlation, east, north, MAP_BIN_M)
         maps.table = correlation_table(along)
         return maps
 
-    @staticmethod
-    def _rho(correlation, delta: np.ndarray) -> np.ndarray:
-        h = np.hypot(delta[..., 0], delta[..., 1])
-        return sum(w * np.exp(-h / length) for w, length in correlation)
-
-    def for_receivers(self, names: list, sigma_db: np.ndarray, scale: float = 1.0):
-        """``shadowing_map`` callable for ``PhysicsEstimator``: receivers ``names`` with shadowing sigmas ``sigma_db``
-        (dB; the map's unit field times it), calibration sigma ``CALIBRATION_SIGMA_DB`` added, all sds times ``scale``."""
-        from scipy.interpolate import RegularGridInterpolator
-
-        def shadowing_map(grid_en_m):
-            mean = np.zeros((len(grid_en_m), len(names)))
-            var = np.ones((len(grid_en_m), len(names)))
-            for r, name in enumerate(names):
-                if name in self.unit_mean:
-                    for out, table, fill in ((mean, self.unit_mean[name], 0.0), (var, self.unit_var[name], 1.0)):
-                        out[:, r] = RegularGridInterpolator((self.east_m, self.north_m), table, bounds_error=False,
-                                                            fill_value=fill)(grid_en_m)
-            sd = scale * np.sqrt(var * np.asarray(sigma_db)[None, :] ** 2 + CALIBRATION_SIGMA_DB**2)
-            return mean * np.asarray(sigma_db)[None, :], sd
-
-        return shadowing_map
+    def for_receivers(self, names: list, sigma_db: np.ndarray, scale: float = 1.0,
+                      calibration_sigma_db: float = CALIBRATION_SIGMA_DB):
+        """``shadowing_map`` callable for ``PhysicsEstimator`` (``streamer.survey.ShadowingMaps.for_receivers``) with
+        POWDER's calibration sigma ``CALIBRATION_SIGMA_DB`` added."""
+        return super().for_receivers(names, sigma_db, scale, calibration_sigma_db)
 
 
 def _components(correlation) -> tuple:
