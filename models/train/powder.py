@@ -454,30 +454,23 @@ def compare_variants(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, op
     from models.train.evaluate import scores
 
     variants = [(summary, 3.0, 0.3) for summary in ("mean", "median", "mode")] + [("mean", 6.0, 0.3), ("mean", 3.0, 0.6)]
-    fold = _spatial_folds(fit_rows, origin, folds, block_m, seed)
-    rng = np.random.default_rng(seed)
     got = {v: ([], []) for v in variants}
     truth = []
-    for f in range(folds):
-        train = [r for r, g in zip(fit_rows, fold) if g != f]
-        held = [i for i, g in enumerate(fold) if g == f]
-        pick = rng.choice(held, size=min(per_fold, len(held)), replace=False)
-        fit = fit_model(train, origin, maps=options.mapped)
+
+    def on_fold(f, train, pick, fit):
         if log:
             log(f"fold {f}: fit on {len(train)} rows; scoring {len(pick)} rows")
-        for i in pick:
-            sample = render_sample(fit_rows[i], fit, origin, spec, 100_000 + int(i))
-            if not scorable(sample):
-                continue
-            power = _channel_power(sample, spec)
-            truth.append(sample.tx_enu_m)
-            cache = {}
-            for summary, halfwidth, margin in variants:
-                if (halfwidth, margin) not in cache:
-                    cache[(halfwidth, margin)] = _summaries(*physics_estimator(sample, fit, options, halfwidth, margin), power)
-                point, cov = cache[(halfwidth, margin)][summary]
-                got[(summary, halfwidth, margin)][0].append(point)
-                got[(summary, halfwidth, margin)][1].append(cov)
+
+    for fit, sample, power in _held_out_samples(fit_rows, origin, spec, folds=folds, block_m=block_m, per_fold=per_fold,
+                                                seed=seed, maps=options.mapped, on_fold=on_fold):  # fmt: skip
+        truth.append(sample.tx_enu_m)
+        cache = {}
+        for summary, halfwidth, margin in variants:
+            if (halfwidth, margin) not in cache:
+                cache[(halfwidth, margin)] = _summaries(*physics_estimator(sample, fit, options, halfwidth, margin), power)
+            point, cov = cache[(halfwidth, margin)][summary]
+            got[(summary, halfwidth, margin)][0].append(point)
+            got[(summary, halfwidth, margin)][1].append(cov)
     truth = np.array(truth)
     return {f"summary={s} power=30+-{h:g}dBm margin={m:g}km": scores(np.array(got[(s, h, m)][0]), np.array(got[(s, h, m)][1]), truth)
             for s, h, m in variants}
@@ -552,6 +545,26 @@ def _spatial_folds(rows: list[dict], origin: Origin, folds: int, block_m: float,
     return np.array([fold_of[c] for c in cells])
 
 
+def _held_out_samples(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, folds: int, block_m: float,
+                      per_fold: int, seed: int, maps: bool, on_fold=None):
+    """The spatial folds of ``cross_validate``: for each fold, fit on the other folds (``fit_model``), then yield
+    ``(fit, sample, channel power)`` for up to ``per_fold`` random scorable rows of the fold, rendered like test rows.
+    ``on_fold(f, train_rows, picked, fit)`` is called before each fold's rows."""
+    fold = _spatial_folds(fit_rows, origin, folds, block_m, seed)
+    rng = np.random.default_rng(seed)
+    for f in range(folds):
+        train = [r for r, g in zip(fit_rows, fold) if g != f]
+        held = [i for i, g in enumerate(fold) if g == f]
+        pick = rng.choice(held, size=min(per_fold, len(held)), replace=False)
+        fit = fit_model(train, origin, maps=maps)
+        if on_fold is not None:
+            on_fold(f, train, pick, fit)
+        for i in pick:
+            sample = render_sample(fit_rows[i], fit, origin, spec, 100_000 + int(i))
+            if scorable(sample):
+                yield fit, sample, _channel_power(sample, spec)
+
+
 def cross_validate(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, folds: int = SELECT_FOLDS,
                    block_m: float = SELECT_BLOCK_M, per_fold: int = SELECT_PER_FOLD, seed: int = SELECT_SEED,
                    candidates=None, log=None) -> dict:
@@ -566,30 +579,23 @@ def cross_validate(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, f
 
     candidates = candidates or [PhysicsOptions(m, per, cor, sc, mp) for m in SELECT_RECEIVERS for per, cor, mp in SELECT_STRUCTURES
                                 for sc in SELECT_SCALES]
-    fold = _spatial_folds(fit_rows, origin, folds, block_m, seed)
-    rng = np.random.default_rng(seed)
     pos = {c: [] for c in candidates}
     cov = {c: [] for c in candidates}
     truth = []
-    for f in range(folds):
-        train = [r for r, g in zip(fit_rows, fold) if g != f]
-        held = [i for i, g in enumerate(fold) if g == f]
-        pick = rng.choice(held, size=min(per_fold, len(held)), replace=False)
-        fit = fit_model(train, origin, maps=any(c.mapped for c in candidates))
+
+    def on_fold(f, train, pick, fit):
         if log:
             log(f"fold {f}: fit on {len(train)} rows: n = {fit['n']:.2f}, sigma = {fit['sigma_db']:.2f} dB, "
                 f"correlation {_components(fit['correlation'])}" + (f", map correlation {_components(fit['maps'].correlation)}"
                                                                       if "maps" in fit else "") + f"; scoring {len(pick)} rows")
-        for i in pick:
-            sample = render_sample(fit_rows[i], fit, origin, spec, 100_000 + int(i))
-            if not scorable(sample):
-                continue
-            power = _channel_power(sample, spec)
-            truth.append(sample.tx_enu_m)
-            for c in candidates:
-                p, v = physics_estimate(sample, fit, c, spec, power)
-                pos[c].append(p)
-                cov[c].append(v)
+
+    for fit, sample, power in _held_out_samples(fit_rows, origin, spec, folds=folds, block_m=block_m, per_fold=per_fold, seed=seed,
+                                                maps=any(c.mapped for c in candidates), on_fold=on_fold):  # fmt: skip
+        truth.append(sample.tx_enu_m)
+        for c in candidates:
+            p, v = physics_estimate(sample, fit, c, spec, power)
+            pos[c].append(p)
+            cov[c].append(v)
     truth = np.array(truth)
     return {c: scores(np.array(pos[c]), np.array(cov[c]), truth) for c in candidates}
 

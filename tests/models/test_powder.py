@@ -127,6 +127,9 @@ def test_cross_validation_scores_held_out_fitting_rows_only(rows):
     candidates = [powder.BASELINE_OPTIONS, powder.PhysicsOptions(None, True, True, 1.2)]
     cv = powder.cross_validate(fit_rows, origin, FeatureSpec(), folds=2, per_fold=2, candidates=candidates)
     assert set(cv) == set(candidates) and all(s["n"] >= 1 for s in cv.values())
+    # compare_variants walks the same folds and rows (one generator, _held_out_samples): the same count scored.
+    variants = powder.compare_variants(fit_rows, origin, FeatureSpec(), powder.BASELINE_OPTIONS, folds=2, per_fold=2)
+    assert len(variants) == 5 and {s["n"] for s in variants.values()} == {cv[powder.BASELINE_OPTIONS]["n"]}
 
 
 def test_shadowing_maps_predict_held_out_fitting_links(rows):

@@ -193,16 +193,22 @@ def test_closed_form_power_marginal_equals_the_grid_over_transmit_power():
         assert np.abs(diff[weight > 1e-6]).max() < 0.01
 
 
+def _all_heard_and_one_silent(rx, physics):
+    """``log_posterior`` arguments for a transmitter at (12 km, 30 km) with 4 dB of noise on the readings: every
+    receiver heard, then receiver 3 silent (detection level -100 dBm)."""
+    truth = np.array([12e3, 30e3])
+    power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - truth).T), physics.ref_loss_db, physics.path_loss_exponent)
+    power += np.random.default_rng(3).normal(0.0, 4.0, len(rx))
+    return [(power, heard, np.ones(len(rx), bool), np.full(len(rx), -100.0))
+            for heard in (np.ones(len(rx), bool), np.array([True, True, True, False, True]))]
+
+
 def test_a_diagonal_error_covariance_gives_the_iid_posterior():
     """error_cov_db2 = sigma^2 I is the i.i.d. model: same posterior, with and without silent receivers."""
     physics = PhysicsConfig(grid_step_km=2.0)
     est, rx = _square_network(physics)
     full = PhysicsEstimator(physics, rx, np.full(len(rx), 200.0), est.area, error_cov_db2=est.sigma_db**2 * np.eye(len(rx)))
-    truth = np.array([12e3, 30e3])
-    power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - truth).T), physics.ref_loss_db, physics.path_loss_exponent)
-    power += np.random.default_rng(3).normal(0.0, 4.0, len(rx))
-    for heard in (np.ones(len(rx), bool), np.array([True, True, True, False, True])):
-        args = (power, heard, np.ones(len(rx), bool), np.full(len(rx), -100.0))
+    for args in _all_heard_and_one_silent(rx, physics):
         a, b = est.log_posterior(*args), full.log_posterior(*args)
         np.testing.assert_allclose(a - a.max(), b - b.max(), atol=1e-6)
         np.testing.assert_allclose(est.estimate(*args).position_en_m, full.estimate(*args).position_en_m, atol=1e-6)
@@ -250,11 +256,7 @@ def test_a_flat_shadowing_map_gives_the_iid_posterior_and_a_mapped_bump_moves_it
         return np.zeros((len(grid), len(rx))), np.full((len(grid), len(rx)), est.sigma_db)
 
     mapped = PhysicsEstimator(physics, rx, alts, est.area, shadowing_map=flat)
-    truth = np.array([12e3, 30e3])
-    power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - truth).T), physics.ref_loss_db, physics.path_loss_exponent)
-    power += np.random.default_rng(3).normal(0.0, 4.0, len(rx))
-    for heard in (np.ones(len(rx), bool), np.array([True, True, True, False, True])):
-        args = (power, heard, np.ones(len(rx), bool), np.full(len(rx), -100.0))
+    for args in _all_heard_and_one_silent(rx, physics):
         a, b = est.log_posterior(*args), mapped.log_posterior(*args)
         np.testing.assert_allclose(a - a.max(), b - b.max(), atol=1e-6)
 
