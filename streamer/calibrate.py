@@ -299,17 +299,31 @@ def calibrate(config, obs: Observations, *, fit_exponent: bool = False) -> Calib
     return Calibration(ids, old, new, fit, fit_exponent, refused, absent)
 
 
-def updated_toml(text: str, calibration: Calibration, *, decimals_db: int = 2) -> str:
+#: Decimals written for ``calibration_db`` (dB) and a fitted ``path_loss_exponent``.
+CALIBRATION_DECIMALS, EXPONENT_DECIMALS = 2, 3
+
+
+def written_values(calibration: Calibration) -> tuple[np.ndarray, float | None]:
+    """What ``updated_toml`` writes: each receiver's ``calibration_db`` (rounded where fitted, unchanged elsewhere),
+    in receiver order, and the rounded exponent when it was fitted (else None)."""
+    fit = calibration.fit
+    values = np.array([round(float(new), CALIBRATION_DECIMALS) if ok else float(old)
+                       for new, old, ok in zip(calibration.new_db, calibration.old_db, fit.fitted)])
+    return values, (round(fit.exponent, EXPONENT_DECIMALS) if calibration.fit_exponent else None)
+
+
+def updated_toml(text: str, calibration: Calibration) -> str:
     """``text`` with each calibrated receiver's ``calibration_db`` (and a fitted exponent) replaced; comments kept."""
     import tomlkit
 
     doc = tomlkit.parse(text)
-    new = {rx_id: value for rx_id, value, ok in zip(calibration.receiver_ids, calibration.new_db, calibration.fit.fitted) if ok}
+    values, exponent = written_values(calibration)
+    new = {rx_id: value for rx_id, value, ok in zip(calibration.receiver_ids, values, calibration.fit.fitted) if ok}
     for table in doc.get("receivers", []):
         rx_id = table.get("id")
         if rx_id in new:
-            table["calibration_db"] = round(float(new[rx_id]), decimals_db)
-    if calibration.fit_exponent:
+            table["calibration_db"] = float(new[rx_id])
+    if exponent is not None:
         estimator = doc.get("estimator")
         if estimator is None:
             estimator = tomlkit.table(is_super_table=True)
@@ -318,7 +332,7 @@ def updated_toml(text: str, calibration: Calibration, *, decimals_db: int = 2) -
         if physics is None:
             physics = tomlkit.table()
             estimator.add("physics", physics)
-        physics["path_loss_exponent"] = round(calibration.fit.exponent, 3)
+        physics["path_loss_exponent"] = exponent
     return tomlkit.dumps(doc)
 
 
@@ -418,9 +432,9 @@ def write_survey_map(path: Path, config, obs: Observations, cal: Calibration) ->
         raise ObservationsError(f"{obs.source}: cannot make a survey map: {exc}") from None
     mapped = [rx.id in maps.unit_mean for rx in config.receivers]
     sigma = np.where(mapped, sigma, physics.shadowing_db)  # receivers without a map: the estimator's prior sigma
-    # What the written config holds (updated_toml's rounding), so that load_map accepts the pair.
-    calibrated = np.where(fit.fitted, np.round(cal.new_db, 2), cal.old_db)
-    exponent = round(fit.exponent, 3) if cal.fit_exponent else physics.path_loss_exponent
+    # What the written config holds, so that load_map accepts the pair.
+    calibrated, exponent = written_values(cal)
+    exponent = physics.path_loss_exponent if exponent is None else exponent
     try:
         save_map(path, maps, receiver_ids=cal.receiver_ids, sigma_db=sigma, links=links,
                  lat=[rx.lat for rx in config.receivers], lon=[rx.lon for rx in config.receivers],

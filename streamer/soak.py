@@ -203,7 +203,7 @@ class OutputReader:
         self._sock.connect(endpoint)
         self._lock = threading.Lock()
         self._latencies_s: list[float] = []
-        self.window_starts_ns: list[int] = []
+        self._window_starts_ns: list[int] = []
         self._ages_s: list[float] = []
         self.received = 0
         self.seq_gaps = 0
@@ -224,12 +224,12 @@ class OutputReader:
                     self.seq_gaps += 1
                 self._last_seq = msg["seq"]
                 self._latencies_s.append(msg["latency_ms"]["processing"] / 1e3)
-                self.window_starts_ns.append(int(msg["t_start_ns"]))
+                self._window_starts_ns.append(int(msg["t_start_ns"]))
                 self._ages_s.append(msg["latency_ms"]["age"] / 1e3)
 
     def window_starts(self) -> list[int]:
         with self._lock:
-            return list(self.window_starts_ns)
+            return list(self._window_starts_ns)
 
     def take_latencies(self) -> tuple[list[float], list[float]]:
         """Processing latencies and end-to-end ages (s) of the localizations since the last call."""

@@ -150,7 +150,6 @@ class ShadowingMaps:
             unit_var[name] = var.reshape(len(east_m), len(north_m))
         return cls(correlation, east_m, north_m, unit_mean, unit_var)
 
-    _rho = staticmethod(_rho)
 
     def for_receivers(self, names: list, sigma_db: np.ndarray, scale: float = 1.0, calibration_sigma_db: float = 0.0):
         """``shadowing_map`` callable for ``PhysicsEstimator``: receivers ``names`` with shadowing sigmas ``sigma_db``

@@ -165,6 +165,9 @@ def _crop_east(arrays, cells: int = 5):
     (lambda a: a.__setitem__("calibration_db", a["calibration_db"] + 1.0), "calibration_db"),
     (lambda a: a.__setitem__("lat", a["lat"] + 0.01), "was mapped at"),
     (lambda a: _drop(a, "sd_db"), "is not a survey map"),
+    (lambda a: a["mean_db"].__setitem__((0, 0, 0), np.nan), "mean_db must be finite and sd_db > 0"),
+    (lambda a: a.__setitem__("ref_loss_db", a["ref_loss_db"] + 1.0), "estimator.physics.ref_loss_db"),
+    (lambda a: a.__setitem__("origin", a["origin"] + np.array([0.01, 0.0, 0.0])), "ENU origin"),
 ])
 def test_a_map_that_does_not_fit_the_config_is_refused_by_file_and_key(tmp_path, surveyed, edit, problem):
     calibrated, survey, _ = surveyed
@@ -211,3 +214,15 @@ def test_a_map_made_with_a_fitted_exponent_matches_the_config_written_with_it(tm
         assert float(m["path_loss_exponent"]) == config.estimator.physics.path_loss_exponent != 3.0
     mean, sd = load_map(config)(np.zeros((1, 2)))
     assert mean.shape == sd.shape == (1, len(world.receiver_ids))
+
+
+def test_calibrate_says_why_it_cannot_make_or_write_a_map(tmp_path, site, world):
+    few = write_csv(tmp_path / "few.csv", observations(world, 20, seed=5), world.receiver_ids)  # < 30 links each
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["calibrate", "-c", str(site), str(few), "--survey-map", str(tmp_path / "m.npz")]) == 2
+    assert f"{few}: cannot make a survey map: no receiver has 30 or more links" in err.getvalue()
+    obs = write_csv(tmp_path / "obs.csv", observations(world, 200, seed=5), world.receiver_ids)
+    nowhere = tmp_path / "missing-folder" / "m.npz"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["calibrate", "-c", str(site), str(obs), "--survey-map", str(nowhere)]) == 2
+    assert f"{nowhere}: cannot write the survey map" in err.getvalue()
