@@ -1,4 +1,4 @@
-"""``heimdall bench model`` on a small exported model: both paths timed, numbers sane, CUDA fallback reported."""
+"""``heimdall bench model`` on a small exported model: all three paths timed, numbers sane, CUDA fallback reported."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ torch = pytest.importorskip("torch", reason="exporting a test model needs torch:
 from models.train.export import export_model  # noqa: E402
 from models.train.network import LocalizerNet  # noqa: E402
 from models.train.train import metadata  # noqa: E402
-from streamer.bench_model import bench_model, main  # noqa: E402
+from streamer.bench_model import bench_model, bound_runner, example_window, main, raw_feeds  # noqa: E402
+from streamer.inference import OnnxEstimator  # noqa: E402
+from streamer.model_contract import OUTPUT_NAMES  # noqa: E402
 from streamer.features import FeatureSpec  # noqa: E402
 
 
@@ -23,16 +25,36 @@ def model_path(tmp_path_factory):
 
 def test_bench_times_estimator_and_raw_session(model_path):
     res = bench_model(model_path, iterations=30, warmup=5, receivers=5)
-    for key in ("estimator_run", "raw_session_run"):
+    for key in ("estimator_run", "raw_session_run", "io_binding"):
         assert res[key]["n"] == 30
         assert 0 < res[key]["p50_ms"] <= res[key]["p99_ms"] <= res[key]["max_ms"]
     assert res["provider"] == "CPUExecutionProvider"
+    assert res["io_binding_device"] == "cpu:0"
+
+
+def test_bound_runner_reuses_its_buffers_and_returns_what_session_run_returns(model_path):
+    estimator = OnnxEstimator(model_path, providers=("CPUExecutionProvider",))
+    feeds = raw_feeds(estimator, *example_window(estimator, 6, seed=1))
+    run = bound_runner(estimator.session, feeds, "cpu")
+    expected = estimator.session.run(list(OUTPUT_NAMES), feeds)
+    first = run()
+    for got, want in zip(first, expected):
+        assert got.shape == want.shape
+        assert (got == want).all()
+    # A new window copied into the same buffers gives that window's answer, not the old one.
+    other = raw_feeds(estimator, *example_window(estimator, 4, seed=2))
+    for name, array in other.items():
+        feeds[name][...] = array
+    second = run()
+    for got, want in zip(second, estimator.session.run(list(OUTPUT_NAMES), other)):
+        assert (got == want).all()
+    assert not (second[0] == first[0]).all()
 
 
 def test_bench_cuda_request_reports_what_ran(model_path, capsys):
     assert main(["--model", str(model_path), "--provider", "cuda", "--iterations", "10", "--warmup", "2"]) == 0
     out = capsys.readouterr().out
-    assert "raw_session_run" in out and "estimator_run" in out
+    assert "raw_session_run" in out and "estimator_run" in out and "io_binding" in out
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
