@@ -29,6 +29,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dim", type=int, default=128, help="token width")
     parser.add_argument("--layers", type=int, default=3, help="self-attention blocks")
+    parser.add_argument("--head", choices=("grid", "direct"), default="grid",
+                        help="output head: 'grid' (a posterior over a grid with inferred propagation parameters) or "
+                             "'direct' (position and covariance straight from the pooled tokens)")
+    parser.add_argument("--heard-weight", type=float, default=0.3,
+                        help="weight of the auxiliary loss teaching the grid head which receivers heard")
     parser.add_argument("--drop-prob", type=float, default=0.1, help="extra receiver outage probability per batch")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="processes generating data")

@@ -11,10 +11,19 @@ normalised mel frames, ``rx_enu_km`` [B, R, 3], ``rx_mask`` [B, R] -> ``position
    network the absolute size of the network (path loss depends on distance in km, not in units of s).
 3. A token MLP, then ``n_layers`` pre-norm self-attention blocks with absent receivers masked out of the
    keys: the output is the same whatever order the receivers come in (permutation invariant).
-4. Position: a softmax weighting over present receivers of their normalised positions plus an offset
-   from the pooled set (mean and max over present tokens); covariance: a Cholesky factor
-   L = [[softplus(a) + e, 0], [b, softplus(d) + e]] in normalised units, C = s^2 L L^T km^2 (symmetric
-   positive definite by construction, any orientation); position = c + s * p.
+4. Output, by ``head``:
+
+   - ``"grid"`` (the shipped model): the tokens set the parameters of a log-distance posterior over a 32 x 32
+     grid of candidate positions spanning +-2.5 s (``GridPosterior``): per receiver a received power, a heard
+     weight and a detection floor; per scene a path-loss exponent, a shadowing sigma and a prior outside the
+     receivers' box. The output is that posterior's mean and covariance (scaled by a learned factor). The
+     physics is in the graph, the network only infers what the physics estimator is told (exponent, sigma,
+     who heard), so it needs no propagation parameters from the operator.
+   - ``"direct"``: a softmax weighting over present receivers of their normalised positions plus an offset
+     from the pooled set (mean and max over present tokens); covariance from a Cholesky factor
+     L = [[softplus(a) + e, 0], [b, softplus(d) + e]] in normalised units.
+
+   Either way C = s^2 L L^T km^2 (symmetric positive definite, any orientation) and position = c + s * p.
 
 The loss (``gaussian_nll``) is the full 2-D Gaussian negative log-likelihood in normalised coordinates,
 1/2 r^T C^-1 r + 1/2 log|C|, which differs from the one in km by the constant log s^2 per draw.
@@ -63,18 +72,130 @@ class Block(nn.Module):
         return h + self.ff(self.norm2(h))
 
 
-class LocalizerNet(nn.Module):
-    """Set encoder over receivers -> position and full 2-D covariance (module doc)."""
+def log_normal_cdf(z: torch.Tensor) -> torch.Tensor:
+    """log Phi(z), finite and with finite gradients for any z.
 
-    def __init__(self, n_mels: int = 32, dim: int = 128, n_layers: int = 3, heads: int = 4) -> None:
+    Above z = -4 through erf (in float32, 1 + erf keeps Phi to about 0.2 % there); below, the asymptotic series
+    log(phi(z) / -z * (1 - z^-2 + 3 z^-4 - 15 z^-6)), whose next term is under 0.2 % at z = -4.
+    """
+    upper = torch.clamp(z, min=-4.0)
+    lower = torch.clamp(z, max=-4.0)
+    exact = torch.log(torch.clamp(0.5 * (1.0 + torch.erf(upper / math.sqrt(2.0))), min=1e-12))
+    inv2 = 1.0 / (lower * lower)
+    series = 1.0 - inv2 + 3.0 * inv2 * inv2 - 15.0 * inv2 * inv2 * inv2
+    tail = -0.5 * lower * lower - torch.log(-lower) - 0.5 * math.log(2.0 * math.pi) + torch.log(series)
+    return torch.where(z > -4.0, exact, tail)
+
+
+class GridPosterior(nn.Module):
+    """A log-distance posterior over a grid of candidate positions, with parameters the network infers.
+
+    Cells cover [-half_width, half_width]^2 in units of the network scale s. Per receiver the encoder gives a
+    received power (dB, a correction to the strongest band's level), a heard weight and a detection floor
+    (dB, a correction to the quietest band plus 6 dB); per scene a path-loss exponent (2-4), a shadowing sigma
+    (dB), a Gaussian prior over the transmitter's level (EIRP minus the 1 km loss) and the steepness of a
+    prior that falls off outside the receivers' box plus 35 % margin. Receivers that heard contribute a
+    Gaussian term with the level marginalised under its prior (closed form); receivers that did not, the
+    censoring term log Phi((floor - predicted) / sigma) at the level's posterior mean. The output is
+    the posterior's mean and covariance (plus the cell's own variance), in units of s, like the direct head's.
+    """
+
+    def __init__(self, dim: int, n_mels: int, cells: int = 32, half_width: float = 2.5) -> None:
         super().__init__()
-        self.config = {"n_mels": n_mels, "dim": dim, "n_layers": n_layers, "heads": heads}
+        self.n_mels = n_mels
+        step = 2.0 * half_width / cells
+        axis = torch.linspace(-half_width + step / 2, half_width - step / 2, cells)
+        gy, gx = torch.meshgrid(axis, axis, indexing="ij")
+        self.register_buffer("cells", torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1))  # [G, 2]
+        self.cell_variance = step * step / 12.0
+        self.receiver = nn.Linear(dim, 3)  # power correction (x 10 dB), heard logit, floor correction (x 10 dB)
+        self.scene = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 8))
+        for layer in (self.receiver, self.scene[-1]):  # start from the heuristics in the class doc
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h, pooled, p, up_km, scale, mask, scene_token):
+        """Position [B, 2] and covariance [B, 2, 2] in units of ``scale``, and the per-receiver heard logit [B, R]."""
+        band_db = 20.0 * pooled[..., : self.n_mels]  # dB relative to the normalisation offset
+        strongest = band_db.max(dim=-1).values
+        quietest = band_db.min(dim=-1).values
+        rx = self.receiver(h)
+        power_db = strongest + 10.0 * rx[..., 0]
+        heard_logit = rx[..., 1] + (strongest - quietest - 8.0) / 2.0
+        floor_db = quietest + 6.0 + 10.0 * rx[..., 2]
+        scene = self.scene(scene_token)
+        exponent = 2.0 + 2.0 * torch.sigmoid(scene[:, 0:1])  # [B, 1]
+        sigma_db = 1.0 + 7.2 * F.softplus(scene[:, 1:2])
+        prior_steepness = 20.0 * F.softplus(scene[:, 2:3] + 0.55)
+        # Prior over the level a transmitter implies (EIRP minus the 1 km loss, dB above -100 dBm): mean and
+        # spread inferred per scene, starting broad (30 dB) about 50 dB.
+        level_mean = 50.0 + 20.0 * scene[:, 6:7]
+        level_var = (3.0 + (27.0 / math.log(2.0)) * F.softplus(scene[:, 7:8])) ** 2
+
+        # |cell - receiver|^2 expanded, so no [B, R, G, 2] tensor is formed; clamped against rounding below 0.
+        cell_sq = (self.cells * self.cells).sum(-1)  # [G]
+        flat_sq = torch.clamp(cell_sq[None, None, :] + (p * p).sum(-1, keepdim=True) - 2.0 * p @ self.cells.T, min=0.0)
+        dist_sq_km2 = flat_sq * (scale * scale)[:, :, None] + (up_km * up_km)[:, :, None] + 0.05**2
+        loss_db = (5.0 / math.log(10.0)) * exponent[:, :, None] * torch.log(dist_sq_km2)  # 10 n log10(d), [B, R, G]
+        heard = torch.sigmoid(heard_logit) * mask
+        missed = (1.0 - torch.sigmoid(heard_logit)) * mask
+        implied = power_db[:, :, None] + loss_db  # transmit power each receiver implies at each cell
+        weight = heard[:, :, None]
+        total = weight.sum(1) + 1e-3  # [B, 1]
+        mean_level = (weight * implied).sum(1) / total  # [B, G]
+        var = sigma_db**2  # [B, 1]
+        # The level marginalised under its Gaussian prior: the spread about the weighted mean, plus how far
+        # that mean is from the prior's given both variances.
+        spread = var / total + level_var
+        log_like = (-0.5 * (weight * (implied - mean_level[:, None, :]) ** 2).sum(1) / var
+                    - 0.5 * (mean_level - level_mean) ** 2 / spread - 0.5 * torch.log(spread))
+        level = (mean_level * total / var + level_mean / level_var) / (total / var + 1.0 / level_var)
+        predicted = level[:, None, :] - loss_db
+        below_floor = (floor_db[:, :, None] - predicted) / sigma_db[:, :, None]
+        log_like = log_like + (missed[:, :, None] * log_normal_cdf(below_floor)).sum(1)
+
+        inside = mask[..., None] > 0
+        lo = torch.where(inside, p, torch.full_like(p, 1e4)).min(dim=1).values  # [B, 2]
+        hi = torch.where(inside, p, torch.full_like(p, -1e4)).max(dim=1).values
+        margin = 0.35 * (hi - lo) + 0.05
+        before = F.relu(lo[:, None, :] - margin[:, None, :] - self.cells[None])
+        beyond = F.relu(self.cells[None] - hi[:, None, :] - margin[:, None, :])
+        outside = before + beyond
+        log_post = log_like - prior_steepness * outside.sum(-1)
+        post = torch.softmax(log_post, dim=-1)  # [B, G]
+        mean = post @ self.cells  # [B, 2]
+        centred = self.cells[None] - mean[:, None, :]
+        cov = torch.einsum("bg,bgi,bgj->bij", post, centred, centred)
+        eye = torch.eye(2, dtype=cov.dtype, device=cov.device)
+        cov = cov * torch.exp(2.0 * scene[:, 3])[:, None, None] + self.cell_variance * eye
+        return mean + 0.1 * scene[:, 4:6], cov, heard_logit
+
+
+class LocalizerNet(nn.Module):
+    """Set encoder over receivers -> position and full 2-D covariance (module doc).
+
+    ``head="direct"``: position and Cholesky factor straight from the pooled tokens (step 4 of the module doc).
+    ``head="grid"``: the tokens set the parameters of a ``GridPosterior`` whose mean and covariance are the output.
+    """
+
+    def __init__(self, n_mels: int = 32, dim: int = 128, n_layers: int = 3, heads: int = 4, head: str = "grid",
+                 grid_cells: int = 32) -> None:
+        super().__init__()
+        if head not in ("direct", "grid"):
+            raise ValueError(f"head must be 'direct' or 'grid', not {head!r}")
+        self.config = {"n_mels": n_mels, "dim": dim, "n_layers": n_layers, "heads": heads, "head": head}
+        if head == "grid":
+            self.config["grid_cells"] = grid_cells
         token_in = 2 * n_mels + 4
         self.embed = nn.Sequential(nn.Linear(token_in, dim), nn.GELU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
-        self.weight_logit = nn.Linear(dim, 1)
-        self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 5))
+        if head == "grid":
+            self.grid = GridPosterior(dim, n_mels, cells=grid_cells)
+        else:
+            self.weight_logit = nn.Linear(dim, 1)
+            self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 5))
+        self.last_heard_logit: torch.Tensor | None = None
 
     @staticmethod
     def pool_time(features: torch.Tensor) -> torch.Tensor:
@@ -103,10 +224,17 @@ class LocalizerNet(nn.Module):
         for block in self.blocks:
             h = block(h, key_bias)
         h = self.norm(h)
-        w = torch.softmax(self.weight_logit(h).squeeze(-1) + key_bias, dim=-1)  # [B, R]
-        anchor = (w.unsqueeze(-1) * p).sum(dim=1)  # [B, 2]
         pooled_mean = (h * mask).sum(dim=1) / count
         pooled_max = (h + (1.0 - mask) * NEG).max(dim=1).values
+        if self.config["head"] == "grid":
+            position, cov, self.last_heard_logit = self.grid(
+                h, pooled, p, rx_enu_km[..., 2] * rx_mask, scale, rx_mask, torch.cat([pooled_mean, pooled_max], dim=-1))
+            l11 = torch.sqrt(cov[:, 0, 0])
+            l21 = cov[:, 1, 0] / l11
+            l22 = torch.sqrt(torch.clamp(cov[:, 1, 1] - l21 * l21, min=CHOL_FLOOR**2))
+            return centre, scale, position, torch.stack([l11, l21, l22], dim=-1)
+        w = torch.softmax(self.weight_logit(h).squeeze(-1) + key_bias, dim=-1)  # [B, R]
+        anchor = (w.unsqueeze(-1) * p).sum(dim=1)  # [B, 2]
         out = self.head(torch.cat([pooled_mean, pooled_max], dim=-1))
         position = anchor + out[:, :2]
         chol = torch.stack([F.softplus(out[:, 2]) + CHOL_FLOOR, out[:, 3], F.softplus(out[:, 4]) + CHOL_FLOOR], dim=-1)

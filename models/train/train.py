@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from models.train.commands import VERSION, add_train_arguments as add_arguments, default_out  # noqa: F401
 from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached
@@ -83,12 +84,22 @@ def augment(batch: dict[str, torch.Tensor], gen: torch.Generator, drop_prob: flo
     absent = LocalizerNet.pool_time(torch.zeros(1, 1, batch["pooled"].shape[-1] // 2, 1))[0, 0]  # a zero-filled slot
     pooled = torch.where(new_mask[..., None] > 0, batch["pooled"], absent)
     return {"pooled": pooled, "rx_enu_km": enu * new_mask[..., None],
-            "rx_mask": new_mask, "target": target}
+            "rx_mask": new_mask, "heard": heard * new_mask, "target": target}
 
 
-def nll_of(model: LocalizerNet, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def loss_of(model: LocalizerNet, batch: dict[str, torch.Tensor], heard_weight: float = 0.0) -> torch.Tensor:
+    """Mean Gaussian NLL of a batch, plus ``heard_weight`` x the grid head's heard/not-heard cross-entropy.
+
+    The auxiliary term tells the grid head which present receivers heard by the daemon's rule, so its
+    censoring term starts from the right receivers; the direct head has no such output and ignores it.
+    """
     centre, scale, position, chol = model.normalised_pooled(batch["pooled"], batch["rx_enu_km"], batch["rx_mask"])
-    return gaussian_nll(centre, scale, position, chol, batch["target"])
+    loss = gaussian_nll(centre, scale, position, chol, batch["target"]).mean()
+    if heard_weight and model.last_heard_logit is not None:
+        mask = batch["rx_mask"]
+        bce = F.binary_cross_entropy_with_logits(model.last_heard_logit, batch["heard"], reduction="none")
+        loss = loss + heard_weight * (bce * mask).sum() / mask.sum().clamp(min=1.0)
+    return loss
 
 
 def evaluate_nll(model: LocalizerNet, data: dict[str, torch.Tensor], batch_size: int = 512) -> tuple[float, float]:
@@ -106,7 +117,8 @@ def evaluate_nll(model: LocalizerNet, data: dict[str, torch.Tensor], batch_size:
 
 
 def fit(model: LocalizerNet, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor], *, steps: int,
-        batch_size: int, lr: float, drop_prob: float, seed: int, deadline: float, log=print) -> dict:
+        batch_size: int, lr: float, drop_prob: float, seed: int, deadline: float, heard_weight: float = 0.0,
+        log=print) -> dict:
     """Train ``model`` in place; restores the weights with the best validation NLL. Returns a summary."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -127,7 +139,7 @@ def fit(model: LocalizerNet, train: dict[str, torch.Tensor], val: dict[str, torc
     for step in range(1, steps + 1):
         idx = torch.randint(0, n, (batch_size,), generator=gen)
         batch = augment({k: v[idx] for k, v in train.items()}, gen, drop_prob)
-        loss = nll_of(model, batch).mean()
+        loss = loss_of(model, batch, heard_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -161,6 +173,7 @@ def metadata(spec: FeatureSpec, args_summary: dict) -> ModelMetadata:
 
 def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_val: int = 2048, steps: int = 3000,
           batch_size: int = 128, lr: float = 1e-3, dim: int = 128, layers: int = 3, drop_prob: float = 0.1,
+          head: str = "grid", heard_weight: float = 0.3,
           seed: int = 1, workers: int = 2, threads: int = 2, cache_dir: Path | None = None, eval_n: int = 1000,
           spec: FeatureSpec | None = None, oversampling: int = 1, log=print) -> dict:
     """Generate data, train, export to ``out`` and score; returns the report (also stored in the metadata).
@@ -176,13 +189,15 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     val_data = generate_cached(n_val, seed=seed + 1, spec=spec, cache_dir=cache_dir, workers=workers, oversampling=oversampling,
                                progress=lambda k: log(f"validation data: {k}/{n_val} windows ({time.monotonic() - t0:.0f} s)"))
     data_seconds = time.monotonic() - t0
-    model = LocalizerNet(n_mels=spec.n_mels, dim=dim, n_layers=layers)
+    model = LocalizerNet(n_mels=spec.n_mels, dim=dim, n_layers=layers, head=head)
     # Keep time for export and scoring: about 1.5 s per scored draw-set of 100 on this kind of CPU.
     reserve = 60.0 + (0.02 * eval_n * 4 if eval_n else 0.0)
     summary = fit(model, to_tensors(train_data), to_tensors(val_data), steps=steps, batch_size=batch_size, lr=lr,
-                  drop_prob=drop_prob, seed=seed, deadline=deadline - reserve, log=log)
+                  drop_prob=drop_prob, seed=seed, deadline=deadline - reserve, heard_weight=heard_weight, log=log)
     args_summary = {"n_train": n_train, "n_val": n_val, "steps": summary["steps_run"], "batch_size": batch_size,
-                    "lr": lr, "dim": dim, "layers": layers, "drop_prob": drop_prob, "seed": seed}
+                    "lr": lr, "dim": dim, "layers": layers, "drop_prob": drop_prob, "seed": seed, "head": head}
+    if head == "grid":
+        args_summary.update(grid_cells=model.config["grid_cells"], heard_weight=heard_weight)
     if oversampling != 1:  # absent for the shipped model, whose metadata predates the option
         args_summary["render"] = f"through streamer.channelizer from {oversampling} x {spec.sample_rate_hz:g} Hz"
     meta = metadata(spec, args_summary)
@@ -225,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``heimdall train`` with parsed arguments (see ``add_arguments``)."""
     report = train(out=args.out, budget_minutes=args.budget_minutes, n_train=args.n_train, n_val=args.n_val,
                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, dim=args.dim, layers=args.layers,
-                   drop_prob=args.drop_prob, seed=args.seed, workers=args.workers, threads=args.threads,
+                   drop_prob=args.drop_prob, head=args.head, heard_weight=args.heard_weight, seed=args.seed,
+                   workers=args.workers, threads=args.threads,
                    cache_dir=args.cache_dir, eval_n=args.eval_n, oversampling=2 if args.channelized else 1)
     if args.report is not None:
         args.report.write_text(json.dumps(report, indent=2, default=float))

@@ -14,8 +14,8 @@ import streamer.features  # noqa: E402
 from models.train import dataset  # noqa: E402
 from models.train.evaluate import run_centroid, scores  # noqa: E402
 from models.train.export import MAX_MODEL_BYTES, export_model, onnx_vs_torch  # noqa: E402
-from models.train.network import LocalizerNet, gaussian_nll  # noqa: E402
-from models.train.train import NORMALISATION, fit, metadata, to_tensors  # noqa: E402
+from models.train.network import LocalizerNet, gaussian_nll, log_normal_cdf  # noqa: E402
+from models.train.train import NORMALISATION, fit, loss_of, metadata, to_tensors  # noqa: E402
 from streamer.features import FeatureSpec  # noqa: E402
 from streamer.inference import OnnxEstimator  # noqa: E402
 from streamer.model_contract import check_model, read_metadata  # noqa: E402
@@ -39,10 +39,16 @@ def random_inputs(batch: int, seed: int = 0, present_min: int = 3):
     return feats, enu, mask
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
+@pytest.fixture(scope="module", params=["direct", "grid"])
+def tiny_model(request):
+    """Both output heads: every contract test below runs on each."""
     torch.manual_seed(0)
-    return LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2).eval()
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head=request.param).eval()
+    if request.param == "grid":  # non-zero head weights, so the learned corrections are exercised too
+        with torch.no_grad():
+            for layer in (model.grid.receiver, model.grid.scene[-1]):
+                layer.weight.normal_(0.0, 0.05)
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +141,22 @@ def test_covariance_is_spd_and_scales_with_the_network(tiny_model):
     assert torch.all(torch.isfinite(pos10)) and torch.all(torch.isfinite(cov10))
 
 
+def test_log_normal_cdf_matches_scipy_and_stays_finite():
+    from scipy.stats import norm
+
+    z = torch.linspace(-40.0, 8.0, 2001, dtype=torch.float64, requires_grad=True)
+    got = log_normal_cdf(z)
+    want = norm.logcdf(z.detach().numpy())
+    assert np.allclose(got.detach().numpy(), want, rtol=2e-3, atol=2e-3)
+    got.sum().backward()
+    assert torch.all(torch.isfinite(z.grad))
+
+
+def test_unknown_head_is_refused():
+    with pytest.raises(ValueError, match="head must be 'direct' or 'grid'"):
+        LocalizerNet(head="mlp")
+
+
 def test_gaussian_nll_matches_closed_form():
     rng = np.random.default_rng(6)
     centre = torch.tensor(rng.normal(0, 5, (5, 2)))
@@ -202,7 +224,7 @@ def test_short_training_beats_the_receiver_centroid():
     held_out = dataset.generate(384, seed=202, spec=SPEC, windows_per_world=48, workers=2)  # other networks
     model = LocalizerNet(n_mels=SPEC.n_mels, dim=64, n_layers=2)
     fit(model, to_tensors(train), to_tensors(held_out.subset(slice(0, 128))), steps=400, batch_size=64, lr=2e-3,
-        drop_prob=0.1, seed=0, deadline=time.monotonic() + 240, log=lambda *a: None)
+        drop_prob=0.1, seed=0, deadline=time.monotonic() + 240, heard_weight=0.3, log=lambda *a: None)
     test = held_out.subset(slice(128, None))
     feats = (test.features_dbm - NORMALISATION.offset_db) / NORMALISATION.scale_db * test.rx_mask[..., None, None]
     with torch.no_grad():
@@ -228,3 +250,44 @@ def test_evaluate_json_has_every_dataset_and_method(exported, capsys, tmp_path):
         assert set(table) == {exported.stem, "physics", "centroid"}
         for s in table.values():
             assert set(s) == {"median_m", "mean_m", "p90_m", "cov68", "cov95", "nll", "n"} and s["n"] >= 1
+
+
+def test_heard_loss_teaches_the_grid_head_only():
+    """``--heard-weight`` adds the grid head's heard/not-heard cross-entropy; the direct head has no such output."""
+    feats, enu, mask = random_inputs(8, seed=11)
+    pooled = LocalizerNet.pool_time(torch.from_numpy(feats))
+    heard = torch.from_numpy(mask) * (torch.arange(R) % 2 == 0)
+    batch = {"pooled": pooled, "rx_enu_km": torch.from_numpy(enu), "rx_mask": torch.from_numpy(mask),
+             "heard": heard, "target": torch.zeros(8, 2)}
+    for head, adds in (("grid", True), ("direct", False)):
+        torch.manual_seed(0)
+        model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head=head)
+        plain, with_heard = loss_of(model, batch, 0.0), loss_of(model, batch, 0.5)
+        assert torch.isfinite(with_heard)
+        assert (with_heard > plain + 1e-3) if adds else torch.equal(with_heard, plain)
+
+
+def test_untrained_grid_head_is_the_log_distance_posterior():
+    """With its heads at their initial zeros, the grid head is the textbook posterior (exponent 3): powers that
+    follow the log-distance law from a transmitter put its mean on the transmitter once sigma is small (at the
+    initial 6 dB five receivers leave a posterior tens of km wide, whose mean is not the truth)."""
+    torch.manual_seed(0)
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid").eval()
+    with torch.no_grad():
+        model.grid.scene[-1].bias[1] = -10.0  # sigma = 1 + 7.2 softplus(-10) dB = 1.0 dB
+    rx = np.array([[-20.0, -15.0], [25.0, -10.0], [5.0, 30.0], [-30.0, 20.0], [15.0, 5.0], [-50.0, -45.0]])
+    tx = np.array([3.0, 4.0])
+    dist_km = np.linalg.norm(rx - tx, axis=-1)
+    level_db = 60.0 - 30.0 * np.log10(dist_km)  # dB above -100 dBm
+    noise_db = 0.0  # -100 dBm in every band; the far receiver (last) hears nothing above it
+    bands = np.full((1, len(rx), SPEC.n_mels), noise_db)
+    heard = level_db > noise_db + 8.0
+    bands[0, heard, 5] = level_db[heard]
+    assert heard.tolist() == [True] * 5 + [False]
+    pooled = torch.from_numpy(np.concatenate([bands / 20.0, np.full_like(bands, 0.01)], axis=-1).astype(np.float32))
+    enu = torch.from_numpy(np.c_[rx, np.zeros(len(rx))][None].astype(np.float32))
+    with torch.no_grad():
+        centre, scale, position, _ = model.normalised_pooled(pooled, enu, torch.ones(1, len(rx)))
+    estimate = (centre + scale * position)[0].numpy()
+    # Within a cell (5/32 of the scale) of the truth.
+    assert np.linalg.norm(estimate - tx) < 0.15 * float(scale), (estimate, tx, float(scale))
