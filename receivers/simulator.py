@@ -512,7 +512,7 @@ def render_windows(
     ``receivers`` selects receiver indices (default all); ``window_ids`` (default 0..B-1) keys the audio
     and noise RNG streams, so the same id always gives the same window.
 
-    ``oversampling=1`` (the default; what the shipped model was trained on) samples at ``sample_rate_hz``
+    ``oversampling=1`` (the default) samples at ``sample_rate_hz``
     directly: a flat spectrum out to +-fs/2. With ``oversampling`` k > 1 each receiver is sampled at
     k x ``sample_rate_hz``, tuned ``sample_rate_hz / 4`` below the target as a real tuner sits off the
     carrier, and brought to ``sample_rate_hz`` by the daemon's own ``streamer.channelizer.Channelizer``:

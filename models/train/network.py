@@ -195,6 +195,8 @@ class LocalizerNet(nn.Module):
         else:
             self.weight_logit = nn.Linear(dim, 1)
             self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 5))
+        # The grid head's per-receiver heard logits [B, R] from the latest forward pass, for train.loss_of's
+        # auxiliary term; they are not a contract output, so the exported graph leaves them out.
         self.last_heard_logit: torch.Tensor | None = None
 
     @staticmethod

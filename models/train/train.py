@@ -5,7 +5,8 @@ Steps (each one printed as it finishes):
 1. Data: ``models.train.dataset.generate_cached`` draws ``--n-train`` windows from random networks (seed
    ``--seed``) and ``--n-val`` from other random networks (seed ``--seed + 1``), through
    ``receivers.simulator.render_windows`` and ``streamer.features.mel_frames_dbm``.
-2. Training: AdamW, cosine learning rate, full 2-D Gaussian NLL (``network.gaussian_nll``). Each batch is
+2. Training: AdamW, cosine learning rate, full 2-D Gaussian NLL (``network.gaussian_nll``) plus, for the grid
+   head, ``--heard-weight`` x the cross-entropy of its heard weights (``loss_of``). Each batch is
    rotated by a random angle and mirrored with probability 1/2 about the origin (propagation is isotropic, so
    this is exact), and present receivers are dropped with probability ``--drop-prob`` as extra outages (never
    below three that heard). The weights with the lowest validation NLL are kept. ``--budget-minutes`` caps the
@@ -17,7 +18,7 @@ Steps (each one printed as it finishes):
 
 Examples (shell)
 ----------------
-``heimdall train --out models/heimdall-0.1.0.onnx`` (defaults = the shipped model's settings; see models/MODEL_CARD.md)
+``heimdall train --channelized --out models/heimdall-0.1.0.onnx`` (the shipped model's settings; see models/MODEL_CARD.md)
 """
 
 from __future__ import annotations
@@ -198,7 +199,7 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
                     "lr": lr, "dim": dim, "layers": layers, "drop_prob": drop_prob, "seed": seed, "head": head}
     if head == "grid":
         args_summary.update(grid_cells=model.config["grid_cells"], heard_weight=heard_weight)
-    if oversampling != 1:  # absent for the shipped model, whose metadata predates the option
+    if oversampling != 1:
         args_summary["render"] = f"through streamer.channelizer from {oversampling} x {spec.sample_rate_hz:g} Hz"
     meta = metadata(spec, args_summary)
     from models.train.export import MAX_MODEL_BYTES, export_model, onnx_vs_torch, set_metadata
