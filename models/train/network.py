@@ -139,7 +139,7 @@ class GridPosterior(nn.Module):
         loss_db = (5.0 / math.log(10.0)) * exponent[:, :, None] * torch.log(dist_sq_km2)  # 10 n log10(d), [B, R, G]
         heard = torch.sigmoid(heard_logit) * mask
         missed = (1.0 - torch.sigmoid(heard_logit)) * mask
-        implied = power_db[:, :, None] + loss_db  # transmit power each receiver implies at each cell
+        implied = power_db[:, :, None] + loss_db  # the level (EIRP - 1 km loss) each receiver implies at each cell
         weight = heard[:, :, None]
         total = weight.sum(1) + 1e-3  # [B, 1]
         mean_level = (weight * implied).sum(1) / total  # [B, G]
