@@ -183,7 +183,10 @@ def test_dashboard_queries_return_data_from_a_live_daemon(tmp_path):
                     if not problems:
                         break
                     if time.monotonic() > deadline:
-                        pytest.fail(f"after {DEADLINE_S:.0f} s:\n" + "\n".join(f"{k}: {v}" for k, v in problems.items()))
+                        # What the daemon did with its windows, and what it logged, say why a panel is empty.
+                        windows = {r["metric"].get("outcome"): r["value"][1] for r in query(base, "heimdall_windows_total")}
+                        pytest.fail(f"after {DEADLINE_S:.0f} s:\n" + "\n".join(f"{k}: {v}" for k, v in problems.items())
+                                    + f"\nheimdall_windows_total by outcome: {windows}\ndaemon log (tail):\n{daemon.stderr[-3000:]}")
                     time.sleep(0.5)
             assert daemon.proc.poll() is None, "the daemon died under scraping"
     finally:
