@@ -1,6 +1,6 @@
-"""``heimdall bench model``: batch-1 latency of an ONNX model, through ``OnnxEstimator.run`` and raw ``session.run``.
+"""``heimdall bench model``: batch-1 latency of an ONNX model: ``OnnxEstimator.run``, ``session.run``, I/O binding.
 
-Both are timed in the same process on the same inputs, so the difference is what the estimator adds
+All three are timed in the same process on the same inputs, so the difference is what the estimator adds
 (normalisation, zero-filling and padding to ``max_receivers``, output checks). The input is one window of
 ``--receivers`` receivers at seeded random positions (within 50 km), with dBm frames made by
 ``streamer.features.mel_frames_dbm`` from seeded complex noise plus a tone at a random level per receiver.
@@ -111,7 +111,7 @@ def bound_runner(session, feeds: dict[str, np.ndarray], device: str):
 
 def bench_model(model: Path, *, provider: str = "cpu", receivers: int = 7, iterations: int = 2000,
                 warmup: int = 200, threads: int = 1) -> dict:
-    """Latency percentiles (ms) of ``OnnxEstimator.run`` and of the raw session on one batch-1 window."""
+    """Latency percentiles (ms) of ``OnnxEstimator.run``, raw ``session.run`` and ``bound_runner`` on one batch-1 window."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
