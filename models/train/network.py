@@ -72,19 +72,26 @@ class Block(nn.Module):
         return h + self.ff(self.norm2(h))
 
 
+_TAIL_SCALE = math.exp(-8.0) / math.sqrt(2.0 * math.pi)  # phi(-4) = exp(-8) / sqrt(2 pi)
+
+
 def log_normal_cdf(z: torch.Tensor) -> torch.Tensor:
     """log Phi(z), finite and with finite gradients for any z.
 
     Above z = -4 through erf (in float32, 1 + erf keeps Phi to about 0.2 % there); below, the asymptotic series
-    log(phi(z) / -z * (1 - z^-2 + 3 z^-4 - 15 z^-6)), whose next term is under 0.2 % at z = -4.
+    log(phi(z) / -z * (1 - z^-2 + 3 z^-4 - 15 z^-6)), whose next term is under 0.2 % at z = -4. Both branches
+    share one Log: below -4, exp(-z^2 / 2) is split as exp(-8) exp(-(z^2 - 16) / 2), the first factor kept
+    inside the Log and the second added outside it (it is 0 above -4). The grid head evaluates this on every
+    [receiver, cell] pair, so each elementwise op here is a measurable part of the model's latency.
     """
     upper = torch.clamp(z, min=-4.0)
     lower = torch.clamp(z, max=-4.0)
-    exact = torch.log(torch.clamp(0.5 * (1.0 + torch.erf(upper / math.sqrt(2.0))), min=1e-12))
-    inv2 = 1.0 / (lower * lower)
-    series = 1.0 - inv2 + 3.0 * inv2 * inv2 - 15.0 * inv2 * inv2 * inv2
-    tail = -0.5 * lower * lower - torch.log(-lower) - 0.5 * math.log(2.0 * math.pi) + torch.log(series)
-    return torch.where(z > -4.0, exact, tail)
+    lower_sq = lower * lower
+    inv2 = 1.0 / lower_sq
+    series = 1.0 + inv2 * (-1.0 + inv2 * (3.0 - 15.0 * inv2))
+    inside_log = torch.where(z > -4.0, 0.5 + 0.5 * torch.erf(upper * (1.0 / math.sqrt(2.0))),
+                             series * (-_TAIL_SCALE / lower))
+    return torch.log(torch.clamp(inside_log, min=1e-30)) - 0.5 * (lower_sq - 16.0)
 
 
 class GridPosterior(nn.Module):
@@ -132,27 +139,42 @@ class GridPosterior(nn.Module):
         level_mean = 50.0 + 20.0 * scene[:, 6:7]
         level_var = (3.0 + (27.0 / math.log(2.0)) * F.softplus(scene[:, 7:8])) ** 2
 
-        # |cell - receiver|^2 expanded, so no [B, R, G, 2] tensor is formed; clamped against rounding below 0.
-        cell_sq = (self.cells * self.cells).sum(-1)  # [G]
-        flat_sq = torch.clamp(cell_sq[None, None, :] + (p * p).sum(-1, keepdim=True) - 2.0 * p @ self.cells.T, min=0.0)
-        dist_sq_km2 = flat_sq * (scale * scale)[:, :, None] + (up_km * up_km)[:, :, None] + 0.05**2
-        loss_db = (5.0 / math.log(10.0)) * exponent[:, :, None] * torch.log(dist_sq_km2)  # 10 n log10(d), [B, R, G]
         heard = torch.sigmoid(heard_logit) * mask
-        missed = (1.0 - torch.sigmoid(heard_logit)) * mask
-        implied = power_db[:, :, None] + loss_db  # the level (EIRP - 1 km loss) each receiver implies at each cell
-        weight = heard[:, :, None]
-        total = weight.sum(1) + 1e-3  # [B, 1]
-        mean_level = (weight * implied).sum(1) / total  # [B, G]
+        missed = mask - heard
+
+        # Slots no window of the batch uses weigh 0 in every term below, so only the used ones enter the
+        # [B, R, G] work (the daemon's 7-receiver default fills 7 of 16 slots).
+        used = torch.nonzero(mask.amax(dim=0) > 0).squeeze(-1)
+        heard, missed = heard.index_select(1, used), missed.index_select(1, used)
+        power_db, floor_db = power_db.index_select(1, used), floor_db.index_select(1, used)
+        rx_km = p.index_select(1, used) * scale[:, :, None]  # [B, R, 2]
+        up_km = up_km.index_select(1, used)
+        cells_km = self.cells[None] * scale[:, :, None]  # [B, G, 2]
+        # |cell - receiver|^2 + up^2 + (50 m)^2 as one matmul of augmented vectors (no [B, R, G, 2] tensor),
+        # floored at (50 m)^2 against rounding.
+        rx_aug = torch.cat([rx_km, torch.ones_like(up_km)[..., None],
+                            ((rx_km * rx_km).sum(-1) + up_km * up_km + 0.05**2)[..., None]], dim=-1)  # [B, R, 4]
+        cell_aug = torch.cat([-2.0 * cells_km, (cells_km * cells_km).sum(-1, keepdim=True),
+                              torch.ones_like(cells_km[..., :1])], dim=-1)  # [B, G, 4]
+        dist_sq_km2 = torch.clamp(rx_aug @ cell_aug.transpose(1, 2), min=0.05**2)
+        loss_db = ((5.0 / math.log(10.0)) * exponent)[:, :, None] * torch.log(dist_sq_km2)  # 10 n log10(d), [B, R, G]
+        # The level (EIRP - 1 km loss) receiver r implies at cell g is power_r + loss_rg; sums over receivers
+        # weighted by the heard weights are matrix products.
+        total = heard.sum(1, keepdim=True) + 1e-3  # [B, 1]
+        weighted_power = (heard * power_db).sum(1, keepdim=True)  # [B, 1]
+        weighted_loss = (heard[:, None, :] @ loss_db).squeeze(1)  # [B, G]
+        mean_level = (weighted_power + weighted_loss) / total
+        deviation = loss_db + (power_db - weighted_power / total)[:, :, None] - (weighted_loss / total)[:, None, :]
         var = sigma_db**2  # [B, 1]
         # The level marginalised under its Gaussian prior: the spread about the weighted mean, plus how far
         # that mean is from the prior's given both variances.
         spread = var / total + level_var
-        log_like = (-0.5 * (weight * (implied - mean_level[:, None, :]) ** 2).sum(1) / var
+        log_like = ((-0.5 / var) * (heard[:, None, :] @ (deviation * deviation)).squeeze(1)
                     - 0.5 * (mean_level - level_mean) ** 2 / spread - 0.5 * torch.log(spread))
         level = (mean_level * total / var + level_mean / level_var) / (total / var + 1.0 / level_var)
-        predicted = level[:, None, :] - loss_db
-        below_floor = (floor_db[:, :, None] - predicted) / sigma_db[:, :, None]
-        log_like = log_like + (missed[:, :, None] * log_normal_cdf(below_floor)).sum(1)
+        # (floor - predicted) / sigma with predicted = level - loss
+        below_floor = (loss_db + floor_db[:, :, None] - level[:, None, :]) * (1.0 / sigma_db)[:, :, None]
+        log_like = log_like + (missed[:, None, :] @ log_normal_cdf(below_floor)).squeeze(1)
 
         inside = mask[..., None] > 0
         lo = torch.where(inside, p, torch.full_like(p, 1e4)).min(dim=1).values  # [B, 2]
@@ -165,7 +187,7 @@ class GridPosterior(nn.Module):
         post = torch.softmax(log_post, dim=-1)  # [B, G]
         mean = post @ self.cells  # [B, 2]
         centred = self.cells[None] - mean[:, None, :]
-        cov = torch.einsum("bg,bgi,bgj->bij", post, centred, centred)
+        cov = (centred * post[:, :, None]).transpose(1, 2) @ centred  # [B, 2, 2]
         eye = torch.eye(2, dtype=cov.dtype, device=cov.device)
         cov = cov * torch.exp(2.0 * scene[:, 3])[:, None, None] + self.cell_variance * eye
         return mean + 0.1 * scene[:, 4:6], cov, heard_logit

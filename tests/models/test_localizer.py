@@ -128,6 +128,22 @@ def test_masked_slots_are_ignored(tiny_model):
     assert torch.allclose(p1, p2, atol=1e-4) and torch.allclose(c1, c2, rtol=1e-4, atol=1e-6)
 
 
+def test_a_window_does_not_depend_on_its_batch(tiny_model):
+    """The grid head evaluates only the slots some window of the batch uses: alone, a 3-receiver window has
+    fewer of them than inside a batch with a 16-receiver one, and must give the same answer."""
+    feats, enu, mask = random_inputs(6, seed=5)
+    mask[0] = 0.0
+    mask[0, [2, 7, 11]] = 1.0
+    mask[1] = 1.0
+    feats *= mask[..., None, None]
+    with torch.no_grad():
+        pos, cov = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
+        for b in range(len(mask)):
+            alone_pos, alone_cov = tiny_model(*(torch.from_numpy(a[b:b + 1]) for a in (feats, enu, mask)))
+            assert torch.allclose(pos[b], alone_pos[0], atol=1e-4), b
+            assert torch.allclose(cov[b], alone_cov[0], rtol=1e-4, atol=1e-6), b
+
+
 def test_covariance_is_spd_and_scales_with_the_network(tiny_model):
     feats, enu, mask = random_inputs(32, seed=4)
     with torch.no_grad():
