@@ -102,7 +102,7 @@ def krige(v: np.ndarray, sigma_db: float, correlation, cells: np.ndarray, bin_m:
           chunk: int = 32768) -> tuple[np.ndarray, np.ndarray]:
     """Kriging mean and variance (units of ``sigma_db`` and its square) at ``cells [G, 2]`` from one receiver's
     links ``v [N, 3]`` (east m, north m, residual dB); module doc."""
-    from scipy.linalg import solve_triangular
+    from scipy.linalg import cho_solve, solve_triangular
 
     w_field = sum(w for w, _ in correlation)
     z = v[:, 2] / sigma_db  # unit-variance residuals
@@ -114,7 +114,7 @@ def krige(v: np.ndarray, sigma_db: float, correlation, cells: np.ndarray, bin_m:
     k_bb = _rho(correlation, pos[:, None, :] - pos[None, :, :])
     k_bb[np.diag_indices_from(k_bb)] = w_field + (1.0 - w_field) / counts
     chol = np.linalg.cholesky(k_bb)
-    alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, zbar))
+    alpha = cho_solve((chol, True), zbar)
     mean, var = np.empty(len(cells)), np.empty(len(cells))
     for lo in range(0, len(cells), chunk):  # [chunk, B] kernel blocks: memory bounded on large grids
         k_cb = _rho(correlation, cells[lo : lo + chunk, None, :] - pos[None, :, :])
