@@ -226,3 +226,32 @@ def test_calibrate_says_why_it_cannot_make_or_write_a_map(tmp_path, site, world)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(["calibrate", "-c", str(site), str(obs), "--survey-map", str(nowhere)]) == 2
     assert f"{nowhere}: cannot write the survey map" in err.getvalue()
+
+
+@pytest.mark.slow
+def test_the_daemon_starts_with_a_map_and_publishes_posteriors_that_name_it(surveyed, tmp_path):
+    """``heimdall run`` on the calibrated site with its map: schema-valid localizations from the physics
+    posterior, each naming the map by its sha256, and a clean stop."""
+    import hashlib
+    import tomllib
+
+    from tests.helpers.daemon import running_daemon
+    from tests.integration.test_daemon import check_localization_schema, collect, reproducible_receivers
+
+    calibrated, survey, _ = surveyed
+    site_cfg = tomllib.loads(calibrated.read_text())
+    receivers = reproducible_receivers()
+    calibration_db = {rx["id"]: rx.get("calibration_db", 0.0) for rx in site_cfg["receivers"]}
+    assert set(calibration_db) == {rx["id"] for rx in receivers}
+    for rx in receivers:
+        rx["calibration_db"] = calibration_db[rx["id"]]
+    overrides = {"receivers": receivers, "simulator": site_cfg["simulator"],
+                 "estimator": {"kind": "physics", "physics": {"shadowing_map": str(survey)}}}
+    with running_daemon(tmp_path, overrides=overrides) as d:
+        got = collect(d.pub_endpoint, n_loc=5, timeout_s=90)
+        log = d.stderr
+    assert len(got["loc"]) >= 5, f"{len(got['loc'])} localizations in 90 s; daemon log:\n{log[-3000:]}"
+    digest = hashlib.sha256(survey.read_bytes()).hexdigest()
+    for msg in got["loc"]:
+        check_localization_schema(msg)
+        assert msg["estimator"] == "physics" and msg["model"]["sha256"] == digest
