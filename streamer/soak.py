@@ -352,8 +352,15 @@ def _sample_loop(args, registry, reader: OutputReader, ids: Sequence[str], resul
     ticker = threading.Event()  # only ever waited on: the sampling period
     last_t, last_locs = start, reader.received
     last_buckets = _histogram_buckets(registry, "heimdall_processing_seconds")
+    next_tick = start
     while time.monotonic() < deadline:
-        ticker.wait(min(args.interval_s, max(0.0, deadline - time.monotonic())))
+        # On a fixed schedule (start + k * interval), so the time each sample takes on a loaded machine does not
+        # stretch the period and thin out the samples of a run; a tick already missed entirely is skipped.
+        next_tick += args.interval_s
+        while next_tick <= time.monotonic() and next_tick < deadline:
+            next_tick += args.interval_s
+        next_tick = min(next_tick, deadline)
+        ticker.wait(max(0.0, next_tick - time.monotonic()))
         now = time.monotonic()
         locs = reader.received
         buckets = _histogram_buckets(registry, "heimdall_processing_seconds")
