@@ -43,7 +43,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", type=Path, default=None, help="also write the training report as JSON here")
     parser.add_argument("--channelized", action="store_true",
                         help="render windows at 2x the model rate through the daemon's channelizer, as live data "
-                             "arrives (the shipped model was trained so)")
+                             "arrives (how the shipped model was trained)")
 
 
 def run_train(args: argparse.Namespace) -> int:

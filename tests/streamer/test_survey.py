@@ -235,8 +235,7 @@ def test_the_daemon_starts_with_a_map_and_publishes_posteriors_that_name_it(surv
     import hashlib
     import tomllib
 
-    from tests.helpers.daemon import running_daemon
-    from tests.integration.test_daemon import check_localization_schema, collect, reproducible_receivers
+    from tests.helpers.daemon import check_localization_schema, collect_messages, reproducible_receivers, running_daemon
 
     calibrated, survey, _ = surveyed
     site_cfg = tomllib.loads(calibrated.read_text())
@@ -248,7 +247,7 @@ def test_the_daemon_starts_with_a_map_and_publishes_posteriors_that_name_it(surv
     overrides = {"receivers": receivers, "simulator": site_cfg["simulator"],
                  "estimator": {"kind": "physics", "physics": {"shadowing_map": str(survey)}}}
     with running_daemon(tmp_path, overrides=overrides) as d:
-        got = collect(d.pub_endpoint, n_loc=5, timeout_s=90)
+        got = collect_messages(d.pub_endpoint, n_loc=5, timeout_s=90)
         log = d.stderr
     assert len(got["loc"]) >= 5, f"{len(got['loc'])} localizations in 90 s; daemon log:\n{log[-3000:]}"
     digest = hashlib.sha256(survey.read_bytes()).hexdigest()
