@@ -35,7 +35,8 @@ Physics (units in the names; all of it deterministic from ``simulator.seed``)
 Reproducibility: the same seed and the same time span give the same samples whatever the block size
 (noise comes from RNG streams keyed by (seed, receiver, fixed-size chunk index); the track, keying and
 fields are functions of absolute time). Each adapter builds its own ``SimulatedWorld`` from the config: no
-shared mutable state, so receivers can run in threads or processes alike.
+shared mutable state, so receivers can run in threads or processes alike. The one thing adapters in one
+process share is ``SimulatedReceiver.render_lock``: they render their blocks one at a time (see there why).
 
 For training and evaluation, ``render_windows`` produces windows at any rate (e.g. the model's 24 kHz)
 through the same signal code (optionally through the daemon's channelizer), and
@@ -58,10 +59,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 from scipy.special import ndtr
@@ -575,6 +578,14 @@ def _doc(text: str) -> dict[str, str]:
 class SimulatedReceiver(ReceiverBase):
     """Adapter ``kind = "simulator"``: one receiver of the seeded ``SimulatedWorld``."""
 
+    #: Held while a real-time stream renders a block. Rendering is some forty numpy calls on a few thousand
+    #: samples, each dropping and retaking the GIL; sixteen receiver threads doing that at once spent most
+    #: of their CPU handing the GIL to each other and starved the daemon's pipeline thread that shares the
+    #: process (``benchmarks/bench_simulator_threads.py`` measures it). Taking turns costs no real time:
+    #: the rendering needs a fraction of one core. A hardware adapter waits in I/O instead and needs no such
+    #: lock; this keeps the simulated load from measuring itself.
+    render_lock: ClassVar[AbstractContextManager] = threading.Lock()
+
     @dataclass(frozen=True)
     class Options:
         sample_rate_hz: float = field(default=240_000.0, metadata=_doc("nominal sample rate (Hz)"))
@@ -672,9 +683,11 @@ class SimulatedReceiver(ReceiverBase):
                 wait_s = (due_ns - self._clock_ns()) / 1e9
                 if wait_s > 0:
                     self._sleep(wait_s)
+            with self.render_lock:
+                samples = self.read(first, count)
             yield IQBlock(
                 receiver_id=self.receiver_id,
-                samples=self.read(first, count),
+                samples=samples,
                 sample_index=first,
                 t0_ns=self.block_t0_ns(first),
                 time_source="host",
