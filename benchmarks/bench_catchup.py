@@ -50,12 +50,12 @@ def drain(cfg, backlog: list[IQBlock], max_blocks: int) -> tuple[float, float, i
         try:
             for block in backlog:
                 daemon.queue.put(block, realtime=False)
-            published = []
-            daemon.pipeline._send = lambda topic, payload: published.append(topic) or True
             wall0, cpu0 = time.perf_counter(), time.thread_time()
             while len(daemon.queue):
                 daemon.step(timeout_s=0.05)
-            return time.perf_counter() - wall0, time.thread_time() - cpu0, len(published)
+            wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+            localized = daemon.metrics.registry.get_sample_value("heimdall_windows_total", {"outcome": "localized"}) or 0
+            return wall, cpu, int(localized)
         finally:
             daemon.shutdown()
     finally:
