@@ -9,6 +9,13 @@ it, i.e. at least three receivers hear the transmitter by its detection rule):
 ``random-<k>``   three random networks drawn from seeds that training never uses (``EVAL_SEED + 1 + k``):
                  5 receivers over 8 km (k=0), 10 over 60 km (k=1), 16 over 180 km (k=2); band, propagation,
                  noise and calibration errors random as in training.
+``random-many``  only with ``--n-networks N``: N more unseen random networks drawn as in training (3-16
+                 receivers, 3-200 km, every propagation and receiver parameter random; seeds
+                 (``EVAL_SEED``, ``MANY_NETWORKS_KEY``, k)), ``DRAWS_PER_NETWORK`` draws each, scored pooled.
+                 Beside the usual scores each method gets ``cov68_networks`` and ``cov95_networks``: the 10th,
+                 50th and 90th percentile over networks of its per-network coverage. Three networks are too few
+                 to tell a method whose coverage is right on average from one whose coverage is right on every
+                 network; this set tells them apart.
 ``powder-grid``  POWDER real received power (462.7 MHz), see ``models.train.powder`` (only with ``--powder``):
                  the test rows of ``grid_split/grid_test.json``, offsets fitted on every other row (minus
                  unused, indoor and off-campus). ``--powder-split random`` scores ``random_split/random_test.json``
@@ -46,6 +53,8 @@ from streamer.physics import PhysicsEstimator, channel_power
 EVAL_SEED = 20_260_001
 RANDOM_NETWORKS = ((5, 8.0), (10, 60.0), (16, 180.0))  # (receivers, bounding-box side in km)
 CHI2_68, CHI2_95 = 2.279, 5.991
+MANY_NETWORKS_KEY = 1000  # second entry of the random-many seeds; training uses (seed, world), seed 1 and 2
+DRAWS_PER_NETWORK = 64
 
 
 def _cached(cache_dir, name: str, make: Callable[[], Windows]) -> Windows:
@@ -92,6 +101,30 @@ def simulated_sets(n_default: int, n_random: int, spec: FeatureSpec, cache_dir=N
         sets[f"random-{k}"] = (config, physics_config_for(config), _cached(cache_dir, f"eval-random{k}-{EVAL_SEED}-{n_random}-{tag}", lambda: draw_windows(
             config, n_random, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling)))
     return sets
+
+
+def many_networks(n_networks: int, spec: FeatureSpec, cache_dir=None,
+                  oversampling: int = 1) -> list[tuple[Config, PhysicsConfig, Windows]]:
+    """The ``random-many`` dataset (module doc): per network its config, its physics parameters and its draws."""
+    tag = _spec_tag(spec, oversampling)
+    out = []
+    for k in range(n_networks):
+        rng = np.random.default_rng(np.random.SeedSequence([EVAL_SEED, MANY_NETWORKS_KEY, k]))
+        config = random_network_config(rng, seed=int(rng.integers(1, 2**31)))
+        data = _cached(cache_dir, f"eval-many{k}-{EVAL_SEED}-{DRAWS_PER_NETWORK}-{tag}", lambda: draw_windows(
+            config, DRAWS_PER_NETWORK, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling))
+        out.append((config, physics_config_for(config), data))
+    return out
+
+
+def score_many(networks: list[tuple[Config, PhysicsConfig, Windows]], estimates: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Pooled ``scores`` over several networks' draws, plus the 10/50/90th percentiles of per-network coverage."""
+    truths = [data.tx_enu_km.astype(np.float64) * 1e3 for _, _, data in networks]
+    pooled = scores(np.concatenate([p for p, _ in estimates]), np.concatenate([c for _, c in estimates]), np.concatenate(truths))
+    per = [scores(p, c, t) for (p, c), t in zip(estimates, truths) if len(t)]
+    for key in ("cov68", "cov95"):
+        pooled[f"{key}_networks"] = [float(np.percentile([s[key] for s in per], q)) for q in (10, 50, 90)]
+    return pooled
 
 
 def scores(position_m: np.ndarray, cov_m2: np.ndarray, truth_m: np.ndarray) -> dict:
@@ -153,7 +186,7 @@ def run_centroid(data: Windows) -> tuple[np.ndarray, np.ndarray]:
     return centre, cov
 
 
-def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000, physics: bool = True,
+def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000, n_networks: int = 0, physics: bool = True,
              powder: bool = False, powder_split: str | Path = "grid", powder_max_samples: int | None = None,
              powder_baseline: bool = False, cache_dir=None, spec: FeatureSpec | None = None, oversampling: int = 1, log=print) -> dict:
     """``{dataset: {method: scores}}`` for every model, ``physics`` and ``centroid`` (module doc).
@@ -177,6 +210,16 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         table["centroid"] = scores(*run_centroid(data), truth)
         results[name] = table
         log(format_table(name, table))
+    if n_networks:
+        networks = many_networks(n_networks, spec, cache_dir, oversampling)
+        table = {}
+        for path in models:
+            table[Path(path).stem] = score_many(networks, [run_onnx(Path(path), data) for _, _, data in networks])
+        if physics:
+            table["physics"] = score_many(networks, [run_physics(c, ph, data, spec) for c, ph, data in networks])
+        table["centroid"] = score_many(networks, [run_centroid(data) for _, _, data in networks])
+        results["random-many"] = table
+        log(format_table("random-many", table))
     if powder:
         from models.train.powder import evaluate_powder, split_name
 
@@ -194,7 +237,13 @@ def format_table(dataset: str, table: dict) -> str:
     for method, s in table.items():
         lines.append(f"  {method:<24}{s['median_m']:>10.0f}{s['mean_m']:>10.0f}{s['p90_m']:>10.0f}{s['cov68']:>7.3f}"
                      f"{s['cov95']:>7.3f}{s['nll']:>8.2f}{s['n']:>6d}")
+    lines += _network_spread_lines(table, "  ")
     return "\n".join(lines)
+
+
+def _network_spread_lines(table: dict, indent: str) -> list[str]:
+    return [f"{indent}{method}: per-network cov68 p10/p50/p90 " + " / ".join(f"{v:.2f}" for v in s["cov68_networks"])
+            + ", cov95 " + " / ".join(f"{v:.2f}" for v in s["cov95_networks"]) for method, s in table.items() if "cov68_networks" in s]
 
 
 def format_markdown(dataset: str, table: dict) -> str:
@@ -202,7 +251,8 @@ def format_markdown(dataset: str, table: dict) -> str:
     for method, s in table.items():
         lines.append(f"| {method} | {s['median_m']:.0f} | {s['mean_m']:.0f} | {s['p90_m']:.0f} | {s['cov68']:.3f} | "
                      f"{s['cov95']:.3f} | {s['nll']:.2f} | {s['n']} |")
-    return "\n".join(lines) + "\n"
+    spread = _network_spread_lines(table, "- ")
+    return "\n".join(lines + ([""] + spread if spread else [])) + "\n"
 
 
 def summary_for_metadata(results: dict, method: str) -> tuple[dict, dict]:
@@ -224,6 +274,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", type=Path, help="ONNX models to score (default: the shipped model)")
     parser.add_argument("--n", type=int, default=5000, help="draws on the default network")
     parser.add_argument("--n-random", type=int, default=1000, help="draws on each of the three random networks")
+    parser.add_argument("--n-networks", type=int, default=0,
+                        help=f"also score N more unseen random networks of {DRAWS_PER_NETWORK} draws each, pooled, with the "
+                             "spread of per-network coverage (dataset random-many; default 0 = not scored)")
     parser.add_argument("--no-physics", action="store_true", help="skip the physics estimator")
     parser.add_argument("--powder", action="store_true", help="also score on POWDER real data (the split of --powder-split)")
     split = parser.add_mutually_exclusive_group()
@@ -258,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
 
         models = [default_out()]
     log = (lambda *a, **k: None) if args.json else print
-    results = evaluate(models, n_default=args.n, n_random=args.n_random, physics=not args.no_physics,
+    results = evaluate(models, n_default=args.n, n_random=args.n_random, n_networks=args.n_networks, physics=not args.no_physics,
                        powder=args.powder or args.test_split is not None, powder_split=args.test_split or args.powder_split or "grid",
                        powder_max_samples=args.powder_max_samples, powder_baseline=args.powder_baseline, cache_dir=args.cache_dir,
                        oversampling=2 if args.channelized else 1, log=log)

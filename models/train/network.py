@@ -23,7 +23,8 @@ normalised mel frames, ``rx_enu_km`` [B, R, 3], ``rx_mask`` [B, R] -> ``position
      from the pooled set (mean and max over present tokens); covariance from a Cholesky factor
      L = [[softplus(a) + e, 0], [b, softplus(d) + e]] in normalised units.
 
-   Either way C = s^2 L L^T km^2 (symmetric positive definite, any orientation) and position = c + s * p.
+   Either way C = k s^2 L L^T km^2 (symmetric positive definite, any orientation) and position = c + s * p.
+   k (``covariance_scale``) is 1 while training; ``fit_covariance_scale`` then sets it on held-out windows.
 
 The loss (``gaussian_nll``) is the full 2-D Gaussian negative log-likelihood in normalised coordinates,
 1/2 r^T C^-1 r + 1/2 log|C|, which differs from the one in km by the constant log s^2 per draw.
@@ -220,6 +221,9 @@ class LocalizerNet(nn.Module):
         # The grid head's per-receiver heard logits [B, R] from the latest forward pass, for train.loss_of's
         # auxiliary term; they are not a contract output, so the exported graph leaves them out.
         self.last_heard_logit: torch.Tensor | None = None
+        # Every covariance is multiplied by this (1 while training; then set by fit_covariance_scale on
+        # held-out windows). A buffer, so it is saved with the weights and exported as a constant.
+        self.register_buffer("covariance_scale", torch.ones(()))
 
     @staticmethod
     def pool_time(features: torch.Tensor) -> torch.Tensor:
@@ -256,13 +260,13 @@ class LocalizerNet(nn.Module):
             l11 = torch.sqrt(cov[:, 0, 0])
             l21 = cov[:, 1, 0] / l11
             l22 = torch.sqrt(torch.clamp(cov[:, 1, 1] - l21 * l21, min=CHOL_FLOOR**2))
-            return centre, scale, position, torch.stack([l11, l21, l22], dim=-1)
+            return centre, scale, position, torch.stack([l11, l21, l22], dim=-1) * torch.sqrt(self.covariance_scale)
         w = torch.softmax(self.weight_logit(h).squeeze(-1) + key_bias, dim=-1)  # [B, R]
         anchor = (w.unsqueeze(-1) * p).sum(dim=1)  # [B, 2]
         out = self.head(torch.cat([pooled_mean, pooled_max], dim=-1))
         position = anchor + out[:, :2]
         chol = torch.stack([F.softplus(out[:, 2]) + CHOL_FLOOR, out[:, 3], F.softplus(out[:, 4]) + CHOL_FLOOR], dim=-1)
-        return centre, scale, position, chol
+        return centre, scale, position, chol * torch.sqrt(self.covariance_scale)
 
     def forward(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor):
         """Contract outputs: position_enu_km [B, 2] and covariance_km2 [B, 2, 2]."""
@@ -276,10 +280,42 @@ class LocalizerNet(nn.Module):
         return centre + scale * position, cov
 
 
-def gaussian_nll(centre, scale, position, chol, target_km) -> torch.Tensor:
-    """Per-draw 2-D Gaussian NLL 1/2 r^T C^-1 r + 1/2 log|C| (+ log 2 pi), in units of the network scale."""
+def mahalanobis_sq(centre, scale, position, chol, target_km) -> torch.Tensor:
+    """Per-draw r^T C^-1 r of the truth under the reported Gaussian (unitless; chi-square, 2 dof, when calibrated)."""
     r = (target_km - centre) / scale - position
     l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
     z1 = r[:, 0] / l11
     z2 = (r[:, 1] - l21 * z1) / l22
-    return 0.5 * (z1 * z1 + z2 * z2) + torch.log(l11) + torch.log(l22) + math.log(2 * math.pi)
+    return z1 * z1 + z2 * z2
+
+
+def gaussian_nll(centre, scale, position, chol, target_km) -> torch.Tensor:
+    """Per-draw 2-D Gaussian NLL 1/2 r^T C^-1 r + 1/2 log|C| (+ log 2 pi), in units of the network scale."""
+    m2 = mahalanobis_sq(centre, scale, position, chol, target_km)
+    return 0.5 * m2 + torch.log(chol[:, 0]) + torch.log(chol[:, 2]) + math.log(2 * math.pi)
+
+
+def fit_covariance_scale(model: LocalizerNet, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor,
+                         target_km: torch.Tensor, batch_size: int = 512) -> float:
+    """Set ``model.covariance_scale`` to the factor k on every covariance that minimises the mean Gaussian NLL of
+    the given held-out windows (inputs as for ``normalised_pooled``; ``target_km`` [N, 2]); returns k.
+
+    With C -> k C a draw's NLL is 1/2 m^2 / k + ln k + const (m^2 = r^T C^-1 r), so the mean is least at
+    k = mean(m^2) / 2, a closed form. Training fits the NLL with augmented batches (rotations, extra outages)
+    and picks the step by validation NLL; this one number corrects the covariance's overall size for what
+    that leaves, as temperature scaling does for a classifier.
+    """
+    was_training = model.training
+    model.eval()
+    model.covariance_scale.fill_(1.0)
+    m2 = []
+    with torch.no_grad():
+        for i in range(0, target_km.shape[0], batch_size):
+            out = model.normalised_pooled(pooled[i : i + batch_size], rx_enu_km[i : i + batch_size], rx_mask[i : i + batch_size])
+            m2.append(mahalanobis_sq(*out, target_km[i : i + batch_size]))
+    k = float(torch.cat(m2).double().mean() / 2.0)
+    if not math.isfinite(k) or k <= 0:
+        raise ValueError(f"covariance scale must come out finite and > 0, got {k} from {target_km.shape[0]} windows")
+    model.covariance_scale.fill_(k)
+    model.train(was_training)
+    return k

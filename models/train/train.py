@@ -10,7 +10,9 @@ Steps (each one printed as it finishes):
    rotated by a random angle and mirrored with probability 1/2 about the origin (propagation is isotropic, so
    this is exact), and present receivers are dropped with probability ``--drop-prob`` as extra outages (never
    below three that heard). The weights with the lowest validation NLL are kept. ``--budget-minutes`` caps the
-   wall time of the whole command: training stops early (and says so) if it would overrun.
+   wall time of the whole command: training stops early (and says so) if it would overrun. Then one factor on
+   every covariance is fitted on the validation windows (``network.fit_covariance_scale``: the k in C -> k C
+   with the least NLL there) and stored in the weights.
 3. Export (``export.export_model``): ONNX opset 17, one file, metadata per streamer/model_contract.py;
    ONNX Runtime is compared with torch on validation inputs and the max abs differences printed.
 4. Scoring (``models.train.evaluate``): the exported model on the seeded held-out sets; the numbers go into
@@ -36,7 +38,7 @@ from torch.nn import functional as F
 
 from models.train.commands import VERSION, add_train_arguments as add_arguments, default_out  # noqa: F401
 from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached
-from models.train.network import LocalizerNet, gaussian_nll
+from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll
 from streamer.features import FeatureSpec
 from streamer.model_contract import ModelMetadata, Normalisation
 
@@ -193,10 +195,15 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     model = LocalizerNet(n_mels=spec.n_mels, dim=dim, n_layers=layers, head=head)
     # Keep time for export and scoring: about 1.5 s per scored draw-set of 100 on this kind of CPU.
     reserve = 60.0 + (0.02 * eval_n * 4 if eval_n else 0.0)
-    summary = fit(model, to_tensors(train_data), to_tensors(val_data), steps=steps, batch_size=batch_size, lr=lr,
+    val = to_tensors(val_data)
+    summary = fit(model, to_tensors(train_data), val, steps=steps, batch_size=batch_size, lr=lr,
                   drop_prob=drop_prob, seed=seed, deadline=deadline - reserve, heard_weight=heard_weight, log=log)
+    summary["covariance_scale"] = fit_covariance_scale(model, val["pooled"], val["rx_enu_km"], val["rx_mask"], val["target"])
+    log(f"covariance scale fitted on the {len(val_data)} validation windows: {summary['covariance_scale']:.4f}"
+        f" (the least-NLL k in C -> k C; validation NLL {evaluate_nll(model, val)[0]:.3f} after, {summary['best_val_nll']:.3f} before)")
     args_summary = {"n_train": n_train, "n_val": n_val, "steps": summary["steps_run"], "batch_size": batch_size,
-                    "lr": lr, "dim": dim, "layers": layers, "drop_prob": drop_prob, "seed": seed, "head": head}
+                    "lr": lr, "dim": dim, "layers": layers, "drop_prob": drop_prob, "seed": seed, "head": head,
+                    "covariance_scale": round(summary["covariance_scale"], 4)}
     if head == "grid":
         args_summary.update(grid_cells=model.config["grid_cells"], heard_weight=heard_weight)
     if oversampling != 1:

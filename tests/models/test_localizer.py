@@ -14,7 +14,7 @@ import streamer.features  # noqa: E402
 from models.train import dataset  # noqa: E402
 from models.train.evaluate import run_centroid, scores  # noqa: E402
 from models.train.export import MAX_MODEL_BYTES, export_model, onnx_vs_torch  # noqa: E402
-from models.train.network import LocalizerNet, gaussian_nll, log_normal_cdf  # noqa: E402
+from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll, log_normal_cdf  # noqa: E402
 from models.train.train import NORMALISATION, fit, loss_of, metadata, to_tensors  # noqa: E402
 from streamer.features import FeatureSpec  # noqa: E402
 from streamer.inference import OnnxEstimator  # noqa: E402
@@ -232,6 +232,41 @@ def test_scores_of_a_calibrated_gaussian():
     assert s["cov68"] == pytest.approx(0.68, abs=0.01) and s["cov95"] == pytest.approx(0.95, abs=0.01)
 
 
+@pytest.mark.parametrize("head", ["direct", "grid"])
+def test_the_fitted_covariance_scale_is_the_least_nll_factor_and_is_in_the_exported_graph(head, tmp_path):
+    """Truths drawn from N(position, 2 C) around a model's own outputs: the fitted k is 2, it minimises the NLL,
+    every covariance the model reports is k times the unscaled one, and ONNX Runtime reports the same."""
+    torch.manual_seed(0)
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head=head).eval()
+    feats, enu, mask = random_inputs(256, seed=5)
+    pooled = LocalizerNet.pool_time(torch.from_numpy(feats)).repeat(16, 1, 1)  # 4096 draws, 16 per window
+    enu_t, mask_t = torch.from_numpy(enu).repeat(16, 1, 1), torch.from_numpy(mask).repeat(16, 1)
+    with torch.no_grad():
+        centre, scale, position, chol = model.normalised_pooled(pooled, enu_t, mask_t)
+        _, cov_before = model(torch.from_numpy(feats), torch.from_numpy(enu), torch.from_numpy(mask))
+    z = torch.from_numpy(np.random.default_rng(6).standard_normal((pooled.shape[0], 2)).astype(np.float32))
+    offset = torch.stack([chol[:, 0] * z[:, 0], chol[:, 1] * z[:, 0] + chol[:, 2] * z[:, 1]], dim=-1) * math.sqrt(2.0)
+    target = centre + scale * (position + offset)
+
+    k = fit_covariance_scale(model, pooled, enu_t, mask_t, target)
+    assert k == pytest.approx(2.0, abs=0.15)  # mean of a chi-square(2) over 4096 draws: sd 0.03
+
+    def mean_nll(factor: float) -> float:
+        model.covariance_scale.fill_(factor)
+        with torch.no_grad():
+            return float(gaussian_nll(*model.normalised_pooled(pooled, enu_t, mask_t), target).mean())
+
+    assert mean_nll(k) < min(mean_nll(0.8 * k), mean_nll(1.25 * k), mean_nll(1.0))
+    model.covariance_scale.fill_(k)
+    with torch.no_grad():
+        _, cov_after = model(torch.from_numpy(feats), torch.from_numpy(enu), torch.from_numpy(mask))
+    np.testing.assert_allclose(cov_after.numpy(), k * cov_before.numpy(), rtol=1e-4)
+    path = tmp_path / "scaled.onnx"
+    export_model(model, path, metadata(SPEC, {"covariance_scale": k}))
+    diff = onnx_vs_torch(model, path, feats, enu, mask)
+    assert diff["covariance_max_abs_diff_km2"] <= 1e-4 * float(cov_after.abs().max())
+
+
 @pytest.mark.slow
 def test_short_training_beats_the_receiver_centroid():
     """About two minutes on two cores: a small model trained on ~2000 simulated windows halves the centroid's error."""
@@ -257,15 +292,21 @@ def test_short_training_beats_the_receiver_centroid():
 def test_evaluate_json_has_every_dataset_and_method(exported, capsys, tmp_path):
     from models.train.evaluate import main as evaluate_main
 
-    assert evaluate_main([str(exported), "--n", "4", "--n-random", "3", "--json", "--cache-dir", str(tmp_path)]) == 0
+    assert evaluate_main([str(exported), "--n", "4", "--n-random", "3", "--n-networks", "2", "--json",
+                          "--cache-dir", str(tmp_path)]) == 0
     import json
 
     results = json.loads(capsys.readouterr().out)
-    assert set(results) == {"default", "random-0", "random-1", "random-2"}
-    for table in results.values():
+    assert set(results) == {"default", "random-0", "random-1", "random-2", "random-many"}
+    keys = {"median_m", "mean_m", "p90_m", "cov68", "cov95", "nll", "n"}
+    for name, table in results.items():
         assert set(table) == {exported.stem, "physics", "centroid"}
         for s in table.values():
-            assert set(s) == {"median_m", "mean_m", "p90_m", "cov68", "cov95", "nll", "n"} and s["n"] >= 1
+            if name == "random-many":  # pooled over 2 networks of 64 draws, with the per-network spread
+                assert set(s) == keys | {"cov68_networks", "cov95_networks"} and s["n"] == 128
+                assert len(s["cov68_networks"]) == 3 and s["cov68_networks"] == sorted(s["cov68_networks"])
+            else:
+                assert set(s) == keys and s["n"] >= 1
 
 
 def test_heard_loss_teaches_the_grid_head_only():
