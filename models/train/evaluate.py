@@ -269,12 +269,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``heimdall evaluate``."""
     parser.add_argument("models", nargs="*", type=Path, help="ONNX models to score (default: the shipped model)")
     parser.add_argument("--n", type=int, default=5000, help="draws on the default network")
     parser.add_argument("--n-random", type=int, default=1000, help="draws on each of the three random networks")
-    parser.add_argument("--n-networks", type=int, default=0,
+    parser.add_argument("--n-networks", type=_non_negative_int, default=0,
                         help=f"also score N more unseen random networks of {DRAWS_PER_NETWORK} draws each, pooled, with the "
                              "spread of per-network coverage (dataset random-many; default 0 = not scored)")
     parser.add_argument("--no-physics", action="store_true", help="skip the physics estimator")

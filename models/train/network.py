@@ -218,9 +218,6 @@ class LocalizerNet(nn.Module):
         else:
             self.weight_logit = nn.Linear(dim, 1)
             self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 5))
-        # The grid head's per-receiver heard logits [B, R] from the latest forward pass, for train.loss_of's
-        # auxiliary term; they are not a contract output, so the exported graph leaves them out.
-        self.last_heard_logit: torch.Tensor | None = None
         # Every covariance is multiplied by this (1 while training; then set by fit_covariance_scale on
         # held-out windows). A buffer, so it is saved with the weights and exported as a constant.
         self.register_buffer("covariance_scale", torch.ones(()))
@@ -238,6 +235,11 @@ class LocalizerNet(nn.Module):
 
     def normalised_pooled(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor):
         """``normalised`` after ``pool_time`` (training pools each window once, up front)."""
+        return self.normalised_pooled_and_heard(pooled, rx_enu_km, rx_mask)[:4]
+
+    def normalised_pooled_and_heard(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor):
+        """``normalised_pooled`` plus the grid head's per-receiver heard logits [B, R] (``None`` for the direct head),
+        for ``train.loss_of``'s auxiliary term. Not a contract output: the exported graph leaves them out."""
         mask = rx_mask.unsqueeze(-1)  # [B, R, 1]
         count = mask.sum(dim=1).clamp(min=1.0)  # [B, 1]
         xy = rx_enu_km[..., :2]
@@ -255,18 +257,18 @@ class LocalizerNet(nn.Module):
         pooled_mean = (h * mask).sum(dim=1) / count
         pooled_max = (h + (1.0 - mask) * NEG).max(dim=1).values
         if self.config["head"] == "grid":
-            position, cov, self.last_heard_logit = self.grid(
+            position, cov, heard_logit = self.grid(
                 h, pooled, p, rx_enu_km[..., 2] * rx_mask, scale, rx_mask, torch.cat([pooled_mean, pooled_max], dim=-1))
             l11 = torch.sqrt(cov[:, 0, 0])
             l21 = cov[:, 1, 0] / l11
             l22 = torch.sqrt(torch.clamp(cov[:, 1, 1] - l21 * l21, min=CHOL_FLOOR**2))
-            return centre, scale, position, torch.stack([l11, l21, l22], dim=-1) * torch.sqrt(self.covariance_scale)
+            return centre, scale, position, torch.stack([l11, l21, l22], dim=-1) * torch.sqrt(self.covariance_scale), heard_logit
         w = torch.softmax(self.weight_logit(h).squeeze(-1) + key_bias, dim=-1)  # [B, R]
         anchor = (w.unsqueeze(-1) * p).sum(dim=1)  # [B, 2]
         out = self.head(torch.cat([pooled_mean, pooled_max], dim=-1))
         position = anchor + out[:, :2]
         chol = torch.stack([F.softplus(out[:, 2]) + CHOL_FLOOR, out[:, 3], F.softplus(out[:, 4]) + CHOL_FLOOR], dim=-1)
-        return centre, scale, position, chol * torch.sqrt(self.covariance_scale)
+        return centre, scale, position, chol * torch.sqrt(self.covariance_scale), None
 
     def forward(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor):
         """Contract outputs: position_enu_km [B, 2] and covariance_km2 [B, 2, 2]."""

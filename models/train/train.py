@@ -96,11 +96,12 @@ def loss_of(model: LocalizerNet, batch: dict[str, torch.Tensor], heard_weight: f
     The auxiliary term tells the grid head which present receivers heard by the daemon's rule, so its
     censoring term starts from the right receivers; the direct head has no such output and ignores it.
     """
-    centre, scale, position, chol = model.normalised_pooled(batch["pooled"], batch["rx_enu_km"], batch["rx_mask"])
+    centre, scale, position, chol, heard_logit = model.normalised_pooled_and_heard(batch["pooled"], batch["rx_enu_km"],
+                                                                                   batch["rx_mask"])
     loss = gaussian_nll(centre, scale, position, chol, batch["target"]).mean()
-    if heard_weight and model.last_heard_logit is not None:
+    if heard_weight and heard_logit is not None:
         mask = batch["rx_mask"]
-        bce = F.binary_cross_entropy_with_logits(model.last_heard_logit, batch["heard"], reduction="none")
+        bce = F.binary_cross_entropy_with_logits(heard_logit, batch["heard"], reduction="none")
         loss = loss + heard_weight * (bce * mask).sum() / mask.sum().clamp(min=1.0)
     return loss
 
