@@ -88,6 +88,7 @@ class Daemon:
         self.publisher = ZmqPublisher(
             config.output.endpoint,
             send_hwm=config.output.send_hwm,
+            send_buffer_bytes=config.output.send_buffer_bytes,
             on_sent=lambda topic: self.metrics.messages_published.labels(topic).inc(),
             on_dropped=lambda topic: self.metrics.subscriber_drops.labels(topic).inc(),
             on_subscribers=self.metrics.subscriptions.set,

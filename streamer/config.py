@@ -107,6 +107,10 @@ class ArchiveConfig:
 class OutputConfig:
     endpoint: str = field(default="tcp://127.0.0.1:5557", metadata=_doc("ZeroMQ PUB bind address"))
     send_hwm: int = field(default=1000, metadata=_doc("messages queued per subscriber before dropping"))
+    send_buffer_bytes: int = field(
+        default=0, metadata=_doc("kernel send buffer per subscriber connection (bytes; 0 = the OS default, which on "
+                                 "Linux grows to MBs): what a stuck subscriber holds beyond send_hwm")
+    )
     status_interval_s: float = field(default=2.0, metadata=_doc("heartbeat period (s)"))
     publish_truth: bool = field(default=True, metadata=_doc("publish the simulator's ground truth on topic 'truth'"))
     archive: ArchiveConfig = field(default_factory=ArchiveConfig, metadata=_doc("JSON-lines archive (docs/security.md)"))
@@ -343,6 +347,7 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(p.queue_mb > 0, "pipeline.queue_mb", "> 0", p.queue_mb)
     need(cfg.estimator.kind in ("physics", "onnx"), "estimator.kind", "'physics' or 'onnx'", cfg.estimator.kind)
     need(0 <= cfg.metrics.port < 65536, "metrics.port", "0..65535", cfg.metrics.port)
+    need(cfg.output.send_buffer_bytes >= 0, "output.send_buffer_bytes", ">= 0 (0 = OS default)", cfg.output.send_buffer_bytes)
     need(cfg.output.archive.max_bytes > 0, "output.archive.max_bytes", "> 0", cfg.output.archive.max_bytes)
     need(cfg.output.archive.keep_files >= 0, "output.archive.keep_files", ">= 0", cfg.output.archive.keep_files)
     ph = cfg.estimator.physics

@@ -27,6 +27,7 @@ class ZmqPublisher:
         endpoint: str,
         *,
         send_hwm: int = 1000,
+        send_buffer_bytes: int = 0,
         context: zmq.Context | None = None,
         on_sent: Callable[[str], None] = lambda topic: None,
         on_dropped: Callable[[str], None] = lambda topic: None,
@@ -40,6 +41,8 @@ class ZmqPublisher:
             make_curve_server(self._sock, curve_keys, OUTPUT_DOMAIN)
         self._events = SocketEvents(self._sock, "output", on_auth_failure, curve=curve_keys is not None)
         self._sock.setsockopt(zmq.SNDHWM, send_hwm)
+        if send_buffer_bytes > 0:  # SO_SNDBUF of each subscriber's connection; 0 leaves the OS default
+            self._sock.setsockopt(zmq.SNDBUF, send_buffer_bytes)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.XPUB_VERBOSER, 1)  # see every (un)subscribe, to count subscribers
         try:

@@ -382,7 +382,10 @@ def test_daemon_survives_edge_crashes_clock_jumps_and_a_stuck_subscriber(tmp_pat
     overrides = {
         "receivers": [zmq_receiver(e.receiver_id, e.endpoint) for e in edges] + [zmq_receiver(CLOCK_ID, jumper.endpoint)],
         "pipeline": {"min_receivers": 3, "offline_after_s": 1.0},
-        "output": {"send_hwm": 4, "status_interval_s": 0.5},
+        # A small kernel buffer, so the stuck subscriber's connection fills within the run: with the OS default
+        # Linux grows it to MBs on loopback, and a run whose edges came back quickly published too little
+        # (71 messages, all of them held) for ZeroMQ's HWM to ever drop.
+        "output": {"send_hwm": 4, "send_buffer_bytes": 4096, "status_interval_s": 0.5},
     }
     all_ids = [*EDGE_IDS, CLOCK_ID]
     listener = slow = None
