@@ -31,3 +31,9 @@ def test_test_split_and_powder_split_are_exclusive(capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["--powder-split", "grid", "--test-split", "x.json"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_negative_network_count_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--n-networks", "-1"])
+    assert "--n-networks: expected an integer >= 0, got -1" in capsys.readouterr().err

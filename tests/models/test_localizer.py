@@ -267,6 +267,16 @@ def test_the_fitted_covariance_scale_is_the_least_nll_factor_and_is_in_the_expor
     assert diff["covariance_max_abs_diff_km2"] <= 1e-4 * float(cov_after.abs().max())
 
 
+def test_a_covariance_scale_from_non_finite_truths_is_refused():
+    torch.manual_seed(0)
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid")
+    feats, enu, mask = random_inputs(4, seed=7)
+    target = torch.full((4, 2), float("nan"))
+    with pytest.raises(ValueError, match="covariance scale must come out finite and > 0, got nan from 4 windows"):
+        fit_covariance_scale(model, LocalizerNet.pool_time(torch.from_numpy(feats)), torch.from_numpy(enu),
+                             torch.from_numpy(mask), target)
+
+
 @pytest.mark.slow
 def test_short_training_beats_the_receiver_centroid():
     """About two minutes on two cores: a small model trained on ~2000 simulated windows halves the centroid's error."""
