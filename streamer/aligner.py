@@ -106,14 +106,14 @@ class WindowAligner:
                 for lane in self.lanes
                 if self.is_live(lane.receiver_id, host_ns)
                 and not lane.covers(t0, self.n_samples)
-                and (spans[lane.receiver_id] is None or spans[lane.receiver_id][0] <= t0)
+                and not lane.starts_after(t0)
             ]
             if waiting and newest < t1 + self.late_tolerance_ns:
                 return windows
-            windows.append(self._cut(t0, t1, spans, host_ns))
+            windows.append(self._cut(t0, t1, host_ns))
             self.next_t_ns = t1
 
-    def _cut(self, t0: int, t1: int, spans: dict, host_ns: int) -> Window:
+    def _cut(self, t0: int, t1: int, host_ns: int) -> Window:
         n_rx = len(self.lanes)
         samples = np.zeros((n_rx, self.n_samples), dtype=np.complex64)
         present = np.zeros(n_rx, dtype=bool)
@@ -122,10 +122,9 @@ class WindowAligner:
             rid = lane.receiver_id
             reason = None
             if not lane.covers(t0, self.n_samples):
-                span = spans[rid]
                 if not self.is_live(rid, host_ns):
                     reason = "offline"
-                elif span is not None and span[0] > t0:
+                elif lane.starts_after(t0):
                     reason = "gap"
                 else:
                     reason = "late"

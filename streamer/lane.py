@@ -199,6 +199,16 @@ class Lane:
             return None
         return self.ring.time_of(self.ring.start_index), self.ring.time_of(self.ring.end_index)
 
+    def starts_after(self, t_ns: int) -> bool:
+        """The held segment begins after the sample nearest ``t_ns`` (False when empty).
+
+        In sample indices, as ``covers`` is: a lane's samples need not sit on the window grid, and a
+        continuous lane's first sample of a window may lie up to half a sample after the window start.
+        """
+        if self.ring.t_anchor_ns is None or not len(self.ring):
+            return False
+        return self.ring.start_index > self.ring.index_at(t_ns)
+
     def covers(self, t_start_ns: int, n: int) -> bool:
         if self.ring.t_anchor_ns is None:
             return False

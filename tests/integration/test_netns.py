@@ -96,12 +96,15 @@ while True:
             text = urllib.request.urlopen(metrics_url, timeout=2).read().decode()
         except OSError:
             continue
-        up = {}
+        up, counts = {}, {}
         for line in text.splitlines():
             if line.startswith("heimdall_receiver_up{"):
                 rid = line.split('receiver="', 1)[1].split('"', 1)[0]
                 up[rid] = float(line.rsplit(" ", 1)[1])
-        print(json.dumps({"t": time.monotonic(), "up": up}), flush=True)
+            elif line.startswith(("heimdall_windows_total{", "heimdall_window_masked_receivers_total{")):
+                name, value = line.rsplit(" ", 1)
+                counts[name] = float(value)
+        print(json.dumps({"t": time.monotonic(), "up": up, "counts": counts}), flush=True)
 """
 
 
@@ -116,6 +119,7 @@ class Observer:
         )  # fmt: skip
         self.locs: list[tuple[float, list[str]]] = []
         self.up: list[tuple[float, dict[str, float]]] = []
+        self.counts: dict[str, float] = {}  # window outcomes and masked receivers, as of the latest scrape
         self._lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -127,6 +131,7 @@ class Observer:
                     self.locs.append((event["t"], event["loc"]))
                 else:
                     self.up.append((event["t"], event["up"]))
+                    self.counts = event["counts"]
 
     def locs_since(self, t: float) -> list[list[str]]:
         with self._lock:
@@ -140,6 +145,15 @@ class Observer:
         with self._lock:
             return dict(self.up[-1][1]) if self.up else {}
 
+    def summary(self) -> str:
+        """What the daemon was doing, for a failure message."""
+        now = time.monotonic()
+        with self._lock:
+            recent = [(round(now - at, 1), rx) for at, rx in self.locs[-8:]]
+            up = self.up[-1][1] if self.up else {}
+            counts = dict(self.counts)
+        return f"last localizations (age s, receivers): {recent}\nreceiver_up: {up}\ncounters: {counts}"
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -148,8 +162,9 @@ class Observer:
 
 
 @contextlib.contextmanager
-def daemon_in(core_ns: str, config: Path) -> Iterator[subprocess.Popen]:
-    """`heimdall run` inside ``core_ns`` (``ip netns exec`` execs it: signals reach the daemon itself)."""
+def daemon_in(core_ns: str, config: Path) -> Iterator[tuple[subprocess.Popen, list[str]]]:
+    """`heimdall run` inside ``core_ns`` (``ip netns exec`` execs it: signals reach the daemon itself), and
+    its stderr lines as they come."""
     proc = subprocess.Popen(["ip", "netns", "exec", core_ns, sys.executable, "-m", "streamer", "run", "-c", str(config)],
                             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -157,7 +172,7 @@ def daemon_in(core_ns: str, config: Path) -> Iterator[subprocess.Popen]:
     reader = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
     reader.start()
     try:
-        yield proc
+        yield proc, log
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(10)
         assert rc == 0, f"daemon exited with {rc}:\n{''.join(log)[-3000:]}"
@@ -167,6 +182,15 @@ def daemon_in(core_ns: str, config: Path) -> Iterator[subprocess.Popen]:
             proc.wait(10)
         reader.join(5)
         proc.stderr.close()
+
+
+@contextlib.contextmanager
+def explained(observer: Observer, log: list[str]) -> Iterator[None]:
+    """Add what the daemon was doing to a failure inside the block."""
+    try:
+        yield
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{observer.summary()}\ndaemon log:\n{''.join(log)[-3000:]}") from None
 
 
 @pytest.mark.slow
@@ -200,29 +224,30 @@ def test_partition_between_edge_and_daemon_namespaces_masks_then_resumes(tmp_pat
         try:
             for edge in edges:
                 edge.start()
-            with daemon_in(core_ns, core_cfg) as daemon:
+            with daemon_in(core_ns, core_cfg) as (daemon, log):
                 observer = Observer(core_ns)
-                t0 = time.monotonic()
-                wait_for(lambda: observer.first_loc_with(t0, REMOTE_IDS), 90, "a localization using the three remote receivers")
+                with explained(observer, log):
+                    t0 = time.monotonic()
+                    wait_for(lambda: observer.first_loc_with(t0, REMOTE_IDS), 90, "a localization using the three remote receivers")
 
-                ip("-n", edge_ns, "link", "set", edge_if, "down")
-                cut = time.monotonic()
-                wait_for(lambda: all(observer.latest_up().get(r) == 0 for r in REMOTE_IDS), 10, "remote receivers down")
-                # The daemon keeps running and localizing with the receivers on its side of the partition.
-                wait_for(lambda: len([rx for rx in observer.locs_since(cut + 1.5) if not set(rx) & set(REMOTE_IDS)]) >= 4,
-                         15, "localizations from the local receivers during the partition")  # fmt: skip
-                assert daemon.poll() is None, "the daemon exited during the partition"
-                partition_s = time.monotonic() - cut
+                    ip("-n", edge_ns, "link", "set", edge_if, "down")
+                    cut = time.monotonic()
+                    wait_for(lambda: all(observer.latest_up().get(r) == 0 for r in REMOTE_IDS), 10, "remote receivers down")
+                    # The daemon keeps running and localizing with the receivers on its side of the partition.
+                    wait_for(lambda: len([rx for rx in observer.locs_since(cut + 1.5) if not set(rx) & set(REMOTE_IDS)]) >= 4,
+                             15, "localizations from the local receivers during the partition")  # fmt: skip
+                    assert daemon.poll() is None, "the daemon exited during the partition"
+                    partition_s = time.monotonic() - cut
 
-                ip("-n", edge_ns, "link", "set", edge_if, "up")
-                healed = time.monotonic()
-                back = wait_for(lambda: observer.first_loc_with(healed, REMOTE_IDS), RESUME_LIMIT_S,
-                                "a localization using the remote receivers after the link came back")  # fmt: skip
-                wait_for(lambda: all(observer.latest_up().get(r) == 1 for r in REMOTE_IDS), 5, "remote receivers up")
-                print(f"partition {partition_s:.1f} s; remote receivers back in a localization {back - healed:.2f} s "
-                      f"after the link came up")  # fmt: skip
-                for edge in edges:
-                    edge.stop()
+                    ip("-n", edge_ns, "link", "set", edge_if, "up")
+                    healed = time.monotonic()
+                    back = wait_for(lambda: observer.first_loc_with(healed, REMOTE_IDS), RESUME_LIMIT_S,
+                                    "a localization using the remote receivers after the link came back")  # fmt: skip
+                    wait_for(lambda: all(observer.latest_up().get(r) == 1 for r in REMOTE_IDS), 5, "remote receivers up")
+                    print(f"partition {partition_s:.1f} s; remote receivers back in a localization {back - healed:.2f} s "
+                          f"after the link came up")  # fmt: skip
+                    for edge in edges:
+                        edge.stop()
         finally:
             if observer is not None:
                 observer.close()

@@ -253,3 +253,50 @@ def test_one_receiver_whose_clock_jumps_ahead_does_not_make_the_others_late():
     assert later and all(w.present[:3].all() for w in later), [w.mask_reasons for w in later]
     for lane in lanes.values():
         assert_accounting(lane)
+
+
+@pytest.mark.parametrize("phase", [i / 8 for i in range(8)])
+def test_receivers_left_alone_after_the_others_go_offline_are_waited_for_whatever_their_sample_phase(phase):
+    """A receiver's samples need not sit on the window grid: its first sample of a window may lie up to
+    half a sample after the window start. Such a lane is continuous, not restarted inside the window,
+    and must still be waited for; when it was not, and the only other receivers went offline, every
+    window was cut before it had arrived and masked it as "gap", for as long as the partition lasted."""
+    rec = Recorder()
+    lanes = {r: rec.lane(r) for r in ("remote", "local")}
+    aligner = make_aligner(list(lanes.values()), offline_after_s=0.5)
+    offset_ns = int(round(phase * 1e9 / MODEL_RATE))
+    block_n = 12_000  # 50 ms
+    windows = []
+    for k in range(160):
+        host = T0_NS + k * 50_000_000
+        if k < 40:  # the remote receiver's link goes down after 2 s
+            feed(lanes["remote"], aligner, [tone_block("remote", k * block_n, block_n)], host)
+        feed(lanes["local"], aligner, [tone_block("local", k * block_n, block_n, t_offset_ns=offset_ns)], host)
+        windows += aligner.poll(host)
+    after = [w for w in windows if w.t_start_ns >= T0_NS + 3 * 10**9]
+    assert len(after) >= 8
+    assert all(w.present[1] for w in after), [(w.t_start_ns - T0_NS, w.mask_reasons) for w in after]
+    for lane in lanes.values():
+        assert_accounting(lane)
+
+
+@pytest.mark.parametrize("phase", [i / 8 for i in range(8)])
+def test_a_receiver_whose_blocks_arrive_later_than_the_others_is_waited_for_whatever_its_sample_phase(phase):
+    """The same with every receiver live: one whose blocks arrive one poll after the others' (a network
+    hop further away) must be waited for, not masked "gap" in every window the others already cover."""
+    rec = Recorder()
+    lanes = {r: rec.lane(r) for r in ("near", "far")}
+    aligner = make_aligner(list(lanes.values()), offline_after_s=0.5)
+    offset_ns = int(round(phase * 1e9 / MODEL_RATE))
+    block_n = 12_000  # 50 ms
+    windows = []
+    for k in range(80):
+        host = T0_NS + k * 50_000_000
+        feed(lanes["near"], aligner, [tone_block("near", k * block_n, block_n)], host)
+        windows += aligner.poll(host)
+        feed(lanes["far"], aligner, [tone_block("far", k * block_n, block_n, t_offset_ns=offset_ns)], host + 10_000_000)
+        windows += aligner.poll(host + 10_000_000)
+    assert len(windows) >= 6
+    assert all(w.present.all() for w in windows[1:]), [(w.t_start_ns - T0_NS, w.mask_reasons) for w in windows]
+    for lane in lanes.values():
+        assert_accounting(lane)
