@@ -1,4 +1,5 @@
-"""``heimdall`` command line: run, listen, check, receiver, record, bench, train, evaluate, calibrate, soak, keys, kinds.
+"""``heimdall`` command line: run, listen, check, receiver, record, bench, train, evaluate, calibrate, calibrate-ellipses, soak,
+keys, kinds.
 
 Examples
 --------
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("train", "train the localization model (needs the [train] extra: torch)"),
                        ("evaluate", "score models and the physics estimator on simulated and real data"),
                        ("calibrate", "fit receivers' calibration_db (and the path-loss exponent) from transmissions at known positions"),
+                       ("calibrate-ellipses", "fit each estimator's ellipse size from its localizations of transmitters at known positions"),
                        ("soak", "run the daemon under load and check memory, accounting, rate and latency")):
         sub.add_parser(name, help=text, add_help=False)
 
@@ -268,6 +270,12 @@ def cmd_calibrate(args) -> int:
     return calibrate(args.rest)
 
 
+def cmd_calibrate_ellipses(args) -> int:
+    from streamer.ellipse_calibration import main as calibrate_ellipses
+
+    return calibrate_ellipses(args.rest)
+
+
 def cmd_soak(args) -> int:
     from streamer.soak import main as soak
 
@@ -290,7 +298,7 @@ def cmd_keys(args) -> int:
     return 0
 
 
-DELEGATED = ("train", "evaluate", "calibrate", "soak")  # parse their own options
+DELEGATED = ("train", "evaluate", "calibrate", "calibrate-ellipses", "soak")  # parse their own options
 
 COMMANDS = {
     "run": cmd_run,
@@ -302,6 +310,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "calibrate": cmd_calibrate,
+    "calibrate-ellipses": cmd_calibrate_ellipses,
     "soak": cmd_soak,
     "kinds": cmd_kinds,
     "keys": cmd_keys,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import os
 import tomllib
 import types
@@ -76,6 +77,10 @@ class PhysicsConfig:
         default=None,
         metadata=_doc("surveyed shadowing map (.npz from heimdall calibrate --survey-map); unset = none; relative = to the config file"),
     )
+    covariance_scale: float = field(
+        default=1.0,
+        metadata=_doc("factor on every posterior covariance: this site's ellipse calibration (heimdall calibrate-ellipses)"),
+    )
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,10 @@ class EstimatorConfig:
     providers: tuple[str, ...] = field(
         default=("CUDAExecutionProvider", "CPUExecutionProvider"),
         metadata=_doc("ONNX Runtime providers in order of preference; CPU is always the fallback"),
+    )
+    model_covariance_scale: float = field(
+        default=1.0,
+        metadata=_doc("factor on every model covariance: this site's ellipse calibration (heimdall calibrate-ellipses)"),
     )
     physics: PhysicsConfig = field(default_factory=PhysicsConfig, metadata=_doc("physics estimator parameters"))
 
@@ -353,6 +362,9 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     ph = cfg.estimator.physics
     need(ph.tx_power_max_dbm > ph.tx_power_min_dbm, "estimator.physics.tx_power_max_dbm", "> tx_power_min_dbm", ph.tx_power_max_dbm)
     need(ph.grid_step_km > 0, "estimator.physics.grid_step_km", "> 0", ph.grid_step_km)
+    for key, scale in (("estimator.model_covariance_scale", cfg.estimator.model_covariance_scale),
+                       ("estimator.physics.covariance_scale", ph.covariance_scale)):
+        need(math.isfinite(scale) and scale > 0, key, "a finite factor > 0", scale)
     for i, rx in enumerate(receivers):
         need(-90 <= rx.lat <= 90, f"receivers[{i}].lat", "-90..90 degrees", rx.lat)
         need(-180 <= rx.lon <= 180, f"receivers[{i}].lon", "-180..180 degrees", rx.lon)

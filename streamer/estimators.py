@@ -39,6 +39,7 @@ class PhysicsPosterior:
         self.info = {"name": "physics-posterior", "version": "1",
                      "sha256": "" if survey is None else _sha256(config.estimator.physics.shadowing_map)}
         self.provider = "numpy"
+        self._covariance_scale = config.estimator.physics.covariance_scale
 
     def estimate(self, inputs: EstimatorInputs) -> Estimate:
         result = self._estimator.estimate(
@@ -47,7 +48,7 @@ class PhysicsPosterior:
             present=inputs.present,
             detection_level_dbm=inputs.detection_level_dbm,
         )
-        return Estimate(self.name, np.asarray(result.position_en_m), np.asarray(result.cov_en_m2))
+        return Estimate(self.name, np.asarray(result.position_en_m), self._covariance_scale * np.asarray(result.cov_en_m2))
 
 
 class OnnxModel:
@@ -78,6 +79,7 @@ class OnnxModel:
             )
         self.info = {"name": meta.name, "version": meta.version, "sha256": self._model.model_sha256}
         self.provider = self._model.provider
+        self._covariance_scale = config.estimator.model_covariance_scale
 
     def estimate(self, inputs: EstimatorInputs) -> Estimate:
         out = self._model.run(
@@ -87,7 +89,7 @@ class OnnxModel:
         )
         if not out.valid[0]:
             raise EstimateRejected("model output not finite or covariance not positive definite")
-        return Estimate(self.name, out.position_enu_km[0] * 1000.0, out.covariance_km2[0] * 1e6)
+        return Estimate(self.name, out.position_enu_km[0] * 1000.0, out.covariance_km2[0] * (1e6 * self._covariance_scale))
 
 
 def build_estimators(config: Config) -> list:

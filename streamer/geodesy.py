@@ -76,10 +76,17 @@ def ellipse_from_covariance(cov_en_m2, p: float = 0.95) -> Ellipse:
     )
 
 
-def mahalanobis_sq(delta_en_m, cov_en_m2) -> float:
-    """r^T C^-1 r: inside the p-ellipse when <= ellipse_scale(p)**2."""
+def mahalanobis_sq(delta_en_m, cov_en_m2):
+    """r^T C^-1 r (unitless) of residuals ``[..., 2]`` (m) under covariances ``[..., 2, 2]`` (m^2), C symmetrised:
+    inside the p-ellipse when <= ellipse_scale(p)**2; chi-square with 2 dof when C is calibrated.
+
+    A float for one residual ``[2]``, else an array ``[...]``.
+    """
     d = np.asarray(delta_en_m, dtype=np.float64)
-    return float(d @ np.linalg.solve(np.asarray(cov_en_m2, dtype=np.float64), d))
+    cov = np.asarray(cov_en_m2, dtype=np.float64)
+    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    m2 = np.einsum("...i,...i->...", d, np.linalg.solve(cov, d[..., None])[..., 0])
+    return float(m2) if d.ndim == 1 else m2
 
 
 @dataclass(frozen=True)

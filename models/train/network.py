@@ -38,6 +38,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from streamer.ellipse_calibration import least_nll_scale
+
 MIN_SCALE_KM = 0.2
 CHOL_FLOOR = 1e-3  # smallest Cholesky diagonal, in units of s
 NEG = -1e4  # logit for an absent receiver
@@ -305,7 +307,8 @@ def fit_covariance_scale(model: LocalizerNet, pooled: torch.Tensor, rx_enu_km: t
     With C -> k C a draw's NLL is 1/2 m^2 / k + ln k + const (m^2 = r^T C^-1 r), so the mean is least at
     k = mean(m^2) / 2, a closed form. Training fits the NLL with augmented batches (rotations, extra outages)
     and picks the step by validation NLL; this one number corrects the covariance's overall size for what
-    that leaves, as temperature scaling does for a classifier.
+    that leaves, as temperature scaling does for a classifier. (``streamer.ellipse_calibration.least_nll_scale``:
+    the same fit ``heimdall calibrate-ellipses`` makes for one site from its localizations.)
     """
     was_training = model.training
     model.eval()
@@ -315,9 +318,7 @@ def fit_covariance_scale(model: LocalizerNet, pooled: torch.Tensor, rx_enu_km: t
         for i in range(0, target_km.shape[0], batch_size):
             out = model.normalised_pooled(pooled[i : i + batch_size], rx_enu_km[i : i + batch_size], rx_mask[i : i + batch_size])
             m2.append(mahalanobis_sq(*out, target_km[i : i + batch_size]))
-    k = float(torch.cat(m2).double().mean() / 2.0)
-    if not math.isfinite(k) or k <= 0:
-        raise ValueError(f"covariance scale must come out finite and > 0, got {k} from {target_km.shape[0]} windows")
+    k = least_nll_scale(torch.cat(m2).double().numpy())
     model.covariance_scale.fill_(k)
     model.train(was_training)
     return k

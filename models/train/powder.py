@@ -621,7 +621,7 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
     ``options`` feeds the physics estimator (default: ``options_for(split)``, the choice ``select`` stored for this
     split's test file, else ``BASELINE_OPTIONS``).
     """
-    from models.train.evaluate import run_centroid, run_onnx, scores
+    from models.train.evaluate import run_centroid, run_onnx, scores, site_calibrated
 
     spec = spec or FeatureSpec()
     options = options or options_for(split, root=root)
@@ -641,7 +641,11 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
             samples.append(sample)
     data = Windows.concat([model_windows(sm) for sm in samples])
     truth = data.tx_enu_km.astype(np.float64) * 1e3
-    table = {Path(p).stem: scores(*run_onnx(Path(p), data), truth) for p in models}
+    table = {}
+    for path in models:
+        position, cov = run_onnx(Path(path), data)
+        table[Path(path).stem] = scores(position, cov, truth)
+        table[f"{Path(path).stem}+site"] = scores(position, site_calibrated(position, cov, truth), truth)
     pos = np.empty((len(samples), 2))
     cov = np.empty((len(samples), 2, 2))
     for b, sample in enumerate(samples):

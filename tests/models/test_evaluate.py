@@ -1,7 +1,9 @@
-"""``heimdall evaluate --test-split``: a missing or malformed split file is refused by name, before any scoring."""
+"""``heimdall evaluate``: a missing or malformed split file is refused by name, before any scoring; option checks;
+the site-calibrated ellipses of ``<model>+site``."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from models.train import evaluate
@@ -37,3 +39,17 @@ def test_a_negative_network_count_is_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["--n-networks", "-1"])
     assert "--n-networks: expected an integer >= 0, got -1" in capsys.readouterr().err
+
+
+def test_site_calibration_scales_each_half_by_the_factor_fitted_on_the_other_half():
+    rng = np.random.default_rng(2)
+    n = 4000
+    cov = np.tile(np.diag([1e6, 4e6]), (n, 1, 1))
+    factor = np.where(np.arange(n) % 2 == 0, 1.0, 4.0)  # odd draws err twice as far as their covariance says
+    truth = rng.standard_normal((n, 2)) * np.sqrt(np.array([1e6, 4e6]) * factor[:, None])
+    scaled = evaluate.site_calibrated(np.zeros((n, 2)), cov, truth)
+    ratio = scaled[:, 0, 0] / cov[:, 0, 0]
+    assert ratio[0::2] == pytest.approx(np.full(n // 2, 4.0), rel=0.08)  # the even half gets the odd half's factor
+    assert ratio[1::2] == pytest.approx(np.full(n // 2, 1.0), rel=0.08)
+    one = evaluate.site_calibrated(np.zeros((1, 2)), cov[:1], truth[:1])
+    assert np.isnan(one).all()  # a single draw: no other half to fit on

@@ -310,7 +310,9 @@ def test_evaluate_json_has_every_dataset_and_method(exported, capsys, tmp_path):
     assert set(results) == {"default", "random-0", "random-1", "random-2", "random-many"}
     keys = {"median_m", "mean_m", "p90_m", "cov68", "cov95", "nll", "n"}
     for name, table in results.items():
-        assert set(table) == {exported.stem, "physics", "centroid"}
+        assert set(table) == {exported.stem, f"{exported.stem}+site", "physics", "centroid"}
+        model, site = table[exported.stem], table[f"{exported.stem}+site"]  # the same positions, other ellipses
+        assert all(site[k] == model[k] for k in ("median_m", "mean_m", "p90_m", "n")) and site["nll"] != model["nll"]
         for s in table.values():
             if name == "random-many":  # pooled over 2 networks of 64 draws, with the per-network spread
                 assert set(s) == keys | {"cov68_networks", "cov95_networks"} and s["n"] == 128

@@ -1,0 +1,369 @@
+"""``heimdall calibrate-ellipses``: fit this site's ellipse size from localizations of transmitters at known positions.
+
+An estimator's ellipses can be right on average over many networks and still too wide or too narrow on
+one: the model cannot tell a site's shadowing and calibration spread from one window, so all its
+ellipses on that network err together (models/MODEL_CARD.md, "Limits"). This measures that on the site
+and corrects it with one factor per estimator, as ``heimdall calibrate`` corrects receiver gains.
+
+Inputs
+------
+- Localizations: JSON lines as the daemon's archive (``[output.archive] dir``) or ``heimdall listen --json``
+  writes them, one or more files (``heimdall.jsonl``, ``heimdall.jsonl.1``, ...). Lines of other topics
+  are skipped; lines that are not JSON objects are errors naming file and line.
+- Truth, one of:
+
+  * a CSV track ``--truth FILE``: a header ``t_unix_s,lat,lon`` (seconds, degrees WGS84), then one row per
+    fix (a GPS logger on the test transmitter; ``#`` lines and blank lines are skipped). The transmitter
+    must be keyed from the track's first fix to its last: split a track where it was not.
+  * ``truth`` lines in the same files (``heimdall listen --topic truth --json``, or a simulated network's
+    archive): fixes whose ``keyed`` is false mark the transmitter off.
+
+  A window's truth is the track at its middle ``(t_start_ns + t_end_ns) / 2``, linearly interpolated
+  (in the network's ENU plane) between the two fixes around it; a window with no fix within
+  ``--max-gap-s`` on either side, or next to an unkeyed fix, is skipped and counted.
+
+The fit (``least_nll_scale``)
+-----------------------------
+For each estimator (the primary and every alternative in the messages) and window, ``m^2 = r^T C^-1 r``
+(``streamer.geodesy.mahalanobis_sq``) with r the truth minus the estimate and C the published ``cov_en_m2``,
+both in the network's ENU plane (metres). Scaling every covariance by k changes a window's Gaussian NLL to ``m^2 / (2k) + ln k + const``;
+the mean is least at ``k = mean(m^2) / 2``: the same closed form ``heimdall train`` uses on its validation
+windows (``models.train.network.fit_covariance_scale``). The factor written is the config's current one
+times k (``estimator.model_covariance_scale`` for ``onnx``, ``estimator.physics.covariance_scale`` for
+``physics``), so run it on localizations made with the config you give.
+
+Consecutive windows of one transmission share most of their error: 200 windows from one parked car are
+worth far fewer than 200 from a drive around the area. Below ``MIN_WINDOWS`` windows nothing is written.
+
+Examples
+--------
+>>> m2 = np.array([0.5, 1.0, 4.5])
+>>> least_nll_scale(m2)
+1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from streamer.errors import ConfigError, HeimdallError
+from streamer.geodesy import geodetic_to_enu_m, mahalanobis_sq, network_geometry
+
+#: Fewer windows with a truth than this for an estimator: its factor is reported, not written.
+MIN_WINDOWS = 30
+#: Squared Mahalanobis radii of the 68 % and 95 % ellipses of a 2-D Gaussian (chi-square, 2 dof).
+CHI2_68, CHI2_95 = 2.279, 5.991
+SCALE_DECIMALS = 4
+#: Config key of each estimator's factor (``streamer.estimators``: the ``estimator`` field of a message).
+SCALE_KEYS = {"onnx": ("estimator", "model_covariance_scale"), "physics": ("estimator", "physics", "covariance_scale")}
+
+
+class LocalizationFileError(HeimdallError):
+    """A localization or truth file is malformed; the message names file, line and what was expected."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fit: arrays in, numbers out
+
+
+def least_nll_scale(m2: np.ndarray) -> float:
+    """The factor k on every covariance that minimises the mean 2-D Gaussian NLL: ``mean(m^2) / 2``.
+
+    ValueError when there is nothing to fit or the result is not a finite factor > 0.
+    """
+    m2 = np.asarray(m2, dtype=np.float64)
+    if m2.size == 0:
+        raise ValueError("covariance scale: no windows to fit it on")
+    k = float(m2.mean() / 2.0)
+    if not math.isfinite(k) or k <= 0:
+        raise ValueError(f"covariance scale must come out finite and > 0, got {k} from {m2.size} windows")
+    return k
+
+
+def coverage(m2: np.ndarray, scale: float = 1.0) -> tuple[float, float]:
+    """Fractions of ``m2`` inside the 68 % and 95 % ellipses after every covariance is multiplied by ``scale``."""
+    m2 = np.asarray(m2, dtype=np.float64) / scale
+    return float(np.mean(m2 <= CHI2_68)), float(np.mean(m2 <= CHI2_95))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading localizations and truth
+
+
+@dataclass
+class Track:
+    """Truth fixes sorted by time: ``t_ns`` [N] (Unix ns), ``en_m`` [N, 2] (network ENU, m), ``keyed`` [N]."""
+
+    t_ns: np.ndarray
+    en_m: np.ndarray
+    keyed: np.ndarray
+
+    def at(self, t_ns: np.ndarray, max_gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Interpolated positions ``[M, 2]`` at ``t_ns`` [M] and whether each had keyed fixes within the gap."""
+        t_ns = np.asarray(t_ns, dtype=np.int64)
+        if len(self.t_ns) == 0:
+            return np.full((len(t_ns), 2), np.nan), np.zeros(len(t_ns), bool)
+        hi = np.clip(np.searchsorted(self.t_ns, t_ns, side="left"), 0, len(self.t_ns) - 1)
+        lo = np.where(self.t_ns[hi] > t_ns, np.maximum(hi - 1, 0), hi)
+        t_lo, t_hi = self.t_ns[lo], self.t_ns[hi]
+        ok = (t_lo <= t_ns) & (t_ns <= t_hi) & (t_ns - t_lo <= max_gap_ns) & (t_hi - t_ns <= max_gap_ns)
+        ok &= self.keyed[lo] & self.keyed[hi]
+        span = np.maximum(t_hi - t_lo, 1).astype(np.float64)
+        w = np.where(hi == lo, 0.0, (t_ns - t_lo) / span)[:, None]
+        return (1.0 - w) * self.en_m[lo] + w * self.en_m[hi], ok
+
+
+@dataclass
+class Localizations:
+    """Per estimator name: window middles ``t_ns`` [N], estimates ``en_m`` [N, 2] and ``cov_m2`` [N, 2, 2]."""
+
+    t_ns: dict[str, list[int]] = field(default_factory=dict)
+    en_m: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    cov_m2: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def add(self, name: str, t_ns: int, en_m: np.ndarray, cov_m2: np.ndarray) -> None:
+        self.t_ns.setdefault(name, []).append(t_ns)
+        self.en_m.setdefault(name, []).append(en_m)
+        self.cov_m2.setdefault(name, []).append(cov_m2)
+
+
+def _number(value, path: Path, line_no: int, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LocalizationFileError(f"{path}:{line_no}: {what}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _estimate(obj, path: Path, line_no: int, what: str) -> tuple[str, float, float, np.ndarray]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("estimator"), str):
+        raise LocalizationFileError(f"{path}:{line_no}: {what}: expected an object with 'estimator', 'lat', 'lon', 'cov_en_m2'")
+    lat = _number(obj.get("lat"), path, line_no, f"{what}.lat")
+    lon = _number(obj.get("lon"), path, line_no, f"{what}.lon")
+    cov = obj.get("cov_en_m2")
+    try:
+        cov_m2 = np.array(cov, dtype=np.float64)
+    except (TypeError, ValueError):
+        cov_m2 = np.empty(0)
+    if cov_m2.shape != (2, 2):
+        raise LocalizationFileError(f"{path}:{line_no}: {what}.cov_en_m2: expected [[ee, en], [ne, nn]] (m^2), got {cov!r}")
+    return obj["estimator"], lat, lon, cov_m2
+
+
+def read_messages(paths: list[Path], origin, loc_topic: str = "loc"):
+    """(Localizations, truth Track from ``truth`` lines, lines skipped as other topics) from JSON-lines files."""
+    locs = Localizations()
+    raw_loc: list[tuple[str, int, float, float, np.ndarray]] = []
+    truth: list[tuple[int, float, float, bool]] = []
+    other = 0
+    for path in paths:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise LocalizationFileError(f"{path}: cannot read: {exc.strerror}") from None
+        for line_no, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LocalizationFileError(f"{path}:{line_no}: not a JSON line ({exc.msg})") from None
+            if not isinstance(msg, dict):
+                raise LocalizationFileError(f"{path}:{line_no}: expected a JSON object, got {type(msg).__name__}")
+            topic = msg.get("topic")
+            if topic == loc_topic:
+                t0 = _number(msg.get("t_start_ns"), path, line_no, "t_start_ns")
+                t1 = _number(msg.get("t_end_ns"), path, line_no, "t_end_ns")
+                middle = (int(t0) + int(t1)) // 2
+                estimates = [_estimate(msg, path, line_no, "the primary estimate")]
+                estimates += [_estimate(alt, path, line_no, f"alternatives[{i}]")
+                              for i, alt in enumerate(msg.get("alternatives") or [])]
+                raw_loc += [(name, middle, lat, lon, cov) for name, lat, lon, cov in estimates]
+            elif topic == "truth":
+                t = _number(msg.get("t_ns"), path, line_no, "t_ns")
+                truth.append((int(t), _number(msg.get("lat"), path, line_no, "lat"),
+                              _number(msg.get("lon"), path, line_no, "lon"), bool(msg.get("keyed", True))))
+            else:
+                other += 1
+    if raw_loc:
+        lat = np.array([r[2] for r in raw_loc])
+        lon = np.array([r[3] for r in raw_loc])
+        en = geodetic_to_enu_m(lat, lon, np.zeros_like(lat), origin).reshape(-1, 3)[:, :2]
+        for (name, middle, _, _, cov), e in zip(raw_loc, en):
+            locs.add(name, middle, e, cov)
+    return locs, track_of(truth, origin), other
+
+
+def track_of(fixes: list[tuple[int, float, float, bool]], origin) -> Track:
+    """A Track from (t_ns, lat, lon, keyed) fixes in any order."""
+    fixes = sorted(fixes)
+    if not fixes:
+        return Track(np.empty(0, np.int64), np.empty((0, 2)), np.empty(0, bool))
+    t, lat, lon, keyed = (np.array(v) for v in zip(*fixes))
+    en = geodetic_to_enu_m(lat, lon, np.zeros_like(lat, dtype=np.float64), origin).reshape(-1, 3)[:, :2]
+    return Track(t.astype(np.int64), en, keyed.astype(bool))
+
+
+def read_track_csv(path: Path, origin) -> Track:
+    """The ``--truth`` CSV (module doc): every fix keyed."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LocalizationFileError(f"{path}: cannot read: {exc.strerror}") from None
+    rows = [(n, r) for n, r in enumerate(csv.reader(text.splitlines()), 1) if r and not r[0].lstrip().startswith("#")]
+    if not rows or [c.strip() for c in rows[0][1]] != ["t_unix_s", "lat", "lon"]:
+        got = rows[0][1] if rows else "nothing"
+        raise LocalizationFileError(f"{path}: expected the header t_unix_s,lat,lon, got {got!r}")
+    fixes = []
+    for line_no, row in rows[1:]:
+        if len(row) != 3:
+            raise LocalizationFileError(f"{path}:{line_no}: expected 3 columns (t_unix_s,lat,lon), got {len(row)}")
+        try:
+            t_s, lat, lon = (float(c) for c in row)
+        except ValueError:
+            raise LocalizationFileError(f"{path}:{line_no}: expected numbers, got {row!r}") from None
+        if not (math.isfinite(t_s) and -90 <= lat <= 90 and -180 <= lon <= 180):
+            raise LocalizationFileError(f"{path}:{line_no}: expected a finite time, lat in -90..90, lon in -180..180, got {row!r}")
+        fixes.append((int(round(t_s * 1e9)), lat, lon, True))
+    return track_of(fixes, origin)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per estimator: match, fit, report
+
+
+@dataclass(frozen=True)
+class EllipseFit:
+    """One estimator's windows with a truth: ``n``, error percentiles (m), coverage before and after the factor."""
+
+    estimator: str
+    n: int
+    skipped: int  # windows with no usable truth
+    median_error_m: float
+    scale: float  # k: the factor on the covariances as published
+    cov68: float
+    cov95: float
+    cov68_after: float
+    cov95_after: float
+    current: float  # the config's factor now
+    written_value: float  # current * k, rounded
+
+
+def fit_ellipses(locs: Localizations, track: Track, current: dict[str, float], max_gap_s: float) -> dict[str, EllipseFit]:
+    """An EllipseFit per estimator with at least one window that has a truth (others are left out)."""
+    fits = {}
+    for name in sorted(locs.t_ns):
+        truth, ok = track.at(np.array(locs.t_ns[name]), int(round(max_gap_s * 1e9)))
+        est = np.array(locs.en_m[name])
+        cov = np.array(locs.cov_m2[name])
+        ok &= np.isfinite(est).all(axis=1) & np.isfinite(cov).all(axis=(1, 2))
+        if not ok.any():
+            continue
+        r = truth[ok] - est[ok]
+        m2 = mahalanobis_sq(r, cov[ok])
+        k = least_nll_scale(m2)
+        before, after = coverage(m2), coverage(m2, k)
+        now = current.get(name, 1.0)
+        fits[name] = EllipseFit(name, int(ok.sum()), int((~ok).sum()), float(np.median(np.hypot(r[:, 0], r[:, 1]))), k,
+                                *before, *after, now, round(now * k, SCALE_DECIMALS))
+    return fits
+
+
+def current_scales(config) -> dict[str, float]:
+    return {"onnx": config.estimator.model_covariance_scale, "physics": config.estimator.physics.covariance_scale}
+
+
+def updated_toml(text: str, fits: dict[str, EllipseFit]) -> str:
+    """``text`` with each fitted estimator's factor set (``SCALE_KEYS``); comments and layout kept."""
+    import tomlkit
+
+    doc = tomlkit.parse(text)
+    for name, fit in fits.items():
+        *tables, key = SCALE_KEYS[name]
+        node = doc
+        for t in tables:
+            if t not in node:
+                node.add(t, tomlkit.table(is_super_table=True))
+            node = node[t]
+        node[key] = fit.written_value
+    return tomlkit.dumps(doc)
+
+
+def format_report(fits: dict[str, EllipseFit], other_lines: int) -> str:
+    lines = [f"{'estimator':<10}{'windows':>8}{'skipped':>8}{'median_m':>10}{'cov68':>7}{'cov95':>7}{'factor':>9}"
+             f"{'cov68':>7}{'cov95':>7}   scale in the config"]
+    for f in fits.values():
+        lines.append(f"{f.estimator:<10}{f.n:>8}{f.skipped:>8}{f.median_error_m:>10.0f}{f.cov68:>7.3f}{f.cov95:>7.3f}"
+                     f"{f.scale:>9.3f}{f.cov68_after:>7.3f}{f.cov95_after:>7.3f}   {f.current:g} -> {f.written_value:g}")
+    lines.append("(coverage as published, then with the factor; a calibrated 2-D Gaussian covers 0.68 and 0.95 of its truths)")
+    if other_lines:
+        lines.append(f"{other_lines} lines of other topics skipped")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    doc = __doc__.split("Examples\n")[0]
+    parser = argparse.ArgumentParser(prog="heimdall calibrate-ellipses", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description=doc.split("\n")[0], epilog=doc.split("\n", 2)[2])
+    parser.add_argument("-c", "--config", required=True, type=Path, help="the TOML config the localizations were made with")
+    parser.add_argument("localizations", type=Path, nargs="+", help="JSON-lines files (archive or heimdall listen --json)")
+    parser.add_argument("--truth", type=Path, help="CSV track t_unix_s,lat,lon (default: truth lines in the same files)")
+    parser.add_argument("--max-gap-s", type=float, default=2.0, help="farthest truth fix from a window's middle (s; default 2)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, help="write the config with the fitted factors here (comments and layout kept)")
+    where.add_argument("--in-place", action="store_true", help="rewrite the config given with -c")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``heimdall calibrate-ellipses`` entry point; errors are ``HeimdallError`` (the CLI prints them, exit status 2)."""
+    from dataclasses import asdict
+
+    from streamer.calibrate import write_config
+    from streamer.config import load
+
+    args = build_parser().parse_args(argv)
+    if not (math.isfinite(args.max_gap_s) and args.max_gap_s > 0):
+        raise ConfigError(f"--max-gap-s: expected seconds > 0, got {args.max_gap_s}")
+    config = load(args.config)
+    origin, _, _ = network_geometry(config)
+    topic = "loc" if config.network.name == "default" else f"loc.{config.network.name}"
+    locs, track, other = read_messages(args.localizations, origin, topic)
+    if args.truth is not None:
+        track = read_track_csv(args.truth, origin)
+    if not locs.t_ns:
+        raise LocalizationFileError(f"no localizations (topic {topic!r}) in {', '.join(map(str, args.localizations))}")
+    if len(track.t_ns) == 0:
+        raise LocalizationFileError("no truth: give --truth TRACK.csv, or files with truth lines")
+    fits = fit_ellipses(locs, track, current_scales(config), args.max_gap_s)
+    if not fits:
+        raise LocalizationFileError(f"no localization has a keyed truth fix within {args.max_gap_s:g} s: do the times overlap?")
+    unknown = sorted(set(fits) - set(SCALE_KEYS))
+    few = {name: f.n for name, f in fits.items() if f.n < MIN_WINDOWS}
+    writable = {name: f for name, f in fits.items() if name in SCALE_KEYS and name not in few}
+    out = args.config if args.in_place else args.out
+    if out is not None and writable:
+        write_config(Path(out), updated_toml(Path(args.config).read_text(encoding="utf-8"), writable))
+    for name, n in few.items():
+        print(f"heimdall calibrate-ellipses: error: estimator {name!r}: {n} windows with a truth, need at least "
+              f"{MIN_WINDOWS}; its factor is left unchanged", file=sys.stderr)
+    for name in unknown:
+        print(f"heimdall calibrate-ellipses: error: estimator {name!r} has no config key; left out", file=sys.stderr)
+    written = str(out) if out is not None and writable else None
+    if args.json:
+        print(json.dumps({"estimators": {n: asdict(f) for n, f in fits.items()}, "other_lines": other, "written": written}, indent=2))
+    else:
+        print(format_report(fits, other))
+        print(f"wrote {out}" if written else "nothing written (use --out FILE or --in-place)")
+    return 0 if not few and not unknown else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

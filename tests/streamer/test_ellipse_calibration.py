@@ -1,0 +1,200 @@
+"""heimdall calibrate-ellipses: the least-NLL factor, truth tracks, the files it reads and the config it writes;
+and the daemon's estimators applying the factors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from streamer.config import load
+from streamer.ellipse_calibration import MIN_WINDOWS, LocalizationFileError, Track, coverage, least_nll_scale, main
+from streamer.errors import ConfigError
+from streamer.estimate import EstimatorInputs
+from streamer.estimators import OnnxModel, PhysicsPosterior
+from streamer.geodesy import enu_to_geodetic, mahalanobis_sq, network_geometry
+from tests.helpers.daemon import write_config
+
+
+def random_covariances(rng, n: int) -> np.ndarray:
+    """[n, 2, 2] covariances (m^2) of random size (100 m to 10 km), shape and orientation."""
+    a = rng.normal(size=(n, 2, 2)) * 10 ** rng.uniform(2, 4, size=(n, 1, 1))
+    return a @ np.swapaxes(a, -1, -2) + 1e2 * np.eye(2)
+
+
+def truths_around(rng, cov: np.ndarray, factor: float) -> np.ndarray:
+    """Residuals drawn from N(0, factor * cov)."""
+    return np.einsum("nij,nj->ni", np.linalg.cholesky(factor * cov), rng.standard_normal((len(cov), 2)))
+
+
+def test_the_least_nll_scale_recovers_how_much_too_small_the_covariances_are_and_minimises_the_nll():
+    rng = np.random.default_rng(4)
+    cov = random_covariances(rng, 20_000)
+    r = truths_around(rng, cov, 3.0)
+    m2 = mahalanobis_sq(r, cov)
+    k = least_nll_scale(m2)
+    assert k == pytest.approx(3.0, rel=0.03)
+    assert coverage(m2) < (0.4, 0.8)
+    after = coverage(m2, k)
+    assert after[0] == pytest.approx(0.68, abs=0.015) and after[1] == pytest.approx(0.95, abs=0.01)
+
+    def mean_nll(scale):
+        return float(np.mean(0.5 * m2 / scale + math.log(scale)))
+
+    assert mean_nll(k) < min(mean_nll(k * 1.05), mean_nll(k / 1.05))
+
+
+@pytest.mark.parametrize("m2, why", [(np.array([]), "no windows"), (np.array([np.nan, 1.0]), "got nan from 2 windows"),
+                                     (np.zeros(3), "got 0.0 from 3 windows")])
+def test_a_scale_that_cannot_be_fitted_is_refused_by_reason(m2, why):
+    with pytest.raises(ValueError, match=why):
+        least_nll_scale(m2)
+
+
+def test_the_track_interpolates_between_fixes_within_the_gap_and_never_across_an_unkeyed_one():
+    s = 10**9
+    track = Track(np.array([0, 2 * s, 4 * s, 10 * s, 12 * s]), np.array([[0.0, 0.0], [200.0, 100.0], [400.0, 0.0],
+                                                                           [0.0, 0.0], [0.0, 0.0]]),
+                  np.array([True, True, False, True, True]))
+    pos, ok = track.at(np.array([s, 2 * s, 3 * s, 7 * s, 11 * s, 13 * s]), max_gap_ns=2 * s)
+    assert ok.tolist() == [True, True, False, False, True, False]
+    np.testing.assert_allclose(pos[:2], [[100.0, 50.0], [200.0, 100.0]])
+
+
+# --- the command on files -----------------------------------------------------------------------------
+
+@pytest.fixture
+def site(tmp_path):
+    """A config of the default network and the (lat, lon) of points given in its ENU plane (m)."""
+    cfg = write_config(tmp_path, {"estimator": {"model_covariance_scale": 2.0}}, name="site.toml")
+    config = load(cfg)
+    origin, _, _ = network_geometry(config)
+
+    def geodetic(en_m):
+        lat, lon, _ = enu_to_geodetic(en_m[:, 0], en_m[:, 1], np.zeros(len(en_m)), origin)
+        return lat, lon
+
+    return cfg, geodetic
+
+
+def write_run(path, geodetic, *, n: int, onnx_factor: float, physics_factor: float, seed: int = 0) -> None:
+    """A ``heimdall listen --topic "" --json`` file: one truth fix and one localization per 0.5 s window, the
+    onnx and physics estimates' errors drawn from ``factor`` x their published covariance, status lines between."""
+    rng = np.random.default_rng(seed)
+    t0 = 1_790_000_000_000_000_000
+    truth_en = np.cumsum(rng.normal(0, 300.0, (n, 2)), axis=0)
+    cov = {"onnx": random_covariances(rng, n), "physics": random_covariances(rng, n)}
+    est = {"onnx": truth_en - truths_around(rng, cov["onnx"], onnx_factor),
+           "physics": truth_en - truths_around(rng, cov["physics"], physics_factor)}
+    lat_t, lon_t = geodetic(truth_en)
+    lines = []
+    for i in range(n):
+        start, end = t0 + i * 500_000_000, t0 + (i + 1) * 500_000_000
+        lines.append({"topic": "truth", "v": 1, "t_ns": (start + end) // 2, "lat": lat_t[i], "lon": lon_t[i], "keyed": True})
+        out = {}
+        for name in ("onnx", "physics"):
+            lat, lon = geodetic(est[name][i : i + 1])
+            out[name] = {"estimator": name, "lat": float(lat[0]), "lon": float(lon[0]), "cov_en_m2": cov[name][i].tolist()}
+        lines.append({"topic": "loc", "v": 1, "seq": i, "t_start_ns": start, "t_end_ns": end, **out["onnx"],
+                      "alternatives": [out["physics"]]})
+        lines.append({"topic": "status", "v": 1, "t_ns": end})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_the_fitted_factors_are_written_times_the_config_s_own_and_the_daemon_s_config_loads(site, tmp_path, capsys):
+    cfg, geodetic = site
+    run = tmp_path / "run.jsonl"
+    write_run(run, geodetic, n=4000, onnx_factor=0.5, physics_factor=2.0)
+    out = tmp_path / "calibrated.toml"
+    assert main(["-c", str(cfg), str(run), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    onnx, physics = report["estimators"]["onnx"], report["estimators"]["physics"]
+    assert onnx["n"] == physics["n"] == 4000 and report["other_lines"] == 4000 and report["written"] == str(out)
+    assert onnx["scale"] == pytest.approx(0.5, rel=0.05) and physics["scale"] == pytest.approx(2.0, rel=0.05)
+    assert onnx["cov68_after"] == pytest.approx(0.68, abs=0.03) and physics["cov95_after"] == pytest.approx(0.95, abs=0.02)
+    written = load(out).estimator
+    assert written.model_covariance_scale == round(2.0 * onnx["scale"], 4)  # the config had 2.0
+    assert written.physics.covariance_scale == round(physics["scale"], 4)
+    assert load(cfg).estimator.model_covariance_scale == 2.0  # --out leaves the given config alone
+
+
+def test_a_csv_track_gives_the_truth_and_too_few_windows_are_reported_not_written(site, tmp_path, capsys):
+    cfg, geodetic = site
+    run = tmp_path / "run.jsonl"
+    n = MIN_WINDOWS - 1
+    write_run(run, geodetic, n=n, onnx_factor=1.0, physics_factor=1.0)
+    truths = [json.loads(line) for line in run.read_text().splitlines() if '"truth"' in line]
+    # Float seconds round the fixes' times by ~0.1 us: a fix 0.5 s beyond each end keeps the end windows inside.
+    truths = [{**truths[0], "t_ns": truths[0]["t_ns"] - 500_000_000}, *truths, {**truths[-1], "t_ns": truths[-1]["t_ns"] + 500_000_000}]
+    track = tmp_path / "track.csv"
+    track.write_text("# GPS logger\nt_unix_s,lat,lon\n" + "".join(f"{t['t_ns'] / 1e9!r},{t['lat']!r},{t['lon']!r}\n" for t in truths))
+    locs_only = tmp_path / "locs.jsonl"
+    locs_only.write_text("".join(line + "\n" for line in run.read_text().splitlines() if '"truth"' not in line))
+    out = tmp_path / "calibrated.toml"
+    assert main(["-c", str(cfg), str(locs_only), "--truth", str(track), "--out", str(out), "--json"]) == 1
+    printed = capsys.readouterr()
+    assert f"estimator 'onnx': {n} windows with a truth, need at least {MIN_WINDOWS}" in printed.err
+    report = json.loads(printed.out)
+    assert report["estimators"]["onnx"]["n"] == n and report["estimators"]["onnx"]["skipped"] == 0
+    assert report["written"] is None and not out.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"topic": "status"}\nnot json\n', "run.jsonl:2: not a JSON line"),
+    ('[1, 2]\n', "run.jsonl:1: expected a JSON object, got list"),
+    ('{"topic": "loc", "t_start_ns": 0, "t_end_ns": 1, "estimator": "onnx", "lat": 45, "lon": 7, "cov_en_m2": [1, 2]}\n',
+     "run.jsonl:1: the primary estimate.cov_en_m2: expected [[ee, en], [ne, nn]] (m^2), got [1, 2]"),
+    ('{"topic": "loc", "t_start_ns": "x"}\n', "run.jsonl:1: t_start_ns: expected a number, got 'x'"),
+    ('{"topic": "status"}\n', "no localizations (topic 'loc') in"),
+])
+def test_malformed_files_are_refused_naming_file_and_line(site, tmp_path, content, message):
+    cfg, _ = site
+    run = tmp_path / "run.jsonl"
+    run.write_text(content)
+    with pytest.raises(LocalizationFileError) as exc:
+        main(["-c", str(cfg), str(run)])
+    assert message in str(exc.value)
+
+
+def test_a_track_that_does_not_overlap_the_localizations_is_refused(site, tmp_path):
+    cfg, geodetic = site
+    run = tmp_path / "run.jsonl"
+    write_run(run, geodetic, n=40, onnx_factor=1.0, physics_factor=1.0)
+    track = tmp_path / "track.csv"
+    track.write_text("t_unix_s,lat,lon\n0,45.0,7.5\n1,45.0,7.5\n")
+    with pytest.raises(LocalizationFileError, match="no localization has a keyed truth fix within 2 s"):
+        main(["-c", str(cfg), str(run), "--truth", str(track)])
+    track.write_text("time,lat,lon\n")
+    with pytest.raises(LocalizationFileError, match="expected the header t_unix_s,lat,lon, got \\['time', 'lat', 'lon'\\]"):
+        main(["-c", str(cfg), str(run), "--truth", str(track)])
+
+
+# --- the daemon applies the factors -------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["model_covariance_scale", "physics.covariance_scale"])
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan")])
+def test_a_factor_that_is_not_finite_and_positive_is_a_config_error(tmp_path, key, value):
+    table = {"model_covariance_scale": value} if key == "model_covariance_scale" else {"physics": {"covariance_scale": value}}
+    path = write_config(tmp_path, {"estimator": table}, name="bad.toml")
+    with pytest.raises(ConfigError, match=f"estimator.{key}: expected a finite factor > 0"):
+        load(path)
+
+
+def test_both_estimators_multiply_their_covariance_by_the_configured_factor(tmp_path):
+    config = load(write_config(tmp_path, {}))
+    _, rx_enu_m, _ = network_geometry(config)
+    n_rx = len(config.receivers)
+    rng = np.random.default_rng(1)
+    power = np.array([-95.0, -88.0, -101.0, -92.0, -99.0, -90.0, -97.0])[:n_rx]
+    inputs = EstimatorInputs(features_dbm=(rng.normal(-120, 3, (n_rx, config.features.n_mels, config.features.n_frames))).astype(np.float32),
+                             rx_enu_m=rx_enu_m, present=np.ones(n_rx, bool), heard=np.ones(n_rx, bool),
+                             rx_power_dbm=power, detection_level_dbm=np.full(n_rx, -110.0))
+    scaled = dataclasses.replace(config, estimator=dataclasses.replace(
+        config.estimator, model_covariance_scale=0.25, physics=dataclasses.replace(config.estimator.physics, covariance_scale=3.0)))
+    for cls, factor in ((PhysicsPosterior, 3.0), (OnnxModel, 0.25)):
+        plain, calibrated = cls(config).estimate(inputs), cls(scaled).estimate(inputs)
+        np.testing.assert_array_equal(calibrated.position_en_m, plain.position_en_m)
+        np.testing.assert_allclose(calibrated.cov_en_m2, factor * plain.cov_en_m2, rtol=1e-6)
