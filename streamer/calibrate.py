@@ -15,6 +15,10 @@ Observations file (CSV, one row per transmission; lines starting with ``#`` and 
   receiver's *current* ``calibration_db``; an empty cell = not heard. Use transmissions well above each
   receiver's noise floor: weak ones that go unheard are missing, which biases the fit upwards.
 
+Or a SigMF recording of the network (``heimdall record``) with each transmission annotated with the
+transmitter's position (``signal:emitter``): ``streamer.sigmf_observations`` replays it through the daemon's
+pipeline and reads the same powers; ``--observations-out`` writes them as this CSV.
+
 Model (the daemon's, ``streamer.physics``): ``measured_ir = P_i - PL(d_ir) + offset_r + shadowing``, with
 ``PL = ref_loss_db + 10 n log10(d / 1 km)`` (``log_distance_path_loss_db``), d the 3-D distance
 (``slant_distance_m``, ENU from ``network_geometry``), ``ref_loss_db`` and n from ``estimator.physics``
@@ -202,6 +206,19 @@ def read_observations(path: str | Path, receiver_ids) -> Observations:
                         receiver_ids=tuple(rx_cols),
                         measured_dbm=np.stack([col[n] for n in rx_cols], axis=1) if rx_cols else np.zeros((len(col["lat"]), 0)),
                         source=str(path))
+
+
+def observations_csv(obs: Observations) -> str:
+    """``obs`` in the observations CSV format (module doc) that ``read_observations`` reads back."""
+    header = ["lat", "lon"] + (["alt_m"] if obs.alt_m is not None else []) + (["tx_power_dbm"] if obs.tx_power_dbm is not None else [])
+    lines = [",".join(header + list(obs.receiver_ids))]
+    for i in range(len(obs.lat)):
+        cells = [repr(float(obs.lat[i])), repr(float(obs.lon[i]))]
+        cells += [repr(float(obs.alt_m[i]))] if obs.alt_m is not None else []
+        cells += [repr(float(obs.tx_power_dbm[i]))] if obs.tx_power_dbm is not None else []
+        cells += ["" if not math.isfinite(v) else f"{v:.2f}" for v in obs.measured_dbm[i]]
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"
 
 
 def _check_header(path: Path, line_no: int, header: list[str], known: tuple[str, ...]) -> None:
@@ -404,7 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heimdall calibrate", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description=doc.split("\n")[0], epilog=doc.split("\n", 2)[2])
     parser.add_argument("-c", "--config", required=True, type=Path, help="TOML config whose receivers to calibrate")
-    parser.add_argument("observations", type=Path, help="CSV of transmissions at known positions (format below)")
+    parser.add_argument("observations", type=Path,
+                        help="CSV of transmissions at known positions (format below), or a .sigmf-collection of the "
+                             "network annotated with them (streamer.sigmf_observations; docs/operations.md)")
+    parser.add_argument("--observations-out", type=Path, metavar="CSV",
+                        help="also write the observations read (from either input) as a CSV in the format below")
     parser.add_argument("--fit-exponent", action="store_true", help="also fit estimator.physics.path_loss_exponent")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, help="write the calibrated config here (comments and layout kept)")
@@ -453,11 +474,20 @@ def write_survey_map(path: Path, config, obs: Observations, cal: Calibration) ->
 
 def main(argv: list[str] | None = None) -> int:
     """``heimdall calibrate`` entry point; errors are ``HeimdallError`` (the CLI prints them, exit status 2)."""
+    from streamer import sigmf_observations
     from streamer.config import load
 
     args = build_parser().parse_args(argv)
     config = load(args.config)
-    obs = read_observations(args.observations, [rx.id for rx in config.receivers])
+    if sigmf_observations.is_sigmf(args.observations):
+        obs = sigmf_observations.observations_from_sigmf(config, args.observations)
+    else:
+        obs = read_observations(args.observations, [rx.id for rx in config.receivers])
+    if args.observations_out is not None:
+        try:
+            Path(args.observations_out).write_text(observations_csv(obs), encoding="utf-8")
+        except OSError as exc:
+            raise ObservationsError(f"{args.observations_out}: cannot write the observations: {exc.strerror}") from None
     cal = calibrate(config, obs, fit_exponent=args.fit_exponent)
     survey = write_survey_map(args.survey_map, config, obs, cal) if args.survey_map is not None else []
     out = args.config if args.in_place else args.out
