@@ -20,7 +20,8 @@ Inputs
 
   A window's truth is the track at its middle ``(t_start_ns + t_end_ns) / 2``, linearly interpolated
   (in the network's ENU plane) between the two fixes around it; a window with no fix within
-  ``--max-gap-s`` on either side, or next to an unkeyed fix, is skipped and counted.
+  ``--max-gap-s`` on either side, or next to an unkeyed fix, is skipped and counted, as is an estimate
+  whose position or covariance is not finite (``null`` in an archive) or not positive definite.
 
 The fit (``least_nll_scale``)
 -----------------------------
@@ -244,7 +245,7 @@ class EllipseFit:
 
     estimator: str
     n: int
-    skipped: int  # windows with no usable truth
+    skipped: int  # windows with no usable truth, or an estimate not finite or not positive definite
     median_error_m: float
     scale: float  # k: the factor on the covariances as published
     cov68: float
@@ -263,6 +264,9 @@ def fit_ellipses(locs: Localizations, track: Track, current: dict[str, float], m
         est = np.array(locs.en_m[name])
         cov = np.array(locs.cov_m2[name])
         ok &= np.isfinite(est).all(axis=1) & np.isfinite(cov).all(axis=(1, 2))
+        # An archive writes a non-finite number as null; the daemon never publishes a singular covariance.
+        safe = np.where(ok[:, None, None], cov, np.eye(2))
+        ok &= (safe[:, 0, 0] > 0) & (np.linalg.det(0.5 * (safe + np.swapaxes(safe, 1, 2))) > 0)
         if not ok.any():
             continue
         r = truth[ok] - est[ok]

@@ -121,6 +121,23 @@ def test_the_fitted_factors_are_written_times_the_config_s_own_and_the_daemon_s_
     assert load(cfg).estimator.model_covariance_scale == 2.0  # --out leaves the given config alone
 
 
+def test_estimates_with_null_or_singular_covariances_are_skipped_and_counted(site, tmp_path, capsys):
+    cfg, geodetic = site
+    run = tmp_path / "run.jsonl"
+    write_run(run, geodetic, n=60, onnx_factor=1.0, physics_factor=1.0)
+    lines = run.read_text().splitlines()
+    locs = [i for i, line in enumerate(lines) if '"topic": "loc"' in line]
+    for i, cov in zip(locs[:2], ([[None, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]])):
+        msg = json.loads(lines[i])
+        msg["cov_en_m2"] = cov
+        lines[i] = json.dumps(msg)
+    run.write_text("\n".join(lines) + "\n")
+    assert main(["-c", str(cfg), str(run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["estimators"]
+    assert (report["onnx"]["n"], report["onnx"]["skipped"]) == (58, 2)
+    assert (report["physics"]["n"], report["physics"]["skipped"]) == (60, 0)
+
+
 def test_a_csv_track_gives_the_truth_and_too_few_windows_are_reported_not_written(site, tmp_path, capsys):
     cfg, geodetic = site
     run = tmp_path / "run.jsonl"

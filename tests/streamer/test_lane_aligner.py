@@ -255,16 +255,20 @@ def test_one_receiver_whose_clock_jumps_ahead_does_not_make_the_others_late():
         assert_accounting(lane)
 
 
+def lanes_with_phase(ids, phase: float):
+    """Lanes for ``ids``, their aligner (offline after 0.5 s), and a time offset of ``phase`` model-rate samples (ns)."""
+    rec = Recorder()
+    lanes = {r: rec.lane(r) for r in ids}
+    return lanes, make_aligner(list(lanes.values()), offline_after_s=0.5), int(round(phase * 1e9 / MODEL_RATE))
+
+
 @pytest.mark.parametrize("phase", [i / 8 for i in range(8)])
 def test_receivers_left_alone_after_the_others_go_offline_are_waited_for_whatever_their_sample_phase(phase):
     """A receiver's samples need not sit on the window grid: its first sample of a window may lie up to
     half a sample after the window start. Such a lane is continuous, not restarted inside the window,
     and must still be waited for; when it was not, and the only other receivers went offline, every
     window was cut before it had arrived and masked it as "gap", for as long as the partition lasted."""
-    rec = Recorder()
-    lanes = {r: rec.lane(r) for r in ("remote", "local")}
-    aligner = make_aligner(list(lanes.values()), offline_after_s=0.5)
-    offset_ns = int(round(phase * 1e9 / MODEL_RATE))
+    lanes, aligner, offset_ns = lanes_with_phase(("remote", "local"), phase)
     block_n = 12_000  # 50 ms
     windows = []
     for k in range(160):
@@ -284,10 +288,7 @@ def test_receivers_left_alone_after_the_others_go_offline_are_waited_for_whateve
 def test_a_receiver_whose_blocks_arrive_later_than_the_others_is_waited_for_whatever_its_sample_phase(phase):
     """The same with every receiver live: one whose blocks arrive one poll after the others' (a network
     hop further away) must be waited for, not masked "gap" in every window the others already cover."""
-    rec = Recorder()
-    lanes = {r: rec.lane(r) for r in ("near", "far")}
-    aligner = make_aligner(list(lanes.values()), offline_after_s=0.5)
-    offset_ns = int(round(phase * 1e9 / MODEL_RATE))
+    lanes, aligner, offset_ns = lanes_with_phase(("near", "far"), phase)
     block_n = 12_000  # 50 ms
     windows = []
     for k in range(80):
