@@ -14,7 +14,7 @@ extension's emitter object::
   (``heimdall calibrate``'s relative mode); giving it on some annotations only is an error.
 
 The annotation's samples are turned into its time span through that stream's captures (``core:datetime``,
-``streamer.receivers.sigmf_file.plan_segments``), and every stream is read over that span.
+``receivers.sigmf_file.plan_segments``), and every stream is read over that span.
 
 How a reading is made: the whole recording is replayed through the daemon's own pipeline
 (``streamer.pipeline.Pipeline``: lanes, channelizer, window aligner, mel frames, ``channel_power``) with the
