@@ -29,9 +29,11 @@ For each estimator (the primary and every alternative in the messages) and windo
 (``streamer.geodesy.mahalanobis_sq``) with r the truth minus the estimate and C the published ``cov_en_m2``,
 both in the network's ENU plane (metres). Scaling every covariance by k changes a window's Gaussian NLL to ``m^2 / (2k) + ln k + const``;
 the mean is least at ``k = mean(m^2) / 2``: the same closed form ``heimdall train`` uses on its validation
-windows (``models.train.network.fit_covariance_scale``). The factor written is the config's current one
-times k (``estimator.model_covariance_scale`` for ``onnx``, ``estimator.physics.covariance_scale`` for
-``physics``), so run it on localizations made with the config you give.
+windows (``models.train.network.fit_covariance_scale``). Each message says which site factor its covariance
+already carries (``covariance_scale``, docs/protocol.md); m^2 is taken under the estimator's own covariance
+(that factor divided out, so localizations from before and after a reload mix correctly), and k written as
+``estimator.model_covariance_scale`` for ``onnx``, ``estimator.physics.covariance_scale`` for ``physics``.
+Messages without the key (older daemons) are taken to carry the factor of the config given.
 
 Consecutive windows of one transmission share most of their error: 200 windows from one parked car are
 worth far fewer than 200 from a drive around the area. Below ``MIN_WINDOWS`` windows nothing is written.
@@ -124,16 +126,19 @@ class Track:
 
 @dataclass
 class Localizations:
-    """Per estimator name: window middles ``t_ns`` [N], estimates ``en_m`` [N, 2] and ``cov_m2`` [N, 2, 2]."""
+    """Per estimator name: window middles ``t_ns`` [N], estimates ``en_m`` [N, 2] and ``cov_m2`` [N, 2, 2], and the
+    site factor each message says its covariance already carries, ``applied`` [N] (NaN: the message does not say)."""
 
     t_ns: dict[str, list[int]] = field(default_factory=dict)
     en_m: dict[str, list[np.ndarray]] = field(default_factory=dict)
     cov_m2: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    applied: dict[str, list[float]] = field(default_factory=dict)
 
-    def add(self, name: str, t_ns: int, en_m: np.ndarray, cov_m2: np.ndarray) -> None:
+    def add(self, name: str, t_ns: int, en_m: np.ndarray, cov_m2: np.ndarray, applied: float) -> None:
         self.t_ns.setdefault(name, []).append(t_ns)
         self.en_m.setdefault(name, []).append(en_m)
         self.cov_m2.setdefault(name, []).append(cov_m2)
+        self.applied.setdefault(name, []).append(applied)
 
 
 def _number(value, path: Path, line_no: int, what: str) -> float:
@@ -142,7 +147,7 @@ def _number(value, path: Path, line_no: int, what: str) -> float:
     return float(value)
 
 
-def _estimate(obj, path: Path, line_no: int, what: str) -> tuple[str, float, float, np.ndarray]:
+def _estimate(obj, path: Path, line_no: int, what: str) -> tuple[str, float, float, np.ndarray, float]:
     if not isinstance(obj, dict) or not isinstance(obj.get("estimator"), str):
         raise LocalizationFileError(f"{path}:{line_no}: {what}: expected an object with 'estimator', 'lat', 'lon', 'cov_en_m2'")
     lat = _number(obj.get("lat"), path, line_no, f"{what}.lat")
@@ -154,13 +159,15 @@ def _estimate(obj, path: Path, line_no: int, what: str) -> tuple[str, float, flo
         cov_m2 = np.empty(0)
     if cov_m2.shape != (2, 2):
         raise LocalizationFileError(f"{path}:{line_no}: {what}.cov_en_m2: expected [[ee, en], [ne, nn]] (m^2), got {cov!r}")
-    return obj["estimator"], lat, lon, cov_m2
+    applied = obj.get("covariance_scale")  # absent from messages of daemons before the key existed
+    applied = math.nan if applied is None else _number(applied, path, line_no, f"{what}.covariance_scale")
+    return obj["estimator"], lat, lon, cov_m2, applied
 
 
 def read_messages(paths: list[Path], origin, loc_topic: str = "loc"):
     """(Localizations, truth Track from ``truth`` lines, lines skipped as other topics) from JSON-lines files."""
     locs = Localizations()
-    raw_loc: list[tuple[str, int, float, float, np.ndarray]] = []
+    raw_loc: list[tuple[str, int, float, float, np.ndarray, float]] = []
     truth: list[tuple[int, float, float, bool]] = []
     other = 0
     for path in paths:
@@ -185,7 +192,7 @@ def read_messages(paths: list[Path], origin, loc_topic: str = "loc"):
                 estimates = [_estimate(msg, path, line_no, "the primary estimate")]
                 estimates += [_estimate(alt, path, line_no, f"alternatives[{i}]")
                               for i, alt in enumerate(msg.get("alternatives") or [])]
-                raw_loc += [(name, middle, lat, lon, cov) for name, lat, lon, cov in estimates]
+                raw_loc += [(name, middle, lat, lon, cov, applied) for name, lat, lon, cov, applied in estimates]
             elif topic == "truth":
                 t = _number(msg.get("t_ns"), path, line_no, "t_ns")
                 truth.append((int(t), _number(msg.get("lat"), path, line_no, "lat"),
@@ -196,8 +203,8 @@ def read_messages(paths: list[Path], origin, loc_topic: str = "loc"):
         lat = np.array([r[2] for r in raw_loc])
         lon = np.array([r[3] for r in raw_loc])
         en = geodetic_to_enu_m(lat, lon, np.zeros_like(lat), origin).reshape(-1, 3)[:, :2]
-        for (name, middle, _, _, cov), e in zip(raw_loc, en):
-            locs.add(name, middle, e, cov)
+        for (name, middle, _, _, cov, applied), e in zip(raw_loc, en):
+            locs.add(name, middle, e, cov, applied)
     return locs, track_of(truth, origin), other
 
 
@@ -241,29 +248,35 @@ def read_track_csv(path: Path, origin) -> Track:
 
 @dataclass(frozen=True)
 class EllipseFit:
-    """One estimator's windows with a truth: ``n``, error percentiles (m), coverage before and after the factor."""
+    """One estimator's windows with a truth: ``n``, median error (m), coverage as published and with the fitted factor."""
 
     estimator: str
     n: int
     skipped: int  # windows with no usable truth, or an estimate not finite or not positive definite
     median_error_m: float
-    scale: float  # k: the factor on the covariances as published
-    cov68: float
+    applied_min: float  # the site factors the published covariances carried (lowest, highest)
+    applied_max: float
+    cov68: float  # as published
     cov95: float
-    cov68_after: float
+    factor: float  # the least-NLL factor on the estimator's own covariances (its site factor taken out)
+    cov68_after: float  # with that factor instead of the published one
     cov95_after: float
-    current: float  # the config's factor now
-    written_value: float  # current * k, rounded
+    written_value: float  # factor, rounded to SCALE_DECIMALS
 
 
 def fit_ellipses(locs: Localizations, track: Track, current: dict[str, float], max_gap_s: float) -> dict[str, EllipseFit]:
-    """An EllipseFit per estimator with at least one window that has a truth (others are left out)."""
+    """An EllipseFit per estimator with at least one window that has a truth (others are left out).
+
+    ``current``: each estimator's factor in the config, taken as applied where a message does not say.
+    """
     fits = {}
     for name in sorted(locs.t_ns):
         truth, ok = track.at(np.array(locs.t_ns[name]), int(round(max_gap_s * 1e9)))
         est = np.array(locs.en_m[name])
         cov = np.array(locs.cov_m2[name])
-        ok &= np.isfinite(est).all(axis=1) & np.isfinite(cov).all(axis=(1, 2))
+        applied = np.array(locs.applied[name], dtype=np.float64)
+        applied = np.where(np.isnan(applied), current.get(name, 1.0), applied)
+        ok &= np.isfinite(est).all(axis=1) & np.isfinite(cov).all(axis=(1, 2)) & np.isfinite(applied) & (applied > 0)
         # An archive writes a non-finite number as null; the daemon never publishes a singular covariance.
         safe = np.where(ok[:, None, None], cov, np.eye(2))
         ok &= (safe[:, 0, 0] > 0) & (np.linalg.det(0.5 * (safe + np.swapaxes(safe, 1, 2))) > 0)
@@ -271,11 +284,11 @@ def fit_ellipses(locs: Localizations, track: Track, current: dict[str, float], m
             continue
         r = truth[ok] - est[ok]
         m2 = mahalanobis_sq(r, cov[ok])
-        k = least_nll_scale(m2)
-        before, after = coverage(m2), coverage(m2, k)
-        now = current.get(name, 1.0)
-        fits[name] = EllipseFit(name, int(ok.sum()), int((~ok).sum()), float(np.median(np.hypot(r[:, 0], r[:, 1]))), k,
-                                *before, *after, now, round(now * k, SCALE_DECIMALS))
+        own = m2 * applied[ok]  # m^2 under the estimator's own covariance: the factors may differ across a reload
+        k = least_nll_scale(own)
+        fits[name] = EllipseFit(name, int(ok.sum()), int((~ok).sum()), float(np.median(np.hypot(r[:, 0], r[:, 1]))),
+                                float(applied[ok].min()), float(applied[ok].max()), *coverage(m2), k, *coverage(own, k),
+                                round(k, SCALE_DECIMALS))
     return fits
 
 
@@ -300,12 +313,14 @@ def updated_toml(text: str, fits: dict[str, EllipseFit]) -> str:
 
 
 def format_report(fits: dict[str, EllipseFit], other_lines: int) -> str:
-    lines = [f"{'estimator':<10}{'windows':>8}{'skipped':>8}{'median_m':>10}{'cov68':>7}{'cov95':>7}{'factor':>9}"
-             f"{'cov68':>7}{'cov95':>7}   scale in the config"]
+    lines = [f"{'estimator':<10}{'windows':>8}{'skipped':>8}{'median_m':>10}{'cov68':>7}{'cov95':>7}{'cov68':>7}{'cov95':>7}"
+             "   site factor"]
     for f in fits.values():
+        applied = f"{f.applied_min:g}" if f.applied_min == f.applied_max else f"{f.applied_min:g}..{f.applied_max:g}"
         lines.append(f"{f.estimator:<10}{f.n:>8}{f.skipped:>8}{f.median_error_m:>10.0f}{f.cov68:>7.3f}{f.cov95:>7.3f}"
-                     f"{f.scale:>9.3f}{f.cov68_after:>7.3f}{f.cov95_after:>7.3f}   {f.current:g} -> {f.written_value:g}")
-    lines.append("(coverage as published, then with the factor; a calibrated 2-D Gaussian covers 0.68 and 0.95 of its truths)")
+                     f"{f.cov68_after:>7.3f}{f.cov95_after:>7.3f}   {applied} -> {f.written_value:g}")
+    lines.append("(coverage as published, then with the fitted factor; a calibrated 2-D Gaussian covers 0.68 and 0.95 "
+                 "of its truths)")
     if other_lines:
         lines.append(f"{other_lines} lines of other topics skipped")
     return "\n".join(lines)

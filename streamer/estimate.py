@@ -34,11 +34,15 @@ class EstimatorInputs:
 
 @dataclass(frozen=True)
 class Estimate:
-    """Position (east, north, m) and its 2x2 covariance (m^2) relative to the network origin."""
+    """Position (east, north, m) and its 2x2 covariance (m^2) relative to the network origin.
+
+    ``covariance_scale``: the site's ellipse factor already applied to ``cov_en_m2`` (heimdall calibrate-ellipses).
+    """
 
     estimator: str
     position_en_m: np.ndarray
     cov_en_m2: np.ndarray
+    covariance_scale: float = 1.0
 
 
 class Estimator(Protocol):

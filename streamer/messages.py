@@ -29,6 +29,7 @@ class EstimateOut:
     lon: float
     cov_en_m2: np.ndarray  # [2, 2]
     ellipse: Ellipse
+    covariance_scale: float = 1.0  # the site factor already in cov_en_m2 and the ellipse
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -36,6 +37,7 @@ class EstimateOut:
             "lat": _f(self.lat),
             "lon": _f(self.lon),
             "cov_en_m2": [[_f(v) for v in row] for row in np.asarray(self.cov_en_m2)],
+            "covariance_scale": _f(self.covariance_scale),
             "ellipse": {
                 "p": _f(self.ellipse.p),
                 "semi_major_m": _f(self.ellipse.semi_major_m),

@@ -236,7 +236,7 @@ class Pipeline:
     def _to_geodetic(self, est: Estimate) -> EstimateOut:
         lat, lon, _ = enu_to_geodetic(est.position_en_m[0], est.position_en_m[1], 0.0, self.origin)
         cov = np.asarray(est.cov_en_m2, dtype=np.float64)
-        return EstimateOut(est.estimator, float(lat), float(lon), cov, ellipse_from_covariance(cov, p=0.95))
+        return EstimateOut(est.estimator, float(lat), float(lon), cov, ellipse_from_covariance(cov, p=0.95), est.covariance_scale)
 
     def publish_truth(self, t_ns: int) -> None:
         truth = self._truth_source.truth(t_ns)

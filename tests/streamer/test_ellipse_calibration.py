@@ -25,9 +25,10 @@ def random_covariances(rng, n: int) -> np.ndarray:
     return a @ np.swapaxes(a, -1, -2) + 1e2 * np.eye(2)
 
 
-def truths_around(rng, cov: np.ndarray, factor: float) -> np.ndarray:
-    """Residuals drawn from N(0, factor * cov)."""
-    return np.einsum("nij,nj->ni", np.linalg.cholesky(factor * cov), rng.standard_normal((len(cov), 2)))
+def truths_around(rng, cov: np.ndarray, factor) -> np.ndarray:
+    """Residuals drawn from N(0, factor * cov) (``factor``: one number, or one per row)."""
+    scaled = np.reshape(np.asarray(factor, dtype=np.float64), (-1, 1, 1)) * cov
+    return np.einsum("nij,nj->ni", np.linalg.cholesky(scaled), rng.standard_normal((len(cov), 2)))
 
 
 def test_the_least_nll_scale_recovers_how_much_too_small_the_covariances_are_and_minimises_the_nll():
@@ -80,9 +81,10 @@ def site(tmp_path):
     return cfg, geodetic
 
 
-def write_run(path, geodetic, *, n: int, onnx_factor: float, physics_factor: float, seed: int = 0) -> None:
+def write_run(path, geodetic, *, n: int, onnx_factor: float, physics_factor: float, seed: int = 0, onnx_applied=None) -> None:
     """A ``heimdall listen --topic "" --json`` file: one truth fix and one localization per 0.5 s window, the
-    onnx and physics estimates' errors drawn from ``factor`` x their published covariance, status lines between."""
+    onnx and physics estimates' errors drawn from ``factor`` x their published covariance, status lines between.
+    ``onnx_applied`` [n]: the site factor each onnx estimate says it carries (default: the key is absent)."""
     rng = np.random.default_rng(seed)
     t0 = 1_790_000_000_000_000_000
     truth_en = np.cumsum(rng.normal(0, 300.0, (n, 2)), axis=0)
@@ -98,6 +100,8 @@ def write_run(path, geodetic, *, n: int, onnx_factor: float, physics_factor: flo
         for name in ("onnx", "physics"):
             lat, lon = geodetic(est[name][i : i + 1])
             out[name] = {"estimator": name, "lat": float(lat[0]), "lon": float(lon[0]), "cov_en_m2": cov[name][i].tolist()}
+        if onnx_applied is not None:
+            out["onnx"]["covariance_scale"] = float(onnx_applied[i])
         lines.append({"topic": "loc", "v": 1, "seq": i, "t_start_ns": start, "t_end_ns": end, **out["onnx"],
                       "alternatives": [out["physics"]]})
         lines.append({"topic": "status", "v": 1, "t_ns": end})
@@ -113,11 +117,13 @@ def test_the_fitted_factors_are_written_times_the_config_s_own_and_the_daemon_s_
     report = json.loads(capsys.readouterr().out)
     onnx, physics = report["estimators"]["onnx"], report["estimators"]["physics"]
     assert onnx["n"] == physics["n"] == 4000 and report["other_lines"] == 4000 and report["written"] == str(out)
-    assert onnx["scale"] == pytest.approx(0.5, rel=0.05) and physics["scale"] == pytest.approx(2.0, rel=0.05)
+    # The messages do not say which factor they carry: the config's (onnx 2.0, physics 1.0) is taken as applied.
+    assert (onnx["applied_min"], physics["applied_max"]) == (2.0, 1.0)
+    assert onnx["factor"] == pytest.approx(2.0 * 0.5, rel=0.05) and physics["factor"] == pytest.approx(2.0, rel=0.05)
     assert onnx["cov68_after"] == pytest.approx(0.68, abs=0.03) and physics["cov95_after"] == pytest.approx(0.95, abs=0.02)
     written = load(out).estimator
-    assert written.model_covariance_scale == round(2.0 * onnx["scale"], 4)  # the config had 2.0
-    assert written.physics.covariance_scale == round(physics["scale"], 4)
+    assert written.model_covariance_scale == round(onnx["factor"], 4)
+    assert written.physics.covariance_scale == round(physics["factor"], 4)
     assert load(cfg).estimator.model_covariance_scale == 2.0  # --out leaves the given config alone
 
 
@@ -136,6 +142,22 @@ def test_estimates_with_null_or_singular_covariances_are_skipped_and_counted(sit
     report = json.loads(capsys.readouterr().out)["estimators"]
     assert (report["onnx"]["n"], report["onnx"]["skipped"]) == (58, 2)
     assert (report["physics"]["n"], report["physics"]["skipped"]) == (60, 0)
+
+
+def test_the_factor_each_message_carries_is_divided_out_so_runs_across_a_reload_mix(site, tmp_path, capsys):
+    """Half the run published under a site factor of 1, half under 3 (a reload between), the estimator's own
+    covariances 1.5 x too small throughout: 1.5 is fitted, whatever the config says now (2.0)."""
+    cfg, geodetic = site
+    run = tmp_path / "run.jsonl"
+    n = 4000
+    applied = np.where(np.arange(n) < n // 2, 1.0, 3.0)
+    # Published = applied x own, errors from 1.5 x own = (1.5 / applied) x published.
+    write_run(run, geodetic, n=n, onnx_factor=1.5 / applied, physics_factor=1.0, onnx_applied=applied)
+    assert main(["-c", str(cfg), str(run), "--json"]) == 0
+    onnx = json.loads(capsys.readouterr().out)["estimators"]["onnx"]
+    assert (onnx["applied_min"], onnx["applied_max"]) == (1.0, 3.0)
+    assert onnx["factor"] == pytest.approx(1.5, rel=0.05)
+    assert onnx["cov68_after"] == pytest.approx(0.68, abs=0.03) and onnx["cov95_after"] == pytest.approx(0.95, abs=0.02)
 
 
 def test_a_csv_track_gives_the_truth_and_too_few_windows_are_reported_not_written(site, tmp_path, capsys):
