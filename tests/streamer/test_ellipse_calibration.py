@@ -237,3 +237,18 @@ def test_both_estimators_multiply_their_covariance_by_the_configured_factor(tmp_
         plain, calibrated = cls(config).estimate(inputs), cls(scaled).estimate(inputs)
         np.testing.assert_array_equal(calibrated.position_en_m, plain.position_en_m)
         np.testing.assert_allclose(calibrated.cov_en_m2, factor * plain.cov_en_m2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("names", [("onnx", "physics"), ("physics",)])
+def test_factors_are_written_into_a_config_without_an_estimator_table(names):
+    import tomllib
+
+    from streamer.ellipse_calibration import EllipseFit, updated_toml
+
+    text = '# my site\n[[receivers]]\nid = "a"\nkind = "simulator"\nlat = 45.0\nlon = 7.0\n'
+    fits = {n: EllipseFit(n, 40, 0, 1.0, 1.0, 1.0, 0.5, 0.9, 1.5, 0.68, 0.95, 1.5) for n in names}
+    out = updated_toml(text, fits)
+    assert out.startswith(text)
+    estimator = tomllib.loads(out)["estimator"]
+    assert estimator["physics"] == {"covariance_scale": 1.5}
+    assert estimator.get("model_covariance_scale") == (1.5 if "onnx" in names else None)
