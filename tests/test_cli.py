@@ -84,3 +84,9 @@ def test_listen_formats_one_line_per_localization():
            "receivers": ["a", "b", "c"], "latency_ms": {"processing": 12.34, "age": 600.0}}
     line = format_localization(msg)
     assert line == "2026-09-21T14:13:20.500Z 45.12346 7.65432 95% 12.3x6.8 km az 33 rx=a,b,c physics 12.3 ms"
+
+
+def test_a_training_run_with_no_windows_per_network_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--windows-per-network", "0"])
+    assert "--windows-per-network: expected a positive integer, got 0" in capsys.readouterr().err

@@ -18,12 +18,31 @@ def default_out() -> Path:
     return shipped_model_path()
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``heimdall train``."""
     parser.add_argument("--out", type=Path, default=default_out(), help="ONNX file to write (default %(default)s)")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="wall-time cap of the whole command (min)")
     parser.add_argument("--n-train", type=int, default=16384, help="simulated training windows")
     parser.add_argument("--n-val", type=int, default=2048, help="simulated validation windows (other networks)")
+    parser.add_argument("--windows-per-network", type=positive_int, default=64,
+                        help="training windows drawn from each random network (fewer = more networks for the same "
+                             "--n-train; validation always 64)")
     parser.add_argument("--steps", type=int, default=3000, help="optimiser steps (the shipped model: 3000)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -49,6 +49,7 @@ from typing import Callable
 
 import numpy as np
 
+from models.train.commands import non_negative_int, positive_int
 from models.train.dataset import (CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, MAX_RECEIVERS, NOISE_BAND_FRACTION, Windows,
                                   _spec_tag, draw_windows, random_network_config)
 from streamer.config import Config, PhysicsConfig, load
@@ -289,26 +290,12 @@ def summary_for_metadata(results: dict, method: str) -> tuple[dict, dict]:
     return accuracy, calibration
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``heimdall evaluate``."""
     parser.add_argument("models", nargs="*", type=Path, help="ONNX models to score (default: the shipped model)")
     parser.add_argument("--n", type=int, default=5000, help="draws on the default network")
     parser.add_argument("--n-random", type=int, default=1000, help="draws on each of the three random networks")
-    parser.add_argument("--n-networks", type=_non_negative_int, default=0,
+    parser.add_argument("--n-networks", type=non_negative_int, default=0,
                         help=f"also score N more unseen random networks of {DRAWS_PER_NETWORK} draws each, pooled, with the "
                              "spread of per-network coverage (dataset random-many; default 0 = not scored)")
     parser.add_argument("--no-physics", action="store_true", help="skip the physics estimator")
@@ -319,7 +306,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     split.add_argument("--test-split", type=Path, default=None, metavar="PATH",
                        help="score POWDER on the rows of this split file (implies --powder; e.g. .../train_test_splits/"
                             "special_test_cases/indoor.json); offsets are fitted on every other row minus unused/indoor/off_campus")
-    parser.add_argument("--powder-max-samples", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--powder-max-samples", type=positive_int, default=None, metavar="N",
                         help="score only the first N POWDER test rows (quick checks)")
     parser.add_argument("--powder-baseline", action="store_true",
                         help="feed POWDER to the physics estimator by the old recipe (16 strongest, i.i.d. errors) instead of "

@@ -176,6 +176,7 @@ def metadata(spec: FeatureSpec, args_summary: dict) -> ModelMetadata:
 
 
 def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_val: int = 2048, steps: int = 3000,
+          windows_per_network: int = 64,
           batch_size: int = 128, lr: float = 1e-3, dim: int = 128, layers: int = 3, drop_prob: float = 0.1,
           head: str = "grid", heard_weight: float = 0.3,
           seed: int = 1, workers: int = 2, threads: int = 2, cache_dir: Path | None = None, eval_n: int = 1000,
@@ -189,6 +190,7 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     train_data = generate_cached(n_train, seed=seed, spec=spec, cache_dir=cache_dir, workers=workers, oversampling=oversampling,
+                                 windows_per_world=windows_per_network,
                                  progress=lambda k: log(f"train data: {k}/{n_train} windows ({time.monotonic() - t0:.0f} s)"))
     val_data = generate_cached(n_val, seed=seed + 1, spec=spec, cache_dir=cache_dir, workers=workers, oversampling=oversampling,
                                progress=lambda k: log(f"validation data: {k}/{n_val} windows ({time.monotonic() - t0:.0f} s)"))
@@ -207,6 +209,8 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
                     "covariance_scale": round(summary["covariance_scale"], 4)}
     if head == "grid":
         args_summary.update(grid_cells=model.config["grid_cells"], heard_weight=heard_weight)
+    if windows_per_network != 64:
+        args_summary["windows_per_network"] = windows_per_network
     if oversampling != 1:
         args_summary["render"] = f"through streamer.channelizer from {oversampling} x {spec.sample_rate_hz:g} Hz"
     meta = metadata(spec, args_summary)
@@ -248,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run ``heimdall train`` with parsed arguments (see ``add_arguments``)."""
     report = train(out=args.out, budget_minutes=args.budget_minutes, n_train=args.n_train, n_val=args.n_val,
+                   windows_per_network=args.windows_per_network,
                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, dim=args.dim, layers=args.layers,
                    drop_prob=args.drop_prob, head=args.head, heard_weight=args.heard_weight, seed=args.seed,
                    workers=args.workers, threads=args.threads,
