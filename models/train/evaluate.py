@@ -53,7 +53,7 @@ from models.train.commands import non_negative_int, positive_int
 from models.train.dataset import (CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, MAX_RECEIVERS, NOISE_BAND_FRACTION, Windows,
                                   _spec_tag, draw_windows, random_network_config)
 from streamer.config import Config, PhysicsConfig, load
-from streamer.ellipse_calibration import CHI2_68, CHI2_95, least_nll_scale
+from streamer.ellipse_calibration import coverage, least_nll_scale
 from streamer.features import FeatureSpec
 from streamer.geodesy import mahalanobis_sq
 from streamer.physics import PhysicsEstimator, channel_power
@@ -142,8 +142,7 @@ def scores(position_m: np.ndarray, cov_m2: np.ndarray, truth_m: np.ndarray) -> d
     _, logdet = np.linalg.slogdet(0.5 * (cov_m2 + np.swapaxes(cov_m2, -1, -2)))
     nll = 0.5 * maha2 + 0.5 * logdet + math.log(2 * math.pi)
     return {"median_m": float(np.median(err)), "mean_m": float(err.mean()), "p90_m": float(np.percentile(err, 90)),
-            "cov68": float(np.mean(maha2 <= CHI2_68)), "cov95": float(np.mean(maha2 <= CHI2_95)),
-            "nll": float(nll.mean()), "n": int(len(err))}
+            **dict(zip(("cov68", "cov95"), coverage(maha2))), "nll": float(nll.mean()), "n": int(len(err))}
 
 
 def site_calibrated(position_m: np.ndarray, cov_m2: np.ndarray, truth_m: np.ndarray) -> np.ndarray:

@@ -252,3 +252,44 @@ def test_factors_are_written_into_a_config_without_an_estimator_table(names):
     estimator = tomllib.loads(out)["estimator"]
     assert estimator["physics"] == {"covariance_scale": 1.5}
     assert estimator.get("model_covariance_scale") == (1.5 if "onnx" in names else None)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("1790000000.0,45.0\n", "track.csv:2: expected 3 columns (t_unix_s,lat,lon), got 2"),
+    ("1790000000.0,north,7.5\n", "track.csv:2: expected numbers, got ['1790000000.0', 'north', '7.5']"),
+    ("1790000000.0,95.0,7.5\n", "track.csv:2: expected a finite time, lat in -90..90, lon in -180..180"),
+    ("inf,45.0,7.5\n", "track.csv:2: expected a finite time"),
+])
+def test_bad_track_rows_are_refused_naming_the_line(site, tmp_path, rows, message):
+    cfg, geodetic = site
+    run = tmp_path / "run.jsonl"
+    write_run(run, geodetic, n=40, onnx_factor=1.0, physics_factor=1.0)
+    track = tmp_path / "track.csv"
+    track.write_text("t_unix_s,lat,lon\n" + rows)
+    with pytest.raises(LocalizationFileError) as exc:
+        main(["-c", str(cfg), str(run), "--truth", str(track)])
+    assert message in str(exc.value)
+
+
+def test_a_non_numeric_factor_in_a_message_is_refused_and_a_non_positive_one_is_skipped(site, tmp_path, capsys):
+    cfg, geodetic = site
+    run = tmp_path / "run.jsonl"
+    write_run(run, geodetic, n=60, onnx_factor=1.0, physics_factor=1.0, onnx_applied=np.r_[0.0, -1.0, np.ones(58)])
+    assert main(["-c", str(cfg), str(run), "--json"]) == 0
+    onnx = json.loads(capsys.readouterr().out)["estimators"]["onnx"]
+    assert (onnx["n"], onnx["skipped"]) == (58, 2)
+    lines = run.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if '"topic": "loc"' in line)
+    lines[i] = lines[i].replace('"covariance_scale": 0.0', '"covariance_scale": "big"')
+    run.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LocalizationFileError, match=r"run.jsonl:2: the primary estimate.covariance_scale: expected a number, got 'big'"):
+        main(["-c", str(cfg), str(run)])
+
+
+@pytest.mark.parametrize("gap", ["0", "-1", "nan"])
+def test_a_max_gap_that_is_not_positive_seconds_is_refused(site, tmp_path, gap):
+    cfg, geodetic = site
+    run = tmp_path / "run.jsonl"
+    write_run(run, geodetic, n=40, onnx_factor=1.0, physics_factor=1.0)
+    with pytest.raises(ConfigError, match=f"--max-gap-s: expected seconds > 0, got {gap}"):
+        main(["-c", str(cfg), str(run), "--max-gap-s", gap])

@@ -109,6 +109,9 @@ def test_readings_are_the_power_the_simulator_put_at_each_antenna_as_the_daemon_
     (lambda a: a[2][EMITTER_KEY].pop("power_tx"), "annotations[2]: signal:emitter.power_tx is missing but other annotations have it"),
     (lambda a: a[2].update({"core:sample_count": int(SECONDS * RATE_HZ)}), "annotations[2]: samples 240000..576000 are not all inside"),
     (lambda a: [x.pop(EMITTER_KEY) for x in a], "no annotation carries signal:emitter"),
+    (lambda a: a[0][EMITTER_KEY]["geolocation"].update(coordinates=[7.5, 95.0]),
+     "annotations[0]: signal:emitter.geolocation: lat 95.0 / lon 7.5 outside [-90, 90] / [-180, 180]"),
+    (lambda a: a[1][EMITTER_KEY].update(power_tx="5 W"), "annotations[1]: signal:emitter.power_tx: expected the transmit power in dBm, got '5 W'"),
 ])
 def test_bad_annotations_are_refused_naming_the_stream_and_the_annotation(annotated, change, message):
     cfg, collection, world = annotated
@@ -127,3 +130,12 @@ def test_an_annotation_edited_without_refreshing_the_collection_hashes_is_named(
     meta.write_text(json.dumps(doc))
     with pytest.raises(ObservationsError, match="receiver 'giaveno'.*does not match collection metadata"):
         observations_from_sigmf(load(cfg), collection)
+
+
+def test_observations_that_cannot_be_written_are_an_error_naming_the_file(tmp_path):
+    cfg = site_config(tmp_path)
+    csv = tmp_path / "obs.csv"
+    csv.write_text("lat,lon,giaveno\n45.0,7.5,-90.0\n45.1,7.6,-91.0\n45.2,7.4,-92.0\n")
+    target = tmp_path / "missing-folder" / "out.csv"
+    with pytest.raises(ObservationsError, match=f"{target}: cannot write the observations: No such file or directory"):
+        calibrate_main(["-c", str(cfg), str(csv), "--observations-out", str(target)])
