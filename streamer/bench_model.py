@@ -14,7 +14,7 @@ says so and reports the provider ONNX Runtime actually used.
 
 Examples (shell)
 ----------------
-``heimdall bench model --model models/heimdall-0.1.0.onnx --iterations 2000``
+``heimdall bench model --model models/heimdall-0.2.0.onnx --iterations 2000``
 """
 
 from __future__ import annotations
@@ -28,14 +28,15 @@ import numpy as np
 
 from streamer.features import mel_frames_dbm, normalise
 from streamer.inference import CPU, OnnxEstimator
-from streamer.model_contract import OUTPUT_NAMES
+from streamer.config import PhysicsConfig
+from streamer.model_contract import OUTPUT_NAMES, site_propagation
 
 CUDA = "CUDAExecutionProvider"
 
 
 def default_model() -> Path:
     models = sorted((Path(__file__).resolve().parents[1] / "models").glob("heimdall-*.onnx"))
-    return models[-1] if models else Path("models/heimdall-0.1.0.onnx")
+    return models[-1] if models else Path("models/heimdall-0.2.0.onnx")
 
 
 def example_window(estimator: OnnxEstimator, n_rx: int, seed: int = 0):
@@ -79,7 +80,10 @@ def raw_feeds(estimator: OnnxEstimator, frames, enu, mask) -> dict[str, np.ndarr
     pos[:, :n_rx] = enu
     m = np.zeros((1, r), np.float32)
     m[:, :n_rx] = mask
-    return {"features": feats, "rx_enu_km": pos, "rx_mask": m}
+    feeds = {"features": feats, "rx_enu_km": pos, "rx_mask": m}
+    if estimator.takes_site:  # the daemon feeds its estimator.physics row (the default config's here)
+        feeds["site_propagation"] = site_propagation(PhysicsConfig())[None]
+    return feeds
 
 
 def bound_runner(session, feeds: dict[str, np.ndarray], device: str):
@@ -125,7 +129,8 @@ def bench_model(model: Path, *, provider: str = "cpu", receivers: int = 7, itera
     result = {"model": str(model), "provider_requested": provider, "provider": estimator.provider,
               "receivers": receivers, "max_receivers": estimator.max_receivers, "threads": threads,
               "onnxruntime": ort.__version__}
-    result["estimator_run"] = _percentiles(_time(lambda: estimator.run(frames, enu, mask), iterations, warmup))
+    site = site_propagation(PhysicsConfig())
+    result["estimator_run"] = _percentiles(_time(lambda: estimator.run(frames, enu, mask, site), iterations, warmup))
     if provider == "cuda" and estimator.provider != CUDA:
         result["note"] = f"CUDA requested but ONNX Runtime runs on {estimator.provider}"
     result["raw_session_run"] = _percentiles(_time(lambda: session.run(list(OUTPUT_NAMES), feeds), iterations, warmup))

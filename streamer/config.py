@@ -100,6 +100,11 @@ class EstimatorConfig:
         default=1.0,
         metadata=_doc("factor on every model covariance: this site's ellipse calibration (heimdall calibrate-ellipses)"),
     )
+    model_site: str = field(
+        default="physics",
+        metadata=_doc("what a model that takes the site's propagation is told: 'physics' (the exponent, sigmas and "
+                      "power range of estimator.physics) or 'none' (it infers them from each window)"),
+    )
     physics: PhysicsConfig = field(default_factory=PhysicsConfig, metadata=_doc("physics estimator parameters"))
 
 
@@ -355,6 +360,8 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(p.queue_blocks >= 1, "pipeline.queue_blocks", ">= 1", p.queue_blocks)
     need(p.queue_mb > 0, "pipeline.queue_mb", "> 0", p.queue_mb)
     need(cfg.estimator.kind in ("physics", "onnx"), "estimator.kind", "'physics' or 'onnx'", cfg.estimator.kind)
+    need(cfg.estimator.model_site in ("physics", "none"), "estimator.model_site", "'physics' or 'none'",
+         cfg.estimator.model_site)
     need(0 <= cfg.metrics.port < 65536, "metrics.port", "0..65535", cfg.metrics.port)
     need(cfg.output.send_buffer_bytes >= 0, "output.send_buffer_bytes", ">= 0 (0 = OS default)", cfg.output.send_buffer_bytes)
     need(cfg.output.archive.max_bytes > 0, "output.archive.max_bytes", "> 0", cfg.output.archive.max_bytes)

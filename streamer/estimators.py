@@ -13,6 +13,7 @@ import numpy as np
 from streamer.config import Config
 from streamer.errors import HeimdallError, ModelMismatchError
 from streamer.estimate import Estimate, EstimatorInputs
+from streamer.model_contract import site_propagation
 from streamer.physics import PhysicsEstimator
 from streamer.survey import load_map
 
@@ -81,12 +82,14 @@ class OnnxModel:
         self.info = {"name": meta.name, "version": meta.version, "sha256": self._model.model_sha256}
         self.provider = self._model.provider
         self._covariance_scale = config.estimator.model_covariance_scale
+        self._site = site_propagation(config.estimator.physics) if config.estimator.model_site == "physics" else None
 
     def estimate(self, inputs: EstimatorInputs) -> Estimate:
         out = self._model.run(
             inputs.features_dbm[None].astype(np.float32),
             (inputs.rx_enu_m / 1000.0)[None].astype(np.float32),
             inputs.present[None].astype(np.float32),
+            self._site,
         )
         if not out.valid[0]:
             raise EstimateRejected("model output not finite or covariance not positive definite")

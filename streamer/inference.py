@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 from streamer.errors import ModelMismatchError
 from streamer.features import FeatureSpec, normalise
-from streamer.model_contract import OUTPUT_NAMES, ModelMetadata, check_model
+from streamer.model_contract import OUTPUT_NAMES, SITE_PROPAGATION_WIDTH, ModelMetadata, check_model
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ class OnnxEstimator:
         except Exception as exc:  # onnxruntime's own Fail/InvalidGraph/NotImplemented types
             raise ModelMismatchError(f"onnxruntime cannot load model {self.model_path}: {exc}") from exc
         self.provider: str = self.session.get_providers()[0]
+        # A model may take the site's propagation (the contract's optional input); run() feeds it.
+        self.takes_site: bool = any(i.name == "site_propagation" for i in self.session.get_inputs())
         batch_dim = self.session.get_inputs()[0].shape[0]
         self._static_batch = batch_dim if isinstance(batch_dim, int) else None
         self._buffers = self._allocate(1)
@@ -106,6 +108,18 @@ class OnnxEstimator:
         r, spec = self.max_receivers, self.spec
         return (np.zeros((batch, r, spec.n_mels, spec.n_frames), np.float32), np.zeros((batch, r, 3), np.float32),
                 np.zeros((batch, r), np.float32))
+
+    @staticmethod
+    def _site_rows(site, batch: int) -> np.ndarray:
+        if site is None:
+            return np.zeros((batch, SITE_PROPAGATION_WIDTH), np.float32)
+        rows = np.asarray(site, np.float32)
+        if rows.shape not in ((SITE_PROPAGATION_WIDTH,), (batch, SITE_PROPAGATION_WIDTH)):
+            raise ValueError(f"site: expected [{SITE_PROPAGATION_WIDTH}] or [{batch}, {SITE_PROPAGATION_WIDTH}], "
+                             f"got {list(rows.shape)}")
+        if not np.isfinite(rows).all():
+            raise ValueError("site: not finite")
+        return np.ascontiguousarray(np.broadcast_to(rows, (batch, SITE_PROPAGATION_WIDTH)))
 
     def _check_shapes(self, features_dbm: np.ndarray, rx_enu_km: np.ndarray, rx_mask: np.ndarray) -> tuple[int, int]:
         if features_dbm.ndim != 4 or features_dbm.shape[2:] != (self.spec.n_mels, self.spec.n_frames):
@@ -122,7 +136,7 @@ class OnnxEstimator:
             raise ValueError(f"batch of {batch}, but model {self.metadata.name} has a fixed batch of {self._static_batch}")
         return batch, n_rx
 
-    def run(self, features_dbm, rx_enu_km, rx_mask) -> ModelOutput:
+    def run(self, features_dbm, rx_enu_km, rx_mask, site=None) -> ModelOutput:
         """Estimate positions for a batch.
 
         Parameters
@@ -130,6 +144,8 @@ class OnnxEstimator:
         features_dbm : [B, R, M, T] dBm mel frames (``features.mel_frames_dbm``); R <= ``max_receivers``
         rx_enu_km : [B, R, 3] receiver east, north, up from the network origin (km)
         rx_mask : [B, R] 1 = present; absent slots may hold anything (NaN included): they are zero-filled
+        site : [5] or [B, 5] ``model_contract.site_propagation`` row(s), fed to a model that takes them
+            (``takes_site``); ``None`` = unknown (a zero row). Ignored by a model without that input.
         """
         features_dbm, rx_enu_km, rx_mask = np.asarray(features_dbm), np.asarray(rx_enu_km), np.asarray(rx_mask)
         batch, n_rx = self._check_shapes(features_dbm, rx_enu_km, rx_mask)
@@ -146,7 +162,10 @@ class OnnxEstimator:
         enu[:, n_rx:] = 0.0
         mask[:, :n_rx] = ~absent
         mask[:, n_rx:] = 0.0
-        position, covariance = self.session.run(OUTPUT_NAMES, {"features": feats, "rx_enu_km": enu, "rx_mask": mask})
+        feeds = {"features": feats, "rx_enu_km": enu, "rx_mask": mask}
+        if self.takes_site:
+            feeds["site_propagation"] = self._site_rows(site, batch)
+        position, covariance = self.session.run(OUTPUT_NAMES, feeds)
         if position.shape != (batch, 2) or covariance.shape != (batch, 2, 2):
             raise ModelMismatchError(f"model {self.metadata.name} returned shapes {list(position.shape)} and "
                                      f"{list(covariance.shape)}, expected [{batch}, 2] and [{batch}, 2, 2]")

@@ -12,9 +12,14 @@ name                shape          meaning
 ``covariance_km2``  [B, 2, 2]      full 2-D covariance of that estimate (km^2), symmetric PD
 =================== ============== ================================================================
 
+One input is optional: ``site_propagation`` [B, 5] float32, the site's propagation as the physics estimator is
+configured with it (``site_propagation`` below: path-loss exponent, sigma in dB, mean and spread of the level
+EIRP - 1 km loss in dBm, and a flag, 1 = known). A model that declares it is fed it from
+``estimator.physics``; a model without it is fed nothing more.
+
 Dimensions may be static or symbolic; a static R, M or T must equal the metadata's ``max_receivers``,
 ``features.n_mels`` and ``features.n_frames``. Extra outputs are allowed (the daemon asks only for the two
-above); extra inputs are not (nothing would feed them).
+above); other extra inputs are not (nothing would feed them).
 
 The model's ``metadata_props`` carry one key, ``heimdall``, whose value is the JSON of :class:`ModelMetadata`.
 
@@ -37,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+
+import numpy as np
 
 from streamer.errors import ModelMismatchError
 from streamer.features import FeatureSpec
@@ -66,8 +73,26 @@ OUTPUTS = (
     TensorContract("position_enu_km", ("B", 2)),
     TensorContract("covariance_km2", ("B", 2, 2)),
 )
+SITE_PROPAGATION_WIDTH = 5
+OPTIONAL_INPUTS = (TensorContract("site_propagation", ("B", SITE_PROPAGATION_WIDTH)),)
 INPUT_NAMES = tuple(t.name for t in INPUTS)
+OPTIONAL_INPUT_NAMES = tuple(t.name for t in OPTIONAL_INPUTS)
 OUTPUT_NAMES = tuple(t.name for t in OUTPUTS)
+
+
+def site_propagation(physics) -> np.ndarray:
+    """The ``site_propagation`` row [5] (float32) of a ``config.PhysicsConfig``, as the physics estimator reads it.
+
+    [path-loss exponent, sigma (dB) = hypot(shadowing_db, calibration_sigma_db), mean level (dBm), level spread
+    (dB), 1]; level = transmit power (dBm) - ``ref_loss_db``, its mean and standard deviation those of a power
+    uniform over [tx_power_min_dbm, tx_power_max_dbm]. ``None`` gives the unknown row (zeros).
+    """
+    if physics is None:
+        return np.zeros(SITE_PROPAGATION_WIDTH, np.float32)
+    span = physics.tx_power_max_dbm - physics.tx_power_min_dbm
+    return np.array([physics.path_loss_exponent, math.hypot(physics.shadowing_db, physics.calibration_sigma_db),
+                     0.5 * (physics.tx_power_min_dbm + physics.tx_power_max_dbm) - physics.ref_loss_db,
+                     span / math.sqrt(12.0), 1.0], np.float32)
 
 
 @dataclass(frozen=True)
@@ -300,7 +325,8 @@ def _check_graph(graph: onnx.GraphProto, meta: ModelMetadata | None) -> list[str
     initializers = {t.name for t in graph.initializer}
     inputs = {v.name: v for v in graph.input if v.name not in initializers}
     outputs = {v.name: v for v in graph.output}
-    problems = [f"input {n!r}: not in the contract (expected {', '.join(INPUT_NAMES)})" for n in inputs if n not in INPUT_NAMES]
+    problems = [f"input {n!r}: not in the contract (expected {', '.join(INPUT_NAMES)}, optionally "
+                f"{', '.join(OPTIONAL_INPUT_NAMES)})" for n in inputs if n not in INPUT_NAMES + OPTIONAL_INPUT_NAMES]
     sizes = {"B": None}
     if meta is not None:
         sizes.update(R=meta.max_receivers, M=meta.features.n_mels, T=meta.features.n_frames)
@@ -310,6 +336,9 @@ def _check_graph(graph: onnx.GraphProto, meta: ModelMetadata | None) -> list[str
                 problems.append(f"{kind} {tensor.name!r}: missing (got {', '.join(declared) or 'none'})")
             else:
                 problems += _check_tensor(kind, declared[tensor.name], tensor, sizes)
+    for tensor in OPTIONAL_INPUTS:
+        if tensor.name in inputs:
+            problems += _check_tensor("input", inputs[tensor.name], tensor, sizes)
     return problems
 
 

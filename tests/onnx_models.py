@@ -7,6 +7,9 @@ With ``f`` the ``features`` input [B, R, M, T], ``e`` = ``rx_enu_km`` [B, R, 3],
 - ``position_enu_km = sum_r m * e[..., :2] / n + coef * f0``                (coef is a 2-vector)
 - ``covariance_km2 = [[1 + n, c], [c, 2 + mean over R, M, T of f**2]]`` with ``c = 0.5 * tanh(f0)``
 
+With ``site=True`` the model also declares the contract's optional ``site_propagation`` input ``s`` [B, 5] and adds
+``SITE_SHIFT * s[:, :2]`` to the position, so a test can read back the row it was fed.
+
 The covariance is symmetric positive definite for every input (|c| < 0.5, diagonal >= 1 and >= 2), except in the
 ``covariance="not_pd"`` variant, whose upper-left element is ``-(1 + n)``. :func:`known_outputs` is the numpy twin.
 """
@@ -30,6 +33,7 @@ SMALL_SPEC = FeatureSpec(sample_rate_hz=8_000.0, n_fft=16, hop=8, n_mels=4, wind
 OFFSET_DB = -100.0
 SCALE_DB = 20.0
 COEF = (0.5, -0.25)
+SITE_SHIFT = 0.01  # km of position per unit of the site row's first two entries (site=True)
 
 
 def metadata(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, offset_db: float = OFFSET_DB,
@@ -84,7 +88,7 @@ def _known_nodes(coef, covariance: str) -> list[onnx.NodeProto]:
 def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=COEF, offset_db: float = OFFSET_DB,
                 scale_db: float = SCALE_DB, dims: dict | None = None, rename: dict | None = None,
                 elem_type: dict | None = None, meta: ModelMetadata | str | None | bool = True,
-                covariance: str = "pd") -> onnx.ModelProto:
+                covariance: str = "pd", site: bool = False) -> onnx.ModelProto:
     """The known-function model, optionally broken.
 
     dims:      tensor name -> declared shape (list of ints / symbol strings), replacing the contract's
@@ -92,14 +96,26 @@ def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=
     elem_type: tensor name -> TensorProto element type declared instead of FLOAT
     meta:      True = valid metadata, a ModelMetadata, a raw string (written verbatim), None = no metadata
     covariance: "pd" or "not_pd"
+    site:      also take ``site_propagation`` [B, 5] (module doc)
     """
     dims, rename, elem_type = dims or {}, rename or {}, elem_type or {}
     shapes = {
         "features": ["B", max_receivers, spec.n_mels, spec.n_frames], "rx_enu_km": ["B", max_receivers, 3],
         "rx_mask": ["B", max_receivers], "position_enu_km": ["B", 2], "covariance_km2": ["B", 2, 2],
+        "site_propagation": ["B", 5],
     }
     shapes.update(dims)
     nodes = _known_nodes(coef, covariance)
+    inputs = ["features", "rx_enu_km", "rx_mask"]
+    if site:
+        inputs.append("site_propagation")
+        position = next(node for node in nodes if node.output[0] == "position_enu_km")
+        position.output[0] = "position_before_site"
+        nodes += [_const("site_lo", [0], np.int64), _const("site_hi", [2], np.int64), _const("site_ax", [1], np.int64),
+                  _const("site_shift", SITE_SHIFT),
+                  helper.make_node("Slice", ["site_propagation", "site_lo", "site_hi", "site_ax"], ["site_two"]),
+                  helper.make_node("Mul", ["site_two", "site_shift"], ["site_offset"]),
+                  helper.make_node("Add", ["position_before_site", "site_offset"], ["position_enu_km"])]
 
     def value_info(name: str) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(rename.get(name, name), elem_type.get(name, TensorProto.FLOAT), shapes[name])
@@ -112,7 +128,7 @@ def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=
             nodes.append(helper.make_node("Identity", [name], [rename[name]]))
     graph = helper.make_graph(
         nodes, "known_function",
-        [value_info(n) for n in ("features", "rx_enu_km", "rx_mask")],
+        [value_info(n) for n in inputs],
         [value_info(n) for n in ("position_enu_km", "covariance_km2")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="heimdall-tests")
@@ -127,14 +143,17 @@ def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=
 
 
 def known_outputs(features: np.ndarray, rx_enu_km: np.ndarray, rx_mask: np.ndarray, coef=COEF,
-                  covariance: str = "pd") -> tuple[np.ndarray, np.ndarray]:
-    """numpy twin of the known model, for the inputs exactly as the model receives them (float64 results)."""
+                  covariance: str = "pd", site: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """numpy twin of the known model, for the inputs exactly as the model receives them (float64 results);
+    ``site`` [B, 5] or [5]: the row a ``site=True`` model was fed."""
     f = np.asarray(features, np.float64)
     m = np.asarray(rx_mask, np.float64)
     e = np.asarray(rx_enu_km, np.float64)
     count = m.sum(axis=1)
     f0 = f[:, 0].mean(axis=(1, 2))
     position = (e[..., :2] * m[..., None]).sum(axis=1) / count[:, None] + f0[:, None] * np.asarray(coef)
+    if site is not None:
+        position = position + SITE_SHIFT * np.asarray(site, np.float64)[..., :2]
     s1 = (1.0 + count) * (-1.0 if covariance == "not_pd" else 1.0)
     s2 = 2.0 + (f**2).mean(axis=(1, 2, 3))
     c = 0.5 * np.tanh(f0)

@@ -244,3 +244,33 @@ def test_provider_reports_what_the_session_runs_not_what_was_requested(model_pat
         "CUDAExecutionProvider")
     assert est.provider == est.session.get_providers()[0] == "CPUExecutionProvider"
     assert "runs on CPUExecutionProvider (requested CUDAExecutionProvider, CPUExecutionProvider)" in caplog.text
+
+
+def test_a_model_that_takes_the_site_gets_the_row_given_or_zeros(tmp_path):
+    rng = np.random.default_rng(7)
+    features, enu = _inputs(rng, 2, 3)
+    mask = np.ones((2, 3))
+    est = OnnxEstimator(save(known_model(site=True), tmp_path))
+    assert est.takes_site
+    row = np.array([3.2, 6.5, -40.0, 4.0, 1.0])
+    for given, fed in ((row, row), (np.stack([row, 2 * row]), np.stack([row, 2 * row])), (None, np.zeros(5))):
+        position, _ = known_outputs(*_fed(features, enu, mask), site=fed)
+        np.testing.assert_allclose(est.run(features, enu, mask, given).position_enu_km, position, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("site, message", [(np.ones(4), r"site: expected \[5\] or \[1, 5\], got \[4\]"),
+                                           (np.full(5, np.nan), "site: not finite")])
+def test_a_bad_site_row_is_refused(tmp_path, site, message):
+    features, enu = _inputs(np.random.default_rng(8), 1, 3)
+    est = OnnxEstimator(save(known_model(site=True), tmp_path))
+    with pytest.raises(ValueError, match=message):
+        est.run(features, enu, np.ones((1, 3)), site)
+
+
+def test_a_model_without_the_site_input_ignores_a_site(model_path):
+    features, enu = _inputs(np.random.default_rng(9), 1, 3)
+    mask = np.ones((1, 3))
+    est = OnnxEstimator(model_path)
+    assert not est.takes_site
+    np.testing.assert_allclose(est.run(features, enu, mask, np.ones(5)).position_enu_km,
+                               est.run(features, enu, mask).position_enu_km)

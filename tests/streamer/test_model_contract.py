@@ -164,6 +164,10 @@ D = onnx.TensorProto.DOUBLE
         ({"dims": {"rx_enu_km": ["B", 4, 2]}}, ["input 'rx_enu_km': dim 2 (axis 2) expected 3 (contract), got 2"]),
         ({"dims": {"features": ["B", 4, 12]}}, ["input 'features': rank expected 4 ['B', 'R', 'M', 'T'], got 3"]),
         ({"dims": {"covariance_km2": ["B", 4]}}, ["output 'covariance_km2': rank expected 3"]),
+        ({"site": True, "dims": {"site_propagation": ["B", 4]}},
+         ["input 'site_propagation': dim 1 (axis 1) expected 5 (contract), got 4"]),
+        ({"site": True, "elem_type": {"site_propagation": D}},
+         ["input 'site_propagation': element type expected float32, got double"]),
         ({"meta": None}, ["metadata 'heimdall': missing from metadata_props"]),
         ({"meta": "{not json"}, ["metadata 'heimdall': not valid JSON"]),
         ({"meta": _meta_json(normalisation=None)}, ["metadata 'heimdall': missing keys: normalisation"]),
@@ -176,6 +180,10 @@ def test_broken_models_are_refused_with_the_difference(tmp_path, kwargs, expecte
         check_model(path)
     for line in expected:
         assert line in str(info.value)
+
+
+def test_the_optional_site_input_is_accepted(tmp_path):
+    assert check_model(save(known_model(site=True), tmp_path)) == metadata()
 
 
 def test_metadata_disagreeing_with_static_dims_is_refused(tmp_path):

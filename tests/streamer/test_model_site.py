@@ -1,0 +1,52 @@
+"""The daemon tells a model that takes the contract's optional ``site_propagation`` input the site's
+propagation from ``estimator.physics`` (``estimator.model_site = "physics"``), or nothing ("none")."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from streamer.config import PhysicsConfig, load
+from streamer.errors import ConfigError
+from streamer.estimate import EstimatorInputs
+from streamer.estimators import OnnxModel
+from streamer.geodesy import network_geometry
+from streamer.model_contract import site_propagation
+from tests.helpers.daemon import write_config
+from tests.onnx_models import SITE_SHIFT, known_model, save
+
+
+def test_site_propagation_is_what_the_physics_estimator_is_configured_with():
+    physics = PhysicsConfig(path_loss_exponent=2.7, ref_loss_db=80.0, shadowing_db=6.0, calibration_sigma_db=2.5,
+                            tx_power_min_dbm=30.0, tx_power_max_dbm=42.0)
+    np.testing.assert_allclose(site_propagation(physics), [2.7, 6.5, 36.0 - 80.0, 12.0 / math.sqrt(12.0), 1.0], rtol=1e-6)
+    assert site_propagation(None).tolist() == [0.0] * 5
+
+
+@pytest.mark.parametrize("model_site", ["physics", "none"])
+def test_the_daemon_feeds_the_configured_site_or_nothing(tmp_path, model_site):
+    config = load(write_config(tmp_path, {}))
+    model = save(known_model(config.features, max_receivers=8, site=True), tmp_path)
+    physics = dataclasses.replace(config.estimator.physics, path_loss_exponent=2.5, shadowing_db=4.0,
+                                  calibration_sigma_db=3.0)
+    told = dataclasses.replace(config, estimator=dataclasses.replace(
+        config.estimator, model=str(model), providers=("CPUExecutionProvider",), physics=physics, model_site=model_site))
+    plain = dataclasses.replace(told, estimator=dataclasses.replace(told.estimator, model_site="none"))
+    _, rx_enu_m, _ = network_geometry(config)
+    n_rx = len(config.receivers)
+    rng = np.random.default_rng(3)
+    inputs = EstimatorInputs(
+        features_dbm=rng.normal(-120, 3, (n_rx, config.features.n_mels, config.features.n_frames)).astype(np.float32),
+        rx_enu_m=rx_enu_m, present=np.ones(n_rx, bool), heard=np.ones(n_rx, bool),
+        rx_power_dbm=np.full(n_rx, -95.0), detection_level_dbm=np.full(n_rx, -110.0))
+    shift_m = OnnxModel(told).estimate(inputs).position_en_m - OnnxModel(plain).estimate(inputs).position_en_m
+    expected = 1000.0 * SITE_SHIFT * np.array([2.5, 5.0]) if model_site == "physics" else np.zeros(2)
+    np.testing.assert_allclose(shift_m, expected, atol=1e-3)
+
+
+def test_an_unknown_model_site_is_refused_by_key(tmp_path):
+    with pytest.raises(ConfigError, match="estimator.model_site"):
+        load(write_config(tmp_path, {"estimator": {"model_site": "guess"}}))
