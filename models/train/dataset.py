@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamer import features as feature_module
-from streamer.config import Config, from_dict
+from streamer.config import Config, PhysicsConfig, from_dict
 from streamer.features import FeatureSpec
 from streamer.geodesy import Origin, enu_to_geodetic
 from streamer.physics import channel_power
@@ -238,11 +238,57 @@ def _empty(max_receivers: int, spec: FeatureSpec) -> Windows:
                    np.zeros(0, np.int32), np.zeros((0, r), np.float32))
 
 
+def physics_config_for(config: Config) -> PhysicsConfig:
+    """The true propagation parameters of a simulated world, as a ``PhysicsConfig`` (what the oracle physics
+    estimator of ``evaluate`` is told, and the site a model is given in training)."""
+    from streamer.geodesy import network_geometry
+
+    sim = config.simulator
+    _, _, area = network_geometry(config)
+    return PhysicsConfig(path_loss_exponent=sim.path_loss_exponent, ref_loss_db=sim.ref_loss_db,
+                         shadowing_db=sim.shadowing_db, calibration_sigma_db=max(sim.calibration_sigma_db, 0.5),
+                         tx_power_min_dbm=sim.tx_power_min_dbm, tx_power_max_dbm=sim.tx_power_max_dbm,
+                         grid_step_km=max(area.width_m, area.height_m) / 1000.0 / 100.0, tx_alt_m=sim.tx_alt_m)
+
+
+def world_config(seed: int, w: int, top_up: int = 0) -> tuple[Config, np.random.Generator]:
+    """World ``w`` of ``seed`` (``top_up`` > 0: a fresh world drawn to top up a short chunk) and the generator
+    its windows are then drawn with."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, w] + ([top_up] if top_up else [])))
+    return random_network_config(rng, seed=int(rng.integers(1, 2**31))), rng
+
+
+def world_sites(data: Windows, seed: int, max_top_up: int = 64) -> np.ndarray:
+    """``site_propagation`` [N, 5] of each window of ``generate(..., seed=seed)``: its world's true propagation.
+
+    A window's world is ``data.world`` unless a top-up world took that index too, so each window is matched to
+    the candidate world whose receiver heights include every present receiver's (heights are continuous
+    random draws: one world's set matches no other's)."""
+    from streamer.model_contract import site_propagation
+
+    sites = np.zeros((len(data), 5), np.float32)
+    found = np.zeros(len(data), bool)
+    for w in np.unique(data.world):
+        idx = np.flatnonzero(data.world == w)
+        for top_up in range(max_top_up + 1):
+            config, _ = world_config(seed, int(w), top_up)
+            alts = np.array([rx.alt_m for rx in config.receivers])
+            for i in idx[~found[idx]]:
+                present = data.rx_alt_m[i][data.rx_mask[i] > 0.5]
+                if np.all(np.min(np.abs(present[:, None] - alts[None, :]), axis=1) < 1e-3):
+                    sites[i], found[i] = site_propagation(physics_config_for(config)), True
+            if found[idx].all():
+                break
+    if not found.all():
+        raise ValueError(f"{int((~found).sum())} windows match no world of seed {seed} (world indices "
+                         f"{sorted(set(data.world[~found].tolist()))[:5]}...)")
+    return sites
+
+
 def _world_job(args) -> Windows:
     seed, w, n, spec_dict, top_up, oversampling = args
     spec = FeatureSpec(**{k: v for k, v in spec_dict.items() if k != "n_frames"})
-    rng = np.random.default_rng(np.random.SeedSequence([seed, w] + ([top_up] if top_up else [])))
-    config = random_network_config(rng, seed=int(rng.integers(1, 2**31)))
+    config, rng = world_config(seed, w, top_up)
     outage = float(rng.uniform(0.0, 0.3)) if rng.random() < 0.6 else 0.0
     data = draw_windows(config, n, rng, spec, outage_prob=outage, oversampling=oversampling)
     data.world[:] = w

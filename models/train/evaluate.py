@@ -22,10 +22,14 @@ it, i.e. at least three receivers hear the transmitter by its detection rule):
                  as ``powder-random``; ``--test-split PATH`` any split file of the data folder (e.g.
                  ``special_test_cases/indoor.json``) as ``powder-<file stem>``, by the same rule.
 
-Methods: each ONNX model (named by its file stem) through ``streamer.inference.OnnxEstimator.run``;
+Methods: each ONNX model (named by its file stem) through ``streamer.inference.OnnxEstimator.run``; a model
+that takes the contract's optional ``site_propagation`` input is told the dataset's propagation exactly as the
+physics estimator is configured (``site_propagation`` of the same ``PhysicsConfig``, as the daemon feeds
+``estimator.physics``'s), and is scored a second time told nothing as ``<model>-blind``;
 ``physics``: ``streamer.physics.PhysicsEstimator`` on ``channel_power`` of the same frames, as the daemon
 runs it, given the true propagation parameters of each simulated world (path-loss exponent, 1 km loss,
-shadowing and calibration sigmas, power range, transmitter height: an oracle the model does not get), grid
+shadowing and calibration sigmas, power range, transmitter height: an oracle; a site-taking model is told
+the same, a blind one nothing); on POWDER the parameters fitted on the fitting rows. Grid
 step = the larger side of the search area / 100 (2 km on the default network, as configured there);
 ``centroid``: the mean of the receivers that heard, covariance = their spread + (0.1 km)^2 I.
 ``<model>+site``: the model with a site's ellipse calibration (``heimdall calibrate-ellipses``), each network
@@ -37,6 +41,10 @@ its own 32 + 32 draws; on POWDER the test rows are the site's.
 Scores per method: median, mean and 90th-percentile error (m); coverage of the 68 % and 95 % ellipses
 (fraction with Mahalanobis^2 <= 2.279 and <= 5.991); mean NLL of the truth under the reported Gaussian in
 metres, 1/2 r^T C^-1 r + 1/2 ln|C| + ln 2 pi; and n.
+
+``--from-json FILE --gates`` prints, per dataset and model method, its mean and p90 error relative to the
+physics posterior's and whether it meets the accuracy gates of issue 3 (``GATES``: within 5 % of the posterior
+in mean and p90 error, cov68 in [0.64, 0.76], cov95 in [0.93, 0.97]; on POWDER the median and cov95 gates).
 """
 
 from __future__ import annotations
@@ -51,11 +59,12 @@ import numpy as np
 
 from models.train.commands import non_negative_int, positive_int
 from models.train.dataset import (CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, MAX_RECEIVERS, NOISE_BAND_FRACTION, Windows,
-                                  _spec_tag, draw_windows, random_network_config)
+                                  _spec_tag, draw_windows, physics_config_for, random_network_config)
 from streamer.config import Config, PhysicsConfig, load
 from streamer.ellipse_calibration import coverage, least_nll_scale
 from streamer.features import FeatureSpec
 from streamer.geodesy import mahalanobis_sq
+from streamer.model_contract import site_propagation
 from streamer.physics import PhysicsEstimator, channel_power
 
 EVAL_SEED = 20_260_001
@@ -77,18 +86,6 @@ def _cached(cache_dir, name: str, make: Callable[[], Windows]) -> Windows:
         data.save(tmp)
         tmp.replace(path)
     return data
-
-
-def physics_config_for(config: Config) -> PhysicsConfig:
-    """The true propagation parameters of a simulated world, as a ``PhysicsConfig`` (the oracle of the module doc)."""
-    from streamer.geodesy import network_geometry
-
-    sim = config.simulator
-    _, _, area = network_geometry(config)
-    return PhysicsConfig(path_loss_exponent=sim.path_loss_exponent, ref_loss_db=sim.ref_loss_db,
-                         shadowing_db=sim.shadowing_db, calibration_sigma_db=max(sim.calibration_sigma_db, 0.5),
-                         tx_power_min_dbm=sim.tx_power_min_dbm, tx_power_max_dbm=sim.tx_power_max_dbm,
-                         grid_step_km=max(area.width_m, area.height_m) / 1000.0 / 100.0, tx_alt_m=sim.tx_alt_m)
 
 
 def simulated_sets(n_default: int, n_random: int, spec: FeatureSpec, cache_dir=None,
@@ -162,18 +159,34 @@ def site_calibrated(position_m: np.ndarray, cov_m2: np.ndarray, truth_m: np.ndar
     return out
 
 
-def run_onnx(path: Path, data: Windows, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (m) and covariances (m^2) of an ONNX model through ``OnnxEstimator.run``."""
+def takes_site(path: Path) -> bool:
+    """Whether the ONNX model at ``path`` declares the contract's optional ``site_propagation`` input."""
+    import onnx
+
+    return any(i.name == "site_propagation" for i in onnx.load(str(path), load_external_data=False).graph.input)
+
+
+def run_onnx(path: Path, data: Windows, batch: int = 256, site: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (m) and covariances (m^2) of an ONNX model through ``OnnxEstimator.run``; ``site``: the
+    ``site_propagation`` row it is fed (``None``: unknown), as the daemon feeds ``estimator.physics``'s."""
     from streamer.inference import OnnxEstimator
 
     est = OnnxEstimator(path, providers=("CPUExecutionProvider",))
     pos, cov = [], []
     for i in range(0, len(data), batch):
-        out = est.run(data.features_dbm[i : i + batch], data.rx_enu_km[i : i + batch], data.rx_mask[i : i + batch])
+        out = est.run(data.features_dbm[i : i + batch], data.rx_enu_km[i : i + batch], data.rx_mask[i : i + batch], site)
         bad = ~out.valid
         pos.append(np.where(bad[:, None], np.nan, out.position_enu_km))
         cov.append(np.where(bad[:, None, None], np.nan, out.covariance_km2))
     return 1e3 * np.concatenate(pos), 1e6 * np.concatenate(cov)
+
+
+def model_methods(path: Path) -> dict[str, bool]:
+    """``{method name: told the site}`` to score a model as: ``<stem>``, told the dataset's site propagation
+    (the physics estimator's parameters, as the daemon feeds ``estimator.physics``'s), and, for a model that
+    takes a site, also ``<stem>-blind``, told nothing (it infers them from each window)."""
+    stem = Path(path).stem
+    return {stem: True, f"{stem}-blind": False} if takes_site(Path(path)) else {stem: False}
 
 
 def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -226,9 +239,10 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         truth = data.tx_enu_km.astype(np.float64) * 1e3
         table = {}
         for path in models:
-            position, cov = run_onnx(Path(path), data)
-            table[Path(path).stem] = scores(position, cov, truth)
-            table[f"{Path(path).stem}+site"] = scores(position, site_calibrated(position, cov, truth), truth)
+            for method, told in model_methods(path).items():
+                position, cov = run_onnx(Path(path), data, site=site_propagation(physics_cfg) if told else None)
+                table[method] = scores(position, cov, truth)
+                table[f"{method}+site"] = scores(position, site_calibrated(position, cov, truth), truth)
         if physics:
             table["physics"] = scores(*run_physics(config, physics_cfg, data, spec), truth)
         table["centroid"] = scores(*run_centroid(data), truth)
@@ -238,10 +252,12 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         networks = many_networks(n_networks, spec, cache_dir, oversampling)
         table = {}
         for path in models:
-            estimates = [run_onnx(Path(path), data) for _, _, data in networks]
-            table[Path(path).stem] = score_many(networks, estimates)
-            table[f"{Path(path).stem}+site"] = score_many(networks, [
-                (p, site_calibrated(p, c, data.tx_enu_km.astype(np.float64) * 1e3)) for (p, c), (_, _, data) in zip(estimates, networks)])
+            for method, told in model_methods(path).items():
+                estimates = [run_onnx(Path(path), data, site=site_propagation(ph) if told else None)
+                             for _, ph, data in networks]
+                table[method] = score_many(networks, estimates)
+                table[f"{method}+site"] = score_many(networks, [
+                    (p, site_calibrated(p, c, data.tx_enu_km.astype(np.float64) * 1e3)) for (p, c), (_, _, data) in zip(estimates, networks)])
         if physics:
             table["physics"] = score_many(networks, [run_physics(c, ph, data, spec) for c, ph, data in networks])
         table["centroid"] = score_many(networks, [run_centroid(data) for _, _, data in networks])
@@ -282,6 +298,48 @@ def format_markdown(dataset: str, table: dict) -> str:
     return "\n".join(lines + ([""] + spread if spread else [])) + "\n"
 
 
+#: Issue 3's gates: errors within 5 % of the physics posterior's; coverage intervals (POWDER: median and cov95).
+GATES = {"error_ratio": 1.05, "cov68": (0.64, 0.76), "cov95": (0.93, 0.97), "powder_median_m": 150.0,
+         "powder_cov95": (0.90, 0.98)}
+
+
+def gate_rows(results: dict) -> list[dict]:
+    """Per dataset and model method (not ``physics``/``centroid``): errors relative to ``physics`` and each gate met."""
+    rows = []
+    for dataset, table in results.items():
+        reference = table.get("physics")
+        for method, s in table.items():
+            if method in ("physics", "centroid"):
+                continue
+            row = {"dataset": dataset, "method": method, "cov68": s["cov68"], "cov95": s["cov95"]}
+            if dataset.startswith("powder"):
+                row["met"] = {"median": s["median_m"] <= GATES["powder_median_m"],
+                              "cov95": GATES["powder_cov95"][0] <= s["cov95"] <= GATES["powder_cov95"][1]}
+            else:
+                row["met"] = {"cov68": GATES["cov68"][0] <= s["cov68"] <= GATES["cov68"][1],
+                              "cov95": GATES["cov95"][0] <= s["cov95"] <= GATES["cov95"][1]}
+                if reference is not None:
+                    row["mean_vs_physics"] = s["mean_m"] / reference["mean_m"] - 1.0
+                    row["p90_vs_physics"] = s["p90_m"] / reference["p90_m"] - 1.0
+                    row["met"]["mean"] = s["mean_m"] <= GATES["error_ratio"] * reference["mean_m"]
+                    row["met"]["p90"] = s["p90_m"] <= GATES["error_ratio"] * reference["p90_m"]
+            rows.append(row)
+    return rows
+
+
+def format_gates(results: dict) -> str:
+    """``gate_rows`` as a Markdown table (the gates a row misses, or "none")."""
+    lines = ["| dataset | method | median m | mean vs physics | p90 vs physics | cov68 | cov95 | gates missed |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in gate_rows(results):
+        ratios = [f"{100 * r[k]:+.1f} %" if k in r else "" for k in ("mean_vs_physics", "p90_vs_physics")]
+        missed = ", ".join(k for k, ok in r["met"].items() if not ok) or "none"
+        median = results[r["dataset"]][r["method"]]["median_m"]
+        lines.append(f"| {r['dataset']} | {r['method']} | {median:.0f} | {ratios[0]} | {ratios[1]} | {r['cov68']:.3f} | "
+                     f"{r['cov95']:.3f} | {missed} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_for_metadata(results: dict, method: str) -> tuple[dict, dict]:
     """(accuracy, calibration) dicts for ``ModelMetadata`` from ``evaluate``'s results for one model."""
     accuracy = {ds: {k: table[method][k] for k in ("median_m", "mean_m", "p90_m", "n")} for ds, table in results.items()}
@@ -316,12 +374,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print {dataset: {method: scores}} as JSON")
     parser.add_argument("--from-json", type=Path, default=None, help="print the tables of a saved --json result (no scoring)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for MODEL_CARD.md)")
+    parser.add_argument("--gates", action="store_true",
+                        help="with --from-json: print each model's errors against the physics posterior and the gates met")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``heimdall evaluate`` with parsed arguments."""
     if args.from_json is not None:
         results = json.loads(args.from_json.read_text())
+        if args.gates:
+            print(format_gates(results))
+            return 0
         for name, table in results.items():
             print(format_markdown(name, table) if args.markdown else format_table(name, table))
         return 0

@@ -17,7 +17,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from streamer.model_contract import INPUT_NAMES, OUTPUT_NAMES, ModelMetadata, check_model, write_metadata
+from streamer.model_contract import (INPUT_NAMES, OPTIONAL_INPUT_NAMES, OUTPUT_NAMES, SITE_PROPAGATION_WIDTH, ModelMetadata,
+                                     check_model, write_metadata)
 
 OPSET = 17
 MAX_MODEL_BYTES = 5 * 1024 * 1024
@@ -32,14 +33,18 @@ def export_model(model: torch.nn.Module, path: str | Path, meta: ModelMetadata) 
         torch.zeros(2, meta.max_receivers, 3),
         torch.ones(2, meta.max_receivers),
     )
+    input_names = list(INPUT_NAMES)
+    if getattr(model, "config", {}).get("site_input"):
+        example += (torch.zeros(2, SITE_PROPAGATION_WIDTH),)
+        input_names += list(OPTIONAL_INPUT_NAMES)
     model = model.eval()
     buffer = io.BytesIO()
     # The TorchScript exporter writes one self-contained opset-17 file; torch >= 2.9 warns that it is the legacy path.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # scoped to the export call
         torch.onnx.export(
-            model, example, buffer, input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "B"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)}, opset_version=OPSET,
+            model, example, buffer, input_names=input_names, output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: {0: "B"} for name in (*input_names, *OUTPUT_NAMES)}, opset_version=OPSET,
             dynamo=False,
         )
     proto = onnx.load_from_string(buffer.getvalue())
@@ -59,14 +64,18 @@ def set_metadata(path: str | Path, meta: ModelMetadata) -> None:
 
 
 def onnx_vs_torch(model: torch.nn.Module, path: str | Path, features: np.ndarray, rx_enu_km: np.ndarray,
-                  rx_mask: np.ndarray) -> dict:
-    """Max absolute differences between ONNX Runtime (CPU) and torch on the same normalised inputs."""
+                  rx_mask: np.ndarray, site: np.ndarray | None = None) -> dict:
+    """Max absolute differences between ONNX Runtime (CPU) and torch on the same normalised inputs
+    (``site`` [B, 5]: fed where the model takes ``site_propagation``; ``None`` = unknown)."""
     feeds = {"features": np.ascontiguousarray(features, np.float32), "rx_enu_km": np.ascontiguousarray(rx_enu_km, np.float32),
              "rx_mask": np.ascontiguousarray(rx_mask, np.float32)}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if any(i.name == "site_propagation" for i in session.get_inputs()):
+        feeds["site_propagation"] = np.ascontiguousarray(
+            np.zeros((features.shape[0], SITE_PROPAGATION_WIDTH)) if site is None else site, np.float32)
     pos_ort, cov_ort = session.run(list(OUTPUT_NAMES), feeds)
     with torch.no_grad():
-        pos_t, cov_t = model.eval()(*(torch.from_numpy(feeds[n]) for n in INPUT_NAMES))
+        pos_t, cov_t = model.eval()(*(torch.from_numpy(feeds[n]) for n in feeds))
     return {
         "position_max_abs_diff_km": float(np.max(np.abs(pos_ort - pos_t.numpy()))),
         "covariance_max_abs_diff_km2": float(np.max(np.abs(cov_ort - cov_t.numpy()))),

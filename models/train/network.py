@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from streamer.ellipse_calibration import least_nll_scale
+from streamer.model_contract import SITE_PROPAGATION_WIDTH
 
 MIN_SCALE_KM = 0.2
 CHOL_FLOOR = 1e-3  # smallest Cholesky diagonal, in units of s
@@ -119,13 +120,17 @@ class GridPosterior(nn.Module):
         self.register_buffer("cells", torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1))  # [G, 2]
         self.cell_variance = step * step / 12.0
         self.receiver = nn.Linear(dim, 3)  # power correction (x 10 dB), heard logit, floor correction (x 10 dB)
-        self.scene = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 8))
+        self.scene = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 9))
         for layer in (self.receiver, self.scene[-1]):  # start from the heuristics in the class doc
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, h, pooled, p, up_km, scale, mask, scene_token):
-        """Position [B, 2] and covariance [B, 2, 2] in units of ``scale``, and the per-receiver heard logit [B, R]."""
+    def forward(self, h, pooled, p, up_km, scale, mask, scene_token, site=None):
+        """Position [B, 2] and covariance [B, 2, 2] in units of ``scale``, and the per-receiver heard logit [B, R].
+
+        ``site`` [B, 5] (``streamer.model_contract.site_propagation``): where its last column is 1, the site's
+        path-loss exponent, sigma (dB) and level prior (dBm) replace the inferred ones; the network adds only
+        a learned sigma for its own power-estimation error."""
         band_db = 20.0 * pooled[..., : self.n_mels]  # dB relative to the normalisation offset
         strongest = band_db.max(dim=-1).values
         quietest = band_db.min(dim=-1).values
@@ -141,6 +146,13 @@ class GridPosterior(nn.Module):
         # spread inferred per scene, starting broad (30 dB) about 50 dB.
         level_mean = 50.0 + 20.0 * scene[:, 6:7]
         level_var = (3.0 + (27.0 / math.log(2.0)) * F.softplus(scene[:, 7:8])) ** 2
+        if site is not None:
+            known = site[:, 4:5] > 0.5
+            own_sigma_db = 3.0 * F.softplus(scene[:, 8:9] - 1.0)
+            exponent = torch.where(known, site[:, 0:1], exponent)
+            sigma_db = torch.where(known, torch.sqrt(site[:, 1:2] ** 2 + own_sigma_db**2), sigma_db)
+            level_mean = torch.where(known, site[:, 2:3] + 100.0, level_mean)
+            level_var = torch.where(known, site[:, 3:4] ** 2 + 1.0, level_var)
 
         heard = torch.sigmoid(heard_logit) * mask
         missed = mask - heard
@@ -204,14 +216,15 @@ class LocalizerNet(nn.Module):
     """
 
     def __init__(self, n_mels: int = 32, dim: int = 128, n_layers: int = 3, heads: int = 4, head: str = "grid",
-                 grid_cells: int = 32) -> None:
+                 grid_cells: int = 32, site_input: bool = True) -> None:
         super().__init__()
         if head not in ("direct", "grid"):
             raise ValueError(f"head must be 'direct' or 'grid', not {head!r}")
         self.config = {"n_mels": n_mels, "dim": dim, "n_layers": n_layers, "heads": heads, "head": head}
         if head == "grid":
             self.config["grid_cells"] = grid_cells
-        token_in = 2 * n_mels + 4
+        self.config["site_input"] = site_input
+        token_in = 2 * n_mels + 4 + (SITE_PROPAGATION_WIDTH if site_input else 0)
         self.embed = nn.Sequential(nn.Linear(token_in, dim), nn.GELU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
@@ -231,17 +244,28 @@ class LocalizerNet(nn.Module):
         std = torch.sqrt(((features - mean.unsqueeze(-1)) ** 2).mean(dim=-1) + 1e-6)
         return torch.cat([mean, std], dim=-1)
 
-    def normalised(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor):
+    def normalised(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None):
         """Centre [B, 2] (km), scale [B, 1] (km), position [B, 2] and Cholesky entries [B, 3] in units of scale."""
-        return self.normalised_pooled(self.pool_time(features), rx_enu_km, rx_mask)
+        return self.normalised_pooled(self.pool_time(features), rx_enu_km, rx_mask, site)
 
-    def normalised_pooled(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor):
+    def normalised_pooled(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None):
         """``normalised`` after ``pool_time`` (training pools each window once, up front)."""
-        return self.normalised_pooled_and_heard(pooled, rx_enu_km, rx_mask)[:4]
+        return self.normalised_pooled_and_heard(pooled, rx_enu_km, rx_mask, site)[:4]
 
-    def normalised_pooled_and_heard(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor):
+    @staticmethod
+    def site_token(site: torch.Tensor) -> torch.Tensor:
+        """[B, 5] site propagation -> [B, 5] token features of order 1 (zeros but the flag where unknown)."""
+        known = site[:, 4:5]
+        scaled = torch.cat([site[:, 0:1] - 3.0, (site[:, 1:2] - 6.0) / 3.0, (site[:, 2:3] + 50.0) / 20.0,
+                            (site[:, 3:4] - 5.0) / 5.0], dim=-1)
+        return torch.cat([scaled * known, known], dim=-1)
+
+    def normalised_pooled_and_heard(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor,
+                                    site=None):
         """``normalised_pooled`` plus the grid head's per-receiver heard logits [B, R] (``None`` for the direct head),
-        for ``train.loss_of``'s auxiliary term. Not a contract output: the exported graph leaves them out."""
+        for ``train.loss_of``'s auxiliary term. Not a contract output: the exported graph leaves them out.
+
+        ``site`` [B, 5]: the site's propagation (``streamer.model_contract.site_propagation``); ``None`` = unknown."""
         mask = rx_mask.unsqueeze(-1)  # [B, R, 1]
         count = mask.sum(dim=1).clamp(min=1.0)  # [B, 1]
         xy = rx_enu_km[..., :2]
@@ -251,7 +275,14 @@ class LocalizerNet(nn.Module):
         p = rel / scale.unsqueeze(1)  # [B, R, 2]
         up = torch.tanh(rx_enu_km[..., 2:3] / 0.5)
         log_scale = ((torch.log(scale) - 3.0) / 2.0).unsqueeze(1).expand(-1, p.shape[1], -1)
-        h = self.embed(torch.cat([pooled, p, up, log_scale], dim=-1))
+        token = [pooled, p, up, log_scale]
+        if self.config["site_input"]:
+            if site is None:
+                site = torch.zeros(pooled.shape[0], SITE_PROPAGATION_WIDTH, dtype=pooled.dtype, device=pooled.device)
+            token.append(self.site_token(site).unsqueeze(1).expand(-1, p.shape[1], -1))
+        else:
+            site = None
+        h = self.embed(torch.cat(token, dim=-1))
         key_bias = (1.0 - rx_mask) * NEG
         for block in self.blocks:
             h = block(h, key_bias)
@@ -260,7 +291,7 @@ class LocalizerNet(nn.Module):
         pooled_max = (h + (1.0 - mask) * NEG).max(dim=1).values
         if self.config["head"] == "grid":
             position, cov, heard_logit = self.grid(
-                h, pooled, p, rx_enu_km[..., 2] * rx_mask, scale, rx_mask, torch.cat([pooled_mean, pooled_max], dim=-1))
+                h, pooled, p, rx_enu_km[..., 2] * rx_mask, scale, rx_mask, torch.cat([pooled_mean, pooled_max], dim=-1), site)
             l11 = torch.sqrt(cov[:, 0, 0])
             l21 = cov[:, 1, 0] / l11
             l22 = torch.sqrt(torch.clamp(cov[:, 1, 1] - l21 * l21, min=CHOL_FLOOR**2))
@@ -272,9 +303,10 @@ class LocalizerNet(nn.Module):
         chol = torch.stack([F.softplus(out[:, 2]) + CHOL_FLOOR, out[:, 3], F.softplus(out[:, 4]) + CHOL_FLOOR], dim=-1)
         return centre, scale, position, chol * torch.sqrt(self.covariance_scale), None
 
-    def forward(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor):
-        """Contract outputs: position_enu_km [B, 2] and covariance_km2 [B, 2, 2]."""
-        centre, scale, position, chol = self.normalised(features, rx_enu_km, rx_mask)
+    def forward(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None):
+        """Contract outputs: position_enu_km [B, 2] and covariance_km2 [B, 2, 2]; ``site`` is the optional
+        ``site_propagation`` input [B, 5] (``None``: unknown)."""
+        centre, scale, position, chol = self.normalised(features, rx_enu_km, rx_mask, site)
         l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
         s2 = (scale * scale).squeeze(-1)
         c11 = l11 * l11 * s2
@@ -300,9 +332,10 @@ def gaussian_nll(centre, scale, position, chol, target_km) -> torch.Tensor:
 
 
 def fit_covariance_scale(model: LocalizerNet, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor,
-                         target_km: torch.Tensor, batch_size: int = 512) -> float:
+                         target_km: torch.Tensor, batch_size: int = 512, site: torch.Tensor | None = None) -> float:
     """Set ``model.covariance_scale`` to the factor k on every covariance that minimises the mean Gaussian NLL of
-    the given held-out windows (inputs as for ``normalised_pooled``; ``target_km`` [N, 2]); returns k.
+    the given held-out windows (inputs as for ``normalised_pooled``; ``target_km`` [N, 2]; ``site`` [N, 5] or
+    ``None``); returns k.
 
     With C -> k C a draw's NLL is 1/2 m^2 / k + ln k + const (m^2 = r^T C^-1 r), so the mean is least at
     k = mean(m^2) / 2, a closed form. Training fits the NLL with augmented batches (rotations, extra outages)
@@ -316,7 +349,8 @@ def fit_covariance_scale(model: LocalizerNet, pooled: torch.Tensor, rx_enu_km: t
     m2 = []
     with torch.no_grad():
         for i in range(0, target_km.shape[0], batch_size):
-            out = model.normalised_pooled(pooled[i : i + batch_size], rx_enu_km[i : i + batch_size], rx_mask[i : i + batch_size])
+            part = slice(i, i + batch_size)
+            out = model.normalised_pooled(pooled[part], rx_enu_km[part], rx_mask[part], None if site is None else site[part])
             m2.append(mahalanobis_sq(*out, target_km[i : i + batch_size]))
     k = least_nll_scale(torch.cat(m2).double().numpy())
     model.covariance_scale.fill_(k)

@@ -95,6 +95,7 @@ from streamer.config import PhysicsConfig, from_dict
 from streamer.errors import HeimdallError
 from streamer.features import FeatureSpec
 from streamer.geodesy import Origin, geodetic_to_enu_m, search_area
+from streamer.model_contract import site_propagation
 from streamer.physics import (PhysicsEstimator, channel_power, correlated_error_cov, log_distance_path_loss_db,
                              slant_distance_m)
 from streamer.survey import CORR_BINS_M, correlation_table, fit_correlation, pair_residuals
@@ -621,7 +622,7 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
     ``options`` feeds the physics estimator (default: ``options_for(split)``, the choice ``select`` stored for this
     split's test file, else ``BASELINE_OPTIONS``).
     """
-    from models.train.evaluate import run_centroid, run_onnx, scores, site_calibrated
+    from models.train.evaluate import model_methods, run_centroid, run_onnx, scores, site_calibrated
 
     spec = spec or FeatureSpec()
     options = options or options_for(split, root=root)
@@ -642,10 +643,11 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
     data = Windows.concat([model_windows(sm) for sm in samples])
     truth = data.tx_enu_km.astype(np.float64) * 1e3
     table = {}
-    for path in models:
-        position, cov = run_onnx(Path(path), data)
-        table[Path(path).stem] = scores(position, cov, truth)
-        table[f"{Path(path).stem}+site"] = scores(position, site_calibrated(position, cov, truth), truth)
+    for path in models:  # a model that takes the site is told the fitted exponent and sigma, as by heimdall calibrate
+        for method, told in model_methods(path).items():
+            position, cov = run_onnx(Path(path), data, site=site_propagation(physics_config(fit)) if told else None)
+            table[method] = scores(position, cov, truth)
+            table[f"{method}+site"] = scores(position, site_calibrated(position, cov, truth), truth)
     pos = np.empty((len(samples), 2))
     cov = np.empty((len(samples), 2, 2))
     for b, sample in enumerate(samples):

@@ -20,7 +20,7 @@ Steps (each one printed as it finishes):
 
 Examples (shell)
 ----------------
-``heimdall train --channelized --out models/heimdall-0.1.0.onnx`` (the shipped model's settings; see models/MODEL_CARD.md)
+``heimdall train --channelized --out models/heimdall-0.2.0.onnx`` (the shipped model's settings; see models/MODEL_CARD.md)
 """
 
 from __future__ import annotations
@@ -37,12 +37,17 @@ import torch
 from torch.nn import functional as F
 
 from models.train.commands import VERSION, add_train_arguments as add_arguments, default_out  # noqa: F401
-from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached
+from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached, world_sites
 from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll
 from streamer.features import FeatureSpec
-from streamer.model_contract import ModelMetadata, Normalisation
+from streamer.model_contract import SITE_PROPAGATION_WIDTH, ModelMetadata, Normalisation
 
 NORMALISATION = Normalisation(offset_db=-100.0, scale_db=20.0)
+# In training a window's site propagation (its world's truth) is hidden with this probability, so that the
+# model also works where the operator has not measured it, and otherwise given with errors of about an
+# operator's fit (sd of exponent, of ln sigma, of level in dB).
+SITE_UNKNOWN_PROB = 0.25
+SITE_ERROR = (0.1, 0.1, 2.0)
 FREQ_RANGE_HZ = (144e6, 440e6)
 TRAINING_DATA = (
     "receivers/simulator.py render_windows -> streamer.features.mel_frames_dbm, random networks: 3-16 receivers, "
@@ -52,9 +57,10 @@ TRAINING_DATA = (
 )
 
 
-def to_tensors(data: Windows, batch: int = 1024) -> dict[str, torch.Tensor]:
+def to_tensors(data: Windows, batch: int = 1024, sites: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Model inputs and targets; features normalised with ``NORMALISATION`` (absent slots zero) and pooled
-    over time once (``LocalizerNet.pool_time``, the graph's own first step)."""
+    over time once (``LocalizerNet.pool_time``, the graph's own first step). ``sites`` [N, 5]: each window's
+    ``site_propagation`` (``dataset.world_sites``); ``None``: unknown (zeros)."""
     pooled = []
     for i in range(0, len(data), batch):
         feats = (data.features_dbm[i : i + batch] - NORMALISATION.offset_db) / NORMALISATION.scale_db
@@ -66,11 +72,15 @@ def to_tensors(data: Windows, batch: int = 1024) -> dict[str, torch.Tensor]:
         "rx_mask": torch.from_numpy(data.rx_mask),
         "heard": torch.from_numpy(data.heard),
         "target": torch.from_numpy(data.tx_enu_km),
+        "site": torch.from_numpy(np.zeros((len(data), SITE_PROPAGATION_WIDTH), np.float32) if sites is None
+                                 else np.ascontiguousarray(sites, np.float32)),
     }
 
 
-def augment(batch: dict[str, torch.Tensor], gen: torch.Generator, drop_prob: float) -> dict[str, torch.Tensor]:
-    """Random rotation + mirror of the scene and extra receiver outages (module doc, step 2)."""
+def augment(batch: dict[str, torch.Tensor], gen: torch.Generator, drop_prob: float,
+            site_unknown_prob: float = SITE_UNKNOWN_PROB) -> dict[str, torch.Tensor]:
+    """Random rotation + mirror of the scene, extra receiver outages, and the site's propagation hidden
+    (``site_unknown_prob``) or given with an operator's calibration error (module doc, step 2)."""
     b = batch["target"].shape[0]
     theta = torch.rand(b, generator=gen) * 2 * math.pi
     flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
@@ -86,8 +96,15 @@ def augment(batch: dict[str, torch.Tensor], gen: torch.Generator, drop_prob: flo
     new_mask = mask * ~drop
     absent = LocalizerNet.pool_time(torch.zeros(1, 1, batch["pooled"].shape[-1] // 2, 1))[0, 0]  # a zero-filled slot
     pooled = torch.where(new_mask[..., None] > 0, batch["pooled"], absent)
+    site = batch["site"].clone()
+    noise = torch.randn(b, 3, generator=gen)
+    site[:, 0] += SITE_ERROR[0] * noise[:, 0]
+    site[:, 1] *= torch.exp(SITE_ERROR[1] * noise[:, 1])
+    site[:, 2] += SITE_ERROR[2] * noise[:, 2]
+    hidden = (torch.rand(b, generator=gen) < site_unknown_prob) | (site[:, 4] < 0.5)
+    site = torch.where(hidden[:, None], torch.zeros_like(site), site)
     return {"pooled": pooled, "rx_enu_km": enu * new_mask[..., None],
-            "rx_mask": new_mask, "heard": heard * new_mask, "target": target}
+            "rx_mask": new_mask, "heard": heard * new_mask, "target": target, "site": site}
 
 
 def loss_of(model: LocalizerNet, batch: dict[str, torch.Tensor], heard_weight: float = 0.0) -> torch.Tensor:
@@ -97,7 +114,7 @@ def loss_of(model: LocalizerNet, batch: dict[str, torch.Tensor], heard_weight: f
     censoring term starts from the right receivers; the direct head has no such output and ignores it.
     """
     centre, scale, position, chol, heard_logit = model.normalised_pooled_and_heard(batch["pooled"], batch["rx_enu_km"],
-                                                                                   batch["rx_mask"])
+                                                                                   batch["rx_mask"], batch.get("site"))
     loss = gaussian_nll(centre, scale, position, chol, batch["target"]).mean()
     if heard_weight and heard_logit is not None:
         mask = batch["rx_mask"]
@@ -113,7 +130,8 @@ def evaluate_nll(model: LocalizerNet, data: dict[str, torch.Tensor], batch_size:
     with torch.no_grad():
         for i in range(0, data["target"].shape[0], batch_size):
             part = {k: v[i : i + batch_size] for k, v in data.items()}
-            centre, scale, position, chol = model.normalised_pooled(part["pooled"], part["rx_enu_km"], part["rx_mask"])
+            centre, scale, position, chol = model.normalised_pooled(part["pooled"], part["rx_enu_km"], part["rx_mask"],
+                                                                    part["site"])
             nlls.append(gaussian_nll(centre, scale, position, chol, part["target"]))
             errs.append(torch.linalg.norm(centre + scale * position - part["target"], dim=-1))
     model.train()
@@ -198,10 +216,11 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     model = LocalizerNet(n_mels=spec.n_mels, dim=dim, n_layers=layers, head=head)
     # Keep time for export and scoring: about 1.5 s per scored draw-set of 100 on this kind of CPU.
     reserve = 60.0 + (0.02 * eval_n * 4 if eval_n else 0.0)
-    val = to_tensors(val_data)
-    summary = fit(model, to_tensors(train_data), val, steps=steps, batch_size=batch_size, lr=lr,
+    val = to_tensors(val_data, sites=world_sites(val_data, seed + 1))
+    summary = fit(model, to_tensors(train_data, sites=world_sites(train_data, seed)), val, steps=steps, batch_size=batch_size, lr=lr,
                   drop_prob=drop_prob, seed=seed, deadline=deadline - reserve, heard_weight=heard_weight, log=log)
-    summary["covariance_scale"] = fit_covariance_scale(model, val["pooled"], val["rx_enu_km"], val["rx_mask"], val["target"])
+    summary["covariance_scale"] = fit_covariance_scale(model, val["pooled"], val["rx_enu_km"], val["rx_mask"], val["target"],
+                                                       site=val["site"])
     log(f"covariance scale fitted on the {len(val_data)} validation windows: {summary['covariance_scale']:.4f}"
         f" (the least-NLL k in C -> k C; validation NLL {evaluate_nll(model, val)[0]:.3f} after, {summary['best_val_nll']:.3f} before)")
     args_summary = {"n_train": n_train, "n_val": n_val, "steps": summary["steps_run"], "batch_size": batch_size,
@@ -219,7 +238,8 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     export_model(model, out, meta)
     check = val_data.subset(slice(0, 256))
     feats = (check.features_dbm - NORMALISATION.offset_db) / NORMALISATION.scale_db * check.rx_mask[..., None, None]
-    diff = onnx_vs_torch(model, out, feats, check.rx_enu_km * check.rx_mask[..., None], check.rx_mask)
+    diff = onnx_vs_torch(model, out, feats, check.rx_enu_km * check.rx_mask[..., None], check.rx_mask,
+                         val["site"][:256].numpy())
     log(f"ONNX Runtime vs torch on {diff['n']} validation windows: position max abs diff "
         f"{diff['position_max_abs_diff_km']:.2e} km, covariance max abs diff {diff['covariance_max_abs_diff_km2']:.2e} km^2")
     size = out.stat().st_size

@@ -53,3 +53,28 @@ def test_site_calibration_scales_each_half_by_the_factor_fitted_on_the_other_hal
     assert ratio[1::2] == pytest.approx(np.full(n // 2, 1.0), rel=0.08)
     one = evaluate.site_calibrated(np.zeros((1, 2)), cov[:1], truth[:1])
     assert np.isnan(one).all()  # a single draw: no other half to fit on
+
+
+def _scores(median, mean, p90, cov68, cov95):
+    return {"median_m": median, "mean_m": mean, "p90_m": p90, "cov68": cov68, "cov95": cov95, "nll": 1.0, "n": 10}
+
+
+def test_gates_compare_each_model_with_the_physics_posterior_and_name_what_it_misses(tmp_path, capsys):
+    results = {
+        "default": {"physics": _scores(90, 100, 200, 0.70, 0.95), "centroid": _scores(1, 1, 1, 0.1, 0.1),
+                    "m": _scores(95, 105, 209, 0.70, 0.95), "far": _scores(95, 106, 211, 0.77, 0.92)},
+        "powder-grid": {"physics": _scores(138, 180, 300, 0.8, 0.95), "m": _scores(151, 200, 400, 0.6, 0.90)},
+    }
+    rows = {(r["dataset"], r["method"]): r for r in evaluate.gate_rows(results)}
+    assert set(rows) == {("default", "m"), ("default", "far"), ("powder-grid", "m")}  # not physics, not centroid
+    assert rows["default", "m"]["mean_vs_physics"] == pytest.approx(0.05) and all(rows["default", "m"]["met"].values())
+    assert [k for k, ok in rows["default", "far"]["met"].items() if not ok] == ["cov68", "cov95", "mean", "p90"]
+    assert rows["powder-grid", "m"]["met"] == {"median": False, "cov95": True}
+    path = tmp_path / "results.json"
+    import json
+
+    path.write_text(json.dumps(results))
+    assert evaluate.main(["--from-json", str(path), "--gates"]) == 0
+    out = capsys.readouterr().out
+    assert "| default | m | 95 | +5.0 % | +4.5 % | 0.700 | 0.950 | none |" in out
+    assert "| powder-grid | m | 151 |  |  | 0.600 | 0.900 | median |" in out

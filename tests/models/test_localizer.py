@@ -18,7 +18,7 @@ from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nl
 from models.train.train import NORMALISATION, fit, loss_of, metadata, to_tensors  # noqa: E402
 from streamer.features import FeatureSpec  # noqa: E402
 from streamer.inference import OnnxEstimator  # noqa: E402
-from streamer.model_contract import check_model, read_metadata  # noqa: E402
+from streamer.model_contract import check_model, read_metadata, site_propagation  # noqa: E402
 
 SPEC = FeatureSpec()
 R = dataset.MAX_RECEIVERS
@@ -284,12 +284,15 @@ def test_short_training_beats_the_receiver_centroid():
     train = dataset.generate(1536, seed=101, spec=SPEC, windows_per_world=48, workers=2)
     held_out = dataset.generate(384, seed=202, spec=SPEC, windows_per_world=48, workers=2)  # other networks
     model = LocalizerNet(n_mels=SPEC.n_mels, dim=64, n_layers=2)
-    fit(model, to_tensors(train), to_tensors(held_out.subset(slice(0, 128))), steps=400, batch_size=64, lr=2e-3,
+    held_out_sites = dataset.world_sites(held_out, 202)
+    fit(model, to_tensors(train, sites=dataset.world_sites(train, 101)),
+        to_tensors(held_out.subset(slice(0, 128)), sites=held_out_sites[:128]), steps=400, batch_size=64, lr=2e-3,
         drop_prob=0.1, seed=0, deadline=time.monotonic() + 240, heard_weight=0.3, log=lambda *a: None)
     test = held_out.subset(slice(128, None))
     feats = (test.features_dbm - NORMALISATION.offset_db) / NORMALISATION.scale_db * test.rx_mask[..., None, None]
     with torch.no_grad():
-        pos, _ = model.eval()(torch.from_numpy(feats), torch.from_numpy(test.rx_enu_km), torch.from_numpy(test.rx_mask))
+        pos, _ = model.eval()(torch.from_numpy(feats), torch.from_numpy(test.rx_enu_km), torch.from_numpy(test.rx_mask),
+                              torch.from_numpy(held_out_sites[128:]))
     err_model = np.linalg.norm(pos.numpy() - test.tx_enu_km, axis=-1)
     centroid, _ = run_centroid(test)
     err_centroid = np.linalg.norm(centroid / 1e3 - test.tx_enu_km, axis=-1)
@@ -310,7 +313,9 @@ def test_evaluate_json_has_every_dataset_and_method(exported, capsys, tmp_path):
     assert set(results) == {"default", "random-0", "random-1", "random-2", "random-many"}
     keys = {"median_m", "mean_m", "p90_m", "cov68", "cov95", "nll", "n"}
     for name, table in results.items():
-        assert set(table) == {exported.stem, f"{exported.stem}+site", "physics", "centroid"}
+        # the tiny model takes the site: scored told it (as the daemon runs it) and blind
+        assert set(table) == {exported.stem, f"{exported.stem}+site", f"{exported.stem}-blind", f"{exported.stem}-blind+site",
+                              "physics", "centroid"}
         model, site = table[exported.stem], table[f"{exported.stem}+site"]  # the same positions, other ellipses
         assert all(site[k] == model[k] for k in ("median_m", "mean_m", "p90_m", "n")) and site["nll"] != model["nll"]
         for s in table.values():
@@ -344,19 +349,75 @@ def test_untrained_grid_head_is_the_log_distance_posterior():
     model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid").eval()
     with torch.no_grad():
         model.grid.scene[-1].bias[1] = -10.0  # sigma = 1 + 7.2 softplus(-10) dB = 1.0 dB
-    rx = np.array([[-20.0, -15.0], [25.0, -10.0], [5.0, 30.0], [-30.0, 20.0], [15.0, 5.0], [-50.0, -45.0]])
-    tx = np.array([3.0, 4.0])
-    dist_km = np.linalg.norm(rx - tx, axis=-1)
-    level_db = 60.0 - 30.0 * np.log10(dist_km)  # dB above -100 dBm
-    noise_db = 0.0  # -100 dBm in every band; the far receiver (last) hears nothing above it
-    bands = np.full((1, len(rx), SPEC.n_mels), noise_db)
-    heard = level_db > noise_db + 8.0
-    bands[0, heard, 5] = level_db[heard]
-    assert heard.tolist() == [True] * 5 + [False]
-    pooled = torch.from_numpy(np.concatenate([bands / 20.0, np.full_like(bands, 0.01)], axis=-1).astype(np.float32))
-    enu = torch.from_numpy(np.c_[rx, np.zeros(len(rx))][None].astype(np.float32))
+    pooled, enu, mask, tx = _log_distance_scene()
+    assert (pooled[0, :, 5] > 8.0 / 20.0).tolist() == [True] * 5 + [False]  # the far receiver hears nothing
     with torch.no_grad():
-        centre, scale, position, _ = model.normalised_pooled(pooled, enu, torch.ones(1, len(rx)))
+        centre, scale, position, _ = model.normalised_pooled(pooled, enu, mask)
     estimate = (centre + scale * position)[0].numpy()
     # Within a cell (5/32 of the scale) of the truth.
     assert np.linalg.norm(estimate - tx) < 0.15 * float(scale), (estimate, tx, float(scale))
+
+
+def test_world_sites_are_each_windows_own_world():
+    data = dataset.generate(24, seed=303, spec=SPEC, windows_per_world=8)
+    sites = dataset.world_sites(data, 303)
+    for i in range(len(data)):
+        config, _ = dataset.world_config(303, int(data.world[i]))
+        np.testing.assert_array_equal(sites[i], site_propagation(dataset.physics_config_for(config)))
+    assert len({tuple(row) for row in sites}) == len(set(data.world.tolist()))
+    with pytest.raises(ValueError, match="match no world of seed 304"):
+        dataset.world_sites(data, 304, max_top_up=1)
+
+
+def _log_distance_scene(level_at_1km_db: float = 60.0, exponent: float = 3.0):
+    """Six receivers, five of which hear a transmitter at (3, 4) km with log-distance powers (no shadowing)."""
+    rx = np.array([[-20.0, -15.0], [25.0, -10.0], [5.0, 30.0], [-30.0, 20.0], [15.0, 5.0], [-50.0, -45.0]])
+    tx = np.array([3.0, 4.0])
+    level_db = level_at_1km_db - 10.0 * exponent * np.log10(np.linalg.norm(rx - tx, axis=-1))  # dB above -100 dBm
+    bands = np.zeros((1, len(rx), SPEC.n_mels))  # -100 dBm noise in every band
+    heard = level_db > 8.0
+    bands[0, heard, 5] = level_db[heard]
+    pooled = torch.from_numpy(np.concatenate([bands / 20.0, np.full_like(bands, 0.01)], axis=-1).astype(np.float32))
+    enu = torch.from_numpy(np.c_[rx, np.zeros(len(rx))][None].astype(np.float32))
+    return pooled, enu, torch.ones(1, len(rx)), tx
+
+
+def test_untrained_grid_head_uses_the_site_it_is_told():
+    """Told the site (exponent 3, sigma 1 dB, the level at 1 km), the untrained grid head puts the posterior mean
+    on the transmitter, and a larger told sigma widens its covariance; told nothing, it stays at its guesses."""
+    torch.manual_seed(0)
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid").eval()
+    pooled, enu, mask, tx = _log_distance_scene()
+
+    def run(site):
+        with torch.no_grad():
+            centre, scale, position, chol = model.normalised_pooled(pooled, enu, mask, None if site is None else
+                                                                    torch.tensor([site], dtype=torch.float32))
+        return (centre + scale * position)[0].numpy(), chol[0].numpy(), float(scale)
+
+    told, chol_sharp, scale = run([3.0, 1.0, -40.0, 3.0, 1.0])
+    assert np.linalg.norm(told - tx) < 0.15 * scale, (told, tx, scale)
+    _, chol_wide, _ = run([3.0, 8.0, -40.0, 3.0, 1.0])
+    assert chol_wide[0] * chol_wide[2] > 4.0 * chol_sharp[0] * chol_sharp[2]  # |C|^(1/2) at least 4 x larger
+    blind, _, _ = run(None)
+    np.testing.assert_allclose(run([0.0, 0.0, 0.0, 0.0, 0.0])[0], blind)  # the zero row is "unknown"
+    assert np.linalg.norm(blind - tx) > np.linalg.norm(told - tx)
+
+
+def test_onnx_equals_torch_when_told_a_site(tmp_path):
+    torch.manual_seed(0)
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid").eval()
+    with torch.no_grad():
+        for layer in (model.grid.receiver, model.grid.scene[-1]):
+            layer.weight.normal_(0.0, 0.05)
+    path = export_model(model, tmp_path / "site.onnx", metadata(SPEC, {"test": True}))
+    feats, enu, mask = random_inputs(8, seed=12)
+    rng = np.random.default_rng(13)
+    site = np.c_[rng.uniform(2, 4, 8), rng.uniform(3, 9, 8), rng.uniform(-90, -20, 8), rng.uniform(1, 6, 8),
+                 (np.arange(8) % 2)].astype(np.float32)
+    diff = onnx_vs_torch(model, path, feats, enu, mask, site)
+    with torch.no_grad():
+        _, cov = model(*(torch.from_numpy(a) for a in (feats, enu, mask, site)))
+    # float32 rounding, relative to each window's own covariance (told sigmas make some ellipses small)
+    assert diff["position_max_abs_diff_km"] < 1e-3
+    assert diff["covariance_max_abs_diff_km2"] < 1e-3 * float(cov.abs().amax(dim=(1, 2)).min())
