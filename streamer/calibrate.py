@@ -23,6 +23,8 @@ Model (the daemon's, ``streamer.physics``): ``measured_ir = P_i - PL(d_ir) + off
 ``PL = ref_loss_db + 10 n log10(d / 1 km)`` (``log_distance_path_loss_db``), d the 3-D distance
 (``slant_distance_m``, ENU from ``network_geometry``), ``ref_loss_db`` and n from ``estimator.physics``
 (n fitted with ``--fit-exponent``). Least squares gives ``offset_r``; the new ``calibration_db = old - offset``.
+``--fit-sigma`` also writes the residuals' standard deviation as ``estimator.physics.shadowing_db``: with the
+exponent, what the physics estimator and the model (its ``site_propagation`` input) are told about the site.
 A receiver with fewer than ``MIN_OBSERVATIONS`` readings is left unchanged and named in an error line.
 
 ``fit_path_loss`` is the one implementation of this fit; ``models/train/powder.py`` uses it for POWDER.
@@ -269,6 +271,7 @@ class Calibration:
     fit_exponent: bool
     refused: dict[str, str]   # receiver id -> why it is left unchanged (it has a column, too few readings)
     absent: tuple[str, ...]   # receivers without a column in the observations: left unchanged
+    fit_sigma: bool = False   # write the residual sigma as estimator.physics.shadowing_db
 
 
 def link_geometry(config, obs: Observations) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -296,8 +299,9 @@ def residuals_db(cal: "Calibration", obs: Observations, distance_m: np.ndarray, 
     return np.where(fit.fitted[None, :], measured - model, np.nan)
 
 
-def calibrate(config, obs: Observations, *, fit_exponent: bool = False) -> Calibration:
-    """Fit offsets (and n) from ``obs`` against ``config``'s receivers and ``estimator.physics`` (module doc)."""
+def calibrate(config, obs: Observations, *, fit_exponent: bool = False, fit_sigma: bool = False) -> Calibration:
+    """Fit offsets (and n) from ``obs`` against ``config``'s receivers and ``estimator.physics`` (module doc);
+    ``fit_sigma``: the written config also gets the residual sigma as ``shadowing_db``."""
     physics = config.estimator.physics
     ids = tuple(rx.id for rx in config.receivers)
     _, distance_m, measured = link_geometry(config, obs)
@@ -313,11 +317,17 @@ def calibrate(config, obs: Observations, *, fit_exponent: bool = False) -> Calib
     absent = tuple(rx_id for rx_id in ids if rx_id not in obs.receiver_ids)
     refused = {rx_id: f"{fit.n_obs[r]} observation(s), need at least {MIN_OBSERVATIONS}"
                for r, rx_id in enumerate(ids) if not fit.fitted[r] and rx_id not in absent}
-    return Calibration(ids, old, new, fit, fit_exponent, refused, absent)
+    if fit_sigma and not fit.sigma_db >= MIN_SIGMA_DB:
+        raise ObservationsError(f"{obs.source}: cannot fit the shadowing sigma: the residuals' standard deviation is "
+                                f"{fit.sigma_db:.3f} dB over {fit.links} readings (expected >= {MIN_SIGMA_DB} dB; too few "
+                                "readings for the unknowns?)")
+    return Calibration(ids, old, new, fit, fit_exponent, refused, absent, fit_sigma)
 
 
 #: Decimals written for ``calibration_db`` (dB) and a fitted ``path_loss_exponent``.
 CALIBRATION_DECIMALS, EXPONENT_DECIMALS = 2, 3
+#: Smallest residual sigma ``--fit-sigma`` writes (dB): below it the readings cannot have measured shadowing.
+MIN_SIGMA_DB = 0.1
 
 
 def written_values(calibration: Calibration) -> tuple[np.ndarray, float | None]:
@@ -340,7 +350,12 @@ def updated_toml(text: str, calibration: Calibration) -> str:
         rx_id = table.get("id")
         if rx_id in new:
             table["calibration_db"] = float(new[rx_id])
+    physics_keys = {}
     if exponent is not None:
+        physics_keys["path_loss_exponent"] = exponent
+    if calibration.fit_sigma:
+        physics_keys["shadowing_db"] = round(calibration.fit.sigma_db, CALIBRATION_DECIMALS)
+    if physics_keys:
         estimator = doc.get("estimator")
         if estimator is None:
             estimator = tomlkit.table(is_super_table=True)
@@ -349,7 +364,8 @@ def updated_toml(text: str, calibration: Calibration) -> str:
         if physics is None:
             physics = tomlkit.table()
             estimator.add("physics", physics)
-        physics["path_loss_exponent"] = exponent
+        for key, value in physics_keys.items():
+            physics[key] = value
     return tomlkit.dumps(doc)
 
 
@@ -372,7 +388,7 @@ def report_dict(cal: Calibration, written: str | None) -> dict:
                             "calibration_db_new": num(cal.new_db[r]), "unchanged_because": why}
     return {"receivers": receivers, "path_loss_exponent": num(fit.exponent), "path_loss_exponent_se": num(fit.exponent_se),
             "exponent_fitted": cal.fit_exponent, "relative": fit.relative, "common_level_db": num(fit.level_db),
-            "sigma_db": num(fit.sigma_db), "links": fit.links, "written": written}
+            "sigma_db": num(fit.sigma_db), "sigma_fitted": cal.fit_sigma, "links": fit.links, "written": written}
 
 
 def format_report(cal: Calibration, ref_loss_db: float) -> str:
@@ -393,7 +409,8 @@ def format_report(cal: Calibration, ref_loss_db: float) -> str:
     if fit.relative:
         lines.append(f"no tx_power_dbm column: a common transmit power was fitted ({fit.level_db + ref_loss_db:.1f} "
                      f"+- {fit.level_se_db:.1f} dBm), so the offsets are relative (constrained to mean 0)")
-    lines.append(f"residual sigma {fit.sigma_db:.2f} dB over {fit.links} readings")
+    lines.append(f"residual sigma {fit.sigma_db:.2f} dB over {fit.links} readings"
+                 + (" (written as estimator.physics.shadowing_db)" if cal.fit_sigma else ""))
     return "\n".join(lines)
 
 
@@ -427,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--observations-out", type=Path, metavar="CSV",
                         help="also write the observations read (from either input) as a CSV in the format below")
     parser.add_argument("--fit-exponent", action="store_true", help="also fit estimator.physics.path_loss_exponent")
+    parser.add_argument("--fit-sigma", action="store_true",
+                        help="also write the residual sigma as estimator.physics.shadowing_db (what the physics "
+                             "estimator and the model are told about the site's shadowing)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, help="write the calibrated config here (comments and layout kept)")
     where.add_argument("--in-place", action="store_true", help="rewrite the config given with -c")
@@ -488,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.observations_out).write_text(observations_csv(obs), encoding="utf-8")
         except OSError as exc:
             raise ObservationsError(f"{args.observations_out}: cannot write the observations: {exc.strerror}") from None
-    cal = calibrate(config, obs, fit_exponent=args.fit_exponent)
+    cal = calibrate(config, obs, fit_exponent=args.fit_exponent, fit_sigma=args.fit_sigma)
     survey = write_survey_map(args.survey_map, config, obs, cal) if args.survey_map is not None else []
     out = args.config if args.in_place else args.out
     if out is not None:

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from receivers.simulator import SimulatedWorld
-from streamer.calibrate import calibrate, read_observations
+from streamer.calibrate import calibrate, link_geometry, read_observations
 from streamer.cli import main
 from streamer.config import default_config_path, load
 from streamer.geodesy import enu_to_geodetic, geodetic_to_enu_m
+from streamer.physics import log_distance_path_loss_db
 
 N_TX = 300
 SIM_EXPONENT = 3.4  # the simulated world's exponent in the --fit-exponent test (estimator.physics keeps 3.0)
@@ -196,3 +197,31 @@ def _cell(text: str, line_no: int, col: int, value: str) -> str:
     cells[col - 1] = value
     lines[line_no - 1] = ",".join(cells)
     return "\n".join(lines)
+
+
+def test_fit_sigma_writes_the_residual_sigma_as_the_shadowing(tmp_path, world, default_obs, capsys):
+    cfg = write_config(tmp_path / "site.toml")
+    obs = write_csv(tmp_path / "obs.csv", default_obs, world.receiver_ids)
+    out = tmp_path / "calibrated.toml"
+    assert main(["calibrate", "-c", str(cfg), str(obs), "--fit-exponent", "--fit-sigma", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sigma_fitted"] and 5.0 < report["sigma_db"] < 7.0  # the simulator's 6 dB shadowing
+    physics = load(out).estimator.physics
+    assert physics.shadowing_db == pytest.approx(report["sigma_db"], abs=0.005)
+    assert physics.path_loss_exponent == pytest.approx(report["path_loss_exponent"], abs=5e-4)
+    assert main(["calibrate", "-c", str(cfg), str(obs), "--fit-sigma"]) == 0
+    assert "(written as estimator.physics.shadowing_db)" in capsys.readouterr().out
+
+
+def test_fit_sigma_from_readings_that_fit_exactly_is_refused(tmp_path, world, capsys):
+    cfg = write_config(tmp_path / "site.toml")
+    config = load(cfg)
+    exact = observations(world, N_TX, seed=10)
+    first = write_csv(tmp_path / "first.csv", exact, world.receiver_ids)
+    _, distance_m, _ = link_geometry(config, read_observations(first, world.receiver_ids))
+    # readings exactly on the log-distance law (to the CSV's 0.001 dB): nothing left to measure shadowing with
+    exact["measured"] = exact["tx_power_dbm"][:, None] - log_distance_path_loss_db(
+        distance_m, config.estimator.physics.ref_loss_db, config.estimator.physics.path_loss_exponent)
+    obs = write_csv(tmp_path / "obs.csv", exact, world.receiver_ids)
+    assert main(["calibrate", "-c", str(cfg), str(obs), "--fit-sigma"]) == 2
+    assert "cannot fit the shadowing sigma" in capsys.readouterr().err
