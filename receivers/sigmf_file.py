@@ -154,6 +154,10 @@ class Segment:
     center_freq: float
     gain_db: float | None
     first_flags: Flags  # on the first block only
+
+    def time_ns(self, offset: int, sample_rate_hz: float) -> int:
+        """Unix ns of the segment's sample ``offset`` (0 = its first) at ``sample_rate_hz``."""
+        return self.t0_ns + int(round(offset * 1e9 / sample_rate_hz))
     flags: Flags  # on every block
 
 
@@ -251,7 +255,7 @@ class SigmfReceiver(ReceiverBase):
                     if self._closed:
                         return
                     count = min(self.block_len, seg.count - offset)
-                    t0 = seg.t0_ns + int(round(offset * 1e9 / fs)) + time_shift
+                    t0 = seg.time_ns(offset, fs) + time_shift
                     if self.realtime:
                         if wall_start is None:
                             wall_start, data_start = self._clock_ns(), t0

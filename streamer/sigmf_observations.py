@@ -74,7 +74,7 @@ def _time_of(reader: SigmfReceiver, file_sample: int) -> int | None:
     """Unix ns of data-file sample ``file_sample`` of ``reader``'s stream, None outside every capture."""
     for seg in reader.segments:
         if seg.file_start <= file_sample <= seg.file_start + seg.count:
-            return seg.t0_ns + int(round((file_sample - seg.file_start) * 1e9 / reader.sample_rate_hz))
+            return seg.time_ns(file_sample - seg.file_start, reader.sample_rate_hz)
     return None
 
 
