@@ -367,6 +367,15 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(cfg.output.archive.max_bytes > 0, "output.archive.max_bytes", "> 0", cfg.output.archive.max_bytes)
     need(cfg.output.archive.keep_files >= 0, "output.archive.keep_files", ">= 0", cfg.output.archive.keep_files)
     ph = cfg.estimator.physics
+    for key in ("ref_loss_db", "tx_power_min_dbm", "tx_power_max_dbm", "tx_alt_m"):
+        need(math.isfinite(getattr(ph, key)), f"estimator.physics.{key}", "a finite number", getattr(ph, key))
+    need(math.isfinite(ph.path_loss_exponent) and 0 < ph.path_loss_exponent <= 10, "estimator.physics.path_loss_exponent",
+         "a finite exponent in (0, 10]", ph.path_loss_exponent)
+    for key in ("shadowing_db", "calibration_sigma_db"):
+        need(math.isfinite(getattr(ph, key)) and getattr(ph, key) >= 0, f"estimator.physics.{key}", "a finite sigma >= 0 (dB)",
+             getattr(ph, key))
+    need(math.hypot(ph.shadowing_db, ph.calibration_sigma_db) > 0, "estimator.physics.shadowing_db",
+         "> 0 where calibration_sigma_db is 0 (the estimators need some spread)", ph.shadowing_db)
     need(ph.tx_power_max_dbm > ph.tx_power_min_dbm, "estimator.physics.tx_power_max_dbm", "> tx_power_min_dbm", ph.tx_power_max_dbm)
     need(ph.grid_step_km > 0, "estimator.physics.grid_step_km", "> 0", ph.grid_step_km)
     for key, scale in (("estimator.model_covariance_scale", cfg.estimator.model_covariance_scale),
