@@ -18,8 +18,10 @@ Draws are kept only when at least ``min_heard`` present receivers hear the trans
 rule (``streamer.physics.channel_power`` with the pipeline's detection SNR and noise band): windows the
 daemon would not localize are not trained or scored on.
 
-Everything is a function of ``seed`` (world ``w`` of a run uses ``SeedSequence([seed, w])``), so a run
-with the same arguments gives the same arrays whatever the number of worker processes.
+Everything is a function of ``seed`` (world ``w`` of a run uses ``SeedSequence([seed, w])``, ``world_config``),
+so a run with the same arguments gives the same arrays whatever the number of worker processes, and
+``world_sites`` can give each window its world's true propagation (what the model is told in training) again
+from the seed.
 
 Examples
 --------
@@ -264,9 +266,9 @@ def world_sites(data: Windows, seed: int, max_top_up: int = 64) -> np.ndarray:
     A window's world is ``data.world`` unless a top-up world took that index too, so each window is matched to
     the candidate world whose receiver heights include every present receiver's (heights are continuous
     random draws: one world's set matches no other's)."""
-    from streamer.model_contract import site_propagation
+    from streamer.model_contract import SITE_PROPAGATION_WIDTH, site_propagation
 
-    sites = np.zeros((len(data), 5), np.float32)
+    sites = np.zeros((len(data), SITE_PROPAGATION_WIDTH), np.float32)
     found = np.zeros(len(data), bool)
     for w in np.unique(data.world):
         idx = np.flatnonzero(data.world == w)

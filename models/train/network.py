@@ -1,24 +1,26 @@
 """The localization network (torch): receivers as a set, coordinates normalised by the network's extent.
 
 Inputs and outputs follow the model contract (streamer/model_contract.py): ``features`` [B, R, M, T]
-normalised mel frames, ``rx_enu_km`` [B, R, 3], ``rx_mask`` [B, R] -> ``position_enu_km`` [B, 2] and
-``covariance_km2`` [B, 2, 2].
+normalised mel frames, ``rx_enu_km`` [B, R, 3], ``rx_mask`` [B, R] and (``site_input``, the default) the optional
+``site_propagation`` [B, 5] -> ``position_enu_km`` [B, 2] and ``covariance_km2`` [B, 2, 2].
 
 1. Per receiver, the frames are summarised over time: mean and standard deviation of each mel band.
 2. Geometry is normalised inside the graph: centre c = mean of the present receivers' east/north, scale
    s = their RMS distance from c (at least ``MIN_SCALE_KM``). Each receiver's token is
-   [band means, band stds, (xy - c) / s, tanh(up / 0.5 km), (ln s - 3) / 2]: the last term tells the
-   network the absolute size of the network (path loss depends on distance in km, not in units of s).
+   [band means, band stds, (xy - c) / s, tanh(up / 0.5 km), (ln s - 3) / 2, site]: (ln s - 3) / 2 tells the
+   network the absolute size of the network (path loss depends on distance in km, not in units of s); site is
+   the ``site_propagation`` row scaled to order 1 (``site_token``; zeros and flag 0 where not told).
 3. A token MLP, then ``n_layers`` pre-norm self-attention blocks with absent receivers masked out of the
    keys: the output is the same whatever order the receivers come in (permutation invariant).
 4. Output, by ``head``:
 
    - ``"grid"`` (the shipped model): the tokens set the parameters of a log-distance posterior over a 32 x 32
      grid of candidate positions spanning +-2.5 s (``GridPosterior``): per receiver a received power, a heard
-     weight and a detection floor; per scene a path-loss exponent, a shadowing sigma and a prior outside the
-     receivers' box. The output is that posterior's mean and covariance (scaled by a learned factor). The
-     physics is in the graph, the network only infers what the physics estimator is told (exponent, sigma,
-     who heard), so it needs no propagation parameters from the operator.
+     weight and a detection floor; per scene a path-loss exponent, a shadowing sigma, a level prior and a prior
+     outside the receivers' box. The output is that posterior's mean and covariance (scaled by a learned
+     factor). The physics is in the graph; where the site's propagation is told, its exponent, sigma and level
+     prior are used (sigma combined with a learned one for the network's own power-estimation error), and where
+     it is not, the network infers them from the window (which one window does poorly: models/MODEL_CARD.md).
    - ``"direct"``: a softmax weighting over present receivers of their normalised positions plus an offset
      from the pooled set (mean and max over present tokens); covariance from a Cholesky factor
      L = [[softplus(a) + e, 0], [b, softplus(d) + e]] in normalised units.

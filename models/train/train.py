@@ -9,7 +9,9 @@ Steps (each one printed as it finishes):
    head, ``--heard-weight`` x the cross-entropy of its heard weights (``loss_of``). Each batch is
    rotated by a random angle and mirrored with probability 1/2 about the origin (propagation is isotropic, so
    this is exact), and present receivers are dropped with probability ``--drop-prob`` as extra outages (never
-   below three that heard). The weights with the lowest validation NLL are kept. ``--budget-minutes`` caps the
+   below three that heard). Each window is told its network's true propagation (``dataset.world_sites``) with
+   an operator's fitting error (``SITE_ERROR``), or nothing (probability ``SITE_UNKNOWN_PROB``); validation
+   windows are told it exactly. The weights with the lowest validation NLL are kept. ``--budget-minutes`` caps the
    wall time of the whole command: training stops early (and says so) if it would overrun. Then one factor on
    every covariance is fitted on the validation windows (``network.fit_covariance_scale``: the k in C -> k C
    with the least NLL there) and stored in the weights.
