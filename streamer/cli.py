@@ -134,8 +134,11 @@ def cmd_check(args) -> int:
     from streamer.estimators import build_estimators
 
     cfg = config_mod.load(args.config)
-    build_estimators(cfg)  # loads and checks the model against the contract, if one is named
+    estimators = build_estimators(cfg)  # loads and checks the model against the contract, if one is named
     print(f"{cfg.source}: ok ({len(cfg.receivers)} receivers, estimator {cfg.estimator.kind})")
+    for estimator in estimators:
+        if hasattr(estimator, "site_summary"):
+            print(f"model {estimator.info['name']} {estimator.info['version']}: {estimator.site_summary()}")
     return 0
 
 

@@ -7,6 +7,7 @@ physics posterior alongside as an alternative in every message, so users can com
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import numpy as np
 
@@ -16,6 +17,8 @@ from streamer.estimate import Estimate, EstimatorInputs
 from streamer.model_contract import site_propagation
 from streamer.physics import PhysicsEstimator
 from streamer.survey import load_map
+
+log = logging.getLogger(__name__)
 
 
 class EstimateRejected(HeimdallError):
@@ -83,6 +86,17 @@ class OnnxModel:
         self.provider = self._model.provider
         self._covariance_scale = config.estimator.model_covariance_scale
         self._site = site_propagation(config.estimator.physics) if config.estimator.model_site == "physics" else None
+        log.info("model %s %s %s", meta.name, meta.version, self.site_summary())
+
+    def site_summary(self) -> str:
+        """What the model is told about the site, for ``heimdall check`` and the start-up log."""
+        if not self._model.takes_site:
+            return "takes no site input (infers the propagation from each window)"
+        if self._site is None:
+            return 'told nothing about the site (estimator.model_site = "none")'
+        n, sigma, level, spread, _ = (float(v) for v in self._site)
+        return (f"told the site from estimator.physics: path-loss exponent {n:.2f}, sigma {sigma:.2f} dB, "
+                f"level 1 km away {level:.1f} +- {spread:.1f} dBm")
 
     def estimate(self, inputs: EstimatorInputs) -> Estimate:
         out = self._model.run(

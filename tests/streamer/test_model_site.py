@@ -50,3 +50,19 @@ def test_the_daemon_feeds_the_configured_site_or_nothing(tmp_path, model_site):
 def test_an_unknown_model_site_is_refused_by_key(tmp_path):
     with pytest.raises(ConfigError, match="estimator.model_site"):
         load(write_config(tmp_path, {"estimator": {"model_site": "guess"}}))
+
+
+@pytest.mark.parametrize("model_site, expected", [
+    ("physics", "told the site from estimator.physics: path-loss exponent 2.50, sigma 5.00 dB, level 1 km away"),
+    ("none", 'told nothing about the site (estimator.model_site = "none")'),
+])
+def test_check_says_what_the_model_is_told(tmp_path, capsys, model_site, expected):
+    from streamer.cli import main
+
+    config = load(write_config(tmp_path, {}))
+    model = save(known_model(config.features, max_receivers=8, site=True), tmp_path)
+    path = write_config(tmp_path, {"estimator": {"kind": "onnx", "model": str(model), "providers": ["CPUExecutionProvider"],
+                                                 "model_site": model_site, "physics": {"path_loss_exponent": 2.5,
+                                                 "shadowing_db": 4.0, "calibration_sigma_db": 3.0}}}, name="told.toml")
+    assert main(["check", "-c", str(path)]) == 0
+    assert f"model known-function 0.0.1: {expected}" in capsys.readouterr().out
