@@ -29,7 +29,7 @@ import numpy as np
 from streamer.features import mel_frames_dbm, normalise
 from streamer.inference import CPU, OnnxEstimator
 from streamer.config import PhysicsConfig
-from streamer.model_contract import OUTPUT_NAMES, site_propagation
+from streamer.model_contract import OUTPUT_NAMES, SITE_INPUT, site_propagation
 
 CUDA = "CUDAExecutionProvider"
 
@@ -82,7 +82,7 @@ def raw_feeds(estimator: OnnxEstimator, frames, enu, mask) -> dict[str, np.ndarr
     m[:, :n_rx] = mask
     feeds = {"features": feats, "rx_enu_km": pos, "rx_mask": m}
     if estimator.takes_site:  # the daemon feeds its estimator.physics row (the default config's here)
-        feeds["site_propagation"] = site_propagation(PhysicsConfig())[None]
+        feeds[SITE_INPUT] = site_propagation(PhysicsConfig())[None]
     return feeds
 
 

@@ -30,7 +30,7 @@ import onnxruntime as ort
 
 from streamer.errors import ModelMismatchError
 from streamer.features import FeatureSpec, normalise
-from streamer.model_contract import OUTPUT_NAMES, SITE_PROPAGATION_WIDTH, ModelMetadata, check_model
+from streamer.model_contract import OUTPUT_NAMES, SITE_INPUT, SITE_PROPAGATION_WIDTH, ModelMetadata, check_model
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class OnnxEstimator:
             raise ModelMismatchError(f"onnxruntime cannot load model {self.model_path}: {exc}") from exc
         self.provider: str = self.session.get_providers()[0]
         # A model may take the site's propagation (the contract's optional input); run() feeds it.
-        self.takes_site: bool = any(i.name == "site_propagation" for i in self.session.get_inputs())
+        self.takes_site: bool = any(i.name == SITE_INPUT for i in self.session.get_inputs())
         batch_dim = self.session.get_inputs()[0].shape[0]
         self._static_batch = batch_dim if isinstance(batch_dim, int) else None
         self._buffers = self._allocate(1)
@@ -164,7 +164,7 @@ class OnnxEstimator:
         mask[:, n_rx:] = 0.0
         feeds = {"features": feats, "rx_enu_km": enu, "rx_mask": mask}
         if self.takes_site:
-            feeds["site_propagation"] = self._site_rows(site, batch)
+            feeds[SITE_INPUT] = self._site_rows(site, batch)
         position, covariance = self.session.run(OUTPUT_NAMES, feeds)
         if position.shape != (batch, 2) or covariance.shape != (batch, 2, 2):
             raise ModelMismatchError(f"model {self.metadata.name} returned shapes {list(position.shape)} and "

@@ -41,9 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 import numpy as np
+import onnx
 
 from streamer.errors import ModelMismatchError
 from streamer.features import FeatureSpec
@@ -73,8 +72,9 @@ OUTPUTS = (
     TensorContract("position_enu_km", ("B", 2)),
     TensorContract("covariance_km2", ("B", 2, 2)),
 )
+SITE_INPUT = "site_propagation"
 SITE_PROPAGATION_WIDTH = 5
-OPTIONAL_INPUTS = (TensorContract("site_propagation", ("B", SITE_PROPAGATION_WIDTH)),)
+OPTIONAL_INPUTS = (TensorContract(SITE_INPUT, ("B", SITE_PROPAGATION_WIDTH)),)
 INPUT_NAMES = tuple(t.name for t in INPUTS)
 OPTIONAL_INPUT_NAMES = tuple(t.name for t in OPTIONAL_INPUTS)
 OUTPUT_NAMES = tuple(t.name for t in OUTPUTS)

@@ -64,7 +64,7 @@ from streamer.config import Config, PhysicsConfig, load
 from streamer.ellipse_calibration import coverage, least_nll_scale
 from streamer.features import FeatureSpec
 from streamer.geodesy import mahalanobis_sq
-from streamer.model_contract import site_propagation
+from streamer.model_contract import SITE_INPUT, site_propagation
 from streamer.physics import PhysicsEstimator, channel_power
 
 EVAL_SEED = 20_260_001
@@ -163,7 +163,7 @@ def takes_site(path: Path) -> bool:
     """Whether the ONNX model at ``path`` declares the contract's optional ``site_propagation`` input."""
     import onnx
 
-    return any(i.name == "site_propagation" for i in onnx.load(str(path), load_external_data=False).graph.input)
+    return any(i.name == SITE_INPUT for i in onnx.load(str(path), load_external_data=False).graph.input)
 
 
 def run_onnx(path: Path, data: Windows, batch: int = 256, site: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

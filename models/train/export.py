@@ -17,8 +17,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from streamer.model_contract import (INPUT_NAMES, OPTIONAL_INPUT_NAMES, OUTPUT_NAMES, SITE_PROPAGATION_WIDTH, ModelMetadata,
-                                     check_model, write_metadata)
+from streamer.model_contract import (INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, SITE_PROPAGATION_WIDTH, ModelMetadata, check_model,
+                                     write_metadata)
 
 OPSET = 17
 MAX_MODEL_BYTES = 5 * 1024 * 1024
@@ -36,7 +36,7 @@ def export_model(model: torch.nn.Module, path: str | Path, meta: ModelMetadata) 
     input_names = list(INPUT_NAMES)
     if getattr(model, "config", {}).get("site_input"):
         example += (torch.zeros(2, SITE_PROPAGATION_WIDTH),)
-        input_names += list(OPTIONAL_INPUT_NAMES)
+        input_names.append(SITE_INPUT)
     model = model.eval()
     buffer = io.BytesIO()
     # The TorchScript exporter writes one self-contained opset-17 file; torch >= 2.9 warns that it is the legacy path.
@@ -70,8 +70,8 @@ def onnx_vs_torch(model: torch.nn.Module, path: str | Path, features: np.ndarray
     feeds = {"features": np.ascontiguousarray(features, np.float32), "rx_enu_km": np.ascontiguousarray(rx_enu_km, np.float32),
              "rx_mask": np.ascontiguousarray(rx_mask, np.float32)}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    if any(i.name == "site_propagation" for i in session.get_inputs()):
-        feeds["site_propagation"] = np.ascontiguousarray(
+    if any(i.name == SITE_INPUT for i in session.get_inputs()):
+        feeds[SITE_INPUT] = np.ascontiguousarray(
             np.zeros((features.shape[0], SITE_PROPAGATION_WIDTH)) if site is None else site, np.float32)
     pos_ort, cov_ort = session.run(list(OUTPUT_NAMES), feeds)
     with torch.no_grad():
