@@ -324,6 +324,9 @@ def test_evaluate_json_has_every_dataset_and_method(exported, capsys, tmp_path):
                 assert len(s["cov68_networks"]) == 3 and s["cov68_networks"] == sorted(s["cov68_networks"])
             else:
                 assert set(s) == keys and s["n"] >= 1
+    assert evaluate_main([str(exported), "--n", "4", "--n-random", "0", "--gates", "--cache-dir", str(tmp_path)]) == 0
+    gates = capsys.readouterr().out
+    assert gates.startswith("| dataset | method | median m | mean vs physics |") and f"| default | {exported.stem}-blind |" in gates
 
 
 def test_heard_loss_teaches_the_grid_head_only():
