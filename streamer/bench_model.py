@@ -69,8 +69,13 @@ def _time(fn, iterations: int, warmup: int) -> list[float]:
     return out
 
 
+#: The site row the benchmark feeds a model that takes one: the default config's ``estimator.physics``, as the daemon
+#: would feed it.
+BENCH_SITE = site_propagation(PhysicsConfig())
+
+
 def raw_feeds(estimator: OnnxEstimator, frames, enu, mask) -> dict[str, np.ndarray]:
-    """What ``OnnxEstimator.run`` hands the session: normalised, padded to ``max_receivers``."""
+    """What ``OnnxEstimator.run`` hands the session: normalised, padded to ``max_receivers``, ``BENCH_SITE``."""
     r = estimator.max_receivers
     n_rx = frames.shape[1]
     norm = estimator.metadata.normalisation
@@ -81,8 +86,8 @@ def raw_feeds(estimator: OnnxEstimator, frames, enu, mask) -> dict[str, np.ndarr
     m = np.zeros((1, r), np.float32)
     m[:, :n_rx] = mask
     feeds = {"features": feats, "rx_enu_km": pos, "rx_mask": m}
-    if estimator.takes_site:  # the daemon feeds its estimator.physics row (the default config's here)
-        feeds[SITE_INPUT] = site_propagation(PhysicsConfig())[None]
+    if estimator.takes_site:
+        feeds[SITE_INPUT] = BENCH_SITE[None]
     return feeds
 
 
@@ -129,8 +134,7 @@ def bench_model(model: Path, *, provider: str = "cpu", receivers: int = 7, itera
     result = {"model": str(model), "provider_requested": provider, "provider": estimator.provider,
               "receivers": receivers, "max_receivers": estimator.max_receivers, "threads": threads,
               "onnxruntime": ort.__version__}
-    site = site_propagation(PhysicsConfig())
-    result["estimator_run"] = _percentiles(_time(lambda: estimator.run(frames, enu, mask, site), iterations, warmup))
+    result["estimator_run"] = _percentiles(_time(lambda: estimator.run(frames, enu, mask, BENCH_SITE), iterations, warmup))
     if provider == "cuda" and estimator.provider != CUDA:
         result["note"] = f"CUDA requested but ONNX Runtime runs on {estimator.provider}"
     result["raw_session_run"] = _percentiles(_time(lambda: session.run(list(OUTPUT_NAMES), feeds), iterations, warmup))
