@@ -27,10 +27,17 @@ Physics (units in the names; all of it deterministic from ``simulator.seed``)
   (``streamer.physics.slant_distance_m``), ``S_r`` a Gaussian random field per receiver over transmitter
   position (std ``shadowing_db``, exponential correlation with distance ``shadowing_corr_km``). No fast
   fading: a 0.5 s window would average it to a fraction of a dB.
-- Receiver: thermal noise ``-174 dBm/Hz + 10 log10(fs) + noise_figure_db``; one reference oscillator
-  per receiver, off by N(0, ``clock_ppm_sigma``) ppm, sets both the true sample rate and the LO, so the
-  carrier appears ``-ppm * f_c`` off; ``t0_ns`` counts samples at the nominal rate from a host clock that
-  is off by N(0, ``clock_offset_sigma_ms``).
+- Receiver: thermal noise ``-174 dBm/Hz + 10 log10(fs) + NF_r``, each receiver's noise figure ``NF_r``
+  drawn once around ``noise_figure_db`` with spread ``noise_figure_sigma_db`` (hidden, like the gain error:
+  hardware and site noise differ). The noise is the receiver's own, referred to its input at the configured
+  gain: the hidden gain error scales the signal only (as a loss ahead of the first amplifier does: antenna,
+  feed line, mismatch), so the noise floor the daemon reads is ``kTB + NF_r`` whatever the error, and tells
+  an estimator nothing about it. (Noise added at the antenna, with one noise figure for the whole network,
+  would let a trained model read each receiver's gain error off its noise floor: a simulator leak that the
+  first trained models exploited; ``tests/receivers/test_simulator.py`` checks it is gone.) One reference
+  oscillator per receiver, off by N(0, ``clock_ppm_sigma``) ppm, sets both the true sample rate and the LO,
+  so the carrier appears ``-ppm * f_c`` off; ``t0_ns`` counts samples at the nominal rate from a host clock
+  that is off by N(0, ``clock_offset_sigma_ms``).
 
 Reproducibility: the same seed and the same time span give the same samples whatever the block size
 (noise comes from RNG streams keyed by (seed, receiver, fixed-size chunk index); the track, keying and
@@ -73,6 +80,10 @@ from receivers.base import IQBlock, ReceiverBase, ReceiverContext
 from streamer.geodesy import SearchArea, enu_to_geodetic, network_geometry
 from streamer.physics import log_distance_path_loss_db, slant_distance_m
 
+#: Revision of what a seed renders (signal, noise, propagation). Raise it whenever the same seed would give
+#: different samples: caches of rendered windows (``models.train.dataset``) are keyed by it.
+#: 2: per-receiver noise figures, noise referred to the receiver's input (the gain error scales the signal only).
+SIGNAL_MODEL = 2
 SPEED_OF_LIGHT_MPS = 299_792_458.0
 THERMAL_NOISE_DBM_PER_HZ = -174.0  # kT at 290 K
 
@@ -88,7 +99,7 @@ KEY_RAMP_S = 0.002
 
 # Each random quantity has its own SeedSequence branch (seed, stream, ...), so adding one never shifts
 # the others and every piece can be regenerated independently, in any order.
-_TRACK, _KEYING, _SHADOWING, _RECEIVER, _NOISE, _WINDOW, _WINDOW_NOISE = range(7)
+_TRACK, _KEYING, _SHADOWING, _RECEIVER, _NOISE, _WINDOW, _WINDOW_NOISE, _NOISE_FIGURE = range(8)
 
 KEYING_CHUNK_NS = 600 * 10**9  # keying schedule is generated per 10-minute chunk of absolute time
 TRACK_KNOT_NS = 15_625_000  # track evaluated every 1/64 s and interpolated (error < 1 mm at 300 m/s)
@@ -267,6 +278,8 @@ class SimulatedWorld:
     origin, rx_enu_m ``[R, 3]``, rx_alt_m ``[R]``, area : geometry (``streamer.geodesy.network_geometry``).
     calibration_db ``[R]`` : configured gains, dBm = dBFS + calibration_db (what the daemon knows).
     calibration_error_db ``[R]`` : hidden true gain minus configured (dB); never give it to an estimator.
+    noise_figure_db ``[R]`` : each receiver's noise figure (dB, >= 0): ``simulator.noise_figure_db`` plus a
+        hidden N(0, ``noise_figure_sigma_db``) offset.
     clock_ppm ``[R]`` : reference-oscillator error (ppm): sample rate and LO are both off by it.
     clock_offset_ns ``[R]`` : host-clock error added to every ``t0_ns`` (ns).
     """
@@ -285,6 +298,8 @@ class SimulatedWorld:
         self.calibration_error_db = np.array([v[0] for v in per_rx]) * self.sim.calibration_sigma_db
         self.clock_ppm = np.array([v[1] for v in per_rx]) * self.sim.clock_ppm_sigma
         self.clock_offset_ns = np.round(np.array([v[2] for v in per_rx]) * self.sim.clock_offset_sigma_ms * 1e6).astype(np.int64)
+        self.noise_figure_db = np.maximum(0.0, self.sim.noise_figure_db + self.sim.noise_figure_sigma_db * np.array(
+            [_rng(seed, _NOISE_FIGURE, r).standard_normal() for r in range(n_rx)]))
         self._track_omega, self._track_phase = self._track_terms(seed)
         self._shadowing: dict[int, ShadowingField] = {}
         self._keying: dict[int, list[Transmission]] = {}
@@ -322,6 +337,17 @@ class SimulatedWorld:
     def measured_offset_db(self) -> np.ndarray:
         """What the daemon's dBm reads minus the true antenna power, per receiver (= -calibration_error_db)."""
         return -self.calibration_error_db
+
+    def noise_dbm(self, r: int, bandwidth_hz: float) -> float:
+        """Receiver ``r``'s noise power over ``bandwidth_hz`` (dBm), as the daemon reads it (module doc)."""
+        return thermal_noise_dbm(bandwidth_hz, float(self.noise_figure_db[r]))
+
+    def full_scale_per_sqrt_mw(self, r: int) -> tuple[float, float]:
+        """Amplitude factors sqrt(mW) -> full scale of receiver ``r``: (signal at the antenna, the receiver's
+        own noise). The signal sees the true gain (``calibration_db`` + hidden error: dBFS = dBm - true gain),
+        the noise, referred to the receiver's input, the configured one (module doc)."""
+        return (10.0 ** (-(self.calibration_db[r] + self.calibration_error_db[r]) / 20.0),
+                10.0 ** (-self.calibration_db[r] / 20.0))
 
     # --- track -------------------------------------------------------------------------------------
 
@@ -544,7 +570,6 @@ def render_windows(
         lead = -(-half_len // channelizer.down) + 1
         n_in = (lead + n_samples) * channelizer.down // channelizer.up + half_len + channelizer.down
     first_input = lead * channelizer.down // channelizer.up if channelizer else 0  # input sample at t0
-    noise_dbm = thermal_noise_dbm(in_rate_hz, world.sim.noise_figure_db)
     out = np.empty((n_win, len(rx_idx), n_samples), dtype=np.complex64)
     for b in range(n_win):
         # Keyed well before the window (longer than any propagation delay) and until well after it.
@@ -554,21 +579,18 @@ def render_windows(
         for j, r in enumerate(rx_idx):
             ppm = world.clock_ppm[r] * 1e-6
             t_rel = (np.arange(n_in) - first_input) / (in_rate_hz * (1.0 + ppm))
-            x = world.received_baseband(r, t0, t_rel, centre_hz * (1.0 + ppm), tx_en_m=tx[b], transmissions=[burst])
+            signal_scale, noise_scale = world.full_scale_per_sqrt_mw(r)
+            x = signal_scale * world.received_baseband(r, t0, t_rel, centre_hz * (1.0 + ppm), tx_en_m=tx[b],
+                                                       transmissions=[burst])
             if add_noise:
-                x += receiver_noise(world, (_WINDOW_NOISE, int(ids[b]), r), n_in, noise_dbm)
-            x = (x * _full_scale_per_sqrt_mw(world, r)).astype(np.complex64)
+                x += noise_scale * receiver_noise(world, (_WINDOW_NOISE, int(ids[b]), r), n_in, world.noise_dbm(r, in_rate_hz))
+            x = x.astype(np.complex64)
             if channelizer is not None:
                 channelizer.reset()
                 block = IQBlock(world.receiver_ids[r], x, 0, t0, "host", in_rate_hz, centre_hz)
                 x = channelizer.process(block).samples[lead : lead + n_samples]
             out[b, j] = x
     return out
-
-
-def _full_scale_per_sqrt_mw(world: SimulatedWorld, r: int) -> float:
-    """Amplitude factor antenna sqrt(mW) -> full scale: dBFS = dBm - (calibration_db + hidden error)."""
-    return 10.0 ** (-(world.calibration_db[r] + world.calibration_error_db[r]) / 20.0)
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -637,7 +659,7 @@ class SimulatedReceiver(ReceiverBase):
         self.start_ns = int(opts.start_ns) if opts.start_ns is not None else self._pace_origin_ns
         self.block_len = max(1, int(round(opts.block_s * self.sample_rate_hz)))
         self.total_samples = None if opts.duration_s is None else int(round(opts.duration_s * self.sample_rate_hz))
-        self.noise_dbm = thermal_noise_dbm(self.sample_rate_hz, world.sim.noise_figure_db)
+        self.noise_dbm = world.noise_dbm(self.index, self.sample_rate_hz)
         self._closed = False
         self._noise_cache: tuple[int, np.ndarray] | None = None
 
@@ -650,9 +672,10 @@ class SimulatedReceiver(ReceiverBase):
         """Samples ``first .. first+count`` of this receiver's stream (complex64, full scale)."""
         n = np.arange(first, first + count, dtype=np.int64)
         t_rel = n / self.true_sample_rate_hz
-        x = self.world.received_baseband(self.index, self.start_ns, t_rel, self.lo_freq_hz)
-        x += self._noise(first, count)
-        return (x * _full_scale_per_sqrt_mw(self.world, self.index)).astype(np.complex64)
+        signal_scale, noise_scale = self.world.full_scale_per_sqrt_mw(self.index)
+        x = signal_scale * self.world.received_baseband(self.index, self.start_ns, t_rel, self.lo_freq_hz)
+        x += noise_scale * self._noise(first, count)
+        return x.astype(np.complex64)
 
     def _noise(self, first: int, count: int) -> np.ndarray:
         parts = []

@@ -14,7 +14,7 @@ says so and reports the provider ONNX Runtime actually used.
 
 Examples (shell)
 ----------------
-``heimdall bench model --model models/heimdall-0.2.0.onnx --iterations 2000``
+``heimdall bench model --model models/heimdall-0.3.0.onnx --iterations 2000``
 """
 
 from __future__ import annotations
@@ -29,14 +29,17 @@ import numpy as np
 from streamer.features import mel_frames_dbm, normalise
 from streamer.inference import CPU, OnnxEstimator
 from streamer.config import PhysicsConfig
-from streamer.model_contract import OUTPUT_NAMES, SITE_INPUT, site_propagation
+from streamer.geodesy import SearchArea
+from streamer.model_contract import AREA_INPUT, OUTPUT_NAMES, SITE_INPUT, search_area_row, site_propagation
 
 CUDA = "CUDAExecutionProvider"
 
 
 def default_model() -> Path:
-    models = sorted((Path(__file__).resolve().parents[1] / "models").glob("heimdall-*.onnx"))
-    return models[-1] if models else Path("models/heimdall-0.2.0.onnx")
+    """The shipped model (what the daemon runs when ``estimator.model`` is not set)."""
+    from models import shipped_model_path
+
+    return shipped_model_path()
 
 
 def example_window(estimator: OnnxEstimator, n_rx: int, seed: int = 0):
@@ -72,10 +75,13 @@ def _time(fn, iterations: int, warmup: int) -> list[float]:
 #: The site row the benchmark feeds a model that takes one: the default config's ``estimator.physics``, as the daemon
 #: would feed it.
 BENCH_SITE = site_propagation(PhysicsConfig())
+#: The search area it feeds a model that takes one: the example window's receivers (+-50 km) with a 30 km margin.
+BENCH_AREA = search_area_row(SearchArea(-80e3, 80e3, -80e3, 80e3))
 
 
 def raw_feeds(estimator: OnnxEstimator, frames, enu, mask) -> dict[str, np.ndarray]:
-    """What ``OnnxEstimator.run`` hands the session: normalised, padded to ``max_receivers``, ``BENCH_SITE``."""
+    """What ``OnnxEstimator.run`` hands the session: normalised, padded to ``max_receivers``, ``BENCH_SITE`` and
+    ``BENCH_AREA``."""
     r = estimator.max_receivers
     n_rx = frames.shape[1]
     norm = estimator.metadata.normalisation
@@ -88,6 +94,8 @@ def raw_feeds(estimator: OnnxEstimator, frames, enu, mask) -> dict[str, np.ndarr
     feeds = {"features": feats, "rx_enu_km": pos, "rx_mask": m}
     if estimator.takes_site:
         feeds[SITE_INPUT] = BENCH_SITE[None]
+    if estimator.takes_area:
+        feeds[AREA_INPUT] = BENCH_AREA[None]
     return feeds
 
 
@@ -134,7 +142,7 @@ def bench_model(model: Path, *, provider: str = "cpu", receivers: int = 7, itera
     result = {"model": str(model), "provider_requested": provider, "provider": estimator.provider,
               "receivers": receivers, "max_receivers": estimator.max_receivers, "threads": threads,
               "onnxruntime": ort.__version__}
-    result["estimator_run"] = _percentiles(_time(lambda: estimator.run(frames, enu, mask, BENCH_SITE), iterations, warmup))
+    result["estimator_run"] = _percentiles(_time(lambda: estimator.run(frames, enu, mask, BENCH_SITE, BENCH_AREA), iterations, warmup))
     if provider == "cuda" and estimator.provider != CUDA:
         result["note"] = f"CUDA requested but ONNX Runtime runs on {estimator.provider}"
     result["raw_session_run"] = _percentiles(_time(lambda: session.run(list(OUTPUT_NAMES), feeds), iterations, warmup))

@@ -166,6 +166,7 @@ class SimulatorConfig:
     shadowing_corr_km: float = field(default=5.0, metadata=_doc("shadowing decorrelation distance (km)"))
     calibration_sigma_db: float = field(default=2.0, metadata=_doc("spread of true receiver gains around calibration_db (dB)"))
     noise_figure_db: float = field(default=6.0, metadata=_doc("receiver noise figure (dB)"))
+    noise_figure_sigma_db: float = field(default=2.0, metadata=_doc("spread of the receivers' noise figures around noise_figure_db (dB; hidden, site noise included)"))
     speed_mps: float = field(default=300.0, metadata=_doc("transmitter ground speed (m/s); fast so a demo covers the area"))
     key_up_mean_s: float = field(default=8.0, metadata=_doc("mean length of a transmission (s)"))
     key_down_mean_s: float = field(default=3.0, metadata=_doc("mean pause between transmissions (s)"))

@@ -62,8 +62,9 @@ from streamer.geodesy import geodetic_to_enu_m, mahalanobis_sq, network_geometry
 
 #: Fewer windows with a truth than this for an estimator: its factor is reported, not written.
 MIN_WINDOWS = 30
-#: Squared Mahalanobis radii of the 68 % and 95 % ellipses of a 2-D Gaussian (chi-square, 2 dof).
-CHI2_68, CHI2_95 = 2.279, 5.991
+#: Squared Mahalanobis radii of the 68 % and 95 % ellipses of a 2-D Gaussian: the chi-square (2 dof) quantile
+#: -2 ln(1 - p), 2.279 and 5.991.
+CHI2_68, CHI2_95 = (-2.0 * math.log(1.0 - p) for p in (0.68, 0.95))
 SCALE_DECIMALS = 4
 #: Config key of each estimator's factor (``streamer.estimators``: the ``estimator`` field of a message).
 SCALE_KEYS = {"onnx": ("estimator", "model_covariance_scale"), "physics": ("estimator", "physics", "covariance_scale")}

@@ -14,7 +14,8 @@ import numpy as np
 from streamer.config import Config
 from streamer.errors import HeimdallError, ModelMismatchError
 from streamer.estimate import Estimate, EstimatorInputs
-from streamer.model_contract import site_propagation
+from streamer.geodesy import network_geometry
+from streamer.model_contract import search_area_row, site_propagation
 from streamer.physics import PhysicsEstimator
 from streamer.survey import load_map
 
@@ -86,17 +87,25 @@ class OnnxModel:
         self.provider = self._model.provider
         self._covariance_scale = config.estimator.model_covariance_scale
         self._site = site_propagation(config.estimator.physics) if config.estimator.model_site == "physics" else None
+        # The physics posterior's uniform prior is on this area; a model that takes it is told the same.
+        self._area = search_area_row(network_geometry(config)[2]) if config.receivers else None
         log.info("model %s %s %s", meta.name, meta.version, self.site_summary())
 
     def site_summary(self) -> str:
         """What the model is told about the site, for ``heimdall check`` and the start-up log."""
         if not self._model.takes_site:
-            return "takes no site input (infers the propagation from each window)"
-        if self._site is None:
-            return 'told nothing about the site (estimator.model_site = "none")'
-        n, sigma, level, spread, _ = (float(v) for v in self._site)
-        return (f"told the site from estimator.physics: path-loss exponent {n:.2f}, sigma {sigma:.2f} dB, "
-                f"level 1 km away {level:.1f} +- {spread:.1f} dBm")
+            told = "takes no site input (infers the propagation from each window)"
+        elif self._site is None:
+            told = 'told nothing about the site (estimator.model_site = "none")'
+        else:
+            n, sigma, level, spread, _ = (float(v) for v in self._site)
+            told = (f"told the site from estimator.physics: path-loss exponent {n:.2f}, sigma {sigma:.2f} dB, "
+                    f"level 1 km away {level:.1f} +- {spread:.1f} dBm")
+        if self._model.takes_area and self._area is not None:
+            east_min, east_max, north_min, north_max, _ = (float(v) for v in self._area)
+            told += (f"; told the search area, {east_max - east_min:.1f} x {north_max - north_min:.1f} km "
+                     "(network.area_margin_km around the receivers)")
+        return told
 
     def estimate(self, inputs: EstimatorInputs) -> Estimate:
         out = self._model.run(
@@ -104,6 +113,7 @@ class OnnxModel:
             (inputs.rx_enu_m / 1000.0)[None].astype(np.float32),
             inputs.present[None].astype(np.float32),
             self._site,
+            self._area,
         )
         if not out.valid[0]:
             raise EstimateRejected("model output not finite or covariance not positive definite")

@@ -30,7 +30,8 @@ import onnxruntime as ort
 
 from streamer.errors import ModelMismatchError
 from streamer.features import FeatureSpec, normalise
-from streamer.model_contract import OUTPUT_NAMES, SITE_INPUT, SITE_PROPAGATION_WIDTH, ModelMetadata, check_model
+from streamer.model_contract import (AREA_INPUT, OUTPUT_NAMES, SEARCH_AREA_WIDTH, SITE_INPUT, SITE_PROPAGATION_WIDTH,
+                                     ModelMetadata, check_model)
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ class OnnxEstimator:
         except Exception as exc:  # onnxruntime's own Fail/InvalidGraph/NotImplemented types
             raise ModelMismatchError(f"onnxruntime cannot load model {self.model_path}: {exc}") from exc
         self.provider: str = self.session.get_providers()[0]
-        # A model may take the site's propagation (the contract's optional input); run() feeds it.
-        self.takes_site: bool = any(i.name == SITE_INPUT for i in self.session.get_inputs())
+        # A model may take the site's propagation and the search area (the contract's optional inputs); run() feeds them.
+        names = {i.name for i in self.session.get_inputs()}
+        self.takes_site: bool = SITE_INPUT in names
+        self.takes_area: bool = AREA_INPUT in names
         batch_dim = self.session.get_inputs()[0].shape[0]
         self._static_batch = batch_dim if isinstance(batch_dim, int) else None
         self._buffers = self._allocate(1)
@@ -110,16 +113,24 @@ class OnnxEstimator:
                 np.zeros((batch, r), np.float32))
 
     @staticmethod
-    def _site_rows(site, batch: int) -> np.ndarray:
-        if site is None:
-            return np.zeros((batch, SITE_PROPAGATION_WIDTH), np.float32)
-        rows = np.asarray(site, np.float32)
-        if rows.shape not in ((SITE_PROPAGATION_WIDTH,), (batch, SITE_PROPAGATION_WIDTH)):
-            raise ValueError(f"site: expected [{SITE_PROPAGATION_WIDTH}] or [{batch}, {SITE_PROPAGATION_WIDTH}], "
-                             f"got {list(rows.shape)}")
+    def _rows(name: str, values, width: int, batch: int) -> np.ndarray:
+        """``values`` ([width] or [batch, width], or None = unknown: zeros) as the [batch, width] float32 feed."""
+        if values is None:
+            return np.zeros((batch, width), np.float32)
+        rows = np.asarray(values, np.float32)
+        if rows.shape not in ((width,), (batch, width)):
+            raise ValueError(f"{name}: expected [{width}] or [{batch}, {width}], got {list(rows.shape)}")
         if not np.isfinite(rows).all():
-            raise ValueError("site: not finite")
-        return np.ascontiguousarray(np.broadcast_to(rows, (batch, SITE_PROPAGATION_WIDTH)))
+            raise ValueError(f"{name}: not finite")
+        return np.ascontiguousarray(np.broadcast_to(rows, (batch, width)))
+
+    @classmethod
+    def _area_rows(cls, area, batch: int) -> np.ndarray:
+        rows = cls._rows("area", area, SEARCH_AREA_WIDTH, batch)
+        known = rows[:, 4] > 0.5
+        if not np.all((rows[known, 0] < rows[known, 1]) & (rows[known, 2] < rows[known, 3])):
+            raise ValueError("area: expected east min < east max and north min < north max (km)")
+        return rows
 
     def _check_shapes(self, features_dbm: np.ndarray, rx_enu_km: np.ndarray, rx_mask: np.ndarray) -> tuple[int, int]:
         if features_dbm.ndim != 4 or features_dbm.shape[2:] != (self.spec.n_mels, self.spec.n_frames):
@@ -136,7 +147,7 @@ class OnnxEstimator:
             raise ValueError(f"batch of {batch}, but model {self.metadata.name} has a fixed batch of {self._static_batch}")
         return batch, n_rx
 
-    def run(self, features_dbm, rx_enu_km, rx_mask, site=None) -> ModelOutput:
+    def run(self, features_dbm, rx_enu_km, rx_mask, site=None, area=None) -> ModelOutput:
         """Estimate positions for a batch.
 
         Parameters
@@ -146,6 +157,8 @@ class OnnxEstimator:
         rx_mask : [B, R] 1 = present; absent slots may hold anything (NaN included): they are zero-filled
         site : [5] or [B, 5] ``model_contract.site_propagation`` row(s), fed to a model that takes them
             (``takes_site``); ``None`` = unknown (a zero row). Ignored by a model without that input.
+        area : [5] or [B, 5] ``model_contract.search_area_row`` row(s) (km, in ``rx_enu_km``'s frame), fed to a
+            model that takes them (``takes_area``); ``None`` = unknown. Ignored by a model without that input.
         """
         features_dbm, rx_enu_km, rx_mask = np.asarray(features_dbm), np.asarray(rx_enu_km), np.asarray(rx_mask)
         batch, n_rx = self._check_shapes(features_dbm, rx_enu_km, rx_mask)
@@ -164,7 +177,9 @@ class OnnxEstimator:
         mask[:, n_rx:] = 0.0
         feeds = {"features": feats, "rx_enu_km": enu, "rx_mask": mask}
         if self.takes_site:
-            feeds[SITE_INPUT] = self._site_rows(site, batch)
+            feeds[SITE_INPUT] = self._rows("site", site, SITE_PROPAGATION_WIDTH, batch)
+        if self.takes_area:
+            feeds[AREA_INPUT] = self._area_rows(area, batch)
         position, covariance = self.session.run(OUTPUT_NAMES, feeds)
         if position.shape != (batch, 2) or covariance.shape != (batch, 2, 2):
             raise ModelMismatchError(f"model {self.metadata.name} returned shapes {list(position.shape)} and "

@@ -12,10 +12,14 @@ name                shape          meaning
 ``covariance_km2``  [B, 2, 2]      full 2-D covariance of that estimate (km^2), symmetric PD
 =================== ============== ================================================================
 
-One input is optional: ``site_propagation`` [B, 5] float32, the site's propagation as the physics estimator is
-configured with it (``site_propagation`` below: path-loss exponent, sigma in dB, mean and spread of the level
-EIRP - 1 km loss in dBm, and a flag, 1 = known). A model that declares it is fed it from
-``estimator.physics``; a model without it is fed nothing more.
+Two inputs are optional; a model that declares one is fed it, a model without it is fed nothing more:
+
+- ``site_propagation`` [B, 5] float32, the site's propagation as the physics estimator is configured with it
+  (``site_propagation`` below: path-loss exponent, sigma in dB, mean and spread of the level EIRP - 1 km loss
+  in dBm, and a flag, 1 = known), fed from ``estimator.physics``;
+- ``search_area_enu_km`` [B, 5] float32, the search area the physics estimator puts its uniform prior on
+  (``search_area_row`` below: east min, east max, north min, north max in km, in ``rx_enu_km``'s frame, and a
+  flag, 1 = known), fed from the receivers' bounding box and ``network.area_margin_km``.
 
 Dimensions may be static or symbolic; a static R, M or T must equal the metadata's ``max_receivers``,
 ``features.n_mels`` and ``features.n_frames``. Extra outputs are allowed (the daemon asks only for the two
@@ -74,7 +78,9 @@ OUTPUTS = (
 )
 SITE_INPUT = "site_propagation"
 SITE_PROPAGATION_WIDTH = 5
-OPTIONAL_INPUTS = (TensorContract(SITE_INPUT, ("B", SITE_PROPAGATION_WIDTH)),)
+AREA_INPUT = "search_area_enu_km"
+SEARCH_AREA_WIDTH = 5
+OPTIONAL_INPUTS = (TensorContract(SITE_INPUT, ("B", SITE_PROPAGATION_WIDTH)), TensorContract(AREA_INPUT, ("B", SEARCH_AREA_WIDTH)))
 INPUT_NAMES = tuple(t.name for t in INPUTS)
 OPTIONAL_INPUT_NAMES = tuple(t.name for t in OPTIONAL_INPUTS)
 OUTPUT_NAMES = tuple(t.name for t in OUTPUTS)
@@ -93,6 +99,15 @@ def site_propagation(physics) -> np.ndarray:
     return np.array([physics.path_loss_exponent, math.hypot(physics.shadowing_db, physics.calibration_sigma_db),
                      0.5 * (physics.tx_power_min_dbm + physics.tx_power_max_dbm) - physics.ref_loss_db,
                      span / math.sqrt(12.0), 1.0], np.float32)
+
+
+def search_area_row(area) -> np.ndarray:
+    """The ``search_area_enu_km`` row [5] (float32) of a ``geodesy.SearchArea`` (metres, the network's ENU frame):
+    [east min, east max, north min, north max (km), 1]. ``None`` gives the unknown row (zeros)."""
+    if area is None:
+        return np.zeros(SEARCH_AREA_WIDTH, np.float32)
+    return np.array([area.east_min_m / 1e3, area.east_max_m / 1e3, area.north_min_m / 1e3, area.north_max_m / 1e3, 1.0],
+                    np.float32)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ OFFSET_DB = -100.0
 SCALE_DB = 20.0
 COEF = (0.5, -0.25)
 SITE_SHIFT = 0.01  # km of position per unit of the site row's first two entries (site=True)
+AREA_SHIFT = 0.01  # km of position per km of the area's east min / east max (``known_model(area=True)``)
 
 
 def metadata(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, offset_db: float = OFFSET_DB,
@@ -88,7 +89,7 @@ def _known_nodes(coef, covariance: str) -> list[onnx.NodeProto]:
 def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=COEF, offset_db: float = OFFSET_DB,
                 scale_db: float = SCALE_DB, dims: dict | None = None, rename: dict | None = None,
                 elem_type: dict | None = None, meta: ModelMetadata | str | None | bool = True,
-                covariance: str = "pd", site: bool = False) -> onnx.ModelProto:
+                covariance: str = "pd", site: bool = False, area: bool = False) -> onnx.ModelProto:
     """The known-function model, optionally broken.
 
     dims:      tensor name -> declared shape (list of ints / symbol strings), replacing the contract's
@@ -97,12 +98,13 @@ def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=
     meta:      True = valid metadata, a ModelMetadata, a raw string (written verbatim), None = no metadata
     covariance: "pd" or "not_pd"
     site:      also take ``site_propagation`` [B, 5] (module doc)
+    area:      also take ``search_area_enu_km`` [B, 5]: position += AREA_SHIFT x its first two columns
     """
     dims, rename, elem_type = dims or {}, rename or {}, elem_type or {}
     shapes = {
         "features": ["B", max_receivers, spec.n_mels, spec.n_frames], "rx_enu_km": ["B", max_receivers, 3],
         "rx_mask": ["B", max_receivers], "position_enu_km": ["B", 2], "covariance_km2": ["B", 2, 2],
-        "site_propagation": ["B", 5],
+        "site_propagation": ["B", 5], "search_area_enu_km": ["B", 5],
     }
     shapes.update(dims)
     nodes = _known_nodes(coef, covariance)
@@ -116,6 +118,15 @@ def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=
                   helper.make_node("Slice", ["site_propagation", "site_lo", "site_hi", "site_ax"], ["site_two"]),
                   helper.make_node("Mul", ["site_two", "site_shift"], ["site_offset"]),
                   helper.make_node("Add", ["position_before_site", "site_offset"], ["position_enu_km"])]
+    if area:
+        inputs.append("search_area_enu_km")
+        position = next(node for node in nodes if node.output[0] == "position_enu_km")
+        position.output[0] = "position_before_area"
+        nodes += [_const("area_lo", [0], np.int64), _const("area_hi", [2], np.int64), _const("area_ax", [1], np.int64),
+                  _const("area_shift", AREA_SHIFT),
+                  helper.make_node("Slice", ["search_area_enu_km", "area_lo", "area_hi", "area_ax"], ["area_two"]),
+                  helper.make_node("Mul", ["area_two", "area_shift"], ["area_offset"]),
+                  helper.make_node("Add", ["position_before_area", "area_offset"], ["position_enu_km"])]
 
     def value_info(name: str) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(rename.get(name, name), elem_type.get(name, TensorProto.FLOAT), shapes[name])

@@ -5,7 +5,8 @@ Nothing here re-implements a signal or a feature. Each draw goes through:
 1. ``random_network_config``: a streamer ``Config`` for a random receiver network (3-16 receivers, bounding
    box 3-200 km, 2 m or 70 cm) with a randomised ``[simulator]`` section: transmit power range, path-loss
    exponent and 1 km loss, shadowing sigma and decorrelation distance (spatially correlated field per
-   receiver), per-receiver calibration error sigma, noise figure, transmitter and receiver heights.
+   receiver), per-receiver calibration error sigma, noise figure and its spread over the receivers, transmitter
+   and receiver heights.
 2. ``receivers.simulator.SimulatedWorld`` + ``render_windows``: per-receiver IQ at the model rate for the
    drawn transmitter positions and powers, through the same signal code as the live simulator adapter
    (path loss, the world's shadowing fields, hidden calibration errors, thermal noise, oscillator errors).
@@ -20,8 +21,8 @@ daemon would not localize are not trained or scored on.
 
 Everything is a function of ``seed`` (world ``w`` of a run uses ``SeedSequence([seed, w])``, ``world_config``),
 so a run with the same arguments gives the same arrays whatever the number of worker processes, and
-``world_sites`` can give each window its world's true propagation (what the model is told in training) again
-from the seed.
+``world_sites`` and ``world_areas`` can give each window its world's true propagation and search area (what the
+model is told in training) again from the seed.
 
 Examples
 --------
@@ -154,6 +155,7 @@ def random_network_config(rng: np.random.Generator, *, n_rx: int | None = None, 
             "calibration_sigma_db": float(rng.uniform(0.0, 4.0)),
             "noise_figure_db": float(rng.uniform(3.0, 12.0)),
             "tx_alt_m": float(rng.uniform(2.0, 300.0)),
+            "noise_figure_sigma_db": float(rng.uniform(0.0, 4.0)),
         },
         "receivers": receivers,
     }, source="<random network>")
@@ -183,7 +185,7 @@ def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: Feature
     if n_rx > max_receivers:
         raise ValueError(f"{n_rx} receivers, but the model takes at most {max_receivers}")
     sim, area = world.sim, world.area
-    noise_channel_dbm = -174.0 + 10 * math.log10(CHANNEL_BANDWIDTH_HZ) + sim.noise_figure_db
+    noise_channel_dbm = np.array([world.noise_dbm(r, CHANNEL_BANDWIDTH_HZ) for r in range(n_rx)])
     kept: list[Windows] = []
     got, next_id = 0, int(first_window_id)
     for _ in range(max_tries):
@@ -260,15 +262,13 @@ def world_config(seed: int, w: int, top_up: int = 0) -> tuple[Config, np.random.
     return random_network_config(rng, seed=int(rng.integers(1, 2**31))), rng
 
 
-def world_sites(data: Windows, seed: int, max_top_up: int = 64) -> np.ndarray:
-    """``site_propagation`` [N, 5] of each window of ``generate(..., seed=seed)``: its world's true propagation.
+def window_worlds(data: Windows, seed: int, max_top_up: int = 64) -> list[Config]:
+    """The world ``Config`` each window of ``generate(..., seed=seed)`` was drawn from.
 
     A window's world is ``data.world`` unless a top-up world took that index too, so each window is matched to
     the candidate world whose receiver heights include every present receiver's (heights are continuous
     random draws: one world's set matches no other's)."""
-    from streamer.model_contract import SITE_PROPAGATION_WIDTH, site_propagation
-
-    sites = np.zeros((len(data), SITE_PROPAGATION_WIDTH), np.float32)
+    configs: list[Config | None] = [None] * len(data)
     found = np.zeros(len(data), bool)
     for w in np.unique(data.world):
         idx = np.flatnonzero(data.world == w)
@@ -278,13 +278,33 @@ def world_sites(data: Windows, seed: int, max_top_up: int = 64) -> np.ndarray:
             for i in idx[~found[idx]]:
                 present = data.rx_alt_m[i][data.rx_mask[i] > 0.5]
                 if np.all(np.min(np.abs(present[:, None] - alts[None, :]), axis=1) < 1e-3):
-                    sites[i], found[i] = site_propagation(physics_config_for(config)), True
+                    configs[i], found[i] = config, True
             if found[idx].all():
                 break
     if not found.all():
         raise ValueError(f"{int((~found).sum())} windows match no world of seed {seed} (world indices "
                          f"{sorted(set(data.world[~found].tolist()))[:5]}...)")
-    return sites
+    return configs
+
+
+def world_sites(data: Windows, seed: int) -> np.ndarray:
+    """``site_propagation`` [N, 5] of each window of ``generate(..., seed=seed)``: its world's true propagation."""
+    from streamer.model_contract import SITE_PROPAGATION_WIDTH, site_propagation
+
+    worlds = window_worlds(data, seed)
+    rows = {id(c): site_propagation(physics_config_for(c)) for c in worlds}
+    return np.array([rows[id(c)] for c in worlds], np.float32).reshape(-1, SITE_PROPAGATION_WIDTH)
+
+
+def world_areas(data: Windows, seed: int) -> np.ndarray:
+    """``search_area_row`` [N, 5] of each window of ``generate(..., seed=seed)``: its world's search area (km, in
+    the windows' ENU frame), where the transmitter was drawn and the physics estimator puts its prior."""
+    from streamer.geodesy import network_geometry
+    from streamer.model_contract import SEARCH_AREA_WIDTH, search_area_row
+
+    worlds = window_worlds(data, seed)
+    rows = {id(c): search_area_row(network_geometry(c)[2]) for c in worlds}
+    return np.array([rows[id(c)] for c in worlds], np.float32).reshape(-1, SEARCH_AREA_WIDTH)
 
 
 def _world_job(args) -> Windows:
@@ -324,12 +344,15 @@ def generate(n_samples: int, *, seed: int, spec: FeatureSpec, windows_per_world:
 
 
 def _spec_tag(spec: FeatureSpec, oversampling: int = 1) -> str:
-    """Cache key of what besides the seed determines a window: the feature spec, and the rendering when it
-    goes through the channelizer (left out at 1, so caches made before that option stay valid)."""
+    """Cache key of what besides the seed determines a window: the feature spec, the rendering when it goes
+    through the channelizer, and the simulator's signal model (``receivers.simulator.SIGNAL_MODEL``), so a
+    cache made by an earlier simulator is never read as this one's."""
     import hashlib
     import json
 
-    key = spec.as_dict() if oversampling == 1 else {**spec.as_dict(), "render_oversampling": oversampling}
+    from receivers.simulator import SIGNAL_MODEL
+
+    key = {**spec.as_dict(), "render_oversampling": oversampling, "signal_model": SIGNAL_MODEL}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 

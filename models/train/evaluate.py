@@ -23,9 +23,10 @@ it, i.e. at least three receivers hear the transmitter by its detection rule):
                  ``special_test_cases/indoor.json``) as ``powder-<file stem>``, by the same rule.
 
 Methods: each ONNX model (named by its file stem) through ``streamer.inference.OnnxEstimator.run``; a model
-that takes the contract's optional ``site_propagation`` input is told the dataset's propagation exactly as the
-physics estimator is configured (``site_propagation`` of the same ``PhysicsConfig``, as the daemon feeds
-``estimator.physics``'s), and is scored a second time told nothing as ``<model>-blind``;
+that takes the contract's optional inputs is told the dataset's propagation exactly as the physics estimator is
+configured (``site_propagation`` of the same ``PhysicsConfig``, as the daemon feeds ``estimator.physics``'s) and
+the search area the physics estimator's prior covers (``search_area_row``), and is scored a second time told
+nothing as ``<model>-blind``;
 ``physics``: ``streamer.physics.PhysicsEstimator`` on ``channel_power`` of the same frames, as the daemon
 runs it, given the true propagation parameters of each simulated world (path-loss exponent, 1 km loss,
 shadowing and calibration sigmas, power range, transmitter height: an oracle; a site-taking model is told
@@ -64,7 +65,7 @@ from streamer.config import Config, PhysicsConfig, load
 from streamer.ellipse_calibration import coverage, least_nll_scale
 from streamer.features import FeatureSpec
 from streamer.geodesy import mahalanobis_sq
-from streamer.model_contract import SITE_INPUT, site_propagation
+from streamer.model_contract import OPTIONAL_INPUT_NAMES, search_area_row, site_propagation
 from streamer.physics import PhysicsEstimator, channel_power
 
 EVAL_SEED = 20_260_001
@@ -160,21 +161,27 @@ def site_calibrated(position_m: np.ndarray, cov_m2: np.ndarray, truth_m: np.ndar
 
 
 def takes_site(path: Path) -> bool:
-    """Whether the ONNX model at ``path`` declares the contract's optional ``site_propagation`` input."""
+    """Whether the ONNX model at ``path`` declares one of the contract's optional inputs (the site's propagation,
+    the search area): such a model is scored told them and told nothing."""
     import onnx
 
-    return any(i.name == SITE_INPUT for i in onnx.load(str(path), load_external_data=False).graph.input)
+    names = {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+    return bool(names & set(OPTIONAL_INPUT_NAMES))
 
 
-def run_onnx(path: Path, data: Windows, batch: int = 256, site: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def run_onnx(path: Path, data: Windows, batch: int = 256, site: np.ndarray | None = None,
+             area: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Positions (m) and covariances (m^2) of an ONNX model through ``OnnxEstimator.run``; ``site``: the
-    ``site_propagation`` row it is fed (``None``: unknown), as the daemon feeds ``estimator.physics``'s."""
+    ``site_propagation`` row it is fed (``None``: unknown), as the daemon feeds ``estimator.physics``'s; ``area``:
+    the ``search_area_row`` ([5], or [N, 5] one per draw; ``None``: unknown), the physics estimator's area."""
     from streamer.inference import OnnxEstimator
 
     est = OnnxEstimator(path, providers=("CPUExecutionProvider",))
     pos, cov = [], []
     for i in range(0, len(data), batch):
-        out = est.run(data.features_dbm[i : i + batch], data.rx_enu_km[i : i + batch], data.rx_mask[i : i + batch], site)
+        rows = None if area is None or np.ndim(area) == 1 else area[i : i + batch]
+        out = est.run(data.features_dbm[i : i + batch], data.rx_enu_km[i : i + batch], data.rx_mask[i : i + batch], site,
+                      area if rows is None else rows)
         bad = ~out.valid
         pos.append(np.where(bad[:, None], np.nan, out.position_enu_km))
         cov.append(np.where(bad[:, None, None], np.nan, out.covariance_km2))
@@ -182,11 +189,19 @@ def run_onnx(path: Path, data: Windows, batch: int = 256, site: np.ndarray | Non
 
 
 def model_methods(path: Path) -> dict[str, bool]:
-    """``{method name: told the site}`` to score a model as: ``<stem>``, told the dataset's site propagation
-    (the physics estimator's parameters, as the daemon feeds ``estimator.physics``'s), and, for a model that
-    takes a site, also ``<stem>-blind``, told nothing (it infers them from each window)."""
+    """``{method name: told the site}`` to score a model as: ``<stem>``, told the dataset's site propagation and
+    search area (the physics estimator's parameters and prior, as the daemon feeds ``estimator.physics``'s and the
+    configured area), and, for a model that takes them, also ``<stem>-blind``, told nothing (it infers them from
+    each window)."""
     stem = Path(path).stem
     return {stem: True, f"{stem}-blind": False} if takes_site(Path(path)) else {stem: False}
+
+
+def area_of(config: Config) -> np.ndarray:
+    """The ``search_area_row`` of a network: the area its physics estimator (and its simulated transmitter) covers."""
+    from streamer.geodesy import network_geometry
+
+    return search_area_row(network_geometry(config)[2])
 
 
 def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -240,7 +255,8 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         table = {}
         for path in models:
             for method, told in model_methods(path).items():
-                position, cov = run_onnx(Path(path), data, site=site_propagation(physics_cfg) if told else None)
+                position, cov = run_onnx(Path(path), data, site=site_propagation(physics_cfg) if told else None,
+                                         area=area_of(config) if told else None)
                 table[method] = scores(position, cov, truth)
                 table[f"{method}+site"] = scores(position, site_calibrated(position, cov, truth), truth)
         if physics:
@@ -253,8 +269,8 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         table = {}
         for path in models:
             for method, told in model_methods(path).items():
-                estimates = [run_onnx(Path(path), data, site=site_propagation(ph) if told else None)
-                             for _, ph, data in networks]
+                estimates = [run_onnx(Path(path), data, site=site_propagation(ph) if told else None,
+                                      area=area_of(c) if told else None) for c, ph, data in networks]
                 table[method] = score_many(networks, estimates)
                 table[f"{method}+site"] = score_many(networks, [
                     (p, site_calibrated(p, c, data.tx_enu_km.astype(np.float64) * 1e3)) for (p, c), (_, _, data) in zip(estimates, networks)])

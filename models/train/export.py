@@ -17,7 +17,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from streamer.model_contract import (INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, SITE_PROPAGATION_WIDTH, ModelMetadata, check_model,
+from streamer.model_contract import (AREA_INPUT, INPUT_NAMES, OUTPUT_NAMES, SEARCH_AREA_WIDTH, SITE_INPUT,
+                                     SITE_PROPAGATION_WIDTH, ModelMetadata, check_model,
                                      write_metadata)
 
 OPSET = 17
@@ -37,6 +38,11 @@ def export_model(model: torch.nn.Module, path: str | Path, meta: ModelMetadata) 
     if getattr(model, "config", {}).get("site_input"):
         example += (torch.zeros(2, SITE_PROPAGATION_WIDTH),)
         input_names.append(SITE_INPUT)
+    if getattr(model, "config", {}).get("area_input"):
+        if len(example) == 3:  # forward(features, rx_enu_km, rx_mask, site, area): site is positional
+            raise ValueError("a model that takes the search area must also take the site input")
+        example += (torch.zeros(2, SEARCH_AREA_WIDTH),)
+        input_names.append(AREA_INPUT)
     model = model.eval()
     buffer = io.BytesIO()
     # The TorchScript exporter writes one self-contained opset-17 file; torch >= 2.9 warns that it is the legacy path.
@@ -64,15 +70,20 @@ def set_metadata(path: str | Path, meta: ModelMetadata) -> None:
 
 
 def onnx_vs_torch(model: torch.nn.Module, path: str | Path, features: np.ndarray, rx_enu_km: np.ndarray,
-                  rx_mask: np.ndarray, site: np.ndarray | None = None) -> dict:
+                  rx_mask: np.ndarray, site: np.ndarray | None = None, area: np.ndarray | None = None) -> dict:
     """Max absolute differences between ONNX Runtime (CPU) and torch on the same normalised inputs
-    (``site`` [B, 5]: fed where the model takes ``site_propagation``; ``None`` = unknown)."""
+    (``site``, ``area`` [B, 5]: fed where the model takes ``site_propagation`` / ``search_area_enu_km``;
+    ``None`` = unknown)."""
     feeds = {"features": np.ascontiguousarray(features, np.float32), "rx_enu_km": np.ascontiguousarray(rx_enu_km, np.float32),
              "rx_mask": np.ascontiguousarray(rx_mask, np.float32)}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    if any(i.name == SITE_INPUT for i in session.get_inputs()):
+    names = {i.name for i in session.get_inputs()}
+    if SITE_INPUT in names:
         feeds[SITE_INPUT] = np.ascontiguousarray(
             np.zeros((features.shape[0], SITE_PROPAGATION_WIDTH)) if site is None else site, np.float32)
+    if AREA_INPUT in names:
+        feeds[AREA_INPUT] = np.ascontiguousarray(
+            np.zeros((features.shape[0], SEARCH_AREA_WIDTH)) if area is None else area, np.float32)
     pos_ort, cov_ort = session.run(list(OUTPUT_NAMES), feeds)
     with torch.no_grad():
         pos_t, cov_t = model.eval()(*(torch.from_numpy(feeds[n]) for n in feeds))

@@ -41,9 +41,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from streamer.ellipse_calibration import least_nll_scale
-from streamer.model_contract import SITE_PROPAGATION_WIDTH
+from streamer.model_contract import SEARCH_AREA_WIDTH, SITE_PROPAGATION_WIDTH
 
 MIN_SCALE_KM = 0.2
+AREA_TOKEN_WIDTH = SEARCH_AREA_WIDTH  # the area in the normalised frame / 4, and its flag
 CHOL_FLOOR = 1e-3  # smallest Cholesky diagonal, in units of s
 NEG = -1e4  # logit for an absent receiver
 
@@ -116,23 +117,29 @@ class GridPosterior(nn.Module):
     def __init__(self, dim: int, n_mels: int, cells: int = 32, half_width: float = 2.5) -> None:
         super().__init__()
         self.n_mels = n_mels
-        step = 2.0 * half_width / cells
-        axis = torch.linspace(-half_width + step / 2, half_width - step / 2, cells)
+        self.half_width = half_width
+        step = 1.0 / cells
+        axis = torch.linspace(step / 2, 1.0 - step / 2, cells)
         gy, gx = torch.meshgrid(axis, axis, indexing="ij")
-        self.register_buffer("cells", torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1))  # [G, 2]
-        self.cell_variance = step * step / 12.0
+        # Cell centres in the unit square; each window maps them onto its grid's extent (``forward``).
+        self.register_buffer("unit_cells", torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1))  # [G, 2]
+        self.cell_fraction_variance = step * step / 12.0  # a cell's own variance, in units of the extent squared
         self.receiver = nn.Linear(dim, 3)  # power correction (x 10 dB), heard logit, floor correction (x 10 dB)
         self.scene = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 9))
         for layer in (self.receiver, self.scene[-1]):  # start from the heuristics in the class doc
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, h, pooled, p, up_km, scale, mask, scene_token, site=None):
+    def forward(self, h, pooled, p, up_km, scale, mask, scene_token, site=None, area=None):
         """Position [B, 2] and covariance [B, 2, 2] in units of ``scale``, and the per-receiver heard logit [B, R].
 
         ``site`` [B, 5] (``streamer.model_contract.site_propagation``): where its last column is 1, the site's
         path-loss exponent, sigma (dB) and level prior (dBm) replace the inferred ones; the network adds only
-        a learned sigma for its own power-estimation error."""
+        a learned sigma for its own power-estimation error.
+        ``area`` [B, 5]: the search area in the normalised frame ((km - centre) / scale: east min, east max, north
+        min, north max) and a flag; where the flag is 1 the grid spans exactly that area and the prior is uniform
+        over it (the physics estimator's prior), elsewhere the grid spans +-``half_width`` and the prior falls
+        off outside the receivers' box at a learned rate."""
         band_db = 20.0 * pooled[..., : self.n_mels]  # dB relative to the normalisation offset
         strongest = band_db.max(dim=-1).values
         quietest = band_db.min(dim=-1).values
@@ -158,6 +165,16 @@ class GridPosterior(nn.Module):
 
         heard = torch.sigmoid(heard_logit) * mask
         missed = mask - heard
+        # The grid: [lo, hi] per axis, the told area or +-half_width; cells [B, G, 2] in units of scale.
+        lo = torch.full_like(p[:, 0, :], -self.half_width)
+        hi = torch.full_like(p[:, 0, :], self.half_width)
+        area_known = torch.zeros_like(scale)  # [B, 1]
+        if area is not None:
+            area_known = (area[:, 4:5] > 0.5).to(p.dtype)
+            lo = torch.where(area_known > 0, area[:, 0:4:2], lo)
+            hi = torch.where(area_known > 0, area[:, 1:4:2], hi)
+        extent = hi - lo
+        cells = lo[:, None, :] + self.unit_cells[None] * extent[:, None, :]  # [B, G, 2]
 
         # Slots no window of the batch uses weigh 0 in every term below, so only the used ones enter the
         # [B, R, G] work (the daemon's 7-receiver default fills 7 of 16 slots).
@@ -166,7 +183,7 @@ class GridPosterior(nn.Module):
         power_db, floor_db = power_db.index_select(1, used), floor_db.index_select(1, used)
         rx_km = p.index_select(1, used) * scale[:, :, None]  # [B, R, 2]
         up_km = up_km.index_select(1, used)
-        cells_km = self.cells[None] * scale[:, :, None]  # [B, G, 2]
+        cells_km = cells * scale[:, :, None]  # [B, G, 2]
         # |cell - receiver|^2 + up^2 + (50 m)^2 as one matmul of augmented vectors (no [B, R, G, 2] tensor),
         # floored at (50 m)^2 against rounding.
         rx_aug = torch.cat([rx_km, torch.ones_like(up_km)[..., None],
@@ -193,20 +210,22 @@ class GridPosterior(nn.Module):
         below_floor = (loss_db + floor_db[:, :, None] - level[:, None, :]) * (1.0 / sigma_db)[:, :, None]
         log_like = log_like + (missed[:, None, :] @ log_normal_cdf(below_floor)).squeeze(1)
 
+        # Where the area is not told: a prior falling off outside the present receivers' box plus 35 %.
         inside = mask[..., None] > 0
-        lo = torch.where(inside, p, torch.full_like(p, 1e4)).min(dim=1).values  # [B, 2]
-        hi = torch.where(inside, p, torch.full_like(p, -1e4)).max(dim=1).values
-        margin = 0.35 * (hi - lo) + 0.05
-        before = F.relu(lo[:, None, :] - margin[:, None, :] - self.cells[None])
-        beyond = F.relu(self.cells[None] - hi[:, None, :] - margin[:, None, :])
-        outside = before + beyond
-        log_post = log_like - prior_steepness * outside.sum(-1)
+        box_lo = torch.where(inside, p, torch.full_like(p, 1e4)).min(dim=1).values  # [B, 2]
+        box_hi = torch.where(inside, p, torch.full_like(p, -1e4)).max(dim=1).values
+        margin = 0.35 * (box_hi - box_lo) + 0.05
+        before = F.relu(box_lo[:, None, :] - margin[:, None, :] - cells)
+        beyond = F.relu(cells - box_hi[:, None, :] - margin[:, None, :])
+        outside = (before + beyond).sum(-1) * (1.0 - area_known)
+        log_post = log_like - prior_steepness * outside
         post = torch.softmax(log_post, dim=-1)  # [B, G]
-        mean = post @ self.cells  # [B, 2]
-        centred = self.cells[None] - mean[:, None, :]
+        mean = (post[:, None, :] @ cells).squeeze(1)  # [B, 2]
+        centred = cells - mean[:, None, :]
         cov = (centred * post[:, :, None]).transpose(1, 2) @ centred  # [B, 2, 2]
         eye = torch.eye(2, dtype=cov.dtype, device=cov.device)
-        cov = cov * torch.exp(2.0 * scene[:, 3])[:, None, None] + self.cell_variance * eye
+        cell_var = (self.cell_fraction_variance * extent * extent)[:, :, None] * eye  # [B, 2, 2], diagonal
+        cov = cov * torch.exp(2.0 * scene[:, 3])[:, None, None] + cell_var
         return mean + 0.1 * scene[:, 4:6], cov, heard_logit
 
 
@@ -218,7 +237,7 @@ class LocalizerNet(nn.Module):
     """
 
     def __init__(self, n_mels: int = 32, dim: int = 128, n_layers: int = 3, heads: int = 4, head: str = "grid",
-                 grid_cells: int = 32, site_input: bool = True) -> None:
+                 grid_cells: int = 32, site_input: bool = True, area_input: bool = True) -> None:
         super().__init__()
         if head not in ("direct", "grid"):
             raise ValueError(f"head must be 'direct' or 'grid', not {head!r}")
@@ -226,7 +245,9 @@ class LocalizerNet(nn.Module):
         if head == "grid":
             self.config["grid_cells"] = grid_cells
         self.config["site_input"] = site_input
-        token_in = 2 * n_mels + 4 + (SITE_PROPAGATION_WIDTH if site_input else 0)
+        if head == "grid" and area_input:  # the direct head has no prior to put the area into
+            self.config["area_input"] = True
+        token_in = 2 * n_mels + 4 + (SITE_PROPAGATION_WIDTH if site_input else 0) + (AREA_TOKEN_WIDTH if self.config.get("area_input") else 0)
         self.embed = nn.Sequential(nn.Linear(token_in, dim), nn.GELU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
@@ -246,13 +267,13 @@ class LocalizerNet(nn.Module):
         std = torch.sqrt(((features - mean.unsqueeze(-1)) ** 2).mean(dim=-1) + 1e-6)
         return torch.cat([mean, std], dim=-1)
 
-    def normalised(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None):
+    def normalised(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None, area=None):
         """Centre [B, 2] (km), scale [B, 1] (km), position [B, 2] and Cholesky entries [B, 3] in units of scale."""
-        return self.normalised_pooled(self.pool_time(features), rx_enu_km, rx_mask, site)
+        return self.normalised_pooled(self.pool_time(features), rx_enu_km, rx_mask, site, area)
 
-    def normalised_pooled(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None):
+    def normalised_pooled(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None, area=None):
         """``normalised`` after ``pool_time`` (training pools each window once, up front)."""
-        return self.normalised_pooled_and_heard(pooled, rx_enu_km, rx_mask, site)[:4]
+        return self.normalised_pooled_and_heard(pooled, rx_enu_km, rx_mask, site, area)[:4]
 
     @staticmethod
     def site_token(site: torch.Tensor) -> torch.Tensor:
@@ -262,12 +283,20 @@ class LocalizerNet(nn.Module):
                             (site[:, 3:4] - 5.0) / 5.0], dim=-1)
         return torch.cat([scaled * known, known], dim=-1)
 
+    @staticmethod
+    def area_in_units(area: torch.Tensor, centre: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """[B, 5] search area rows (km) -> the same in the normalised frame ((km - centre) / scale), flag kept."""
+        offset = torch.stack([centre[:, 0], centre[:, 0], centre[:, 1], centre[:, 1]], dim=-1)
+        known = area[:, 4:5]
+        return torch.cat([(area[:, :4] - offset) / scale * known, known], dim=-1)
+
     def normalised_pooled_and_heard(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor,
-                                    site=None):
+                                    site=None, area=None):
         """``normalised_pooled`` plus the grid head's per-receiver heard logits [B, R] (``None`` for the direct head),
         for ``train.loss_of``'s auxiliary term. Not a contract output: the exported graph leaves them out.
 
-        ``site`` [B, 5]: the site's propagation (``streamer.model_contract.site_propagation``); ``None`` = unknown."""
+        ``site`` [B, 5]: the site's propagation (``streamer.model_contract.site_propagation``); ``None`` = unknown.
+        ``area`` [B, 5]: the search area (``streamer.model_contract.search_area_row``, km); ``None`` = unknown."""
         mask = rx_mask.unsqueeze(-1)  # [B, R, 1]
         count = mask.sum(dim=1).clamp(min=1.0)  # [B, 1]
         xy = rx_enu_km[..., :2]
@@ -284,6 +313,12 @@ class LocalizerNet(nn.Module):
             token.append(self.site_token(site).unsqueeze(1).expand(-1, p.shape[1], -1))
         else:
             site = None
+        area_units = None
+        if self.config.get("area_input"):
+            if area is None:
+                area = torch.zeros(pooled.shape[0], SEARCH_AREA_WIDTH, dtype=pooled.dtype, device=pooled.device)
+            area_units = self.area_in_units(area, centre, scale)
+            token.append((area_units / 4.0).unsqueeze(1).expand(-1, p.shape[1], -1))  # edges at ~+-2 s -> order 1
         h = self.embed(torch.cat(token, dim=-1))
         key_bias = (1.0 - rx_mask) * NEG
         for block in self.blocks:
@@ -293,7 +328,8 @@ class LocalizerNet(nn.Module):
         pooled_max = (h + (1.0 - mask) * NEG).max(dim=1).values
         if self.config["head"] == "grid":
             position, cov, heard_logit = self.grid(
-                h, pooled, p, rx_enu_km[..., 2] * rx_mask, scale, rx_mask, torch.cat([pooled_mean, pooled_max], dim=-1), site)
+                h, pooled, p, rx_enu_km[..., 2] * rx_mask, scale, rx_mask, torch.cat([pooled_mean, pooled_max], dim=-1), site,
+                area_units)
             l11 = torch.sqrt(cov[:, 0, 0])
             l21 = cov[:, 1, 0] / l11
             l22 = torch.sqrt(torch.clamp(cov[:, 1, 1] - l21 * l21, min=CHOL_FLOOR**2))
@@ -305,10 +341,10 @@ class LocalizerNet(nn.Module):
         chol = torch.stack([F.softplus(out[:, 2]) + CHOL_FLOOR, out[:, 3], F.softplus(out[:, 4]) + CHOL_FLOOR], dim=-1)
         return centre, scale, position, chol * torch.sqrt(self.covariance_scale), None
 
-    def forward(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None):
-        """Contract outputs: position_enu_km [B, 2] and covariance_km2 [B, 2, 2]; ``site`` is the optional
-        ``site_propagation`` input [B, 5] (``None``: unknown)."""
-        centre, scale, position, chol = self.normalised(features, rx_enu_km, rx_mask, site)
+    def forward(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None, area=None):
+        """Contract outputs: position_enu_km [B, 2] and covariance_km2 [B, 2, 2]; ``site`` and ``area`` are the
+        optional ``site_propagation`` and ``search_area_enu_km`` inputs [B, 5] (``None``: unknown)."""
+        centre, scale, position, chol = self.normalised(features, rx_enu_km, rx_mask, site, area)
         l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
         s2 = (scale * scale).squeeze(-1)
         c11 = l11 * l11 * s2
@@ -334,7 +370,8 @@ def gaussian_nll(centre, scale, position, chol, target_km) -> torch.Tensor:
 
 
 def fit_covariance_scale(model: LocalizerNet, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor,
-                         target_km: torch.Tensor, batch_size: int = 512, site: torch.Tensor | None = None) -> float:
+                         target_km: torch.Tensor, batch_size: int = 512, site: torch.Tensor | None = None,
+                         area: torch.Tensor | None = None) -> float:
     """Set ``model.covariance_scale`` to the factor k on every covariance that minimises the mean Gaussian NLL of
     the given held-out windows (inputs as for ``normalised_pooled``; ``target_km`` [N, 2]; ``site`` [N, 5] or
     ``None``); returns k.
@@ -352,7 +389,8 @@ def fit_covariance_scale(model: LocalizerNet, pooled: torch.Tensor, rx_enu_km: t
     with torch.no_grad():
         for i in range(0, target_km.shape[0], batch_size):
             part = slice(i, i + batch_size)
-            out = model.normalised_pooled(pooled[part], rx_enu_km[part], rx_mask[part], None if site is None else site[part])
+            out = model.normalised_pooled(pooled[part], rx_enu_km[part], rx_mask[part], None if site is None else site[part],
+                                          None if area is None else area[part])
             m2.append(mahalanobis_sq(*out, target_km[i : i + batch_size]))
     k = least_nll_scale(torch.cat(m2).double().numpy())
     model.covariance_scale.fill_(k)

@@ -23,7 +23,8 @@ From measured RSS to IQ, exactly:
    fitting set keep o_r = 0.
 3. IQ: for each test sample a simulated world (``receivers.simulator.SimulatedWorld``) is built with the
    sample's receivers at their measured positions, shadowing 0 dB, calibration error 0 dB, the fitted exponent,
-   the free-space 1 km loss and the simulator's defaults otherwise (noise figure 6 dB, oscillator errors).
+   the free-space 1 km loss, noise figure 6 dB at every receiver (no spread) and the simulator's defaults
+   otherwise (oscillator errors).
    Receiver r is rendered alone by ``render_windows`` with transmit power ``P_ir + PL(d_ir)`` (the world's own
    path loss at the true position), so it receives exactly ``P_ir`` dBm plus thermal noise. All receivers of
    a sample share the window id, hence the same FM audio. Frames: ``streamer.features.mel_frames_dbm``.
@@ -95,7 +96,7 @@ from streamer.config import PhysicsConfig, from_dict
 from streamer.errors import HeimdallError
 from streamer.features import FeatureSpec
 from streamer.geodesy import Origin, geodetic_to_enu_m, search_area
-from streamer.model_contract import site_propagation
+from streamer.model_contract import search_area_row, site_propagation
 from streamer.physics import (PhysicsEstimator, channel_power, correlated_error_cov, log_distance_path_loss_db,
                              slant_distance_m)
 from streamer.survey import CORR_BINS_M, correlation_table, fit_correlation, pair_residuals
@@ -336,7 +337,7 @@ def render_sample(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, sampl
         return None
     config = from_dict({
         "network": {"target_freq_hz": FREQ_HZ, "origin": [origin.lat, origin.lon, 0.0], "area_margin_km": 0.3},
-        "simulator": {"seed": 462 + sample_id, "shadowing_db": 0.0, "calibration_sigma_db": 0.0,
+        "simulator": {"seed": 462 + sample_id, "shadowing_db": 0.0, "calibration_sigma_db": 0.0, "noise_figure_sigma_db": 0.0,
                       "path_loss_exponent": fit["n"], "ref_loss_db": free_space_loss_1km_db(FREQ_HZ), "tx_alt_m": TX_ALT_M},
         "receivers": [{"id": f"r{i}", "kind": "simulator", "lat": lat, "lon": lon, "alt_m": 0.0}
                       for i, (_, (_, lat, lon)) in enumerate(heard)],
@@ -645,7 +646,9 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
     table = {}
     for path in models:  # a model that takes the site is told the fitted exponent and sigma, as by heimdall calibrate
         for method, told in model_methods(path).items():
-            position, cov = run_onnx(Path(path), data, site=site_propagation(physics_config(fit)) if told else None)
+            position, cov = run_onnx(Path(path), data, site=site_propagation(physics_config(fit)) if told else None,
+                                     area=np.stack([search_area_row(search_area(sm.rx_enu_m[:MAX_RECEIVERS], 0.3))
+                                                    for sm in samples]) if told else None)
             table[method] = scores(position, cov, truth)
             table[f"{method}+site"] = scores(position, site_calibrated(position, cov, truth), truth)
     pos = np.empty((len(samples), 2))

@@ -22,7 +22,7 @@ Steps (each one printed as it finishes):
 
 Examples (shell)
 ----------------
-``heimdall train --channelized --out models/heimdall-0.2.0.onnx`` (the shipped model's settings; see models/MODEL_CARD.md)
+``heimdall train --channelized --out models/heimdall-0.3.0.onnx`` (the shipped model's settings; see models/MODEL_CARD.md)
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ import torch
 from torch.nn import functional as F
 
 from models.train.commands import VERSION, add_train_arguments as add_arguments, default_out  # noqa: F401
-from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached, world_sites
+from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached, world_areas, world_sites
 from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll
 from streamer.features import FeatureSpec
-from streamer.model_contract import SITE_PROPAGATION_WIDTH, ModelMetadata, Normalisation
+from streamer.model_contract import SEARCH_AREA_WIDTH, SITE_PROPAGATION_WIDTH, ModelMetadata, Normalisation
 
 NORMALISATION = Normalisation(offset_db=-100.0, scale_db=20.0)
 # In training a window's site propagation (its world's truth) is hidden with this probability, so that the
@@ -50,19 +50,25 @@ NORMALISATION = Normalisation(offset_db=-100.0, scale_db=20.0)
 # operator's fit (sd of exponent, of ln sigma, of level in dB).
 SITE_UNKNOWN_PROB = 0.25
 SITE_ERROR = (0.1, 0.1, 2.0)
+# The search area (what the physics estimator's uniform prior covers) is hidden in this share of training windows,
+# so that the model also works when it is not told one.
+AREA_UNKNOWN_PROB = 0.25
 FREQ_RANGE_HZ = (144e6, 440e6)
 TRAINING_DATA = (
     "receivers/simulator.py render_windows -> streamer.features.mel_frames_dbm, random networks: 3-16 receivers, "
     "bounding box 3-200 km, 144-148 MHz or 430-440 MHz, path-loss exponent 2-4, 1 km loss free space -3..+25 dB, "
-    "correlated shadowing 3-9 dB, calibration error sigma 0-4 dB, noise figure 3-12 dB, transmit power 15-60 dBm, "
+    "correlated shadowing 3-9 dB, calibration error sigma 0-4 dB, noise figure 3-12 dB with a spread of 0-4 dB over "
+    "the receivers (noise referred to the receiver: the gain error scales the signal only), transmit power 15-60 dBm, "
     "outages; windows heard by >= 3 receivers (6 dB in 12.5 kHz)"
 )
 
 
-def to_tensors(data: Windows, batch: int = 1024, sites: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+def to_tensors(data: Windows, batch: int = 1024, sites: np.ndarray | None = None,
+               areas: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Model inputs and targets; features normalised with ``NORMALISATION`` (absent slots zero) and pooled
     over time once (``LocalizerNet.pool_time``, the graph's own first step). ``sites`` [N, 5]: each window's
-    ``site_propagation`` (``dataset.world_sites``); ``None``: unknown (zeros)."""
+    ``site_propagation`` (``dataset.world_sites``), ``areas`` [N, 5] its ``search_area_row``
+    (``dataset.world_areas``); ``None``: unknown (zeros)."""
     pooled = []
     for i in range(0, len(data), batch):
         feats = (data.features_dbm[i : i + batch] - NORMALISATION.offset_db) / NORMALISATION.scale_db
@@ -76,21 +82,37 @@ def to_tensors(data: Windows, batch: int = 1024, sites: np.ndarray | None = None
         "target": torch.from_numpy(data.tx_enu_km),
         "site": torch.from_numpy(np.zeros((len(data), SITE_PROPAGATION_WIDTH), np.float32) if sites is None
                                  else np.ascontiguousarray(sites, np.float32)),
+        "area": torch.from_numpy(np.zeros((len(data), SEARCH_AREA_WIDTH), np.float32) if areas is None
+                                 else np.ascontiguousarray(areas, np.float32)),
     }
+
+
+def rotate_area(area: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Search-area rows [B, 5] (km) under [B, 2, 2] rotations by multiples of 90 degrees (and mirrors): the
+    bounding box of the turned corners, which is the turned box exactly. Unknown rows stay zero."""
+    e0, e1, n0, n1 = area[:, 0], area[:, 1], area[:, 2], area[:, 3]
+    corners = torch.stack([torch.stack([e0, n0], -1), torch.stack([e0, n1], -1), torch.stack([e1, n0], -1),
+                           torch.stack([e1, n1], -1)], 1)  # [B, 4, 2]
+    turned = torch.einsum("bij,bkj->bki", rot, corners)
+    lo, hi = turned.min(dim=1).values, turned.max(dim=1).values
+    return torch.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1], area[:, 4]], -1) * area[:, 4:5]
 
 
 def augment(batch: dict[str, torch.Tensor], gen: torch.Generator, drop_prob: float,
             site_unknown_prob: float = SITE_UNKNOWN_PROB) -> dict[str, torch.Tensor]:
-    """Random rotation + mirror of the scene, extra receiver outages, and the site's propagation hidden
-    (``site_unknown_prob``) or given with an operator's calibration error (module doc, step 2)."""
+    """Rotation of the scene by a multiple of 90 degrees + mirror (search areas are axis-aligned boxes, and stay
+    so), extra receiver outages, the site's propagation hidden (``site_unknown_prob``) or given with an
+    operator's calibration error, and the search area hidden (``AREA_UNKNOWN_PROB``) (module doc, step 2)."""
     b = batch["target"].shape[0]
-    theta = torch.rand(b, generator=gen) * 2 * math.pi
+    theta = torch.randint(0, 4, (b,), generator=gen).to(torch.float32) * (math.pi / 2)
     flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(theta), torch.sin(theta)
+    cos, sin = torch.round(torch.cos(theta)), torch.round(torch.sin(theta))
     rot = torch.stack([torch.stack([cos, -sin * flip], -1), torch.stack([sin, cos * flip], -1)], -2)  # [B, 2, 2]
     enu = batch["rx_enu_km"].clone()
     enu[..., :2] = torch.einsum("bij,brj->bri", rot, enu[..., :2])
     target = torch.einsum("bij,bj->bi", rot, batch["target"])
+    area = rotate_area(batch["area"], rot)
+    area = torch.where((torch.rand(b, generator=gen) < AREA_UNKNOWN_PROB)[:, None], torch.zeros_like(area), area)
     mask, heard = batch["rx_mask"], batch["heard"]
     drop = (torch.rand(mask.shape, generator=gen) < drop_prob) & (mask > 0)
     keep_all = ((heard * ~drop).sum(dim=1) < 3).unsqueeze(-1)
@@ -106,7 +128,7 @@ def augment(batch: dict[str, torch.Tensor], gen: torch.Generator, drop_prob: flo
     hidden = (torch.rand(b, generator=gen) < site_unknown_prob) | (site[:, 4] < 0.5)
     site = torch.where(hidden[:, None], torch.zeros_like(site), site)
     return {"pooled": pooled, "rx_enu_km": enu * new_mask[..., None],
-            "rx_mask": new_mask, "heard": heard * new_mask, "target": target, "site": site}
+            "rx_mask": new_mask, "heard": heard * new_mask, "target": target, "site": site, "area": area}
 
 
 def loss_of(model: LocalizerNet, batch: dict[str, torch.Tensor], heard_weight: float = 0.0) -> torch.Tensor:
@@ -116,7 +138,8 @@ def loss_of(model: LocalizerNet, batch: dict[str, torch.Tensor], heard_weight: f
     censoring term starts from the right receivers; the direct head has no such output and ignores it.
     """
     centre, scale, position, chol, heard_logit = model.normalised_pooled_and_heard(batch["pooled"], batch["rx_enu_km"],
-                                                                                   batch["rx_mask"], batch.get("site"))
+                                                                                   batch["rx_mask"], batch.get("site"),
+                                                                                   batch.get("area"))
     loss = gaussian_nll(centre, scale, position, chol, batch["target"]).mean()
     if heard_weight and heard_logit is not None:
         mask = batch["rx_mask"]
@@ -133,7 +156,7 @@ def evaluate_nll(model: LocalizerNet, data: dict[str, torch.Tensor], batch_size:
         for i in range(0, data["target"].shape[0], batch_size):
             part = {k: v[i : i + batch_size] for k, v in data.items()}
             centre, scale, position, chol = model.normalised_pooled(part["pooled"], part["rx_enu_km"], part["rx_mask"],
-                                                                    part["site"])
+                                                                    part["site"], part["area"])
             nlls.append(gaussian_nll(centre, scale, position, chol, part["target"]))
             errs.append(torch.linalg.norm(centre + scale * position - part["target"], dim=-1))
     model.train()
@@ -218,11 +241,12 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     model = LocalizerNet(n_mels=spec.n_mels, dim=dim, n_layers=layers, head=head)
     # Keep time for export and scoring: about 1.5 s per scored draw-set of 100 on this kind of CPU.
     reserve = 60.0 + (0.02 * eval_n * 4 if eval_n else 0.0)
-    val = to_tensors(val_data, sites=world_sites(val_data, seed + 1))
-    summary = fit(model, to_tensors(train_data, sites=world_sites(train_data, seed)), val, steps=steps, batch_size=batch_size, lr=lr,
+    val = to_tensors(val_data, sites=world_sites(val_data, seed + 1), areas=world_areas(val_data, seed + 1))
+    summary = fit(model, to_tensors(train_data, sites=world_sites(train_data, seed), areas=world_areas(train_data, seed)),
+                  val, steps=steps, batch_size=batch_size, lr=lr,
                   drop_prob=drop_prob, seed=seed, deadline=deadline - reserve, heard_weight=heard_weight, log=log)
     summary["covariance_scale"] = fit_covariance_scale(model, val["pooled"], val["rx_enu_km"], val["rx_mask"], val["target"],
-                                                       site=val["site"])
+                                                       site=val["site"], area=val["area"])
     log(f"covariance scale fitted on the {len(val_data)} validation windows: {summary['covariance_scale']:.4f}"
         f" (the least-NLL k in C -> k C; validation NLL {evaluate_nll(model, val)[0]:.3f} after, {summary['best_val_nll']:.3f} before)")
     args_summary = {"n_train": n_train, "n_val": n_val, "steps": summary["steps_run"], "batch_size": batch_size,
@@ -241,7 +265,7 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     check = val_data.subset(slice(0, 256))
     feats = (check.features_dbm - NORMALISATION.offset_db) / NORMALISATION.scale_db * check.rx_mask[..., None, None]
     diff = onnx_vs_torch(model, out, feats, check.rx_enu_km * check.rx_mask[..., None], check.rx_mask,
-                         val["site"][:256].numpy())
+                         val["site"][:256].numpy(), val["area"][:256].numpy())
     log(f"ONNX Runtime vs torch on {diff['n']} validation windows: position max abs diff "
         f"{diff['position_max_abs_diff_km']:.2e} km, covariance max abs diff {diff['covariance_max_abs_diff_km2']:.2e} km^2")
     size = out.stat().st_size

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamer.ellipse_calibration import CHI2_95
 from streamer.geodesy import Origin, geodetic_to_enu_m, mahalanobis_sq
 from tests.helpers.daemon import (check_localization_schema, collect_messages, default_receivers, reproducible_receivers,
                                   running_daemon)
-
-CHI2_95 = 5.991
 
 
 @pytest.mark.slow

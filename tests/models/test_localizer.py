@@ -15,10 +15,11 @@ from models.train import dataset  # noqa: E402
 from models.train.evaluate import run_centroid, scores  # noqa: E402
 from models.train.export import MAX_MODEL_BYTES, export_model, onnx_vs_torch  # noqa: E402
 from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll, log_normal_cdf  # noqa: E402
-from models.train.train import NORMALISATION, fit, loss_of, metadata, to_tensors  # noqa: E402
+from models.train.train import NORMALISATION, fit, loss_of, metadata, rotate_area, to_tensors  # noqa: E402
 from streamer.features import FeatureSpec  # noqa: E402
 from streamer.inference import OnnxEstimator  # noqa: E402
-from streamer.model_contract import check_model, read_metadata, site_propagation  # noqa: E402
+from streamer.geodesy import network_geometry  # noqa: E402
+from streamer.model_contract import check_model, read_metadata, search_area_row, site_propagation  # noqa: E402
 
 SPEC = FeatureSpec()
 R = dataset.MAX_RECEIVERS
@@ -369,7 +370,7 @@ def test_world_sites_are_each_windows_own_world():
         np.testing.assert_array_equal(sites[i], site_propagation(dataset.physics_config_for(config)))
     assert len({tuple(row) for row in sites}) == len(set(data.world.tolist()))
     with pytest.raises(ValueError, match="match no world of seed 304"):
-        dataset.world_sites(data, 304, max_top_up=1)
+        dataset.window_worlds(data, 304, max_top_up=1)
 
 
 def _log_distance_scene(level_at_1km_db: float = 60.0, exponent: float = 3.0):
@@ -424,3 +425,77 @@ def test_onnx_equals_torch_when_told_a_site(tmp_path):
     # float32 rounding, relative to each window's own covariance (told sigmas make some ellipses small)
     assert diff["position_max_abs_diff_km"] < 1e-3
     assert diff["covariance_max_abs_diff_km2"] < 1e-3 * float(cov.abs().amax(dim=(1, 2)).min())
+
+
+def test_world_areas_are_each_windows_own_search_area_and_hold_its_transmitter():
+    data = dataset.generate(24, seed=305, spec=SPEC, windows_per_world=8)
+    areas = dataset.world_areas(data, 305)
+    for i in range(len(data)):
+        config, _ = dataset.world_config(305, int(data.world[i]))
+        np.testing.assert_array_equal(areas[i], search_area_row(network_geometry(config)[2]))
+        east, north = data.tx_enu_km[i]
+        assert areas[i, 0] <= east <= areas[i, 1] and areas[i, 2] <= north <= areas[i, 3]
+
+
+def test_a_turned_search_area_is_the_turned_box_and_an_unknown_one_stays_unknown():
+    area = torch.tensor([[-1.0, 3.0, -2.0, 5.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    quarter = torch.tensor([[0.0, -1.0], [1.0, 0.0]])  # 90 degrees anticlockwise: (e, n) -> (-n, e)
+    mirror = torch.tensor([[1.0, 0.0], [0.0, -1.0]])
+    turned = rotate_area(area, torch.stack([quarter, quarter]))
+    torch.testing.assert_close(turned[0], torch.tensor([-5.0, 2.0, -1.0, 3.0, 1.0]))
+    torch.testing.assert_close(turned[1], torch.zeros(5))
+    torch.testing.assert_close(rotate_area(area, torch.stack([mirror, mirror]))[0], torch.tensor([-1.0, 3.0, -5.0, 2.0, 1.0]))
+
+
+def test_untrained_grid_head_keeps_its_posterior_inside_the_area_it_is_told():
+    """Told a search area, the grid spans exactly it and the prior is uniform over it (the physics estimator's
+    prior): a transmitter beyond the receivers' box but inside a wide told area is found there, and a narrow
+    told area holds the posterior mean and its ellipse inside it."""
+    torch.manual_seed(0)
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid").eval()
+    rx = np.array([[-10.0, -10.0], [10.0, -10.0], [10.0, 10.0], [-10.0, 10.0], [0.0, 0.0]])
+    tx = np.array([24.0, 3.0])  # 14 km east of the receivers' box
+    level_db = 60.0 - 30.0 * np.log10(np.linalg.norm(rx - tx, axis=-1))
+    bands = np.zeros((1, len(rx), SPEC.n_mels))
+    bands[0, :, 5] = level_db
+    pooled = torch.from_numpy(np.concatenate([bands / 20.0, np.full_like(bands, 0.01)], axis=-1).astype(np.float32))
+    enu = torch.from_numpy(np.c_[rx, np.zeros(len(rx))][None].astype(np.float32))
+    site = torch.tensor([[3.0, 1.0, -40.0, 3.0, 1.0]])
+
+    def run(area):
+        with torch.no_grad():
+            centre, scale, position, chol = model.normalised_pooled(pooled, enu, torch.ones(1, len(rx)), site,
+                                                                    None if area is None else torch.tensor([area]))
+        return (centre + scale * position)[0].numpy(), chol[0].numpy(), float(scale)
+
+    wide, _, scale = run([-40.0, 40.0, -40.0, 40.0, 1.0])
+    assert np.linalg.norm(wide - tx) < 2.0, wide
+    narrow, chol, _ = run([-12.0, 12.0, -12.0, 12.0, 1.0])
+    assert narrow[0] <= 12.0 and abs(narrow[1] - tx[1]) < 3.0, narrow
+    assert chol[0] * scale < 12.0  # east sd in km: inside the 24 km box, not spread past it
+    np.testing.assert_allclose(run([0.0, 0.0, 0.0, 0.0, 0.0])[0], run(None)[0])  # the zero row is "unknown"
+
+
+def test_onnx_equals_torch_when_told_an_area(tmp_path):
+    torch.manual_seed(0)
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid").eval()
+    with torch.no_grad():
+        for layer in (model.grid.receiver, model.grid.scene[-1]):
+            layer.weight.normal_(0.0, 0.05)
+    path = export_model(model, tmp_path / "area.onnx", metadata(SPEC, {"test": True}))
+    feats, enu, mask = random_inputs(8, seed=14)
+    site = np.tile(np.array([3.0, 6.0, -40.0, 3.0, 1.0], np.float32), (8, 1))
+    lo = enu[..., :2].min(axis=1) - 5.0
+    hi = enu[..., :2].max(axis=1) + 5.0
+    area = np.c_[lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1], np.arange(8) % 2].astype(np.float32)
+    assert onnx_vs_torch(model, path, feats, enu, mask, site, area)["position_max_abs_diff_km"] < 1e-3
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, cov_ort = session.run(None, {"features": feats, "rx_enu_km": enu, "rx_mask": mask, "site_propagation": site,
+                                    "search_area_enu_km": area})
+    with torch.no_grad():
+        _, cov = model(*(torch.from_numpy(a) for a in (feats, enu, mask, site, area)))
+    # float32 rounding, relative to each window's own covariance (areas from a few km to hundreds)
+    own = cov.abs().amax(dim=(1, 2)).numpy()
+    assert np.all(np.abs(cov_ort - cov.numpy()).max(axis=(1, 2)) < 1e-4 * own)

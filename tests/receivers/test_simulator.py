@@ -148,25 +148,54 @@ def test_adapter_iq_carries_the_path_loss_power_at_its_frequency_offset():
         assert float(cp.signal_dbm) == pytest.approx(expected, abs=1.0)
 
 
-def test_noise_floor_is_kTB_plus_noise_figure_in_full_scale_units():
+def test_noise_floor_is_kTB_plus_each_receivers_noise_figure_in_full_scale_units():
     cfg = network_config(seed=4)
     world = SimulatedWorld(cfg)
     gap_start, gap_end = find_gap(world, 0.6)
     start_ns = gap_start + 10_000_000  # past the key-down ramp and the longest propagation delay
     cfg = network_config(seed=4, options={"start_ns": start_ns, "duration_s": 0.3})
+    assert thermal_noise_dbm(240e3, 6.0) == pytest.approx(-174 + 10 * math.log10(240e3) + 6)
     for rid in ("giaveno", "genova"):
         _, x = read_all(cfg, rid)
         r = world.receiver_index(rid)
         dbfs = 10 * np.log10(np.mean(np.abs(x.astype(np.complex128)) ** 2))
         read_dbm = dbfs + cfg.receiver(rid).calibration_db
-        expected = thermal_noise_dbm(240e3, 6.0) + world.measured_offset_db()[r]
-        assert thermal_noise_dbm(240e3, 6.0) == pytest.approx(-174 + 10 * math.log10(240e3) + 6)
-        assert read_dbm == pytest.approx(expected, abs=0.1)
+        assert read_dbm == pytest.approx(thermal_noise_dbm(240e3, world.noise_figure_db[r]), abs=0.1)
     # At the model rate the feature path reports the noise in the 12.5 kHz channel.
     iq = render_windows(world, [[0.0, 0.0]], [-200.0], [T_REF_NS], sample_rate_hz=SPEC.sample_rate_hz, n_samples=SPEC.n_samples)
     cp = channel_power(mel_frames_dbm(iq[0], SPEC, world.calibration_db), SPEC, channel_bandwidth_hz=12_500.0, detection_snr_db=6.0)
-    np.testing.assert_allclose(cp.noise_dbm, thermal_noise_dbm(12_500.0, 6.0) + world.measured_offset_db(), atol=0.6)
+    np.testing.assert_allclose(cp.noise_dbm, [world.noise_dbm(r, 12_500.0) for r in range(len(NETWORK))], atol=0.6)
     assert not cp.heard.any()
+
+
+def test_receivers_noise_figures_spread_about_the_configured_one_and_are_seeded():
+    figures = np.concatenate([SimulatedWorld(network_config(seed=s, noise_figure_sigma_db=3.0)).noise_figure_db
+                              for s in range(1, 41)])
+    assert np.mean(figures) == pytest.approx(6.0, abs=0.6)
+    assert np.std(figures) == pytest.approx(3.0, rel=0.15)
+    assert figures.min() >= 0.0
+    np.testing.assert_array_equal(SimulatedWorld(network_config(seed=9)).noise_figure_db,
+                                  SimulatedWorld(network_config(seed=9)).noise_figure_db)
+    np.testing.assert_array_equal(SimulatedWorld(network_config(seed=9, noise_figure_sigma_db=0.0)).noise_figure_db, 6.0)
+
+
+def test_the_noise_floor_tells_nothing_about_a_receivers_hidden_gain_error():
+    """The gain error scales the signal, not the receiver's own noise: with one noise figure for all, every
+    receiver reads the same noise floor however far its gain is off, while its signal reads off by the error.
+    (Noise added at the antenna let a trained model read each receiver's error off its noise floor.)"""
+    cfg = network_config(seed=6, calibration_sigma_db=6.0, noise_figure_sigma_db=0.0)
+    world = SimulatedWorld(cfg)
+    assert np.ptp(world.calibration_error_db) > 6.0
+    pos = np.array([[0.0, 0.0]])
+    iq = render_windows(world, pos, [40.0], [T_REF_NS], sample_rate_hz=SPEC.sample_rate_hz, n_samples=SPEC.n_samples)
+    cp = channel_power(mel_frames_dbm(iq[0], SPEC, world.calibration_db), SPEC, channel_bandwidth_hz=12_500.0,
+                       detection_snr_db=6.0, noise_max_offset_hz=9_000.0)
+    assert np.ptp(cp.noise_dbm) < 0.6
+    np.testing.assert_allclose(cp.noise_dbm, thermal_noise_dbm(12_500.0, 6.0), atol=0.6)
+    truth = world.received_power_dbm(pos, 40.0)[0] + world.measured_offset_db()
+    strong = cp.snr_db > 20.0
+    assert strong.sum() >= 4
+    np.testing.assert_allclose(cp.signal_dbm[strong], truth[strong], atol=1.5)
 
 
 # --- time: keying, track, clocks, delay ----------------------------------------------------------------

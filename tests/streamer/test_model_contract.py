@@ -168,6 +168,8 @@ D = onnx.TensorProto.DOUBLE
          ["input 'site_propagation': dim 1 (axis 1) expected 5 (contract), got 4"]),
         ({"site": True, "elem_type": {"site_propagation": D}},
          ["input 'site_propagation': element type expected float32, got double"]),
+        ({"site": True, "area": True, "dims": {"search_area_enu_km": ["B", 4]}},
+         ["input 'search_area_enu_km': dim 1 (axis 1) expected 5 (contract), got 4"]),
         ({"meta": None}, ["metadata 'heimdall': missing from metadata_props"]),
         ({"meta": "{not json"}, ["metadata 'heimdall': not valid JSON"]),
         ({"meta": _meta_json(normalisation=None)}, ["metadata 'heimdall': missing keys: normalisation"]),
@@ -184,6 +186,10 @@ def test_broken_models_are_refused_with_the_difference(tmp_path, kwargs, expecte
 
 def test_the_optional_site_input_is_accepted(tmp_path):
     assert check_model(save(known_model(site=True), tmp_path)) == metadata()
+
+
+def test_the_optional_search_area_input_is_accepted(tmp_path):
+    assert check_model(save(known_model(site=True, area=True), tmp_path)) == metadata()
 
 
 def test_metadata_disagreeing_with_static_dims_is_refused(tmp_path):

@@ -1,5 +1,6 @@
 """The daemon tells a model that takes the contract's optional ``site_propagation`` input the site's
-propagation from ``estimator.physics`` (``estimator.model_site = "physics"``), or nothing ("none")."""
+propagation from ``estimator.physics`` (``estimator.model_site = "physics"``), or nothing ("none"); and a model
+that takes ``search_area_enu_km`` the search area the physics estimator's prior covers."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from streamer.estimators import OnnxModel
 from streamer.geodesy import network_geometry
 from streamer.model_contract import site_propagation
 from tests.helpers.daemon import write_config
-from tests.onnx_models import SITE_SHIFT, known_model, save
+from streamer.inference import OnnxEstimator
+from streamer.model_contract import search_area_row
+from tests.onnx_models import AREA_SHIFT, SITE_SHIFT, known_model, save
 
 
 def test_site_propagation_is_what_the_physics_estimator_is_configured_with():
@@ -66,3 +69,48 @@ def test_check_says_what_the_model_is_told(tmp_path, capsys, model_site, expecte
                                                  "shadowing_db": 4.0, "calibration_sigma_db": 3.0}}}, name="told.toml")
     assert main(["check", "-c", str(path)]) == 0
     assert f"model known-function 0.0.1: {expected}" in capsys.readouterr().out
+
+
+def _inputs(config):
+    _, rx_enu_m, _ = network_geometry(config)
+    n_rx = len(config.receivers)
+    rng = np.random.default_rng(4)
+    return EstimatorInputs(
+        features_dbm=rng.normal(-120, 3, (n_rx, config.features.n_mels, config.features.n_frames)).astype(np.float32),
+        rx_enu_m=rx_enu_m, present=np.ones(n_rx, bool), heard=np.ones(n_rx, bool),
+        rx_power_dbm=np.full(n_rx, -95.0), detection_level_dbm=np.full(n_rx, -110.0))
+
+
+def test_the_daemon_tells_the_model_the_search_area_of_the_physics_prior(tmp_path):
+    config = load(write_config(tmp_path, {}))
+    plain_model = save(known_model(config.features, max_receivers=8, site=True), tmp_path, "plain.onnx")
+    area_model = save(known_model(config.features, max_receivers=8, site=True, area=True), tmp_path, "area.onnx")
+
+    def with_model(path):
+        return dataclasses.replace(config, estimator=dataclasses.replace(
+            config.estimator, model=str(path), providers=("CPUExecutionProvider",)))
+
+    shift_m = (OnnxModel(with_model(area_model)).estimate(_inputs(config)).position_en_m
+               - OnnxModel(with_model(plain_model)).estimate(_inputs(config)).position_en_m)
+    _, _, area = network_geometry(config)
+    np.testing.assert_allclose(shift_m, 1000.0 * AREA_SHIFT * np.array([area.east_min_m, area.east_max_m]) / 1e3, atol=1e-2)
+    assert "told the search area" in OnnxModel(with_model(area_model)).site_summary()
+    assert "told the search area" not in OnnxModel(with_model(plain_model)).site_summary()
+
+
+@pytest.mark.parametrize("row, message", [
+    ([10.0, -10.0, -5.0, 5.0, 1.0], "east min < east max"),
+    ([-10.0, 10.0, -5.0, float("nan"), 1.0], "area: not finite"),
+    ([-10.0, 10.0, -5.0, 5.0], r"area: expected \[5\]"),
+])
+def test_a_bad_search_area_row_is_refused_by_name(tmp_path, row, message):
+    config = load(write_config(tmp_path, {}))
+    est = OnnxEstimator(save(known_model(config.features, max_receivers=8, site=True, area=True), tmp_path),
+                        providers=("CPUExecutionProvider",))
+    assert est.takes_area
+    n_rx = len(config.receivers)
+    args = (np.zeros((1, n_rx, config.features.n_mels, config.features.n_frames), np.float32),
+            np.zeros((1, n_rx, 3), np.float32), np.ones((1, n_rx), np.float32), None)
+    with pytest.raises(ValueError, match=message):
+        est.run(*args, row)
+    assert est.run(*args, search_area_row(None)).valid.all()  # the zero row: unknown, accepted

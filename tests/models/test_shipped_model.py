@@ -1,0 +1,60 @@
+"""The shipped model file: the contract's names, shapes and metadata, the size limit, and a sane answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from models import SHIPPED_VERSION, shipped_model_path
+from models.train.export import MAX_MODEL_BYTES
+from streamer.config import load
+from streamer.inference import OnnxEstimator
+from streamer.geodesy import network_geometry
+from streamer.model_contract import (AREA_INPUT, INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, check_model, search_area_row,
+                                     site_propagation)
+
+PATH = shipped_model_path()
+
+
+def declared_shapes(values) -> dict[str, list]:
+    return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+            for v in values}
+
+
+def test_the_shipped_model_follows_the_contract_with_the_default_configs_features():
+    config = load()
+    meta = check_model(PATH, expected_spec=config.features)
+    assert PATH.name == f"heimdall-{SHIPPED_VERSION}.onnx" and meta.version == SHIPPED_VERSION
+    assert PATH.stat().st_size <= MAX_MODEL_BYTES
+    assert meta.max_receivers == 16
+    assert meta.freq_range_hz[0] <= config.network.target_freq_hz <= meta.freq_range_hz[1]
+    spec = meta.features
+    graph = onnx.load(str(PATH)).graph
+    inputs, outputs = declared_shapes(graph.input), declared_shapes(graph.output)
+    assert list(inputs) == [*INPUT_NAMES, SITE_INPUT, AREA_INPUT] and list(outputs) == list(OUTPUT_NAMES)
+    batch = inputs["features"][0]
+    assert isinstance(batch, str)  # symbolic: any batch size
+    assert inputs == {"features": [batch, 16, spec.n_mels, spec.n_frames], "rx_enu_km": [batch, 16, 3],
+                      "rx_mask": [batch, 16], SITE_INPUT: [batch, 5], AREA_INPUT: [batch, 5]}
+    assert outputs == {"position_enu_km": [batch, 2], "covariance_km2": [batch, 2, 2]}
+    # What it measured of itself at training time is carried in the metadata, per dataset.
+    for table in (meta.accuracy, meta.calibration):
+        assert {"default", "random-0", "random-1", "random-2"} <= set(table)
+    assert 0.0 < meta.accuracy["default"]["median_m"] < 100_000.0
+    assert 0.5 < meta.calibration["default"]["cov95"] <= 1.0
+
+
+def test_the_shipped_model_localizes_a_simulated_window_of_the_default_network():
+    from models.train.dataset import draw_windows
+
+    config = load()
+    data = draw_windows(config, 4, np.random.default_rng(3), config.features, shuffle_slots=False)
+    est = OnnxEstimator(PATH, providers=("CPUExecutionProvider",), expected_spec=config.features)
+    assert est.takes_site and est.takes_area
+    out = est.run(data.features_dbm, data.rx_enu_km, data.rx_mask, site_propagation(config.estimator.physics),
+                  search_area_row(network_geometry(config)[2]))
+    assert out.valid.all()
+    error_km = np.linalg.norm(out.position_enu_km - data.tx_enu_km, axis=-1)
+    sigma_km = np.sqrt(np.trace(out.covariance_km2, axis1=1, axis2=2))
+    # The default network spans ~190 km: answers are inside it, with ellipses of tens of km, not metres.
+    assert np.all(error_km < 150.0) and np.all((sigma_km > 1.0) & (sigma_km < 200.0))
