@@ -86,6 +86,17 @@ def _known_nodes(coef, covariance: str) -> list[onnx.NodeProto]:
     ]
 
 
+def _shift_position_by(nodes: list, name: str, tag: str, shift: float) -> list:
+    """Nodes that add ``shift`` x the first two columns of input ``name`` to the position (renaming its producer)."""
+    position = next(node for node in nodes if node.output[0] == "position_enu_km")
+    position.output[0] = f"position_before_{tag}"
+    return [_const(f"{tag}_lo", [0], np.int64), _const(f"{tag}_hi", [2], np.int64), _const(f"{tag}_ax", [1], np.int64),
+            _const(f"{tag}_shift", shift),
+            helper.make_node("Slice", [name, f"{tag}_lo", f"{tag}_hi", f"{tag}_ax"], [f"{tag}_two"]),
+            helper.make_node("Mul", [f"{tag}_two", f"{tag}_shift"], [f"{tag}_offset"]),
+            helper.make_node("Add", [f"position_before_{tag}", f"{tag}_offset"], ["position_enu_km"])]
+
+
 def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=COEF, offset_db: float = OFFSET_DB,
                 scale_db: float = SCALE_DB, dims: dict | None = None, rename: dict | None = None,
                 elem_type: dict | None = None, meta: ModelMetadata | str | None | bool = True,
@@ -109,24 +120,10 @@ def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=
     shapes.update(dims)
     nodes = _known_nodes(coef, covariance)
     inputs = ["features", "rx_enu_km", "rx_mask"]
-    if site:
-        inputs.append("site_propagation")
-        position = next(node for node in nodes if node.output[0] == "position_enu_km")
-        position.output[0] = "position_before_site"
-        nodes += [_const("site_lo", [0], np.int64), _const("site_hi", [2], np.int64), _const("site_ax", [1], np.int64),
-                  _const("site_shift", SITE_SHIFT),
-                  helper.make_node("Slice", ["site_propagation", "site_lo", "site_hi", "site_ax"], ["site_two"]),
-                  helper.make_node("Mul", ["site_two", "site_shift"], ["site_offset"]),
-                  helper.make_node("Add", ["position_before_site", "site_offset"], ["position_enu_km"])]
-    if area:
-        inputs.append("search_area_enu_km")
-        position = next(node for node in nodes if node.output[0] == "position_enu_km")
-        position.output[0] = "position_before_area"
-        nodes += [_const("area_lo", [0], np.int64), _const("area_hi", [2], np.int64), _const("area_ax", [1], np.int64),
-                  _const("area_shift", AREA_SHIFT),
-                  helper.make_node("Slice", ["search_area_enu_km", "area_lo", "area_hi", "area_ax"], ["area_two"]),
-                  helper.make_node("Mul", ["area_two", "area_shift"], ["area_offset"]),
-                  helper.make_node("Add", ["position_before_area", "area_offset"], ["position_enu_km"])]
+    for name, tag, shift in (("site_propagation", "site", SITE_SHIFT), ("search_area_enu_km", "area", AREA_SHIFT)):
+        if (site if tag == "site" else area):
+            inputs.append(name)
+            nodes += _shift_position_by(nodes, name, tag, shift)
 
     def value_info(name: str) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(rename.get(name, name), elem_type.get(name, TensorProto.FLOAT), shapes[name])

@@ -7,15 +7,18 @@ normalised mel frames, ``rx_enu_km`` [B, R, 3], ``rx_mask`` [B, R] and (``site_i
 1. Per receiver, the frames are summarised over time: mean and standard deviation of each mel band.
 2. Geometry is normalised inside the graph: centre c = mean of the present receivers' east/north, scale
    s = their RMS distance from c (at least ``MIN_SCALE_KM``). Each receiver's token is
-   [band means, band stds, (xy - c) / s, tanh(up / 0.5 km), (ln s - 3) / 2, site]: (ln s - 3) / 2 tells the
+   [band means, band stds, (xy - c) / s, tanh(up / 0.5 km), (ln s - 3) / 2, site, area]: (ln s - 3) / 2 tells the
    network the absolute size of the network (path loss depends on distance in km, not in units of s); site is
-   the ``site_propagation`` row scaled to order 1 (``site_token``; zeros and flag 0 where not told).
+   the ``site_propagation`` row scaled to order 1 (``site_token``; zeros and flag 0 where not told); area the
+   search area in the same normalised frame, / 4 (``area_in_units``; zeros and flag 0 where not told).
 3. A token MLP, then ``n_layers`` pre-norm self-attention blocks with absent receivers masked out of the
    keys: the output is the same whatever order the receivers come in (permutation invariant).
 4. Output, by ``head``:
 
    - ``"grid"`` (the shipped model): the tokens set the parameters of a log-distance posterior over a 32 x 32
-     grid of candidate positions spanning +-2.5 s (``GridPosterior``): per receiver a received power, a heard
+     grid of candidate positions spanning the told search area (``area_input``, the optional
+     ``search_area_enu_km``; uniform prior over it, as the physics estimator's), or +-2.5 s where none is told
+     (``GridPosterior``): per receiver a received power, a heard
      weight and a detection floor; per scene a path-loss exponent, a shadowing sigma, a level prior and a prior
      outside the receivers' box. The output is that posterior's mean and covariance (scaled by a learned
      factor). The physics is in the graph; where the site's propagation is told, its exponent, sigma and level

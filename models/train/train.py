@@ -7,11 +7,12 @@ Steps (each one printed as it finishes):
    ``receivers.simulator.render_windows`` and ``streamer.features.mel_frames_dbm``.
 2. Training: AdamW, cosine learning rate, full 2-D Gaussian NLL (``network.gaussian_nll``) plus, for the grid
    head, ``--heard-weight`` x the cross-entropy of its heard weights (``loss_of``). Each batch is
-   rotated by a random angle and mirrored with probability 1/2 about the origin (propagation is isotropic, so
-   this is exact), and present receivers are dropped with probability ``--drop-prob`` as extra outages (never
+   rotated by a random multiple of 90 degrees and mirrored with probability 1/2 about the origin (propagation is
+   isotropic, so this is exact, and a search area's box stays axis-aligned), and present receivers are dropped with probability ``--drop-prob`` as extra outages (never
    below three that heard). Each window is told its network's true propagation (``dataset.world_sites``) with
    an operator's fitting error (``SITE_ERROR``), or nothing (probability ``SITE_UNKNOWN_PROB``); validation
-   windows are told it exactly. The weights with the lowest validation NLL are kept. ``--budget-minutes`` caps the
+   windows are told it exactly. Each window is also told its world's search area (``dataset.world_areas``), or
+   nothing (probability ``AREA_UNKNOWN_PROB``). The weights with the lowest validation NLL are kept. ``--budget-minutes`` caps the
    wall time of the whole command: training stops early (and says so) if it would overrun. Then one factor on
    every covariance is fitted on the validation windows (``network.fit_covariance_scale``: the k in C -> k C
    with the least NLL there) and stored in the weights.

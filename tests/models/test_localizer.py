@@ -408,12 +408,18 @@ def test_untrained_grid_head_uses_the_site_it_is_told():
     assert np.linalg.norm(blind - tx) > np.linalg.norm(told - tx)
 
 
-def test_onnx_equals_torch_when_told_a_site(tmp_path):
+def perturbed_grid_model() -> LocalizerNet:
+    """A small grid-head model whose heads are off their initial zeros (so every path of the head is exercised)."""
     torch.manual_seed(0)
     model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid").eval()
     with torch.no_grad():
         for layer in (model.grid.receiver, model.grid.scene[-1]):
             layer.weight.normal_(0.0, 0.05)
+    return model
+
+
+def test_onnx_equals_torch_when_told_a_site(tmp_path):
+    model = perturbed_grid_model()
     path = export_model(model, tmp_path / "site.onnx", metadata(SPEC, {"test": True}))
     feats, enu, mask = random_inputs(8, seed=12)
     rng = np.random.default_rng(13)
@@ -477,11 +483,7 @@ def test_untrained_grid_head_keeps_its_posterior_inside_the_area_it_is_told():
 
 
 def test_onnx_equals_torch_when_told_an_area(tmp_path):
-    torch.manual_seed(0)
-    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid").eval()
-    with torch.no_grad():
-        for layer in (model.grid.receiver, model.grid.scene[-1]):
-            layer.weight.normal_(0.0, 0.05)
+    model = perturbed_grid_model()
     path = export_model(model, tmp_path / "area.onnx", metadata(SPEC, {"test": True}))
     feats, enu, mask = random_inputs(8, seed=14)
     site = np.tile(np.array([3.0, 6.0, -40.0, 3.0, 1.0], np.float32), (8, 1))
