@@ -14,8 +14,7 @@ import numpy as np
 from streamer.config import Config
 from streamer.errors import HeimdallError, ModelMismatchError
 from streamer.estimate import Estimate, EstimatorInputs
-from streamer.geodesy import network_geometry
-from streamer.model_contract import search_area_row, site_propagation
+from streamer.model_contract import network_search_area_row, site_propagation
 from streamer.physics import PhysicsEstimator
 from streamer.survey import load_map
 
@@ -88,7 +87,7 @@ class OnnxModel:
         self._covariance_scale = config.estimator.model_covariance_scale
         self._site = site_propagation(config.estimator.physics) if config.estimator.model_site == "physics" else None
         # The physics posterior's uniform prior is on this area; a model that takes it is told the same.
-        self._area = search_area_row(network_geometry(config)[2]) if config.receivers else None
+        self._area = network_search_area_row(config) if config.receivers else None
         log.info("model %s %s %s", meta.name, meta.version, self.site_summary())
 
     def site_summary(self) -> str:

@@ -110,6 +110,14 @@ def search_area_row(area) -> np.ndarray:
                     np.float32)
 
 
+def network_search_area_row(config) -> np.ndarray:
+    """``search_area_row`` of a ``Config``'s search area (``geodesy.network_geometry``: the configured receivers'
+    bounding box grown by ``network.area_margin_km``), the area the physics estimator puts its prior on."""
+    from streamer.geodesy import network_geometry
+
+    return search_area_row(network_geometry(config)[2])
+
+
 @dataclass(frozen=True)
 class Normalisation:
     """Affine map from dBm to model input: ``(dBm - offset_db) / scale_db`` (see ``features.normalise``)."""

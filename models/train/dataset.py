@@ -299,11 +299,10 @@ def world_sites(data: Windows, seed: int) -> np.ndarray:
 def world_areas(data: Windows, seed: int) -> np.ndarray:
     """``search_area_row`` [N, 5] of each window of ``generate(..., seed=seed)``: its world's search area (km, in
     the windows' ENU frame), where the transmitter was drawn and the physics estimator puts its prior."""
-    from streamer.geodesy import network_geometry
-    from streamer.model_contract import SEARCH_AREA_WIDTH, search_area_row
+    from streamer.model_contract import SEARCH_AREA_WIDTH, network_search_area_row
 
     worlds = window_worlds(data, seed)
-    rows = {id(c): search_area_row(network_geometry(c)[2]) for c in worlds}
+    rows = {id(c): network_search_area_row(c) for c in worlds}
     return np.array([rows[id(c)] for c in worlds], np.float32).reshape(-1, SEARCH_AREA_WIDTH)
 
 

@@ -65,7 +65,7 @@ from streamer.config import Config, PhysicsConfig, load
 from streamer.ellipse_calibration import coverage, least_nll_scale
 from streamer.features import FeatureSpec
 from streamer.geodesy import mahalanobis_sq
-from streamer.model_contract import OPTIONAL_INPUT_NAMES, search_area_row, site_propagation
+from streamer.model_contract import OPTIONAL_INPUT_NAMES, network_search_area_row, site_propagation
 from streamer.physics import PhysicsEstimator, channel_power
 
 EVAL_SEED = 20_260_001
@@ -160,7 +160,7 @@ def site_calibrated(position_m: np.ndarray, cov_m2: np.ndarray, truth_m: np.ndar
     return out
 
 
-def takes_site(path: Path) -> bool:
+def takes_optional_inputs(path: Path) -> bool:
     """Whether the ONNX model at ``path`` declares one of the contract's optional inputs (the site's propagation,
     the search area): such a model is scored told them and told nothing."""
     import onnx
@@ -179,9 +179,8 @@ def run_onnx(path: Path, data: Windows, batch: int = 256, site: np.ndarray | Non
     est = OnnxEstimator(path, providers=("CPUExecutionProvider",))
     pos, cov = [], []
     for i in range(0, len(data), batch):
-        rows = None if area is None or np.ndim(area) == 1 else area[i : i + batch]
-        out = est.run(data.features_dbm[i : i + batch], data.rx_enu_km[i : i + batch], data.rx_mask[i : i + batch], site,
-                      area if rows is None else rows)
+        rows = area if area is None or np.ndim(area) == 1 else area[i : i + batch]
+        out = est.run(data.features_dbm[i : i + batch], data.rx_enu_km[i : i + batch], data.rx_mask[i : i + batch], site, rows)
         bad = ~out.valid
         pos.append(np.where(bad[:, None], np.nan, out.position_enu_km))
         cov.append(np.where(bad[:, None, None], np.nan, out.covariance_km2))
@@ -194,14 +193,7 @@ def model_methods(path: Path) -> dict[str, bool]:
     configured area), and, for a model that takes them, also ``<stem>-blind``, told nothing (it infers them from
     each window)."""
     stem = Path(path).stem
-    return {stem: True, f"{stem}-blind": False} if takes_site(Path(path)) else {stem: False}
-
-
-def area_of(config: Config) -> np.ndarray:
-    """The ``search_area_row`` of a network: the area its physics estimator (and its simulated transmitter) covers."""
-    from streamer.geodesy import network_geometry
-
-    return search_area_row(network_geometry(config)[2])
+    return {stem: True, f"{stem}-blind": False} if takes_optional_inputs(Path(path)) else {stem: False}
 
 
 def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -256,7 +248,7 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         for path in models:
             for method, told in model_methods(path).items():
                 position, cov = run_onnx(Path(path), data, site=site_propagation(physics_cfg) if told else None,
-                                         area=area_of(config) if told else None)
+                                         area=network_search_area_row(config) if told else None)
                 table[method] = scores(position, cov, truth)
                 table[f"{method}+site"] = scores(position, site_calibrated(position, cov, truth), truth)
         if physics:
@@ -270,7 +262,7 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         for path in models:
             for method, told in model_methods(path).items():
                 estimates = [run_onnx(Path(path), data, site=site_propagation(ph) if told else None,
-                                      area=area_of(c) if told else None) for c, ph, data in networks]
+                                      area=network_search_area_row(c) if told else None) for c, ph, data in networks]
                 table[method] = score_many(networks, estimates)
                 table[f"{method}+site"] = score_many(networks, [
                     (p, site_calibrated(p, c, data.tx_enu_km.astype(np.float64) * 1e3)) for (p, c), (_, _, data) in zip(estimates, networks)])

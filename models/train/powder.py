@@ -119,6 +119,8 @@ MAX_RX_RANGE_M = 5_000.0
 MIN_LINKS_RX_SIGMA = 30
 #: Calibration sigma (dB) given to the physics estimator on POWDER (the recipe's; offsets fitted on ~75k links).
 CALIBRATION_SIGMA_DB = 1.0
+#: Search-area margin around a sample's receivers (km): the physics estimator's prior and what the model is told.
+AREA_MARGIN_KM = 0.3
 
 
 class SplitFileError(HeimdallError):
@@ -336,7 +338,7 @@ def render_sample(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, sampl
     if not heard:
         return None
     config = from_dict({
-        "network": {"target_freq_hz": FREQ_HZ, "origin": [origin.lat, origin.lon, 0.0], "area_margin_km": 0.3},
+        "network": {"target_freq_hz": FREQ_HZ, "origin": [origin.lat, origin.lon, 0.0], "area_margin_km": AREA_MARGIN_KM},
         "simulator": {"seed": 462 + sample_id, "shadowing_db": 0.0, "calibration_sigma_db": 0.0, "noise_figure_sigma_db": 0.0,
                       "path_loss_exponent": fit["n"], "ref_loss_db": free_space_loss_1km_db(FREQ_HZ), "tx_alt_m": TX_ALT_M},
         "receivers": [{"id": f"r{i}", "kind": "simulator", "lat": lat, "lon": lon, "alt_m": 0.0}
@@ -409,7 +411,7 @@ def physics_estimate(sample: RenderedSample, fit: dict, options: PhysicsOptions,
 
 
 def physics_estimator(sample: RenderedSample, fit: dict, options: PhysicsOptions, power_halfwidth_db: float = 3.0,
-                      area_margin_km: float = 0.3) -> tuple[PhysicsEstimator, int]:
+                      area_margin_km: float = AREA_MARGIN_KM) -> tuple[PhysicsEstimator, int]:
     """The estimator ``physics_estimate`` uses for a sample, and the number of (strongest) receivers it takes."""
     k = len(sample.names) if options.max_receivers is None else min(len(sample.names), options.max_receivers)
     rx = sample.rx_enu_m[:k]
@@ -647,7 +649,7 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
     for path in models:  # a model that takes the site is told the fitted exponent and sigma, as by heimdall calibrate
         for method, told in model_methods(path).items():
             position, cov = run_onnx(Path(path), data, site=site_propagation(physics_config(fit)) if told else None,
-                                     area=np.stack([search_area_row(search_area(sm.rx_enu_m[:MAX_RECEIVERS], 0.3))
+                                     area=np.stack([search_area_row(search_area(sm.rx_enu_m[:MAX_RECEIVERS], AREA_MARGIN_KM))
                                                     for sm in samples]) if told else None)
             table[method] = scores(position, cov, truth)
             table[f"{method}+site"] = scores(position, site_calibrated(position, cov, truth), truth)

@@ -501,3 +501,9 @@ def test_onnx_equals_torch_when_told_an_area(tmp_path):
     # float32 rounding, relative to each window's own covariance (areas from a few km to hundreds)
     own = cov.abs().amax(dim=(1, 2)).numpy()
     assert np.all(np.abs(cov_ort - cov.numpy()).max(axis=(1, 2)) < 1e-4 * own)
+
+
+def test_a_model_that_takes_the_area_but_not_the_site_is_refused_at_export(tmp_path):
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid", site_input=False).eval()
+    with pytest.raises(ValueError, match="must also take the site input"):
+        export_model(model, tmp_path / "area-only.onnx", metadata(SPEC, {"test": True}))

@@ -9,8 +9,7 @@ from models import SHIPPED_VERSION, shipped_model_path
 from models.train.export import MAX_MODEL_BYTES
 from streamer.config import load
 from streamer.inference import OnnxEstimator
-from streamer.geodesy import network_geometry
-from streamer.model_contract import (AREA_INPUT, INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, check_model, search_area_row,
+from streamer.model_contract import (AREA_INPUT, INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, check_model, network_search_area_row,
                                      site_propagation)
 
 PATH = shipped_model_path()
@@ -52,7 +51,7 @@ def test_the_shipped_model_localizes_a_simulated_window_of_the_default_network()
     est = OnnxEstimator(PATH, providers=("CPUExecutionProvider",), expected_spec=config.features)
     assert est.takes_site and est.takes_area
     out = est.run(data.features_dbm, data.rx_enu_km, data.rx_mask, site_propagation(config.estimator.physics),
-                  search_area_row(network_geometry(config)[2]))
+                  network_search_area_row(config))
     assert out.valid.all()
     error_km = np.linalg.norm(out.position_enu_km - data.tx_enu_km, axis=-1)
     sigma_km = np.sqrt(np.trace(out.covariance_km2, axis1=1, axis2=2))
