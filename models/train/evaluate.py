@@ -348,6 +348,43 @@ def format_gates(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: How close a second training run's scores must be to the shipped model's (issue 3: "within 5 %").
+REPRODUCTION_TOLERANCE = 0.05
+REPRODUCED_SCORES = ("median_m", "mean_m", "p90_m", "cov68", "cov95")
+
+
+def reproduction_rows(results: dict, reference: str, candidate: str,
+                      tolerance: float = REPRODUCTION_TOLERANCE) -> list[dict]:
+    """Per dataset scored for both methods: ``candidate``'s ``REPRODUCED_SCORES`` relative to ``reference``'s
+    (candidate / reference - 1) and whether every one is within ``tolerance``. Raises ``KeyError`` naming a
+    method that no dataset holds."""
+    for method in (reference, candidate):
+        if not any(method in table for table in results.values()):
+            held = sorted({m for table in results.values() for m in table})
+            raise KeyError(f"method {method!r} is in no dataset of these results (methods: {', '.join(held)})")
+    rows = []
+    for dataset, table in results.items():
+        if reference not in table or candidate not in table:
+            continue
+        ref, cand = table[reference], table[candidate]
+        ratios = {k: cand[k] / ref[k] - 1.0 for k in REPRODUCED_SCORES}
+        rows.append({"dataset": dataset, "n": cand["n"], "relative": ratios,
+                     "within": all(abs(v) <= tolerance for v in ratios.values())})
+    return rows
+
+
+def format_reproduction(results: dict, reference: str, candidate: str) -> str:
+    """``reproduction_rows`` as a Markdown table."""
+    lines = [f"{candidate} against {reference} (candidate / reference - 1; tolerance "
+             f"{100 * REPRODUCTION_TOLERANCE:.0f} %)", "",
+             "| dataset | n | " + " | ".join(REPRODUCED_SCORES) + " | within |",
+             "|---|---:|" + "---:|" * len(REPRODUCED_SCORES) + "---|"]
+    for r in reproduction_rows(results, reference, candidate):
+        cells = " | ".join(f"{100 * r['relative'][k]:+.1f} %" for k in REPRODUCED_SCORES)
+        lines.append(f"| {r['dataset']} | {r['n']} | {cells} | {'yes' if r['within'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_for_metadata(results: dict, method: str) -> tuple[dict, dict]:
     """(accuracy, calibration) dicts for ``ModelMetadata`` from ``evaluate``'s results for one model."""
     accuracy = {ds: {k: table[method][k] for k in ("median_m", "mean_m", "p90_m", "n")} for ds, table in results.items()}
@@ -385,12 +422,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gates", action="store_true",
                         help="print each model's errors against the physics posterior and the gates it misses (of the "
                              "scores just made, or of --from-json FILE) instead of the tables or JSON")
+    parser.add_argument("--reproduces", nargs=2, metavar=("REFERENCE", "CANDIDATE"), default=None,
+                        help="print CANDIDATE's errors and coverage relative to REFERENCE's (two method names, e.g. the "
+                             "shipped model and a second training run's file, scored on the same draws) and whether each "
+                             f"dataset is within {100 * REPRODUCTION_TOLERANCE:.0f} %%, instead of the tables or JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``heimdall evaluate`` with parsed arguments."""
     if args.from_json is not None:
-        results = json.loads(args.from_json.read_text())
+        try:
+            results = json.loads(args.from_json.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"heimdall evaluate: --from-json {args.from_json}: expected the JSON that --json printed ({exc})")
+        if not isinstance(results, dict) or not all(isinstance(t, dict) for t in results.values()):
+            raise SystemExit(f"heimdall evaluate: --from-json {args.from_json}: expected {{dataset: {{method: scores}}}}")
+        if args.reproduces:
+            print(format_reproduction(results, *args.reproduces))
+            return 0
         if args.gates:
             print(format_gates(results))
             return 0
@@ -402,12 +451,14 @@ def run(args: argparse.Namespace) -> int:
         from models.train.commands import default_out
 
         models = [default_out()]
-    log = (lambda *a, **k: None) if args.json or args.gates else print
+    log = (lambda *a, **k: None) if args.json or args.gates or args.reproduces else print
     results = evaluate(models, n_default=args.n, n_random=args.n_random, n_networks=args.n_networks, physics=not args.no_physics,
                        powder=args.powder or args.test_split is not None, powder_split=args.test_split or args.powder_split or "grid",
                        powder_max_samples=args.powder_max_samples, powder_baseline=args.powder_baseline, cache_dir=args.cache_dir,
                        oversampling=2 if args.channelized else 1, log=log)
-    if args.gates:
+    if args.reproduces:
+        print(format_reproduction(results, *args.reproduces))
+    elif args.gates:
         print(format_gates(results))
     elif args.json:
         print(json.dumps(results, indent=2, sort_keys=True))

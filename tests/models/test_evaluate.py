@@ -78,3 +78,37 @@ def test_gates_compare_each_model_with_the_physics_posterior_and_name_what_it_mi
     out = capsys.readouterr().out
     assert "| default | m | 95 | +5.0 % | +4.5 % | 0.700 | 0.950 | none |" in out
     assert "| powder-grid | m | 151 |  |  | 0.600 | 0.900 | median |" in out
+
+
+def test_reproduction_compares_a_second_run_with_the_shipped_model_on_the_datasets_both_were_scored_on(tmp_path, capsys):
+    results = {
+        "default": {"shipped": _scores(100, 120, 200, 0.70, 0.95), "rerun": _scores(104, 118, 209, 0.71, 0.95)},
+        "random-0": {"shipped": _scores(100, 100, 100, 0.70, 0.95), "rerun": _scores(100, 100, 100, 0.70, 0.89)},
+        "powder-grid": {"shipped": _scores(150, 200, 400, 0.6, 0.9)},  # the rerun was not scored here
+    }
+    rows = evaluate.reproduction_rows(results, "shipped", "rerun")
+    assert [r["dataset"] for r in rows] == ["default", "random-0"]
+    assert rows[0]["relative"]["median_m"] == pytest.approx(0.04) and rows[0]["within"]
+    assert rows[0]["relative"]["p90_m"] == pytest.approx(0.045)
+    assert not rows[1]["within"]  # cov95 0.89 against 0.95: 6.3 % off
+    with pytest.raises(KeyError, match="'other' is in no dataset"):
+        evaluate.reproduction_rows(results, "shipped", "other")
+    path = tmp_path / "results.json"
+    import json
+
+    path.write_text(json.dumps(results))
+    assert evaluate.main(["--from-json", str(path), "--reproduces", "shipped", "rerun"]) == 0
+    out = capsys.readouterr().out
+    assert "| default | 10 | +4.0 % | -1.7 % | +4.5 % | +1.4 % | +0.0 % | yes |" in out
+    assert "| random-0 | 10 | +0.0 % | +0.0 % | +0.0 % | +0.0 % | -6.3 % | no |" in out
+
+
+@pytest.mark.parametrize("content, message", [(None, "No such file"), ("", "expected the JSON that --json printed"),
+                                               ("[1]", "expected {dataset: {method: scores}}")])
+def test_from_json_names_the_file_it_cannot_read(tmp_path, content, message):
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit, match=message) as raised:
+        evaluate.main(["--from-json", str(path)])
+    assert str(path) in str(raised.value)
