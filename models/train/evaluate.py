@@ -46,6 +46,11 @@ metres, 1/2 r^T C^-1 r + 1/2 ln|C| + ln 2 pi; and n.
 ``--gates`` (with scoring, or on ``--from-json FILE``) prints, per dataset and model method, its mean and p90 error relative to the
 physics posterior's and whether it meets the accuracy gates of issue 3 (``GATES``: within 5 % of the posterior
 in mean and p90 error, cov68 in [0.64, 0.76], cov95 in [0.93, 0.97]; on POWDER the median and cov95 gates).
+
+``--reproduces REFERENCE CANDIDATE`` (likewise) prints, per dataset scored for both methods, CANDIDATE's median,
+mean and p90 error and coverage relative to REFERENCE's and whether all are within ``REPRODUCTION_TOLERANCE``
+(5 %): issue 3's check that a second ``heimdall train`` run reproduces the shipped model. Score both files in one
+run, on the same draws (copy the second to another file stem first: methods are named by stem).
 """
 
 from __future__ import annotations
