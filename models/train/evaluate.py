@@ -372,10 +372,17 @@ def reproduction_rows(results: dict, reference: str, candidate: str,
         if reference not in table or candidate not in table:
             continue
         ref, cand = table[reference], table[candidate]
-        ratios = {k: cand[k] / ref[k] - 1.0 for k in REPRODUCED_SCORES}
+        ratios = {k: _relative(cand[k], ref[k]) for k in REPRODUCED_SCORES}
         rows.append({"dataset": dataset, "n": cand["n"], "relative": ratios,
                      "within": all(abs(v) <= tolerance for v in ratios.values())})
     return rows
+
+
+def _relative(value: float, reference: float) -> float:
+    """value / reference - 1; a zero reference (a coverage of 0 on a tiny set) gives 0 when equal, else inf."""
+    if reference == 0:
+        return 0.0 if value == 0 else math.inf
+    return value / reference - 1.0
 
 
 def format_reproduction(results: dict, reference: str, candidate: str) -> str:
@@ -384,7 +391,11 @@ def format_reproduction(results: dict, reference: str, candidate: str) -> str:
              f"{100 * REPRODUCTION_TOLERANCE:.0f} %)", "",
              "| dataset | n | " + " | ".join(REPRODUCED_SCORES) + " | within |",
              "|---|---:|" + "---:|" * len(REPRODUCED_SCORES) + "---|"]
-    for r in reproduction_rows(results, reference, candidate):
+    try:
+        rows = reproduction_rows(results, reference, candidate)
+    except KeyError as exc:
+        raise SystemExit(f"heimdall evaluate --reproduces: {exc.args[0]}") from None
+    for r in rows:
         cells = " | ".join(f"{100 * r['relative'][k]:+.1f} %" for k in REPRODUCED_SCORES)
         lines.append(f"| {r['dataset']} | {r['n']} | {cells} | {'yes' if r['within'] else 'no'} |")
     return "\n".join(lines) + "\n"

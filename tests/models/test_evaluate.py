@@ -112,3 +112,13 @@ def test_from_json_names_the_file_it_cannot_read(tmp_path, content, message):
     with pytest.raises(SystemExit, match=message) as raised:
         evaluate.main(["--from-json", str(path)])
     assert str(path) in str(raised.value)
+
+
+def test_reproduces_names_a_method_the_results_do_not_hold(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text('{"default": {"shipped": {"median_m": 1, "mean_m": 1, "p90_m": 1, "cov68": 0, "cov95": 1, "nll": 1, "n": 1}}}')
+    with pytest.raises(SystemExit, match="method 'rerun' is in no dataset of these results \\(methods: shipped\\)"):
+        evaluate.main(["--from-json", str(path), "--reproduces", "shipped", "rerun"])
+    results = {"default": {"a": _scores(1, 1, 1, 0.0, 0.9), "b": _scores(1, 1, 1, 0.0, 0.9), "c": _scores(1, 1, 1, 0.1, 0.9)}}
+    assert evaluate.reproduction_rows(results, "a", "b")[0]["within"]  # coverage 0 against 0: no division by zero
+    assert not evaluate.reproduction_rows(results, "a", "c")[0]["within"]
