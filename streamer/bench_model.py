@@ -14,7 +14,7 @@ says so and reports the provider ONNX Runtime actually used.
 
 Examples (shell)
 ----------------
-``heimdall bench model --model models/heimdall-0.3.0.onnx --iterations 2000``
+``heimdall bench model --model models/heimdall-0.4.0.onnx --iterations 2000``
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from streamer.features import mel_frames_dbm, normalise
 from streamer.inference import CPU, OnnxEstimator
 from streamer.config import PhysicsConfig
 from streamer.geodesy import SearchArea
-from streamer.model_contract import AREA_INPUT, OUTPUT_NAMES, SITE_INPUT, search_area_row, site_propagation
+from streamer.model_contract import AREA_INPUT, ELLIPSE_OUTPUT, OUTPUT_NAMES, SITE_INPUT, search_area_row, site_propagation
 
 CUDA = "CUDAExecutionProvider"
 
@@ -112,8 +112,9 @@ def bound_runner(session, feeds: dict[str, np.ndarray], device: str):
     for name, value in inputs.items():
         binding.bind_ortvalue_input(name, value)
     shapes = {o.name: [1, *o.shape[1:]] for o in session.get_outputs()}
-    outputs = [ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], np.float32, device, 0) for name in OUTPUT_NAMES]
-    for name, value in zip(OUTPUT_NAMES, outputs):
+    names = [name for name in (*OUTPUT_NAMES, ELLIPSE_OUTPUT) if name in shapes]  # what the daemon reads
+    outputs = [ort.OrtValue.ortvalue_from_shape_and_type(shapes[name], np.float32, device, 0) for name in names]
+    for name, value in zip(names, outputs):
         binding.bind_ortvalue_output(name, value)
 
     def run() -> list[np.ndarray]:
@@ -145,7 +146,7 @@ def bench_model(model: Path, *, provider: str = "cpu", receivers: int = 7, itera
     result["estimator_run"] = _percentiles(_time(lambda: estimator.run(frames, enu, mask, BENCH_SITE, BENCH_AREA), iterations, warmup))
     if provider == "cuda" and estimator.provider != CUDA:
         result["note"] = f"CUDA requested but ONNX Runtime runs on {estimator.provider}"
-    result["raw_session_run"] = _percentiles(_time(lambda: session.run(list(OUTPUT_NAMES), feeds), iterations, warmup))
+    result["raw_session_run"] = _percentiles(_time(lambda: session.run(estimator.output_names, feeds), iterations, warmup))
     device = "cuda" if estimator.provider == CUDA else "cpu"
     result["io_binding_device"] = f"{device}:0"
     result["io_binding"] = _percentiles(_time(bound_runner(session, feeds, device), iterations, warmup))

@@ -34,6 +34,9 @@ already carries (``covariance_scale``, docs/protocol.md); m^2 is taken under the
 (that factor divided out, so localizations from before and after a reload mix correctly), and k written as
 ``estimator.model_covariance_scale`` for ``onnx``, ``estimator.physics.covariance_scale`` for ``physics``.
 Messages without the key (older daemons) are taken to carry the factor of the config given.
+Coverage counts a truth inside the 68 % / 95 % ellipse as the message publishes it: within its ``ellipses``'
+``scale`` standard deviations (the estimator's credible radius, docs/protocol.md), or a Gaussian's 1.515 / 2.448
+for a message without them.
 
 Consecutive windows of one transmission share most of their error: 200 windows from one parked car are
 worth far fewer than 200 from a drive around the area. Below ``MIN_WINDOWS`` windows nothing is written.
@@ -57,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamer.credible import ELLIPSE_PROBABILITIES
 from streamer.errors import ConfigError, HeimdallError
 from streamer.geodesy import geodetic_to_enu_m, mahalanobis_sq, network_geometry
 
@@ -92,10 +96,16 @@ def least_nll_scale(m2: np.ndarray) -> float:
     return k
 
 
-def coverage(m2: np.ndarray, scale: float = 1.0) -> tuple[float, float]:
-    """Fractions of ``m2`` inside the 68 % and 95 % ellipses after every covariance is multiplied by ``scale``."""
+def coverage(m2: np.ndarray, scale: float = 1.0, radius_sq: np.ndarray | None = None) -> tuple[float, float]:
+    """Fractions of ``m2`` inside the 68 % and 95 % ellipses after every covariance is multiplied by ``scale``.
+
+    ``radius_sq`` ``[N, 2]``: each window's squared ellipse radii (its credible scales squared; NaN = a Gaussian's);
+    ``None``: a Gaussian's, ``CHI2_68`` and ``CHI2_95``, for every window."""
     m2 = np.asarray(m2, dtype=np.float64) / scale
-    return float(np.mean(m2 <= CHI2_68)), float(np.mean(m2 <= CHI2_95))
+    limits = np.broadcast_to(np.array([CHI2_68, CHI2_95]), (len(m2), 2))
+    if radius_sq is not None:
+        limits = np.where(np.isnan(radius_sq), limits, radius_sq)
+    return float(np.mean(m2 <= limits[:, 0])), float(np.mean(m2 <= limits[:, 1]))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -134,12 +144,15 @@ class Localizations:
     en_m: dict[str, list[np.ndarray]] = field(default_factory=dict)
     cov_m2: dict[str, list[np.ndarray]] = field(default_factory=dict)
     applied: dict[str, list[float]] = field(default_factory=dict)
+    scales: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # 68 % / 95 % radii; NaN: not said
 
-    def add(self, name: str, t_ns: int, en_m: np.ndarray, cov_m2: np.ndarray, applied: float) -> None:
+    def add(self, name: str, t_ns: int, en_m: np.ndarray, cov_m2: np.ndarray, applied: float,
+            scales: tuple[float, float] = (math.nan, math.nan)) -> None:
         self.t_ns.setdefault(name, []).append(t_ns)
         self.en_m.setdefault(name, []).append(en_m)
         self.cov_m2.setdefault(name, []).append(cov_m2)
         self.applied.setdefault(name, []).append(applied)
+        self.scales.setdefault(name, []).append(scales)
 
 
 def _number(value, path: Path, line_no: int, what: str) -> float:
@@ -162,13 +175,29 @@ def _estimate(obj, path: Path, line_no: int, what: str) -> tuple[str, float, flo
         raise LocalizationFileError(f"{path}:{line_no}: {what}.cov_en_m2: expected [[ee, en], [ne, nn]] (m^2), got {cov!r}")
     applied = obj.get("covariance_scale")  # absent from messages of daemons before the key existed
     applied = math.nan if applied is None else _number(applied, path, line_no, f"{what}.covariance_scale")
-    return obj["estimator"], lat, lon, cov_m2, applied
+    return obj["estimator"], lat, lon, cov_m2, applied, _ellipse_scales(obj.get("ellipses"), path, line_no, what)
+
+
+def _ellipse_scales(ellipses, path: Path, line_no: int, what: str) -> tuple[float, float]:
+    """The 68 % and 95 % ellipses' ``scale`` of a message's ``ellipses`` (NaN for one it does not carry)."""
+    found = {}
+    if ellipses is None:  # messages of daemons before the key existed
+        ellipses = []
+    if not isinstance(ellipses, list):
+        raise LocalizationFileError(f"{path}:{line_no}: {what}.ellipses: expected a list of ellipses, got {ellipses!r}")
+    for i, e in enumerate(ellipses):
+        if not isinstance(e, dict):
+            raise LocalizationFileError(f"{path}:{line_no}: {what}.ellipses[{i}]: expected an object, got {e!r}")
+        p = _number(e.get("p"), path, line_no, f"{what}.ellipses[{i}].p")
+        if "scale" in e:
+            found[round(p, 6)] = _number(e["scale"], path, line_no, f"{what}.ellipses[{i}].scale")
+    return tuple(found.get(round(p, 6), math.nan) for p in ELLIPSE_PROBABILITIES)
 
 
 def read_messages(paths: list[Path], origin, loc_topic: str = "loc"):
     """(Localizations, truth Track from ``truth`` lines, lines skipped as other topics) from JSON-lines files."""
     locs = Localizations()
-    raw_loc: list[tuple[str, int, float, float, np.ndarray, float]] = []
+    raw_loc: list[tuple[str, int, float, float, np.ndarray, float, tuple[float, float]]] = []
     truth: list[tuple[int, float, float, bool]] = []
     other = 0
     for path in paths:
@@ -193,7 +222,7 @@ def read_messages(paths: list[Path], origin, loc_topic: str = "loc"):
                 estimates = [_estimate(msg, path, line_no, "the primary estimate")]
                 estimates += [_estimate(alt, path, line_no, f"alternatives[{i}]")
                               for i, alt in enumerate(msg.get("alternatives") or [])]
-                raw_loc += [(name, middle, lat, lon, cov, applied) for name, lat, lon, cov, applied in estimates]
+                raw_loc += [(name, middle, lat, lon, cov, applied, scales) for name, lat, lon, cov, applied, scales in estimates]
             elif topic == "truth":
                 t = _number(msg.get("t_ns"), path, line_no, "t_ns")
                 truth.append((int(t), _number(msg.get("lat"), path, line_no, "lat"),
@@ -204,8 +233,8 @@ def read_messages(paths: list[Path], origin, loc_topic: str = "loc"):
         lat = np.array([r[2] for r in raw_loc])
         lon = np.array([r[3] for r in raw_loc])
         en = geodetic_to_enu_m(lat, lon, np.zeros_like(lat), origin).reshape(-1, 3)[:, :2]
-        for (name, middle, _, _, cov, applied), e in zip(raw_loc, en):
-            locs.add(name, middle, e, cov, applied)
+        for (name, middle, _, _, cov, applied, scales), e in zip(raw_loc, en):
+            locs.add(name, middle, e, cov, applied, scales)
     return locs, track_of(truth, origin), other
 
 
@@ -286,10 +315,11 @@ def fit_ellipses(locs: Localizations, track: Track, current: dict[str, float], m
         r = truth[ok] - est[ok]
         m2 = mahalanobis_sq(r, cov[ok])
         own = m2 * applied[ok]  # m^2 under the estimator's own covariance: the factors may differ across a reload
+        radius_sq = np.array(locs.scales[name], dtype=np.float64)[ok] ** 2
         k = least_nll_scale(own)
         fits[name] = EllipseFit(name, int(ok.sum()), int((~ok).sum()), float(np.median(np.hypot(r[:, 0], r[:, 1]))),
-                                float(applied[ok].min()), float(applied[ok].max()), *coverage(m2), k, *coverage(own, k),
-                                round(k, SCALE_DECIMALS))
+                                float(applied[ok].min()), float(applied[ok].max()), *coverage(m2, radius_sq=radius_sq), k,
+                                *coverage(own, k, radius_sq), round(k, SCALE_DECIMALS))
     return fits
 
 

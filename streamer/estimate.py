@@ -37,12 +37,15 @@ class Estimate:
     """Position (east, north, m) and its 2x2 covariance (m^2) relative to the network origin.
 
     ``covariance_scale``: the site's ellipse factor already applied to ``cov_en_m2`` (heimdall calibrate-ellipses).
+    ``ellipse_scales``: ``[P]`` radii, in standard deviations of ``cov_en_m2``, of the ellipses holding
+    ``streamer.credible.ELLIPSE_PROBABILITIES`` of the estimator's posterior; ``None``: a Gaussian's.
     """
 
     estimator: str
     position_en_m: np.ndarray
     cov_en_m2: np.ndarray
     covariance_scale: float = 1.0
+    ellipse_scales: np.ndarray | None = None
 
 
 class Estimator(Protocol):

@@ -53,7 +53,7 @@ class PhysicsPosterior:
             detection_level_dbm=inputs.detection_level_dbm,
         )
         return Estimate(self.name, np.asarray(result.position_en_m), self._covariance_scale * np.asarray(result.cov_en_m2),
-                        self._covariance_scale)
+                        self._covariance_scale, np.asarray(result.ellipse_scales))
 
 
 class OnnxModel:
@@ -117,7 +117,7 @@ class OnnxModel:
         if not out.valid[0]:
             raise EstimateRejected("model output not finite or covariance not positive definite")
         return Estimate(self.name, out.position_enu_km[0] * 1000.0, out.covariance_km2[0] * (1e6 * self._covariance_scale),
-                        self._covariance_scale)
+                        self._covariance_scale, None if out.ellipse_scale is None else out.ellipse_scale[0])
 
 
 def build_estimators(config: Config) -> list:

@@ -57,15 +57,19 @@ class Ellipse:
     semi_major_m: float
     semi_minor_m: float
     azimuth_deg: float
+    scale: float | None = None  # standard deviations spanned (None: the Gaussian's, ellipse_scale(p))
 
 
-def ellipse_from_covariance(cov_en_m2, p: float = 0.95) -> Ellipse:
-    """Ellipse of a 2x2 east/north covariance (m^2) holding probability ``p``."""
+def ellipse_from_covariance(cov_en_m2, p: float = 0.95, scale: float | None = None) -> Ellipse:
+    """Ellipse of a 2x2 east/north covariance (m^2) holding probability ``p``: ``scale`` standard deviations
+    (an estimator's credible radius, ``streamer.credible``), or a Gaussian's ``ellipse_scale(p)`` when ``None``."""
     cov = np.asarray(cov_en_m2, dtype=np.float64)
     if cov.shape != (2, 2) or not np.all(np.isfinite(cov)):
         raise ValueError(f"covariance must be a finite 2x2 matrix, got {cov!r}")
     eigvals, eigvecs = np.linalg.eigh(0.5 * (cov + cov.T))
-    k = ellipse_scale(p)
+    k = ellipse_scale(p) if scale is None else float(scale)
+    if not (math.isfinite(k) and k > 0):
+        raise ValueError(f"ellipse scale must be a positive number of standard deviations, got {scale!r}")
     major = eigvecs[:, 1]
     azimuth = math.degrees(math.atan2(major[0], major[1])) % 180.0  # atan2(east, north): clockwise from north
     return Ellipse(
@@ -73,6 +77,7 @@ def ellipse_from_covariance(cov_en_m2, p: float = 0.95) -> Ellipse:
         semi_major_m=k * math.sqrt(max(eigvals[1], 0.0)),
         semi_minor_m=k * math.sqrt(max(eigvals[0], 0.0)),
         azimuth_deg=azimuth,
+        scale=k,
     )
 
 

@@ -28,9 +28,10 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 
+from streamer.credible import ELLIPSE_PROBABILITIES
 from streamer.errors import ModelMismatchError
 from streamer.features import FeatureSpec, normalise
-from streamer.model_contract import (AREA_INPUT, OUTPUT_NAMES, SEARCH_AREA_WIDTH, SITE_INPUT, SITE_PROPAGATION_WIDTH,
+from streamer.model_contract import (AREA_INPUT, ELLIPSE_OUTPUT, OUTPUT_NAMES, SEARCH_AREA_WIDTH, SITE_INPUT, SITE_PROPAGATION_WIDTH,
                                      ModelMetadata, check_model)
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ class ModelOutput(NamedTuple):
 
     position_enu_km: np.ndarray  # [B, 2] east, north (km)
     covariance_km2: np.ndarray  # [B, 2, 2] (km^2)
-    valid: np.ndarray  # [B] bool: finite and positive definite
+    valid: np.ndarray  # [B] bool: finite and positive definite (and ellipse scales finite and > 0)
+    ellipse_scale: np.ndarray | None = None  # [B, P] credible radii (std devs), from a model with the optional output
 
 
 def select_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
@@ -58,8 +60,9 @@ def covariance_km2_to_m2(covariance_km2) -> np.ndarray:
     return np.asarray(covariance_km2, dtype=np.float64) * 1e6
 
 
-def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray) -> ModelOutput:
-    """Symmetrise the covariance and flag rows that are not finite or not positive definite."""
+def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray, ellipse_scale: np.ndarray | None = None) -> ModelOutput:
+    """Symmetrise the covariance and flag rows that are not finite or not positive definite, or whose ellipse
+    scales (when given) are not finite and positive."""
     position = np.asarray(position_enu_km, dtype=np.float64)
     cov = np.asarray(covariance_km2, dtype=np.float64)
     cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
@@ -67,7 +70,11 @@ def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray) -> Mo
         finite = np.isfinite(position).all(axis=-1) & np.isfinite(cov).all(axis=(-2, -1))
         var_e, var_n, cross = cov[:, 0, 0], cov[:, 1, 1], cov[:, 0, 1]
         positive_definite = (var_e > 0) & (var_e * var_n - cross * cross > 0)
-    return ModelOutput(position, cov, finite & positive_definite)
+        valid = finite & positive_definite
+        if ellipse_scale is not None:
+            ellipse_scale = np.asarray(ellipse_scale, dtype=np.float64)
+            valid &= (np.isfinite(ellipse_scale) & (ellipse_scale > 0)).all(axis=-1)
+    return ModelOutput(position, cov, valid, ellipse_scale)
 
 
 def _sha256(path: Path) -> str:
@@ -101,6 +108,9 @@ class OnnxEstimator:
         names = {i.name for i in self.session.get_inputs()}
         self.takes_site: bool = SITE_INPUT in names
         self.takes_area: bool = AREA_INPUT in names
+        # A model may report its credible ellipses' radii (the contract's optional output); run() returns them.
+        self.gives_ellipse_scale: bool = ELLIPSE_OUTPUT in {o.name for o in self.session.get_outputs()}
+        self.output_names: list[str] = list(OUTPUT_NAMES) + ([ELLIPSE_OUTPUT] if self.gives_ellipse_scale else [])
         batch_dim = self.session.get_inputs()[0].shape[0]
         self._static_batch = batch_dim if isinstance(batch_dim, int) else None
         self._buffers = self._allocate(1)
@@ -180,8 +190,12 @@ class OnnxEstimator:
             feeds[SITE_INPUT] = self._rows("site", site, SITE_PROPAGATION_WIDTH, batch)
         if self.takes_area:
             feeds[AREA_INPUT] = self._area_rows(area, batch)
-        position, covariance = self.session.run(OUTPUT_NAMES, feeds)
+        position, covariance, *scale = self.session.run(self.output_names, feeds)
         if position.shape != (batch, 2) or covariance.shape != (batch, 2, 2):
             raise ModelMismatchError(f"model {self.metadata.name} returned shapes {list(position.shape)} and "
                                      f"{list(covariance.shape)}, expected [{batch}, 2] and [{batch}, 2, 2]")
-        return check_outputs(position, covariance)
+        n_p = len(ELLIPSE_PROBABILITIES)
+        if scale and scale[0].shape != (batch, n_p):
+            raise ModelMismatchError(f"model {self.metadata.name} returned {ELLIPSE_OUTPUT} of shape {list(scale[0].shape)}, "
+                                     f"expected [{batch}, {n_p}]")
+        return check_outputs(position, covariance, scale[0] if scale else None)

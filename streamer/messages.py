@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.geodesy import Ellipse
+from streamer.geodesy import Ellipse, ellipse_scale
 
 SCHEMA_VERSION = 1
 
@@ -28,8 +28,9 @@ class EstimateOut:
     lat: float
     lon: float
     cov_en_m2: np.ndarray  # [2, 2]
-    ellipse: Ellipse
-    covariance_scale: float = 1.0  # the site factor already in cov_en_m2 and the ellipse
+    ellipse: Ellipse  # the 95 % one
+    covariance_scale: float = 1.0  # the site factor already in cov_en_m2 and the ellipses
+    ellipses: tuple[Ellipse, ...] = ()  # one per credible.ELLIPSE_PROBABILITIES (68 %, 95 %); () = only ``ellipse``
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -38,13 +39,22 @@ class EstimateOut:
             "lon": _f(self.lon),
             "cov_en_m2": [[_f(v) for v in row] for row in np.asarray(self.cov_en_m2)],
             "covariance_scale": _f(self.covariance_scale),
-            "ellipse": {
-                "p": _f(self.ellipse.p),
-                "semi_major_m": _f(self.ellipse.semi_major_m),
-                "semi_minor_m": _f(self.ellipse.semi_minor_m),
-                "azimuth_deg": _f(self.ellipse.azimuth_deg),
-            },
+            "ellipse": _ellipse_to_wire(self.ellipse),
+            "ellipses": [_ellipse_to_wire(e) for e in (self.ellipses or (self.ellipse,))],
         }
+
+
+def _ellipse_to_wire(ellipse: Ellipse) -> dict[str, float]:
+    """``p``, semi-axes (m), azimuth (degrees clockwise from north) and ``scale`` (standard deviations of the
+    covariance the ellipse spans: the estimator's credible radius, or the Gaussian's sqrt(-2 ln(1 - p)))."""
+    scale = ellipse.scale if ellipse.scale is not None else ellipse_scale(ellipse.p)
+    return {
+        "p": _f(ellipse.p),
+        "semi_major_m": _f(ellipse.semi_major_m),
+        "semi_minor_m": _f(ellipse.semi_minor_m),
+        "azimuth_deg": _f(ellipse.azimuth_deg),
+        "scale": _f(scale),
+    }
 
 
 @dataclass(frozen=True)

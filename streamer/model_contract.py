@@ -21,9 +21,16 @@ Two inputs are optional; a model that declares one is fed it, a model without it
   (``search_area_row`` below: east min, east max, north min, north max in km, in ``rx_enu_km``'s frame, and a
   flag, 1 = known), fed from the receivers' bounding box and ``network.area_margin_km``.
 
+One output is optional; the daemon reads it from a model that declares it:
+
+- ``ellipse_scale`` [B, 2] float32, the credible ellipses' size: the Mahalanobis radii (standard deviations of
+  ``covariance_km2``) of the ellipses about ``position_enu_km``, with the covariance's shape, that hold 68 % and
+  95 % of the model's posterior (``ELLIPSE_PROBABILITIES``, ``streamer.credible``). Without it the daemon takes
+  a Gaussian's, sqrt(-2 ln(1 - p)) (1.515 and 2.448).
+
 Dimensions may be static or symbolic; a static R, M or T must equal the metadata's ``max_receivers``,
-``features.n_mels`` and ``features.n_frames``. Extra outputs are allowed (the daemon asks only for the two
-above); other extra inputs are not (nothing would feed them).
+``features.n_mels`` and ``features.n_frames``. Other extra outputs are allowed (the daemon does not ask for
+them); other extra inputs are not (nothing would feed them).
 
 The model's ``metadata_props`` carry one key, ``heimdall``, whose value is the JSON of :class:`ModelMetadata`.
 
@@ -48,6 +55,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from streamer.credible import ELLIPSE_PROBABILITIES
 from streamer.errors import ModelMismatchError
 from streamer.features import FeatureSpec
 
@@ -81,6 +89,9 @@ SITE_PROPAGATION_WIDTH = 5
 AREA_INPUT = "search_area_enu_km"
 SEARCH_AREA_WIDTH = 5
 OPTIONAL_INPUTS = (TensorContract(SITE_INPUT, ("B", SITE_PROPAGATION_WIDTH)), TensorContract(AREA_INPUT, ("B", SEARCH_AREA_WIDTH)))
+#: The optional output: ellipse radii [B, P] for the probabilities ``streamer.credible.ELLIPSE_PROBABILITIES``.
+ELLIPSE_OUTPUT = "ellipse_scale"
+OPTIONAL_OUTPUTS = (TensorContract(ELLIPSE_OUTPUT, ("B", len(ELLIPSE_PROBABILITIES))),)
 INPUT_NAMES = tuple(t.name for t in INPUTS)
 OPTIONAL_INPUT_NAMES = tuple(t.name for t in OPTIONAL_INPUTS)
 OUTPUT_NAMES = tuple(t.name for t in OUTPUTS)
@@ -359,9 +370,10 @@ def _check_graph(graph: onnx.GraphProto, meta: ModelMetadata | None) -> list[str
                 problems.append(f"{kind} {tensor.name!r}: missing (got {', '.join(declared) or 'none'})")
             else:
                 problems += _check_tensor(kind, declared[tensor.name], tensor, sizes)
-    for tensor in OPTIONAL_INPUTS:
-        if tensor.name in inputs:
-            problems += _check_tensor("input", inputs[tensor.name], tensor, sizes)
+    for kind, declared, optional in (("input", inputs, OPTIONAL_INPUTS), ("output", outputs, OPTIONAL_OUTPUTS)):
+        for tensor in optional:
+            if tensor.name in declared:
+                problems += _check_tensor(kind, declared[tensor.name], tensor, sizes)
     return problems
 
 

@@ -11,12 +11,14 @@ Three pieces, used in this order by the daemon's physics estimator:
 3. ``PhysicsEstimator.estimate(...)``: posterior over a grid of the search area with a uniform prior on
    position and on transmit power, a Gaussian likelihood (variance shadowing^2 + calibration^2) for the
    receivers that heard and a censoring term P(received < detection level) for those that did not.
-   It reports the posterior mean and the full 2x2 covariance (m, m^2).
+   It reports the posterior mean, the full 2x2 covariance (m, m^2) and the credible ellipses' radii
+   (``streamer.credible``: the covariance's shape scaled to hold 68 % / 95 % of the posterior).
 
 Why a posterior and not maximum likelihood with a Fisher ellipse: with 6 dB shadowing the likelihood is
 far from Gaussian (banana-shaped, clipped by the area) and ML + Fisher covers the truth only ~56 % / 75 %
-of the time at the nominal 68 % / 95 %. The grid posterior's mean and covariance are calibrated
-(tests/streamer/test_physics.py measures it on simulated IQ through the feature code).
+of the time at the nominal 68 % / 95 %. The grid posterior's mean and covariance are calibrated, and its
+credible ellipses closer still at 68 % (tests/streamer/test_physics.py measures both on simulated IQ through the
+feature code).
 
 Examples
 --------
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr
 
+from streamer.credible import PHYSICS_SUBDIVISIONS, credible_scales
 from streamer.features import FeatureSpec, band_centres_hz, band_power_dbm, mel_filterbank
 from streamer.geodesy import SearchArea, network_geometry
 
@@ -173,6 +176,8 @@ class PhysicsResult:
 
     position_en_m : ``[2]`` posterior mean (east, north) in metres from the network origin.
     cov_en_m2 : ``[2, 2]`` posterior covariance (m^2), including the grid cell's own spread.
+    ellipse_scales : ``[P]`` the credible ellipses' radii in standard deviations of ``cov_en_m2``: the ellipses
+        about the mean with the covariance's shape that hold ``credible.ELLIPSE_PROBABILITIES`` of the posterior.
     tx_power_dbm : posterior mean transmit power (dBm).
     n_heard : receivers that heard (Gaussian term).
     n_censored : present receivers that did not hear (censoring term).
@@ -183,6 +188,7 @@ class PhysicsResult:
     tx_power_dbm: float
     n_heard: int
     n_censored: int
+    ellipse_scales: np.ndarray
 
 
 class PhysicsEstimator:
@@ -421,13 +427,15 @@ class PhysicsEstimator:
         mean = w @ self.grid_en_m
         d = self.grid_en_m - mean
         cov = (d * w[:, None]).T @ d + self._cell_cov_m2
+        cov = 0.5 * (cov + cov.T)
         tx_power = self._posterior_power(rx_power_dbm, heard_arr & present_arr, w)
         return PhysicsResult(
             position_en_m=mean,
-            cov_en_m2=0.5 * (cov + cov.T),
+            cov_en_m2=cov,
             tx_power_dbm=tx_power,
             n_heard=int((heard_arr & present_arr).sum()),
             n_censored=int((~heard_arr & present_arr).sum()),
+            ellipse_scales=credible_scales(w, self.grid_en_m, self.cell_m, mean, cov, subdivisions=PHYSICS_SUBDIVISIONS),
         )
 
     def _posterior_power(self, rx_power_dbm, used, w) -> float:

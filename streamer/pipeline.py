@@ -19,6 +19,7 @@ from streamer.config import Config
 from streamer.estimate import Estimate, Estimator, EstimatorInputs
 from streamer.estimators import EstimateRejected
 from streamer.features import mel_frames_dbm
+from streamer.credible import ELLIPSE_PROBABILITIES
 from streamer.geodesy import ellipse_from_covariance, enu_to_geodetic, network_geometry
 from streamer.lane import PIPELINE, Lane, LaneSettings
 from streamer.messages import EstimateOut, Localization, ReceiverHealth, Status, Truth
@@ -236,7 +237,9 @@ class Pipeline:
     def _to_geodetic(self, est: Estimate) -> EstimateOut:
         lat, lon, _ = enu_to_geodetic(est.position_en_m[0], est.position_en_m[1], 0.0, self.origin)
         cov = np.asarray(est.cov_en_m2, dtype=np.float64)
-        return EstimateOut(est.estimator, float(lat), float(lon), cov, ellipse_from_covariance(cov, p=0.95), est.covariance_scale)
+        scales = [None] * len(ELLIPSE_PROBABILITIES) if est.ellipse_scales is None else list(est.ellipse_scales)
+        ellipses = tuple(ellipse_from_covariance(cov, p=p, scale=k) for p, k in zip(ELLIPSE_PROBABILITIES, scales))
+        return EstimateOut(est.estimator, float(lat), float(lon), cov, ellipses[-1], est.covariance_scale, ellipses)
 
     def publish_truth(self, t_ns: int) -> None:
         truth = self._truth_source.truth(t_ns)

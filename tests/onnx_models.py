@@ -10,6 +10,9 @@ With ``f`` the ``features`` input [B, R, M, T], ``e`` = ``rx_enu_km`` [B, R, 3],
 With ``site=True`` the model also declares the contract's optional ``site_propagation`` input ``s`` [B, 5] and adds
 ``SITE_SHIFT * s[:, :2]`` to the position, so a test can read back the row it was fed.
 
+With ``ellipse=True`` it also declares the optional output ``ellipse_scale`` [B, 2] = ``ELLIPSE_BASE + 0.1 n``
+(``known_ellipse_scale``); ``ellipse_base`` replaces ``ELLIPSE_BASE`` (a negative entry breaks it).
+
 The covariance is symmetric positive definite for every input (|c| < 0.5, diagonal >= 1 and >= 2), except in the
 ``covariance="not_pd"`` variant, whose upper-left element is ``-(1 + n)``. :func:`known_outputs` is the numpy twin.
 """
@@ -33,6 +36,7 @@ SMALL_SPEC = FeatureSpec(sample_rate_hz=8_000.0, n_fft=16, hop=8, n_mels=4, wind
 OFFSET_DB = -100.0
 SCALE_DB = 20.0
 COEF = (0.5, -0.25)
+ELLIPSE_BASE = (1.3, 2.3)
 SITE_SHIFT = 0.01  # km of position per unit of the site row's first two entries (site=True)
 AREA_SHIFT = 0.01  # km of position per km of the area's east min / east max (``known_model(area=True)``)
 
@@ -100,7 +104,8 @@ def _shift_position_by(nodes: list, name: str, tag: str, shift: float) -> list:
 def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=COEF, offset_db: float = OFFSET_DB,
                 scale_db: float = SCALE_DB, dims: dict | None = None, rename: dict | None = None,
                 elem_type: dict | None = None, meta: ModelMetadata | str | None | bool = True,
-                covariance: str = "pd", site: bool = False, area: bool = False) -> onnx.ModelProto:
+                covariance: str = "pd", site: bool = False, area: bool = False, ellipse: bool = False,
+                ellipse_base=ELLIPSE_BASE) -> onnx.ModelProto:
     """The known-function model, optionally broken.
 
     dims:      tensor name -> declared shape (list of ints / symbol strings), replacing the contract's
@@ -110,12 +115,13 @@ def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=
     covariance: "pd" or "not_pd"
     site:      also take ``site_propagation`` [B, 5] (module doc)
     area:      also take ``search_area_enu_km`` [B, 5]: position += AREA_SHIFT x its first two columns
+    ellipse:   also give ``ellipse_scale`` [B, 2] (module doc)
     """
     dims, rename, elem_type = dims or {}, rename or {}, elem_type or {}
     shapes = {
         "features": ["B", max_receivers, spec.n_mels, spec.n_frames], "rx_enu_km": ["B", max_receivers, 3],
         "rx_mask": ["B", max_receivers], "position_enu_km": ["B", 2], "covariance_km2": ["B", 2, 2],
-        "site_propagation": ["B", 5], "search_area_enu_km": ["B", 5],
+        "site_propagation": ["B", 5], "search_area_enu_km": ["B", 5], "ellipse_scale": ["B", 2],
     }
     shapes.update(dims)
     nodes = _known_nodes(coef, covariance)
@@ -124,6 +130,12 @@ def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=
         if (site if tag == "site" else area):
             inputs.append(name)
             nodes += _shift_position_by(nodes, name, tag, shift)
+    outputs = ["position_enu_km", "covariance_km2"]
+    if ellipse:
+        outputs.append("ellipse_scale")
+        nodes += [_const("ellipse_step", 0.1), _const("ellipse_base", ellipse_base),
+                  helper.make_node("Mul", ["count", "ellipse_step"], ["ellipse_grow"]),
+                  helper.make_node("Add", ["ellipse_grow", "ellipse_base"], ["ellipse_scale"])]
 
     def value_info(name: str) -> onnx.ValueInfoProto:
         return helper.make_tensor_value_info(rename.get(name, name), elem_type.get(name, TensorProto.FLOAT), shapes[name])
@@ -137,7 +149,7 @@ def known_model(spec: FeatureSpec = SMALL_SPEC, *, max_receivers: int = 4, coef=
     graph = helper.make_graph(
         nodes, "known_function",
         [value_info(n) for n in inputs],
-        [value_info(n) for n in ("position_enu_km", "covariance_km2")],
+        [value_info(n) for n in outputs],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="heimdall-tests")
     model.ir_version = IR_VERSION
@@ -167,6 +179,11 @@ def known_outputs(features: np.ndarray, rx_enu_km: np.ndarray, rx_mask: np.ndarr
     c = 0.5 * np.tanh(f0)
     cov = np.stack([np.stack([s1, c], -1), np.stack([c, s2], -1)], -2)
     return position, cov
+
+
+def known_ellipse_scale(rx_mask: np.ndarray, ellipse_base=ELLIPSE_BASE) -> np.ndarray:
+    """numpy twin of an ``ellipse=True`` model's ``ellipse_scale`` [B, 2]."""
+    return np.asarray(ellipse_base, np.float64) + 0.1 * np.asarray(rx_mask, np.float64).sum(axis=1, keepdims=True)
 
 
 def save(model: onnx.ModelProto, folder: Path, name: str = "model.onnx") -> Path:

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from streamer.model_contract import (AREA_INPUT, INPUT_NAMES, OUTPUT_NAMES, SEARCH_AREA_WIDTH, SITE_INPUT,
+from streamer.model_contract import (AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, SEARCH_AREA_WIDTH, SITE_INPUT,
                                      SITE_PROPAGATION_WIDTH, ModelMetadata, check_model,
                                      write_metadata)
 
@@ -43,14 +43,15 @@ def export_model(model: torch.nn.Module, path: str | Path, meta: ModelMetadata) 
             raise ValueError("a model that takes the search area must also take the site input")
         example += (torch.zeros(2, SEARCH_AREA_WIDTH),)
         input_names.append(AREA_INPUT)
+    output_names = list(OUTPUT_NAMES) + ([ELLIPSE_OUTPUT] if getattr(model, "config", {}).get("ellipse_output") else [])
     model = model.eval()
     buffer = io.BytesIO()
     # The TorchScript exporter writes one self-contained opset-17 file; torch >= 2.9 warns that it is the legacy path.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # scoped to the export call
         torch.onnx.export(
-            model, example, buffer, input_names=input_names, output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: {0: "B"} for name in (*input_names, *OUTPUT_NAMES)}, opset_version=OPSET,
+            model, example, buffer, input_names=input_names, output_names=output_names,
+            dynamic_axes={name: {0: "B"} for name in (*input_names, *output_names)}, opset_version=OPSET,
             dynamo=False,
         )
     proto = onnx.load_from_string(buffer.getvalue())
@@ -84,12 +85,18 @@ def onnx_vs_torch(model: torch.nn.Module, path: str | Path, features: np.ndarray
     if AREA_INPUT in names:
         feeds[AREA_INPUT] = np.ascontiguousarray(
             np.zeros((features.shape[0], SEARCH_AREA_WIDTH)) if area is None else area, np.float32)
-    pos_ort, cov_ort = session.run(list(OUTPUT_NAMES), feeds)
+    names_out = [o.name for o in session.get_outputs() if o.name in (*OUTPUT_NAMES, ELLIPSE_OUTPUT)]
+    ort_out = dict(zip(names_out, session.run(names_out, feeds)))
     with torch.no_grad():
-        pos_t, cov_t = model.eval()(*(torch.from_numpy(feeds[n]) for n in feeds))
-    return {
-        "position_max_abs_diff_km": float(np.max(np.abs(pos_ort - pos_t.numpy()))),
-        "covariance_max_abs_diff_km2": float(np.max(np.abs(cov_ort - cov_t.numpy()))),
-        "covariance_max_rel_diff": float(np.max(np.abs(cov_ort - cov_t.numpy()) / (np.abs(cov_t.numpy()) + 1e-6))),
+        torch_out = dict(zip(names_out, (t.numpy() for t in model.eval()(*(torch.from_numpy(feeds[n]) for n in feeds)))))
+    pos_ort, cov_ort = ort_out["position_enu_km"], ort_out["covariance_km2"]
+    pos_t, cov_t = torch_out["position_enu_km"], torch_out["covariance_km2"]
+    diff = {
+        "position_max_abs_diff_km": float(np.max(np.abs(pos_ort - pos_t))),
+        "covariance_max_abs_diff_km2": float(np.max(np.abs(cov_ort - cov_t))),
+        "covariance_max_rel_diff": float(np.max(np.abs(cov_ort - cov_t) / (np.abs(cov_t) + 1e-6))),
         "n": int(features.shape[0]),
     }
+    if ELLIPSE_OUTPUT in ort_out:
+        diff["ellipse_scale_max_abs_diff"] = float(np.max(np.abs(ort_out[ELLIPSE_OUTPUT] - torch_out[ELLIPSE_OUTPUT])))
+    return diff

@@ -30,6 +30,11 @@ normalised mel frames, ``rx_enu_km`` [B, R, 3], ``rx_mask`` [B, R] and (``site_i
 
    Either way C = k s^2 L L^T km^2 (symmetric positive definite, any orientation) and position = c + s * p.
    k (``covariance_scale``) is 1 while training; ``fit_covariance_scale`` then sets it on held-out windows.
+5. The grid head also gives the optional contract output ``ellipse_scale`` [B, 2] (``ellipse_output``, the default):
+   the radii, in standard deviations, inside which its grid posterior holds 68 % and 95 % of its mass under that
+   posterior's own mean and covariance (``credible_radius_sq``, the twin of ``streamer.credible``, which the
+   physics estimator uses). The published ellipses are C's, scaled by these radii instead of a Gaussian's
+   1.515 / 2.448. Training never computes them: the loss is on position and covariance only.
 
 The loss (``gaussian_nll``) is the full 2-D Gaussian negative log-likelihood in normalised coordinates,
 1/2 r^T C^-1 r + 1/2 log|C|, which differs from the one in km by the constant log s^2 per draw.
@@ -43,6 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from streamer.credible import ELLIPSE_PROBABILITIES, SUBDIVISIONS, subcell_offsets
 from streamer.ellipse_calibration import least_nll_scale
 from streamer.model_contract import SEARCH_AREA_WIDTH, SITE_PROPAGATION_WIDTH
 
@@ -104,6 +110,36 @@ def log_normal_cdf(z: torch.Tensor) -> torch.Tensor:
     return torch.log(torch.clamp(inside_log, min=1e-30)) - 0.5 * (lower_sq - 16.0)
 
 
+def credible_radius_sq(post: torch.Tensor, cells: torch.Tensor, cell_size: torch.Tensor, mean: torch.Tensor,
+                       cov: torch.Tensor, offsets: torch.Tensor,
+                       masses: tuple[float, ...] = ELLIPSE_PROBABILITIES) -> torch.Tensor:
+    """[B, P] squared Mahalanobis radii (under ``cov`` [B, 2, 2], about ``mean`` [B, 2]) holding each of ``masses``
+    of a grid posterior ``post`` [B, G] over ``cells`` [B, G, 2] of size ``cell_size`` [B, 2].
+
+    The torch twin of ``streamer.credible.credible_scales`` (squared, every cell kept): each cell's mass spread over
+    the points ``offsets`` [S, 2] (``streamer.credible.subcell_offsets``, in units of a cell), the cumulative
+    distribution read between the midpoints of its steps."""
+    b = post.shape[0]
+    points = cells[:, :, None, :] + offsets[None, None] * cell_size[:, None, None, :]  # [B, G, S, 2]
+    d = points.reshape(b, -1, 2) - mean[:, None, :]
+    a, c, o = cov[:, 0, 0:1], cov[:, 1, 1:2], cov[:, 0, 1:2]
+    r2 = (c * d[..., 0] ** 2 - 2.0 * o * d[..., 0] * d[..., 1] + a * d[..., 1] ** 2) / (a * c - o * o)
+    w = (post / offsets.shape[0])[:, :, None].expand(-1, -1, offsets.shape[0]).reshape(b, -1)
+    r2_sorted, order = torch.sort(r2, dim=-1)
+    w_sorted = torch.gather(w, 1, order)
+    mid = torch.cumsum(w_sorted, dim=-1) - 0.5 * w_sorted
+    n = r2_sorted.shape[1]
+    out = []
+    for p in masses:  # np.interp(p, mid, r2_sorted), row by row
+        hi = torch.clamp((mid < p).sum(dim=-1, keepdim=True), 1, n - 1)
+        lo = hi - 1
+        m0, m1 = torch.gather(mid, 1, lo), torch.gather(mid, 1, hi)
+        r0, r1 = torch.gather(r2_sorted, 1, lo), torch.gather(r2_sorted, 1, hi)
+        t = torch.clamp((p - m0) / torch.clamp(m1 - m0, min=1e-12), 0.0, 1.0)
+        out.append(r0 + t * (r1 - r0))
+    return torch.cat(out, dim=-1)
+
+
 class GridPosterior(nn.Module):
     """A log-distance posterior over a grid of candidate positions, with parameters the network infers.
 
@@ -122,6 +158,9 @@ class GridPosterior(nn.Module):
         self.n_mels = n_mels
         self.half_width = half_width
         step = 1.0 / cells
+        self.cell_step = step  # a cell's side, in units of the grid's extent
+        self.register_buffer("subcell_offsets", torch.as_tensor(subcell_offsets(SUBDIVISIONS), dtype=torch.float32),
+                             persistent=False)
         axis = torch.linspace(step / 2, 1.0 - step / 2, cells)
         gy, gx = torch.meshgrid(axis, axis, indexing="ij")
         # Cell centres in the unit square; each window maps them onto its grid's extent (``forward``).
@@ -133,8 +172,9 @@ class GridPosterior(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, h, pooled, p, up_km, scale, mask, scene_token, site=None, area=None):
-        """Position [B, 2] and covariance [B, 2, 2] in units of ``scale``, and the per-receiver heard logit [B, R].
+    def forward(self, h, pooled, p, up_km, scale, mask, scene_token, site=None, area=None, credible: bool = False):
+        """Position [B, 2] and covariance [B, 2, 2] in units of ``scale``, the per-receiver heard logit [B, R], and
+        (``credible``) the ellipse scales [B, P] (else ``None``).
 
         ``site`` [B, 5] (``streamer.model_contract.site_propagation``): where its last column is 1, the site's
         path-loss exponent, sigma (dB) and level prior (dBm) replace the inferred ones; the network adds only
@@ -142,7 +182,11 @@ class GridPosterior(nn.Module):
         ``area`` [B, 5]: the search area in the normalised frame ((km - centre) / scale: east min, east max, north
         min, north max) and a flag; where the flag is 1 the grid spans exactly that area and the prior is uniform
         over it (the physics estimator's prior), elsewhere the grid spans +-``half_width`` and the prior falls
-        off outside the receivers' box at a learned rate."""
+        off outside the receivers' box at a learned rate.
+
+        The ellipse scales are the Mahalanobis radii holding ``ELLIPSE_PROBABILITIES`` of the grid posterior under
+        its own mean and covariance (``credible_radius_sq``): the posterior's shape, which the output covariance
+        keeps while the learned factor widens or narrows it."""
         band_db = 20.0 * pooled[..., : self.n_mels]  # dB relative to the normalisation offset
         strongest = band_db.max(dim=-1).values
         quietest = band_db.min(dim=-1).values
@@ -228,8 +272,12 @@ class GridPosterior(nn.Module):
         cov = (centred * post[:, :, None]).transpose(1, 2) @ centred  # [B, 2, 2]
         eye = torch.eye(2, dtype=cov.dtype, device=cov.device)
         cell_var = (self.cell_fraction_variance * extent * extent)[:, :, None] * eye  # [B, 2, 2], diagonal
+        scales = None
+        if credible:
+            scales = torch.sqrt(credible_radius_sq(post, cells, extent * self.cell_step, mean, cov + cell_var,
+                                                   self.subcell_offsets))
         cov = cov * torch.exp(2.0 * scene[:, 3])[:, None, None] + cell_var
-        return mean + 0.1 * scene[:, 4:6], cov, heard_logit
+        return mean + 0.1 * scene[:, 4:6], cov, heard_logit, scales
 
 
 class LocalizerNet(nn.Module):
@@ -240,7 +288,7 @@ class LocalizerNet(nn.Module):
     """
 
     def __init__(self, n_mels: int = 32, dim: int = 128, n_layers: int = 3, heads: int = 4, head: str = "grid",
-                 grid_cells: int = 32, site_input: bool = True, area_input: bool = True) -> None:
+                 grid_cells: int = 32, site_input: bool = True, area_input: bool = True, ellipse_output: bool = True) -> None:
         super().__init__()
         if head not in ("direct", "grid"):
             raise ValueError(f"head must be 'direct' or 'grid', not {head!r}")
@@ -250,6 +298,8 @@ class LocalizerNet(nn.Module):
         self.config["site_input"] = site_input
         if head == "grid" and area_input:  # the direct head has no prior to put the area into
             self.config["area_input"] = True
+        if head == "grid" and ellipse_output:  # nor a posterior whose shape could scale its ellipses
+            self.config["ellipse_output"] = True
         token_in = 2 * n_mels + 4 + (SITE_PROPAGATION_WIDTH if site_input else 0) + (AREA_TOKEN_WIDTH if self.config.get("area_input") else 0)
         self.embed = nn.Sequential(nn.Linear(token_in, dim), nn.GELU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(n_layers))
@@ -294,9 +344,10 @@ class LocalizerNet(nn.Module):
         return torch.cat([(area[:, :4] - offset) / scale * known, known], dim=-1)
 
     def normalised_pooled_and_heard(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor,
-                                    site=None, area=None):
+                                    site=None, area=None, credible: bool = False):
         """``normalised_pooled`` plus the grid head's per-receiver heard logits [B, R] (``None`` for the direct head),
-        for ``train.loss_of``'s auxiliary term. Not a contract output: the exported graph leaves them out.
+        for ``train.loss_of``'s auxiliary term (not a contract output: the exported graph leaves them out), and, with
+        ``credible``, the grid head's ellipse scales [B, P] (``GridPosterior.forward``; else ``None``).
 
         ``site`` [B, 5]: the site's propagation (``streamer.model_contract.site_propagation``); ``None`` = unknown.
         ``area`` [B, 5]: the search area (``streamer.model_contract.search_area_row``, km); ``None`` = unknown."""
@@ -330,31 +381,37 @@ class LocalizerNet(nn.Module):
         pooled_mean = (h * mask).sum(dim=1) / count
         pooled_max = (h + (1.0 - mask) * NEG).max(dim=1).values
         if self.config["head"] == "grid":
-            position, cov, heard_logit = self.grid(
+            position, cov, heard_logit, scales = self.grid(
                 h, pooled, p, rx_enu_km[..., 2] * rx_mask, scale, rx_mask, torch.cat([pooled_mean, pooled_max], dim=-1), site,
-                area_units)
+                area_units, credible=credible)
             l11 = torch.sqrt(cov[:, 0, 0])
             l21 = cov[:, 1, 0] / l11
             l22 = torch.sqrt(torch.clamp(cov[:, 1, 1] - l21 * l21, min=CHOL_FLOOR**2))
-            return centre, scale, position, torch.stack([l11, l21, l22], dim=-1) * torch.sqrt(self.covariance_scale), heard_logit
+            chol = torch.stack([l11, l21, l22], dim=-1) * torch.sqrt(self.covariance_scale)
+            return centre, scale, position, chol, heard_logit, scales
         w = torch.softmax(self.weight_logit(h).squeeze(-1) + key_bias, dim=-1)  # [B, R]
         anchor = (w.unsqueeze(-1) * p).sum(dim=1)  # [B, 2]
         out = self.head(torch.cat([pooled_mean, pooled_max], dim=-1))
         position = anchor + out[:, :2]
         chol = torch.stack([F.softplus(out[:, 2]) + CHOL_FLOOR, out[:, 3], F.softplus(out[:, 4]) + CHOL_FLOOR], dim=-1)
-        return centre, scale, position, chol * torch.sqrt(self.covariance_scale), None
+        return centre, scale, position, chol * torch.sqrt(self.covariance_scale), None, None
 
     def forward(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None, area=None):
-        """Contract outputs: position_enu_km [B, 2] and covariance_km2 [B, 2, 2]; ``site`` and ``area`` are the
-        optional ``site_propagation`` and ``search_area_enu_km`` inputs [B, 5] (``None``: unknown)."""
-        centre, scale, position, chol = self.normalised(features, rx_enu_km, rx_mask, site, area)
+        """Contract outputs: position_enu_km [B, 2] and covariance_km2 [B, 2, 2], and, for a model with
+        ``ellipse_output``, the optional ellipse_scale [B, 2] (standard deviations of the covariance spanned by the
+        ellipses holding ``ELLIPSE_PROBABILITIES``); ``site`` and ``area`` are the optional ``site_propagation`` and
+        ``search_area_enu_km`` inputs [B, 5] (``None``: unknown)."""
+        centre, scale, position, chol, _, scales = self.normalised_pooled_and_heard(
+            self.pool_time(features), rx_enu_km, rx_mask, site, area, credible=self.config.get("ellipse_output", False))
         l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
         s2 = (scale * scale).squeeze(-1)
         c11 = l11 * l11 * s2
         c12 = l11 * l21 * s2
         c22 = (l21 * l21 + l22 * l22) * s2
         cov = torch.stack([torch.stack([c11, c12], dim=-1), torch.stack([c12, c22], dim=-1)], dim=-2)
-        return centre + scale * position, cov
+        if scales is None:
+            return centre + scale * position, cov
+        return centre + scale * position, cov, scales
 
 
 def mahalanobis_sq(centre, scale, position, chol, target_km) -> torch.Tensor:

@@ -402,12 +402,13 @@ def _channel_power(sample: RenderedSample, spec: FeatureSpec):
 
 
 def physics_estimate(sample: RenderedSample, fit: dict, options: PhysicsOptions, spec: FeatureSpec,
-                     power=None) -> tuple[np.ndarray, np.ndarray]:
-    """Position (m) and covariance (m^2) of the physics estimator on one rendered sample, fed as ``options`` say."""
+                     power=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Position (m), covariance (m^2) and 68 % / 95 % credible ellipse radii (standard deviations) of the physics
+    estimator on one rendered sample, fed as ``options`` say."""
     power = power if power is not None else _channel_power(sample, spec)
     est, k = physics_estimator(sample, fit, options)
     res = est.estimate(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
-    return res.position_en_m, res.cov_en_m2
+    return res.position_en_m, res.cov_en_m2, res.ellipse_scales
 
 
 def physics_estimator(sample: RenderedSample, fit: dict, options: PhysicsOptions, power_halfwidth_db: float = 3.0,
@@ -585,6 +586,7 @@ def cross_validate(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, f
                                 for sc in SELECT_SCALES]
     pos = {c: [] for c in candidates}
     cov = {c: [] for c in candidates}
+    radii = {c: [] for c in candidates}
     truth = []
 
     def on_fold(f, train, pick, fit):
@@ -597,11 +599,12 @@ def cross_validate(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, f
                                                 maps=any(c.mapped for c in candidates), on_fold=on_fold):  # fmt: skip
         truth.append(sample.tx_enu_m)
         for c in candidates:
-            p, v = physics_estimate(sample, fit, c, spec, power)
+            p, v, k = physics_estimate(sample, fit, c, spec, power)
             pos[c].append(p)
             cov[c].append(v)
+            radii[c].append(k)
     truth = np.array(truth)
-    return {c: scores(np.array(pos[c]), np.array(cov[c]), truth) for c in candidates}
+    return {c: scores(np.array(pos[c]), np.array(cov[c]), truth, np.array(radii[c])) for c in candidates}
 
 
 def choose_options(cv: dict) -> PhysicsOptions:
@@ -625,7 +628,7 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
     ``options`` feeds the physics estimator (default: ``options_for(split)``, the choice ``select`` stored for this
     split's test file, else ``BASELINE_OPTIONS``).
     """
-    from models.train.evaluate import model_methods, run_centroid, run_onnx, scores, site_calibrated
+    from models.train.evaluate import model_methods, run_centroid, run_onnx, scored, scores, site_calibrated
 
     spec = spec or FeatureSpec()
     options = options or options_for(split, root=root)
@@ -648,17 +651,18 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
     table = {}
     for path in models:  # a model that takes the site is told the fitted exponent and sigma, as by heimdall calibrate
         for method, told in model_methods(path).items():
-            position, cov = run_onnx(Path(path), data, site=site_propagation(physics_config(fit)) if told else None,
-                                     area=np.stack([search_area_row(search_area(sm.rx_enu_m[:MAX_RECEIVERS], AREA_MARGIN_KM))
-                                                    for sm in samples]) if told else None)
-            table[method] = scores(position, cov, truth)
-            table[f"{method}+site"] = scores(position, site_calibrated(position, cov, truth), truth)
+            position, cov, scales = run_onnx(Path(path), data, site=site_propagation(physics_config(fit)) if told else None,
+                                             area=np.stack([search_area_row(search_area(sm.rx_enu_m[:MAX_RECEIVERS], AREA_MARGIN_KM))
+                                                            for sm in samples]) if told else None)
+            table[method] = scores(position, cov, truth, scales)
+            table[f"{method}+site"] = scores(position, site_calibrated(position, cov, truth), truth, scales)
     pos = np.empty((len(samples), 2))
     cov = np.empty((len(samples), 2, 2))
+    radii = np.empty((len(samples), 2))
     for b, sample in enumerate(samples):
-        pos[b], cov[b] = physics_estimate(sample, fit, options, spec)
-    table["physics"] = scores(pos, cov, truth)
-    table["centroid"] = scores(*run_centroid(data), truth)
+        pos[b], cov[b], radii[b] = physics_estimate(sample, fit, options, spec)
+    table["physics"] = scores(pos, cov, truth, radii)
+    table["centroid"] = scored(run_centroid(data), truth)
     skipped = (min(limit, len(test_rows)) if limit else len(test_rows)) - len(data)
     for s in table.values():
         s["skipped"] = int(skipped)

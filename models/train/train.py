@@ -23,7 +23,7 @@ Steps (each one printed as it finishes):
 
 Examples (shell)
 ----------------
-``heimdall train --channelized --out models/heimdall-0.3.0.onnx`` (the shipped model's settings; see models/MODEL_CARD.md)
+``heimdall train --channelized --out models/heimdall-0.4.0.onnx`` (the shipped model's settings; see models/MODEL_CARD.md)
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def loss_of(model: LocalizerNet, batch: dict[str, torch.Tensor], heard_weight: f
     The auxiliary term tells the grid head which present receivers heard by the daemon's rule, so its
     censoring term starts from the right receivers; the direct head has no such output and ignores it.
     """
-    centre, scale, position, chol, heard_logit = model.normalised_pooled_and_heard(batch["pooled"], batch["rx_enu_km"],
+    centre, scale, position, chol, heard_logit, _ = model.normalised_pooled_and_heard(batch["pooled"], batch["rx_enu_km"],
                                                                                    batch["rx_mask"], batch.get("site"),
                                                                                    batch.get("area"))
     loss = gaussian_nll(centre, scale, position, chol, batch["target"]).mean()
@@ -268,7 +268,8 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     diff = onnx_vs_torch(model, out, feats, check.rx_enu_km * check.rx_mask[..., None], check.rx_mask,
                          val["site"][:256].numpy(), val["area"][:256].numpy())
     log(f"ONNX Runtime vs torch on {diff['n']} validation windows: position max abs diff "
-        f"{diff['position_max_abs_diff_km']:.2e} km, covariance max abs diff {diff['covariance_max_abs_diff_km2']:.2e} km^2")
+        f"{diff['position_max_abs_diff_km']:.2e} km, covariance max abs diff {diff['covariance_max_abs_diff_km2']:.2e} km^2"
+        + (f", ellipse scale max abs diff {diff['ellipse_scale_max_abs_diff']:.2e}" if "ellipse_scale_max_abs_diff" in diff else ""))
     size = out.stat().st_size
     log(f"wrote {out} ({size / 1e6:.2f} MB)")
     if size > MAX_MODEL_BYTES:

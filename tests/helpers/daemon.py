@@ -251,7 +251,7 @@ def running_daemon(
 
 
 # Output ----------------------------------------------------------------------------------------------
-LOC_KEYS = {"v", "seq", "t_start_ns", "t_end_ns", "lat", "lon", "cov_en_m2", "ellipse", "estimator", "receivers",
+LOC_KEYS = {"v", "seq", "t_start_ns", "t_end_ns", "lat", "lon", "cov_en_m2", "ellipse", "ellipses", "estimator", "receivers",
             "rx_power_dbm", "model", "latency_ms"}
 
 
@@ -304,7 +304,11 @@ def check_localization_schema(msg: dict) -> None:
     e = msg["ellipse"]
     assert e["p"] == pytest.approx(0.95)
     assert e["semi_major_m"] >= e["semi_minor_m"] > 0 and 0 <= e["azimuth_deg"] < 180
-    assert e["semi_major_m"] == pytest.approx(2.4477 * np.sqrt(np.linalg.eigvalsh(cov)[1]), rel=1e-3)
+    # A credible ellipse: the covariance's axes, ``scale`` standard deviations long (docs/protocol.md).
+    assert 0.5 < e["scale"] < 5.0
+    assert e["semi_major_m"] == pytest.approx(e["scale"] * np.sqrt(np.linalg.eigvalsh(cov)[1]), rel=1e-3)
+    assert [x["p"] for x in msg["ellipses"]] == [0.68, 0.95] and msg["ellipses"][1] == e
+    assert msg["ellipses"][0]["scale"] < e["scale"]
     assert set(msg["rx_power_dbm"]) == set(msg["receivers"]) and len(msg["receivers"]) >= 3
     assert {"name", "version", "sha256"} <= set(msg["model"])
     assert msg["latency_ms"]["processing"] > 0

@@ -20,7 +20,7 @@ from streamer.estimators import build_estimators
 from streamer.features import FeatureSpec, mel_frames_dbm
 from streamer.metrics import Metrics
 from streamer.pipeline import Pipeline
-from tests.onnx_models import OFFSET_DB, SCALE_DB, known_model, known_outputs, save
+from tests.onnx_models import OFFSET_DB, SCALE_DB, known_ellipse_scale, known_model, known_outputs, save
 
 START_NS = 1_790_000_000_000_000_000
 MAX_RX = 8
@@ -127,3 +127,25 @@ def test_a_model_with_too_few_receiver_slots_is_refused_before_start(tmp_path):
 
     with pytest.raises(ModelMismatchError, match="max_receivers"):
         build_estimators(onnx_config(small))
+
+
+def test_the_daemon_publishes_the_ellipses_a_model_gives_with_its_ellipse_scale(tmp_path):
+    """A model with the contract's optional ``ellipse_scale`` output: each published ellipse is the covariance's,
+    that many standard deviations long (68 % then 95 %), and the 95 % one is ``ellipse``."""
+    path = save(known_model(FeatureSpec(), max_receivers=MAX_RX, ellipse=True), tmp_path)
+    cfg = onnx_config(path)
+    _, windows, locs = run_pipeline(cfg)
+    assert len(locs) >= 3
+    by_start = {w.t_start_ns: w for w in windows}
+    for msg in locs:
+        mask = np.zeros((1, MAX_RX))
+        mask[0, : len(cfg.receivers)] = by_start[msg["t_start_ns"]].present
+        scales = known_ellipse_scale(mask)[0]
+        major = math.sqrt(np.linalg.eigvalsh(np.array(msg["cov_en_m2"]))[1])
+        assert [e["p"] for e in msg["ellipses"]] == [0.68, 0.95]
+        for e, k in zip(msg["ellipses"], scales):
+            assert e["scale"] == pytest.approx(k, rel=1e-5)
+            assert e["semi_major_m"] == pytest.approx(k * major, rel=1e-4)
+        assert msg["ellipse"] == msg["ellipses"][1]
+        physics = msg["alternatives"][0]
+        assert physics["estimator"] == "physics" and 0.5 < physics["ellipses"][0]["scale"] < physics["ellipse"]["scale"]

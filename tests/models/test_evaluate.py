@@ -59,14 +59,18 @@ def _scores(median, mean, p90, cov68, cov95):
     return {"median_m": median, "mean_m": mean, "p90_m": p90, "cov68": cov68, "cov95": cov95, "nll": 1.0, "n": 10}
 
 
-def test_gates_compare_each_model_with_the_physics_posterior_and_name_what_it_misses(tmp_path, capsys):
+def test_gates_compare_each_model_with_the_physics_posterior_and_check_both_coverages(tmp_path, capsys):
     results = {
         "default": {"physics": _scores(90, 100, 200, 0.70, 0.95), "centroid": _scores(1, 1, 1, 0.1, 0.1),
                     "m": _scores(95, 105, 209, 0.70, 0.95), "far": _scores(95, 106, 211, 0.77, 0.92)},
         "powder-grid": {"physics": _scores(138, 180, 300, 0.8, 0.95), "m": _scores(151, 200, 400, 0.6, 0.90)},
     }
     rows = {(r["dataset"], r["method"]): r for r in evaluate.gate_rows(results)}
-    assert set(rows) == {("default", "m"), ("default", "far"), ("powder-grid", "m")}  # not physics, not centroid
+    assert set(rows) == {("default", "m"), ("default", "far"), ("powder-grid", "m"), ("default", "physics"),
+                         ("powder-grid", "physics")}  # not centroid
+    assert rows["default", "physics"]["met"] == {"cov68": True, "cov95": True}  # its coverage, not its errors
+    assert "mean_vs_physics" not in rows["default", "physics"]
+    assert rows["powder-grid", "physics"]["met"] == {"median": True, "cov95": True}
     assert rows["default", "m"]["mean_vs_physics"] == pytest.approx(0.05) and all(rows["default", "m"]["met"].values())
     assert [k for k, ok in rows["default", "far"]["met"].items() if not ok] == ["cov68", "cov95", "mean", "p90"]
     assert rows["powder-grid", "m"]["met"] == {"median": False, "cov95": True}

@@ -113,8 +113,8 @@ def test_permutation_invariant(tiny_model):
     feats, enu, mask = random_inputs(6, seed=1)
     perm = np.random.default_rng(2).permutation(R)
     with torch.no_grad():
-        p1, c1 = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
-        p2, c2 = tiny_model(*map(torch.from_numpy, (feats[:, perm], enu[:, perm], mask[:, perm])))
+        p1, c1, *_ = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
+        p2, c2, *_ = tiny_model(*map(torch.from_numpy, (feats[:, perm], enu[:, perm], mask[:, perm])))
     assert torch.allclose(p1, p2, atol=1e-4) and torch.allclose(c1, c2, rtol=1e-4, atol=1e-6)
 
 
@@ -124,8 +124,8 @@ def test_masked_slots_are_ignored(tiny_model):
     junk_f[mask == 0] = 3.0  # the estimator zero-fills, but the graph must not depend on it
     junk_e[mask == 0] = 500.0
     with torch.no_grad():
-        p1, c1 = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
-        p2, c2 = tiny_model(*map(torch.from_numpy, (junk_f, junk_e, mask)))
+        p1, c1, *_ = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
+        p2, c2, *_ = tiny_model(*map(torch.from_numpy, (junk_f, junk_e, mask)))
     assert torch.allclose(p1, p2, atol=1e-4) and torch.allclose(c1, c2, rtol=1e-4, atol=1e-6)
 
 
@@ -138,9 +138,9 @@ def test_a_window_does_not_depend_on_its_batch(tiny_model):
     mask[1] = 1.0
     feats *= mask[..., None, None]
     with torch.no_grad():
-        pos, cov = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
+        pos, cov, *_ = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
         for b in range(len(mask)):
-            alone_pos, alone_cov = tiny_model(*(torch.from_numpy(a[b:b + 1]) for a in (feats, enu, mask)))
+            alone_pos, alone_cov, *_ = tiny_model(*(torch.from_numpy(a[b:b + 1]) for a in (feats, enu, mask)))
             assert torch.allclose(pos[b], alone_pos[0], atol=1e-4), b
             assert torch.allclose(cov[b], alone_cov[0], rtol=1e-4, atol=1e-6), b
 
@@ -148,8 +148,8 @@ def test_a_window_does_not_depend_on_its_batch(tiny_model):
 def test_covariance_is_spd_and_scales_with_the_network(tiny_model):
     feats, enu, mask = random_inputs(32, seed=4)
     with torch.no_grad():
-        pos, cov = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
-        pos10, cov10 = tiny_model(torch.from_numpy(feats), torch.from_numpy(enu * np.float32(10.0)), torch.from_numpy(mask))
+        pos, cov, *_ = tiny_model(*map(torch.from_numpy, (feats, enu, mask)))
+        pos10, cov10, *_ = tiny_model(torch.from_numpy(feats), torch.from_numpy(enu * np.float32(10.0)), torch.from_numpy(mask))
     cov = cov.double().numpy()
     assert np.allclose(cov, np.swapaxes(cov, 1, 2))
     assert np.all(np.linalg.eigvalsh(cov) > 0)
@@ -219,8 +219,8 @@ def test_onnx_estimator_runs_the_exported_model(tiny_model, exported):
         take(dbm, order[..., None, None], 1), take(enu, order[..., None], 1), take(mask, order, 1))
     keep = take(mask, order, 1)
     with torch.no_grad():
-        pos, cov = tiny_model(torch.from_numpy(np.where(keep[..., None, None] > 0, take(feats, order[..., None, None], 1), 0)),
-                              torch.from_numpy(take(enu, order[..., None], 1) * keep[..., None]), torch.from_numpy(keep))
+        pos, cov, *_ = tiny_model(torch.from_numpy(np.where(keep[..., None, None] > 0, take(feats, order[..., None, None], 1), 0)),
+                                  torch.from_numpy(take(enu, order[..., None], 1) * keep[..., None]), torch.from_numpy(keep))
     assert out.valid.all()
     assert np.allclose(out.position_enu_km, pos.numpy(), atol=1e-3)
 
@@ -244,7 +244,7 @@ def test_the_fitted_covariance_scale_is_the_least_nll_factor_and_is_in_the_expor
     enu_t, mask_t = torch.from_numpy(enu).repeat(16, 1, 1), torch.from_numpy(mask).repeat(16, 1)
     with torch.no_grad():
         centre, scale, position, chol = model.normalised_pooled(pooled, enu_t, mask_t)
-        _, cov_before = model(torch.from_numpy(feats), torch.from_numpy(enu), torch.from_numpy(mask))
+        _, cov_before, *_ = model(torch.from_numpy(feats), torch.from_numpy(enu), torch.from_numpy(mask))
     z = torch.from_numpy(np.random.default_rng(6).standard_normal((pooled.shape[0], 2)).astype(np.float32))
     offset = torch.stack([chol[:, 0] * z[:, 0], chol[:, 1] * z[:, 0] + chol[:, 2] * z[:, 1]], dim=-1) * math.sqrt(2.0)
     target = centre + scale * (position + offset)
@@ -260,7 +260,7 @@ def test_the_fitted_covariance_scale_is_the_least_nll_factor_and_is_in_the_expor
     assert mean_nll(k) < min(mean_nll(0.8 * k), mean_nll(1.25 * k), mean_nll(1.0))
     model.covariance_scale.fill_(k)
     with torch.no_grad():
-        _, cov_after = model(torch.from_numpy(feats), torch.from_numpy(enu), torch.from_numpy(mask))
+        _, cov_after, *_ = model(torch.from_numpy(feats), torch.from_numpy(enu), torch.from_numpy(mask))
     np.testing.assert_allclose(cov_after.numpy(), k * cov_before.numpy(), rtol=1e-4)
     path = tmp_path / "scaled.onnx"
     export_model(model, path, metadata(SPEC, {"covariance_scale": k}))
@@ -292,10 +292,10 @@ def test_short_training_beats_the_receiver_centroid():
     test = held_out.subset(slice(128, None))
     feats = (test.features_dbm - NORMALISATION.offset_db) / NORMALISATION.scale_db * test.rx_mask[..., None, None]
     with torch.no_grad():
-        pos, _ = model.eval()(torch.from_numpy(feats), torch.from_numpy(test.rx_enu_km), torch.from_numpy(test.rx_mask),
-                              torch.from_numpy(held_out_sites[128:]))
+        pos, *_ = model.eval()(torch.from_numpy(feats), torch.from_numpy(test.rx_enu_km), torch.from_numpy(test.rx_mask),
+                               torch.from_numpy(held_out_sites[128:]))
     err_model = np.linalg.norm(pos.numpy() - test.tx_enu_km, axis=-1)
-    centroid, _ = run_centroid(test)
+    centroid, _, _ = run_centroid(test)
     err_centroid = np.linalg.norm(centroid / 1e3 - test.tx_enu_km, axis=-1)
     # Networks span 3-200 km, so compare errors relative to each network's size.
     size = np.array([np.ptp(test.rx_enu_km[b][test.rx_mask[b] > 0][:, :2], axis=0).max() for b in range(len(test))])
@@ -427,7 +427,7 @@ def test_onnx_equals_torch_when_told_a_site(tmp_path):
                  (np.arange(8) % 2)].astype(np.float32)
     diff = onnx_vs_torch(model, path, feats, enu, mask, site)
     with torch.no_grad():
-        _, cov = model(*(torch.from_numpy(a) for a in (feats, enu, mask, site)))
+        _, cov, *_ = model(*(torch.from_numpy(a) for a in (feats, enu, mask, site)))
     # float32 rounding, relative to each window's own covariance (told sigmas make some ellipses small)
     assert diff["position_max_abs_diff_km"] < 1e-3
     assert diff["covariance_max_abs_diff_km2"] < 1e-3 * float(cov.abs().amax(dim=(1, 2)).min())
@@ -494,10 +494,10 @@ def test_onnx_equals_torch_when_told_an_area(tmp_path):
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    _, cov_ort = session.run(None, {"features": feats, "rx_enu_km": enu, "rx_mask": mask, "site_propagation": site,
-                                    "search_area_enu_km": area})
+    _, cov_ort, *_ = session.run(None, {"features": feats, "rx_enu_km": enu, "rx_mask": mask, "site_propagation": site,
+                                        "search_area_enu_km": area})
     with torch.no_grad():
-        _, cov = model(*(torch.from_numpy(a) for a in (feats, enu, mask, site, area)))
+        _, cov, *_ = model(*(torch.from_numpy(a) for a in (feats, enu, mask, site, area)))
     # float32 rounding, relative to each window's own covariance (areas from a few km to hundreds)
     own = cov.abs().amax(dim=(1, 2)).numpy()
     assert np.all(np.abs(cov_ort - cov.numpy()).max(axis=(1, 2)) < 1e-4 * own)
@@ -507,3 +507,41 @@ def test_a_model_that_takes_the_area_but_not_the_site_is_refused_at_export(tmp_p
     model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, head="grid", site_input=False).eval()
     with pytest.raises(ValueError, match="must also take the site input"):
         export_model(model, tmp_path / "area-only.onnx", metadata(SPEC, {"test": True}))
+
+
+def test_the_grid_heads_credible_radii_are_those_of_the_daemons_credible_module():
+    """models.train.network.credible_radius_sq (in the graph) against streamer.credible.credible_scales (numpy, the
+    physics posterior's): the same radii for the same grid posteriors."""
+    from models.train.network import credible_radius_sq
+    from streamer.credible import ELLIPSE_PROBABILITIES, SUBDIVISIONS, credible_scales, subcell_offsets
+
+    rng = np.random.default_rng(5)
+    n, batch = 12, 3
+    axis = (np.arange(n) + 0.5) / n
+    unit = np.stack(np.meshgrid(axis, axis, indexing="xy"), axis=-1).reshape(-1, 2)
+    extent = rng.uniform(0.5, 3.0, (batch, 2))
+    cells = -0.5 * extent[:, None, :] + unit[None] * extent[:, None, :]
+    post = rng.dirichlet(np.full(n * n, 0.3), size=batch)
+    mean = np.einsum("bg,bgi->bi", post, cells)
+    d = cells - mean[:, None]
+    cov = np.einsum("bg,bgi,bgj->bij", post, d, d) + (extent**2 / (12 * n * n))[:, :, None] * np.eye(2)
+    got = credible_radius_sq(*(torch.tensor(a, dtype=torch.float64) for a in (post, cells, extent / n, mean, cov)),
+                             torch.tensor(subcell_offsets(SUBDIVISIONS), dtype=torch.float64)).numpy()
+    want = np.stack([credible_scales(post[b], cells[b], extent[b] / n, mean[b], cov[b], min_weight=0.0) ** 2
+                     for b in range(batch)])
+    assert got.shape == (batch, len(ELLIPSE_PROBABILITIES))
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_an_exported_grid_model_gives_ellipse_scales_that_match_torch(tmp_path):
+    from streamer.model_contract import ELLIPSE_OUTPUT
+
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, grid_cells=8)
+    path = export_model(model, tmp_path / "m.onnx", metadata(SPEC, {}))
+    feats, enu, mask = random_inputs(4, seed=3)
+    diff = onnx_vs_torch(model, path, feats, enu, mask)
+    assert diff["ellipse_scale_max_abs_diff"] < 1e-3
+    est = OnnxEstimator(path, providers=("CPUExecutionProvider",))
+    assert est.gives_ellipse_scale and ELLIPSE_OUTPUT in est.output_names
+    out = est.run(feats * NORMALISATION.scale_db + NORMALISATION.offset_db, enu, mask)
+    assert out.ellipse_scale.shape == (4, 2) and (out.ellipse_scale[:, 1] > out.ellipse_scale[:, 0]).all()

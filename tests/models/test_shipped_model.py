@@ -9,8 +9,8 @@ from models import SHIPPED_VERSION, shipped_model_path
 from models.train.export import MAX_MODEL_BYTES
 from streamer.config import load
 from streamer.inference import OnnxEstimator
-from streamer.model_contract import (AREA_INPUT, INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, check_model, network_search_area_row,
-                                     site_propagation)
+from streamer.model_contract import (AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, check_model,
+                                     network_search_area_row, site_propagation)
 
 PATH = shipped_model_path()
 
@@ -30,12 +30,12 @@ def test_the_shipped_model_follows_the_contract_with_the_default_configs_feature
     spec = meta.features
     graph = onnx.load(str(PATH)).graph
     inputs, outputs = declared_shapes(graph.input), declared_shapes(graph.output)
-    assert list(inputs) == [*INPUT_NAMES, SITE_INPUT, AREA_INPUT] and list(outputs) == list(OUTPUT_NAMES)
+    assert list(inputs) == [*INPUT_NAMES, SITE_INPUT, AREA_INPUT] and list(outputs) == [*OUTPUT_NAMES, ELLIPSE_OUTPUT]
     batch = inputs["features"][0]
     assert isinstance(batch, str)  # symbolic: any batch size
     assert inputs == {"features": [batch, 16, spec.n_mels, spec.n_frames], "rx_enu_km": [batch, 16, 3],
                       "rx_mask": [batch, 16], SITE_INPUT: [batch, 5], AREA_INPUT: [batch, 5]}
-    assert outputs == {"position_enu_km": [batch, 2], "covariance_km2": [batch, 2, 2]}
+    assert outputs == {"position_enu_km": [batch, 2], "covariance_km2": [batch, 2, 2], ELLIPSE_OUTPUT: [batch, 2]}
     # What it measured of itself at training time is carried in the metadata, per dataset.
     for table in (meta.accuracy, meta.calibration):
         assert {"default", "random-0", "random-1", "random-2"} <= set(table)
@@ -57,3 +57,6 @@ def test_the_shipped_model_localizes_a_simulated_window_of_the_default_network()
     sigma_km = np.sqrt(np.trace(out.covariance_km2, axis1=1, axis2=2))
     # The default network spans ~190 km: answers are inside it, with ellipses of tens of km, not metres.
     assert np.all(error_km < 150.0) and np.all((sigma_km > 1.0) & (sigma_km < 200.0))
+    # Its credible ellipses: radii of the order of a Gaussian's (1.515, 2.448), the 95 % one the wider.
+    assert est.gives_ellipse_scale
+    assert np.all((out.ellipse_scale > 0.8) & (out.ellipse_scale < 4.0)) and np.all(out.ellipse_scale[:, 1] > out.ellipse_scale[:, 0])

@@ -293,3 +293,29 @@ def test_a_max_gap_that_is_not_positive_seconds_is_refused(site, tmp_path, gap):
     write_run(run, geodetic, n=40, onnx_factor=1.0, physics_factor=1.0)
     with pytest.raises(ConfigError, match=f"--max-gap-s: expected seconds > 0, got {gap}"):
         main(["-c", str(cfg), str(run), "--max-gap-s", gap])
+
+
+def test_coverage_counts_each_window_inside_its_own_published_radius():
+    m2 = np.array([1.0, 2.0, 3.0, 5.0, 7.0])
+    assert coverage(m2) == (0.4, 0.8)  # the Gaussian's 2.279 / 5.991
+    radius_sq = np.array([[1.5, 4.0], [1.5, 1.8], [np.nan, np.nan], [4.0, 8.0], [4.0, 6.0]])
+    assert coverage(m2, radius_sq=radius_sq) == (0.2, 0.6)  # window 2 has no radii: the Gaussian's
+
+
+def test_the_published_ellipse_scales_are_read_from_the_messages(tmp_path):
+    from streamer.ellipse_calibration import read_messages
+
+    cfg = load(write_config(tmp_path, {}, name="site.toml"))
+    origin, _, _ = network_geometry(cfg)
+    base = {"topic": "loc", "t_start_ns": 0, "t_end_ns": 10, "estimator": "onnx", "lat": origin.lat, "lon": origin.lon,
+            "cov_en_m2": [[1.0, 0.0], [0.0, 1.0]], "covariance_scale": 1.0}
+    with_scales = dict(base, ellipses=[{"p": 0.68, "scale": 1.2}, {"p": 0.95, "scale": 2.1}],
+                       alternatives=[dict(base, estimator="physics")])
+    path = tmp_path / "locs.jsonl"
+    path.write_text(json.dumps(with_scales) + "\n")
+    locs, _, _ = read_messages([path], origin)
+    assert locs.scales["onnx"] == [(1.2, 2.1)]
+    assert all(math.isnan(v) for v in locs.scales["physics"][0])  # an older message: no ellipses key
+    path.write_text(json.dumps(dict(base, ellipses=[{"p": 0.68, "scale": "wide"}])) + "\n")
+    with pytest.raises(LocalizationFileError, match=r"locs.jsonl:1: the primary estimate.ellipses\[0\].scale: expected a number"):
+        read_messages([path], origin)

@@ -13,7 +13,8 @@ import pytest
 from streamer import inference
 from streamer.errors import ModelMismatchError
 from streamer.inference import ModelOutput, OnnxEstimator, check_outputs, covariance_km2_to_m2, select_providers
-from tests.onnx_models import OFFSET_DB, SCALE_DB, SMALL_SPEC, known_model, known_outputs, metadata, save
+from tests.onnx_models import (OFFSET_DB, SCALE_DB, SMALL_SPEC, known_ellipse_scale, known_model, known_outputs, metadata,
+                                save)
 
 M, T = SMALL_SPEC.n_mels, SMALL_SPEC.n_frames
 
@@ -274,3 +275,24 @@ def test_a_model_without_the_site_input_ignores_a_site(model_path):
     assert not est.takes_site
     np.testing.assert_allclose(est.run(features, enu, mask, np.ones(5)).position_enu_km,
                                est.run(features, enu, mask).position_enu_km)
+
+
+def test_a_model_with_the_ellipse_output_returns_its_scales(tmp_path):
+    features, enu = _inputs(np.random.default_rng(10), 2, 3)
+    mask = np.array([[1, 1, 1], [1, 0, 1]], np.float32)
+    est = OnnxEstimator(save(known_model(ellipse=True), tmp_path))
+    assert est.gives_ellipse_scale
+    out = est.run(features, enu, mask)
+    np.testing.assert_allclose(out.ellipse_scale, known_ellipse_scale(_fed(features, enu, mask)[2]), rtol=1e-6)
+    assert out.valid.all()
+    assert OnnxEstimator(save(known_model(), tmp_path, "plain.onnx")).run(features, enu, mask).ellipse_scale is None
+
+
+def test_a_row_whose_ellipse_scale_is_not_positive_is_flagged_not_raised(tmp_path):
+    features, enu = _inputs(np.random.default_rng(11), 2, 3)
+    out = OnnxEstimator(save(known_model(ellipse=True, ellipse_base=(-0.35, 2.0)), tmp_path)).run(
+        features, enu, np.array([[1, 1, 1], [1, 1, 0]], np.float32))
+    # The 68 % radius -0.35 + 0.1 n is negative with 3 receivers and with 2.
+    assert out.valid.tolist() == [False, False]
+    assert not check_outputs(np.zeros((1, 2)), np.eye(2)[None], np.array([[1.5, np.nan]])).valid[0]
+    assert check_outputs(np.zeros((1, 2)), np.eye(2)[None], np.array([[1.5, 2.4]])).valid[0]

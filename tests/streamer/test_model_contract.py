@@ -192,6 +192,12 @@ def test_the_optional_search_area_input_is_accepted(tmp_path):
     assert check_model(save(known_model(site=True, area=True), tmp_path)) == metadata()
 
 
+def test_the_optional_ellipse_output_is_accepted_and_its_shape_checked(tmp_path):
+    assert check_model(save(known_model(ellipse=True), tmp_path)) == metadata()
+    with pytest.raises(ModelMismatchError, match=r"output 'ellipse_scale': dim 1 \(axis 1\) expected 2 \(contract\), got 3"):
+        check_model(save(known_model(ellipse=True, dims={"ellipse_scale": ["B", 3]}), tmp_path, "wide.onnx"))
+
+
 def test_metadata_disagreeing_with_static_dims_is_refused(tmp_path):
     model = known_model(meta=metadata(max_receivers=6))
     with pytest.raises(ModelMismatchError) as info:
