@@ -70,6 +70,9 @@ def assert_tone(blocks, server: FakeKiwiServer) -> None:
 def test_sends_the_documented_set_commands_in_order_over_a_masked_websocket():
     with FakeKiwiServer(password="s3cret", n_frames=3) as server:
         collect(make_rx(server, password="s3cret"))
+        # The client sends its last SETs while the frames stream; stop() would discard what the server has not
+        # read yet, so wait for the reader thread to record them (a loaded machine lags here).
+        server.wait_for(lambda: len(server.messages) >= 6)
     assert server.errors == []
     assert re.fullmatch(r"/\d+/SND", server.paths[0])
     assert server.messages[:6] == [
