@@ -48,8 +48,8 @@ grid step 25 m; transmitter at 1.5 m, receivers at 0 m (heights are not in the d
 are modelled is a ``PhysicsOptions``:
 
 - ``BASELINE_OPTIONS`` (``heimdall evaluate --powder-baseline``): the 16 strongest, i.i.d. errors of sigma
-  hypot(fitted sigma, 1 dB). It is overconfident on POWDER (grid split: cov95 0.871 on the test rows, 0.885 in
-  cross-validation) because real shadowing is not i.i.d.: residuals of two receivers for one transmission
+  hypot(fitted sigma, 1 dB). It is overconfident on POWDER (grid split: cov95 0.903 in cross-validation,
+  ``powder_physics_options.json``) because real shadowing is not i.i.d.: residuals of two receivers for one transmission
   correlate 0.57 below 50 m of receiver separation, 0.20 at 100-200 m, ~0 beyond 800 m (``fit_correlation``),
   and one receiver's residuals at two transmitter positions correlate 0.57 below 50 m, 0.29 at 100-200 m
   (``python -m models.train.powder residuals --split grid`` prints both tables).
@@ -66,14 +66,11 @@ are modelled is a ``PhysicsOptions``:
 the test rows' measurements: spatial 5-fold cross-validation (200 m blocks of transmitter positions held out
 whole, like the grid split's cells; offsets, sigmas, correlations and maps refitted on the other folds; 120
 random rows per fold rendered and scored like the test rows). Rule (``choose_options``): for each (receivers,
-error structure), the smallest sigma scale of {1, 1.1, ..., 1.5, 1.75, 2, 2.5} whose 95 % ellipse covers at
-least 95 % of the held-out truths; among those, the smallest median error. It stores the choice per test file
-in ``powder_physics_options.json``, which ``evaluate_powder`` reads (a split without a stored choice gets
-``BASELINE_OPTIONS``). Grid split choice: 16 strongest, common sigma, maps, scale 1.5 (CV: 126 m median,
-cov68 0.788, cov95 0.958; baseline 159 m, 0.885); test rows, scored once: 138 m median, cov68 0.791, cov95 0.955
-(baseline 174 m, 0.613, 0.871). Random split choice: all heard, common sigma, maps, scale 1.75 (CV 125 m,
-cov95 0.960); test rows: 92 m, cov95 0.990 (baseline 157 m, 0.879). Commands and tables: models/MODEL_CARD.md,
-"POWDER: the physics estimator with measured shadowing".
+error structure), the smallest sigma scale of {1, 1.1, ..., 1.5, 1.75, 2, 2.5} whose 95 % ellipse (the credible
+ellipse the daemon publishes, ``streamer.credible``) covers at least 95 % of the held-out truths; among those, the
+smallest median error. It stores the choice per test file in ``powder_physics_options.json``, with its CV scores
+and the command, which ``evaluate_powder`` reads (a split without a stored choice gets ``BASELINE_OPTIONS``).
+Tables: models/MODEL_CARD.md, "POWDER: how it is scored, and the other splits".
 """
 
 from __future__ import annotations

@@ -94,3 +94,23 @@ def test_the_wire_carries_the_68_and_95_ellipses_with_the_scales_they_span():
     assert gaussian["ellipses"] == [gaussian["ellipse"]] and gaussian["ellipse"]["scale"] == pytest.approx(ellipse_scale(0.95))
     with pytest.raises(ValueError, match="ellipse scale must be a positive number"):
         ellipse_from_covariance(cov, 0.95, float("nan"))
+
+
+def test_the_physics_posteriors_grid_is_fine_enough_to_spread_nothing():
+    """PHYSICS_SUBDIVISIONS = 1: on the default network's posterior the radii with 2 x 2 points per cell agree."""
+    from streamer.config import load
+    from streamer.credible import PHYSICS_SUBDIVISIONS
+    from streamer.physics import PhysicsEstimator
+
+    config = load()
+    est = PhysicsEstimator.from_config(config)
+    n = len(config.receivers)
+    power = np.array([-95.0, -88.0, -101.0, -92.0, -99.0, -90.0, -97.0])[:n]
+    heard = np.ones(n, bool)
+    result = est.estimate(power, heard, heard, np.full(n, -121.0))
+    log_post = est.log_posterior(power, heard, heard, np.full(n, -121.0))
+    w = np.exp(log_post - log_post.max())
+    w /= w.sum()
+    assert PHYSICS_SUBDIVISIONS == 1
+    spread = credible_scales(w, est.grid_en_m, est.cell_m, result.position_en_m, result.cov_en_m2, subdivisions=2)
+    np.testing.assert_allclose(result.ellipse_scales, spread, rtol=0.01)
