@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamer.geodesy import ellipse_scale
+
 #: The probabilities of the ellipses an estimate carries: the message's ``ellipses`` and evaluate's cov68/cov95.
 ELLIPSE_PROBABILITIES = (0.68, 0.95)
 #: Points per cell side over which a cell's mass is spread, for the model's 32 x 32 grid (``GridPosterior``; the
@@ -62,6 +64,10 @@ def credible_scales(weights, cells_en, cell_size_en, mean_en, cov_en, probabilit
     cov_en : ``[2, 2]`` the covariance whose shape the ellipse takes (the posterior's).
     min_weight : cells lighter than this are left out (they cannot move a quantile).
 
+    A radius that comes out 0 (all the mass at one point: a posterior inside one cell, spread over no sub-cell
+    points) is a Gaussian's, ``geodesy.ellipse_scale(p)``: the grid cannot resolve that posterior's shape, and its
+    covariance (which holds the cell's own spread) is all there is to draw.
+
     Examples
     --------
     A Gaussian on a fine grid gets the Gaussian radii, 1.515 and 2.448:
@@ -82,4 +88,5 @@ def credible_scales(weights, cells_en, cell_size_en, mean_en, cov_en, probabilit
     inv = np.linalg.inv(0.5 * (cov + cov.T))
     r2 = np.einsum("ni,ij,nj->n", delta, inv, delta)
     point_w = np.repeat(w / len(offsets), len(offsets))
-    return np.sqrt(radius_sq_at_mass(r2, point_w, probabilities))
+    k = np.sqrt(radius_sq_at_mass(r2, point_w, probabilities))
+    return np.where(k > 0, k, [ellipse_scale(p) for p in probabilities])

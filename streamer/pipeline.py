@@ -239,7 +239,8 @@ class Pipeline:
         cov = np.asarray(est.cov_en_m2, dtype=np.float64)
         scales = [None] * len(ELLIPSE_PROBABILITIES) if est.ellipse_scales is None else list(est.ellipse_scales)
         ellipses = tuple(ellipse_from_covariance(cov, p=p, scale=k) for p, k in zip(ELLIPSE_PROBABILITIES, scales))
-        return EstimateOut(est.estimator, float(lat), float(lon), cov, ellipses[-1], est.covariance_scale, ellipses)
+        return EstimateOut(est.estimator, float(lat), float(lon), cov, ellipses[ELLIPSE_PROBABILITIES.index(0.95)],
+                           est.covariance_scale, ellipses)
 
     def publish_truth(self, t_ns: int) -> None:
         truth = self._truth_source.truth(t_ns)

@@ -90,6 +90,7 @@ from models.train.dataset import (CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, MAX_RE
 from streamer import features as feature_module
 from streamer.calibrate import fit_path_loss
 from streamer.config import PhysicsConfig, from_dict
+from streamer.credible import ELLIPSE_PROBABILITIES
 from streamer.errors import HeimdallError
 from streamer.features import FeatureSpec
 from streamer.geodesy import Origin, geodetic_to_enu_m, search_area
@@ -655,7 +656,7 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
             table[f"{method}+site"] = scores(position, site_calibrated(position, cov, truth), truth, scales)
     pos = np.empty((len(samples), 2))
     cov = np.empty((len(samples), 2, 2))
-    radii = np.empty((len(samples), 2))
+    radii = np.empty((len(samples), len(ELLIPSE_PROBABILITIES)))
     for b, sample in enumerate(samples):
         pos[b], cov[b], radii[b] = physics_estimate(sample, fit, options, spec)
     table["physics"] = scores(pos, cov, truth, radii)

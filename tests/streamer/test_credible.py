@@ -114,3 +114,10 @@ def test_the_physics_posteriors_grid_is_fine_enough_to_spread_nothing():
     assert PHYSICS_SUBDIVISIONS == 1
     spread = credible_scales(w, est.grid_en_m, est.cell_m, result.position_en_m, result.cov_en_m2, subdivisions=2)
     np.testing.assert_allclose(result.ellipse_scales, spread, rtol=0.01)
+
+
+def test_a_posterior_the_grid_cannot_resolve_gets_a_gaussians_radii_not_zero():
+    """All the mass at one point (one cell, no sub-cell points, as the physics posterior spreads it): a radius of 0
+    would draw no ellipse at all; the covariance, which holds the cell's own spread, is drawn at a Gaussian's."""
+    k = credible_scales([1.0], [[0.0, 0.0]], [1.0, 1.0], [0.0, 0.0], np.eye(2) / 12.0, subdivisions=1)
+    np.testing.assert_allclose(k, [ellipse_scale(p) for p in ELLIPSE_PROBABILITIES])

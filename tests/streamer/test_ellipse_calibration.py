@@ -319,3 +319,21 @@ def test_the_published_ellipse_scales_are_read_from_the_messages(tmp_path):
     path.write_text(json.dumps(dict(base, ellipses=[{"p": 0.68, "scale": "wide"}])) + "\n")
     with pytest.raises(LocalizationFileError, match=r"locs.jsonl:1: the primary estimate.ellipses\[0\].scale: expected a number"):
         read_messages([path], origin)
+
+
+@pytest.mark.parametrize("ellipses, why", [
+    ({"p": 0.95}, r"the primary estimate.ellipses: expected a list of ellipses"),
+    ([0.95], r"the primary estimate.ellipses\[0\]: expected an object"),
+    ([{"scale": 2.0}], r"the primary estimate.ellipses\[0\].p: expected a number, got None"),
+])
+def test_malformed_ellipses_in_a_message_are_refused_with_file_line_and_key(tmp_path, ellipses, why):
+    from streamer.ellipse_calibration import read_messages
+
+    cfg = load(write_config(tmp_path, {}, name="site.toml"))
+    origin, _, _ = network_geometry(cfg)
+    msg = {"topic": "loc", "t_start_ns": 0, "t_end_ns": 10, "estimator": "onnx", "lat": origin.lat, "lon": origin.lon,
+           "cov_en_m2": [[1.0, 0.0], [0.0, 1.0]], "ellipses": ellipses}
+    path = tmp_path / "locs.jsonl"
+    path.write_text(json.dumps(msg) + "\n")
+    with pytest.raises(LocalizationFileError, match="locs.jsonl:1: " + why):
+        read_messages([path], origin)

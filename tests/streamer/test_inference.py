@@ -296,3 +296,12 @@ def test_a_row_whose_ellipse_scale_is_not_positive_is_flagged_not_raised(tmp_pat
     assert out.valid.tolist() == [False, False]
     assert not check_outputs(np.zeros((1, 2)), np.eye(2)[None], np.array([[1.5, np.nan]])).valid[0]
     assert check_outputs(np.zeros((1, 2)), np.eye(2)[None], np.array([[1.5, 2.4]])).valid[0]
+
+
+def test_an_ellipse_scale_of_the_wrong_width_at_run_time_is_refused(tmp_path):
+    """A symbolic width passes the contract check; three radii where the contract has two are refused when run."""
+    model = known_model(ellipse=True, ellipse_base=(1.0, 2.0, 3.0), dims={"ellipse_scale": ["B", "P"]})
+    est = OnnxEstimator(save(model, tmp_path))
+    features, enu = _inputs(np.random.default_rng(12), 1, 3)
+    with pytest.raises(ModelMismatchError, match=r"returned ellipse_scale of shape \[1, 3\], expected \[1, 2\]"):
+        est.run(features, enu, np.ones((1, 3)))
