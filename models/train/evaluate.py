@@ -16,6 +16,16 @@ it, i.e. at least three receivers hear the transmitter by its detection rule):
                  50th and 90th percentile over networks of its per-network coverage. Three networks are too few
                  to tell a method whose coverage is right on average from one whose coverage is right on every
                  network; this set tells them apart.
+``random-<k>-realizations``  only with ``--realizations K``: network ``random-<k>`` (the same receivers, band,
+                 propagation parameters and configured gains) with its hidden state drawn again K times: each
+                 realization has its own simulator seed, so its own receivers' calibration errors, noise figures
+                 and shadowing fields (seeds (``EVAL_SEED`` + 1 + k, ``REALIZATIONS_KEY``, j)), and
+                 ``--realization-draws`` draws. Scored pooled, with the per-realization coverage spread as
+                 ``random-many``'s. One network's coverage is that of one draw of its hidden state: its receivers'
+                 calibration errors are fixed for all its draws, and so are its shadowing fields, so their effect
+                 does not average out over the draws, and even the oracle posterior's coverage moves with them.
+                 This set measures what an estimator can be held to on that network, its coverage over the hidden
+                 state it cannot know, and how far one realization strays from it.
 ``powder-grid``  POWDER real received power (462.7 MHz), see ``models.train.powder`` (only with ``--powder``):
                  the test rows of ``grid_split/grid_test.json``, offsets fitted on every other row (minus
                  unused, indoor and off-campus). ``--powder-split random`` scores ``random_split/random_test.json``
@@ -61,6 +71,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -81,6 +92,8 @@ EVAL_SEED = 20_260_001
 RANDOM_NETWORKS = ((5, 8.0), (10, 60.0), (16, 180.0))  # (receivers, bounding-box side in km)
 MANY_NETWORKS_KEY = 1000  # second entry of the random-many seeds; training uses (seed, world), seed 1 and 2
 DRAWS_PER_NETWORK = 64
+REALIZATIONS_KEY = 2000  # second entry of the random-<k>-realizations seeds
+DRAWS_PER_REALIZATION = 250
 #: One method's answers on a dataset: positions [N, 2] (m), covariances [N, 2, 2] (m^2), and the 68 % / 95 % ellipse
 #: radii [N, 2] (standard deviations; ``None``: a Gaussian's).
 Estimates = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
@@ -112,12 +125,35 @@ def simulated_sets(n_default: int, n_random: int, spec: FeatureSpec, cache_dir=N
         sets["default"] = (default, default.estimator.physics, _cached(cache_dir, f"eval-default-{EVAL_SEED}-{n_default}-{tag}", lambda: draw_windows(
             default, n_default, np.random.default_rng(EVAL_SEED), spec, shuffle_slots=False, max_tries=20,
             oversampling=oversampling)))
-    for k, (n_rx, extent_km) in enumerate(RANDOM_NETWORKS if n_random else ()):
-        rng = np.random.default_rng(np.random.SeedSequence([EVAL_SEED + 1 + k]))
-        config = random_network_config(rng, n_rx=n_rx, extent_km=extent_km, seed=EVAL_SEED + 1 + k)
+    for k in range(len(RANDOM_NETWORKS) if n_random else 0):
+        config, rng = random_network(k)
         sets[f"random-{k}"] = (config, physics_config_for(config), _cached(cache_dir, f"eval-random{k}-{EVAL_SEED}-{n_random}-{tag}", lambda: draw_windows(
             config, n_random, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling)))
     return sets
+
+
+def random_network(k: int) -> tuple[Config, np.random.Generator]:
+    """Network ``random-<k>`` (``RANDOM_NETWORKS[k]``, seed ``EVAL_SEED + 1 + k``) and the generator its draws use."""
+    n_rx, extent_km = RANDOM_NETWORKS[k]
+    rng = np.random.default_rng(np.random.SeedSequence([EVAL_SEED + 1 + k]))
+    return random_network_config(rng, n_rx=n_rx, extent_km=extent_km, seed=EVAL_SEED + 1 + k), rng
+
+
+def realizations(k: int, n_realizations: int, draws: int, spec: FeatureSpec, cache_dir=None,
+                 oversampling: int = 1) -> list[tuple[Config, PhysicsConfig, Windows]]:
+    """The ``random-<k>-realizations`` dataset (module doc): network ``random-<k>`` with ``n_realizations`` fresh
+    simulator seeds (hidden calibration errors, noise figures, shadowing fields), ``draws`` draws each."""
+    base, _ = random_network(k)
+    physics = physics_config_for(base)  # the seed is hidden state: the oracle's parameters are the network's
+    tag = _spec_tag(spec, oversampling)
+    out = []
+    for j in range(n_realizations):
+        rng = np.random.default_rng(np.random.SeedSequence([EVAL_SEED + 1 + k, REALIZATIONS_KEY, j]))
+        config = replace(base, simulator=replace(base.simulator, seed=int(rng.integers(1, 2**31))))
+        data = _cached(cache_dir, f"eval-random{k}-realization{j}-{EVAL_SEED}-{draws}-{tag}", lambda: draw_windows(
+            config, draws, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling))
+        out.append((config, physics, data))
+    return out
 
 
 def many_networks(n_networks: int, spec: FeatureSpec, cache_dir=None,
@@ -135,14 +171,19 @@ def many_networks(n_networks: int, spec: FeatureSpec, cache_dir=None,
 
 
 def score_many(networks: list[tuple[Config, PhysicsConfig, Windows]], estimates: list[Estimates]) -> dict:
-    """Pooled ``scores`` over several networks' draws, plus the 10/50/90th percentiles of per-network coverage."""
+    """Pooled ``scores`` over several networks' draws, plus the 10/50/90th percentiles of per-network coverage
+    (``cov68_networks``, ``cov95_networks``) and the fraction of networks whose coverage is inside issue 3's gate
+    (``cov68_networks_in_gate``, ``cov95_networks_in_gate``)."""
     truths = [data.tx_enu_km.astype(np.float64) * 1e3 for _, _, data in networks]
     scales = None if any(e[2] is None for e in estimates) else np.concatenate([e[2] for e in estimates])
     pooled = scores(np.concatenate([e[0] for e in estimates]), np.concatenate([e[1] for e in estimates]), np.concatenate(truths),
                     scales)
     per = [scored(e, t) for e, t in zip(estimates, truths) if len(t)]
     for key in ("cov68", "cov95"):
-        pooled[f"{key}_networks"] = [float(np.percentile([s[key] for s in per], q)) for q in (10, 50, 90)]
+        values = [s[key] for s in per]
+        pooled[f"{key}_networks"] = [float(np.percentile(values, q)) for q in (10, 50, 90)]
+        low, high = GATES[key]
+        pooled[f"{key}_networks_in_gate"] = float(np.mean([low <= v <= high for v in values]))
     return pooled
 
 
@@ -256,7 +297,8 @@ def run_centroid(data: Windows) -> Estimates:
     return centre, cov, None
 
 
-def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000, n_networks: int = 0, physics: bool = True,
+def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000, n_networks: int = 0,
+             n_realizations: int = 0, realization_draws: int = DRAWS_PER_REALIZATION, physics: bool = True,
              powder: bool = False, powder_split: str | Path = "grid", powder_max_samples: int | None = None,
              powder_baseline: bool = False, cache_dir=None, spec: FeatureSpec | None = None, oversampling: int = 1, log=print) -> dict:
     """``{dataset: {method: scores}}`` for every model, ``physics`` and ``centroid`` (module doc).
@@ -284,22 +326,15 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         table["centroid"] = scored(run_centroid(data), truth)
         results[name] = table
         log(format_table(name, table))
+    network_sets = {}
     if n_networks:
-        networks = many_networks(n_networks, spec, cache_dir, oversampling)
-        table = {}
-        for path in models:
-            for method, told in model_methods(path).items():
-                estimates = [run_onnx(Path(path), data, site=site_propagation(ph) if told else None,
-                                      area=network_search_area_row(c) if told else None) for c, ph, data in networks]
-                table[method] = score_many(networks, estimates)
-                table[f"{method}+site"] = score_many(networks, [
-                    (p, site_calibrated(p, c, data.tx_enu_km.astype(np.float64) * 1e3), k)
-                    for (p, c, k), (_, _, data) in zip(estimates, networks)])
-        if physics:
-            table["physics"] = score_many(networks, [run_physics(c, ph, data, spec) for c, ph, data in networks])
-        table["centroid"] = score_many(networks, [run_centroid(data) for _, _, data in networks])
-        results["random-many"] = table
-        log(format_table("random-many", table))
+        network_sets["random-many"] = lambda: many_networks(n_networks, spec, cache_dir, oversampling)
+    for k in range(len(RANDOM_NETWORKS) if n_realizations else 0):
+        network_sets[f"random-{k}-realizations"] = lambda k=k: realizations(k, n_realizations, realization_draws, spec,
+                                                                             cache_dir, oversampling)
+    for name, make in network_sets.items():
+        results[name] = score_networks(models, make(), spec, physics)
+        log(format_table(name, results[name]))
     if powder:
         from models.train.powder import evaluate_powder, split_name
 
@@ -310,6 +345,26 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
                                         options=BASELINE_OPTIONS if powder_baseline else None, log=log)
         log(format_table(name, results[name]))
     return results
+
+
+def score_networks(models: list[Path], networks: list[tuple[Config, PhysicsConfig, Windows]], spec: FeatureSpec,
+                   physics: bool = True) -> dict:
+    """``{method: score_many(...)}`` of every model (told and blind, each with ``+site``), ``physics`` and
+    ``centroid`` on several networks' draws (``random-many``, ``random-<k>-realizations``); ``+site`` calibrates
+    each network on its own draws."""
+    table = {}
+    for path in models:
+        for method, told in model_methods(path).items():
+            estimates = [run_onnx(Path(path), data, site=site_propagation(ph) if told else None,
+                                  area=network_search_area_row(c) if told else None) for c, ph, data in networks]
+            table[method] = score_many(networks, estimates)
+            table[f"{method}+site"] = score_many(networks, [
+                (p, site_calibrated(p, c, data.tx_enu_km.astype(np.float64) * 1e3), k)
+                for (p, c, k), (_, _, data) in zip(estimates, networks)])
+    if physics:
+        table["physics"] = score_many(networks, [run_physics(c, ph, data, spec) for c, ph, data in networks])
+    table["centroid"] = score_many(networks, [run_centroid(data) for _, _, data in networks])
+    return table
 
 
 def format_table(dataset: str, table: dict) -> str:
@@ -323,7 +378,10 @@ def format_table(dataset: str, table: dict) -> str:
 
 def _network_spread_lines(table: dict, indent: str) -> list[str]:
     return [f"{indent}{method}: per-network cov68 p10/p50/p90 " + " / ".join(f"{v:.2f}" for v in s["cov68_networks"])
-            + ", cov95 " + " / ".join(f"{v:.2f}" for v in s["cov95_networks"]) for method, s in table.items() if "cov68_networks" in s]
+            + ", cov95 " + " / ".join(f"{v:.2f}" for v in s["cov95_networks"])
+            + ("" if "cov68_networks_in_gate" not in s else
+               f"; inside the gate: cov68 {s['cov68_networks_in_gate']:.2f}, cov95 {s['cov95_networks_in_gate']:.2f} of networks")
+            for method, s in table.items() if "cov68_networks" in s]
 
 
 def format_markdown(dataset: str, table: dict) -> str:
@@ -443,6 +501,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-networks", type=non_negative_int, default=0,
                         help=f"also score N more unseen random networks of {DRAWS_PER_NETWORK} draws each, pooled, with the "
                              "spread of per-network coverage (dataset random-many; default 0 = not scored)")
+    parser.add_argument("--realizations", type=non_negative_int, default=0, metavar="K",
+                        help="also score each random network with its hidden state (receivers' calibration errors, noise "
+                             "figures, shadowing fields) drawn again K times, pooled, with the spread of per-realization "
+                             "coverage (datasets random-<k>-realizations; default 0 = not scored)")
+    parser.add_argument("--realization-draws", type=positive_int, default=DRAWS_PER_REALIZATION, metavar="N",
+                        help=f"draws per realization with --realizations (default {DRAWS_PER_REALIZATION})")
     parser.add_argument("--no-physics", action="store_true", help="skip the physics estimator")
     parser.add_argument("--powder", action="store_true", help="also score on POWDER real data (the split of --powder-split)")
     split = parser.add_mutually_exclusive_group()
@@ -495,7 +559,8 @@ def run(args: argparse.Namespace) -> int:
 
         models = [default_out()]
     log = (lambda *a, **k: None) if args.json or args.gates or args.reproduces else print
-    results = evaluate(models, n_default=args.n, n_random=args.n_random, n_networks=args.n_networks, physics=not args.no_physics,
+    results = evaluate(models, n_default=args.n, n_random=args.n_random, n_networks=args.n_networks,
+                       n_realizations=args.realizations, realization_draws=args.realization_draws, physics=not args.no_physics,
                        powder=args.powder or args.test_split is not None, powder_split=args.test_split or args.powder_split or "grid",
                        powder_max_samples=args.powder_max_samples, powder_baseline=args.powder_baseline, cache_dir=args.cache_dir,
                        oversampling=2 if args.channelized else 1, log=log)

@@ -1,5 +1,5 @@
 """``heimdall evaluate``: a missing or malformed split file is refused by name, before any scoring; option checks;
-the site-calibrated ellipses of ``<model>+site``."""
+the site-calibrated ellipses of ``<model>+site``; the hidden-state realizations of a random network."""
 
 from __future__ import annotations
 
@@ -39,6 +39,40 @@ def test_a_negative_network_count_is_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         evaluate.main(["--n-networks", "-1"])
     assert "--n-networks: expected an integer >= 0, got -1" in capsys.readouterr().err
+
+
+def test_a_realization_redraws_only_the_networks_hidden_state():
+    """``random-<k>-realizations``: the same receivers, configured gains and propagation as ``random-<k>`` (so the
+    oracle is told the same), another simulator seed, so other hidden calibration errors; deterministic."""
+    from dataclasses import replace
+
+    from receivers.simulator import SimulatedWorld
+    from streamer.features import FeatureSpec
+
+    base, _ = evaluate.random_network(0)
+    sets = evaluate.realizations(0, 2, 3, FeatureSpec())
+    again = evaluate.realizations(0, 2, 3, FeatureSpec())
+    errors = [SimulatedWorld(base).calibration_error_db]
+    for (config, physics, data), (_, _, data_again) in zip(sets, again):
+        assert config.simulator.seed != base.simulator.seed
+        assert replace(config, simulator=replace(config.simulator, seed=base.simulator.seed)) == base
+        assert physics == evaluate.physics_config_for(base)
+        assert len(data) == 3 and np.array_equal(data.features_dbm, data_again.features_dbm)
+        errors.append(SimulatedWorld(config).calibration_error_db)
+    assert len({tuple(np.round(e, 6)) for e in errors}) == 3
+
+
+def test_per_network_spread_counts_the_networks_inside_each_gate():
+    rng = np.random.default_rng(0)
+    estimates, networks = [], []
+    for sd in (1.0, 1.0, 3.0):  # two networks whose covariance is right, one whose errors are 3 times wider
+        truth = rng.standard_normal((400, 2)) * 1e3 * sd
+        estimates.append((np.zeros((400, 2)), np.tile(np.eye(2) * 1e6, (400, 1, 1)), None))
+        networks.append((None, None, type("W", (), {"tx_enu_km": truth / 1e3})()))
+    pooled = evaluate.score_many(networks, estimates)
+    assert pooled["cov95_networks_in_gate"] == pytest.approx(2 / 3)
+    assert pooled["cov68_networks_in_gate"] == pytest.approx(2 / 3)
+    assert pooled["cov95_networks"][0] < 0.5 < pooled["cov95_networks"][2]
 
 
 def test_site_calibration_scales_each_half_by_the_factor_fitted_on_the_other_half():

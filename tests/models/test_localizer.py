@@ -321,7 +321,8 @@ def test_evaluate_json_has_every_dataset_and_method(exported, capsys, tmp_path):
         assert all(site[k] == model[k] for k in ("median_m", "mean_m", "p90_m", "n")) and site["nll"] != model["nll"]
         for s in table.values():
             if name == "random-many":  # pooled over 2 networks of 64 draws, with the per-network spread
-                assert set(s) == keys | {"cov68_networks", "cov95_networks"} and s["n"] == 128
+                assert set(s) == keys | {"cov68_networks", "cov95_networks", "cov68_networks_in_gate",
+                                         "cov95_networks_in_gate"} and s["n"] == 128
                 assert len(s["cov68_networks"]) == 3 and s["cov68_networks"] == sorted(s["cov68_networks"])
             else:
                 assert set(s) == keys and s["n"] >= 1
