@@ -306,12 +306,13 @@ def test_short_training_beats_the_receiver_centroid():
 def test_evaluate_json_has_every_dataset_and_method(exported, capsys, tmp_path):
     from models.train.evaluate import main as evaluate_main
 
-    assert evaluate_main([str(exported), "--n", "4", "--n-random", "3", "--n-networks", "2", "--json",
-                          "--cache-dir", str(tmp_path)]) == 0
+    assert evaluate_main([str(exported), "--n", "4", "--n-random", "3", "--n-networks", "2", "--realizations", "2",
+                          "--realization-draws", "3", "--json", "--cache-dir", str(tmp_path)]) == 0
     import json
 
     results = json.loads(capsys.readouterr().out)
-    assert set(results) == {"default", "random-0", "random-1", "random-2", "random-many"}
+    realized = {f"random-{k}-realizations" for k in range(3)}
+    assert set(results) == {"default", "random-0", "random-1", "random-2", "random-many"} | realized
     keys = {"median_m", "mean_m", "p90_m", "cov68", "cov95", "nll", "n"}
     for name, table in results.items():
         # the tiny model takes the site: scored told it (as the daemon runs it) and blind
@@ -320,9 +321,9 @@ def test_evaluate_json_has_every_dataset_and_method(exported, capsys, tmp_path):
         model, site = table[exported.stem], table[f"{exported.stem}+site"]  # the same positions, other ellipses
         assert all(site[k] == model[k] for k in ("median_m", "mean_m", "p90_m", "n")) and site["nll"] != model["nll"]
         for s in table.values():
-            if name == "random-many":  # pooled over 2 networks of 64 draws, with the per-network spread
+            if name == "random-many" or name in realized:  # pooled over 2 networks, with the per-network spread
                 assert set(s) == keys | {"cov68_networks", "cov95_networks", "cov68_networks_in_gate",
-                                         "cov95_networks_in_gate"} and s["n"] == 128
+                                         "cov95_networks_in_gate"} and s["n"] == (128 if name == "random-many" else 6)
                 assert len(s["cov68_networks"]) == 3 and s["cov68_networks"] == sorted(s["cov68_networks"])
             else:
                 assert set(s) == keys and s["n"] >= 1
