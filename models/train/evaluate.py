@@ -172,19 +172,42 @@ def many_networks(n_networks: int, spec: FeatureSpec, cache_dir=None,
 
 def score_many(networks: list[tuple[Config, PhysicsConfig, Windows]], estimates: list[Estimates]) -> dict:
     """Pooled ``scores`` over several networks' draws, plus the 10/50/90th percentiles of per-network coverage
-    (``cov68_networks``, ``cov95_networks``) and the fraction of networks whose coverage is inside issue 3's gate
-    (``cov68_networks_in_gate``, ``cov95_networks_in_gate``)."""
+    (``cov68_networks``, ``cov95_networks``), the fraction of networks whose coverage is inside issue 3's gate
+    (``cov68_networks_in_gate``, ``cov95_networks_in_gate``) and ``networks``: per network its median error,
+    coverage and n, ``describe_network`` and ``ellipse_size_m`` (``--per-network`` prints them)."""
     truths = [data.tx_enu_km.astype(np.float64) * 1e3 for _, _, data in networks]
     scales = None if any(e[2] is None for e in estimates) else np.concatenate([e[2] for e in estimates])
     pooled = scores(np.concatenate([e[0] for e in estimates]), np.concatenate([e[1] for e in estimates]), np.concatenate(truths),
                     scales)
     per = [scored(e, t) for e, t in zip(estimates, truths) if len(t)]
+    pooled["networks"] = [{**{k: s[k] for k in ("median_m", "cov68", "cov95", "n")}, **describe_network(config, data),
+                           "ellipse_m": ellipse_size_m(e[1])}
+                          for (config, _, data), e, s in zip([n for n, t in zip(networks, truths) if len(t)],
+                                                             [e for e, t in zip(estimates, truths) if len(t)], per)]
     for key in ("cov68", "cov95"):
         values = [s[key] for s in per]
         pooled[f"{key}_networks"] = [float(np.percentile(values, q)) for q in (10, 50, 90)]
         low, high = GATES[key]
         pooled[f"{key}_networks_in_gate"] = float(np.mean([low <= v <= high for v in values]))
     return pooled
+
+
+def describe_network(config: Config, data: Windows) -> dict:
+    """What tells networks apart in ``score_many``'s per-network rows: receivers, the search area's longer side (km)
+    and the mean number of receivers that heard a draw."""
+    from streamer.geodesy import network_geometry
+
+    _, _, area = network_geometry(config)
+    return {"receivers": len(config.receivers), "side_km": max(area.width_m, area.height_m) / 1e3,
+            "heard": float(data.heard.sum(axis=1).mean())}
+
+
+def ellipse_size_m(cov_m2: np.ndarray) -> float:
+    """Median over the draws of det(C)^(1/4) (m): the geometric mean of the covariance's two standard deviations,
+    a size in which two methods' ellipses on the same draws compare as a ratio (NaN covariances left out)."""
+    det = np.linalg.det(np.asarray(cov_m2, dtype=np.float64))
+    det = det[np.isfinite(det) & (det > 0)]
+    return float(np.median(det**0.25)) if len(det) else math.nan
 
 
 def scores(position_m: np.ndarray, cov_m2: np.ndarray, truth_m: np.ndarray, ellipse_scales: np.ndarray | None = None) -> dict:
@@ -384,6 +407,29 @@ def _network_spread_lines(table: dict, indent: str) -> list[str]:
             for method, s in table.items() if "cov68_networks" in s]
 
 
+def format_per_network(dataset: str, table: dict) -> str:
+    """Per network of a pooled set (``random-many``, ``random-<k>-realizations``): what it is, and for each model
+    told the site (not ``-blind``, not ``+site``) and ``physics`` their coverage, and the model's ellipse size
+    relative to the physics posterior's on the same draws (``ellipse_size_m``). Markdown; "" for a set without
+    per-network rows."""
+    methods = [m for m, s in table.items() if "networks" in s and m != "centroid" and not m.endswith(("+site", "-blind"))]
+    if not methods:
+        return ""
+    models = [m for m in methods if m != "physics"]
+    methods = models + [m for m in methods if m == "physics"]
+    head = ["network", "receivers", "side km", "heard"] + [f"{m} cov68 / cov95" for m in methods]
+    head += [f"{m} ellipse / physics" for m in models if "physics" in methods]
+    lines = [f"**{dataset}, per network**", "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for i, row in enumerate(table[methods[0]]["networks"]):
+        cells = [str(i), str(row["receivers"]), f"{row['side_km']:.1f}", f"{row['heard']:.1f}"]
+        cells += [f"{table[m]['networks'][i]['cov68']:.2f} / {table[m]['networks'][i]['cov95']:.2f}" for m in methods]
+        if "physics" in methods:
+            cells += [f"{table[m]['networks'][i]['ellipse_m'] / table['physics']['networks'][i]['ellipse_m']:.3f}"
+                      for m in models]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def format_markdown(dataset: str, table: dict) -> str:
     lines = [f"**{dataset}**", "", "| method | median m | mean m | p90 m | cov68 | cov95 | NLL | n |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method, s in table.items():
@@ -526,6 +572,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print {dataset: {method: scores}} as JSON")
     parser.add_argument("--from-json", type=Path, default=None, help="print the tables of a saved --json result (no scoring)")
     parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for MODEL_CARD.md)")
+    parser.add_argument("--per-network", action="store_true",
+                        help="print, per network of random-many and random-<k>-realizations, what it is, each method's "
+                             "coverage and the model's ellipse size relative to the physics posterior's (of the scores "
+                             "just made, or of --from-json FILE) instead of the tables or JSON")
     parser.add_argument("--gates", action="store_true",
                         help="print each model's errors against the physics posterior and the gates it misses (of the "
                              "scores just made, or of --from-json FILE) instead of the tables or JSON")
@@ -550,6 +600,9 @@ def run(args: argparse.Namespace) -> int:
         if args.gates:
             print(format_gates(results))
             return 0
+        if args.per_network:
+            print("\n".join(t for t in (format_per_network(n, tb) for n, tb in results.items()) if t))
+            return 0
         for name, table in results.items():
             print(format_markdown(name, table) if args.markdown else format_table(name, table))
         return 0
@@ -558,7 +611,7 @@ def run(args: argparse.Namespace) -> int:
         from models.train.commands import default_out
 
         models = [default_out()]
-    log = (lambda *a, **k: None) if args.json or args.gates or args.reproduces else print
+    log = (lambda *a, **k: None) if args.json or args.gates or args.reproduces or args.per_network else print
     results = evaluate(models, n_default=args.n, n_random=args.n_random, n_networks=args.n_networks,
                        n_realizations=args.realizations, realization_draws=args.realization_draws, physics=not args.no_physics,
                        powder=args.powder or args.test_split is not None, powder_split=args.test_split or args.powder_split or "grid",
@@ -568,6 +621,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_reproduction(results, *args.reproduces))
     elif args.gates:
         print(format_gates(results))
+    elif args.per_network:
+        print("\n".join(t for t in (format_per_network(n, tb) for n, tb in results.items()) if t))
     elif args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
     return 0

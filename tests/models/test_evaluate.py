@@ -62,17 +62,41 @@ def test_a_realization_redraws_only_the_networks_hidden_state():
     assert len({tuple(np.round(e, 6)) for e in errors}) == 3
 
 
-def test_per_network_spread_counts_the_networks_inside_each_gate():
+def _pooled_set(spreads_m, ellipse_sd_m=1e3, draws=400):
+    """``score_many`` of one method on networks whose errors have the given spreads (m) and covariance
+    ``ellipse_sd_m``^2 I, with random-0's config for each and 4 receivers heard on every draw."""
+    from types import SimpleNamespace
+
     rng = np.random.default_rng(0)
+    config, _ = evaluate.random_network(0)
     estimates, networks = [], []
-    for sd in (1.0, 1.0, 3.0):  # two networks whose covariance is right, one whose errors are 3 times wider
-        truth = rng.standard_normal((400, 2)) * 1e3 * sd
-        estimates.append((np.zeros((400, 2)), np.tile(np.eye(2) * 1e6, (400, 1, 1)), None))
-        networks.append((None, None, type("W", (), {"tx_enu_km": truth / 1e3})()))
-    pooled = evaluate.score_many(networks, estimates)
+    for sd in spreads_m:
+        truth = rng.standard_normal((draws, 2)) * sd
+        estimates.append((np.zeros((draws, 2)), np.tile(np.eye(2) * ellipse_sd_m**2, (draws, 1, 1)), None))
+        heard = np.zeros((draws, 16), bool)
+        heard[:, :4] = True
+        networks.append((config, None, SimpleNamespace(tx_enu_km=truth / 1e3, heard=heard)))
+    return evaluate.score_many(networks, estimates)
+
+
+def test_per_network_spread_counts_the_networks_inside_each_gate():
+    pooled = _pooled_set((1e3, 1e3, 3e3))  # two networks whose covariance is right, one whose errors are 3 times wider
     assert pooled["cov95_networks_in_gate"] == pytest.approx(2 / 3)
     assert pooled["cov68_networks_in_gate"] == pytest.approx(2 / 3)
     assert pooled["cov95_networks"][0] < 0.5 < pooled["cov95_networks"][2]
+    rows = pooled["networks"]
+    assert [r["receivers"] for r in rows] == [5, 5, 5] and all(r["heard"] == 4.0 and r["n"] == 400 for r in rows)
+    assert rows[2]["cov68"] < 0.2 < 0.6 < rows[0]["cov68"] and rows[0]["ellipse_m"] == pytest.approx(1e3)
+
+
+def test_per_network_table_compares_each_models_ellipses_with_the_physics_posteriors():
+    table = {"m": _pooled_set((1e3, 1e3), ellipse_sd_m=800.0), "m+site": _pooled_set((1e3, 1e3)),
+             "physics": _pooled_set((1e3, 1e3)), "centroid": _pooled_set((1e3, 1e3), ellipse_sd_m=5e3)}
+    text = evaluate.format_per_network("random-many", table)
+    lines = text.splitlines()
+    assert lines[2] == "| network | receivers | side km | heard | m cov68 / cov95 | physics cov68 / cov95 | m ellipse / physics |"
+    assert len(lines) == 6 and lines[4].startswith("| 0 | 5 | ") and lines[4].endswith(" | 0.800 |")
+    assert evaluate.format_per_network("default", {"physics": {"cov68": 0.7}}) == ""
 
 
 def test_site_calibration_scales_each_half_by_the_factor_fitted_on_the_other_half():

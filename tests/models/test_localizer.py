@@ -323,13 +323,20 @@ def test_evaluate_json_has_every_dataset_and_method(exported, capsys, tmp_path):
         for s in table.values():
             if name == "random-many" or name in realized:  # pooled over 2 networks, with the per-network spread
                 assert set(s) == keys | {"cov68_networks", "cov95_networks", "cov68_networks_in_gate",
-                                         "cov95_networks_in_gate"} and s["n"] == (128 if name == "random-many" else 6)
+                                         "cov95_networks_in_gate", "networks"}
+                assert s["n"] == (128 if name == "random-many" else 6) and len(s["networks"]) == 2
                 assert len(s["cov68_networks"]) == 3 and s["cov68_networks"] == sorted(s["cov68_networks"])
             else:
                 assert set(s) == keys and s["n"] >= 1
     assert evaluate_main([str(exported), "--n", "4", "--n-random", "0", "--gates", "--cache-dir", str(tmp_path)]) == 0
     gates = capsys.readouterr().out
     assert gates.startswith("| dataset | method | median m | mean vs physics |") and f"| default | {exported.stem}-blind |" in gates
+    saved = tmp_path / "scores.json"
+    saved.write_text(json.dumps(results))
+    assert evaluate_main(["--from-json", str(saved), "--per-network"]) == 0
+    per_network = capsys.readouterr().out
+    assert {"**random-many, per network**", "**random-2-realizations, per network**"} <= set(per_network.splitlines())
+    assert f"| {exported.stem} cov68 / cov95 | physics cov68 / cov95 | {exported.stem} ellipse / physics |" in per_network
 
 
 def test_heard_loss_teaches_the_grid_head_only():
