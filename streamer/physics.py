@@ -111,6 +111,42 @@ def bands_noise_bandwidth_hz(spec: FeatureSpec, low_hz: float, high_hz: float) -
     return float(mel_filterbank(spec)[selected].sum() * spec.sample_rate_hz / spec.n_fft)
 
 
+@dataclass(frozen=True)
+class ChannelBands:
+    """Which mel bands ``channel_power`` reads as the channel and which as noise, and their noise bandwidths (Hz).
+
+    in_channel, noise : ``[n_mels]`` bool masks (band centres within +-half the channel bandwidth; out-of-channel
+        bands up to ``noise_max_offset_hz``). in_bandwidth_hz, noise_bandwidth_hz : their equivalent noise
+        bandwidths (``bands_noise_bandwidth_hz``). channel_bandwidth_hz : the channel's occupied bandwidth.
+    """
+
+    in_channel: np.ndarray
+    noise: np.ndarray
+    in_bandwidth_hz: float
+    noise_bandwidth_hz: float
+    channel_bandwidth_hz: float
+
+
+def channel_bands(spec: FeatureSpec, channel_bandwidth_hz: float, noise_max_offset_hz: float | None = None) -> ChannelBands:
+    """The band selection of ``channel_power`` (its parameters; also what a model that measures power the daemon's way
+    needs). Raises ``ValueError`` when ``noise_max_offset_hz`` is inside the channel or no band falls on either side."""
+    half_bw = 0.5 * channel_bandwidth_hz
+    top = np.inf if noise_max_offset_hz is None else float(noise_max_offset_hz)
+    if top <= half_bw:
+        raise ValueError(f"noise_max_offset_hz ({top} Hz) must exceed half the channel bandwidth ({half_bw} Hz)")
+    in_bw = bands_noise_bandwidth_hz(spec, -half_bw, half_bw)
+    out_bw = bands_noise_bandwidth_hz(spec, half_bw, top) + bands_noise_bandwidth_hz(spec, -top, -half_bw)
+    if in_bw <= 0 or out_bw <= 0:
+        raise ValueError(
+            f"channel_power: no mel band inside +-{half_bw} Hz or none outside it at fs={spec.sample_rate_hz} Hz, "
+            f"n_mels={spec.n_mels}"
+        )
+    centres = band_centres_hz(spec)
+    in_channel = (centres >= -half_bw) & (centres < half_bw)
+    noise = ((centres >= half_bw) & (centres < top)) | ((centres >= -top) & (centres < -half_bw))
+    return ChannelBands(in_channel, noise, in_bw, out_bw, float(channel_bandwidth_hz))
+
+
 def channel_power(
     frames_dbm: np.ndarray,
     spec: FeatureSpec,
@@ -135,17 +171,10 @@ def channel_power(
     divided by those bands' noise bandwidth; it is subtracted from the in-channel power (over the
     in-channel bands' own noise bandwidth) to leave the signal, and reported over ``channel_bandwidth_hz``.
     """
+    bands = channel_bands(spec, channel_bandwidth_hz, noise_max_offset_hz)
     half_bw = 0.5 * channel_bandwidth_hz
     top = np.inf if noise_max_offset_hz is None else float(noise_max_offset_hz)
-    if top <= half_bw:
-        raise ValueError(f"noise_max_offset_hz ({top} Hz) must exceed half the channel bandwidth ({half_bw} Hz)")
-    in_bw = bands_noise_bandwidth_hz(spec, -half_bw, half_bw)
-    out_bw = bands_noise_bandwidth_hz(spec, half_bw, top) + bands_noise_bandwidth_hz(spec, -top, -half_bw)
-    if in_bw <= 0 or out_bw <= 0:
-        raise ValueError(
-            f"channel_power: no mel band inside +-{half_bw} Hz or none outside it at fs={spec.sample_rate_hz} Hz, "
-            f"n_mels={spec.n_mels}"
-        )
+    in_bw, out_bw = bands.in_bandwidth_hz, bands.noise_bandwidth_hz
     frames = np.asarray(frames_dbm)
     in_mw = 10.0 ** (band_power_dbm(frames, spec, -half_bw, half_bw) / 10.0)
     out_mw = 10.0 ** (band_power_dbm(frames, spec, half_bw, top) / 10.0) + 10.0 ** (

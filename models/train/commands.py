@@ -53,6 +53,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "'direct' (position and covariance straight from the pooled tokens)")
     parser.add_argument("--heard-weight", type=float, default=0.3,
                         help="weight of the auxiliary loss teaching the grid head which receivers heard")
+    parser.add_argument("--channel-power", action="store_true",
+                        help="grid head: measure each receiver's in-channel power, noise and SNR as the daemon's "
+                             "channel_power does and learn small corrections to them (default: read them off the "
+                             "strongest and quietest band with wide learned corrections, as the shipped model)")
     parser.add_argument("--drop-prob", type=float, default=0.1, help="extra receiver outage probability per batch")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="processes generating data")

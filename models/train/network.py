@@ -48,9 +48,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.train.dataset import CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, NOISE_BAND_FRACTION
 from streamer.credible import ELLIPSE_PROBABILITIES, SUBDIVISIONS, subcell_offsets
 from streamer.ellipse_calibration import least_nll_scale
 from streamer.model_contract import SEARCH_AREA_WIDTH, SITE_PROPAGATION_WIDTH
+from streamer.physics import channel_bands
 
 MIN_SCALE_KM = 0.2
 AREA_TOKEN_WIDTH = SEARCH_AREA_WIDTH  # the area in the normalised frame / 4, and its flag
@@ -151,11 +153,20 @@ class GridPosterior(nn.Module):
     Gaussian term with the level marginalised under its prior (closed form); receivers that did not, the
     censoring term log Phi((floor - predicted) / sigma) at the level's posterior mean. The output is
     the posterior's mean and covariance (plus the cell's own variance), in units of s, like the direct head's.
+    With ``bands`` (``heimdall train --channel-power``) the received power, the floor and the heard logit start
+    from ``streamer.physics.channel_power``'s signal, noise + detection threshold and SNR instead (``channel_power_db``).
     """
 
-    def __init__(self, dim: int, n_mels: int, cells: int = 32, half_width: float = 2.5) -> None:
+    def __init__(self, dim: int, n_mels: int, cells: int = 32, half_width: float = 2.5, bands=None) -> None:
         super().__init__()
         self.n_mels = n_mels
+        # ``bands`` (``streamer.physics.ChannelBands``): measure each receiver's in-channel power, noise and SNR the
+        # daemon's way (``channel_power``) from the pooled band statistics, and learn only small corrections to them,
+        # instead of reading power off the strongest band and the floor off the quietest with ten-times-wider ones.
+        self.bands = bands
+        if bands is not None:
+            self.register_buffer("in_channel", torch.as_tensor(bands.in_channel, dtype=torch.float32), persistent=False)
+            self.register_buffer("noise_bands", torch.as_tensor(bands.noise, dtype=torch.float32), persistent=False)
         self.half_width = half_width
         step = 1.0 / cells
         self.cell_step = step  # a cell's side, in units of the grid's extent
@@ -171,6 +182,20 @@ class GridPosterior(nn.Module):
         for layer in (self.receiver, self.scene[-1]):  # start from the heuristics in the class doc
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+
+    def channel_power_db(self, band_mean_db: torch.Tensor, band_std_db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``streamer.physics.channel_power``'s signal and noise (dB, relative to the normalisation offset) [B, R] from
+        each band's mean and standard deviation over the frames of its dB level [B, R, M].
+
+        The daemon averages each band's linear power over the frames; the graph has the mean and spread of its dB,
+        so it takes the mean of a log-normal power with them, 10^(mean/10) exp((spread ln10/10)^2 / 2)."""
+        to_neper = math.log(10.0) / 10.0
+        linear = torch.exp(to_neper * band_mean_db + 0.5 * (to_neper * band_std_db) ** 2)
+        in_power = (linear * self.in_channel).sum(-1)
+        density = (linear * self.noise_bands).sum(-1) / self.bands.noise_bandwidth_hz
+        signal = torch.clamp(in_power - density * self.bands.in_bandwidth_hz, min=1e-10)
+        noise = torch.clamp(density * self.bands.channel_bandwidth_hz, min=1e-10)
+        return torch.log(signal) / to_neper, torch.log(noise) / to_neper
 
     def forward(self, h, pooled, p, up_km, scale, mask, scene_token, site=None, area=None, credible: bool = False):
         """Position [B, 2] and covariance [B, 2, 2] in units of ``scale``, the per-receiver heard logit [B, R], and
@@ -188,12 +213,18 @@ class GridPosterior(nn.Module):
         its own mean and covariance (``credible_radius_sq``): the posterior's shape, which the output covariance
         keeps while the learned factor widens or narrows it."""
         band_db = 20.0 * pooled[..., : self.n_mels]  # dB relative to the normalisation offset
-        strongest = band_db.max(dim=-1).values
-        quietest = band_db.min(dim=-1).values
         rx = self.receiver(h)
-        power_db = strongest + 10.0 * rx[..., 0]
-        heard_logit = rx[..., 1] + (strongest - quietest - 8.0) / 2.0
-        floor_db = quietest + 6.0 + 10.0 * rx[..., 2]
+        if self.bands is None:
+            strongest = band_db.max(dim=-1).values
+            quietest = band_db.min(dim=-1).values
+            power_db = strongest + 10.0 * rx[..., 0]
+            heard_logit = rx[..., 1] + (strongest - quietest - 8.0) / 2.0
+            floor_db = quietest + 6.0 + 10.0 * rx[..., 2]
+        else:
+            signal_db, noise_db = self.channel_power_db(band_db, 20.0 * pooled[..., self.n_mels :])
+            power_db = signal_db + 3.0 * rx[..., 0]
+            heard_logit = rx[..., 1] + (signal_db - noise_db - DETECTION_SNR_DB) / 2.0
+            floor_db = noise_db + DETECTION_SNR_DB + 3.0 * rx[..., 2]
         scene = self.scene(scene_token)
         exponent = 2.0 + 2.0 * torch.sigmoid(scene[:, 0:1])  # [B, 1]
         sigma_db = 1.0 + 7.2 * F.softplus(scene[:, 1:2])
@@ -288,7 +319,8 @@ class LocalizerNet(nn.Module):
     """
 
     def __init__(self, n_mels: int = 32, dim: int = 128, n_layers: int = 3, heads: int = 4, head: str = "grid",
-                 grid_cells: int = 32, site_input: bool = True, area_input: bool = True, ellipse_output: bool = True) -> None:
+                 grid_cells: int = 32, site_input: bool = True, area_input: bool = True, ellipse_output: bool = True,
+                 channel_power_spec=None) -> None:
         super().__init__()
         if head not in ("direct", "grid"):
             raise ValueError(f"head must be 'direct' or 'grid', not {head!r}")
@@ -304,8 +336,13 @@ class LocalizerNet(nn.Module):
         self.embed = nn.Sequential(nn.Linear(token_in, dim), nn.GELU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
+        bands = None
+        if head == "grid" and channel_power_spec is not None:  # the FeatureSpec the frames are made with
+            bands = channel_bands(channel_power_spec, CHANNEL_BANDWIDTH_HZ,
+                                  NOISE_BAND_FRACTION * channel_power_spec.sample_rate_hz)
+            self.config["channel_power"] = True
         if head == "grid":
-            self.grid = GridPosterior(dim, n_mels, cells=grid_cells)
+            self.grid = GridPosterior(dim, n_mels, cells=grid_cells, bands=bands)
         else:
             self.weight_logit = nn.Linear(dim, 1)
             self.head = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 5))

@@ -222,7 +222,7 @@ def metadata(spec: FeatureSpec, args_summary: dict) -> ModelMetadata:
 def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_val: int = 2048, steps: int = 3000,
           windows_per_network: int = 64,
           batch_size: int = 128, lr: float = 1e-3, dim: int = 128, layers: int = 3, drop_prob: float = 0.1,
-          head: str = "grid", heard_weight: float = 0.3,
+          head: str = "grid", heard_weight: float = 0.3, channel_power: bool = False,
           seed: int = 1, workers: int = 2, threads: int = 2, cache_dir: Path | None = None, eval_n: int = 1000,
           spec: FeatureSpec | None = None, oversampling: int = 1, log=print) -> dict:
     """Generate data, train, export to ``out`` and score; returns the report (also stored in the metadata).
@@ -239,7 +239,8 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     val_data = generate_cached(n_val, seed=seed + 1, spec=spec, cache_dir=cache_dir, workers=workers, oversampling=oversampling,
                                progress=lambda k: log(f"validation data: {k}/{n_val} windows ({time.monotonic() - t0:.0f} s)"))
     data_seconds = time.monotonic() - t0
-    model = LocalizerNet(n_mels=spec.n_mels, dim=dim, n_layers=layers, head=head)
+    model = LocalizerNet(n_mels=spec.n_mels, dim=dim, n_layers=layers, head=head,
+                         channel_power_spec=spec if channel_power else None)
     # Keep time for export and scoring: about 1.5 s per scored draw-set of 100 on this kind of CPU.
     reserve = 60.0 + (0.02 * eval_n * 4 if eval_n else 0.0)
     val = to_tensors(val_data, sites=world_sites(val_data, seed + 1), areas=world_areas(val_data, seed + 1))
@@ -255,6 +256,8 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
                     "covariance_scale": round(summary["covariance_scale"], 4)}
     if head == "grid":
         args_summary.update(grid_cells=model.config["grid_cells"], heard_weight=heard_weight)
+        if channel_power:
+            args_summary["channel_power"] = True
     if windows_per_network != 64:
         args_summary["windows_per_network"] = windows_per_network
     if oversampling != 1:
@@ -302,7 +305,8 @@ def run(args: argparse.Namespace) -> int:
     report = train(out=args.out, budget_minutes=args.budget_minutes, n_train=args.n_train, n_val=args.n_val,
                    windows_per_network=args.windows_per_network,
                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, dim=args.dim, layers=args.layers,
-                   drop_prob=args.drop_prob, head=args.head, heard_weight=args.heard_weight, seed=args.seed,
+                   drop_prob=args.drop_prob, head=args.head, heard_weight=args.heard_weight,
+                   channel_power=args.channel_power, seed=args.seed,
                    workers=args.workers, threads=args.threads,
                    cache_dir=args.cache_dir, eval_n=args.eval_n, oversampling=2 if args.channelized else 1)
     if args.report is not None:

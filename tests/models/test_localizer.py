@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -554,3 +556,42 @@ def test_an_exported_grid_model_gives_ellipse_scales_that_match_torch(tmp_path):
     assert est.gives_ellipse_scale and ELLIPSE_OUTPUT in est.output_names
     out = est.run(feats * NORMALISATION.scale_db + NORMALISATION.offset_db, enu, mask)
     assert out.ellipse_scale.shape == (4, 2) and (out.ellipse_scale[:, 1] > out.ellipse_scale[:, 0]).all()
+
+
+def test_a_channel_power_grid_head_measures_power_and_noise_as_the_daemon_does():
+    """``LocalizerNet(channel_power_spec=...)`` (``heimdall train --channel-power``): its in-graph in-channel signal and
+    noise, from the pooled band statistics, are ``streamer.physics.channel_power``'s on the same simulated frames
+    within a fraction of a dB (the graph sees each band's dB mean and spread, not its linear mean), so its heard
+    rule is the daemon's; it exports, and ONNX Runtime agrees with torch."""
+    from models.train.dataset import CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, NOISE_BAND_FRACTION, random_network_config
+    from streamer.physics import channel_power
+
+    config = random_network_config(np.random.default_rng(5), n_rx=8, extent_km=60.0, seed=5)
+    data = dataset.draw_windows(config, 48, np.random.default_rng(6), SPEC, shuffle_slots=False)
+    torch.manual_seed(0)
+    model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, channel_power_spec=SPEC).eval()
+    assert model.config["channel_power"] is True
+    feats = (data.features_dbm - NORMALISATION.offset_db) / NORMALISATION.scale_db * data.rx_mask[..., None, None]
+    pooled = LocalizerNet.pool_time(torch.from_numpy(feats.astype(np.float32)))
+    with torch.no_grad():
+        signal, noise = model.grid.channel_power_db(20.0 * pooled[..., : SPEC.n_mels], 20.0 * pooled[..., SPEC.n_mels :])
+    n = len(config.receivers)
+    signal, noise = signal[:, :n].numpy() + NORMALISATION.offset_db, noise[:, :n].numpy() + NORMALISATION.offset_db
+    daemon = channel_power(data.features_dbm[:, :n], SPEC, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ,
+                           detection_snr_db=DETECTION_SNR_DB, noise_max_offset_hz=NOISE_BAND_FRACTION * SPEC.sample_rate_hz)
+    heard = daemon.heard & (data.rx_mask[:, :n] > 0.5)
+    assert heard.sum() > 100
+    present = data.rx_mask[:, :n] > 0.5
+    assert np.percentile(np.abs(noise - daemon.noise_dbm)[present], 90) < 0.05 and np.abs(noise - daemon.noise_dbm)[present].max() < 1.0
+    assert abs(np.median(signal[heard] - daemon.signal_dbm[heard])) < 0.5 and np.percentile(
+        np.abs(signal[heard] - daemon.signal_dbm[heard]), 90) < 1.0
+    assert ((signal - noise >= DETECTION_SNR_DB) == heard)[present].mean() > 0.98
+    from models.train.dataset import physics_config_for
+    from streamer.model_contract import network_search_area_row
+
+    site = np.tile(site_propagation(physics_config_for(config)), (len(data), 1))
+    area = np.tile(network_search_area_row(config), (len(data), 1))
+    out = Path(tempfile.mkdtemp()) / "channel-power.onnx"
+    export_model(model, out, metadata(SPEC, {"channel_power": True}))
+    diff = onnx_vs_torch(model, out, feats.astype(np.float32), data.rx_enu_km * data.rx_mask[..., None], data.rx_mask, site, area)
+    assert diff["position_max_abs_diff_km"] < 0.05 and diff["covariance_max_rel_diff"] < 1e-2
