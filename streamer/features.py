@@ -168,10 +168,14 @@ def band_power_dbm(frames_dbm: np.ndarray, spec: FeatureSpec, low_hz: float, hig
 
     ``frames_dbm`` is ``[..., n_mels, T]``; returns ``[...]``.
     """
-    centres = band_centres_hz(spec)
-    selected = (centres >= low_hz) & (centres < high_hz)
-    linear = 10.0 ** (frames_dbm[..., selected, :].astype(np.float64) / 10.0)
+    linear = 10.0 ** (frames_dbm[..., bands_between(spec, low_hz, high_hz), :].astype(np.float64) / 10.0)
     return 10.0 * np.log10(linear.sum(axis=-2).mean(axis=-1) + spec.eps)
+
+
+def bands_between(spec: FeatureSpec, low_hz: float, high_hz: float) -> np.ndarray:
+    """``[n_mels]`` bool: the bands whose centres lie in [low_hz, high_hz) offset from the carrier."""
+    centres = band_centres_hz(spec)
+    return (centres >= low_hz) & (centres < high_hz)
 
 
 @functools.lru_cache(maxsize=8)

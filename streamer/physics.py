@@ -35,7 +35,7 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from streamer.credible import PHYSICS_SUBDIVISIONS, credible_scales
-from streamer.features import FeatureSpec, band_centres_hz, band_power_dbm, mel_filterbank
+from streamer.features import FeatureSpec, band_power_dbm, bands_between, mel_filterbank
 from streamer.geodesy import SearchArea, network_geometry
 
 #: Shortest distance the log-distance model is evaluated at (m): below it the model (referenced to 1 km)
@@ -106,9 +106,7 @@ def bands_noise_bandwidth_hz(spec: FeatureSpec, low_hz: float, high_hz: float) -
     White noise of density N0 (mW/Hz) reads N0 times this in those bands, so this is the exact
     conversion between band power and density for the discrete filterbank (triangles, DC notch and all).
     """
-    centres = band_centres_hz(spec)
-    selected = (centres >= low_hz) & (centres < high_hz)
-    return float(mel_filterbank(spec)[selected].sum() * spec.sample_rate_hz / spec.n_fft)
+    return float(mel_filterbank(spec)[bands_between(spec, low_hz, high_hz)].sum() * spec.sample_rate_hz / spec.n_fft)
 
 
 @dataclass(frozen=True)
@@ -141,9 +139,8 @@ def channel_bands(spec: FeatureSpec, channel_bandwidth_hz: float, noise_max_offs
             f"channel_power: no mel band inside +-{half_bw} Hz or none outside it at fs={spec.sample_rate_hz} Hz, "
             f"n_mels={spec.n_mels}"
         )
-    centres = band_centres_hz(spec)
-    in_channel = (centres >= -half_bw) & (centres < half_bw)
-    noise = ((centres >= half_bw) & (centres < top)) | ((centres >= -top) & (centres < -half_bw))
+    in_channel = bands_between(spec, -half_bw, half_bw)
+    noise = bands_between(spec, half_bw, top) | bands_between(spec, -top, -half_bw)
     return ChannelBands(in_channel, noise, in_bw, out_bw, float(channel_bandwidth_hz))
 
 

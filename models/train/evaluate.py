@@ -179,11 +179,15 @@ def score_many(networks: list[tuple[Config, PhysicsConfig, Windows]], estimates:
     scales = None if any(e[2] is None for e in estimates) else np.concatenate([e[2] for e in estimates])
     pooled = scores(np.concatenate([e[0] for e in estimates]), np.concatenate([e[1] for e in estimates]), np.concatenate(truths),
                     scales)
-    per = [scored(e, t) for e, t in zip(estimates, truths) if len(t)]
-    pooled["networks"] = [{**{k: s[k] for k in ("median_m", "cov68", "cov95", "n")}, **describe_network(config, data),
-                           "ellipse_m": ellipse_size_m(e[1])}
-                          for (config, _, data), e, s in zip([n for n, t in zip(networks, truths) if len(t)],
-                                                             [e for e, t in zip(estimates, truths) if len(t)], per)]
+    per, rows = [], []
+    for (config, _, data), e, t in zip(networks, estimates, truths):
+        if not len(t):
+            continue
+        s = scored(e, t)
+        per.append(s)
+        rows.append({**{k: s[k] for k in ("median_m", "cov68", "cov95", "n")}, **describe_network(config, data),
+                     "ellipse_m": ellipse_size_m(e[1])})
+    pooled["networks"] = rows
     for key in ("cov68", "cov95"):
         values = [s[key] for s in per]
         pooled[f"{key}_networks"] = [float(np.percentile(values, q)) for q in (10, 50, 90)]
@@ -205,8 +209,9 @@ def describe_network(config: Config, data: Windows) -> dict:
 def ellipse_size_m(cov_m2: np.ndarray) -> float:
     """Median over the draws of det(C)^(1/4) (m): the geometric mean of the covariance's two standard deviations,
     a size in which two methods' ellipses on the same draws compare as a ratio (NaN covariances left out)."""
-    det = np.linalg.det(np.asarray(cov_m2, dtype=np.float64))
-    det = det[np.isfinite(det) & (det > 0)]
+    cov = np.asarray(cov_m2, dtype=np.float64)
+    det = np.linalg.det(cov[np.isfinite(cov).all(axis=(1, 2))])
+    det = det[det > 0]
     return float(np.median(det**0.25)) if len(det) else math.nan
 
 
@@ -430,6 +435,11 @@ def format_per_network(dataset: str, table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_all_per_network(results: dict) -> str:
+    """``format_per_network`` of every pooled set in ``{dataset: {method: scores}}`` results."""
+    return "\n".join(t for t in (format_per_network(name, table) for name, table in results.items()) if t)
+
+
 def format_markdown(dataset: str, table: dict) -> str:
     lines = [f"**{dataset}**", "", "| method | median m | mean m | p90 m | cov68 | cov95 | NLL | n |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method, s in table.items():
@@ -601,7 +611,7 @@ def run(args: argparse.Namespace) -> int:
             print(format_gates(results))
             return 0
         if args.per_network:
-            print("\n".join(t for t in (format_per_network(n, tb) for n, tb in results.items()) if t))
+            print(format_all_per_network(results))
             return 0
         for name, table in results.items():
             print(format_markdown(name, table) if args.markdown else format_table(name, table))
@@ -622,7 +632,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.gates:
         print(format_gates(results))
     elif args.per_network:
-        print("\n".join(t for t in (format_per_network(n, tb) for n, tb in results.items()) if t))
+        print(format_all_per_network(results))
     elif args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
     return 0

@@ -41,6 +41,20 @@ def test_a_negative_network_count_is_refused_by_name(capsys):
     assert "--n-networks: expected an integer >= 0, got -1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, message", [("--realizations", "-1", "expected an integer >= 0, got -1"),
+                                                    ("--realization-draws", "0", "expected a positive integer, got 0")])
+def test_a_bad_realization_option_is_refused_by_name(capsys, option, value, message):
+    with pytest.raises(SystemExit):
+        evaluate.main([option, value])
+    assert f"{option}: {message}" in capsys.readouterr().err
+
+
+def test_ellipse_size_leaves_out_unusable_covariances():
+    cov = np.array([np.eye(2) * 4e6, np.full((2, 2), np.nan), np.zeros((2, 2)), np.eye(2) * 4e6])
+    assert evaluate.ellipse_size_m(cov) == pytest.approx(2e3)
+    assert np.isnan(evaluate.ellipse_size_m(cov[1:3]))
+
+
 def test_a_realization_redraws_only_the_networks_hidden_state():
     """``random-<k>-realizations``: the same receivers, configured gains and propagation as ``random-<k>`` (so the
     oracle is told the same), another simulator seed, so other hidden calibration errors; deterministic."""
