@@ -6,7 +6,7 @@ import importlib.resources
 from pathlib import Path
 
 #: Version of the model shipped in this package (models/heimdall-<version>.onnx).
-SHIPPED_VERSION = "0.4.0"
+SHIPPED_VERSION = "0.5.0"
 
 
 def shipped_model_path() -> Path:

@@ -14,7 +14,7 @@ says so and reports the provider ONNX Runtime actually used.
 
 Examples (shell)
 ----------------
-``heimdall bench model --model models/heimdall-0.4.0.onnx --iterations 2000``
+``heimdall bench model --model models/heimdall-0.5.0.onnx --iterations 2000``
 """
 
 from __future__ import annotations

@@ -53,10 +53,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "'direct' (position and covariance straight from the pooled tokens)")
     parser.add_argument("--heard-weight", type=float, default=0.3,
                         help="weight of the auxiliary loss teaching the grid head which receivers heard")
-    parser.add_argument("--channel-power", action="store_true",
+    parser.add_argument("--channel-power", action=argparse.BooleanOptionalAction, default=True,
                         help="grid head: measure each receiver's in-channel power, noise and SNR as the daemon's "
-                             "channel_power does and learn small corrections to them (default: read them off the "
-                             "strongest and quietest band with wide learned corrections, as the shipped model)")
+                             "channel_power does and learn small corrections to them (the shipped model, since "
+                             "0.5.0); --no-channel-power reads them off the strongest and quietest band with wide "
+                             "learned corrections, as 0.4.0 did")
     parser.add_argument("--drop-prob", type=float, default=0.1, help="extra receiver outage probability per batch")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="processes generating data")
@@ -64,9 +65,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store generated data here (same seed = same data)")
     parser.add_argument("--eval-n", type=int, default=1000, help="draws per scored set written into the metadata (0: skip)")
     parser.add_argument("--report", type=Path, default=None, help="also write the training report as JSON here")
-    parser.add_argument("--channelized", action="store_true",
+    parser.add_argument("--channelized", action=argparse.BooleanOptionalAction, default=True,
                         help="render windows at 2x the model rate through the daemon's channelizer, as live data "
-                             "arrives (how the shipped model was trained)")
+                             "arrives (how the shipped model is trained); --no-channelized renders at the model "
+                             "rate, about half the data time")
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ Steps (each one printed as it finishes):
 
 Examples (shell)
 ----------------
-``heimdall train --channelized --out models/heimdall-0.4.0.onnx`` (the shipped model's settings; see models/MODEL_CARD.md)
+``heimdall train --out models/heimdall-0.5.0.onnx`` (the defaults are the shipped model's settings; see models/MODEL_CARD.md)
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def metadata(spec: FeatureSpec, args_summary: dict) -> ModelMetadata:
 def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_val: int = 2048, steps: int = 3000,
           windows_per_network: int = 64,
           batch_size: int = 128, lr: float = 1e-3, dim: int = 128, layers: int = 3, drop_prob: float = 0.1,
-          head: str = "grid", heard_weight: float = 0.3, channel_power: bool = False,
+          head: str = "grid", heard_weight: float = 0.3, channel_power: bool = True,
           seed: int = 1, workers: int = 2, threads: int = 2, cache_dir: Path | None = None, eval_n: int = 1000,
           spec: FeatureSpec | None = None, oversampling: int = 1, log=print) -> dict:
     """Generate data, train, export to ``out`` and score; returns the report (also stored in the metadata).

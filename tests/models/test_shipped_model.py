@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+
 import numpy as np
 import onnx
 
 from models import SHIPPED_VERSION, shipped_model_path
+from models.train.commands import add_train_arguments
 from models.train.export import MAX_MODEL_BYTES
 from streamer.config import load
 from streamer.inference import OnnxEstimator
@@ -60,3 +64,18 @@ def test_the_shipped_model_localizes_a_simulated_window_of_the_default_network()
     # Its credible ellipses: radii of the order of a Gaussian's (1.515, 2.448), the 95 % one the wider.
     assert est.gives_ellipse_scale
     assert np.all((out.ellipse_scale > 0.8) & (out.ellipse_scale < 4.0)) and np.all(out.ellipse_scale[:, 1] > out.ellipse_scale[:, 0])
+
+
+def test_the_shipped_model_is_what_heimdall_train_makes_with_its_defaults():
+    """``heimdall train`` with no options reproduces the shipped file (models/MODEL_CARD.md): the recipe the file
+    records in its metadata is the command's defaults (channelized windows, the channel-power grid head)."""
+    description = check_model(PATH).training_data
+    recorded = json.loads(description[description.rindex("; {") + 2:])
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    for key in ("n_train", "n_val", "batch_size", "lr", "dim", "layers", "drop_prob", "seed", "head", "heard_weight"):
+        assert recorded[key] == defaults[key], key
+    assert recorded["channel_power"] is defaults["channel_power"] is True
+    assert defaults["channelized"] and recorded["render"].startswith("through streamer.channelizer from 2 x")
+    assert "windows_per_network" not in recorded and defaults["windows_per_network"] == 64
