@@ -60,6 +60,17 @@ CHOL_FLOOR = 1e-3  # smallest Cholesky diagonal, in units of s
 NEG = -1e4  # logit for an absent receiver
 
 
+def used_slots(rx_mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the receiver slots some window of the batch uses (``rx_mask`` [B, R] > 0 in any row).
+
+    A slot no window uses weighs nothing anywhere (it is masked out of attention's keys, of every pooled sum and
+    of the grid's terms), so the network runs on these alone: the same answer for less work (the daemon's
+    7-receiver default fills 7 of the model's 16 slots). Slot 0 is always kept, so a batch with no receiver at all
+    still has a receiver axis to reduce over (and gets the answer it got before slots were chosen)."""
+    first = torch.arange(rx_mask.shape[1], device=rx_mask.device) == 0
+    return torch.nonzero((rx_mask.amax(dim=0) > 0) | first).squeeze(-1)
+
+
 class MaskedSelfAttention(nn.Module):
     """Multi-head self-attention over receiver tokens; absent receivers are not attended to."""
 
@@ -116,17 +127,21 @@ def credible_radius_sq(post: torch.Tensor, cells: torch.Tensor, cell_size: torch
                        cov: torch.Tensor, offsets: torch.Tensor,
                        masses: tuple[float, ...] = ELLIPSE_PROBABILITIES) -> torch.Tensor:
     """[B, P] squared Mahalanobis radii (under ``cov`` [B, 2, 2], about ``mean`` [B, 2]) holding each of ``masses``
-    of a grid posterior ``post`` [B, G] over ``cells`` [B, G, 2] of size ``cell_size`` [B, 2].
+    of a grid posterior ``post`` [B, G] over ``cells`` [B, 2, G] (east row, north row) of size ``cell_size`` [B, 2].
 
     The torch twin of ``streamer.credible.credible_scales`` (squared, every cell kept): each cell's mass spread over
     the points ``offsets`` [S, 2] (``streamer.credible.subcell_offsets``, in units of a cell), the cumulative
-    distribution read between the midpoints of its steps."""
+    distribution read between the midpoints of its steps. The points are laid out [B, 2, S, G], cells innermost,
+    so every elementwise op runs along G rather than over a trailing axis of 2 (which ONNX Runtime broadcasts
+    two floats at a time: several times slower at batch 1)."""
     b = post.shape[0]
-    points = cells[:, :, None, :] + offsets[None, None] * cell_size[:, None, None, :]  # [B, G, S, 2]
-    d = points.reshape(b, -1, 2) - mean[:, None, :]
+    s = offsets.shape[0]
+    points = cells[:, :, None, :] + offsets.t()[None, :, :, None] * cell_size[:, :, None, None]  # [B, 2, S, G]
+    d = points.reshape(b, 2, -1) - mean[:, :, None]  # [B, 2, S * G]
+    dx, dy = d[:, 0], d[:, 1]
     a, c, o = cov[:, 0, 0:1], cov[:, 1, 1:2], cov[:, 0, 1:2]
-    r2 = (c * d[..., 0] ** 2 - 2.0 * o * d[..., 0] * d[..., 1] + a * d[..., 1] ** 2) / (a * c - o * o)
-    w = (post / offsets.shape[0])[:, :, None].expand(-1, -1, offsets.shape[0]).reshape(b, -1)
+    r2 = (c * dx * dx - 2.0 * o * dx * dy + a * dy * dy) / (a * c - o * o)
+    w = (post / s)[:, None, :].expand(-1, s, -1).reshape(b, -1)
     r2_sorted, order = torch.sort(r2, dim=-1)
     w_sorted = torch.gather(w, 1, order)
     mid = torch.cumsum(w_sorted, dim=-1) - 0.5 * w_sorted
@@ -174,8 +189,9 @@ class GridPosterior(nn.Module):
                              persistent=False)
         axis = torch.linspace(step / 2, 1.0 - step / 2, cells)
         gy, gx = torch.meshgrid(axis, axis, indexing="ij")
-        # Cell centres in the unit square; each window maps them onto its grid's extent (``forward``).
-        self.register_buffer("unit_cells", torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=-1))  # [G, 2]
+        # Cell centres in the unit square, an east row and a north row (cells innermost: ``credible_radius_sq``);
+        # each window maps them onto its grid's extent (``forward``).
+        self.register_buffer("unit_cells", torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=0))  # [2, G]
         self.cell_fraction_variance = step * step / 12.0  # a cell's own variance, in units of the extent squared
         self.receiver = nn.Linear(dim, 3)  # power correction (x 10 dB), heard logit, floor correction (x 10 dB)
         self.scene = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 9))
@@ -201,6 +217,7 @@ class GridPosterior(nn.Module):
         """Position [B, 2] and covariance [B, 2, 2] in units of ``scale``, the per-receiver heard logit [B, R], and
         (``credible``) the ellipse scales [B, P] (else ``None``).
 
+        The receiver axis R holds only the slots some window of the batch uses (``used_slots``).
         ``site`` [B, 5] (``streamer.model_contract.site_propagation``): where its last column is 1, the site's
         path-loss exponent, sigma (dB) and level prior (dBm) replace the inferred ones; the network adds only
         a learned sigma for its own power-estimation error.
@@ -243,7 +260,7 @@ class GridPosterior(nn.Module):
 
         heard = torch.sigmoid(heard_logit) * mask
         missed = mask - heard
-        # The grid: [lo, hi] per axis, the told area or +-half_width; cells [B, G, 2] in units of scale.
+        # The grid: [lo, hi] per axis, the told area or +-half_width; cells [B, 2, G] in units of scale.
         lo = torch.full_like(p[:, 0, :], -self.half_width)
         hi = torch.full_like(p[:, 0, :], self.half_width)
         area_known = torch.zeros_like(scale)  # [B, 1]
@@ -252,23 +269,17 @@ class GridPosterior(nn.Module):
             lo = torch.where(area_known > 0, area[:, 0:4:2], lo)
             hi = torch.where(area_known > 0, area[:, 1:4:2], hi)
         extent = hi - lo
-        cells = lo[:, None, :] + self.unit_cells[None] * extent[:, None, :]  # [B, G, 2]
+        cells = lo[:, :, None] + self.unit_cells[None] * extent[:, :, None]  # [B, 2, G]
 
-        # Slots no window of the batch uses weigh 0 in every term below, so only the used ones enter the
-        # [B, R, G] work (the daemon's 7-receiver default fills 7 of 16 slots).
-        used = torch.nonzero(mask.amax(dim=0) > 0).squeeze(-1)
-        heard, missed = heard.index_select(1, used), missed.index_select(1, used)
-        power_db, floor_db = power_db.index_select(1, used), floor_db.index_select(1, used)
-        rx_km = p.index_select(1, used) * scale[:, :, None]  # [B, R, 2]
-        up_km = up_km.index_select(1, used)
-        cells_km = cells * scale[:, :, None]  # [B, G, 2]
+        rx_km = p * scale[:, :, None]  # [B, R, 2]
+        cells_km = cells * scale[:, :, None]  # [B, 2, G]
         # |cell - receiver|^2 + up^2 + (50 m)^2 as one matmul of augmented vectors (no [B, R, G, 2] tensor),
         # floored at (50 m)^2 against rounding.
         rx_aug = torch.cat([rx_km, torch.ones_like(up_km)[..., None],
                             ((rx_km * rx_km).sum(-1) + up_km * up_km + 0.05**2)[..., None]], dim=-1)  # [B, R, 4]
-        cell_aug = torch.cat([-2.0 * cells_km, (cells_km * cells_km).sum(-1, keepdim=True),
-                              torch.ones_like(cells_km[..., :1])], dim=-1)  # [B, G, 4]
-        dist_sq_km2 = torch.clamp(rx_aug @ cell_aug.transpose(1, 2), min=0.05**2)
+        cell_aug = torch.cat([-2.0 * cells_km, (cells_km * cells_km).sum(1, keepdim=True),
+                              torch.ones_like(cells_km[:, :1])], dim=1)  # [B, 4, G]
+        dist_sq_km2 = torch.clamp(rx_aug @ cell_aug, min=0.05**2)
         loss_db = ((5.0 / math.log(10.0)) * exponent)[:, :, None] * torch.log(dist_sq_km2)  # 10 n log10(d), [B, R, G]
         # The level (EIRP - 1 km loss) receiver r implies at cell g is power_r + loss_rg; sums over receivers
         # weighted by the heard weights are matrix products.
@@ -293,14 +304,18 @@ class GridPosterior(nn.Module):
         box_lo = torch.where(inside, p, torch.full_like(p, 1e4)).min(dim=1).values  # [B, 2]
         box_hi = torch.where(inside, p, torch.full_like(p, -1e4)).max(dim=1).values
         margin = 0.35 * (box_hi - box_lo) + 0.05
-        before = F.relu(box_lo[:, None, :] - margin[:, None, :] - cells)
-        beyond = F.relu(cells - box_hi[:, None, :] - margin[:, None, :])
-        outside = (before + beyond).sum(-1) * (1.0 - area_known)
+        before = F.relu(box_lo[:, :, None] - margin[:, :, None] - cells)  # [B, 2, G]
+        beyond = F.relu(cells - box_hi[:, :, None] - margin[:, :, None])
+        outside = (before + beyond).sum(1) * (1.0 - area_known)
         log_post = log_like - prior_steepness * outside
         post = torch.softmax(log_post, dim=-1)  # [B, G]
-        mean = (post[:, None, :] @ cells).squeeze(1)  # [B, 2]
-        centred = cells - mean[:, None, :]
-        cov = (centred * post[:, :, None]).transpose(1, 2) @ centred  # [B, 2, 2]
+        # The two matmuls over cells take their operands in [B, G, 2] memory order (the contiguous copies), as
+        # before the grid was laid out [B, 2, G]: torch's matmul then rounds as it did when the shipped model was
+        # trained, so ``heimdall train`` still writes it bit for bit. ONNX Runtime folds the transposes away.
+        mean = (post[:, None, :] @ cells.transpose(1, 2).contiguous()).squeeze(1)  # [B, 2]
+        centred = cells - mean[:, :, None]  # [B, 2, G]
+        weighted = (centred * post[:, None, :]).transpose(1, 2).contiguous().transpose(1, 2)
+        cov = weighted @ centred.transpose(1, 2).contiguous()  # [B, 2, 2]
         eye = torch.eye(2, dtype=cov.dtype, device=cov.device)
         cell_var = (self.cell_fraction_variance * extent * extent)[:, :, None] * eye  # [B, 2, 2], diagonal
         scales = None
@@ -381,13 +396,18 @@ class LocalizerNet(nn.Module):
         return torch.cat([(area[:, :4] - offset) / scale * known, known], dim=-1)
 
     def normalised_pooled_and_heard(self, pooled: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor,
-                                    site=None, area=None, credible: bool = False):
+                                    site=None, area=None, credible: bool = False, slots_chosen: bool = False):
         """``normalised_pooled`` plus the grid head's per-receiver heard logits [B, R] (``None`` for the direct head),
         for ``train.loss_of``'s auxiliary term (not a contract output: the exported graph leaves them out), and, with
         ``credible``, the grid head's ellipse scales [B, P] (``GridPosterior.forward``; else ``None``).
 
         ``site`` [B, 5]: the site's propagation (``streamer.model_contract.site_propagation``); ``None`` = unknown.
-        ``area`` [B, 5]: the search area (``streamer.model_contract.search_area_row``, km); ``None`` = unknown."""
+        ``area`` [B, 5]: the search area (``streamer.model_contract.search_area_row``, km); ``None`` = unknown.
+        ``slots_chosen``: the inputs hold only used slots already (``forward`` chooses them before pooling)."""
+        all_slots_mask = rx_mask
+        if not slots_chosen:
+            used = used_slots(rx_mask)
+            pooled, rx_enu_km, rx_mask = (x.index_select(1, used) for x in (pooled, rx_enu_km, rx_mask))
         mask = rx_mask.unsqueeze(-1)  # [B, R, 1]
         count = mask.sum(dim=1).clamp(min=1.0)  # [B, 1]
         xy = rx_enu_km[..., :2]
@@ -425,6 +445,8 @@ class LocalizerNet(nn.Module):
             l21 = cov[:, 1, 0] / l11
             l22 = torch.sqrt(torch.clamp(cov[:, 1, 1] - l21 * l21, min=CHOL_FLOOR**2))
             chol = torch.stack([l11, l21, l22], dim=-1) * torch.sqrt(self.covariance_scale)
+            if not slots_chosen:  # back onto every slot, for the heard loss (unused slots: 0, masked out of it)
+                heard_logit = torch.zeros_like(all_slots_mask).index_copy(1, used, heard_logit)
             return centre, scale, position, chol, heard_logit, scales
         w = torch.softmax(self.weight_logit(h).squeeze(-1) + key_bias, dim=-1)  # [B, R]
         anchor = (w.unsqueeze(-1) * p).sum(dim=1)  # [B, 2]
@@ -438,8 +460,11 @@ class LocalizerNet(nn.Module):
         ``ellipse_output``, the optional ellipse_scale [B, 2] (standard deviations of the covariance spanned by the
         ellipses holding ``ELLIPSE_PROBABILITIES``); ``site`` and ``area`` are the optional ``site_propagation`` and
         ``search_area_enu_km`` inputs [B, 5] (``None``: unknown)."""
+        used = used_slots(rx_mask)
+        features, rx_enu_km, rx_mask = (x.index_select(1, used) for x in (features, rx_enu_km, rx_mask))
         centre, scale, position, chol, _, scales = self.normalised_pooled_and_heard(
-            self.pool_time(features), rx_enu_km, rx_mask, site, area, credible=self.config.get("ellipse_output", False))
+            self.pool_time(features), rx_enu_km, rx_mask, site, area, credible=self.config.get("ellipse_output", False),
+            slots_chosen=True)
         l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
         s2 = (scale * scale).squeeze(-1)
         c11 = l11 * l11 * s2
