@@ -123,7 +123,9 @@ def import_adi() -> Any:
     """Import pyadi-iio (and through it libiio), or say how to install it."""
     try:
         import adi  # noqa: PLC0415 - optional dependency, imported only when a Pluto is opened
-    except ImportError as exc:  # ModuleNotFoundError (no package) or OSError-ish ImportError (no libiio)
+    # ModuleNotFoundError: no package. Without libiio.so, pylibiio's CDLL(find_library("iio")) becomes CDLL(None),
+    # the interpreter itself, and its first symbol lookup raises AttributeError; an OSError where a broken one loads.
+    except (ImportError, OSError, AttributeError) as exc:
         raise MissingDependencyError(f"receiver kind 'pluto' needs pyadi-iio and libiio: {INSTALL_HINT} ({exc})") from exc
     return adi
 

@@ -23,7 +23,7 @@ def _stack_available() -> bool:
         return False
     try:
         import iio  # noqa: F401 - loads libiio.so
-    except (ImportError, OSError):
+    except (ImportError, OSError, AttributeError):  # AttributeError: no libiio.so at all (receivers.pluto.import_adi)
         return False
     return True
 
@@ -180,6 +180,22 @@ def test_missing_pyadi_iio_names_the_install_command(monkeypatch):
     cfg, rx = _config("ip:192.0.2.1")
     with pytest.raises(MissingDependencyError, match="heimdall-streamer"):
         PlutoReceiver.from_config(rx, ReceiverContext(config=cfg, drops=TallyDropCounter()))
+
+
+def test_pyadi_iio_without_libiio_names_the_install_command(monkeypatch):
+    """pylibiio without libiio.so loads the interpreter in its place and fails on its first symbol (AttributeError):
+    the adapter says what to install, not that."""
+    real_import = builtins.__import__
+
+    def adi_without_libiio(name, *args, **kwargs):
+        if name == "adi" or name.startswith("adi."):
+            raise AttributeError("python3: undefined symbol: iio_get_backends_count")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(__import__("sys").modules, "adi", raising=False)
+    monkeypatch.setattr(builtins, "__import__", adi_without_libiio)
+    with pytest.raises(MissingDependencyError, match=r"apt-get install libiio0.*iio_get_backends_count"):
+        import_adi()
 
 
 @pytest.mark.parametrize(
