@@ -404,11 +404,39 @@ def format_table(dataset: str, table: dict) -> str:
     return "\n".join(lines)
 
 
+def coverage_spread(rows: list[dict], key: str) -> dict | None:
+    """How much of the spread of per-network coverage ``key`` (``cov68``, ``cov95``) over ``score_many``'s rows
+    sampling explains: ``observed_sd`` (standard deviation over the networks), ``sampling_sd`` (what the binomial
+    draw of each network's n alone gives, sqrt(mean p(1 - p) / n)) and ``beyond_sampling_sd``
+    (sqrt(observed^2 - sampling^2), 0 if negative: the method-of-moments estimate of the spread the networks
+    themselves make; on ``random-<k>-realizations``, that of the network's hidden state). ``None`` with fewer than
+    two rows."""
+    values = np.array([r[key] for r in rows], dtype=np.float64)
+    n = np.array([r["n"] for r in rows], dtype=np.float64)
+    if len(values) < 2:
+        return None
+    observed = float(values.std(ddof=1))
+    sampling = float(np.sqrt(np.mean(values * (1.0 - values) / n)))
+    return {"observed_sd": observed, "sampling_sd": sampling,
+            "beyond_sampling_sd": float(np.sqrt(max(observed**2 - sampling**2, 0.0)))}
+
+
+def _spread_text(rows: list[dict]) -> str:
+    parts = []
+    for key in ("cov68", "cov95"):
+        spread = coverage_spread(rows, key)
+        if spread is not None:
+            parts.append(f"{key} {spread['observed_sd']:.3f} (sampling {spread['sampling_sd']:.3f}, "
+                         f"beyond it {spread['beyond_sampling_sd']:.3f})")
+    return "" if not parts else "; sd over networks " + ", ".join(parts)
+
+
 def _network_spread_lines(table: dict, indent: str) -> list[str]:
     return [f"{indent}{method}: per-network cov68 p10/p50/p90 " + " / ".join(f"{v:.2f}" for v in s["cov68_networks"])
             + ", cov95 " + " / ".join(f"{v:.2f}" for v in s["cov95_networks"])
             + ("" if "cov68_networks_in_gate" not in s else
                f"; inside the gate: cov68 {s['cov68_networks_in_gate']:.2f}, cov95 {s['cov95_networks_in_gate']:.2f} of networks")
+            + _spread_text(s.get("networks", []))
             for method, s in table.items() if "cov68_networks" in s]
 
 

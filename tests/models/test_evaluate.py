@@ -103,6 +103,22 @@ def test_per_network_spread_counts_the_networks_inside_each_gate():
     assert rows[2]["cov68"] < 0.2 < 0.6 < rows[0]["cov68"] and rows[0]["ellipse_m"] == pytest.approx(1e3)
 
 
+def test_coverage_spread_separates_what_the_networks_make_from_binomial_sampling():
+    rng = np.random.default_rng(3)
+    n = 1000
+    same = [{"cov68": rng.binomial(n, 0.68) / n, "n": n} for _ in range(400)]  # one true coverage: sampling alone
+    spread = evaluate.coverage_spread(same, "cov68")
+    assert spread["sampling_sd"] == pytest.approx(np.sqrt(0.68 * 0.32 / n), rel=0.02)
+    assert spread["observed_sd"] == pytest.approx(spread["sampling_sd"], rel=0.1)
+    assert spread["beyond_sampling_sd"] < 0.5 * spread["sampling_sd"]
+    true = rng.normal(0.68, 0.05, 400)  # each network its own true coverage, sd 0.05
+    differ = [{"cov68": rng.binomial(n, p) / n, "n": n} for p in true]
+    assert evaluate.coverage_spread(differ, "cov68")["beyond_sampling_sd"] == pytest.approx(0.05, rel=0.1)
+    assert evaluate.coverage_spread(same[:1], "cov68") is None
+    line = evaluate._network_spread_lines({"m": _pooled_set((1e3, 1e3, 3e3))}, "")[0]
+    assert "; sd over networks cov68 " in line and "(sampling " in line and "beyond it " in line
+
+
 def test_per_network_table_compares_each_models_ellipses_with_the_physics_posteriors():
     table = {"m": _pooled_set((1e3, 1e3), ellipse_sd_m=800.0), "m+site": _pooled_set((1e3, 1e3)),
              "physics": _pooled_set((1e3, 1e3)), "centroid": _pooled_set((1e3, 1e3), ellipse_sd_m=5e3)}
