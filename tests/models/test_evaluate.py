@@ -172,6 +172,26 @@ def test_gates_compare_each_model_with_the_physics_posterior_and_check_both_cove
     assert "| powder-grid | m | 151 |  |  | 0.600 | 0.900 | median |" in out
 
 
+def test_gate_summary_states_the_seeded_and_the_hidden_state_reading():
+    """A network's seeded realization graded alone, or replaced by its realizations; POWDER by its better method."""
+    results = {
+        "default": {"physics": _scores(90, 100, 200, 0.70, 0.95), "m": _scores(95, 101, 201, 0.70, 0.95),
+                    "m+site": _scores(95, 101, 201, 0.50, 0.95)},
+        "random-0": {"physics": _scores(90, 100, 200, 0.64, 0.975), "m": _scores(95, 101, 201, 0.61, 0.96)},
+        "random-0-realizations": {"physics": _scores(90, 100, 200, 0.70, 0.96), "m": _scores(95, 101, 201, 0.67, 0.96)},
+        "powder-grid": {"physics": _scores(130, 180, 300, 0.8, 0.97), "m": _scores(175, 200, 400, 0.6, 0.87)},
+    }
+    assert evaluate.gate_readings(results) == {
+        "seeded": ["default", "random-0", "powder-grid"],
+        "hidden state": ["default", "powder-grid", "random-0-realizations"]}
+    seeded, hidden = evaluate.gate_summary(results)
+    assert seeded == ("- seeded (default, random-0, powder-grid): m misses random-0 cov68; physics misses random-0 cov95; "
+                      "powder-grid gates met by physics")  # +site rows are not graded here
+    assert hidden.endswith(": m misses none; physics misses none; powder-grid gates met by physics")
+    assert list(evaluate.gate_readings(["default", "random-0"])) == ["seeded"]
+    assert "- seeded (" in evaluate.format_gates(results)
+
+
 def test_reproduction_compares_a_second_run_with_the_shipped_model_on_the_datasets_both_were_scored_on(tmp_path, capsys):
     results = {
         "default": {"shipped": _scores(100, 120, 200, 0.70, 0.95), "rerun": _scores(104, 118, 209, 0.71, 0.95)},
