@@ -532,10 +532,11 @@ def gate_readings(datasets) -> dict[str, list[str]]:
     """The datasets each reading of issue 3's per-network gates grades, in order: ``seeded`` grades each random
     network on its one seeded realization (``random-<k>``); ``hidden state`` grades it over realizations of its
     hidden state (``random-<k>-realizations`` in place of ``random-<k>``), which no estimator is told, the oracle
-    posterior included (module doc). Only ``seeded`` when no realizations were scored."""
+    posterior included (module doc). Only ``seeded`` when no realizations were scored; only ``hidden state`` when
+    nothing else was."""
     datasets = list(datasets)
     seeded = [d for d in datasets if not d.endswith("-realizations")]
-    readings = {"seeded": seeded}
+    readings = {"seeded": seeded} if seeded else {}
     if len(seeded) < len(datasets):
         readings["hidden state"] = [d for d in seeded if f"{d}-realizations" not in datasets] + \
                                    [d for d in datasets if d.endswith("-realizations")]

@@ -189,6 +189,7 @@ def test_gate_summary_states_the_seeded_and_the_hidden_state_reading():
                       "powder-grid gates met by physics")  # +site rows are not graded here
     assert hidden.endswith(": m misses none; physics misses none; powder-grid gates met by physics")
     assert list(evaluate.gate_readings(["default", "random-0"])) == ["seeded"]
+    assert evaluate.gate_readings(["random-0-realizations"]) == {"hidden state": ["random-0-realizations"]}
     assert "- seeded (" in evaluate.format_gates(results)
 
 
