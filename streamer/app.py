@@ -63,7 +63,8 @@ def _truth_source(config: Config):
 class Daemon:
     """The running service. ``run(stop)`` blocks until ``stop`` is set, then shuts everything down."""
 
-    def __init__(self, config: Config, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, config: Config, *, registry: CollectorRegistry | None = None,
+                 reload_requested: threading.Event | None = None) -> None:
         if not config.receivers:
             raise ValueError(f"{config.source}: no [[receivers]] configured")
         self.config = config
@@ -109,7 +110,7 @@ class Daemon:
                                 max_bytes=max(1, int(config.pipeline.queue_mb * 2**20)))
         self._counters = _DaemonCounters(self.metrics)
         self._stop = threading.Event()
-        self.reload_requested = threading.Event()
+        self.reload_requested = reload_requested if reload_requested is not None else threading.Event()
         self.runners = {rx.id: self._runner(rx, config) for rx in config.receivers}
         self.metrics_server = None
         self.metrics_url: str | None = None
@@ -164,7 +165,8 @@ class Daemon:
             return self._queued[receiver_id]
 
     def _on_state(self, receiver_id: str, up: bool) -> None:
-        if not up:
+        # A runner stopped by a reload that removed its receiver must not bring the receiver's series back.
+        if not up and receiver_id in self.runners:
             self.metrics.receiver_up.labels(receiver_id).set(0)
 
     # Main loop ----------------------------------------------------------------------------------------
@@ -227,40 +229,32 @@ class Daemon:
         Added receivers start, removed ones stop, changed ones restart; the pipeline is rebuilt with the
         new receivers, estimator and pipeline settings (what it held is counted as dropped, reason
         ``reload``). ``output``, ``metrics`` and ``security`` need a restart: changes there are logged and
-        ignored. A config or model that does not load leaves everything as it was.
+        ignored. Everything new is built before anything running is touched, so a config, model or
+        pipeline that does not load, for whatever reason, leaves everything as it was.
         """
         path = path or self.config.source
         try:
-            new = config_mod.load(path)
-            if not new.receivers:
-                raise ConfigError(f"{path}: no [[receivers]] configured")
-            estimators = build_estimators(new)
+            new, estimators, pipeline = self._prepare(path)
         except HeimdallError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             self.metrics.reloads.labels("refused").inc()
             return False
+        except Exception:  # a config the checks missed must never take the running daemon down
+            log.exception("reload refused, keeping the running config: %s could not be applied", path)
+            self.metrics.reloads.labels("refused").inc()
+            return False
         old = self.config
-        for section in ("output", "metrics", "security"):
-            if getattr(new, section) != getattr(old, section):
-                log.warning("reload: [%s] changed; that needs a restart, the running values stay", section)
-        new = dataclasses.replace(new, output=old.output, metrics=old.metrics, security=old.security)
         old_rx = {rx.id: rx for rx in old.receivers}
         new_rx = {rx.id: rx for rx in new.receivers}
-        for rid, runner in list(self.runners.items()):
-            if new_rx.get(rid) != old_rx[rid]:
-                runner.stop(timeout_s=1.0)
-                del self.runners[rid]
+        changed = [rid for rid in self.runners if new_rx.get(rid) != old_rx[rid]]
+        for rid in changed:
+            self.runners.pop(rid).stop(timeout_s=1.0)
         self.pipeline.flush_as_dropped("reload")
         self.config = new
         self.estimators = estimators
-        self.pipeline = Pipeline(
-            new,
-            metrics=self.metrics,
-            send=self._publish,
-            estimators=estimators,
-            truth_source=_truth_source(new) if new.output.publish_truth else None,
-            queued_samples=self._queued_samples,
-        )
+        self.pipeline = pipeline
+        for rid in set(old_rx) - set(new_rx):
+            self.metrics.forget_receiver(rid, self._counters.reading_names.pop(rid, ()))
         started = []
         for rid, rx in new_rx.items():
             if rid not in self.runners:
@@ -272,6 +266,27 @@ class Daemon:
                  ", ".join(sorted(started)) or "none", ", ".join(sorted(set(old_rx) - set(new_rx))) or "none")
         self.metrics.reloads.labels("applied").inc()
         return True
+
+    def _prepare(self, path: str) -> tuple[Config, list, Pipeline]:
+        """The reloaded config, its estimators and its pipeline, built and checked; nothing running is touched."""
+        new = config_mod.load(path)
+        if not new.receivers:
+            raise ConfigError(f"{path}: no [[receivers]] configured")
+        old = self.config
+        for section in ("output", "metrics", "security"):
+            if getattr(new, section) != getattr(old, section):
+                log.warning("reload: [%s] changed; that needs a restart, the running values stay", section)
+        new = dataclasses.replace(new, output=old.output, metrics=old.metrics, security=old.security)
+        estimators = build_estimators(new)
+        pipeline = Pipeline(
+            new,
+            metrics=self.metrics,
+            send=self._publish,
+            estimators=estimators,
+            truth_source=_truth_source(new) if new.output.publish_truth else None,
+            queued_samples=self._queued_samples,
+        )
+        return new, estimators, pipeline
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -100,6 +100,23 @@ class Metrics:
         self.received_power.labels(receiver_id)
         self.sample_rate.labels(receiver_id)
 
+    #: Per-receiver gauges: a state, which a removed receiver no longer has (its counters stay: they are totals).
+    RECEIVER_GAUGES = ("samples_buffered", "receiver_up", "buffer_fill", "clock_offset", "last_block_age",
+                       "received_power", "sample_rate")
+
+    def forget_receiver(self, receiver_id: str, reading_names=()) -> None:
+        """Remove a receiver's gauges (a reload removed it): a stale ``receiver_up 1`` would say it still runs."""
+        for name in self.RECEIVER_GAUGES:
+            try:
+                getattr(self, name).remove(receiver_id)
+            except KeyError:  # never set
+                pass
+        for reading in reading_names:
+            try:
+                self.receiver_reading.remove(receiver_id, reading)
+            except KeyError:
+                pass
+
 
 class AdapterCounters:
     """``Metrics`` seen through the ``DropCounter`` protocol of receivers/base.py, for adapters.
@@ -109,6 +126,7 @@ class AdapterCounters:
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
+        self.reading_names: dict[str, set[str]] = {}  # receiver -> reading names set, to remove them with the receiver
 
     def bad_frame(self, receiver_id: str, reason: str) -> None:
         self._m.bad_frames.labels(receiver_id, reason).inc()
@@ -118,4 +136,5 @@ class AdapterCounters:
             self._m.samples_dropped.labels(receiver_id, reason, "source").inc(n)
 
     def gauge(self, receiver_id: str, name: str, value: float) -> None:
+        self.reading_names.setdefault(receiver_id, set()).add(name)
         self._m.receiver_reading.labels(receiver_id, name).set(value)
