@@ -16,8 +16,9 @@ import logging
 import signal
 import subprocess
 import sys
-from pathlib import Path
 import threading
+import time
+from pathlib import Path
 
 from streamer import __version__
 from streamer.errors import HeimdallError, MissingDependencyError
@@ -25,6 +26,7 @@ from streamer.errors import HeimdallError, MissingDependencyError
 log = logging.getLogger("heimdall")
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:5557"
+TRAIN_INSTALL = "pip install -e '.[train]'"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--json", action="store_true", help="one JSON object per line")
     listen.add_argument("--topic", default="loc", help="topic prefix (default 'loc')")
     listen.add_argument("--count", type=int, default=0, help="stop after this many messages (0 = forever)")
+    listen.add_argument("--hint-after", type=float, default=5.0, metavar="SECONDS",
+                        help="say on stderr, once, that nothing has arrived after this many seconds (default 5; 0: never)")
 
     check = sub.add_parser("check", help="validate a config (and its model)")
     check.add_argument("-c", "--config", required=True, help="TOML config")
@@ -180,14 +184,25 @@ def cmd_receiver(args) -> int:
 
 
 def format_localization(msg: dict) -> str:
-    """One human line: UTC time, position, 95 % ellipse, receivers, latency."""
+    """One human line: UTC end of the window, latitude and longitude (degrees), the credible ellipse as its
+    probability, semi-major axis ``a`` and semi-minor axis ``b`` (km) and the azimuth of ``a`` (degrees from
+    north), the receivers used, the estimator, and ``proc``: the daemon's processing time for the window (ms),
+    not the message's age."""
     t = dt.datetime.fromtimestamp(msg["t_end_ns"] / 1e9, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
     e = msg["ellipse"]
     return (
         f"{t} {msg['lat']:.5f} {msg['lon']:.5f} "
-        f"{int(round(e['p'] * 100))}% {e['semi_major_m'] / 1000:.1f}x{e['semi_minor_m'] / 1000:.1f} km az {e['azimuth_deg']:.0f} "
-        f"rx={','.join(msg['receivers'])} {msg['estimator']} {msg['latency_ms']['processing']:.1f} ms"
+        f"{int(round(e['p'] * 100))}% a={e['semi_major_m'] / 1000:.1f} km b={e['semi_minor_m'] / 1000:.1f} km "
+        f"az {e['azimuth_deg']:.0f} rx={','.join(msg['receivers'])} {msg['estimator']} "
+        f"proc {msg['latency_ms']['processing']:.1f} ms"
     )
+
+
+def no_message_hint(endpoint: str, topic: str, seconds: float) -> str:
+    """What ``heimdall listen`` says when nothing has arrived: a SUB socket cannot tell a missing publisher
+    from a quiet one, so it names the two usual causes."""
+    return (f"heimdall listen: no message on topic {topic!r} from {endpoint} in {seconds:g} s: is the daemon running "
+            f"(`heimdall run`), and is {endpoint} its output.endpoint? Still waiting.")
 
 
 def cmd_listen(args) -> int:
@@ -202,9 +217,13 @@ def cmd_listen(args) -> int:
     stop = _stop_on_signals()
     seen = 0
     last_seq = None
+    hint_at = time.monotonic() + args.hint_after if args.hint_after > 0 else None
     try:
         while not stop.is_set():
             if not sock.poll(200):
+                if hint_at is not None and seen == 0 and time.monotonic() >= hint_at:
+                    print(no_message_hint(args.endpoint, args.topic, args.hint_after), file=sys.stderr, flush=True)
+                    hint_at = None
                 continue
             frames = sock.recv_multipart()
             if len(frames) != 2:
@@ -255,13 +274,18 @@ def cmd_record(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from models.train.commands import add_train_arguments, run_train
+
+    # Options are parsed before torch is imported, so `heimdall train --help` and a bad option answer without it.
+    parser = argparse.ArgumentParser(prog="heimdall train", description="train the localization network from scratch on simulated networks, export it, score it")
+    add_train_arguments(parser)
+    options = parser.parse_args(args.rest)
     try:
-        from models.train.train import main as train
+        return run_train(options)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "torch":
-            raise MissingDependencyError("heimdall train needs torch: pip install 'heimdall-streamer[train]'") from exc
+            raise MissingDependencyError(f"heimdall train needs torch: {TRAIN_INSTALL}") from exc
         raise
-    return train(args.rest)
 
 
 def cmd_evaluate(args) -> int:

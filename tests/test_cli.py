@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import socket
 import subprocess
 import sys
 
@@ -83,10 +85,52 @@ def test_listen_formats_one_line_per_localization():
            "ellipse": {"p": 0.95, "semi_major_m": 12_345.0, "semi_minor_m": 6_789.0, "azimuth_deg": 33.3},
            "receivers": ["a", "b", "c"], "latency_ms": {"processing": 12.34, "age": 600.0}}
     line = format_localization(msg)
-    assert line == "2026-09-21T14:13:20.500Z 45.12346 7.65432 95% 12.3x6.8 km az 33 rx=a,b,c physics 12.3 ms"
+    # a and b are the semi-axes; proc is the daemon's processing time, not the message's age (600 ms here)
+    assert line == "2026-09-21T14:13:20.500Z 45.12346 7.65432 95% a=12.3 km b=6.8 km az 33 rx=a,b,c physics proc 12.3 ms"
+
+
+def free_tcp_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_listen_with_no_publisher_says_so_on_stderr_and_keeps_waiting():
+    endpoint = free_tcp_endpoint()  # nothing binds it: no daemon
+    proc = subprocess.Popen([sys.executable, "-m", "streamer", "listen", endpoint, "--hint-after", "0.3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stderr], [], [], 30.0)
+        assert ready, "no hint on stderr within 30 s"
+        hint = proc.stderr.readline()
+        assert hint == (f"heimdall listen: no message on topic 'loc' from {endpoint} in 0.3 s: is the daemon running "
+                        f"(`heimdall run`), and is {endpoint} its output.endpoint? Still waiting.\n")
+        assert proc.poll() is None  # still waiting after the hint
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out == "" and err == ""
 
 
 def test_a_training_run_with_no_windows_per_network_is_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--windows-per-network", "0"])
     assert "--windows-per-network: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+NO_TORCH = "import sys; sys.modules['torch'] = None; from streamer.cli import main; raise SystemExit(main(sys.argv[1:]))"
+
+
+def test_train_options_are_checked_and_a_missing_torch_is_named_with_the_install_command(tmp_path):
+    """Without torch, `heimdall train --help` and a bad option still answer; a run says how to install torch."""
+    def train(*options):
+        return subprocess.run([sys.executable, "-c", NO_TORCH, "train", *options], capture_output=True, text=True,
+                              timeout=120)
+
+    help_run = train("--help")
+    assert help_run.returncode == 0 and "--windows-per-network" in help_run.stdout
+    bad = train("--windows-per-network", "0")
+    assert bad.returncode == 2 and "--windows-per-network: expected a positive integer, got 0" in bad.stderr
+    run = train("--out", str(tmp_path / "model.onnx"))
+    assert run.returncode == 2
+    assert run.stderr == "heimdall: error: heimdall train needs torch: pip install -e '.[train]'\n"

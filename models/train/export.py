@@ -22,7 +22,6 @@ from streamer.model_contract import (AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OU
                                      write_metadata)
 
 OPSET = 17
-MAX_MODEL_BYTES = 5 * 1024 * 1024
 
 
 def export_model(model: torch.nn.Module, path: str | Path, meta: ModelMetadata) -> Path:

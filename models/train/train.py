@@ -263,7 +263,8 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     if oversampling != 1:
         args_summary["render"] = f"through streamer.channelizer from {oversampling} x {spec.sample_rate_hz:g} Hz"
     meta = metadata(spec, args_summary)
-    from models.train.export import MAX_MODEL_BYTES, export_model, onnx_vs_torch, set_metadata
+    from models import MAX_MODEL_BYTES
+    from models.train.export import export_model, onnx_vs_torch, set_metadata
 
     export_model(model, out, meta)
     check = val_data.subset(slice(0, 256))

@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch", reason="training needs torch: pip install h
 import streamer.features  # noqa: E402
 from models.train import dataset  # noqa: E402
 from models.train.evaluate import run_centroid, scores  # noqa: E402
-from models.train.export import MAX_MODEL_BYTES, export_model, onnx_vs_torch  # noqa: E402
+from models import MAX_MODEL_BYTES  # noqa: E402
+from models.train.export import export_model, onnx_vs_torch  # noqa: E402
 from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll, log_normal_cdf  # noqa: E402
 from models.train.train import NORMALISATION, fit, loss_of, metadata, rotate_area, to_tensors  # noqa: E402
 from streamer.features import FeatureSpec  # noqa: E402

@@ -8,9 +8,8 @@ import json
 import numpy as np
 import onnx
 
-from models import SHIPPED_VERSION, shipped_model_path
+from models import MAX_MODEL_BYTES, SHIPPED_VERSION, shipped_model_path
 from models.train.commands import add_train_arguments
-from models.train.export import MAX_MODEL_BYTES
 from streamer.config import load
 from streamer.inference import OnnxEstimator
 from streamer.model_contract import (AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, check_model,
