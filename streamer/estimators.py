@@ -62,20 +62,33 @@ class OnnxModel:
     name = "onnx"
 
     def __init__(self, config: Config) -> None:
-        from streamer.inference import OnnxEstimator
+        from streamer.inference import OnnxEstimator, file_sha256
 
         from models import shipped_model_path
 
         import onnxruntime as ort
 
         path = config.estimator.model or shipped_model_path()
+        key = f"{config.source}: estimator.model" + ("" if config.estimator.model else " (unset: the shipped model)")
+        pin = config.estimator.model_sha256
+        if pin is not None:
+            try:
+                digest = file_sha256(path)
+            except OSError as exc:
+                raise ModelMismatchError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+            if digest != pin.lower():
+                raise ModelMismatchError(f"{key}: {path} has SHA-256 {digest}, but estimator.model_sha256 pins {pin.lower()}; "
+                                         "refusing a model that is not the pinned file")
         options = ort.SessionOptions()
         # Batch 1 every half second: one thread, and no worker threads spinning on the daemon's cores.
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._model = OnnxEstimator(path, providers=config.estimator.providers, expected_spec=config.features,
-                                    session_options=options)
+        try:
+            self._model = OnnxEstimator(path, providers=config.estimator.providers, expected_spec=config.features,
+                                        session_options=options)
+        except ModelMismatchError as exc:
+            raise ModelMismatchError(f"{key}: {exc}") from exc
         meta = self._model.metadata
         if len(config.receivers) > self._model.max_receivers:
             raise ModelMismatchError(

@@ -77,9 +77,10 @@ def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray, ellip
     return ModelOutput(position, cov, valid, ellipse_scale)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with Path(path).open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -97,7 +98,7 @@ class OnnxEstimator:
         self.metadata: ModelMetadata = check_model(self.model_path, expected_spec)
         self.spec: FeatureSpec = self.metadata.features
         self.max_receivers: int = self.metadata.max_receivers
-        self.model_sha256 = _sha256(self.model_path)
+        self.model_sha256 = file_sha256(self.model_path)
         chosen = select_providers(providers, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(str(self.model_path), sess_options=session_options, providers=chosen)
