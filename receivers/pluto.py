@@ -190,6 +190,16 @@ class PlutoReceiver(ReceiverBase):
     def from_config(cls, rx: "ReceiverConfig", ctx: ReceiverContext) -> "PlutoReceiver":
         return cls(rx.id, rx.options, ctx)
 
+    @classmethod
+    def check_dependencies(cls) -> None:
+        """Raise ``MissingDependencyError`` with the install command when pyadi-iio or libiio is missing."""
+        import_adi()
+
+    @classmethod
+    def configured_band_hz(cls, options: PlutoOptions, config: Any) -> tuple[float, float]:
+        """(centre, sample rate) in Hz, as the config sets them."""
+        return options.rx_lo_hz, options.sample_rate_hz
+
     # -- setup -----------------------------------------------------------------------------------
 
     def _open(self, adi: Any) -> Any:

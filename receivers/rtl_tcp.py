@@ -173,9 +173,16 @@ class RtlTcpReceiver(ReceiverBase):
         self._closed = self._conn.closed
 
     @classmethod
+    def configured_band_hz(cls, options: RtlTcpOptions | None, config) -> tuple[float, float]:
+        """(centre, sample rate) in Hz, as the config sets them (centre unset: the target)."""
+        opts = options if options is not None else RtlTcpOptions()
+        freq = opts.center_freq_hz if opts.center_freq_hz is not None else config.network.target_freq_hz
+        return freq, opts.sample_rate_hz
+
+    @classmethod
     def from_config(cls, rx, ctx: ReceiverContext) -> "RtlTcpReceiver":
         opts = rx.options if rx.options is not None else RtlTcpOptions()
-        freq = opts.center_freq_hz if opts.center_freq_hz is not None else ctx.config.network.target_freq_hz
+        freq, _ = cls.configured_band_hz(opts, ctx.config)
         return cls(rx.id, opts, center_freq_hz=freq)
 
     def close(self) -> None:

@@ -647,8 +647,7 @@ class SimulatedReceiver(ReceiverBase):
         self._clock_ns = clock_ns
         self._sleep = sleep
         opts = self.options
-        self.sample_rate_hz = float(opts.sample_rate_hz)
-        self.center_freq_hz = float(opts.center_freq_hz) if opts.center_freq_hz is not None else world.target_freq_hz - 50e3
+        self.center_freq_hz, self.sample_rate_hz = self.band_hz(opts, world.target_freq_hz)
         ppm = world.clock_ppm[self.index] * 1e-6
         # One reference oscillator drives both: true rate and LO are off by the same fraction.
         self.true_sample_rate_hz = self.sample_rate_hz * (1.0 + ppm)
@@ -662,6 +661,17 @@ class SimulatedReceiver(ReceiverBase):
         self.noise_dbm = world.noise_dbm(self.index, self.sample_rate_hz)
         self._closed = False
         self._noise_cache: tuple[int, np.ndarray] | None = None
+
+    @staticmethod
+    def band_hz(options: "SimulatedReceiver.Options", target_freq_hz: float) -> tuple[float, float]:
+        """(centre, nominal sample rate) in Hz: the centre defaults to 50 kHz below the target."""
+        center = float(options.center_freq_hz) if options.center_freq_hz is not None else target_freq_hz - 50e3
+        return center, float(options.sample_rate_hz)
+
+    @classmethod
+    def configured_band_hz(cls, options: "SimulatedReceiver.Options | None", config) -> tuple[float, float]:
+        """(centre, sample rate) in Hz, as the config sets them."""
+        return cls.band_hz(options or cls.Options(), config.network.target_freq_hz)
 
     @classmethod
     def from_config(cls, rx, ctx: ReceiverContext) -> "SimulatedReceiver":

@@ -217,6 +217,17 @@ class SoapyReceiver(ReceiverBase):
         self._closed = False
 
     @classmethod
+    def check_dependencies(cls) -> None:
+        """Raise ``MissingDependencyError`` with the install command when the SoapySDR binding is missing."""
+        import_soapysdr()
+
+    @classmethod
+    def configured_band_hz(cls, options: SoapyOptions | None, config: Any) -> tuple[float, float]:
+        """(centre, sample rate) in Hz, as the config sets them."""
+        options = options if options is not None else SoapyOptions()
+        return options.center_freq_hz, options.sample_rate_hz
+
+    @classmethod
     def from_config(cls, rx, ctx: ReceiverContext) -> "SoapyReceiver":
         """Build from a validated ``ReceiverConfig``; raises ``MissingDependencyError`` without the binding."""
         soapy = import_soapysdr()

@@ -81,6 +81,8 @@ class Options:
             raise ValueError(f"max_rate_sps: expected > 0 (or unset), got {self.max_rate_sps}")
         if self.rate_limit_factor < 0 or self.rate_burst_s <= 0:
             raise ValueError(f"rate_limit_factor >= 0 and rate_burst_s > 0 expected, got {self.rate_limit_factor}, {self.rate_burst_s}")
+        if not self.recv_timeout_s > 0:
+            raise ValueError(f"recv_timeout_s: expected > 0 s, got {self.recv_timeout_s}")
 
 
 def open_socket(

@@ -23,6 +23,7 @@ from streamer.errors import ConfigError, HeimdallError
 from streamer.estimators import build_estimators
 from streamer.metrics import AdapterCounters, Metrics
 from streamer.pipeline import Pipeline
+from streamer.preflight import preflight
 from streamer.publish import ZmqPublisher
 from streamer.runner import BlockQueue, ReceiverRunner, coalesce_blocks
 
@@ -51,6 +52,13 @@ def _warn_exposed(config: Config) -> None:
             security.warn_if_exposed(f"receivers[{i}] ({rx.id}, kind zmq)", rx.options.endpoint, curve=sec.curve_ingest)
 
 
+def _reason(exc: OSError) -> str:
+    """'address already in use' from an OSError or the ZMQError it wraps."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    text = getattr(cause, "strerror", None) or str(cause)
+    return text[:1].lower() + text[1:]
+
+
 def _truth_source(config: Config):
     """The simulated world, when the receivers are simulated (its ground truth goes out on topic 'truth')."""
     if not any(rx.kind == "simulator" for rx in config.receivers):
@@ -65,19 +73,15 @@ class Daemon:
 
     def __init__(self, config: Config, *, registry: CollectorRegistry | None = None,
                  reload_requested: threading.Event | None = None) -> None:
-        if not config.receivers:
-            raise ValueError(f"{config.source}: no [[receivers]] configured")
+        for note in preflight(config):  # the checks `heimdall check` makes: ConfigError / MissingDependencyError
+            log.warning("%s", note)
         self.config = config
         self.metrics = Metrics(registry)
         self.estimators = build_estimators(config)
         sec = config.security
         keys = None
-        if sec.curve_output or sec.curve_ingest:  # checked here so that a bad key stops the start (exit 2)
+        if sec.curve_output or sec.curve_ingest:  # preflight checked the key and the allow-lists
             keys = security.load_secret_key(sec.secret_key, key=f"{config.source}: security.secret_key")
-            for on, domain_dir, name in ((sec.curve_output, sec.output_clients_dir, "output_clients_dir"),
-                                         (sec.curve_ingest, sec.ingest_clients_dir, "ingest_clients_dir")):
-                if on:
-                    security.load_allow_list(domain_dir, key=f"{config.source}: security.{name}")
         _warn_exposed(config)
         self.authenticator: security.CurveAuthenticator | None = None
         archive = config.output.archive
@@ -86,16 +90,23 @@ class Daemon:
             on_error=lambda reason: self.metrics.archive_errors.labels(reason).inc(),
         )
         self._start_authenticator()  # before any CURVE socket exists: without it libzmq admits any client
-        self.publisher = ZmqPublisher(
-            config.output.endpoint,
-            send_hwm=config.output.send_hwm,
-            send_buffer_bytes=config.output.send_buffer_bytes,
-            on_sent=lambda topic: self.metrics.messages_published.labels(topic).inc(),
-            on_dropped=lambda topic: self.metrics.subscriber_drops.labels(topic).inc(),
-            on_subscribers=self.metrics.subscriptions.set,
-            curve_keys=keys if sec.curve_output else None,
-            on_auth_failure=lambda socket: self.metrics.auth_failures.labels(socket).inc(),
-        )
+        try:
+            self.publisher = ZmqPublisher(
+                config.output.endpoint,
+                send_hwm=config.output.send_hwm,
+                send_buffer_bytes=config.output.send_buffer_bytes,
+                on_sent=lambda topic: self.metrics.messages_published.labels(topic).inc(),
+                on_dropped=lambda topic: self.metrics.subscriber_drops.labels(topic).inc(),
+                on_subscribers=self.metrics.subscriptions.set,
+                curve_keys=keys if sec.curve_output else None,
+                on_auth_failure=lambda socket: self.metrics.auth_failures.labels(socket).inc(),
+            )
+        except OSError as exc:  # busy port, missing ipc folder: exit 2 naming the key, not a traceback
+            if self.archive is not None:
+                self.archive.close()
+            if self.authenticator is not None:
+                self.authenticator.stop()
+            raise ConfigError(f"{config.source}: output.endpoint {config.output.endpoint}: {_reason(exc)}") from None
         self._queued: Counter[str] = Counter()
         self._queued_lock = threading.Lock()
         self.pipeline = Pipeline(
@@ -173,7 +184,11 @@ class Daemon:
     def start(self) -> None:
         cfg = self.config
         if cfg.metrics.enabled:
-            server, _thread = start_http_server(cfg.metrics.port, addr=cfg.metrics.host, registry=self.metrics.registry)
+            try:
+                server, _thread = start_http_server(cfg.metrics.port, addr=cfg.metrics.host, registry=self.metrics.registry)
+            except OSError as exc:  # busy port, address not on this host: exit 2 naming the key, not a traceback
+                self.shutdown()
+                raise ConfigError(f"{cfg.source}: metrics.port {cfg.metrics.port} on {cfg.metrics.host}: {_reason(exc)}") from None
             self.metrics_server = server
             host, port = server.server_address[:2]
             self.metrics_url = f"http://{cfg.metrics.host}:{port}/metrics"

@@ -89,6 +89,32 @@ def rational_ratio(in_rate_hz: float, out_rate_hz: float, max_up_down: int = MAX
     return approx.numerator, approx.denominator
 
 
+def check_tunable(in_rate_hz: float, center_freq_hz: float, target_freq_hz: float, out_rate_hz: float,
+                  max_up_down: int = MAX_UP_DOWN) -> tuple[int, int]:
+    """The rule a ``Channelizer`` applies: ``(up, down)``, or ValueError saying why the band cannot be channelized.
+
+    Rates must be positive and finite, the target within ``center_freq_hz ± in_rate_hz/2`` (Hz), and
+    ``out_rate_hz/in_rate_hz`` a small fraction (``rational_ratio``). ``heimdall check`` applies it to
+    receivers whose config fixes their band.
+
+    Examples
+    --------
+    >>> check_tunable(48_000.0, 145.45e6, 145.5e6, 24_000.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: channelizer: target_freq_hz=145500000.0 is outside the band received around center_freq_hz=145450000.0 at in_rate_hz=48000.0 (±24000.0 Hz)
+    """
+    for name, rate in (("in_rate_hz", in_rate_hz), ("out_rate_hz", out_rate_hz)):
+        if not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"channelizer: {name} must be a positive number of Hz, got {rate!r}")
+    if not abs(target_freq_hz - center_freq_hz) <= in_rate_hz / 2:
+        raise ValueError(
+            f"channelizer: target_freq_hz={target_freq_hz} is outside the band received around"
+            f" center_freq_hz={center_freq_hz} at in_rate_hz={in_rate_hz} (±{in_rate_hz / 2} Hz)"
+        )
+    return rational_ratio(in_rate_hz, out_rate_hz, max_up_down)
+
+
 def design_taps(up: int, down: int, taps_per_phase: int = 20) -> np.ndarray:
     """Anti-alias low-pass designed as ``resample_poly`` does by default (not yet multiplied by ``up``).
 
@@ -259,21 +285,14 @@ class Channelizer:
         *,
         max_up_down: int = MAX_UP_DOWN,
     ) -> None:
-        for name, rate in (("in_rate_hz", in_rate_hz), ("out_rate_hz", out_rate_hz)):
-            if not (math.isfinite(rate) and rate > 0):
-                raise ValueError(f"channelizer: {name} must be a positive number of Hz, got {rate!r}")
-        if not abs(target_freq_hz - center_freq_hz) <= in_rate_hz / 2:
-            raise ValueError(
-                f"channelizer: target_freq_hz={target_freq_hz} is outside the band received around"
-                f" center_freq_hz={center_freq_hz} at in_rate_hz={in_rate_hz} (±{in_rate_hz / 2} Hz)"
-            )
+        up, down = check_tunable(in_rate_hz, center_freq_hz, target_freq_hz, out_rate_hz, max_up_down)
         if isinstance(taps_per_phase, bool) or not isinstance(taps_per_phase, int) or taps_per_phase < 2:
             raise ValueError(f"channelizer: taps_per_phase must be an integer >= 2, got {taps_per_phase!r}")
         self.in_rate_hz = float(in_rate_hz)
         self.center_freq_hz = float(center_freq_hz)
         self.target_freq_hz = float(target_freq_hz)
         self.out_rate_hz = float(out_rate_hz)
-        self.up, self.down = rational_ratio(in_rate_hz, out_rate_hz, max_up_down)
+        self.up, self.down = up, down
         self.taps = design_taps(self.up, self.down, taps_per_phase)
         self._mixer = Mixer(Fraction(target_freq_hz) - Fraction(center_freq_hz), in_rate_hz)
         self._resampler = PolyphaseResampler(self.up, self.down, self.taps)

@@ -139,13 +139,19 @@ def cmd_run(args) -> int:
 def cmd_check(args) -> int:
     from streamer import config as config_mod
     from streamer.estimators import build_estimators
+    from streamer.preflight import preflight, provider_summary
 
     cfg = config_mod.load(args.config)
+    notes = preflight(cfg)  # the same checks `heimdall run` makes before it starts
     estimators = build_estimators(cfg)  # loads and checks the model against the contract, if one is named
     print(f"{cfg.source}: ok ({len(cfg.receivers)} receivers, estimator {cfg.estimator.kind})")
     for estimator in estimators:
         if hasattr(estimator, "site_summary"):
             print(f"model {estimator.info['name']} {estimator.info['version']}: {estimator.site_summary()}")
+    if cfg.estimator.kind == "onnx":
+        print(provider_summary(cfg))
+    for note in notes:
+        print(f"warning: {note}")
     return 0
 
 

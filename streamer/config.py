@@ -21,6 +21,7 @@ import dataclasses
 import importlib.resources
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -92,6 +93,11 @@ class EstimatorConfig:
         default=None,
         metadata=_doc("ONNX model file; unset = the model shipped in the package; relative = to the config file"),
     )
+    model_sha256: str | None = field(
+        default=None,
+        metadata=_doc("SHA-256 of the model file (64 hex digits, as `sha256sum` prints it); a file that differs is "
+                      "refused. Unset = not checked"),
+    )
     providers: tuple[str, ...] = field(
         default=("CUDAExecutionProvider", "CPUExecutionProvider"),
         metadata=_doc("ONNX Runtime providers in order of preference; CPU is always the fallback"),
@@ -139,12 +145,20 @@ class SecurityConfig:
         default=False, metadata=_doc("CURVE on framed-IQ ingest (kind 'zmq'): only edges in ingest_clients_dir")
     )
     secret_key: str | None = field(
-        default=None, metadata=_doc("this host's key pair: NAME.key_secret (mode 0600) from `heimdall keys generate`")
+        default=None, metadata=_doc("this host's key pair: NAME.key_secret (mode 0600) from `heimdall keys generate`; "
+                                    "relative = to the config file")
     )
-    output_clients_dir: str | None = field(default=None, metadata=_doc("allowed subscribers' public keys (*.key files)"))
-    ingest_clients_dir: str | None = field(default=None, metadata=_doc("allowed edge publishers' public keys (*.key files)"))
+    output_clients_dir: str | None = field(
+        default=None, metadata=_doc("allowed subscribers' public keys (*.key files; not writable by others); "
+                                    "relative = to the config file")
+    )
+    ingest_clients_dir: str | None = field(
+        default=None, metadata=_doc("allowed edge publishers' public keys (*.key files; not writable by others); "
+                                    "relative = to the config file")
+    )
     server_key: str | None = field(
-        default=None, metadata=_doc("`heimdall receiver` with curve_ingest: the central daemon's public NAME.key")
+        default=None, metadata=_doc("`heimdall receiver` with curve_ingest: the central daemon's public NAME.key; "
+                                    "relative = to the config file")
     )
 
 
@@ -209,6 +223,10 @@ class Config:
 
 
 _COMMON_RECEIVER_KEYS = {f.name for f in dataclasses.fields(ReceiverConfig)} - {"options"}
+#: [security] keys that name files or folders: ``load`` resolves them against the config file's folder.
+_SECURITY_PATHS = ("secret_key", "output_clients_dir", "ingest_clients_dir", "server_key")
+#: Shortest heartbeat period served (s): the status message is for dashboards, not a data stream.
+MIN_STATUS_INTERVAL_S = 0.1
 
 
 def default_config_path() -> Path:
@@ -240,6 +258,11 @@ def load(path: str | Path | None = None) -> Config:
     if survey is not None and not Path(survey).is_absolute():
         physics = dataclasses.replace(cfg.estimator.physics, shadowing_map=os.path.abspath(path.parent / survey))
         cfg = dataclasses.replace(cfg, estimator=dataclasses.replace(cfg.estimator, physics=physics))
+    sec = cfg.security
+    relative = {name: os.path.abspath(path.parent / value) for name in _SECURITY_PATHS
+                if (value := getattr(sec, name)) is not None and not Path(value).is_absolute()}
+    if relative:  # key files move with the config, like the model
+        cfg = dataclasses.replace(cfg, security=dataclasses.replace(sec, **relative))
     return cfg
 
 
@@ -333,6 +356,8 @@ def _coerce(hint: Any, value: Any, path: str, source: str):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {path}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # TOML spells nan and inf; no key of this schema or any Options takes them
+            raise ConfigError(f"{source}: {path}: expected a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -362,7 +387,19 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(p.late_tolerance_s >= 0, "pipeline.late_tolerance_s", ">= 0", p.late_tolerance_s)
     need(p.queue_blocks >= 1, "pipeline.queue_blocks", ">= 1", p.queue_blocks)
     need(p.queue_mb > 0, "pipeline.queue_mb", "> 0", p.queue_mb)
+    need(p.offline_after_s > 0, "pipeline.offline_after_s", "> 0 s", p.offline_after_s)
+    need(p.clock_jump_tolerance_s > 0, "pipeline.clock_jump_tolerance_s", "> 0 s", p.clock_jump_tolerance_s)
+    net = cfg.network
+    need(net.target_freq_hz > 0, "network.target_freq_hz", "a frequency > 0 Hz", net.target_freq_hz)
+    need(net.area_margin_km > 0, "network.area_margin_km", "> 0 km", net.area_margin_km)
+    need(net.channel_bandwidth_hz > 0, "network.channel_bandwidth_hz", "> 0 Hz", net.channel_bandwidth_hz)
+    need(cfg.output.send_hwm >= 1, "output.send_hwm", ">= 1 message (0 would queue without limit)", cfg.output.send_hwm)
+    need(cfg.output.status_interval_s >= MIN_STATUS_INTERVAL_S, "output.status_interval_s",
+         f">= {MIN_STATUS_INTERVAL_S} s", cfg.output.status_interval_s)
     need(cfg.estimator.kind in ("physics", "onnx"), "estimator.kind", "'physics' or 'onnx'", cfg.estimator.kind)
+    pin = cfg.estimator.model_sha256
+    need(pin is None or re.fullmatch(r"[0-9a-fA-F]{64}", pin) is not None, "estimator.model_sha256",
+         "64 hexadecimal digits (sha256sum MODEL.onnx)", pin)
     need(cfg.estimator.model_site in ("physics", "none"), "estimator.model_site", "'physics' or 'none'",
          cfg.estimator.model_site)
     need(0 <= cfg.metrics.port < 65536, "metrics.port", "0..65535", cfg.metrics.port)

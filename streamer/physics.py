@@ -217,6 +217,27 @@ class PhysicsResult:
     ellipse_scales: np.ndarray
 
 
+def grid_shape(area: SearchArea, grid_step_km: float) -> tuple[int, int]:
+    """(east, north) cell counts of the posterior grid: cells tile the area exactly (the step adjusted per
+    axis), so the uniform prior covers exactly it."""
+    step_m = 1000.0 * grid_step_km
+    return max(1, int(round(area.width_m / step_m))), max(1, int(round(area.height_m / step_m)))
+
+
+def power_bins(physics) -> int:
+    """Bins of the transmit-power marginalisation: ``POWER_STEP_DB`` wide over the prior's range."""
+    return max(1, int(math.ceil((physics.tx_power_max_dbm - physics.tx_power_min_dbm) / POWER_STEP_DB)))
+
+
+def grid_bytes(physics, area: SearchArea, n_receivers: int) -> tuple[int, int]:
+    """``(cells, bytes)``: the posterior grid's size and what the estimator holds at its peak, in float64:
+    cell centres and their meshgrid (4 per cell), distance, path loss and implied power per receiver
+    (3 x receivers) and the log posterior over the power bins (``power_bins``)."""
+    n_e, n_n = grid_shape(area, physics.grid_step_km)
+    cells = n_e * n_n
+    return cells, cells * 8 * (4 + 3 * n_receivers + power_bins(physics))
+
+
 class PhysicsEstimator:
     """Grid posterior of the transmitter position from per-receiver received power.
 
@@ -254,10 +275,7 @@ class PhysicsEstimator:
         self.rx_alt_m = np.asarray(rx_alt_m, dtype=np.float64).reshape(-1)
         if self.rx_alt_m.shape[0] != self.rx_en_m.shape[0]:
             raise ValueError(f"rx_alt_m has {self.rx_alt_m.shape[0]} entries for {self.rx_en_m.shape[0]} receivers")
-        step_m = 1000.0 * physics.grid_step_km
-        # Cells tile the area exactly (step adjusted per axis) so the prior is uniform over exactly it.
-        n_e = max(1, int(round(area.width_m / step_m)))
-        n_n = max(1, int(round(area.height_m / step_m)))
+        n_e, n_n = grid_shape(area, physics.grid_step_km)
         self.cell_m = (area.width_m / n_e, area.height_m / n_n)
         east = area.east_min_m + (np.arange(n_e) + 0.5) * self.cell_m[0]
         north = area.north_min_m + (np.arange(n_n) + 0.5) * self.cell_m[1]
@@ -266,7 +284,7 @@ class PhysicsEstimator:
         dist = slant_distance_m(self.grid_en_m, physics.tx_alt_m, self.rx_en_m, self.rx_alt_m)
         self._path_loss_db = log_distance_path_loss_db(dist, physics.ref_loss_db, physics.path_loss_exponent)  # [G, R]
         span = physics.tx_power_max_dbm - physics.tx_power_min_dbm
-        n_p = max(1, int(math.ceil(span / POWER_STEP_DB)))
+        n_p = power_bins(physics)
         self.power_grid_dbm = physics.tx_power_min_dbm + (np.arange(n_p) + 0.5) * span / n_p  # [P] bin centres
         self.sigma_db = math.hypot(physics.shadowing_db, physics.calibration_sigma_db)
         # Optional full covariance of the receivers' power errors (shadowing + calibration, dB^2) in place of

@@ -19,7 +19,7 @@ import numpy as np
 from receivers.base import Flags, IQBlock, ReceiverContext
 from receivers.registry import open_receiver
 from streamer.config import ReceiverConfig
-from streamer.errors import HeimdallError, ReceiverFatalError, ReceiverTransientError
+from streamer.errors import HeimdallError, MissingDependencyError, ReceiverFatalError, ReceiverTransientError
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class ReceiverRunner:
                 log.info("receiver %s: source ended", self.rx.id)
                 self._on_state(self.rx.id, False)
                 return
-            except ReceiverFatalError as exc:
+            except (ReceiverFatalError, MissingDependencyError) as exc:  # retrying cannot install a package
                 self.fatal = str(exc)
                 log.error("receiver %s stopped: %s", self.rx.id, exc)
                 self._on_state(self.rx.id, False)

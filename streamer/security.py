@@ -168,6 +168,12 @@ def load_allow_list(directory: str | os.PathLike | None, *, key: str) -> dict[by
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"{key}: allow-list directory {directory} does not exist or is not a directory")
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & 0o002:
+        raise ConfigError(
+            f"{key}: allow-list directory {directory} is writable by others (mode {mode:04o}); anyone on this host "
+            f"could add a key and be admitted. Fix: chmod o-w {directory}"
+        )
     try:
         files = sorted(directory.glob("*.key"))
     except OSError as exc:
@@ -294,6 +300,31 @@ class SocketEvents:
 
 # Exposure ---------------------------------------------------------------------------------------------
 _LOOPBACK_HOSTS = {"localhost", "::1", "[::1]", "ip6-localhost"}
+ENDPOINT_FORMS = "tcp://HOST:PORT (PORT 0..65535 or *), ipc://PATH or inproc://NAME"
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, str, str]:
+    """``(scheme, host or path, port)`` of a ZeroMQ endpoint (port "" for ipc/inproc); ValueError naming the
+    forms expected otherwise.
+
+    Examples
+    --------
+    >>> parse_endpoint("tcp://127.0.0.1:5557"), parse_endpoint("ipc:///run/heimdall.sock")
+    (('tcp', '127.0.0.1', '5557'), ('ipc', '/run/heimdall.sock', ''))
+    >>> parse_endpoint("garbage")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected tcp://HOST:PORT (PORT 0..65535 or *), ipc://PATH or inproc://NAME, got 'garbage'
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    host, colon, port = rest.rpartition(":") if scheme == "tcp" else (rest, "", "")
+    host = host.rsplit(";", 1)[-1]  # tcp://source;dest form
+    ok = bool(sep and host.strip()) and scheme in ("tcp", "ipc", "inproc")
+    if scheme == "tcp":
+        ok = ok and bool(colon) and (port == "*" or (port.isdigit() and int(port) < 65536))
+    if not ok:
+        raise ValueError(f"expected {ENDPOINT_FORMS}, got {endpoint!r}")
+    return scheme, host, port
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:

@@ -14,6 +14,8 @@ from streamer.features import FeatureSpec
 from tests.onnx_models import known_model, save
 
 SITE = """
+[pipeline]
+min_receivers = 1
 [estimator]
 kind = "{kind}"
 {model}

@@ -1,0 +1,209 @@
+"""Preflight: everything the daemon needs from a loaded config before it starts, checked in one place.
+
+``heimdall check``, ``heimdall run`` (``Daemon.__init__``) and a reload all call ``preflight(config)``,
+so the three give the same verdict on every config. ``config.load`` has already checked types, finite
+numbers and value ranges; this adds what depends on several keys, the host or installed packages:
+
+- at least one receiver, and no more ``pipeline.min_receivers`` than receivers;
+- ZeroMQ endpoints that parse (``output.endpoint``, receivers' ``endpoint``) and a ``metrics.host`` that
+  resolves;
+- memory: ring buffers (receivers x ``pipeline.buffer_s`` x ``features.sample_rate_hz`` x 8 bytes) and
+  the physics posterior grid (``streamer.physics.grid_bytes``) each within ``memory_limit_bytes()``;
+- CURVE key files and allow-lists, read by the same functions the daemon uses (``streamer.security``);
+- each receiver kind's optional dependencies (the adapter's ``check_dependencies()``), and, where the
+  config fixes a receiver's band (the adapter's ``configured_band_hz()``), that the channelizer can reach
+  ``network.target_freq_hz`` from it (``streamer.channelizer.check_tunable``).
+
+It raises ``ConfigError`` or ``MissingDependencyError`` (file, key, value, expectation) and returns notes:
+warnings that do not stop the daemon. It opens no sockets and loads no model, so a reload can afford it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import math
+import os
+import socket
+
+from streamer.config import Config
+from streamer.errors import ConfigError, MissingDependencyError
+
+#: Most memory one structure (all ring buffers together, or the posterior grid) may take (bytes); less
+#: on a host with under four times this much physical memory (``memory_limit_bytes``).
+MAX_STRUCTURE_BYTES = 2 << 30
+#: Bytes per ring-buffer sample: complex64 (``streamer.ringbuffer.RingBuffer``).
+RING_SAMPLE_BYTES = 8
+GPU_FIX = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.17'"
+
+
+def preflight(config: Config) -> list[str]:
+    """Check what ``heimdall run`` needs beyond ``config.load``; returns warnings, raises on what would fail.
+
+    Examples
+    --------
+    >>> from streamer.config import from_dict
+    >>> preflight(from_dict({}, source="empty.toml"))
+    Traceback (most recent call last):
+    ...
+    streamer.errors.ConfigError: empty.toml: receivers: expected at least one [[receivers]] table, got none
+    """
+    _check_receiver_count(config)
+    _check_endpoints(config)
+    _check_memory(config)
+    _check_security(config)
+    notes: list[str] = []
+    for i, rx in enumerate(config.receivers):
+        notes += _check_receiver(config, i, rx)
+    if config.estimator.kind == "onnx":
+        notes += onnxruntime_notes()
+    return notes
+
+
+def _label(i: int, rx) -> str:
+    return f"receivers[{i}] (id {rx.id!r}, kind {rx.kind!r})"
+
+
+def _check_receiver_count(config: Config) -> None:
+    n = len(config.receivers)
+    if n == 0:
+        raise ConfigError(f"{config.source}: receivers: expected at least one [[receivers]] table, got none")
+    if config.pipeline.min_receivers > n:
+        raise ConfigError(
+            f"{config.source}: pipeline.min_receivers: expected at most the number of receivers ({n}), "
+            f"got {config.pipeline.min_receivers}: the daemon would never localize"
+        )
+
+
+def _check_endpoints(config: Config) -> None:
+    from streamer.security import parse_endpoint
+
+    endpoints = [("output.endpoint", config.output.endpoint)]
+    endpoints += [(f"{_label(i, rx)}.endpoint", rx.options.endpoint) for i, rx in enumerate(config.receivers)
+                  if isinstance(getattr(rx.options, "endpoint", None), str)]
+    for key, endpoint in endpoints:
+        try:
+            parse_endpoint(endpoint)
+        except ValueError as exc:
+            raise ConfigError(f"{config.source}: {key}: {exc}") from None
+    metrics = config.metrics
+    if metrics.enabled:
+        try:
+            socket.getaddrinfo(metrics.host, metrics.port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"{config.source}: metrics.host: cannot resolve {metrics.host!r} ({reason}); "
+                              "expected an IP address or a resolvable host name") from None
+
+
+def memory_limit_bytes() -> int:
+    """``MAX_STRUCTURE_BYTES``, or a quarter of physical memory where that is less."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return MAX_STRUCTURE_BYTES
+    return min(MAX_STRUCTURE_BYTES, max(1, physical // 4))
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GiB``-style text."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_memory(config: Config) -> None:
+    from streamer.geodesy import network_geometry
+    from streamer.physics import grid_bytes
+
+    limit = memory_limit_bytes()
+    p, rate, n = config.pipeline, config.features.sample_rate_hz, len(config.receivers)
+    per_ring = math.ceil(p.buffer_s * rate) * RING_SAMPLE_BYTES  # streamer.lane.Lane sizes its ring so
+    if per_ring * n > limit:
+        raise ConfigError(
+            f"{config.source}: pipeline.buffer_s: {p.buffer_s!r} s at features.sample_rate_hz {rate:g} Hz needs "
+            f"{format_bytes(per_ring)} of ring buffer per receiver, {format_bytes(per_ring * n)} for {n} receivers; "
+            f"expected at most {format_bytes(limit)} in all: lower pipeline.buffer_s"
+        )
+    try:
+        _, _, area = network_geometry(config)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source}: receivers: {exc}") from None
+    ph = config.estimator.physics
+    cells, size = grid_bytes(ph, area, n)
+    if size > limit:
+        raise ConfigError(
+            f"{config.source}: estimator.physics.grid_step_km = {ph.grid_step_km!r} over network.area_margin_km = "
+            f"{config.network.area_margin_km!r} ({area.width_m / 1e3:.0f} x {area.height_m / 1e3:.0f} km): the posterior "
+            f"grid would hold {cells:.3g} cells and take {format_bytes(size)}; expected at most {format_bytes(limit)}: "
+            "raise grid_step_km or lower area_margin_km"
+        )
+
+
+def _check_security(config: Config) -> None:
+    from streamer import security
+
+    sec, src = config.security, config.source
+    if sec.curve_output or sec.curve_ingest:
+        security.load_secret_key(sec.secret_key, key=f"{src}: security.secret_key")
+    for on, directory, name in ((sec.curve_output, sec.output_clients_dir, "output_clients_dir"),
+                                (sec.curve_ingest, sec.ingest_clients_dir, "ingest_clients_dir")):
+        if on:
+            security.load_allow_list(directory, key=f"{src}: security.{name}")
+    if sec.curve_ingest and sec.server_key is not None:  # used by `heimdall receiver` on an edge
+        security.load_public_key(sec.server_key, key=f"{src}: security.server_key")
+
+
+def _check_receiver(config: Config, i: int, rx) -> list[str]:
+    from receivers.registry import adapter_class
+    from streamer.channelizer import check_tunable
+
+    label = _label(i, rx)
+    try:
+        cls = adapter_class(rx.kind)
+        probe = getattr(cls, "check_dependencies", None)
+        if probe is not None:
+            probe()
+    except MissingDependencyError as exc:
+        raise MissingDependencyError(f"{config.source}: {label}: {exc}") from None
+    band = getattr(cls, "configured_band_hz", None)
+    if band is None:
+        return []  # the band is known only from the stream: the lane logs an untunable one at run time
+    center, rate = band(rx.options, config)
+    target = config.network.target_freq_hz
+    try:
+        check_tunable(rate, center, target, config.features.sample_rate_hz)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{config.source}: {label}: centre {center:g} Hz at {rate:g} S/s cannot be channelized to "
+            f"network.target_freq_hz = {target:g} Hz ({exc}); expected the target within centre ± rate/2 "
+            "and a rate in a small ratio to features.sample_rate_hz: every block would be dropped as untunable"
+        ) from None
+    return []
+
+
+def onnxruntime_notes() -> list[str]:
+    """A warning when both the CPU and the GPU ONNX Runtime distributions are installed (they share a folder)."""
+    installed = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            installed.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if len(installed) < 2:
+        return []
+    return [f"both {' and '.join(installed)} are installed; they share the package folder 'onnxruntime', so "
+            f"which one runs depends on install order. Keep one: {GPU_FIX} (or only onnxruntime for CPU)"]
+
+
+def provider_summary(config: Config, providers_available: list[str] | None = None) -> str:
+    """Which ONNX Runtime provider will run the model: the first of ``estimator.providers`` available here,
+    with CPU as the fallback."""
+    if providers_available is None:
+        import onnxruntime
+
+        providers_available = list(onnxruntime.get_available_providers())
+    chosen = next((p for p in config.estimator.providers if p in providers_available), "CPUExecutionProvider")
+    return (f"ONNX Runtime provider {chosen} (estimator.providers: {', '.join(config.estimator.providers)}; "
+            f"available here: {', '.join(providers_available)})")
