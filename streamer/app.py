@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from streamer.config import Config
 from streamer.errors import ConfigError, HeimdallError
 from streamer.estimators import build_estimators
 from streamer.metrics import AdapterCounters, Metrics
+from streamer.pacing import ReplayPacer, limits as pace_limits
 from streamer.pipeline import Pipeline
 from streamer.preflight import preflight
 from streamer.publish import ZmqPublisher
@@ -55,7 +57,9 @@ def _warn_exposed(config: Config) -> None:
 def _reason(exc: OSError) -> str:
     """'address already in use' from an OSError or the ZMQError it wraps."""
     cause = exc.__cause__ if exc.__cause__ is not None else exc
-    text = getattr(cause, "strerror", None) or str(cause)
+    code = getattr(cause, "errno", None)
+    # The errno's own text: pyzmq appends "(addr='...')" to its strerror, and the key already names the address.
+    text = os.strerror(code) if isinstance(code, int) and 0 < code < 1000 else (getattr(cause, "strerror", None) or str(cause))
     return text[:1].lower() + text[1:]
 
 
@@ -121,6 +125,7 @@ class Daemon:
                                 max_bytes=max(1, int(config.pipeline.queue_mb * 2**20)))
         self._counters = _DaemonCounters(self.metrics)
         self._stop = threading.Event()
+        self.pacer = ReplayPacer.for_config(config)  # keeps sources that are not real-time in step
         self.reload_requested = reload_requested if reload_requested is not None else threading.Event()
         self.runners = {rx.id: self._runner(rx, config) for rx in config.receivers}
         self.metrics_server = None
@@ -128,7 +133,11 @@ class Daemon:
 
     def _runner(self, rx, config: Config) -> ReceiverRunner:
         ctx = ReceiverContext(config=config, drops=self._counters, gauge=self._counters.gauge)
-        return ReceiverRunner(rx, ctx, self._on_block, on_state=self._on_state)
+        # The sink gets the runner's own stop event: a runner stopped by a reload must not stay blocked in
+        # back-pressure (pacer or queue) while the daemon goes on.
+        runner = ReceiverRunner(rx, ctx, lambda block, realtime: self._on_block(block, realtime, runner.stopping),
+                                on_state=self._on_state)
+        return runner
 
     def _publish(self, topic: str, payload: dict) -> bool:
         """Send on the output socket; localizations and status also go to the archive, if configured."""
@@ -158,12 +167,19 @@ class Daemon:
             self.metrics.auth_failures.labels(socket)  # at zero from the start, for alerts
 
     # Adapter threads ----------------------------------------------------------------------------------
-    def _on_block(self, block: IQBlock, realtime: bool) -> None:
+    def _on_block(self, block: IQBlock, realtime: bool, stop: threading.Event | None = None) -> None:
+        stop = self._stop if stop is None else stop
+        if realtime:
+            self.pacer.leave(block.receiver_id)  # configured as not real-time, but the adapter is: nobody waits for it
+        elif not self.pacer.admit(block, stop):
+            return  # stopping: the block was never handed over, so it is not counted as received either
         n = len(block.samples)
         self.metrics.samples_received.labels(block.receiver_id).inc(n)
         with self._queued_lock:
             self._queued[block.receiver_id] += n
-        self.queue.put(block, realtime=realtime, stop=self._stop)
+        self.queue.put(block, realtime=realtime, stop=stop)
+        if not realtime:
+            self.pacer.delivered(block)
 
     def _on_queue_full(self, block: IQBlock) -> None:
         n = len(block.samples)
@@ -176,6 +192,8 @@ class Daemon:
             return self._queued[receiver_id]
 
     def _on_state(self, receiver_id: str, up: bool) -> None:
+        if not up:  # ended, failed or reconnecting: paced receivers no longer wait for it
+            self.pacer.leave(receiver_id)
         # A runner stopped by a reload that removed its receiver must not bring the receiver's series back.
         if not up and receiver_id in self.runners:
             self.metrics.receiver_up.labels(receiver_id).set(0)
@@ -209,6 +227,7 @@ class Daemon:
             with self._queued_lock:
                 for block in blocks:
                     self._queued[block.receiver_id] -= len(block.samples)
+            self.pacer.taken(blocks)
             for block in coalesce_blocks(blocks):
                 try:
                     self.pipeline.push(block)
@@ -222,6 +241,8 @@ class Daemon:
         except Exception:
             log.exception("window processing failed")
             self.metrics.windows.labels("internal_error").inc()
+        # What each lane still holds, now that the windows are cut: paced sources may send that much more.
+        self.pacer.settle({rid: lane.buffered for rid, lane in self.pipeline.lanes.items()}, **pace_limits(self.config))
 
     def run(self, stop: threading.Event) -> None:
         self.start()

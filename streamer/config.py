@@ -296,8 +296,11 @@ def _build_receiver(item: Any, path: str, source: str) -> ReceiverConfig:
         cls = adapter_class(str(common["kind"]))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {path}.kind: {exc}") from None
-    options = _build(cls.Options, rest, path, source)
-    return _build(ReceiverConfig, {**common, "options": options}, path, source)
+    try:
+        options = _build(cls.Options, rest, path, source)
+        return _build(ReceiverConfig, {**common, "options": options}, path, source)
+    except ConfigError as exc:  # name the receiver by its id too, as operators know it
+        raise ConfigError(f"{exc} (receiver id {common['id']!r}, kind {common['kind']!r})") from None
 
 
 def _build(cls: type, data: Any, path: str, source: str):

@@ -1,0 +1,158 @@
+"""streamer.preflight: `heimdall check` and `heimdall run` give the same verdict on every config.
+
+Each bad config is written to a file and fed to both commands through ``streamer.cli.main``; both must
+exit 2 with the same error line, naming the file, the key (receivers by id), the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+import zmq
+
+from streamer import preflight as preflight_mod
+from streamer.config import from_dict
+from streamer.errors import ConfigError
+from tests.helpers.verdicts import RX, assert_both_refuse, check_and_run, merged, write_config
+
+NAN, INF = float("nan"), float("inf")
+ZMQ_RX = {"id": "edge1", "kind": "zmq", "lat": 45.0, "lon": 7.0, "endpoint": "tcp://127.0.0.1:5599"}
+PLUTO_RX = {"id": "p1", "kind": "pluto", "lat": 45.0, "lon": 7.0, "uri": "ip:192.168.2.1", "rx_lo_hz": 433.9e6}
+SOAPY_RX = {"id": "s1", "kind": "soapy", "lat": 45.0, "lon": 7.0}
+
+BAD_CONFIGS = [
+    # pass `check`, then crash `run` with a traceback
+    ("buffer_inf", {"pipeline": {"buffer_s": INF}}, ["pipeline.buffer_s: expected a finite number, got inf"]),
+    ("buffer_1e7", {"pipeline": {"buffer_s": 1e7}},
+     ["pipeline.buffer_s: 10000000.0 s at features.sample_rate_hz 24000 Hz needs", "expected at most"]),
+    ("send_hwm", {"output": {"send_hwm": -5}}, ["output.send_hwm: expected >= 1 message", "got -5"]),
+    ("endpoint", {"output": {"endpoint": "garbage"}},
+     ["output.endpoint: expected tcp://HOST:PORT (PORT 0..65535 or *), ipc://PATH or inproc://NAME, got 'garbage'"]),
+    ("endpoint_port", {"output": {"endpoint": "tcp://127.0.0.1:99999"}}, ["output.endpoint: expected tcp://HOST:PORT"]),
+    ("metrics_host", {"metrics": {"host": "no-such-host.invalid"}},
+     ["metrics.host: cannot resolve 'no-such-host.invalid'", "expected an IP address or a resolvable host name"]),
+    ("area_1e5", {"network": {"area_margin_km": 1e5}},
+     ["estimator.physics.grid_step_km = 2.0 over network.area_margin_km = 100000.0", "expected at most"]),
+    ("grid_step", {"estimator": {"physics": {"grid_step_km": 0.001}}},
+     ["estimator.physics.grid_step_km = 0.001 over network.area_margin_km = 30.0", "expected at most"]),
+    ("no_receivers", {"receivers": []}, ["receivers: expected at least one [[receivers]] table, got none"]),
+    # accepted and silently broken
+    ("rate_limit_nan", {"receivers": [{**ZMQ_RX, "rate_limit_factor": NAN}]},
+     ["receivers[0].rate_limit_factor: expected a finite number, got nan (receiver id 'edge1', kind 'zmq')"]),
+    ("max_rate_nan", {"receivers": [{**ZMQ_RX, "max_rate_sps": NAN}]},
+     ["receivers[0].max_rate_sps: expected a finite number, got nan (receiver id 'edge1'"]),
+    ("recv_timeout_nan", {"receivers": [{**ZMQ_RX, "recv_timeout_s": NAN}]},
+     ["receivers[0].recv_timeout_s: expected a finite number, got nan (receiver id 'edge1'"]),
+    ("recv_timeout_0", {"receivers": [{**ZMQ_RX, "recv_timeout_s": 0.0}]},
+     ["receivers[0]: recv_timeout_s: expected > 0 s, got 0.0 (receiver id 'edge1'"]),
+    ("buffer_1e5", {"pipeline": {"buffer_s": 1e5}}, ["pipeline.buffer_s: 100000.0 s", "17.9 GiB of ring buffer per receiver"]),
+    ("target_nan", {"network": {"target_freq_hz": NAN}}, ["network.target_freq_hz: expected a finite number, got nan"]),
+    ("target_negative", {"network": {"target_freq_hz": -1.0}}, ["network.target_freq_hz: expected a frequency > 0 Hz, got -1.0"]),
+    ("margin_negative", {"network": {"area_margin_km": -5.0}}, ["network.area_margin_km: expected > 0 km, got -5.0"]),
+    ("status_nan", {"output": {"status_interval_s": NAN}}, ["output.status_interval_s: expected a finite number, got nan"]),
+    ("status_0", {"output": {"status_interval_s": 0.0}}, ["output.status_interval_s: expected >= 0.1 s, got 0.0"]),
+    ("clock_jump_nan", {"pipeline": {"clock_jump_tolerance_s": NAN}},
+     ["pipeline.clock_jump_tolerance_s: expected a finite number, got nan"]),
+    ("snr_nan", {"pipeline": {"detection_snr_db": NAN}}, ["pipeline.detection_snr_db: expected a finite number, got nan"]),
+    ("offline_negative", {"pipeline": {"offline_after_s": -1.0}}, ["pipeline.offline_after_s: expected > 0 s, got -1.0"]),
+    ("min_receivers", {"pipeline": {"min_receivers": 2}},
+     ["pipeline.min_receivers: expected at most the number of receivers (1), got 2: the daemon would never localize"]),
+    ("calibration_inf", {"receivers": [{**RX, "calibration_db": INF}]},
+     ["receivers[0].calibration_db: expected a finite number, got inf (receiver id 'a', kind 'simulator')"]),
+    # a band that cannot reach the target: every block would be dropped as untunable
+    ("simulator_48k", {"receivers": [{**RX, "sample_rate_hz": 48_000.0}]},
+     ["receivers[0] (id 'a', kind 'simulator'): centre 1.4545e+08 Hz at 48000 S/s cannot be channelized to "
+      "network.target_freq_hz = 1.455e+08 Hz", "outside the band", "expected the target within centre ± rate/2"]),
+    ("soapy_elsewhere", {"receivers": [{**SOAPY_RX, "center_freq_hz": 433.9e6}]},
+     ["receivers[0] (id 's1', kind 'soapy'): centre 4.339e+08 Hz at 2.048e+06 S/s cannot be channelized"]),
+    ("pluto_elsewhere", {"receivers": [PLUTO_RX]},
+     ["receivers[0] (id 'p1', kind 'pluto'): centre 4.339e+08 Hz at 1e+06 S/s cannot be channelized"]),
+]
+
+
+@pytest.mark.parametrize("overrides, fragments", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_check_and_run_refuse_the_same_config_with_the_same_message(tmp_path, capsys, monkeypatch, overrides, fragments):
+    assert_both_refuse(write_config(tmp_path, merged(overrides)), capsys, monkeypatch, *fragments)
+
+
+def test_a_target_outside_every_band_is_refused_naming_the_target(tmp_path, capsys, monkeypatch):
+    """target_freq_hz = -1 fails the range check first; a positive target no receiver reaches fails tunability."""
+    path = write_config(tmp_path, merged({"network": {"target_freq_hz": 433.9e6},
+                                          "receivers": [{**RX, "center_freq_hz": 145.45e6}]}))
+    assert_both_refuse(path, capsys, monkeypatch, "receivers[0] (id 'a', kind 'simulator'): centre 1.4545e+08 Hz",
+                       "network.target_freq_hz = 4.339e+08 Hz")
+
+
+def test_a_good_config_is_accepted_by_check_and_run_alike(tmp_path, capsys, monkeypatch):
+    verdicts = check_and_run(write_config(tmp_path, merged({})), capsys, monkeypatch)
+    assert verdicts == {"check": (0, None), "run": (0, None)}
+
+
+@pytest.mark.parametrize("module, rx, install", [
+    ("adi", {**PLUTO_RX, "rx_lo_hz": 145.5e6}, "needs pyadi-iio and libiio: pip install"),
+    ("SoapySDR", SOAPY_RX, "scripts/link-soapysdr .venv"),
+])
+def test_a_missing_receiver_dependency_is_refused_with_the_install_command(tmp_path, capsys, monkeypatch, module, rx, install):
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError, as when it is not installed
+    path = write_config(tmp_path, merged({"receivers": [rx]}))
+    line = assert_both_refuse(path, capsys, monkeypatch, f"receivers[0] (id {rx['id']!r}, kind {rx['kind']!r}): "
+                              f"receiver kind {rx['kind']!r} needs", install)
+    assert "Traceback" not in line
+
+
+def test_a_busy_metrics_port_exits_2_naming_key_port_and_host(tmp_path, capsys, monkeypatch):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = write_config(tmp_path, merged({"metrics": {"port": port}}))
+        verdicts = check_and_run(path, capsys, monkeypatch)
+    assert verdicts["check"] == (0, None)  # free or busy is only known when binding
+    assert verdicts["run"] == (2, f"heimdall: error: {path}: metrics.port {port} on 127.0.0.1: address already in use")
+
+
+def test_a_busy_output_endpoint_exits_2_naming_key_and_endpoint(tmp_path, capsys, monkeypatch):
+    ctx = zmq.Context()
+    busy = ctx.socket(zmq.PUB)
+    try:
+        busy.bind("tcp://127.0.0.1:*")
+        endpoint = busy.getsockopt_string(zmq.LAST_ENDPOINT)
+        path = write_config(tmp_path, merged({"output": {"endpoint": endpoint}}))
+        verdicts = check_and_run(path, capsys, monkeypatch)
+    finally:
+        busy.close(linger=0)
+        ctx.term()
+    assert verdicts["run"] == (2, f"heimdall: error: {path}: output.endpoint {endpoint}: address already in use")
+
+
+def test_ring_and_grid_bounds_follow_the_structures_the_daemon_allocates(monkeypatch):
+    """At the limit itself a config is accepted; one sample or cell more is refused (a limit, not a guess)."""
+    cfg = from_dict(merged({}), source="site.toml")
+    per_ring = (int(cfg.pipeline.buffer_s * cfg.features.sample_rate_hz)) * preflight_mod.RING_SAMPLE_BYTES
+    monkeypatch.setattr(preflight_mod, "memory_limit_bytes", lambda: per_ring)
+    preflight_mod._check_receiver_count(cfg)
+    from streamer.geodesy import network_geometry
+    from streamer.physics import PhysicsEstimator, grid_bytes
+
+    cells, size = grid_bytes(cfg.estimator.physics, network_geometry(cfg)[2], 1)
+    assert cells == PhysicsEstimator.from_config(cfg).grid_en_m.shape[0]
+    monkeypatch.setattr(preflight_mod, "memory_limit_bytes", lambda: max(per_ring, size))
+    assert preflight_mod.preflight(cfg) == []
+    monkeypatch.setattr(preflight_mod, "memory_limit_bytes", lambda: per_ring - 1)
+    with pytest.raises(ConfigError, match="site.toml: pipeline.buffer_s: 4.0 s"):
+        preflight_mod.preflight(cfg)
+
+
+def test_check_names_the_onnx_provider_that_will_run_and_warns_on_two_runtimes(monkeypatch):
+    cfg = from_dict(merged({}), source="site.toml")
+    text = preflight_mod.provider_summary(cfg, ["AzureExecutionProvider", "CPUExecutionProvider"])
+    assert text.startswith("ONNX Runtime provider CPUExecutionProvider (estimator.providers: CUDAExecutionProvider, ")
+    assert preflight_mod.provider_summary(cfg, ["CUDAExecutionProvider", "CPUExecutionProvider"]).startswith(
+        "ONNX Runtime provider CUDAExecutionProvider")
+    versions = {"onnxruntime": "1.18.0", "onnxruntime-gpu": "1.18.0"}
+    monkeypatch.setattr(preflight_mod.importlib.metadata, "version", lambda dist: versions[dist])
+    (note,) = preflight_mod.onnxruntime_notes()
+    assert "both onnxruntime 1.18.0 and onnxruntime-gpu 1.18.0 are installed" in note
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.17'" in note
