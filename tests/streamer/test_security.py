@@ -327,3 +327,96 @@ def test_options_refuse_nonsense_limits():
         Options(endpoint="tcp://x:1", max_rate_sps=0.0)
     with pytest.raises(ValueError, match="max_message_bytes"):
         Options(endpoint="tcp://x:1", max_message_bytes=0)
+
+
+# `heimdall check` refuses what `heimdall run` refuses ------------------------------------------------------
+def curve_site(tmp_path, domain: str, **security_keys):
+    """A config in tmp_path/conf whose [security] names its key files relative to the config file, as
+    operators write them; the working directory is elsewhere, so a cwd-relative lookup would fail."""
+    from tests.helpers.verdicts import merged, write_config
+
+    conf = tmp_path / "conf"
+    if not (conf / "keys").exists():
+        security.generate_keys(conf / "keys", "daemon")
+        security.generate_keys(conf / "clients", "subscriber")
+        (conf / "allowed").mkdir()
+        os.link(conf / "clients" / "subscriber.key", conf / "allowed" / "subscriber.key")
+    (tmp_path / "elsewhere").mkdir(exist_ok=True)
+    os.chdir(tmp_path / "elsewhere")
+    sec = {f"curve_{domain}": True, "secret_key": "keys/daemon.key_secret", f"{domain}_clients_dir": "allowed",
+           **security_keys}
+    return write_config(conf, merged({"security": sec})), conf
+
+
+def _mode(mode):
+    def apply(conf):
+        (conf / "keys" / "daemon.key_secret").chmod(mode)
+        return {}
+    return apply
+
+
+def _public_as_secret(conf):
+    (conf / "keys" / "daemon.key").chmod(0o600)
+    return {"secret_key": "keys/daemon.key"}
+
+
+def _malformed(conf):
+    bad = conf / "keys" / "bad.key_secret"
+    bad.write_text("not a certificate\n")
+    bad.chmod(0o600)
+    return {"secret_key": "keys/bad.key_secret"}
+
+
+def _empty_dir(domain):
+    def apply(conf):
+        (conf / "empty").mkdir()
+        return {f"{domain}_clients_dir": "empty"}
+    return apply
+
+
+def _world_writable(conf):
+    (conf / "allowed").chmod(0o777)
+    return {}
+
+
+KEY_CASES = [
+    ("missing_key", lambda d: lambda conf: {"secret_key": "keys/absent.key_secret"},
+     lambda d, c: [f"security.secret_key: secret key file {c}/keys/absent.key_secret does not exist"]),
+    ("mode_0644", lambda d: _mode(0o644), lambda d, c: ["security.secret_key: secret key file", "(mode 0644)", "chmod 600"]),
+    ("mode_0640", lambda d: _mode(0o640), lambda d, c: ["is accessible by group or others (mode 0640)"]),
+    ("mode_0604", lambda d: _mode(0o604), lambda d, c: ["is accessible by group or others (mode 0604)"]),
+    ("public_as_secret", lambda d: _public_as_secret,
+     lambda d, c: [f"security.secret_key: {c}/keys/daemon.key holds no secret-key"]),
+    ("malformed", lambda d: _malformed, lambda d, c: [f"security.secret_key: {c}/keys/bad.key_secret is not a ZeroMQ certificate"]),
+    ("empty_allow_list", _empty_dir,
+     lambda d, c: [f"security.{d}_clients_dir: allow-list directory {c}/empty has no *.key files"]),
+    ("missing_allow_list", lambda d: lambda conf: {f"{d}_clients_dir": "absent"},
+     lambda d, c: [f"security.{d}_clients_dir: allow-list directory {c}/absent does not exist"]),
+    ("world_writable_allow_list", lambda d: _world_writable,
+     lambda d, c: [f"security.{d}_clients_dir: allow-list directory {c}/allowed is writable by others (mode 0777)",
+                   f"chmod o-w {c}/allowed"]),
+]
+
+
+@pytest.mark.parametrize("domain", ["output", "ingest"])
+@pytest.mark.parametrize("make, expect", [c[1:] for c in KEY_CASES], ids=[c[0] for c in KEY_CASES])
+def test_check_refuses_every_key_and_allow_list_that_run_refuses(tmp_path, capsys, monkeypatch, domain, make, expect):
+    from tests.helpers.verdicts import assert_both_refuse
+
+    monkeypatch.chdir(tmp_path)
+    _, conf = curve_site(tmp_path, domain)
+    path, conf = curve_site(tmp_path, domain, **make(domain)(conf))
+    assert_both_refuse(path, capsys, monkeypatch, *expect(domain, conf))
+
+
+@pytest.mark.parametrize("domain", ["output", "ingest"])
+def test_key_paths_are_relative_to_the_config_file_and_a_good_curve_config_passes_both(tmp_path, capsys, monkeypatch, domain):
+    from streamer import config as config_mod
+    from tests.helpers.verdicts import check_and_run
+
+    monkeypatch.chdir(tmp_path)
+    path, conf = curve_site(tmp_path, domain, server_key="keys/daemon.key")
+    sec = config_mod.load(path).security
+    assert (sec.secret_key, getattr(sec, f"{domain}_clients_dir"), sec.server_key) == (
+        str(conf / "keys" / "daemon.key_secret"), str(conf / "allowed"), str(conf / "keys" / "daemon.key"))
+    assert check_and_run(path, capsys, monkeypatch) == {"check": (0, None), "run": (0, None)}
