@@ -219,7 +219,8 @@ def test_raw_items_become_blocks_counted_from_zero_with_host_time(push, adapter,
     np.testing.assert_array_equal(second.samples, items(3, 5))
     assert (first.sample_index, second.sample_index) == (0, 3)
     assert first.time_source == "host"
-    assert first.t0_ns == HOST_NS - 3000 and second.t0_ns == HOST_NS - 5000  # receipt time minus duration
+    assert first.t0_ns == HOST_NS - 3000  # receipt time minus duration
+    assert second.t0_ns == first.t0_ns + 3000  # then from the sample count (receivers.hostclock)
     assert (first.sample_rate, first.center_freq, first.gain_db, first.flags) == (1e6, 433.92e6, 12.0, Flags.NONE)
     assert not drops.bad_frames
 
@@ -247,7 +248,7 @@ def test_tags_set_rate_frequency_and_device_time(push, adapter, drops):
     assert [b.t0_ns for b in blocks] == [RX_NS, RX_NS + 2000, RX_NS + 3000]
     assert [b.flags for b in blocks] == [Flags.NONE, Flags.NONE, Flags.RETUNE]
     np.testing.assert_array_equal(np.concatenate([b.samples for b in blocks]), items(0, 8))
-    assert not drops.bad_frames and not drops.dropped
+    assert not drops.bad_frames and drops.dropped == {("gr1", "before_join"): 1000}  # items 0..999 never reached us
 
 
 def test_offset_jump_is_an_overflow_and_offset_going_back_a_restart(push, adapter, drops):
