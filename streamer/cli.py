@@ -149,7 +149,7 @@ def cmd_check(args) -> int:
         if hasattr(estimator, "site_summary"):
             print(f"model {estimator.info['name']} {estimator.info['version']}: {estimator.site_summary()}")
     if cfg.estimator.kind == "onnx":
-        print(provider_summary(cfg))
+        print(provider_summary(cfg, running=estimators[0].provider))
     for note in notes:
         print(f"warning: {note}")
     return 0

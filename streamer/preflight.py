@@ -197,13 +197,14 @@ def onnxruntime_notes() -> list[str]:
             f"which one runs depends on install order. Keep one: {GPU_FIX} (or only onnxruntime for CPU)"]
 
 
-def provider_summary(config: Config, providers_available: list[str] | None = None) -> str:
-    """Which ONNX Runtime provider will run the model: the first of ``estimator.providers`` available here,
-    with CPU as the fallback."""
+def provider_summary(config: Config, providers_available: list[str] | None = None, running: str | None = None) -> str:
+    """Which ONNX Runtime provider runs the model: ``running`` (the session's own first provider) when known, else
+    the first of ``estimator.providers`` available here, with CPU as the fallback. onnxruntime-gpu lists CUDA as
+    available even where CUDA does not load, so ``heimdall check`` passes the session's answer."""
     if providers_available is None:
         import onnxruntime
 
         providers_available = list(onnxruntime.get_available_providers())
-    chosen = next((p for p in config.estimator.providers if p in providers_available), "CPUExecutionProvider")
-    return (f"ONNX Runtime provider {chosen} (estimator.providers: {', '.join(config.estimator.providers)}; "
+    chosen = running or next((p for p in config.estimator.providers if p in providers_available), "CPUExecutionProvider")
+    return (f"ONNX Runtime provider {chosen} runs the model (estimator.providers: {', '.join(config.estimator.providers)}; "
             f"available here: {', '.join(providers_available)})")

@@ -148,11 +148,25 @@ def test_ring_and_grid_bounds_follow_the_structures_the_daemon_allocates(monkeyp
 def test_check_names_the_onnx_provider_that_will_run_and_warns_on_two_runtimes(monkeypatch):
     cfg = from_dict(merged({}), source="site.toml")
     text = preflight_mod.provider_summary(cfg, ["AzureExecutionProvider", "CPUExecutionProvider"])
-    assert text.startswith("ONNX Runtime provider CPUExecutionProvider (estimator.providers: CUDAExecutionProvider, ")
-    assert preflight_mod.provider_summary(cfg, ["CUDAExecutionProvider", "CPUExecutionProvider"]).startswith(
-        "ONNX Runtime provider CUDAExecutionProvider")
+    assert text.startswith("ONNX Runtime provider CPUExecutionProvider runs the model (estimator.providers: "
+                           "CUDAExecutionProvider, CPUExecutionProvider; available here: AzureExecutionProvider, ")
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert preflight_mod.provider_summary(cfg, gpu).startswith("ONNX Runtime provider CUDAExecutionProvider runs")
+    # CUDA listed but not loading: the session's own first provider is what runs
+    assert preflight_mod.provider_summary(cfg, gpu, running="CPUExecutionProvider").startswith(
+        "ONNX Runtime provider CPUExecutionProvider runs")
     versions = {"onnxruntime": "1.18.0", "onnxruntime-gpu": "1.18.0"}
     monkeypatch.setattr(preflight_mod.importlib.metadata, "version", lambda dist: versions[dist])
     (note,) = preflight_mod.onnxruntime_notes()
     assert "both onnxruntime 1.18.0 and onnxruntime-gpu 1.18.0 are installed" in note
     assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.17'" in note
+
+
+def test_check_prints_the_provider_that_runs_the_shipped_model(tmp_path, capsys):
+    from streamer.cli import main
+
+    path = write_config(tmp_path, merged({"estimator": {"kind": "onnx"}}))
+    assert main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ONNX Runtime provider CPUExecutionProvider runs the model (estimator.providers: CUDAExecutionProvider, " \
+           "CPUExecutionProvider; available here: " in out
