@@ -68,7 +68,7 @@ from streamer.errors import MissingDependencyError, ReceiverFatalError, Receiver
 if TYPE_CHECKING:
     from streamer.config import ReceiverConfig
 
-INSTALL_HINT = "pip install 'heimdall-streamer[pluto]' (needs libiio 0.x: apt-get install libiio0)"
+INSTALL_HINT = "pip install -e '.[pluto]' (needs libiio 0.x: apt-get install libiio0)"
 FULL_SCALE_COUNTS = 2048.0  # 12-bit ADC: raw counts −2048…2047
 GAIN_MODES = ("manual", "slow_attack", "fast_attack")
 MIN_SAMPLE_RATE_HZ = 521e3

@@ -30,9 +30,10 @@ KINDS: dict[str, str] = {
 #: top-level import name of a foreign dependency -> how to install it.
 INSTALL_HINTS: dict[str, str] = {
     "SoapySDR": "apt-get install python3-soapysdr, then link it into the venv (docs/receivers.md, SoapySDR)",
-    "adi": "pip install 'heimdall-streamer[pluto]'",
-    "iio": "apt-get install libiio0 && pip install 'heimdall-streamer[pluto]'",
-    "sigmf": "pip install sigmf",
+    "adi": "pip install -e '.[pluto]'",
+    "iio": "apt-get install libiio0 && pip install -e '.[pluto]'",
+    "sigmf": "pip install -e .",  # a base dependency: missing means a broken install
+    "jsonschema": "pip install -e .",  # sigmf's and receivers/sigmf_file.py's
     "websocket": "pip install websocket-client",
 }
 

@@ -27,6 +27,9 @@ log = logging.getLogger("heimdall")
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:5557"
 TRAIN_INSTALL = "pip install -e '.[train]'"
+BASE_INSTALL = "pip install -e ."
+#: Foreign modules that daemon-side commands import lazily, all base dependencies in pyproject.toml.
+BASE_FOREIGN_MODULES = ("sigmf", "jsonschema")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except HeimdallError as exc:
         print(f"heimdall: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in BASE_FOREIGN_MODULES:
+            raise
+        # A base dependency gone from the environment is a broken install, not a bug: say how to repair it.
+        print(f"heimdall: error: heimdall {args.command} needs {missing!r}, a dependency of heimdall-streamer "
+              f"missing from {sys.prefix}: {BASE_INSTALL}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0

@@ -6,6 +6,7 @@ import select
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,56 @@ def test_train_options_are_checked_and_a_missing_torch_is_named_with_the_install
     run = train("--out", str(tmp_path / "model.onnx"))
     assert run.returncode == 2
     assert run.stderr == "heimdall: error: heimdall train needs torch: pip install -e '.[train]'\n"
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SIMULATED = """
+[estimator]
+kind = "physics"
+
+[[receivers]]
+id = "a"
+kind = "simulator"
+lat = 45.0
+lon = 7.0
+realtime = false
+sample_rate_hz = 48000.0
+center_freq_hz = 145.49e6
+"""
+
+
+def heimdall_after_a_plain_install(*argv, timeout=120):
+    """`heimdall ARGV` with only the base dependencies importable (tests/helpers/base_install.py)."""
+    return subprocess.run([sys.executable, "-m", "tests.helpers.base_install", *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("argv", [["calibrate", "--help"], ["record", "--help"], ["calibrate-ellipses", "--help"],
+                                  ["check", "-c", "config/examples/sigmf.toml"]],
+                         ids=["calibrate", "record", "calibrate-ellipses", "check-sigmf-example"])
+def test_sigmf_commands_answer_after_the_readme_install(argv):
+    proc = heimdall_after_a_plain_install(*argv)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_record_writes_a_collection_after_the_readme_install(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_SIMULATED)
+    proc = heimdall_after_a_plain_install("record", "-c", str(config), "--seconds", "0.2", str(tmp_path / "out"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["a.sigmf-data", "a.sigmf-meta", "default.sigmf-collection"]
+
+
+@pytest.mark.parametrize("missing", ["sigmf", "jsonschema"])
+def test_a_base_dependency_missing_from_the_venv_is_named_with_the_install_command(tmp_path, missing):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_SIMULATED)
+    proc = heimdall_after_a_plain_install(f"--missing={missing}", "record", "-c", str(config), "--seconds", "0.2",
+                                          str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.endswith(f"heimdall: error: heimdall record needs {missing!r}, a dependency of heimdall-streamer "
+                                f"missing from {sys.prefix}: pip install -e .\n"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    replay = heimdall_after_a_plain_install(f"--missing={missing}", "check", "-c", "config/examples/sigmf.toml")
+    assert replay.returncode == 2
+    assert replay.stderr == f"heimdall: error: receiver kind 'sigmf' needs {missing!r}: pip install -e .\n"

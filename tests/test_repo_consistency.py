@@ -81,3 +81,53 @@ def test_no_torch_import_in_the_daemon_packages():
         for path in (ROOT / package).rglob("*.py"):
             text = path.read_text()
             assert not re.search(r"^\s*(import torch|from torch)", text, flags=re.M), f"{path} imports torch"
+
+
+# Where commands and install hints are written for people: the sources' messages and docstrings, docs, examples.
+TEXT_DIRS = ("streamer", "receivers", "models", "docs", "config", "tests", "scripts", "benchmarks", ".ci")
+TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".json", ".yml", ".yaml", ".service", ".sh", ""}
+
+
+def text_files() -> list[Path]:
+    files = [ROOT / "README.md", ROOT / "pyproject.toml"]
+    for top in TEXT_DIRS:
+        files += [p for p in (ROOT / top).rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES
+                  and "__pycache__" not in p.parts and "_build" not in p.parts]
+    return files
+
+
+# Spelled in two pieces so that this file does not match itself.
+RETIRED = {
+    "check" + "-config": "the command is `heimdall check -c FILE`",
+    "heimdall-streamer" + "[": "install extras from the checkout: pip install -e '.[EXTRA]' (the package index does not serve "
+                              "heimdall-streamer)",
+}
+
+
+@pytest.mark.parametrize("text", sorted(RETIRED))
+def test_no_retired_command_or_install_form_is_quoted_anywhere(text):
+    found = [f"{path.relative_to(ROOT)}:{n}" for path in text_files()
+             for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if text in line]
+    assert not found, f"{text!r} quoted in {', '.join(found)}: {RETIRED[text]}"
+
+
+def _subcommands(parser) -> dict:
+    import argparse
+
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def test_every_heimdall_command_quoted_in_the_docs_and_examples_exists():
+    """`heimdall SUB` (and `heimdall bench|keys SUB`) in README.md, docs/ and config/ name real subcommands."""
+    from streamer.cli import build_parser
+
+    commands = _subcommands(build_parser())
+    files = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(p for p in (ROOT / "config").rglob("*") if p.is_file())]
+    wrong = []
+    for path in files:
+        # Lower-case `heimdall ` not inside a path or name (/opt/heimdall/, heimdall_*, heimdall-0.5.0.onnx)
+        for m in re.finditer(r"(?<![\w/.-])heimdall ([a-z][a-z_-]*)(?: ([a-z][a-z_-]*))?", path.read_text()):
+            sub, subsub = m.groups()
+            if sub not in commands or (_subcommands(commands[sub]) and subsub not in _subcommands(commands[sub])):
+                wrong.append(f"{path.relative_to(ROOT)}: {m.group(0)!r}")
+    assert not wrong, f"not subcommands of `heimdall` (streamer/cli.py): {wrong}; known: {', '.join(sorted(commands))}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="exporting a test model needs torch: pip install heimdall-streamer[train]")
+torch = pytest.importorskip("torch", reason="exporting a test model needs torch: pip install -e '.[train]'")
 
 from models.train.export import export_model  # noqa: E402
 from models.train.network import LocalizerNet  # noqa: E402

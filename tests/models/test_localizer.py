@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="training needs torch: pip install heimdall-streamer[train]")
+torch = pytest.importorskip("torch", reason="training needs torch: pip install -e '.[train]'")
 
 import streamer.features  # noqa: E402
 from models.train import dataset  # noqa: E402

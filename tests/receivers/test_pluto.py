@@ -15,7 +15,7 @@ from receivers.pluto import FULL_SCALE_COUNTS, PlutoOptions, PlutoReceiver, impo
 from streamer.config import from_dict, load
 from streamer.errors import ConfigError, MissingDependencyError, ReceiverTransientError
 
-SKIP_REASON = "needs libiio and pyadi-iio: apt-get install libiio0 && pip install 'heimdall-streamer[pluto]'"
+SKIP_REASON = "needs libiio and pyadi-iio: apt-get install libiio0 && pip install -e '.[pluto]'"
 
 
 def _stack_available() -> bool:
@@ -175,10 +175,10 @@ def test_missing_pyadi_iio_names_the_install_command(monkeypatch):
 
     monkeypatch.delitem(__import__("sys").modules, "adi", raising=False)
     monkeypatch.setattr(builtins, "__import__", no_adi)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'heimdall-streamer\[pluto\]'"):
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[pluto\]'"):
         import_adi()
     cfg, rx = _config("ip:192.0.2.1")
-    with pytest.raises(MissingDependencyError, match="heimdall-streamer"):
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[pluto\]'"):
         PlutoReceiver.from_config(rx, ReceiverContext(config=cfg, drops=TallyDropCounter()))
 
 

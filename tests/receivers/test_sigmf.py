@@ -1,7 +1,7 @@
 """SigMF replay (receivers.sigmf_file) and recording (streamer.record), against files the real ``sigmf``
 package writes and reads back.
 
-Needs ``sigmf`` (pip install sigmf, or the project's [test] extra).
+Needs ``sigmf``, a base dependency (pip install -e .).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sigmf = pytest.importorskip("sigmf", reason="needs the sigmf package: pip install sigmf")
+sigmf = pytest.importorskip("sigmf", reason="needs the sigmf package, a base dependency: pip install -e .")
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
@@ -264,6 +264,21 @@ def test_example_config_validates_without_the_recording():
 
     cfg = load(ROOT / "config" / "examples" / "sigmf.toml")
     assert {rx.kind for rx in cfg.receivers} == {"sigmf"}
+
+
+def test_example_config_replays_what_the_record_command_in_its_header_writes():
+    """No placeholder path: every receiver of config/examples/sigmf.toml reads, by its own id, the collection that
+    the `heimdall record` line of its header writes (record names it after network.name)."""
+    from streamer.config import load
+
+    example = ROOT / "config" / "examples" / "sigmf.toml"
+    assert "#   heimdall record -c config/default.toml --seconds 30 recordings/turin " in example.read_text()
+    recorded = load(ROOT / "config" / "default.toml")
+    collection = ROOT / "recordings" / "turin" / f"{recorded.network.name}.sigmf-collection"
+    cfg = load(example)
+    for rx in cfg.receivers:
+        assert (example.parent / rx.options.path).resolve() == collection, rx.id
+    assert {rx.id for rx in cfg.receivers} <= {rx.id for rx in recorded.receivers}
 
 
 # Recording ------------------------------------------------------------------------------------------
