@@ -170,3 +170,19 @@ def test_check_prints_the_provider_that_runs_the_shipped_model(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "ONNX Runtime provider CPUExecutionProvider runs the model (estimator.providers: CUDAExecutionProvider, " \
            "CPUExecutionProvider; available here: " in out
+
+
+def test_a_runner_whose_dependency_is_missing_stops_instead_of_retrying_forever(monkeypatch):
+    from receivers.base import ReceiverContext, TallyDropCounter
+    from streamer.runner import ReceiverRunner
+
+    cfg = from_dict(merged({"receivers": [{**PLUTO_RX, "rx_lo_hz": 145.5e6}]}), source="site.toml")
+    monkeypatch.setitem(sys.modules, "adi", None)
+    runner = ReceiverRunner(cfg.receivers[0], ReceiverContext(config=cfg, drops=TallyDropCounter()), lambda b, r: None)
+    runner.start()
+    try:
+        runner._thread.join(5.0)
+        assert not runner._thread.is_alive(), "the runner still retries a missing package"
+    finally:
+        runner.stop(timeout_s=1.0)
+    assert "receiver kind 'pluto' needs pyadi-iio and libiio" in runner.fatal
