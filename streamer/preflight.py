@@ -119,7 +119,7 @@ def _check_memory(config: Config) -> None:
 
     limit = memory_limit_bytes()
     p, rate, n = config.pipeline, config.features.sample_rate_hz, len(config.receivers)
-    per_ring = math.ceil(p.buffer_s * rate) * RING_SAMPLE_BYTES  # streamer.lane.Lane sizes its ring so
+    per_ring = math.ceil(p.buffer_s * rate) * RING_SAMPLE_BYTES  # as streamer.lane.Lane sizes each ring
     if per_ring * n > limit:
         raise ConfigError(
             f"{config.source}: pipeline.buffer_s: {p.buffer_s!r} s at features.sample_rate_hz {rate:g} Hz needs "
