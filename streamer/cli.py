@@ -150,10 +150,10 @@ def cmd_run(args) -> int:
 def cmd_check(args) -> int:
     from streamer import config as config_mod
     from streamer.estimators import build_estimators
-    from streamer.preflight import preflight, provider_summary
+    from streamer.preflight import busy_port_notes, preflight, provider_summary
 
     cfg = config_mod.load(args.config)
-    notes = preflight(cfg)  # the same checks `heimdall run` makes before it starts
+    notes = preflight(cfg) + busy_port_notes(cfg)  # the checks `heimdall run` makes before it starts, and its ports now
     estimators = build_estimators(cfg)  # loads and checks the model against the contract, if one is named
     print(f"{cfg.source}: ok ({len(cfg.receivers)} receivers, estimator {cfg.estimator.kind})")
     for estimator in estimators:

@@ -183,6 +183,34 @@ def _check_receiver(config: Config, i: int, rx) -> list[str]:
     return []
 
 
+def busy_port_notes(config: Config) -> list[str]:
+    """Warnings for TCP ports that are taken right now (``heimdall check`` only: by start-up they may be free,
+    and ``heimdall run`` then refuses a busy one by name anyway)."""
+    from streamer.security import parse_endpoint
+
+    wanted = []
+    if config.metrics.enabled and config.metrics.port:
+        wanted.append((f"metrics.port {config.metrics.port} on {config.metrics.host}", config.metrics.host, config.metrics.port))
+    scheme, host, port = parse_endpoint(config.output.endpoint)
+    if scheme == "tcp" and port.isdigit() and int(port) and host != "*":
+        wanted.append((f"output.endpoint {config.output.endpoint}", host.strip("[]"), int(port)))
+    notes = []
+    for what, host, port in wanted:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            continue  # an interface name or the like: binding will tell
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is not busy
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                notes.append(f"{config.source}: {what}: {os.strerror(exc.errno).lower() if exc.errno else exc} right now; "
+                             "heimdall run would stop there")
+    return notes
+
+
 def onnxruntime_notes() -> list[str]:
     """A warning when both the CPU and the GPU ONNX Runtime distributions are installed (they share a folder)."""
     installed = []

@@ -108,8 +108,10 @@ def test_a_busy_metrics_port_exits_2_naming_key_port_and_host(tmp_path, capsys, 
         busy.listen()
         port = busy.getsockname()[1]
         path = write_config(tmp_path, merged({"metrics": {"port": port}}))
+        assert preflight_mod.busy_port_notes(from_dict(merged({"metrics": {"port": port}}), source="site.toml")) == [
+            f"site.toml: metrics.port {port} on 127.0.0.1: address already in use right now; heimdall run would stop there"]
         verdicts = check_and_run(path, capsys, monkeypatch)
-    assert verdicts["check"] == (0, None)  # free or busy is only known when binding
+    assert verdicts["check"] == (0, None)  # a warning: free or busy is only known when binding
     assert verdicts["run"] == (2, f"heimdall: error: {path}: metrics.port {port} on 127.0.0.1: address already in use")
 
 
@@ -120,6 +122,8 @@ def test_a_busy_output_endpoint_exits_2_naming_key_and_endpoint(tmp_path, capsys
         busy.bind("tcp://127.0.0.1:*")
         endpoint = busy.getsockopt_string(zmq.LAST_ENDPOINT)
         path = write_config(tmp_path, merged({"output": {"endpoint": endpoint}}))
+        assert preflight_mod.busy_port_notes(from_dict(merged({"output": {"endpoint": endpoint}}), source="s.toml")) == [
+            f"s.toml: output.endpoint {endpoint}: address already in use right now; heimdall run would stop there"]
         verdicts = check_and_run(path, capsys, monkeypatch)
     finally:
         busy.close(linger=0)
