@@ -167,20 +167,48 @@ def _check_receiver(config: Config, i: int, rx) -> list[str]:
             probe()
     except MissingDependencyError as exc:
         raise MissingDependencyError(f"{config.source}: {label}: {exc}") from None
-    band = getattr(cls, "configured_band_hz", None)
-    if band is None:
+    if rx.kind == "sigmf":
+        bands = _recorded_bands(rx, config)
+    else:
+        configured = getattr(cls, "configured_band_hz", None)
+        bands = None if configured is None else [configured(rx.options, config)]
+    if not bands:
         return []  # the band is known only from the stream: the lane logs an untunable one at run time
-    center, rate = band(rx.options, config)
     target = config.network.target_freq_hz
+    refused = []
+    for center, rate in bands:
+        try:
+            check_tunable(rate, center, target, config.features.sample_rate_hz)
+        except ValueError as exc:
+            refused.append(f"centre {center:g} Hz at {rate:g} S/s cannot be channelized to network.target_freq_hz = "
+                           f"{target:g} Hz ({exc})")
+    if len(refused) == len(bands):
+        raise ConfigError(f"{config.source}: {label}: {refused[0]}; expected the target within centre ± rate/2 and a rate "
+                          "in a small ratio to features.sample_rate_hz: every block would be dropped as untunable")
+    return [f"{config.source}: {label}: {text}: those recorded captures will be dropped as untunable" for text in refused]
+
+
+def _recorded_bands(rx, config: Config) -> list[tuple[float, float]] | None:
+    """(centre, rate) of each capture of a ``kind = "sigmf"`` receiver's recording, from its metadata (the data file's
+    checksum is not verified here); None when it does not open: ``heimdall run`` reports that receiver by name."""
+    import dataclasses
+    from pathlib import Path
+
+    import sigmf
+
+    from receivers import sigmf_file
+    from streamer.errors import ReceiverError
+
+    path = Path(rx.options.path).expanduser()
+    if not path.is_absolute() and Path(config.source).is_file():  # as SigmfReceiver.from_config resolves it
+        path = Path(config.source).parent / path
     try:
-        check_tunable(rate, center, target, config.features.sample_rate_hz)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{config.source}: {label}: centre {center:g} Hz at {rate:g} S/s cannot be channelized to "
-            f"network.target_freq_hz = {target:g} Hz ({exc}); expected the target within centre ± rate/2 "
-            "and a rate in a small ratio to features.sample_rate_hz: every block would be dropped as untunable"
-        ) from None
-    return []
+        recording, meta_path = sigmf_file.open_stream(path, rx.id, dataclasses.replace(rx.options, verify_checksum=False))
+        rate = float(recording.get_global_field(sigmf.SAMPLE_RATE_KEY))
+        segments = sigmf_file.plan_segments(recording, meta_path, rate)
+    except ReceiverError:
+        return None
+    return sorted({(segment.center_freq, rate) for segment in segments})
 
 
 def busy_port_notes(config: Config) -> list[str]:

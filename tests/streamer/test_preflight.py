@@ -190,3 +190,33 @@ def test_a_runner_whose_dependency_is_missing_stops_instead_of_retrying_forever(
     finally:
         runner.stop(timeout_s=1.0)
     assert "receiver kind 'pluto' needs pyadi-iio and libiio" in runner.fatal
+
+
+def _recording(base, rate_hz: float, centres_hz: list[float]):
+    import numpy as np
+    import sigmf
+
+    data = base.with_name(base.name + sigmf.SIGMF_DATASET_EXT)
+    np.zeros(1000 * len(centres_hz), np.complex64).tofile(data)
+    meta = sigmf.SigMFFile(data_file=data, global_info={sigmf.DATATYPE_KEY: "cf32_le", sigmf.SAMPLE_RATE_KEY: rate_hz})
+    for i, centre in enumerate(centres_hz):
+        meta.add_capture(1000 * i, metadata={sigmf.FREQUENCY_KEY: centre})
+    meta.tofile(base)
+    return base.with_name(base.name + sigmf.SIGMF_METADATA_EXT)
+
+
+def test_a_recording_whose_band_cannot_reach_the_target_is_refused_by_check_and_run(tmp_path, capsys, monkeypatch):
+    meta = _recording(tmp_path / "rx", 48_000.0, [145.45e6])
+    path = write_config(tmp_path, merged({"receivers": [{"id": "r1", "kind": "sigmf", "lat": 45.0, "lon": 7.0,
+                                                         "path": meta.name}]}))
+    assert_both_refuse(path, capsys, monkeypatch, "receivers[0] (id 'r1', kind 'sigmf'): centre 1.4545e+08 Hz at "
+                       "48000 S/s cannot be channelized to network.target_freq_hz = 1.455e+08 Hz")
+
+
+def test_a_recording_with_some_unreachable_captures_is_a_warning(tmp_path):
+    meta = _recording(tmp_path / "rx", 48_000.0, [145.49e6, 145.45e6])
+    cfg = from_dict(merged({"receivers": [{"id": "r1", "kind": "sigmf", "lat": 45.0, "lon": 7.0, "path": str(meta)}]}),
+                    source="site.toml")
+    (note,) = preflight_mod.preflight(cfg)
+    assert note.startswith("site.toml: receivers[0] (id 'r1', kind 'sigmf'): centre 1.4545e+08 Hz at 48000 S/s")
+    assert note.endswith("those recorded captures will be dropped as untunable")
