@@ -11,8 +11,8 @@ numbers and value ranges; this adds what depends on several keys, the host or in
   the physics posterior grid (``streamer.physics.grid_bytes``) each within ``memory_limit_bytes()``;
 - CURVE key files and allow-lists, read by the same functions the daemon uses (``streamer.security``);
 - each receiver kind's optional dependencies (the adapter's ``check_dependencies()``), and, where the
-  config fixes a receiver's band (the adapter's ``configured_band_hz()``), that the channelizer can reach
-  ``network.target_freq_hz`` from it (``streamer.channelizer.check_tunable``).
+  config fixes a receiver's band (the adapter's ``configured_band_hz()``, or a SigMF recording's metadata),
+  that the channelizer can reach ``network.target_freq_hz`` from it (``streamer.channelizer.check_tunable``).
 
 It raises ``ConfigError`` or ``MissingDependencyError`` (file, key, value, expectation) and returns notes:
 warnings that do not stop the daemon. It opens no sockets and loads no model, so a reload can afford it.
