@@ -323,6 +323,7 @@ class GnuRadioZmqReceiver(ReceiverBase):
         self._next_index: int | None = None
         self._pending: list[Tag] = []
         self._after_drop = False  # items were dropped here: the next block carries OVERFLOW
+        self._size_logged = False  # the current item-size verdict has been logged
         self._context = context or zmq.Context.instance()
         self._lock = threading.Lock()
         self._closed = False
@@ -433,7 +434,9 @@ class GnuRadioZmqReceiver(ReceiverBase):
     def _tagged(self, raw_offset: int, tags: list[Tag], payload: memoryview) -> list[IQBlock]:
         vlen = self.options.vlen
         apparent = self._sizes.observe(raw_offset, len(payload))
-        if apparent is not None:
+        if apparent is None:
+            self._size_logged = False
+        else:
             refused = len(payload) // apparent * vlen  # the items as the stream's offsets count them
             self._refuse_item_size(apparent, refused)
             self._next_index = raw_offset * vlen + refused
@@ -515,12 +518,15 @@ class GnuRadioZmqReceiver(ReceiverBase):
         self._drops.bad_frame(self.receiver_id, "item_size_mismatch")
         self._count("item_size_mismatch", n)
         self._after_drop = True
-        _log.once((self.receiver_id, "item_size_mismatch"),
+        if self._size_logged:
+            return
+        self._size_logged = True  # once per verdict; BoundedLog still bounds a stream that flips back and forth
+        _log.error((self.receiver_id, "item_size_mismatch"),
                   "receiver %s: the stream carries %d bytes per item (item offsets against payload bytes), "
                   "this receiver reads %d (complex64 x vlen %d); refusing its messages: check the sink's item "
                   "type and vlen%s", self.receiver_id, apparent, self._item_bytes, self.options.vlen,
                   f" (complex64 vectors of {apparent // ITEM_BYTES}: set vlen = {apparent // ITEM_BYTES})"
-                  if apparent % ITEM_BYTES == 0 else "", level=logging.ERROR)
+                  if apparent % ITEM_BYTES == 0 else "")
 
     def _host_stepped(self, disagreement_ns: int) -> None:
         _log.warning((self.receiver_id, "host_step"), "receiver %s: host-timed stream stepped by %+.3f s "
