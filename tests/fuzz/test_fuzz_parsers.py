@@ -436,7 +436,21 @@ def gr_case(draw):
 
 
 TAG_HEADER_REASONS = {"bad_tag_header", "bad_pmt"}
-GR_REASONS = {"short_frame", "bad_tag_header", "bad_pmt", "bad_length", "non_finite", "bad_tag_value"}
+GR_REASONS = {"short_frame", "bad_tag_header", "bad_pmt", "bad_length", "non_finite", "bad_tag_value", "bad_tag_key",
+              "tag_overflow", "item_size_mismatch"}
+GR_TAG_REASONS = {"bad_tag_value", "bad_tag_key", "tag_overflow"}  # per tag, beside the message's own fate
+
+
+def _disagreeing_pair_before(messages: list[list[bytes]], upto: int, options: GrOptions) -> bool:
+    """Some message up to ``upto`` carries payload bytes other than 8 x vlen x the next one's offset advance."""
+    parsed = []
+    for frames in messages[: upto + 1]:
+        try:
+            offset, _, payload = parse_tag_header(frames[-1])
+        except FrameError:
+            continue
+        parsed.append((offset, len(payload)))
+    return any(0 < b[0] - a[0] and a[1] and a[1] != 8 * options.vlen * (b[0] - a[0]) for a, b in zip(parsed, parsed[1:]))
 
 
 @fuzz_settings("tag_header")
@@ -481,7 +495,7 @@ def test_gnuradio_adapter_counts_every_refused_message_and_accounts_for_every_it
     rx = GnuRadioZmqReceiver("gr1", options, drops=drops, context=NullContext(), clock=lambda: T0)
     run_adapter(rx, messages, log)
     expected_frames = 1 if options.key is None else 2
-    for frames, events in zip(messages, per_message(log, len(messages))):
+    for i, (frames, events) in enumerate(zip(messages, per_message(log, len(messages)))):
         reasons = [e[1] for e in events if e[0] == "bad"]
         assert set(reasons) <= GR_REASONS, reasons
         if options.key is not None and len(frames) == 2 and frames[0] != b"iq":
@@ -490,14 +504,19 @@ def test_gnuradio_adapter_counts_every_refused_message_and_accounts_for_every_it
         if len(frames) != expected_frames:
             assert reasons == ["short_frame"] and len(events) == 1
             continue
+        if "item_size_mismatch" in reasons:
+            # The adapter judged the stream's item size from the offsets: only where a pair disagrees.
+            assert reasons == ["item_size_mismatch"] and not any(e[0] == "block" for e in events), events
+            assert _disagreeing_pair_before(messages, i, options)
+            continue
         items = _item_count(frames, options)
         if items is None:
-            # Refused as a whole: exactly one message-level reason (tag values read before it may add bad_tag_value).
-            whole = [r for r in reasons if r != "bad_tag_value"]
+            # Refused as a whole: exactly one message-level reason (tags read before it may add per-tag reasons).
+            whole = [r for r in reasons if r not in GR_TAG_REASONS]
             assert len(whole) == 1, events
             assert not any(e[0] == "block" for e in events)
             continue
-        assert set(reasons) <= {"bad_tag_value"}
+        assert set(reasons) <= GR_TAG_REASONS
         yielded = sum(len(e[1].samples) for e in events if e[0] == "block")
         no_metadata = sum(e[2] for e in events if e[0] == "dropped" and e[1] == "no_metadata")
         assert yielded + no_metadata == items, f"{items} items, {yielded} yielded, {no_metadata} dropped: {events}"
