@@ -306,13 +306,13 @@ class Daemon:
     def _prepare(self, path: str) -> tuple[Config, list, Pipeline]:
         """The reloaded config, its estimators and its pipeline, built and checked; nothing running is touched."""
         new = config_mod.load(path)
-        if not new.receivers:
-            raise ConfigError(f"{path}: no [[receivers]] configured")
         old = self.config
         for section in ("output", "metrics", "security"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("reload: [%s] changed; that needs a restart, the running values stay", section)
         new = dataclasses.replace(new, output=old.output, metrics=old.metrics, security=old.security)
+        for note in preflight(new):  # the checks heimdall check and the start make, so all three agree
+            log.warning("reload: %s", note)
         estimators = build_estimators(new)
         pipeline = Pipeline(
             new,

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config (and its model)")
     check.add_argument("-c", "--config", required=True, help="TOML config")
+    check.add_argument("--receiver", metavar="ID",
+                       help="check the config as `heimdall receiver ID` on an edge host uses it (not as a daemon's)")
 
     receiver = sub.add_parser("receiver", help="run one configured receiver alone, publishing framed IQ over ZeroMQ")
     receiver.add_argument("id", help="receiver id in the config")
@@ -153,6 +155,13 @@ def cmd_check(args) -> int:
     from streamer.preflight import busy_port_notes, preflight, provider_summary
 
     cfg = config_mod.load(args.config)
+    if args.receiver is not None:
+        from streamer.preflight import preflight_edge
+
+        preflight_edge(cfg, args.receiver)
+        rx = cfg.receiver(args.receiver)
+        print(f"{cfg.source}: ok for heimdall receiver {rx.id} (kind {rx.kind})")
+        return 0
     notes = preflight(cfg) + busy_port_notes(cfg)  # the checks `heimdall run` makes before it starts, and its ports now
     estimators = build_estimators(cfg)  # loads and checks the model against the contract, if one is named
     print(f"{cfg.source}: ok ({len(cfg.receivers)} receivers, estimator {cfg.estimator.kind})")
@@ -173,7 +182,10 @@ def cmd_receiver(args) -> int:
     from streamer import config as config_mod
     from streamer.runner import ReceiverRunner
 
+    from streamer.preflight import preflight_edge
+
     cfg = config_mod.load(args.config)
+    preflight_edge(cfg, args.id)  # the verdict `heimdall check --receiver ID` gives
     rx = cfg.receiver(args.id)
     drops = TallyDropCounter()
     publisher = FramedPublisher(args.publish, bind=True, dtype=args.dtype, **edge_curve(cfg))

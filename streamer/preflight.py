@@ -20,6 +20,7 @@ warnings that do not stop the daemon. It opens no sockets and loads no model, so
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import math
 import os
@@ -59,6 +60,21 @@ def preflight(config: Config) -> list[str]:
     return notes
 
 
+def preflight_edge(config: Config, receiver_id: str) -> list[str]:
+    """What ``heimdall receiver ID`` needs: the receiver exists, its endpoint parses, its packages are installed,
+    and under ``curve_ingest`` this edge's key pair and the daemon's public key load. The network keys
+    (``min_receivers``, the target, the grid) are the central daemon's business, not the edge's."""
+    from streamer.security import edge_curve
+
+    rx = config.receiver(receiver_id)
+    i = config.receivers.index(rx)
+    edge_only = dataclasses.replace(config, receivers=(rx,))
+    _check_endpoints(dataclasses.replace(edge_only, metrics=dataclasses.replace(config.metrics, enabled=False)))
+    edge_curve(config)
+    _check_dependencies(config, i, rx)
+    return []
+
+
 def _label(i: int, rx) -> str:
     return f"receivers[{i}] (id {rx.id!r}, kind {rx.kind!r})"
 
@@ -70,7 +86,8 @@ def _check_receiver_count(config: Config) -> None:
     if config.pipeline.min_receivers > n:
         raise ConfigError(
             f"{config.source}: pipeline.min_receivers: expected at most the number of receivers ({n}), "
-            f"got {config.pipeline.min_receivers}: the daemon would never localize"
+            f"got {config.pipeline.min_receivers}: the daemon would never localize (a config for `heimdall receiver` "
+            "on an edge host is checked with `heimdall check --receiver ID -c FILE`)"
         )
 
 
@@ -155,18 +172,26 @@ def _check_security(config: Config) -> None:
         security.load_public_key(sec.server_key, key=f"{src}: security.server_key")
 
 
-def _check_receiver(config: Config, i: int, rx) -> list[str]:
+def _check_dependencies(config: Config, i: int, rx):
+    """The receiver's adapter class, once its optional packages are known to import."""
     from receivers.registry import adapter_class
-    from streamer.channelizer import check_tunable
 
-    label = _label(i, rx)
     try:
         cls = adapter_class(rx.kind)
         probe = getattr(cls, "check_dependencies", None)
         if probe is not None:
             probe()
     except MissingDependencyError as exc:
-        raise MissingDependencyError(f"{config.source}: {label}: {exc}") from None
+        raise MissingDependencyError(f"{config.source}: {_label(i, rx)}: {exc}") from None
+    return cls
+
+
+def _check_receiver(config: Config, i: int, rx) -> list[str]:
+    from receivers.registry import adapter_class
+    from streamer.channelizer import check_tunable
+
+    label = _label(i, rx)
+    cls = _check_dependencies(config, i, rx)
     if rx.kind == "sigmf":
         bands = _recorded_bands(rx, config)
     else:

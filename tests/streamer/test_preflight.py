@@ -220,3 +220,21 @@ def test_a_recording_with_some_unreachable_captures_is_a_warning(tmp_path):
     (note,) = preflight_mod.preflight(cfg)
     assert note.startswith("site.toml: receivers[0] (id 'r1', kind 'sigmf'): centre 1.4545e+08 Hz at 48000 S/s")
     assert note.endswith("those recorded captures will be dropped as untunable")
+
+
+def test_an_edge_config_is_checked_as_heimdall_receiver_uses_it(tmp_path, capsys):
+    """A one-receiver edge config is no daemon config (min_receivers), and check says how to check it as an edge."""
+    from streamer.cli import main
+
+    assert main(["check", "-c", "config/examples/edge.toml"]) == 2
+    assert "heimdall check --receiver ID -c FILE" in capsys.readouterr().err
+    assert main(["check", "--receiver", "torino", "-c", "config/examples/edge.toml"]) == 0
+    assert "ok for heimdall receiver torino" in capsys.readouterr().out
+    edge = tmp_path / "edge.toml"
+    edge.write_text('[security]\ncurve_ingest = true\nsecret_key = "edge.key_secret"\nserver_key = "daemon.key"\n'
+                    '[[receivers]]\nid = "torino"\nkind = "simulator"\nlat = 45.0\nlon = 7.6\n')
+    assert main(["check", "--receiver", "torino", "-c", str(edge)]) == 2
+    err = capsys.readouterr().err
+    assert f"{edge}: security.secret_key" in err and str(tmp_path / "edge.key_secret") in err
+    assert main(["receiver", "torino", "-c", str(edge)]) == 2  # the edge itself gives the same verdict
+    assert f"{edge}: security.secret_key" in capsys.readouterr().err
