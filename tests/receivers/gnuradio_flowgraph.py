@@ -18,6 +18,10 @@ Protocol on stdio (the test drives it, no sleeps):
 Payload item k is ``complex(k % 1000, k // 1000)`` (exact in float32; ``payload()`` in the test must
 match). With ``--tags`` the first payload item carries rx_rate, rx_freq and rx_time, and item
 ``items // 2`` carries a new rx_freq (values in ``TAGS``).
+
+``--sink push`` only: ``--vlen V`` sends the payload as complex vectors of V (``items`` samples, tag
+offsets counting vectors, as GNU Radio's do); ``--float`` sends the payload's real parts as float32 items
+(a stream a complex receiver must refuse).
 """
 
 import argparse
@@ -91,10 +95,16 @@ class GatedSource(gr.sync_block):
 def build(args, go):
     tb = gr.top_block("heimdall_test")
     if args.sink == "push":
-        tags = [make_tag(*t) for t in tags_at(0, args.items)] if args.tags else []
-        source = blocks.vector_source_c(payload(args.items).tolist(), True, 1, tags)
-        head = blocks.head(gr.sizeof_gr_complex, args.items)
-        sink = zeromq.push_sink(gr.sizeof_gr_complex, 1, "tcp://127.0.0.1:*", 100, args.tags)
+        vlen = args.vlen
+        tags = [make_tag(offset // vlen, key, value) for offset, key, value in tags_at(0, args.items)] if args.tags else []
+        if args.float:
+            source = blocks.vector_source_f(payload(args.items).real.tolist(), True, 1, tags)
+            itemsize = gr.sizeof_float
+        else:
+            source = blocks.vector_source_c(payload(args.items).tolist(), True, vlen, tags)
+            itemsize = gr.sizeof_gr_complex
+        head = blocks.head(itemsize * vlen, args.items // vlen)
+        sink = zeromq.push_sink(itemsize, vlen, "tcp://127.0.0.1:*", 100, args.tags)
         tb.connect(source, head, sink)
     else:
         source = GatedSource(args.items, args.tags, go)
@@ -110,6 +120,8 @@ def main():
     parser.add_argument("--items", type=int, required=True)
     parser.add_argument("--tags", action="store_true", help="pass_tags on the sink, rx_* tags on the payload")
     parser.add_argument("--key", default="", help="pub_sink key (frames become [key][data])")
+    parser.add_argument("--vlen", type=int, default=1, help="push only: complex vectors of this length")
+    parser.add_argument("--float", action="store_true", help="push only: float32 items instead of complex")
     args = parser.parse_args()
     go = threading.Event()
     tb, sink = build(args, go)

@@ -456,6 +456,15 @@ def take_items(rx: Collector, n: int, skip_probes: bool = False) -> list[IQBlock
     return blocks
 
 
+def take_until_quiet(rx: Collector, quiet_s: float = 0.5) -> list[IQBlock]:
+    blocks = []
+    while True:
+        try:
+            blocks.append(rx.get(timeout=quiet_s))
+        except queue.Empty:
+            return blocks
+
+
 def check_payload(blocks: list[IQBlock], probes_first: bool = False) -> np.ndarray:
     samples = np.concatenate([b.samples for b in blocks])
     if probes_first:
@@ -526,6 +535,51 @@ def test_real_pub_sink_delivers_exactly_n_items_once_subscribed(flowgraph, drops
         assert blocks[0].time_source == "host" and blocks[0].sample_rate == 1e6  # probes: from the options
         check_tagged(blocks, first=first)
     assert not drops.bad_frames and not drops.dropped
+
+
+@pytest.mark.slow
+def test_real_push_sink_over_max_message_bytes_is_counted_and_reopened_each_time(flowgraph, drops, context):
+    fg = flowgraph("--sink", "push", "--items", str(N_ITEMS), "--tags")
+    rx = gr_receiver(fg.endpoint(), drops, context, socket_type="pull", pass_tags=True, max_message_bytes=1024)
+    try:
+        # Each fresh socket takes the next message, which is over the limit again: counted, reopened, not dead.
+        wait_for(lambda: drops.bad_frames[("gr1", "link_error")] >= 2, timeout_s=30)
+    finally:
+        rx.stop()
+    assert set(drops.bad_frames) == {("gr1", "link_error")}
+
+
+@pytest.mark.slow
+def test_real_push_sink_of_complex_vectors_is_read_with_vlen(flowgraph, drops, context):
+    fg = flowgraph("--sink", "push", "--items", str(N_ITEMS), "--tags", "--vlen", "4")
+    rx = gr_receiver(fg.endpoint(), drops, context, socket_type="pull", pass_tags=True, vlen=4)
+    try:
+        blocks = take_items(rx, N_ITEMS)
+    finally:
+        rx.stop()
+    check_payload(blocks)  # flattened, in order
+    check_tagged(blocks, first=0)  # tag offsets counted vectors; sample indices count samples
+    assert not drops.bad_frames and not drops.dropped
+
+
+@pytest.mark.slow
+def test_real_push_sink_of_float32_is_refused_by_name(flowgraph, drops, context, caplog):
+    n_floats = 8 * N_ITEMS  # enough messages for the verdict
+    fg = flowgraph("--sink", "push", "--items", str(n_floats), "--tags", "--float")
+    rx = gr_receiver(fg.endpoint(), drops, context, socket_type="pull", pass_tags=True, sample_rate_hz=1e6,
+                     center_freq_hz=1e8)
+    try:
+        assert fg.readline() == "done"
+        blocks = take_until_quiet(rx)
+    finally:
+        rx.stop()
+    # Read as usual until three pairs of messages agreed on 4 bytes per item (a float sink's odd item counts are
+    # bad_length), then refused by name: nearly every float.
+    assert set(drops.bad_frames) <= {("gr1", "item_size_mismatch"), ("gr1", "bad_length")}
+    assert len(blocks) + drops.bad_frames[("gr1", "bad_length")] <= 5
+    assert drops.dropped[("gr1", "item_size_mismatch")] > n_floats // 2
+    (message,) = [r.getMessage() for r in caplog.records if "bytes per item" in r.getMessage()]
+    assert "carries 4 bytes per item" in message
 
 
 @pytest.mark.slow
