@@ -64,7 +64,18 @@ class ReceiverRunner:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once ``stop`` (or ``request_stop``) was called: a sink blocked on back-pressure gives up on it."""
+        return self._stop
+
     def stop(self, timeout_s: float = 1.0) -> None:
+        """``request_stop`` then ``join`` (s): for one runner; to stop several, request all first, then join."""
+        self.request_stop()
+        self.join(timeout_s)
+
+    def request_stop(self) -> None:
+        """Set the stop flag and close the adapter (which interrupts a blocking read); does not wait."""
         self._stop.set()
         with self._lock:
             adapter = self._adapter
@@ -73,8 +84,13 @@ class ReceiverRunner:
                 adapter.close()
             except Exception:  # closing from another thread is best effort; the loop exits on the flag
                 log.debug("receiver %s: close raised", self.rx.id, exc_info=True)
-        if self._thread.ident is not None:  # a daemon whose start failed part-way stops the runners it never started
-            self._thread.join(timeout_s)
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the thread to end; True when it has (or never started)."""
+        if self._thread.ident is None:  # a daemon whose start failed part-way stops the runners it never started
+            return True
+        self._thread.join(max(0.0, timeout_s))
+        return not self._thread.is_alive()
 
     def run(self) -> None:
         delays = self._backoff.delays()
@@ -168,6 +184,9 @@ class BlockQueue:
                         self._append(block, nbytes)
                         return
                     self._cond.wait(0.1)
+                # Stopping: queued anyway, one block past the bound, because the caller has counted it as
+                # received; the pipeline uses or drops it, or it stays counted as buffered.
+                self._append(block, nbytes)
                 return
         self._on_full(block)  # outside the lock: it updates metrics
 
