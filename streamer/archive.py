@@ -7,6 +7,8 @@ Layout in ``[output.archive] dir``: ``heimdall.jsonl`` is written; when the next
 cannot carry (NaN, infinities) are written as ``null``.
 
 A restart appends to ``heimdall.jsonl``; nothing is ever truncated except a line that failed half-way.
+A file that does not end with a newline (a power cut in mid-line) gets one before the first new line, so the
+torn line stays alone and invalid, every other line stays one JSON object; it is counted as ``torn_line``.
 Each line is handed to the kernel in one ``write`` as soon as it is published (no Python buffering; no
 fsync either: a power cut can lose what the page cache held). An ``OSError`` (a full disk, ENOSPC; a
 removed folder; permissions) costs that line only: it is counted through ``on_error``, any partial line
@@ -69,7 +71,8 @@ class JsonlArchive:
     """Append JSON lines to ``directory/heimdall.jsonl``, rotating at ``max_bytes``, keeping ``keep_files``.
 
     ``on_error(reason)`` is called once per line that could not be written (``reason`` is the errno name,
-    e.g. ``"ENOSPC"``); ``write`` then returns False. Only one thread may write.
+    e.g. ``"ENOSPC"``; ``write`` then returns False) and once per torn last line found on opening the file
+    (``"torn_line"``: a line an earlier run never finished). Only one thread may write.
     """
 
     def __init__(
@@ -110,10 +113,33 @@ class JsonlArchive:
     def _open(self) -> int:
         if self._fd is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            self._size = os.fstat(fd).st_size
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    size = self._end_torn_line(fd, size)
+            except OSError:
+                os.close(fd)
+                raise
+            self._size = size
             self._fd = fd
         return self._fd
+
+    def _end_torn_line(self, fd: int, size: int) -> int:
+        """End a last line that a power cut (or a kill mid-write) left without its newline; returns the new size.
+
+        Without this the next line would be glued to it and both would be lost to a JSON reader; now only
+        the torn one is invalid, alone on its line. Counted once, as ``on_error("torn_line")``.
+        """
+        if os.write(fd, b"\n") != 1:
+            raise OSError(errno.EIO, "could not end the torn last line")
+        tail = os.pread(fd, min(size, 1 << 16), max(0, size - (1 << 16)))
+        torn_bytes = len(tail) - (tail.rfind(b"\n") + 1)
+        self.errors += 1
+        self._on_error("torn_line")
+        log.warning("archive %s: its last line was cut short (%d bytes without a newline, e.g. a power cut); "
+                    "ended it there, so new lines start on a line of their own", self.path, torn_bytes)
+        return size + 1
 
     def _append(self, fd: int, line: bytes) -> None:
         start = self._size

@@ -85,6 +85,27 @@ def test_a_full_disk_is_counted_the_partial_line_cut_and_writing_resumes(tmp_pat
     assert [m["seq"] for m in lines(tmp_path / FILE_NAME)] == [0, 3], "a half-written line was left behind"
 
 
+def test_a_torn_last_line_from_a_power_cut_stays_alone_and_is_counted_once(tmp_path):
+    errors: list[str] = []
+    size = len(encode_line("loc", {"seq": 0}))
+    with JsonlArchive(tmp_path, max_bytes=10 * size, keep_files=1) as archive:
+        archive.write("loc", {"seq": 0})
+        archive.write("loc", {"seq": 1})
+    path = tmp_path / FILE_NAME
+    torn = encode_line("loc", {"seq": 2, "lat": 45.0})[:17]  # the power went mid-line: no newline at the end
+    with path.open("ab") as f:
+        f.write(torn)
+    with JsonlArchive(tmp_path, max_bytes=10 * size, keep_files=1, on_error=errors.append) as archive:
+        assert archive.write("loc", {"seq": 3}) and archive.write("loc", {"seq": 4})
+    with JsonlArchive(tmp_path, max_bytes=10 * size, keep_files=1, on_error=errors.append) as archive:
+        assert archive.write("loc", {"seq": 5})  # a clean file: nothing more to end or count
+    raw = path.read_bytes().split(b"\n")
+    assert raw[-1] == b"" and raw[2] == torn
+    assert [json.loads(line)["seq"] for i, line in enumerate(raw[:-1]) if i != 2] == [0, 1, 3, 4, 5]
+    assert errors == ["torn_line"] and archive.errors == 0  # counted by the run that found it
+    assert path.stat().st_size == 2 * size + len(torn) + 1 + 3 * size  # one newline added, nothing cut
+
+
 def test_an_unwritable_folder_is_counted_not_raised(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
