@@ -25,7 +25,7 @@ Wire format (gr-zeromq 3.10, read from ``base_sink_impl.cc`` and ``tag_headers.c
 
   then the items.
 
-With tags, ``sample_index`` is the item offset, so a PUB that dropped messages at its high-water mark
+With tags, ``sample_index`` is the item offset (x ``vlen``), so a PUB that dropped messages at its high-water mark
 shows as an index jump (the block after it carries ``Flags.OVERFLOW``), and an offset that goes back
 (the flowgraph restarted) starts the stream afresh (``Flags.DISCONTINUITY``). The usual source tags
 update the stream from the tagged item on (a message is split there): ``rx_rate`` (double, Hz),
@@ -46,7 +46,7 @@ receipt, so the daemon's own scheduling jitter does not show as clock jumps; a d
 
 Everything unusable is counted and skipped, never raised:
 
-- ``drops.bad_frame(id, reason)`` per message: ``short_frame`` (wrong frame count), ``bad_tag_header``,
+- ``drops.bad_frame(id, reason)`` per message or event: ``short_frame`` (wrong frame count), ``bad_tag_header``,
   ``bad_pmt``, ``bad_length`` (not a multiple of the item size), ``non_finite`` (its items are also
   counted as ``samples_dropped(id, "non_finite", n)``), ``item_size_mismatch`` (below), and
   ``link_error``: ZeroMQ closed the link after a protocol error, most often a message over
@@ -475,7 +475,7 @@ class GnuRadioZmqReceiver(ReceiverBase):
                              "not a symbol", self.receiver_id, type(t.key).__name__)
             elif t.key in _SPLIT_TAGS:
                 usable.append(t if vlen == 1 else t._replace(offset=t.offset * vlen))
-        merged = sorted(self._pending + usable, key=lambda t: t.offset) if self._pending else sorted(usable, key=lambda t: t.offset)
+        merged = sorted(self._pending + usable, key=lambda t: t.offset)
         split = next((i for i, t in enumerate(merged) if t.offset >= end), len(merged))
         due, self._pending = merged[:split], merged[split:]
         if len(self._pending) > MAX_PENDING_TAGS:
