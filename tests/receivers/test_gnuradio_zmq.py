@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from receivers import pmt
-from receivers.base import Flags, IQBlock, TallyDropCounter
+from receivers.base import Flags, IQBlock, ReceiverContext, TallyDropCounter
 from receivers.gnuradio_zmq import MAX_PENDING_TAGS, GnuRadioZmqReceiver, Options, parse_tag_header
 from streamer.config import from_dict
 from streamer.errors import ConfigError
@@ -892,3 +892,14 @@ def test_items_before_the_first_message_are_counted_as_before_join_not_gap(drops
         rx.close()
     assert [(b.sample_index, b.flags) for b in first + restart] == [(5000, Flags.NONE), (300, Flags.DISCONTINUITY)]
     assert drops.dropped == {("gr1", "before_join"): 5300}
+
+
+def test_from_config_takes_the_pipeline_clock_jump_tolerance_for_host_time():
+    table = {"id": "g", "kind": "gnuradio_zmq", "lat": 45.0, "lon": 7.0, "endpoint": "tcp://127.0.0.1:1",
+             "sample_rate_hz": 1e3, "center_freq_hz": 1e8}
+    config = from_dict({"receivers": [table], "pipeline": {"clock_jump_tolerance_s": 0.2}}, source="t.toml")
+    rx = GnuRadioZmqReceiver.from_config(config.receivers[0], ReceiverContext(config, TallyDropCounter()))
+    try:
+        assert rx._host._max_correction_ns == 0.05e9  # a quarter of the tolerance per message
+    finally:
+        rx.close()
