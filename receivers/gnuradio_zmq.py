@@ -56,9 +56,12 @@ Everything unusable is counted and skipped, never raised:
   a symbol), ``tag_overflow`` (a tag for a future item beyond the ``MAX_PENDING_TAGS`` held; the
   earliest are kept). Tags other than ``rx_rate``, ``rx_freq`` and ``rx_time`` have no effect and are
   not kept.
-- ``samples_dropped(id, "before_join", offset)``: with tags, the items the stream had produced before
-  its first message reached us (the flowgraph ran before we subscribed, or a PUB's slow-joiner loss),
-  counted once per stream (again after the flowgraph restarts).
+- ``samples_dropped(id, "before_join", offset)``: with tags, the items a stream sent before its first
+  message reached us, when the stream began after this receiver opened (a PUB's slow-joiner loss: it
+  sent before our subscription arrived) or while we were receiving (the flowgraph restarted). When it
+  began is ``rx_time`` taken back to item 0, else the first message's arrival less the stream's
+  duration at its rate. A stream that began earlier was joined late: its earlier items were never
+  ours and are only logged (info).
 - ``item_size_mismatch``: with tags, the item offset advance between two messages against the payload
   bytes gives the bytes per item. When one pair shows more than 8 x ``vlen`` (the next offset lies
   inside the previous message: impossible with the right size), or three consecutive pairs show the
@@ -319,6 +322,9 @@ class GnuRadioZmqReceiver(ReceiverBase):
         self._item_bytes = ITEM_BYTES * options.vlen
         self._state = _StreamState(options.sample_rate_hz, options.center_freq_hz)
         self._host = HostClock(clock, max_correction_s=clock_jump_tolerance_s / 4, on_step=self._host_stepped)
+        self._wall = clock
+        self._opened_ns = clock()  # a stream that began before this was joined late: its earlier items are not ours
+        self._joining = False
         self._sizes = ItemSizeCheck(self._item_bytes)
         self._next_index: int | None = None
         self._pending: list[Tag] = []
@@ -448,6 +454,7 @@ class GnuRadioZmqReceiver(ReceiverBase):
         due = self._due_tags(tags, end)
         if len(samples) and not np.isfinite(samples).all():
             self._apply_all(due)  # the stream's metadata still changes at these items
+            self._judge_join(offset, end)
             self._next_index = end
             self._refuse_non_finite(len(samples))
             return []
@@ -463,6 +470,7 @@ class GnuRadioZmqReceiver(ReceiverBase):
             if block is not None:
                 blocks.append(block)
                 flags = Flags.NONE
+        self._judge_join(offset, end)
         return blocks
 
     def _due_tags(self, tags: list[Tag], end: int) -> list[Tag]:
@@ -495,10 +503,11 @@ class GnuRadioZmqReceiver(ReceiverBase):
             # The PUB dropped messages (HWM) or items were lost upstream: the offset shows how many.
             self._count("gap", offset - expected)
             return Flags.OVERFLOW
-        # The stream's first message, or the flowgraph restarted: what it produced before this is not ours.
-        self._count("before_join", offset)
         if expected is None:
+            self._joining = True  # judged once this message's tags (rate, rx_time) are applied
             return Flags.NONE
+        # The flowgraph restarted while we were receiving: whatever it sent before this reached us is lost.
+        self._count("before_join", offset)
         self._state.anchor = None  # the old rx_time no longer applies
         self._pending = []
         self._host.reset()
@@ -507,6 +516,26 @@ class GnuRadioZmqReceiver(ReceiverBase):
     def _count(self, reason: str, n: int) -> None:
         if n > 0:
             self._drops.samples_dropped(self.receiver_id, reason, n)
+
+    def _judge_join(self, offset: int, end: int) -> None:
+        """The first message starts at item ``offset``: lost to us only if the stream began after we opened."""
+        if not self._joining:
+            return
+        self._joining = False
+        rate = self._state.rate
+        if offset == 0 or rate is None:
+            return
+        began_ns = self._state.time_at(0)
+        if began_ns is None:  # no rx_time: the arrival of this message's end, less the stream's duration
+            began_ns = self._wall() - round(end * 1e9 / rate)
+        if began_ns >= self._opened_ns:  # e.g. a PUB's slow joiner: it sent before our subscription arrived
+            self._count("before_join", offset)
+            _log.warning((self.receiver_id, "before_join"), "receiver %s: the stream began after this receiver "
+                         "opened, and its first %d items never reached us (counted as before_join)",
+                         self.receiver_id, offset)
+        else:
+            _log.log(logging.INFO, (self.receiver_id, "joined"), "receiver %s: joined a running stream at item %d "
+                     "(it began before this receiver opened: not counted as lost)", self.receiver_id, offset)
 
     def _refuse_non_finite(self, n: int) -> None:
         # The items were received and are counted here, so the next block's index jump is not a gap.

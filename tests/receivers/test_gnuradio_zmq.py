@@ -250,7 +250,7 @@ def test_tags_set_rate_frequency_and_device_time(push, adapter, drops):
     assert [b.t0_ns for b in blocks] == [RX_NS, RX_NS + 2000, RX_NS + 3000]
     assert [b.flags for b in blocks] == [Flags.NONE, Flags.NONE, Flags.RETUNE]
     np.testing.assert_array_equal(np.concatenate([b.samples for b in blocks]), items(0, 8))
-    assert not drops.bad_frames and drops.dropped == {("gr1", "before_join"): 1000}  # items 0..999 never reached us
+    assert not drops.bad_frames and not drops.dropped  # the stream began (rx_time) long before we opened: joined late
 
 
 def test_offset_jump_is_an_overflow_and_offset_going_back_a_restart(push, adapter, drops):
@@ -883,15 +883,31 @@ def test_complex_vectors_with_vlen_are_flattened_and_indexed_in_samples(drops):
     assert not drops.bad_frames and not drops.dropped
 
 
-def test_items_before_the_first_message_are_counted_as_before_join_not_gap(drops):
-    rx = offline_receiver(drops, pass_tags=True, sample_rate_hz=1e3, center_freq_hz=1e8)
+def test_items_sent_before_the_first_message_of_a_stream_that_began_after_we_opened_are_before_join(drops):
+    now = [HOST_NS]  # the receiver opens now
+    rx = offline_receiver(drops, clock=lambda: now[0], pass_tags=True, sample_rate_hz=1e3, center_freq_hz=1e8)
     try:
-        first = rx._blocks(tagged(5000, items(0, 10)))  # a PUB sent 5,000 items before our subscription
-        restart = rx._blocks(tagged(300, items(0, 10)))  # the flowgraph restarted; we missed its first 300
+        now[0] += 6 * 10**9  # 5,010 items at 1 kS/s end now: the stream began 0.99 s after we opened
+        first = rx._blocks(tagged(5000, items(0, 10)))  # a PUB sent 5,000 items before our subscription arrived
+        restart = rx._blocks(tagged(300, items(0, 10)))  # the flowgraph restarted; its first 300 never reached us
     finally:
         rx.close()
     assert [(b.sample_index, b.flags) for b in first + restart] == [(5000, Flags.NONE), (300, Flags.DISCONTINUITY)]
-    assert drops.dropped == {("gr1", "before_join"): 5300}
+    assert drops.dropped == {("gr1", "before_join"): 5300}  # and no gap
+
+
+@pytest.mark.parametrize("rx_time", [False, True], ids=["host", "rx_time"])
+def test_joining_a_stream_that_began_before_we_opened_counts_nothing(drops, rx_time):
+    now = [HOST_NS]
+    rx = offline_receiver(drops, clock=lambda: now[0], pass_tags=True, sample_rate_hz=1e3, center_freq_hz=1e8)
+    tags = (tag(5000, "rx_time", tup(u64(HOST_NS // 10**9 - 2), dbl(0.0))),) if rx_time else ()
+    try:
+        now[0] += 10**9  # 5,010 items at 1 kS/s end now: the stream began 4 s before we opened
+        blocks = rx._blocks(tagged(5000, items(0, 10), *tags))
+    finally:
+        rx.close()
+    assert [b.sample_index for b in blocks] == [5000]
+    assert not drops.dropped
 
 
 def test_from_config_takes_the_pipeline_clock_jump_tolerance_for_host_time():
