@@ -390,7 +390,7 @@ class GnuRadioZmqReceiver(ReceiverBase):
         if self._lost_at is not None and self._monotonic() - self._lost_at > _RECONNECT_GRACE_S:
             self._drops.bad_frame(self.receiver_id, "link_error")
             _log.warning((self.receiver_id, "link_error"),
-                         "receiver %s: %s closed the link after a protocol error (most often a message over "
+                         "receiver %s: ZeroMQ closed the link to %s after a protocol error (most often a message over "
                          "max_message_bytes = %d); reopening", self.receiver_id, self.options.endpoint,
                          self.options.max_message_bytes)
             raise _LinkLost
