@@ -21,7 +21,7 @@ match). With ``--tags`` the first payload item carries rx_rate, rx_freq and rx_t
 
 ``--sink push`` only: ``--vlen V`` sends the payload as complex vectors of V (``items`` samples, tag
 offsets counting vectors, as GNU Radio's do); ``--float`` sends the payload's real parts as float32 items
-(a stream a complex receiver must refuse).
+(a stream a complex receiver must refuse); ``--throttle RATE`` paces it at RATE items/s, as a radio would.
 """
 
 import argparse
@@ -105,7 +105,12 @@ def build(args, go):
             itemsize = gr.sizeof_gr_complex
         head = blocks.head(itemsize * vlen, args.items // vlen)
         sink = zeromq.push_sink(itemsize, vlen, "tcp://127.0.0.1:*", 100, args.tags)
-        tb.connect(source, head, sink)
+        if args.throttle:
+            throttle = blocks.throttle(itemsize * vlen, args.throttle / vlen)
+            tb.connect(source, throttle, head, sink)
+            tb.keep_alive_throttle = throttle
+        else:
+            tb.connect(source, head, sink)
     else:
         source = GatedSource(args.items, args.tags, go)
         sink = zeromq.pub_sink(gr.sizeof_gr_complex, 1, "tcp://127.0.0.1:*", 100, args.tags, -1, args.key)
@@ -122,6 +127,7 @@ def main():
     parser.add_argument("--key", default="", help="pub_sink key (frames become [key][data])")
     parser.add_argument("--vlen", type=int, default=1, help="push only: complex vectors of this length")
     parser.add_argument("--float", action="store_true", help="push only: float32 items instead of complex")
+    parser.add_argument("--throttle", type=float, default=0.0, help="push only: pace the items at this rate (items/s)")
     args = parser.parse_args()
     go = threading.Event()
     tb, sink = build(args, go)
