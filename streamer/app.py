@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Most queued blocks taken in one go by ``Daemon.step`` (then coalesced per receiver).
 STEP_MAX_BLOCKS = 256
+#: How long shutdown waits, in all, for the receiver threads and the metrics server (s). A thread still
+#: blocked then (a vendor call that ignores close()) is left behind: it is a daemon thread, the process exits.
+SHUTDOWN_WAIT_S = 1.0
 
 
 class _DaemonCounters(AdapterCounters):
@@ -70,6 +74,26 @@ def _truth_source(config: Config):
     from receivers.simulator import SimulatedWorld
 
     return SimulatedWorld(config)
+
+
+def _stop_http_server(server, deadline: float) -> None:
+    """``server.shutdown()`` without waiting out its poll interval: by ``deadline`` (time.monotonic, s) at most.
+
+    ``serve_forever`` (prometheus_client starts it with the default 0.5 s poll) looks at the shutdown flag
+    only when its poll returns; a connection to the server makes it return at once. Such a connection sends
+    nothing and is closed: the handler sees an empty request and ends.
+    """
+    stopper = threading.Thread(target=server.shutdown, name="metrics-shutdown-wait", daemon=True)
+    stopper.start()
+    host, port = server.server_address[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    while stopper.is_alive() and time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.1):
+                pass
+        except OSError:
+            pass  # not reachable from here: the poll interval it is
+        stopper.join(min(0.02, max(0.0, deadline - time.monotonic())))
 
 
 class Daemon:
@@ -324,16 +348,36 @@ class Daemon:
         )
         return new, estimators, pipeline
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait_s: float = SHUTDOWN_WAIT_S) -> None:
+        """Stop everything, waiting at most ``wait_s`` (s) in all for the threads.
+
+        Everything that has to wind down is told first (every runner's flag set and adapter closed, which
+        interrupts blocking reads; the metrics server's poll loop), then all are waited for against one
+        deadline, so the waits overlap instead of adding up. The output socket closes without linger.
+        """
+        started = time.monotonic()
+        deadline = started + wait_s
         self._stop.set()
-        for runner in self.runners.values():
-            runner.stop(timeout_s=0.5)
+        self.pacer.close()  # wakes adapter threads waiting to hand over a block
+        runners = list(self.runners.values())
+        for runner in runners:
+            runner.request_stop()
+        server_stopped = None
+        if self.metrics_server is not None:  # winds down alongside the runners
+            server_stopped = threading.Thread(target=_stop_http_server, args=(self.metrics_server, deadline),
+                                              name="metrics-shutdown", daemon=True)
+            server_stopped.start()
+        stuck = [runner.rx.id for runner in runners if not runner.join(deadline - time.monotonic())]
+        receivers_s = time.monotonic() - started
+        if stuck:
+            log.warning("receiver thread(s) %s still running after %.1f s; exiting without them", ", ".join(stuck), wait_s)
         self.publisher.close()
         if self.archive is not None:
             self.archive.close()
         if self.authenticator is not None:
             self.authenticator.stop()
-        if self.metrics_server is not None:
-            self.metrics_server.shutdown()
-            self.metrics_server.server_close()
-        log.info("stopped")
+        if server_stopped is not None:
+            server_stopped.join(max(0.0, deadline - time.monotonic()))
+            if not server_stopped.is_alive():
+                self.metrics_server.server_close()
+        log.info("stopped in %.2f s (receivers %.2f s)", time.monotonic() - started, receivers_s)
