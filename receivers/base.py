@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 TimeSource = Literal["gps", "device", "host"]
 TIME_SOURCES: tuple[str, ...] = ("gps", "device", "host")
+#: Sample rates (Hz) a block may declare at a network edge: the fastest SDR front ends (61.44 MS/s for
+#: AD936x) sit below the top, and below the bottom no IQ source exists (KiwiSDR, the slowest, gives 12 kS/s).
+#: Within it, time arithmetic on a block stays finite; the channelizer narrows it to what it can serve.
+MIN_SAMPLE_RATE_HZ = 1_000.0
+MAX_SAMPLE_RATE_HZ = 100e6
 
 
 class Flags(enum.IntFlag):

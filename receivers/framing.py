@@ -14,7 +14,7 @@ One ZeroMQ multipart message per IQBlock, three frames (docs/protocol.md, "IQ in
    sample_index  int >= 0                absolute index of the first sample in the stream
    t0_ns         int                     Unix time of the first sample (ns)
    time_source   str                     "gps", "device" or "host"
-   sample_rate   float > 0               samples per second (Hz)
+   sample_rate   float                   samples per second (Hz), within [1 kHz, 100 MHz]
    center_freq   float                   tuned centre frequency (Hz)
    dtype         str                     payload encoding, below
    gain_db       float or nil            receiver gain (dB), nil when unknown / AGC
@@ -56,7 +56,7 @@ from typing import Any, Sequence
 import msgpack
 import numpy as np
 
-from receivers.base import TIME_SOURCES, Flags, IQBlock
+from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, TIME_SOURCES, Flags, IQBlock
 from streamer.errors import HeimdallError
 
 VERSION = 1
@@ -210,8 +210,8 @@ def _check_values(header: dict) -> None:
         if header[key] is not None and not math.isfinite(header[key]):
             raise FrameError("bad_header", f"{key} is not finite")
     rate = header["sample_rate"]
-    if not math.isfinite(rate) or rate <= 0:
-        raise FrameError("bad_rate", f"sample_rate {rate!r} is not a positive finite number")
+    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:  # also NaN; beyond it time arithmetic overflows
+        raise FrameError("bad_rate", f"sample_rate {rate!r} is outside [{MIN_SAMPLE_RATE_HZ:g}, {MAX_SAMPLE_RATE_HZ:g}] Hz")
     if header["dtype"] not in ITEM_SIZES:
         raise FrameError("unknown_dtype", f"dtype {header['dtype']!r}; known: {', '.join(ITEM_SIZES)}")
 

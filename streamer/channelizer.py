@@ -10,7 +10,11 @@ What it computes (the whole-signal reference is what a test compares the stream 
 
 - ``up/down`` is the exact ratio ``out_rate/in_rate`` in lowest terms (a rate pair without a small rational
   ratio is refused: a ratio that is only approximately right would make the output clock drift against
-  ``out_rate``).
+  ``out_rate``, and the ring buffer's time would drift with it for as long as the stream runs).
+- What one rate may cost is bounded (``tuning_problem``): the input rate lies in
+  ``[out_rate/MAX_UPSAMPLING, MAX_SAMPLE_RATE_HZ]`` and the polyphase filter bank holds at most
+  ``MAX_BANK_COEFFS`` coefficients. A rate pair beyond that is refused before any filter is designed, so a
+  block that declares an awkward rate (e.g. 23997.6 Hz -> 24 kHz, 10000/9999) costs nothing.
 - ``taps`` is the low-pass that ``resample_poly`` designs by default: ``firwin(2*half_len + 1, 1/max(up, down),
   window=("kaiser", 5.0))`` with ``half_len = 10*max(up, down)`` for the default ``taps_per_phase=20``.
 - The mixer's phase comes from the absolute input index, so it is continuous across blocks and across a
@@ -50,10 +54,16 @@ from fractions import Fraction
 import numpy as np
 from scipy.signal import firwin
 
-from receivers.base import Flags, IQBlock
+from receivers.base import MAX_SAMPLE_RATE_HZ, Flags, IQBlock
 
 #: Largest ``up`` or ``down`` accepted: the filter is about ``20*max(up, down)`` taps long.
 MAX_UP_DOWN = 10_000
+#: Largest ``out_rate/in_rate``: a slower input holds too little band for the model, and each input sample
+#: would cost this many outputs (so a block's output size is at most this many times its own).
+MAX_UPSAMPLING = 4
+#: Largest polyphase filter bank (float32 coefficients, 8 MiB): ``up`` branches of ``down``-padded length, so
+#: ratios near 1 with large terms (10000/9999) would cost ``up*down`` coefficients; real ones cost < 300 000.
+MAX_BANK_COEFFS = 1 << 21
 #: Relative mismatch between ``up/down`` and ``out_rate/in_rate`` that still counts as exact (float rounding).
 RATIO_TOLERANCE = 1e-12
 #: Flags after which filter state must not be carried across (DESIGN: "do not carry filter state across").
@@ -113,6 +123,63 @@ def check_tunable(in_rate_hz: float, center_freq_hz: float, target_freq_hz: floa
             f" center_freq_hz={center_freq_hz} at in_rate_hz={in_rate_hz} (±{in_rate_hz / 2} Hz)"
         )
     return rational_ratio(in_rate_hz, out_rate_hz, max_up_down)
+
+
+def tap_count(up: int, down: int, taps_per_phase: int = 20) -> int:
+    """Length of ``design_taps(up, down, taps_per_phase)`` without designing it."""
+    if up == down == 1:
+        return 1
+    return 2 * (taps_per_phase * max(up, down) // 2) + 1
+
+
+def bank_size(up: int, down: int, n_taps: int) -> int:
+    """Coefficients in the polyphase bank of ``PolyphaseResampler(up, down, taps)`` for ``n_taps`` taps."""
+    branch_len = -(-n_taps // up)
+    return up * (-(-branch_len // down)) * down
+
+
+def tuning_problem(
+    in_rate_hz: float, center_freq_hz: float, target_freq_hz: float, out_rate_hz: float, taps_per_phase: int = 20,
+    *, max_up_down: int = MAX_UP_DOWN,
+) -> str | None:
+    """Why a receiver at ``in_rate_hz`` / ``center_freq_hz`` cannot be channelized to ``target_freq_hz`` at
+    ``out_rate_hz`` (all Hz), or None when it can. The one tunability rule: ``Channelizer`` raises it.
+
+    Examples
+    --------
+    >>> tuning_problem(2.4e6, 145.0e6, 145.5e6, 24_000.0) is None
+    True
+    >>> tuning_problem(48_000.0, 145.0e6, 145.5e6, 24_000.0)
+    'channelizer: target_freq_hz=145500000.0 is outside the band received around center_freq_hz=145000000.0 at in_rate_hz=48000.0 (±24000.0 Hz)'
+    """
+    for name, rate in (("in_rate_hz", in_rate_hz), ("out_rate_hz", out_rate_hz)):
+        if not (math.isfinite(rate) and rate > 0):
+            return f"channelizer: {name} must be a positive number of Hz, got {rate!r}"
+    if not out_rate_hz / MAX_UPSAMPLING <= in_rate_hz <= MAX_SAMPLE_RATE_HZ:
+        return (
+            f"channelizer: in_rate_hz={in_rate_hz} is outside [{out_rate_hz / MAX_UPSAMPLING}, {MAX_SAMPLE_RATE_HZ}]"
+            f" (out_rate_hz={out_rate_hz} / MAX_UPSAMPLING={MAX_UPSAMPLING}, up to MAX_SAMPLE_RATE_HZ)"
+        )
+    if not (math.isfinite(center_freq_hz) and math.isfinite(target_freq_hz)) or not (
+        abs(target_freq_hz - center_freq_hz) <= in_rate_hz / 2
+    ):
+        return (
+            f"channelizer: target_freq_hz={target_freq_hz} is outside the band received around"
+            f" center_freq_hz={center_freq_hz} at in_rate_hz={in_rate_hz} (±{in_rate_hz / 2} Hz)"
+        )
+    if isinstance(taps_per_phase, bool) or not isinstance(taps_per_phase, int) or taps_per_phase < 2:
+        return f"channelizer: taps_per_phase must be an integer >= 2, got {taps_per_phase!r}"
+    try:
+        up, down = rational_ratio(in_rate_hz, out_rate_hz, max_up_down)
+    except ValueError as exc:
+        return str(exc)
+    coeffs = bank_size(up, down, tap_count(up, down, taps_per_phase))
+    if coeffs > MAX_BANK_COEFFS:
+        return (
+            f"channelizer: out_rate_hz={out_rate_hz} / in_rate_hz={in_rate_hz} = {up}/{down} needs a filter bank of"
+            f" {coeffs} coefficients, more than MAX_BANK_COEFFS={MAX_BANK_COEFFS}; choose rates whose ratio is a small fraction"
+        )
+    return None
 
 
 def design_taps(up: int, down: int, taps_per_phase: int = 20) -> np.ndarray:
@@ -183,9 +250,8 @@ class PolyphaseResampler:
         self.up, self.down = int(up), int(down)
         taps = np.asarray(taps, dtype=np.float64)
         self.half_len = (len(taps) - 1) // 2  # resample_poly's centre for a given window
-        branch_len = -(-len(taps) // self.up)
-        self._blocks = -(-branch_len // self.down)  # D: the branch padded to a multiple of `down`
-        self._span = self._blocks * self.down  # inputs each output reads (padded)
+        self._span = bank_size(self.up, self.down, len(taps)) // self.up  # inputs each output reads (padded)
+        self._blocks = self._span // self.down  # D: the branch padded to a multiple of `down`
         # Branch p reversed and front-padded, so that window element m' = x[newest - span + 1 + m'] meets its tap.
         bank = np.zeros((self.up, self._span), dtype=np.float32)
         for p in range(self.up):
@@ -263,7 +329,7 @@ class Channelizer:
     center_freq_hz : the receiver's tuned centre (Hz); every block must carry it.
     target_freq_hz : the frequency to bring to 0 Hz (Hz); within ``center_freq_hz ± in_rate_hz/2``.
     out_rate_hz : output sample rate (Hz); ``out_rate_hz/in_rate_hz`` must be a fraction ``up/down`` with both
-        terms <= ``max_up_down``.
+        terms <= ``max_up_down``, and the pair must pass ``tuning_problem`` (ValueError with its reason).
     taps_per_phase : filter length as zero crossings of its sinc: ``taps_per_phase*max(up, down) + 1`` taps,
         i.e. about ``taps_per_phase`` taps per branch of the equivalent interpolate-by-``max(up, down)``
         filter. 20 is resample_poly's default.

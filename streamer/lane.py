@@ -10,10 +10,15 @@ Accounting is kept in input samples (what the adapter delivered), so that at eve
 holds exactly. Output sample ``j`` of the channelizer "owns" input samples
 ``[ceil(j*down/up), ceil((j+1)*down/up))``, so converting any run of outputs back to inputs telescopes.
 Samples a source lost before delivery (overflow, index gaps) are counted separately, with stage "source".
+
+A block is refused whole, counted by reason, when its samples are not finite (``non_finite``) or beyond
+``MAX_SAMPLE_MAGNITUDE`` (``out_of_range``), or when the channelizer cannot bring its band to the target
+(``untunable``; logged once per lane with the receiver's centre, rate and the target).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -21,13 +26,41 @@ from typing import Callable
 
 import numpy as np
 
-from receivers.base import Flags, IQBlock
+from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, Flags, IQBlock
+from streamer.boundedlog import BoundedLog
 from streamer.channelizer import Channelizer
 from streamer.ringbuffer import RingBuffer
+
+_log = BoundedLog(logging.getLogger(__name__))
 
 #: stage label of drops that happened before the pipeline received the samples (never in ``received``).
 SOURCE = "source"
 PIPELINE = "pipeline"
+#: Largest |I| or |Q| accepted (full scale is 1.0): 1000 x the clip level of any ADC, so a block beyond it
+#: is not a signal; below it ``|x|**2`` <= 2e6 per sample and a window's power sums stay finite in float32
+#: (values near 3e38 overflowed them and made every window's estimate NaN).
+MAX_SAMPLE_MAGNITUDE = 1e3
+
+
+def samples_problem(samples: np.ndarray) -> str | None:
+    """``"non_finite"`` (NaN or infinite), ``"out_of_range"`` (beyond ``MAX_SAMPLE_MAGNITUDE``) or None.
+
+    ``samples`` is complex64; the check runs on its float32 view (two reductions, no temporaries).
+
+    Examples
+    --------
+    >>> samples_problem(np.array([0.5 + 1j, -1], np.complex64)) is None
+    True
+    >>> samples_problem(np.array([3e38j], np.complex64)), samples_problem(np.array([np.nan], np.complex64))
+    ('out_of_range', 'non_finite')
+    """
+    if not len(samples):
+        return None
+    parts = samples.view(np.float32)
+    lo, hi = parts.min(), parts.max()  # NaN propagates into both
+    if lo >= -MAX_SAMPLE_MAGNITUDE and hi <= MAX_SAMPLE_MAGNITUDE:
+        return None
+    return "out_of_range" if math.isfinite(lo) and math.isfinite(hi) else "non_finite"
 
 
 @dataclass(frozen=True)
@@ -67,6 +100,7 @@ class Lane:
         self._pending_restart: str | None = None
         self.last_block: IQBlock | None = None
         self.untunable_reason: str | None = None  # why the last untunable block was refused (for logs)
+        self._untunable_logged = False
 
     # Accounting -----------------------------------------------------------------------------------
     @property
@@ -104,17 +138,18 @@ class Lane:
             self._on_bad_frame("bad_dtype")
             self._drop("bad_dtype", n)
             return
-        if not (block.sample_rate > 0 and math.isfinite(block.sample_rate)):
+        if not MIN_SAMPLE_RATE_HZ <= block.sample_rate <= MAX_SAMPLE_RATE_HZ:  # also NaN; keeps time arithmetic finite
             self._on_bad_frame("bad_rate")
             self._drop("bad_rate", n)
             return
-        if n and not np.isfinite(block.samples).all():
-            self._on_bad_frame("non_finite")
-            self._drop("non_finite", n)
+        problem = samples_problem(block.samples)
+        if problem is not None:
+            self._on_bad_frame(problem)
+            self._drop(problem, n)
             # The stream now has a hole the channelizer must not filter across; it is not a source gap.
             self._expected_index = block.end_index
             self._expected_t_ns = block.t0_ns + block.duration_ns
-            self._pending_restart = "non_finite"
+            self._pending_restart = problem
             return
         if block.flags & Flags.DISCONTINUITY:  # a reconnected source may restart its sample count
             self._expected_index = self._expected_t_ns = None
@@ -129,6 +164,15 @@ class Lane:
             self._drop("untunable", n)
             self.untunable_reason = str(exc)
             self._expected_index = None
+            if not self._untunable_logged:  # every block is refused until the source or the config changes
+                self._untunable_logged = True
+                _log.warning(
+                    ("untunable", self.receiver_id),
+                    "receiver %s: centre %.9g Hz, rate %.9g Hz cannot reach the target %.9g Hz at %.9g Hz;"
+                    " its blocks are dropped (untunable): %s",
+                    self.receiver_id, block.center_freq, block.sample_rate, self.settings.target_freq_hz,
+                    self.settings.model_rate_hz, exc,
+                )
             return
         self.last_block = block
         self._expected_index = block.end_index

@@ -16,10 +16,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from receivers.base import Flags, IQBlock, ReceiverContext
+from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, Flags, IQBlock, ReceiverContext
 from receivers.registry import open_receiver
 from streamer.config import ReceiverConfig
 from streamer.errors import HeimdallError, MissingDependencyError, ReceiverFatalError, ReceiverTransientError
+from streamer.lane import samples_problem
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +220,9 @@ COALESCE_MAX_SAMPLES = 1 << 20
 
 
 def _joinable(block: IQBlock) -> bool:
+    """Samples the lane takes as they are: joining a block it refuses would lose its neighbours with it."""
     s = block.samples
-    return isinstance(s, np.ndarray) and s.ndim == 1 and s.dtype == np.complex64 and bool(np.isfinite(s).all())
+    return isinstance(s, np.ndarray) and s.ndim == 1 and s.dtype == np.complex64 and samples_problem(s) is None
 
 
 def coalesce_blocks(blocks: Sequence[IQBlock], max_samples: int = COALESCE_MAX_SAMPLES) -> list[IQBlock]:
@@ -263,6 +265,8 @@ def _continues(run: list[IQBlock], block: IQBlock, max_samples: int) -> bool:
         first.sample_rate, first.center_freq, first.time_source, first.gain_db
     ):
         return False
+    if not MIN_SAMPLE_RATE_HZ <= first.sample_rate <= MAX_SAMPLE_RATE_HZ:
+        return False  # the lane refuses the rate (bad_rate), and time arithmetic on it may not be finite
     held = last.end_index - first.sample_index
     if held + len(block.samples) > max_samples:
         return False
