@@ -12,22 +12,31 @@ Every unusable message is counted with ``drops.bad_frame(id, reason)`` and skipp
   or overlap). The block is dropped and its samples counted as ``samples_dropped(id,
   "index_backwards", n)``. A restarted publisher is *not* a duplicate: a block flagged
   ``DISCONTINUITY`` (``FramedPublisher`` flags its first block) starts the stream afresh, and so does
-  the second of two consecutive backwards blocks that are contiguous with each other (the first one
+  the second of two consecutive refused blocks that are contiguous with each other (the first one
   is the only loss when the flagged block did not reach us).
-- ``clock_jump``: ``t0_ns`` disagrees with the previous block's ``t0_ns`` advanced by the sample count
-  at the previous block's rate by more than ``pipeline.clock_jump_tolerance_s``. The block is still
-  yielded: the pipeline re-anchors its time on it.
+- ``bad_index``: the block ends beyond ``MAX_INDEX`` (2**63 - 1), or jumps forward by more than
+  ``MAX_GAP_S`` seconds of samples: a loss no one can size (a corrupt header, or a publisher restarted
+  without the flag), so it is not passed on as a gap. The block is dropped and its samples counted as
+  ``samples_dropped(id, "bad_index", n)``; a next block contiguous with it restarts the stream.
 
-Forward index jumps are not counted here: the gap is visible in ``sample_index`` for the pipeline.
+Forward index jumps up to ``MAX_GAP_S`` are not counted here: the gap is visible in ``sample_index`` and the
+pipeline counts it. Clock steps are left to the pipeline too, which counts each one once (``clock_jump``).
+The samples a publisher sent before the first block this adapter sees are counted as ``samples_dropped(id,
+"before_join", sample_index)`` when that block is not flagged ``DISCONTINUITY`` and its stream began
+(``t0_ns - sample_index / sample_rate``) after this adapter subscribed: they were published to us and lost
+(e.g. the flagged first block sent before the subscription reached the publisher). A stream that began
+earlier was joined late: its earlier samples were never ours and are not counted.
 
 Limits (docs/security.md): ZeroMQ refuses a frame over ``max_message_bytes`` (ZMQ_MAXMSGSIZE) by closing
 the connection. When this side connects, libzmq does not reconnect after that: the adapter sees the link
 close without a reconnect, counts ``bad_frame(id, "link_error")`` and raises ReceiverTransientError so the
 runner opens a fresh socket. (When this side binds, the edge reconnects by itself; the lost message shows
 as a gap.) A message whose frames *together* exceed the limit is counted ``oversize``. A token bucket
-limits the samples accepted per second to ``max_rate_sps`` (unset: ``rate_limit_factor`` times the rate
-the publisher declares), with ``rate_burst_s`` seconds of burst; blocks over it are dropped and counted
-``samples_dropped(id, "rate_limit", n)``, and the next block passed on carries ``Flags.OVERFLOW``.
+limits the samples accepted per second to ``max_rate_sps`` (unset: ``rate_limit_factor`` times the
+configured ``sample_rate_hz``, or without it times the rate the first block declares), with
+``rate_burst_s`` seconds of burst; blocks over it are dropped and counted ``samples_dropped(id,
+"rate_limit", n)``, and the next block passed on carries ``Flags.OVERFLOW``. The limit never follows a
+rate declared later, so a publisher cannot lift it or refill the bucket by declaring another rate.
 With ``[security] curve_ingest`` the socket is a CURVE server (streamer.security) and peers it refuses
 are counted through ``drops.auth_failure("ingest:<id>")`` when the DropCounter has that method.
 Silence is not an error: the adapter keeps polling (``recv_timeout_s`` at a time, checking whether
@@ -47,12 +56,14 @@ from typing import Callable, Iterator
 
 import zmq
 
-from receivers.base import DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext
+from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext
 from receivers.framing import FrameError, decode, encode
+from streamer.boundedlog import BoundedLog
 from streamer.errors import ReceiverFatalError, ReceiverTransientError
 from streamer.security import INGEST_DOMAIN, KeyPair, SocketEvents, load_secret_key, make_curve_client, make_curve_server
 
 log = logging.getLogger(__name__)
+_bounded = BoundedLog(log)  # bad input from a peer: counted always, logged a few lines a minute per reason
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -66,11 +77,14 @@ class Options:
     rcvhwm: int = field(default=1000, metadata=_doc("messages queued in ZeroMQ before it drops (receive high-water mark)"))
     recv_timeout_s: float = field(default=0.2, metadata=_doc("one poll's wait before checking for close() (s)"))
     max_message_bytes: int = field(default=64 << 20, metadata=_doc("larger inbound messages are refused by ZeroMQ"))
+    sample_rate_hz: float | None = field(
+        default=None, metadata=_doc("rate the edge publishes (Hz): sets the rate limit; unset: the first block's declared rate")
+    )
     max_rate_sps: float | None = field(
-        default=None, metadata=_doc("samples/s accepted; more is dropped (rate_limit); unset: rate_limit_factor x declared rate")
+        default=None, metadata=_doc("samples/s accepted; more is dropped (rate_limit); unset: rate_limit_factor x sample_rate_hz")
     )
     rate_limit_factor: float = field(
-        default=2.0, metadata=_doc("without max_rate_sps: limit = this x the sample_rate the publisher declares (0 = no limit)")
+        default=2.0, metadata=_doc("without max_rate_sps: limit = this x sample_rate_hz, never a later declared rate (0 = no limit)")
     )
     rate_burst_s: float = field(default=1.0, metadata=_doc("seconds of samples at the limit accepted in one burst (s)"))
 
@@ -79,6 +93,10 @@ class Options:
             raise ValueError(f"max_message_bytes: expected > 0, got {self.max_message_bytes}")
         if self.max_rate_sps is not None and self.max_rate_sps <= 0:
             raise ValueError(f"max_rate_sps: expected > 0 (or unset), got {self.max_rate_sps}")
+        if self.sample_rate_hz is not None and not MIN_SAMPLE_RATE_HZ <= self.sample_rate_hz <= MAX_SAMPLE_RATE_HZ:
+            raise ValueError(
+                f"sample_rate_hz: expected {MIN_SAMPLE_RATE_HZ:g} to {MAX_SAMPLE_RATE_HZ:g} Hz (or unset), got {self.sample_rate_hz}"
+            )
         if self.rate_limit_factor < 0 or self.rate_burst_s <= 0:
             raise ValueError(f"rate_limit_factor >= 0 and rate_burst_s > 0 expected, got {self.rate_limit_factor}, {self.rate_burst_s}")
         if not self.recv_timeout_s > 0:
@@ -183,33 +201,73 @@ class PolledSocket:
         self._sock.close(linger=0)
 
 
+#: Longest forward jump of ``sample_index`` passed on as a gap (seconds of samples at the block's rate): an
+#: edge that lost more than a minute has restarted or been replaced, and a larger jump is more likely a corrupt
+#: index than a loss anyone can size.
+MAX_GAP_S = 60.0
+#: Largest ``end_index`` accepted: beyond int64, counters and indices lose meaning.
+MAX_INDEX = 2**63 - 1
+
+
 class StreamContinuity:
-    """The stream-level checks of one receiver's framed blocks (see the module docstring)."""
+    """The stream-level checks of one receiver's framed blocks (see the module docstring); counts what it refuses.
 
-    def __init__(self, clock_jump_tolerance_s: float) -> None:
-        self._tolerance_ns = clock_jump_tolerance_s * 1e9
+    ``opened_ns`` is the Unix time (ns) at which the adapter subscribed: the ``before_join`` rule compares it
+    with the start of the first stream it sees.
+    """
+
+    def __init__(self, receiver_id: str, drops: DropCounter, opened_ns: int) -> None:
+        self._rid = receiver_id
+        self._drops = drops
+        self._opened_ns = opened_ns
         self._last: IQBlock | None = None
-        self._behind_end: int | None = None
+        self._refused_end: int | None = None  # end of the last block refused as backwards or far ahead
 
-    def check(self, block: IQBlock) -> tuple[str | None, IQBlock | None]:
-        """Return ``(reason or None, block to yield or None)``."""
+    def check(self, block: IQBlock) -> IQBlock | None:
+        """The block to yield (possibly flagged ``DISCONTINUITY``), or None when it was refused and counted."""
+        if block.end_index > MAX_INDEX:
+            return self._refuse(block, "bad_index")
         prev = self._last
-        if prev is None or block.flags & Flags.DISCONTINUITY:
-            return self._accept(block, None)
+        if prev is None:
+            self._count_before_join(block)
+            return self._accept(block)
+        if block.flags & Flags.DISCONTINUITY:
+            return self._accept(block)
+        if block.sample_index != prev.end_index and block.sample_index == self._refused_end:
+            return self._accept(dataclasses.replace(block, flags=block.flags | Flags.DISCONTINUITY))
         if block.sample_index < prev.end_index:
-            if block.sample_index == self._behind_end:
-                restarted = dataclasses.replace(block, flags=block.flags | Flags.DISCONTINUITY)
-                return self._accept(restarted, None)
-            self._behind_end = block.end_index
-            return "index_backwards", None
-        expected_ns = prev.t0_ns + (block.sample_index - prev.sample_index) * 1e9 / prev.sample_rate
-        jumped = abs(block.t0_ns - expected_ns) > self._tolerance_ns
-        return self._accept(block, "clock_jump" if jumped else None)
+            return self._refuse(block, "index_backwards")
+        if block.sample_index - prev.end_index > MAX_GAP_S * prev.sample_rate:
+            return self._refuse(block, "bad_index")
+        return self._accept(block)
 
-    def _accept(self, block: IQBlock, reason: str | None) -> tuple[str | None, IQBlock]:
+    def _count_before_join(self, block: IQBlock) -> None:
+        if block.flags & Flags.DISCONTINUITY or block.sample_index == 0:
+            return
+        if block.sample_index > MAX_GAP_S * block.sample_rate:
+            return  # a stream older than any gap we count: joined late, not lost
+        stream_start_ns = block.t0_ns - block.sample_index * 1e9 / block.sample_rate
+        if stream_start_ns >= self._opened_ns:
+            self._drops.samples_dropped(self._rid, "before_join", block.sample_index)
+            _bounded.warning((self._rid, "before_join"), "receiver %s: the first block received starts at sample"
+                             " %d of a stream that began after we subscribed: %d samples counted as before_join",
+                             self._rid, block.sample_index, block.sample_index)
+
+    def _refuse(self, block: IQBlock, reason: str) -> None:
+        self._drops.bad_frame(self._rid, reason)
+        _bounded.warning(
+            (self._rid, reason), "receiver %s: block refused (%s): it starts at sample_index %d, the stream ends at %d",
+            self._rid, reason, block.sample_index, self._last.end_index if self._last else 0,
+        )
+        self._drops.samples_dropped(self._rid, reason, len(block.samples))
+        if reason != "bad_index" or block.end_index <= MAX_INDEX:
+            self._refused_end = block.end_index
+        return None
+
+    def _accept(self, block: IQBlock) -> IQBlock:
         self._last = block
-        self._behind_end = None
-        return reason, block
+        self._refused_end = None
+        return block
 
 
 _RECONNECT_GRACE_S = 1.0  # libzmq schedules a reconnect at once after an ordinary disconnect
@@ -218,10 +276,11 @@ _RECONNECT_GRACE_S = 1.0  # libzmq schedules a reconnect at once after an ordina
 class RateLimit:
     """Token bucket over samples: ``admit(n, declared_rate)`` is False for a block over the limit.
 
-    The limit is ``max_rate_sps``, or ``factor`` times the rate the block declares (``factor = 0`` and no
-    ``max_rate_sps``: no limit). The bucket holds ``burst_s`` seconds at the limit and starts full (again
-    when the declared rate changes, e.g. a retune); a block is admitted while the bucket is not empty,
-    even if it takes it below zero, so one block larger than the bucket still passes.
+    The limit (samples/s) is ``max_rate_sps``; else ``factor`` times ``expected_rate_hz`` (the configured
+    rate); else ``factor`` times the rate the first block declares. Once set it never changes: a rate declared
+    later neither lifts the limit nor refills the bucket. ``factor = 0`` and no ``max_rate_sps``: no limit.
+    The bucket holds ``burst_s`` seconds at the limit and starts full; a block is admitted while the bucket is
+    not empty, even if it takes it below zero, so one block larger than the bucket still passes.
 
     Examples
     --------
@@ -234,25 +293,36 @@ class RateLimit:
     """
 
     def __init__(self, max_rate_sps: float | None, factor: float, burst_s: float, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._max = max_rate_sps
+                 expected_rate_hz: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._factor = factor
         self._burst_s = burst_s
         self._clock = clock
-        self._tokens: float | None = None
+        self._tokens = 0.0
         self._last = 0.0
-        self._rate = 0.0
+        self._rate: float | None = None
+        if max_rate_sps is not None:
+            self._set(max_rate_sps)
+        elif expected_rate_hz is not None:
+            self._set(factor * expected_rate_hz)
+
+    @property
+    def limit_sps(self) -> float | None:
+        """The limit in samples/s (0: none), or None until the first block sets it."""
+        return self._rate
+
+    def _set(self, rate: float) -> None:
+        self._rate = rate
+        self._tokens = rate * self._burst_s
+        self._last = self._clock()
 
     def admit(self, n: int, declared_rate: float) -> bool:
-        rate = self._max if self._max is not None else self._factor * declared_rate
+        if self._rate is None:
+            self._set(self._factor * declared_rate)
+        rate = self._rate
         if rate <= 0:
             return True
         now = self._clock()
-        capacity = rate * self._burst_s
-        if self._tokens is None or rate != self._rate:
-            self._tokens, self._rate = capacity, rate
-        else:
-            self._tokens = min(capacity, self._tokens + (now - self._last) * rate)
+        self._tokens = min(rate * self._burst_s, self._tokens + (now - self._last) * rate)
         self._last = now
         if self._tokens <= 0:
             return False
@@ -282,18 +352,19 @@ class ZmqFramedReceiver(ReceiverBase):
         options: Options,
         *,
         drops: DropCounter,
-        clock_jump_tolerance_s: float = 0.05,
         context: zmq.Context | None = None,
         curve_keys: KeyPair | None = None,
         on_auth_failure: Callable[[str], None] = lambda socket: None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.receiver_id = receiver_id
         self.options = options
         self._drops = drops
         self._topic = receiver_id.encode("utf-8")
-        self._continuity = StreamContinuity(clock_jump_tolerance_s)
-        self._rate = RateLimit(options.max_rate_sps, options.rate_limit_factor, options.rate_burst_s, clock=clock)
+        self._continuity = StreamContinuity(receiver_id, drops, wall_clock_ns())
+        self._rate = RateLimit(options.max_rate_sps, options.rate_limit_factor, options.rate_burst_s,
+                               expected_rate_hz=options.sample_rate_hz, clock=clock)
         self._after_drop = False
         self._clock = clock
         self._lost_at: float | None = None
@@ -321,7 +392,6 @@ class ZmqFramedReceiver(ReceiverBase):
             rx.id,
             rx.options,
             drops=ctx.drops,
-            clock_jump_tolerance_s=ctx.config.pipeline.clock_jump_tolerance_s,
             curve_keys=curve_keys,
             on_auth_failure=getattr(ctx.drops, "auth_failure", lambda socket: None),
         )
@@ -362,6 +432,7 @@ class ZmqFramedReceiver(ReceiverBase):
             block = decode(frames, expected_receiver_id=rid)
         except FrameError as exc:
             self._drops.bad_frame(rid, exc.reason)
+            _bounded.warning((rid, exc.reason), "receiver %s: framed message refused: %s", rid, exc)
             return None
         if sum(len(f) for f in frames) > self.options.max_message_bytes:
             self._drops.bad_frame(rid, "oversize")  # each frame was under ZMQ_MAXMSGSIZE, together they are not
@@ -374,12 +445,9 @@ class ZmqFramedReceiver(ReceiverBase):
             return None
         if self._after_drop:  # the samples just dropped here are counted: the pipeline must not count a gap
             block = dataclasses.replace(block, flags=block.flags | Flags.OVERFLOW)
+        accepted = self._continuity.check(block)
+        if accepted is not None:
             self._after_drop = False
-        reason, accepted = self._continuity.check(block)
-        if reason is not None:
-            self._drops.bad_frame(rid, reason)
-        if accepted is None:
-            self._drops.samples_dropped(rid, reason, len(block.samples))
         return accepted
 
     def close(self) -> None:

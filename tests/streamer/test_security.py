@@ -272,12 +272,37 @@ def test_rate_limit_drops_and_counts_the_excess_and_flags_the_next_block(context
     assert drops.dropped[("rx1", "rate_limit")] == 2000 and not drops.bad_frames
 
 
-def test_default_rate_limit_is_twice_the_declared_rate_and_a_retune_refills():
+def test_default_rate_limit_is_twice_the_configured_or_first_declared_rate_and_never_follows_a_later_one():
     now = [0.0]
     limit = RateLimit(None, 2.0, 1.0, clock=lambda: now[0])
     assert [limit.admit(100, 100.0) for _ in range(3)] == [True, True, False]
-    assert limit.admit(100, 50.0), "a new declared rate starts a full bucket"
+    assert not limit.admit(100, 50.0) and not limit.admit(100, 1e8), "another declared rate neither refills nor lifts it"
+    assert limit.limit_sps == 200.0
+    configured = RateLimit(None, 2.0, 1.0, expected_rate_hz=100.0, clock=lambda: now[0])
+    assert [configured.admit(100, 1e8) for _ in range(3)] == [True, True, False]
     assert RateLimit(None, 0.0, 1.0).admit(10**9, 1.0), "factor 0 without max_rate_sps: no limit"
+
+
+@pytest.mark.parametrize("configured_hz", [None, 1000.0])
+def test_declaring_other_rates_neither_resets_nor_lifts_the_rate_limit(context, configured_hz):
+    """Blocks alternating between 1 kHz and 100 MHz declared, all at one instant: the limit stays 2 x 1 kHz
+    (configured, or the first block's rate) with a 1 s burst, so 2 of the 10 blocks pass."""
+    drops = TallyDropCounter()
+    edge = FramedPublisher("tcp://127.0.0.1:*", context=context, sndhwm=10_000)
+    rx = ZmqFramedReceiver("rx1", Options(endpoint=edge.endpoint, sample_rate_hz=configured_hz, rate_burst_s=1.0),
+                           drops=drops, context=context, clock=lambda: 0.0)
+    collector = Collector(rx)
+    try:
+        assert edge.wait_for_subscriber("rx1", TIMEOUT_S)
+        for i in range(10):
+            rate = 1000.0 if i % 2 == 0 else 1e8
+            edge.send(IQBlock("rx1", np.full(1000, 0.1, np.complex64), i * 1000, T0, "gps", rate, 145.5e6))
+        got = [collector.queue.get(timeout=TIMEOUT_S) for _ in range(2)]
+        wait_until(lambda: drops.dropped[("rx1", "rate_limit")] == 8000, what="8 blocks counted as rate_limit")
+    finally:
+        collector.stop()
+        edge.close()
+    assert [b.sample_index for b in got] == [0, 1000]
 
 
 def test_oversize_frame_closes_the_link_which_is_counted_and_reopened(context):
