@@ -11,7 +11,7 @@ What it computes (the whole-signal reference is what a test compares the stream 
 - ``up/down`` is the exact ratio ``out_rate/in_rate`` in lowest terms (a rate pair without a small rational
   ratio is refused: a ratio that is only approximately right would make the output clock drift against
   ``out_rate``, and the ring buffer's time would drift with it for as long as the stream runs).
-- What one rate may cost is bounded (``tuning_problem``): the input rate lies in
+- What one rate may cost is bounded (``check_tunable``): the input rate lies in
   ``[out_rate/MAX_UPSAMPLING, MAX_SAMPLE_RATE_HZ]`` and the polyphase filter bank holds at most
   ``MAX_BANK_COEFFS`` coefficients. A rate pair beyond that is refused before any filter is designed, so a
   block that declares an awkward rate (e.g. 23997.6 Hz -> 24 kHz, 10000/9999) costs nothing.
@@ -99,32 +99,6 @@ def rational_ratio(in_rate_hz: float, out_rate_hz: float, max_up_down: int = MAX
     return approx.numerator, approx.denominator
 
 
-def check_tunable(in_rate_hz: float, center_freq_hz: float, target_freq_hz: float, out_rate_hz: float,
-                  max_up_down: int = MAX_UP_DOWN) -> tuple[int, int]:
-    """The rule a ``Channelizer`` applies: ``(up, down)``, or ValueError saying why the band cannot be channelized.
-
-    Rates must be positive and finite, the target within ``center_freq_hz ± in_rate_hz/2`` (Hz), and
-    ``out_rate_hz/in_rate_hz`` a small fraction (``rational_ratio``). ``heimdall check`` applies it to
-    receivers whose config fixes their band.
-
-    Examples
-    --------
-    >>> check_tunable(48_000.0, 145.45e6, 145.5e6, 24_000.0)
-    Traceback (most recent call last):
-    ...
-    ValueError: channelizer: target_freq_hz=145500000.0 is outside the band received around center_freq_hz=145450000.0 at in_rate_hz=48000.0 (±24000.0 Hz)
-    """
-    for name, rate in (("in_rate_hz", in_rate_hz), ("out_rate_hz", out_rate_hz)):
-        if not (math.isfinite(rate) and rate > 0):
-            raise ValueError(f"channelizer: {name} must be a positive number of Hz, got {rate!r}")
-    if not abs(target_freq_hz - center_freq_hz) <= in_rate_hz / 2:
-        raise ValueError(
-            f"channelizer: target_freq_hz={target_freq_hz} is outside the band received around"
-            f" center_freq_hz={center_freq_hz} at in_rate_hz={in_rate_hz} (±{in_rate_hz / 2} Hz)"
-        )
-    return rational_ratio(in_rate_hz, out_rate_hz, max_up_down)
-
-
 def tap_count(up: int, down: int, taps_per_phase: int = 20) -> int:
     """Length of ``design_taps(up, down, taps_per_phase)`` without designing it."""
     if up == down == 1:
@@ -138,48 +112,49 @@ def bank_size(up: int, down: int, n_taps: int) -> int:
     return up * (-(-branch_len // down)) * down
 
 
-def tuning_problem(
-    in_rate_hz: float, center_freq_hz: float, target_freq_hz: float, out_rate_hz: float, taps_per_phase: int = 20,
-    *, max_up_down: int = MAX_UP_DOWN,
-) -> str | None:
-    """Why a receiver at ``in_rate_hz`` / ``center_freq_hz`` cannot be channelized to ``target_freq_hz`` at
-    ``out_rate_hz`` (all Hz), or None when it can. The one tunability rule: ``Channelizer`` raises it.
+def check_tunable(in_rate_hz: float, center_freq_hz: float, target_freq_hz: float, out_rate_hz: float,
+                  max_up_down: int = MAX_UP_DOWN, taps_per_phase: int = 20) -> tuple[int, int]:
+    """The rule a ``Channelizer`` applies: ``(up, down)``, or ValueError saying why the band cannot be channelized.
+
+    Rates (Hz) must be positive and finite, the input rate within ``[out_rate_hz / MAX_UPSAMPLING,
+    MAX_SAMPLE_RATE_HZ]``, the target within ``center_freq_hz ± in_rate_hz/2`` (Hz), ``out_rate_hz/in_rate_hz``
+    a small fraction (``rational_ratio``), and its polyphase filter bank at most ``MAX_BANK_COEFFS``
+    coefficients; nothing is designed before all of that holds. ``heimdall check`` applies it to receivers
+    whose config fixes their band.
 
     Examples
     --------
-    >>> tuning_problem(2.4e6, 145.0e6, 145.5e6, 24_000.0) is None
-    True
-    >>> tuning_problem(48_000.0, 145.0e6, 145.5e6, 24_000.0)
-    'channelizer: target_freq_hz=145500000.0 is outside the band received around center_freq_hz=145000000.0 at in_rate_hz=48000.0 (±24000.0 Hz)'
+    >>> check_tunable(2.4e6, 145.45e6, 145.5e6, 24_000.0)
+    (1, 100)
+    >>> check_tunable(48_000.0, 145.45e6, 145.5e6, 24_000.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: channelizer: target_freq_hz=145500000.0 is outside the band received around center_freq_hz=145450000.0 at in_rate_hz=48000.0 (±24000.0 Hz)
     """
     for name, rate in (("in_rate_hz", in_rate_hz), ("out_rate_hz", out_rate_hz)):
         if not (math.isfinite(rate) and rate > 0):
-            return f"channelizer: {name} must be a positive number of Hz, got {rate!r}"
+            raise ValueError(f"channelizer: {name} must be a positive number of Hz, got {rate!r}")
     if not out_rate_hz / MAX_UPSAMPLING <= in_rate_hz <= MAX_SAMPLE_RATE_HZ:
-        return (
+        raise ValueError(
             f"channelizer: in_rate_hz={in_rate_hz} is outside [{out_rate_hz / MAX_UPSAMPLING}, {MAX_SAMPLE_RATE_HZ}]"
-            f" (out_rate_hz={out_rate_hz} / MAX_UPSAMPLING={MAX_UPSAMPLING}, up to MAX_SAMPLE_RATE_HZ)"
+            f" Hz (out_rate_hz / MAX_UPSAMPLING={MAX_UPSAMPLING} up to MAX_SAMPLE_RATE_HZ)"
         )
-    if not (math.isfinite(center_freq_hz) and math.isfinite(target_freq_hz)) or not (
-        abs(target_freq_hz - center_freq_hz) <= in_rate_hz / 2
-    ):
-        return (
+    if not abs(target_freq_hz - center_freq_hz) <= in_rate_hz / 2:
+        raise ValueError(
             f"channelizer: target_freq_hz={target_freq_hz} is outside the band received around"
             f" center_freq_hz={center_freq_hz} at in_rate_hz={in_rate_hz} (±{in_rate_hz / 2} Hz)"
         )
     if isinstance(taps_per_phase, bool) or not isinstance(taps_per_phase, int) or taps_per_phase < 2:
-        return f"channelizer: taps_per_phase must be an integer >= 2, got {taps_per_phase!r}"
-    try:
-        up, down = rational_ratio(in_rate_hz, out_rate_hz, max_up_down)
-    except ValueError as exc:
-        return str(exc)
+        raise ValueError(f"channelizer: taps_per_phase must be an integer >= 2, got {taps_per_phase!r}")
+    up, down = rational_ratio(in_rate_hz, out_rate_hz, max_up_down)
     coeffs = bank_size(up, down, tap_count(up, down, taps_per_phase))
     if coeffs > MAX_BANK_COEFFS:
-        return (
+        raise ValueError(
             f"channelizer: out_rate_hz={out_rate_hz} / in_rate_hz={in_rate_hz} = {up}/{down} needs a filter bank of"
-            f" {coeffs} coefficients, more than MAX_BANK_COEFFS={MAX_BANK_COEFFS}; choose rates whose ratio is a small fraction"
+            f" {coeffs} coefficients, more than MAX_BANK_COEFFS={MAX_BANK_COEFFS}; choose rates whose ratio is a"
+            " small fraction"
         )
-    return None
+    return up, down
 
 
 def design_taps(up: int, down: int, taps_per_phase: int = 20) -> np.ndarray:
@@ -329,7 +304,7 @@ class Channelizer:
     center_freq_hz : the receiver's tuned centre (Hz); every block must carry it.
     target_freq_hz : the frequency to bring to 0 Hz (Hz); within ``center_freq_hz ± in_rate_hz/2``.
     out_rate_hz : output sample rate (Hz); ``out_rate_hz/in_rate_hz`` must be a fraction ``up/down`` with both
-        terms <= ``max_up_down``, and the pair must pass ``tuning_problem`` (ValueError with its reason).
+        terms <= ``max_up_down``, and the pair must pass ``check_tunable`` (ValueError with its reason).
     taps_per_phase : filter length as zero crossings of its sinc: ``taps_per_phase*max(up, down) + 1`` taps,
         i.e. about ``taps_per_phase`` taps per branch of the equivalent interpolate-by-``max(up, down)``
         filter. 20 is resample_poly's default.
@@ -351,9 +326,7 @@ class Channelizer:
         *,
         max_up_down: int = MAX_UP_DOWN,
     ) -> None:
-        up, down = check_tunable(in_rate_hz, center_freq_hz, target_freq_hz, out_rate_hz, max_up_down)
-        if isinstance(taps_per_phase, bool) or not isinstance(taps_per_phase, int) or taps_per_phase < 2:
-            raise ValueError(f"channelizer: taps_per_phase must be an integer >= 2, got {taps_per_phase!r}")
+        up, down = check_tunable(in_rate_hz, center_freq_hz, target_freq_hz, out_rate_hz, max_up_down, taps_per_phase)
         self.in_rate_hz = float(in_rate_hz)
         self.center_freq_hz = float(center_freq_hz)
         self.target_freq_hz = float(target_freq_hz)

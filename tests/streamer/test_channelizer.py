@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 from fractions import Fraction
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from scipy.signal import resample_poly
 
 from receivers.base import Flags, IQBlock
-from streamer.channelizer import Channelizer, Mixer, rational_ratio
+from streamer.channelizer import MAX_BANK_COEFFS, MAX_UPSAMPLING, Channelizer, Mixer, check_tunable, rational_ratio
 
 CENTER_HZ = 145.0e6
 T0_NS = 1_700_000_000_123_456_789
@@ -258,3 +259,34 @@ def test_2p4_msps_to_24_ksps_runs_far_faster_than_real_time():
     # One second of input; measured ~0.013 s on one core. 10x real time leaves room for a loaded machine
     # but fails for a per-sample Python loop.
     assert best_s < 0.1, f"1 s of 2.4 MS/s input took {best_s:.3f} s"
+
+
+def test_a_rate_needing_a_huge_filter_is_refused_before_any_filter_is_built():
+    # 23997.6 Hz -> 24 kHz is 10000/9999: a 10,000-branch bank of 9,999 coefficients each (~400 MB) once.
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"10000/9999 needs a filter bank of 99990000 coefficients"):
+            Channelizer(23_997.6, CENTER_HZ, CENTER_HZ, 24_000.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"refusing it allocated {peak} bytes"
+
+
+@pytest.mark.parametrize("fs_in", [2.4e6, 2.048e6, 250_000.0, 10e6, 61.44e6, 56e6, 20_250.0, 12_000.0, 48_000.0])
+def test_the_rates_real_receivers_use_fit_the_filter_budget_and_keep_their_exact_output_rate(fs_in):
+    ch = Channelizer(fs_in, CENTER_HZ, CENTER_HZ, 24_000.0)
+    assert (ch.up, ch.down) == check_tunable(fs_in, CENTER_HZ, CENTER_HZ, 24_000.0)
+    assert ch._resampler._bank.size <= MAX_BANK_COEFFS
+    assert Fraction(ch.up, ch.down) == Fraction(24_000.0) / Fraction(fs_in)
+    n = int(fs_in // 10)
+    out = ch.process(_block(np.zeros(n), 0, fs_in))
+    assert out.sample_rate == 24_000.0 and len(out.samples) == ch._resampler.ready(n)
+
+
+@pytest.mark.parametrize("fs_in, why", [(5e-324, "outside"), (5_999.0, "outside"), (100.5e6, "outside"), (float("nan"), "positive")])
+def test_input_rates_the_channelizer_cannot_serve_are_refused(fs_in, why):
+    # Below out_rate / MAX_UPSAMPLING each input sample would cost more than MAX_UPSAMPLING outputs.
+    assert MAX_UPSAMPLING == 4
+    with pytest.raises(ValueError, match=why):
+        Channelizer(fs_in, CENTER_HZ, CENTER_HZ, 24_000.0)
