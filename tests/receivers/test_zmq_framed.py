@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 
 import msgpack
@@ -11,7 +12,7 @@ import zmq
 
 from receivers.base import Flags, IQBlock, ReceiverContext, TallyDropCounter
 from receivers.framing import encode
-from receivers.zmq_framed import FramedPublisher, Options, ZmqFramedReceiver
+from receivers.zmq_framed import MAX_GAP_S, FramedPublisher, Options, ZmqFramedReceiver
 from streamer.config import from_dict
 from streamer.lane import Lane, LaneSettings
 from tests.helpers.collect import Collector
@@ -262,3 +263,70 @@ def test_an_invalid_endpoint_is_a_fatal_receiver_error(drops):
 
     with pytest.raises(ReceiverFatalError, match="cannot connect 'tcp://no-port'"):
         ZmqFramedReceiver("rx1", Options(endpoint="tcp://no-port"), drops=drops)
+
+
+# --- hostile or broken headers (each once crashed, flooded or miscounted) ---------------------------------
+
+
+def test_blocks_declaring_a_subnormal_rate_are_counted_bad_rate_not_passed_on(connected, drops):
+    publisher, rx = connected
+    for index in (0, N):  # two of them in one pipeline step overflowed the time arithmetic that joins blocks
+        send_raw(publisher, encode(dataclasses.replace(make_block(index), sample_rate=5e-324)))
+    publisher.send(make_block(2 * N))
+    assert rx.get().sample_index == 2 * N
+    assert drops.bad_frames == {("rx1", "bad_rate"): 2}
+    assert rx.queue.empty()
+
+
+def test_an_index_near_2_to_the_64_is_one_bad_index_not_a_giant_gap(connected, drops):
+    publisher, rx = connected
+    publisher.send(make_block(0))
+    publisher.send(make_block(2**64 - 2 * N, t0_ns=T0 + 1_000_000))  # same time as a continuing block
+    publisher.send(make_block(N))
+    assert [rx.get().sample_index, rx.get().sample_index] == [0, N]
+    assert drops.bad_frames == {("rx1", "bad_index"): 1}
+    assert drops.dropped == {("rx1", "bad_index"): N}
+    assert rx.queue.empty()
+
+
+def test_a_jump_beyond_the_plausible_gap_is_refused_and_a_block_continuing_it_restarts_the_stream(connected, drops):
+    publisher, rx = connected
+    far = int(MAX_GAP_S * RATE) + 10 * N  # more than a minute of samples ahead
+    for index in (0, far, far + N):
+        publisher.send(make_block(index))
+    got = [rx.get(), rx.get()]
+    assert [b.sample_index for b in got] == [0, far + N]
+    assert got[1].flags & Flags.DISCONTINUITY, "restarted: the pipeline counts no gap for it"
+    assert drops.bad_frames == {("rx1", "bad_index"): 1} and drops.dropped == {("rx1", "bad_index"): N}
+
+
+def joining_receiver(publisher, drops, context, subscribed_ns: int) -> Collector:
+    rx = ZmqFramedReceiver("rx1", Options(endpoint=publisher.endpoint, recv_timeout_s=0.05), drops=drops,
+                           context=context, wall_clock_ns=lambda: subscribed_ns)
+    collector = Collector(rx)
+    assert publisher.wait_for_subscriber("rx1", TIMEOUT_S)
+    return collector
+
+
+def test_samples_a_new_stream_sent_before_our_first_block_are_counted_before_join(publisher, drops, context):
+    # The stream began (index 0) just after we subscribed; its first, flagged block never reached us.
+    rx = joining_receiver(publisher, drops, context, subscribed_ns=T0 - 5_000_000)
+    try:
+        send_raw(publisher, encode(make_block(12 * N)))  # unflagged, as the publisher's second block is
+        assert rx.get().sample_index == 12 * N
+    finally:
+        rx.stop()
+    assert drops.dropped == {("rx1", "before_join"): 12 * N} and not drops.bad_frames
+
+
+@pytest.mark.parametrize("case", ["stream began before we subscribed", "first block flagged"])
+def test_joining_a_running_stream_or_at_its_flagged_start_counts_nothing(publisher, drops, context, case):
+    subscribed_ns = T0 + 1_000_000_000 if case == "stream began before we subscribed" else T0 - 5_000_000
+    rx = joining_receiver(publisher, drops, context, subscribed_ns)
+    try:
+        flags = Flags.DISCONTINUITY if case == "first block flagged" else Flags.NONE
+        send_raw(publisher, encode(make_block(12 * N, flags=flags)))
+        assert rx.get().sample_index == 12 * N
+    finally:
+        rx.stop()
+    assert not drops.dropped and not drops.bad_frames

@@ -101,6 +101,7 @@ def test_blocks_that_do_not_continue_one_another_are_not_joined():
         "time source": dataclasses.replace(tone_block("x", 100, 100), time_source="gps"),
         "dtype": dataclasses.replace(tone_block("x", 100, 100), samples=tone_block("x", 100, 100).samples.astype(np.complex128)),
         "nan": dataclasses.replace(tone_block("x", 100, 100), samples=np.full(100, np.nan, dtype=np.complex64)),
+        "out of range": dataclasses.replace(tone_block("x", 100, 100), samples=np.full(100, 3e38, dtype=np.complex64)),
         "empty": tone_block("x", 100, 0),
         "not an array": dataclasses.replace(tone_block("x", 100, 100), samples=[0j] * 100),
     }
@@ -109,6 +110,20 @@ def test_blocks_that_do_not_continue_one_another_are_not_joined():
     joined = coalesce_blocks([a, tone_block("y", 0, 5), tone_block("x", 100, 100, t_offset_ns=COALESCE_TIME_TOLERANCE_NS)])
     assert [(b.receiver_id, len(b.samples), b.t0_ns) for b in joined] == [("x", 200, a.t0_ns), ("y", 5, tone_block("y", 0, 5).t0_ns)]
     assert len(coalesce_blocks([a, tone_block("x", 100, 100)], max_samples=150)) == 2
+
+
+@pytest.mark.parametrize("rate", [5e-324, float("nan"), 0.0, -1.0, 1e300])
+def test_blocks_with_an_absurd_rate_are_left_alone_for_the_lane_to_count_not_raised(rate):
+    # Two subnormal-rate blocks in one step raised OverflowError here, outside the daemon's per-block try.
+    blocks = [dataclasses.replace(tone_block("x", i * 100, 100), sample_rate=rate) for i in range(2)]
+    out = coalesce_blocks(blocks)
+    assert len(out) == 2
+    rec = Recorder()
+    lane = rec.lane("x")
+    for block in out:
+        lane.push(block)
+    assert rec.bad == {("x", "bad_rate"): 2} and rec.drops == {("x", "bad_rate", "pipeline"): 200}
+    assert_accounting(lane)
 
 
 def test_get_many_waits_for_one_block_then_takes_what_is_queued_up_to_the_limit():

@@ -301,3 +301,33 @@ def test_a_receiver_whose_blocks_arrive_later_than_the_others_is_waited_for_what
     assert all(w.present.all() for w in windows[1:]), [(w.t_start_ns - T0_NS, w.mask_reasons) for w in windows]
     for lane in lanes.values():
         assert_accounting(lane)
+
+
+@pytest.mark.parametrize("value", [3e38, -3e38j, 1e3 + 1.5e3j])
+def test_samples_beyond_any_adc_are_refused_as_out_of_range_and_the_stream_restarts(value):
+    # |x| near 3e38 is finite, yet its power overflows float32: every window then went NaN (onnx_rejected).
+    rec = Recorder()
+    lane = rec.lane("a")
+    lane.push(tone_block("a", 0, 2400))
+    huge = tone_block("a", 2400, 2400)
+    huge.samples[7] = value
+    lane.push(huge)
+    assert rec.bad == {("a", "out_of_range"): 1}
+    assert rec.drops == {("a", "out_of_range", PIPELINE): 2400}
+    lane.push(tone_block("a", 4800, 2400))  # the next good block is taken, without counting a gap
+    assert rec.drops[("a", "out_of_range", PIPELINE)] > 2400, "and what was held before the hole is dropped"
+    assert set(rec.drops) == {("a", "out_of_range", PIPELINE)}
+    assert lane.ring.end_index > 0
+    assert_accounting(lane)
+
+
+def test_a_receiver_that_cannot_reach_the_target_is_logged_once_with_its_centre_rate_and_the_target(caplog):
+    rec = Recorder()
+    lane = rec.lane("sim-48k")
+    with caplog.at_level("WARNING", logger="streamer.lane"):
+        for k in range(3):  # a 48 kS/s receiver 25 kHz from the target: every block is untunable
+            lane.push(tone_block("sim-48k", k * 1000, 1000, rate=48_000.0))
+    assert rec.bad == {("sim-48k", "untunable"): 3}
+    lines = [r.getMessage() for r in caplog.records if r.name == "streamer.lane"]
+    assert len(lines) == 1, lines
+    assert all(text in lines[0] for text in ("sim-48k", "145475000", "48000", "145500000")), lines[0]
