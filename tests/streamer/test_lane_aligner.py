@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -331,3 +333,21 @@ def test_a_receiver_that_cannot_reach_the_target_is_logged_once_with_its_centre_
     lines = [r.getMessage() for r in caplog.records if r.name == "streamer.lane"]
     assert len(lines) == 1, lines
     assert all(text in lines[0] for text in ("sim-48k", "145475000", "48000", "145500000")), lines[0]
+
+
+def test_a_block_declaring_a_rate_that_needs_a_huge_filter_costs_no_memory():
+    # 23997.6 Hz -> 24 kHz is 10000/9999: one such block built a ~400 MB filter bank that stayed.
+    rec = Recorder()
+    lane = rec.lane("a")
+    block = tone_block("a", 0, 1000, rate=23_997.6)
+    block = IQBlock("a", block.samples, 0, block.t0_ns, "host", 23_997.6, TARGET)
+    tracemalloc.start()
+    try:
+        lane.push(block)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rec.bad == {("a", "untunable"): 1} and rec.drops == {("a", "untunable", PIPELINE): 1000}
+    assert "filter bank" in lane.untunable_reason
+    assert peak < 1 << 20, f"{peak} bytes"
+    assert_accounting(lane)
