@@ -56,7 +56,7 @@ def samples_problem(samples: np.ndarray) -> str | None:
     """
     if not len(samples):
         return None
-    parts = samples.view(np.float32)
+    parts = np.ascontiguousarray(samples).view(np.float32)  # a copy only for a strided view
     lo, hi = parts.min(), parts.max()  # NaN propagates into both
     if lo >= -MAX_SAMPLE_MAGNITUDE and hi <= MAX_SAMPLE_MAGNITUDE:
         return None
