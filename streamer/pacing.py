@@ -81,6 +81,7 @@ class ReplayPacer:
     def __init__(self, *, expected: Iterable[str] = (), lead_s: float, budget_s: float) -> None:
         self._cond = threading.Condition()
         self._paced: dict[str, _Paced] = {rid: _Paced() for rid in expected}
+        self._waiting: set[str] = set()
         self._closed = False
         self.lead_ns = int(round(lead_s * 1e9))
         self.budget_s = float(budget_s)
@@ -96,6 +97,11 @@ class ReplayPacer:
         with self._cond:
             return sorted(self._paced)
 
+    def waiting(self) -> list[str]:
+        """Receivers whose adapter thread waits in ``admit`` now."""
+        with self._cond:
+            return sorted(self._waiting)
+
     # Adapter threads ----------------------------------------------------------------------------------
     def admit(self, block: IQBlock, stop: threading.Event, timeout_s: float | None = None) -> bool:
         """Wait until ``block`` may be handed over (True), or until ``stop`` is set, the pacer is closed or
@@ -106,18 +112,22 @@ class ReplayPacer:
             if me.position_ns is None:
                 me.position_ns = block.t0_ns  # arrived: the others no longer wait for it to show up
                 self._cond.notify_all()
-            while not (self._closed or stop.is_set()):
-                me = self._paced.get(block.receiver_id)
-                if me is None:  # settled away (a reload removed the receiver) while waiting: nothing to keep in step
-                    return True
-                if self._may_go(me, block):
-                    me.queued += len(block.samples)
-                    return True
-                wait_s = STOP_POLL_S if deadline is None else min(STOP_POLL_S, deadline - time.monotonic())
-                if wait_s <= 0:
-                    break
-                self._cond.wait(wait_s)
-            return False
+            self._waiting.add(block.receiver_id)
+            try:
+                while not (self._closed or stop.is_set()):
+                    me = self._paced.get(block.receiver_id)
+                    if me is None:  # settled away (a reload removed the receiver) while waiting: nothing to keep in step
+                        return True
+                    if self._may_go(me, block):
+                        me.queued += len(block.samples)
+                        return True
+                    wait_s = STOP_POLL_S if deadline is None else min(STOP_POLL_S, deadline - time.monotonic())
+                    if wait_s <= 0:
+                        break
+                    self._cond.wait(wait_s)
+                return False
+            finally:
+                self._waiting.discard(block.receiver_id)
 
     def delivered(self, block: IQBlock) -> None:
         """``block`` is in the queue: its receiver's position is now the block's end."""

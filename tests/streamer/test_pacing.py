@@ -147,3 +147,34 @@ def test_threads_delivering_as_fast_as_they_may_stay_within_the_lead():
         t.join(5.0)
     assert ends == {rid: T0_NS + (3000 // n) * n * 1_000_000 for rid, n in lengths.items()}
     assert worst[0] <= max(lead_s * 1e9, 100 * 1_000_000), worst[0]
+
+
+def test_a_runner_stopped_while_held_back_ends_at_once_and_what_it_handed_over_stays_counted():
+    """As a reload stops a receiver: its thread, blocked on back-pressure (the pacer, or a full queue), must
+    end on its own runner's stop, not only on the daemon's; every sample counted received is still queued."""
+    from prometheus_client import CollectorRegistry
+
+    from streamer.app import Daemon
+
+    rxs = [{"id": rid, "kind": "simulator", "lat": 45.0 + 0.1 * k, "lon": 7.0, "realtime": False,
+            "start_ns": T0_NS, "sample_rate_hz": 48_000.0, "center_freq_hz": 145.49e6} for k, rid in enumerate(("a", "b", "c"))]
+    cfg = from_dict({"receivers": rxs, "pipeline": {"queue_blocks": 4, "min_receivers": 2},
+                     "output": {"endpoint": "tcp://127.0.0.1:*"}, "metrics": {"enabled": False},
+                     "estimator": {"kind": "physics"}})
+    registry = CollectorRegistry()
+    daemon = Daemon(cfg, registry=registry)
+    try:
+        runner = daemon.runners["a"]
+        runner.start()  # b and c never start: a waits for them (before: it filled the queue, then waited for room)
+        deadline = time.monotonic() + 30.0
+        while len(daemon.queue) < 4 and daemon.pacer.waiting() != ["a"] and time.monotonic() < deadline:
+            runner.stopping.wait(0.01)  # polling the daemon's state; nothing sets this event yet
+        t0 = time.monotonic()
+        runner.stop(timeout_s=5.0)
+        assert runner.join(0.0), "the runner's thread is still blocked after its stop"
+        assert time.monotonic() - t0 < 2.0
+        received = registry.get_sample_value("heimdall_samples_received_total", {"receiver": "a"}) or 0.0
+        queued = sum(len(b.samples) for b in daemon.queue.get_many(0.0, 100))
+        assert received == queued == daemon._queued_samples("a")
+    finally:
+        daemon.shutdown()
