@@ -104,7 +104,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             overrides = {"receivers": default_receivers() + silent_edges(args.edges)} if args.edges else {}
             config = write_config(Path(tmp), overrides)
-            print(f"bench shutdown: default config + {args.edges} silent zmq receivers, {args.load} busy processes, {os.cpu_count()} CPUs, "
+            print(f"bench shutdown: default config + {args.edges} silent zmq receivers, {args.load} busy processes, "
+                  f"{os.cpu_count()} CPUs, "
                   f"SIGTERM after {args.run_s:g} s, {args.rounds} rounds")
             results = []
             for k in range(args.rounds):

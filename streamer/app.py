@@ -370,7 +370,8 @@ class Daemon:
         stuck = [runner.rx.id for runner in runners if not runner.join(deadline - time.monotonic())]
         receivers_s = time.monotonic() - started
         if stuck:
-            log.warning("receiver thread(s) %s still running after %.1f s; exiting without them", ", ".join(stuck), wait_s)
+            log.warning("receiver thread(s) %s still running after %.1f s; exiting without them",
+                        ", ".join(stuck), wait_s)
         self.publisher.close()
         if self.archive is not None:
             self.archive.close()

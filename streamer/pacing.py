@@ -116,7 +116,7 @@ class ReplayPacer:
             try:
                 while not (self._closed or stop.is_set()):
                     me = self._paced.get(block.receiver_id)
-                    if me is None:  # settled away (a reload removed the receiver) while waiting: nothing to keep in step
+                    if me is None:  # settled away while waiting (a reload removed it): nothing to keep in step
                         return True
                     if self._may_go(me, block):
                         me.queued += len(block.samples)

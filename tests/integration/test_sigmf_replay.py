@@ -96,7 +96,8 @@ def test_receivers_replayed_as_fast_as_possible_stay_in_step_and_lose_no_window(
     assert outcomes == {"localized": windows_expected - 1, "too_few_receivers": 1}, outcomes
     assert masked == {(r, "offline"): 1 for r in RECEIVERS}, masked
     for r in RECEIVERS:
-        residual = (total(m, "heimdall_samples_received_total", receiver=r) - total(m, "heimdall_samples_used_total", receiver=r)
+        residual = (total(m, "heimdall_samples_received_total", receiver=r)
+                    - total(m, "heimdall_samples_used_total", receiver=r)
                     - total(m, "heimdall_samples_buffered", receiver=r)
                     - total(m, "heimdall_samples_dropped_total", receiver=r, stage="pipeline"))
         assert residual == 0, (r, residual)

@@ -135,7 +135,8 @@ def test_threads_delivering_as_fast_as_they_may_stay_within_the_lead():
     for t in threads:
         t.start()
     deadline = time.monotonic() + 60.0
-    while time.monotonic() < deadline and any(t.is_alive() for t in threads):  # the pipeline: takes everything, keeps nothing
+    # The pipeline: takes everything, keeps nothing.
+    while time.monotonic() < deadline and any(t.is_alive() for t in threads):
         with lock:
             taken, queue[:] = list(queue), []
         pacer.taken(taken)
@@ -157,7 +158,8 @@ def test_a_runner_stopped_while_held_back_ends_at_once_and_what_it_handed_over_s
     from streamer.app import Daemon
 
     rxs = [{"id": rid, "kind": "simulator", "lat": 45.0 + 0.1 * k, "lon": 7.0, "realtime": False,
-            "start_ns": T0_NS, "sample_rate_hz": 48_000.0, "center_freq_hz": 145.49e6} for k, rid in enumerate(("a", "b", "c"))]
+            "start_ns": T0_NS, "sample_rate_hz": 48_000.0, "center_freq_hz": 145.49e6}
+           for k, rid in enumerate(("a", "b", "c"))]
     cfg = from_dict({"receivers": rxs, "pipeline": {"queue_blocks": 4, "min_receivers": 2},
                      "output": {"endpoint": "tcp://127.0.0.1:*"}, "metrics": {"enabled": False},
                      "estimator": {"kind": "physics"}})
