@@ -222,6 +222,7 @@ class StreamContinuity:
         self._opened_ns = opened_ns
         self._last: IQBlock | None = None
         self._refused_end: int | None = None  # end of the last block refused as backwards or far ahead
+        self._joined = False
 
     def check(self, block: IQBlock) -> IQBlock | None:
         """The block to yield (possibly flagged ``DISCONTINUITY``), or None when it was refused and counted."""
@@ -229,7 +230,6 @@ class StreamContinuity:
             return self._refuse(block, "bad_index")
         prev = self._last
         if prev is None:
-            self._count_before_join(block)
             return self._accept(block)
         if block.flags & Flags.DISCONTINUITY:
             return self._accept(block)
@@ -241,7 +241,12 @@ class StreamContinuity:
             return self._refuse(block, "bad_index")
         return self._accept(block)
 
-    def _count_before_join(self, block: IQBlock) -> None:
+    def join(self, block: IQBlock) -> None:
+        """Call with every decoded block, before any check that may refuse it: the first one counts
+        ``before_join`` (what precedes it), whether or not it is refused afterwards."""
+        if self._joined:
+            return
+        self._joined = True
         if block.flags & Flags.DISCONTINUITY or block.sample_index == 0:
             return
         if block.sample_index > MAX_GAP_S * block.sample_rate:
@@ -434,6 +439,7 @@ class ZmqFramedReceiver(ReceiverBase):
             self._drops.bad_frame(rid, exc.reason)
             _bounded.warning((rid, exc.reason), "receiver %s: framed message refused: %s", rid, exc)
             return None
+        self._continuity.join(block)
         if sum(len(f) for f in frames) > self.options.max_message_bytes:
             self._drops.bad_frame(rid, "oversize")  # each frame was under ZMQ_MAXMSGSIZE, together they are not
             self._drops.samples_dropped(rid, "oversize", len(block.samples))

@@ -340,3 +340,17 @@ def test_joining_a_running_stream_or_at_its_flagged_start_counts_nothing(publish
     finally:
         rx.stop()
     assert not drops.dropped and not drops.bad_frames
+
+
+def test_a_first_block_refused_for_size_is_not_counted_again_as_before_join(publisher, drops, context):
+    rx = ZmqFramedReceiver("rx1", Options(endpoint=publisher.endpoint, recv_timeout_s=0.05, max_message_bytes=1024),
+                           drops=drops, context=context, wall_clock_ns=lambda: T0 - 5_000_000)
+    collector = Collector(rx)
+    try:
+        assert publisher.wait_for_subscriber("rx1", TIMEOUT_S)
+        send_raw(publisher, encode(make_block(12 * N, n=120)))  # 960 + ~200 bytes: each frame under 1024, not both
+        send_raw(publisher, encode(make_block(12 * N + 120, n=10)))
+        assert collector.get().sample_index == 12 * N + 120
+    finally:
+        collector.stop()
+    assert drops.dropped == {("rx1", "before_join"): 12 * N, ("rx1", "oversize"): 120}
