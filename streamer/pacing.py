@@ -68,6 +68,18 @@ def limits(config) -> dict[str, float]:
     return {"lead_s": p.late_tolerance_s / 2, "budget_s": max(0.0, p.buffer_s - RING_MARGIN_S)}
 
 
+def _rate(block: IQBlock) -> float:
+    """The block's rate (Hz); infinite for a rate the lane will refuse (bad_rate), which then bounds nothing."""
+    rate = block.sample_rate
+    return rate if isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0 else math.inf
+
+
+def _end_ns(block: IQBlock) -> int:
+    """Unix ns just after the block's last sample (its start, for a rate the lane will refuse)."""
+    rate = _rate(block)
+    return block.t0_ns + (0 if math.isinf(rate) else int(round(len(block.samples) * 1e9 / rate)))
+
+
 @dataclasses.dataclass
 class _Paced:
     position_ns: int | None = None  # end of the last block handed over; the first block's start while it waits
@@ -134,7 +146,7 @@ class ReplayPacer:
         with self._cond:
             me = self._paced.get(block.receiver_id)
             if me is not None:
-                me.position_ns = block.t0_ns + block.duration_ns
+                me.position_ns = _end_ns(block)
                 self._cond.notify_all()
 
     def leave(self, receiver_id: str) -> None:
@@ -148,13 +160,13 @@ class ReplayPacer:
         if any(pos is None for pos in others):
             return False  # an expected receiver has not arrived yet
         in_flight = me.queued + me.held
-        if in_flight > 0 and in_flight + len(block.samples) > math.floor(self.budget_s * block.sample_rate):
+        if in_flight > 0 and in_flight + len(block.samples) > self.budget_s * _rate(block):
             return False
         if not others:
             return True
         slowest = min(others)
         assert me.position_ns is not None
-        return me.position_ns <= slowest or block.t0_ns + block.duration_ns <= slowest + self.lead_ns
+        return me.position_ns <= slowest or _end_ns(block) <= slowest + self.lead_ns
 
     # Pipeline thread ----------------------------------------------------------------------------------
     def taken(self, blocks: Iterable[IQBlock]) -> None:

@@ -3,6 +3,7 @@ and threads delivering as fast as they are let staying within the lead of one an
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -77,6 +78,13 @@ def test_a_block_larger_than_the_budget_goes_when_nothing_is_in_flight():
     pacer.taken([block("a", 0, n=1000)])
     pacer.settle({"a": 0})
     assert go(pacer, block("a", 10))
+
+
+def test_a_block_with_a_rate_the_lane_refuses_is_admitted_not_raised():
+    pacer = ReplayPacer(expected=["a"], lead_s=0.0, budget_s=0.05)
+    for rate in (0.0, float("nan"), float("inf"), -1.0):
+        b = dataclasses.replace(block("a", 0), sample_rate=rate)
+        assert go(pacer, b)
 
 
 def test_stop_close_and_settle_end_a_wait():
