@@ -2,7 +2,7 @@
 pipeline takes them must stay in step (streamer.pacing), so every window is cut with every receiver's
 data, nothing is dropped ``late`` or ``overwrite``, and the sample accounting is exact.
 
-Needs ``sigmf`` (pip install sigmf, or the project's [test] extra).
+Needs ``sigmf``, a base dependency (pip install -e .).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sigmf = pytest.importorskip("sigmf", reason="needs the sigmf package: pip install sigmf")
+sigmf = pytest.importorskip("sigmf", reason="needs the sigmf package, a base dependency: pip install -e .")
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
