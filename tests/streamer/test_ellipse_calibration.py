@@ -218,7 +218,8 @@ def test_a_track_that_does_not_overlap_the_localizations_is_refused(site, tmp_pa
 def test_a_factor_that_is_not_finite_and_positive_is_a_config_error(tmp_path, key, value):
     table = {"model_covariance_scale": value} if key == "model_covariance_scale" else {"physics": {"covariance_scale": value}}
     path = write_config(tmp_path, {"estimator": table}, name="bad.toml")
-    with pytest.raises(ConfigError, match=f"estimator.{key}: expected a finite factor > 0"):
+    expected = "a finite number, got nan" if value != value else "a finite factor > 0"  # NaN: refused as any non-finite number
+    with pytest.raises(ConfigError, match=f"estimator.{key}: expected {expected}"):
         load(path)
 
 
