@@ -25,6 +25,10 @@ TIME_SOURCES: tuple[str, ...] = ("gps", "device", "host")
 #: Within it, time arithmetic on a block stays finite; the channelizer narrows it to what it can serve.
 MIN_SAMPLE_RATE_HZ = 1_000.0
 MAX_SAMPLE_RATE_HZ = 100e6
+#: Largest value libzmq takes for an int socket option (high-water marks, kernel buffer sizes).
+ZMQ_INT_MAX = 2**31 - 1
+#: Longest wait of one receive poll (s): close() is noticed within it, so it bounds a receiver's stop.
+MAX_RECV_TIMEOUT_S = 10.0
 
 
 class Flags(enum.IntFlag):
@@ -150,3 +154,13 @@ class ReceiverBase:
 
     def close(self) -> None:  # pragma: no cover - overridden where there is something to release
         pass
+
+
+def check_socket_options(rcvhwm: int, recv_timeout_s: float, max_message_bytes: int) -> None:
+    """Range checks shared by the ZeroMQ adapters' Options: values libzmq takes and a poll that ends (ValueError)."""
+    if not 0 <= rcvhwm <= ZMQ_INT_MAX:
+        raise ValueError(f"rcvhwm: expected 0 to {ZMQ_INT_MAX} messages, got {rcvhwm}")
+    if not 0 < recv_timeout_s <= MAX_RECV_TIMEOUT_S:
+        raise ValueError(f"recv_timeout_s: expected > 0 and <= {MAX_RECV_TIMEOUT_S:g} s, got {recv_timeout_s!r}")
+    if not 1 <= max_message_bytes < 2**63:
+        raise ValueError(f"max_message_bytes: expected 1 to 2**63 - 1 bytes, got {max_message_bytes}")

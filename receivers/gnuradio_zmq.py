@@ -86,7 +86,7 @@ import numpy as np
 import zmq
 
 from receivers import pmt
-from receivers.base import DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext
+from receivers.base import DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext, check_socket_options
 from receivers.framing import FrameError
 from receivers.hostclock import HostClock
 from receivers.zmq_framed import PolledSocket, open_socket
@@ -139,10 +139,7 @@ class Options:
             raise ValueError("sample_rate_hz and center_freq_hz are required when pass_tags is false")
         if self.sample_rate_hz is not None and not (math.isfinite(self.sample_rate_hz) and self.sample_rate_hz > 0):
             raise ValueError(f"sample_rate_hz: expected a positive number, got {self.sample_rate_hz!r}")
-        if not self.recv_timeout_s > 0:
-            raise ValueError(f"recv_timeout_s: expected > 0 s, got {self.recv_timeout_s!r}")
-        if self.rcvhwm < 0 or self.max_message_bytes < 1:
-            raise ValueError(f"rcvhwm / max_message_bytes: expected >= 0 / >= 1, got {self.rcvhwm} / {self.max_message_bytes}")
+        check_socket_options(self.rcvhwm, self.recv_timeout_s, self.max_message_bytes)
 
 
 class Tag(NamedTuple):

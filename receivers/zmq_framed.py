@@ -56,7 +56,8 @@ from typing import Callable, Iterator
 
 import zmq
 
-from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext
+from receivers.base import (MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext,
+                            check_socket_options)
 from receivers.framing import FrameError, decode, encode
 from streamer.boundedlog import BoundedLog
 from streamer.errors import ReceiverFatalError, ReceiverTransientError
@@ -99,8 +100,7 @@ class Options:
             )
         if self.rate_limit_factor < 0 or self.rate_burst_s <= 0:
             raise ValueError(f"rate_limit_factor >= 0 and rate_burst_s > 0 expected, got {self.rate_limit_factor}, {self.rate_burst_s}")
-        if not self.recv_timeout_s > 0:
-            raise ValueError(f"recv_timeout_s: expected > 0 s, got {self.recv_timeout_s}")
+        check_socket_options(self.rcvhwm, self.recv_timeout_s, self.max_message_bytes)
 
 
 def open_socket(

@@ -135,14 +135,15 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_run(args) -> int:
-    from streamer import config as config_mod
-    from streamer.app import Daemon
-
-    # Handlers first: a SIGHUP or SIGTERM while the model loads must not kill the process with the default action.
+    # Handlers before anything slow (imports, config, model): a SIGHUP or SIGTERM while the daemon starts must not
+    # end the process with the default action.
     stop = _stop_on_signals()
     reload_requested = threading.Event()
     signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
     log.info("starting with %s", args.config or "the embedded default config")
+    from streamer import config as config_mod
+    from streamer.app import Daemon
+
     cfg = config_mod.load(args.config)
     daemon = Daemon(cfg, reload_requested=reload_requested)
     daemon.run(stop)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from receivers.base import ZMQ_INT_MAX
 from streamer.errors import ConfigError
 from streamer.features import FeatureSpec
 
@@ -385,7 +386,8 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
             raise ConfigError(f"{source}: {key}: expected {expected}, got {value!r}")
 
     p = cfg.pipeline
-    need(p.buffer_s > 2 * cfg.features.window_s, "pipeline.buffer_s", "more than two windows", p.buffer_s)
+    need(p.buffer_s > 2 * cfg.features.window_s, "pipeline.buffer_s",
+         f"more than two windows (2 x features.window_s = {2 * cfg.features.window_s:g} s)", p.buffer_s)
     need(p.min_receivers >= 1, "pipeline.min_receivers", ">= 1", p.min_receivers)
     need(p.late_tolerance_s >= 0, "pipeline.late_tolerance_s", ">= 0", p.late_tolerance_s)
     need(p.queue_blocks >= 1, "pipeline.queue_blocks", ">= 1", p.queue_blocks)
@@ -396,7 +398,8 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(net.target_freq_hz > 0, "network.target_freq_hz", "a frequency > 0 Hz", net.target_freq_hz)
     need(net.area_margin_km > 0, "network.area_margin_km", "> 0 km", net.area_margin_km)
     need(net.channel_bandwidth_hz > 0, "network.channel_bandwidth_hz", "> 0 Hz", net.channel_bandwidth_hz)
-    need(cfg.output.send_hwm >= 1, "output.send_hwm", ">= 1 message (0 would queue without limit)", cfg.output.send_hwm)
+    need(1 <= cfg.output.send_hwm <= ZMQ_INT_MAX, "output.send_hwm",
+         f"1 to {ZMQ_INT_MAX} messages (0 would queue without limit)", cfg.output.send_hwm)
     need(cfg.output.status_interval_s >= MIN_STATUS_INTERVAL_S, "output.status_interval_s",
          f">= {MIN_STATUS_INTERVAL_S} s", cfg.output.status_interval_s)
     need(cfg.estimator.kind in ("physics", "onnx"), "estimator.kind", "'physics' or 'onnx'", cfg.estimator.kind)
@@ -406,7 +409,8 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(cfg.estimator.model_site in ("physics", "none"), "estimator.model_site", "'physics' or 'none'",
          cfg.estimator.model_site)
     need(0 <= cfg.metrics.port < 65536, "metrics.port", "0..65535", cfg.metrics.port)
-    need(cfg.output.send_buffer_bytes >= 0, "output.send_buffer_bytes", ">= 0 (0 = OS default)", cfg.output.send_buffer_bytes)
+    need(0 <= cfg.output.send_buffer_bytes <= ZMQ_INT_MAX, "output.send_buffer_bytes", f"0 to {ZMQ_INT_MAX} (0 = OS default)",
+         cfg.output.send_buffer_bytes)
     need(cfg.output.archive.max_bytes > 0, "output.archive.max_bytes", "> 0", cfg.output.archive.max_bytes)
     need(cfg.output.archive.keep_files >= 0, "output.archive.keep_files", ">= 0", cfg.output.archive.keep_files)
     ph = cfg.estimator.physics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import re
 
 import msgpack
 import numpy as np
@@ -354,3 +355,18 @@ def test_a_first_block_refused_for_size_is_not_counted_again_as_before_join(publ
     finally:
         collector.stop()
     assert drops.dropped == {("rx1", "before_join"): 12 * N, ("rx1", "oversize"): 120}
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("rcvhwm", -1, "rcvhwm: expected 0 to 2147483647 messages, got -1"),
+    ("rcvhwm", 1 << 40, "rcvhwm: expected 0 to 2147483647 messages"),
+    ("recv_timeout_s", 1e9, "recv_timeout_s: expected > 0 and <= 10 s, got 1000000000.0"),
+])
+def test_socket_options_libzmq_cannot_take_are_config_errors_naming_the_receiver(key, value, message):
+    """Before, these passed the config and failed in the adapter's thread (EINVAL, OverflowError) on every retry."""
+    from streamer.config import from_dict
+    from streamer.errors import ConfigError
+
+    table = {"id": "zrx", "kind": "zmq", "lat": 45.0, "lon": 7.0, "endpoint": "tcp://127.0.0.1:45999", key: value}
+    with pytest.raises(ConfigError, match=rf"receivers\[0\].*{re.escape(message)}.*zrx|receivers\[0\].*zrx.*{re.escape(message)}"):
+        from_dict({"receivers": [table]}, source="t.toml")

@@ -23,7 +23,7 @@ def load_text(tmp_path, text: str):
         ({"pipeline": {"min_receivers": 2.5}}, "pipeline.min_receivers: expected int, got float 2.5"),
         ({"network": {"target_freq_hz": "145.5 MHz"}}, "network.target_freq_hz: expected a number"),
         ({"output": {"publish_truth": 1}}, "output.publish_truth: expected true or false, got int 1"),
-        ({"output": {"send_buffer_bytes": -1}}, "output.send_buffer_bytes: expected >= 0 (0 = OS default), got -1"),
+        ({"output": {"send_buffer_bytes": -1}}, "output.send_buffer_bytes: expected 0 to 2147483647 (0 = OS default), got -1"),
         ({"pipline": {}}, "pipline: unknown key; expected one of:"),
         ({"pipeline": {"window_s": 1.0}}, "pipeline.window_s: unknown key; expected one of: buffer_s"),
         ({"estimator": {"kind": "neural"}}, "estimator.kind: expected 'physics' or 'onnx', got 'neural'"),
