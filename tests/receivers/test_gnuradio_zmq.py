@@ -545,13 +545,16 @@ def test_real_pub_sink_delivers_exactly_n_items_once_subscribed(flowgraph, drops
 
 @pytest.mark.slow
 def test_real_push_sink_over_max_message_bytes_is_counted_and_reopened_each_time(flowgraph, drops, context):
-    fg = flowgraph("--sink", "push", "--items", str(N_ITEMS), "--tags")
+    # Paced over 10 s: unpaced, the whole stream can sit in the first connection's queue when it dies, and a
+    # loaded machine then leaves the reopened socket nothing to refuse.
+    fg = flowgraph("--sink", "push", "--items", str(N_ITEMS), "--tags", "--throttle", str(N_ITEMS / 10))
     rx = gr_receiver(fg.endpoint(), drops, context, socket_type="pull", pass_tags=True, max_message_bytes=1024)
     try:
         # Each fresh socket takes the next message, which is over the limit again: counted, reopened, not dead.
         wait_for(lambda: drops.bad_frames[("gr1", "link_error")] >= 2, timeout_s=30)
     finally:
         rx.stop()
+        fg.proc.kill()  # its push_sink would wait for a reader to take the rest of the paced stream
     assert set(drops.bad_frames) == {("gr1", "link_error")}
 
 
