@@ -25,6 +25,11 @@ TIME_SOURCES: tuple[str, ...] = ("gps", "device", "host")
 #: Within it, time arithmetic on a block stays finite; the channelizer narrows it to what it can serve.
 MIN_SAMPLE_RATE_HZ = 1_000.0
 MAX_SAMPLE_RATE_HZ = 100e6
+
+
+def plausible_rate(rate_hz: float) -> bool:
+    """Within [MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ] (False for NaN): a rate a block may declare."""
+    return MIN_SAMPLE_RATE_HZ <= rate_hz <= MAX_SAMPLE_RATE_HZ
 #: Largest value libzmq takes for an int socket option (high-water marks, kernel buffer sizes).
 ZMQ_INT_MAX = 2**31 - 1
 #: Longest wait of one receive poll (s): close() is noticed within it, so it bounds a receiver's stop.

@@ -56,7 +56,7 @@ from typing import Any, Sequence
 import msgpack
 import numpy as np
 
-from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, TIME_SOURCES, Flags, IQBlock
+from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, TIME_SOURCES, Flags, IQBlock, plausible_rate
 from streamer.errors import HeimdallError
 
 VERSION = 1
@@ -210,7 +210,7 @@ def _check_values(header: dict) -> None:
         if header[key] is not None and not math.isfinite(header[key]):
             raise FrameError("bad_header", f"{key} is not finite")
     rate = header["sample_rate"]
-    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:  # also NaN; beyond it time arithmetic overflows
+    if not plausible_rate(rate):  # also NaN; beyond it time arithmetic overflows
         raise FrameError("bad_rate", f"sample_rate {rate!r} is outside [{MIN_SAMPLE_RATE_HZ:g}, {MAX_SAMPLE_RATE_HZ:g}] Hz")
     if header["dtype"] not in ITEM_SIZES:
         raise FrameError("unknown_dtype", f"dtype {header['dtype']!r}; known: {', '.join(ITEM_SIZES)}")

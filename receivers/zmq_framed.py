@@ -57,7 +57,7 @@ from typing import Callable, Iterator
 import zmq
 
 from receivers.base import (MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext,
-                            check_socket_options)
+                            check_socket_options, plausible_rate)
 from receivers.framing import FrameError, decode, encode
 from streamer.boundedlog import BoundedLog
 from streamer.errors import ReceiverFatalError, ReceiverTransientError
@@ -94,7 +94,7 @@ class Options:
             raise ValueError(f"max_message_bytes: expected > 0, got {self.max_message_bytes}")
         if self.max_rate_sps is not None and self.max_rate_sps <= 0:
             raise ValueError(f"max_rate_sps: expected > 0 (or unset), got {self.max_rate_sps}")
-        if self.sample_rate_hz is not None and not MIN_SAMPLE_RATE_HZ <= self.sample_rate_hz <= MAX_SAMPLE_RATE_HZ:
+        if self.sample_rate_hz is not None and not plausible_rate(self.sample_rate_hz):
             raise ValueError(
                 f"sample_rate_hz: expected {MIN_SAMPLE_RATE_HZ:g} to {MAX_SAMPLE_RATE_HZ:g} Hz (or unset), got {self.sample_rate_hz}"
             )

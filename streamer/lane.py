@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, Flags, IQBlock
+from receivers.base import Flags, IQBlock, plausible_rate
 from streamer.boundedlog import BoundedLog
 from streamer.channelizer import Channelizer
 from streamer.ringbuffer import RingBuffer
@@ -138,7 +138,7 @@ class Lane:
             self._on_bad_frame("bad_dtype")
             self._drop("bad_dtype", n)
             return
-        if not MIN_SAMPLE_RATE_HZ <= block.sample_rate <= MAX_SAMPLE_RATE_HZ:  # also NaN; keeps time arithmetic finite
+        if not plausible_rate(block.sample_rate):  # also NaN; keeps time arithmetic finite
             self._on_bad_frame("bad_rate")
             self._drop("bad_rate", n)
             return

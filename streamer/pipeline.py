@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, IQBlock
+from receivers.base import IQBlock, plausible_rate
 from streamer.aligner import Window, WindowAligner
 from streamer.config import Config
 from streamer.estimate import Estimate, Estimator, EstimatorInputs
@@ -112,7 +112,7 @@ class Pipeline:
         rid = block.receiver_id
         m.receiver_up.labels(rid).set(1)
         m.sample_rate.labels(rid).set(block.sample_rate)
-        if MIN_SAMPLE_RATE_HZ <= block.sample_rate <= MAX_SAMPLE_RATE_HZ:  # else refused (bad_rate): no duration
+        if plausible_rate(block.sample_rate):  # else refused (bad_rate): no duration
             end_ns = block.t0_ns + block.duration_ns
             m.clock_offset.labels(rid).set((end_ns - arrival_ns) / 1e9)
         m.buffer_fill.labels(rid).set(lane.ring.fill_ratio)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, Flags, IQBlock, ReceiverContext
+from receivers.base import Flags, IQBlock, ReceiverContext, plausible_rate
 from receivers.registry import open_receiver
 from streamer.config import ReceiverConfig
 from streamer.errors import HeimdallError, MissingDependencyError, ReceiverFatalError, ReceiverTransientError
@@ -265,7 +265,7 @@ def _continues(run: list[IQBlock], block: IQBlock, max_samples: int) -> bool:
         first.sample_rate, first.center_freq, first.time_source, first.gain_db
     ):
         return False
-    if not MIN_SAMPLE_RATE_HZ <= first.sample_rate <= MAX_SAMPLE_RATE_HZ:
+    if not plausible_rate(first.sample_rate):
         return False  # the lane refuses the rate (bad_rate), and time arithmetic on it may not be finite
     held = last.end_index - first.sample_index
     if held + len(block.samples) > max_samples:
