@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from receivers.base import IQBlock  # noqa: E402
-from streamer import app, soak  # noqa: E402
+from streamer.daemon import app, soak  # noqa: E402
 
 
 def blocks(cfg, rate_hz: float, block_s: float, backlog_s: float, t0_ns: int) -> list[IQBlock]:

@@ -108,7 +108,7 @@ def scenario_nan() -> None:
 
 def scenario_jitter() -> None:
     from receivers.base import TallyDropCounter
-    from streamer.lane import Lane, LaneSettings
+    from streamer.daemon.lane import Lane, LaneSettings
 
     drops, lane_drops, bad = TallyDropCounter(), {}, {}
     lane = Lane("gr1", LaneSettings(145.5e6, 24_000.0, 4.0, 0.05),

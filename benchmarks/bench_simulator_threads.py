@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from receivers.simulator import SimulatedReceiver, SimulatedWorld  # noqa: E402
-from streamer import soak  # noqa: E402
+from streamer.tools import soak  # noqa: E402
 
 
 def cores_used(cfg, seconds: float, lock) -> tuple[float, int]:

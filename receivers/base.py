@@ -1,6 +1,6 @@
 """The one type every adapter produces (IQBlock) and the small protocols around it.
 
-An adapter is an iterable of IQBlock. It starts no threads (streamer.runner decides thread or
+An adapter is an iterable of IQBlock. It starts no threads (streamer.daemon.runner decides thread or
 process) and never raises for an expected per-frame failure: it counts it through the injected
 ``DropCounter`` and goes on. Foreign errors (SoapySDR, libiio, sockets) are translated at the adapter
 edge into ``ReceiverTransientError`` / ``ReceiverFatalError``.
@@ -87,7 +87,7 @@ class IQBlock:
 
 
 class DropCounter(Protocol):
-    """Where adapters and stages count what they could not use (streamer.metrics.Metrics implements it)."""
+    """Where adapters and stages count what they could not use (streamer.daemon.metrics.Metrics implements it)."""
 
     def bad_frame(self, receiver_id: str, reason: str) -> None: ...
 
@@ -118,7 +118,7 @@ class ReceiverContext:
 
     ``config`` is the whole validated config, ``drops`` counts what the adapter could not use, and
     ``gauge(receiver_id, name, value)`` reports an adapter-specific reading (e.g. ``"smeter_dbm"``)
-    that streamer.metrics exports as ``heimdall_receiver_<name>``.
+    that streamer.daemon.metrics exports as ``heimdall_receiver_<name>``.
     """
 
     config: "Config"

@@ -57,7 +57,7 @@ import msgpack
 import numpy as np
 
 from receivers.base import MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, TIME_SOURCES, Flags, IQBlock, plausible_rate
-from streamer.errors import HeimdallError
+from streamer.core.errors import HeimdallError
 
 VERSION = 1
 #: dtype name -> bytes per complex sample.

@@ -90,8 +90,8 @@ from receivers.base import DropCounter, Flags, IQBlock, ReceiverBase, ReceiverCo
 from receivers.framing import FrameError
 from receivers.hostclock import HostClock
 from receivers.zmq_framed import PolledSocket, open_socket
-from streamer.boundedlog import BoundedLog
-from streamer.security import SocketEvents
+from streamer.core.boundedlog import BoundedLog
+from streamer.core.security import SocketEvents
 
 log = logging.getLogger(__name__)
 _log = BoundedLog(log)

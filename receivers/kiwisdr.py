@@ -75,7 +75,7 @@ import numpy as np
 
 from receivers.base import DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext
 from receivers.tcp import ClosableConnection, ClosedWhileConnecting
-from streamer.errors import ConfigError, ReceiverFatalError, ReceiverTransientError
+from streamer.core.errors import ConfigError, ReceiverFatalError, ReceiverTransientError
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from receivers.base import Flags, IQBlock, ReceiverBase, ReceiverContext
-from streamer.errors import MissingDependencyError, ReceiverFatalError, ReceiverTransientError
+from streamer.core.errors import MissingDependencyError, ReceiverFatalError, ReceiverTransientError
 
 if TYPE_CHECKING:
     from streamer.config import ReceiverConfig

@@ -6,14 +6,14 @@ Examples
 >>> adapter_class("sopy")
 Traceback (most recent call last):
 ...
-streamer.errors.ConfigError: unknown receiver kind 'sopy'; known: ...
+streamer.core.errors.ConfigError: unknown receiver kind 'sopy'; known: ...
 """
 
 from __future__ import annotations
 
 import importlib
 
-from streamer.errors import ConfigError, MissingDependencyError
+from streamer.core.errors import ConfigError, MissingDependencyError
 
 #: kind -> "module:Class". One line per adapter (STYLE.md habit 1).
 KINDS: dict[str, str] = {

@@ -54,7 +54,7 @@ import numpy as np
 
 from receivers.base import Flags, IQBlock, ReceiverBase, ReceiverContext
 from receivers.tcp import ClosableConnection
-from streamer.errors import ReceiverFatalError, ReceiverTransientError
+from streamer.core.errors import ReceiverFatalError, ReceiverTransientError
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ offset the channelizer removes). Blocks never straddle two captures.
 
 Pacing: ``realtime = true`` delivers each block when the wall clock has advanced, since the first block,
 as far as the recorded time of the block's last sample (gaps are waited out); ``false`` delivers as fast as
-the daemon takes the blocks (``streamer.pacing`` keeps such receivers in step with each other and with the
+the daemon takes the blocks (``streamer.daemon.pacing`` keeps such receivers in step with each other and with the
 pipeline, see docs/receivers/sigmf.md). ``t0_ns`` are the recorded
 times either way, so several receivers replayed from one collection stay aligned. ``loop = true`` starts
 over at the end, continuing ``sample_index`` and time from where the pass ended, with
@@ -71,7 +71,7 @@ import sigmf
 from sigmf.error import SigMFError
 
 from receivers.base import TIME_SOURCES, Flags, IQBlock, ReceiverBase, ReceiverContext
-from streamer.errors import ReceiverFatalError
+from streamer.core.errors import ReceiverFatalError
 
 log = logging.getLogger(__name__)
 

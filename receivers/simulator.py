@@ -24,7 +24,7 @@ Physics (units in the names; all of it deterministic from ``simulator.seed``)
 - NBFM: the phase is an analytic function of transmitter time, so the propagation delay d/c is applied
   exactly, to the modulation and to the carrier (which gives Doppler for free).
 - Propagation: ``P_rx = P_tx - (ref_loss_db + 10 n log10(d / 1 km)) + S_r(x)``, d the 3-D distance
-  (``streamer.physics.slant_distance_m``), ``S_r`` a Gaussian random field per receiver over transmitter
+  (``streamer.core.propagation.slant_distance_m``), ``S_r`` a Gaussian random field per receiver over transmitter
   position (std ``shadowing_db``, exponential correlation with distance ``shadowing_corr_km``). No fast
   fading: a 0.5 s window would average it to a fraction of a dB.
 - Receiver: thermal noise ``-174 dBm/Hz + 10 log10(fs) + NF_r``, each receiver's noise figure ``NF_r``
@@ -77,8 +77,8 @@ import numpy as np
 from scipy.special import ndtr
 
 from receivers.base import IQBlock, ReceiverBase, ReceiverContext
-from streamer.geodesy import SearchArea, enu_to_geodetic, network_geometry
-from streamer.physics import log_distance_path_loss_db, slant_distance_m
+from streamer.core.geodesy import SearchArea, enu_to_geodetic, network_geometry
+from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
 
 #: Revision of what a seed renders (signal, noise, propagation). Raise it whenever the same seed would give
 #: different samples: caches of rendered windows (``models.train.dataset``) are keyed by it.
@@ -275,7 +275,7 @@ class SimulatedWorld:
 
     Attributes (per receiver arrays are in ``config.receivers`` order)
     ----------
-    origin, rx_enu_m ``[R, 3]``, rx_alt_m ``[R]``, area : geometry (``streamer.geodesy.network_geometry``).
+    origin, rx_enu_m ``[R, 3]``, rx_alt_m ``[R]``, area : geometry (``streamer.core.geodesy.network_geometry``).
     calibration_db ``[R]`` : configured gains, dBm = dBFS + calibration_db (what the daemon knows).
     calibration_error_db ``[R]`` : hidden true gain minus configured (dB); never give it to an estimator.
     noise_figure_db ``[R]`` : each receiver's noise figure (dB, >= 0): ``simulator.noise_figure_db`` plus a
@@ -544,7 +544,7 @@ def render_windows(
     ``oversampling=1`` (the default) samples at ``sample_rate_hz``
     directly: a flat spectrum out to +-fs/2. With ``oversampling`` k > 1 each receiver is sampled at
     k x ``sample_rate_hz``, tuned ``sample_rate_hz / 4`` below the target as a real tuner sits off the
-    carrier, and brought to ``sample_rate_hz`` by the daemon's own ``streamer.channelizer.Channelizer``:
+    carrier, and brought to ``sample_rate_hz`` by the daemon's own ``streamer.dsp.channelizer.Channelizer``:
     the windows then carry its anti-alias roll-off near +-fs/2 as live data does (its filter scales with
     the output rate, so the shape is the same for any decimation). The difference is measured by
     ``tests/receivers/test_simulator.py``: about -0.3 dB in the two outermost mel bands, nothing elsewhere.
@@ -561,7 +561,7 @@ def render_windows(
     centre_hz = world.target_freq_hz - (sample_rate_hz / 4 if oversampling > 1 else 0.0)
     channelizer, lead, n_in = None, 0, n_samples
     if oversampling > 1:
-        from streamer.channelizer import Channelizer
+        from streamer.dsp.channelizer import Channelizer
 
         channelizer = Channelizer(in_rate_hz, centre_hz, world.target_freq_hz, sample_rate_hz)
         # Outputs whose filter span reaches before the first input are transients (resample_poly pads with

@@ -74,7 +74,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from receivers.base import DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext
-from streamer.errors import MissingDependencyError, ReceiverFatalError, ReceiverTransientError
+from streamer.core.errors import MissingDependencyError, ReceiverFatalError, ReceiverTransientError
 
 log = logging.getLogger(__name__)
 

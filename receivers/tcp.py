@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from streamer.errors import ReceiverTransientError
+from streamer.core.errors import ReceiverTransientError
 
 
 class ClosedWhileConnecting(ReceiverTransientError):

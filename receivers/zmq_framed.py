@@ -37,7 +37,7 @@ configured ``sample_rate_hz``, or without it times the rate the first block decl
 ``rate_burst_s`` seconds of burst; blocks over it are dropped and counted ``samples_dropped(id,
 "rate_limit", n)``, and the next block passed on carries ``Flags.OVERFLOW``. The limit never follows a
 rate declared later, so a publisher cannot lift it or refill the bucket by declaring another rate.
-With ``[security] curve_ingest`` the socket is a CURVE server (streamer.security) and peers it refuses
+With ``[security] curve_ingest`` the socket is a CURVE server (streamer.core.security) and peers it refuses
 are counted through ``drops.auth_failure("ingest:<id>")`` when the DropCounter has that method.
 Silence is not an error: the adapter keeps polling (``recv_timeout_s`` at a time, checking whether
 ``close()`` was called from another thread) and resumes when a publisher comes back; ZeroMQ
@@ -59,9 +59,9 @@ import zmq
 from receivers.base import (MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext,
                             check_socket_options, plausible_rate)
 from receivers.framing import FrameError, decode, encode
-from streamer.boundedlog import BoundedLog
-from streamer.errors import ReceiverFatalError, ReceiverTransientError
-from streamer.security import INGEST_DOMAIN, KeyPair, SocketEvents, load_secret_key, make_curve_client, make_curve_server
+from streamer.core.boundedlog import BoundedLog
+from streamer.core.errors import ReceiverFatalError, ReceiverTransientError
+from streamer.core.security import INGEST_DOMAIN, KeyPair, SocketEvents, load_secret_key, make_curve_client, make_curve_server
 
 log = logging.getLogger(__name__)
 _bounded = BoundedLog(log)  # bad input from a peer: counted always, logged a few lines a minute per reason

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from streamer import __version__
-from streamer.errors import HeimdallError, MissingDependencyError
+from streamer.core.errors import HeimdallError, MissingDependencyError
 
 log = logging.getLogger("heimdall")
 
@@ -142,7 +142,7 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
     log.info("starting with %s", args.config or "the embedded default config")
     from streamer import config as config_mod
-    from streamer.app import Daemon
+    from streamer.daemon.app import Daemon
 
     cfg = config_mod.load(args.config)
     daemon = Daemon(cfg, reload_requested=reload_requested)
@@ -152,12 +152,12 @@ def cmd_run(args) -> int:
 
 def cmd_check(args) -> int:
     from streamer import config as config_mod
-    from streamer.estimators import build_estimators
-    from streamer.preflight import busy_port_notes, preflight, provider_summary
+    from streamer.daemon.preflight import busy_port_notes, preflight, provider_summary
+    from streamer.estimators.build import build_estimators
 
     cfg = config_mod.load(args.config)
     if args.receiver is not None:
-        from streamer.preflight import preflight_edge
+        from streamer.daemon.preflight import preflight_edge
 
         preflight_edge(cfg, args.receiver)
         rx = cfg.receiver(args.receiver)
@@ -179,11 +179,10 @@ def cmd_check(args) -> int:
 def cmd_receiver(args) -> int:
     from receivers.base import ReceiverContext, TallyDropCounter
     from receivers.zmq_framed import FramedPublisher
-    from streamer.security import edge_curve
     from streamer import config as config_mod
-    from streamer.runner import ReceiverRunner
-
-    from streamer.preflight import preflight_edge
+    from streamer.core.security import edge_curve
+    from streamer.daemon.preflight import preflight_edge
+    from streamer.daemon.runner import ReceiverRunner
 
     cfg = config_mod.load(args.config)
     preflight_edge(cfg, args.id)  # the verdict `heimdall check --receiver ID` gives
@@ -284,7 +283,7 @@ def cmd_listen(args) -> int:
 
 def cmd_bench(args) -> int:
     if args.bench == "model":
-        from streamer.bench_model import main as bench_model
+        from streamer.tools.bench_model import main as bench_model
 
         return bench_model(args.rest)
     if args.bench == "receivers":
@@ -292,13 +291,13 @@ def cmd_bench(args) -> int:
         if not script.is_file():
             raise HeimdallError(f"{script} not found: `heimdall bench receivers` needs a source checkout (its peers live in tests/)")
         return subprocess.call([sys.executable, str(script), *args.rest])
-    from streamer.bench import bench_pipeline
+    from streamer.tools.bench_pipeline import bench_pipeline
 
     return bench_pipeline(args)
 
 
 def cmd_record(args) -> int:
-    from streamer.record import main as record
+    from streamer.tools.record import main as record
 
     return record(args)
 
@@ -325,19 +324,19 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from streamer.calibrate import main as calibrate
+    from streamer.tools.calibrate import main as calibrate
 
     return calibrate(args.rest)
 
 
 def cmd_calibrate_ellipses(args) -> int:
-    from streamer.ellipse_calibration import main as calibrate_ellipses
+    from streamer.tools.calibrate_ellipses import main as calibrate_ellipses
 
     return calibrate_ellipses(args.rest)
 
 
 def cmd_soak(args) -> int:
-    from streamer.soak import main as soak
+    from streamer.tools.soak import main as soak
 
     return soak(args.rest)
 
@@ -351,7 +350,7 @@ def cmd_kinds(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    from streamer.security import generate_keys
+    from streamer.core.security import generate_keys
 
     public, secret = generate_keys(args.dir, args.name)
     print(f"public key {public} (give it to peers; allow-lists are folders of these)\nsecret key {secret} (mode 0600; keep it on this host)")

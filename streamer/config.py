@@ -12,7 +12,7 @@ Examples
 >>> from_dict({"pipeline": {"min_receivers": "three"}}, source="x.toml")
 Traceback (most recent call last):
 ...
-streamer.errors.ConfigError: x.toml: pipeline.min_receivers: expected int, got str 'three'
+streamer.core.errors.ConfigError: x.toml: pipeline.min_receivers: expected int, got str 'three'
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from receivers.base import ZMQ_INT_MAX
-from streamer.errors import ConfigError
-from streamer.features import FeatureSpec
+from streamer.core.errors import ConfigError
+from streamer.dsp.features import FeatureSpec
 
 
 def _doc(text: str) -> dict[str, str]:
@@ -472,7 +472,7 @@ def configuration_markdown() -> str:
         "`python -m streamer.config > docs/configuration.md`; a test checks that this file is up to date.",
         "Unknown keys, wrong types and numbers that are not finite (TOML's nan and inf; no key takes them) are",
         "refused with the file, the key path and what was expected; `heimdall check` also runs the daemon's",
-        "start-up checks (`streamer/preflight.py`: memory, endpoints, key files, dependencies, tunability).",
+        "start-up checks (`streamer/daemon/preflight.py`: memory, endpoints, key files, dependencies, tunability).",
         "",
         "## Top-level tables",
         "",

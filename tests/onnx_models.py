@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from streamer.features import FeatureSpec
-from streamer.model_contract import ModelMetadata, Normalisation, write_metadata
+from streamer.dsp.features import FeatureSpec
+from streamer.estimators.contract import ModelMetadata, Normalisation, write_metadata
 
 OPSET = 17
 IR_VERSION = 9  # onnxruntime >= 1.15 reads it; onnx's own default may be newer than the installed runtime

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamer.cli import format_localization, main
-from streamer.features import FeatureSpec
+from streamer.dsp.features import FeatureSpec
 from tests.onnx_models import known_model, save
 
 SITE = """

@@ -1,4 +1,4 @@
-"""docs/metrics.md and streamer/metrics.py agree: every registered series is documented with its type and
+"""docs/metrics.md and streamer/daemon/metrics.py agree: every registered series is documented with its type and
 labels, and every documented series is registered."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from streamer.metrics import Metrics
+from streamer.daemon.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS_DOC = ROOT / "docs" / "metrics.md"
@@ -76,7 +76,7 @@ def _sample_labels(metrics: Metrics) -> dict[str, set[str]]:
 def test_every_registered_series_is_documented_and_vice_versa():
     documented = set(documented_series())
     registered = set(registered_families())
-    assert registered - documented == set(), f"registered in streamer/metrics.py but not in docs/metrics.md: {sorted(registered - documented)}"
+    assert registered - documented == set(), f"registered in streamer/daemon/metrics.py but not in docs/metrics.md: {sorted(registered - documented)}"
     assert documented - registered == set(), f"in docs/metrics.md but not registered: {sorted(documented - registered)}"
 
 
@@ -107,8 +107,8 @@ def test_documented_labels_match_the_code():
 def test_model_info_labels():
     """heimdall_model_info as the pipeline sets it for the embedded default config."""
     from streamer.config import load
-    from streamer.estimators import build_estimators
-    from streamer.pipeline import Pipeline
+    from streamer.estimators.build import build_estimators
+    from streamer.daemon.pipeline import Pipeline
 
     config = load(None)
     metrics = Metrics(CollectorRegistry())

@@ -14,8 +14,8 @@ import pytest
 
 from receivers.registry import KINDS
 from streamer import config as config_mod
-from streamer.geodesy import Ellipse
-from streamer.messages import EstimateOut, Localization, ReceiverHealth, Status, Truth
+from streamer.core.geodesy import Ellipse
+from streamer.daemon.messages import EstimateOut, Localization, ReceiverHealth, Status, Truth
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """Argument tables of ``heimdall train`` and the shipped model's path, importable without torch.
 
 streamer/cli.py builds its subcommands from ``add_train_arguments``, ``models.train.evaluate.add_arguments`` and
-``streamer.bench_model.add_arguments`` at start-up, so none of them may import torch; ``run_train`` imports the
+``streamer.tools.bench_model.add_arguments`` at start-up, so none of them may import torch; ``run_train`` imports the
 trainer (and torch) only when the command runs.
 """
 

@@ -1,4 +1,4 @@
-"""Training and evaluation data: random simulated networks -> receiver IQ -> ``streamer.features`` mel frames.
+"""Training and evaluation data: random simulated networks -> receiver IQ -> ``streamer.dsp.features`` mel frames.
 
 Nothing here re-implements a signal or a feature. Each draw goes through:
 
@@ -10,13 +10,13 @@ Nothing here re-implements a signal or a feature. Each draw goes through:
 2. ``receivers.simulator.SimulatedWorld`` + ``render_windows``: per-receiver IQ at the model rate for the
    drawn transmitter positions and powers, through the same signal code as the live simulator adapter
    (path loss, the world's shadowing fields, hidden calibration errors, thermal noise, oscillator errors).
-3. ``streamer.features.mel_frames_dbm`` with the receivers' configured ``calibration_db``: the daemon's
+3. ``streamer.dsp.features.mel_frames_dbm`` with the receivers' configured ``calibration_db``: the daemon's
    feature implementation, so the model sees what the daemon will give it.
 4. Outages: each receiver is absent from a window with a random per-world probability (at least three
    stay); absent receivers are not rendered and get mask 0 and zero features, as ``OnnxEstimator`` fills them.
 
 Draws are kept only when at least ``min_heard`` present receivers hear the transmitter by the daemon's own
-rule (``streamer.physics.channel_power`` with the pipeline's detection SNR and noise band): windows the
+rule (``streamer.dsp.detection.channel_power`` with the pipeline's detection SNR and noise band): windows the
 daemon would not localize are not trained or scored on.
 
 Everything is a function of ``seed`` (world ``w`` of a run uses ``SeedSequence([seed, w])``, ``world_config``),
@@ -26,7 +26,7 @@ model is told in training) again from the seed.
 
 Examples
 --------
->>> from streamer.features import FeatureSpec
+>>> from streamer.dsp.features import FeatureSpec
 >>> data = generate(4, seed=3, spec=FeatureSpec(), windows_per_world=4)
 >>> data.features_dbm.shape, data.rx_mask.shape, data.tx_enu_km.shape
 ((4, 16, 32, 45), (4, 16), (4, 2))
@@ -40,17 +40,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer import features as feature_module
+from streamer.dsp import features as feature_module
 from streamer.config import Config, PhysicsConfig, from_dict
-from streamer.features import FeatureSpec
-from streamer.geodesy import Origin, enu_to_geodetic
-from streamer.physics import channel_power
+from streamer.dsp.features import FeatureSpec
+from streamer.core.geodesy import Origin, enu_to_geodetic
+from streamer.dsp.detection import channel_power
 
 MAX_RECEIVERS = 16
 #: Occupied bandwidth and detection rule of the daemon's defaults (streamer.config NetworkConfig / PipelineConfig).
 CHANNEL_BANDWIDTH_HZ = 12_500.0
 DETECTION_SNR_DB = 6.0
-#: The pipeline estimates noise inside 80 % of Nyquist (streamer.pipeline).
+#: The pipeline estimates noise inside 80 % of Nyquist (streamer.daemon.pipeline).
 NOISE_BAND_FRACTION = 0.4
 BANDS_HZ = ((144e6, 148e6), (430e6, 440e6))
 UNIX_2026_NS = 1_767_225_600 * 10**9
@@ -162,7 +162,7 @@ def random_network_config(rng: np.random.Generator, *, n_rx: int | None = None, 
 
 
 def heard_mask(frames_dbm: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """The daemon's detection rule on ``[..., R, M, T]`` frames: ``streamer.physics.channel_power(...).heard``."""
+    """The daemon's detection rule on ``[..., R, M, T]`` frames: ``streamer.dsp.detection.channel_power(...).heard``."""
     return channel_power(frames_dbm, spec, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ, detection_snr_db=DETECTION_SNR_DB,
                          noise_max_offset_hz=NOISE_BAND_FRACTION * spec.sample_rate_hz).heard
 
@@ -245,7 +245,7 @@ def _empty(max_receivers: int, spec: FeatureSpec) -> Windows:
 def physics_config_for(config: Config) -> PhysicsConfig:
     """The true propagation parameters of a simulated world, as a ``PhysicsConfig`` (what the oracle physics
     estimator of ``evaluate`` is told, and the site a model is given in training)."""
-    from streamer.geodesy import network_geometry
+    from streamer.core.geodesy import network_geometry
 
     sim = config.simulator
     _, _, area = network_geometry(config)
@@ -289,7 +289,7 @@ def window_worlds(data: Windows, seed: int, max_top_up: int = 64) -> list[Config
 
 def world_sites(data: Windows, seed: int) -> np.ndarray:
     """``site_propagation`` [N, 5] of each window of ``generate(..., seed=seed)``: its world's true propagation."""
-    from streamer.model_contract import SITE_PROPAGATION_WIDTH, site_propagation
+    from streamer.estimators.contract import SITE_PROPAGATION_WIDTH, site_propagation
 
     worlds = window_worlds(data, seed)
     rows = {id(c): site_propagation(physics_config_for(c)) for c in worlds}
@@ -299,7 +299,7 @@ def world_sites(data: Windows, seed: int) -> np.ndarray:
 def world_areas(data: Windows, seed: int) -> np.ndarray:
     """``search_area_row`` [N, 5] of each window of ``generate(..., seed=seed)``: its world's search area (km, in
     the windows' ENU frame), where the transmitter was drawn and the physics estimator puts its prior."""
-    from streamer.model_contract import SEARCH_AREA_WIDTH, network_search_area_row
+    from streamer.estimators.contract import SEARCH_AREA_WIDTH, network_search_area_row
 
     worlds = window_worlds(data, seed)
     rows = {id(c): network_search_area_row(c) for c in worlds}

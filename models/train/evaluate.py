@@ -32,12 +32,12 @@ it, i.e. at least three receivers hear the transmitter by its detection rule):
                  as ``powder-random``; ``--test-split PATH`` any split file of the data folder (e.g.
                  ``special_test_cases/indoor.json``) as ``powder-<file stem>``, by the same rule.
 
-Methods: each ONNX model (named by its file stem) through ``streamer.inference.OnnxEstimator.run``; a model
+Methods: each ONNX model (named by its file stem) through ``streamer.estimators.onnx.OnnxEstimator.run``; a model
 that takes the contract's optional inputs is told the dataset's propagation exactly as the physics estimator is
 configured (``site_propagation`` of the same ``PhysicsConfig``, as the daemon feeds ``estimator.physics``'s) and
 the search area the physics estimator's prior covers (``search_area_row``), and is scored a second time told
 nothing as ``<model>-blind``;
-``physics``: ``streamer.physics.PhysicsEstimator`` on ``channel_power`` of the same frames, as the daemon
+``physics``: ``streamer.estimators.physics.PhysicsEstimator`` on ``channel_power`` of the same frames, as the daemon
 runs it, given the true propagation parameters of each simulated world (path-loss exponent, 1 km loss,
 shadowing and calibration sigmas, power range, transmitter height: an oracle; a site-taking model is told
 the same, a blind one nothing); on POWDER the parameters fitted on the fitting rows. Grid
@@ -45,13 +45,13 @@ step = the larger side of the search area / 100 (2 km on the default network, as
 ``centroid``: the mean of the receivers that heard, covariance = their spread + (0.1 km)^2 I.
 ``<model>+site``: the model with a site's ellipse calibration (``heimdall calibrate-ellipses``), each network
 being a site: its draws are split by index parity, and each half's covariances are multiplied by the factor
-``streamer.ellipse_calibration.least_nll_scale`` fits on the other half (never on the draws it is scored on).
+``streamer.tools.calibrate_ellipses.least_nll_scale`` fits on the other half (never on the draws it is scored on).
 Positions are the model's; only coverage and NLL change. On ``random-many`` each network is calibrated on
 its own 32 + 32 draws; on POWDER the test rows are the site's.
 
 Scores per method: median, mean and 90th-percentile error (m); coverage of the 68 % and 95 % ellipses as the
 daemon publishes them (fraction with Mahalanobis^2 <= the estimate's own credible radius squared,
-``streamer.credible``, for the physics posterior and a model with the ``ellipse_scale`` output; <= 2.279 and
+``streamer.estimators.credible``, for the physics posterior and a model with the ``ellipse_scale`` output; <= 2.279 and
 <= 5.991, a Gaussian's, for the centroid and a model without it); mean NLL of the truth under the reported Gaussian in
 metres, 1/2 r^T C^-1 r + 1/2 ln|C| + ln 2 pi; and n.
 
@@ -86,12 +86,13 @@ from models.train.commands import non_negative_int, positive_int
 from models.train.dataset import (CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, MAX_RECEIVERS, NOISE_BAND_FRACTION, Windows,
                                   _spec_tag, draw_windows, physics_config_for, random_network_config)
 from streamer.config import Config, PhysicsConfig, load
-from streamer.credible import ELLIPSE_PROBABILITIES
-from streamer.ellipse_calibration import coverage, least_nll_scale
-from streamer.features import FeatureSpec
-from streamer.geodesy import mahalanobis_sq
-from streamer.model_contract import OPTIONAL_INPUT_NAMES, network_search_area_row, site_propagation
-from streamer.physics import PhysicsEstimator, channel_power
+from streamer.estimators.credible import ELLIPSE_PROBABILITIES
+from streamer.tools.calibrate_ellipses import coverage, least_nll_scale
+from streamer.dsp.features import FeatureSpec
+from streamer.core.geodesy import mahalanobis_sq
+from streamer.estimators.contract import OPTIONAL_INPUT_NAMES, network_search_area_row, site_propagation
+from streamer.estimators.physics import PhysicsEstimator
+from streamer.dsp.detection import channel_power
 
 EVAL_SEED = 20_260_001
 RANDOM_NETWORKS = ((5, 8.0), (10, 60.0), (16, 180.0))  # (receivers, bounding-box side in km)
@@ -204,7 +205,7 @@ def score_many(networks: list[tuple[Config, PhysicsConfig, Windows]], estimates:
 def describe_network(config: Config, data: Windows) -> dict:
     """What tells networks apart in ``score_many``'s per-network rows: receivers, the search area's longer side (km)
     and the mean number of receivers that heard a draw."""
-    from streamer.geodesy import network_geometry
+    from streamer.core.geodesy import network_geometry
 
     _, _, area = network_geometry(config)
     return {"receivers": len(config.receivers), "side_km": max(area.width_m, area.height_m) / 1e3,
@@ -224,7 +225,7 @@ def scores(position_m: np.ndarray, cov_m2: np.ndarray, truth_m: np.ndarray, elli
     """Error percentiles (m), ellipse coverage and mean NLL of a batch of estimates ``[N, 2]``, ``[N, 2, 2]``.
 
     ``ellipse_scales`` ``[N, 2]``: each estimate's 68 % and 95 % ellipse radii (standard deviations of its
-    covariance, ``streamer.credible``), as the daemon publishes them; ``None``: a Gaussian's, 1.515 and 2.448."""
+    covariance, ``streamer.estimators.credible``), as the daemon publishes them; ``None``: a Gaussian's, 1.515 and 2.448."""
     r = truth_m - position_m
     err = np.linalg.norm(r, axis=-1)
     maha2 = mahalanobis_sq(r, cov_m2)
@@ -273,7 +274,7 @@ def run_onnx(path: Path, data: Windows, batch: int = 256, site: np.ndarray | Non
     ONNX model through ``OnnxEstimator.run``; ``site``: the
     ``site_propagation`` row it is fed (``None``: unknown), as the daemon feeds ``estimator.physics``'s; ``area``:
     the ``search_area_row`` ([5], or [N, 5] one per draw; ``None``: unknown), the physics estimator's area."""
-    from streamer.inference import OnnxEstimator
+    from streamer.estimators.onnx import OnnxEstimator
 
     est = OnnxEstimator(path, providers=("CPUExecutionProvider",))
     pos, cov, scales = [], [], []
@@ -299,7 +300,7 @@ def model_methods(path: Path) -> dict[str, bool]:
 
 def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: FeatureSpec) -> Estimates:
     """The daemon's physics estimator on every draw (receivers in config order, slots not shuffled)."""
-    from streamer.geodesy import network_geometry
+    from streamer.core.geodesy import network_geometry
 
     _, rx_enu_m, area = network_geometry(config)
     n_rx = rx_enu_m.shape[0]

@@ -2,7 +2,7 @@
 
 ``export_model`` writes the graph with the TorchScript exporter (``dynamo=False``: one self-contained file,
 no external ``.onnx.data``), the batch axis symbolic and R, M, T fixed to the metadata's values, stores
-``ModelMetadata`` under ``metadata_props["heimdall"]``, checks the file with ``streamer.model_contract
+``ModelMetadata`` under ``metadata_props["heimdall"]``, checks the file with ``streamer.estimators.contract
 .check_model`` and compares ONNX Runtime with torch on the same inputs (``onnx_vs_torch``).
 """
 
@@ -17,9 +17,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from streamer.model_contract import (AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, SEARCH_AREA_WIDTH, SITE_INPUT,
-                                     SITE_PROPAGATION_WIDTH, ModelMetadata, check_model,
-                                     write_metadata)
+from streamer.estimators.contract import AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, SEARCH_AREA_WIDTH, SITE_INPUT, SITE_PROPAGATION_WIDTH, ModelMetadata, check_model, write_metadata
 
 OPSET = 17
 

@@ -1,6 +1,6 @@
 """The localization network (torch): receivers as a set, coordinates normalised by the network's extent.
 
-Inputs and outputs follow the model contract (streamer/model_contract.py): ``features`` [B, R, M, T]
+Inputs and outputs follow the model contract (streamer/estimators/contract.py): ``features`` [B, R, M, T]
 normalised mel frames, ``rx_enu_km`` [B, R, 3], ``rx_mask`` [B, R] and (``site_input``, the default) the optional
 ``site_propagation`` [B, 5] -> ``position_enu_km`` [B, 2] and ``covariance_km2`` [B, 2, 2].
 
@@ -32,7 +32,7 @@ normalised mel frames, ``rx_enu_km`` [B, R, 3], ``rx_mask`` [B, R] and (``site_i
    k (``covariance_scale``) is 1 while training; ``fit_covariance_scale`` then sets it on held-out windows.
 5. The grid head also gives the optional contract output ``ellipse_scale`` [B, 2] (``ellipse_output``, the default):
    the radii, in standard deviations, inside which its grid posterior holds 68 % and 95 % of its mass under that
-   posterior's own mean and covariance (``credible_radius_sq``, the twin of ``streamer.credible``, which the
+   posterior's own mean and covariance (``credible_radius_sq``, the twin of ``streamer.estimators.credible``, which the
    physics estimator uses). The published ellipses are C's, scaled by these radii instead of a Gaussian's
    1.515 / 2.448. Training never computes them: the loss is on position and covariance only.
 
@@ -49,10 +49,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.train.dataset import CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, NOISE_BAND_FRACTION
-from streamer.credible import ELLIPSE_PROBABILITIES, SUBDIVISIONS, subcell_offsets
-from streamer.ellipse_calibration import least_nll_scale
-from streamer.model_contract import SEARCH_AREA_WIDTH, SITE_PROPAGATION_WIDTH
-from streamer.physics import channel_bands
+from streamer.estimators.credible import ELLIPSE_PROBABILITIES, SUBDIVISIONS, subcell_offsets
+from streamer.tools.calibrate_ellipses import least_nll_scale
+from streamer.estimators.contract import SEARCH_AREA_WIDTH, SITE_PROPAGATION_WIDTH
+from streamer.dsp.detection import channel_bands
 
 MIN_SCALE_KM = 0.2
 AREA_TOKEN_WIDTH = SEARCH_AREA_WIDTH  # the area in the normalised frame / 4, and its flag
@@ -129,8 +129,8 @@ def credible_radius_sq(post: torch.Tensor, cells: torch.Tensor, cell_size: torch
     """[B, P] squared Mahalanobis radii (under ``cov`` [B, 2, 2], about ``mean`` [B, 2]) holding each of ``masses``
     of a grid posterior ``post`` [B, G] over ``cells`` [B, 2, G] (east row, north row) of size ``cell_size`` [B, 2].
 
-    The torch twin of ``streamer.credible.credible_scales`` (squared, every cell kept): each cell's mass spread over
-    the points ``offsets`` [S, 2] (``streamer.credible.subcell_offsets``, in units of a cell), the cumulative
+    The torch twin of ``streamer.estimators.credible.credible_scales`` (squared, every cell kept): each cell's mass spread over
+    the points ``offsets`` [S, 2] (``streamer.estimators.credible.subcell_offsets``, in units of a cell), the cumulative
     distribution read between the midpoints of its steps. The points are laid out [B, 2, S, G], cells innermost,
     so every elementwise op runs along G rather than over a trailing axis of 2 (which ONNX Runtime broadcasts
     two floats at a time: several times slower at batch 1)."""
@@ -169,13 +169,13 @@ class GridPosterior(nn.Module):
     censoring term log Phi((floor - predicted) / sigma) at the level's posterior mean. The output is
     the posterior's mean and covariance (plus the cell's own variance), in units of s, like the direct head's.
     With ``bands`` (``heimdall train --channel-power``) the received power, the floor and the heard logit start
-    from ``streamer.physics.channel_power``'s signal, noise + detection threshold and SNR instead (``channel_power_db``).
+    from ``streamer.dsp.detection.channel_power``'s signal, noise + detection threshold and SNR instead (``channel_power_db``).
     """
 
     def __init__(self, dim: int, n_mels: int, cells: int = 32, half_width: float = 2.5, bands=None) -> None:
         super().__init__()
         self.n_mels = n_mels
-        # ``bands`` (``streamer.physics.ChannelBands``): measure each receiver's in-channel power, noise and SNR the
+        # ``bands`` (``streamer.dsp.detection.ChannelBands``): measure each receiver's in-channel power, noise and SNR the
         # daemon's way (``channel_power``) from the pooled band statistics, and learn only small corrections to them,
         # instead of reading power off the strongest band and the floor off the quietest with ten-times-wider ones.
         self.bands = bands
@@ -200,7 +200,7 @@ class GridPosterior(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def channel_power_db(self, band_mean_db: torch.Tensor, band_std_db: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``streamer.physics.channel_power``'s signal and noise (dB, relative to the normalisation offset) [B, R] from
+        """``streamer.dsp.detection.channel_power``'s signal and noise (dB, relative to the normalisation offset) [B, R] from
         each band's mean and standard deviation over the frames of its dB level [B, R, M].
 
         The daemon averages each band's linear power over the frames; the graph has the mean and spread of its dB,
@@ -218,7 +218,7 @@ class GridPosterior(nn.Module):
         (``credible``) the ellipse scales [B, P] (else ``None``).
 
         The receiver axis R holds only the slots some window of the batch uses (``used_slots``).
-        ``site`` [B, 5] (``streamer.model_contract.site_propagation``): where its last column is 1, the site's
+        ``site`` [B, 5] (``streamer.estimators.contract.site_propagation``): where its last column is 1, the site's
         path-loss exponent, sigma (dB) and level prior (dBm) replace the inferred ones; the network adds only
         a learned sigma for its own power-estimation error.
         ``area`` [B, 5]: the search area in the normalised frame ((km - centre) / scale: east min, east max, north
@@ -401,8 +401,8 @@ class LocalizerNet(nn.Module):
         for ``train.loss_of``'s auxiliary term (not a contract output: the exported graph leaves them out), and, with
         ``credible``, the grid head's ellipse scales [B, P] (``GridPosterior.forward``; else ``None``).
 
-        ``site`` [B, 5]: the site's propagation (``streamer.model_contract.site_propagation``); ``None`` = unknown.
-        ``area`` [B, 5]: the search area (``streamer.model_contract.search_area_row``, km); ``None`` = unknown.
+        ``site`` [B, 5]: the site's propagation (``streamer.estimators.contract.site_propagation``); ``None`` = unknown.
+        ``area`` [B, 5]: the search area (``streamer.estimators.contract.search_area_row``, km); ``None`` = unknown.
         ``slots_chosen``: the inputs hold only used slots already (``forward`` chooses them before pooling)."""
         all_slots_mask = rx_mask
         if not slots_chosen:
@@ -501,7 +501,7 @@ def fit_covariance_scale(model: LocalizerNet, pooled: torch.Tensor, rx_enu_km: t
     With C -> k C a draw's NLL is 1/2 m^2 / k + ln k + const (m^2 = r^T C^-1 r), so the mean is least at
     k = mean(m^2) / 2, a closed form. Training fits the NLL with augmented batches (rotations, extra outages)
     and picks the step by validation NLL; this one number corrects the covariance's overall size for what
-    that leaves, as temperature scaling does for a classifier. (``streamer.ellipse_calibration.least_nll_scale``:
+    that leaves, as temperature scaling does for a classifier. (``streamer.tools.calibrate_ellipses.least_nll_scale``:
     the same fit ``heimdall calibrate-ellipses`` makes for one site from its localizations.)
     """
     was_training = model.training

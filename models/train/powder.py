@@ -17,7 +17,7 @@ From measured RSS to IQ, exactly:
    ``RSS_ir = A - 10 n log10(d_ir / 1 km) + o_r`` over a common A, exponent n and one offset o_r per receiver
    (sum of o_r = 0); d is the horizontal distance (ENU from the fixed receivers' centroid, pymap3d),
    at least 10 m. The residual standard deviation is the fitted shadowing sigma. The fit is
-   ``streamer.calibrate.fit_path_loss``, the same one ``heimdall calibrate`` runs on an operator's receivers.
+   ``streamer.core.propagation.fit_path_loss``, the same one ``heimdall calibrate`` runs on an operator's receivers.
 2. Calibrated power: ``P_ir = RSS_ir - o_r - A + (P_TX_DBM - FSPL_1km(462.7 MHz))`` dBm, i.e. levels as a
    1 W transmitter with a free-space 1 km loss and the fitted exponent would give. Receivers never seen in the
    fitting set keep o_r = 0.
@@ -27,7 +27,7 @@ From measured RSS to IQ, exactly:
    otherwise (oscillator errors).
    Receiver r is rendered alone by ``render_windows`` with transmit power ``P_ir + PL(d_ir)`` (the world's own
    path loss at the true position), so it receives exactly ``P_ir`` dBm plus thermal noise. All receivers of
-   a sample share the window id, hence the same FM audio. Frames: ``streamer.features.mel_frames_dbm``.
+   a sample share the window id, hence the same FM audio. Frames: ``streamer.dsp.features.mel_frames_dbm``.
 4. Receivers per sample: RSS -101 ("not received or missing") is treated as absent, not as "heard nothing":
    in the data many -101 receivers sit closer to the transmitter than receivers that heard it well (e.g. the
    first grid-test sample: four -101 receivers at 0.8-1.5 km while one at 1.5 km reads -60 dBm calibrated),
@@ -54,7 +54,7 @@ are modelled is a ``PhysicsOptions``:
   and one receiver's residuals at two transmitter positions correlate 0.57 below 50 m, 0.29 at 100-200 m
   (``python -m models.train.powder residuals --split grid`` prints both tables).
 - ``correlated``: the full error covariance between receivers, a two-exponential correlation in their
-  separation fitted on the fitting links (``streamer.physics.correlated_error_cov``).
+  separation fitted on the fitting links (``streamer.estimators.physics.correlated_error_cov``).
 - ``per_receiver_sigma``: each receiver's own residual sigma (receivers with >= 30 fitted links).
 - ``mapped``: each fixed receiver's shadowing map, kriged from the fitting links (``ShadowingMaps``): the
   expected shadowing at each cell and the sd that remains (a site survey, as an operator with calibration
@@ -67,7 +67,7 @@ the test rows' measurements: spatial 5-fold cross-validation (200 m blocks of tr
 whole, like the grid split's cells; offsets, sigmas, correlations and maps refitted on the other folds; 120
 random rows per fold rendered and scored like the test rows). Rule (``choose_options``): for each (receivers,
 error structure), the smallest sigma scale of {1, 1.1, ..., 1.5, 1.75, 2, 2.5} whose 95 % ellipse (the credible
-ellipse the daemon publishes, ``streamer.credible``) covers at least 95 % of the held-out truths; among those, the
+ellipse the daemon publishes, ``streamer.estimators.credible``) covers at least 95 % of the held-out truths; among those, the
 smallest median error. It stores the choice per test file in ``powder_physics_options.json``, with its CV scores
 and the command, which ``evaluate_powder`` reads (a split without a stored choice gets ``BASELINE_OPTIONS``).
 Tables: models/MODEL_CARD.md, "POWDER: how it is scored, and the other splits".
@@ -87,18 +87,19 @@ import numpy as np
 
 from models.train.dataset import (CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, MAX_RECEIVERS, NOISE_BAND_FRACTION, Windows,
                                   free_space_loss_1km_db, heard_mask)
-from streamer import features as feature_module
-from streamer.calibrate import fit_path_loss
+from streamer.dsp import features as feature_module
+from streamer.core.propagation import fit_path_loss
 from streamer.config import PhysicsConfig, from_dict
-from streamer.credible import ELLIPSE_PROBABILITIES
-from streamer.errors import HeimdallError
-from streamer.features import FeatureSpec
-from streamer.geodesy import Origin, geodetic_to_enu_m, search_area
-from streamer.model_contract import search_area_row, site_propagation
-from streamer.physics import (PhysicsEstimator, channel_power, correlated_error_cov, log_distance_path_loss_db,
-                             slant_distance_m)
-from streamer.survey import CORR_BINS_M, correlation_table, fit_correlation, pair_residuals
-from streamer.survey import ShadowingMaps as _KrigedMaps
+from streamer.estimators.credible import ELLIPSE_PROBABILITIES
+from streamer.core.errors import HeimdallError
+from streamer.dsp.features import FeatureSpec
+from streamer.core.geodesy import Origin, geodetic_to_enu_m, search_area
+from streamer.estimators.contract import search_area_row, site_propagation
+from streamer.estimators.physics import PhysicsEstimator, correlated_error_cov
+from streamer.dsp.detection import channel_power
+from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
+from streamer.estimators.survey import CORR_BINS_M, correlation_table, fit_correlation, pair_residuals
+from streamer.estimators.survey import ShadowingMaps as _KrigedMaps
 
 #: The project keeps its external data in ``shared/`` beside the repository checkout (as CI lays it out).
 DEFAULT_POWDER_DIR = Path(__file__).resolve().parents[3] / "shared" / "localization-data" / "powder-rss-462mhz"
@@ -231,7 +232,7 @@ def _on_campus(lat: float, lon: float, origin: Origin) -> bool:
 
 
 def fit_offsets(rows: list[dict], origin: Origin) -> dict:
-    """Least-squares log-distance fit with per-receiver offsets (module doc, step 1; ``streamer.calibrate.fit_path_loss``)."""
+    """Least-squares log-distance fit with per-receiver offsets (module doc, step 1; ``streamer.core.propagation.fit_path_loss``)."""
     names = sorted({n for r in rows for n, (rss, _, _) in r["rx"].items() if rss > FIT_THRESHOLD_DB})
     index = {n: i for i, n in enumerate(names)}
     dist_m = np.ones((len(rows), len(names)))
@@ -499,7 +500,7 @@ MAP_PAIRS_PER_RX = 30_000
 class ShadowingMaps(_KrigedMaps):
     """Each fixed receiver's shadowing field, kriged (Gaussian-process regression) from the fitting links' residuals.
 
-    The kriging is ``streamer.survey``'s (its module doc: the model), the one the daemon's survey maps use; here
+    The kriging is ``streamer.estimators.survey``'s (its module doc: the model), the one the daemon's survey maps use; here
     the links are POWDER's fitting rows. Shadowing correlates 0.45 at 50-100 m of transmitter separation on
     POWDER (LOCALIZATION-FACTS). Links are averaged in ``MAP_BIN_M`` squares; receivers without a map (buses:
     they move) get mean 0 and sd sigma_r.
@@ -530,7 +531,7 @@ class ShadowingMaps(_KrigedMaps):
 
     def for_receivers(self, names: list, sigma_db: np.ndarray, scale: float = 1.0,
                       calibration_sigma_db: float = CALIBRATION_SIGMA_DB):
-        """``shadowing_map`` callable for ``PhysicsEstimator`` (``streamer.survey.ShadowingMaps.for_receivers``) with
+        """``shadowing_map`` callable for ``PhysicsEstimator`` (``streamer.estimators.survey.ShadowingMaps.for_receivers``) with
         POWDER's calibration sigma ``CALIBRATION_SIGMA_DB`` added."""
         return super().for_receivers(names, sigma_db, scale, calibration_sigma_db)
 

@@ -4,7 +4,7 @@ Steps (each one printed as it finishes):
 
 1. Data: ``models.train.dataset.generate_cached`` draws ``--n-train`` windows from random networks (seed
    ``--seed``) and ``--n-val`` from other random networks (seed ``--seed + 1``), through
-   ``receivers.simulator.render_windows`` and ``streamer.features.mel_frames_dbm``.
+   ``receivers.simulator.render_windows`` and ``streamer.dsp.features.mel_frames_dbm``.
 2. Training: AdamW, cosine learning rate, full 2-D Gaussian NLL (``network.gaussian_nll``) plus, for the grid
    head, ``--heard-weight`` x the cross-entropy of its heard weights (``loss_of``). Each batch is
    rotated by a random multiple of 90 degrees and mirrored with probability 1/2 about the origin (propagation is
@@ -16,7 +16,7 @@ Steps (each one printed as it finishes):
    wall time of the whole command: training stops early (and says so) if it would overrun. Then one factor on
    every covariance is fitted on the validation windows (``network.fit_covariance_scale``: the k in C -> k C
    with the least NLL there) and stored in the weights.
-3. Export (``export.export_model``): ONNX opset 17, one file, metadata per streamer/model_contract.py;
+3. Export (``export.export_model``): ONNX opset 17, one file, metadata per streamer/estimators/contract.py;
    ONNX Runtime is compared with torch on validation inputs and the max abs differences printed.
 4. Scoring (``models.train.evaluate``): the exported model on the seeded held-out sets; the numbers go into
    the metadata's ``accuracy`` and ``calibration``.
@@ -42,8 +42,8 @@ from torch.nn import functional as F
 from models.train.commands import VERSION, add_train_arguments as add_arguments, default_out  # noqa: F401
 from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached, world_areas, world_sites
 from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll
-from streamer.features import FeatureSpec
-from streamer.model_contract import SEARCH_AREA_WIDTH, SITE_PROPAGATION_WIDTH, ModelMetadata, Normalisation
+from streamer.dsp.features import FeatureSpec
+from streamer.estimators.contract import SEARCH_AREA_WIDTH, SITE_PROPAGATION_WIDTH, ModelMetadata, Normalisation
 
 NORMALISATION = Normalisation(offset_db=-100.0, scale_db=20.0)
 # In training a window's site propagation (its world's truth) is hidden with this probability, so that the
@@ -56,7 +56,7 @@ SITE_ERROR = (0.1, 0.1, 2.0)
 AREA_UNKNOWN_PROB = 0.25
 FREQ_RANGE_HZ = (144e6, 440e6)
 TRAINING_DATA = (
-    "receivers/simulator.py render_windows -> streamer.features.mel_frames_dbm, random networks: 3-16 receivers, "
+    "receivers/simulator.py render_windows -> streamer.dsp.features.mel_frames_dbm, random networks: 3-16 receivers, "
     "bounding box 3-200 km, 144-148 MHz or 430-440 MHz, path-loss exponent 2-4, 1 km loss free space -3..+25 dB, "
     "correlated shadowing 3-9 dB, calibration error sigma 0-4 dB, noise figure 3-12 dB with a spread of 0-4 dB over "
     "the receivers (noise referred to the receiver: the gain error scales the signal only), transmit power 15-60 dBm, "
@@ -261,7 +261,7 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     if windows_per_network != 64:
         args_summary["windows_per_network"] = windows_per_network
     if oversampling != 1:
-        args_summary["render"] = f"through streamer.channelizer from {oversampling} x {spec.sample_rate_hz:g} Hz"
+        args_summary["render"] = f"through streamer.dsp.channelizer from {oversampling} x {spec.sample_rate_hz:g} Hz"
     meta = metadata(spec, args_summary)
     from models import MAX_MODEL_BYTES
     from models.train.export import export_model, onnx_vs_torch, set_metadata

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from receivers.base import IQBlock
 from receivers.zmq_framed import FramedPublisher
-from streamer import security
+from streamer.core import security
 from tests.helpers.daemon import default_receivers, running_daemon
 
 TIMEOUT_S = 60.0

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.ellipse_calibration import CHI2_95
-from streamer.geodesy import Origin, geodetic_to_enu_m, mahalanobis_sq
+from streamer.tools.calibrate_ellipses import CHI2_95
+from streamer.core.geodesy import Origin, geodetic_to_enu_m, mahalanobis_sq
 from tests.helpers.daemon import (check_localization_schema, collect_messages, default_receivers, reproducible_receivers,
                                   running_daemon)
 

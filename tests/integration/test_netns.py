@@ -28,7 +28,7 @@ from typing import Iterator
 
 import pytest
 
-from streamer.security import generate_keys
+from streamer.core.security import generate_keys
 from tests.helpers.daemon import ROOT, write_config
 from tests.integration.test_faults import Edge, edge_config, simulated_receiver, wait_for, zmq_receiver
 

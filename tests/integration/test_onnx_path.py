@@ -15,11 +15,11 @@ import pytest
 from receivers.base import ReceiverContext, TallyDropCounter
 from receivers.simulator import SimulatedReceiver
 from streamer import config as config_mod
-from streamer.errors import ModelMismatchError
-from streamer.estimators import build_estimators
-from streamer.features import FeatureSpec, mel_frames_dbm
-from streamer.metrics import Metrics
-from streamer.pipeline import Pipeline
+from streamer.core.errors import ModelMismatchError
+from streamer.estimators.build import build_estimators
+from streamer.dsp.features import FeatureSpec, mel_frames_dbm
+from streamer.daemon.metrics import Metrics
+from streamer.daemon.pipeline import Pipeline
 from tests.onnx_models import OFFSET_DB, SCALE_DB, known_ellipse_scale, known_model, known_outputs, save
 
 START_NS = 1_790_000_000_000_000_000
@@ -115,7 +115,7 @@ def test_daemon_feeds_the_model_its_features_mask_positions_and_converts_its_ans
 
 def test_a_model_that_breaks_the_contract_is_refused_before_start(tmp_path):
     broken = save(known_model(FeatureSpec(), max_receivers=MAX_RX, rename={"rx_mask": "mask"}), tmp_path)
-    from streamer.errors import ModelMismatchError
+    from streamer.core.errors import ModelMismatchError
 
     with pytest.raises(ModelMismatchError, match="rx_mask"):
         build_estimators(onnx_config(broken))
@@ -123,7 +123,7 @@ def test_a_model_that_breaks_the_contract_is_refused_before_start(tmp_path):
 
 def test_a_model_with_too_few_receiver_slots_is_refused_before_start(tmp_path):
     small = save(known_model(FeatureSpec(), max_receivers=4), tmp_path)
-    from streamer.errors import ModelMismatchError
+    from streamer.core.errors import ModelMismatchError
 
     with pytest.raises(ModelMismatchError, match="max_receivers"):
         build_estimators(onnx_config(small))

@@ -1,5 +1,5 @@
 """SigMF replay with ``realtime = false`` through `heimdall run`: three receivers replayed as fast as the
-pipeline takes them must stay in step (streamer.pacing), so every window is cut with every receiver's
+pipeline takes them must stay in step (streamer.daemon.pacing), so every window is cut with every receiver's
 data, nothing is dropped ``late`` or ``overwrite``, and the sample accounting is exact.
 
 Needs ``sigmf``, a base dependency (pip install -e .).

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamer.config import load
-from streamer.geodesy import Origin, geodetic_to_enu_m, mahalanobis_sq
+from streamer.core.geodesy import Origin, geodetic_to_enu_m, mahalanobis_sq
 from tests.helpers.daemon import ROOT, reproducible_receivers, running_daemon
 from tests.integration.test_faults import STEADY_TRANSMITTER
 

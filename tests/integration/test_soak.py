@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from streamer import soak
+from streamer.tools import soak
 
 SOAK_MINUTES = float(os.environ.get("HEIMDALL_SOAK_MINUTES", "5"))
 

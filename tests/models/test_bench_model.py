@@ -9,10 +9,10 @@ torch = pytest.importorskip("torch", reason="exporting a test model needs torch:
 from models.train.export import export_model  # noqa: E402
 from models.train.network import LocalizerNet  # noqa: E402
 from models.train.train import metadata  # noqa: E402
-from streamer.bench_model import bench_model, bound_runner, example_window, main, raw_feeds  # noqa: E402
-from streamer.inference import OnnxEstimator  # noqa: E402
-from streamer.model_contract import OUTPUT_NAMES  # noqa: E402
-from streamer.features import FeatureSpec  # noqa: E402
+from streamer.tools.bench_model import bench_model, bound_runner, example_window, main, raw_feeds  # noqa: E402
+from streamer.estimators.onnx import OnnxEstimator  # noqa: E402
+from streamer.estimators.contract import OUTPUT_NAMES  # noqa: E402
+from streamer.dsp.features import FeatureSpec  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_cli_facing_modules_do_not_import_torch():
     import sys
 
     code = ("import argparse, sys\n"
-            "import models.train.commands as c, models.train.evaluate as e, streamer.bench_model as b\n"
+            "import models.train.commands as c, models.train.evaluate as e, streamer.tools.bench_model as b\n"
             "for add in (c.add_train_arguments, e.add_arguments, b.add_arguments): add(argparse.ArgumentParser())\n"
             "print('torch' in sys.modules)")
     from pathlib import Path

@@ -61,7 +61,7 @@ def test_a_realization_redraws_only_the_networks_hidden_state():
     from dataclasses import replace
 
     from receivers.simulator import SimulatedWorld
-    from streamer.features import FeatureSpec
+    from streamer.dsp.features import FeatureSpec
 
     base, _ = evaluate.random_network(0)
     sets = evaluate.realizations(0, 2, 3, FeatureSpec())

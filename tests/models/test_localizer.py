@@ -12,17 +12,17 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs torch: pip install -e '.[train]'")
 
-import streamer.features  # noqa: E402
+import streamer.dsp.features  # noqa: E402
 from models.train import dataset  # noqa: E402
 from models.train.evaluate import run_centroid, scores  # noqa: E402
 from models import MAX_MODEL_BYTES  # noqa: E402
 from models.train.export import export_model, onnx_vs_torch  # noqa: E402
 from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll, log_normal_cdf  # noqa: E402
 from models.train.train import NORMALISATION, fit, loss_of, metadata, rotate_area, to_tensors  # noqa: E402
-from streamer.features import FeatureSpec  # noqa: E402
-from streamer.inference import OnnxEstimator  # noqa: E402
-from streamer.geodesy import network_geometry  # noqa: E402
-from streamer.model_contract import check_model, read_metadata, search_area_row, site_propagation  # noqa: E402
+from streamer.dsp.features import FeatureSpec  # noqa: E402
+from streamer.estimators.onnx import OnnxEstimator  # noqa: E402
+from streamer.core.geodesy import network_geometry  # noqa: E402
+from streamer.estimators.contract import check_model, read_metadata, search_area_row, site_propagation  # noqa: E402
 
 SPEC = FeatureSpec()
 R = dataset.MAX_RECEIVERS
@@ -64,13 +64,13 @@ def exported(tiny_model, tmp_path_factory):
 
 def test_dataset_features_come_from_streamer_features(monkeypatch):
     calls = []
-    real = streamer.features.mel_frames_dbm
+    real = streamer.dsp.features.mel_frames_dbm
 
     def sentinel(samples, spec, calibration_db=0.0):
         calls.append(np.shape(samples))
         return real(samples, spec, calibration_db) * 0.0 - 77.25  # -77.25 dBm everywhere: only this path gives it
 
-    monkeypatch.setattr(streamer.features, "mel_frames_dbm", sentinel)
+    monkeypatch.setattr(streamer.dsp.features, "mel_frames_dbm", sentinel)
     cfg = dataset.random_network_config(np.random.default_rng(5), n_rx=4, extent_km=10.0, seed=5)
     # The sentinel makes every receiver look equally strong, so ask for no hearing receivers at all.
     data = dataset.draw_windows(cfg, 2, np.random.default_rng(1), SPEC, min_heard=0)
@@ -82,17 +82,17 @@ def test_dataset_features_come_from_streamer_features(monkeypatch):
 
 def test_channelized_training_windows_go_through_the_daemons_channelizer(monkeypatch):
     """``heimdall train --channelized`` (oversampling=2): every rendered receiver window passes through
-    streamer.channelizer.Channelizer, from twice the model rate down to it."""
-    import streamer.channelizer
+    streamer.dsp.channelizer.Channelizer, from twice the model rate down to it."""
+    import streamer.dsp.channelizer
 
     calls = []
-    real = streamer.channelizer.Channelizer.process
+    real = streamer.dsp.channelizer.Channelizer.process
 
     def spy(self, block):
         calls.append((block.sample_rate, self.out_rate_hz))
         return real(self, block)
 
-    monkeypatch.setattr(streamer.channelizer.Channelizer, "process", spy)
+    monkeypatch.setattr(streamer.dsp.channelizer.Channelizer, "process", spy)
     cfg = dataset.random_network_config(np.random.default_rng(5), n_rx=4, extent_km=10.0, seed=5)
     data = dataset.draw_windows(cfg, 2, np.random.default_rng(1), SPEC, min_heard=0, oversampling=2)
     assert len(data) == 2
@@ -565,10 +565,10 @@ def test_a_model_that_takes_the_area_but_not_the_site_is_refused_at_export(tmp_p
 
 
 def test_the_grid_heads_credible_radii_are_those_of_the_daemons_credible_module():
-    """models.train.network.credible_radius_sq (in the graph) against streamer.credible.credible_scales (numpy, the
+    """models.train.network.credible_radius_sq (in the graph) against streamer.estimators.credible.credible_scales (numpy, the
     physics posterior's): the same radii for the same grid posteriors."""
     from models.train.network import credible_radius_sq
-    from streamer.credible import ELLIPSE_PROBABILITIES, SUBDIVISIONS, credible_scales, subcell_offsets
+    from streamer.estimators.credible import ELLIPSE_PROBABILITIES, SUBDIVISIONS, credible_scales, subcell_offsets
 
     rng = np.random.default_rng(5)
     n, batch = 12, 3
@@ -590,7 +590,7 @@ def test_the_grid_heads_credible_radii_are_those_of_the_daemons_credible_module(
 
 
 def test_an_exported_grid_model_gives_ellipse_scales_that_match_torch(tmp_path):
-    from streamer.model_contract import ELLIPSE_OUTPUT
+    from streamer.estimators.contract import ELLIPSE_OUTPUT
 
     model = LocalizerNet(n_mels=SPEC.n_mels, dim=32, n_layers=1, heads=2, grid_cells=8)
     path = export_model(model, tmp_path / "m.onnx", metadata(SPEC, {}))
@@ -605,11 +605,11 @@ def test_an_exported_grid_model_gives_ellipse_scales_that_match_torch(tmp_path):
 
 def test_a_channel_power_grid_head_measures_power_and_noise_as_the_daemon_does():
     """``LocalizerNet(channel_power_spec=...)`` (``heimdall train --channel-power``): its in-graph in-channel signal and
-    noise, from the pooled band statistics, are ``streamer.physics.channel_power``'s on the same simulated frames
+    noise, from the pooled band statistics, are ``streamer.dsp.detection.channel_power``'s on the same simulated frames
     within a fraction of a dB (the graph sees each band's dB mean and spread, not its linear mean), so its heard
     rule is the daemon's; it exports, and ONNX Runtime agrees with torch."""
     from models.train.dataset import CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, NOISE_BAND_FRACTION, random_network_config
-    from streamer.physics import channel_power
+    from streamer.dsp.detection import channel_power
 
     config = random_network_config(np.random.default_rng(5), n_rx=8, extent_km=60.0, seed=5)
     data = dataset.draw_windows(config, 48, np.random.default_rng(6), SPEC, shuffle_slots=False)
@@ -632,7 +632,7 @@ def test_a_channel_power_grid_head_measures_power_and_noise_as_the_daemon_does()
         np.abs(signal[heard] - daemon.signal_dbm[heard]), 90) < 1.0
     assert ((signal - noise >= DETECTION_SNR_DB) == heard)[present].mean() > 0.98
     from models.train.dataset import physics_config_for
-    from streamer.model_contract import network_search_area_row
+    from streamer.estimators.contract import network_search_area_row
 
     site = np.tile(site_propagation(physics_config_for(config)), (len(data), 1))
     area = np.tile(network_search_area_row(config), (len(data), 1))

@@ -9,8 +9,8 @@ import pytest
 
 from models.train import evaluate, powder
 from models.train.dataset import CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, NOISE_BAND_FRACTION
-from streamer.features import FeatureSpec
-from streamer.physics import channel_power
+from streamer.dsp.features import FeatureSpec
+from streamer.dsp.detection import channel_power
 
 pytestmark = pytest.mark.skipif(not (powder.POWDER_DIR / "Separated_Dataset_CSV").is_dir(),
                                 reason=f"POWDER data not found at {powder.POWDER_DIR} (set POWDER_DIR)")
@@ -163,8 +163,8 @@ def test_posterior_summaries_mean_is_the_estimators_own():
     from types import SimpleNamespace
 
     from streamer.config import PhysicsConfig
-    from streamer.geodesy import SearchArea
-    from streamer.physics import PhysicsEstimator
+    from streamer.core.geodesy import SearchArea
+    from streamer.estimators.physics import PhysicsEstimator
 
     rx = np.array([[0.0, 0.0], [1500.0, 0.0], [0.0, 1500.0], [1500.0, 1500.0]])
     est = PhysicsEstimator(PhysicsConfig(grid_step_km=0.05, ref_loss_db=85.7, tx_alt_m=1.5), rx, np.zeros(4),

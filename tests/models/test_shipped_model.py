@@ -11,9 +11,8 @@ import onnx
 from models import MAX_MODEL_BYTES, SHIPPED_VERSION, shipped_model_path
 from models.train.commands import add_train_arguments
 from streamer.config import load
-from streamer.inference import OnnxEstimator
-from streamer.model_contract import (AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, check_model,
-                                     network_search_area_row, site_propagation)
+from streamer.estimators.onnx import OnnxEstimator
+from streamer.estimators.contract import AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, check_model, network_search_area_row, site_propagation
 
 PATH = shipped_model_path()
 
@@ -76,5 +75,5 @@ def test_the_shipped_model_is_what_heimdall_train_makes_with_its_defaults():
     for key in ("n_train", "n_val", "batch_size", "lr", "dim", "layers", "drop_prob", "seed", "head", "heard_weight"):
         assert recorded[key] == defaults[key], key
     assert recorded["channel_power"] is defaults["channel_power"] is True
-    assert defaults["channelized"] and recorded["render"].startswith("through streamer.channelizer from 2 x")
+    assert defaults["channelized"] and recorded["render"].startswith("through streamer.dsp.channelizer from 2 x")
     assert "windows_per_network" not in recorded and defaults["windows_per_network"] == 64

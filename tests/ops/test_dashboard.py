@@ -1,5 +1,5 @@
 """config/grafana/heimdall.json: a well-formed Grafana dashboard whose every query uses only series and labels
-that streamer.metrics registers. (Whether each query returns data from a live daemon is checked against a
+that streamer.daemon.metrics registers. (Whether each query returns data from a live daemon is checked against a
 real Prometheus in tests/integration/test_prometheus.py.)
 
 The small PromQL scanner here (``metric_names``, ``label_names``, ``substitute``) is shared with the alert
@@ -158,7 +158,7 @@ def test_queries_use_only_registered_series_and_their_labels():
         expr = target["expr"]
         used = metric_names(expr)
         assert used, f"{title}: no metric in {expr!r}"
-        assert used <= known, f"{title}: {sorted(used - known)} not registered by streamer.metrics"
+        assert used <= known, f"{title}: {sorted(used - known)} not registered by streamer.daemon.metrics"
         allowed = {"job", "instance"}.union(*(labels_of(s, documented) for s in used))
         assert label_names(expr) <= allowed, f"{title}: labels {sorted(label_names(expr) - allowed)} not on {sorted(used)}"
 

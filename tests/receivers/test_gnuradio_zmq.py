@@ -26,8 +26,8 @@ from receivers import pmt
 from receivers.base import Flags, IQBlock, ReceiverContext, TallyDropCounter
 from receivers.gnuradio_zmq import MAX_PENDING_TAGS, GnuRadioZmqReceiver, Options, parse_tag_header
 from streamer.config import from_dict
-from streamer.errors import ConfigError
-from streamer.lane import PIPELINE, Lane, LaneSettings
+from streamer.core.errors import ConfigError
+from streamer.daemon.lane import PIPELINE, Lane, LaneSettings
 from tests.helpers.collect import Collector
 
 TIMEOUT_S = 5.0

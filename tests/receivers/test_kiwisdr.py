@@ -26,7 +26,7 @@ from receivers.kiwisdr import (
     ws_frame,
 )
 from streamer.config import from_dict
-from streamer.errors import ConfigError, ReceiverFatalError, ReceiverTransientError
+from streamer.core.errors import ConfigError, ReceiverFatalError, ReceiverTransientError
 from tests.receivers.fake_servers import FakeKiwiServer, expected_i16
 from tests.receivers.test_rtl_tcp import collect
 

@@ -13,7 +13,7 @@ import pytest
 from receivers.base import Flags, ReceiverContext, TallyDropCounter
 from receivers.pluto import FULL_SCALE_COUNTS, PlutoOptions, PlutoReceiver, import_adi
 from streamer.config import from_dict, load
-from streamer.errors import ConfigError, MissingDependencyError, ReceiverTransientError
+from streamer.core.errors import ConfigError, MissingDependencyError, ReceiverTransientError
 
 SKIP_REASON = "needs libiio and pyadi-iio: apt-get install libiio0 && pip install -e '.[pluto]'"
 

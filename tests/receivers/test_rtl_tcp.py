@@ -14,7 +14,7 @@ import pytest
 from receivers.base import Flags, ReceiverContext, TallyDropCounter
 from receivers.rtl_tcp import RtlTcpReceiver, u8_to_complex64
 from streamer.config import from_dict
-from streamer.errors import ConfigError, ReceiverFatalError, ReceiverTransientError
+from streamer.core.errors import ConfigError, ReceiverFatalError, ReceiverTransientError
 from tests.receivers.fake_servers import FakeRtlTcpServer
 
 

@@ -1,4 +1,4 @@
-"""SigMF replay (receivers.sigmf_file) and recording (streamer.record), against files the real ``sigmf``
+"""SigMF replay (receivers.sigmf_file) and recording (streamer.tools.record), against files the real ``sigmf``
 package writes and reads back.
 
 Needs ``sigmf``, a base dependency (pip install -e .).
@@ -24,11 +24,11 @@ from receivers.base import Flags, ReceiverContext, TallyDropCounter  # noqa: E40
 from receivers.sigmf_file import SigmfReceiver, format_datetime_ns, parse_datetime_ns  # noqa: E402
 from receivers.simulator import SimulatedReceiver, SimulatedWorld  # noqa: E402
 from streamer.config import from_dict  # noqa: E402
-from streamer.errors import ReceiverFatalError  # noqa: E402
-from streamer.estimators import build_estimators  # noqa: E402
-from streamer.metrics import Metrics  # noqa: E402
-from streamer.pipeline import Pipeline  # noqa: E402
-from streamer.record import RecordingError, main, record  # noqa: E402
+from streamer.core.errors import ReceiverFatalError  # noqa: E402
+from streamer.estimators.build import build_estimators  # noqa: E402
+from streamer.daemon.metrics import Metrics  # noqa: E402
+from streamer.daemon.pipeline import Pipeline  # noqa: E402
+from streamer.tools.record import RecordingError, main, record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 T0_NS = 1_714_564_800_123_456_789  # 2024-05-01T12:00:00.123456789Z
@@ -348,7 +348,7 @@ def test_record_refuses_to_overwrite_and_main_takes_argparse_args(recording, tmp
 
 def test_writer_starts_captures_at_gaps_retunes_restarts_and_clock_steps(tmp_path):
     from receivers.base import IQBlock
-    from streamer.record import StreamWriter
+    from streamer.tools.record import StreamWriter
 
     cfg = from_dict({"receivers": [{"id": "rx1", "kind": "simulator", "lat": 45.0, "lon": 7.0}]})
     writer = StreamWriter(cfg.receivers[0], tmp_path / "rx1.sigmf-data", seconds=1.0)

@@ -21,8 +21,8 @@ from receivers.simulator import (
 )
 from tests.helpers.network import NETWORK
 from streamer.config import from_dict
-from streamer.features import FeatureSpec, mel_frames_dbm
-from streamer.physics import channel_power
+from streamer.dsp.features import FeatureSpec, mel_frames_dbm
+from streamer.dsp.detection import channel_power
 
 T_REF_NS = 1_700_000_000_000_000_000  # an arbitrary fixed Unix time for unpaced runs
 SPEC = FeatureSpec()
@@ -370,21 +370,21 @@ def test_render_windows_through_the_daemons_channelizer_carry_its_roll_off():
     assert drop_db[0] < -0.2 and drop_db[-1] < -0.2  # the filter's roll-off near +-fs/2
     assert np.all(np.abs(drop_db[1:-1]) < 0.25)  # flat passband: channel and noise bands as before
     # The channelizer is the daemon's: its output is what render_windows returns.
-    import streamer.channelizer
+    import streamer.dsp.channelizer
 
     calls = []
-    real = streamer.channelizer.Channelizer.process
+    real = streamer.dsp.channelizer.Channelizer.process
 
     def spy(self, block):
         calls.append((block.sample_rate, self.out_rate_hz))
         return real(self, block)
 
-    streamer.channelizer.Channelizer.process = spy
+    streamer.dsp.channelizer.Channelizer.process = spy
     try:
         render_windows(world, [[0.0, 0.0]], [40.0], [T_REF_NS], sample_rate_hz=SPEC.sample_rate_hz, n_samples=SPEC.n_samples,
                        oversampling=2)
     finally:
-        streamer.channelizer.Channelizer.process = real
+        streamer.dsp.channelizer.Channelizer.process = real
     assert calls == [(2 * SPEC.sample_rate_hz, SPEC.sample_rate_hz)] * len(NETWORK)
 
 

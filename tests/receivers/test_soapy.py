@@ -21,7 +21,7 @@ from receivers.base import Flags, ReceiverContext, TallyDropCounter
 from receivers.registry import open_receiver
 from receivers.soapy import SoapyOptions, SoapyReceiver
 from streamer import config as config_mod
-from streamer.errors import ConfigError, MissingDependencyError, ReceiverFatalError, ReceiverTransientError
+from streamer.core.errors import ConfigError, MissingDependencyError, ReceiverFatalError, ReceiverTransientError
 
 DEVICE_DIR = Path(__file__).resolve().parent / "soapy_device"
 RATE = 1e6

@@ -16,8 +16,8 @@ from receivers.framing import encode
 from receivers import zmq_framed
 from receivers.zmq_framed import MAX_GAP_S, FramedPublisher, Options, ZmqFramedReceiver
 from streamer.config import from_dict
-from streamer.boundedlog import BoundedLog
-from streamer.lane import Lane, LaneSettings
+from streamer.core.boundedlog import BoundedLog
+from streamer.daemon.lane import Lane, LaneSettings
 from tests.helpers.collect import Collector
 
 N = 1000
@@ -255,14 +255,14 @@ def test_from_config_uses_the_options(publisher, drops, context):
 
 
 def test_config_requires_an_endpoint():
-    from streamer.errors import ConfigError
+    from streamer.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"receivers\[0\]\.endpoint: required key is missing"):
         from_dict({"receivers": [{"id": "rx1", "kind": "zmq", "lat": 45.0, "lon": 7.0}]}, source="t.toml")
 
 
 def test_an_invalid_endpoint_is_a_fatal_receiver_error(drops):
-    from streamer.errors import ReceiverFatalError
+    from streamer.core.errors import ReceiverFatalError
 
     with pytest.raises(ReceiverFatalError, match="cannot connect 'tcp://no-port'"):
         ZmqFramedReceiver("rx1", Options(endpoint="tcp://no-port"), drops=drops)
@@ -365,7 +365,7 @@ def test_a_first_block_refused_for_size_is_not_counted_again_as_before_join(publ
 def test_socket_options_libzmq_cannot_take_are_config_errors_naming_the_receiver(key, value, message):
     """Before, these passed the config and failed in the adapter's thread (EINVAL, OverflowError) on every retry."""
     from streamer.config import from_dict
-    from streamer.errors import ConfigError
+    from streamer.core.errors import ConfigError
 
     table = {"id": "zrx", "kind": "zmq", "lat": 45.0, "lon": 7.0, "endpoint": "tcp://127.0.0.1:45999", key: value}
     with pytest.raises(ConfigError, match=rf"receivers\[0\].*{re.escape(message)}.*zrx|receivers\[0\].*zrx.*{re.escape(message)}"):

@@ -12,8 +12,8 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
-from streamer import archive as archive_mod
-from streamer.archive import FILE_NAME, JsonlArchive, encode_line
+from streamer.daemon import archive as archive_mod
+from streamer.daemon.archive import FILE_NAME, JsonlArchive, encode_line
 
 
 def lines(path: Path) -> list[dict]:
@@ -116,7 +116,7 @@ def test_an_unwritable_folder_is_counted_not_raised(tmp_path):
 
 
 def test_the_daemon_archives_what_it_publishes_and_keeps_publishing_when_the_disk_is_full(tmp_path, monkeypatch):
-    from streamer.app import Daemon
+    from streamer.daemon.app import Daemon
     from streamer.config import load
     import dataclasses
 

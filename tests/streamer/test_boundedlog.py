@@ -2,7 +2,7 @@
 
 import logging
 
-from streamer.boundedlog import BoundedLog
+from streamer.core.boundedlog import BoundedLog
 
 
 def test_a_flood_of_one_kind_logs_a_few_lines_per_interval_and_reports_the_rest(caplog):

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from receivers.simulator import SimulatedWorld
-from streamer.calibrate import calibrate, link_geometry, read_observations
+from streamer.tools.calibrate import calibrate, link_geometry
+from streamer.tools.observations import read_observations
 from streamer.cli import main
 from streamer.config import default_config_path, load
-from streamer.geodesy import enu_to_geodetic, geodetic_to_enu_m
-from streamer.physics import log_distance_path_loss_db
+from streamer.core.geodesy import enu_to_geodetic, geodetic_to_enu_m
+from streamer.core.propagation import log_distance_path_loss_db
 
 N_TX = 300
 SIM_EXPONENT = 3.4  # the simulated world's exponent in the --fit-exponent test (estimator.physics keeps 3.0)

@@ -11,7 +11,7 @@ import pytest
 from scipy.signal import resample_poly
 
 from receivers.base import Flags, IQBlock
-from streamer.channelizer import MAX_BANK_COEFFS, MAX_UPSAMPLING, Channelizer, Mixer, check_tunable, rational_ratio
+from streamer.dsp.channelizer import MAX_BANK_COEFFS, MAX_UPSAMPLING, Channelizer, Mixer, check_tunable, rational_ratio
 
 CENTER_HZ = 145.0e6
 T0_NS = 1_700_000_000_123_456_789

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamer import config as config_mod
-from streamer.errors import ConfigError
+from streamer.core.errors import ConfigError
 
 RX = {"id": "a", "kind": "simulator", "lat": 45.0, "lon": 7.0}
 

@@ -1,4 +1,4 @@
-"""Credible ellipses of a grid posterior (streamer.credible): radii that hold the posterior's own mass."""
+"""Credible ellipses of a grid posterior (streamer.estimators.credible): radii that hold the posterior's own mass."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from streamer.credible import ELLIPSE_PROBABILITIES, credible_scales, radius_sq_at_mass, subcell_offsets
-from streamer.geodesy import ellipse_scale, mahalanobis_sq
+from streamer.estimators.credible import ELLIPSE_PROBABILITIES, credible_scales, radius_sq_at_mass, subcell_offsets
+from streamer.core.geodesy import ellipse_scale, mahalanobis_sq
 
 
 def _grid(half: float, step: float) -> np.ndarray:
@@ -81,8 +81,8 @@ def test_subcell_offsets_tile_the_cell_evenly():
 
 
 def test_the_wire_carries_the_68_and_95_ellipses_with_the_scales_they_span():
-    from streamer.geodesy import ellipse_from_covariance
-    from streamer.messages import EstimateOut
+    from streamer.core.geodesy import ellipse_from_covariance
+    from streamer.daemon.messages import EstimateOut
 
     cov = np.array([[4.0e6, 0.0], [0.0, 1.0e6]])
     ellipses = tuple(ellipse_from_covariance(cov, p, k) for p, k in zip(ELLIPSE_PROBABILITIES, (1.2, 2.2)))
@@ -99,8 +99,8 @@ def test_the_wire_carries_the_68_and_95_ellipses_with_the_scales_they_span():
 def test_the_physics_posteriors_grid_is_fine_enough_to_spread_nothing():
     """PHYSICS_SUBDIVISIONS = 1: on the default network's posterior the radii with 2 x 2 points per cell agree."""
     from streamer.config import load
-    from streamer.credible import PHYSICS_SUBDIVISIONS
-    from streamer.physics import PhysicsEstimator
+    from streamer.estimators.credible import PHYSICS_SUBDIVISIONS
+    from streamer.estimators.physics import PhysicsEstimator
 
     config = load()
     est = PhysicsEstimator.from_config(config)

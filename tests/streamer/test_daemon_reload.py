@@ -11,8 +11,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamer import app as app_mod
-from streamer.app import Daemon
+from streamer.daemon import app as app_mod
+from streamer.daemon.app import Daemon
 from streamer.config import load
 from tests.helpers.daemon import ROOT, default_config, merge, to_toml
 

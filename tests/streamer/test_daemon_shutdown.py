@@ -10,8 +10,8 @@ import time
 from prometheus_client import CollectorRegistry
 
 from receivers.base import ReceiverBase
-from streamer import runner as runner_mod
-from streamer.app import Daemon
+from streamer.daemon import runner as runner_mod
+from streamer.daemon.app import Daemon
 from streamer.config import from_dict
 
 RECEIVERS = 5
@@ -63,7 +63,7 @@ def test_an_adapter_that_never_lets_go_is_left_behind_after_the_deadline_and_nam
     adapters = [SlowToClose(None)] + [SlowToClose(0.0) for _ in range(RECEIVERS - 1)]
     daemon = daemon_with(adapters, monkeypatch)
     t0 = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="streamer.app"):
+    with caplog.at_level(logging.WARNING, logger="streamer.daemon.app"):
         daemon.shutdown(wait_s=0.3)
     elapsed = time.monotonic() - t0
     assert elapsed < 1.5, f"shutdown took {elapsed:.2f} s"

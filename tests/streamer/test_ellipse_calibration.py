@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from streamer.config import load
-from streamer.ellipse_calibration import MIN_WINDOWS, LocalizationFileError, Track, coverage, least_nll_scale, main
-from streamer.errors import ConfigError
-from streamer.estimate import EstimatorInputs
-from streamer.estimators import OnnxModel, PhysicsPosterior
-from streamer.geodesy import enu_to_geodetic, mahalanobis_sq, network_geometry
+from streamer.tools.calibrate_ellipses import MIN_WINDOWS, LocalizationFileError, Track, coverage, least_nll_scale, main
+from streamer.core.errors import ConfigError
+from streamer.estimators.base import EstimatorInputs
+from streamer.estimators.onnx import OnnxModel
+from streamer.estimators.physics import PhysicsPosterior
+from streamer.core.geodesy import enu_to_geodetic, mahalanobis_sq, network_geometry
 from tests.helpers.daemon import write_config
 
 
@@ -244,7 +245,7 @@ def test_both_estimators_multiply_their_covariance_by_the_configured_factor(tmp_
 def test_factors_are_written_into_a_config_without_an_estimator_table(names):
     import tomllib
 
-    from streamer.ellipse_calibration import EllipseFit, updated_toml
+    from streamer.tools.calibrate_ellipses import EllipseFit, updated_toml
 
     text = '# my site\n[[receivers]]\nid = "a"\nkind = "simulator"\nlat = 45.0\nlon = 7.0\n'
     fits = {n: EllipseFit(n, 40, 0, 1.0, 1.0, 1.0, 0.5, 0.9, 1.5, 0.68, 0.95, 1.5) for n in names}
@@ -304,7 +305,7 @@ def test_coverage_counts_each_window_inside_its_own_published_radius():
 
 
 def test_the_published_ellipse_scales_are_read_from_the_messages(tmp_path):
-    from streamer.ellipse_calibration import read_messages
+    from streamer.tools.calibrate_ellipses import read_messages
 
     cfg = load(write_config(tmp_path, {}, name="site.toml"))
     origin, _, _ = network_geometry(cfg)
@@ -328,7 +329,7 @@ def test_the_published_ellipse_scales_are_read_from_the_messages(tmp_path):
     ([{"scale": 2.0}], r"the primary estimate.ellipses\[0\].p: expected a number, got None"),
 ])
 def test_malformed_ellipses_in_a_message_are_refused_with_file_line_and_key(tmp_path, ellipses, why):
-    from streamer.ellipse_calibration import read_messages
+    from streamer.tools.calibrate_ellipses import read_messages
 
     cfg = load(write_config(tmp_path, {}, name="site.toml"))
     origin, _, _ = network_geometry(cfg)

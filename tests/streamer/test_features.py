@@ -6,16 +6,7 @@ import librosa
 import numpy as np
 import pytest
 
-from streamer.features import (
-    FeatureSpec,
-    band_centres_hz,
-    bin_frequencies_hz,
-    hann_periodic,
-    mel_filterbank,
-    mel_frames_dbm,
-    one_sided_mel,
-    stft_power,
-)
+from streamer.dsp.features import FeatureSpec, band_centres_hz, bin_frequencies_hz, hann_periodic, mel_filterbank, mel_frames_dbm, one_sided_mel, stft_power
 
 SPECS = [
     FeatureSpec(),  # the daemon default: 24 kS/s, n_fft 512, hop 256, 32 mels, 0.5 s

@@ -10,9 +10,9 @@ import onnx
 import onnxruntime
 import pytest
 
-from streamer import inference
-from streamer.errors import ModelMismatchError
-from streamer.inference import ModelOutput, OnnxEstimator, check_outputs, covariance_km2_to_m2, select_providers
+from streamer.estimators import onnx as inference
+from streamer.core.errors import ModelMismatchError
+from streamer.estimators.onnx import ModelOutput, OnnxEstimator, check_outputs, covariance_km2_to_m2, select_providers
 from tests.onnx_models import (OFFSET_DB, SCALE_DB, SMALL_SPEC, known_ellipse_scale, known_model, known_outputs, metadata,
                                 save)
 
@@ -225,10 +225,10 @@ def test_select_providers(requested, available, expected):
 
 
 def test_provider_falls_back_to_cpu_and_is_logged_once(model_path, caplog):
-    caplog.set_level(logging.INFO, logger="streamer.inference")
+    caplog.set_level(logging.INFO, logger="streamer.estimators.onnx")
     est = OnnxEstimator(model_path, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert est.provider == est.session.get_providers()[0] == "CPUExecutionProvider"
-    records = [r for r in caplog.records if r.name == "streamer.inference"]
+    records = [r for r in caplog.records if r.name == "streamer.estimators.onnx"]
     assert len(records) == 1 and records[0].levelno == logging.INFO
     assert "runs on CPUExecutionProvider" in records[0].getMessage()
     assert "known-function 0.0.1" in records[0].getMessage()
@@ -238,7 +238,7 @@ def test_provider_reports_what_the_session_runs_not_what_was_requested(model_pat
     # onnxruntime-gpu on a machine without a GPU lists CUDA as available; the session still runs on CPU.
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    caplog.set_level(logging.INFO, logger="streamer.inference")
+    caplog.set_level(logging.INFO, logger="streamer.estimators.onnx")
     with pytest.warns(UserWarning, match="CUDAExecutionProvider"):  # CPU onnxruntime's own complaint here
         est = OnnxEstimator(model_path)
     assert inference.select_providers(inference.DEFAULT_PROVIDERS, onnxruntime.get_available_providers())[0] == (

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from receivers.base import Flags, IQBlock
-from streamer.aligner import WindowAligner
-from streamer.lane import PIPELINE, SOURCE, Lane, LaneSettings
+from streamer.daemon.aligner import WindowAligner
+from streamer.daemon.lane import PIPELINE, SOURCE, Lane, LaneSettings
 
 IN_RATE = 240_000.0
 MODEL_RATE = 24_000.0
@@ -326,11 +326,11 @@ def test_samples_beyond_any_adc_are_refused_as_out_of_range_and_the_stream_resta
 def test_a_receiver_that_cannot_reach_the_target_is_logged_once_with_its_centre_rate_and_the_target(caplog):
     rec = Recorder()
     lane = rec.lane("sim-48k")
-    with caplog.at_level("WARNING", logger="streamer.lane"):
+    with caplog.at_level("WARNING", logger="streamer.daemon.lane"):
         for k in range(3):  # a 48 kS/s receiver 25 kHz from the target: every block is untunable
             lane.push(tone_block("sim-48k", k * 1000, 1000, rate=48_000.0))
     assert rec.bad == {("sim-48k", "untunable"): 3}
-    lines = [r.getMessage() for r in caplog.records if r.name == "streamer.lane"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "streamer.daemon.lane"]
     assert len(lines) == 1, lines
     assert all(text in lines[0] for text in ("sim-48k", "145475000", "48000", "145500000")), lines[0]
 

@@ -10,9 +10,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from streamer.errors import ModelMismatchError
-from streamer.features import FeatureSpec
-from streamer.model_contract import ModelMetadata, Normalisation, check_model, read_metadata, write_metadata
+from streamer.core.errors import ModelMismatchError
+from streamer.dsp.features import FeatureSpec
+from streamer.estimators.contract import ModelMetadata, Normalisation, check_model, read_metadata, write_metadata
 from tests.onnx_models import SMALL_SPEC, known_model, metadata, save
 
 

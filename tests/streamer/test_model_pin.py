@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from models import shipped_model_path
-from streamer.app import Daemon
+from streamer.daemon.app import Daemon
 from streamer.cli import main
 from streamer.config import load
-from streamer.errors import ConfigError, ModelMismatchError
+from streamer.core.errors import ConfigError, ModelMismatchError
 from tests.helpers.daemon import default_config, merge, to_toml
 
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from streamer.config import PhysicsConfig, load
-from streamer.errors import ConfigError
-from streamer.estimate import EstimatorInputs
-from streamer.estimators import OnnxModel
-from streamer.geodesy import network_geometry
-from streamer.model_contract import site_propagation
+from streamer.core.errors import ConfigError
+from streamer.estimators.base import EstimatorInputs
+from streamer.estimators.onnx import OnnxModel
+from streamer.core.geodesy import network_geometry
+from streamer.estimators.contract import site_propagation
 from tests.helpers.daemon import write_config
-from streamer.inference import OnnxEstimator
-from streamer.model_contract import search_area_row
+from streamer.estimators.onnx import OnnxEstimator
+from streamer.estimators.contract import search_area_row
 from tests.onnx_models import AREA_SHIFT, SITE_SHIFT, known_model, save
 
 

@@ -1,4 +1,4 @@
-"""ReplayPacer (streamer.pacing): admission of blocks from sources that are not real-time, rule by rule,
+"""ReplayPacer (streamer.daemon.pacing): admission of blocks from sources that are not real-time, rule by rule,
 and threads delivering as fast as they are let staying within the lead of one another."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from receivers.base import IQBlock
-from streamer.pacing import RING_MARGIN_S, ReplayPacer, limits
+from streamer.daemon.pacing import RING_MARGIN_S, ReplayPacer, limits
 from streamer.config import from_dict
 
 RATE_HZ = 1000.0
@@ -163,7 +163,7 @@ def test_a_runner_stopped_while_held_back_ends_at_once_and_what_it_handed_over_s
     end on its own runner's stop, not only on the daemon's; every sample counted received is still queued."""
     from prometheus_client import CollectorRegistry
 
-    from streamer.app import Daemon
+    from streamer.daemon.app import Daemon
 
     rxs = [{"id": rid, "kind": "simulator", "lat": 45.0 + 0.1 * k, "lon": 7.0, "realtime": False,
             "start_ns": T0_NS, "sample_rate_hz": 48_000.0, "center_freq_hz": 145.49e6}

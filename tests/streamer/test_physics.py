@@ -10,16 +10,11 @@ import pytest
 from receivers.simulator import SimulatedWorld, render_windows
 from tests.helpers.network import NETWORK
 from streamer.config import PhysicsConfig, from_dict
-from streamer.features import FeatureSpec, band_centres_hz, mel_frames_dbm
-from streamer.geodesy import SearchArea, mahalanobis_sq
-from streamer.physics import (
-    MIN_DISTANCE_M,
-    PhysicsEstimator,
-    bands_noise_bandwidth_hz,
-    channel_power,
-    correlated_error_cov,
-    log_distance_path_loss_db,
-)
+from streamer.dsp.features import FeatureSpec, band_centres_hz, mel_frames_dbm
+from streamer.core.geodesy import SearchArea, mahalanobis_sq
+from streamer.core.propagation import MIN_DISTANCE_M, log_distance_path_loss_db
+from streamer.estimators.physics import PhysicsEstimator, correlated_error_cov
+from streamer.dsp.detection import bands_noise_bandwidth_hz, channel_power
 
 SPEC = FeatureSpec()
 T_REF_NS = 1_700_000_000_000_000_000

@@ -1,4 +1,4 @@
-"""streamer.preflight: `heimdall check` and `heimdall run` give the same verdict on every config.
+"""streamer.daemon.preflight: `heimdall check` and `heimdall run` give the same verdict on every config.
 
 Each bad config is written to a file and fed to both commands through ``streamer.cli.main``; both must
 exit 2 with the same error line, naming the file, the key (receivers by id), the value and what was expected.
@@ -12,9 +12,9 @@ import sys
 import pytest
 import zmq
 
-from streamer import preflight as preflight_mod
+from streamer.daemon import preflight as preflight_mod
 from streamer.config import from_dict
-from streamer.errors import ConfigError, MissingDependencyError
+from streamer.core.errors import ConfigError, MissingDependencyError
 from tests.helpers.verdicts import RX, assert_both_refuse, check_and_run, merged, write_config
 
 NAN, INF = float("nan"), float("inf")
@@ -162,8 +162,8 @@ def test_ring_and_grid_bounds_follow_the_structures_the_daemon_allocates(monkeyp
     per_ring = (int(cfg.pipeline.buffer_s * cfg.features.sample_rate_hz)) * preflight_mod.RING_SAMPLE_BYTES
     monkeypatch.setattr(preflight_mod, "memory_limit_bytes", lambda: per_ring)
     preflight_mod._check_receiver_count(cfg)
-    from streamer.geodesy import network_geometry
-    from streamer.physics import PhysicsEstimator, grid_bytes
+    from streamer.core.geodesy import network_geometry
+    from streamer.estimators.physics import PhysicsEstimator, grid_bytes
 
     cells, size = grid_bytes(cfg.estimator.physics, network_geometry(cfg)[2], 1)
     assert cells == PhysicsEstimator.from_config(cfg).grid_en_m.shape[0]
@@ -203,7 +203,7 @@ def test_check_prints_the_provider_that_runs_the_shipped_model(tmp_path, capsys)
 
 def test_a_runner_whose_dependency_is_missing_stops_instead_of_retrying_forever(monkeypatch):
     from receivers.base import ReceiverContext, TallyDropCounter
-    from streamer.runner import ReceiverRunner
+    from streamer.daemon.runner import ReceiverRunner
 
     cfg = from_dict(merged({"receivers": [{**PLUTO_RX, "rx_lo_hz": 145.5e6}]}), source="site.toml")
     monkeypatch.setitem(sys.modules, "adi", None)

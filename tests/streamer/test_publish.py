@@ -9,7 +9,7 @@ import msgpack
 import pytest
 import zmq
 
-from streamer.publish import ZmqPublisher
+from streamer.daemon.publish import ZmqPublisher
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""streamer.security and the limits on framed-IQ ingest, over real ZeroMQ sockets on 127.0.0.1.
+"""streamer.core.security and the limits on framed-IQ ingest, over real ZeroMQ sockets on 127.0.0.1.
 
 Covers: key files (generate, load, refuse), CURVE on the output XPUB and on ingest with ZAP allow-lists
 (a peer with the right key works, one without is refused and counted), ZMQ_MAXMSGSIZE and the
@@ -20,9 +20,9 @@ import zmq
 from receivers.base import Flags, IQBlock, TallyDropCounter
 from receivers.framing import encode
 from receivers.zmq_framed import FramedPublisher, Options, RateLimit, ZmqFramedReceiver
-from streamer import security
-from streamer.errors import ConfigError, ReceiverTransientError
-from streamer.publish import ZmqPublisher
+from streamer.core import security
+from streamer.core.errors import ConfigError, ReceiverTransientError
+from streamer.daemon.publish import ZmqPublisher
 from tests.helpers.collect import Collector
 
 TIMEOUT_S = 5.0
@@ -153,7 +153,7 @@ def test_loopback_endpoints(endpoint, loopback):
 
 
 def test_exposed_bind_without_curve_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="streamer.security"):
+    with caplog.at_level(logging.WARNING, logger="streamer.core.security"):
         assert security.warn_if_exposed("output.endpoint", "tcp://0.0.0.0:5557", curve=False)
         assert not security.warn_if_exposed("output.endpoint", "tcp://0.0.0.0:5557", curve=True)
         assert not security.warn_if_exposed("output.endpoint", "tcp://127.0.0.1:5557", curve=False)

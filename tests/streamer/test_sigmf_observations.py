@@ -12,10 +12,11 @@ import pytest
 import sigmf
 
 from receivers.simulator import SimulatedWorld
-from streamer.calibrate import ObservationsError, main as calibrate_main, read_observations
+from streamer.tools.observations import ObservationsError, read_observations
+from streamer.tools.calibrate import main as calibrate_main
 from streamer.config import load
-from streamer.record import record
-from streamer.sigmf_observations import EMITTER_KEY, observations_from_sigmf
+from streamer.tools.record import record
+from streamer.tools.observations import EMITTER_KEY, observations_from_sigmf
 from tests.helpers.daemon import START_NS, default_receivers, write_config
 
 RATE_HZ = 48_000.0

@@ -1,4 +1,4 @@
-"""Survey maps (streamer.survey): ``heimdall calibrate --survey-map`` krige the simulated network's correlated
+"""Survey maps (streamer.estimators.survey): ``heimdall calibrate --survey-map`` krige the simulated network's correlated
 shadowing, a config naming the map builds its estimators, the physics estimator localizes held-out transmissions
 better with the map, and a map that does not fit the config is refused by file and key."""
 
@@ -14,11 +14,11 @@ import pytest
 from receivers.simulator import SimulatedWorld
 from streamer.cli import main
 from streamer.config import load
-from streamer.errors import ConfigError
-from streamer.estimators import build_estimators
-from streamer.geodesy import geodetic_to_enu_m
-from streamer.physics import PhysicsEstimator
-from streamer.survey import load_map
+from streamer.core.errors import ConfigError
+from streamer.estimators.build import build_estimators
+from streamer.core.geodesy import geodetic_to_enu_m
+from streamer.estimators.physics import PhysicsEstimator
+from streamer.estimators.survey import load_map
 from tests.streamer.test_calibrate import observations, write_config, write_csv
 
 N_SURVEY = 600   # transmissions at known positions in the survey

@@ -16,10 +16,10 @@ Observations file (CSV, one row per transmission; lines starting with ``#`` and 
   receiver's noise floor: weak ones that go unheard are missing, which biases the fit upwards.
 
 Or a SigMF recording of the network (``heimdall record``) with each transmission annotated with the
-transmitter's position (``signal:emitter``): ``streamer.sigmf_observations`` replays it through the daemon's
+transmitter's position (``signal:emitter``): ``streamer.tools.observations`` replays it through the daemon's
 pipeline and reads the same powers; ``--observations-out`` writes them as this CSV.
 
-Model (the daemon's, ``streamer.physics``): ``measured_ir = P_i - PL(d_ir) + offset_r + shadowing``, with
+Model (the daemon's, ``streamer.estimators.physics``): ``measured_ir = P_i - PL(d_ir) + offset_r + shadowing``, with
 ``PL = ref_loss_db + 10 n log10(d / 1 km)`` (``log_distance_path_loss_db``), d the 3-D distance
 (``slant_distance_m``, ENU from ``network_geometry``), ``ref_loss_db`` and n from ``estimator.physics``
 (n fitted with ``--fit-exponent``). Least squares gives ``offset_r``; the new ``calibration_db = old - offset``.
@@ -38,10 +38,10 @@ Examples
 ([1.5, -2.0], [3, 3])
 """
 
+
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -51,210 +51,15 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.errors import ConfigError, HeimdallError
-from streamer.physics import MIN_DISTANCE_M, log_distance_path_loss_db, slant_distance_m
-
-MIN_OBSERVATIONS = 3
-#: Weight of the sum(offsets) = 0 row when the transmit level is fitted (it removes the level/offset degeneracy).
-_CONSTRAINT_WEIGHT = 1e3
-RESERVED_COLUMNS = ("lat", "lon", "alt_m", "tx_power_dbm")
-
-
-class ObservationsError(HeimdallError):
-    """The observations file is malformed; the message names file, line and column."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# The fit: arrays in, arrays out
-
-
-@dataclass(frozen=True)
-class PathLossFit:
-    """Least-squares log-distance fit with one offset per receiver (all dB unless named otherwise).
-
-    Per receiver ``[R]``: ``offsets_db`` (NaN where not fitted), ``offset_se_db`` (standard error),
-    ``residual_sigma_db`` (RMS of its residuals), ``n_obs`` (readings given), ``fitted`` (``n_obs`` >= the minimum).
-    ``exponent`` (fitted or the one given; ``exponent_se`` NaN when given), ``level_db`` (the common term
-    ``P_tx - ref_loss_db`` when the transmit power was not given, else NaN), ``sigma_db`` (standard deviation
-    of all residuals), ``links`` (readings used), ``relative`` (offsets constrained to sum 0).
-    """
-
-    offsets_db: np.ndarray
-    offset_se_db: np.ndarray
-    residual_sigma_db: np.ndarray
-    n_obs: np.ndarray
-    fitted: np.ndarray
-    exponent: float
-    exponent_se: float
-    level_db: float
-    level_se_db: float
-    sigma_db: float
-    links: int
-    relative: bool
-
-
-def fit_path_loss(distance_m, measured_db, mask, *, tx_power_dbm=None, ref_loss_db: float = 0.0,
-                  exponent: float | None = None, min_distance_m: float = MIN_DISTANCE_M,
-                  min_observations: int = MIN_OBSERVATIONS) -> PathLossFit:
-    """Fit ``measured_ir = P_i - ref_loss_db - 10 n log10(max(d_ir, min_distance_m) / 1 km) + o_r`` by least squares.
-
-    Parameters
-    ----------
-    distance_m, measured_db, mask : ``[N, R]`` distances (m), measured power (dB) and which readings exist.
-    tx_power_dbm : ``[N]`` transmit powers, or None: then a common level ``A = P - ref_loss_db`` is fitted and
-        the offsets of the fitted receivers are constrained to sum to 0 (only relative offsets are observable).
-    exponent : fixed path-loss exponent n, or None to fit it.
-    min_distance_m : distances are clamped here (``MIN_DISTANCE_M`` reproduces ``log_distance_path_loss_db``).
-    min_observations : receivers with fewer readings are left out (``fitted`` False, offset NaN).
-
-    Raises ``ValueError`` when no receiver qualifies or the readings do not determine the unknowns.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    n_obs = mask.sum(axis=0)
-    fitted = n_obs >= min_observations
-    relative = tx_power_dbm is None
-    if fitted.sum() < (2 if relative else 1):
-        raise ValueError(f"need at least {2 if relative else 1} receiver(s) with {min_observations} or more readings")
-    rows, cols = np.nonzero(mask & fitted[None, :])
-    log_d = 10.0 * np.log10(np.maximum(np.asarray(distance_m, dtype=np.float64)[rows, cols], min_distance_m) / 1000.0)
-    target = np.asarray(measured_db, dtype=np.float64)[rows, cols]
-    if not relative:
-        target = target - np.asarray(tx_power_dbm, dtype=np.float64)[rows] + ref_loss_db
-    if exponent is not None:
-        target = target + exponent * log_d
-    slot = np.cumsum(fitted) - 1  # receiver -> offset parameter
-    n_offsets = int(fitted.sum())
-    lead = [np.ones_like(log_d)] if relative else []
-    lead += [-log_d] if exponent is None else []
-    design = np.zeros((len(target), len(lead) + n_offsets))
-    for j, column in enumerate(lead):
-        design[:, j] = column
-    design[np.arange(len(target)), len(lead) + slot[cols]] = 1.0
-    constraint = np.r_[np.zeros(len(lead)), np.ones(n_offsets)][None, :] if relative else np.zeros((0, design.shape[1]))
-    sol, _, rank, _ = np.linalg.lstsq(np.vstack([design, _CONSTRAINT_WEIGHT * constraint]),
-                                      np.r_[target, np.zeros(len(constraint))], rcond=None)
-    if rank < design.shape[1]:
-        raise ValueError("the readings do not determine every unknown (e.g. every transmission at the same distances)")
-    resid = target - design @ sol
-    cov = _covariance(design, constraint, resid)
-    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    offsets = np.full(mask.shape[1], np.nan)
-    offset_se = np.full(mask.shape[1], np.nan)
-    offsets[fitted] = sol[len(lead):]
-    offset_se[fitted] = se[len(lead):]
-    rms = np.full(mask.shape[1], np.nan)
-    for r in np.flatnonzero(fitted):
-        rms[r] = math.sqrt(float(np.mean(resid[cols == r] ** 2)))
-    fitted_n = exponent is None
-    return PathLossFit(
-        offsets_db=offsets, offset_se_db=offset_se, residual_sigma_db=rms, n_obs=n_obs, fitted=fitted,
-        exponent=float(sol[int(relative)]) if fitted_n else float(exponent),
-        exponent_se=float(se[int(relative)]) if fitted_n else math.nan,
-        level_db=float(sol[0]) if relative else math.nan, level_se_db=float(se[0]) if relative else math.nan,
-        sigma_db=float(resid.std()), links=int(len(target)), relative=relative)
-
-
-def _covariance(design: np.ndarray, constraint: np.ndarray, resid: np.ndarray) -> np.ndarray:
-    """Parameter covariance of equality-constrained least squares: s^2 times the top-left block of the KKT inverse."""
-    p, c = design.shape[1], constraint.shape[0]
-    dof = len(resid) - (p - c)
-    s2 = float(resid @ resid) / dof if dof > 0 else math.nan
-    kkt = np.block([[design.T @ design, constraint.T], [constraint, np.zeros((c, c))]])
-    return s2 * np.linalg.inv(kkt)[:p, :p]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Observations file
-
-
-@dataclass(frozen=True)
-class Observations:
-    """Transmissions at known positions: ``[N]`` per row, ``measured_dbm`` ``[N, K]`` (NaN = not heard)."""
-
-    lat: np.ndarray
-    lon: np.ndarray
-    alt_m: np.ndarray | None
-    tx_power_dbm: np.ndarray | None
-    receiver_ids: tuple[str, ...]
-    measured_dbm: np.ndarray
-    source: str
-
-
-def read_observations(path: str | Path, receiver_ids) -> Observations:
-    """Parse an observations CSV (module doc); every receiver column must name one of ``receiver_ids``."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ObservationsError(f"{path}: cannot read observations: {exc}") from exc
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
-    if not numbered:
-        raise ObservationsError(f"{path}: no header line (expected lat,lon[,alt_m][,tx_power_dbm],<receiver id>...)")
-    header_line, header_text = numbered[0]
-    header = [name.strip() for name in next(csv.reader([header_text]))]
-    _check_header(path, header_line, header, tuple(receiver_ids))
-    values = {name: [] for name in header}
-    for line_no, text in numbered[1:]:
-        fields = next(csv.reader([text]))
-        if len(fields) != len(header):
-            raise ObservationsError(f"{path}:{line_no}: {len(fields)} fields, the header has {len(header)}")
-        for col, (name, field) in enumerate(zip(header, fields), start=1):
-            values[name].append(_number(path, line_no, col, name, field.strip()))
-    if not numbered[1:]:
-        raise ObservationsError(f"{path}: no observation rows after the header (line {header_line})")
-    rx_cols = [n for n in header if n not in RESERVED_COLUMNS]
-    col = {name: np.array(v, dtype=np.float64) for name, v in values.items()}
-    return Observations(lat=col["lat"], lon=col["lon"], alt_m=col.get("alt_m"), tx_power_dbm=col.get("tx_power_dbm"),
-                        receiver_ids=tuple(rx_cols),
-                        measured_dbm=np.stack([col[n] for n in rx_cols], axis=1) if rx_cols else np.zeros((len(col["lat"]), 0)),
-                        source=str(path))
-
-
-def observations_csv(obs: Observations) -> str:
-    """``obs`` in the observations CSV format (module doc) that ``read_observations`` reads back."""
-    header = ["lat", "lon"] + (["alt_m"] if obs.alt_m is not None else []) + (["tx_power_dbm"] if obs.tx_power_dbm is not None else [])
-    lines = [",".join(header + list(obs.receiver_ids))]
-    for i in range(len(obs.lat)):
-        cells = [repr(float(obs.lat[i])), repr(float(obs.lon[i]))]
-        cells += [repr(float(obs.alt_m[i]))] if obs.alt_m is not None else []
-        cells += [repr(float(obs.tx_power_dbm[i]))] if obs.tx_power_dbm is not None else []
-        cells += ["" if not math.isfinite(v) else f"{v:.2f}" for v in obs.measured_dbm[i]]
-        lines.append(",".join(cells))
-    return "\n".join(lines) + "\n"
-
-
-def _check_header(path: Path, line_no: int, header: list[str], known: tuple[str, ...]) -> None:
-    for col, name in enumerate(header, start=1):
-        if not name:
-            raise ObservationsError(f"{path}:{line_no}: column {col}: empty column name")
-        if name in header[: col - 1]:
-            raise ObservationsError(f"{path}:{line_no}: column {col} ({name}): duplicate column")
-        if name not in RESERVED_COLUMNS and name not in known:
-            raise ObservationsError(f"{path}:{line_no}: column {col} ({name}): unknown receiver id {name!r}; "
-                                    f"configured: {', '.join(known)}")
-    for need in ("lat", "lon"):
-        if need not in header:
-            raise ObservationsError(f"{path}:{line_no}: required column {need!r} is missing")
-
-
-def _number(path: Path, line_no: int, col: int, name: str, text: str) -> float:
-    """One cell: a finite number; empty is NaN (not heard) in a receiver column and an error elsewhere."""
-    where = f"{path}:{line_no}: column {col} ({name})"
-    if not text:
-        if name in RESERVED_COLUMNS:
-            raise ObservationsError(f"{where}: empty; {name} is required on every row")
-        return math.nan
-    try:
-        value = float(text)
-    except ValueError:
-        raise ObservationsError(f"{where}: expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise ObservationsError(f"{where}: {text!r} is not a finite number (leave a receiver's cell empty for not heard)")
-    limit = {"lat": 90.0, "lon": 180.0}.get(name)
-    if limit is not None and abs(value) > limit:
-        raise ObservationsError(f"{where}: {value} is outside [-{limit:g}, {limit:g}] degrees")
-    return value
-
+from streamer.core.errors import ConfigError
+from streamer.core.propagation import (
+    MIN_OBSERVATIONS,
+    PathLossFit,
+    fit_path_loss,
+    log_distance_path_loss_db,
+    slant_distance_m,
+)
+from streamer.tools.observations import Observations, ObservationsError, observations_csv, read_observations
 
 # ----------------------------------------------------------------------------------------------------
 # Config in, corrections out
@@ -277,7 +82,7 @@ class Calibration:
 def link_geometry(config, obs: Observations) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Transmitter positions ``[N, 2]`` (config's ENU, m), slant distances ``[N, R]`` (m) and readings ``[N, R]``
     (dBm, NaN = not heard) in config receiver order."""
-    from streamer.geodesy import geodetic_to_enu_m, network_geometry
+    from streamer.core.geodesy import geodetic_to_enu_m, network_geometry
 
     ids = tuple(rx.id for rx in config.receivers)
     origin, rx_enu_m, _ = network_geometry(config)
@@ -440,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", required=True, type=Path, help="TOML config whose receivers to calibrate")
     parser.add_argument("observations", type=Path,
                         help="CSV of transmissions at known positions (format below), or a .sigmf-collection of the "
-                             "network annotated with them (streamer.sigmf_observations; docs/operations.md)")
+                             "network annotated with them (streamer.tools.observations; docs/operations.md)")
     parser.add_argument("--observations-out", type=Path, metavar="CSV",
                         help="also write the observations read (from either input) as a CSV in the format below")
     parser.add_argument("--fit-exponent", action="store_true", help="also fit estimator.physics.path_loss_exponent")
@@ -453,14 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--survey-map", type=Path, metavar="PATH.npz",
                         help="also krige each receiver's residuals into a shadowing map over the search area and "
-                             "write it here (for estimator.physics.shadowing_map; streamer.survey)")
+                             "write it here (for estimator.physics.shadowing_map; streamer.estimators.survey)")
     return parser
 
 
 def write_survey_map(path: Path, config, obs: Observations, cal: Calibration) -> list[str]:
-    """Krige the calibrated residuals into ``path`` (``streamer.survey``); returns the report lines."""
-    from streamer.geodesy import network_geometry
-    from streamer.survey import MIN_MAP_LINKS, save_map, survey_maps
+    """Krige the calibrated residuals into ``path`` (``streamer.estimators.survey``); returns the report lines."""
+    from streamer.core.geodesy import network_geometry
+    from streamer.estimators.survey import MIN_MAP_LINKS, save_map, survey_maps
 
     physics = config.estimator.physics
     tx_en_m, distance_m, measured = link_geometry(config, obs)
@@ -494,8 +299,8 @@ def write_survey_map(path: Path, config, obs: Observations, cal: Calibration) ->
 
 def main(argv: list[str] | None = None) -> int:
     """``heimdall calibrate`` entry point; errors are ``HeimdallError`` (the CLI prints them, exit status 2)."""
-    from streamer import sigmf_observations
     from streamer.config import load
+    from streamer.tools import observations as sigmf_observations  # noqa: F811
 
     args = build_parser().parse_args(argv)
     config = load(args.config)

@@ -12,7 +12,7 @@ masked, with a reason:
 - ``late``: its data has not reached the window's end yet.
 
 A masked receiver's samples in the window are dropped under that reason, so the sample accounting of
-streamer.lane stays exact.
+streamer.daemon.lane stays exact.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.lane import Lane
+from streamer.daemon.lane import Lane
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.geodesy import Ellipse, ellipse_scale
+from streamer.core.geodesy import Ellipse, ellipse_scale
 
 SCHEMA_VERSION = 1
 

@@ -19,8 +19,8 @@ import numpy as np
 from receivers.base import Flags, IQBlock, ReceiverContext, plausible_rate
 from receivers.registry import open_receiver
 from streamer.config import ReceiverConfig
-from streamer.errors import HeimdallError, MissingDependencyError, ReceiverFatalError, ReceiverTransientError
-from streamer.lane import samples_problem
+from streamer.core.errors import HeimdallError, MissingDependencyError, ReceiverFatalError, ReceiverTransientError
+from streamer.daemon.lane import samples_problem
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import msgpack
 import zmq
 
-from streamer.security import OUTPUT_DOMAIN, KeyPair, SocketEvents, make_curve_server
+from streamer.core.security import OUTPUT_DOMAIN, KeyPair, SocketEvents, make_curve_server
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 from receivers.base import IQBlock, plausible_rate
-from streamer.aligner import Window, WindowAligner
 from streamer.config import Config
-from streamer.estimate import Estimate, Estimator, EstimatorInputs
-from streamer.estimators import EstimateRejected
-from streamer.features import mel_frames_dbm
-from streamer.credible import ELLIPSE_PROBABILITIES
-from streamer.geodesy import ellipse_from_covariance, enu_to_geodetic, network_geometry
-from streamer.lane import PIPELINE, Lane, LaneSettings
-from streamer.messages import EstimateOut, Localization, ReceiverHealth, Status, Truth
-from streamer.metrics import Metrics
-from streamer.physics import channel_power
+from streamer.core.geodesy import ellipse_from_covariance, enu_to_geodetic, network_geometry
+from streamer.daemon.aligner import Window, WindowAligner
+from streamer.daemon.lane import PIPELINE, Lane, LaneSettings
+from streamer.daemon.messages import EstimateOut, Localization, ReceiverHealth, Status, Truth
+from streamer.daemon.metrics import Metrics
+from streamer.dsp.detection import channel_power
+from streamer.dsp.features import mel_frames_dbm
+from streamer.estimators.base import Estimate, EstimateRejected, Estimator, EstimatorInputs
+from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from streamer.errors import ConfigError
+from streamer.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

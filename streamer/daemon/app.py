@@ -1,6 +1,6 @@
 """build(config) wires every object explicitly; Daemon.run() is the main loop with clean shutdown.
 
-Threads: one per receiver (streamer.runner), the Prometheus HTTP server, and the main loop, which owns
+Threads: one per receiver (streamer.daemon.runner), the Prometheus HTTP server, and the main loop, which owns
 the pipeline and the publisher (ZeroMQ sockets are not thread-safe, so only this thread touches them).
 """
 
@@ -18,17 +18,18 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from receivers.base import IQBlock, ReceiverContext
 from streamer import config as config_mod
-from streamer import security
-from streamer.archive import JsonlArchive
 from streamer.config import Config
-from streamer.errors import ConfigError, HeimdallError
-from streamer.estimators import build_estimators
-from streamer.metrics import AdapterCounters, Metrics
-from streamer.pacing import ReplayPacer, limits as pace_limits
-from streamer.pipeline import Pipeline
-from streamer.preflight import preflight
-from streamer.publish import ZmqPublisher
-from streamer.runner import BlockQueue, ReceiverRunner, coalesce_blocks
+from streamer.core import security
+from streamer.core.errors import ConfigError, HeimdallError
+from streamer.daemon.archive import JsonlArchive
+from streamer.daemon.metrics import AdapterCounters, Metrics
+from streamer.daemon.pacing import ReplayPacer
+from streamer.daemon.pacing import limits as pace_limits
+from streamer.daemon.pipeline import Pipeline
+from streamer.daemon.preflight import preflight
+from streamer.daemon.publish import ZmqPublisher
+from streamer.daemon.runner import BlockQueue, ReceiverRunner, coalesce_blocks
+from streamer.estimators.build import build_estimators
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from receivers.base import IQBlock
 from streamer import config as config_mod
-from streamer.estimators import build_estimators
-from streamer.metrics import Metrics
-from streamer.pipeline import Pipeline
+from streamer.daemon.metrics import Metrics
+from streamer.daemon.pipeline import Pipeline
+from streamer.estimators.build import build_estimators
 
 
 def _input_signal(n: int, rate_hz: float, offset_hz: float, seed: int) -> np.ndarray:

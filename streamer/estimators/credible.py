@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamer.geodesy import ellipse_scale
+from streamer.core.geodesy import ellipse_scale
 
 #: The probabilities of the ellipses an estimate carries: the message's ``ellipses`` and evaluate's cov68/cov95.
 ELLIPSE_PROBABILITIES = (0.68, 0.95)

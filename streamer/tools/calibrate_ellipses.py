@@ -26,7 +26,7 @@ Inputs
 The fit (``least_nll_scale``)
 -----------------------------
 For each estimator (the primary and every alternative in the messages) and window, ``m^2 = r^T C^-1 r``
-(``streamer.geodesy.mahalanobis_sq``) with r the truth minus the estimate and C the published ``cov_en_m2``,
+(``streamer.core.geodesy.mahalanobis_sq``) with r the truth minus the estimate and C the published ``cov_en_m2``,
 both in the network's ENU plane (metres). Scaling every covariance by k changes a window's Gaussian NLL to ``m^2 / (2k) + ln k + const``;
 the mean is least at ``k = mean(m^2) / 2``: the same closed form ``heimdall train`` uses on its validation
 windows (``models.train.network.fit_covariance_scale``). Each message says which site factor its covariance
@@ -60,9 +60,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.credible import ELLIPSE_PROBABILITIES
-from streamer.errors import ConfigError, HeimdallError
-from streamer.geodesy import geodetic_to_enu_m, mahalanobis_sq, network_geometry
+from streamer.core.errors import ConfigError, HeimdallError
+from streamer.core.geodesy import geodetic_to_enu_m, mahalanobis_sq, network_geometry
+from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 
 #: Fewer windows with a truth than this for an estimator: its factor is reported, not written.
 MIN_WINDOWS = 30
@@ -376,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     """``heimdall calibrate-ellipses`` entry point; errors are ``HeimdallError`` (the CLI prints them, exit status 2)."""
     from dataclasses import asdict
 
-    from streamer.calibrate import write_config
     from streamer.config import load
+    from streamer.tools.calibrate import write_config
 
     args = build_parser().parse_args(argv)
     if not (math.isfinite(args.max_gap_s) and args.max_gap_s > 0):

@@ -8,11 +8,11 @@ numbers and value ranges; this adds what depends on several keys, the host or in
 - ZeroMQ endpoints that parse (``output.endpoint``, receivers' ``endpoint``) and a ``metrics.host`` that
   resolves;
 - memory: ring buffers (receivers x ``pipeline.buffer_s`` x ``features.sample_rate_hz`` x 8 bytes) and
-  the physics posterior grid (``streamer.physics.grid_bytes``) each within ``memory_limit_bytes()``;
-- CURVE key files and allow-lists, read by the same functions the daemon uses (``streamer.security``);
+  the physics posterior grid (``streamer.estimators.physics.grid_bytes``) each within ``memory_limit_bytes()``;
+- CURVE key files and allow-lists, read by the same functions the daemon uses (``streamer.core.security``);
 - each receiver kind's optional dependencies (the adapter's ``check_dependencies()``), and, where the
   config fixes a receiver's band (the adapter's ``configured_band_hz()``, or a SigMF recording's metadata),
-  that the channelizer can reach ``network.target_freq_hz`` from it (``streamer.channelizer.check_tunable``).
+  that the channelizer can reach ``network.target_freq_hz`` from it (``streamer.dsp.channelizer.check_tunable``).
 
 It raises ``ConfigError`` or ``MissingDependencyError`` (file, key, value, expectation) and returns notes:
 warnings that do not stop the daemon. It opens no sockets and loads no model, so a reload can afford it.
@@ -27,12 +27,12 @@ import os
 import socket
 
 from streamer.config import Config
-from streamer.errors import ConfigError, MissingDependencyError
+from streamer.core.errors import ConfigError, MissingDependencyError
 
 #: Most memory one structure (all ring buffers together, or the posterior grid) may take (bytes); less
 #: on a host with under four times this much physical memory (``memory_limit_bytes``).
 MAX_STRUCTURE_BYTES = 2 << 30
-#: Bytes per ring-buffer sample: complex64 (``streamer.ringbuffer.RingBuffer``).
+#: Bytes per ring-buffer sample: complex64 (``streamer.daemon.ringbuffer.RingBuffer``).
 RING_SAMPLE_BYTES = 8
 GPU_FIX = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.17'"
 
@@ -46,7 +46,7 @@ def preflight(config: Config) -> list[str]:
     >>> preflight(from_dict({}, source="empty.toml"))
     Traceback (most recent call last):
     ...
-    streamer.errors.ConfigError: empty.toml: receivers: expected at least one [[receivers]] table, got none
+    streamer.core.errors.ConfigError: empty.toml: receivers: expected at least one [[receivers]] table, got none
     """
     _check_receiver_count(config)
     _check_endpoints(config)
@@ -64,7 +64,7 @@ def preflight_edge(config: Config, receiver_id: str) -> list[str]:
     """What ``heimdall receiver ID`` needs: the receiver exists, its endpoint parses, its packages are installed,
     and under ``curve_ingest`` this edge's key pair and the daemon's public key load. The network keys
     (``min_receivers``, the target, the grid) are the central daemon's business, not the edge's."""
-    from streamer.security import edge_curve
+    from streamer.core.security import edge_curve
 
     rx = config.receiver(receiver_id)
     i = config.receivers.index(rx)
@@ -92,7 +92,7 @@ def _check_receiver_count(config: Config) -> None:
 
 
 def _check_endpoints(config: Config) -> None:
-    from streamer.security import parse_endpoint
+    from streamer.core.security import parse_endpoint
 
     endpoints = [("output.endpoint", config.output.endpoint)]
     endpoints += [(f"{_label(i, rx)}.endpoint", rx.options.endpoint) for i, rx in enumerate(config.receivers)
@@ -131,12 +131,12 @@ def format_bytes(n: float) -> str:
 
 
 def _check_memory(config: Config) -> None:
-    from streamer.geodesy import network_geometry
-    from streamer.physics import grid_bytes
+    from streamer.core.geodesy import network_geometry
+    from streamer.estimators.physics import grid_bytes
 
     limit = memory_limit_bytes()
     p, rate, n = config.pipeline, config.features.sample_rate_hz, len(config.receivers)
-    per_ring = math.ceil(p.buffer_s * rate) * RING_SAMPLE_BYTES  # as streamer.lane.Lane sizes each ring
+    per_ring = math.ceil(p.buffer_s * rate) * RING_SAMPLE_BYTES  # as streamer.daemon.lane.Lane sizes each ring
     if per_ring * n > limit:
         raise ConfigError(
             f"{config.source}: pipeline.buffer_s: {p.buffer_s!r} s at features.sample_rate_hz {rate:g} Hz needs "
@@ -159,7 +159,7 @@ def _check_memory(config: Config) -> None:
 
 
 def _check_security(config: Config) -> None:
-    from streamer import security
+    from streamer.core import security
 
     sec, src = config.security, config.source
     if sec.curve_output or sec.curve_ingest:
@@ -188,7 +188,7 @@ def _check_dependencies(config: Config, i: int, rx):
 
 def _check_receiver(config: Config, i: int, rx) -> list[str]:
     from receivers.registry import adapter_class
-    from streamer.channelizer import check_tunable
+    from streamer.dsp.channelizer import check_tunable
 
     label = _label(i, rx)
     cls = _check_dependencies(config, i, rx)
@@ -222,7 +222,7 @@ def _recorded_bands(rx, config: Config) -> list[tuple[float, float]] | None:
     import sigmf
 
     from receivers import sigmf_file
-    from streamer.errors import ReceiverError
+    from streamer.core.errors import ReceiverError
 
     path = Path(rx.options.path).expanduser()
     if not path.is_absolute() and Path(config.source).is_file():  # as SigmfReceiver.from_config resolves it
@@ -239,7 +239,7 @@ def _recorded_bands(rx, config: Config) -> list[tuple[float, float]] | None:
 def busy_port_notes(config: Config) -> list[str]:
     """Warnings for TCP ports that are taken right now (``heimdall check`` only: by start-up they may be free,
     and ``heimdall run`` then refuses a busy one by name anyway)."""
-    from streamer.security import parse_endpoint
+    from streamer.core.security import parse_endpoint
 
     wanted = []
     if config.metrics.enabled and config.metrics.port:

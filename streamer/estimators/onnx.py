@@ -1,4 +1,4 @@
-"""OnnxEstimator: load a contract-following ONNX model (streamer.model_contract) and run it on dBm mel frames.
+"""OnnxEstimator: load a contract-following ONNX model (streamer.estimators.contract) and run it on dBm mel frames.
 
 The estimator owns everything between the window aligner's arrays and the model's tensors: the metadata's
 normalisation, zero-filling masked receiver slots, padding to the model's ``max_receivers``, and checking what
@@ -17,9 +17,9 @@ Examples
 [[1000000.0, 0.0], [0.0, 250000.0]]
 """
 
+
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +28,23 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 
-from streamer.credible import ELLIPSE_PROBABILITIES
-from streamer.errors import ModelMismatchError
-from streamer.features import FeatureSpec, normalise
-from streamer.model_contract import (AREA_INPUT, ELLIPSE_OUTPUT, OUTPUT_NAMES, SEARCH_AREA_WIDTH, SITE_INPUT, SITE_PROPAGATION_WIDTH,
-                                     ModelMetadata, check_model)
+from streamer.config import Config
+from streamer.core.errors import ModelMismatchError
+from streamer.dsp.features import FeatureSpec, normalise
+from streamer.estimators.base import Estimate, EstimateRejected, EstimatorInputs, file_sha256
+from streamer.estimators.contract import (
+    AREA_INPUT,
+    ELLIPSE_OUTPUT,
+    OUTPUT_NAMES,
+    SEARCH_AREA_WIDTH,
+    SITE_INPUT,
+    SITE_PROPAGATION_WIDTH,
+    ModelMetadata,
+    check_model,
+    network_search_area_row,
+    site_propagation,
+)
+from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +87,6 @@ def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray, ellip
             ellipse_scale = np.asarray(ellipse_scale, dtype=np.float64)
             valid &= (np.isfinite(ellipse_scale) & (ellipse_scale > 0)).all(axis=-1)
     return ModelOutput(position, cov, valid, ellipse_scale)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class OnnxEstimator:
@@ -200,3 +203,82 @@ class OnnxEstimator:
             raise ModelMismatchError(f"model {self.metadata.name} returned {ELLIPSE_OUTPUT} of shape {list(scale[0].shape)}, "
                                      f"expected [{batch}, {n_p}]")
         return check_outputs(position, covariance, scale[0] if scale else None)
+
+log = logging.getLogger(__name__)
+
+
+class OnnxModel:
+    """streamer.estimators.onnx.OnnxEstimator behind the Estimator protocol (km in the model, m outside)."""
+
+    name = "onnx"
+
+    def __init__(self, config: Config) -> None:
+        import onnxruntime as ort
+
+        from models import shipped_model_path
+        from streamer.estimators.base import file_sha256
+        from streamer.estimators.onnx import OnnxEstimator
+
+        path = config.estimator.model or shipped_model_path()
+        key = f"{config.source}: estimator.model" + ("" if config.estimator.model else " (unset: the shipped model)")
+        pin = config.estimator.model_sha256
+        if pin is not None:
+            try:
+                digest = file_sha256(path)
+            except OSError as exc:
+                raise ModelMismatchError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+            if digest != pin.lower():
+                raise ModelMismatchError(f"{key}: {path} has SHA-256 {digest}, but estimator.model_sha256 pins {pin.lower()}; "
+                                         "refusing a model that is not the pinned file")
+        options = ort.SessionOptions()
+        # Batch 1 every half second: one thread, and no worker threads spinning on the daemon's cores.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self._model = OnnxEstimator(path, providers=config.estimator.providers, expected_spec=config.features,
+                                        session_options=options)
+        except ModelMismatchError as exc:
+            raise ModelMismatchError(f"{key}: {exc}") from exc
+        meta = self._model.metadata
+        if len(config.receivers) > self._model.max_receivers:
+            raise ModelMismatchError(
+                f"{config.source}: {len(config.receivers)} receivers configured, but model {path} "
+                f"takes at most {self._model.max_receivers} (metadata max_receivers)"
+            )
+        self.info = {"name": meta.name, "version": meta.version, "sha256": self._model.model_sha256}
+        self.provider = self._model.provider
+        self._covariance_scale = config.estimator.model_covariance_scale
+        self._site = site_propagation(config.estimator.physics) if config.estimator.model_site == "physics" else None
+        # The physics posterior's uniform prior is on this area; a model that takes it is told the same.
+        self._area = network_search_area_row(config) if config.receivers else None
+        log.info("model %s %s %s", meta.name, meta.version, self.site_summary())
+
+    def site_summary(self) -> str:
+        """What the model is told about the site, for ``heimdall check`` and the start-up log."""
+        if not self._model.takes_site:
+            told = "takes no site input (infers the propagation from each window)"
+        elif self._site is None:
+            told = 'told nothing about the site (estimator.model_site = "none")'
+        else:
+            n, sigma, level, spread, _ = (float(v) for v in self._site)
+            told = (f"told the site from estimator.physics: path-loss exponent {n:.2f}, sigma {sigma:.2f} dB, "
+                    f"level 1 km away {level:.1f} +- {spread:.1f} dBm")
+        if self._model.takes_area and self._area is not None:
+            east_min, east_max, north_min, north_max, _ = (float(v) for v in self._area)
+            told += (f"; told the search area, {east_max - east_min:.1f} x {north_max - north_min:.1f} km "
+                     "(network.area_margin_km around the receivers)")
+        return told
+
+    def estimate(self, inputs: EstimatorInputs) -> Estimate:
+        out = self._model.run(
+            inputs.features_dbm[None].astype(np.float32),
+            (inputs.rx_enu_m / 1000.0)[None].astype(np.float32),
+            inputs.present[None].astype(np.float32),
+            self._site,
+            self._area,
+        )
+        if not out.valid[0]:
+            raise EstimateRejected("model output not finite or covariance not positive definite")
+        return Estimate(self.name, out.position_enu_km[0] * 1000.0, out.covariance_km2[0] * (1e6 * self._covariance_scale),
+                        self._covariance_scale, None if out.ellipse_scale is None else out.ellipse_scale[0])

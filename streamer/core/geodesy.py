@@ -62,7 +62,7 @@ class Ellipse:
 
 def ellipse_from_covariance(cov_en_m2, p: float = 0.95, scale: float | None = None) -> Ellipse:
     """Ellipse of a 2x2 east/north covariance (m^2) holding probability ``p``: ``scale`` standard deviations
-    (an estimator's credible radius, ``streamer.credible``), or a Gaussian's ``ellipse_scale(p)`` when ``None``."""
+    (an estimator's credible radius, ``streamer.estimators.credible``), or a Gaussian's ``ellipse_scale(p)`` when ``None``."""
     cov = np.asarray(cov_en_m2, dtype=np.float64)
     if cov.shape != (2, 2) or not np.all(np.isfinite(cov)):
         raise ValueError(f"covariance must be a finite 2x2 matrix, got {cov!r}")

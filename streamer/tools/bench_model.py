@@ -3,7 +3,7 @@
 All three are timed in the same process on the same inputs, so the difference is what the estimator adds
 (normalisation, zero-filling and padding to ``max_receivers``, output checks). The input is one window of
 ``--receivers`` receivers at seeded random positions (within 50 km), with dBm frames made by
-``streamer.features.mel_frames_dbm`` from seeded complex noise plus a tone at a random level per receiver.
+``streamer.dsp.features.mel_frames_dbm`` from seeded complex noise plus a tone at a random level per receiver.
 
 A third path, ``io_binding``, runs the raw session through ONNX Runtime's I/O binding with buffers on the
 provider's device (``cuda:0`` with ``--provider cuda``, host memory on the CPU provider) allocated once and
@@ -26,11 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.features import mel_frames_dbm, normalise
-from streamer.inference import CPU, OnnxEstimator
 from streamer.config import PhysicsConfig
-from streamer.geodesy import SearchArea
-from streamer.model_contract import AREA_INPUT, ELLIPSE_OUTPUT, OUTPUT_NAMES, SITE_INPUT, search_area_row, site_propagation
+from streamer.core.geodesy import SearchArea
+from streamer.dsp.features import mel_frames_dbm, normalise
+from streamer.estimators.contract import (
+    AREA_INPUT,
+    ELLIPSE_OUTPUT,
+    OUTPUT_NAMES,
+    SITE_INPUT,
+    search_area_row,
+    site_propagation,
+)
+from streamer.estimators.onnx import CPU, OnnxEstimator
 
 CUDA = "CUDAExecutionProvider"
 
@@ -182,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``heimdall bench model`` entry point (also ``python -m streamer.bench_model``)."""
+    """``heimdall bench model`` entry point (also ``python -m streamer.tools.bench_model``)."""
     parser = argparse.ArgumentParser(prog="heimdall bench model", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -69,8 +69,8 @@ from receivers.sigmf_file import (
 )
 from streamer import __version__
 from streamer.config import Config, ReceiverConfig
-from streamer.errors import HeimdallError
-from streamer.runner import ReceiverRunner
+from streamer.core.errors import HeimdallError
+from streamer.daemon.runner import ReceiverRunner
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,20 @@
 """The Estimator protocol shared by the ONNX model and the physics posterior, and its input/output types.
 
 Both estimators see the same ``EstimatorInputs``, built once per window from the one feature
-implementation (streamer.features), so their answers are comparable message by message.
+implementation (streamer.dsp.features), so their answers are comparable message by message.
 """
+
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from streamer.core.errors import HeimdallError
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ class Estimate:
 
     ``covariance_scale``: the site's ellipse factor already applied to ``cov_en_m2`` (heimdall calibrate-ellipses).
     ``ellipse_scales``: ``[P]`` radii, in standard deviations of ``cov_en_m2``, of the ellipses holding
-    ``streamer.credible.ELLIPSE_PROBABILITIES`` of the estimator's posterior; ``None``: a Gaussian's.
+    ``streamer.estimators.credible.ELLIPSE_PROBABILITIES`` of the estimator's posterior; ``None``: a Gaussian's.
     """
 
     estimator: str
@@ -52,3 +57,16 @@ class Estimator(Protocol):
     name: str
 
     def estimate(self, inputs: EstimatorInputs) -> Estimate: ...
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class EstimateRejected(HeimdallError):
+    """The estimator's output for a window was unusable (not finite, covariance not positive definite)."""

@@ -12,7 +12,7 @@ transmitter positions (``pair_residuals``, pooled over receivers). Links within 
 
 ``heimdall calibrate --survey-map`` writes the maps of a config's receivers over its search area to an ``.npz``
 file (``save_map``); ``estimator.physics.shadowing_map`` names it and ``load_map`` turns it into the
-``shadowing_map`` callable of ``streamer.physics.PhysicsEstimator``, after checking it was made for that config.
+``shadowing_map`` callable of ``streamer.estimators.physics.PhysicsEstimator``, after checking it was made for that config.
 ``models/train/powder.py`` uses the same kriging for POWDER.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.errors import ConfigError
+from streamer.core.errors import ConfigError
 
 #: Receiver-separation bins (m) for the correlation fit (``fit_correlation``'s default, POWDER's scale).
 CORR_BINS_M = (0.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 5000.0)
@@ -55,7 +55,7 @@ def fit_correlation(residuals: tuple[np.ndarray, np.ndarray], bins_m=CORR_BINS_M
     The pooled correlation of the pairs is measured in separation bins (``bins_m``) and a sum of two exponentials
     ``w1 exp(-d/L1) + w2 exp(-d/L2)`` (w >= 0, w1 + w2 <= 1, L within ``length_bounds_m``) is fitted to it by least
     squares weighted by each bin's pair count. Returns ``((w1, L1), (w2, L2))`` (also the input of
-    ``streamer.physics.correlated_error_cov``).
+    ``streamer.estimators.physics.correlated_error_cov``).
     """
     from scipy.optimize import minimize
 
@@ -191,7 +191,7 @@ def survey_maps(config, tx_en_m: np.ndarray, residual_db: np.ndarray, sigma_db: 
     D/1000 .. D); links are averaged in squares of a quarter grid step. Returns the maps and the links per receiver.
     Raises ``ValueError`` when no receiver has ``min_links`` links.
     """
-    from streamer.geodesy import network_geometry
+    from streamer.core.geodesy import network_geometry
 
     _, _, area = network_geometry(config)
     ids = [rx.id for rx in config.receivers]
@@ -264,7 +264,7 @@ def _read(path: Path, where: str) -> dict:
 
 def _check(m: dict, config, where: str, path: Path) -> np.ndarray:
     """Raise ConfigError unless the map ``m`` was made for ``config``; return the config's order into the map."""
-    from streamer.geodesy import network_geometry
+    from streamer.core.geodesy import network_geometry
 
     ids = [rx.id for rx in config.receivers]
     have = [str(s) for s in m["receiver_ids"]]

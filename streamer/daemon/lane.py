@@ -27,9 +27,9 @@ from typing import Callable
 import numpy as np
 
 from receivers.base import Flags, IQBlock, plausible_rate
-from streamer.boundedlog import BoundedLog
-from streamer.channelizer import Channelizer
-from streamer.ringbuffer import RingBuffer
+from streamer.core.boundedlog import BoundedLog
+from streamer.daemon.ringbuffer import RingBuffer
+from streamer.dsp.channelizer import Channelizer
 
 _log = BoundedLog(logging.getLogger(__name__))
 

@@ -17,7 +17,7 @@ The annotation's samples are turned into its time span through that stream's cap
 ``receivers.sigmf_file.plan_segments``), and every stream is read over that span.
 
 How a reading is made: the whole recording is replayed through the daemon's own pipeline
-(``streamer.pipeline.Pipeline``: lanes, channelizer, window aligner, mel frames, ``channel_power``) with the
+(``streamer.daemon.pipeline.Pipeline``: lanes, channelizer, window aligner, mel frames, ``channel_power``) with the
 physics estimator and ``pipeline.min_receivers = 1``, so that a localization message, whose
 ``rx_power_dbm`` holds each heard receiver's in-channel power (dBm, with the config's ``calibration_db``), goes
 out for every window in which anyone heard. A receiver's reading for a transmission is the mean (dB) of its
@@ -26,18 +26,120 @@ it was heard in at least half of them. That is the number an operator would read
 hand (docs/operations.md, "Calibrating receivers").
 """
 
+
 from __future__ import annotations
 
+import csv
 import dataclasses
 import heapq
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import sigmf
 
 from receivers.sigmf_file import SigmfReceiver
-from streamer.calibrate import Observations, ObservationsError
+from streamer.core.errors import HeimdallError
+
+RESERVED_COLUMNS = ("lat", "lon", "alt_m", "tx_power_dbm")
+
+
+class ObservationsError(HeimdallError):
+    """The observations file is malformed; the message names file, line and column."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Observations file
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Transmissions at known positions: ``[N]`` per row, ``measured_dbm`` ``[N, K]`` (NaN = not heard)."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    alt_m: np.ndarray | None
+    tx_power_dbm: np.ndarray | None
+    receiver_ids: tuple[str, ...]
+    measured_dbm: np.ndarray
+    source: str
+
+
+def read_observations(path: str | Path, receiver_ids) -> Observations:
+    """Parse an observations CSV (module doc); every receiver column must name one of ``receiver_ids``."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ObservationsError(f"{path}: cannot read observations: {exc}") from exc
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")]
+    if not numbered:
+        raise ObservationsError(f"{path}: no header line (expected lat,lon[,alt_m][,tx_power_dbm],<receiver id>...)")
+    header_line, header_text = numbered[0]
+    header = [name.strip() for name in next(csv.reader([header_text]))]
+    _check_header(path, header_line, header, tuple(receiver_ids))
+    values = {name: [] for name in header}
+    for line_no, text in numbered[1:]:
+        fields = next(csv.reader([text]))
+        if len(fields) != len(header):
+            raise ObservationsError(f"{path}:{line_no}: {len(fields)} fields, the header has {len(header)}")
+        for col, (name, field) in enumerate(zip(header, fields), start=1):
+            values[name].append(_number(path, line_no, col, name, field.strip()))
+    if not numbered[1:]:
+        raise ObservationsError(f"{path}: no observation rows after the header (line {header_line})")
+    rx_cols = [n for n in header if n not in RESERVED_COLUMNS]
+    col = {name: np.array(v, dtype=np.float64) for name, v in values.items()}
+    return Observations(lat=col["lat"], lon=col["lon"], alt_m=col.get("alt_m"), tx_power_dbm=col.get("tx_power_dbm"),
+                        receiver_ids=tuple(rx_cols),
+                        measured_dbm=np.stack([col[n] for n in rx_cols], axis=1) if rx_cols else np.zeros((len(col["lat"]), 0)),
+                        source=str(path))
+
+
+def observations_csv(obs: Observations) -> str:
+    """``obs`` in the observations CSV format (module doc) that ``read_observations`` reads back."""
+    header = ["lat", "lon"] + (["alt_m"] if obs.alt_m is not None else []) + (["tx_power_dbm"] if obs.tx_power_dbm is not None else [])
+    lines = [",".join(header + list(obs.receiver_ids))]
+    for i in range(len(obs.lat)):
+        cells = [repr(float(obs.lat[i])), repr(float(obs.lon[i]))]
+        cells += [repr(float(obs.alt_m[i]))] if obs.alt_m is not None else []
+        cells += [repr(float(obs.tx_power_dbm[i]))] if obs.tx_power_dbm is not None else []
+        cells += ["" if not math.isfinite(v) else f"{v:.2f}" for v in obs.measured_dbm[i]]
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _check_header(path: Path, line_no: int, header: list[str], known: tuple[str, ...]) -> None:
+    for col, name in enumerate(header, start=1):
+        if not name:
+            raise ObservationsError(f"{path}:{line_no}: column {col}: empty column name")
+        if name in header[: col - 1]:
+            raise ObservationsError(f"{path}:{line_no}: column {col} ({name}): duplicate column")
+        if name not in RESERVED_COLUMNS and name not in known:
+            raise ObservationsError(f"{path}:{line_no}: column {col} ({name}): unknown receiver id {name!r}; "
+                                    f"configured: {', '.join(known)}")
+    for need in ("lat", "lon"):
+        if need not in header:
+            raise ObservationsError(f"{path}:{line_no}: required column {need!r} is missing")
+
+
+def _number(path: Path, line_no: int, col: int, name: str, text: str) -> float:
+    """One cell: a finite number; empty is NaN (not heard) in a receiver column and an error elsewhere."""
+    where = f"{path}:{line_no}: column {col} ({name})"
+    if not text:
+        if name in RESERVED_COLUMNS:
+            raise ObservationsError(f"{where}: empty; {name} is required on every row")
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        raise ObservationsError(f"{where}: expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ObservationsError(f"{where}: {text!r} is not a finite number (leave a receiver's cell empty for not heard)")
+    limit = {"lat": 90.0, "lon": 180.0}.get(name)
+    if limit is not None and abs(value) > limit:
+        raise ObservationsError(f"{where}: {value} is outside [-{limit:g}, {limit:g}] degrees")
+    return value
 
 EMITTER_KEY = "signal:emitter"
 #: A receiver heard in fewer than this fraction of an annotation's windows reads as not heard.
@@ -59,7 +161,7 @@ class Transmission:
 
 def _stream_receivers(config, collection_path: Path) -> dict[str, SigmfReceiver]:
     """An unpaced SigmfReceiver per configured receiver (each picks its stream); ObservationsError when one is missing."""
-    from streamer.errors import ReceiverFatalError
+    from streamer.core.errors import ReceiverFatalError
 
     readers = {}
     for rx in config.receivers:
@@ -118,9 +220,9 @@ def replay_readings(config, readers: dict[str, SigmfReceiver]) -> list[dict]:
     """The localization messages of the recording replayed through the daemon's pipeline (module doc)."""
     from prometheus_client import CollectorRegistry
 
-    from streamer.estimators import PhysicsPosterior
-    from streamer.metrics import Metrics
-    from streamer.pipeline import Pipeline
+    from streamer.daemon.metrics import Metrics
+    from streamer.daemon.pipeline import Pipeline
+    from streamer.estimators.physics import PhysicsPosterior
 
     replay = dataclasses.replace(config, pipeline=dataclasses.replace(config.pipeline, min_receivers=1))
     messages: list[dict] = []
@@ -137,14 +239,14 @@ def replay_readings(config, readers: dict[str, SigmfReceiver]) -> list[dict]:
 
 
 def observations_from_sigmf(config, collection_path: str | Path) -> Observations:
-    """Observations (``streamer.calibrate``) of every annotated transmission in a SigMF collection (module doc)."""
+    """Observations (``streamer.tools.calibrate``) of every annotated transmission in a SigMF collection (module doc)."""
     path = Path(collection_path)
     readers = _stream_receivers(config, path)
     try:
         transmissions = read_transmissions(readers)
         if not transmissions:
             raise ObservationsError(f"{path}: no annotation carries {EMITTER_KEY} with a geolocation (module doc of "
-                                    "streamer.sigmf_observations)")
+                                    "streamer.tools.observations)")
         powers = [t.tx_power_dbm for t in transmissions]
         if any(p is None for p in powers) and not all(p is None for p in powers):
             missing = next(t.where for t in transmissions if t.tx_power_dbm is None)
@@ -176,4 +278,3 @@ def observations_from_sigmf(config, collection_path: str | Path) -> Observations
 def is_sigmf(path: str | Path) -> bool:
     """Whether ``heimdall calibrate`` should read ``path`` as a SigMF collection rather than a CSV."""
     return Path(path).suffix == sigmf.SIGMF_COLLECTION_EXT
-

@@ -3,7 +3,7 @@
 The load: ``--receivers`` simulated receivers (default 16) spread over the default network's area, each
 delivering ``--rate`` samples/s (default 48000, a 12.5 kHz channel with margin) in real time, hearing a
 transmitter that is keyed almost all the time (so every window can be localized and the localization
-rate measures the pipeline, not the traffic). The daemon is ``streamer.app.Daemon`` with the physics
+rate measures the pipeline, not the traffic). The daemon is ``streamer.daemon.app.Daemon`` with the physics
 estimator; this module subscribes to its output and reads its ``Metrics`` object every ``--interval-s``.
 
 Checks (after ``--warmup-minutes``):
@@ -318,7 +318,7 @@ class SoakResult:
 
 # Running ---------------------------------------------------------------------------------------------
 def run_soak(args: argparse.Namespace) -> SoakResult:
-    from streamer.app import Daemon
+    from streamer.daemon.app import Daemon
 
     cfg = soak_config(args.receivers, args.rate, seed=args.seed)
     ids = [rx.id for rx in cfg.receivers]

@@ -25,7 +25,7 @@ One output is optional; the daemon reads it from a model that declares it:
 
 - ``ellipse_scale`` [B, 2] float32, the credible ellipses' size: the Mahalanobis radii (standard deviations of
   ``covariance_km2``) of the ellipses about ``position_enu_km``, with the covariance's shape, that hold 68 % and
-  95 % of the model's posterior (``ELLIPSE_PROBABILITIES``, ``streamer.credible``). Without it the daemon takes
+  95 % of the model's posterior (``ELLIPSE_PROBABILITIES``, ``streamer.estimators.credible``). Without it the daemon takes
   a Gaussian's, sqrt(-2 ln(1 - p)) (1.515 and 2.448).
 
 Dimensions may be static or symbolic; a static R, M or T must equal the metadata's ``max_receivers``,
@@ -36,7 +36,7 @@ The model's ``metadata_props`` carry one key, ``heimdall``, whose value is the J
 
 Examples
 --------
->>> from streamer.features import FeatureSpec
+>>> from streamer.dsp.features import FeatureSpec
 >>> meta = ModelMetadata(name="demo", version="1", features=FeatureSpec(), normalisation=Normalisation(-100.0, 20.0),
 ...                      max_receivers=8, freq_range_hz=(144e6, 148e6), training_data="simulated")
 >>> ModelMetadata.from_json(meta.to_json()) == meta
@@ -55,9 +55,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from streamer.credible import ELLIPSE_PROBABILITIES
-from streamer.errors import ModelMismatchError
-from streamer.features import FeatureSpec
+from streamer.core.errors import ModelMismatchError
+from streamer.dsp.features import FeatureSpec
+from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 
 METADATA_KEY = "heimdall"
 COORDINATES = "enu_km"
@@ -89,7 +89,7 @@ SITE_PROPAGATION_WIDTH = 5
 AREA_INPUT = "search_area_enu_km"
 SEARCH_AREA_WIDTH = 5
 OPTIONAL_INPUTS = (TensorContract(SITE_INPUT, ("B", SITE_PROPAGATION_WIDTH)), TensorContract(AREA_INPUT, ("B", SEARCH_AREA_WIDTH)))
-#: The optional output: ellipse radii [B, P] for the probabilities ``streamer.credible.ELLIPSE_PROBABILITIES``.
+#: The optional output: ellipse radii [B, P] for the probabilities ``streamer.estimators.credible.ELLIPSE_PROBABILITIES``.
 ELLIPSE_OUTPUT = "ellipse_scale"
 OPTIONAL_OUTPUTS = (TensorContract(ELLIPSE_OUTPUT, ("B", len(ELLIPSE_PROBABILITIES))),)
 INPUT_NAMES = tuple(t.name for t in INPUTS)
@@ -124,7 +124,7 @@ def search_area_row(area) -> np.ndarray:
 def network_search_area_row(config) -> np.ndarray:
     """``search_area_row`` of a ``Config``'s search area (``geodesy.network_geometry``: the configured receivers'
     bounding box grown by ``network.area_margin_km``), the area the physics estimator puts its prior on."""
-    from streamer.geodesy import network_geometry
+    from streamer.core.geodesy import network_geometry
 
     return search_area_row(network_geometry(config)[2])
 

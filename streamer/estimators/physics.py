@@ -3,7 +3,7 @@
 Three pieces, used in this order by the daemon's physics estimator:
 
 1. ``channel_power(frames_dbm, spec, ...)``: one window's mel frames ``[R, M, T]`` (dBm, from
-   ``streamer.features.mel_frames_dbm``) -> per-receiver in-channel signal power, noise power and a
+   ``streamer.dsp.features.mel_frames_dbm``) -> per-receiver in-channel signal power, noise power and a
    "heard" flag. In-channel means mel bands centred within +-channel_bandwidth/2 of the carrier; the
    noise density comes from the other bands, so no receiver has to be told its noise floor.
 2. ``log_distance_path_loss_db`` / ``slant_distance_m``: the median propagation model shared with the
@@ -12,7 +12,7 @@ Three pieces, used in this order by the daemon's physics estimator:
    position and on transmit power, a Gaussian likelihood (variance shadowing^2 + calibration^2) for the
    receivers that heard and a censoring term P(received < detection level) for those that did not.
    It reports the posterior mean, the full 2x2 covariance (m, m^2) and the credible ellipses' radii
-   (``streamer.credible``: the covariance's shape scaled to hold 68 % / 95 % of the posterior).
+   (``streamer.estimators.credible``: the covariance's shape scaled to hold 68 % / 95 % of the posterior).
 
 Why a posterior and not maximum likelihood with a Fisher ellipse: with 6 dB shadowing the likelihood is
 far from Gaussian (banana-shaped, clipped by the area) and ML + Fisher covers the truth only ~56 % / 75 %
@@ -26,6 +26,7 @@ Examples
 105.7
 """
 
+
 from __future__ import annotations
 
 import math
@@ -34,162 +35,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr
 
-from streamer.credible import PHYSICS_SUBDIVISIONS, credible_scales
-from streamer.features import FeatureSpec, band_power_dbm, bands_between, mel_filterbank
-from streamer.geodesy import SearchArea, network_geometry
-
-#: Shortest distance the log-distance model is evaluated at (m): below it the model (referenced to 1 km)
-#: would predict absurd gains, and a transmitter that close saturates any receiver anyway.
-MIN_DISTANCE_M = 100.0
+from streamer.config import Config
+from streamer.core.geodesy import SearchArea, network_geometry
+from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
+from streamer.estimators.base import Estimate, EstimatorInputs, file_sha256
+from streamer.estimators.credible import PHYSICS_SUBDIVISIONS, credible_scales
+from streamer.estimators.survey import load_map
 
 #: Resolution of the numerical marginalisation over transmit power (dB). The power likelihood is at
 #: least sigma / sqrt(16 receivers) ~ 1.6 dB wide, so the midpoint rule at 0.5 dB stays within 0.01 nat
 #: of the exact integral (tests/streamer/test_physics.py); 0.25 dB cost twice as much for nothing visible.
 POWER_STEP_DB = 0.5
-
-#: Floor for linear powers that noise subtraction drives to zero or below (mW): -200 dBm.
-_POWER_FLOOR_MW = 1e-20
-
-
-# ----------------------------------------------------------------------------------------------------
-# Propagation model (shared with receivers.simulator)
-
-
-def log_distance_path_loss_db(distance_m, ref_loss_db: float, exponent: float) -> np.ndarray:
-    """Median path loss (dB): ``ref_loss_db + 10 n log10(d / 1 km)``, d clamped at ``MIN_DISTANCE_M``."""
-    d = np.maximum(np.asarray(distance_m, dtype=np.float64), MIN_DISTANCE_M)
-    return ref_loss_db + 10.0 * exponent * np.log10(d / 1000.0)
-
-
-def slant_distance_m(tx_en_m, tx_alt_m, rx_en_m, rx_alt_m) -> np.ndarray:
-    """3-D distance (m) from transmitters ``[..., 2]`` (east, north) to receivers ``[R, 2]``: ``[..., R]``.
-
-    Horizontal coordinates are the network's ENU east/north; the vertical separation is the difference of
-    heights above the ellipsoid (m). Earth curvature is left out: over 200 km it changes a slant range by
-    metres, far below what received power can resolve.
-    """
-    tx = np.asarray(tx_en_m, dtype=np.float64)
-    rx = np.asarray(rx_en_m, dtype=np.float64)[:, :2]
-    de = tx[..., None, 0] - rx[:, 0]
-    dn = tx[..., None, 1] - rx[:, 1]
-    dz = np.asarray(tx_alt_m, dtype=np.float64)[..., None] - np.asarray(rx_alt_m, dtype=np.float64)
-    return np.sqrt(de * de + dn * dn + dz * dz)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Mel frames -> in-channel power
-
-
-@dataclass(frozen=True)
-class ChannelPower:
-    """Per-receiver power in the channel, from one window's mel frames. All arrays are ``[R]``.
-
-    signal_dbm : in-channel power minus the estimated noise in the same bands (dBm at the antenna, as
-        far as ``calibration_db`` is right); -200 dBm when the noise estimate swallows it.
-    noise_dbm : noise power in ``channel_bandwidth_hz`` (dBm), from the out-of-channel bands.
-    snr_db : signal_dbm - noise_dbm.
-    heard : snr_db >= the detection threshold.
-    detection_level_dbm : noise_dbm + detection threshold: the signal power below which a receiver does
-        not hear (the estimator's censoring level).
-    """
-
-    signal_dbm: np.ndarray
-    noise_dbm: np.ndarray
-    snr_db: np.ndarray
-    heard: np.ndarray
-    detection_level_dbm: np.ndarray
-
-
-def bands_noise_bandwidth_hz(spec: FeatureSpec, low_hz: float, high_hz: float) -> float:
-    """Equivalent noise bandwidth (Hz) of the mel bands that ``band_power_dbm(spec, low_hz, high_hz)`` sums.
-
-    White noise of density N0 (mW/Hz) reads N0 times this in those bands, so this is the exact
-    conversion between band power and density for the discrete filterbank (triangles, DC notch and all).
-    """
-    return float(mel_filterbank(spec)[bands_between(spec, low_hz, high_hz)].sum() * spec.sample_rate_hz / spec.n_fft)
-
-
-@dataclass(frozen=True)
-class ChannelBands:
-    """Which mel bands ``channel_power`` reads as the channel and which as noise, and their noise bandwidths (Hz).
-
-    in_channel, noise : ``[n_mels]`` bool masks (band centres within +-half the channel bandwidth; out-of-channel
-        bands up to ``noise_max_offset_hz``). in_bandwidth_hz, noise_bandwidth_hz : their equivalent noise
-        bandwidths (``bands_noise_bandwidth_hz``). channel_bandwidth_hz : the channel's occupied bandwidth.
-    """
-
-    in_channel: np.ndarray
-    noise: np.ndarray
-    in_bandwidth_hz: float
-    noise_bandwidth_hz: float
-    channel_bandwidth_hz: float
-
-
-def channel_bands(spec: FeatureSpec, channel_bandwidth_hz: float, noise_max_offset_hz: float | None = None) -> ChannelBands:
-    """The band selection of ``channel_power`` (its parameters; also what a model that measures power the daemon's way
-    needs). Raises ``ValueError`` when ``noise_max_offset_hz`` is inside the channel or no band falls on either side."""
-    half_bw = 0.5 * channel_bandwidth_hz
-    top = np.inf if noise_max_offset_hz is None else float(noise_max_offset_hz)
-    if top <= half_bw:
-        raise ValueError(f"noise_max_offset_hz ({top} Hz) must exceed half the channel bandwidth ({half_bw} Hz)")
-    in_bw = bands_noise_bandwidth_hz(spec, -half_bw, half_bw)
-    out_bw = bands_noise_bandwidth_hz(spec, half_bw, top) + bands_noise_bandwidth_hz(spec, -top, -half_bw)
-    if in_bw <= 0 or out_bw <= 0:
-        raise ValueError(
-            f"channel_power: no mel band inside +-{half_bw} Hz or none outside it at fs={spec.sample_rate_hz} Hz, "
-            f"n_mels={spec.n_mels}"
-        )
-    in_channel = bands_between(spec, -half_bw, half_bw)
-    noise = bands_between(spec, half_bw, top) | bands_between(spec, -top, -half_bw)
-    return ChannelBands(in_channel, noise, in_bw, out_bw, float(channel_bandwidth_hz))
-
-
-def channel_power(
-    frames_dbm: np.ndarray,
-    spec: FeatureSpec,
-    *,
-    channel_bandwidth_hz: float,
-    detection_snr_db: float,
-    noise_max_offset_hz: float | None = None,
-) -> ChannelPower:
-    """In-channel signal power, noise power and heard flag of each receiver in one window.
-
-    Parameters
-    ----------
-    frames_dbm : ``[R, M, T]`` (or ``[M, T]``) dBm mel frames from ``features.mel_frames_dbm`` of IQ that
-        the channelizer centred on the target frequency.
-    spec : the FeatureSpec the frames were made with.
-    channel_bandwidth_hz : occupied bandwidth (Hz); bands centred within +-half of it are in-channel.
-    detection_snr_db : in-channel SNR (dB) at or above which a receiver counts as hearing.
-    noise_max_offset_hz : only bands centred below this |offset| (Hz) estimate the noise (use it to skip
-        bands in the channelizer's roll-off); default: all out-of-channel bands.
-
-    Noise is assumed white across the window's bandwidth: its density is the out-of-channel band power
-    divided by those bands' noise bandwidth; it is subtracted from the in-channel power (over the
-    in-channel bands' own noise bandwidth) to leave the signal, and reported over ``channel_bandwidth_hz``.
-    """
-    bands = channel_bands(spec, channel_bandwidth_hz, noise_max_offset_hz)
-    half_bw = 0.5 * channel_bandwidth_hz
-    top = np.inf if noise_max_offset_hz is None else float(noise_max_offset_hz)
-    in_bw, out_bw = bands.in_bandwidth_hz, bands.noise_bandwidth_hz
-    frames = np.asarray(frames_dbm)
-    in_mw = 10.0 ** (band_power_dbm(frames, spec, -half_bw, half_bw) / 10.0)
-    out_mw = 10.0 ** (band_power_dbm(frames, spec, half_bw, top) / 10.0) + 10.0 ** (
-        band_power_dbm(frames, spec, -top, -half_bw) / 10.0
-    )
-    density_mw_hz = out_mw / out_bw
-    signal_mw = np.maximum(in_mw - density_mw_hz * in_bw, _POWER_FLOOR_MW)
-    noise_mw = np.maximum(density_mw_hz * channel_bandwidth_hz, _POWER_FLOOR_MW)
-    signal_dbm = 10.0 * np.log10(signal_mw)
-    noise_dbm = 10.0 * np.log10(noise_mw)
-    snr_db = signal_dbm - noise_dbm
-    return ChannelPower(
-        signal_dbm=signal_dbm,
-        noise_dbm=noise_dbm,
-        snr_db=snr_db,
-        heard=snr_db >= detection_snr_db,
-        detection_level_dbm=noise_dbm + detection_snr_db,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -258,7 +114,7 @@ class PhysicsEstimator:
     Examples
     --------
     >>> from streamer.config import PhysicsConfig
-    >>> from streamer.geodesy import SearchArea
+    >>> from streamer.core.geodesy import SearchArea
     >>> est = PhysicsEstimator(PhysicsConfig(), [[0, 0], [40e3, 0], [0, 40e3]], [100, 100, 100],
     ...                        SearchArea(-30e3, 70e3, -30e3, 70e3))
     >>> res = est.estimate([-80.0, -95.0, -95.0], heard=[True, True, True], present=[True, True, True],
@@ -318,7 +174,7 @@ class PhysicsEstimator:
     @classmethod
     def from_config(cls, config, shadowing_map=None) -> "PhysicsEstimator":
         """Estimator for a ``Config``'s receivers, search area and ``estimator.physics`` section (``shadowing_map``:
-        the callable of ``__init__``, e.g. ``streamer.survey.load_map(config)``)."""
+        the callable of ``__init__``, e.g. ``streamer.estimators.survey.load_map(config)``)."""
         _, rx_enu, area = network_geometry(config)
         alts = np.array([rx.alt_m for rx in config.receivers], dtype=np.float64)
         return cls(config.estimator.physics, rx_enu, alts, area, shadowing_map=shadowing_map)
@@ -525,3 +381,29 @@ def correlated_error_cov(rx_en_m, sigma_db, components=(), calibration_sigma_db:
         rho += w * np.exp(-d / length)
     np.fill_diagonal(rho, 1.0)
     return sig[:, None] * sig[None, :] * rho + calibration_sigma_db**2 * np.eye(n)
+
+
+class PhysicsPosterior:
+    """streamer.estimators.physics.PhysicsEstimator behind the Estimator protocol, with the surveyed shadowing map of
+    ``estimator.physics.shadowing_map`` when set (``streamer.estimators.survey.load_map``: ConfigError when it does not fit)."""
+
+    name = "physics"
+
+    def __init__(self, config: Config) -> None:
+        survey = load_map(config) if config.estimator.physics.shadowing_map is not None else None
+        self._estimator = PhysicsEstimator.from_config(config, shadowing_map=survey)
+        # With a survey map, sha256 is the map file's: the messages say which survey fed the posterior.
+        self.info = {"name": "physics-posterior", "version": "1",
+                     "sha256": "" if survey is None else file_sha256(config.estimator.physics.shadowing_map)}
+        self.provider = "numpy"
+        self._covariance_scale = config.estimator.physics.covariance_scale
+
+    def estimate(self, inputs: EstimatorInputs) -> Estimate:
+        result = self._estimator.estimate(
+            rx_power_dbm=inputs.rx_power_dbm,
+            heard=inputs.heard,
+            present=inputs.present,
+            detection_level_dbm=inputs.detection_level_dbm,
+        )
+        return Estimate(self.name, np.asarray(result.position_en_m), self._covariance_scale * np.asarray(result.cov_en_m2),
+                        self._covariance_scale, np.asarray(result.ellipse_scales))

@@ -1,0 +1,133 @@
+"""The one detection rule: a window's mel frames (dBm) -> per-receiver in-channel signal power, noise power and
+"heard" (in-channel SNR at or above the threshold).
+
+In-channel means mel bands centred within +-channel_bandwidth/2 of the carrier; the noise density comes from the
+other bands, so no receiver has to be told its noise floor."""
+
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.dsp.features import FeatureSpec, band_power_dbm, bands_between, mel_filterbank
+
+#: Floor for linear powers that noise subtraction drives to zero or below (mW): -200 dBm.
+_POWER_FLOOR_MW = 1e-20
+
+
+# ----------------------------------------------------------------------------------------------------
+# Mel frames -> in-channel power
+
+
+@dataclass(frozen=True)
+class ChannelPower:
+    """Per-receiver power in the channel, from one window's mel frames. All arrays are ``[R]``.
+
+    signal_dbm : in-channel power minus the estimated noise in the same bands (dBm at the antenna, as
+        far as ``calibration_db`` is right); -200 dBm when the noise estimate swallows it.
+    noise_dbm : noise power in ``channel_bandwidth_hz`` (dBm), from the out-of-channel bands.
+    snr_db : signal_dbm - noise_dbm.
+    heard : snr_db >= the detection threshold.
+    detection_level_dbm : noise_dbm + detection threshold: the signal power below which a receiver does
+        not hear (the estimator's censoring level).
+    """
+
+    signal_dbm: np.ndarray
+    noise_dbm: np.ndarray
+    snr_db: np.ndarray
+    heard: np.ndarray
+    detection_level_dbm: np.ndarray
+
+
+def bands_noise_bandwidth_hz(spec: FeatureSpec, low_hz: float, high_hz: float) -> float:
+    """Equivalent noise bandwidth (Hz) of the mel bands that ``band_power_dbm(spec, low_hz, high_hz)`` sums.
+
+    White noise of density N0 (mW/Hz) reads N0 times this in those bands, so this is the exact
+    conversion between band power and density for the discrete filterbank (triangles, DC notch and all).
+    """
+    return float(mel_filterbank(spec)[bands_between(spec, low_hz, high_hz)].sum() * spec.sample_rate_hz / spec.n_fft)
+
+
+@dataclass(frozen=True)
+class ChannelBands:
+    """Which mel bands ``channel_power`` reads as the channel and which as noise, and their noise bandwidths (Hz).
+
+    in_channel, noise : ``[n_mels]`` bool masks (band centres within +-half the channel bandwidth; out-of-channel
+        bands up to ``noise_max_offset_hz``). in_bandwidth_hz, noise_bandwidth_hz : their equivalent noise
+        bandwidths (``bands_noise_bandwidth_hz``). channel_bandwidth_hz : the channel's occupied bandwidth.
+    """
+
+    in_channel: np.ndarray
+    noise: np.ndarray
+    in_bandwidth_hz: float
+    noise_bandwidth_hz: float
+    channel_bandwidth_hz: float
+
+
+def channel_bands(spec: FeatureSpec, channel_bandwidth_hz: float, noise_max_offset_hz: float | None = None) -> ChannelBands:
+    """The band selection of ``channel_power`` (its parameters; also what a model that measures power the daemon's way
+    needs). Raises ``ValueError`` when ``noise_max_offset_hz`` is inside the channel or no band falls on either side."""
+    half_bw = 0.5 * channel_bandwidth_hz
+    top = np.inf if noise_max_offset_hz is None else float(noise_max_offset_hz)
+    if top <= half_bw:
+        raise ValueError(f"noise_max_offset_hz ({top} Hz) must exceed half the channel bandwidth ({half_bw} Hz)")
+    in_bw = bands_noise_bandwidth_hz(spec, -half_bw, half_bw)
+    out_bw = bands_noise_bandwidth_hz(spec, half_bw, top) + bands_noise_bandwidth_hz(spec, -top, -half_bw)
+    if in_bw <= 0 or out_bw <= 0:
+        raise ValueError(
+            f"channel_power: no mel band inside +-{half_bw} Hz or none outside it at fs={spec.sample_rate_hz} Hz, "
+            f"n_mels={spec.n_mels}"
+        )
+    in_channel = bands_between(spec, -half_bw, half_bw)
+    noise = bands_between(spec, half_bw, top) | bands_between(spec, -top, -half_bw)
+    return ChannelBands(in_channel, noise, in_bw, out_bw, float(channel_bandwidth_hz))
+
+
+def channel_power(
+    frames_dbm: np.ndarray,
+    spec: FeatureSpec,
+    *,
+    channel_bandwidth_hz: float,
+    detection_snr_db: float,
+    noise_max_offset_hz: float | None = None,
+) -> ChannelPower:
+    """In-channel signal power, noise power and heard flag of each receiver in one window.
+
+    Parameters
+    ----------
+    frames_dbm : ``[R, M, T]`` (or ``[M, T]``) dBm mel frames from ``features.mel_frames_dbm`` of IQ that
+        the channelizer centred on the target frequency.
+    spec : the FeatureSpec the frames were made with.
+    channel_bandwidth_hz : occupied bandwidth (Hz); bands centred within +-half of it are in-channel.
+    detection_snr_db : in-channel SNR (dB) at or above which a receiver counts as hearing.
+    noise_max_offset_hz : only bands centred below this |offset| (Hz) estimate the noise (use it to skip
+        bands in the channelizer's roll-off); default: all out-of-channel bands.
+
+    Noise is assumed white across the window's bandwidth: its density is the out-of-channel band power
+    divided by those bands' noise bandwidth; it is subtracted from the in-channel power (over the
+    in-channel bands' own noise bandwidth) to leave the signal, and reported over ``channel_bandwidth_hz``.
+    """
+    bands = channel_bands(spec, channel_bandwidth_hz, noise_max_offset_hz)
+    half_bw = 0.5 * channel_bandwidth_hz
+    top = np.inf if noise_max_offset_hz is None else float(noise_max_offset_hz)
+    in_bw, out_bw = bands.in_bandwidth_hz, bands.noise_bandwidth_hz
+    frames = np.asarray(frames_dbm)
+    in_mw = 10.0 ** (band_power_dbm(frames, spec, -half_bw, half_bw) / 10.0)
+    out_mw = 10.0 ** (band_power_dbm(frames, spec, half_bw, top) / 10.0) + 10.0 ** (
+        band_power_dbm(frames, spec, -top, -half_bw) / 10.0
+    )
+    density_mw_hz = out_mw / out_bw
+    signal_mw = np.maximum(in_mw - density_mw_hz * in_bw, _POWER_FLOOR_MW)
+    noise_mw = np.maximum(density_mw_hz * channel_bandwidth_hz, _POWER_FLOOR_MW)
+    signal_dbm = 10.0 * np.log10(signal_mw)
+    noise_dbm = 10.0 * np.log10(noise_mw)
+    snr_db = signal_dbm - noise_dbm
+    return ChannelPower(
+        signal_dbm=signal_dbm,
+        noise_dbm=noise_dbm,
+        snr_db=snr_db,
+        heard=snr_db >= detection_snr_db,
+        detection_level_dbm=noise_dbm + detection_snr_db,
+    )
