@@ -91,6 +91,7 @@ from receivers.framing import FrameError
 from receivers.hostclock import HostClock
 from receivers.zmq_framed import PolledSocket, open_socket
 from streamer.core.boundedlog import BoundedLog
+from streamer.core.docs import doc as _doc
 from streamer.core.security import SocketEvents
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,6 @@ _SPLIT_TAGS = ("rx_rate", "rx_freq", "rx_time")
 #: A gr-zeromq sink sends a tag with the message holding its item, so real streams hold none.
 MAX_PENDING_TAGS = 1024
 _RECONNECT_GRACE_S = 1.0  # libzmq schedules a reconnect at once after an ordinary disconnect
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
 
 
 @dataclass(frozen=True)

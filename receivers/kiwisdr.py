@@ -75,6 +75,7 @@ import numpy as np
 
 from receivers.base import DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext
 from receivers.tcp import ClosableConnection, ClosedWhileConnecting
+from streamer.core.docs import doc as _doc
 from streamer.core.errors import ConfigError, ReceiverFatalError, ReceiverTransientError
 
 log = logging.getLogger(__name__)
@@ -104,10 +105,6 @@ MAX_MESSAGE_BYTES = 1 << 20
 _SND_HEADER = struct.Struct("<3sBIHBBII")  # SMETER is BE: fixed below
 _BE_I16 = np.dtype(">i2")
 _LE_I16 = np.dtype("<i2")
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from receivers.base import Flags, IQBlock, ReceiverBase, ReceiverContext
+from streamer.core.docs import doc as _doc
 from streamer.core.errors import MissingDependencyError, ReceiverFatalError, ReceiverTransientError
 
 if TYPE_CHECKING:
@@ -78,10 +79,6 @@ _LINK_ERRNOS = {
     errno.ETIMEDOUT, errno.EPIPE, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED,
     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EIO, errno.ENOTCONN, errno.EAGAIN, errno.EINTR,
 }
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ import numpy as np
 
 from receivers.base import Flags, IQBlock, ReceiverBase, ReceiverContext
 from receivers.tcp import ClosableConnection
+from streamer.core.docs import doc as _doc
 from streamer.core.errors import ReceiverFatalError, ReceiverTransientError
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,6 @@ TUNERS = {1: "E4000", 2: "FC0012", 3: "FC0013", 4: "FC2580", 5: "R820T", 6: "R82
 
 #: u8 -> float32 lookup: one gather converts a whole block.
 _LUT = ((np.arange(256, dtype=np.float32) - np.float32(127.5)) / np.float32(127.5)).astype(np.float32)
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
 
 
 def _valid_rtl_rate(rate_hz: float) -> bool:

@@ -71,6 +71,7 @@ import sigmf
 from sigmf.error import SigMFError
 
 from receivers.base import TIME_SOURCES, Flags, IQBlock, ReceiverBase, ReceiverContext
+from streamer.core.docs import doc as _doc
 from streamer.core.errors import ReceiverFatalError
 
 log = logging.getLogger(__name__)
@@ -137,10 +138,6 @@ def flags_from_names(names) -> Flags:
 def flag_names(flags: Flags) -> list[str]:
     """``Flags`` -> sorted list of names (for ``heimdall:flags``)."""
     return sorted(f.name for f in Flags if f.value and flags & f)
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from receivers.base import IQBlock, ReceiverBase, ReceiverContext
+from streamer.core.docs import doc as _doc
 from streamer.core.geodesy import SearchArea, enu_to_geodetic, network_geometry
 from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
 
@@ -591,10 +592,6 @@ def render_windows(
                 x = channelizer.process(block).samples[lead : lead + n_samples]
             out[b, j] = x
     return out
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
 
 
 class SimulatedReceiver(ReceiverBase):

@@ -74,6 +74,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from receivers.base import DropCounter, Flags, IQBlock, ReceiverBase, ReceiverContext
+from streamer.core.docs import doc as _doc
 from streamer.core.errors import MissingDependencyError, ReceiverFatalError, ReceiverTransientError
 
 log = logging.getLogger(__name__)
@@ -88,10 +89,6 @@ TIMEOUT, STREAM_ERROR, CORRUPTION, OVERFLOW, NOT_SUPPORTED, TIME_ERROR, UNDERFLO
 HAS_TIME = 1 << 2
 STREAM_FORMATS = ("CF32", "CS16")
 DEFAULT_READ_SIZE = 16384  # used when a module reports an MTU of 0
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
 
 
 def _no_gauge(receiver_id: str, name: str, value: float) -> None:

@@ -60,15 +60,12 @@ from receivers.base import (MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ, DropCounter,
                             check_socket_options, plausible_rate)
 from receivers.framing import FrameError, decode, encode
 from streamer.core.boundedlog import BoundedLog
+from streamer.core.docs import doc as _doc
 from streamer.core.errors import ReceiverFatalError, ReceiverTransientError
 from streamer.core.security import INGEST_DOMAIN, KeyPair, SocketEvents, load_secret_key, make_curve_client, make_curve_server
 
 log = logging.getLogger(__name__)
 _bounded = BoundedLog(log)  # bad input from a peer: counted always, logged a few lines a minute per reason
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
 
 
 @dataclass(frozen=True)

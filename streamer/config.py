@@ -30,12 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from receivers.base import ZMQ_INT_MAX
+from streamer.core.docs import doc as _doc
 from streamer.core.errors import ConfigError
 from streamer.dsp.features import FeatureSpec
-
-
-def _doc(text: str) -> dict[str, str]:
-    return {"doc": text}
 
 
 @dataclass(frozen=True)
