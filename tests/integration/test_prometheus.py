@@ -27,8 +27,8 @@ import pytest
 import zmq
 
 from tests.helpers.daemon import default_config, default_receivers, merge, running_daemon, to_toml
-from tests.ops.test_dashboard import load_dashboard, substitute, targets, test_values
-from tests.test_metrics_doc import METRICS_DOC
+from tests.helpers.dashboard import load_dashboard, substitute, targets, variable_values
+from tests.helpers.metrics_doc import METRICS_DOC
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "config" / "prometheus" / "heimdall-alerts.yml"
@@ -122,7 +122,7 @@ def _problems(base: str, rate_hz: float) -> dict[str, str]:
     if not targets_now or targets_now[0]["health"] != "up":
         return {"target": f"not up yet: {[(t['health'], t.get('lastError')) for t in targets_now]}"}
 
-    variables = test_values(rate_interval="30s")
+    variables = variable_values(rate_interval="30s")
     for title, target in targets(load_dashboard()):
         expr = substitute(target["expr"], variables)
         result = query(base, expr)

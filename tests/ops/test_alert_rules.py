@@ -9,8 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.ops.test_dashboard import metric_names
-from tests.test_metrics_doc import exposed_series
+
+from tests.helpers.metrics_doc import exposed_series
+from tests.helpers.promql import metric_names
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "config" / "prometheus"

@@ -2,64 +2,17 @@
 that streamer.daemon.metrics registers. (Whether each query returns data from a live daemon is checked against a
 real Prometheus in tests/integration/test_prometheus.py.)
 
-The small PromQL scanner here (``metric_names``, ``label_names``, ``substitute``) is shared with the alert
-rule and Prometheus tests.
+The PromQL scanner is tests/helpers/promql.py and the dashboard reader tests/helpers/dashboard.py, shared with
+the alert rule and Prometheus tests.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
-from tests.test_metrics_doc import documented_series, exposed_series
-
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "config" / "grafana" / "heimdall.json"
-
-# PromQL scanning ---------------------------------------------------------------------------------------
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
-_SELECTOR = re.compile(r"\{([^}]*)\}")
-_MATCHER = re.compile(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)")
-_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
-_RANGE = re.compile(r"\[[^\]]*\]")
-_IDENT = re.compile(r"(?<![\w.$])([A-Za-z_:][\w:]*)(\s*\()?")
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or", "unless",
-             "inf", "nan", "Inf", "NaN"}
-
-
-def _without_strings(expr: str) -> str:
-    return _STRING.sub('""', expr)
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (functions, keywords, labels and literals left out).
-
-    >>> sorted(metric_names('sum by (le) (rate(x_bucket{a=~"$v"}[$__rate_interval])) / on (a) y'))
-    ['x_bucket', 'y']
-    """
-    text = _RANGE.sub(" ", _GROUPING.sub(" ", _SELECTOR.sub(" ", _without_strings(expr))))
-    return {m.group(1) for m in _IDENT.finditer(text) if not m.group(2) and m.group(1) not in _KEYWORDS}
-
-
-def label_names(expr: str) -> set[str]:
-    """Label names used in selectors and in by/without/on/ignoring/group_* clauses.
-
-    >>> sorted(label_names('sum by (le, receiver) (x{stage="pipeline"})'))
-    ['le', 'receiver', 'stage']
-    """
-    text = _without_strings(expr)
-    names = {m.group(1) for sel in _SELECTOR.findall(text) for m in _MATCHER.finditer(sel)}
-    for _, inner in _GROUPING.findall(text):
-        names |= {label.strip() for label in inner.split(",") if label.strip()}
-    return names
-
-
-def substitute(expr: str, variables: dict[str, str]) -> str:
-    """Replace Grafana ``$name`` / ``${name}`` variables (longest names first, so ``$__rate_interval`` wins)."""
-    for name in sorted(variables, key=len, reverse=True):
-        expr = expr.replace("${" + name + "}", variables[name]).replace("$" + name, variables[name])
-    return expr
+from tests.helpers.dashboard import load_dashboard, panels, substitute, targets, template_variables, variable_values
+from tests.helpers.metrics_doc import documented_series, exposed_series
+from tests.helpers.promql import label_names, metric_names
 
 
 def labels_of(series: str, documented: dict[str, tuple[str, tuple[str, ...]]]) -> set[str]:
@@ -69,39 +22,6 @@ def labels_of(series: str, documented: dict[str, tuple[str, tuple[str, ...]]]) -
         if series in (name, base + "_created") or (kind == "histogram" and series in (base + "_bucket", base + "_sum", base + "_count")):
             return set(labels) | ({"le"} if series.endswith("_bucket") else set())
     raise KeyError(series)
-
-
-# The dashboard ---------------------------------------------------------------------------------------
-def load_dashboard() -> dict:
-    return json.loads(DASHBOARD.read_text())
-
-
-def panels(dashboard: dict) -> list[dict]:
-    """Every panel that is not a row (rows may nest collapsed panels)."""
-    out = []
-    for panel in dashboard["panels"]:
-        if panel["type"] == "row":
-            out.extend(panel.get("panels", []))
-        else:
-            out.append(panel)
-    return out
-
-
-def targets(dashboard: dict) -> list[tuple[str, dict]]:
-    """(panel title, target) for every query."""
-    return [(p["title"], t) for p in panels(dashboard) for t in p.get("targets", [])]
-
-
-def template_variables(dashboard: dict) -> dict[str, dict]:
-    return {v["name"]: v for v in dashboard["templating"]["list"]}
-
-
-#: What a Prometheus-backed test puts in place of the dashboard's variables ("All" for the query variables).
-def test_values(rate_interval: str = "30s") -> dict[str, str]:
-    return {"instance": ".+", "receiver": ".+", "__rate_interval": rate_interval}
-
-
-test_values.__test__ = False  # a helper, not a test
 
 
 def test_top_level_structure():
@@ -169,7 +89,7 @@ def test_queries_use_only_defined_variables():
     for title, target in targets(d):
         used = set(re.findall(r"\$\{?(\w+)", target["expr"]))
         assert used <= defined, f"{title}: undefined variables {sorted(used - defined)}"
-        assert "$" not in substitute(target["expr"], test_values()), title
+        assert "$" not in substitute(target["expr"], variable_values()), title
 
 
 def test_required_views_are_there():
