@@ -12,7 +12,7 @@ import pytest
 
 from streamer.cli import format_localization, main
 from streamer.dsp.features import FeatureSpec
-from tests.onnx_models import known_model, save
+from tests.helpers.onnx_models import known_model, save
 
 SITE = """
 [pipeline]

@@ -20,7 +20,7 @@ from streamer.estimators.build import build_estimators
 from streamer.dsp.features import FeatureSpec, mel_frames_dbm
 from streamer.daemon.metrics import Metrics
 from streamer.daemon.pipeline import Pipeline
-from tests.onnx_models import OFFSET_DB, SCALE_DB, known_ellipse_scale, known_model, known_outputs, save
+from tests.helpers.onnx_models import OFFSET_DB, SCALE_DB, known_ellipse_scale, known_model, known_outputs, save
 
 START_NS = 1_790_000_000_000_000_000
 MAX_RX = 8

@@ -13,7 +13,7 @@ import pytest
 from streamer.estimators import onnx as inference
 from streamer.core.errors import ModelMismatchError
 from streamer.estimators.onnx import ModelOutput, OnnxEstimator, check_outputs, covariance_km2_to_m2, select_providers
-from tests.onnx_models import (OFFSET_DB, SCALE_DB, SMALL_SPEC, known_ellipse_scale, known_model, known_outputs, metadata,
+from tests.helpers.onnx_models import (OFFSET_DB, SCALE_DB, SMALL_SPEC, known_ellipse_scale, known_model, known_outputs, metadata,
                                 save)
 
 M, T = SMALL_SPEC.n_mels, SMALL_SPEC.n_frames

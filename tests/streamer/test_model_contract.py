@@ -13,7 +13,7 @@ import pytest
 from streamer.core.errors import ModelMismatchError
 from streamer.dsp.features import FeatureSpec
 from streamer.estimators.contract import ModelMetadata, Normalisation, check_model, read_metadata, write_metadata
-from tests.onnx_models import SMALL_SPEC, known_model, metadata, save
+from tests.helpers.onnx_models import SMALL_SPEC, known_model, metadata, save
 
 
 def _meta_json(**changes) -> str:

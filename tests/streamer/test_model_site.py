@@ -19,7 +19,7 @@ from streamer.estimators.contract import site_propagation
 from tests.helpers.daemon import write_config
 from streamer.estimators.onnx import OnnxEstimator
 from streamer.estimators.contract import search_area_row
-from tests.onnx_models import AREA_SHIFT, SITE_SHIFT, known_model, save
+from tests.helpers.onnx_models import AREA_SHIFT, SITE_SHIFT, known_model, save
 
 
 def test_site_propagation_is_what_the_physics_estimator_is_configured_with():
