@@ -28,7 +28,8 @@ from streamer.daemon.pacing import limits as pace_limits
 from streamer.daemon.pipeline import Pipeline
 from streamer.daemon.preflight import preflight
 from streamer.daemon.publish import ZmqPublisher
-from streamer.daemon.runner import BlockQueue, ReceiverRunner, coalesce_blocks
+from streamer.daemon.handoff import BlockQueue, coalesce_blocks
+from streamer.daemon.runner import ReceiverRunner
 from streamer.estimators.build import build_estimators
 
 log = logging.getLogger(__name__)
