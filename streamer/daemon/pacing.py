@@ -19,7 +19,7 @@ Receivers configured as not real-time are expected from the start: no paced bloc
 arrived with its first block or has left (``leave``: its source ended, failed or turned out to be
 real-time), so one that is slow to open is not left behind.
 
-``limits(config)`` derives ``lead_s`` (half of ``pipeline.late_tolerance_s``) and ``budget_s``
+``limits(config)`` (computed once per config by ``streamer.daemon.app.build``) derives ``lead_s`` (half of ``pipeline.late_tolerance_s``) and ``budget_s``
 (``pipeline.buffer_s`` less ``RING_MARGIN_S``). With blocks no longer than ``late_tolerance_s`` no paced
 receiver is then masked ``late`` while another one waits, and none overwrites its ring buffer, provided
 the buffer holds two windows plus a block (a lane may need that much to cover its next window).
@@ -27,7 +27,7 @@ the buffer holds two windows plus a block (a lane may need that much to cover it
 Examples
 --------
 >>> import threading, numpy as np
->>> from receivers.base import IQBlock
+>>> from receivers.base import IQBlock, plausible_rate
 >>> def block(rid, k):  # 0.1 s blocks at 1 kS/s
 ...     return IQBlock(rid, np.zeros(100, np.complex64), 100 * k, k * 10**8, "host", 1000.0, 0.0)
 >>> pacer = ReplayPacer(expected=["a", "b"], lead_s=0.1, budget_s=10.0)
@@ -52,7 +52,7 @@ import threading
 import time
 from typing import Iterable, Mapping
 
-from receivers.base import IQBlock
+from receivers.base import IQBlock, plausible_rate
 
 #: Kept free in each ring buffer below ``pipeline.buffer_s`` (s): the channelizer's rounding of input to
 #: output samples may put a few more samples in the ring than the input count suggests.
@@ -69,9 +69,10 @@ def limits(config) -> dict[str, float]:
 
 
 def _rate(block: IQBlock) -> float:
-    """The block's rate (Hz); infinite for a rate the lane will refuse (bad_rate), which then bounds nothing."""
+    """The block's rate (Hz); infinite for a rate the lane will refuse (bad_rate: outside ``plausible_rate``'s
+    MIN_SAMPLE_RATE_HZ to MAX_SAMPLE_RATE_HZ, or not a number), which then bounds nothing."""
     rate = block.sample_rate
-    return rate if isinstance(rate, (int, float)) and math.isfinite(rate) and rate > 0 else math.inf
+    return rate if isinstance(rate, (int, float)) and plausible_rate(rate) else math.inf
 
 
 def _end_ns(block: IQBlock) -> int:
