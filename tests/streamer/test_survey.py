@@ -19,7 +19,7 @@ from streamer.estimators.build import build_estimators
 from streamer.core.geodesy import geodetic_to_enu_m
 from streamer.estimators.physics import PhysicsEstimator
 from streamer.estimators.survey import load_map
-from tests.streamer.test_calibrate import observations, write_config, write_csv
+from tests.helpers.calibration import observations, write_config, write_csv
 
 N_SURVEY = 600   # transmissions at known positions in the survey
 N_HELD_OUT = 60  # other positions, localized with and without the map
