@@ -15,7 +15,7 @@ import pytest
 
 from receivers.base import Flags, IQBlock
 from streamer.daemon.handoff import COALESCE_TIME_TOLERANCE_NS, BlockQueue, coalesce_blocks
-from tests.streamer.test_lane_aligner import IN_RATE, Recorder, assert_accounting, tone_block
+from tests.helpers.lanes import IN_RATE, Recorder, assert_accounting, tone_block
 
 BLOCK_N = 12_000  # 50 ms at 240 kS/s
 
