@@ -32,7 +32,7 @@ from receivers.kiwisdr import FRAME_SAMPLES, KiwiSdrReceiver  # noqa: E402
 from receivers.rtl_tcp import RtlTcpReceiver  # noqa: E402
 from streamer.config import from_dict  # noqa: E402
 from streamer.core.errors import ReceiverError  # noqa: E402
-from tests.receivers.fake_servers import FakeKiwiServer, FakeRtlTcpServer  # noqa: E402
+from tests.helpers.fake_servers import FakeKiwiServer, FakeRtlTcpServer  # noqa: E402
 
 RTL_TYPICAL_HZ = 2_400_000.0
 KIWI_RATE_HZ = 12_000.0

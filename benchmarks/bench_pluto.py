@@ -1,6 +1,6 @@
 """Highest sample rate the Pluto adapter sustains from the fake iiod without losing samples, and its CPU.
 
-Runs the real pyadi-iio + libiio against tests/receivers/fake_iiod.py, served from a child process so the
+Runs the real pyadi-iio + libiio against tests/helpers/fake_iiod.py, served from a child process so the
 CPU figure is the adapter's alone (libiio + pyadi-iio + scaling). For each rate it streams for
 ``--seconds`` and reports the samples the fake's DMA model lost, the adapter's overflow count and the
 process CPU time per second of stream.
@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "receivers")]
+sys.path[:0] = [str(ROOT)]
 
-from fake_iiod import FakeIiod  # noqa: E402
 from receivers.base import ReceiverContext, TallyDropCounter  # noqa: E402
 from receivers.pluto import PlutoOptions, PlutoReceiver  # noqa: E402
 from streamer.config import Config  # noqa: E402
+from tests.helpers.fake_iiod import FakeIiod  # noqa: E402
 
 
 def serve(conn, rate_hz: float) -> None:

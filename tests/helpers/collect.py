@@ -1,9 +1,12 @@
-"""Iterate a receiver adapter in a thread so a test can take its blocks with a timeout."""
+"""Iterate a receiver adapter in a thread so a test can take its blocks with a timeout: block by block
+(``Collector``) or all at once until it ends (``collect``)."""
 
 from __future__ import annotations
 
 import queue
 import threading
+
+import pytest
 
 from receivers.base import IQBlock
 
@@ -37,3 +40,28 @@ class Collector:
         self.receiver.close()
         self.thread.join(TIMEOUT_S)
         assert not self.thread.is_alive(), "receiver did not stop after close()"
+
+
+def collect(rx, *, max_blocks: int | None = None, timeout: float = 10.0):
+    """Iterate in a thread; return (blocks, exception or None). Fails the test if iteration hangs."""
+    blocks, error = [], []
+
+    def run():
+        try:
+            for block in rx:
+                blocks.append(block)
+                if max_blocks is not None and len(blocks) >= max_blocks:
+                    break
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            error.append(exc)
+        finally:
+            rx.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        rx.close()
+        t.join(2)
+        pytest.fail(f"iteration did not end within {timeout} s")
+    return blocks, (error[0] if error else None)

@@ -27,8 +27,8 @@ from receivers.kiwisdr import (
 )
 from streamer.config import from_dict
 from streamer.core.errors import ConfigError, ReceiverFatalError, ReceiverTransientError
-from tests.receivers.fake_servers import FakeKiwiServer, expected_i16
-from tests.receivers.test_rtl_tcp import collect
+from tests.helpers.collect import collect
+from tests.helpers.fake_servers import FakeKiwiServer, expected_i16
 
 FS = 12_001.135
 

@@ -31,7 +31,7 @@ def _stack_available() -> bool:
 needs_stack = pytest.mark.skipif(not _stack_available(), reason=SKIP_REASON)
 
 if _stack_available():
-    from fake_iiod import FakeIiod  # noqa: E402 - tests/receivers is on sys.path under pytest
+    from tests.helpers.fake_iiod import FakeIiod
 else:  # pragma: no cover - the fake needs nothing, but every test using it needs the stack
     FakeIiod = None
 

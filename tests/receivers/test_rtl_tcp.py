@@ -15,38 +15,14 @@ from receivers.base import Flags, ReceiverContext, TallyDropCounter
 from receivers.rtl_tcp import RtlTcpReceiver, u8_to_complex64
 from streamer.config import from_dict
 from streamer.core.errors import ConfigError, ReceiverFatalError, ReceiverTransientError
-from tests.receivers.fake_servers import FakeRtlTcpServer
+from tests.helpers.collect import collect
+from tests.helpers.fake_servers import FakeRtlTcpServer
 
 
 def make_rx(server: FakeRtlTcpServer, **options) -> RtlTcpReceiver:
     table = {"id": "rtl1", "kind": "rtl_tcp", "lat": 45.0, "lon": 7.0, "host": server.host, "port": server.port}
     cfg = from_dict({"receivers": [{**table, **options}]}, source="test")
     return RtlTcpReceiver.from_config(cfg.receivers[0], ReceiverContext(config=cfg, drops=TallyDropCounter()))
-
-
-def collect(rx, *, max_blocks: int | None = None, timeout: float = 10.0):
-    """Iterate in a thread; return (blocks, exception or None). Fails the test if iteration hangs."""
-    blocks, error = [], []
-
-    def run():
-        try:
-            for block in rx:
-                blocks.append(block)
-                if max_blocks is not None and len(blocks) >= max_blocks:
-                    break
-        except Exception as exc:  # noqa: BLE001 - handed to the test
-            error.append(exc)
-        finally:
-            rx.close()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        rx.close()
-        t.join(2)
-        pytest.fail(f"iteration did not end within {timeout} s")
-    return blocks, (error[0] if error else None)
 
 
 def test_setup_commands_are_5_byte_big_endian_in_order():
