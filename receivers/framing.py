@@ -1,4 +1,4 @@
-"""Framed IQ over ZeroMQ, version 1: what ``heimdall receiver`` and the KiwiSDR bridge publish.
+"""Framed IQ over ZeroMQ, version 1: what ``heimdall receiver`` publishes.
 
 One ZeroMQ multipart message per IQBlock, three frames (docs/protocol.md, "IQ ingest (version 1)"):
 

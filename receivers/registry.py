@@ -1,4 +1,5 @@
-"""Config ``kind`` -> adapter class, imported only when a receiver of that kind is opened.
+"""Config ``kind`` -> adapter class, imported only when a receiver of that kind is opened, and the install hint
+for a foreign library an adapter lacks (``MissingDependencyError``).
 
 Examples
 --------
@@ -27,14 +28,14 @@ KINDS: dict[str, str] = {
     "sigmf": "receivers.sigmf_file:SigmfReceiver",
 }
 
-#: top-level import name of a foreign dependency -> how to install it.
+#: top-level import name of a foreign dependency -> how to install it. rtl_tcp and kiwisdr need none: they speak
+#: their protocols over the standard library's sockets (kiwisdr writes its own RFC 6455 websocket client).
 INSTALL_HINTS: dict[str, str] = {
     "SoapySDR": "apt-get install python3-soapysdr, then link it into the venv (docs/receivers.md, SoapySDR)",
     "adi": "pip install -e '.[pluto]'",
     "iio": "apt-get install libiio0 && pip install -e '.[pluto]'",
     "sigmf": "pip install -e .",  # a base dependency: missing means a broken install
     "jsonschema": "pip install -e .",  # sigmf's and receivers/sigmf_file.py's
-    "websocket": "pip install websocket-client",
 }
 
 

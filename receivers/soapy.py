@@ -16,8 +16,8 @@ The SoapySDR streaming API, as this adapter uses it
   Flags: HAS_TIME (1 << 2: ``timeNs`` is the device time of the first sample), END_BURST (1 << 1),
   MORE_FRAGMENTS (1 << 5).
 - ``getNativeStreamFormat(dir, ch, &fullScale)`` gives the converter's format and full scale (e.g.
-  ``"CS16"``, 2048 for a 12-bit ADC). The 0.8 Python binding cannot call it (pothosware/SoapySDR#399:
-  the ``double &`` out-parameter has no typemap), so the adapter calls the C API
+  ``"CS16"``, 2048 for a 12-bit ADC). The 0.8 Python binding cannot call it (its SWIG wrapper
+  has no typemap for the ``double &`` out-parameter), so the adapter calls the C API
   ``SoapySDRDevice_getNativeStreamFormat`` through ctypes on the same device pointer.
 - ``getStreamMTU(stream)`` is the efficient read size.
 

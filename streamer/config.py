@@ -1,7 +1,7 @@
 """TOML configuration -> frozen dataclasses, validated with errors that name file, key path and expectation.
 
 Each key is one dataclass field with a default and a one-line doc in ``field(metadata={"doc": ...})``
-(STYLE.md habit 11). Receiver tables carry common keys (id, kind, position, calibration) plus the
+(``streamer.core.docs.doc``). Receiver tables carry common keys (id, kind, position, calibration) plus the
 kind-specific keys of the adapter's ``Options`` dataclass.
 
 Examples

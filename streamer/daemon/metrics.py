@@ -1,7 +1,7 @@
 """Every ``heimdall_*`` Prometheus series in one place (docs/metrics.md lists them with their labels).
 
-``Metrics(registry=...)`` is built by ``app.build``; tests pass their own ``CollectorRegistry``. Nothing is
-registered at import time.
+``Metrics(registry=...)`` is built by the daemon (``streamer.daemon.app.Daemon``); tests pass their own
+``CollectorRegistry``. Nothing is registered at import time.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pipeline: blocks in, localizations out. Lanes -> aligner -> features -> estimators -> messages.
 
 It runs in one thread (the daemon's main loop) and owns no sockets or threads of its own: the publisher,
-metrics and estimators are passed in (STYLE.md habit 6), so tests drive it block by block.
+metrics and estimators are passed in, so tests drive it block by block.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Mel-spectrogram features: complex baseband in, dBm frames out (DESIGN.md, "Features").
+"""Mel-spectrogram features: complex baseband in, dBm frames out.
 
 This is the only feature implementation: the daemon, the trainer and the evaluator all call it.
 

@@ -1,4 +1,5 @@
-"""The ONNX model contract of DESIGN.md ("Model contract") as code; docs/model-contract.md describes it for people.
+"""The ONNX model contract as code: the tensors a model takes and gives, and its metadata (ModelMetadata);
+docs/model-contract.md describes it for people.
 
 A model has three float32 inputs and two float32 outputs (B batch, R receiver slots, M mel bands, T frames):
 

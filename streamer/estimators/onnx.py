@@ -3,7 +3,7 @@
 The estimator owns everything between the window aligner's arrays and the model's tensors: the metadata's
 normalisation, zero-filling masked receiver slots, padding to the model's ``max_receivers``, and checking what
 comes back. A row whose output is not finite or whose covariance is not positive definite (after symmetrising)
-is not raised: ``run`` returns ``valid[b] = False`` for it and the caller counts and drops it (STYLE habit 4).
+is not raised: ``run`` returns ``valid[b] = False`` for it and the caller counts and drops it.
 
 Providers: the configured list is filtered by ``onnxruntime.get_available_providers()`` and CPU is always
 appended; ONNX Runtime may still fall back (onnxruntime-gpu lists CUDA on a machine without a GPU), so

@@ -1,29 +1,27 @@
-"""Received-power physics: the path-loss model, in-channel power from mel frames, and a Bayesian estimator.
+"""PhysicsEstimator: the Bayesian grid posterior of the transmitter position from per-receiver received power
+(dBm in; position and covariance in the network's ENU plane, m and m^2).
 
-Three pieces, used in this order by the daemon's physics estimator:
+Its inputs come from the daemon's other stages: each receiver's in-channel power and "heard" flag from
+``streamer.dsp.detection.channel_power``, and the median propagation model from ``streamer.core.propagation``
+(``log_distance_path_loss_db`` of ``slant_distance_m``), the one the simulator renders with: the estimator may
+know the model, never its realisation.
 
-1. ``channel_power(frames_dbm, spec, ...)``: one window's mel frames ``[R, M, T]`` (dBm, from
-   ``streamer.dsp.features.mel_frames_dbm``) -> per-receiver in-channel signal power, noise power and a
-   "heard" flag. In-channel means mel bands centred within +-channel_bandwidth/2 of the carrier; the
-   noise density comes from the other bands, so no receiver has to be told its noise floor.
-2. ``log_distance_path_loss_db`` / ``slant_distance_m``: the median propagation model shared with the
-   simulator (``receivers.simulator``) -- the estimator may know the model, never its realisation.
-3. ``PhysicsEstimator.estimate(...)``: posterior over a grid of the search area with a uniform prior on
-   position and on transmit power, a Gaussian likelihood (variance shadowing^2 + calibration^2) for the
-   receivers that heard and a censoring term P(received < detection level) for those that did not.
-   It reports the posterior mean, the full 2x2 covariance (m, m^2) and the credible ellipses' radii
-   (``streamer.estimators.credible``: the covariance's shape scaled to hold 68 % / 95 % of the posterior).
+``PhysicsEstimator.estimate`` puts a uniform prior on position over the search area (``grid_shape`` cells) and
+on transmit power (``power_bins`` bins), a Gaussian likelihood (variance shadowing^2 + calibration^2, or the
+full ``correlated_error_cov``, or a surveyed ``shadowing_map``) on the receivers that heard and a censoring
+term P(received < detection level) on those that did not. It reports the posterior mean, the full 2x2
+covariance and the credible ellipses' radii (``streamer.estimators.credible``: the covariance's shape scaled
+to hold 68 % / 95 % of the posterior). ``grid_bytes`` is what that grid costs, for the preflight check.
 
-Why a posterior and not maximum likelihood with a Fisher ellipse: with 6 dB shadowing the likelihood is
-far from Gaussian (banana-shaped, clipped by the area) and ML + Fisher covers the truth only ~56 % / 75 %
-of the time at the nominal 68 % / 95 %. The grid posterior's mean and covariance are calibrated, and its
-credible ellipses closer still at 68 % (tests/streamer/test_physics.py measures both on simulated IQ through the
-feature code).
+A posterior rather than maximum likelihood with a Fisher ellipse: with several dB of shadowing the likelihood
+is far from Gaussian (banana-shaped, clipped by the area), so a Fisher ellipse misstates the error, while the
+posterior's own mean, covariance and credible radii describe it.
 
 Examples
 --------
->>> round(float(log_distance_path_loss_db(10_000.0, ref_loss_db=75.7, exponent=3.0)), 1)
-105.7
+>>> from streamer.core.geodesy import SearchArea
+>>> grid_shape(SearchArea(-30e3, 70e3, -30e3, 50e3), grid_step_km=2.0)
+(50, 40)
 """
 
 
