@@ -13,24 +13,17 @@ its first block (seen by a probe subscriber on the edge itself) to the first loc
 must be under 2 s. At the end, with every source stopped and the daemon drained, the sample accounting
 of every receiver must balance exactly.
 
-The helpers here (edge processes, scraping) are also used by tests/integration/test_netns.py.
+The edge processes are tests/helpers/edges.py, shared with tests/integration/test_netns.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import msgpack
 import numpy as np
@@ -40,15 +33,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from receivers.base import IQBlock
 from receivers.zmq_framed import FramedPublisher
-from tests.helpers.daemon import ROOT, default_receivers, running_daemon, write_config
+from tests.helpers.daemon import running_daemon
+from tests.helpers.edges import BLOCK_S, CENTER_HZ, RATE_HZ, Edge, edge_config, running_edges, zmq_receiver
+from tests.helpers.polling import wait_for
 
-RATE_HZ = 48_000.0
-CENTER_HZ = 145.49e6
-BLOCK_S = 0.05
 RESUME_LIMIT_S = 2.0
 EDGE_IDS = ("torino", "montanaro", "giaveno", "giovi", "milano")
 CLOCK_ID = "genova"  # fed by this test's FramedPublisher
-EDGE_LOG_RE = re.compile(r"publishing framed IQ on (\S+)")
 
 
 # --- metrics ------------------------------------------------------------------------------------------
@@ -87,18 +78,6 @@ def accounting_residuals(samples: Samples, receiver_ids: Sequence[str]) -> dict[
     }
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.05):
-    """Poll ``predicate`` until it returns something truthy; AssertionError naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(poll_s)
-
-
 def settle_accounting(metrics_url: str, receiver_ids: Sequence[str], timeout_s: float = 20.0) -> Samples:
     """Once the sources are stopped: wait until two scrapes in a row are equal and balance for every receiver."""
     previous: list[Samples] = []
@@ -125,88 +104,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def simulated_receiver(rid: str, **extra) -> dict:
-    """The default network's receiver ``rid`` as a real-time simulated receiver at 48 kHz."""
-    rx = next(r for r in default_receivers() if r["id"] == rid)
-    return {**rx, "kind": "simulator", "sample_rate_hz": RATE_HZ, "center_freq_hz": CENTER_HZ, "block_s": BLOCK_S,
-            "realtime": True, **extra}  # fmt: skip
-
-
-def zmq_receiver(rid: str, endpoint: str) -> dict:
-    rx = next(r for r in default_receivers() if r["id"] == rid)
-    return {"id": rid, "kind": "zmq", "lat": rx["lat"], "lon": rx["lon"], "alt_m": rx["alt_m"], "endpoint": endpoint}
-
-
-# A transmitter that is keyed >99.9 % of the time and loud, so that every window can be localized and a
-# returning receiver is heard in the first window it is present in. (key_up_mean_s must stay well under
-# the simulator's 600 s keying chunk: a longer transmission hides the next chunk's.)
-STEADY_TRANSMITTER = {"key_up_mean_s": 60.0, "key_down_mean_s": 0.05, "tx_power_min_dbm": 44.0, "tx_power_max_dbm": 47.0}
-
-
-def edge_config(directory: Path, receiver_ids: Sequence[str], name: str = "edge.toml", extra: dict | None = None) -> Path:
-    overrides = {"simulator": STEADY_TRANSMITTER, "metrics": {"enabled": False},
-                 "receivers": [simulated_receiver(rid) for rid in receiver_ids], **(extra or {})}  # fmt: skip
-    return write_config(directory, overrides, name=name)
-
-
-@dataclass
-class Edge:
-    """One ``heimdall receiver ID`` process."""
-
-    receiver_id: str
-    endpoint: str  # where it binds
-    config: Path
-    prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NS)
-    proc: subprocess.Popen | None = None
-    log: list[str] = field(default_factory=list)
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        cmd = [*self.prefix, sys.executable, "-m", "streamer", "receiver", self.receiver_id, "-c", str(self.config),
-               "--publish", self.endpoint]  # fmt: skip
-        self.log = []
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        started = threading.Event()
-        threading.Thread(target=self._drain, args=(self.proc, started), daemon=True).start()
-        if not started.wait(timeout_s):
-            raise AssertionError(f"edge {self.receiver_id} did not start within {timeout_s} s:\n{''.join(self.log)[-2000:]}")
-
-    def _drain(self, proc: subprocess.Popen, started: threading.Event) -> None:
-        for line in proc.stderr:
-            self.log.append(line)
-            if EDGE_LOG_RE.search(line):
-                started.set()
-        proc.stderr.close()
-
-    def kill(self) -> None:
-        """SIGKILL: the edge vanishes without closing anything (a crash or a power cut)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError(f"edge {self.receiver_id} ignored SIGTERM for {timeout_s} s") from None
-
-
-@contextlib.contextmanager
-def running_edges(edges: Sequence[Edge]) -> Iterator[Sequence[Edge]]:
-    try:
-        for edge in edges:
-            edge.start()
-        yield edges
-    finally:
-        for edge in edges:
-            edge.kill()
 
 
 # --- subscribers --------------------------------------------------------------------------------------

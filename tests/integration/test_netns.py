@@ -30,7 +30,8 @@ import pytest
 
 from streamer.core.security import generate_keys
 from tests.helpers.daemon import ROOT, write_config
-from tests.integration.test_faults import Edge, edge_config, simulated_receiver, wait_for, zmq_receiver
+from tests.helpers.edges import Edge, edge_config, simulated_receiver, zmq_receiver
+from tests.helpers.polling import wait_for
 
 REMOTE_IDS = ("torino", "montanaro", "giovi")
 LOCAL_IDS = ("giaveno", "milano", "genova")

@@ -13,7 +13,7 @@ import pytest
 from streamer.config import load
 from streamer.core.geodesy import Origin, geodetic_to_enu_m, mahalanobis_sq
 from tests.helpers.daemon import ROOT, reproducible_receivers, running_daemon
-from tests.integration.test_faults import STEADY_TRANSMITTER
+from tests.helpers.edges import STEADY_TRANSMITTER
 
 N_MESSAGES = 100  # loc + truth + status: about 45 windows
 
