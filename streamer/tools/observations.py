@@ -1,4 +1,7 @@
-"""Observations for ``heimdall calibrate`` from a SigMF recording of the network annotated with transmitter positions.
+"""Observations for ``heimdall calibrate``: transmissions at known positions and the power (dBm) each receiver
+read from them, parsed from the observations CSV (``read_observations``; its format is in
+streamer.tools.calibrate's doc) or replayed from a SigMF recording of the network annotated with transmitter
+positions (``observations_from_sigmf``, below); ``observations_csv`` writes either as that CSV.
 
 The recording is a ``.sigmf-collection`` with one stream per receiver (what ``heimdall record`` writes;
 streams are matched to the config's receivers by name, ``core:description`` or ``heimdall:receiver_id``).
