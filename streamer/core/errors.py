@@ -26,4 +26,4 @@ class MissingDependencyError(HeimdallError):
 
 
 class ModelMismatchError(HeimdallError):
-    """An ONNX model's inputs, outputs or metadata break the model contract (DESIGN.md)."""
+    """An ONNX model's inputs, outputs or metadata break the model contract (docs/model-contract.md)."""

@@ -151,7 +151,7 @@ def search_area(rx_enu_m, margin_km: float) -> SearchArea:
 def network_geometry(config) -> tuple[Origin, np.ndarray, SearchArea]:
     """ENU origin, receiver positions ``[R, 3]`` (east, north, up in m) and search area of a ``Config``.
 
-    The origin is ``config.network.origin`` when set, else the receivers' centroid (DESIGN.md). The up
+    The origin is ``config.network.origin`` when set, else the receivers' centroid. The up
     coordinate is relative to the origin's altitude; the physics models use heights above the ellipsoid
     (``ReceiverConfig.alt_m``) for the vertical part of a distance instead.
     """
