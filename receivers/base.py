@@ -118,12 +118,16 @@ class ReceiverContext:
 
     ``config`` is the whole validated config, ``drops`` counts what the adapter could not use, and
     ``gauge(receiver_id, name, value)`` reports an adapter-specific reading (e.g. ``"smeter_dbm"``)
-    that streamer.daemon.metrics exports as ``heimdall_receiver_<name>``.
+    that streamer.daemon.metrics exports as ``heimdall_receiver_<name>``. ``zmq_context`` is the
+    ``zmq.Context`` that ZeroMQ adapters open their sockets in: the daemon passes its own, on which its
+    CURVE authenticator answers; None (an adapter used on its own, tests) means pyzmq's process-wide
+    ``zmq.Context.instance()``.
     """
 
     config: "Config"
     drops: DropCounter
     gauge: Callable[[str, str, float], None] = _ignore_gauge
+    zmq_context: Any = None
 
 
 class Receiver(Protocol):

@@ -353,7 +353,8 @@ class GnuRadioZmqReceiver(ReceiverBase):
 
     @classmethod
     def from_config(cls, rx, ctx: ReceiverContext) -> "GnuRadioZmqReceiver":
-        return cls(rx.id, rx.options, drops=ctx.drops, clock_jump_tolerance_s=ctx.config.pipeline.clock_jump_tolerance_s)
+        return cls(rx.id, rx.options, drops=ctx.drops, context=ctx.zmq_context,
+                   clock_jump_tolerance_s=ctx.config.pipeline.clock_jump_tolerance_s)
 
     def __iter__(self) -> Iterator[IQBlock]:
         while True:

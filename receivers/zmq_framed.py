@@ -394,6 +394,7 @@ class ZmqFramedReceiver(ReceiverBase):
             rx.id,
             rx.options,
             drops=ctx.drops,
+            context=ctx.zmq_context,
             curve_keys=curve_keys,
             on_auth_failure=getattr(ctx.drops, "auth_failure", lambda socket: None),
         )

@@ -210,6 +210,9 @@ def make_curve_client(sock: zmq.Socket, keys: KeyPair, server_public: bytes) -> 
 class CurveAuthenticator:
     """The ZAP handler of one ZeroMQ context (libzmq allows one per context), one allow-list per domain.
 
+    It checks only the CURVE sockets of ``context``: the daemon passes its own context here and opens all
+    its sockets (output, ZeroMQ receivers) in the same one.
+
     Examples
     --------
     >>> import tempfile, zmq

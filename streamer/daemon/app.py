@@ -1,7 +1,9 @@
-"""build(config) wires every object explicitly; Daemon.run() is the main loop with clean shutdown.
+"""The running daemon: ``build(config, daemon)`` wires its parts, ``Daemon.run()`` is the main loop with clean shutdown.
 
-Threads: one per receiver (streamer.daemon.runner), the Prometheus HTTP server, and the main loop, which owns
-the pipeline and the publisher (ZeroMQ sockets are not thread-safe, so only this thread touches them).
+``build`` is the one place parts are made, at start-up and again by each reload (SIGHUP). The daemon owns one
+ZeroMQ context for all its sockets (output, ZeroMQ receivers, the CURVE authenticator) and terminates it on
+shutdown. Threads: one per receiver (streamer.daemon.runner), the Prometheus HTTP server, and the main loop,
+which owns the pipeline and the publisher (ZeroMQ sockets are not thread-safe, so only this thread touches them).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 from collections import Counter
 
+import zmq
 from prometheus_client import CollectorRegistry, start_http_server
 
 from receivers.base import IQBlock, ReceiverContext
@@ -22,13 +25,13 @@ from streamer.config import Config
 from streamer.core import security
 from streamer.core.errors import ConfigError, HeimdallError
 from streamer.daemon.archive import JsonlArchive
+from streamer.daemon.handoff import BlockQueue, coalesce_blocks
 from streamer.daemon.metrics import AdapterCounters, Metrics
 from streamer.daemon.pacing import ReplayPacer
 from streamer.daemon.pacing import limits as pace_limits
 from streamer.daemon.pipeline import Pipeline
 from streamer.daemon.preflight import preflight
 from streamer.daemon.publish import ZmqPublisher
-from streamer.daemon.handoff import BlockQueue, coalesce_blocks
 from streamer.daemon.runner import ReceiverRunner
 from streamer.estimators.build import build_estimators
 
@@ -98,67 +101,194 @@ def _stop_http_server(server, deadline: float) -> None:
         stopper.join(min(0.02, max(0.0, deadline - time.monotonic())))
 
 
+@dataclasses.dataclass
+class Outputs:
+    """What lives as long as the daemon: opened by the start-up ``build``, kept by every reload.
+
+    ``zmq_context`` is the daemon's own ZeroMQ context. The publisher and every ZeroMQ receiver open their
+    sockets in it, and the CURVE authenticator answers on it (a ZAP handler serves only its own context's
+    sockets); ``Daemon.shutdown`` terminates it once they are closed.
+    """
+
+    zmq_context: zmq.Context
+    authenticator: security.CurveAuthenticator | None
+    archive: JsonlArchive | None
+    publisher: ZmqPublisher
+
+    def close(self, deadline: float | None = None) -> None:
+        """Close the publisher and the archive, stop the authenticator, then terminate the ZeroMQ context.
+
+        ``term()`` waits for every socket of the context to close: for ``deadline`` (time.monotonic, s) at
+        most, after which it goes on in the background (a receiver thread left behind may still hold one);
+        None waits for it.
+        """
+        self.publisher.close()
+        if self.archive is not None:
+            self.archive.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        if self.zmq_context.closed:
+            return
+        if deadline is None:
+            self.zmq_context.term()
+            return
+        ender = threading.Thread(target=self.zmq_context.term, name="zmq-term", daemon=True)
+        ender.start()
+        ender.join(max(0.0, deadline - time.monotonic()))
+
+
+def _open_outputs(config: Config, metrics: Metrics) -> Outputs:
+    """The daemon's ZeroMQ context, CURVE authenticator, archive and publisher; all closed again on failure."""
+    sec = config.security
+    keys = None
+    if sec.curve_output or sec.curve_ingest:  # preflight checked the key and the allow-lists
+        keys = security.load_secret_key(sec.secret_key, key=f"{config.source}: security.secret_key")
+    _warn_exposed(config)
+    context = zmq.Context()
+    authenticator = archive = None
+    try:
+        authenticator = _start_authenticator(config, context, metrics)  # before any CURVE socket exists
+        spec = config.output.archive
+        archive = None if spec.dir is None else JsonlArchive(
+            spec.dir, max_bytes=spec.max_bytes, keep_files=spec.keep_files,
+            on_error=lambda reason: metrics.archive_errors.labels(reason).inc(),
+        )
+        try:
+            publisher = ZmqPublisher(
+                config.output.endpoint,
+                send_hwm=config.output.send_hwm,
+                send_buffer_bytes=config.output.send_buffer_bytes,
+                context=context,
+                on_sent=lambda topic: metrics.messages_published.labels(topic).inc(),
+                on_dropped=lambda topic: metrics.subscriber_drops.labels(topic).inc(),
+                on_subscribers=metrics.subscriptions.set,
+                curve_keys=keys if sec.curve_output else None,
+                on_auth_failure=lambda socket: metrics.auth_failures.labels(socket).inc(),
+            )
+        except OSError as exc:  # busy port, missing ipc folder: exit 2 naming the key, not a traceback
+            raise ConfigError(f"{config.source}: output.endpoint {config.output.endpoint}: {_reason(exc)}") from None
+    except BaseException:
+        if archive is not None:
+            archive.close()
+        if authenticator is not None:
+            authenticator.stop()
+        context.term()  # no socket of it is open any more
+        raise
+    return Outputs(zmq_context=context, authenticator=authenticator, archive=archive, publisher=publisher)
+
+
+def _start_authenticator(config: Config, context: zmq.Context, metrics: Metrics) -> security.CurveAuthenticator | None:
+    """The ZAP handler on ``context`` with the configured allow-lists; None without CURVE. Without it, libzmq
+    admits any client to a CURVE server socket, so it starts before any such socket exists."""
+    sec = config.security
+    if not (sec.curve_output or sec.curve_ingest):
+        return None
+    auth = security.CurveAuthenticator(context)
+    try:
+        if sec.curve_output:
+            auth.allow(security.OUTPUT_DOMAIN, sec.output_clients_dir, key=f"{config.source}: security.output_clients_dir")
+        if sec.curve_ingest:
+            auth.allow(security.INGEST_DOMAIN, sec.ingest_clients_dir, key=f"{config.source}: security.ingest_clients_dir")
+    except BaseException:
+        auth.stop()
+        raise
+    for label in (["output"] if sec.curve_output else []) + [f"ingest:{rx.id}" for rx in config.receivers
+                                                            if sec.curve_ingest and rx.kind == "zmq"]:
+        metrics.auth_failures.labels(label)  # at zero from the start, for alerts
+    return auth
+
+
+@dataclasses.dataclass
+class Parts:
+    """What ``build`` wires for one config, swapped into the daemon at start-up and by each reload."""
+
+    config: Config
+    estimators: list
+    pipeline: Pipeline
+    #: ``ReplayPacer.settle``'s ``lead_s`` and ``budget_s`` (s) for this config.
+    pace_limits: dict[str, float]
+    #: Runners, not started: for every receiver at start-up; on reload, for the added and changed ones only.
+    runners: dict[str, ReceiverRunner]
+    #: Opened at start-up; None on reload (the running ones stay).
+    outputs: Outputs | None
+
+
+def build(config: Config, daemon: Daemon, *, running: Config | None = None) -> Parts:
+    """Wire ``daemon``'s parts for ``config``; nothing running is touched.
+
+    In order: the preflight checks (``heimdall check`` makes the same; notes are logged, errors raise), the
+    estimators, at start-up (``running`` None) the outputs (ZeroMQ context, CURVE authenticator, archive,
+    publisher), the pipeline (sending through ``daemon``), the pacing limits and the receiver runners. For
+    a reload, ``running`` is the config in use: the outputs stay, and runners are made only for receivers
+    whose section is new or differs from it. Whatever fails raises, with anything opened here closed again.
+    """
+    for note in preflight(config):  # ConfigError / MissingDependencyError
+        log.warning("reload: %s" if running is not None else "%s", note)
+    estimators = build_estimators(config)
+    outputs = _open_outputs(config, daemon.metrics) if running is None else None
+    context = outputs.zmq_context if outputs is not None else daemon.zmq_context
+    try:
+        pipeline = Pipeline(
+            config,
+            metrics=daemon.metrics,
+            send=daemon._publish,
+            estimators=estimators,
+            truth_source=_truth_source(config) if config.output.publish_truth else None,
+            queued_samples=daemon._queued_samples,
+        )
+        running_rx = {} if running is None else {rx.id: rx for rx in running.receivers}
+        runners = {rx.id: daemon._runner(rx, config, context) for rx in config.receivers if running_rx.get(rx.id) != rx}
+    except BaseException:
+        if outputs is not None:
+            outputs.close()
+        raise
+    return Parts(config=config, estimators=estimators, pipeline=pipeline, pace_limits=pace_limits(config),
+                 runners=runners, outputs=outputs)
+
+
 class Daemon:
     """The running service. ``run(stop)`` blocks until ``stop`` is set, then shuts everything down."""
 
     def __init__(self, config: Config, *, registry: CollectorRegistry | None = None,
                  reload_requested: threading.Event | None = None) -> None:
-        for note in preflight(config):  # the checks `heimdall check` makes: ConfigError / MissingDependencyError
-            log.warning("%s", note)
-        self.config = config
         self.metrics = Metrics(registry)
-        self.estimators = build_estimators(config)
-        sec = config.security
-        keys = None
-        if sec.curve_output or sec.curve_ingest:  # preflight checked the key and the allow-lists
-            keys = security.load_secret_key(sec.secret_key, key=f"{config.source}: security.secret_key")
-        _warn_exposed(config)
-        self.authenticator: security.CurveAuthenticator | None = None
-        archive = config.output.archive
-        self.archive = None if archive.dir is None else JsonlArchive(
-            archive.dir, max_bytes=archive.max_bytes, keep_files=archive.keep_files,
-            on_error=lambda reason: self.metrics.archive_errors.labels(reason).inc(),
-        )
-        self._start_authenticator()  # before any CURVE socket exists: without it libzmq admits any client
-        try:
-            self.publisher = ZmqPublisher(
-                config.output.endpoint,
-                send_hwm=config.output.send_hwm,
-                send_buffer_bytes=config.output.send_buffer_bytes,
-                on_sent=lambda topic: self.metrics.messages_published.labels(topic).inc(),
-                on_dropped=lambda topic: self.metrics.subscriber_drops.labels(topic).inc(),
-                on_subscribers=self.metrics.subscriptions.set,
-                curve_keys=keys if sec.curve_output else None,
-                on_auth_failure=lambda socket: self.metrics.auth_failures.labels(socket).inc(),
-            )
-        except OSError as exc:  # busy port, missing ipc folder: exit 2 naming the key, not a traceback
-            if self.archive is not None:
-                self.archive.close()
-            if self.authenticator is not None:
-                self.authenticator.stop()
-            raise ConfigError(f"{config.source}: output.endpoint {config.output.endpoint}: {_reason(exc)}") from None
         self._queued: Counter[str] = Counter()
         self._queued_lock = threading.Lock()
-        self.pipeline = Pipeline(
-            config,
-            metrics=self.metrics,
-            send=self._publish,
-            estimators=self.estimators,
-            truth_source=_truth_source(config) if config.output.publish_truth else None,
-            queued_samples=self._queued_samples,
-        )
-        self.queue = BlockQueue(config.pipeline.queue_blocks, on_full=self._on_queue_full,
-                                max_bytes=max(1, int(config.pipeline.queue_mb * 2**20)))
         self._counters = _DaemonCounters(self.metrics)
         self._stop = threading.Event()
-        self.pacer = ReplayPacer.for_config(config)  # keeps sources that are not real-time in step
         self.reload_requested = reload_requested if reload_requested is not None else threading.Event()
-        self.runners = {rx.id: self._runner(rx, config) for rx in config.receivers}
         self.metrics_server = None
         self.metrics_url: str | None = None
+        self.queue = BlockQueue(config.pipeline.queue_blocks, on_full=self._on_queue_full,
+                                max_bytes=max(1, int(config.pipeline.queue_mb * 2**20)))
+        self.pacer = ReplayPacer.for_config(config)  # keeps sources that are not real-time in step
+        parts = build(config, self)
+        assert parts.outputs is not None
+        self.outputs: Outputs = parts.outputs
+        self.config, self.estimators, self.pipeline, self.pace_limits = (
+            parts.config, parts.estimators, parts.pipeline, parts.pace_limits)
+        self.runners = parts.runners
 
-    def _runner(self, rx, config: Config) -> ReceiverRunner:
-        ctx = ReceiverContext(config=config, drops=self._counters, gauge=self._counters.gauge)
+    # The outputs, by name: the publisher, the archive (None when not configured), the CURVE authenticator (None
+    # without CURVE) and the ZeroMQ context of all the daemon's sockets.
+    @property
+    def publisher(self) -> ZmqPublisher:
+        return self.outputs.publisher
+
+    @property
+    def archive(self) -> JsonlArchive | None:
+        return self.outputs.archive
+
+    @property
+    def authenticator(self) -> security.CurveAuthenticator | None:
+        return self.outputs.authenticator
+
+    @property
+    def zmq_context(self) -> zmq.Context:
+        return self.outputs.zmq_context
+
+    def _runner(self, rx, config: Config, zmq_context: zmq.Context) -> ReceiverRunner:
+        ctx = ReceiverContext(config=config, drops=self._counters, gauge=self._counters.gauge, zmq_context=zmq_context)
         # The sink gets the runner's own stop event: a runner stopped by a reload must not stay blocked in
         # back-pressure (pacer or queue) while the daemon goes on.
         runner = ReceiverRunner(rx, ctx, lambda block, realtime: self._on_block(block, realtime, runner.stopping),
@@ -171,26 +301,6 @@ class Daemon:
         if self.archive is not None and (topic == "status" or topic == self.pipeline.topic):
             self.archive.write(topic, payload)  # errors are counted inside; publication goes on
         return sent
-
-    def _start_authenticator(self) -> None:
-        sec = self.config.security
-        if not (sec.curve_output or sec.curve_ingest):
-            return
-        import zmq
-
-        auth = security.CurveAuthenticator(zmq.Context.instance())  # the context of the publisher and adapters
-        try:
-            if sec.curve_output:
-                auth.allow(security.OUTPUT_DOMAIN, sec.output_clients_dir, key=f"{self.config.source}: security.output_clients_dir")
-            if sec.curve_ingest:
-                auth.allow(security.INGEST_DOMAIN, sec.ingest_clients_dir, key=f"{self.config.source}: security.ingest_clients_dir")
-        except BaseException:
-            auth.stop()
-            raise
-        self.authenticator = auth
-        for socket in (["output"] if sec.curve_output else []) + [f"ingest:{rx.id}" for rx in self.config.receivers
-                                                                 if sec.curve_ingest and rx.kind == "zmq"]:
-            self.metrics.auth_failures.labels(socket)  # at zero from the start, for alerts
 
     # Adapter threads ----------------------------------------------------------------------------------
     def _on_block(self, block: IQBlock, realtime: bool, stop: threading.Event | None = None) -> None:
@@ -268,7 +378,7 @@ class Daemon:
             log.exception("window processing failed")
             self.metrics.windows.labels("internal_error").inc()
         # What each lane still holds, now that the windows are cut: paced sources may send that much more.
-        self.pacer.settle({rid: lane.buffered for rid, lane in self.pipeline.lanes.items()}, **pace_limits(self.config))
+        self.pacer.settle({rid: lane.buffered for rid, lane in self.pipeline.lanes.items()}, **self.pace_limits)
 
     def run(self, stop: threading.Event) -> None:
         self.start()
@@ -291,12 +401,12 @@ class Daemon:
         Added receivers start, removed ones stop, changed ones restart; the pipeline is rebuilt with the
         new receivers, estimator and pipeline settings (what it held is counted as dropped, reason
         ``reload``). ``output``, ``metrics`` and ``security`` need a restart: changes there are logged and
-        ignored. Everything new is built before anything running is touched, so a config, model or
-        pipeline that does not load, for whatever reason, leaves everything as it was.
+        ignored. Everything new is built (``build``) before anything running is touched, so a config, model
+        or pipeline that does not load, for whatever reason, leaves everything as it was.
         """
         path = path or self.config.source
         try:
-            new, estimators, pipeline = self._prepare(path)
+            parts = self._prepare(path)
         except HeimdallError as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             self.metrics.reloads.labels("refused").inc()
@@ -305,57 +415,46 @@ class Daemon:
             log.exception("reload refused, keeping the running config: %s could not be applied", path)
             self.metrics.reloads.labels("refused").inc()
             return False
-        old = self.config
+        old, new = self.config, parts.config
         old_rx = {rx.id: rx for rx in old.receivers}
         new_rx = {rx.id: rx for rx in new.receivers}
         changed = [rid for rid in self.runners if new_rx.get(rid) != old_rx[rid]]
         for rid in changed:
             self.runners.pop(rid).stop(timeout_s=1.0)
         self.pipeline.flush_as_dropped("reload")
-        self.config = new
-        self.estimators = estimators
-        self.pipeline = pipeline
+        self.config, self.estimators, self.pipeline, self.pace_limits = (
+            new, parts.estimators, parts.pipeline, parts.pace_limits)
         for rid in set(old_rx) - set(new_rx):
             self.metrics.forget_receiver(rid, self._counters.reading_names.pop(rid, ()))
         started = []
-        for rid, rx in new_rx.items():
-            if rid not in self.runners:
-                self.runners[rid] = self._runner(rx, new)
-                self.runners[rid].start()
-                started.append(rid)
+        for rid, runner in parts.runners.items():  # the added and changed receivers' (build made no others)
+            self.runners[rid] = runner
+            runner.start()
+            started.append(rid)
         kept = sorted(set(self.runners) - set(started))
         log.info("reloaded %s: kept %s, (re)started %s, stopped %s", path, ", ".join(kept) or "none",
                  ", ".join(sorted(started)) or "none", ", ".join(sorted(set(old_rx) - set(new_rx))) or "none")
         self.metrics.reloads.labels("applied").inc()
         return True
 
-    def _prepare(self, path: str) -> tuple[Config, list, Pipeline]:
-        """The reloaded config, its estimators and its pipeline, built and checked; nothing running is touched."""
+    def _prepare(self, path: str) -> Parts:
+        """The reloaded config's parts, built and checked by ``build``; nothing running is touched."""
         new = config_mod.load(path)
         old = self.config
         for section in ("output", "metrics", "security"):
             if getattr(new, section) != getattr(old, section):
                 log.warning("reload: [%s] changed; that needs a restart, the running values stay", section)
         new = dataclasses.replace(new, output=old.output, metrics=old.metrics, security=old.security)
-        for note in preflight(new):  # the checks heimdall check and the start make, so all three agree
-            log.warning("reload: %s", note)
-        estimators = build_estimators(new)
-        pipeline = Pipeline(
-            new,
-            metrics=self.metrics,
-            send=self._publish,
-            estimators=estimators,
-            truth_source=_truth_source(new) if new.output.publish_truth else None,
-            queued_samples=self._queued_samples,
-        )
-        return new, estimators, pipeline
+        return build(new, self, running=old)
 
     def shutdown(self, wait_s: float = SHUTDOWN_WAIT_S) -> None:
         """Stop everything, waiting at most ``wait_s`` (s) in all for the threads.
 
         Everything that has to wind down is told first (every runner's flag set and adapter closed, which
         interrupts blocking reads; the metrics server's poll loop), then all are waited for against one
-        deadline, so the waits overlap instead of adding up. The output socket closes without linger.
+        deadline, so the waits overlap instead of adding up. The output socket closes without linger; the
+        ZeroMQ context is terminated last, once its sockets are closed (in the background if a receiver
+        thread left behind still holds one).
         """
         started = time.monotonic()
         deadline = started + wait_s
@@ -374,11 +473,7 @@ class Daemon:
         if stuck:
             log.warning("receiver thread(s) %s still running after %.1f s; exiting without them",
                         ", ".join(stuck), wait_s)
-        self.publisher.close()
-        if self.archive is not None:
-            self.archive.close()
-        if self.authenticator is not None:
-            self.authenticator.stop()
+        self.outputs.close(deadline)
         if server_stopped is not None:
             server_stopped.join(max(0.0, deadline - time.monotonic()))
             if not server_stopped.is_alive():

@@ -20,24 +20,23 @@ log = logging.getLogger(__name__)
 
 
 class ZmqPublisher:
-    """Bind an XPUB at ``endpoint``; ``send(topic, payload)`` serialises with msgpack and never blocks."""
+    """Bind an XPUB at ``endpoint`` in ``context``; ``send(topic, payload)`` serialises with msgpack and never blocks."""
 
     def __init__(
         self,
         endpoint: str,
         *,
+        context: zmq.Context,
         send_hwm: int = 1000,
         send_buffer_bytes: int = 0,
-        context: zmq.Context | None = None,
         on_sent: Callable[[str], None] = lambda topic: None,
         on_dropped: Callable[[str], None] = lambda topic: None,
         on_subscribers: Callable[[int], None] = lambda n: None,
         curve_keys: KeyPair | None = None,
         on_auth_failure: Callable[[str], None] = lambda socket: None,
     ) -> None:
-        self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.XPUB)
-        if curve_keys is not None:  # CURVE server; a CurveAuthenticator on the context checks the clients
+        self._sock = context.socket(zmq.XPUB)
+        if curve_keys is not None:  # CURVE server; the CurveAuthenticator on ``context`` checks the clients
             make_curve_server(self._sock, curve_keys, OUTPUT_DOMAIN)
         self._events = SocketEvents(self._sock, "output", on_auth_failure, curve=curve_keys is not None)
         self._sock.setsockopt(zmq.SNDHWM, send_hwm)

@@ -156,8 +156,7 @@ def test_the_daemon_archives_what_it_publishes_and_keeps_publishing_when_the_dis
         assert after[-1] == (b"status", 1), f"the status sent while the disk was full did not arrive: {after}"
     finally:
         sub.close()
-        daemon.publisher.close()
-        daemon.archive.close()
+        daemon.shutdown()  # closes the publisher and the archive, and terminates the daemon's ZeroMQ context
     assert registry.get_sample_value("heimdall_archive_errors_total", {"reason": "ENOSPC"}) == 1
     archived = lines(tmp_path / "archive" / FILE_NAME)
     assert archived and {m["topic"] for m in archived} == {"status"}
