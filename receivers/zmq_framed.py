@@ -1,4 +1,4 @@
-"""Framed IQ over ZeroMQ (kind ``zmq``): the central side of ``heimdall receiver`` and the KiwiSDR bridge.
+"""Framed IQ over ZeroMQ (kind ``zmq``): the central side of ``heimdall receiver`` on an edge host.
 
 Wire format: receivers.framing (three frames: topic = receiver id, msgpack header, payload). The
 adapter is a SUB socket that connects (or binds, ``bind = true``) and subscribes to its receiver id.
