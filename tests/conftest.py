@@ -8,6 +8,9 @@ import os
 import pytest
 from prometheus_client import CollectorRegistry
 
+# Asserts in the shared helpers (assert_accounting, ...) fail with pytest's introspection, as in a test module.
+pytest.register_assert_rewrite("tests.helpers")
+
 REQUIRE_PEERS = os.environ.get("HEIMDALL_REQUIRE_PEERS") == "1"
 
 
