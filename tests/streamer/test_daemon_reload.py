@@ -131,3 +131,15 @@ def test_sighup_and_sigterm_while_the_daemon_is_still_starting_do_not_kill_it(tm
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def test_a_reload_brings_the_pacing_limits_of_the_new_pipeline_section(daemon, tmp_path):
+    """Daemon.step settles the pacer with limits computed once per config (by build), not every step."""
+    from streamer.daemon.pacing import limits
+
+    assert daemon.pace_limits == limits(daemon.config)
+    tolerance = daemon.config.pipeline.late_tolerance_s / 2
+    path = _write(tmp_path / "site.toml", merge(daemon.base_config, {"pipeline": {"late_tolerance_s": tolerance}}))
+    assert daemon.reload(path) is True
+    assert daemon.pace_limits == limits(daemon.config)
+    assert daemon.pace_limits["lead_s"] == tolerance / 2

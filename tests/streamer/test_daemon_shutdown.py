@@ -70,3 +70,20 @@ def test_an_adapter_that_never_lets_go_is_left_behind_after_the_deadline_and_nam
     assert [r.rx.id for r in daemon.runners.values() if not r.join(0.0)] == ["rx0"]
     assert "rx0 still running after 0.3 s" in caplog.text
     adapters[0]._released.set()  # let the thread end
+
+
+def test_the_daemon_s_sockets_share_its_own_zmq_context_and_shutdown_terminates_it(monkeypatch):
+    """The publisher and every receiver get the daemon's context (the one its CURVE authenticator would answer
+    on), not pyzmq's global one; shutdown terminates it after the sockets are closed."""
+    import zmq
+
+    adapters = [SlowToClose(0.0) for _ in range(RECEIVERS)]
+    daemon = daemon_with(adapters, monkeypatch)
+    context = daemon.zmq_context
+    assert context is not zmq.Context.instance()
+    assert daemon.publisher._sock.context is context
+    assert all(runner.ctx.zmq_context is context for runner in daemon.runners.values())
+    t0 = time.monotonic()
+    daemon.shutdown()
+    assert time.monotonic() - t0 < 1.5
+    assert context.closed
