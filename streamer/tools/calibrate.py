@@ -27,15 +27,8 @@ Model (the daemon's, ``streamer.estimators.physics``): ``measured_ir = P_i - PL(
 exponent, what the physics estimator and the model (its ``site_propagation`` input) are told about the site.
 A receiver with fewer than ``MIN_OBSERVATIONS`` readings is left unchanged and named in an error line.
 
-``fit_path_loss`` is the one implementation of this fit; ``models/train/powder.py`` uses it for POWDER.
-
-Examples
---------
->>> d = np.array([[1000.0, 2000.0], [4000.0, 500.0], [2000.0, 3000.0]])
->>> p = 30.0 - log_distance_path_loss_db(d, 75.7, 3.0) + np.array([1.5, -2.0])
->>> fit = fit_path_loss(d, p, np.ones_like(d, bool), tx_power_dbm=np.full(3, 30.0), ref_loss_db=75.7, exponent=3.0)
->>> np.round(fit.offsets_db, 6).tolist(), fit.n_obs.tolist()
-([1.5, -2.0], [3, 3])
+The fit itself is ``streamer.core.propagation.fit_path_loss`` (its doctest is there), the one implementation,
+which ``models/train/powder.py`` also runs on POWDER.
 """
 
 
@@ -238,10 +231,17 @@ def write_config(path: Path, text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options of ``heimdall calibrate`` (the observations format is the module doc)."""
+    """The parser of ``python -m streamer.tools.calibrate``."""
+    parser = argparse.ArgumentParser(prog="heimdall calibrate")
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``heimdall calibrate`` (the observations format is the module doc, shown after them)."""
     doc = __doc__.split("Examples\n")[0]
-    parser = argparse.ArgumentParser(prog="heimdall calibrate", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description=doc.split("\n")[0], epilog=doc.split("\n", 2)[2])
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description, parser.epilog = doc.split("\n")[0], doc.split("\n", 2)[2]
     parser.add_argument("-c", "--config", required=True, type=Path, help="TOML config whose receivers to calibrate")
     parser.add_argument("observations", type=Path,
                         help="CSV of transmissions at known positions (format below), or a .sigmf-collection of the "
@@ -259,7 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--survey-map", type=Path, metavar="PATH.npz",
                         help="also krige each receiver's residuals into a shadowing map over the search area and "
                              "write it here (for estimator.physics.shadowing_map; streamer.estimators.survey)")
-    return parser
 
 
 def write_survey_map(path: Path, config, obs: Observations, cal: Calibration) -> list[str]:
@@ -298,11 +297,15 @@ def write_survey_map(path: Path, config, obs: Observations, cal: Calibration) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m streamer.tools.calibrate`` and callers with an argument list: parse, then ``run``."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     """``heimdall calibrate`` entry point; errors are ``HeimdallError`` (the CLI prints them, exit status 2)."""
     from streamer.config import load
     from streamer.tools import observations as sigmf_observations  # noqa: F811
 
-    args = build_parser().parse_args(argv)
     config = load(args.config)
     if sigmf_observations.is_sigmf(args.observations):
         obs = sigmf_observations.observations_from_sigmf(config, args.observations)

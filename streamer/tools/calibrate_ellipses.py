@@ -358,9 +358,17 @@ def format_report(fits: dict[str, EllipseFit], other_lines: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m streamer.tools.calibrate_ellipses``."""
+    parser = argparse.ArgumentParser(prog="heimdall calibrate-ellipses")
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``heimdall calibrate-ellipses`` (the file formats are the module doc, shown after them)."""
     doc = __doc__.split("Examples\n")[0]
-    parser = argparse.ArgumentParser(prog="heimdall calibrate-ellipses", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description=doc.split("\n")[0], epilog=doc.split("\n", 2)[2])
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description, parser.epilog = doc.split("\n")[0], doc.split("\n", 2)[2]
     parser.add_argument("-c", "--config", required=True, type=Path, help="the TOML config the localizations were made with")
     parser.add_argument("localizations", type=Path, nargs="+", help="JSON-lines files (archive or heimdall listen --json)")
     parser.add_argument("--truth", type=Path, help="CSV track t_unix_s,lat,lon (default: truth lines in the same files)")
@@ -369,17 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", type=Path, help="write the config with the fitted factors here (comments and layout kept)")
     where.add_argument("--in-place", action="store_true", help="rewrite the config given with -c")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m streamer.tools.calibrate_ellipses`` and callers with an argument list: parse, then ``run``."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     """``heimdall calibrate-ellipses`` entry point; errors are ``HeimdallError`` (the CLI prints them, exit status 2)."""
     from dataclasses import asdict
 
     from streamer.config import load
     from streamer.tools.calibrate import write_config
 
-    args = build_parser().parse_args(argv)
     if not (math.isfinite(args.max_gap_s) and args.max_gap_s > 0):
         raise ConfigError(f"--max-gap-s: expected seconds > 0, got {args.max_gap_s}")
     config = load(args.config)

@@ -349,6 +349,13 @@ def _write_metadata(config: Config, writers: dict[str, StreamWriter], drops: _Lo
     return collection_path
 
 
+def add_arguments(parser) -> None:
+    """The options of ``heimdall record``."""
+    parser.add_argument("-c", "--config", help="TOML config (default: the embedded default)")
+    parser.add_argument("--seconds", type=float, required=True, help="seconds of signal per receiver")
+    parser.add_argument("out", help="output folder (must not exist)")
+
+
 def main(args) -> int:
     """``heimdall record -c FILE --seconds S OUT``: ``args`` has ``.config`` (path or None), ``.seconds``, ``.out``."""
     from streamer.config import load
@@ -357,3 +364,6 @@ def main(args) -> int:
     path = record(config, float(args.seconds), Path(args.out))
     print(path)
     return 0
+
+
+run = main  # the name streamer/cli.py's command table calls

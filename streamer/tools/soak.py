@@ -72,7 +72,18 @@ SLICE_MARGIN_S = 2.0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="heimdall soak", description=__doc__.split("\n\n")[0])
+    """Parsed and checked options of ``heimdall soak`` (``checked``); a bad combination is a usage error."""
+    p = argparse.ArgumentParser(prog="heimdall soak")
+    add_arguments(p)
+    try:
+        return checked(p.parse_args(argv))
+    except argparse.ArgumentError as exc:
+        p.error(str(exc))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``heimdall soak``; ``checked`` completes them."""
+    p.description = __doc__.split("\n\n")[0]
     p.add_argument("--receivers", type=int, default=16, help="simulated receivers (default 16)")
     p.add_argument("--minutes", type=float, default=5.0, help="length of the run, warm-up included (default 5)")
     p.add_argument("--rate", type=float, default=48_000.0, help="samples/s per receiver (default 48000)")
@@ -81,9 +92,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="not judged: the first part of the run (default: 20 %% of it, at most 2 minutes)")
     p.add_argument("--interval-s", type=float, default=5.0, help="sampling period (default 5 s)")
     p.add_argument("--seed", type=int, default=1, help="simulated world seed (default 1)")
-    args = p.parse_args(argv)
+
+
+def checked(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the warm-up default filled in; ``argparse.ArgumentError`` for out-of-range options (the
+    command line prints it as a usage error)."""
     if args.receivers < 3 or args.minutes <= 0 or args.rate <= 0 or args.interval_s <= 0:
-        p.error("--receivers >= 3, --minutes, --rate and --interval-s > 0 expected")
+        raise argparse.ArgumentError(None, "--receivers >= 3, --minutes, --rate and --interval-s > 0 expected")
     if args.warmup_minutes is None:
         args.warmup_minutes = min(2.0, 0.2 * args.minutes)
     return args
@@ -439,9 +454,13 @@ def _judge(args, cfg: Config, result: SoakResult, reader: OutputReader) -> dict[
 
 
 def main(args: Sequence[str] | argparse.Namespace | None = None) -> int:
-    """Entry point of ``heimdall soak`` (argument list, or an already parsed namespace)."""
-    if not isinstance(args, argparse.Namespace):
-        args = parse_args(args)
+    """Entry point of ``python -m streamer.tools.soak`` (argument list, or an already parsed namespace)."""
+    return run(args if isinstance(args, argparse.Namespace) else parse_args(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``heimdall soak``: exit status 0 when every check passes, 1 otherwise."""
+    args = checked(args)
     result = run_soak(args)
     text = result.text()
     print(text, flush=True)
