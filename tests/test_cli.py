@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from streamer.cli import format_localization, main
+from streamer.cli import main
 from streamer.dsp.features import FeatureSpec
+from streamer.tools.listen import format_localization
 from tests.helpers.onnx_models import known_model, save
 
 SITE = """
@@ -137,6 +138,23 @@ def test_train_options_are_checked_and_a_missing_torch_is_named_with_the_install
     run = train("--out", str(tmp_path / "model.onnx"))
     assert run.returncode == 2
     assert run.stderr == "heimdall: error: heimdall train needs torch: pip install -e '.[train]'\n"
+
+
+IMPORTS_AFTER = """import sys
+from streamer.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith(("models.train", "streamer.tools."))))"""
+
+
+@pytest.mark.parametrize("argv, tools", [(["--help"], []), (["check"], ["streamer.tools.check"])], ids=["help", "check"])
+def test_help_and_check_import_no_trainer_and_only_their_own_command(argv, tools):
+    """The command table imports a command's module only when it runs: never torch or models.train here."""
+    proc = subprocess.run([sys.executable, "-c", IMPORTS_AFTER, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == repr(tools)
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer import cli
+from streamer.tools import daemon as daemon_command
 
 RX = {"id": "a", "kind": "simulator", "lat": 45.0, "lon": 7.0}
 BASE: dict[str, Any] = {
@@ -96,7 +97,7 @@ def check_and_run(path: Path, capsys, monkeypatch) -> dict[str, tuple[int, str |
         stop.set()
         return stop
 
-    monkeypatch.setattr(cli, "_stop_on_signals", already_stopped)
+    monkeypatch.setattr(daemon_command, "stop_on_signals", already_stopped)
     verdicts = {}
     for command in ("check", "run"):
         code = cli.main([command, "-c", str(path)])

@@ -1,0 +1,42 @@
+"""``heimdall bench pipeline|model|receivers``: the benchmarks. ``pipeline`` and ``model`` are
+streamer.tools.bench_pipeline and streamer.tools.bench_model; ``receivers`` runs benchmarks/bench_receivers.py
+of a source checkout with the options given after it."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from streamer.core.errors import HeimdallError
+
+#: The source checkout's adapter benchmark (its peers live in tests/, so an installed package lacks it).
+RECEIVERS_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_receivers.py"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The subcommands of ``heimdall bench`` and their options."""
+    from streamer.tools import bench_model, bench_pipeline
+
+    bench_sub = parser.add_subparsers(dest="bench", required=True)
+    for name, module, text in (("pipeline", bench_pipeline, "channelizer + features + estimator as fast as possible"),
+                               ("model", bench_model, "batch-1 model latency: OnnxEstimator vs raw ONNX Runtime")):
+        sub = bench_sub.add_parser(name, help=text, description=module.__doc__.split("\n")[0])
+        module.add_arguments(sub)
+        sub.set_defaults(bench_run=module.run, usage_error=sub.error)
+    receivers = bench_sub.add_parser("receivers", help="each adapter against its peer (needs a source checkout)",
+                                     add_help=False)
+    # The script parses its own options (`heimdall bench receivers --help`): the CLI hands it the rest unread.
+    receivers.set_defaults(bench_run=run_receivers, forward_unknown=True, usage_error=receivers.error)
+
+
+def run_receivers(args: argparse.Namespace) -> int:
+    if not RECEIVERS_SCRIPT.is_file():
+        raise HeimdallError(f"{RECEIVERS_SCRIPT} not found: `heimdall bench receivers` needs a source checkout "
+                            "(its peers live in tests/)")
+    return subprocess.call([sys.executable, str(RECEIVERS_SCRIPT), *args.rest])
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.bench_run(args)

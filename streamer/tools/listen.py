@@ -1,0 +1,94 @@
+"""``heimdall listen``: a ZeroMQ SUB client of the daemon's output that prints each message, as one human
+line per localization or as JSON lines. Times are UTC; distances in the human line are km."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+
+from streamer.tools.signals import stop_on_signals
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``heimdall listen``."""
+    parser.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT, help=f"PUB endpoint (default {DEFAULT_ENDPOINT})")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--topic", default="loc", help="topic prefix (default 'loc')")
+    parser.add_argument("--count", type=int, default=0, help="stop after this many messages (0 = forever)")
+    parser.add_argument("--hint-after", type=float, default=5.0, metavar="SECONDS",
+                        help="say on stderr, once, that nothing has arrived after this many seconds (default 5; 0: never)")
+
+
+def format_localization(msg: dict) -> str:
+    """One human line: UTC end of the window, latitude and longitude (degrees), the credible ellipse as its
+    probability, semi-major axis ``a`` and semi-minor axis ``b`` (km) and the azimuth of ``a`` (degrees from
+    north), the receivers used, the estimator, and ``proc``: the daemon's processing time for the window (ms),
+    not the message's age."""
+    t = dt.datetime.fromtimestamp(msg["t_end_ns"] / 1e9, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    e = msg["ellipse"]
+    return (
+        f"{t} {msg['lat']:.5f} {msg['lon']:.5f} "
+        f"{int(round(e['p'] * 100))}% a={e['semi_major_m'] / 1000:.1f} km b={e['semi_minor_m'] / 1000:.1f} km "
+        f"az {e['azimuth_deg']:.0f} rx={','.join(msg['receivers'])} {msg['estimator']} "
+        f"proc {msg['latency_ms']['processing']:.1f} ms"
+    )
+
+
+def no_message_hint(endpoint: str, topic: str, seconds: float) -> str:
+    """What ``heimdall listen`` says when nothing has arrived: a SUB socket cannot tell a missing publisher
+    from a quiet one, so it names the two usual causes."""
+    return (f"heimdall listen: no message on topic {topic!r} from {endpoint} in {seconds:g} s: is the daemon running "
+            f"(`heimdall run`), and is {endpoint} its output.endpoint? Still waiting.")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Subscribe to ``args.endpoint`` and print until ``args.count`` messages, SIGTERM or SIGINT; exit status 0."""
+    import msgpack
+    import zmq
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(args.endpoint)
+    sock.setsockopt_string(zmq.SUBSCRIBE, args.topic)
+    stop = stop_on_signals()
+    seen = 0
+    last_seq = None
+    hint_at = time.monotonic() + args.hint_after if args.hint_after > 0 else None
+    try:
+        while not stop.is_set():
+            if not sock.poll(200):
+                if hint_at is not None and seen == 0 and time.monotonic() >= hint_at:
+                    print(no_message_hint(args.endpoint, args.topic, args.hint_after), file=sys.stderr, flush=True)
+                    hint_at = None
+                continue
+            frames = sock.recv_multipart()
+            if len(frames) != 2:
+                continue
+            topic = frames[0].decode(errors="replace")
+            try:
+                msg = msgpack.unpackb(frames[1], raw=False)
+            except Exception as exc:
+                print(f"heimdall listen: undecodable message on {topic!r}: {exc}", file=sys.stderr)
+                continue
+            if topic.startswith("loc") and isinstance(msg, dict) and "seq" in msg:
+                if last_seq is not None and msg["seq"] > last_seq + 1:
+                    print(f"heimdall listen: missed {msg['seq'] - last_seq - 1} localizations", file=sys.stderr)
+                last_seq = msg["seq"]
+            if args.json:
+                print(json.dumps({"topic": topic, **msg}), flush=True)
+            elif topic.startswith("loc"):
+                print(format_localization(msg), flush=True)
+            else:
+                print(f"{topic} {json.dumps(msg)}", flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    finally:
+        sock.close()
+    return 0
