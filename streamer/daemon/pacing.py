@@ -19,10 +19,11 @@ Receivers configured as not real-time are expected from the start: no paced bloc
 arrived with its first block or has left (``leave``: its source ended, failed or turned out to be
 real-time), so one that is slow to open is not left behind.
 
-``limits(config)`` (computed once per config by ``streamer.daemon.app.build``) derives ``lead_s`` (half of ``pipeline.late_tolerance_s``) and ``budget_s``
-(``pipeline.buffer_s`` less ``RING_MARGIN_S``). With blocks no longer than ``late_tolerance_s`` no paced
-receiver is then masked ``late`` while another one waits, and none overwrites its ring buffer, provided
-the buffer holds two windows plus a block (a lane may need that much to cover its next window).
+``limits(config)`` derives ``lead_s`` (half of ``pipeline.late_tolerance_s``) and ``budget_s``
+(``pipeline.buffer_s`` less ``RING_MARGIN_S``), once per config (``streamer.daemon.app.build``). With blocks
+no longer than ``late_tolerance_s`` no paced receiver is then masked ``late`` while another one waits, and
+none overwrites its ring buffer, provided the buffer holds two windows plus a block (a lane may need that
+much to cover its next window).
 
 Examples
 --------
