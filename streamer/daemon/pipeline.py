@@ -20,7 +20,7 @@ from streamer.daemon.aligner import Window, WindowAligner
 from streamer.daemon.lane import PIPELINE, Lane, LaneSettings
 from streamer.daemon.messages import EstimateOut, Localization, ReceiverHealth, Status, Truth
 from streamer.daemon.metrics import Metrics
-from streamer.dsp.detection import channel_power
+from streamer.dsp.detection import DetectionRule
 from streamer.dsp.features import mel_frames_dbm
 from streamer.estimators.base import Estimate, EstimateRejected, Estimator, EstimatorInputs
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES
@@ -160,14 +160,7 @@ class Pipeline:
         started = time.perf_counter()
         spec = self.config.features
         features = mel_frames_dbm(window.samples, spec, self.calibration_db)
-        power = channel_power(
-            features,
-            spec,
-            channel_bandwidth_hz=self.config.network.channel_bandwidth_hz,
-            detection_snr_db=self.config.pipeline.detection_snr_db,
-            # The channelizer's anti-alias filter rolls off near +-fs/2: estimate noise inside 80 % of Nyquist.
-            noise_max_offset_hz=0.4 * spec.sample_rate_hz,
-        )
+        power = DetectionRule.from_config(self.config).apply(features, spec)
         present = window.present
         features[~present] = 0.0
         heard = power.heard & present

@@ -2,7 +2,8 @@
 "heard" (in-channel SNR at or above the threshold).
 
 In-channel means mel bands centred within +-channel_bandwidth/2 of the carrier; the noise density comes from the
-other bands, so no receiver has to be told its noise floor."""
+other bands, so no receiver has to be told its noise floor. ``DetectionRule`` holds the rule's settings (bandwidth
+in Hz, threshold in dB, noise band as a share of the sample rate) once, for the daemon and the trainer alike."""
 
 
 from __future__ import annotations
@@ -131,3 +132,50 @@ def channel_power(
         heard=snr_db >= detection_snr_db,
         detection_level_dbm=noise_dbm + detection_snr_db,
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# The rule's settings, in one place
+
+
+#: Noise is estimated from bands centred within +-this share of the sample rate: the channelizer's anti-alias filter
+#: rolls off near +-fs/2, so the rule reads noise inside 80 % of Nyquist.
+NOISE_BAND_FRACTION = 0.4
+
+
+@dataclass(frozen=True)
+class DetectionRule:
+    """``channel_power`` with its settings: what the daemon applies to every window and the trainer to every draw.
+
+    channel_bandwidth_hz : occupied bandwidth (Hz); ``network.channel_bandwidth_hz`` of the config.
+    snr_db : in-channel SNR (dB) at or above which a receiver hears; ``pipeline.detection_snr_db``.
+    noise_band_fraction : noise comes from bands centred within +-this x the sample rate (``NOISE_BAND_FRACTION``).
+
+    Examples
+    --------
+    >>> rule = DetectionRule(channel_bandwidth_hz=12_500.0, snr_db=6.0)
+    >>> rule.noise_max_offset_hz(FeatureSpec(sample_rate_hz=24_000.0))
+    9600.0
+    """
+
+    channel_bandwidth_hz: float
+    snr_db: float
+    noise_band_fraction: float = NOISE_BAND_FRACTION
+
+    @classmethod
+    def from_config(cls, config) -> DetectionRule:
+        """The rule a ``streamer.config.Config`` sets (its ``network`` and ``pipeline`` sections)."""
+        return cls(channel_bandwidth_hz=config.network.channel_bandwidth_hz, snr_db=config.pipeline.detection_snr_db)
+
+    def noise_max_offset_hz(self, spec: FeatureSpec) -> float:
+        """Largest |offset| (Hz) of a band that estimates the noise, at ``spec``'s sample rate."""
+        return self.noise_band_fraction * spec.sample_rate_hz
+
+    def bands(self, spec: FeatureSpec) -> ChannelBands:
+        """``channel_bands`` of this rule at ``spec``."""
+        return channel_bands(spec, self.channel_bandwidth_hz, self.noise_max_offset_hz(spec))
+
+    def apply(self, frames_dbm: np.ndarray, spec: FeatureSpec) -> ChannelPower:
+        """``channel_power`` of ``[..., R, M, T]`` (or ``[M, T]``) dBm mel frames made with ``spec``, by this rule."""
+        return channel_power(frames_dbm, spec, channel_bandwidth_hz=self.channel_bandwidth_hz, detection_snr_db=self.snr_db,
+                             noise_max_offset_hz=self.noise_max_offset_hz(spec))
