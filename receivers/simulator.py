@@ -45,9 +45,9 @@ fields are functions of absolute time). Each adapter builds its own ``SimulatedW
 shared mutable state, so receivers can run in threads or processes alike. The one thing adapters in one
 process share is ``SimulatedReceiver.render_lock``: they render their blocks one at a time (see there why).
 
-For training and evaluation, ``render_windows`` produces windows at any rate (e.g. the model's 24 kHz)
-through the same signal code (optionally through the daemon's channelizer), and
-``SimulatedWorld.received_power_dbm`` gives the underlying power.
+For training and evaluation, ``models.train.render.render_windows`` produces windows at any rate (e.g. the
+model's 24 kHz) through the same signal code (``window_burst``, ``window_noise``, ``SimulatedWorld.received_baseband``),
+and ``SimulatedWorld.received_power_dbm`` gives the underlying power.
 
 Examples
 --------
@@ -451,7 +451,7 @@ class SimulatedWorld:
     ) -> np.ndarray:
         """Noise-free complex baseband at receiver ``r``'s antenna, in sqrt(mW) (|x|^2 = power in mW).
 
-        The one signal model: the adapter and ``render_windows`` both call it.
+        The one signal model: the adapter and ``models.train.render.render_windows`` both call it.
 
         Parameters
         ----------
@@ -516,82 +516,17 @@ def receiver_noise(world: SimulatedWorld, key: tuple[int, ...], n: int, noise_db
     return scale * (rng.standard_normal(n) + 1j * rng.standard_normal(n))
 
 
-def render_windows(
-    world: SimulatedWorld,
-    tx_en_m,
-    tx_power_dbm,
-    start_ns,
-    *,
-    sample_rate_hz: float,
-    n_samples: int,
-    window_ids=None,
-    receivers=None,
-    add_noise: bool = True,
-    oversampling: int = 1,
-) -> np.ndarray:
-    """IQ windows as the daemon sees them after its channelizer tuned to the target frequency.
+def window_burst(world: SimulatedWorld, window_id: int, start_ns: int, end_ns: int, power_dbm: float) -> Transmission:
+    """The transmission of training window ``window_id``: keyed up from ``start_ns`` to ``end_ns`` (Unix ns) at
+    ``power_dbm`` (dBm), its audio drawn from the window's own RNG stream (seed, window id), so the same id always
+    gives the same burst (``models.train.render.render_windows``)."""
+    return Transmission.draw(start_ns, end_ns, power_dbm, world.sim.fm_deviation_hz, _rng(world.sim.seed, _WINDOW, int(window_id)))
 
-    For each window b the transmitter stands at ``tx_en_m[b]`` (east, north in m) keyed up at
-    ``tx_power_dbm[b]`` (dBm) with audio drawn from (seed, window id); receiver r samples ``n_samples`` at
-    ``sample_rate_hz`` (its oscillator error included) from Unix time ``start_ns[b]`` on, with thermal
-    noise over ``sample_rate_hz``. The shadowing fields, calibration errors and signal model are the
-    world's, through ``SimulatedWorld.received_baseband``.
 
-    Returns complex64 ``[B, R, n_samples]`` in full-scale units (dBFS = dBm - true gain), so
-    ``features.mel_frames_dbm(x, spec, world.calibration_db)`` gives dBm as the daemon reads them.
-    ``receivers`` selects receiver indices (default all); ``window_ids`` (default 0..B-1) keys the audio
-    and noise RNG streams, so the same id always gives the same window.
-
-    ``oversampling=1`` (the default) samples at ``sample_rate_hz``
-    directly: a flat spectrum out to +-fs/2. With ``oversampling`` k > 1 each receiver is sampled at
-    k x ``sample_rate_hz``, tuned ``sample_rate_hz / 4`` below the target as a real tuner sits off the
-    carrier, and brought to ``sample_rate_hz`` by the daemon's own ``streamer.dsp.channelizer.Channelizer``:
-    the windows then carry its anti-alias roll-off near +-fs/2 as live data does (its filter scales with
-    the output rate, so the shape is the same for any decimation). The difference is measured by
-    ``tests/receivers/test_simulator.py``: about -0.3 dB in the two outermost mel bands, nothing elsewhere.
-    """
-    tx = np.atleast_2d(np.asarray(tx_en_m, dtype=np.float64))
-    n_win = tx.shape[0]
-    power = np.broadcast_to(np.asarray(tx_power_dbm, dtype=np.float64), (n_win,))
-    starts = np.broadcast_to(np.asarray(start_ns, dtype=np.int64), (n_win,))
-    ids = np.arange(n_win) if window_ids is None else np.asarray(window_ids, dtype=np.int64)
-    rx_idx = list(range(len(world.receiver_ids))) if receivers is None else list(receivers)
-    if isinstance(oversampling, bool) or not isinstance(oversampling, (int, np.integer)) or oversampling < 1:
-        raise ValueError(f"oversampling: expected an integer >= 1, got {oversampling!r}")
-    in_rate_hz = oversampling * sample_rate_hz
-    centre_hz = world.target_freq_hz - (sample_rate_hz / 4 if oversampling > 1 else 0.0)
-    channelizer, lead, n_in = None, 0, n_samples
-    if oversampling > 1:
-        from streamer.dsp.channelizer import Channelizer
-
-        channelizer = Channelizer(in_rate_hz, centre_hz, world.target_freq_hz, sample_rate_hz)
-        # Outputs whose filter span reaches before the first input are transients (resample_poly pads with
-        # zeros): render `lead` outputs' worth before the window and enough after it to emit its last one.
-        half_len = (len(channelizer.taps) - 1) // 2
-        lead = -(-half_len // channelizer.down) + 1
-        n_in = (lead + n_samples) * channelizer.down // channelizer.up + half_len + channelizer.down
-    first_input = lead * channelizer.down // channelizer.up if channelizer else 0  # input sample at t0
-    out = np.empty((n_win, len(rx_idx), n_samples), dtype=np.complex64)
-    for b in range(n_win):
-        # Keyed well before the window (longer than any propagation delay) and until well after it.
-        t0 = int(starts[b])
-        burst = Transmission.draw(t0 - 10**9, t0 + 10**9 + int(n_samples / sample_rate_hz * 1e9), power[b],
-                                  world.sim.fm_deviation_hz, _rng(world.sim.seed, _WINDOW, int(ids[b])))
-        for j, r in enumerate(rx_idx):
-            ppm = world.clock_ppm[r] * 1e-6
-            t_rel = (np.arange(n_in) - first_input) / (in_rate_hz * (1.0 + ppm))
-            signal_scale, noise_scale = world.full_scale_per_sqrt_mw(r)
-            x = signal_scale * world.received_baseband(r, t0, t_rel, centre_hz * (1.0 + ppm), tx_en_m=tx[b],
-                                                       transmissions=[burst])
-            if add_noise:
-                x += noise_scale * receiver_noise(world, (_WINDOW_NOISE, int(ids[b]), r), n_in, world.noise_dbm(r, in_rate_hz))
-            x = x.astype(np.complex64)
-            if channelizer is not None:
-                channelizer.reset()
-                block = IQBlock(world.receiver_ids[r], x, 0, t0, "host", in_rate_hz, centre_hz)
-                x = channelizer.process(block).samples[lead : lead + n_samples]
-            out[b, j] = x
-    return out
+def window_noise(world: SimulatedWorld, window_id: int, r: int, n: int, noise_dbm: float) -> np.ndarray:
+    """``n`` samples of receiver ``r``'s thermal noise (total power ``noise_dbm``, in sqrt(mW)) in training window
+    ``window_id``, from that window's and receiver's own RNG stream."""
+    return receiver_noise(world, (_WINDOW_NOISE, int(window_id), r), n, noise_dbm)
 
 
 class SimulatedReceiver(ReceiverBase):

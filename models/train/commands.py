@@ -1,13 +1,15 @@
 """Argument tables of ``heimdall train`` and the shipped model's path, importable without torch.
 
-streamer/cli.py builds its subcommands from ``add_train_arguments``, ``models.train.evaluate.add_arguments`` and
-``streamer.tools.bench_model.add_arguments`` at start-up, so none of them may import torch; ``run_train`` imports the
-trainer (and torch) only when the command runs.
+streamer/cli.py takes ``heimdall train``'s options (``add_train_arguments``) and entry point (``run_train``) from
+here, so its parser and ``--help`` work on an install without the ``train`` extra; ``run_train`` imports the
+trainer (and torch) only when the command runs, by name, so that this module never imports ``models.train.train``
+(which imports it: the dependency runs one way).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 
 from models import SHIPPED_VERSION as VERSION
@@ -72,7 +74,5 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``heimdall train`` (imports torch)."""
-    from models.train.train import run
-
-    return run(args)
+    """Run ``heimdall train`` (imports ``models.train.train``, and with it torch)."""
+    return importlib.import_module("models.train.train").run(args)

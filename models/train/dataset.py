@@ -7,7 +7,7 @@ Nothing here re-implements a signal or a feature. Each draw goes through:
    exponent and 1 km loss, shadowing sigma and decorrelation distance (spatially correlated field per
    receiver), per-receiver calibration error sigma, noise figure and its spread over the receivers, transmitter
    and receiver heights.
-2. ``receivers.simulator.SimulatedWorld`` + ``render_windows``: per-receiver IQ at the model rate for the
+2. ``receivers.simulator.SimulatedWorld`` + ``models.train.render.render_windows``: per-receiver IQ at the model rate for the
    drawn transmitter positions and powers, through the same signal code as the live simulator adapter
    (path loss, the world's shadowing fields, hidden calibration errors, thermal noise, oscillator errors).
 3. ``streamer.dsp.features.mel_frames_dbm`` with the receivers' configured ``calibration_db``: the daemon's
@@ -16,7 +16,7 @@ Nothing here re-implements a signal or a feature. Each draw goes through:
    stay); absent receivers are not rendered and get mask 0 and zero features, as ``OnnxEstimator`` fills them.
 
 Draws are kept only when at least ``min_heard`` present receivers hear the transmitter by the daemon's own
-rule (``streamer.dsp.detection.channel_power`` with the pipeline's detection SNR and noise band): windows the
+rule (``DETECTION``, the ``streamer.dsp.detection.DetectionRule`` of the config defaults): windows the
 daemon would not localize are not trained or scored on.
 
 Everything is a function of ``seed`` (world ``w`` of a run uses ``SeedSequence([seed, w])``, ``world_config``),
@@ -44,14 +44,12 @@ from streamer.dsp import features as feature_module
 from streamer.config import Config, PhysicsConfig, from_dict
 from streamer.dsp.features import FeatureSpec
 from streamer.core.geodesy import Origin, enu_to_geodetic
-from streamer.dsp.detection import channel_power
+from streamer.dsp.detection import DetectionRule
 
 MAX_RECEIVERS = 16
-#: Occupied bandwidth and detection rule of the daemon's defaults (streamer.config NetworkConfig / PipelineConfig).
-CHANNEL_BANDWIDTH_HZ = 12_500.0
-DETECTION_SNR_DB = 6.0
-#: The pipeline estimates noise inside 80 % of Nyquist (streamer.daemon.pipeline).
-NOISE_BAND_FRACTION = 0.4
+#: The daemon's detection rule under the config defaults (``network.channel_bandwidth_hz``,
+#: ``pipeline.detection_snr_db``): which receivers hear a training or evaluation draw.
+DETECTION = DetectionRule.from_config(Config())
 BANDS_HZ = ((144e6, 148e6), (430e6, 440e6))
 UNIX_2026_NS = 1_767_225_600 * 10**9
 
@@ -162,9 +160,8 @@ def random_network_config(rng: np.random.Generator, *, n_rx: int | None = None, 
 
 
 def heard_mask(frames_dbm: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """The daemon's detection rule on ``[..., R, M, T]`` frames: ``streamer.dsp.detection.channel_power(...).heard``."""
-    return channel_power(frames_dbm, spec, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ, detection_snr_db=DETECTION_SNR_DB,
-                         noise_max_offset_hz=NOISE_BAND_FRACTION * spec.sample_rate_hz).heard
+    """The daemon's detection rule on ``[..., R, M, T]`` frames: ``DETECTION.apply(...).heard``."""
+    return DETECTION.apply(frames_dbm, spec).heard
 
 
 def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: FeatureSpec, *, outage_prob: float = 0.0,
@@ -176,16 +173,17 @@ def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: Feature
     ``n`` only if ``max_tries`` rounds of candidates do not give ``n`` draws heard by ``min_heard`` receivers.
     Rendered windows are numbered from ``first_window_id`` (it keys their audio and noise streams): calls on
     the same world that must not share noise use disjoint ranges. ``oversampling`` > 1 renders through the
-    daemon's channelizer (``receivers.simulator.render_windows``).
+    daemon's channelizer (``models.train.render.render_windows``).
     """
-    from receivers.simulator import SimulatedWorld, render_windows  # the simulator's fast path
+    from models.train.render import render_windows  # the simulator's fast path
+    from receivers.simulator import SimulatedWorld
 
     world = SimulatedWorld(config)
     n_rx = len(world.receiver_ids)
     if n_rx > max_receivers:
         raise ValueError(f"{n_rx} receivers, but the model takes at most {max_receivers}")
     sim, area = world.sim, world.area
-    noise_channel_dbm = np.array([world.noise_dbm(r, CHANNEL_BANDWIDTH_HZ) for r in range(n_rx)])
+    noise_channel_dbm = np.array([world.noise_dbm(r, DETECTION.channel_bandwidth_hz) for r in range(n_rx)])
     kept: list[Windows] = []
     got, next_id = 0, int(first_window_id)
     for _ in range(max_tries):
@@ -197,7 +195,7 @@ def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: Feature
         present = rng.random((m, n_rx)) >= outage_prob
         # Cheap pre-screen on the true received power (the final test is the daemon's rule on the frames).
         snr = world.received_power_dbm(tx, power) - noise_channel_dbm
-        plausible = ((snr > DETECTION_SNR_DB - 3.0) & present).sum(axis=1) >= min_heard
+        plausible = ((snr > DETECTION.snr_db - 3.0) & present).sum(axis=1) >= min_heard
         present &= present.sum(axis=1, keepdims=True) >= min(3, n_rx)
         for b in np.flatnonzero(plausible & present.any(axis=1)):
             if got >= n:

@@ -48,11 +48,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.train.dataset import CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, NOISE_BAND_FRACTION
+from models.train.dataset import DETECTION
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES, SUBDIVISIONS, subcell_offsets
 from streamer.tools.calibrate_ellipses import least_nll_scale
 from streamer.estimators.contract import SEARCH_AREA_WIDTH, SITE_PROPAGATION_WIDTH
-from streamer.dsp.detection import channel_bands
 
 MIN_SCALE_KM = 0.2
 AREA_TOKEN_WIDTH = SEARCH_AREA_WIDTH  # the area in the normalised frame / 4, and its flag
@@ -240,8 +239,8 @@ class GridPosterior(nn.Module):
         else:
             signal_db, noise_db = self.channel_power_db(band_db, 20.0 * pooled[..., self.n_mels :])
             power_db = signal_db + 3.0 * rx[..., 0]
-            heard_logit = rx[..., 1] + (signal_db - noise_db - DETECTION_SNR_DB) / 2.0
-            floor_db = noise_db + DETECTION_SNR_DB + 3.0 * rx[..., 2]
+            heard_logit = rx[..., 1] + (signal_db - noise_db - DETECTION.snr_db) / 2.0
+            floor_db = noise_db + DETECTION.snr_db + 3.0 * rx[..., 2]
         scene = self.scene(scene_token)
         exponent = 2.0 + 2.0 * torch.sigmoid(scene[:, 0:1])  # [B, 1]
         sigma_db = 1.0 + 7.2 * F.softplus(scene[:, 1:2])
@@ -353,8 +352,7 @@ class LocalizerNet(nn.Module):
         self.norm = nn.LayerNorm(dim)
         bands = None
         if head == "grid" and channel_power_spec is not None:  # the FeatureSpec the frames are made with
-            bands = channel_bands(channel_power_spec, CHANNEL_BANDWIDTH_HZ,
-                                  NOISE_BAND_FRACTION * channel_power_spec.sample_rate_hz)
+            bands = DETECTION.bands(channel_power_spec)
             self.config["channel_power"] = True
         if head == "grid":
             self.grid = GridPosterior(dim, n_mels, cells=grid_cells, bands=bands)

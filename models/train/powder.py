@@ -32,11 +32,10 @@ From measured RSS to IQ, exactly:
    in the data many -101 receivers sit closer to the transmitter than receivers that heard it well (e.g. the
    first grid-test sample: four -101 receivers at 0.8-1.5 km while one at 1.5 km reads -60 dBm calibrated),
    so they are mostly missing data, and rendering them as noise-only windows would feed both estimators a
-   false "too weak here" (the physics estimator's censoring term then drags its estimate away; measured:
-   median 1.6 km on the first 40 grid-test samples). Every heard receiver is rendered, strongest measured RSS
-   first (POWDER has up to 25 heard). The model takes at most 16 receivers: it gets the 16 strongest. The
+   false "too weak here" (the physics estimator's censoring term then drags its estimate away). Every heard
+   receiver is rendered, strongest measured RSS first (POWDER has up to 25 heard). The model takes at most 16 receivers: it gets the 16 strongest. The
    physics estimator has no such limit; how many it uses is one of its CV-chosen options (below: "all" was a
-   candidate; on the grid split the CV chose the same 16 as the model, so both methods see the same receivers).
+   candidate; ``powder_physics_options.json`` records what the CV chose for each split).
    Receivers reported more than 5 km from the fixed receivers' centroid (bogus bus GPS fixes) are left out,
    here and in the fit.
 5. A sample is scored only if at least three of those receivers hear by the daemon's rule
@@ -48,11 +47,10 @@ grid step 25 m; transmitter at 1.5 m, receivers at 0 m (heights are not in the d
 are modelled is a ``PhysicsOptions``:
 
 - ``BASELINE_OPTIONS`` (``heimdall evaluate --powder-baseline``): the 16 strongest, i.i.d. errors of sigma
-  hypot(fitted sigma, 1 dB). It is overconfident on POWDER (grid split: cov95 0.903 in cross-validation,
-  ``powder_physics_options.json``) because real shadowing is not i.i.d.: residuals of two receivers for one transmission
-  correlate 0.57 below 50 m of receiver separation, 0.20 at 100-200 m, ~0 beyond 800 m (``fit_correlation``),
-  and one receiver's residuals at two transmitter positions correlate 0.57 below 50 m, 0.29 at 100-200 m
-  (``python -m models.train.powder residuals --split grid`` prints both tables).
+  hypot(fitted sigma, 1 dB). Real shadowing is not i.i.d.: the residuals of two nearby receivers for one
+  transmission correlate, and so do one receiver's residuals at two nearby transmitter positions, both fading
+  with distance (``fit_correlation``; ``python -m models.train.powder residuals --split grid`` prints both
+  tables), so these ellipses come out too small; the options below model it.
 - ``correlated``: the full error covariance between receivers, a two-exponential correlation in their
   separation fitted on the fitting links (``streamer.estimators.physics.correlated_error_cov``).
 - ``per_receiver_sigma``: each receiver's own residual sigma (receivers with >= 30 fitted links).
@@ -85,8 +83,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.train.dataset import (CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, MAX_RECEIVERS, NOISE_BAND_FRACTION, Windows,
-                                  free_space_loss_1km_db, heard_mask)
+from models.train.dataset import DETECTION, MAX_RECEIVERS, Windows, free_space_loss_1km_db, heard_mask
+from models.train.scoring import format_table, model_methods, run_centroid, run_onnx, scored, scores, site_calibrated
 from streamer.dsp import features as feature_module
 from streamer.core.propagation import fit_path_loss
 from streamer.config import PhysicsConfig, from_dict
@@ -96,7 +94,6 @@ from streamer.dsp.features import FeatureSpec
 from streamer.core.geodesy import Origin, geodetic_to_enu_m, search_area
 from streamer.estimators.contract import search_area_row, site_propagation
 from streamer.estimators.physics import PhysicsEstimator, correlated_error_cov
-from streamer.dsp.detection import channel_power
 from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
 from streamer.estimators.survey import CORR_BINS_M, correlation_table, fit_correlation, pair_residuals
 from streamer.estimators.survey import ShadowingMaps as _KrigedMaps
@@ -330,7 +327,8 @@ class RenderedSample:
 
 def render_sample(row: dict, fit: dict, origin: Origin, spec: FeatureSpec, sample_id: int) -> RenderedSample | None:
     """Every heard receiver of a POWDER sample as mel frames (module doc, steps 2-4); None when none heard."""
-    from receivers.simulator import SimulatedWorld, render_windows
+    from models.train.render import render_windows
+    from receivers.simulator import SimulatedWorld
 
     heard = sorted([it for it in row["rx"].items() if it[1][0] > NOT_HEARD and _on_campus(it[1][1], it[1][2], origin)],
                    key=lambda it: -it[1][0])
@@ -396,8 +394,7 @@ def physics_config(fit: dict, power_halfwidth_db: float = 3.0) -> PhysicsConfig:
 
 
 def _channel_power(sample: RenderedSample, spec: FeatureSpec):
-    return channel_power(sample.frames_dbm, spec, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ, detection_snr_db=DETECTION_SNR_DB,
-                         noise_max_offset_hz=NOISE_BAND_FRACTION * spec.sample_rate_hz)
+    return DETECTION.apply(sample.frames_dbm, spec)
 
 
 def physics_estimate(sample: RenderedSample, fit: dict, options: PhysicsOptions, spec: FeatureSpec,
@@ -455,8 +452,6 @@ def compare_variants(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, op
     """Cross-validated scores (the same folds and rows as ``cross_validate``) of variants of one ``options``: the
     posterior summary (mean, coordinate-wise median, mode, each with the second moment about it), the transmit
     power prior (+-3 dB, +-6 dB around the calibrated 30 dBm) and the search-area margin (0.3 km, 0.6 km)."""
-    from models.train.evaluate import scores
-
     variants = [(summary, 3.0, 0.3) for summary in ("mean", "median", "mode")] + [("mean", 6.0, 0.3), ("mean", 3.0, 0.6)]
     got = {v: ([], []) for v in variants}
     truth = []
@@ -579,8 +574,6 @@ def cross_validate(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, *, f
     on the other folds (``fit_model``) and ``per_fold`` random rows of the fold are rendered and scored exactly
     as the test rows are. The test split's rows are never read here.
     """
-    from models.train.evaluate import scores
-
     candidates = candidates or [PhysicsOptions(m, per, cor, sc, mp) for m in SELECT_RECEIVERS for per, cor, mp in SELECT_STRUCTURES
                                 for sc in SELECT_SCALES]
     pos = {c: [] for c in candidates}
@@ -627,8 +620,6 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
     ``options`` feeds the physics estimator (default: ``options_for(split)``, the choice ``select`` stored for this
     split's test file, else ``BASELINE_OPTIONS``).
     """
-    from models.train.evaluate import model_methods, run_centroid, run_onnx, scored, scores, site_calibrated
-
     spec = spec or FeatureSpec()
     options = options or options_for(split, root=root)
     rows = load_rows(root)
@@ -693,8 +684,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m models.train.powder select [--split grid|random|PATH]``: choose the physics options by CV (fitting rows only)."""
     import argparse
     from dataclasses import asdict
-
-    from models.train.evaluate import format_table
 
     parser = argparse.ArgumentParser(prog="python -m models.train.powder", description=main.__doc__)
     parser.add_argument("command", choices=("select", "residuals", "variants"),

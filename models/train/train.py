@@ -4,7 +4,7 @@ Steps (each one printed as it finishes):
 
 1. Data: ``models.train.dataset.generate_cached`` draws ``--n-train`` windows from random networks (seed
    ``--seed``) and ``--n-val`` from other random networks (seed ``--seed + 1``), through
-   ``receivers.simulator.render_windows`` and ``streamer.dsp.features.mel_frames_dbm``.
+   ``models.train.render.render_windows`` and ``streamer.dsp.features.mel_frames_dbm``.
 2. Training: AdamW, cosine learning rate, full 2-D Gaussian NLL (``network.gaussian_nll``) plus, for the grid
    head, ``--heard-weight`` x the cross-entropy of its heard weights (``loss_of``). Each batch is
    rotated by a random multiple of 90 degrees and mirrored with probability 1/2 about the origin (propagation is
@@ -55,8 +55,12 @@ SITE_ERROR = (0.1, 0.1, 2.0)
 # so that the model also works when it is not told one.
 AREA_UNKNOWN_PROB = 0.25
 FREQ_RANGE_HZ = (144e6, 440e6)
+# TRAINING_DATA and the "render" note are the metadata text of the shipped model, word for word: they name the
+# modules as they were called when it was trained (streamer.features, streamer.channelizer, render_windows in
+# receivers/simulator.py; now streamer.dsp.features, streamer.dsp.channelizer, models/train/render.py), so that
+# `heimdall train` with the defaults still writes the shipped file byte for byte.
 TRAINING_DATA = (
-    "receivers/simulator.py render_windows -> streamer.dsp.features.mel_frames_dbm, random networks: 3-16 receivers, "
+    "receivers/simulator.py render_windows -> streamer.features.mel_frames_dbm, random networks: 3-16 receivers, "
     "bounding box 3-200 km, 144-148 MHz or 430-440 MHz, path-loss exponent 2-4, 1 km loss free space -3..+25 dB, "
     "correlated shadowing 3-9 dB, calibration error sigma 0-4 dB, noise figure 3-12 dB with a spread of 0-4 dB over "
     "the receivers (noise referred to the receiver: the gain error scales the signal only), transmit power 15-60 dBm, "
@@ -261,7 +265,7 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     if windows_per_network != 64:
         args_summary["windows_per_network"] = windows_per_network
     if oversampling != 1:
-        args_summary["render"] = f"through streamer.dsp.channelizer from {oversampling} x {spec.sample_rate_hz:g} Hz"
+        args_summary["render"] = f"through streamer.channelizer from {oversampling} x {spec.sample_rate_hz:g} Hz"
     meta = metadata(spec, args_summary)
     from models import MAX_MODEL_BYTES
     from models.train.export import export_model, onnx_vs_torch, set_metadata
@@ -281,7 +285,8 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     report = {"data_seconds": data_seconds, **{k: v for k, v in summary.items() if k != "history"},
               "onnx_vs_torch": diff, "model_bytes": size, "history": summary["history"]}
     if eval_n:
-        from models.train.evaluate import evaluate, summary_for_metadata
+        from models.train.evaluate import evaluate
+        from models.train.scoring import summary_for_metadata
 
         results = evaluate([out], n_default=eval_n, n_random=eval_n // 2, cache_dir=cache_dir, powder=False,
                            oversampling=oversampling, log=log)

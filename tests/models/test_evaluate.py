@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.train import evaluate
+from models.train import evaluate, scoring
 from streamer.cli import main
 
 
@@ -51,8 +51,8 @@ def test_a_bad_realization_option_is_refused_by_name(capsys, option, value, mess
 
 def test_ellipse_size_leaves_out_unusable_covariances():
     cov = np.array([np.eye(2) * 4e6, np.full((2, 2), np.nan), np.zeros((2, 2)), np.eye(2) * 4e6])
-    assert evaluate.ellipse_size_m(cov) == pytest.approx(2e3)
-    assert np.isnan(evaluate.ellipse_size_m(cov[1:3]))
+    assert scoring.ellipse_size_m(cov) == pytest.approx(2e3)
+    assert np.isnan(scoring.ellipse_size_m(cov[1:3]))
 
 
 def test_a_realization_redraws_only_the_networks_hidden_state():
@@ -107,26 +107,26 @@ def test_coverage_spread_separates_what_the_networks_make_from_binomial_sampling
     rng = np.random.default_rng(3)
     n = 1000
     same = [{"cov68": rng.binomial(n, 0.68) / n, "n": n} for _ in range(400)]  # one true coverage: sampling alone
-    spread = evaluate.coverage_spread(same, "cov68")
+    spread = scoring.coverage_spread(same, "cov68")
     assert spread["sampling_sd"] == pytest.approx(np.sqrt(0.68 * 0.32 / n), rel=0.02)
     assert spread["observed_sd"] == pytest.approx(spread["sampling_sd"], rel=0.1)
     assert spread["beyond_sampling_sd"] < 0.5 * spread["sampling_sd"]
     true = rng.normal(0.68, 0.05, 400)  # each network its own true coverage, sd 0.05
     differ = [{"cov68": rng.binomial(n, p) / n, "n": n} for p in true]
-    assert evaluate.coverage_spread(differ, "cov68")["beyond_sampling_sd"] == pytest.approx(0.05, rel=0.1)
-    assert evaluate.coverage_spread(same[:1], "cov68") is None
-    line = evaluate._network_spread_lines({"m": _pooled_set((1e3, 1e3, 3e3))}, "")[0]
+    assert scoring.coverage_spread(differ, "cov68")["beyond_sampling_sd"] == pytest.approx(0.05, rel=0.1)
+    assert scoring.coverage_spread(same[:1], "cov68") is None
+    line = scoring._network_spread_lines({"m": _pooled_set((1e3, 1e3, 3e3))}, "")[0]
     assert "; sd over networks cov68 " in line and "(sampling " in line and "beyond it " in line
 
 
 def test_per_network_table_compares_each_models_ellipses_with_the_physics_posteriors():
     table = {"m": _pooled_set((1e3, 1e3), ellipse_sd_m=800.0), "m+site": _pooled_set((1e3, 1e3)),
              "physics": _pooled_set((1e3, 1e3)), "centroid": _pooled_set((1e3, 1e3), ellipse_sd_m=5e3)}
-    text = evaluate.format_per_network("random-many", table)
+    text = scoring.format_per_network("random-many", table)
     lines = text.splitlines()
     assert lines[2] == "| network | receivers | side km | heard | m cov68 / cov95 | physics cov68 / cov95 | m ellipse / physics |"
     assert len(lines) == 6 and lines[4].startswith("| 0 | 5 | ") and lines[4].endswith(" | 0.800 |")
-    assert evaluate.format_per_network("default", {"physics": {"cov68": 0.7}}) == ""
+    assert scoring.format_per_network("default", {"physics": {"cov68": 0.7}}) == ""
 
 
 def test_site_calibration_scales_each_half_by_the_factor_fitted_on_the_other_half():
@@ -135,11 +135,11 @@ def test_site_calibration_scales_each_half_by_the_factor_fitted_on_the_other_hal
     cov = np.tile(np.diag([1e6, 4e6]), (n, 1, 1))
     factor = np.where(np.arange(n) % 2 == 0, 1.0, 4.0)  # odd draws err twice as far as their covariance says
     truth = rng.standard_normal((n, 2)) * np.sqrt(np.array([1e6, 4e6]) * factor[:, None])
-    scaled = evaluate.site_calibrated(np.zeros((n, 2)), cov, truth)
+    scaled = scoring.site_calibrated(np.zeros((n, 2)), cov, truth)
     ratio = scaled[:, 0, 0] / cov[:, 0, 0]
     assert ratio[0::2] == pytest.approx(np.full(n // 2, 4.0), rel=0.08)  # the even half gets the odd half's factor
     assert ratio[1::2] == pytest.approx(np.full(n // 2, 1.0), rel=0.08)
-    one = evaluate.site_calibrated(np.zeros((1, 2)), cov[:1], truth[:1])
+    one = scoring.site_calibrated(np.zeros((1, 2)), cov[:1], truth[:1])
     assert np.isnan(one).all()  # a single draw: no other half to fit on
 
 
@@ -153,7 +153,7 @@ def test_gates_compare_each_model_with_the_physics_posterior_and_check_both_cove
                     "m": _scores(95, 105, 209, 0.70, 0.95), "far": _scores(95, 106, 211, 0.77, 0.92)},
         "powder-grid": {"physics": _scores(138, 180, 300, 0.8, 0.95), "m": _scores(151, 200, 400, 0.6, 0.90)},
     }
-    rows = {(r["dataset"], r["method"]): r for r in evaluate.gate_rows(results)}
+    rows = {(r["dataset"], r["method"]): r for r in scoring.gate_rows(results)}
     assert set(rows) == {("default", "m"), ("default", "far"), ("powder-grid", "m"), ("default", "physics"),
                          ("powder-grid", "physics")}  # not centroid
     assert rows["default", "physics"]["met"] == {"cov68": True, "cov95": True}  # its coverage, not its errors
@@ -181,16 +181,16 @@ def test_gate_summary_states_the_seeded_and_the_hidden_state_reading():
         "random-0-realizations": {"physics": _scores(90, 100, 200, 0.70, 0.96), "m": _scores(95, 101, 201, 0.67, 0.96)},
         "powder-grid": {"physics": _scores(130, 180, 300, 0.8, 0.97), "m": _scores(175, 200, 400, 0.6, 0.87)},
     }
-    assert evaluate.gate_readings(results) == {
+    assert scoring.gate_readings(results) == {
         "seeded": ["default", "random-0", "powder-grid"],
         "hidden state": ["default", "powder-grid", "random-0-realizations"]}
-    seeded, hidden = evaluate.gate_summary(results)
+    seeded, hidden = scoring.gate_summary(results)
     assert seeded == ("- seeded (default, random-0, powder-grid): m misses random-0 cov68; physics misses random-0 cov95; "
                       "powder-grid gates met by physics")  # +site rows are not graded here
     assert hidden.endswith(": m misses none; physics misses none; powder-grid gates met by physics")
-    assert list(evaluate.gate_readings(["default", "random-0"])) == ["seeded"]
-    assert evaluate.gate_readings(["random-0-realizations"]) == {"hidden state": ["random-0-realizations"]}
-    assert "- seeded (" in evaluate.format_gates(results)
+    assert list(scoring.gate_readings(["default", "random-0"])) == ["seeded"]
+    assert scoring.gate_readings(["random-0-realizations"]) == {"hidden state": ["random-0-realizations"]}
+    assert "- seeded (" in scoring.format_gates(results)
 
 
 def test_reproduction_compares_a_second_run_with_the_shipped_model_on_the_datasets_both_were_scored_on(tmp_path, capsys):
@@ -199,13 +199,13 @@ def test_reproduction_compares_a_second_run_with_the_shipped_model_on_the_datase
         "random-0": {"shipped": _scores(100, 100, 100, 0.70, 0.95), "rerun": _scores(100, 100, 100, 0.70, 0.89)},
         "powder-grid": {"shipped": _scores(150, 200, 400, 0.6, 0.9)},  # the rerun was not scored here
     }
-    rows = evaluate.reproduction_rows(results, "shipped", "rerun")
+    rows = scoring.reproduction_rows(results, "shipped", "rerun")
     assert [r["dataset"] for r in rows] == ["default", "random-0"]
     assert rows[0]["relative"]["median_m"] == pytest.approx(0.04) and rows[0]["within"]
     assert rows[0]["relative"]["p90_m"] == pytest.approx(0.045)
     assert not rows[1]["within"]  # cov95 0.89 against 0.95: 6.3 % off
     with pytest.raises(KeyError, match="'other' is in no dataset"):
-        evaluate.reproduction_rows(results, "shipped", "other")
+        scoring.reproduction_rows(results, "shipped", "other")
     path = tmp_path / "results.json"
     import json
 
@@ -233,5 +233,5 @@ def test_reproduces_names_a_method_the_results_do_not_hold(tmp_path):
     with pytest.raises(SystemExit, match="method 'rerun' is in no dataset of these results \\(methods: shipped\\)"):
         evaluate.main(["--from-json", str(path), "--reproduces", "shipped", "rerun"])
     results = {"default": {"a": _scores(1, 1, 1, 0.0, 0.9), "b": _scores(1, 1, 1, 0.0, 0.9), "c": _scores(1, 1, 1, 0.1, 0.9)}}
-    assert evaluate.reproduction_rows(results, "a", "b")[0]["within"]  # coverage 0 against 0: no division by zero
-    assert not evaluate.reproduction_rows(results, "a", "c")[0]["within"]
+    assert scoring.reproduction_rows(results, "a", "b")[0]["within"]  # coverage 0 against 0: no division by zero
+    assert not scoring.reproduction_rows(results, "a", "c")[0]["within"]

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch", reason="training needs torch: pip install -
 
 import streamer.dsp.features  # noqa: E402
 from models.train import dataset  # noqa: E402
-from models.train.evaluate import run_centroid, scores  # noqa: E402
+from models.train.scoring import run_centroid, scores  # noqa: E402
 from models import MAX_MODEL_BYTES  # noqa: E402
 from models.train.export import export_model, onnx_vs_torch  # noqa: E402
 from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll, log_normal_cdf  # noqa: E402
@@ -608,8 +608,8 @@ def test_a_channel_power_grid_head_measures_power_and_noise_as_the_daemon_does()
     noise, from the pooled band statistics, are ``streamer.dsp.detection.channel_power``'s on the same simulated frames
     within a fraction of a dB (the graph sees each band's dB mean and spread, not its linear mean), so its heard
     rule is the daemon's; it exports, and ONNX Runtime agrees with torch."""
-    from models.train.dataset import CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, NOISE_BAND_FRACTION, random_network_config
-    from streamer.dsp.detection import channel_power
+    from models.train.dataset import random_network_config
+    from streamer.dsp.detection import DetectionRule
 
     config = random_network_config(np.random.default_rng(5), n_rx=8, extent_km=60.0, seed=5)
     data = dataset.draw_windows(config, 48, np.random.default_rng(6), SPEC, shuffle_slots=False)
@@ -622,15 +622,15 @@ def test_a_channel_power_grid_head_measures_power_and_noise_as_the_daemon_does()
         signal, noise = model.grid.channel_power_db(20.0 * pooled[..., : SPEC.n_mels], 20.0 * pooled[..., SPEC.n_mels :])
     n = len(config.receivers)
     signal, noise = signal[:, :n].numpy() + NORMALISATION.offset_db, noise[:, :n].numpy() + NORMALISATION.offset_db
-    daemon = channel_power(data.features_dbm[:, :n], SPEC, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ,
-                           detection_snr_db=DETECTION_SNR_DB, noise_max_offset_hz=NOISE_BAND_FRACTION * SPEC.sample_rate_hz)
+    rule = DetectionRule.from_config(config)  # as the daemon builds it from the network's config
+    daemon = rule.apply(data.features_dbm[:, :n], SPEC)
     heard = daemon.heard & (data.rx_mask[:, :n] > 0.5)
     assert heard.sum() > 100
     present = data.rx_mask[:, :n] > 0.5
     assert np.percentile(np.abs(noise - daemon.noise_dbm)[present], 90) < 0.05 and np.abs(noise - daemon.noise_dbm)[present].max() < 1.0
     assert abs(np.median(signal[heard] - daemon.signal_dbm[heard])) < 0.5 and np.percentile(
         np.abs(signal[heard] - daemon.signal_dbm[heard]), 90) < 1.0
-    assert ((signal - noise >= DETECTION_SNR_DB) == heard)[present].mean() > 0.98
+    assert ((signal - noise >= rule.snr_db) == heard)[present].mean() > 0.98
     from models.train.dataset import physics_config_for
     from streamer.estimators.contract import network_search_area_row
 

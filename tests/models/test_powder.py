@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from models.train import evaluate, powder
-from models.train.dataset import CHANNEL_BANDWIDTH_HZ, DETECTION_SNR_DB, NOISE_BAND_FRACTION
 from streamer.dsp.features import FeatureSpec
-from streamer.dsp.detection import channel_power
+from streamer.config import load
+from streamer.dsp.detection import DetectionRule
 
 pytestmark = pytest.mark.skipif(not (powder.POWDER_DIR / "Separated_Dataset_CSV").is_dir(),
                                 reason=f"POWDER data not found at {powder.POWDER_DIR} (set POWDER_DIR)")
@@ -44,8 +44,7 @@ def test_rendered_windows_carry_the_measured_power(fitted):
     data, names = powder.sample_windows(test_rows[0], fit, origin, spec, 0)
     k = len(names)
     assert k == int(data.rx_mask.sum()) and all(test_rows[0]["rx"][n][0] > powder.NOT_HEARD for n in names)
-    power = channel_power(data.features_dbm[0, :k], spec, channel_bandwidth_hz=CHANNEL_BANDWIDTH_HZ,
-                          detection_snr_db=DETECTION_SNR_DB, noise_max_offset_hz=NOISE_BAND_FRACTION * spec.sample_rate_hz)
+    power = DetectionRule.from_config(load()).apply(data.features_dbm[0, :k], spec)  # the daemon's rule
     want = np.array([powder.calibrated_dbm(test_rows[0]["rx"][n][0], n, fit) for n in names])
     strong = power.snr_db > 20
     assert strong.sum() >= 3

@@ -75,5 +75,5 @@ def test_the_shipped_model_is_what_heimdall_train_makes_with_its_defaults():
     for key in ("n_train", "n_val", "batch_size", "lr", "dim", "layers", "drop_prob", "seed", "head", "heard_weight"):
         assert recorded[key] == defaults[key], key
     assert recorded["channel_power"] is defaults["channel_power"] is True
-    assert defaults["channelized"] and recorded["render"].startswith("through streamer.dsp.channelizer from 2 x")
+    assert defaults["channelized"] and recorded["render"].startswith("through streamer.channelizer from 2 x")
     assert "windows_per_network" not in recorded and defaults["windows_per_network"] == 64

@@ -16,9 +16,9 @@ from receivers.simulator import (
     SimulatedReceiver,
     SimulatedWorld,
     received_power_dbm,
-    render_windows,
     thermal_noise_dbm,
 )
+from models.train.render import render_windows
 from tests.helpers.network import NETWORK
 from streamer.config import from_dict
 from streamer.dsp.features import FeatureSpec, mel_frames_dbm

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from receivers.simulator import SimulatedWorld, render_windows
+from models.train.render import render_windows
+from receivers.simulator import SimulatedWorld
 from tests.helpers.network import NETWORK
 from streamer.config import PhysicsConfig, from_dict
 from streamer.dsp.features import FeatureSpec, band_centres_hz, mel_frames_dbm
