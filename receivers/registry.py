@@ -16,7 +16,7 @@ import importlib
 
 from streamer.core.errors import ConfigError, MissingDependencyError
 
-#: kind -> "module:Class". One line per adapter (STYLE.md habit 1).
+#: kind -> "module:Class". One line per adapter.
 KINDS: dict[str, str] = {
     "simulator": "receivers.simulator:SimulatedReceiver",
     "zmq": "receivers.zmq_framed:ZmqFramedReceiver",

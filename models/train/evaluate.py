@@ -173,7 +173,7 @@ def many_networks(n_networks: int, spec: FeatureSpec, cache_dir=None,
 
 def score_many(networks: list[tuple[Config, PhysicsConfig, Windows]], estimates: list[Estimates]) -> dict:
     """Pooled ``scores`` over several networks' draws, plus the 10/50/90th percentiles of per-network coverage
-    (``cov68_networks``, ``cov95_networks``), the fraction of networks whose coverage is inside issue 3's gate
+    (``cov68_networks``, ``cov95_networks``), the fraction of networks whose coverage is inside the coverage gate
     (``cov68_networks_in_gate``, ``cov95_networks_in_gate``) and ``networks``: per network its median error,
     coverage and n, ``describe_network`` and ``ellipse_size_m`` (``--per-network`` prints them)."""
     truths = [data.tx_enu_km.astype(np.float64) * 1e3 for _, _, data in networks]

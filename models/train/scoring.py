@@ -211,7 +211,7 @@ GATES = {"error_ratio": 1.05, "cov68": (0.64, 0.76), "cov95": (0.93, 0.97), "pow
 def gate_rows(results: dict) -> list[dict]:
     """Per dataset and method but ``centroid``: each gate met, and for a model its errors relative to ``physics``.
 
-    The coverage gates hold for both estimators (issue 3), so ``physics`` has its own row, without the error
+    The coverage gates hold for both estimators, so ``physics`` has its own row, without the error
     gates (it is their yardstick); on POWDER its row has the median gate too (the better method must meet it)."""
     rows = []
     for dataset, table in results.items():
@@ -250,7 +250,7 @@ def format_gates(results: dict) -> str:
 
 
 def gate_readings(datasets) -> dict[str, list[str]]:
-    """The datasets each reading of issue 3's per-network gates grades, in order: ``seeded`` grades each random
+    """The datasets each reading of the per-network coverage gates grades, in order: ``seeded`` grades each random
     network on its one seeded realization (``random-<k>``); ``hidden state`` grades it over realizations of its
     hidden state (``random-<k>-realizations`` in place of ``random-<k>``), which no estimator is told, the oracle
     posterior included (module doc). Only ``seeded`` when no realizations were scored; only ``hidden state`` when
@@ -287,7 +287,7 @@ def gate_summary(results: dict) -> list[str]:
     return lines
 
 
-#: How close a second training run's scores must be to the shipped model's (issue 3: "within 5 %").
+#: How close a second training run's scores must be to the shipped model's (within 5 %).
 REPRODUCTION_TOLERANCE = 0.05
 REPRODUCED_SCORES = ("median_m", "mean_m", "p90_m", "cov68", "cov95")
 
