@@ -13,7 +13,7 @@ Nothing here re-implements a signal or a feature. Each draw goes through:
 3. ``streamer.dsp.features.mel_frames_dbm`` with the receivers' configured ``calibration_db``: the daemon's
    feature implementation, so the model sees what the daemon will give it.
 4. Outages: each receiver is absent from a window with a random per-world probability (at least three
-   stay); absent receivers are not rendered and get mask 0 and zero features, as ``OnnxEstimator`` fills them.
+   stay); absent receivers are not rendered and get mask 0 and zero features, as ``OnnxSession`` fills them.
 
 Draws are kept only when at least ``min_heard`` present receivers hear the transmitter by the daemon's own
 rule (``DETECTION``, the ``streamer.dsp.detection.DetectionRule`` of the config defaults): windows the

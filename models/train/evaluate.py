@@ -32,12 +32,12 @@ it, i.e. at least three receivers hear the transmitter by its detection rule):
                  as ``powder-random``; ``--test-split PATH`` any split file of the data folder (e.g.
                  ``special_test_cases/indoor.json``) as ``powder-<file stem>``, by the same rule.
 
-Methods: each ONNX model (named by its file stem) through ``streamer.estimators.onnx.OnnxEstimator.run``; a model
+Methods: each ONNX model (named by its file stem) through ``streamer.estimators.onnx.OnnxSession.run``; a model
 that takes the contract's optional inputs is told the dataset's propagation exactly as the physics estimator is
 configured (``site_propagation`` of the same ``PhysicsConfig``, as the daemon feeds ``estimator.physics``'s) and
 the search area the physics estimator's prior covers (``search_area_row``), and is scored a second time told
 nothing as ``<model>-blind``;
-``physics``: ``streamer.estimators.physics.PhysicsEstimator`` on ``channel_power`` of the same frames, as the daemon
+``physics``: ``streamer.estimators.physics.PhysicsGrid`` on ``channel_power`` of the same frames, as the daemon
 runs it, given the true propagation parameters of each simulated world (path-loss exponent, 1 km loss,
 shadowing and calibration sigmas, power range, transmitter height: an oracle; a site-taking model is told
 the same, a blind one nothing); on POWDER the parameters fitted on the fitting rows. Grid
@@ -90,7 +90,7 @@ from streamer.config import Config, PhysicsConfig, load
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 from streamer.dsp.features import FeatureSpec
 from streamer.estimators.contract import network_search_area_row, site_propagation
-from streamer.estimators.physics import PhysicsEstimator
+from streamer.estimators.physics import PhysicsGrid
 
 EVAL_SEED = 20_260_001
 RANDOM_NETWORKS = ((5, 8.0), (10, 60.0), (16, 180.0))  # (receivers, bounding-box side in km)
@@ -214,7 +214,7 @@ def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: Fea
     _, rx_enu_m, area = network_geometry(config)
     n_rx = rx_enu_m.shape[0]
     alts = np.array([rx.alt_m for rx in config.receivers])
-    est = PhysicsEstimator(physics, rx_enu_m, alts, area)
+    est = PhysicsGrid(physics, rx_enu_m, alts, area)
     pos = np.empty((len(data), 2))
     cov = np.empty((len(data), 2, 2))
     scales = np.empty((len(data), len(ELLIPSE_PROBABILITIES)))

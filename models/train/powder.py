@@ -41,7 +41,7 @@ From measured RSS to IQ, exactly:
 5. A sample is scored only if at least three of those receivers hear by the daemon's rule
    (``dataset.heard_mask``); the count left out is reported as ``skipped``.
 
-Physics estimator: ``PhysicsEstimator`` with the fitted exponent and sigma, the free-space 1 km loss,
+Physics estimator: ``PhysicsGrid`` with the fitted exponent and sigma, the free-space 1 km loss,
 calibration sigma 1 dB, transmit power prior [27, 33] dBm, search area = the receivers' bounding box + 0.3 km,
 grid step 25 m; transmitter at 1.5 m, receivers at 0 m (heights are not in the data). How the measured errors
 are modelled is a ``PhysicsOptions``:
@@ -93,7 +93,7 @@ from streamer.core.errors import HeimdallError
 from streamer.dsp.features import FeatureSpec
 from streamer.core.geodesy import Origin, geodetic_to_enu_m, search_area
 from streamer.estimators.contract import search_area_row, site_propagation
-from streamer.estimators.physics import PhysicsEstimator, correlated_error_cov
+from streamer.estimators.physics import PhysicsGrid, correlated_error_cov
 from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
 from streamer.estimators.survey import CORR_BINS_M, correlation_table, fit_correlation, pair_residuals
 from streamer.estimators.survey import ShadowingMaps as _KrigedMaps
@@ -408,7 +408,7 @@ def physics_estimate(sample: RenderedSample, fit: dict, options: PhysicsOptions,
 
 
 def physics_estimator(sample: RenderedSample, fit: dict, options: PhysicsOptions, power_halfwidth_db: float = 3.0,
-                      area_margin_km: float = AREA_MARGIN_KM) -> tuple[PhysicsEstimator, int]:
+                      area_margin_km: float = AREA_MARGIN_KM) -> tuple[PhysicsGrid, int]:
     """The estimator ``physics_estimate`` uses for a sample, and the number of (strongest) receivers it takes."""
     k = len(sample.names) if options.max_receivers is None else min(len(sample.names), options.max_receivers)
     rx = sample.rx_enu_m[:k]
@@ -423,11 +423,11 @@ def physics_estimator(sample: RenderedSample, fit: dict, options: PhysicsOptions
                           for n in sample.names[:k]])
         components = fit["correlation"] if options.correlated else ()
         error_cov = options.sigma_scale**2 * correlated_error_cov(rx, sigma, components, CALIBRATION_SIGMA_DB)
-    return PhysicsEstimator(physics, rx, np.zeros(k), search_area(rx, area_margin_km), error_cov_db2=error_cov,
+    return PhysicsGrid(physics, rx, np.zeros(k), search_area(rx, area_margin_km), error_cov_db2=error_cov,
                             shadowing_map=shadowing_map), k
 
 
-def _summaries(est: PhysicsEstimator, k: int, power) -> dict:
+def _summaries(est: PhysicsGrid, k: int, power) -> dict:
     """Point estimates of one posterior, each with the posterior second moment about it: mean, median, mode."""
     log_post = est.log_posterior(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
     w = np.exp(log_post - log_post.max())
@@ -526,7 +526,7 @@ class ShadowingMaps(_KrigedMaps):
 
     def for_receivers(self, names: list, sigma_db: np.ndarray, scale: float = 1.0,
                       calibration_sigma_db: float = CALIBRATION_SIGMA_DB):
-        """``shadowing_map`` callable for ``PhysicsEstimator`` (``streamer.estimators.survey.ShadowingMaps.for_receivers``) with
+        """``shadowing_map`` callable for ``PhysicsGrid`` (``streamer.estimators.survey.ShadowingMaps.for_receivers``) with
         POWDER's calibration sigma ``CALIBRATION_SIGMA_DB`` added."""
         return super().for_receivers(names, sigma_db, scale, calibration_sigma_db)
 

@@ -1,7 +1,7 @@
 """Scores of one method's estimates on a set of draws, and the tables and gates made of them.
 
 Owns ``scores`` (error percentiles in m, 68 % / 95 % ellipse coverage, mean NLL of the truth in metres), the two
-methods every dataset scores alike (an ONNX model through ``OnnxEstimator.run``, the receivers' centroid), the
+methods every dataset scores alike (an ONNX model through ``OnnxSession.run``, the receivers' centroid), the
 site-calibrated covariance, and the text, Markdown, gate and reproduction tables of ``{dataset: {method: scores}}``
 results. ``models.train.evaluate`` (simulated sets) and ``models.train.powder`` (POWDER rows) both score through it.
 """
@@ -83,12 +83,12 @@ def takes_optional_inputs(path: Path) -> bool:
 def run_onnx(path: Path, data: Windows, batch: int = 256, site: np.ndarray | None = None,
              area: np.ndarray | None = None) -> Estimates:
     """Positions (m), covariances (m^2) and ellipse scales (``None`` for a model without the optional output) of an
-    ONNX model through ``OnnxEstimator.run``; ``site``: the
+    ONNX model through ``OnnxSession.run``; ``site``: the
     ``site_propagation`` row it is fed (``None``: unknown), as the daemon feeds ``estimator.physics``'s; ``area``:
     the ``search_area_row`` ([5], or [N, 5] one per draw; ``None``: unknown), the physics estimator's area."""
-    from streamer.estimators.onnx import OnnxEstimator
+    from streamer.estimators.onnx import OnnxSession
 
-    est = OnnxEstimator(path, providers=("CPUExecutionProvider",))
+    est = OnnxSession(path, providers=("CPUExecutionProvider",))
     pos, cov, scales = [], [], []
     for i in range(0, len(data), batch):
         rows = area if area is None or np.ndim(area) == 1 else area[i : i + batch]

@@ -1,6 +1,7 @@
-"""OnnxEstimator: load a contract-following ONNX model (streamer.estimators.contract) and run it on dBm mel frames.
+"""The ONNX model as an estimator: ``OnnxSession`` loads a contract-following model (streamer.estimators.contract)
+and runs batches of dBm mel frames through ONNX Runtime; ``OnnxModel`` puts it behind the Estimator protocol.
 
-The estimator owns everything between the window aligner's arrays and the model's tensors: the metadata's
+The session owns everything between the window aligner's arrays and the model's tensors: the metadata's
 normalisation, zero-filling masked receiver slots, padding to the model's ``max_receivers``, and checking what
 comes back. A row whose output is not finite or whose covariance is not positive definite (after symmetrising)
 is not raised: ``run`` returns ``valid[b] = False`` for it and the caller counts and drops it.
@@ -89,7 +90,7 @@ def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray, ellip
     return ModelOutput(position, cov, valid, ellipse_scale)
 
 
-class OnnxEstimator:
+class OnnxSession:
     """A checked ONNX model on the best available provider; ``run`` maps dBm frames to position + covariance.
 
     Not thread-safe: ``run`` reuses its input buffers (the daemon calls it from one thread).
@@ -208,16 +209,12 @@ log = logging.getLogger(__name__)
 
 
 class OnnxModel:
-    """streamer.estimators.onnx.OnnxEstimator behind the Estimator protocol (km in the model, m outside)."""
+    """streamer.estimators.onnx.OnnxSession behind the Estimator protocol (km in the model, m outside)."""
 
     name = "onnx"
 
     def __init__(self, config: Config) -> None:
-        import onnxruntime as ort
-
         from models import shipped_model_path
-        from streamer.estimators.base import file_sha256
-        from streamer.estimators.onnx import OnnxEstimator
 
         path = config.estimator.model or shipped_model_path()
         key = f"{config.source}: estimator.model" + ("" if config.estimator.model else " (unset: the shipped model)")
@@ -236,7 +233,7 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self._model = OnnxEstimator(path, providers=config.estimator.providers, expected_spec=config.features,
+            self._model = OnnxSession(path, providers=config.estimator.providers, expected_spec=config.features,
                                         session_options=options)
         except ModelMismatchError as exc:
             raise ModelMismatchError(f"{key}: {exc}") from exc

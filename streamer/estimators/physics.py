@@ -1,12 +1,13 @@
-"""PhysicsEstimator: the Bayesian grid posterior of the transmitter position from per-receiver received power
-(dBm in; position and covariance in the network's ENU plane, m and m^2).
+"""The physics posterior: ``PhysicsGrid`` computes the Bayesian grid posterior of the transmitter position from
+per-receiver received power (dBm in; position and covariance in the network's ENU plane, m and m^2), and
+``PhysicsPosterior`` puts it behind the Estimator protocol.
 
 Its inputs come from the daemon's other stages: each receiver's in-channel power and "heard" flag from
 ``streamer.dsp.detection.channel_power``, and the median propagation model from ``streamer.core.propagation``
 (``log_distance_path_loss_db`` of ``slant_distance_m``), the one the simulator renders with: the estimator may
 know the model, never its realisation.
 
-``PhysicsEstimator.estimate`` puts a uniform prior on position over the search area (``grid_shape`` cells) and
+``PhysicsGrid.estimate`` puts a uniform prior on position over the search area (``grid_shape`` cells) and
 on transmit power (``power_bins`` bins), a Gaussian likelihood (variance shadowing^2 + calibration^2, or the
 full ``correlated_error_cov``, or a surveyed ``shadowing_map``) on the receivers that heard and a censoring
 term P(received < detection level) on those that did not. It reports the posterior mean, the full 2x2
@@ -92,7 +93,7 @@ def grid_bytes(physics, area: SearchArea, n_receivers: int) -> tuple[int, int]:
     return cells, cells * 8 * (4 + 3 * n_receivers + power_bins(physics))
 
 
-class PhysicsEstimator:
+class PhysicsGrid:
     """Grid posterior of the transmitter position from per-receiver received power.
 
     Parameters
@@ -113,7 +114,7 @@ class PhysicsEstimator:
     --------
     >>> from streamer.config import PhysicsConfig
     >>> from streamer.core.geodesy import SearchArea
-    >>> est = PhysicsEstimator(PhysicsConfig(), [[0, 0], [40e3, 0], [0, 40e3]], [100, 100, 100],
+    >>> est = PhysicsGrid(PhysicsConfig(), [[0, 0], [40e3, 0], [0, 40e3]], [100, 100, 100],
     ...                        SearchArea(-30e3, 70e3, -30e3, 70e3))
     >>> res = est.estimate([-80.0, -95.0, -95.0], heard=[True, True, True], present=[True, True, True],
     ...                    detection_level_dbm=[-121.0] * 3)
@@ -170,7 +171,7 @@ class PhysicsEstimator:
         self._cell_cov_m2 = np.diag([self.cell_m[0] ** 2 / 12.0, self.cell_m[1] ** 2 / 12.0])
 
     @classmethod
-    def from_config(cls, config, shadowing_map=None) -> "PhysicsEstimator":
+    def from_config(cls, config, shadowing_map=None) -> "PhysicsGrid":
         """Estimator for a ``Config``'s receivers, search area and ``estimator.physics`` section (``shadowing_map``:
         the callable of ``__init__``, e.g. ``streamer.estimators.survey.load_map(config)``)."""
         _, rx_enu, area = network_geometry(config)
@@ -382,14 +383,14 @@ def correlated_error_cov(rx_en_m, sigma_db, components=(), calibration_sigma_db:
 
 
 class PhysicsPosterior:
-    """streamer.estimators.physics.PhysicsEstimator behind the Estimator protocol, with the surveyed shadowing map of
+    """streamer.estimators.physics.PhysicsGrid behind the Estimator protocol, with the surveyed shadowing map of
     ``estimator.physics.shadowing_map`` when set (``streamer.estimators.survey.load_map``: ConfigError when it does not fit)."""
 
     name = "physics"
 
     def __init__(self, config: Config) -> None:
         survey = load_map(config) if config.estimator.physics.shadowing_map is not None else None
-        self._estimator = PhysicsEstimator.from_config(config, shadowing_map=survey)
+        self._estimator = PhysicsGrid.from_config(config, shadowing_map=survey)
         # With a survey map, sha256 is the map file's: the messages say which survey fed the posterior.
         self.info = {"name": "physics-posterior", "version": "1",
                      "sha256": "" if survey is None else file_sha256(config.estimator.physics.shadowing_map)}

@@ -12,7 +12,7 @@ transmitter positions (``pair_residuals``, pooled over receivers). Links within 
 
 ``heimdall calibrate --survey-map`` writes the maps of a config's receivers over its search area to an ``.npz``
 file (``save_map``); ``estimator.physics.shadowing_map`` names it and ``load_map`` turns it into the
-``shadowing_map`` callable of ``streamer.estimators.physics.PhysicsEstimator``, after checking it was made for that config.
+``shadowing_map`` callable of ``streamer.estimators.physics.PhysicsGrid``, after checking it was made for that config.
 ``models/train/powder.py`` uses the same kriging for POWDER.
 """
 
@@ -152,7 +152,7 @@ class ShadowingMaps:
 
 
     def for_receivers(self, names: list, sigma_db: np.ndarray, scale: float = 1.0, calibration_sigma_db: float = 0.0):
-        """``shadowing_map`` callable for ``PhysicsEstimator``: receivers ``names`` with shadowing sigmas ``sigma_db``
+        """``shadowing_map`` callable for ``PhysicsGrid``: receivers ``names`` with shadowing sigmas ``sigma_db``
         (dB; the map's unit field times it), ``calibration_sigma_db`` added in quadrature, all sds times ``scale``.
         Outside the grid, and for receivers without a map: mean 0, sd the prior's."""
         from scipy.interpolate import RegularGridInterpolator
@@ -306,7 +306,7 @@ def _check(m: dict, config, where: str, path: Path) -> np.ndarray:
 
 
 def load_map(config):
-    """The ``shadowing_map`` callable of ``config.estimator.physics.shadowing_map`` for ``PhysicsEstimator``.
+    """The ``shadowing_map`` callable of ``config.estimator.physics.shadowing_map`` for ``PhysicsGrid``.
 
     Mean and sd are interpolated linearly from the stored grid; the config's ``calibration_sigma_db`` is added to
     the sd in quadrature. Raises ``ConfigError`` naming the config file, the key and the problem.

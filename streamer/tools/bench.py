@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     bench_sub = parser.add_subparsers(dest="bench", required=True)
     for name, module, text in (("pipeline", bench_pipeline, "channelizer + features + estimator as fast as possible"),
-                               ("model", bench_model, "batch-1 model latency: OnnxEstimator vs raw ONNX Runtime")):
+                               ("model", bench_model, "batch-1 model latency: OnnxSession vs raw ONNX Runtime")):
         sub = bench_sub.add_parser(name, help=text, description=module.__doc__.split("\n")[0])
         module.add_arguments(sub)
         sub.set_defaults(bench_run=module.run, usage_error=sub.error)

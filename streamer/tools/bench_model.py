@@ -1,4 +1,4 @@
-"""``heimdall bench model``: batch-1 latency of an ONNX model: ``OnnxEstimator.run``, ``session.run``, I/O binding.
+"""``heimdall bench model``: batch-1 latency of an ONNX model: ``OnnxSession.run``, ``session.run``, I/O binding.
 
 All three are timed in the same process on the same inputs, so the difference is what the estimator adds
 (normalisation, zero-filling and padding to ``max_receivers``, output checks). The input is one window of
@@ -37,7 +37,7 @@ from streamer.estimators.contract import (
     search_area_row,
     site_propagation,
 )
-from streamer.estimators.onnx import CPU, OnnxEstimator
+from streamer.estimators.onnx import CPU, OnnxSession
 
 CUDA = "CUDAExecutionProvider"
 
@@ -49,7 +49,7 @@ def default_model() -> Path:
     return shipped_model_path()
 
 
-def example_window(estimator: OnnxEstimator, n_rx: int, seed: int = 0):
+def example_window(estimator: OnnxSession, n_rx: int, seed: int = 0):
     """One window ``[1, n_rx, M, T]`` dBm, receiver positions ``[1, n_rx, 3]`` km and mask, from seeded IQ."""
     spec = estimator.spec
     rng = np.random.default_rng(seed)
@@ -86,8 +86,8 @@ BENCH_SITE = site_propagation(PhysicsConfig())
 BENCH_AREA = search_area_row(SearchArea(-80e3, 80e3, -80e3, 80e3))
 
 
-def raw_feeds(estimator: OnnxEstimator, frames, enu, mask) -> dict[str, np.ndarray]:
-    """What ``OnnxEstimator.run`` hands the session: normalised, padded to ``max_receivers``, ``BENCH_SITE`` and
+def raw_feeds(estimator: OnnxSession, frames, enu, mask) -> dict[str, np.ndarray]:
+    """What ``OnnxSession.run`` hands the session: normalised, padded to ``max_receivers``, ``BENCH_SITE`` and
     ``BENCH_AREA``."""
     r = estimator.max_receivers
     n_rx = frames.shape[1]
@@ -136,14 +136,14 @@ def bound_runner(session, feeds: dict[str, np.ndarray], device: str):
 
 def bench_model(model: Path, *, provider: str = "cpu", receivers: int = 7, iterations: int = 2000,
                 warmup: int = 200, threads: int = 1) -> dict:
-    """Latency percentiles (ms) of ``OnnxEstimator.run``, raw ``session.run`` and ``bound_runner`` on one batch-1 window."""
+    """Latency percentiles (ms) of ``OnnxSession.run``, raw ``session.run`` and ``bound_runner`` on one batch-1 window."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     providers = (CUDA, CPU) if provider == "cuda" else (CPU,)
-    estimator = OnnxEstimator(model, providers=providers, session_options=options)
+    estimator = OnnxSession(model, providers=providers, session_options=options)
     frames, enu, mask = example_window(estimator, receivers)
     feeds = raw_feeds(estimator, frames, enu, mask)
     session = estimator.session

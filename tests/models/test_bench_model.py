@@ -10,7 +10,7 @@ from models.train.export import export_model  # noqa: E402
 from models.train.network import LocalizerNet  # noqa: E402
 from models.train.train import metadata  # noqa: E402
 from streamer.tools.bench_model import bench_model, bound_runner, example_window, main, raw_feeds  # noqa: E402
-from streamer.estimators.onnx import OnnxEstimator  # noqa: E402
+from streamer.estimators.onnx import OnnxSession  # noqa: E402
 from streamer.estimators.contract import OUTPUT_NAMES  # noqa: E402
 from streamer.dsp.features import FeatureSpec  # noqa: E402
 
@@ -33,7 +33,7 @@ def test_bench_times_estimator_and_raw_session(model_path):
 
 
 def test_bound_runner_reuses_its_buffers_and_returns_what_session_run_returns(model_path):
-    estimator = OnnxEstimator(model_path, providers=("CPUExecutionProvider",))
+    estimator = OnnxSession(model_path, providers=("CPUExecutionProvider",))
     feeds = raw_feeds(estimator, *example_window(estimator, 6, seed=1))
     run = bound_runner(estimator.session, feeds, "cpu")
     expected = estimator.session.run(list(OUTPUT_NAMES), feeds)

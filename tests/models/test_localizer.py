@@ -20,7 +20,7 @@ from models.train.export import export_model, onnx_vs_torch  # noqa: E402
 from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll, log_normal_cdf  # noqa: E402
 from models.train.train import NORMALISATION, fit, loss_of, metadata, rotate_area, to_tensors  # noqa: E402
 from streamer.dsp.features import FeatureSpec  # noqa: E402
-from streamer.estimators.onnx import OnnxEstimator  # noqa: E402
+from streamer.estimators.onnx import OnnxSession  # noqa: E402
 from streamer.core.geodesy import network_geometry  # noqa: E402
 from streamer.estimators.contract import check_model, read_metadata, search_area_row, site_propagation  # noqa: E402
 
@@ -254,7 +254,7 @@ def test_onnx_estimator_runs_the_exported_model(tiny_model, exported):
     n = 9  # the daemon passes its own receiver count; the estimator pads to max_receivers
     order = np.argsort(-mask, axis=1, kind="stable")[:, :n]
     take = np.take_along_axis
-    out = OnnxEstimator(exported, providers=("CPUExecutionProvider",)).run(
+    out = OnnxSession(exported, providers=("CPUExecutionProvider",)).run(
         take(dbm, order[..., None, None], 1), take(enu, order[..., None], 1), take(mask, order, 1))
     keep = take(mask, order, 1)
     with torch.no_grad():
@@ -597,7 +597,7 @@ def test_an_exported_grid_model_gives_ellipse_scales_that_match_torch(tmp_path):
     feats, enu, mask = random_inputs(4, seed=3)
     diff = onnx_vs_torch(model, path, feats, enu, mask)
     assert diff["ellipse_scale_max_abs_diff"] < 1e-3
-    est = OnnxEstimator(path, providers=("CPUExecutionProvider",))
+    est = OnnxSession(path, providers=("CPUExecutionProvider",))
     assert est.gives_ellipse_scale and ELLIPSE_OUTPUT in est.output_names
     out = est.run(feats * NORMALISATION.scale_db + NORMALISATION.offset_db, enu, mask)
     assert out.ellipse_scale.shape == (4, 2) and (out.ellipse_scale[:, 1] > out.ellipse_scale[:, 0]).all()

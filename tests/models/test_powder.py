@@ -163,10 +163,10 @@ def test_posterior_summaries_mean_is_the_estimators_own():
 
     from streamer.config import PhysicsConfig
     from streamer.core.geodesy import SearchArea
-    from streamer.estimators.physics import PhysicsEstimator
+    from streamer.estimators.physics import PhysicsGrid
 
     rx = np.array([[0.0, 0.0], [1500.0, 0.0], [0.0, 1500.0], [1500.0, 1500.0]])
-    est = PhysicsEstimator(PhysicsConfig(grid_step_km=0.05, ref_loss_db=85.7, tx_alt_m=1.5), rx, np.zeros(4),
+    est = PhysicsGrid(PhysicsConfig(grid_step_km=0.05, ref_loss_db=85.7, tx_alt_m=1.5), rx, np.zeros(4),
                            SearchArea(-300, 1800, -300, 1800))
     power = SimpleNamespace(signal_dbm=np.array([-60.0, -75.0, -72.0, -85.0]), heard=np.ones(4, bool),
                             detection_level_dbm=np.full(4, -120.0))

@@ -11,7 +11,7 @@ import onnx
 from models import MAX_MODEL_BYTES, SHIPPED_VERSION, shipped_model_path
 from models.train.commands import add_train_arguments
 from streamer.config import load
-from streamer.estimators.onnx import OnnxEstimator
+from streamer.estimators.onnx import OnnxSession
 from streamer.estimators.contract import AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, check_model, network_search_area_row, site_propagation
 
 PATH = shipped_model_path()
@@ -50,7 +50,7 @@ def test_the_shipped_model_localizes_a_simulated_window_of_the_default_network()
 
     config = load()
     data = draw_windows(config, 4, np.random.default_rng(3), config.features, shuffle_slots=False)
-    est = OnnxEstimator(PATH, providers=("CPUExecutionProvider",), expected_spec=config.features)
+    est = OnnxSession(PATH, providers=("CPUExecutionProvider",), expected_spec=config.features)
     assert est.takes_site and est.takes_area
     out = est.run(data.features_dbm, data.rx_enu_km, data.rx_mask, site_propagation(config.estimator.physics),
                   network_search_area_row(config))

@@ -100,10 +100,10 @@ def test_the_physics_posteriors_grid_is_fine_enough_to_spread_nothing():
     """PHYSICS_SUBDIVISIONS = 1: on the default network's posterior the radii with 2 x 2 points per cell agree."""
     from streamer.config import load
     from streamer.estimators.credible import PHYSICS_SUBDIVISIONS
-    from streamer.estimators.physics import PhysicsEstimator
+    from streamer.estimators.physics import PhysicsGrid
 
     config = load()
-    est = PhysicsEstimator.from_config(config)
+    est = PhysicsGrid.from_config(config)
     n = len(config.receivers)
     power = np.array([-95.0, -88.0, -101.0, -92.0, -99.0, -90.0, -97.0])[:n]
     heard = np.ones(n, bool)

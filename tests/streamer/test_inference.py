@@ -1,4 +1,4 @@
-"""OnnxEstimator against known-function models: what it feeds the model, what it returns, which provider runs."""
+"""OnnxSession against known-function models: what it feeds the model, what it returns, which provider runs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from streamer.estimators import onnx as inference
 from streamer.core.errors import ModelMismatchError
-from streamer.estimators.onnx import ModelOutput, OnnxEstimator, check_outputs, covariance_km2_to_m2, select_providers
+from streamer.estimators.onnx import ModelOutput, OnnxSession, check_outputs, covariance_km2_to_m2, select_providers
 from tests.helpers.onnx_models import (OFFSET_DB, SCALE_DB, SMALL_SPEC, known_ellipse_scale, known_model, known_outputs, metadata,
                                 save)
 
@@ -49,7 +49,7 @@ def test_run_returns_the_known_function_of_normalised_padded_inputs(model_path):
     rng = np.random.default_rng(1)
     features, enu = _inputs(rng, 1, 3)
     mask = np.array([[1.0, 0.0, 1.0]])
-    est = OnnxEstimator(model_path)
+    est = OnnxSession(model_path)
     result = est.run(features, enu, mask)
     position, cov = known_outputs(*_fed(features, enu, mask))
     assert isinstance(result, ModelOutput)
@@ -66,7 +66,7 @@ def test_normalisation_comes_from_the_model_metadata(tmp_path):
     results = {}
     for offset_db, scale_db in ((OFFSET_DB, SCALE_DB), (-60.0, 5.0)):
         path = save(known_model(offset_db=offset_db, scale_db=scale_db), tmp_path, f"m{scale_db}.onnx")
-        results[scale_db] = OnnxEstimator(path).run(features, enu, mask)
+        results[scale_db] = OnnxSession(path).run(features, enu, mask)
         expected = known_outputs(*_fed(features, enu, mask, offset_db=offset_db, scale_db=scale_db))
         np.testing.assert_allclose(results[scale_db].position_enu_km, expected[0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(results[scale_db].covariance_km2, expected[1], rtol=1e-5, atol=1e-6)
@@ -80,7 +80,7 @@ def test_masked_slots_are_zero_filled_even_when_they_hold_nan(model_path):
     features[0, 0] = np.nan
     features[0, 3] = -np.inf
     enu[0, 0] = np.nan
-    result = OnnxEstimator(model_path).run(features, enu, mask)
+    result = OnnxSession(model_path).run(features, enu, mask)
     clean_features = np.where(np.isfinite(features), features, 0.0)
     position, cov = known_outputs(*_fed(clean_features, np.nan_to_num(enu), mask))
     assert result.valid.tolist() == [True]
@@ -92,7 +92,7 @@ def test_masked_slots_are_zero_filled_even_when_they_hold_nan(model_path):
 
 def test_buffers_reused_across_calls_do_not_leak_earlier_inputs(model_path):
     rng = np.random.default_rng(4)
-    est = OnnxEstimator(model_path)
+    est = OnnxSession(model_path)
     features4, enu4 = _inputs(rng, 1, 4)
     est.run(features4, enu4, np.ones((1, 4)))
     features2, enu2 = _inputs(rng, 1, 2)
@@ -105,7 +105,7 @@ def test_buffers_reused_across_calls_do_not_leak_earlier_inputs(model_path):
 
 def test_batches_of_any_size(model_path):
     rng = np.random.default_rng(5)
-    est = OnnxEstimator(model_path)
+    est = OnnxSession(model_path)
     features, enu = _inputs(rng, 3, 4)
     mask = np.array([[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float32)
     result = est.run(features, enu, mask)
@@ -120,7 +120,7 @@ def test_batches_of_any_size(model_path):
 def test_more_receivers_than_the_model_takes_is_refused(model_path):
     features, enu = _inputs(np.random.default_rng(6), 1, 5)
     with pytest.raises(ModelMismatchError, match=r"5 receivers, but model known-function 0.0.1 takes at most 4"):
-        OnnxEstimator(model_path).run(features, enu, np.ones((1, 5)))
+        OnnxSession(model_path).run(features, enu, np.ones((1, 5)))
 
 
 @pytest.mark.parametrize(
@@ -133,12 +133,12 @@ def test_more_receivers_than_the_model_takes_is_refused(model_path):
 )
 def test_wrong_input_shapes_are_refused(model_path, features_shape, enu_shape, mask_shape, expected):
     with pytest.raises(ValueError, match=expected):
-        OnnxEstimator(model_path).run(np.zeros(features_shape), np.zeros(enu_shape), np.ones(mask_shape))
+        OnnxSession(model_path).run(np.zeros(features_shape), np.zeros(enu_shape), np.ones(mask_shape))
 
 
 def test_fixed_batch_model_refuses_another_batch(tmp_path):
     dims = {"features": [1, 4, M, T], "rx_enu_km": [1, 4, 3], "rx_mask": [1, 4]}
-    est = OnnxEstimator(save(known_model(dims=dims), tmp_path))
+    est = OnnxSession(save(known_model(dims=dims), tmp_path))
     features, enu = _inputs(np.random.default_rng(7), 2, 4)
     with pytest.raises(ValueError, match="fixed batch of 1"):
         est.run(features, enu, np.ones((2, 4)))
@@ -146,7 +146,7 @@ def test_fixed_batch_model_refuses_another_batch(tmp_path):
 
 
 def test_not_positive_definite_covariance_is_flagged_not_raised(tmp_path):
-    est = OnnxEstimator(save(known_model(covariance="not_pd"), tmp_path))
+    est = OnnxSession(save(known_model(covariance="not_pd"), tmp_path))
     features, enu = _inputs(np.random.default_rng(8), 2, 4)
     result = est.run(features, enu, np.ones((2, 4)))
     assert result.valid.tolist() == [False, False]
@@ -156,7 +156,7 @@ def test_not_positive_definite_covariance_is_flagged_not_raised(tmp_path):
 def test_non_finite_output_is_flagged(model_path):
     features, enu = _inputs(np.random.default_rng(9), 2, 4)
     mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], dtype=np.float32)  # nobody present: 0 / 0 in the model
-    result = OnnxEstimator(model_path).run(features, enu, mask)
+    result = OnnxSession(model_path).run(features, enu, mask)
     assert result.valid.tolist() == [True, False]
     assert np.isnan(result.position_enu_km[1]).all()
 
@@ -183,7 +183,7 @@ def test_covariance_km2_to_m2():
 
 
 def test_estimator_exposes_metadata_spec_and_hash(model_path):
-    est = OnnxEstimator(model_path)
+    est = OnnxSession(model_path)
     assert est.metadata == metadata()
     assert est.spec == SMALL_SPEC
     assert est.max_receivers == 4
@@ -192,10 +192,10 @@ def test_estimator_exposes_metadata_spec_and_hash(model_path):
 
 def test_contract_is_checked_before_a_session_is_made(tmp_path):
     with pytest.raises(ModelMismatchError, match="features.n_mels: model 4, config 8"):
-        OnnxEstimator(save(known_model(), tmp_path), expected_spec=SMALL_SPEC.__class__(
+        OnnxSession(save(known_model(), tmp_path), expected_spec=SMALL_SPEC.__class__(
             sample_rate_hz=8_000.0, n_fft=16, hop=8, n_mels=8, window_s=0.004))
     with pytest.raises(ModelMismatchError, match="missing"):
-        OnnxEstimator(tmp_path / "absent.onnx")
+        OnnxSession(tmp_path / "absent.onnx")
 
 
 def test_onnxruntime_load_errors_become_model_mismatch(tmp_path):
@@ -204,7 +204,7 @@ def test_onnxruntime_load_errors_become_model_mismatch(tmp_path):
     tanh.op_type, tanh.domain = "NoSuchOp", "org.heimdall.test"
     model.opset_import.append(onnx.helper.make_opsetid("org.heimdall.test", 1))
     with pytest.raises(ModelMismatchError, match="onnxruntime cannot load model"):
-        OnnxEstimator(save(model, tmp_path))
+        OnnxSession(save(model, tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -226,7 +226,7 @@ def test_select_providers(requested, available, expected):
 
 def test_provider_falls_back_to_cpu_and_is_logged_once(model_path, caplog):
     caplog.set_level(logging.INFO, logger="streamer.estimators.onnx")
-    est = OnnxEstimator(model_path, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
+    est = OnnxSession(model_path, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert est.provider == est.session.get_providers()[0] == "CPUExecutionProvider"
     records = [r for r in caplog.records if r.name == "streamer.estimators.onnx"]
     assert len(records) == 1 and records[0].levelno == logging.INFO
@@ -240,7 +240,7 @@ def test_provider_reports_what_the_session_runs_not_what_was_requested(model_pat
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     caplog.set_level(logging.INFO, logger="streamer.estimators.onnx")
     with pytest.warns(UserWarning, match="CUDAExecutionProvider"):  # CPU onnxruntime's own complaint here
-        est = OnnxEstimator(model_path)
+        est = OnnxSession(model_path)
     assert inference.select_providers(inference.DEFAULT_PROVIDERS, onnxruntime.get_available_providers())[0] == (
         "CUDAExecutionProvider")
     assert est.provider == est.session.get_providers()[0] == "CPUExecutionProvider"
@@ -251,7 +251,7 @@ def test_a_model_that_takes_the_site_gets_the_row_given_or_zeros(tmp_path):
     rng = np.random.default_rng(7)
     features, enu = _inputs(rng, 2, 3)
     mask = np.ones((2, 3))
-    est = OnnxEstimator(save(known_model(site=True), tmp_path))
+    est = OnnxSession(save(known_model(site=True), tmp_path))
     assert est.takes_site
     row = np.array([3.2, 6.5, -40.0, 4.0, 1.0])
     for given, fed in ((row, row), (np.stack([row, 2 * row]), np.stack([row, 2 * row])), (None, np.zeros(5))):
@@ -263,7 +263,7 @@ def test_a_model_that_takes_the_site_gets_the_row_given_or_zeros(tmp_path):
                                            (np.full(5, np.nan), "site: not finite")])
 def test_a_bad_site_row_is_refused(tmp_path, site, message):
     features, enu = _inputs(np.random.default_rng(8), 1, 3)
-    est = OnnxEstimator(save(known_model(site=True), tmp_path))
+    est = OnnxSession(save(known_model(site=True), tmp_path))
     with pytest.raises(ValueError, match=message):
         est.run(features, enu, np.ones((1, 3)), site)
 
@@ -271,7 +271,7 @@ def test_a_bad_site_row_is_refused(tmp_path, site, message):
 def test_a_model_without_the_site_input_ignores_a_site(model_path):
     features, enu = _inputs(np.random.default_rng(9), 1, 3)
     mask = np.ones((1, 3))
-    est = OnnxEstimator(model_path)
+    est = OnnxSession(model_path)
     assert not est.takes_site
     np.testing.assert_allclose(est.run(features, enu, mask, np.ones(5)).position_enu_km,
                                est.run(features, enu, mask).position_enu_km)
@@ -280,17 +280,17 @@ def test_a_model_without_the_site_input_ignores_a_site(model_path):
 def test_a_model_with_the_ellipse_output_returns_its_scales(tmp_path):
     features, enu = _inputs(np.random.default_rng(10), 2, 3)
     mask = np.array([[1, 1, 1], [1, 0, 1]], np.float32)
-    est = OnnxEstimator(save(known_model(ellipse=True), tmp_path))
+    est = OnnxSession(save(known_model(ellipse=True), tmp_path))
     assert est.gives_ellipse_scale
     out = est.run(features, enu, mask)
     np.testing.assert_allclose(out.ellipse_scale, known_ellipse_scale(_fed(features, enu, mask)[2]), rtol=1e-6)
     assert out.valid.all()
-    assert OnnxEstimator(save(known_model(), tmp_path, "plain.onnx")).run(features, enu, mask).ellipse_scale is None
+    assert OnnxSession(save(known_model(), tmp_path, "plain.onnx")).run(features, enu, mask).ellipse_scale is None
 
 
 def test_a_row_whose_ellipse_scale_is_not_positive_is_flagged_not_raised(tmp_path):
     features, enu = _inputs(np.random.default_rng(11), 2, 3)
-    out = OnnxEstimator(save(known_model(ellipse=True, ellipse_base=(-0.35, 2.0)), tmp_path)).run(
+    out = OnnxSession(save(known_model(ellipse=True, ellipse_base=(-0.35, 2.0)), tmp_path)).run(
         features, enu, np.array([[1, 1, 1], [1, 1, 0]], np.float32))
     # The 68 % radius -0.35 + 0.1 n is negative with 3 receivers and with 2.
     assert out.valid.tolist() == [False, False]
@@ -301,7 +301,7 @@ def test_a_row_whose_ellipse_scale_is_not_positive_is_flagged_not_raised(tmp_pat
 def test_an_ellipse_scale_of_the_wrong_width_at_run_time_is_refused(tmp_path):
     """A symbolic width passes the contract check; three radii where the contract has two are refused when run."""
     model = known_model(ellipse=True, ellipse_base=(1.0, 2.0, 3.0), dims={"ellipse_scale": ["B", "P"]})
-    est = OnnxEstimator(save(model, tmp_path))
+    est = OnnxSession(save(model, tmp_path))
     features, enu = _inputs(np.random.default_rng(12), 1, 3)
     with pytest.raises(ModelMismatchError, match=r"returned ellipse_scale of shape \[1, 3\], expected \[1, 2\]"):
         est.run(features, enu, np.ones((1, 3)))

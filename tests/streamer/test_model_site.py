@@ -17,7 +17,7 @@ from streamer.estimators.onnx import OnnxModel
 from streamer.core.geodesy import network_geometry
 from streamer.estimators.contract import site_propagation
 from tests.helpers.daemon import write_config
-from streamer.estimators.onnx import OnnxEstimator
+from streamer.estimators.onnx import OnnxSession
 from streamer.estimators.contract import search_area_row
 from tests.helpers.onnx_models import AREA_SHIFT, SITE_SHIFT, known_model, save
 
@@ -105,7 +105,7 @@ def test_the_daemon_tells_the_model_the_search_area_of_the_physics_prior(tmp_pat
 ])
 def test_a_bad_search_area_row_is_refused_by_name(tmp_path, row, message):
     config = load(write_config(tmp_path, {}))
-    est = OnnxEstimator(save(known_model(config.features, max_receivers=8, site=True, area=True), tmp_path),
+    est = OnnxSession(save(known_model(config.features, max_receivers=8, site=True, area=True), tmp_path),
                         providers=("CPUExecutionProvider",))
     assert est.takes_area
     n_rx = len(config.receivers)

@@ -14,7 +14,7 @@ from streamer.config import PhysicsConfig, from_dict
 from streamer.dsp.features import FeatureSpec, band_centres_hz, mel_frames_dbm
 from streamer.core.geodesy import SearchArea, mahalanobis_sq
 from streamer.core.propagation import MIN_DISTANCE_M, log_distance_path_loss_db
-from streamer.estimators.physics import PhysicsEstimator, correlated_error_cov
+from streamer.estimators.physics import PhysicsGrid, correlated_error_cov
 from streamer.dsp.detection import bands_noise_bandwidth_hz, channel_power
 
 SPEC = FeatureSpec()
@@ -67,7 +67,7 @@ def test_noise_bandwidth_of_the_channel_bands():
 def _square_network(physics: PhysicsConfig):
     rx = np.array([[0.0, 0.0], [60e3, 0.0], [0.0, 60e3], [60e3, 60e3], [30e3, 30e3]])
     area = SearchArea(-30e3, 90e3, -30e3, 90e3)
-    return PhysicsEstimator(physics, rx, np.full(len(rx), 200.0), area), rx
+    return PhysicsGrid(physics, rx, np.full(len(rx), 200.0), area), rx
 
 
 def test_estimator_finds_a_transmitter_when_the_model_is_nearly_exact():
@@ -106,7 +106,7 @@ def test_absent_receivers_are_ignored_and_silent_ones_push_the_posterior_away():
 
 
 def test_estimate_is_fast_enough_on_the_default_network():
-    est = PhysicsEstimator.from_config(network_config())
+    est = PhysicsGrid.from_config(network_config())
     rng = np.random.default_rng(1)
     power = rng.uniform(-110, -80, 7)
     heard = np.array([True, True, True, True, True, False, True])
@@ -138,7 +138,7 @@ def test_posterior_is_calibrated_on_simulated_iq_through_the_feature_code(capsys
     for seed in range(1, 21):
         cfg = network_config(seed)
         world = SimulatedWorld(cfg)
-        est = PhysicsEstimator.from_config(cfg)
+        est = PhysicsGrid.from_config(cfg)
         assert est.area == world.area
         rng = np.random.default_rng(10_000 + seed)
         a = world.area
@@ -180,7 +180,7 @@ def test_closed_form_power_marginal_equals_the_grid_over_transmit_power():
 
     from streamer.config import load
 
-    est = PhysicsEstimator.from_config(load())
+    est = PhysicsGrid.from_config(load())
     rng = np.random.default_rng(5)
     s, p = est.sigma_db, est.power_grid_dbm
     for _ in range(5):
@@ -209,7 +209,7 @@ def test_a_diagonal_error_covariance_gives_the_iid_posterior():
     """error_cov_db2 = sigma^2 I is the i.i.d. model: same posterior, with and without silent receivers."""
     physics = PhysicsConfig(grid_step_km=2.0)
     est, rx = _square_network(physics)
-    full = PhysicsEstimator(physics, rx, np.full(len(rx), 200.0), est.area, error_cov_db2=est.sigma_db**2 * np.eye(len(rx)))
+    full = PhysicsGrid(physics, rx, np.full(len(rx), 200.0), est.area, error_cov_db2=est.sigma_db**2 * np.eye(len(rx)))
     for args in _all_heard_and_one_silent(rx, physics):
         a, b = est.log_posterior(*args), full.log_posterior(*args)
         np.testing.assert_allclose(a - a.max(), b - b.max(), atol=1e-6)
@@ -223,8 +223,8 @@ def test_fully_correlated_twin_receivers_count_once():
     twin_rx = np.vstack([rx, rx[:1]])
     sigma = est.sigma_db
     cov = correlated_error_cov(twin_rx, sigma, ((0.999, 100.0),))
-    twins = PhysicsEstimator(physics, twin_rx, np.full(len(twin_rx), 200.0), est.area, error_cov_db2=cov)
-    independent = PhysicsEstimator(physics, twin_rx, np.full(len(twin_rx), 200.0), est.area)
+    twins = PhysicsGrid(physics, twin_rx, np.full(len(twin_rx), 200.0), est.area, error_cov_db2=cov)
+    independent = PhysicsGrid(physics, twin_rx, np.full(len(twin_rx), 200.0), est.area)
     truth = np.array([12e3, 30e3])
     power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - truth).T), physics.ref_loss_db, physics.path_loss_exponent)
     twin_power = np.append(power, power[0])
@@ -246,7 +246,7 @@ def test_correlated_error_cov_is_positive_definite_and_checked():
     with pytest.raises(ValueError, match="summing to <= 1"):
         correlated_error_cov(rx, 6.0, ((0.8, 40.0), (0.3, 500.0)))
     with pytest.raises(ValueError, match="error_cov_db2"):
-        PhysicsEstimator(PhysicsConfig(), rx, np.zeros(25), SearchArea(0, 2000, 0, 2000), error_cov_db2=np.eye(3))
+        PhysicsGrid(PhysicsConfig(), rx, np.zeros(25), SearchArea(0, 2000, 0, 2000), error_cov_db2=np.eye(3))
 
 
 def test_a_flat_shadowing_map_gives_the_iid_posterior_and_a_mapped_bump_moves_it():
@@ -257,7 +257,7 @@ def test_a_flat_shadowing_map_gives_the_iid_posterior_and_a_mapped_bump_moves_it
     def flat(grid):
         return np.zeros((len(grid), len(rx))), np.full((len(grid), len(rx)), est.sigma_db)
 
-    mapped = PhysicsEstimator(physics, rx, alts, est.area, shadowing_map=flat)
+    mapped = PhysicsGrid(physics, rx, alts, est.area, shadowing_map=flat)
     for args in _all_heard_and_one_silent(rx, physics):
         a, b = est.log_posterior(*args), mapped.log_posterior(*args)
         np.testing.assert_allclose(a - a.max(), b - b.max(), atol=1e-6)
@@ -273,7 +273,7 @@ def test_a_flat_shadowing_map_gives_the_iid_posterior_and_a_mapped_bump_moves_it
         mean[near, 0], sd[near, 0] = -15.0, 1.0
         return mean, sd
 
-    bumped = PhysicsEstimator(physics, rx, alts, est.area, shadowing_map=bump)
+    bumped = PhysicsGrid(physics, rx, alts, est.area, shadowing_map=bump)
     power = 40.0 - log_distance_path_loss_db(np.hypot(*(rx - spot).T), physics.ref_loss_db, physics.path_loss_exponent)
     power[0] -= 15.0
     every = np.ones(len(rx), bool)
@@ -281,4 +281,4 @@ def test_a_flat_shadowing_map_gives_the_iid_posterior_and_a_mapped_bump_moves_it
     with_map = bumped.estimate(power, every, every, np.full(len(rx), -130.0))
     assert np.hypot(*(with_map.position_en_m - spot)) < 0.5 * np.hypot(*(plain.position_en_m - spot))
     with pytest.raises(ValueError, match="shadowing_map must return"):
-        PhysicsEstimator(physics, rx, alts, est.area, shadowing_map=lambda g: (np.zeros((len(g), 2)), np.ones((len(g), 2))))
+        PhysicsGrid(physics, rx, alts, est.area, shadowing_map=lambda g: (np.zeros((len(g), 2)), np.ones((len(g), 2))))

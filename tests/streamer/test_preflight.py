@@ -163,10 +163,10 @@ def test_ring_and_grid_bounds_follow_the_structures_the_daemon_allocates(monkeyp
     monkeypatch.setattr(preflight_mod, "memory_limit_bytes", lambda: per_ring)
     preflight_mod._check_receiver_count(cfg)
     from streamer.core.geodesy import network_geometry
-    from streamer.estimators.physics import PhysicsEstimator, grid_bytes
+    from streamer.estimators.physics import PhysicsGrid, grid_bytes
 
     cells, size = grid_bytes(cfg.estimator.physics, network_geometry(cfg)[2], 1)
-    assert cells == PhysicsEstimator.from_config(cfg).grid_en_m.shape[0]
+    assert cells == PhysicsGrid.from_config(cfg).grid_en_m.shape[0]
     monkeypatch.setattr(preflight_mod, "memory_limit_bytes", lambda: max(per_ring, size))
     assert preflight_mod.preflight(cfg) == []
     monkeypatch.setattr(preflight_mod, "memory_limit_bytes", lambda: per_ring - 1)

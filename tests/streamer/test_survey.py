@@ -17,7 +17,7 @@ from streamer.config import load
 from streamer.core.errors import ConfigError
 from streamer.estimators.build import build_estimators
 from streamer.core.geodesy import geodetic_to_enu_m
-from streamer.estimators.physics import PhysicsEstimator
+from streamer.estimators.physics import PhysicsGrid
 from streamer.estimators.survey import load_map
 from tests.helpers.calibration import observations, write_config, write_csv
 
@@ -108,7 +108,7 @@ def test_a_relative_map_path_resolves_against_the_config_folder(surveyed):
 
 def held_out_errors_m(world, config, shadowing_map, site) -> np.ndarray:
     """Localization errors (m) of ``N_HELD_OUT`` transmissions at fresh positions, read with ``config``'s calibration."""
-    est = PhysicsEstimator.from_config(config, shadowing_map=shadowing_map)
+    est = PhysicsGrid.from_config(config, shadowing_map=shadowing_map)
     obs = observations(world, N_HELD_OUT, seed=99)
     tx_en_m = geodetic_to_enu_m(obs["lat"], obs["lon"], obs["alt_m"], world.origin)[:, :2]
     # The test's observations read with the uncalibrated config; the calibrated one adds (new - old).
