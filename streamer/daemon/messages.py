@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from streamer.core.geodesy import Ellipse, ellipse_scale
+from streamer.core.geodesy import Ellipse, Origin, ellipse_from_covariance, ellipse_scale, enu_to_geodetic
+from streamer.estimators.base import Estimate
+from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 
 SCHEMA_VERSION = 1
 
@@ -31,6 +33,16 @@ class EstimateOut:
     ellipse: Ellipse  # the 95 % one
     covariance_scale: float = 1.0  # the site factor already in cov_en_m2 and the ellipses
     ellipses: tuple[Ellipse, ...] = ()  # one per credible.ELLIPSE_PROBABILITIES (68 %, 95 %); () = only ``ellipse``
+
+    @classmethod
+    def from_estimate(cls, est: Estimate, origin: Origin) -> "EstimateOut":
+        """``est`` (ENU m relative to ``origin``) as latitude, longitude and the credible ellipses (m, degrees)."""
+        lat, lon, _ = enu_to_geodetic(est.position_en_m[0], est.position_en_m[1], 0.0, origin)
+        cov = np.asarray(est.cov_en_m2, dtype=np.float64)
+        scales = [None] * len(ELLIPSE_PROBABILITIES) if est.ellipse_scales is None else list(est.ellipse_scales)
+        ellipses = tuple(ellipse_from_covariance(cov, p=p, scale=k) for p, k in zip(ELLIPSE_PROBABILITIES, scales))
+        return cls(est.estimator, float(lat), float(lon), cov, ellipses[ELLIPSE_PROBABILITIES.index(0.95)],
+                   est.covariance_scale, ellipses)
 
     def to_wire(self) -> dict[str, Any]:
         return {

@@ -15,7 +15,7 @@ import numpy as np
 
 from receivers.base import IQBlock, plausible_rate
 from streamer.config import Config
-from streamer.core.geodesy import ellipse_from_covariance, enu_to_geodetic, network_geometry
+from streamer.core.geodesy import network_geometry
 from streamer.daemon.aligner import Window, WindowAligner
 from streamer.daemon.lane import PIPELINE, Lane, LaneSettings
 from streamer.daemon.messages import EstimateOut, Localization, ReceiverHealth, Status, Truth
@@ -23,7 +23,6 @@ from streamer.daemon.metrics import Metrics
 from streamer.dsp.detection import DetectionRule
 from streamer.dsp.features import mel_frames_dbm
 from streamer.estimators.base import Estimate, EstimateRejected, Estimator, EstimatorInputs
-from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +192,7 @@ class Pipeline:
                 m.windows.labels(f"{estimator.name}_error").inc()
                 return None
             m.inference_seconds.labels(estimator.name).observe(time.perf_counter() - t)
-        outs = [self._to_geodetic(r) for r in results]
+        outs = [EstimateOut.from_estimate(r, self.origin) for r in results]
         processing_s = time.perf_counter() - started
         end_ns = self._clock_ns()
         loc = Localization(
@@ -226,14 +225,6 @@ class Pipeline:
     def topic(self) -> str:
         name = self.config.network.name
         return "loc" if name == "default" else f"loc.{name}"
-
-    def _to_geodetic(self, est: Estimate) -> EstimateOut:
-        lat, lon, _ = enu_to_geodetic(est.position_en_m[0], est.position_en_m[1], 0.0, self.origin)
-        cov = np.asarray(est.cov_en_m2, dtype=np.float64)
-        scales = [None] * len(ELLIPSE_PROBABILITIES) if est.ellipse_scales is None else list(est.ellipse_scales)
-        ellipses = tuple(ellipse_from_covariance(cov, p=p, scale=k) for p, k in zip(ELLIPSE_PROBABILITIES, scales))
-        return EstimateOut(est.estimator, float(lat), float(lon), cov, ellipses[ELLIPSE_PROBABILITIES.index(0.95)],
-                           est.covariance_scale, ellipses)
 
     def publish_truth(self, t_ns: int) -> None:
         truth = self._truth_source.truth(t_ns)

@@ -187,7 +187,6 @@ def _check_dependencies(config: Config, i: int, rx):
 
 
 def _check_receiver(config: Config, i: int, rx) -> list[str]:
-    from receivers.registry import adapter_class
     from streamer.dsp.channelizer import check_tunable
 
     label = _label(i, rx)
