@@ -52,6 +52,7 @@ from streamer.core.propagation import (
     log_distance_path_loss_db,
     slant_distance_m,
 )
+from streamer.tools import describe_with_module_doc
 from streamer.tools.observations import Observations, ObservationsError, observations_csv, read_observations
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,9 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``heimdall calibrate`` (the observations format is the module doc, shown after them)."""
-    doc = __doc__.split("Examples\n")[0]
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.description, parser.epilog = doc.split("\n")[0], doc.split("\n", 2)[2]
+    describe_with_module_doc(parser, __doc__)
     parser.add_argument("-c", "--config", required=True, type=Path, help="TOML config whose receivers to calibrate")
     parser.add_argument("observations", type=Path,
                         help="CSV of transmissions at known positions (format below), or a .sigmf-collection of the "

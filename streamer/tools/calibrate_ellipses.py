@@ -63,6 +63,7 @@ import numpy as np
 from streamer.core.errors import ConfigError, HeimdallError
 from streamer.core.geodesy import geodetic_to_enu_m, mahalanobis_sq, network_geometry
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES
+from streamer.tools import describe_with_module_doc
 
 #: Fewer windows with a truth than this for an estimator: its factor is reported, not written.
 MIN_WINDOWS = 30
@@ -366,9 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``heimdall calibrate-ellipses`` (the file formats are the module doc, shown after them)."""
-    doc = __doc__.split("Examples\n")[0]
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.description, parser.epilog = doc.split("\n")[0], doc.split("\n", 2)[2]
+    describe_with_module_doc(parser, __doc__)
     parser.add_argument("-c", "--config", required=True, type=Path, help="the TOML config the localizations were made with")
     parser.add_argument("localizations", type=Path, nargs="+", help="JSON-lines files (archive or heimdall listen --json)")
     parser.add_argument("--truth", type=Path, help="CSV track t_unix_s,lat,lon (default: truth lines in the same files)")
