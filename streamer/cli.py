@@ -25,13 +25,22 @@ BASE_FOREIGN_MODULES = ("sigmf", "jsonschema")
 
 
 class Command(NamedTuple):
-    """Where a command lives: ``module`` exposes the two functions named, which build its options on the
-    subparser and run it with the parsed namespace, returning the exit status."""
+    """Where a command lives: ``module`` exposes ``add_arguments``, which builds its options on the subparser,
+    and ``run_module`` (default: ``module``) exposes ``run``, which runs it with the parsed namespace and returns
+    the exit status. ``run_module`` is imported only when the command runs, so a command's ``--help`` needs only
+    what its options module imports."""
 
     module: str
     help: str
     add_arguments: str = "add_arguments"
     run: str = "run"
+    run_module: str | None = None
+
+    def runner(self):
+        """The command's ``run`` function, importing its module on the first call."""
+        def run(args: argparse.Namespace) -> int:
+            return getattr(importlib.import_module(self.run_module or self.module), self.run)(args)
+        return run
 
 
 #: command -> its module and one-line help, in the order ``heimdall --help`` lists them.
@@ -43,7 +52,7 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("streamer.tools.bench", "benchmarks"),
     "record": Command("streamer.tools.record", "record what the configured receivers hear as a SigMF collection"),
     "train": Command("models.train.commands", "train the localization model (needs the [train] extra: torch)",
-                     add_arguments="add_train_arguments", run="run_train"),
+                     add_arguments="add_train_arguments", run_module="models.train.train"),
     "evaluate": Command("models.train.evaluate", "score models and the physics estimator on simulated and real data"),
     "calibrate": Command("streamer.tools.calibrate",
                          "fit receivers' calibration_db (and the path-loss exponent) from transmissions at known positions"),
@@ -68,7 +77,7 @@ def build_parser(*commands: str) -> argparse.ArgumentParser:
         if name in commands:
             module = importlib.import_module(command.module)
             getattr(module, command.add_arguments)(command_parser)
-            command_parser.set_defaults(run=getattr(module, command.run), usage_error=command_parser.error)
+            command_parser.set_defaults(run=command.runner(), usage_error=command_parser.error)
     return parser
 
 

@@ -208,3 +208,13 @@ def test_a_base_dependency_missing_from_the_venv_is_named_with_the_install_comma
     replay = heimdall_after_a_plain_install(f"--missing={missing}", "check", "-c", "config/examples/sigmf.toml")
     assert replay.returncode == 2
     assert replay.stderr == f"heimdall: error: receiver kind 'sigmf' needs {missing!r}: pip install -e .\n"
+
+
+def test_heimdall_train_runs_the_trainer_that_its_options_were_parsed_for(monkeypatch):
+    pytest.importorskip("torch", reason="the trainer needs torch: pip install -e '.[train]'")
+    import models.train.train as trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "run", lambda args: seen.append(args.n_train) or 7)
+    assert main(["train", "--n-train", "64"]) == 7
+    assert seen == [64]

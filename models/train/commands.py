@@ -1,18 +1,15 @@
 """Argument tables of ``heimdall train`` and the shipped model's path, importable without torch.
 
-streamer/cli.py takes ``heimdall train``'s options (``add_train_arguments``) and entry point (``run_train``) from
-here, so its parser and ``--help`` work on an install without the ``train`` extra; ``run_train`` imports the
-trainer (and torch) only when the command runs, by name, so that this module never imports ``models.train.train``
-(which imports it: the dependency runs one way).
+streamer/cli.py takes ``heimdall train``'s options (``add_train_arguments``) from here, so its parser and
+``--help`` work on an install without the ``train`` extra; it runs the command with ``models.train.train.run``,
+which imports this module (the dependency runs one way).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
-from models import SHIPPED_VERSION as VERSION
 from models import shipped_model_path
 
 
@@ -72,7 +69,3 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              "arrives (how the shipped model is trained); --no-channelized renders at the model "
                              "rate, about half the data time")
 
-
-def run_train(args: argparse.Namespace) -> int:
-    """Run ``heimdall train`` (imports ``models.train.train``, and with it torch)."""
-    return importlib.import_module("models.train.train").run(args)

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from models.train.commands import VERSION, add_train_arguments as add_arguments, default_out  # noqa: F401
+from models import SHIPPED_VERSION as VERSION
+from models.train.commands import add_train_arguments as add_arguments, default_out
 from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached, world_areas, world_sites
 from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll
 from streamer.dsp.features import FeatureSpec
