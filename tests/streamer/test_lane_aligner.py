@@ -291,6 +291,23 @@ def test_samples_beyond_any_adc_are_refused_as_out_of_range_and_the_stream_resta
     assert_accounting(lane)
 
 
+@pytest.mark.parametrize("value", [complex(np.nan, 0.1), complex(0.1, np.nan), complex(np.inf, 0), complex(0, -np.inf),
+                                   complex(-np.inf, np.nan)])
+def test_nan_or_inf_in_either_part_is_refused_as_non_finite_and_the_stream_restarts(value):
+    rec = Recorder()
+    lane = rec.lane("a")
+    lane.push(tone_block("a", 0, 2400))
+    broken = tone_block("a", 2400, 2400)
+    broken.samples[2399] = value  # the last sample: the check looks at every value of the block
+    lane.push(broken)
+    assert rec.bad == {("a", "non_finite"): 1}
+    assert rec.drops == {("a", "non_finite", PIPELINE): 2400}
+    lane.push(tone_block("a", 4800, 2400))
+    assert rec.drops[("a", "non_finite", PIPELINE)] > 2400, "and what was held before the hole is dropped"
+    assert set(rec.drops) == {("a", "non_finite", PIPELINE)}
+    assert_accounting(lane)
+
+
 def test_a_receiver_that_cannot_reach_the_target_is_logged_once_with_its_centre_rate_and_the_target(caplog):
     rec = Recorder()
     lane = rec.lane("sim-48k")
