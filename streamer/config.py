@@ -60,6 +60,12 @@ class PipelineConfig:
     )
     queue_blocks: int = field(default=4096, metadata=_doc("most blocks queued between adapters and the pipeline"))
     queue_mb: float = field(default=256.0, metadata=_doc("most sample data queued between adapters and the pipeline (MiB)"))
+    workers: int = field(
+        default=2,
+        metadata=_doc("threads for the per-receiver work (block checks, channelizer, ring buffer, mel features); "
+                      "0 = one per CPU core. Above 1 it takes a second core where the host has one; outputs do not "
+                      "depend on it (docs/performance.md)"),
+    )
 
 
 @dataclass(frozen=True)
@@ -389,6 +395,7 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(p.late_tolerance_s >= 0, "pipeline.late_tolerance_s", ">= 0", p.late_tolerance_s)
     need(p.queue_blocks >= 1, "pipeline.queue_blocks", ">= 1", p.queue_blocks)
     need(p.queue_mb > 0, "pipeline.queue_mb", "> 0", p.queue_mb)
+    need(p.workers >= 0, "pipeline.workers", ">= 0 (0 = one per CPU core)", p.workers)
     need(p.offline_after_s > 0, "pipeline.offline_after_s", "> 0 s", p.offline_after_s)
     need(p.clock_jump_tolerance_s > 0, "pipeline.clock_jump_tolerance_s", "> 0 s", p.clock_jump_tolerance_s)
     net = cfg.network

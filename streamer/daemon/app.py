@@ -3,7 +3,8 @@
 ``build`` is the one place parts are made, at start-up and again by each reload (SIGHUP). The daemon owns one
 ZeroMQ context for all its sockets (output, ZeroMQ receivers, the CURVE authenticator) and terminates it on
 shutdown. Threads: one per receiver (streamer.daemon.runner), the Prometheus HTTP server, and the main loop,
-which owns the pipeline and the publisher (ZeroMQ sockets are not thread-safe, so only this thread touches them).
+which owns the pipeline and the publisher (ZeroMQ sockets are not thread-safe, so only this thread touches them);
+the pipeline's workers (``pipeline.workers``) run per-receiver work while the main loop waits for them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from streamer.daemon.handoff import BlockQueue, coalesce_blocks
 from streamer.daemon.metrics import AdapterCounters, Metrics
 from streamer.daemon.pacing import ReplayPacer
 from streamer.daemon.pacing import limits as pace_limits
-from streamer.daemon.pipeline import Pipeline
+from streamer.daemon.pipeline import Pipeline, limit_blas_threads
 from streamer.daemon.preflight import preflight
 from streamer.daemon.publish import ZmqPublisher
 from streamer.daemon.runner import ReceiverRunner
@@ -337,6 +338,7 @@ class Daemon:
     # Main loop ----------------------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.config
+        log.info("pipeline: %d worker(s); %s", self.pipeline.pool.workers, limit_blas_threads())
         if cfg.metrics.enabled:
             try:
                 server, _thread = start_http_server(cfg.metrics.port, addr=cfg.metrics.host, registry=self.metrics.registry)
@@ -364,12 +366,10 @@ class Daemon:
                 for block in blocks:
                     self._queued[block.receiver_id] -= len(block.samples)
             self.pacer.taken(blocks)
-            for block in coalesce_blocks(blocks):
-                try:
-                    self.pipeline.push(block)
-                except Exception:  # a bug must cost one block, never the daemon
-                    log.exception("receiver %s: block dropped by an internal error", block.receiver_id)
-                    self.metrics.bad_frames.labels(block.receiver_id, "internal_error").inc()
+            # A bug must cost one block, never the daemon: push_many hands back the blocks whose lane raised.
+            for block, exc in self.pipeline.push_many(coalesce_blocks(blocks)):
+                log.error("receiver %s: block dropped by an internal error", block.receiver_id, exc_info=exc)
+                self.metrics.bad_frames.labels(block.receiver_id, "internal_error").inc()
             if time.monotonic() >= deadline:
                 break
         try:
@@ -422,6 +422,7 @@ class Daemon:
         for rid in changed:
             self.runners.pop(rid).stop(timeout_s=1.0)
         self.pipeline.flush_as_dropped("reload")
+        self.pipeline.close()
         self.config, self.estimators, self.pipeline, self.pace_limits = (
             new, parts.estimators, parts.pipeline, parts.pace_limits)
         for rid in set(old_rx) - set(new_rx):
@@ -474,6 +475,7 @@ class Daemon:
             log.warning("receiver thread(s) %s still running after %.1f s; exiting without them",
                         ", ".join(stuck), wait_s)
         self.outputs.close(deadline)
+        self.pipeline.close()  # its worker threads are idle between steps: they end at once
         if server_stopped is not None:
             server_stopped.join(max(0.0, deadline - time.monotonic()))
             if not server_stopped.is_alive():

@@ -1,15 +1,22 @@
 """Pipeline: blocks in, localizations out. Lanes -> aligner -> features -> estimators -> messages.
 
-It runs in one thread (the daemon's main loop) and owns no sockets or threads of its own: the publisher,
-metrics and estimators are passed in, so tests drive it block by block.
+It is driven from one thread (the daemon's main loop) and owns no sockets: the publisher, metrics and
+estimators are passed in, so tests drive it block by block. The per-receiver work (a lane's block checks,
+channelizer and ring buffer; the mel features of each receiver's row of a window) may run on a pool of
+``pipeline.workers`` threads (``LanePool``); the calling thread waits for it, so the aligner, the
+estimators, the messages and every gauge see the same state, in the same order, whatever the number of
+workers. A receiver's blocks always go to one task, in order; numpy and scipy release the GIL in the
+FFTs, matrix products and element-wise work that make up most of it. ``close()`` stops the pool.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
-from typing import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
@@ -27,6 +34,75 @@ from streamer.estimators.base import Estimate, EstimateRejected, Estimator, Esti
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, dict], bool]
+
+#: Receivers whose mel features are computed in one call. Fixed, so that the calls (and their floating-point
+#: results) are the same whatever the number of workers.
+FEATURE_CHUNK_RECEIVERS = 8
+
+T = TypeVar("T")
+
+
+def resolve_workers(workers: int) -> int:
+    """``pipeline.workers`` as a thread count: 0 means one per CPU core."""
+    return workers if workers > 0 else max(1, os.cpu_count() or 1)
+
+
+def limit_blas_threads() -> str:
+    """Keep the BLAS library (OpenBLAS under numpy and scipy) to one thread in this process; returns what was done.
+
+    The pipeline's matrix products are small and come from every worker: BLAS threads of their own add
+    cores' worth of busy-waiting and contend with the workers and the receivers' threads. The daemon calls
+    this when it starts; it needs threadpoolctl (without it, set ``OPENBLAS_NUM_THREADS=1`` before start).
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return "BLAS threads left as they are (threadpoolctl is not installed; OPENBLAS_NUM_THREADS=1 does the same)"
+    threadpool_limits(limits=1, user_api="blas")
+    return "BLAS kept to one thread (threadpoolctl)"
+
+
+def _run_group(tasks: Sequence[Callable[[], T]]) -> list[T]:
+    return [task() for task in tasks]
+
+
+class LanePool:
+    """Runs groups of tasks on ``workers`` threads: group 0 in the calling thread, the others on a pool.
+
+    ``run(groups)`` returns when every group is done; each group's tasks run in order, in one thread.
+    With one worker there is no pool and everything runs in the calling thread.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = max(1, int(workers))
+        self._pool = (ThreadPoolExecutor(self.workers - 1, thread_name_prefix="lane")
+                      if self.workers > 1 else None)
+
+    def run(self, groups: Sequence[Sequence[Callable[[], T]]]) -> list[list[T]]:
+        """Every group's results, in order; a task's exception propagates once every group has ended."""
+        if self._pool is None:
+            return [_run_group(g) for g in groups]
+        futures = [self._pool.submit(_run_group, g) if g else None for g in groups[1:]]
+        error: BaseException | None = None
+        try:
+            first = _run_group(groups[0]) if groups else []
+        except BaseException as exc:  # the other groups still hold lanes: wait for them before raising
+            error, first = exc, []
+        results = [first]
+        for future in futures:
+            try:
+                results.append([] if future is None else future.result())
+            except BaseException as exc:
+                error = error or exc
+                results.append([])
+        if error is not None:
+            raise error
+        return results
+
+    def close(self) -> None:
+        """Stop the threads (none is busy: ``run`` waits for its tasks)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Pipeline:
@@ -62,6 +138,9 @@ class Pipeline:
             clock_jump_tolerance_s=config.pipeline.clock_jump_tolerance_s,
         )
         self.lanes = {rid: Lane(rid, settings, self._drop_counter(rid), self._bad_frame_counter(rid)) for rid in self.receiver_ids}
+        self.pool = LanePool(min(resolve_workers(config.pipeline.workers), max(1, len(self.receiver_ids))))
+        #: Which of the pool's groups takes each receiver's blocks (the same group for the pipeline's life).
+        self._group = {rid: i % self.pool.workers for i, rid in enumerate(self.receiver_ids)}
         self.aligner = WindowAligner(
             list(self.lanes.values()),
             window_s=config.features.window_s,
@@ -95,16 +174,45 @@ class Pipeline:
 
     # Input ------------------------------------------------------------------------------------------
     def push(self, block: IQBlock, arrival_ns: int | None = None) -> None:
-        """One block from an adapter (already counted as received by whoever dequeued it)."""
+        """One block from an adapter (already counted as received by whoever dequeued it), in this thread."""
+        lane = self._lane_for(block)
+        if lane is None:
+            return
+        arrival_ns = self._clock_ns() if arrival_ns is None else arrival_ns
+        lane.push(block)
+        self._after_push(block, lane, arrival_ns)
+
+    def push_many(self, blocks: Iterable[IQBlock], arrival_ns: int | None = None) -> list[tuple[IQBlock, Exception]]:
+        """Blocks from adapters, each receiver's in the order given, the lanes' work spread over the pool.
+
+        All get the same arrival time (``arrival_ns``, or the clock once). A block whose lane raised is
+        returned with its exception (a bug costs that block, not the others); the rest are done exactly as
+        ``push`` does them one by one.
+        """
+        arrival_ns = self._clock_ns() if arrival_ns is None else arrival_ns
+        known = [(block, lane) for block in blocks if (lane := self._lane_for(block)) is not None]
+        groups: list[list[Callable[[], Exception | None]]] = [[] for _ in range(self.pool.workers)]
+        for block, lane in known:
+            groups[self._group[block.receiver_id]].append(lambda block=block, lane=lane: _push_catching(lane, block))
+        outcomes = _in_input_order(known, groups, self._group, self.pool.run(groups))
+        failed = []
+        for (block, lane), exc in zip(known, outcomes):
+            if exc is None:
+                self._after_push(block, lane, arrival_ns)
+            else:
+                failed.append((block, exc))
+        return failed
+
+    def _lane_for(self, block: IQBlock) -> Lane | None:
         lane = self.lanes.get(block.receiver_id)
         if lane is None:
             # A block for a receiver the config does not know (an adapter bug, or one removed by a reload):
             # it was counted as received, so count its samples as dropped too.
             self.metrics.bad_frames.labels(block.receiver_id, "unknown_receiver").inc()
             self.metrics.samples_dropped.labels(block.receiver_id, "unknown_receiver", PIPELINE).inc(len(block.samples))
-            return
-        arrival_ns = self._clock_ns() if arrival_ns is None else arrival_ns
-        lane.push(block)
+        return lane
+
+    def _after_push(self, block: IQBlock, lane: Lane, arrival_ns: int) -> None:
         self.aligner.mark_arrival(block.receiver_id, arrival_ns)
         m = self.metrics
         rid = block.receiver_id
@@ -114,6 +222,10 @@ class Pipeline:
             end_ns = block.t0_ns + block.duration_ns
             m.clock_offset.labels(rid).set((end_ns - arrival_ns) / 1e9)
         m.buffer_fill.labels(rid).set(lane.ring.fill_ratio)
+
+    def close(self) -> None:
+        """Stop the worker threads; the pipeline takes no more blocks after this."""
+        self.pool.close()
 
     # Output -----------------------------------------------------------------------------------------
     def poll(self) -> list[dict]:
@@ -158,7 +270,7 @@ class Pipeline:
             self.publish_truth((window.t_start_ns + window.t_end_ns) // 2)
         started = time.perf_counter()
         spec = self.config.features
-        features = mel_frames_dbm(window.samples, spec, self.calibration_db)
+        features = self._features(window.samples)
         power = DetectionRule.from_config(self.config).apply(features, spec)
         present = window.present
         features[~present] = 0.0
@@ -217,6 +329,20 @@ class Pipeline:
         m.age_seconds.observe(max(0.0, (end_ns - window.t_end_ns) / 1e9))
         return payload
 
+    def _features(self, samples: np.ndarray) -> np.ndarray:
+        """``mel_frames_dbm`` of the window's rows, in chunks of ``FEATURE_CHUNK_RECEIVERS`` spread over the pool."""
+        spec, cal = self.config.features, self.calibration_db
+        starts = range(0, len(samples), FEATURE_CHUNK_RECEIVERS)
+        groups: list[list[Callable[[], np.ndarray]]] = [[] for _ in range(self.pool.workers)]
+        for c, a in enumerate(starts):
+            b = a + FEATURE_CHUNK_RECEIVERS
+            groups[c % self.pool.workers].append(lambda a=a, b=b: mel_frames_dbm(samples[a:b], spec, cal[a:b]))
+        done = self.pool.run(groups)
+        chunks = [done[c % self.pool.workers][c // self.pool.workers] for c in range(len(starts))]
+        if len(chunks) <= 1:
+            return chunks[0] if chunks else mel_frames_dbm(samples, spec, cal)
+        return np.concatenate(chunks)
+
     @property
     def has_truth(self) -> bool:
         return self._truth_source is not None
@@ -255,3 +381,23 @@ class Pipeline:
             localizations=self.seq,
             receivers=health,
         )
+
+
+def _push_catching(lane: Lane, block: IQBlock) -> Exception | None:
+    try:
+        lane.push(block)
+    except Exception as exc:  # returned to the caller, who counts it
+        return exc
+    return None
+
+
+def _in_input_order(items: Sequence[tuple[IQBlock, Lane]], groups: Sequence[Sequence], group_of: dict[str, int],
+                  results: Sequence[Sequence[T]]) -> list[T]:
+    """The results of per-group tasks back in the order of ``items`` (each group's tasks were queued in that order)."""
+    taken = [0] * len(groups)
+    out = []
+    for block, _lane in items:
+        g = group_of[block.receiver_id]
+        out.append(results[g][taken[g]])
+        taken[g] += 1
+    return out
