@@ -40,14 +40,17 @@ Physics (units in the names; all of it deterministic from ``simulator.seed``)
   that is off by N(0, ``clock_offset_sigma_ms``).
 
 Reproducibility: the same seed and the same time span give the same samples whatever the block size
-(noise comes from RNG streams keyed by (seed, receiver, fixed-size chunk index); the track, keying and
-fields are functions of absolute time). Each adapter builds its own ``SimulatedWorld`` from the config: no
+(the adapter renders its stream in fixed-size chunks of ``NOISE_CHUNK`` samples and cuts blocks from them;
+noise comes from RNG streams keyed by (seed, receiver, chunk index); the track, keying and fields are
+functions of absolute time). Each adapter builds its own ``SimulatedWorld`` from the config: no
 shared mutable state, so receivers can run in threads or processes alike. The one thing adapters in one
 process share is ``SimulatedReceiver.render_lock``: they render their blocks one at a time (see there why).
 
 For training and evaluation, ``models.train.render.render_windows`` produces windows at any rate (e.g. the
-model's 24 kHz) through the same signal code (``window_burst``, ``window_noise``, ``SimulatedWorld.received_baseband``),
-and ``SimulatedWorld.received_power_dbm`` gives the underlying power.
+model's 24 kHz) through ``window_burst``, ``window_noise`` and ``SimulatedWorld.received_baseband`` (float64, the
+reference form of the signal model), and ``SimulatedWorld.received_power_dbm`` gives the underlying power. The
+live stream (``SimulatedReceiver.add_signal``, ``SimulatedReceiver._noise``) computes the same model in float32
+for speed: the same signal to float32 precision, and noise of the same distribution from its own RNG layout.
 
 Examples
 --------
@@ -81,8 +84,9 @@ from streamer.core.docs import doc as _doc
 from streamer.core.geodesy import SearchArea, enu_to_geodetic, network_geometry
 from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
 
-#: Revision of what a seed renders (signal, noise, propagation). Raise it whenever the same seed would give
-#: different samples: caches of rendered windows (``models.train.dataset``) are keyed by it.
+#: Revision of what a seed renders through ``models.train.render.render_windows`` (signal, noise, propagation).
+#: Raise it whenever the same seed would give different windows: caches of rendered windows
+#: (``models.train.dataset``) are keyed by it. (The live stream's float32 rendering is not part of it.)
 #: 2: per-receiver noise figures, noise referred to the receiver's input (the gain error scales the signal only).
 SIGNAL_MODEL = 2
 SPEED_OF_LIGHT_MPS = 299_792_458.0
@@ -108,7 +112,7 @@ TRACK_TERMS = 48  # random cosines per axis: enough for near-Gaussian marginals
 #: Step (s) at which a moving transmitter's distance and gain are evaluated, then linearly interpolated:
 #: at 300 m/s the distance's curvature over 1 ms is < 0.1 mm (carrier phase error < 1e-3 rad).
 GEOMETRY_STEP_S = 1.0 / 1024.0
-NOISE_CHUNK = 16_384  # samples per noise RNG stream
+NOISE_CHUNK = 16_384  # samples per noise RNG stream, and per chunk of the live stream
 # E[phi(g)^2] for g ~ N(0, 1): links the Gaussian process's time scale to the RMS speed.
 _E_PDF_SQ = 1.0 / (2.0 * math.pi * math.sqrt(3.0))
 
@@ -451,7 +455,8 @@ class SimulatedWorld:
     ) -> np.ndarray:
         """Noise-free complex baseband at receiver ``r``'s antenna, in sqrt(mW) (|x|^2 = power in mW).
 
-        The one signal model: the adapter and ``models.train.render.render_windows`` both call it.
+        The reference form of the signal model: ``models.train.render.render_windows`` calls it, and the
+        adapter's ``SimulatedReceiver.add_signal`` computes the same in float32 (the tests compare the two).
 
         Parameters
         ----------
@@ -529,11 +534,34 @@ def window_noise(world: SimulatedWorld, window_id: int, r: int, n: int, noise_db
     return receiver_noise(world, (_WINDOW_NOISE, int(window_id), r), n, noise_dbm)
 
 
+def _sin_f32(tau_s: np.ndarray, freq_hz: float, phase_rad: float) -> np.ndarray:
+    """sin(2 pi f tau + phase) as float32: the cycles f tau reduced mod 1 in float64, the sine in float32."""
+    cycles = tau_s * freq_hz
+    cycles -= np.floor(cycles)
+    x = cycles.astype(np.float32)
+    x *= np.float32(2.0 * math.pi)
+    x += np.float32(phase_rad)
+    return np.sin(x, out=x)
+
+
+def _fm_phase_f32(tx: Transmission, tau_s: np.ndarray) -> np.ndarray:
+    """``Transmission.phase_rad`` (rad) as float32, for the live stream: each sine through ``_sin_f32``."""
+    phase = _sin_f32(tau_s, tx.ctcss_hz, 0.0)
+    phase *= np.float32(tx.ctcss_dev_hz / tx.ctcss_hz)
+    for f, dev, th, r, psi in zip(tx.tone_hz, tx.tone_dev_hz, tx.tone_phase_rad, tx.syllable_hz, tx.syllable_phase_rad):
+        swell = _sin_f32(tau_s, r, psi)
+        swell *= np.float32(0.45 * dev / f)
+        swell += np.float32(0.55 * dev / f)
+        swell *= _sin_f32(tau_s, f, th)
+        phase += swell
+    return phase
+
+
 class SimulatedReceiver(ReceiverBase):
     """Adapter ``kind = "simulator"``: one receiver of the seeded ``SimulatedWorld``."""
 
-    #: Held while a real-time stream renders a block. Rendering is some forty numpy calls on a few thousand
-    #: samples, each dropping and retaking the GIL; sixteen receiver threads doing that at once spent most
+    #: Held while a real-time stream renders a block. Rendering is some hundred numpy calls per chunk of
+    #: ``NOISE_CHUNK`` samples, each dropping and retaking the GIL; sixteen receiver threads doing that at once spent most
     #: of their CPU handing the GIL to each other and starved the daemon's pipeline thread that shares the
     #: process (``benchmarks/bench_simulator_threads.py`` measures it). Taking turns costs no real time:
     #: the rendering needs a fraction of one core. A hardware adapter waits in I/O instead and needs no such
@@ -592,7 +620,7 @@ class SimulatedReceiver(ReceiverBase):
         self.total_samples = None if opts.duration_s is None else int(round(opts.duration_s * self.sample_rate_hz))
         self.noise_dbm = world.noise_dbm(self.index, self.sample_rate_hz)
         self._closed = False
-        self._noise_cache: tuple[int, np.ndarray] | None = None
+        self._chunks: dict[int, np.ndarray] = {}
 
     @staticmethod
     def band_hz(options: "SimulatedReceiver.Options", target_freq_hz: float) -> tuple[float, float]:
@@ -612,23 +640,99 @@ class SimulatedReceiver(ReceiverBase):
 
     def read(self, first: int, count: int) -> np.ndarray:
         """Samples ``first .. first+count`` of this receiver's stream (complex64, full scale)."""
-        n = np.arange(first, first + count, dtype=np.int64)
-        t_rel = n / self.true_sample_rate_hz
-        signal_scale, noise_scale = self.world.full_scale_per_sqrt_mw(self.index)
-        x = signal_scale * self.world.received_baseband(self.index, self.start_ns, t_rel, self.lo_freq_hz)
-        x += noise_scale * self._noise(first, count)
-        return x.astype(np.complex64)
-
-    def _noise(self, first: int, count: int) -> np.ndarray:
-        parts = []
+        out = np.empty(count, dtype=np.complex64)
         for c in range(first // NOISE_CHUNK, (first + count - 1) // NOISE_CHUNK + 1):
-            if self._noise_cache is None or self._noise_cache[0] != c:
-                chunk = receiver_noise(self.world, (_NOISE, self.index, c), NOISE_CHUNK, self.noise_dbm)
-                self._noise_cache = (c, chunk)
-            lo = max(first, c * NOISE_CHUNK) - c * NOISE_CHUNK
-            hi = min(first + count, (c + 1) * NOISE_CHUNK) - c * NOISE_CHUNK
-            parts.append(self._noise_cache[1][lo:hi])
-        return np.concatenate(parts)
+            lo = max(first, c * NOISE_CHUNK)
+            hi = min(first + count, (c + 1) * NOISE_CHUNK)
+            out[lo - first : hi - first] = self._chunk(c)[lo - c * NOISE_CHUNK : hi - c * NOISE_CHUNK]
+        return out
+
+    def _chunk(self, c: int) -> np.ndarray:
+        """Samples of chunk ``c`` (``NOISE_CHUNK`` samples from ``c * NOISE_CHUNK``): noise plus signal, complex64.
+
+        Blocks are cut from whole chunks, so the stream does not depend on the block size; the last two
+        chunks are kept, as a block spans at most two of them when it is shorter than a chunk."""
+        if c not in self._chunks:
+            x = self._noise(c)
+            self.add_signal(x, c * NOISE_CHUNK)
+            self._chunks[c] = x
+            if len(self._chunks) > 2:
+                self._chunks.pop(next(iter(self._chunks)))
+        return self._chunks[c]
+
+    def _noise(self, c: int) -> np.ndarray:
+        """Noise chunk ``c`` in full-scale units: complex Gaussian by Box-Muller in float32, from the RNG stream
+        (seed, receiver, chunk): a magnitude sqrt(-2 ln u1) and a uniform phase 2 pi u2 give a circular complex
+        Gaussian exactly, from 24-bit uniforms cut from the stream's raw 64-bit words (two per word)."""
+        _, noise_scale = self.world.full_scale_per_sqrt_mw(self.index)
+        scale = noise_scale * math.sqrt(10.0 ** (self.noise_dbm / 10.0) / 2.0)
+        raw = _rng(self.world.sim.seed, _NOISE, self.index, c).bit_generator.random_raw(NOISE_CHUNK).view(np.uint32)
+        u = (raw >> np.uint32(8)).astype(np.float32)
+        u *= np.float32(2.0**-24)  # [0, 1) on a 2^-24 grid
+        radius, angle = u[:NOISE_CHUNK], u[NOISE_CHUNK:]
+        np.subtract(np.float32(1.0), radius, out=radius)  # (0, 1]: log is finite
+        np.log(radius, out=radius)
+        radius *= np.float32(-2.0 * scale * scale)
+        np.sqrt(radius, out=radius)
+        angle *= np.float32(2.0 * math.pi)
+        out = np.empty(NOISE_CHUNK, dtype=np.complex64)
+        parts = out.view(np.float32)
+        np.multiply(radius, np.cos(angle), out=parts[0::2])
+        np.multiply(radius, np.sin(angle), out=parts[1::2])
+        return out
+
+    def add_signal(self, out: np.ndarray, first: int) -> None:
+        """Add the noise-free signal of samples ``first .. first+len(out)`` to ``out`` (complex64, full scale).
+
+        The same model as ``SimulatedWorld.received_baseband`` (which ``tests/receivers/test_simulator.py``
+        compares it with), computed for a long stream: distance and gain at the same ``GEOMETRY_STEP_S``
+        knots, interpolated per sample by index arithmetic; the carrier and audio phases reduced to cycles in
+        float64, then sines and cosines in float32; the amplitude interpolated between the knots in linear
+        units rather than in dB; each transmission's on-air samples found as one slice (tau, the time since
+        key-up at the transmitter, increases with the sample index)."""
+        world, r = self.world, self.index
+        n = np.arange(first, first + len(out), dtype=np.float64)
+        t_rel = n / self.true_sample_rate_hz
+        k_first = math.floor(t_rel[0] / GEOMETRY_STEP_S)
+        k_last = math.ceil(t_rel[-1] / GEOMETRY_STEP_S) + 1  # one knot to spare for the index arithmetic
+        t_geo = np.arange(k_first, k_last + 1) * GEOMETRY_STEP_S
+        dist_geo, gain_geo = world._path(r, world._interpolated_positions(self.start_ns, t_geo))
+        delay_max_s = float(dist_geo.max()) / SPEED_OF_LIGHT_MPS
+        transmissions = world.transmissions(
+            self.start_ns + int(math.floor((t_rel[0] - delay_max_s) * 1e9)) - 1,
+            self.start_ns + int(math.ceil(t_rel[-1] * 1e9)) + 1,
+        )
+        if not transmissions:
+            return
+        u = t_rel * (1.0 / GEOMETRY_STEP_S) - k_first
+        j = np.minimum(u.astype(np.int64), len(t_geo) - 2)
+        frac = u - j
+        delay_geo = dist_geo / SPEED_OF_LIGHT_MPS
+        delay_s = delay_geo[j] + frac * np.diff(delay_geo)[j]
+        signal_scale, _ = world.full_scale_per_sqrt_mw(r)
+        amp_geo = signal_scale * 10.0 ** (gain_geo / 20.0)
+        amp = (amp_geo[j] + frac * np.diff(amp_geo)[j]).astype(np.float32)
+        # Carrier cycles, as in received_baseband: exp(j 2 pi [(f_tx - f_lo) t - f_tx d/c]).
+        offset_hz = world.target_freq_hz - self.lo_freq_hz
+        ref_cycles = float((Fraction(offset_hz) * Fraction(int(self.start_ns), 10**9)) % 1)
+        carrier = ref_cycles + offset_hz * t_rel
+        carrier -= world.target_freq_hz * delay_s
+        carrier -= np.floor(carrier)
+        parts = out.view(np.float32)
+        for tx in transmissions:
+            tau = (self.start_ns - tx.start_ns) / 1e9 + t_rel - delay_s
+            length_s = (tx.end_ns - tx.start_ns) / 1e9
+            i0, i1 = int(np.searchsorted(tau, 0.0, side="right")), int(np.searchsorted(tau, length_s, side="left"))
+            if i1 <= i0:
+                continue
+            tau_on = tau[i0:i1]
+            angle = _fm_phase_f32(tx, tau_on)
+            angle += (2.0 * math.pi * carrier[i0:i1]).astype(np.float32)
+            a = amp[i0:i1] * np.float32(10.0 ** (tx.power_dbm / 20.0))
+            if tau_on[0] < KEY_RAMP_S or tau_on[-1] > length_s - KEY_RAMP_S:
+                a *= tx.envelope(tau_on).astype(np.float32)
+            parts[2 * i0 : 2 * i1 : 2] += a * np.cos(angle)
+            parts[2 * i0 + 1 : 2 * i1 : 2] += a * np.sin(angle)
 
     def block_t0_ns(self, sample_index: int) -> int:
         """Host timestamp of a sample: start + count at the nominal rate + this host's clock error (ns)."""
