@@ -5,8 +5,9 @@ estimators are passed in, so tests drive it block by block. The per-receiver wor
 channelizer and ring buffer; the mel features of each receiver's row of a window) may run on a pool of
 ``pipeline.workers`` threads (``LanePool``); the calling thread waits for it, so the aligner, the
 estimators, the messages and every gauge see the same state, in the same order, whatever the number of
-workers. A receiver's blocks always go to one task, in order; numpy and scipy release the GIL in the
-FFTs, matrix products and element-wise work that make up most of it. ``close()`` stops the pool.
+workers. A receiver's blocks always go to one task, in order. numpy and scipy release the GIL in their
+kernels (FFTs, matrix products, element-wise work); the Python around them holds it, which bounds what
+more workers can give (docs/performance.md). ``close()`` stops the pool.
 """
 
 from __future__ import annotations
