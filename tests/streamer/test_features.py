@@ -183,3 +183,117 @@ def test_calibration_broadcasts_per_receiver():
 def test_feature_spec_rejects_bad_values_with_the_key_and_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FeatureSpec(**kwargs)
+
+
+# --- The implementation before the single-precision rewrite, kept as the reference the fast path must match. ---
+
+
+def _legacy_mel_frames_dbm(samples, spec, calibration_db=0.0):
+    """numpy FFT, fftshift, float64 einsum over the dense bank: the features the shipped model was trained on."""
+    samples = np.asarray(samples)
+    n_frames = 1 + (samples.shape[-1] - spec.n_fft) // spec.hop
+    w = hann_periodic(spec.n_fft)
+    frames = np.lib.stride_tricks.sliding_window_view(samples, spec.n_fft, axis=-1)[..., :: spec.hop, :][..., :n_frames, :]
+    spectrum = np.fft.fftshift(np.fft.fft(frames * w.astype(np.float32), axis=-1), axes=-1)
+    power = (spectrum.real**2 + spectrum.imag**2) / (spec.n_fft * float(np.sum(w**2)))
+    mel = np.einsum("mk,...tk->...mt", mel_filterbank(spec), power)
+    cal = np.asarray(calibration_db, dtype=np.float64)[..., None, None]
+    return (10.0 * np.log10(mel * 10.0 ** (cal / 10.0) + spec.eps)).astype(np.float32)
+
+
+def _noise_and_tones(shape, spec, seed):
+    """complex64 noise at -60 dBFS plus, per row, two tones at random offsets and -10 .. -50 dBFS."""
+    rng = np.random.default_rng(seed)
+    n = shape[-1]
+    x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * np.sqrt(0.5e-6)
+    t = np.arange(n) / spec.sample_rate_hz
+    for _ in range(2):
+        offset = rng.uniform(-0.45, 0.45, (*shape[:-1], 1)) * spec.sample_rate_hz
+        level = 10 ** (rng.uniform(-50.0, -10.0, (*shape[:-1], 1)) / 20)
+        x = x + level * np.exp(2j * np.pi * offset * t)
+    return x.astype(np.complex64)
+
+
+WIDE = FeatureSpec(sample_rate_hz=2.4e6, n_fft=1024, hop=512, n_mels=128, window_s=0.02)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"fs{s.sample_rate_hz:g}-nfft{s.n_fft}-hop{s.hop}-mels{s.n_mels}")
+@pytest.mark.parametrize("shape", ["N", "RN", "BRN"])
+def test_mel_frames_match_the_previous_implementation_within_a_thousandth_of_a_db(spec, shape):
+    dims = {"N": (), "RN": (5,), "BRN": (3, 4)}[shape]
+    x = _noise_and_tones((*dims, spec.n_samples), spec, seed=spec.n_fft + len(dims))
+    cal = np.linspace(-20.0, 10.0, dims[-1]) if dims else -7.5
+    new, old = mel_frames_dbm(x, spec, cal), _legacy_mel_frames_dbm(x, spec, cal)
+    assert new.shape == old.shape == (*dims, spec.n_mels, spec.n_frames) and new.dtype == old.dtype == np.float32
+    np.testing.assert_allclose(new, old, rtol=0, atol=1e-3)
+
+
+def test_wideband_matches_within_a_thousandth_of_a_db_down_to_60_db_below_the_frame_peak():
+    """Where the old and new single-precision FFTs part: bands far below a strong tone.
+
+    Near DC the wideband spec's bands are narrower than a bin (small weights on one bin), so with a tone at up to
+    -10 dBFS some bands sit 100 dB or more below the frame's strongest band. There each single-precision FFT's
+    rounding (numpy's before, scipy's now) shows at the 1e-3 .. 1e-2 dB level: the old features are themselves
+    that far from a double-precision transform, and the new ones are no further from it.
+    """
+    dims = (3, 4)
+    x = _noise_and_tones((*dims, WIDE.n_samples), WIDE, seed=WIDE.n_fft + len(dims))
+    new, old, truth = mel_frames_dbm(x, WIDE), _legacy_mel_frames_dbm(x, WIDE), _legacy_mel_frames_dbm(x.astype(np.complex128), WIDE)
+    assert new.shape == old.shape == (*dims, WIDE.n_mels, WIDE.n_frames)
+    near = truth.max(axis=-2, keepdims=True) - truth < 60.0  # bands within 60 dB of their frame's strongest band
+    assert near.mean() > 0.4  # a tone at up to -10 dBFS puts the noise bands of its frames 60 dB or more below it
+    np.testing.assert_allclose(new[near], old[near], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(new, old, rtol=0, atol=2e-2)
+    np.testing.assert_allclose(new, truth, rtol=0, atol=2e-2)
+    assert np.abs(old - truth).max() > 1e-3  # the old single-precision features were not exact there either
+
+
+@pytest.mark.parametrize("spec", SPECS[:2], ids=lambda s: f"nfft{s.n_fft}")
+def test_other_input_types_match_the_previous_implementation(spec):
+    x = _noise_and_tones((2, spec.n_samples), spec, seed=5)
+    # complex128 runs in double precision, as before; a strided view and a longer input with a ragged end too.
+    for samples in (x.astype(np.complex128), np.repeat(x, 2, axis=-1)[:, ::2], np.concatenate([x, x[:, :17]], axis=-1)):
+        np.testing.assert_allclose(mel_frames_dbm(samples, spec), _legacy_mel_frames_dbm(samples, spec), rtol=0, atol=1e-3)
+    # Silence reads the eps floor, and an empty batch keeps its shape.
+    np.testing.assert_array_equal(mel_frames_dbm(np.zeros(spec.n_samples, np.complex64), spec), 10 * np.log10(spec.eps))
+    assert mel_frames_dbm(np.zeros((0, spec.n_samples), np.complex64), spec).shape == (0, spec.n_mels, spec.n_frames)
+
+
+def test_long_rows_are_cut_into_chunks_without_changing_the_result(monkeypatch):
+    """A row longer than one chunk is transformed in runs of frames; the result does not depend on the chunk size."""
+    import streamer.dsp.features as features
+
+    spec = SPECS[1]
+    x = _noise_and_tones((3, spec.n_samples), spec, seed=9)
+    whole = mel_frames_dbm(x, spec)
+    monkeypatch.setattr(features, "CHUNK_BYTES", 7 * spec.n_fft * 8)  # 7 frames per step
+    np.testing.assert_allclose(mel_frames_dbm(x, spec), whole, rtol=0, atol=1e-4)  # batch sizes round differently
+    np.testing.assert_allclose(whole, _legacy_mel_frames_dbm(x, spec), rtol=0, atol=1e-3)
+
+
+def test_bench_features_runs_on_a_tiny_case_and_prints_its_lines(capsys):
+    """Not a timing test: the bench runs end to end and reports every path, ratio, target and load average."""
+    from streamer.tools import bench_features
+
+    assert bench_features.main(["--receivers", "2", "--seconds", "0.01", "--windows", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    for text in ("wideband:", "window:", "stage mel_frames_dbm", "naive stft + librosa mel", "raw FFT scipy.fft",
+                 "stage / naive", "stage / raw FFT", "(target >= 0.5:", "(target >= 4:", "max |stage - naive|",
+                 "load average", "at end"):
+        assert text in out
+    res = bench_features.bench_features(receivers=2, seconds=0.01, windows=2, repeats=1)
+    for case in res["cases"]:
+        assert case["max_abs_diff_db"] < 0.01  # the naive path computes the same features
+
+
+@pytest.mark.parametrize("spec", [*SPECS, WIDE], ids=lambda s: f"nfft{s.n_fft}-mels{s.n_mels}")
+def test_projection_blocks_hold_every_weight_of_the_dense_bank_once(spec):
+    from streamer.dsp.features import _power_scale, _projection
+
+    dense = np.zeros((2 * spec.n_fft, spec.n_mels))
+    for lo, hi, m0, m1, block in _projection(spec, np.dtype(np.float64)):
+        assert not dense[2 * lo : 2 * hi, m0:m1].any()  # blocks do not overlap
+        dense[2 * lo : 2 * hi, m0:m1] = block
+    unshifted = np.fft.ifftshift(mel_filterbank(spec), axes=-1) * _power_scale(spec)
+    np.testing.assert_array_equal(dense, np.repeat(unshifted.T, 2, axis=0))
