@@ -88,6 +88,8 @@ def test_sends_the_documented_set_commands_in_order_over_a_masked_websocket():
 def test_wideband_path_agc_and_little_endian_options():
     with FakeKiwiServer(n_frames=3) as server:
         blocks, _ = collect(make_rx(server, wideband=True, agc=True, little_endian=True, gain_db=30))
+        # As above: the last SETs may still be in the server's reader when the stream ends on a loaded machine.
+        server.wait_for(lambda: "SET little_endian" in server.messages and any("agc=1" in m for m in server.messages))
     assert re.fullmatch(r"/wb/\d+/SND", server.paths[0])
     assert "SET agc=1 hang=0 thresh=-100 slope=6 decay=1000 manGain=30" in server.messages
     assert "SET little_endian" in server.messages
