@@ -53,12 +53,10 @@ def limit_blas_threads() -> str:
 
     The pipeline's matrix products are small and come from every worker: BLAS threads of their own add
     cores' worth of busy-waiting and contend with the workers and the receivers' threads. The daemon calls
-    this when it starts; it needs threadpoolctl (without it, set ``OPENBLAS_NUM_THREADS=1`` before start).
+    this when it starts.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return "BLAS threads left as they are (threadpoolctl is not installed; OPENBLAS_NUM_THREADS=1 does the same)"
+    from threadpoolctl import threadpool_limits
+
     threadpool_limits(limits=1, user_api="blas")
     return "BLAS kept to one thread (threadpoolctl)"
 

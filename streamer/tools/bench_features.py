@@ -20,7 +20,7 @@ Paths timed on the same input, best and median of ``--repeats``:
 
 Rates are input samples per second (MS/s): receivers x samples per receiver / seconds. Targets printed beside
 the ratios: stage / naive >= 4 and stage / raw FFT >= 0.5. BLAS (the stage's and the naive path's matmuls) is
-held to one thread where threadpoolctl is installed, so every path runs on one core; the run says which.
+held to one thread (threadpoolctl), so every path runs on one core.
 
 Examples (shell)
 ----------------
@@ -31,7 +31,6 @@ Examples (shell)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import time
@@ -176,11 +175,9 @@ def bench_case(name: str, spec: FeatureSpec, calls: list[np.ndarray], repeats: i
 
 
 def blas_one_thread():
-    """A context that holds BLAS to one thread (threadpoolctl), and a line saying whether it could."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext(), "BLAS threads: the library's default (threadpoolctl not installed)"
+    """A context that holds BLAS to one thread (threadpoolctl), and a line saying so."""
+    from threadpoolctl import threadpool_limits
+
     return threadpool_limits(limits=1, user_api="blas"), "BLAS threads: 1 (threadpoolctl)"
 
 
