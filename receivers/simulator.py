@@ -112,7 +112,8 @@ TRACK_TERMS = 48  # random cosines per axis: enough for near-Gaussian marginals
 #: Step (s) at which a moving transmitter's distance and gain are evaluated, then linearly interpolated:
 #: at 300 m/s the distance's curvature over 1 ms is < 0.1 mm (carrier phase error < 1e-3 rad).
 GEOMETRY_STEP_S = 1.0 / 1024.0
-NOISE_CHUNK = 16_384  # samples per noise RNG stream, and per chunk of the live stream
+NOISE_CHUNK = 32_768  # samples per chunk of the live stream, each with its own noise RNG stream
+_KNOT_SPAN = 1024  # geometry knots the live stream computes at a time (1 s)
 # E[phi(g)^2] for g ~ N(0, 1): links the Gaussian process's time scale to the RMS speed.
 _E_PDF_SQ = 1.0 / (2.0 * math.pi * math.sqrt(3.0))
 
@@ -534,25 +535,30 @@ def window_noise(world: SimulatedWorld, window_id: int, r: int, n: int, noise_db
     return receiver_noise(world, (_WINDOW_NOISE, int(window_id), r), n, noise_dbm)
 
 
-def _sin_f32(tau_s: np.ndarray, freq_hz: float, phase_rad: float) -> np.ndarray:
-    """sin(2 pi f tau + phase) as float32: the cycles f tau reduced mod 1 in float64, the sine in float32."""
-    cycles = tau_s * freq_hz
+def _sin_knots(tau_knots_s: np.ndarray, freq_hz: float, phase_rad: float, counts: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """sin(2 pi f tau + phase) as float32 at samples where tau is linear between knots: ``counts[k]`` samples
+    lie between knots k and k + 1, each ``frac`` (float32, 0..1) of the way along. The angle at each knot is reduced
+    mod one cycle in float64; within a segment (less than a few tens of radians) float32 holds it to
+    about a microradian."""
+    cycles = freq_hz * tau_knots_s
     cycles -= np.floor(cycles)
-    x = cycles.astype(np.float32)
-    x *= np.float32(2.0 * math.pi)
-    x += np.float32(phase_rad)
+    start = (2.0 * math.pi * cycles + phase_rad).astype(np.float32)
+    turn = (2.0 * math.pi * freq_hz * np.diff(tau_knots_s)).astype(np.float32)
+    x = np.repeat(turn, counts)
+    x *= frac
+    x += np.repeat(start[:-1], counts)
     return np.sin(x, out=x)
 
 
-def _fm_phase_f32(tx: Transmission, tau_s: np.ndarray) -> np.ndarray:
-    """``Transmission.phase_rad`` (rad) as float32, for the live stream: each sine through ``_sin_f32``."""
-    phase = _sin_f32(tau_s, tx.ctcss_hz, 0.0)
+def _fm_phase_f32(tx: Transmission, tau_knots_s: np.ndarray, counts: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """``Transmission.phase_rad`` (rad) as float32, for the live stream: each sine through ``_sin_knots``."""
+    phase = _sin_knots(tau_knots_s, tx.ctcss_hz, 0.0, counts, frac)
     phase *= np.float32(tx.ctcss_dev_hz / tx.ctcss_hz)
     for f, dev, th, r, psi in zip(tx.tone_hz, tx.tone_dev_hz, tx.tone_phase_rad, tx.syllable_hz, tx.syllable_phase_rad):
-        swell = _sin_f32(tau_s, r, psi)
+        swell = _sin_knots(tau_knots_s, r, psi, counts, frac)
         swell *= np.float32(0.45 * dev / f)
         swell += np.float32(0.55 * dev / f)
-        swell *= _sin_f32(tau_s, f, th)
+        swell *= _sin_knots(tau_knots_s, f, th, counts, frac)
         phase += swell
     return phase
 
@@ -621,6 +627,7 @@ class SimulatedReceiver(ReceiverBase):
         self.noise_dbm = world.noise_dbm(self.index, self.sample_rate_hz)
         self._closed = False
         self._chunks: dict[int, np.ndarray] = {}
+        self._knot_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @staticmethod
     def band_hz(options: "SimulatedReceiver.Options", target_freq_hz: float) -> tuple[float, float]:
@@ -681,6 +688,24 @@ class SimulatedReceiver(ReceiverBase):
         np.multiply(radius, np.sin(angle), out=parts[1::2])
         return out
 
+    def _knots(self, k_first: int, k_last: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distance (m) and gain (dB) at geometry knots ``k_first .. k_last`` (knot k at ``start_ns + k *
+        GEOMETRY_STEP_S``), as ``SimulatedWorld._path`` gives them; computed ``_KNOT_SPAN`` knots at a time
+        and kept (each knot's value depends on its index only, so the grouping does not change it)."""
+        parts = []
+        for b in range(k_first // _KNOT_SPAN, k_last // _KNOT_SPAN + 1):
+            if b not in self._knot_cache:
+                t_geo = np.arange(b * _KNOT_SPAN, (b + 1) * _KNOT_SPAN) * GEOMETRY_STEP_S
+                self._knot_cache[b] = self.world._path(self.index, self.world._interpolated_positions(self.start_ns, t_geo))
+                if len(self._knot_cache) > 2:
+                    self._knot_cache.pop(next(iter(self._knot_cache)))
+            lo = max(k_first, b * _KNOT_SPAN) - b * _KNOT_SPAN
+            hi = min(k_last + 1, (b + 1) * _KNOT_SPAN) - b * _KNOT_SPAN
+            parts.append((self._knot_cache[b][0][lo:hi], self._knot_cache[b][1][lo:hi]))
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([d for d, _ in parts]), np.concatenate([g for _, g in parts])
+
     def add_signal(self, out: np.ndarray, first: int) -> None:
         """Add the noise-free signal of samples ``first .. first+len(out)`` to ``out`` (complex64, full scale).
 
@@ -691,42 +716,57 @@ class SimulatedReceiver(ReceiverBase):
         units rather than in dB; each transmission's on-air samples found as one slice (tau, the time since
         key-up at the transmitter, increases with the sample index)."""
         world, r = self.world, self.index
-        n = np.arange(first, first + len(out), dtype=np.float64)
-        t_rel = n / self.true_sample_rate_hz
-        k_first = math.floor(t_rel[0] / GEOMETRY_STEP_S)
-        k_last = math.ceil(t_rel[-1] / GEOMETRY_STEP_S) + 1  # one knot to spare for the index arithmetic
-        t_geo = np.arange(k_first, k_last + 1) * GEOMETRY_STEP_S
-        dist_geo, gain_geo = world._path(r, world._interpolated_positions(self.start_ns, t_geo))
+        count = len(out)
+        fs = self.true_sample_rate_hz
+        t_first_s, t_last_s = first / fs, (first + count - 1) / fs
+        # Knot k sits at sample position k * GEOMETRY_STEP_S * fs; the samples in [ceil(x_k), ceil(x_k+1))
+        # lie between knots k and k + 1.
+        knot_samples = GEOMETRY_STEP_S * fs
+        k_first = math.floor(first / knot_samples)
+        k_last = math.floor((first + count - 1) / knot_samples) + 1
+        dist_geo, gain_geo = self._knots(k_first, k_last)
         delay_max_s = float(dist_geo.max()) / SPEED_OF_LIGHT_MPS
         transmissions = world.transmissions(
-            self.start_ns + int(math.floor((t_rel[0] - delay_max_s) * 1e9)) - 1,
-            self.start_ns + int(math.ceil(t_rel[-1] * 1e9)) + 1,
+            self.start_ns + int(math.floor((t_first_s - delay_max_s) * 1e9)) - 1,
+            self.start_ns + int(math.ceil(t_last_s * 1e9)) + 1,
         )
         if not transmissions:
             return
-        u = t_rel * (1.0 / GEOMETRY_STEP_S) - k_first
-        j = np.minimum(u.astype(np.int64), len(t_geo) - 2)
-        frac = u - j
+        x = np.arange(k_first, k_last + 1) * knot_samples
+        counts = np.diff(np.clip(np.ceil(x).astype(np.int64) - first, 0, count))
+        frac = np.arange(first, first + count, dtype=np.float64)
+        frac -= np.repeat(x[:-1], counts)
+        frac *= 1.0 / knot_samples  # 0..1 between knots j and j + 1
+
+        def per_sample(at_knots: np.ndarray) -> np.ndarray:
+            """Linear interpolation between the knots, of a quantity given at each of them."""
+            return np.repeat(at_knots[:-1], counts) + frac * np.repeat(np.diff(at_knots), counts)
+
+        t_geo = np.arange(k_first, k_last + 1) * GEOMETRY_STEP_S
         delay_geo = dist_geo / SPEED_OF_LIGHT_MPS
-        delay_s = delay_geo[j] + frac * np.diff(delay_geo)[j]
         signal_scale, _ = world.full_scale_per_sqrt_mw(r)
-        amp_geo = signal_scale * 10.0 ** (gain_geo / 20.0)
-        amp = (amp_geo[j] + frac * np.diff(amp_geo)[j]).astype(np.float32)
-        # Carrier cycles, as in received_baseband: exp(j 2 pi [(f_tx - f_lo) t - f_tx d/c]).
+        amp = per_sample(signal_scale * 10.0 ** (gain_geo / 20.0)).astype(np.float32)
+        # Carrier cycles, as in received_baseband: exp(j 2 pi [(f_tx - f_lo) t - f_tx d/c]), linear between
+        # the knots like the delay; at the knots reduced mod 1 (ref_cycles exactly, by Fraction).
         offset_hz = world.target_freq_hz - self.lo_freq_hz
         ref_cycles = float((Fraction(offset_hz) * Fraction(int(self.start_ns), 10**9)) % 1)
-        carrier = ref_cycles + offset_hz * t_rel
-        carrier -= world.target_freq_hz * delay_s
+        carrier_geo = ref_cycles + offset_hz * t_geo - world.target_freq_hz * delay_geo
+        carrier_geo -= np.floor(carrier_geo[0])
+        carrier = per_sample(carrier_geo)
         carrier -= np.floor(carrier)
+        tx_time_geo = t_geo - delay_geo  # transmitter time of the knots (s after start_ns)
+        tx_time = per_sample(tx_time_geo)
+        frac32 = frac.astype(np.float32)
         parts = out.view(np.float32)
         for tx in transmissions:
-            tau = (self.start_ns - tx.start_ns) / 1e9 + t_rel - delay_s
+            tau = tx_time + (self.start_ns - tx.start_ns) / 1e9
             length_s = (tx.end_ns - tx.start_ns) / 1e9
             i0, i1 = int(np.searchsorted(tau, 0.0, side="right")), int(np.searchsorted(tau, length_s, side="left"))
             if i1 <= i0:
                 continue
             tau_on = tau[i0:i1]
-            angle = _fm_phase_f32(tx, tau_on)
+            # The audio over the whole chunk (tau is analytic on either side of the transmission), then cut.
+            angle = _fm_phase_f32(tx, tx_time_geo + (self.start_ns - tx.start_ns) / 1e9, counts, frac32)[i0:i1]
             angle += (2.0 * math.pi * carrier[i0:i1]).astype(np.float32)
             a = amp[i0:i1] * np.float32(10.0 ** (tx.power_dbm / 20.0))
             if tau_on[0] < KEY_RAMP_S or tau_on[-1] > length_s - KEY_RAMP_S:
