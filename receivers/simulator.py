@@ -711,10 +711,11 @@ class SimulatedReceiver(ReceiverBase):
 
         The same model as ``SimulatedWorld.received_baseband`` (which ``tests/receivers/test_simulator.py``
         compares it with), computed for a long stream: distance and gain at the same ``GEOMETRY_STEP_S``
-        knots, interpolated per sample by index arithmetic; the carrier and audio phases reduced to cycles in
-        float64, then sines and cosines in float32; the amplitude interpolated between the knots in linear
-        units rather than in dB; each transmission's on-air samples found as one slice (tau, the time since
-        key-up at the transmitter, increases with the sample index)."""
+        knots (``_knots``); what is linear between the knots there (carrier cycles, transmitter time, and here
+        also the amplitude, in linear units rather than dB) spread to the samples by ``np.repeat``; the carrier
+        reduced mod 1 in float64, the audio's angles reduced at the knots in float64 and carried to the samples
+        in float32 (``_sin_knots``), sines and cosines in float32; each transmission's on-air samples found as
+        one slice (tau, the time since key-up at the transmitter, increases with the sample index)."""
         world, r = self.world, self.index
         count = len(out)
         fs = self.true_sample_rate_hz
