@@ -1,8 +1,10 @@
 """The share of one lane's block work spent in numpy kernels, which release the GIL: the part that
 ``pipeline.workers`` can run on a second core at once. Single thread, BLAS on one thread: ``Lane.push`` of a
-10 ms block at 2.4 MS/s against the same kernels (mix, history append, polyphase matrix products, checks)
-timed alone. The rest is Python, which holds the GIL; it bounds the speed-up of N workers at
-``1 / (1 - share + share / N)``.
+10 ms block at 2.4 MS/s against the same kernels timed alone: the checks, then for the channelizer's cascade
+the first stage (history append, mixing-decimating matrix product, diagonal sums, oscillator) and the final
+polyphase stage (history append, matrix products) on its ``1/D1`` as many samples; for a single stage the
+mixer and the polyphase products on the whole block. The rest is Python, which holds the GIL; it bounds the
+speed-up of N workers at ``1 / (1 - share + share / N)``.
 
     python benchmarks/lane_gil_share.py
 """
@@ -39,16 +41,28 @@ def main() -> None:
     push(20, 20 + BLOCKS)
     total = (time.thread_time() - t) / BLOCKS
 
-    resampler = lane.channelizer._resampler
+    channelizer = lane.channelizer
+    resampler = channelizer._resampler  # the final (or only) polyphase stage
+    stage1 = channelizer._stage1  # the cascade's mixing decimator, or None
+    d1 = channelizer.decimation1
     x = signal[:BLOCK_N]
-    table = np.ones(BLOCK_N, np.complex64)
-    rows = -(-BLOCK_N // resampler.down)
+    n2 = BLOCK_N // d1  # the final stage's input per block
+    table = np.ones(n2 if stage1 is not None else BLOCK_N, np.complex64)
+    rows = -(-n2 // resampler.down)
     span = np.zeros((2, rows, resampler.down), np.float32)
     branch = resampler._bank[0]
+    hist1 = np.zeros(len(channelizer.taps1) if stage1 is not None else 0, np.complex64)
 
     def kernels() -> None:
-        mixed = x * (table * np.complex64(1))
-        grown = np.empty((2, BLOCK_N + 2000), np.float32)
+        if stage1 is not None:
+            buf = np.concatenate((hist1, x))
+            partial = (buf[: (n2 + stage1._blocks - 1) * d1].view(np.float32).reshape(-1, 2 * d1) @ stage1._matrix)
+            s = partial.view(np.complex64).strides
+            np.ndarray((n2, stage1._blocks), np.complex64, partial.view(np.complex64), 0, (s[0], s[0] + s[1])).sum(-1)
+            mixed = partial.view(np.complex64)[:n2, 0] * (table * np.complex64(1))
+        else:
+            mixed = x * (table * np.complex64(1))
+        grown = np.empty((2, len(mixed) + 2000), np.float32)
         grown[0, 2000:] = mixed.real
         grown[1, 2000:] = mixed.imag
         for _ in range(resampler.up):
@@ -63,7 +77,7 @@ def main() -> None:
         kernels()
     kern = (time.thread_time() - t) / BLOCKS
     share = kern / total
-    print(f"up/down {resampler.up}/{resampler.down}: Lane.push {total * 1e6:.0f} us per 10 ms block; its numpy kernels "
+    print(f"up/down {channelizer.up}/{channelizer.down} (D1 {d1}): Lane.push {total * 1e6:.0f} us per 10 ms block; its numpy kernels "
           f"alone {kern * 1e6:.0f} us ({share:.0%}); speed-up bound 2 workers {1 / (1 - share / 2):.2f} x")
 
 

@@ -6,7 +6,10 @@ one input ``IQBlock`` and returns the output samples that became ready, or ``Non
 What it computes (the whole-signal reference is what a test compares the stream against)::
 
     mixed[n] = x[n] * exp(-j*2*pi*(target_freq - center_freq) * n / in_rate)     n = absolute sample_index
-    y        = scipy.signal.resample_poly(mixed, up, down, window=channelizer.taps)
+    D1       = channelizer.decimation1                                            cascade_decimation(up, down)
+    y        = resample_poly(mixed, up, down, window=channelizer.taps)                                  D1 == 1
+    y        = resample_poly(resample_poly(mixed, 1, D1, window=channelizer.taps1),
+                             up, down // D1, window=channelizer.taps)                                    D1 > 1
 
 - ``up/down`` is the exact ratio ``out_rate/in_rate`` in lowest terms (a rate pair without a small rational
   ratio is refused: a ratio that is only approximately right would make the output clock drift against
@@ -15,12 +18,21 @@ What it computes (the whole-signal reference is what a test compares the stream 
   ``[out_rate/MAX_UPSAMPLING, MAX_SAMPLE_RATE_HZ]`` and the polyphase filter bank holds at most
   ``MAX_BANK_COEFFS`` coefficients. A rate pair beyond that is refused before any filter is designed, so a
   block that declares an awkward rate (e.g. 23997.6 Hz -> 24 kHz, 10000/9999) costs nothing.
-- ``taps`` is the low-pass that ``resample_poly`` designs by default: ``firwin(2*half_len + 1, 1/max(up, down),
-  window=("kaiser", 5.0))`` with ``half_len = 10*max(up, down)`` for the default ``taps_per_phase=20``.
+- ``taps`` is the low-pass that ``resample_poly`` designs by default for its stage: ``firwin(2*half_len + 1,
+  1/max(up, d), window=("kaiser", 5.0))`` with ``d = down // D1`` and ``half_len = 10*max(up, d)`` for the
+  default ``taps_per_phase=20``. With ``D1 == 1`` (small decimations such as 48 k, 240 k or 250 kS/s ->
+  24 kS/s, and upsampling) that is the whole filter, and the path is the single-stage one bit for bit.
+- Large decimations (2.4 MS/s: ``D1 = 10``; 10 MS/s: ``D1 = 50``) run as a cascade: a first stage mixes and
+  decimates by ``D1`` with ``taps1`` (``design_stage1_taps``: flat to within ``10**(-STAGE1_ATTENUATION_DB/20)``
+  up to ``STAGE1_PASS_FRACTION*out_rate`` Hz, and ``STAGE1_ATTENUATION_DB`` down on every band the decimation
+  folds onto that), then ``taps`` resamples ``up/(down // D1)``. The cascade keeps the single-stage
+  filter's passband and alias rejection (both within that first-stage ripple) at a fraction of its cost:
+  ``taps`` is ``D1`` times shorter and runs at ``1/D1`` of the input rate.
 - The mixer's phase comes from the absolute input index, so it is continuous across blocks and across a
   ``reset()`` (and two receivers fed the same index see the same oscillator).
 - Alignment is resample_poly's: output ``j`` (counted from 0 since the last reset) sits at input position
-  ``j*down/up`` counted from the first input sample since the reset; the filter's group delay is compensated.
+  ``j*down/up`` counted from the first input sample since the reset; the filters' group delay is compensated
+  (both are odd-length and linear-phase, so the cascade's stage-1 output ``m`` sits at input ``m*D1``).
   Samples before that first one are taken as zero, as resample_poly pads. Output ``j`` is emitted as soon as
   the last input sample it depends on has arrived; the history it still needs is carried to the next block,
   so block boundaries leave no trace in the output.
@@ -52,7 +64,7 @@ import math
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import firwin
+from scipy.signal import firwin, kaiser_beta
 
 from receivers.base import MAX_SAMPLE_RATE_HZ, Flags, IQBlock
 
@@ -66,11 +78,24 @@ MAX_UPSAMPLING = 4
 MAX_BANK_COEFFS = 1 << 21
 #: Relative mismatch between ``up/down`` and ``out_rate/in_rate`` that still counts as exact (float rounding).
 RATIO_TOLERANCE = 1e-12
+#: Smallest first-stage decimation worth a cascade; below it one stage is cheaper (see ``cascade_decimation``).
+CASCADE_MIN_DECIMATION = 8
+#: The cascade's intermediate rate is at least this many times the output rate (``out_rate_hz``).
+CASCADE_MIN_OVERSAMPLING = 8
+#: First stage's passband edge, as a fraction of the output rate (Hz/Hz): beyond the final filter's
+#: transition band (it is down by its full stopband at ``0.58*out_rate``), so the cascade's passband and
+#: transition are the final filter's.
+STAGE1_PASS_FRACTION = 0.75
+#: First stage's Kaiser design attenuation (dB), in its stopband (the bands that alias onto the passband of the
+#: final stage) and as its passband ripple (``10**(-dB/20)``).
+STAGE1_ATTENUATION_DB = 65.0
 #: Flags after which filter state must not be carried across: the samples before and after do not join up.
 NEEDS_RESET = Flags.DISCONTINUITY | Flags.RETUNE
 # Large blocks are worked through in pieces of this many input samples: every intermediate then stays in
 # the CPU cache (measured: 2.4 MS/s -> 24 kS/s ran 3x faster in 16 k pieces than in 256 k blocks).
 _WORK_CHUNK = 16384
+# The cascade's first stage keeps only its input in cache (its products are 1/decimation as long).
+_STAGE1_CHUNK = 4 * _WORK_CHUNK
 # Length of the precomputed oscillator table; longer inputs are covered chunk by chunk (see Mixer.mix).
 _MIX_CHUNK = _WORK_CHUNK
 
@@ -171,30 +196,76 @@ def design_taps(up: int, down: int, taps_per_phase: int = 20) -> np.ndarray:
     return firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0))
 
 
+def cascade_decimation(up: int, down: int) -> int:
+    """First-stage decimation ``D1`` of the channelizer's cascade for ratio ``up/down``, or 1 for a single stage.
+
+    ``D1`` is the largest divisor of ``down`` with ``D1 >= CASCADE_MIN_DECIMATION`` that leaves the
+    intermediate rate ``in_rate/D1`` at least ``CASCADE_MIN_OVERSAMPLING`` times the output rate
+    (``down/D1 >= CASCADE_MIN_OVERSAMPLING*up``); 1 when there is none (small decimations, upsampling).
+
+    Examples
+    --------
+    >>> cascade_decimation(1, 100), cascade_decimation(3, 256), cascade_decimation(3, 1250)
+    (10, 8, 50)
+    >>> cascade_decimation(1, 2), cascade_decimation(1, 10), cascade_decimation(12, 125)
+    (1, 1, 1)
+    """
+    best = 1
+    for d1 in range(CASCADE_MIN_DECIMATION, down // (CASCADE_MIN_OVERSAMPLING * up) + 1):
+        if down % d1 == 0:
+            best = d1
+    return best
+
+
+def design_stage1_taps(up: int, down: int, decimation: int) -> np.ndarray:
+    """First-stage low-pass of the cascade (float64, odd length ``B*decimation - 1`` or ``- 2``, unit gain at 0 Hz).
+
+    At the input rate ``fs``: passband ``|f| <= p`` with ``p = STAGE1_PASS_FRACTION * fs*up/down`` (a fraction
+    of the output rate), stopband ``|f| >= fs/decimation - p`` (everything that the decimation folds onto the
+    passband), i.e. ``firwin(N, 1/decimation, window=("kaiser", kaiser_beta(STAGE1_ATTENUATION_DB)))`` with the
+    transition width ``w = 2/decimation - 4*p/fs`` (Nyquist units) and ``N`` the largest odd number
+    ``<= B*decimation - 1`` for the smallest ``B >= 2`` whose Kaiser estimate ``2.285*(N - 1)*pi*w + 7.95``
+    (``kaiserord``) reaches ``STAGE1_ATTENUATION_DB``.
+    """
+    pass_nyq = 2 * STAGE1_PASS_FRACTION * up / down  # p in units of fs/2
+    width = 2.0 / decimation - 2 * pass_nyq
+    needed = (STAGE1_ATTENUATION_DB - 7.95) / (2.285 * np.pi * width) + 1  # scipy.signal.kaiserord's estimate
+    blocks = max(2, math.ceil((needed + 1) / decimation))
+    n_taps = blocks * decimation - 1
+    n_taps -= 1 - n_taps % 2  # odd: the centre tap is a whole input sample, so output m sits at input m*decimation
+    return firwin(n_taps, 1.0 / decimation, window=("kaiser", kaiser_beta(STAGE1_ATTENUATION_DB)))
+
+
 class Mixer:
     """Multiplies by ``exp(-j*2*pi*offset_hz*n/sample_rate_hz)`` with ``n`` the absolute sample index.
 
-    The phase at a block's first sample is computed exactly (rational arithmetic on the float inputs), so it
+    With ``step`` k > 1 the samples given to ``mix`` are every k-th one (absolute indices ``first_index``,
+    ``first_index + k``, ...): the oscillator of a stage that decimates by k, still at ``sample_rate_hz``'s
+    index. The phase at a block's first sample is computed exactly (rational arithmetic on the float inputs), so it
     does not degrade after days of samples; within a block a precomputed table is rotated chunk by chunk,
     which costs one complex multiply per sample instead of a complex exponential.
     """
 
-    def __init__(self, offset_hz: float, sample_rate_hz: float) -> None:
+    def __init__(self, offset_hz: float, sample_rate_hz: float, step: int = 1) -> None:
         cycles_per_sample = Fraction(offset_hz) / Fraction(sample_rate_hz)
         self._num = cycles_per_sample.numerator
         self._den = cycles_per_sample.denominator
         # An integer number of cycles per sample is the identity (0 Hz offset, or exactly a multiple of fs).
         self.is_identity = self._den == 1
-        nu = float(cycles_per_sample)
+        cycles_per_step = cycles_per_sample * int(step)
+        nu = float(cycles_per_step)
         self._table = np.exp(-2j * np.pi * nu * np.arange(_MIX_CHUNK)).astype(np.complex64)
-        self._chunk_cycles = float((cycles_per_sample * _MIX_CHUNK) % 1)
+        self._chunk_cycles = float((cycles_per_step * _MIX_CHUNK) % 1)
 
     def phase_cycles(self, index: int) -> float:
         """Oscillator phase at absolute sample ``index``, in cycles in [0, 1)."""
         return (self._num * int(index) % self._den) / self._den
 
     def mix(self, samples: np.ndarray, first_index: int) -> np.ndarray:
-        """Mixed copy of ``samples`` (complex64); ``first_index`` is the absolute index of ``samples[0]``."""
+        """Mixed copy of ``samples`` (complex64); ``first_index`` is the absolute index of ``samples[0]``.
+
+        Sample ``k`` is taken to sit at absolute index ``first_index + k*step``.
+        """
         samples = np.asarray(samples, dtype=np.complex64)
         n = len(samples)
         if self.is_identity or n == 0:
@@ -295,6 +366,76 @@ class PolyphaseResampler:
             self._hist_start = keep_from
 
 
+class MixingDecimator:
+    """Streaming first stage of the cascade: mix to 0 Hz and decimate by an integer, in one matrix product.
+
+    Output ``m`` is ``sum_k taps[m*decimation + half_len - k] * x[k] * exp(-j*2*pi*nu*(origin + k))``
+    (``k`` counted from the first input since the reset, ``origin`` its absolute index, ``nu`` =
+    ``offset_hz/sample_rate_hz``): ``resample_poly(mixed, 1, decimation, window=taps)``. Written with
+    ``t = m*decimation + half_len`` (its newest input) that is ``exp(-j*2*pi*nu*(origin + t))`` times the
+    input filtered by the complex taps ``taps[i]*exp(+j*2*pi*nu*i)``, so the oscillator runs at the output
+    rate (``Mixer`` with ``step=decimation``, phase from the absolute index ``origin + t``). The complex
+    input, viewed as float32 ``[rows, 2*decimation]`` pairs (re, im), meets a real ``[2*decimation, 2*B]``
+    matrix (one complex multiply per tap written as its 2x2 real form) in one BLAS product; output ``m``
+    is the sum of ``B`` diagonal entries of the result, as in ``PolyphaseResampler``.
+    """
+
+    def __init__(self, offset_hz: float, sample_rate_hz: float, decimation: int, taps: np.ndarray) -> None:
+        self.decimation = d = int(decimation)
+        taps = np.asarray(taps, dtype=np.float64)
+        self.half_len = (len(taps) - 1) // 2
+        self._blocks = b = -(-len(taps) // d)
+        nu = float(Fraction(offset_hz) / Fraction(sample_rate_hz))
+        complex_taps = taps * np.exp(2j * np.pi * nu * np.arange(len(taps)))
+        # Window element w = x[t - b*d + 1 + w] meets tap b*d - 1 - w; element w = block*d + p sits in
+        # row `block` (relative to the output's first row), column p of the [rows, d] view.
+        window = np.zeros(b * d, dtype=np.complex128)
+        window[b * d - len(taps) :] = complex_taps[::-1]
+        c = window.reshape(b, d).T  # [p, block]
+        matrix = np.empty((d, 2, b, 2), dtype=np.float32)  # [p, (re, im) in, block, (re, im) out]
+        matrix[:, 0, :, 0], matrix[:, 0, :, 1] = c.real, c.imag
+        matrix[:, 1, :, 0], matrix[:, 1, :, 1] = -c.imag, c.real
+        self._matrix = matrix.reshape(2 * d, 2 * b)
+        self._oscillator = Mixer(offset_hz, sample_rate_hz, step=d)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all input: the next sample pushed is input 0, preceded by zeros."""
+        self.samples_in = 0
+        self.samples_out = 0
+        self._hist_start = self._window_start(0)  # input position of _hist[0]: the next output's window start
+        self._hist = np.zeros(-self._hist_start, dtype=np.complex64)
+
+    def _window_start(self, m: int) -> int:
+        return m * self.decimation + self.half_len - self._blocks * self.decimation + 1
+
+    def ready(self, samples_in: int) -> int:
+        """Outputs computable from the first ``samples_in`` inputs (those whose newest input has arrived)."""
+        return max(0, (samples_in - 1 - self.half_len) // self.decimation + 1)
+
+    def push(self, samples: np.ndarray, first_index: int) -> np.ndarray:
+        """Append complex input (``samples[0]`` at absolute index ``first_index``); return the outputs now ready."""
+        samples = np.asarray(samples, dtype=np.complex64)
+        origin = first_index - self.samples_in  # absolute index of input 0
+        buf = np.concatenate((self._hist, samples))
+        self.samples_in += len(samples)
+        m0, m1 = self.samples_out, self.ready(self.samples_in)
+        count = max(0, m1 - m0)
+        out = np.empty(count, dtype=np.complex64)
+        if count:
+            b, d = self._blocks, self.decimation
+            rows = count + b - 1
+            partial = (buf[: rows * d].view(np.float32).reshape(rows, 2 * d) @ self._matrix).view(np.complex64)
+            s = partial.strides  # [rows, b] complex; output i is the sum over block of partial[i + block, block]
+            np.ndarray((count, b), np.complex64, partial, 0, (s[0], s[0] + s[1])).sum(axis=-1, out=out)
+            out = self._oscillator.mix(out, origin + m0 * d + self.half_len)
+            self.samples_out = m1
+        keep_from = self._window_start(self.samples_out)
+        self._hist = buf[keep_from - self._hist_start :].copy()
+        self._hist_start = keep_from
+        return out
+
+
 class Channelizer:
     """Per-receiver stage: mix ``target_freq_hz`` to 0 Hz, resample ``in_rate_hz`` -> ``out_rate_hz``.
 
@@ -312,8 +453,12 @@ class Channelizer:
     Attributes
     ----------
     up, down : the resampling ratio in lowest terms.
-    taps : the low-pass (float64, not multiplied by ``up``): ``resample_poly(mixed, up, down, window=taps)``
-        is the whole-signal equivalent.
+    decimation1 : the cascade's first-stage decimation ``D1`` (``cascade_decimation(up, down)``); 1 for a
+        single stage.
+    taps1 : the first stage's low-pass at the input rate (float64, unit gain at 0 Hz), or None for a single
+        stage.
+    taps : the (final-stage) low-pass (float64, not multiplied by ``up``) of ``resample_poly(.., up,
+        down // decimation1, window=taps)``; the module docstring gives the whole-signal equivalent.
     """
 
     def __init__(
@@ -332,15 +477,25 @@ class Channelizer:
         self.target_freq_hz = float(target_freq_hz)
         self.out_rate_hz = float(out_rate_hz)
         self.up, self.down = up, down
-        self.taps = design_taps(self.up, self.down, taps_per_phase)
-        self._mixer = Mixer(Fraction(target_freq_hz) - Fraction(center_freq_hz), in_rate_hz)
-        self._resampler = PolyphaseResampler(self.up, self.down, self.taps)
+        self.decimation1 = cascade_decimation(up, down)
+        offset_hz = Fraction(target_freq_hz) - Fraction(center_freq_hz)
+        self._stage1: MixingDecimator | None = None
+        if self.decimation1 == 1:
+            self.taps1 = None
+            self._mixer = Mixer(offset_hz, in_rate_hz)
+        else:
+            self.taps1 = design_stage1_taps(up, down, self.decimation1)
+            self._stage1 = MixingDecimator(offset_hz, in_rate_hz, self.decimation1, self.taps1)
+        self.taps = design_taps(self.up, self.down // self.decimation1, taps_per_phase)
+        self._resampler = PolyphaseResampler(self.up, self.down // self.decimation1, self.taps)
         self._in_rate = Fraction(in_rate_hz)
         self.reset()
 
     def reset(self) -> None:
         """Drop all state (history, stream origin, pending flags): use after a gap or discontinuity."""
         self._resampler.reset()
+        if self._stage1 is not None:
+            self._stage1.reset()
         self._start_index: int | None = None
         self._next_index: int | None = None
         self._receiver_id: str | None = None
@@ -349,12 +504,18 @@ class Channelizer:
     @property
     def samples_in(self) -> int:
         """Input samples accepted since the last reset."""
-        return self._resampler.samples_in
+        return self._resampler.samples_in if self._stage1 is None else self._stage1.samples_in
 
     @property
     def samples_out(self) -> int:
         """Output samples emitted since the last reset (= the next output's sample_index)."""
         return self._resampler.samples_out
+
+    def ready(self, samples_in: int) -> int:
+        """Outputs computable from the first ``samples_in`` inputs since the reset (all their inputs have arrived)."""
+        if self._stage1 is not None:
+            samples_in = self._stage1.ready(samples_in)
+        return self._resampler.ready(samples_in)
 
     @property
     def next_input_index(self) -> int | None:
@@ -391,13 +552,9 @@ class Channelizer:
         self._next_index = block.end_index
         self._pending_flags |= Flags(block.flags)
         first_out = self.samples_out
-        pieces = [
-            self._resampler.push(self._mixer.mix(block.samples[i : i + _WORK_CHUNK], block.sample_index + i))
-            for i in range(0, len(block.samples), _WORK_CHUNK)
-        ]
+        samples = self._filter(block)
         if self.samples_out == first_out:
             return None
-        samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         # Time of output `first_out`: this block's t0 moved by the input distance from the block's first
         # sample to input position first_out*down/up, i.e. (first_out*down - up*offset) / (up*in_rate) s.
         offset = block.sample_index - self._start_index
@@ -416,6 +573,25 @@ class Channelizer:
             gain_db=block.gain_db,
             flags=flags,
         )
+
+    def _filter(self, block: IQBlock) -> np.ndarray:
+        """The outputs that ``block``'s samples make ready, through one stage or the cascade."""
+        chunks = range(0, len(block.samples), _WORK_CHUNK)
+        if not chunks:
+            return np.empty(0, dtype=np.complex64)
+        if self._stage1 is None:
+            pieces = [
+                self._resampler.push(self._mixer.mix(block.samples[i : i + _WORK_CHUNK], block.sample_index + i))
+                for i in chunks
+            ]
+        else:  # the final stage runs once per block on the first stage's (few) outputs
+            step = _STAGE1_CHUNK
+            pieces = [
+                self._stage1.push(block.samples[i : i + step], block.sample_index + i)
+                for i in range(0, len(block.samples), step)
+            ]
+            pieces = [self._resampler.push(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     def _check(self, block: IQBlock) -> None:
         if not math.isclose(block.sample_rate, self.in_rate_hz, rel_tol=1e-9):

@@ -1,17 +1,28 @@
-"""Channelizer: streamed output equals resample_poly of the whole mixed signal; tones land where predicted."""
+"""Channelizer: streamed output equals resample_poly of the whole mixed signal (one stage or the cascade); tones land
+where predicted; the cascade keeps the single-stage filter's passband and alias rejection."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 import tracemalloc
 from fractions import Fraction
 
 import numpy as np
 import pytest
-from scipy.signal import resample_poly
+from scipy.signal import freqz, resample_poly
 
 from receivers.base import Flags, IQBlock
-from streamer.dsp.channelizer import MAX_BANK_COEFFS, MAX_UPSAMPLING, Channelizer, Mixer, check_tunable, rational_ratio
+from streamer.dsp.channelizer import (
+    MAX_BANK_COEFFS,
+    MAX_UPSAMPLING,
+    Channelizer,
+    Mixer,
+    cascade_decimation,
+    check_tunable,
+    design_taps,
+    rational_ratio,
+)
 
 CENTER_HZ = 145.0e6
 T0_NS = 1_700_000_000_123_456_789
@@ -22,6 +33,7 @@ RATES = [
     (2.4e6, 24_000.0, 1, 100),
     (250_000.0, 24_000.0, 12, 125),
     (2.048e6, 24_000.0, 3, 256),
+    (10e6, 24_000.0, 3, 1250),
 ]
 
 
@@ -58,6 +70,27 @@ def _mixed_reference(x, first_index, offset_hz, fs):
     return x.astype(np.complex128) * np.exp(-2j * np.pi * (offset_hz / fs) * n)
 
 
+def _whole_signal_reference(ch, mixed):
+    """The module docstring's whole-signal equivalent: one resample_poly, or the cascade's two."""
+    d1 = ch.decimation1
+    if d1 > 1:
+        mixed = resample_poly(mixed, 1, d1, window=ch.taps1)
+    return resample_poly(mixed, ch.up, ch.down // d1, window=ch.taps)
+
+
+def test_large_decimations_run_as_a_cascade_and_small_ones_as_one_stage():
+    # (fs_in, D1): 48 k, 240 k and 250 kS/s keep the single-stage path; 2.048, 2.4 and 10 MS/s cascade.
+    for fs_in, d1 in [(48_000.0, 1), (240_000.0, 1), (250_000.0, 1), (2.048e6, 8), (2.4e6, 10), (10e6, 50)]:
+        ch = Channelizer(fs_in, CENTER_HZ, CENTER_HZ, 24_000.0)
+        assert ch.decimation1 == d1 == cascade_decimation(ch.up, ch.down)
+        assert (ch.taps1 is None) == (d1 == 1)
+        if d1 > 1:
+            # Odd, linear phase, unit gain at 0 Hz; the intermediate rate is >= 8x the output rate.
+            assert len(ch.taps1) % 2 == 1 and ch.taps1.sum() == pytest.approx(1.0)
+            np.testing.assert_allclose(ch.taps1, ch.taps1[::-1])
+            assert fs_in / d1 >= 8 * 24_000.0
+
+
 @pytest.mark.parametrize("fs_in, fs_out, up, down", RATES)
 def test_stream_in_random_blocks_equals_resample_poly_of_whole_signal(fs_in, fs_out, up, down):
     rng = np.random.default_rng(up * 1000 + down)
@@ -69,10 +102,13 @@ def test_stream_in_random_blocks_equals_resample_poly_of_whole_signal(fs_in, fs_
     outs = _stream(ch, x, first_index, fs_in, _random_sizes(rng, n, max_size=max(3, n // 20)))
 
     y = np.concatenate([o.samples for o in outs])
-    ref = resample_poly(_mixed_reference(x, first_index, offset_hz, fs_in), up, down, window=ch.taps)
-    # Every output whose newest input (index (j*down + half_len)//up) has arrived is out, and no other.
-    half_len = (len(ch.taps) - 1) // 2
-    assert len(y) == (up * n - half_len - 1) // down + 1
+    ref = _whole_signal_reference(ch, _mixed_reference(x, first_index, offset_hz, fs_in))
+    # Every output whose newest input has arrived is out, and no other: output j's newest input is
+    # (j*d2 + half_len)//up of the final stage's input, which is the first stage's output m, whose newest
+    # input is m*D1 + half_len1.
+    d1, d2, half_len = ch.decimation1, down // ch.decimation1, (len(ch.taps) - 1) // 2
+    m = n if d1 == 1 else (n - (len(ch.taps1) - 1) // 2 - 1) // d1 + 1
+    assert len(y) == (up * m - half_len - 1) // d2 + 1 == ch.ready(n)
     assert len(y) < len(ref)
     assert y.dtype == np.complex64
     np.testing.assert_allclose(y, ref[: len(y)], rtol=0, atol=1e-4)
@@ -82,10 +118,11 @@ def test_stream_in_random_blocks_equals_resample_poly_of_whole_signal(fs_in, fs_
 def test_rational_ratio_and_taps_match_resample_poly_default(fs_in, fs_out, up, down):
     ch = Channelizer(fs_in, CENTER_HZ, CENTER_HZ, fs_out)
     assert (ch.up, ch.down) == (up, down) == rational_ratio(fs_in, fs_out)
-    assert len(ch.taps) == 20 * max(up, down) + 1
+    d2 = down // ch.decimation1  # the final stage's decimation
+    assert len(ch.taps) == 20 * max(up, d2) + 1
     # resample_poly's own default design and ours give the same output.
     x = np.random.default_rng(5).standard_normal(4 * len(ch.taps))
-    np.testing.assert_allclose(resample_poly(x, up, down, window=ch.taps), resample_poly(x, up, down), atol=1e-12)
+    np.testing.assert_allclose(resample_poly(x, up, d2, window=ch.taps), resample_poly(x, up, d2), atol=1e-12)
 
 
 def _peak_hz(samples, fs):
@@ -105,7 +142,9 @@ def _channelize_tone(tone_offset_hz, *, fs_in=2.4e6, fs_out=24_000.0, target_off
     x = np.exp(2j * np.pi * (tone_offset_hz / fs_in) * k).astype(np.complex64)
     sizes = _random_sizes(np.random.default_rng(1), n, max_size=40_000)
     y = np.concatenate([o.samples for o in _stream(ch, x, first_index, fs_in, sizes)])
-    return y[len(ch.taps) // ch.down :]  # drop the filter's start-up transient (zeros before the first input)
+    # Drop the filters' start-up transient (zeros before the first input): outputs within the cascade's length.
+    stage1_len = 0 if ch.taps1 is None else len(ch.taps1) // ch.decimation1
+    return y[(len(ch.taps) + ch.up * stage1_len) * ch.decimation1 // ch.down :]
 
 
 def test_tone_at_target_comes_out_at_0_hz_with_unit_amplitude_and_steady_phase():
@@ -165,7 +204,12 @@ def test_input_samples_represented_accounts_for_every_input_sample(fs_in, fs_out
     assert ch.input_samples_represented(up) == down  # exactly `down` inputs per `up` outputs
     assert ch.input_samples_represented(1) == -(-down // up)
     rng = np.random.default_rng(up + down)
-    half_len = (len(ch.taps) - 1) // 2
+    d1, half_len = ch.decimation1, (len(ch.taps) - 1) // 2
+    half_len1 = 0 if ch.taps1 is None else (len(ch.taps1) - 1) // 2
+    # The look-ahead of the final stage plus one output step, in first-stage outputs of D1 inputs each, plus
+    # the first stage's look-ahead and one step (for one stage: (half_len + down)//up + 1 as before).
+    max_held = d1 * ((half_len + down // d1) // up + 1) + (half_len1 + d1 - 1 if d1 > 1 else 0)
+    max_seen = 0
     owned = 0
     pos = 0
     for size in _random_sizes(rng, int(0.05 * fs_in), max_size=20_000):
@@ -178,9 +222,10 @@ def test_input_samples_represented_accounts_for_every_input_sample(fs_in, fs_out
         held = ch.samples_in - ch.input_samples_represented(ch.samples_out)
         # ... so owned + held is every input sample accepted, at every step (no drift, no double count),
         assert owned + held == ch.samples_in == pos
-        # and what is held is never more than the filter's look-ahead plus one output step.
-        assert 0 <= held <= (half_len + down) // up + 1
-    assert ch.samples_out > 0
+        # and what is held is never more than the filters' look-ahead plus one output step.
+        assert 0 <= held <= max_held
+        max_seen = max(max_seen, held)
+    assert ch.samples_out > 0 and max_seen > max_held // 2
 
 
 def test_gap_or_restart_is_refused_until_reset_and_reset_restarts_the_stream():
@@ -281,7 +326,7 @@ def test_the_rates_real_receivers_use_fit_the_filter_budget_and_keep_their_exact
     assert Fraction(ch.up, ch.down) == Fraction(24_000.0) / Fraction(fs_in)
     n = int(fs_in // 10)
     out = ch.process(_block(np.zeros(n), 0, fs_in))
-    assert out.sample_rate == 24_000.0 and len(out.samples) == ch._resampler.ready(n)
+    assert out.sample_rate == 24_000.0 and len(out.samples) == ch.ready(n)
 
 
 @pytest.mark.parametrize("fs_in, why", [(5e-324, "outside"), (5_999.0, "outside"), (100.5e6, "outside"), (float("nan"), "positive")])
@@ -290,3 +335,67 @@ def test_input_rates_the_channelizer_cannot_serve_are_refused(fs_in, why):
     assert MAX_UPSAMPLING == 4
     with pytest.raises(ValueError, match=why):
         Channelizer(fs_in, CENTER_HZ, CENTER_HZ, 24_000.0)
+
+
+def _render_digest(fs_in, fs_out=24_000.0, n=9600):
+    """Length and SHA-256 of the output of a fixed signal in fixed blocks (including 0- and 1-sample ones)."""
+    rng = np.random.default_rng(2024)
+    x = (rng.standard_normal(n) + 1j * rng.standard_normal(n)).astype(np.complex64)
+    ch = Channelizer(fs_in, CENTER_HZ, CENTER_HZ + fs_out / 4, fs_out)
+    outs, pos, first_index = [], 0, 1_234_567
+    for size in (1, 0, 2047, 3000, 553, 3999):
+        out = ch.process(IQBlock("rx", x[pos : pos + size], first_index + pos, 10**18, "host", fs_in, CENTER_HZ))
+        pos += size
+        if out is not None:
+            outs.append(out.samples)
+    y = np.concatenate(outs)
+    return len(y), hashlib.sha256(y.tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "fs_in, digest",
+    [
+        (48_000.0, (4790, "bd65d520a9ff9dee10de4eaefad2c352ff9c2130d616227abbb904e23a186c34")),
+        (240_000.0, (950, "f2fb7b4ec952b05b86a6c787fe56edeb42ba9f56a13261c1599794959078c470")),
+        (250_000.0, (912, "79337264182d1f56e6f9c12cc6c3808ca3bc5734346ecb2b2d5faa7df296dfe3")),
+    ],
+)
+def test_single_stage_rates_give_the_bits_they_gave_before_the_cascade(fs_in, digest):
+    # Digests of the single-stage channelizer before the cascade existed (commit 93a148a), taken with the
+    # OpenBLAS of numpy's x86-64 wheel: the cascade must leave these rates' path untouched, bit for bit. (A
+    # BLAS with another float32 summation order would change the last bits, and these digests with them.)
+    assert _render_digest(fs_in) == digest
+
+
+def _single_stage_and_cascade_gain(fs_in, freqs_hz):
+    """|H| at input frequencies freqs_hz (Hz from the target) of the single-stage filter and of the cascade.
+
+    A resampling filter runs at ``up`` times its input rate. The cascade's response at input frequency f is
+    taps1's at f times taps' at f folded into the intermediate band (where the first stage's decimation puts it).
+    """
+    ch = Channelizer(fs_in, CENTER_HZ, CENTER_HZ, 24_000.0)
+    assert ch.decimation1 > 1
+    _, single = freqz(design_taps(ch.up, ch.down), 1, worN=freqs_hz, fs=fs_in * ch.up)
+    fs1 = fs_in / ch.decimation1
+    _, h1 = freqz(ch.taps1, 1, worN=freqs_hz, fs=fs_in)
+    _, h2 = freqz(ch.taps, 1, worN=np.abs((freqs_hz + fs1 / 2) % fs1 - fs1 / 2), fs=fs1 * ch.up)
+    return np.abs(single), np.abs(h1) * np.abs(h2)
+
+
+@pytest.mark.parametrize("fs_in", [2.4e6, 2.048e6, 10e6])
+def test_the_cascade_keeps_the_single_stage_passband(fs_in):
+    freqs = np.linspace(0.0, 12_000.0, 2401)  # the whole output band (real filters: symmetric in f)
+    single, cascade = _single_stage_and_cascade_gain(fs_in, freqs)
+    # Within the first stage's ripple (10**(-65/20) = 5.6e-4) of the old filter, whose own ripple is ~1.8e-3.
+    np.testing.assert_allclose(cascade, single, rtol=0, atol=6e-4)
+
+
+@pytest.mark.parametrize("fs_in", [2.4e6, 2.048e6, 10e6])
+def test_the_cascade_rejects_aliases_as_well_as_the_single_stage_filter(fs_in):
+    # Every input frequency from 14 kHz (past the transition band: it folds onto |f| <= 10 kHz at 24 kS/s)
+    # up to the input Nyquist frequency, 10 Hz apart.
+    freqs = np.arange(14_000.0, fs_in / 2, 10.0)
+    single, cascade = _single_stage_and_cascade_gain(fs_in, freqs)
+    worst_single_db, worst_cascade_db = 20 * np.log10(single.max()), 20 * np.log10(cascade.max())
+    assert worst_cascade_db <= worst_single_db + 0.1, (worst_cascade_db, worst_single_db)
+    assert worst_cascade_db < -50.0
