@@ -169,6 +169,21 @@ class PhysicsGrid:
         # A uniform variable over one cell has variance step^2 / 12 per axis: the posterior cannot be
         # narrower than the grid that represents it.
         self._cell_cov_m2 = np.diag([self.cell_m[0] ** 2 / 12.0, self.cell_m[1] ** 2 / 12.0])
+        self._subset_cache: dict[bytes, _Subset] = {}
+
+    def _subset(self, used: np.ndarray) -> "_Subset":
+        """The path-loss constants of one set of receivers (``used``, bool ``[R]``), computed once per set.
+
+        The set of hearing receivers changes rarely from window to window; gathering and centring its ``[G, k]``
+        block of path loss on every window was most of the posterior's cost with many receivers.
+        """
+        key = used.tobytes()
+        subset = self._subset_cache.get(key)
+        if subset is None:
+            if len(self._subset_cache) >= SUBSET_CACHE_SIZE:
+                self._subset_cache.pop(next(iter(self._subset_cache)))  # the oldest set
+            subset = self._subset_cache[key] = _Subset.of(self._path_loss_db[:, used])
+        return subset
 
     @classmethod
     def from_config(cls, config, shadowing_map=None) -> "PhysicsGrid":
@@ -197,16 +212,13 @@ class PhysicsGrid:
         if self._error_var_db2 is not None:
             return self._log_posterior_mapped(rx_power, use_heard, use_cens, detection)
         if not use_cens.any():
-            return self._log_posterior_uncensored(rx_power[use_heard], self._path_loss_db[:, use_heard])
+            return self._log_posterior_uncensored(rx_power, use_heard)
         log_post = np.zeros((self.grid_en_m.shape[0], p.shape[0]))
         if use_heard.any():
             # Each hearing receiver implies a transmit power y = received + path loss; their Gaussian
-            # likelihood in P expands to k P^2 - 2 P sum(y) + sum(y^2), so no [G, R, P] array is needed.
-            y = rx_power[use_heard] + self._path_loss_db[:, use_heard]  # [G, k]
-            k = y.shape[1]
-            a = y.sum(axis=1)[:, None]
-            b = (y * y).sum(axis=1)[:, None]
-            log_post -= (k * p[None, :] ** 2 - 2.0 * a * p[None, :] + b) / (2.0 * s * s)
+            # likelihood in P is k (P - mean(y))^2 + scatter(y), so no [G, R, P] array is needed.
+            k, mu, scatter = self._implied_power(rx_power, use_heard)
+            log_post -= (k * (p[None, :] - mu[:, None]) ** 2 + scatter[:, None]) / (2.0 * s * s)
         for i in np.flatnonzero(use_cens):
             # Not heard: the received power P - PL fell below the detection level.
             z = (detection[i] - (p[None, :] - self._path_loss_db[:, i : i + 1])) / s
@@ -290,17 +302,28 @@ class PhysicsGrid:
         peak = log_post.max(axis=1)
         return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
 
-    def _log_posterior_uncensored(self, rx_power_dbm: np.ndarray, path_loss_db: np.ndarray) -> np.ndarray:
+    def _implied_power(self, rx_power_dbm: np.ndarray, used: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        """``(k, mean, scatter)`` of the transmit powers y_gr = received_r + PL_gr that the ``used`` receivers
+        imply at each cell: ``mean [G]`` over them and ``scatter [G]`` = sum_r (y_gr - mean_g)^2.
+
+        With r_c = r - mean(r) and the subset's centred path loss C (``_Subset``), scatter = sum(C^2) + 2 C r_c +
+        sum(r_c^2): one matrix-vector product per window instead of building and reducing ``[G, k]`` arrays.
+        """
+        subset = self._subset(used)
+        r = rx_power_dbm[used]
+        r_mean = r.mean()
+        rc = r - r_mean
+        scatter = subset.centred_sq_sum + 2.0 * (subset.centred @ rc) + float(rc @ rc)
+        return r.shape[0], r_mean + subset.mean, np.maximum(scatter, 0.0)
+
+    def _log_posterior_uncensored(self, rx_power_dbm: np.ndarray, used: np.ndarray) -> np.ndarray:
         """The same posterior when every present receiver heard: the uniform transmit-power prior is then
         integrated in closed form (a Gaussian in P over [P_min, P_max]), which is ~20x faster than the grid
         over P and the common case (the censored form is needed only when some receiver did not hear)."""
         s = self.sigma_db
-        k = rx_power_dbm.shape[0]
-        if k == 0:
+        if not used.any():
             return np.zeros(self.grid_en_m.shape[0])
-        y = rx_power_dbm + path_loss_db  # [G, k] transmit power each receiver implies
-        mu = y.mean(axis=1)
-        scatter = ((y - mu[:, None]) ** 2).sum(axis=1)
+        k, mu, scatter = self._implied_power(rx_power_dbm, used)
         sd = s / math.sqrt(k)
         lo = (self.physics.tx_power_min_dbm - mu) / sd
         hi = (self.physics.tx_power_max_dbm - mu) / sd
@@ -341,9 +364,29 @@ class PhysicsGrid:
         """Posterior mean transmit power (dBm), ignoring censoring: a by-product for the message only."""
         if not used.any():
             return float(self.power_grid_dbm.mean())
-        y = np.asarray(rx_power_dbm, dtype=np.float64)[used] + self._path_loss_db[:, used]
+        r = np.asarray(rx_power_dbm, dtype=np.float64)[used]
         lo, hi = self.physics.tx_power_min_dbm, self.physics.tx_power_max_dbm
-        return float(np.clip(w @ y.mean(axis=1), lo, hi))
+        return float(np.clip(w @ (r.mean() + self._subset(used).mean), lo, hi))
+
+
+#: Sets of receivers whose path-loss constants ``PhysicsGrid`` keeps (each ``[G, k]`` float64).
+SUBSET_CACHE_SIZE = 4
+
+
+@dataclass(frozen=True)
+class _Subset:
+    """Per-set constants of the path loss ``PL [G, k]`` of some receivers: its mean over them ``[G]``, the
+    centred ``PL - mean`` ``[G, k]`` and that one's squares summed over them ``[G]``."""
+
+    mean: np.ndarray
+    centred: np.ndarray
+    centred_sq_sum: np.ndarray
+
+    @classmethod
+    def of(cls, path_loss_db: np.ndarray) -> "_Subset":
+        mean = path_loss_db.mean(axis=1)
+        centred = np.ascontiguousarray(path_loss_db - mean[:, None])
+        return cls(mean, centred, (centred * centred).sum(axis=1))
 
 
 def _log_ndtr_difference(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
