@@ -115,7 +115,7 @@ class WindowAligner:
 
     def _cut(self, t0: int, t1: int, host_ns: int) -> Window:
         n_rx = len(self.lanes)
-        samples = np.zeros((n_rx, self.n_samples), dtype=np.complex64)
+        samples = np.empty((n_rx, self.n_samples), dtype=np.complex64)  # rows not taken are zeroed below
         present = np.zeros(n_rx, dtype=bool)
         reasons = {}
         for i, lane in enumerate(self.lanes):
@@ -133,4 +133,6 @@ class WindowAligner:
             if taken is not None:
                 samples[i] = taken
                 present[i] = True
+            else:
+                samples[i] = 0
         return Window(t0, t1, tuple(lane.receiver_id for lane in self.lanes), samples, present, reasons)

@@ -1,15 +1,19 @@
 """What goes on the wire: Localization, Truth and Status as plain dicts (docs/protocol.md, schema v1).
 
 These dataclasses are the only path to the publisher; numpy values are converted to Python numbers here,
-because msgpack cannot encode numpy types.
+because msgpack cannot encode numpy types. An estimate's latitude and longitude come from ``_lat_lon``: pymap3d's
+ENU -> ECEF step, then its ECEF -> geodetic formula (You 2000) on Python floats, where pymap3d's own array code
+is the costlier part of a message; ``geodesy.enu_to_geodetic`` answers the points that formula leaves out.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pymap3d
 
 from streamer.core.geodesy import Ellipse, Origin, ellipse_from_covariance, ellipse_scale, enu_to_geodetic
 from streamer.estimators.base import Estimate
@@ -37,7 +41,7 @@ class EstimateOut:
     @classmethod
     def from_estimate(cls, est: Estimate, origin: Origin) -> "EstimateOut":
         """``est`` (ENU m relative to ``origin``) as latitude, longitude and the credible ellipses (m, degrees)."""
-        lat, lon, _ = enu_to_geodetic(est.position_en_m[0], est.position_en_m[1], 0.0, origin)
+        lat, lon = _lat_lon(float(est.position_en_m[0]), float(est.position_en_m[1]), origin)
         cov = np.asarray(est.cov_en_m2, dtype=np.float64)
         scales = [None] * len(ELLIPSE_PROBABILITIES) if est.ellipse_scales is None else list(est.ellipse_scales)
         ellipses = tuple(ellipse_from_covariance(cov, p=p, scale=k) for p, k in zip(ELLIPSE_PROBABILITIES, scales))
@@ -54,6 +58,30 @@ class EstimateOut:
             "ellipse": _ellipse_to_wire(self.ellipse),
             "ellipses": [_ellipse_to_wire(e) for e in (self.ellipses or (self.ellipse,))],
         }
+
+
+_WGS84 = pymap3d.Ellipsoid.from_name("wgs84")
+
+
+def _lat_lon(east_m: float, north_m: float, origin: Origin) -> tuple[float, float]:
+    """Latitude and longitude (degrees) of a point at zero ENU height: ``geodesy.enu_to_geodetic`` on scalars.
+
+    pymap3d's ``ecef2geodetic`` formula (You 2000, eqns. 4 and 13) on Python floats; points on the polar axis or
+    at the ellipsoid's centre (its special cases) go to ``enu_to_geodetic``.
+    """
+    x, y, z = (float(v) for v in pymap3d.enu2ecef(east_m, north_m, 0.0, origin.lat, origin.lon, origin.alt_m))
+    a, b = _WGS84.semimajor_axis, _WGS84.semiminor_axis
+    r = math.sqrt(x**2 + y**2 + z**2)
+    e = math.sqrt(a**2 - b**2)
+    u = math.sqrt(0.5 * (r**2 - e**2) + 0.5 * math.hypot(r**2 - e**2, 2 * e * z))
+    hxy = math.hypot(x, y)
+    if math.isclose(u, 0, abs_tol=1e-8) or math.isclose(hxy, 0, abs_tol=1e-8):
+        lat, lon, _ = enu_to_geodetic(east_m, north_m, 0.0, origin)
+        return float(lat), float(lon)
+    hue = math.hypot(u, e)
+    beta = math.atan(hue / u * z / hxy)
+    beta += ((b * u - a * hue + e**2) * math.sin(beta)) / (a * hue * 1 / math.cos(beta) - e**2 * math.cos(beta))
+    return math.degrees(math.atan(a / b * math.tan(beta))), math.degrees(math.atan2(y, x))
 
 
 def _ellipse_to_wire(ellipse: Ellipse) -> dict[str, float]:

@@ -17,6 +17,7 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
@@ -153,6 +154,9 @@ class Pipeline:
         self._started_ns = clock_ns()
         for rid in self.receiver_ids:
             metrics.init_receiver(rid)
+        #: Each receiver's gauge and counter children, looked up once (``labels()`` per block and per window
+        #: was a hash of the label values each time, hundreds of times per window with many receivers).
+        self._series = {rid: _ReceiverSeries.of(metrics, rid) for rid in self.receiver_ids}
         primary = self.estimators[0]
         metrics.model_info.info(
             {"estimator": primary.name, "provider": getattr(primary, "provider", ""), **{k: str(v) for k, v in primary.info.items()}}
@@ -213,14 +217,13 @@ class Pipeline:
 
     def _after_push(self, block: IQBlock, lane: Lane, arrival_ns: int) -> None:
         self.aligner.mark_arrival(block.receiver_id, arrival_ns)
-        m = self.metrics
-        rid = block.receiver_id
-        m.receiver_up.labels(rid).set(1)
-        m.sample_rate.labels(rid).set(block.sample_rate)
+        series = self._series[block.receiver_id]
+        series.receiver_up.set(1)
+        series.sample_rate.set(block.sample_rate)
         if plausible_rate(block.sample_rate):  # else refused (bad_rate): no duration
             end_ns = block.t0_ns + block.duration_ns
-            m.clock_offset.labels(rid).set((end_ns - arrival_ns) / 1e9)
-        m.buffer_fill.labels(rid).set(lane.ring.fill_ratio)
+            series.clock_offset.set((end_ns - arrival_ns) / 1e9)
+        series.buffer_fill.set(lane.ring.fill_ratio)
 
     def close(self) -> None:
         """Stop the worker threads; the pipeline takes no more blocks after this."""
@@ -247,18 +250,18 @@ class Pipeline:
             self.metrics.samples_buffered.labels(rid).set(self._queued_samples(rid))
 
     def _update_receiver_gauges(self, now: int) -> None:
-        m = self.metrics
         for rid, lane in self.lanes.items():
+            series = self._series[rid]
             new_used = lane.used - self._used_reported[rid]
             if new_used:
-                m.samples_used.labels(rid).inc(new_used)
+                series.samples_used.inc(new_used)
                 self._used_reported[rid] = lane.used
-            m.samples_buffered.labels(rid).set(lane.buffered + self._queued_samples(rid))
+            series.samples_buffered.set(lane.buffered + self._queued_samples(rid))
             last = self.aligner.last_arrival_ns.get(rid)
             if last is not None:
-                m.last_block_age.labels(rid).set((now - last) / 1e9)
+                series.last_block_age.set((now - last) / 1e9)
             if not self.aligner.is_live(rid, now):
-                m.receiver_up.labels(rid).set(0)
+                series.receiver_up.set(0)
 
     def _process(self, window: Window, now_ns: int) -> dict | None:
         m = self.metrics
@@ -274,9 +277,8 @@ class Pipeline:
         present = window.present
         features[~present] = 0.0
         heard = power.heard & present
-        for i, rid in enumerate(self.receiver_ids):
-            if present[i]:
-                m.received_power.labels(rid).set(float(power.signal_dbm[i]))
+        for i in np.flatnonzero(present).tolist():
+            self._series[self.receiver_ids[i]].received_power.set(float(power.signal_dbm[i]))
         m.feature_seconds.observe(time.perf_counter() - started)
         if int(heard.sum()) < self.config.pipeline.min_receivers:
             m.windows.labels("too_few_receivers").inc()
@@ -380,6 +382,24 @@ class Pipeline:
             localizations=self.seq,
             receivers=health,
         )
+
+
+@dataclass(frozen=True)
+class _ReceiverSeries:
+    """One receiver's children of the pipeline's per-receiver gauges and counters."""
+
+    receiver_up: object
+    sample_rate: object
+    clock_offset: object
+    buffer_fill: object
+    samples_used: object
+    samples_buffered: object
+    last_block_age: object
+    received_power: object
+
+    @classmethod
+    def of(cls, metrics: Metrics, rid: str) -> "_ReceiverSeries":
+        return cls(**{f.name: getattr(metrics, f.name).labels(rid) for f in fields(cls)})
 
 
 def _push_catching(lane: Lane, block: IQBlock) -> Exception | None:

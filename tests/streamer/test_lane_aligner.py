@@ -92,6 +92,7 @@ def test_faults_are_masked_counted_and_accounted():
     assert any(r.get("gappy") == "gap" for r in reasons)
     assert any(r.get("broken") == "gap" for r in reasons)  # the NaN block left a hole in its stream
     assert all(w.present[0] for w in windows)  # the healthy receiver is never masked
+    assert all(not w.samples[~w.present].any() for w in windows)  # a masked receiver's row is zeros
     for lane in lanes.values():
         assert_accounting(lane)
 
