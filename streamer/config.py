@@ -61,10 +61,13 @@ class PipelineConfig:
     queue_blocks: int = field(default=4096, metadata=_doc("most blocks queued between adapters and the pipeline"))
     queue_mb: float = field(default=256.0, metadata=_doc("most sample data queued between adapters and the pipeline (MiB)"))
     workers: int = field(
-        default=2,
+        default=1,
         metadata=_doc("threads for the per-receiver work (block checks, channelizer, ring buffer, mel features); "
-                      "0 = one per CPU core. Above 1 it takes a second core where the host has one; outputs do not "
-                      "depend on it (docs/performance.md)"),
+                      "0 = one per CPU core; outputs do not depend on it. Default 1: the Python around the numpy "
+                      "kernels holds the GIL, so a second thread gains at most what the kernels release, and on a "
+                      "2-core host 2 workers measured slower than 1 at 7 and at 64 receivers (more CPU for the "
+                      "same work: the threads mostly take turns at the GIL); raise it on a host with "
+                      "idle cores after `heimdall bench pipeline --scaling` shows a gain there (docs/performance.md)"),
     )
 
 
