@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def bench_model(model: Path, *, provider: str = "cpu", receivers: int = 7, itera
     session = estimator.session
     result = {"model": str(model), "provider_requested": provider, "provider": estimator.provider,
               "receivers": receivers, "max_receivers": estimator.max_receivers, "threads": threads,
-              "onnxruntime": ort.__version__}
+              "onnxruntime": ort.__version__, "load_average_start": list(os.getloadavg())}
     result["estimator_run"] = _percentiles(_time(lambda: estimator.run(frames, enu, mask, BENCH_SITE, BENCH_AREA), iterations, warmup))
     if provider == "cuda" and estimator.provider != CUDA:
         result["note"] = f"CUDA requested but ONNX Runtime runs on {estimator.provider}"
@@ -157,6 +158,7 @@ def bench_model(model: Path, *, provider: str = "cpu", receivers: int = 7, itera
     device = "cuda" if estimator.provider == CUDA else "cpu"
     result["io_binding_device"] = f"{device}:0"
     result["io_binding"] = _percentiles(_time(bound_runner(session, feeds, device), iterations, warmup))
+    result["load_average_end"] = list(os.getloadavg())
     return result
 
 
@@ -179,12 +181,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2))
         return 0
     print(f"model {res['model']} on {res['provider']} ({res['threads']} thread(s)), batch 1, {res['receivers']} receivers")
+    print(f"  load average     {' '.join(f'{v:.2f}' for v in res['load_average_start'])} at start ({os.cpu_count()} CPUs)")
     for key in ("estimator_run", "raw_session_run", "io_binding"):
         s = res[key]
         print(f"  {key:<16} p50 {s['p50_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms  mean {s['mean_ms']:.3f} ms  (n={s['n']})")
     print(f"  (io_binding: reused buffers on {res['io_binding_device']}, window copied in and results out each call)")
     if "note" in res:
         print(f"  note: {res['note']}")
+    print(f"  load average     {' '.join(f'{v:.2f}' for v in res['load_average_end'])} at end")
     return 0
 
 
