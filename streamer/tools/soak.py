@@ -337,7 +337,9 @@ def run_soak(args: argparse.Namespace) -> SoakResult:
 
     cfg = soak_config(args.receivers, args.rate, seed=args.seed)
     ids = [rx.id for rx in cfg.receivers]
-    result = SoakResult(args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "rest"})
+    # The options only: the command line also leaves its dispatch functions (run, usage_error) in the namespace.
+    result = SoakResult(args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                              if k != "rest" and not callable(v)})
     daemon = Daemon(cfg)
     registry = daemon.metrics.registry
     stop = threading.Event()

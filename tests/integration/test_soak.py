@@ -66,3 +66,12 @@ def test_a_run_too_short_to_judge_fails_instead_of_passing(tmp_path):
     args = soak.parse_args(["--minutes", "0.05", "--receivers", "3", "--interval-s", "1"])
     result = soak.run_soak(args)
     assert not result.ok and "enough samples" in result.checks
+
+
+def test_the_report_json_is_written_when_run_through_the_command_line(tmp_path):
+    from streamer.cli import main
+
+    report = tmp_path / "short.json"
+    assert main(["soak", "--minutes", "0.05", "--receivers", "3", "--interval-s", "1", "--report", str(report)]) == 1
+    written = json.loads(report.read_text())
+    assert written["args"]["receivers"] == 3 and written["ok"] is False
