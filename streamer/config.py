@@ -64,10 +64,8 @@ class PipelineConfig:
         default=1,
         metadata=_doc("threads for the per-receiver work (block checks, channelizer, ring buffer, mel features); "
                       "0 = one per CPU core; outputs do not depend on it. Default 1: the Python around the numpy "
-                      "kernels holds the GIL, so a second thread gains at most what the kernels release, and on a "
-                      "2-core host 2 workers measured slower than 1 at 7 and at 64 receivers (more CPU for the "
-                      "same work: the threads mostly take turns at the GIL); raise it on a host with "
-                      "idle cores after `heimdall bench pipeline --scaling` shows a gain there (docs/performance.md)"),
+                      "kernels holds the GIL, so more threads can cost more than they give; raise it where "
+                      "`heimdall bench pipeline --scaling` shows a gain (docs/performance.md)"),
     )
 
 

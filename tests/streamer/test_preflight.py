@@ -27,6 +27,7 @@ BAD_CONFIGS = [
     ("buffer_inf", {"pipeline": {"buffer_s": INF}}, ["pipeline.buffer_s: expected a finite number, got inf"]),
     ("buffer_1e7", {"pipeline": {"buffer_s": 1e7}},
      ["pipeline.buffer_s: 10000000.0 s at features.sample_rate_hz 24000 Hz needs", "expected at most"]),
+    ("workers_negative", {"pipeline": {"workers": -1}}, ["pipeline.workers: expected >= 0 (0 = one per CPU core), got -1"]),
     ("send_hwm", {"output": {"send_hwm": -5}}, ["output.send_hwm: expected 1 to 2147483647 messages", "got -5"]),
     ("endpoint", {"output": {"endpoint": "garbage"}},
      ["output.endpoint: expected tcp://HOST:PORT (PORT 0..65535 or *), ipc://PATH or inproc://NAME, got 'garbage'"]),
