@@ -42,7 +42,7 @@ import scipy.fft
 from streamer.dsp import features
 from streamer.dsp.features import FeatureSpec, mel_frames_dbm
 
-#: Issue targets, printed beside the measured ratios.
+#: Targets (docs/performance.md), printed beside the measured ratios.
 TARGET_STAGE_OVER_NAIVE = 4.0
 TARGET_STAGE_OVER_RAW_FFT = 0.5
 
