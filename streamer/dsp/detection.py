@@ -1,5 +1,5 @@
 """The one detection rule: a window's mel frames (dBm) -> per-receiver in-channel signal power, noise power and
-"heard" (in-channel SNR at or above the threshold).
+"heard" (in-channel SNR at or above the threshold), and which frames of a window carried a transmission.
 
 In-channel means mel bands centred within +-channel_bandwidth/2 of the carrier; the noise density comes from the
 other bands, so no receiver has to be told its noise floor. ``DetectionRule`` holds the rule's settings (bandwidth
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.dsp.features import FeatureSpec, band_power_dbm, bands_between, mel_filterbank
+from streamer.dsp.features import FeatureSpec, band_frame_power_mw, band_power_dbm, bands_between, mel_filterbank
 
 #: Floor for linear powers that noise subtraction drives to zero or below (mW): -200 dBm.
 _POWER_FLOOR_MW = 1e-20
@@ -93,6 +93,7 @@ def channel_power(
     channel_bandwidth_hz: float,
     detection_snr_db: float,
     noise_max_offset_hz: float | None = None,
+    active: np.ndarray | None = None,
 ) -> ChannelPower:
     """In-channel signal power, noise power and heard flag of each receiver in one window.
 
@@ -105,6 +106,9 @@ def channel_power(
     detection_snr_db : in-channel SNR (dB) at or above which a receiver counts as hearing.
     noise_max_offset_hz : only bands centred below this |offset| (Hz) estimate the noise (use it to skip
         bands in the channelizer's roll-off); default: all out-of-channel bands.
+    active : ``[..., T]`` bool, the frames that carried the transmission (``DetectionRule.frame_activity``): signal and
+        noise are averaged over those frames only, so a transmitter keyed for part of a window is measured at its
+        on-air power. A window with no active frame, or ``None``, averages over every frame.
 
     Noise is assumed white across the window's bandwidth: its density is the out-of-channel band power
     divided by those bands' noise bandwidth; it is subtracted from the in-channel power (over the
@@ -115,9 +119,10 @@ def channel_power(
     top = np.inf if noise_max_offset_hz is None else float(noise_max_offset_hz)
     in_bw, out_bw = bands.in_bandwidth_hz, bands.noise_bandwidth_hz
     frames = np.asarray(frames_dbm)
-    in_mw = 10.0 ** (band_power_dbm(frames, spec, -half_bw, half_bw) / 10.0)
-    out_mw = 10.0 ** (band_power_dbm(frames, spec, half_bw, top) / 10.0) + 10.0 ** (
-        band_power_dbm(frames, spec, -top, -half_bw) / 10.0
+    weights = None if active is None else _frame_weights(np.asarray(active, dtype=bool))
+    in_mw = 10.0 ** (band_power_dbm(frames, spec, -half_bw, half_bw, weights) / 10.0)
+    out_mw = 10.0 ** (band_power_dbm(frames, spec, half_bw, top, weights) / 10.0) + 10.0 ** (
+        band_power_dbm(frames, spec, -top, -half_bw, weights) / 10.0
     )
     density_mw_hz = out_mw / out_bw
     signal_mw = np.maximum(in_mw - density_mw_hz * in_bw, _POWER_FLOOR_MW)
@@ -132,6 +137,27 @@ def channel_power(
         heard=snr_db >= detection_snr_db,
         detection_level_dbm=noise_dbm + detection_snr_db,
     )
+
+
+def _frame_weights(active: np.ndarray) -> np.ndarray:
+    """``[..., T]`` active frames -> ``[..., 1, T]`` weights over a receiver axis; a row with no active frame weighs all."""
+    none = ~active.any(axis=-1, keepdims=True)
+    return (active | none)[..., None, :].astype(np.float64)
+
+
+def frame_snr_db(frames_dbm: np.ndarray, spec: FeatureSpec, bands: ChannelBands, noise_max_offset_hz: float) -> np.ndarray:
+    """In-channel SNR (dB) of each frame: ``[..., M, T]`` dBm mel frames -> ``[..., T]``, measured as ``channel_power``
+    measures a window (signal = in-channel power minus the noise density from the out-of-channel bands times the
+    in-channel bands' noise bandwidth; noise over the channel bandwidth), frame by frame."""
+    half_bw = 0.5 * bands.channel_bandwidth_hz
+    frames = np.asarray(frames_dbm)
+    in_mw = band_frame_power_mw(frames, spec, -half_bw, half_bw)
+    out_mw = band_frame_power_mw(frames, spec, half_bw, noise_max_offset_hz) + band_frame_power_mw(
+        frames, spec, -noise_max_offset_hz, -half_bw)
+    density_mw_hz = out_mw / bands.noise_bandwidth_hz
+    signal_mw = np.maximum(in_mw - density_mw_hz * bands.in_bandwidth_hz, _POWER_FLOOR_MW)
+    noise_mw = np.maximum(density_mw_hz * bands.channel_bandwidth_hz, _POWER_FLOOR_MW)
+    return 10.0 * np.log10(signal_mw / noise_mw)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -175,7 +201,35 @@ class DetectionRule:
         """``channel_bands`` of this rule at ``spec``."""
         return channel_bands(spec, self.channel_bandwidth_hz, self.noise_max_offset_hz(spec))
 
-    def apply(self, frames_dbm: np.ndarray, spec: FeatureSpec) -> ChannelPower:
-        """``channel_power`` of ``[..., R, M, T]`` (or ``[M, T]``) dBm mel frames made with ``spec``, by this rule."""
+    def as_dict(self) -> dict:
+        """The rule's settings, as a model's metadata records them (``detection``)."""
+        return {"channel_bandwidth_hz": float(self.channel_bandwidth_hz), "snr_db": float(self.snr_db),
+                "noise_band_fraction": float(self.noise_band_fraction)}
+
+    def differences(self, other: DetectionRule) -> list[str]:
+        """One ``key: self's value, other's value`` line per setting that differs (``[]``: the same rule)."""
+        mine, theirs = self.as_dict(), other.as_dict()
+        return [f"{key}: {mine[key]:g} against {theirs[key]:g}" for key in mine if mine[key] != theirs[key]]
+
+    def frame_activity(self, frames_dbm: np.ndarray, spec: FeatureSpec, present: np.ndarray | None = None) -> np.ndarray:
+        """Which frames of a window carried a transmission: ``[..., R, M, T]`` dBm mel frames -> ``[..., T]`` bool.
+
+        A frame is active when any present receiver's in-channel SNR in that frame (``frame_snr_db``) reaches the
+        rule's threshold: the same rule as ``heard``, applied frame by frame, so a transmitter keyed for part of a
+        window is measured over the frames in which it was on. ``present`` (``[..., R]`` bool) leaves absent
+        receivers' frames (zeros, NaN) out; ``None``: every receiver is present.
+        """
+        frames = np.asarray(frames_dbm)
+        if frames.ndim < 3:
+            raise ValueError(f"frame_activity needs [..., R, M, T] frames, got shape {list(frames.shape)}")
+        snr = frame_snr_db(frames, spec, self.bands(spec), self.noise_max_offset_hz(spec))
+        loud = np.nan_to_num(snr, nan=-np.inf) >= self.snr_db
+        if present is not None:
+            loud &= np.asarray(present, dtype=bool)[..., None]
+        return loud.any(axis=-2)
+
+    def apply(self, frames_dbm: np.ndarray, spec: FeatureSpec, active: np.ndarray | None = None) -> ChannelPower:
+        """``channel_power`` of ``[..., R, M, T]`` (or ``[M, T]``) dBm mel frames made with ``spec``, by this rule;
+        ``active`` (``[..., T]`` bool, ``frame_activity``) averages over those frames only."""
         return channel_power(frames_dbm, spec, channel_bandwidth_hz=self.channel_bandwidth_hz, detection_snr_db=self.snr_db,
-                             noise_max_offset_hz=self.noise_max_offset_hz(spec))
+                             noise_max_offset_hz=self.noise_max_offset_hz(spec), active=active)

@@ -306,13 +306,27 @@ def mel_frames_dbm(samples: np.ndarray, spec: FeatureSpec, calibration_db: float
     return power_mw.astype(np.float32, copy=False)
 
 
-def band_power_dbm(frames_dbm: np.ndarray, spec: FeatureSpec, low_hz: float, high_hz: float) -> np.ndarray:
+def band_power_dbm(frames_dbm: np.ndarray, spec: FeatureSpec, low_hz: float, high_hz: float,
+                   frame_weights: np.ndarray | None = None) -> np.ndarray:
     """Mean power (dBm) over frames of the bands whose centres lie in [low_hz, high_hz) offset from the carrier.
 
-    ``frames_dbm`` is ``[..., n_mels, T]``; returns ``[...]``.
+    ``frames_dbm`` is ``[..., n_mels, T]``; returns ``[...]``. ``frame_weights`` (``[..., T]``, broadcast against
+    the frames' leading axes; each row summing to more than 0) averages over some frames only: 1 for a frame
+    that counts, 0 for one that does not. ``None``: every frame counts.
     """
+    per_frame = band_frame_power_mw(frames_dbm, spec, low_hz, high_hz)
+    if frame_weights is None:
+        mean = per_frame.mean(axis=-1)
+    else:
+        weights = np.asarray(frame_weights, dtype=np.float64)
+        mean = (per_frame * weights).sum(axis=-1) / np.broadcast_to(weights, per_frame.shape).sum(axis=-1)
+    return 10.0 * np.log10(mean + spec.eps)
+
+
+def band_frame_power_mw(frames_dbm: np.ndarray, spec: FeatureSpec, low_hz: float, high_hz: float) -> np.ndarray:
+    """Power (mW) in each frame of the bands whose centres lie in [low_hz, high_hz): ``[..., n_mels, T]`` -> ``[..., T]``."""
     linear = 10.0 ** (frames_dbm[..., bands_between(spec, low_hz, high_hz), :].astype(np.float64) / 10.0)
-    return 10.0 * np.log10(linear.sum(axis=-2).mean(axis=-1) + spec.eps)
+    return linear.sum(axis=-2)
 
 
 def bands_between(spec: FeatureSpec, low_hz: float, high_hz: float) -> np.ndarray:
