@@ -1,74 +1,10 @@
 """``heimdall evaluate``: score ONNX models, the physics estimator and a centroid baseline on the same seeded draws.
 
-Datasets (every method sees exactly the same windows; a draw is kept only when the daemon would localize
-it, i.e. at least three receivers hear the transmitter by its detection rule):
-
-``default``      the embedded default network (streamer/default.toml, 7 receivers, simulator defaults), the
-                 transmitter uniform over its search area, power uniform in [30, 47] dBm. Seed ``EVAL_SEED``;
-                 no training network is this one (training networks are random).
-``random-<k>``   three random networks drawn from seeds that training never uses (``EVAL_SEED + 1 + k``):
-                 5 receivers over 8 km (k=0), 10 over 60 km (k=1), 16 over 180 km (k=2); band, propagation,
-                 noise and calibration errors random as in training.
-``random-many``  only with ``--n-networks N``: N more unseen random networks drawn as in training (3-16
-                 receivers, 3-200 km, every propagation and receiver parameter random; seeds
-                 (``EVAL_SEED``, ``MANY_NETWORKS_KEY``, k)), ``DRAWS_PER_NETWORK`` draws each, scored pooled.
-                 Beside the usual scores each method gets ``cov68_networks`` and ``cov95_networks``: the 10th,
-                 50th and 90th percentile over networks of its per-network coverage. Three networks are too few
-                 to tell a method whose coverage is right on average from one whose coverage is right on every
-                 network; this set tells them apart.
-``random-<k>-realizations``  only with ``--realizations K``: network ``random-<k>`` (the same receivers, band,
-                 propagation parameters and configured gains) with its hidden state drawn again K times: each
-                 realization has its own simulator seed, so its own receivers' calibration errors, noise figures
-                 and shadowing fields (seeds (``EVAL_SEED`` + 1 + k, ``REALIZATIONS_KEY``, j)), and
-                 ``--realization-draws`` draws. Scored pooled, with the per-realization coverage spread as
-                 ``random-many``'s. One network's coverage is that of one draw of its hidden state: its receivers'
-                 calibration errors are fixed for all its draws, and so are its shadowing fields, so their effect
-                 does not average out over the draws, and even the oracle posterior's coverage moves with them.
-                 This set measures what an estimator can be held to on that network, its coverage over the hidden
-                 state it cannot know, and how far one realization strays from it.
-``powder-grid``  POWDER real received power (462.7 MHz), see ``models.train.powder`` (only with ``--powder``):
-                 the test rows of ``grid_split/grid_test.json``, offsets fitted on every other row (minus
-                 unused, indoor and off-campus). ``--powder-split random`` scores ``random_split/random_test.json``
-                 as ``powder-random``; ``--test-split PATH`` any split file of the data folder (e.g.
-                 ``special_test_cases/indoor.json``) as ``powder-<file stem>``, by the same rule.
-
-Methods: each ONNX model (named by its file stem) through ``streamer.estimators.onnx.OnnxSession.run``; a model
-that takes the contract's optional inputs is told the dataset's propagation exactly as the physics estimator is
-configured (``site_propagation`` of the same ``PhysicsConfig``, as the daemon feeds ``estimator.physics``'s) and
-the search area the physics estimator's prior covers (``search_area_row``), and is scored a second time told
-nothing as ``<model>-blind``;
-``physics``: ``streamer.estimators.physics.PhysicsGrid`` on ``channel_power`` of the same frames, as the daemon
-runs it, given the true propagation parameters of each simulated world (path-loss exponent, 1 km loss,
-shadowing and calibration sigmas, power range, transmitter height: an oracle; a site-taking model is told
-the same, a blind one nothing); on POWDER the parameters fitted on the fitting rows. Grid
-step = the larger side of the search area / 100 (2 km on the default network, as configured there);
-``centroid``: the mean of the receivers that heard, covariance = their spread + (0.1 km)^2 I.
-``<model>+site``: the model with a site's ellipse calibration (``heimdall calibrate-ellipses``), each network
-being a site: its draws are split by index parity, and each half's covariances are multiplied by the factor
-``streamer.tools.calibrate_ellipses.least_nll_scale`` fits on the other half (never on the draws it is scored on).
-Positions are the model's; only coverage and NLL change. On ``random-many`` each network is calibrated on
-its own 32 + 32 draws; on POWDER the test rows are the site's.
-
-Scores per method (``models.train.scoring``, shared with POWDER): median, mean and 90th-percentile error (m);
-coverage of the 68 % and 95 % ellipses as the daemon publishes them (fraction with Mahalanobis^2 <= the estimate's
-own credible radius squared, ``streamer.estimators.credible``, for the physics posterior and a model with the ``ellipse_scale`` output; <= 2.279 and
-<= 5.991, a Gaussian's, for the centroid and a model without it); mean NLL of the truth under the reported Gaussian in
-metres, 1/2 r^T C^-1 r + 1/2 ln|C| + ln 2 pi; and n.
-
-``--gates`` (with scoring, or on ``--from-json FILE``) prints, per dataset and model method, its mean and p90 error relative to the
-physics posterior's and whether it meets the accuracy gates (``GATES``: within 5 % of the posterior
-in mean and p90 error, cov68 in [0.64, 0.76], cov95 in [0.93, 0.97]; on POWDER the median and cov95 gates), and
-for ``physics`` the coverage gates (and on POWDER the median), which both estimators are held to. Under the
-table, a line per reading of the per-network gates (``gate_readings``): ``seeded`` grades each random network on
-its one seeded realization; ``hidden state`` (when realizations were scored) grades it over realizations of the
-hidden state that no estimator is told. The per-realization spread lines split the spread of coverage into what
-binomial sampling gives and what is beyond it (``coverage_spread``): how far one realization strays from a
-network's coverage even for the oracle posterior.
-
-``--reproduces REFERENCE CANDIDATE`` (likewise) prints, per dataset scored for both methods, CANDIDATE's median,
-mean and p90 error and coverage relative to REFERENCE's and whether all are within ``REPRODUCTION_TOLERANCE``
-(5 %): the check that a second ``heimdall train`` run reproduces the shipped model. Score both files in one
-run, on the same draws (copy the second to another file stem first: methods are named by stem).
+Owns the simulated evaluation sets (``default``, ``random-<k>``, ``random-many``, ``random-<k>-realizations``),
+the command line that scores them (and POWDER through ``models.train.powder``), and the printing of kept
+``--json`` results (``--from-json FILE`` with ``--markdown``, ``--gates``, ``--per-network``, ``--reproduces``).
+Errors are in metres, powers in dBm, frequencies in Hz; scores and gates are ``models.train.scoring``'s.
+What each set is, how to run it and how to read its gates: docs/evaluation.md.
 """
 
 from __future__ import annotations

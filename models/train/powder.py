@@ -1,74 +1,11 @@
 """POWDER real received power (462.7 MHz, University of Utah campus) as receiver IQ, scored like the simulated sets.
 
-Data: ../shared/localization-data/powder-rss-462mhz beside the checkout (``POWDER_DIR`` overrides), ``single_tx.csv`` (RSS in
-uncalibrated dB per receiver, -101 = not heard; 29 fixed receivers, 11 shuttle buses with per-sample
-positions; GPS truth). The test rows are those of a split file (``{timestamp: {"rx_data": [[rss, lat, lon,
-name], ...], "tx_coords": [[lat, lon]], ...}}``, any of ``Separated_Dataset_JSON/train_test_splits``):
-``grid`` (default) is shorthand for ``grid_split/grid_test.json``, ``random`` for ``random_split/random_test.json``.
-A test timestamp found in ``single_tx.csv`` is read from there; one that is not (the ``stationary*`` special
-cases, 13 of ``november.json``) is read from the split file itself (same RSS and positions: the two agree on
-every heard link of the grid split), and must have one transmitter. The fitting set is every row of
-``single_tx.csv`` not in the split file, minus ``unused.json``, ``special_test_cases/indoor.json`` and
-``off_campus.json`` (the folder's README recipe).
-
-From measured RSS to IQ, exactly:
-
-1. Offsets (fitting set only, links with RSS > -95 dB, the README's reference rule): least squares of
-   ``RSS_ir = A - 10 n log10(d_ir / 1 km) + o_r`` over a common A, exponent n and one offset o_r per receiver
-   (sum of o_r = 0); d is the horizontal distance (ENU from the fixed receivers' centroid, pymap3d),
-   at least 10 m. The residual standard deviation is the fitted shadowing sigma. The fit is
-   ``streamer.core.propagation.fit_path_loss``, the same one ``heimdall calibrate`` runs on an operator's receivers.
-2. Calibrated power: ``P_ir = RSS_ir - o_r - A + (P_TX_DBM - FSPL_1km(462.7 MHz))`` dBm, i.e. levels as a
-   1 W transmitter with a free-space 1 km loss and the fitted exponent would give. Receivers never seen in the
-   fitting set keep o_r = 0.
-3. IQ: for each test sample a simulated world (``receivers.simulator.SimulatedWorld``) is built with the
-   sample's receivers at their measured positions, shadowing 0 dB, calibration error 0 dB, the fitted exponent,
-   the free-space 1 km loss, noise figure 6 dB at every receiver (no spread) and the simulator's defaults
-   otherwise (oscillator errors).
-   Receiver r is rendered alone by ``render_windows`` with transmit power ``P_ir + PL(d_ir)`` (the world's own
-   path loss at the true position), so it receives exactly ``P_ir`` dBm plus thermal noise. All receivers of
-   a sample share the window id, hence the same FM audio. Frames: ``streamer.dsp.features.mel_frames_dbm``.
-4. Receivers per sample: RSS -101 ("not received or missing") is treated as absent, not as "heard nothing":
-   in the data many -101 receivers sit closer to the transmitter than receivers that heard it well (e.g. the
-   first grid-test sample: four -101 receivers at 0.8-1.5 km while one at 1.5 km reads -60 dBm calibrated),
-   so they are mostly missing data, and rendering them as noise-only windows would feed both estimators a
-   false "too weak here" (the physics estimator's censoring term then drags its estimate away). Every heard
-   receiver is rendered, strongest measured RSS first (POWDER has up to 25 heard). The model takes at most 16 receivers: it gets the 16 strongest. The
-   physics estimator has no such limit; how many it uses is one of its CV-chosen options (below: "all" was a
-   candidate; ``powder_physics_options.json`` records what the CV chose for each split).
-   Receivers reported more than 5 km from the fixed receivers' centroid (bogus bus GPS fixes) are left out,
-   here and in the fit.
-5. A sample is scored only if at least three of those receivers hear by the daemon's rule
-   (``dataset.heard_mask``); the count left out is reported as ``skipped``.
-
-Physics estimator: ``PhysicsGrid`` with the fitted exponent and sigma, the free-space 1 km loss,
-calibration sigma 1 dB, transmit power prior [27, 33] dBm, search area = the receivers' bounding box + 0.3 km,
-grid step 25 m; transmitter at 1.5 m, receivers at 0 m (heights are not in the data). How the measured errors
-are modelled is a ``PhysicsOptions``:
-
-- ``BASELINE_OPTIONS`` (``heimdall evaluate --powder-baseline``): the 16 strongest, i.i.d. errors of sigma
-  hypot(fitted sigma, 1 dB). Real shadowing is not i.i.d.: the residuals of two nearby receivers for one
-  transmission correlate, and so do one receiver's residuals at two nearby transmitter positions, both fading
-  with distance (``fit_correlation``; ``python -m models.train.powder residuals --split grid`` prints both
-  tables), so these ellipses come out too small; the options below model it.
-- ``correlated``: the full error covariance between receivers, a two-exponential correlation in their
-  separation fitted on the fitting links (``streamer.estimators.physics.correlated_error_cov``).
-- ``per_receiver_sigma``: each receiver's own residual sigma (receivers with >= 30 fitted links).
-- ``mapped``: each fixed receiver's shadowing map, kriged from the fitting links (``ShadowingMaps``): the
-  expected shadowing at each cell and the sd that remains (a site survey, as an operator with calibration
-  transmissions would have; it is physics plus measured shadowing, not a trained model). Buses have no map.
-- ``sigma_scale``: a factor on every error sd.
-- ``max_receivers``: 16 (the model's subset) or all heard.
-
-``python -m models.train.powder select --split grid`` chooses the options on the fitting rows only, never reading
-the test rows' measurements: spatial 5-fold cross-validation (200 m blocks of transmitter positions held out
-whole, like the grid split's cells; offsets, sigmas, correlations and maps refitted on the other folds; 120
-random rows per fold rendered and scored like the test rows). Rule (``choose_options``): for each (receivers,
-error structure), the smallest sigma scale of {1, 1.1, ..., 1.5, 1.75, 2, 2.5} whose 95 % ellipse (the credible
-ellipse the daemon publishes, ``streamer.estimators.credible``) covers at least 95 % of the held-out truths; among those, the
-smallest median error. It stores the choice per test file in ``powder_physics_options.json``, with its CV scores
-and the command, which ``evaluate_powder`` reads (a split without a stored choice gets ``BASELINE_OPTIONS``).
-Tables: models/MODEL_CARD.md, "POWDER: how it is scored, and the other splits".
+Owns reading the POWDER data folder (``POWDER_DIR`` overrides its place) and its split files, fitting the
+path-loss offsets on the fitting rows only, rendering each test row as per-receiver IQ that receives the
+calibrated power in dBm, the physics estimator's options for real data (``PhysicsOptions``) and their choice by
+spatial cross-validation: ``python -m models.train.powder select|residuals|variants --split grid|random|PATH``.
+Distances are in metres, powers in dBm (RSS in the data's uncalibrated dB). The recipe step by step and why:
+docs/evaluation.md, "POWDER real data".
 """
 
 from __future__ import annotations
