@@ -122,6 +122,7 @@ class Pipeline:
         if not estimators:
             raise ValueError("pipeline needs at least one estimator")
         self.config = config
+        self._detection = DetectionRule.from_config(config)
         self.metrics = metrics
         self._send = send
         self.estimators = list(estimators)
@@ -273,8 +274,9 @@ class Pipeline:
         started = time.perf_counter()
         spec = self.config.features
         features = self._features(window.samples)
-        power = DetectionRule.from_config(self.config).apply(features, spec)
         present = window.present
+        active = self._detection.frame_activity(features, spec, present)
+        power = self._detection.apply(features, spec, active=active)
         features[~present] = 0.0
         heard = power.heard & present
         for i in np.flatnonzero(present).tolist():
@@ -290,6 +292,7 @@ class Pipeline:
             heard=heard,
             rx_power_dbm=np.where(present, power.signal_dbm, np.nan),
             detection_level_dbm=power.detection_level_dbm,
+            active_frames=active,
         )
         results: list[Estimate] = []
         for estimator in self.estimators:

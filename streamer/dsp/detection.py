@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.dsp.features import FeatureSpec, band_frame_power_mw, band_power_dbm, bands_between, mel_filterbank
+from streamer.dsp.features import (
+    FeatureSpec,
+    band_frame_power_mw,
+    band_power_dbm,
+    bands_between,
+    mel_filterbank,
+)
 
 #: Floor for linear powers that noise subtraction drives to zero or below (mW): -200 dBm.
 _POWER_FLOOR_MW = 1e-20

@@ -27,6 +27,8 @@ class EstimatorInputs:
     heard : bool [R] present and in-channel SNR >= detection threshold.
     rx_power_dbm : float64 [R] estimated in-channel signal power (dBm; NaN where not present).
     detection_level_dbm : float64 [R] signal power at the detection threshold (dBm) for each receiver.
+    active_frames : bool [T] the frames that carried the transmission (``DetectionRule.frame_activity``): the
+        powers above are measured over them, and the model is told them; ``None``: every frame.
     """
 
     features_dbm: np.ndarray
@@ -35,6 +37,7 @@ class EstimatorInputs:
     heard: np.ndarray
     rx_power_dbm: np.ndarray
     detection_level_dbm: np.ndarray
+    active_frames: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,18 @@ name                shape          meaning
 ``covariance_km2``  [B, 2, 2]      full 2-D covariance of that estimate (km^2), symmetric PD
 =================== ============== ================================================================
 
-Two inputs are optional; a model that declares one is fed it, a model without it is fed nothing more:
+Three inputs are optional; a model that declares one is fed it, a model without it is fed nothing more:
 
 - ``site_propagation`` [B, 5] float32, the site's propagation as the physics estimator is configured with it
   (``site_propagation`` below: path-loss exponent, sigma in dB, mean and spread of the level EIRP - 1 km loss
   in dBm, and a flag, 1 = known), fed from ``estimator.physics``;
 - ``search_area_enu_km`` [B, 5] float32, the search area the physics estimator puts its uniform prior on
   (``search_area_row`` below: east min, east max, north min, north max in km, in ``rx_enu_km``'s frame, and a
-  flag, 1 = known), fed from the receivers' bounding box and ``network.area_margin_km``.
+  flag, 1 = known), fed from the receivers' bounding box and ``network.area_margin_km``;
+- ``frame_mask`` [B, T] float32, 1 for each frame that carried the transmission and 0 for the others, by the
+  daemon's detection rule (``streamer.dsp.detection.DetectionRule.frame_activity``), so that a model measures a
+  transmitter keyed for part of a window over its on-air frames. A model without this input is fed each window's
+  active frames repeated in order to fill T instead (``streamer.estimators.onnx.fill_with_active_frames``).
 
 One output is optional; the daemon reads it from a model that declares it:
 
@@ -57,6 +61,7 @@ import numpy as np
 import onnx
 
 from streamer.core.errors import ModelMismatchError
+from streamer.dsp.detection import DetectionRule
 from streamer.dsp.features import FeatureSpec
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 
@@ -89,7 +94,9 @@ SITE_INPUT = "site_propagation"
 SITE_PROPAGATION_WIDTH = 5
 AREA_INPUT = "search_area_enu_km"
 SEARCH_AREA_WIDTH = 5
-OPTIONAL_INPUTS = (TensorContract(SITE_INPUT, ("B", SITE_PROPAGATION_WIDTH)), TensorContract(AREA_INPUT, ("B", SEARCH_AREA_WIDTH)))
+FRAME_MASK_INPUT = "frame_mask"
+OPTIONAL_INPUTS = (TensorContract(SITE_INPUT, ("B", SITE_PROPAGATION_WIDTH)), TensorContract(AREA_INPUT, ("B", SEARCH_AREA_WIDTH)),
+                   TensorContract(FRAME_MASK_INPUT, ("B", "T")))
 #: The optional output: ellipse radii [B, P] for the probabilities ``streamer.estimators.credible.ELLIPSE_PROBABILITIES``.
 ELLIPSE_OUTPUT = "ellipse_scale"
 OPTIONAL_OUTPUTS = (TensorContract(ELLIPSE_OUTPUT, ("B", len(ELLIPSE_PROBABILITIES))),)
@@ -144,7 +151,9 @@ class ModelMetadata:
 
     ``features`` is serialised as ``FeatureSpec.as_dict()``; a plain dict (or ``normalisation`` as a dict,
     ``freq_range_hz`` as a list) is accepted and converted. ``extent_scaling`` optionally describes how the graph
-    rescales ENU kilometres internally (for people; the inputs and outputs stay in km).
+    rescales ENU kilometres internally (for people; the inputs and outputs stay in km). ``detection`` (optional,
+    a ``DetectionRule`` or its ``as_dict()``) is the detection rule the model was trained with: which receivers
+    hear and which frames are active; a daemon whose rule differs refuses the model.
     """
 
     name: str
@@ -158,6 +167,7 @@ class ModelMetadata:
     calibration: dict = field(default_factory=dict, hash=False)
     coordinates: str = COORDINATES
     extent_scaling: str | None = None
+    detection: DetectionRule | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.features, dict):
@@ -169,6 +179,12 @@ class ModelMetadata:
         if isinstance(self.normalisation, dict):
             object.__setattr__(self, "normalisation", Normalisation(**self.normalisation))
         object.__setattr__(self, "freq_range_hz", tuple(self.freq_range_hz))
+        if isinstance(self.detection, dict):
+            problems = []
+            rule = _detection_from_dict(self.detection, problems)
+            if rule is None:
+                raise ValueError("; ".join(problems))
+            object.__setattr__(self, "detection", rule)
 
     def to_json(self) -> str:
         """Serialise as the ``heimdall`` metadata value."""
@@ -177,6 +193,10 @@ class ModelMetadata:
         data["freq_range_hz"] = list(self.freq_range_hz)
         if self.extent_scaling is None:
             del data["extent_scaling"]
+        if self.detection is None:
+            del data["detection"]
+        else:
+            data["detection"] = self.detection.as_dict()
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -189,7 +209,8 @@ class ModelMetadata:
         return meta
 
 
-REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(ModelMetadata) if f.name != "extent_scaling")
+OPTIONAL_KEYS = ("extent_scaling", "detection")
+REQUIRED_KEYS = tuple(f.name for f in dataclasses.fields(ModelMetadata) if f.name not in OPTIONAL_KEYS)
 
 
 def _parse_metadata(text: str, problems: list[str]) -> ModelMetadata | None:
@@ -218,14 +239,44 @@ def _parse_metadata(text: str, problems: list[str]) -> ModelMetadata | None:
     expect.typed("freq_range_hz", list, check=_is_freq_range, wanted="[lo, hi] with 0 <= lo < hi")
     spec = _spec_from_dict(data["features"], problems) if expect.typed("features", dict) else None
     norm = _normalisation_from_dict(data["normalisation"], problems) if expect.typed("normalisation", dict) else None
+    detection = _detection_from_dict(data["detection"], problems) if expect.typed("detection", dict) else None
     if problems:
         return None
     return ModelMetadata(
         name=data["name"], version=data["version"], features=spec, normalisation=norm,
         max_receivers=data["max_receivers"], freq_range_hz=tuple(float(f) for f in data["freq_range_hz"]),
         training_data=data["training_data"], accuracy=data["accuracy"], calibration=data["calibration"],
-        coordinates=data["coordinates"], extent_scaling=data.get("extent_scaling"),
+        coordinates=data["coordinates"], extent_scaling=data.get("extent_scaling"), detection=detection,
     )
+
+
+#: Where each setting of the detection rule comes from in the daemon's config.
+DETECTION_CONFIG_KEYS = {"channel_bandwidth_hz": "network.channel_bandwidth_hz", "snr_db": "pipeline.detection_snr_db",
+                         "noise_band_fraction": "the daemon's noise band, streamer.dsp.detection.NOISE_BAND_FRACTION"}
+
+
+def _detection_from_dict(data: dict, problems: list[str]) -> DetectionRule | None:
+    """``DetectionRule.as_dict()`` -> DetectionRule; one problem line per missing or bad setting."""
+    before = len(problems)
+    expect = _Expect(data, problems, prefix="detection.")
+    wanted = {"channel_bandwidth_hz": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+              "snr_db": (math.isfinite, "a finite number"),
+              "noise_band_fraction": (lambda v: 0 < v <= 0.5, "a number in (0, 0.5]")}
+    for key, (check, text) in wanted.items():
+        if key not in data:
+            problems.append(f"detection.{key}: required key is missing")
+        expect.typed(key, float, check=check, wanted=text)
+    if len(problems) > before:
+        return None
+    return DetectionRule(channel_bandwidth_hz=float(data["channel_bandwidth_hz"]), snr_db=float(data["snr_db"]),
+                         noise_band_fraction=float(data["noise_band_fraction"]))
+
+
+def detection_differences(model_rule: DetectionRule, config_rule: DetectionRule) -> list[str]:
+    """One line per setting in which the daemon's detection rule differs from the model's, naming the config key:
+    ``detection.snr_db: model 6, config 8 (pipeline.detection_snr_db)``."""
+    got, want = model_rule.as_dict(), config_rule.as_dict()
+    return [f"detection.{k}: model {got[k]:g}, config {want[k]:g} ({DETECTION_CONFIG_KEYS[k]})" for k in want if got[k] != want[k]]
 
 
 class _Expect:
@@ -314,12 +365,14 @@ def _raw_metadata(model: Any) -> str | None:
     return {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
 
 
-def check_model(path: str | Path, expected_spec: FeatureSpec | None = None) -> ModelMetadata:
+def check_model(path: str | Path, expected_spec: FeatureSpec | None = None,
+                expected_detection: DetectionRule | None = None) -> ModelMetadata:
     """Verify that the ONNX file at ``path`` follows the contract; return its metadata.
 
     Every mismatch is collected and reported in one ModelMismatchError. With ``expected_spec`` the model's feature
     spec must equal it field by field ("features.n_mels: model 32, config 40"); with None the caller adopts
-    ``metadata.features``.
+    ``metadata.features``. With ``expected_detection``, a model that records its detection rule must have been
+    trained with this one; a model that declares ``frame_mask`` must record its rule.
     """
     model = _load(Path(path))
     problems: list[str] = []
@@ -334,6 +387,11 @@ def check_model(path: str | Path, expected_spec: FeatureSpec | None = None) -> M
     problems += _check_graph(model.graph, meta)
     if meta is not None and expected_spec is not None:
         problems += spec_differences(meta.features, expected_spec)
+    if meta is not None and expected_detection is not None and meta.detection is not None:
+        problems += detection_differences(meta.detection, expected_detection)
+    if meta is not None and meta.detection is None and FRAME_MASK_INPUT in {v.name for v in model.graph.input}:
+        problems.append(f"input {FRAME_MASK_INPUT!r}: the metadata must record the detection rule that made the masks "
+                        "('detection')")
     if problems:
         raise ModelMismatchError(f"model {path} breaks the model contract:\n  - " + "\n  - ".join(problems))
     return meta

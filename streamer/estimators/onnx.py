@@ -31,11 +31,13 @@ import onnxruntime as ort
 
 from streamer.config import Config
 from streamer.core.errors import ModelMismatchError
+from streamer.dsp.detection import DetectionRule
 from streamer.dsp.features import FeatureSpec, normalise
 from streamer.estimators.base import Estimate, EstimateRejected, EstimatorInputs, file_sha256
 from streamer.estimators.contract import (
     AREA_INPUT,
     ELLIPSE_OUTPUT,
+    FRAME_MASK_INPUT,
     OUTPUT_NAMES,
     SEARCH_AREA_WIDTH,
     SITE_INPUT,
@@ -90,6 +92,25 @@ def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray, ellip
     return ModelOutput(position, cov, valid, ellipse_scale)
 
 
+def fill_with_active_frames(features: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """[B, R, M, T] frames with each window's active frames ([B, T] bool, at least one per window) repeated in
+    order to fill all T frames: what a model without the ``frame_mask`` input sees of a partly keyed window, so
+    that its statistics over frames are those of the on-air frames.
+
+    >>> frames = np.arange(4.0).reshape(1, 1, 1, 4)
+    >>> fill_with_active_frames(frames, np.array([[False, True, False, True]]))[0, 0, 0].tolist()
+    [1.0, 3.0, 1.0, 3.0]
+    """
+    if active.all():
+        return features
+    out = np.empty_like(features)
+    t = features.shape[-1]
+    for b in range(features.shape[0]):
+        on = np.flatnonzero(active[b])
+        out[b] = features[b][..., on[np.arange(t) % on.size]]
+    return out
+
+
 class OnnxSession:
     """A checked ONNX model on the best available provider; ``run`` maps dBm frames to position + covariance.
 
@@ -97,9 +118,10 @@ class OnnxSession:
     """
 
     def __init__(self, model_path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS,
-                 expected_spec: FeatureSpec | None = None, session_options: ort.SessionOptions | None = None) -> None:
+                 expected_spec: FeatureSpec | None = None, session_options: ort.SessionOptions | None = None,
+                 expected_detection: DetectionRule | None = None) -> None:
         self.model_path = Path(model_path)
-        self.metadata: ModelMetadata = check_model(self.model_path, expected_spec)
+        self.metadata: ModelMetadata = check_model(self.model_path, expected_spec, expected_detection)
         self.spec: FeatureSpec = self.metadata.features
         self.max_receivers: int = self.metadata.max_receivers
         self.model_sha256 = file_sha256(self.model_path)
@@ -113,6 +135,7 @@ class OnnxSession:
         names = {i.name for i in self.session.get_inputs()}
         self.takes_site: bool = SITE_INPUT in names
         self.takes_area: bool = AREA_INPUT in names
+        self.takes_frame_mask: bool = FRAME_MASK_INPUT in names
         # A model may report its credible ellipses' radii (the contract's optional output); run() returns them.
         self.gives_ellipse_scale: bool = ELLIPSE_OUTPUT in {o.name for o in self.session.get_outputs()}
         self.output_names: list[str] = list(OUTPUT_NAMES) + ([ELLIPSE_OUTPUT] if self.gives_ellipse_scale else [])
@@ -147,6 +170,17 @@ class OnnxSession:
             raise ValueError("area: expected east min < east max and north min < north max (km)")
         return rows
 
+    def _frame_mask(self, frame_mask, batch: int) -> np.ndarray | None:
+        """``frame_mask`` as [B, T] bool (a window with no active frame counts every frame), or None."""
+        if frame_mask is None:
+            return None
+        active = np.asarray(frame_mask)
+        t = self.spec.n_frames
+        if active.shape not in ((t,), (batch, t)):
+            raise ValueError(f"frame_mask: expected [{t}] or [{batch}, {t}], got {list(active.shape)}")
+        active = np.broadcast_to(active > 0.5 if active.dtype != bool else active, (batch, t))
+        return active | ~active.any(axis=-1, keepdims=True)
+
     def _check_shapes(self, features_dbm: np.ndarray, rx_enu_km: np.ndarray, rx_mask: np.ndarray) -> tuple[int, int]:
         if features_dbm.ndim != 4 or features_dbm.shape[2:] != (self.spec.n_mels, self.spec.n_frames):
             raise ValueError(f"features_dbm: expected [B, R, {self.spec.n_mels}, {self.spec.n_frames}], "
@@ -162,7 +196,7 @@ class OnnxSession:
             raise ValueError(f"batch of {batch}, but model {self.metadata.name} has a fixed batch of {self._static_batch}")
         return batch, n_rx
 
-    def run(self, features_dbm, rx_enu_km, rx_mask, site=None, area=None) -> ModelOutput:
+    def run(self, features_dbm, rx_enu_km, rx_mask, site=None, area=None, frame_mask=None) -> ModelOutput:
         """Estimate positions for a batch.
 
         Parameters
@@ -174,9 +208,15 @@ class OnnxSession:
             (``takes_site``); ``None`` = unknown (a zero row). Ignored by a model without that input.
         area : [5] or [B, 5] ``model_contract.search_area_row`` row(s) (km, in ``rx_enu_km``'s frame), fed to a
             model that takes them (``takes_area``); ``None`` = unknown. Ignored by a model without that input.
+        frame_mask : [B, T] bool, the frames that carried the transmission (``DetectionRule.frame_activity``);
+            ``None`` = every frame. A model that takes it (``takes_frame_mask``) is fed it; any other model is fed
+            each window's active frames repeated to fill T (``fill_with_active_frames``).
         """
         features_dbm, rx_enu_km, rx_mask = np.asarray(features_dbm), np.asarray(rx_enu_km), np.asarray(rx_mask)
         batch, n_rx = self._check_shapes(features_dbm, rx_enu_km, rx_mask)
+        active = self._frame_mask(frame_mask, batch)
+        if active is not None and not self.takes_frame_mask:
+            features_dbm = fill_with_active_frames(features_dbm, active)
         if self._buffers[0].shape[0] != batch:
             self._buffers = self._allocate(batch)
         feats, enu, mask = self._buffers
@@ -195,6 +235,9 @@ class OnnxSession:
             feeds[SITE_INPUT] = self._rows("site", site, SITE_PROPAGATION_WIDTH, batch)
         if self.takes_area:
             feeds[AREA_INPUT] = self._area_rows(area, batch)
+        if self.takes_frame_mask:
+            feeds[FRAME_MASK_INPUT] = (np.ones((batch, self.spec.n_frames), np.float32) if active is None
+                                       else np.ascontiguousarray(active, dtype=np.float32))
         position, covariance, *scale = self.session.run(self.output_names, feeds)
         if position.shape != (batch, 2) or covariance.shape != (batch, 2, 2):
             raise ModelMismatchError(f"model {self.metadata.name} returned shapes {list(position.shape)} and "
@@ -234,7 +277,7 @@ class OnnxModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._model = OnnxSession(path, providers=config.estimator.providers, expected_spec=config.features,
-                                        session_options=options)
+                                        session_options=options, expected_detection=DetectionRule.from_config(config))
         except ModelMismatchError as exc:
             raise ModelMismatchError(f"{key}: {exc}") from exc
         meta = self._model.metadata
@@ -274,6 +317,7 @@ class OnnxModel:
             inputs.present[None].astype(np.float32),
             self._site,
             self._area,
+            frame_mask=None if inputs.active_frames is None else inputs.active_frames[None],
         )
         if not out.valid[0]:
             raise EstimateRejected("model output not finite or covariance not positive definite")
