@@ -105,6 +105,22 @@ KEY_RAMP_S = 0.002
 # Each random quantity has its own SeedSequence branch (seed, stream, ...), so adding one never shifts
 # the others and every piece can be regenerated independently, in any order.
 _TRACK, _KEYING, _SHADOWING, _RECEIVER, _NOISE, _WINDOW, _WINDOW_NOISE, _NOISE_FIGURE = range(8)
+_TRAFFIC, _COLLISION, _DRIFT, _SEASON, _CLOCK_JITTER = range(8, 13)
+
+#: Traffic kinds a transmission can be (``simulator.traffic_<kind>_weight``), in the order their weights are drawn.
+TRAFFIC_KINDS = ("voice", "dmr", "packet", "carrier")
+#: DMR-like TDMA: one 27.5 ms burst per 60 ms slot pair (ETSI TS 102 361-1, two 30 ms slots, one used).
+DMR_BURST_NS = 27_500_000
+DMR_FRAME_NS = 60_000_000
+#: Packet data: each burst lasts uniform in this range (s), pauses between bursts are exponential with this mean (s).
+PACKET_BURST_S = (0.020, 0.500)
+PACKET_PAUSE_MEAN_S = 0.3
+#: Calibration drift: the random walk is evaluated at whole days from ``simulator.calibration_epoch_unix_s``
+#: and linearly interpolated between them (drift within a day is far below a window's noise); increments
+#: are drawn in blocks of this many days, each block from its own RNG stream (seed, receiver, block).
+DRIFT_BLOCK_DAYS = 256
+SECONDS_PER_DAY = 86_400.0
+SECONDS_PER_YEAR = 365.2425 * SECONDS_PER_DAY
 
 KEYING_CHUNK_NS = 600 * 10**9  # keying schedule is generated per 10-minute chunk of absolute time
 TRACK_KNOT_NS = 15_625_000  # track evaluated every 1/64 s and interpolated (error < 1 mm at 300 m/s)
@@ -157,6 +173,32 @@ class Truth:
     keyed: bool
 
 
+@dataclass(frozen=True)
+class WindowTruth:
+    """What the wanted transmitter did over ``[start_ns, end_ns)`` (transmitter Unix time, ns).
+
+    Position (east/north m from the network origin, lat/lon degrees), ``power_dbm`` (dBm) and ``keyed`` at the
+    midpoint ``t_ns`` (as ``SimulatedWorld.truth``); ``keyed_fraction`` the share of the window in which the wanted
+    transmitter was on the air; ``keyed_intervals_ns`` those on-air spans clipped to the window, in time order;
+    ``collision`` whether a second transmitter was on the same channel during the window; ``kinds`` the traffic
+    kinds (``TRAFFIC_KINDS``) of the wanted transmissions in it.
+    """
+
+    start_ns: int
+    end_ns: int
+    t_ns: int
+    lat: float
+    lon: float
+    east_m: float
+    north_m: float
+    power_dbm: float | None
+    keyed: bool
+    keyed_fraction: float
+    keyed_intervals_ns: tuple[tuple[int, int], ...]
+    collision: bool
+    kinds: tuple[str, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class Transmission:
     """One key-up: [start_ns, end_ns) in transmitter Unix time, power (dBm) and the audio that modulates it.
@@ -177,6 +219,10 @@ class Transmission:
     tone_phase_rad: np.ndarray
     syllable_hz: np.ndarray
     syllable_phase_rad: np.ndarray
+    #: One of ``TRAFFIC_KINDS``: a burst of a DMR or packet transmission is one Transmission each.
+    kind: str = "voice"
+    #: A second transmitter's fixed (east, north) in m; None: the wanted transmitter, on the world's track.
+    position_en_m: tuple[float, float] | None = None
 
     @classmethod
     def draw(cls, start_ns: int, end_ns: int, power_dbm: float, deviation_hz: float, rng: np.random.Generator) -> "Transmission":
@@ -276,6 +322,46 @@ def _fft_size(n: int) -> int:
     return best
 
 
+def _as_traffic(voice: Transmission, kind: str, rng: np.random.Generator) -> list[Transmission]:
+    """The on period ``voice`` spans, as traffic of ``kind`` (``TRAFFIC_KINDS``): a list of transmissions in time order.
+
+    voice: ``voice`` itself. dmr: a 27.5 ms burst at the start of every 60 ms frame of the period (the slot phase
+    drawn from ``rng``), each burst carrying the voice's modulation from its own start. packet: bursts of uniform
+    length in ``PACKET_BURST_S`` separated by exponential pauses (mean ``PACKET_PAUSE_MEAN_S``) until the period
+    ends. carrier: the whole period, unmodulated.
+    """
+    if kind == "voice":
+        return [voice]
+    if kind == "carrier":
+        silent = np.zeros_like(voice.tone_dev_hz)
+        return [dataclasses.replace(voice, ctcss_dev_hz=0.0, tone_dev_hz=silent, kind="carrier")]
+    bursts = []
+    t, end = voice.start_ns, voice.end_ns
+    if kind == "dmr":
+        t += int(rng.integers(DMR_FRAME_NS - DMR_BURST_NS))
+        for burst_start in range(t, end, DMR_FRAME_NS):
+            bursts.append((burst_start, min(burst_start + DMR_BURST_NS, end)))
+    elif kind == "packet":
+        while t < end:
+            burst_end = min(end, t + int(rng.uniform(*PACKET_BURST_S) * 1e9))
+            bursts.append((t, burst_end))
+            t = burst_end + int(rng.exponential(PACKET_PAUSE_MEAN_S) * 1e9) + 1
+    else:
+        raise ValueError(f"unknown traffic kind {kind!r}; known: {', '.join(TRAFFIC_KINDS)}")
+    return [dataclasses.replace(voice, start_ns=a, end_ns=b, kind=kind) for a, b in bursts if b > a]
+
+
+def _merged(intervals) -> list[tuple[int, int]]:
+    """Sorted, non-empty ``(start, end)`` intervals with overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted((int(a), int(b)) for a, b in intervals if b > a):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
 class SimulatedWorld:
     """Everything the simulated network shares, built deterministically from a ``Config``.
 
@@ -283,7 +369,8 @@ class SimulatedWorld:
     ----------
     origin, rx_enu_m ``[R, 3]``, rx_alt_m ``[R]``, area : geometry (``streamer.core.geodesy.network_geometry``).
     calibration_db ``[R]`` : configured gains, dBm = dBFS + calibration_db (what the daemon knows).
-    calibration_error_db ``[R]`` : hidden true gain minus configured (dB); never give it to an estimator.
+    calibration_error_db ``[R]`` : hidden true gain minus configured (dB) at ``simulator.calibration_epoch_unix_s``;
+        never give it to an estimator. ``calibration_error_db_at(t_ns)`` adds the drift since then.
     noise_figure_db ``[R]`` : each receiver's noise figure (dB, >= 0): ``simulator.noise_figure_db`` plus a
         hidden N(0, ``noise_figure_sigma_db``) offset.
     clock_ppm ``[R]`` : reference-oscillator error (ppm): sample rate and LO are both off by it.
@@ -308,7 +395,11 @@ class SimulatedWorld:
             [_rng(seed, _NOISE_FIGURE, r).standard_normal() for r in range(n_rx)]))
         self._track_omega, self._track_phase = self._track_terms(seed)
         self._shadowing: dict[int, ShadowingField] = {}
-        self._keying: dict[int, list[Transmission]] = {}
+        self._keying: dict[int, tuple[list[Transmission], list[Transmission]]] = {}
+        self._season_phase_rad = np.array([_rng(seed, _SEASON, r).uniform(0.0, 2.0 * math.pi) for r in range(n_rx)])
+        self._walk_blocks: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
+        weights = np.array([getattr(self.sim, f"traffic_{kind}_weight") for kind in TRAFFIC_KINDS], dtype=np.float64)
+        self._traffic_cdf = np.cumsum(weights) / weights.sum()
 
     # --- geometry and power ------------------------------------------------------------------------
 
@@ -340,19 +431,70 @@ class SimulatedWorld:
             shadowing_db=shadow,
         )
 
-    def measured_offset_db(self) -> np.ndarray:
-        """What the daemon's dBm reads minus the true antenna power, per receiver (= -calibration_error_db)."""
-        return -self.calibration_error_db
+    def measured_offset_db(self, t_ns=None) -> np.ndarray:
+        """What the daemon's dBm reads minus the true antenna power, per receiver: ``-calibration_error_db_at(t_ns)``
+        (``[..., R]`` dB); ``t_ns=None``: at the calibration epoch, ``-calibration_error_db``."""
+        return -self.calibration_error_db if t_ns is None else -self.calibration_error_db_at(t_ns)
+
+    def calibration_error_db_at(self, t_ns) -> np.ndarray:
+        """Hidden true gain minus configured gain (dB) at Unix times ``t_ns`` (int or array): ``[..., R]``.
+
+        ``calibration_error_db`` plus a random walk of ``calibration_drift_db_per_sqrt_day`` (0 at
+        ``calibration_epoch_unix_s``, each receiver its own) plus a yearly sine of amplitude ``calibration_seasonal_db``
+        (each receiver its own phase). Deterministic from the seed and the time; without drift keys, the constant.
+        """
+        t_s = np.asarray(t_ns, dtype=np.float64) / 1e9
+        out = np.broadcast_to(self.calibration_error_db, t_s.shape + self.calibration_error_db.shape).copy()
+        sim = self.sim
+        if sim.calibration_seasonal_db > 0:
+            out += sim.calibration_seasonal_db * np.sin(2.0 * math.pi * t_s[..., None] / SECONDS_PER_YEAR + self._season_phase_rad)
+        if sim.calibration_drift_db_per_sqrt_day > 0:
+            days = (t_s - sim.calibration_epoch_unix_s) / SECONDS_PER_DAY
+            k = np.floor(days).astype(np.int64)
+            frac = (days - k)[..., None]
+            at_k, at_next = self._walk_at_days(k), self._walk_at_days(k + 1)
+            out += sim.calibration_drift_db_per_sqrt_day * (at_k + frac * (at_next - at_k))
+        return out
+
+    def _walk_at_days(self, days: np.ndarray) -> np.ndarray:
+        """Unit random walk (one N(0, 1) step per day, 0 at day 0, either side of it) at whole days ``[...]``: ``[..., R]``."""
+        n_rx = len(self.receiver_ids)
+        out = np.empty(days.shape + (n_rx,), dtype=np.float64)
+        blocks = days // DRIFT_BLOCK_DAYS
+        within = days - blocks * DRIFT_BLOCK_DAYS
+        for b in np.unique(blocks).tolist():
+            sel = blocks == b
+            for r in range(n_rx):
+                start, partial = self._walk_block(r, b)
+                out[sel, r] = start + partial[within[sel]]
+        return out
+
+    def _walk_block(self, r: int, b: int) -> tuple[float, np.ndarray]:
+        """(Walk at the first day of block ``b``, the walk's rise from there at each day of the block ``[DRIFT_BLOCK_DAYS + 1]``)."""
+        if (r, b) not in self._walk_blocks:
+            steps = _rng(self.sim.seed, _DRIFT, r, b + (1 << 40)).standard_normal(DRIFT_BLOCK_DAYS)
+            rise = np.concatenate([[0.0], np.cumsum(steps)])
+            if b == 0:
+                start = 0.0
+            elif b > 0:
+                before_start, before_rise = self._walk_block(r, b - 1)
+                start = before_start + before_rise[-1]
+            else:
+                start = self._walk_block(r, b + 1)[0] - rise[-1]
+            self._walk_blocks[(r, b)] = (float(start), rise)
+        return self._walk_blocks[(r, b)]
 
     def noise_dbm(self, r: int, bandwidth_hz: float) -> float:
         """Receiver ``r``'s noise power over ``bandwidth_hz`` (dBm), as the daemon reads it (module doc)."""
         return thermal_noise_dbm(bandwidth_hz, float(self.noise_figure_db[r]))
 
-    def full_scale_per_sqrt_mw(self, r: int) -> tuple[float, float]:
+    def full_scale_per_sqrt_mw(self, r: int, t_ns: int | None = None) -> tuple[float, float]:
         """Amplitude factors sqrt(mW) -> full scale of receiver ``r``: (signal at the antenna, the receiver's
-        own noise). The signal sees the true gain (``calibration_db`` + hidden error: dBFS = dBm - true gain),
-        the noise, referred to the receiver's input, the configured one (module doc)."""
-        return (10.0 ** (-(self.calibration_db[r] + self.calibration_error_db[r]) / 20.0),
+        own noise). The signal sees the true gain (``calibration_db`` + hidden error at Unix time ``t_ns``, at the
+        calibration epoch when None: dBFS = dBm - true gain), the noise, referred to the receiver's input, the
+        configured one (module doc)."""
+        error_db = self.calibration_error_db[r] if t_ns is None else self.calibration_error_db_at(int(t_ns))[r]
+        return (10.0 ** (-(self.calibration_db[r] + error_db) / 20.0),
                 10.0 ** (-self.calibration_db[r] / 20.0))
 
     # --- track -------------------------------------------------------------------------------------
@@ -387,51 +529,105 @@ class SimulatedWorld:
 
     # --- keying ------------------------------------------------------------------------------------
 
-    def _raw_chunk(self, c: int) -> list[Transmission]:
-        """Transmissions whose key-up falls in keying chunk ``c`` (an alternating exponential process)."""
+    def _raw_chunk(self, c: int) -> tuple[list[Transmission], list[Transmission]]:
+        """(Wanted transmissions whose key-up falls in keying chunk ``c``, second transmitters keyed during them).
+
+        The on/off periods are an alternating exponential process from the keying stream; each on period's traffic
+        kind comes from the traffic stream and its collision from the collision stream (seed, stream, chunk), so
+        the on/off periods do not depend on the traffic mix.
+        """
         sim = self.sim
         rng = _rng(sim.seed, _KEYING, c + (1 << 40))  # offset keeps negative chunk indices valid entropy
+        traffic_rng = _rng(sim.seed, _TRAFFIC, c + (1 << 40))
+        collision_rng = _rng(sim.seed, _COLLISION, c + (1 << 40))
         t = c * KEYING_CHUNK_NS
         end = t + KEYING_CHUNK_NS
         on = rng.random() < sim.key_up_mean_s / (sim.key_up_mean_s + sim.key_down_mean_s)
-        out = []
+        out: list[Transmission] = []
+        others: list[Transmission] = []
         while t < end:
             # Exponential periods are memoryless, so starting the chunk in the stationary state is exact.
             length = int(rng.exponential(sim.key_up_mean_s if on else sim.key_down_mean_s) * 1e9) + 1
             if on:
                 power = rng.uniform(sim.tx_power_min_dbm, sim.tx_power_max_dbm)
-                out.append(Transmission.draw(t, t + length, power, sim.fm_deviation_hz, rng))
+                voice = Transmission.draw(t, t + length, power, sim.fm_deviation_hz, rng)
+                kind = TRAFFIC_KINDS[int(np.searchsorted(self._traffic_cdf, traffic_rng.random(), side="right"))]
+                out.extend(_as_traffic(voice, kind, traffic_rng))
+                if collision_rng.random() < sim.collision_probability:
+                    others.append(self._second_transmitter(t, length, collision_rng))
             t += length
             on = not on
-        return out
+        return out, others
 
-    def _chunk(self, c: int) -> list[Transmission]:
-        """Chunk ``c``, its transmissions clipped so as not to overlap the previous chunk's last one.
+    def _second_transmitter(self, start_ns: int, length_ns: int, rng: np.random.Generator) -> Transmission:
+        """A voice transmission from a fixed point uniform over the search area, keyed up during ``[start_ns,
+        start_ns + length_ns)`` and lasting an exponential time of mean ``key_up_mean_s``."""
+        sim, area = self.sim, self.area
+        key_up = start_ns + int(rng.random() * length_ns)
+        end = key_up + int(rng.exponential(sim.key_up_mean_s) * 1e9) + 1
+        power = rng.uniform(sim.tx_power_min_dbm, sim.tx_power_max_dbm)
+        position = (float(area.east_min_m + area.width_m * rng.random()), float(area.north_min_m + area.height_m * rng.random()))
+        tx = Transmission.draw(key_up, end, power, sim.fm_deviation_hz, rng)
+        return dataclasses.replace(tx, position_en_m=position)
+
+    def _chunk(self, c: int) -> tuple[list[Transmission], list[Transmission]]:
+        """Chunk ``c``: its wanted transmissions clipped so as not to overlap the previous chunk's last one, and its
+        second transmitters (as ``_raw_chunk``).
 
         Each chunk's on/off process starts independently, so its first key-up may fall inside a transmission
         carried over from the previous chunk: that one is shortened to start after it (by a key-down of
         ``_MIN_KEY_DOWN_NS``), not dropped: dropping it left silences as long as a whole transmission.
         """
         if c not in self._keying:
-            previous = self._raw_chunk(c - 1)
+            previous, _ = self._raw_chunk(c - 1)
             busy_until = (previous[-1].end_ns if previous else c * KEYING_CHUNK_NS) + _MIN_KEY_DOWN_NS
             kept = []
-            for tx in self._raw_chunk(c):
+            wanted, others = self._raw_chunk(c)
+            for tx in wanted:
                 if tx.start_ns < busy_until:
                     if tx.end_ns <= busy_until:
                         continue
                     tx = dataclasses.replace(tx, start_ns=busy_until)
                 kept.append(tx)
-            self._keying[c] = kept
+            self._keying[c] = (kept, others)
             if len(self._keying) > 16:
                 self._keying.pop(next(iter(self._keying)))
         return self._keying[c]
 
     def transmissions(self, start_ns: int, end_ns: int) -> list[Transmission]:
-        """Transmissions overlapping [start_ns, end_ns) (transmitter Unix time), in time order."""
+        """The wanted transmitter's transmissions overlapping [start_ns, end_ns) (transmitter Unix time), in time
+        order (a DMR or packet transmission as its bursts)."""
         first = int(start_ns) // KEYING_CHUNK_NS - 1
         last = int(end_ns) // KEYING_CHUNK_NS
-        return [tx for c in range(first, last + 1) for tx in self._chunk(c) if tx.end_ns > start_ns and tx.start_ns < end_ns]
+        return [tx for c in range(first, last + 1) for tx in self._chunk(c)[0] if tx.end_ns > start_ns and tx.start_ns < end_ns]
+
+    def second_transmitters(self, start_ns: int, end_ns: int) -> list[Transmission]:
+        """Other transmitters on the channel (``collision_probability``) overlapping [start_ns, end_ns), each at its
+        fixed ``position_en_m``."""
+        if self.sim.collision_probability <= 0:
+            return []
+        # A second transmitter keys up inside a wanted one but may outlast it by many chunks.
+        reach = int(20 * self.sim.key_up_mean_s * 1e9) // KEYING_CHUNK_NS + 1
+        first = int(start_ns) // KEYING_CHUNK_NS - 1 - reach
+        last = int(end_ns) // KEYING_CHUNK_NS
+        return [tx for c in range(first, last + 1) for tx in self._chunk(c)[1] if tx.end_ns > start_ns and tx.start_ns < end_ns]
+
+    def truth_over(self, start_ns: int, end_ns: int) -> WindowTruth:
+        """What the wanted transmitter did over ``[start_ns, end_ns)`` (Unix ns, transmitter time): ``WindowTruth``."""
+        start_ns, end_ns = int(start_ns), int(end_ns)
+        if end_ns <= start_ns:
+            raise ValueError(f"truth_over: window end {end_ns} ns must be after its start {start_ns} ns")
+        at_mid = self.truth((start_ns + end_ns) // 2)
+        on_air = self.transmissions(start_ns, end_ns)
+        intervals = _merged((max(tx.start_ns, start_ns), min(tx.end_ns, end_ns)) for tx in on_air)
+        keyed_ns = sum(b - a for a, b in intervals)
+        return WindowTruth(
+            start_ns=start_ns, end_ns=end_ns, t_ns=at_mid.t_ns, lat=at_mid.lat, lon=at_mid.lon, east_m=at_mid.east_m,
+            north_m=at_mid.north_m, power_dbm=at_mid.power_dbm, keyed=at_mid.keyed,
+            keyed_fraction=keyed_ns / (end_ns - start_ns), keyed_intervals_ns=tuple(intervals),
+            collision=bool(self.second_transmitters(start_ns, end_ns)),
+            kinds=tuple(dict.fromkeys(tx.kind for tx in on_air)),
+        )
 
     def truth(self, t_ns: int) -> Truth:
         """Ground truth at Unix time ``t_ns``: position, and transmit power while keyed."""
@@ -466,9 +662,14 @@ class SimulatedWorld:
         t_rel_s : ``[N]`` true sampling instants, seconds after ``ref_ns``.
         lo_freq_hz : the receiver's actual LO frequency (Hz); the carrier lands at target - LO.
         tx_en_m : fixed transmitter (east, north) in m; default: the world's track.
-        transmissions : what is on air; default: the world's keying schedule.
+        transmissions : what is on air; default: the world's keying schedule, and the second transmitters
+            (``second_transmitters``) from their own positions.
         """
         t_rel_s = np.asarray(t_rel_s, dtype=np.float64)
+        if transmissions is None and tx_en_m is None:
+            others = self._second_transmitters_baseband(r, ref_ns, t_rel_s, lo_freq_hz)
+            wanted = self.received_baseband(r, ref_ns, t_rel_s, lo_freq_hz, transmissions=self._on_air_near(ref_ns, t_rel_s))
+            return wanted if others is None else wanted + others
         if tx_en_m is None and t_rel_s.size > 1:
             # The geometry changes slowly: evaluate it every GEOMETRY_STEP_S and interpolate distance and
             # gain, which costs a fraction of evaluating the track and shadowing field per sample. The knots
@@ -507,6 +708,24 @@ class SimulatedWorld:
             amp = tx.envelope(tau_on) * 10.0 ** ((tx.power_dbm + np.broadcast_to(gain_db, tau.shape)[on]) / 20.0)
             out[on] += amp * np.exp(1j * (2.0 * math.pi * carrier_cycles[on] + tx.phase_rad(tau_on)))
         return out
+
+    def _on_air_near(self, ref_ns: int, t_rel_s: np.ndarray) -> list[Transmission]:
+        """The wanted transmissions that can reach a receiver at ``ref_ns + t_rel_s`` (any delay within the area)."""
+        reach_s = 2.0 * math.hypot(self.area.width_m, self.area.height_m) / SPEED_OF_LIGHT_MPS + 1e-6
+        return self.transmissions(ref_ns + math.floor((float(t_rel_s.min()) - reach_s) * 1e9) - 1,
+                                  ref_ns + math.ceil(float(t_rel_s.max()) * 1e9) + 1)
+
+    def _second_transmitters_baseband(self, r: int, ref_ns: int, t_rel_s: np.ndarray, lo_freq_hz: float) -> np.ndarray | None:
+        """The second transmitters' baseband at receiver ``r`` (sqrt(mW), as ``received_baseband``); None when none is on."""
+        if self.sim.collision_probability <= 0 or t_rel_s.size == 0:
+            return None
+        reach_s = 2.0 * math.hypot(self.area.width_m, self.area.height_m) / SPEED_OF_LIGHT_MPS + 1e-6
+        others = self.second_transmitters(ref_ns + math.floor((float(t_rel_s.min()) - reach_s) * 1e9) - 1,
+                                          ref_ns + math.ceil(float(t_rel_s.max()) * 1e9) + 1)
+        if not others:
+            return None
+        return sum(self.received_baseband(r, ref_ns, t_rel_s, lo_freq_hz, tx_en_m=np.asarray(tx.position_en_m), transmissions=[tx])
+                   for tx in others)
 
     def _path(self, r: int, pos_en_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Distance (m) and gain (dB: shadowing minus median path loss) from positions ``[N, 2]`` to receiver ``r``."""
@@ -720,6 +939,11 @@ class SimulatedReceiver(ReceiverBase):
         count = len(out)
         fs = self.true_sample_rate_hz
         t_first_s, t_last_s = first / fs, (first + count - 1) / fs
+        # The gain drifts over days: one value per call (a chunk of the stream) is exact to far below a dB.
+        signal_scale, _ = world.full_scale_per_sqrt_mw(r, self.start_ns + int(t_first_s * 1e9))
+        others = world._second_transmitters_baseband(r, self.start_ns, np.arange(first, first + count) / fs, self.lo_freq_hz)
+        if others is not None:  # rare (collision_probability): the float64 reference form is fast enough
+            out += (signal_scale * others).astype(np.complex64)
         # Knot k sits at sample position k * GEOMETRY_STEP_S * fs; the samples in [ceil(x_k), ceil(x_k+1))
         # lie between knots k and k + 1.
         knot_samples = GEOMETRY_STEP_S * fs
@@ -745,7 +969,6 @@ class SimulatedReceiver(ReceiverBase):
 
         t_geo = np.arange(k_first, k_last + 1) * GEOMETRY_STEP_S
         delay_geo = dist_geo / SPEED_OF_LIGHT_MPS
-        signal_scale, _ = world.full_scale_per_sqrt_mw(r)
         amp = per_sample(signal_scale * 10.0 ** (gain_geo / 20.0)).astype(np.float32)
         # Carrier cycles, as in received_baseband: exp(j 2 pi [(f_tx - f_lo) t - f_tx d/c]), linear between
         # the knots like the delay; at the knots reduced mod 1 (ref_cycles exactly, by Fraction).
@@ -776,8 +999,14 @@ class SimulatedReceiver(ReceiverBase):
             parts[2 * i0 + 1 : 2 * i1 : 2] += a * np.sin(angle)
 
     def block_t0_ns(self, sample_index: int) -> int:
-        """Host timestamp of a sample: start + count at the nominal rate + this host's clock error (ns)."""
-        return self.start_ns + int(round(sample_index * 1e9 / self.sample_rate_hz)) + int(self.world.clock_offset_ns[self.index])
+        """Host timestamp of a block's first sample: start + count at the nominal rate + this host's clock error
+        (ns) + the stamp's lateness (exponential, mean ``simulator.clock_jitter_ms``; from the RNG stream keyed by
+        seed, receiver and ``sample_index``)."""
+        t0 = self.start_ns + int(round(sample_index * 1e9 / self.sample_rate_hz)) + int(self.world.clock_offset_ns[self.index])
+        jitter_ms = self.world.sim.clock_jitter_ms
+        if jitter_ms > 0:
+            t0 += int(_rng(self.world.sim.seed, _CLOCK_JITTER, self.index, sample_index).exponential(jitter_ms * 1e6))
+        return t0
 
     def __iter__(self) -> Iterator[IQBlock]:
         first = 0

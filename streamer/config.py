@@ -87,6 +87,17 @@ class PhysicsConfig:
         default=1.0,
         metadata=_doc("factor on every posterior covariance: this site's ellipse calibration (heimdall calibrate-ellipses)"),
     )
+    calibration_drift_db_per_sqrt_day: float = field(
+        default=0.0,
+        metadata=_doc("random-walk drift of each receiver's calibration (dB per square-root day): both estimators "
+                      "widen for sqrt(q^2 x days since the receiver's calibrated_at); 0 = no drift. "
+                      "heimdall calibrate --drift-survey fits it (docs/operations.md, Calibration age)"),
+    )
+    calibration_seasonal_db: float = field(
+        default=0.0,
+        metadata=_doc("amplitude of an annual swing of each receiver's calibration, phase unknown (dB): adds "
+                      "A^2 (1 - cos(2 pi days / 365.25)) to the calibration variance; 0 = none"),
+    )
 
 
 @dataclass(frozen=True)
@@ -193,6 +204,40 @@ class SimulatorConfig:
     clock_offset_sigma_ms: float = field(default=2.0, metadata=_doc("spread of receiver host-clock offsets (ms)"))
     clock_ppm_sigma: float = field(default=1.0, metadata=_doc("spread of receiver sample-clock errors (ppm)"))
     tx_alt_m: float = field(default=200.0, metadata=_doc("transmitter antenna altitude above the ellipsoid (m)"))
+    traffic_voice_weight: float = field(default=1.0, metadata=_doc(
+        "share of transmissions that are voice push-to-talk (relative weight, >= 0; the four weights are normalised)"))
+    traffic_dmr_weight: float = field(default=0.0, metadata=_doc(
+        "share of transmissions that are DMR-like TDMA: 27.5 ms bursts every 60 ms for the transmission's length"))
+    traffic_packet_weight: float = field(default=0.0, metadata=_doc(
+        "share of transmissions that are packet data: bursts of 20-500 ms with short pauses between them"))
+    traffic_carrier_weight: float = field(default=0.0, metadata=_doc(
+        "share of transmissions that are a steady unmodulated carrier"))
+    collision_probability: float = field(default=0.0, metadata=_doc(
+        "chance (0..1) that a second transmitter elsewhere in the area keys up during a transmission, on the same channel"))
+    calibration_drift_db_per_sqrt_day: float = field(default=0.0, metadata=_doc(
+        "random walk of each receiver's true gain (dB per sqrt(day)), zero at calibration_epoch_unix_s; 0 = no walk"))
+    calibration_seasonal_db: float = field(default=0.0, metadata=_doc(
+        "amplitude of each receiver's yearly gain swing (dB; a sine of one year with a random phase per receiver)"))
+    calibration_epoch_unix_s: float = field(default=1_767_225_600.0, metadata=_doc(
+        "when the receivers were last calibrated (Unix s; default 2026-01-01T00:00Z): the random walk is 0 there"))
+    clock_jitter_ms: float = field(default=0.0, metadata=_doc(
+        "mean lateness of each block's host timestamp (ms, exponential), as a loaded host stamps blocks; 0 = none"))
+
+    def __post_init__(self) -> None:
+        weights = {name: getattr(self, f"traffic_{name}_weight") for name in ("voice", "dmr", "packet", "carrier")}
+        for name, weight in weights.items():
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"traffic_{name}_weight: expected a finite weight >= 0, got {weight!r}")
+        if sum(weights.values()) <= 0:
+            raise ValueError("traffic_*_weight: expected at least one weight > 0, got all 0")
+        if not 0.0 <= self.collision_probability <= 1.0:
+            raise ValueError(f"collision_probability: expected 0..1, got {self.collision_probability!r}")
+        for key in ("calibration_drift_db_per_sqrt_day", "calibration_seasonal_db", "clock_jitter_ms"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key}: expected a finite value >= 0, got {value!r}")
+        if not math.isfinite(self.calibration_epoch_unix_s):
+            raise ValueError(f"calibration_epoch_unix_s: expected a finite Unix time (s), got {self.calibration_epoch_unix_s!r}")
 
 
 @dataclass(frozen=True)
@@ -203,6 +248,11 @@ class ReceiverConfig:
     lon: float = field(metadata=_doc("longitude (degrees, WGS84)"))
     alt_m: float = field(default=0.0, metadata=_doc("antenna height above the ellipsoid (m)"))
     calibration_db: float = field(default=0.0, metadata=_doc("dBm at the antenna = dBFS + calibration_db"))
+    calibrated_at: str | None = field(
+        default=None,
+        metadata=_doc("when calibration_db was measured: a quoted ISO-8601 date or date-time, UTC unless an offset is given "
+                      "(heimdall calibrate writes it); required when estimator.physics sets a calibration drift"),
+    )
     options: Any = field(default=None, metadata=_doc("kind-specific keys, checked against the adapter's Options"))
 
 
@@ -433,9 +483,31 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     for key, scale in (("estimator.model_covariance_scale", cfg.estimator.model_covariance_scale),
                        ("estimator.physics.covariance_scale", ph.covariance_scale)):
         need(math.isfinite(scale) and scale > 0, key, "a finite factor > 0", scale)
+    for key in ("calibration_drift_db_per_sqrt_day", "calibration_seasonal_db"):
+        need(getattr(ph, key) >= 0, f"estimator.physics.{key}", "a finite drift >= 0 (0 = none)", getattr(ph, key))
+    drifting = ph.calibration_drift_db_per_sqrt_day > 0 or ph.calibration_seasonal_db > 0
+    for i, rx in enumerate(receivers):
+        _check_calibrated_at(rx, f"{source}: receivers[{i}].calibrated_at", drifting)
     for i, rx in enumerate(receivers):
         need(-90 <= rx.lat <= 90, f"receivers[{i}].lat", "-90..90 degrees", rx.lat)
         need(-180 <= rx.lon <= 180, f"receivers[{i}].lon", "-180..180 degrees", rx.lon)
+
+
+def _check_calibrated_at(rx: ReceiverConfig, where: str, drifting: bool) -> None:
+    """A receiver's ``calibrated_at`` parses; with a calibration drift configured it must be set: an unknown age
+    would let the estimators claim a freshly calibrated receiver (overconfident), and guessing one is no better."""
+    from streamer.core.calibration_drift import parse_calibrated_at
+
+    if rx.calibrated_at is None:
+        if drifting:
+            raise ConfigError(f"{where}: required when estimator.physics.calibration_drift_db_per_sqrt_day or "
+                              "calibration_seasonal_db is > 0 (the calibration's age sets how much the estimators widen); "
+                              f"expected an ISO-8601 date such as '2026-03-01' (receiver id {rx.id!r})")
+        return
+    try:
+        parse_calibrated_at(rx.calibrated_at)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc} (receiver id {rx.id!r})") from None
 
 
 def options_table(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
