@@ -14,13 +14,17 @@ Nothing here re-implements a signal or a feature. Each draw goes through:
    feature implementation, so the model sees what the daemon will give it.
 4. Outages: each receiver is absent from a window with a random per-world probability (at least three
    stay); absent receivers are not rendered and get mask 0 and zero features, as ``OnnxSession`` fills them.
+5. Traffic (``models.train.traffic``): each window is keyed as its ``Traffic`` mix draws it (whole window,
+   partly, or in bursts), from the window's own stream (world seed, ``KEYING_STREAM``, window id); the
+   truth records the keyed fraction. The frames that carried the transmitter are the daemon's decision,
+   ``DETECTION.frame_activity`` over the present receivers, and are what both estimators are given.
 
 Draws are kept only when at least ``min_heard`` present receivers hear the transmitter by the daemon's own
-rule (``DETECTION``, the ``streamer.dsp.detection.DetectionRule`` of the config defaults): windows the
-daemon would not localize are not trained or scored on.
+rule (``DETECTION``, the ``streamer.dsp.detection.DetectionRule`` of the config defaults) over the window's
+active frames: windows the daemon would not localize are not trained or scored on.
 
-Everything is a function of ``seed`` (world ``w`` of a run uses ``SeedSequence([seed, w])``, ``world_config``),
-so a run with the same arguments gives the same arrays whatever the number of worker processes, and
+Everything is a function of ``seed`` and the traffic (world ``w`` of a run uses ``SeedSequence([seed, w])``,
+``world_config``), so a run with the same arguments gives the same arrays whatever the number of worker processes, and
 ``world_sites`` and ``world_areas`` can give each window its world's true propagation and search area (what the
 model is told in training) again from the seed.
 
@@ -40,11 +44,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.dsp import features as feature_module
+from models.train.traffic import Traffic, traffic_named
 from streamer.config import Config, PhysicsConfig, from_dict
-from streamer.dsp.features import FeatureSpec
 from streamer.core.geodesy import Origin, enu_to_geodetic
+from streamer.dsp import features as feature_module
 from streamer.dsp.detection import DetectionRule
+from streamer.dsp.features import FeatureSpec
 
 MAX_RECEIVERS = 16
 #: The daemon's detection rule under the config defaults (``network.channel_bandwidth_hz``,
@@ -52,6 +57,8 @@ MAX_RECEIVERS = 16
 DETECTION = DetectionRule.from_config(Config())
 BANDS_HZ = ((144e6, 148e6), (430e6, 440e6))
 UNIX_2026_NS = 1_767_225_600 * 10**9
+#: Second entry of a window's keying stream (world seed, KEYING_STREAM, window id), apart from the simulator's own.
+KEYING_STREAM = 1_000_001
 
 
 @dataclass
@@ -64,7 +71,11 @@ class Windows:
     tx_enu_km : float32 [N, 2] true transmitter east, north (km).
     rx_alt_m : float32 [N, R] receiver heights above the ellipsoid (m) (for the physics estimator).
     world : int32 [N] index of the network a draw came from.
-    heard : float32 [N, R] 1 = present and heard by the daemon's rule (``heard_mask``).
+    heard : float32 [N, R] 1 = present and heard by the daemon's rule over the active frames.
+    active_frames : bool [N, T] frames that carried the transmitter by the daemon's rule
+        (``DETECTION.frame_activity`` over the present receivers); what the model's ``frame_mask`` is fed.
+        Not given: every frame (rows measured over whole windows, as POWDER's).
+    keyed_fraction : float32 [N] truth: the share of the window the transmitter was keyed (0..1). Not given: 1.
     """
 
     features_dbm: np.ndarray
@@ -74,23 +85,36 @@ class Windows:
     rx_alt_m: np.ndarray
     world: np.ndarray
     heard: np.ndarray
+    active_frames: np.ndarray | None = None
+    keyed_fraction: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n, n_frames = self.features_dbm.shape[0], self.features_dbm.shape[-1]
+        if self.active_frames is None:
+            self.active_frames = np.ones((n, n_frames), bool)
+        if self.keyed_fraction is None:
+            self.keyed_fraction = np.ones(n, np.float32)
 
     def __len__(self) -> int:
         return int(self.tx_enu_km.shape[0])
 
     @staticmethod
-    def concat(parts: list["Windows"]) -> "Windows":
+    def concat(parts: list[Windows]) -> Windows:
         return Windows(*(np.concatenate([getattr(p, f) for p in parts]) for f in Windows.__dataclass_fields__))
 
-    def subset(self, idx) -> "Windows":
+    def subset(self, idx) -> Windows:
         return Windows(*(getattr(self, f)[idx] for f in Windows.__dataclass_fields__))
 
     def save(self, path) -> None:
         np.savez(path, **{f: getattr(self, f) for f in Windows.__dataclass_fields__})
 
     @staticmethod
-    def load(path) -> "Windows":
+    def load(path) -> Windows:
         with np.load(path) as z:
+            missing = [f for f in Windows.__dataclass_fields__ if f not in z.files]
+            if missing:
+                raise ValueError(f"{path}: no {', '.join(missing)}: written before these fields existed; delete it "
+                                 "and it is drawn again")
             return Windows(*(z[f] for f in Windows.__dataclass_fields__))
 
 
@@ -159,25 +183,35 @@ def random_network_config(rng: np.random.Generator, *, n_rx: int | None = None, 
     }, source="<random network>")
 
 
-def heard_mask(frames_dbm: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """The daemon's detection rule on ``[..., R, M, T]`` frames: ``DETECTION.apply(...).heard``."""
-    return DETECTION.apply(frames_dbm, spec).heard
+def heard_mask(frames_dbm: np.ndarray, spec: FeatureSpec, active_frames: np.ndarray | None = None) -> np.ndarray:
+    """The daemon's detection rule on ``[..., R, M, T]`` frames: ``DETECTION.apply(...).heard``, over the
+    ``active_frames`` (``[..., T]`` bool) only when given."""
+    return DETECTION.apply(frames_dbm, spec, active=active_frames).heard
+
+
+def window_keying_rng(world, window_id: int) -> np.random.Generator:
+    """The generator window ``window_id`` of ``world`` draws its keying from (world seed, ``KEYING_STREAM``, id):
+    the same window is keyed the same way whatever else was drawn before it."""
+    return np.random.default_rng(np.random.SeedSequence([int(world.sim.seed), KEYING_STREAM, int(window_id)]))
 
 
 def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: FeatureSpec, *, outage_prob: float = 0.0,
                  min_heard: int = 3, max_receivers: int = MAX_RECEIVERS, shuffle_slots: bool = True,
-                 max_tries: int = 6, first_window_id: int = 0, oversampling: int = 1) -> Windows:
+                 max_tries: int = 6, first_window_id: int = 0, oversampling: int = 1,
+                 traffic: Traffic | str = "full") -> Windows:
     """Up to ``n`` windows of ``config``'s simulated world with the transmitter uniform over its search area.
 
     Transmit power is uniform in the simulator's ``[tx_power_min_dbm, tx_power_max_dbm]``. Returns fewer than
     ``n`` only if ``max_tries`` rounds of candidates do not give ``n`` draws heard by ``min_heard`` receivers.
     Rendered windows are numbered from ``first_window_id`` (it keys their audio and noise streams): calls on
     the same world that must not share noise use disjoint ranges. ``oversampling`` > 1 renders through the
-    daemon's channelizer (``models.train.render.render_windows``).
+    daemon's channelizer (``models.train.render.render_windows``). ``traffic`` (a ``Traffic`` or a name of
+    ``models.train.traffic.TRAFFIC``) keys each rendered window (module doc, step 5).
     """
     from models.train.render import render_windows  # the simulator's fast path
     from receivers.simulator import SimulatedWorld
 
+    traffic = traffic_named(traffic)
     world = SimulatedWorld(config)
     n_rx = len(world.receiver_ids)
     if n_rx > max_receivers:
@@ -201,17 +235,22 @@ def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: Feature
             if got >= n:
                 break
             rx_idx = np.flatnonzero(present[b])
+            keying = traffic.draw(window_keying_rng(world, next_id), spec.window_s)
             iq = render_windows(world, tx[b], power[b], UNIX_2026_NS + int(rng.integers(0, 10**15)),
                                 sample_rate_hz=spec.sample_rate_hz, n_samples=spec.n_samples,
-                                window_ids=[next_id], receivers=rx_idx, oversampling=oversampling)
+                                window_ids=[next_id], receivers=rx_idx, oversampling=oversampling,
+                                keyings=[None if keying.kind == "full" else keying])
             next_id += 1
             frames = feature_module.mel_frames_dbm(iq[0], spec, world.calibration_db[rx_idx])
-            heard = heard_mask(frames, spec)
+            active = DETECTION.frame_activity(frames, spec)
+            heard = heard_mask(frames, spec, active)
             if heard.sum() < min_heard:
                 continue
             slots = rng.permutation(max_receivers)[: len(rx_idx)] if shuffle_slots else np.arange(len(rx_idx))
-            kept.append(_padded(frames, world.rx_enu_m[rx_idx], world.rx_alt_m[rx_idx], tx[b], heard, slots,
-                                max_receivers, spec))
+            part = _padded(frames, world.rx_enu_m[rx_idx], world.rx_alt_m[rx_idx], tx[b], heard, slots, max_receivers, spec)
+            part.active_frames[0] = active
+            part.keyed_fraction[0] = keying.keyed_fraction(spec.window_s)
+            kept.append(part)
             got += 1
     if not kept:
         return _empty(max_receivers, spec)
@@ -305,20 +344,22 @@ def world_areas(data: Windows, seed: int) -> np.ndarray:
 
 
 def _world_job(args) -> Windows:
-    seed, w, n, spec_dict, top_up, oversampling = args
+    seed, w, n, spec_dict, top_up, oversampling, traffic = args
     spec = FeatureSpec(**{k: v for k, v in spec_dict.items() if k != "n_frames"})
     config, rng = world_config(seed, w, top_up)
     outage = float(rng.uniform(0.0, 0.3)) if rng.random() < 0.6 else 0.0
-    data = draw_windows(config, n, rng, spec, outage_prob=outage, oversampling=oversampling)
+    data = draw_windows(config, n, rng, spec, outage_prob=outage, oversampling=oversampling, traffic=traffic)
     data.world[:] = w
     return data
 
 
 def generate(n_samples: int, *, seed: int, spec: FeatureSpec, windows_per_world: int = 64, workers: int = 1,
-             first_world: int = 0, progress=None, oversampling: int = 1) -> Windows:
-    """``n_samples`` draws from random networks (module doc); worlds ``first_world, first_world+1, ...`` of ``seed``."""
+             first_world: int = 0, progress=None, oversampling: int = 1, traffic: Traffic | str = "full") -> Windows:
+    """``n_samples`` draws from random networks (module doc); worlds ``first_world, first_world+1, ...`` of ``seed``,
+    each window keyed as ``traffic`` (a ``Traffic`` or a name of ``models.train.traffic.TRAFFIC``) draws it."""
+    traffic = traffic_named(traffic)
     n_worlds = max(1, math.ceil(n_samples / windows_per_world))
-    jobs = [(seed, first_world + w, windows_per_world, spec.as_dict(), 0, oversampling) for w in range(n_worlds)]
+    jobs = [(seed, first_world + w, windows_per_world, spec.as_dict(), 0, oversampling, traffic) for w in range(n_worlds)]
     parts: list[Windows] = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -335,29 +376,33 @@ def generate(n_samples: int, *, seed: int, spec: FeatureSpec, windows_per_world:
     top_up = 0
     while len(data) < n_samples:  # some worlds gave fewer draws: top up from fresh worlds keyed (seed, w, k)
         top_up += 1
-        more = _world_job((seed, first_world + top_up % n_worlds, windows_per_world, spec.as_dict(), top_up, oversampling))
+        more = _world_job((seed, first_world + top_up % n_worlds, windows_per_world, spec.as_dict(), top_up, oversampling,
+                           traffic))
         data = Windows.concat([data, more])
     return data.subset(slice(0, n_samples))
 
 
-def _spec_tag(spec: FeatureSpec, oversampling: int = 1) -> str:
+def _spec_tag(spec: FeatureSpec, oversampling: int = 1, traffic: Traffic | str = "full") -> str:
     """Cache key of what besides the seed determines a window: the feature spec, the rendering when it goes
-    through the channelizer, and the simulator's signal model (``receivers.simulator.SIGNAL_MODEL``), so a
-    cache made by an earlier simulator is never read as this one's."""
+    through the channelizer, the traffic (``Traffic.as_dict``) and the simulator's signal model
+    (``receivers.simulator.SIGNAL_MODEL``), so a cache made by an earlier simulator or for other traffic is never
+    read as this one's."""
     import hashlib
     import json
 
     from receivers.simulator import SIGNAL_MODEL
 
-    key = {**spec.as_dict(), "render_oversampling": oversampling, "signal_model": SIGNAL_MODEL}
+    key = {**spec.as_dict(), "render_oversampling": oversampling, "signal_model": SIGNAL_MODEL,
+           "traffic": traffic_named(traffic).as_dict()}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def generate_cached(n_samples: int, *, seed: int, spec: FeatureSpec, cache_dir=None, windows_per_world: int = 64,
-                    worlds_per_chunk: int = 16, workers: int = 1, progress=None, oversampling: int = 1) -> Windows:
+                    worlds_per_chunk: int = 16, workers: int = 1, progress=None, oversampling: int = 1,
+                    traffic: Traffic | str = "full") -> Windows:
     """``generate`` in chunks of ``worlds_per_chunk`` worlds, each saved under ``cache_dir`` (if given) and reused.
 
-    A chunk's file name holds everything that determines it (seed, spec hash, worlds, windows per world), so
+    A chunk's file name holds everything that determines it (seed, spec and traffic hash, worlds, windows per world), so
     a cached chunk is bit-for-bit what ``generate`` would make again. Features are cached as float16
     (0.03 dB resolution at -100 dBm) and returned as float32.
     """
@@ -370,12 +415,13 @@ def generate_cached(n_samples: int, *, seed: int, spec: FeatureSpec, cache_dir=N
     while done < n_samples:
         path = None
         if cache_dir is not None:
-            path = Path(cache_dir) / f"sim-{seed}-{_spec_tag(spec, oversampling)}-w{first_world}+{worlds_per_chunk}x{windows_per_world}.npz"
+            tag = _spec_tag(spec, oversampling, traffic)
+            path = Path(cache_dir) / f"sim-{seed}-{tag}-w{first_world}+{worlds_per_chunk}x{windows_per_world}.npz"
         if path is not None and path.is_file():
             part = Windows.load(path)
         else:
             part = generate(chunk, seed=seed, spec=spec, windows_per_world=windows_per_world, workers=workers,
-                            first_world=first_world, oversampling=oversampling)
+                            first_world=first_world, oversampling=oversampling, traffic=traffic)
             part.features_dbm = part.features_dbm.astype(np.float16)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
