@@ -131,13 +131,25 @@ class Localization:
 
 @dataclass(frozen=True)
 class Truth:
-    """Topic ``truth``: the simulator's transmitter at ``t_ns`` (only when receivers are simulated)."""
+    """Topic ``truth``: the simulator's transmitter at ``t_ns`` (only when receivers are simulated).
+
+    For a window (``window_start_ns`` set; None otherwise): the window ``[window_start_ns, window_end_ns)`` (Unix ns),
+    ``keyed_fraction`` (0..1, the share of the window the wanted transmitter was on the air),
+    ``keyed_intervals_ns`` (those on-air spans, clipped to the window), ``collision`` (a second transmitter
+    on the channel during the window) and ``kinds`` (the traffic kinds on the air in it).
+    """
 
     t_ns: int
     lat: float
     lon: float
     power_dbm: float | None
     keyed: bool
+    window_start_ns: int | None = None
+    window_end_ns: int | None = None
+    keyed_fraction: float | None = None
+    keyed_intervals_ns: tuple[tuple[int, int], ...] = ()
+    collision: bool = False
+    kinds: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -147,6 +159,12 @@ class Truth:
             "lon": _f(self.lon),
             "power_dbm": None if self.power_dbm is None else _f(self.power_dbm),
             "keyed": bool(self.keyed),
+            "window_start_ns": None if self.window_start_ns is None else int(self.window_start_ns),
+            "window_end_ns": None if self.window_end_ns is None else int(self.window_end_ns),
+            "keyed_fraction": None if self.keyed_fraction is None else _f(self.keyed_fraction),
+            "keyed_intervals_ns": [[int(a), int(b)] for a, b in self.keyed_intervals_ns],
+            "collision": bool(self.collision),
+            "kinds": [str(k) for k in self.kinds],
         }
 
 

@@ -270,7 +270,7 @@ class Pipeline:
         for rid, reason in window.mask_reasons.items():
             m.masked.labels(rid, reason).inc()
         if self.has_truth:
-            self.publish_truth((window.t_start_ns + window.t_end_ns) // 2)
+            self.publish_truth(window)
         started = time.perf_counter()
         spec = self.config.features
         features = self._features(window.samples)
@@ -356,9 +356,13 @@ class Pipeline:
         name = self.config.network.name
         return "loc" if name == "default" else f"loc.{name}"
 
-    def publish_truth(self, t_ns: int) -> None:
-        truth = self._truth_source.truth(t_ns)
-        msg = Truth(t_ns=t_ns, lat=truth.lat, lon=truth.lon, power_dbm=truth.power_dbm, keyed=truth.keyed)
+    def publish_truth(self, window: Window) -> None:
+        """Publish the truth source's ``truth_over`` the window on topic ``truth``: position at its midpoint, the
+        share and spans of it in which the transmitter was keyed, whether another one collided (docs/protocol.md)."""
+        truth = self._truth_source.truth_over(window.t_start_ns, window.t_end_ns)
+        msg = Truth(t_ns=truth.t_ns, lat=truth.lat, lon=truth.lon, power_dbm=truth.power_dbm, keyed=truth.keyed,
+                    window_start_ns=truth.start_ns, window_end_ns=truth.end_ns, keyed_fraction=truth.keyed_fraction,
+                    keyed_intervals_ns=truth.keyed_intervals_ns, collision=truth.collision, kinds=truth.kinds)
         self._send("truth", msg.to_wire())
 
     # Heartbeat --------------------------------------------------------------------------------------
