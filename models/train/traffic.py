@@ -8,7 +8,11 @@ on-air intervals and the fraction of the window they cover, the truth a draw rec
              starts inside the window and runs past its end, or was on before the window and ends inside it,
              or (a short over) starts and ends inside it; each of the three equally likely.
 ``dmr``      DMR-like TDMA: ``DMR_SLOT_S`` bursts every ``DMR_PERIOD_S`` with a random phase.
-``packet``   packet data: one to three bursts of ``PACKET_BURST_S`` each, apart, all inside the window.
+``packet``   packet data: one to three bursts, each uniform in ``PACKET_BURST_S`` and at most
+             ``PACKET_MAX_SHARE`` of the window, apart, all inside the window.
+
+The burst timings are the live simulator's (``receivers.simulator.DMR_BURST_NS``, ``DMR_FRAME_NS``,
+``PACKET_BURST_S``), so training, evaluation and a live simulated run see the same bursts.
 
 A ``bursts`` window is ``dmr`` or ``packet``, even odds. Every burst carries the simulator's FM signal (its signal
 model has no digital modulation): what a window's traffic changes is when power is on the air. Intervals are in
@@ -29,11 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from receivers.simulator import DMR_BURST_NS, DMR_FRAME_NS, PACKET_BURST_S
+
 PARTIAL_KEYED_FRACTION = (0.1, 1.0)
-DMR_SLOT_S = 0.0275
-DMR_PERIOD_S = 0.060
-PACKET_BURST_S = (0.02, 0.2)
+DMR_SLOT_S = DMR_BURST_NS / 1e9
+DMR_PERIOD_S = DMR_FRAME_NS / 1e9
 PACKET_BURSTS = (1, 3)
+#: The packet bursts of a window fill at most this share of it (the rest are gaps, so each burst has edges).
+PACKET_MAX_SHARE = 0.8
 #: A fully keyed window is on air this long (s) before and after it: longer than any propagation delay.
 FULL_MARGIN_S = 1.0
 
@@ -83,7 +90,7 @@ class Traffic:
         return {"name": self.name, "full_share": self.full_share, "partial_share": self.partial_share,
                 "burst_share": self.burst_share, "partial_keyed_fraction": list(PARTIAL_KEYED_FRACTION),
                 "dmr_slot_s": DMR_SLOT_S, "dmr_period_s": DMR_PERIOD_S, "packet_burst_s": list(PACKET_BURST_S),
-                "packet_bursts": list(PACKET_BURSTS)}
+                "packet_bursts": list(PACKET_BURSTS), "packet_max_share": PACKET_MAX_SHARE}
 
     def draw(self, rng: np.random.Generator, window_s: float) -> Keying:
         """One window's keying under this mix (a ``full`` traffic takes nothing from ``rng``)."""
@@ -117,10 +124,10 @@ def dmr_keying(rng: np.random.Generator, window_s: float) -> Keying:
 
 
 def packet_keying(rng: np.random.Generator, window_s: float) -> Keying:
-    """One to three packet bursts of ``PACKET_BURST_S`` each, in order and apart, all inside the window."""
+    """One to three packet bursts (module doc), in order and apart, all inside the window."""
     count = int(rng.integers(PACKET_BURSTS[0], PACKET_BURSTS[1] + 1))
-    lengths = rng.uniform(*PACKET_BURST_S, count)
-    while lengths.sum() > 0.8 * window_s:  # leave a fifth of the window as gaps
+    lengths = np.minimum(rng.uniform(*PACKET_BURST_S, count), PACKET_MAX_SHARE * window_s)
+    while lengths.sum() > PACKET_MAX_SHARE * window_s:
         lengths = lengths[:-1]
     gaps = rng.dirichlet(np.ones(len(lengths) + 1)) * (window_s - lengths.sum())
     starts = np.cumsum(gaps[:-1]) + np.concatenate([[0.0], np.cumsum(lengths)[:-1]])

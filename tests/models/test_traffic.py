@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.train import dataset
+from models.train import dataset, traffic
 from models.train.render import render_windows
-from models.train.traffic import DMR_PERIOD_S, DMR_SLOT_S, PACKET_BURST_S, TRAFFIC, Keying, Traffic, traffic_named
+from models.train.traffic import TRAFFIC, Keying, Traffic, traffic_named
 from receivers.simulator import SimulatedWorld
 from streamer.config import load
 from streamer.dsp.features import FeatureSpec, mel_frames_dbm
@@ -40,12 +40,13 @@ def test_dmr_bursts_are_slots_every_period_and_packet_bursts_lie_inside_the_wind
     assert 0.4 < len(dmr) / len(drawn) < 0.6
     for k in dmr:
         starts = np.array([s for s, _ in k.intervals_s])
-        assert np.allclose(np.diff(starts), DMR_PERIOD_S)
-        assert np.allclose([e - s for s, e in k.intervals_s], DMR_SLOT_S)
-        assert abs(k.keyed_fraction(WINDOW_S) - DMR_SLOT_S / DMR_PERIOD_S) < 0.07
+        assert np.allclose(np.diff(starts), traffic.DMR_PERIOD_S)
+        assert np.allclose([e - s for s, e in k.intervals_s], traffic.DMR_SLOT_S)
+        assert abs(k.keyed_fraction(WINDOW_S) - traffic.DMR_SLOT_S / traffic.DMR_PERIOD_S) < 0.07
     for k in packet:
         lengths = np.array([e - s for s, e in k.intervals_s])
-        assert np.all((lengths >= PACKET_BURST_S[0]) & (lengths <= PACKET_BURST_S[1]))
+        assert np.all((lengths >= traffic.PACKET_BURST_S[0]) & (lengths <= traffic.PACKET_BURST_S[1]))
+        assert 0 < lengths.sum() <= traffic.PACKET_MAX_SHARE * WINDOW_S
         assert k.intervals_s[0][0] >= 0.0 and k.intervals_s[-1][1] <= WINDOW_S
         assert all(a[1] <= b[0] for a, b in zip(k.intervals_s, k.intervals_s[1:]))
 
