@@ -105,17 +105,22 @@ OPTIONAL_INPUT_NAMES = tuple(t.name for t in OPTIONAL_INPUTS)
 OUTPUT_NAMES = tuple(t.name for t in OUTPUTS)
 
 
-def site_propagation(physics) -> np.ndarray:
+def site_propagation(physics, calibration_sigma_db: float | None = None) -> np.ndarray:
     """The ``site_propagation`` row [5] (float32) of a ``config.PhysicsConfig``, as the physics estimator reads it.
 
-    [path-loss exponent, sigma (dB) = hypot(shadowing_db, calibration_sigma_db), mean level (dBm), level spread
+    [path-loss exponent, sigma (dB) = hypot(shadowing_db, calibration sigma), mean level (dBm), level spread
     (dB), 1]; level = transmit power (dBm) - ``ref_loss_db``, its mean and standard deviation those of a power
-    uniform over [tx_power_min_dbm, tx_power_max_dbm]. ``None`` gives the unknown row (zeros).
+    uniform over [tx_power_min_dbm, tx_power_max_dbm]. ``calibration_sigma_db``: the calibration sigma now (dB;
+    ``physics.calibration_sigma_db`` widened for the calibrations' age, one value for the receivers: the model
+    takes one sigma); ``None`` = ``physics.calibration_sigma_db``. ``physics=None`` gives the unknown row (zeros).
     """
     if physics is None:
         return np.zeros(SITE_PROPAGATION_WIDTH, np.float32)
+    calibration = physics.calibration_sigma_db if calibration_sigma_db is None else calibration_sigma_db
+    if not (math.isfinite(calibration) and calibration >= 0):
+        raise ValueError(f"calibration_sigma_db: expected a finite sigma >= 0 (dB), got {calibration!r}")
     span = physics.tx_power_max_dbm - physics.tx_power_min_dbm
-    return np.array([physics.path_loss_exponent, math.hypot(physics.shadowing_db, physics.calibration_sigma_db),
+    return np.array([physics.path_loss_exponent, math.hypot(physics.shadowing_db, calibration),
                      0.5 * (physics.tx_power_min_dbm + physics.tx_power_max_dbm) - physics.ref_loss_db,
                      span / math.sqrt(12.0), 1.0], np.float32)
 

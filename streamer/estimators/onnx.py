@@ -22,6 +22,8 @@ Examples
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -48,6 +50,7 @@ from streamer.estimators.contract import (
     site_propagation,
 )
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES
+from streamer.estimators.physics import CALIBRATION_AGE_REFRESH_S, drift_variance_db2
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +259,7 @@ class OnnxModel:
 
     name = "onnx"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock=time.time) -> None:
         from models import shipped_model_path
 
         path = config.estimator.model or shipped_model_path()
@@ -290,9 +293,30 @@ class OnnxModel:
         self.provider = self._model.provider
         self._covariance_scale = config.estimator.model_covariance_scale
         self._site = site_propagation(config.estimator.physics) if config.estimator.model_site == "physics" else None
+        self._config, self._clock, self._aged_at_s = config, clock, -math.inf
+        self._drift_var_db2 = np.zeros(len(config.receivers))
         # The physics posterior's uniform prior is on this area; a model that takes it is told the same.
         self._area = network_search_area_row(config) if config.receivers else None
         log.info("model %s %s %s", meta.name, meta.version, self.site_summary())
+
+    def _site_row(self, present: np.ndarray) -> np.ndarray | None:
+        """The site row for one window: the configured one, its sigma widened for the calibrations' age.
+
+        The model takes one sigma for all receivers; a spread of ages becomes the RMS over the window's present
+        receivers of their calibration sigmas, sqrt(mean(calibration_sigma^2 + drift variance)): the same total
+        error variance over those receivers as the physics posterior's per-receiver sigmas. The age is
+        re-measured on ``clock`` at most every ``physics.CALIBRATION_AGE_REFRESH_S``.
+        """
+        if self._site is None:
+            return None
+        now = self._clock()
+        if abs(now - self._aged_at_s) >= CALIBRATION_AGE_REFRESH_S:
+            self._drift_var_db2, self._aged_at_s = drift_variance_db2(self._config, now), now
+        if not self._drift_var_db2.any():
+            return self._site
+        used = self._drift_var_db2[np.asarray(present, dtype=bool)] if np.any(present) else self._drift_var_db2
+        physics = self._config.estimator.physics
+        return site_propagation(physics, math.sqrt(physics.calibration_sigma_db**2 + float(used.mean())))
 
     def site_summary(self) -> str:
         """What the model is told about the site, for ``heimdall check`` and the start-up log."""
@@ -315,7 +339,7 @@ class OnnxModel:
             inputs.features_dbm[None].astype(np.float32),
             (inputs.rx_enu_m / 1000.0)[None].astype(np.float32),
             inputs.present[None].astype(np.float32),
-            self._site,
+            self._site_row(inputs.present),
             self._area,
             frame_mask=None if inputs.active_frames is None else inputs.active_frames[None],
         )

@@ -29,12 +29,18 @@ Examples
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import log_ndtr
 
 from streamer.config import Config
+from streamer.core.calibration_drift import (
+    SECONDS_PER_DAY,
+    CalibrationDrift,
+    parse_calibrated_at,
+)
 from streamer.core.geodesy import SearchArea, network_geometry
 from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
 from streamer.estimators.base import Estimate, EstimatorInputs, file_sha256
@@ -170,6 +176,25 @@ class PhysicsGrid:
         # narrower than the grid that represents it.
         self._cell_cov_m2 = np.diag([self.cell_m[0] ** 2 / 12.0, self.cell_m[1] ** 2 / 12.0])
         self._subset_cache: dict[bytes, _Subset] = {}
+        # What widen_calibration adds to: the error model as configured, before any calibration age.
+        self._unaged = (self.sigma_db, self.error_cov_db2, self._error_var_db2)
+
+    def widen_calibration(self, extra_var_db2) -> None:
+        """Add ``extra_var_db2`` ``[R]`` (dB^2) to each receiver's error variance, replacing what an earlier call
+        added: the calibration's drift since it was measured (``drift_variance_db2``). Cheap: the grid and the
+        path loss are kept. Equal values keep the i.i.d. form (one sigma); differing ones make the error
+        covariance diagonal per receiver (or widen a surveyed map's sd per receiver)."""
+        extra = np.asarray(extra_var_db2, dtype=np.float64).reshape(-1)
+        n_rx = self.rx_en_m.shape[0]
+        if extra.shape != (n_rx,) or not np.all(np.isfinite(extra)) or np.any(extra < 0):
+            raise ValueError(f"extra_var_db2: expected {n_rx} finite variances >= 0 (dB^2), got {extra.tolist()}")
+        sigma, cov, var = self._unaged
+        if var is not None:
+            self._error_var_db2 = var + extra[None, :]
+        elif cov is None and np.all(extra == extra[0]):
+            self.sigma_db, self.error_cov_db2 = math.sqrt(sigma**2 + float(extra[0])), None
+        else:
+            self.error_cov_db2 = (sigma**2 * np.eye(n_rx) if cov is None else cov) + np.diag(extra)
 
     def _subset(self, used: np.ndarray) -> "_Subset":
         """The path-loss constants of one set of receivers (``used``, bool ``[R]``), computed once per set.
@@ -398,6 +423,22 @@ def _log_ndtr_difference(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return log_b + np.log1p(-np.exp(np.minimum(log_ndtr(a) - log_b, 0.0)) + 1e-300)
 
 
+#: How often a long-running ``PhysicsPosterior`` / ``OnnxModel`` re-measures the calibrations' age (s).
+CALIBRATION_AGE_REFRESH_S = 3600.0
+
+
+def drift_variance_db2(config: Config, at_s: float) -> np.ndarray:
+    """``[R]`` variance (dB^2) each configured receiver's calibration has drifted by at Unix time ``at_s``: the
+    structure function of ``estimator.physics``'s drift (``streamer.core.calibration_drift``) at the time since
+    its ``calibrated_at`` (zeros when no drift is configured; config validation requires ``calibrated_at`` then)."""
+    physics = config.estimator.physics
+    drift = CalibrationDrift(physics.calibration_drift_db_per_sqrt_day, physics.calibration_seasonal_db)
+    if drift.is_zero:
+        return np.zeros(len(config.receivers))
+    ages = [(at_s - parse_calibrated_at(rx.calibrated_at).timestamp()) / SECONDS_PER_DAY for rx in config.receivers]
+    return np.asarray(drift.structure_db2(np.asarray(ages, dtype=np.float64)), dtype=np.float64).reshape(-1)
+
+
 def correlated_error_cov(rx_en_m, sigma_db, components=(), calibration_sigma_db: float = 0.0) -> np.ndarray:
     """``[R, R]`` power-error covariance (dB^2) with shadowing correlated between nearby receivers.
 
@@ -431,7 +472,7 @@ class PhysicsPosterior:
 
     name = "physics"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock=time.time) -> None:
         survey = load_map(config) if config.estimator.physics.shadowing_map is not None else None
         self._estimator = PhysicsGrid.from_config(config, shadowing_map=survey)
         # With a survey map, sha256 is the map file's: the messages say which survey fed the posterior.
@@ -439,8 +480,18 @@ class PhysicsPosterior:
                      "sha256": "" if survey is None else file_sha256(config.estimator.physics.shadowing_map)}
         self.provider = "numpy"
         self._covariance_scale = config.estimator.physics.covariance_scale
+        self._config, self._clock, self._aged_at_s = config, clock, -math.inf
+
+    def _refresh_calibration_age(self) -> None:
+        """Widen for each receiver's calibration age, measured on ``clock`` at most every
+        ``CALIBRATION_AGE_REFRESH_S`` (drift over an hour is far below what is resolved)."""
+        now = self._clock()
+        if abs(now - self._aged_at_s) >= CALIBRATION_AGE_REFRESH_S:
+            self._estimator.widen_calibration(drift_variance_db2(self._config, now))
+            self._aged_at_s = now
 
     def estimate(self, inputs: EstimatorInputs) -> Estimate:
+        self._refresh_calibration_age()
         result = self._estimator.estimate(
             rx_power_dbm=inputs.rx_power_dbm,
             heard=inputs.heard,

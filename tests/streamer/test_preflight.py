@@ -75,6 +75,19 @@ BAD_CONFIGS = [
     ("send_buffer_2_40", {"output": {"send_buffer_bytes": 2**40}}, ["output.send_buffer_bytes: expected 0 to 2147483647"]),
     ("window_1e6", {"features": {"window_s": 1e6}},
      ["pipeline.buffer_s: expected more than two windows (2 x features.window_s = 2e+06 s)"]),
+    # calibration age: a drift that is not a number or negative, a date that is not one, a drift without dates
+    ("drift_nan", {"estimator": {"physics": {"calibration_drift_db_per_sqrt_day": NAN}}},
+     ["estimator.physics.calibration_drift_db_per_sqrt_day: expected a finite number, got nan"]),
+    ("drift_negative", {"estimator": {"physics": {"calibration_drift_db_per_sqrt_day": -0.1}}},
+     ["estimator.physics.calibration_drift_db_per_sqrt_day: expected a finite drift >= 0 (0 = none), got -0.1"]),
+    ("seasonal_negative", {"estimator": {"physics": {"calibration_seasonal_db": -1.0}}},
+     ["estimator.physics.calibration_seasonal_db: expected a finite drift >= 0 (0 = none), got -1.0"]),
+    ("calibrated_at_malformed", {"receivers": [{**RX, "calibrated_at": "2026-02-30"}]},
+     ["receivers[0].calibrated_at: expected an ISO-8601 date (2026-03-01) or date-time (2026-03-01T10:00:00Z), "
+      "got '2026-02-30' (receiver id 'a')"]),
+    ("calibrated_at_missing", {"estimator": {"physics": {"calibration_seasonal_db": 1.5}}},
+     ["receivers[0].calibrated_at: required when estimator.physics.calibration_drift_db_per_sqrt_day or "
+      "calibration_seasonal_db is > 0", "(receiver id 'a')"]),
 ]
 
 
