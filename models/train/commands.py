@@ -12,6 +12,9 @@ from pathlib import Path
 
 from models import shipped_model_path
 
+#: The window keyings ``heimdall train --traffic`` offers (``models.train.dataset``'s traffic presets).
+TRAFFIC_CHOICES = ("onair", "full", "partial", "bursts")
+
 
 def default_out() -> Path:
     return shipped_model_path()
@@ -64,6 +67,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store generated data here (same seed = same data)")
     parser.add_argument("--eval-n", type=int, default=1000, help="draws per scored set written into the metadata (0: skip)")
     parser.add_argument("--report", type=Path, default=None, help="also write the training report as JSON here")
+    parser.add_argument("--traffic", choices=TRAFFIC_CHOICES, default="onair",
+                        help="how the drawn windows are keyed: on-air mix of full, partial and burst windows (default), "
+                             "or one kind only (models/train/dataset.py)")
+    parser.add_argument("--frame-mask", action=argparse.BooleanOptionalAction, default=True,
+                        help="give the model the frame_mask input (pool each window over its active frames; default on)")
     parser.add_argument("--channelized", action=argparse.BooleanOptionalAction, default=True,
                         help="render windows at 2x the model rate through the daemon's channelizer, as live data "
                              "arrives (how the shipped model is trained); --no-channelized renders at the model "

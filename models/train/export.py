@@ -17,7 +17,19 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from streamer.estimators.contract import AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, SEARCH_AREA_WIDTH, SITE_INPUT, SITE_PROPAGATION_WIDTH, ModelMetadata, check_model, write_metadata
+from streamer.estimators.contract import (
+    AREA_INPUT,
+    ELLIPSE_OUTPUT,
+    FRAME_MASK_INPUT,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    SEARCH_AREA_WIDTH,
+    SITE_INPUT,
+    SITE_PROPAGATION_WIDTH,
+    ModelMetadata,
+    check_model,
+    write_metadata,
+)
 
 OPSET = 17
 
@@ -40,6 +52,9 @@ def export_model(model: torch.nn.Module, path: str | Path, meta: ModelMetadata) 
             raise ValueError("a model that takes the search area must also take the site input")
         example += (torch.zeros(2, SEARCH_AREA_WIDTH),)
         input_names.append(AREA_INPUT)
+    if getattr(model, "config", {}).get("frame_mask_input"):
+        example += (torch.ones(2, spec.n_frames),)
+        input_names.append(FRAME_MASK_INPUT)
     output_names = list(OUTPUT_NAMES) + ([ELLIPSE_OUTPUT] if getattr(model, "config", {}).get("ellipse_output") else [])
     model = model.eval()
     buffer = io.BytesIO()
@@ -68,10 +83,11 @@ def set_metadata(path: str | Path, meta: ModelMetadata) -> None:
 
 
 def onnx_vs_torch(model: torch.nn.Module, path: str | Path, features: np.ndarray, rx_enu_km: np.ndarray,
-                  rx_mask: np.ndarray, site: np.ndarray | None = None, area: np.ndarray | None = None) -> dict:
+                  rx_mask: np.ndarray, site: np.ndarray | None = None, area: np.ndarray | None = None,
+                  frame_mask: np.ndarray | None = None) -> dict:
     """Max absolute differences between ONNX Runtime (CPU) and torch on the same normalised inputs
     (``site``, ``area`` [B, 5]: fed where the model takes ``site_propagation`` / ``search_area_enu_km``;
-    ``None`` = unknown)."""
+    ``None`` = unknown; ``frame_mask`` [B, T]: fed where the model takes it, ``None`` = every frame)."""
     feeds = {"features": np.ascontiguousarray(features, np.float32), "rx_enu_km": np.ascontiguousarray(rx_enu_km, np.float32),
              "rx_mask": np.ascontiguousarray(rx_mask, np.float32)}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -82,6 +98,9 @@ def onnx_vs_torch(model: torch.nn.Module, path: str | Path, features: np.ndarray
     if AREA_INPUT in names:
         feeds[AREA_INPUT] = np.ascontiguousarray(
             np.zeros((features.shape[0], SEARCH_AREA_WIDTH)) if area is None else area, np.float32)
+    if FRAME_MASK_INPUT in names:
+        feeds[FRAME_MASK_INPUT] = np.ascontiguousarray(
+            np.ones((features.shape[0], features.shape[-1])) if frame_mask is None else frame_mask, np.float32)
     names_out = [o.name for o in session.get_outputs() if o.name in (*OUTPUT_NAMES, ELLIPSE_OUTPUT)]
     ort_out = dict(zip(names_out, session.run(names_out, feeds)))
     with torch.no_grad():

@@ -334,7 +334,7 @@ class LocalizerNet(nn.Module):
 
     def __init__(self, n_mels: int = 32, dim: int = 128, n_layers: int = 3, heads: int = 4, head: str = "grid",
                  grid_cells: int = 32, site_input: bool = True, area_input: bool = True, ellipse_output: bool = True,
-                 channel_power_spec=None) -> None:
+                 channel_power_spec=None, frame_mask_input: bool = False) -> None:
         super().__init__()
         if head not in ("direct", "grid"):
             raise ValueError(f"head must be 'direct' or 'grid', not {head!r}")
@@ -346,6 +346,10 @@ class LocalizerNet(nn.Module):
             self.config["area_input"] = True
         if head == "grid" and ellipse_output:  # nor a posterior whose shape could scale its ellipses
             self.config["ellipse_output"] = True
+        if frame_mask_input:
+            if not (site_input and self.config.get("area_input")):  # forward's inputs are positional in the export
+                raise ValueError("a model that takes the frame mask must also take the site and the search area")
+            self.config["frame_mask_input"] = True
         token_in = 2 * n_mels + 4 + (SITE_PROPAGATION_WIDTH if site_input else 0) + (AREA_TOKEN_WIDTH if self.config.get("area_input") else 0)
         self.embed = nn.Sequential(nn.Linear(token_in, dim), nn.GELU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(n_layers))
@@ -364,10 +368,18 @@ class LocalizerNet(nn.Module):
         self.register_buffer("covariance_scale", torch.ones(()))
 
     @staticmethod
-    def pool_time(features: torch.Tensor) -> torch.Tensor:
-        """[B, R, M, T] -> [B, R, 2M]: mean and standard deviation of each band over the frames."""
-        mean = features.mean(dim=-1)
-        std = torch.sqrt(((features - mean.unsqueeze(-1)) ** 2).mean(dim=-1) + 1e-6)
+    def pool_time(features: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, R, M, T] -> [B, R, 2M]: mean and standard deviation of each band over the frames; with ``frame_mask``
+        ([B, T], 1 = the frame carried the transmission), over those frames only (a row of zeros counts none, and
+        gives zeros: the daemon never sends one, it marks every frame of a window without activity)."""
+        if frame_mask is None:
+            mean = features.mean(dim=-1)
+            std = torch.sqrt(((features - mean.unsqueeze(-1)) ** 2).mean(dim=-1) + 1e-6)
+            return torch.cat([mean, std], dim=-1)
+        weights = frame_mask[:, None, None, :]
+        count = torch.clamp(frame_mask.sum(dim=-1), min=1.0)[:, None, None]
+        mean = (features * weights).sum(dim=-1) / count
+        std = torch.sqrt((((features - mean.unsqueeze(-1)) ** 2) * weights).sum(dim=-1) / count + 1e-6)
         return torch.cat([mean, std], dim=-1)
 
     def normalised(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None, area=None):
@@ -453,16 +465,18 @@ class LocalizerNet(nn.Module):
         chol = torch.stack([F.softplus(out[:, 2]) + CHOL_FLOOR, out[:, 3], F.softplus(out[:, 4]) + CHOL_FLOOR], dim=-1)
         return centre, scale, position, chol * torch.sqrt(self.covariance_scale), None, None
 
-    def forward(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None, area=None):
+    def forward(self, features: torch.Tensor, rx_enu_km: torch.Tensor, rx_mask: torch.Tensor, site=None, area=None,
+                frame_mask=None):
         """Contract outputs: position_enu_km [B, 2] and covariance_km2 [B, 2, 2], and, for a model with
         ``ellipse_output``, the optional ellipse_scale [B, 2] (standard deviations of the covariance spanned by the
         ellipses holding ``ELLIPSE_PROBABILITIES``); ``site`` and ``area`` are the optional ``site_propagation`` and
-        ``search_area_enu_km`` inputs [B, 5] (``None``: unknown)."""
+        ``search_area_enu_km`` inputs [B, 5] (``None``: unknown), ``frame_mask`` the optional [B, T] input (``None``:
+        every frame)."""
         used = used_slots(rx_mask)
         features, rx_enu_km, rx_mask = (x.index_select(1, used) for x in (features, rx_enu_km, rx_mask))
         centre, scale, position, chol, _, scales = self.normalised_pooled_and_heard(
-            self.pool_time(features), rx_enu_km, rx_mask, site, area, credible=self.config.get("ellipse_output", False),
-            slots_chosen=True)
+            self.pool_time(features, frame_mask), rx_enu_km, rx_mask, site, area,
+            credible=self.config.get("ellipse_output", False), slots_chosen=True)
         l11, l21, l22 = chol[:, 0], chol[:, 1], chol[:, 2]
         s2 = (scale * scale).squeeze(-1)
         c11 = l11 * l11 * s2

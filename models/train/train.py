@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from models import SHIPPED_VERSION as VERSION
 from models.train.commands import add_train_arguments as add_arguments, default_out
-from models.train.dataset import MAX_RECEIVERS, Windows, generate_cached, world_areas, world_sites
+from models.train.dataset import DETECTION, MAX_RECEIVERS, Windows, generate_cached, world_areas, world_sites
 from models.train.network import LocalizerNet, fit_covariance_scale, gaussian_nll
 from streamer.dsp.features import FeatureSpec
 from streamer.estimators.contract import SEARCH_AREA_WIDTH, SITE_PROPAGATION_WIDTH, ModelMetadata, Normalisation
@@ -70,16 +70,18 @@ TRAINING_DATA = (
 
 
 def to_tensors(data: Windows, batch: int = 1024, sites: np.ndarray | None = None,
-               areas: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+               areas: np.ndarray | None = None, frame_mask: bool = False) -> dict[str, torch.Tensor]:
     """Model inputs and targets; features normalised with ``NORMALISATION`` (absent slots zero) and pooled
-    over time once (``LocalizerNet.pool_time``, the graph's own first step). ``sites`` [N, 5]: each window's
+    over time once (``LocalizerNet.pool_time``, the graph's own first step; over each window's active frames,
+    ``Windows.active_frames``, for a model that takes the frame mask). ``sites`` [N, 5]: each window's
     ``site_propagation`` (``dataset.world_sites``), ``areas`` [N, 5] its ``search_area_row``
     (``dataset.world_areas``); ``None``: unknown (zeros)."""
     pooled = []
     for i in range(0, len(data), batch):
         feats = (data.features_dbm[i : i + batch] - NORMALISATION.offset_db) / NORMALISATION.scale_db
         feats *= data.rx_mask[i : i + batch, :, None, None]
-        pooled.append(LocalizerNet.pool_time(torch.from_numpy(np.ascontiguousarray(feats, np.float32))))
+        mask = torch.from_numpy(np.ascontiguousarray(data.active_frames[i : i + batch], np.float32)) if frame_mask else None
+        pooled.append(LocalizerNet.pool_time(torch.from_numpy(np.ascontiguousarray(feats, np.float32)), mask))
     return {
         "pooled": torch.cat(pooled) if pooled else torch.zeros(0, data.rx_mask.shape[1], 2 * data.features_dbm.shape[2]),
         "rx_enu_km": torch.from_numpy(data.rx_enu_km * data.rx_mask[..., None]),
@@ -215,7 +217,8 @@ def fit(model: LocalizerNet, train: dict[str, torch.Tensor], val: dict[str, torc
 
 
 def metadata(spec: FeatureSpec, args_summary: dict) -> ModelMetadata:
-    return ModelMetadata(
+    """The exported model's metadata: its features, normalisation, training recipe and detection rule."""
+    return ModelMetadata(detection=DETECTION,
         name="heimdall-localizer", version=VERSION, features=spec, normalisation=NORMALISATION,
         max_receivers=MAX_RECEIVERS, freq_range_hz=FREQ_RANGE_HZ,
         training_data=f"{TRAINING_DATA}; {json.dumps(args_summary, sort_keys=True)}",
@@ -229,27 +232,32 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
           batch_size: int = 128, lr: float = 1e-3, dim: int = 128, layers: int = 3, drop_prob: float = 0.1,
           head: str = "grid", heard_weight: float = 0.3, channel_power: bool = True,
           seed: int = 1, workers: int = 2, threads: int = 2, cache_dir: Path | None = None, eval_n: int = 1000,
-          spec: FeatureSpec | None = None, oversampling: int = 1, log=print) -> dict:
+          spec: FeatureSpec | None = None, oversampling: int = 1, traffic: str = "onair", frame_mask: bool = True,
+          log=print) -> dict:
     """Generate data, train, export to ``out`` and score; returns the report (also stored in the metadata).
 
-    ``oversampling`` > 1 renders every window through the daemon's channelizer (``--channelized``)."""
+    ``oversampling`` > 1 renders every window through the daemon's channelizer (``--channelized``). ``traffic``
+    names how the drawn windows are keyed (``models.train.dataset``); ``frame_mask`` gives the model the
+    contract's ``frame_mask`` input, so it pools each window over its active frames."""
     t0 = time.monotonic()
     deadline = t0 + 60.0 * budget_minutes
     spec = spec or FeatureSpec()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     train_data = generate_cached(n_train, seed=seed, spec=spec, cache_dir=cache_dir, workers=workers, oversampling=oversampling,
-                                 windows_per_world=windows_per_network,
+                                 windows_per_world=windows_per_network, traffic=traffic,
                                  progress=lambda k: log(f"train data: {k}/{n_train} windows ({time.monotonic() - t0:.0f} s)"))
     val_data = generate_cached(n_val, seed=seed + 1, spec=spec, cache_dir=cache_dir, workers=workers, oversampling=oversampling,
+                               traffic=traffic,
                                progress=lambda k: log(f"validation data: {k}/{n_val} windows ({time.monotonic() - t0:.0f} s)"))
     data_seconds = time.monotonic() - t0
     model = LocalizerNet(n_mels=spec.n_mels, dim=dim, n_layers=layers, head=head,
-                         channel_power_spec=spec if channel_power else None)
+                         channel_power_spec=spec if channel_power else None, frame_mask_input=frame_mask)
     # Keep time for export and scoring: about 1.5 s per scored draw-set of 100 on this kind of CPU.
     reserve = 60.0 + (0.02 * eval_n * 4 if eval_n else 0.0)
-    val = to_tensors(val_data, sites=world_sites(val_data, seed + 1), areas=world_areas(val_data, seed + 1))
-    summary = fit(model, to_tensors(train_data, sites=world_sites(train_data, seed), areas=world_areas(train_data, seed)),
+    val = to_tensors(val_data, sites=world_sites(val_data, seed + 1), areas=world_areas(val_data, seed + 1), frame_mask=frame_mask)
+    summary = fit(model, to_tensors(train_data, sites=world_sites(train_data, seed), areas=world_areas(train_data, seed),
+                                    frame_mask=frame_mask),
                   val, steps=steps, batch_size=batch_size, lr=lr,
                   drop_prob=drop_prob, seed=seed, deadline=deadline - reserve, heard_weight=heard_weight, log=log)
     summary["covariance_scale"] = fit_covariance_scale(model, val["pooled"], val["rx_enu_km"], val["rx_mask"], val["target"],
@@ -263,6 +271,9 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
         args_summary.update(grid_cells=model.config["grid_cells"], heard_weight=heard_weight)
         if channel_power:
             args_summary["channel_power"] = True
+    args_summary["traffic"] = traffic
+    if frame_mask:
+        args_summary["frame_mask"] = True
     if windows_per_network != 64:
         args_summary["windows_per_network"] = windows_per_network
     if oversampling != 1:
@@ -275,7 +286,7 @@ def train(*, out: Path, budget_minutes: float = 30.0, n_train: int = 16384, n_va
     check = val_data.subset(slice(0, 256))
     feats = (check.features_dbm - NORMALISATION.offset_db) / NORMALISATION.scale_db * check.rx_mask[..., None, None]
     diff = onnx_vs_torch(model, out, feats, check.rx_enu_km * check.rx_mask[..., None], check.rx_mask,
-                         val["site"][:256].numpy(), val["area"][:256].numpy())
+                         val["site"][:256].numpy(), val["area"][:256].numpy(), check.active_frames if frame_mask else None)
     log(f"ONNX Runtime vs torch on {diff['n']} validation windows: position max abs diff "
         f"{diff['position_max_abs_diff_km']:.2e} km, covariance max abs diff {diff['covariance_max_abs_diff_km2']:.2e} km^2"
         + (f", ellipse scale max abs diff {diff['ellipse_scale_max_abs_diff']:.2e}" if "ellipse_scale_max_abs_diff" in diff else ""))
@@ -315,7 +326,8 @@ def run(args: argparse.Namespace) -> int:
                    drop_prob=args.drop_prob, head=args.head, heard_weight=args.heard_weight,
                    channel_power=args.channel_power, seed=args.seed,
                    workers=args.workers, threads=args.threads,
-                   cache_dir=args.cache_dir, eval_n=args.eval_n, oversampling=2 if args.channelized else 1)
+                   cache_dir=args.cache_dir, eval_n=args.eval_n, oversampling=2 if args.channelized else 1,
+                   traffic=args.traffic, frame_mask=args.frame_mask)
     if args.report is not None:
         args.report.write_text(json.dumps(report, indent=2, default=float))
     return 0

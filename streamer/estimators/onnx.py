@@ -98,7 +98,8 @@ def check_outputs(position_enu_km: np.ndarray, covariance_km2: np.ndarray, ellip
 def fill_with_active_frames(features: np.ndarray, active: np.ndarray) -> np.ndarray:
     """[B, R, M, T] frames with each window's active frames ([B, T] bool, at least one per window) repeated in
     order to fill all T frames: what a model without the ``frame_mask`` input sees of a partly keyed window, so
-    that its statistics over frames are those of the on-air frames.
+    that its statistics over frames are those of the on-air frames (exactly where their count divides T; otherwise
+    the first ``T mod count`` of them appear once more than the others).
 
     >>> frames = np.arange(4.0).reshape(1, 1, 1, 4)
     >>> fill_with_active_frames(frames, np.array([[False, True, False, True]]))[0, 0, 0].tolist()

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 torch = pytest.importorskip("torch", reason="training needs torch: pip install -e '.[train]'")
@@ -640,3 +641,42 @@ def test_a_channel_power_grid_head_measures_power_and_noise_as_the_daemon_does()
     export_model(model, out, metadata(SPEC, {"channel_power": True}))
     diff = onnx_vs_torch(model, out, feats.astype(np.float32), data.rx_enu_km * data.rx_mask[..., None], data.rx_mask, site, area)
     assert diff["position_max_abs_diff_km"] < 0.05 and diff["covariance_max_rel_diff"] < 1e-2
+
+
+def test_pooling_over_a_frame_mask_is_pooling_the_active_frames_alone():
+    rng = np.random.default_rng(21)
+    feats = torch.from_numpy(rng.normal(0.0, 1.0, (2, 3, 4, 10)).astype(np.float32))
+    mask = torch.zeros(2, 10)
+    mask[0] = 1.0
+    mask[1, 6:] = 1.0
+    pooled = LocalizerNet.pool_time(feats, mask)
+    torch.testing.assert_close(pooled[0], LocalizerNet.pool_time(feats[:1])[0])
+    torch.testing.assert_close(pooled[1], LocalizerNet.pool_time(feats[1:, ..., 6:])[0])
+
+
+def test_onnx_equals_torch_with_the_frame_mask_and_the_daemon_feeds_it(tmp_path):
+    """An exported model with the contract's frame_mask input: ONNX Runtime matches torch; OnnxSession feeds the
+    mask it is given, so a partly keyed window is pooled over its active frames (its answer then equals that of a
+    window made of those frames alone, repeated, where they fill T a whole number of times)."""
+    from streamer.estimators.onnx import fill_with_active_frames
+
+    torch.manual_seed(0)
+    model = perturbed_grid_model()
+    model.config["frame_mask_input"] = True
+    path = export_model(model, tmp_path / "mask.onnx", metadata(SPEC, {"test": True}))
+    assert read_metadata(onnx.load(str(path))).detection == dataset.DETECTION
+    feats, enu, mask = random_inputs(4, seed=22)
+    frame_mask = np.ones((4, SPEC.n_frames), np.float32)
+    frame_mask[1, :30] = 0.0  # 15 active frames, 9 in the next window: T = 45 holds each a whole number of times
+    frame_mask[2, 9:] = 0.0
+    site = np.tile(np.array([3.0, 6.0, -40.0, 3.0, 1.0], np.float32), (4, 1))
+    assert onnx_vs_torch(model, path, feats, enu, mask, site, None, frame_mask)["position_max_abs_diff_km"] < 1e-3
+    session = OnnxSession(path)
+    assert session.takes_frame_mask
+    dbm = feats * NORMALISATION.scale_db + NORMALISATION.offset_db
+    masked = session.run(dbm, enu, mask, site, frame_mask=frame_mask > 0.5)
+    filled = session.run(fill_with_active_frames(dbm, frame_mask > 0.5), enu, mask, site)
+    np.testing.assert_allclose(masked.position_enu_km, filled.position_enu_km, atol=2e-3)
+    whole = session.run(dbm, enu, mask, site)
+    assert np.abs(masked.position_enu_km[1] - whole.position_enu_km[1]).max() > 1e-3
+    np.testing.assert_allclose(masked.position_enu_km[[0, 3]], whole.position_enu_km[[0, 3]], atol=1e-6)
