@@ -529,8 +529,9 @@ class SimulatedWorld:
 
     # --- keying ------------------------------------------------------------------------------------
 
-    def _raw_chunk(self, c: int) -> tuple[list[Transmission], list[Transmission]]:
-        """(Wanted transmissions whose key-up falls in keying chunk ``c``, second transmitters keyed during them).
+    def _raw_chunk(self, c: int) -> tuple[list[Transmission], list[Transmission], int | None]:
+        """(Wanted transmissions whose key-up falls in keying chunk ``c``, second transmitters keyed during them,
+        the end of the chunk's last on period (Unix ns; None: no on period)).
 
         The on/off periods are an alternating exponential process from the keying stream; each on period's traffic
         kind comes from the traffic stream and its collision from the collision stream (seed, stream, chunk), so
@@ -545,6 +546,7 @@ class SimulatedWorld:
         on = rng.random() < sim.key_up_mean_s / (sim.key_up_mean_s + sim.key_down_mean_s)
         out: list[Transmission] = []
         others: list[Transmission] = []
+        last_on_end = None
         while t < end:
             # Exponential periods are memoryless, so starting the chunk in the stationary state is exact.
             length = int(rng.exponential(sim.key_up_mean_s if on else sim.key_down_mean_s) * 1e9) + 1
@@ -555,9 +557,10 @@ class SimulatedWorld:
                 out.extend(_as_traffic(voice, kind, traffic_rng))
                 if collision_rng.random() < sim.collision_probability:
                     others.append(self._second_transmitter(t, length, collision_rng))
+                last_on_end = t + length
             t += length
             on = not on
-        return out, others
+        return out, others, last_on_end
 
     def _second_transmitter(self, start_ns: int, length_ns: int, rng: np.random.Generator) -> Transmission:
         """A voice transmission from a fixed point uniform over the search area, keyed up during ``[start_ns,
@@ -576,13 +579,14 @@ class SimulatedWorld:
 
         Each chunk's on/off process starts independently, so its first key-up may fall inside a transmission
         carried over from the previous chunk: that one is shortened to start after it (by a key-down of
-        ``_MIN_KEY_DOWN_NS``), not dropped: dropping it left silences as long as a whole transmission.
+        ``_MIN_KEY_DOWN_NS``), not dropped: dropping it left silences as long as a whole transmission. "After it"
+        is after its on period, whatever the traffic in it, so the on/off periods do not depend on the mix.
         """
         if c not in self._keying:
-            previous, _ = self._raw_chunk(c - 1)
-            busy_until = (previous[-1].end_ns if previous else c * KEYING_CHUNK_NS) + _MIN_KEY_DOWN_NS
+            _, _, previous_end = self._raw_chunk(c - 1)
+            busy_until = (previous_end if previous_end is not None else c * KEYING_CHUNK_NS) + _MIN_KEY_DOWN_NS
             kept = []
-            wanted, others = self._raw_chunk(c)
+            wanted, others, _ = self._raw_chunk(c)
             for tx in wanted:
                 if tx.start_ns < busy_until:
                     if tx.end_ns <= busy_until:
