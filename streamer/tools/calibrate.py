@@ -29,6 +29,14 @@ A receiver with fewer than ``MIN_OBSERVATIONS`` readings is left unchanged and n
 
 The fit itself is ``streamer.core.propagation.fit_path_loss`` (its doctest is there), the one implementation,
 which ``models/train/powder.py`` also runs on POWDER.
+
+Calibration age: ``--calibrated-at DATE`` (ISO-8601; default: today, UTC) is written as each calibrated
+receiver's ``calibrated_at``. ``--drift-survey DATE=FILE``, given two or more times, fits how fast the
+calibrations drift instead (``streamer.core.calibration_drift.fit_drift``): each FILE is an observations file
+(or SigMF collection) of the same network at DATE, read with the same ``calibration_db``; the per-receiver
+offsets of each survey, relative to the other receivers, and their changes versus the time between surveys
+give ``estimator.physics.calibration_drift_db_per_sqrt_day`` (and ``calibration_seasonal_db`` when the
+surveys' separations spread over a month or more), printed with their standard errors as config lines to paste.
 """
 
 
@@ -71,6 +79,7 @@ class Calibration:
     refused: dict[str, str]   # receiver id -> why it is left unchanged (it has a column, too few readings)
     absent: tuple[str, ...]   # receivers without a column in the observations: left unchanged
     fit_sigma: bool = False   # write the residual sigma as estimator.physics.shadowing_db
+    calibrated_at: str | None = None  # ISO-8601, written as each calibrated receiver's calibrated_at
 
 
 def link_geometry(config, obs: Observations) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,9 +107,11 @@ def residuals_db(cal: "Calibration", obs: Observations, distance_m: np.ndarray, 
     return np.where(fit.fitted[None, :], measured - model, np.nan)
 
 
-def calibrate(config, obs: Observations, *, fit_exponent: bool = False, fit_sigma: bool = False) -> Calibration:
+def calibrate(config, obs: Observations, *, fit_exponent: bool = False, fit_sigma: bool = False,
+              calibrated_at: str | None = None) -> Calibration:
     """Fit offsets (and n) from ``obs`` against ``config``'s receivers and ``estimator.physics`` (module doc);
-    ``fit_sigma``: the written config also gets the residual sigma as ``shadowing_db``."""
+    ``fit_sigma``: the written config also gets the residual sigma as ``shadowing_db``; ``calibrated_at``: when
+    the observations were taken (ISO-8601), written as each calibrated receiver's ``calibrated_at``."""
     physics = config.estimator.physics
     ids = tuple(rx.id for rx in config.receivers)
     _, distance_m, measured = link_geometry(config, obs)
@@ -120,7 +131,7 @@ def calibrate(config, obs: Observations, *, fit_exponent: bool = False, fit_sigm
         raise ObservationsError(f"{obs.source}: cannot fit the shadowing sigma: the residuals' standard deviation is "
                                 f"{fit.sigma_db:.3f} dB over {fit.links} readings (expected >= {MIN_SIGMA_DB} dB; too few "
                                 "readings for the unknowns?)")
-    return Calibration(ids, old, new, fit, fit_exponent, refused, absent, fit_sigma)
+    return Calibration(ids, old, new, fit, fit_exponent, refused, absent, fit_sigma, calibrated_at)
 
 
 #: Decimals written for ``calibration_db`` (dB) and a fitted ``path_loss_exponent``.
@@ -149,6 +160,8 @@ def updated_toml(text: str, calibration: Calibration) -> str:
         rx_id = table.get("id")
         if rx_id in new:
             table["calibration_db"] = float(new[rx_id])
+            if calibration.calibrated_at is not None:
+                table["calibrated_at"] = calibration.calibrated_at
     physics_keys = {}
     if exponent is not None:
         physics_keys["path_loss_exponent"] = exponent
@@ -187,7 +200,8 @@ def report_dict(cal: Calibration, written: str | None) -> dict:
                             "calibration_db_new": num(cal.new_db[r]), "unchanged_because": why}
     return {"receivers": receivers, "path_loss_exponent": num(fit.exponent), "path_loss_exponent_se": num(fit.exponent_se),
             "exponent_fitted": cal.fit_exponent, "relative": fit.relative, "common_level_db": num(fit.level_db),
-            "sigma_db": num(fit.sigma_db), "sigma_fitted": cal.fit_sigma, "links": fit.links, "written": written}
+            "sigma_db": num(fit.sigma_db), "sigma_fitted": cal.fit_sigma, "links": fit.links,
+            "calibrated_at": cal.calibrated_at, "written": written}
 
 
 def format_report(cal: Calibration, ref_loss_db: float) -> str:
@@ -210,6 +224,9 @@ def format_report(cal: Calibration, ref_loss_db: float) -> str:
                      f"+- {fit.level_se_db:.1f} dBm), so the offsets are relative (constrained to mean 0)")
     lines.append(f"residual sigma {fit.sigma_db:.2f} dB over {fit.links} readings"
                  + (" (written as estimator.physics.shadowing_db)" if cal.fit_sigma else ""))
+    if cal.calibrated_at is not None:
+        lines.append(f"calibrated_at = {cal.calibrated_at!r} (each calibrated receiver's; the estimators widen for "
+                     "the drift since then where estimator.physics sets one)")
     return "\n".join(lines)
 
 
@@ -242,9 +259,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``heimdall calibrate`` (the observations format is the module doc, shown after them)."""
     describe_with_module_doc(parser, __doc__)
     parser.add_argument("-c", "--config", required=True, type=Path, help="TOML config whose receivers to calibrate")
-    parser.add_argument("observations", type=Path,
+    parser.add_argument("observations", type=Path, nargs="?",
                         help="CSV of transmissions at known positions (format below), or a .sigmf-collection of the "
                              "network annotated with them (streamer.tools.observations; docs/operations.md)")
+    parser.add_argument("--calibrated-at", metavar="DATE",
+                        help="when the observations were taken (ISO-8601 date or date-time, UTC unless an offset is "
+                             "given; default today, UTC): written as each calibrated receiver's calibrated_at")
+    parser.add_argument("--drift-survey", action="append", default=[], metavar="DATE=FILE",
+                        help="instead of calibrating, fit the calibration drift from two or more surveys (observations "
+                             "files or SigMF collections of the same network, each taken at DATE): prints the "
+                             "estimator.physics lines to paste (module doc, Calibration age)")
     parser.add_argument("--observations-out", type=Path, metavar="CSV",
                         help="also write the observations read (from either input) as a CSV in the format below")
     parser.add_argument("--fit-exponent", action="store_true", help="also fit estimator.physics.path_loss_exponent")
@@ -300,22 +324,106 @@ def main(argv: list[str] | None = None) -> int:
     return run(build_parser().parse_args(argv))
 
 
+def read_any_observations(config, path: Path) -> Observations:
+    """An observations CSV or an annotated SigMF collection (module doc)."""
+    from streamer.tools import observations as sigmf_observations
+
+    if sigmf_observations.is_sigmf(path):
+        return sigmf_observations.observations_from_sigmf(config, path)
+    return read_observations(path, [rx.id for rx in config.receivers])
+
+
+def checked_date(text: str, what: str) -> str:
+    """``text`` when it is an ISO-8601 date or date-time (``parse_calibrated_at``), else an ``ObservationsError``."""
+    from streamer.core.calibration_drift import parse_calibrated_at
+
+    try:
+        parse_calibrated_at(text)
+    except ValueError as exc:
+        raise ObservationsError(f"{what}: {exc}") from None
+    return text
+
+
+def drift_surveys(config, specs: list[str]) -> list:
+    """``--drift-survey DATE=FILE`` values -> ``calibration_drift.Survey`` (offsets and standard errors in config
+    receiver order, NaN where a receiver was not fitted)."""
+    from streamer.core.calibration_drift import Survey, epoch_days, parse_calibrated_at
+
+    surveys = []
+    for spec in specs:
+        date, sep, path = spec.partition("=")
+        if not sep or not path:
+            raise ObservationsError(f"--drift-survey {spec!r}: expected DATE=FILE, e.g. 2026-03-01=march.csv")
+        when = parse_calibrated_at(checked_date(date, f"--drift-survey {spec!r}"))
+        cal = calibrate(config, read_any_observations(config, Path(path)))
+        fit = cal.fit
+        surveys.append(Survey(epoch_days(when), np.where(fit.fitted, fit.offsets_db, np.nan),
+                              np.where(fit.fitted, fit.offset_se_db, np.nan), f"{date} ({path})"))
+    return surveys
+
+
+def format_drift(fit, surveys: list) -> str:
+    """The drift fit's report and the config lines to paste."""
+    lags = ", ".join(f"{lag:.0f}" for lag in fit.lags_days)
+    drift = fit.drift
+    lines = [f"{len(surveys)} surveys: " + "; ".join(s.name for s in surveys),
+             f"{fit.receivers} receivers seen in two surveys or more, {fit.changes} offset changes, separations {lags} days",
+             f"random walk {drift.random_walk_db_per_sqrt_day:.4f} +- {fit.random_walk_se:.4f} dB/sqrt(day)",
+             (f"seasonal amplitude {drift.seasonal_db:.3f} +- {fit.seasonal_se:.3f} dB" if fit.seasonal_fitted else
+              "seasonal amplitude not fitted (the separations do not spread over a month: it cannot be told from the walk)"),
+             "", "# paste into the config (docs/operations.md, Calibration age):", "[estimator.physics]",
+             f"calibration_drift_db_per_sqrt_day = {drift.random_walk_db_per_sqrt_day:.4f}",
+             f"calibration_seasonal_db = {drift.seasonal_db:.3f}",
+             "# and each receiver's calibrated_at: the date of the survey its calibration_db comes from"]
+    return "\n".join(lines)
+
+
+def run_drift(config, args: argparse.Namespace) -> int:
+    """``heimdall calibrate --drift-survey ...``: fit the drift and print it (module doc)."""
+    from streamer.core.calibration_drift import fit_drift
+
+    if len(args.drift_survey) < 2:
+        raise ObservationsError(f"--drift-survey: given {len(args.drift_survey)} time(s); the drift is measured "
+                                "between surveys: give two or more, each DATE=FILE")
+    surveys = drift_surveys(config, args.drift_survey)
+    try:
+        fit = fit_drift(surveys)
+    except ValueError as exc:
+        raise ObservationsError(f"--drift-survey: cannot fit the drift: {exc}") from None
+    if args.json:
+        drift = fit.drift
+        print(json.dumps({"calibration_drift_db_per_sqrt_day": drift.random_walk_db_per_sqrt_day,
+                          "calibration_drift_se": fit.random_walk_se, "calibration_seasonal_db": drift.seasonal_db,
+                          "calibration_seasonal_se": None if not fit.seasonal_fitted else fit.seasonal_se,
+                          "seasonal_fitted": fit.seasonal_fitted, "receivers": fit.receivers, "changes": fit.changes,
+                          "lags_days": list(fit.lags_days), "surveys": [s.name for s in surveys]}, indent=2))
+    else:
+        print(format_drift(fit, surveys))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """``heimdall calibrate`` entry point; errors are ``HeimdallError`` (the CLI prints them, exit status 2)."""
+    import datetime as dt
+
     from streamer.config import load
-    from streamer.tools import observations as sigmf_observations  # noqa: F811
 
     config = load(args.config)
-    if sigmf_observations.is_sigmf(args.observations):
-        obs = sigmf_observations.observations_from_sigmf(config, args.observations)
-    else:
-        obs = read_observations(args.observations, [rx.id for rx in config.receivers])
+    if args.drift_survey:
+        if args.observations is not None or args.out is not None or args.in_place:
+            raise ObservationsError("--drift-survey fits the drift only: give no observations file, --out or --in-place")
+        return run_drift(config, args)
+    if args.observations is None:
+        raise ObservationsError("give the observations file (or two or more --drift-survey DATE=FILE)")
+    obs = read_any_observations(config, args.observations)
+    calibrated_at = (checked_date(args.calibrated_at, "--calibrated-at") if args.calibrated_at is not None
+                     else dt.datetime.now(dt.UTC).date().isoformat())
     if args.observations_out is not None:
         try:
             Path(args.observations_out).write_text(observations_csv(obs), encoding="utf-8")
         except OSError as exc:
             raise ObservationsError(f"{args.observations_out}: cannot write the observations: {exc.strerror}") from None
-    cal = calibrate(config, obs, fit_exponent=args.fit_exponent, fit_sigma=args.fit_sigma)
+    cal = calibrate(config, obs, fit_exponent=args.fit_exponent, fit_sigma=args.fit_sigma, calibrated_at=calibrated_at)
     survey = write_survey_map(args.survey_map, config, obs, cal) if args.survey_map is not None else []
     out = args.config if args.in_place else args.out
     if out is not None:

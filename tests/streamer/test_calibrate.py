@@ -3,6 +3,7 @@ is rewritten with its comments, only the calibrated values changed."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import tomllib
 
@@ -62,7 +63,9 @@ def test_written_config_keeps_comments_and_changes_only_calibration(tmp_path, wo
     assert comments(after) == comments(before) and "# bench receiver" in after
     old, new = tomllib.loads(before), tomllib.loads(after)
     cal = [rx.pop("calibration_db") for rx in new["receivers"]]
+    when = {rx.pop("calibrated_at") for rx in new["receivers"]}  # calibration age: when (default today, UTC)
     assert new == old and all(isinstance(v, float) for v in cal) and sum(v != 0.0 for v in cal) >= 5
+    assert when == {datetime.datetime.now(datetime.UTC).date().isoformat()}
     assert f"wrote {cfg}" in capsys.readouterr().out
 
 
