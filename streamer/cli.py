@@ -58,6 +58,8 @@ COMMANDS: dict[str, Command] = {
                          "fit receivers' calibration_db (and the path-loss exponent) from transmissions at known positions"),
     "calibrate-ellipses": Command("streamer.tools.calibrate_ellipses",
                                   "fit each estimator's ellipse size from its localizations of transmitters at known positions"),
+    "score-live": Command("streamer.tools.score_live",
+                          "score a running simulated network's localizations against its truth, by window class"),
     "soak": Command("streamer.tools.soak", "run the daemon under load and check memory, accounting, rate and latency"),
     "kinds": Command("streamer.tools.kinds", "list receiver kinds"),
     "keys": Command("streamer.tools.keys", "CURVE key files (docs/security.md)"),
