@@ -21,6 +21,16 @@ Physics (units in the names; all of it deterministic from ``simulator.seed``)
   ``key_down_mean_s``); each transmission draws a power uniform in [tx_power_min_dbm, tx_power_max_dbm],
   a CTCSS tone and three voice-band tones whose deviation swells and fades at syllabic rates. Edges are
   2 ms raised-cosine ramps.
+- Traffic: each on period is one kind, drawn with the ``traffic_<kind>_weight`` weights (default: voice only):
+  ``voice`` push-to-talk (the whole period), ``dmr`` (a 27.5 ms burst in every 60 ms frame: TDMA, one slot of
+  two), ``packet`` (bursts of 20-500 ms with pauses between), ``carrier`` (the whole period, unmodulated). A burst
+  is a ``Transmission`` of its own. With ``collision_probability`` a second transmitter, at a fixed point
+  uniform over the area, keys up during the period (``second_transmitters``). ``truth_over(start, end)`` says
+  which spans of a window the wanted transmitter was keyed and whether another one was on the channel.
+- Calibration drift: the hidden gain error at Unix time t (``calibration_error_db_at``) is the fixed
+  ``calibration_error_db`` plus a daily random walk (``calibration_drift_db_per_sqrt_day``, 0 at
+  ``calibration_epoch_unix_s``) plus a yearly sine (``calibration_seasonal_db``, random phase per receiver);
+  the live stream applies it per chunk. Both default to 0.
 - NBFM: the phase is an analytic function of transmitter time, so the propagation delay d/c is applied
   exactly, to the modulation and to the carrier (which gives Doppler for free).
 - Propagation: ``P_rx = P_tx - (ref_loss_db + 10 n log10(d / 1 km)) + S_r(x)``, d the 3-D distance
@@ -37,7 +47,8 @@ Physics (units in the names; all of it deterministic from ``simulator.seed``)
   first trained models exploited; ``tests/receivers/test_simulator.py`` checks it is gone.) One reference
   oscillator per receiver, off by N(0, ``clock_ppm_sigma``) ppm, sets both the true sample rate and the LO,
   so the carrier appears ``-ppm * f_c`` off; ``t0_ns`` counts samples at the nominal rate from a host clock
-  that is off by N(0, ``clock_offset_sigma_ms``).
+  that is off by N(0, ``clock_offset_sigma_ms``), each block's stamp late by an exponential time of mean
+  ``clock_jitter_ms`` (default 0) as a loaded host stamps blocks.
 
 Reproducibility: the same seed and the same time span give the same samples whatever the block size
 (the adapter renders its stream in fixed-size chunks of ``NOISE_CHUNK`` samples and cuts blocks from them;
