@@ -74,3 +74,23 @@ def test_cli_facing_modules_do_not_import_torch():
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "False"
+
+
+def test_several_models_are_timed_in_one_run_with_the_frame_mask_fed_as_each_takes_it(model_path, tmp_path, capsys):
+    torch.manual_seed(1)
+    masked = tmp_path / "masked.onnx"
+    export_model(LocalizerNet(dim=32, n_layers=1, heads=2, frame_mask_input=True), masked, metadata(FeatureSpec(), {}))
+    assert main(["--model", str(model_path), "--model", str(masked), "--iterations", "20", "--warmup", "2",
+                 "--rounds", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "4 interleaved rounds" in out
+    assert "active frames repeated (no frame_mask input)" in out and "frame_mask input" in out
+    assert out.count("p99 of the first model") == 3  # every path of the second model, as a ratio of the first's
+    frames, enu, mask = example_window(OnnxSession(masked), 5)
+    from streamer.tools.bench_model import example_frame_mask
+
+    active = example_frame_mask(frames)
+    assert 0 < active.sum() < active.size  # keyed for half the window: the mask is exercised
+    assert raw_feeds(OnnxSession(masked), frames, enu, mask, active)["frame_mask"].sum() == active.sum()
+    with pytest.raises(ValueError, match="--rounds"):
+        main(["--model", str(model_path), "--iterations", "3", "--rounds", "5"])
