@@ -11,21 +11,44 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from models.train.commands import non_negative_int, positive_int
-from models.train.dataset import (DETECTION, Windows, _spec_tag, draw_windows, physics_config_for, random_network_config)
-from models.train.scoring import (GATES, REPRODUCTION_TOLERANCE, Estimates, ellipse_size_m, format_all_per_network,
-                                  format_gates, format_markdown, format_reproduction, format_table, model_methods,
-                                  run_centroid, run_onnx, scored, scores, site_calibrated)
+from models.train.dataset import (
+    DETECTION,
+    Windows,
+    _spec_tag,
+    draw_windows,
+    physics_config_for,
+    random_network_config,
+)
+from models.train.scoring import (
+    GATES,
+    REPRODUCTION_TOLERANCE,
+    SCENARIO_PREFIX,
+    Estimates,
+    ellipse_size_m,
+    format_all_per_network,
+    format_gates,
+    format_markdown,
+    format_reproduction,
+    format_table,
+    model_methods,
+    run_centroid,
+    run_onnx,
+    scored,
+    scores,
+    site_calibrated,
+)
+from models.train.traffic import TRAFFIC, Traffic
 from streamer.config import Config, PhysicsConfig, load
-from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 from streamer.dsp.features import FeatureSpec
 from streamer.estimators.contract import network_search_area_row, site_propagation
+from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 from streamer.estimators.physics import PhysicsGrid
 
 EVAL_SEED = 20_260_001
@@ -34,6 +57,11 @@ MANY_NETWORKS_KEY = 1000  # second entry of the random-many seeds; training uses
 DRAWS_PER_NETWORK = 64
 REALIZATIONS_KEY = 2000  # second entry of the random-<k>-realizations seeds
 DRAWS_PER_REALIZATION = 250
+SCENARIO_KEY = 3000  # second entry of the traffic scenario sets' realization seeds
+#: Traffic scenario sets ``--scenarios`` can score (each a ``models.train.traffic.TRAFFIC`` preset), and their size.
+SCENARIOS = ("partial", "bursts")
+SCENARIO_REALIZATIONS = 4
+SCENARIO_DRAWS = 250
 
 
 def _cached(cache_dir, name: str, make: Callable[[], Windows]) -> Windows:
@@ -51,58 +79,91 @@ def _cached(cache_dir, name: str, make: Callable[[], Windows]) -> Windows:
     return data
 
 
-def simulated_sets(n_default: int, n_random: int, spec: FeatureSpec, cache_dir=None,
-                   oversampling: int = 1) -> dict[str, tuple[Config, PhysicsConfig, Windows]]:
-    """The ``default`` and ``random-<k>`` datasets: world config, physics parameters for it, draws
-    (rendered through the daemon's channelizer when ``oversampling`` > 1)."""
+def simulated_sets(n_default: int, n_random: int, spec: FeatureSpec, cache_dir=None, oversampling: int = 1, *,
+                   traffic: Traffic | str = "full", seed: int = EVAL_SEED, network: Config | None = None,
+                   network_name: str = "default") -> dict[str, tuple[Config, PhysicsConfig, Windows]]:
+    """The ``default`` and ``random-<k>`` datasets: world config, physics parameters for it, draws (rendered
+    through the daemon's channelizer when ``oversampling`` > 1, keyed as ``traffic`` draws it). ``network`` (a
+    config read with ``--config``) takes the default network's place, under ``network_name``, scored with its own
+    ``[simulator]`` section and ``estimator.physics`` settings."""
     sets = {}
-    tag = _spec_tag(spec, oversampling)
-    default = load()
+    tag = _spec_tag(spec, oversampling, traffic)
+    default = load() if network is None else network
     if n_default:
-        sets["default"] = (default, default.estimator.physics, _cached(cache_dir, f"eval-default-{EVAL_SEED}-{n_default}-{tag}", lambda: draw_windows(
-            default, n_default, np.random.default_rng(EVAL_SEED), spec, shuffle_slots=False, max_tries=20,
-            oversampling=oversampling)))
+        sets[network_name] = (default, default.estimator.physics, _cached(
+            cache_dir, f"eval-{network_name}-{seed}-{n_default}-{tag}", lambda: draw_windows(
+                default, n_default, np.random.default_rng(seed), spec, shuffle_slots=False, max_tries=20,
+                oversampling=oversampling, traffic=traffic)))
     for k in range(len(RANDOM_NETWORKS) if n_random else 0):
-        config, rng = random_network(k)
-        sets[f"random-{k}"] = (config, physics_config_for(config), _cached(cache_dir, f"eval-random{k}-{EVAL_SEED}-{n_random}-{tag}", lambda: draw_windows(
-            config, n_random, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling)))
+        config, rng = random_network(k, seed)
+        sets[f"random-{k}"] = (config, physics_config_for(config), _cached(cache_dir, f"eval-random{k}-{seed}-{n_random}-{tag}", lambda config=config, rng=rng: draw_windows(
+            config, n_random, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling, traffic=traffic)))
     return sets
 
 
-def random_network(k: int) -> tuple[Config, np.random.Generator]:
-    """Network ``random-<k>`` (``RANDOM_NETWORKS[k]``, seed ``EVAL_SEED + 1 + k``) and the generator its draws use."""
+def random_network(k: int, seed: int = EVAL_SEED) -> tuple[Config, np.random.Generator]:
+    """Network ``random-<k>`` (``RANDOM_NETWORKS[k]``, seed ``seed + 1 + k``) and the generator its draws use."""
     n_rx, extent_km = RANDOM_NETWORKS[k]
-    rng = np.random.default_rng(np.random.SeedSequence([EVAL_SEED + 1 + k]))
-    return random_network_config(rng, n_rx=n_rx, extent_km=extent_km, seed=EVAL_SEED + 1 + k), rng
+    rng = np.random.default_rng(np.random.SeedSequence([seed + 1 + k]))
+    return random_network_config(rng, n_rx=n_rx, extent_km=extent_km, seed=seed + 1 + k), rng
 
 
-def realizations(k: int, n_realizations: int, draws: int, spec: FeatureSpec, cache_dir=None,
-                 oversampling: int = 1) -> list[tuple[Config, PhysicsConfig, Windows]]:
-    """The ``random-<k>-realizations`` dataset (module doc): network ``random-<k>`` with ``n_realizations`` fresh
-    simulator seeds (hidden calibration errors, noise figures, shadowing fields), ``draws`` draws each."""
-    base, _ = random_network(k)
-    physics = physics_config_for(base)  # the seed is hidden state: the oracle's parameters are the network's
-    tag = _spec_tag(spec, oversampling)
+def hidden_state_realizations(base: Config, physics: PhysicsConfig, key: list[int], name: str, n_realizations: int,
+                              draws: int, spec: FeatureSpec, cache_dir=None, oversampling: int = 1,
+                              traffic: Traffic | str = "full") -> list[tuple[Config, PhysicsConfig, Windows]]:
+    """Network ``base`` with ``n_realizations`` fresh simulator seeds (hidden calibration errors, noise figures,
+    shadowing fields), each drawn from ``SeedSequence(key + [j])``, ``draws`` draws each; ``physics`` (the
+    network's parameters: the seed is hidden state) for every one. ``name`` keys the cached draws."""
+    tag = _spec_tag(spec, oversampling, traffic)
     out = []
     for j in range(n_realizations):
-        rng = np.random.default_rng(np.random.SeedSequence([EVAL_SEED + 1 + k, REALIZATIONS_KEY, j]))
+        rng = np.random.default_rng(np.random.SeedSequence(list(key) + [j]))
         config = replace(base, simulator=replace(base.simulator, seed=int(rng.integers(1, 2**31))))
-        data = _cached(cache_dir, f"eval-random{k}-realization{j}-{EVAL_SEED}-{draws}-{tag}", lambda: draw_windows(
-            config, draws, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling))
+        data = _cached(cache_dir, f"{name}-realization{j}-{draws}-{tag}", lambda config=config, rng=rng: draw_windows(
+            config, draws, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling, traffic=traffic))
         out.append((config, physics, data))
     return out
 
 
-def many_networks(n_networks: int, spec: FeatureSpec, cache_dir=None,
-                  oversampling: int = 1) -> list[tuple[Config, PhysicsConfig, Windows]]:
-    """The ``random-many`` dataset (module doc): per network its config, its physics parameters and its draws."""
-    tag = _spec_tag(spec, oversampling)
+def realizations(k: int, n_realizations: int, draws: int, spec: FeatureSpec, cache_dir=None,
+                 oversampling: int = 1, *, traffic: Traffic | str = "full",
+                 seed: int = EVAL_SEED) -> list[tuple[Config, PhysicsConfig, Windows]]:
+    """The ``random-<k>-realizations`` dataset (docs/evaluation.md): network ``random-<k>`` with ``n_realizations``
+    fresh simulator seeds (seeds (``seed`` + 1 + k, ``REALIZATIONS_KEY``, j)), ``draws`` draws each."""
+    base, _ = random_network(k, seed)
+    return hidden_state_realizations(base, physics_config_for(base), [seed + 1 + k, REALIZATIONS_KEY],
+                                     f"eval-random{k}-{seed}", n_realizations, draws, spec, cache_dir, oversampling,
+                                     traffic)
+
+
+def scenario_networks(traffic: Traffic | str, n_realizations: int, draws: int, spec: FeatureSpec, cache_dir=None,
+                      oversampling: int = 1, *, seed: int = EVAL_SEED, network: Config | None = None,
+                      network_name: str = "default") -> list[tuple[Config, PhysicsConfig, Windows]]:
+    """A traffic scenario set (``traffic-<name>``): the default network (or ``network``) and the three unseen random
+    networks ``random-<k>``, each with its hidden state drawn ``n_realizations`` times (seeds (``seed``,
+    ``SCENARIO_KEY``, j) for the default, (``seed`` + 1 + k, ``SCENARIO_KEY``, j) for ``random-<k>``), ``draws``
+    draws each, every window keyed as ``traffic`` draws it. Two scenarios share their networks' realizations, so
+    they differ in the traffic only."""
+    default = load() if network is None else network
+    bases = [(default, default.estimator.physics, [seed, SCENARIO_KEY], f"eval-{network_name}-{seed}-scenario")]
+    for k in range(len(RANDOM_NETWORKS)):
+        config, _ = random_network(k, seed)
+        bases.append((config, physics_config_for(config), [seed + 1 + k, SCENARIO_KEY], f"eval-random{k}-{seed}-scenario"))
+    return [net for base, physics, key, name in bases for net in hidden_state_realizations(
+        base, physics, key, name, n_realizations, draws, spec, cache_dir, oversampling, traffic)]
+
+
+def many_networks(n_networks: int, spec: FeatureSpec, cache_dir=None, oversampling: int = 1, *,
+                  traffic: Traffic | str = "full", seed: int = EVAL_SEED) -> list[tuple[Config, PhysicsConfig, Windows]]:
+    """The ``random-many`` dataset (docs/evaluation.md): per network its config, its physics parameters and its draws."""
+    tag = _spec_tag(spec, oversampling, traffic)
     out = []
     for k in range(n_networks):
-        rng = np.random.default_rng(np.random.SeedSequence([EVAL_SEED, MANY_NETWORKS_KEY, k]))
+        rng = np.random.default_rng(np.random.SeedSequence([seed, MANY_NETWORKS_KEY, k]))
         config = random_network_config(rng, seed=int(rng.integers(1, 2**31)))
-        data = _cached(cache_dir, f"eval-many{k}-{EVAL_SEED}-{DRAWS_PER_NETWORK}-{tag}", lambda: draw_windows(
-            config, DRAWS_PER_NETWORK, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling))
+        data = _cached(cache_dir, f"eval-many{k}-{seed}-{DRAWS_PER_NETWORK}-{tag}", lambda config=config, rng=rng: draw_windows(
+            config, DRAWS_PER_NETWORK, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling,
+            traffic=traffic))
         out.append((config, physics_config_for(config), data))
     return out
 
@@ -157,7 +218,7 @@ def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: Fea
     for b in range(len(data)):
         frames = data.features_dbm[b, :n_rx]
         present = data.rx_mask[b, :n_rx] > 0.5
-        power = DETECTION.apply(frames, spec)
+        power = DETECTION.apply(frames, spec, active=data.active_frames[b])  # the frames that carried it, as the daemon
         res = est.estimate(np.where(present, power.signal_dbm, np.nan), power.heard & present, present,
                            power.detection_level_dbm)
         pos[b], cov[b], scales[b] = res.position_en_m, res.cov_en_m2, res.ellipse_scales
@@ -167,11 +228,17 @@ def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: Fea
 def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000, n_networks: int = 0,
              n_realizations: int = 0, realization_draws: int = DRAWS_PER_REALIZATION, physics: bool = True,
              powder: bool = False, powder_split: str | Path = "grid", powder_max_samples: int | None = None,
-             powder_baseline: bool = False, cache_dir=None, spec: FeatureSpec | None = None, oversampling: int = 1, log=print) -> dict:
-    """``{dataset: {method: scores}}`` for every model, ``physics`` and ``centroid`` (module doc).
+             powder_baseline: bool = False, cache_dir=None, spec: FeatureSpec | None = None, oversampling: int = 1,
+             traffic: Traffic | str = "full", seed: int = EVAL_SEED, network: Config | None = None,
+             network_name: str = "default", scenarios: tuple[str, ...] = (),
+             scenario_realizations: int = SCENARIO_REALIZATIONS, scenario_draws: int = SCENARIO_DRAWS, log=print) -> dict:
+    """``{dataset: {method: scores}}`` for every model, ``physics`` and ``centroid`` (docs/evaluation.md).
 
     ``powder_split`` is a shorthand (``grid``, ``random``) or a split file's path; ``powder_max_samples`` scores
-    only its first rows. A missing or malformed split file fails here, before any scoring.
+    only its first rows. A missing or malformed split file fails here, before any scoring. ``traffic`` keys the
+    windows of the simulated sets, ``seed`` draws them and the random networks (``EVAL_SEED``: the sets of
+    docs/evaluation.md); ``network`` replaces the default network (``simulated_sets``); ``scenarios`` (names of
+    ``SCENARIOS``) adds a ``traffic-<name>`` set each (``scenario_networks``), scored pooled.
     """
     spec = spec or FeatureSpec()
     if powder:
@@ -179,7 +246,8 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
 
         read_split(split_path(powder_split))
     results: dict[str, dict] = {}
-    for name, (config, physics_cfg, data) in simulated_sets(n_default, n_random, spec, cache_dir, oversampling).items():
+    for name, (config, physics_cfg, data) in simulated_sets(n_default, n_random, spec, cache_dir, oversampling, traffic=traffic,
+                                                            seed=seed, network=network, network_name=network_name).items():
         truth = data.tx_enu_km.astype(np.float64) * 1e3
         table = {}
         for path in models:
@@ -195,10 +263,15 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         log(format_table(name, table))
     network_sets = {}
     if n_networks:
-        network_sets["random-many"] = lambda: many_networks(n_networks, spec, cache_dir, oversampling)
+        network_sets["random-many"] = lambda: many_networks(n_networks, spec, cache_dir, oversampling, traffic=traffic, seed=seed)
     for k in range(len(RANDOM_NETWORKS) if n_realizations else 0):
         network_sets[f"random-{k}-realizations"] = lambda k=k: realizations(k, n_realizations, realization_draws, spec,
-                                                                             cache_dir, oversampling)
+                                                                             cache_dir, oversampling, traffic=traffic,
+                                                                             seed=seed)
+    for scenario in scenarios:
+        network_sets[f"{SCENARIO_PREFIX}{scenario}"] = lambda scenario=scenario: scenario_networks(
+            TRAFFIC[scenario], scenario_realizations, scenario_draws, spec, cache_dir, oversampling, seed=seed,
+            network=network, network_name=network_name)
     for name, make in network_sets.items():
         results[name] = score_networks(models, make(), spec, physics)
         log(format_table(name, results[name]))
@@ -248,6 +321,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "coverage (datasets random-<k>-realizations; default 0 = not scored)")
     parser.add_argument("--realization-draws", type=positive_int, default=DRAWS_PER_REALIZATION, metavar="N",
                         help=f"draws per realization with --realizations (default {DRAWS_PER_REALIZATION})")
+    parser.add_argument("--seed", type=int, default=EVAL_SEED,
+                        help="seed of the simulated draws and of the random networks (default %(default)s: the sets of "
+                             "docs/evaluation.md; another seed gives other draws and other random networks of the same sizes)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="score this network config in the default network's place, as it is scored: its receivers, "
+                             "its [simulator] section (the simulated world), its estimator settings (dataset named by the "
+                             "file's stem)")
+    parser.add_argument("--traffic", choices=tuple(TRAFFIC), default="full",
+                        help="how the simulated windows are keyed: full (the whole window, default), partial (keyed for a "
+                             "fraction uniform in [0.1, 1], an edge inside the window), bursts (DMR-like TDMA or packet "
+                             "bursts), onair (the training mix); models.train.traffic")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=(), metavar="NAME",
+                        help="also score each traffic scenario (" + ", ".join(SCENARIOS) + "): the default network (or "
+                             "--config's) and the three unseen random networks, each with its hidden state drawn "
+                             "--scenario-realizations times, pooled (datasets traffic-<name>; graded apart by --gates)")
+    parser.add_argument("--scenario-realizations", type=positive_int, default=SCENARIO_REALIZATIONS, metavar="K",
+                        help=f"hidden-state realizations per network of a scenario (default {SCENARIO_REALIZATIONS})")
+    parser.add_argument("--scenario-draws", type=positive_int, default=SCENARIO_DRAWS, metavar="N",
+                        help=f"draws per realization of a scenario (default {SCENARIO_DRAWS})")
     parser.add_argument("--no-physics", action="store_true", help="skip the physics estimator")
     parser.add_argument("--powder", action="store_true", help="also score on POWDER real data (the split of --powder-split)")
     split = parser.add_mutually_exclusive_group()
@@ -307,11 +399,15 @@ def run(args: argparse.Namespace) -> int:
 
         models = [default_out()]
     log = (lambda *a, **k: None) if args.json or args.gates or args.reproduces or args.per_network else print
+    network = None if args.config is None else read_network(args.config)
     results = evaluate(models, n_default=args.n, n_random=args.n_random, n_networks=args.n_networks,
                        n_realizations=args.realizations, realization_draws=args.realization_draws, physics=not args.no_physics,
                        powder=args.powder or args.test_split is not None, powder_split=args.test_split or args.powder_split or "grid",
                        powder_max_samples=args.powder_max_samples, powder_baseline=args.powder_baseline, cache_dir=args.cache_dir,
-                       oversampling=2 if args.channelized else 1, log=log)
+                       oversampling=2 if args.channelized else 1, traffic=args.traffic, seed=args.seed, network=network,
+                       network_name="default" if args.config is None else args.config.stem,
+                       scenarios=tuple(dict.fromkeys(args.scenarios)), scenario_realizations=args.scenario_realizations,
+                       scenario_draws=args.scenario_draws, log=log)
     if args.reproduces:
         print(format_reproduction(results, *args.reproduces))
     elif args.gates:
@@ -321,6 +417,28 @@ def run(args: argparse.Namespace) -> int:
     elif args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
     return 0
+
+
+def read_network(path: Path) -> Config:
+    """The network config ``--config`` names, checked for what scoring it needs: a file ``streamer.config.load``
+    reads, at most ``MAX_RECEIVERS`` receivers (the model's slots), and the detection rule the draws are judged by
+    (``dataset.DETECTION``, the config defaults'). Anything else exits naming the file and the key."""
+    from models.train.dataset import MAX_RECEIVERS
+    from streamer.core.errors import ConfigError
+    from streamer.dsp.detection import DetectionRule
+
+    try:
+        config = load(path)
+    except (ConfigError, OSError) as exc:
+        raise SystemExit(f"heimdall evaluate: --config {path}: {exc}") from None
+    if len(config.receivers) > MAX_RECEIVERS:
+        raise SystemExit(f"heimdall evaluate: --config {path}: receivers: {len(config.receivers)}, expected at most "
+                         f"{MAX_RECEIVERS} (the model's receiver slots)")
+    differences = DetectionRule.from_config(config).differences(DETECTION)
+    if differences:
+        raise SystemExit(f"heimdall evaluate: --config {path}: network.channel_bandwidth_hz and "
+                         f"pipeline.detection_snr_db must be the defaults the draws are judged by ({'; '.join(differences)})")
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from streamer.core.geodesy import mahalanobis_sq
 from streamer.estimators.contract import OPTIONAL_INPUT_NAMES
 from streamer.tools.calibrate_ellipses import coverage, least_nll_scale
 
-
 #: One method's answers on a dataset: positions [N, 2] (m), covariances [N, 2, 2] (m^2), and the 68 % / 95 % ellipse
 #: radii [N, 2] (standard deviations; ``None``: a Gaussian's).
 Estimates = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
@@ -45,7 +44,7 @@ def scores(position_m: np.ndarray, cov_m2: np.ndarray, truth_m: np.ndarray, elli
     nll = 0.5 * maha2 + 0.5 * logdet + math.log(2 * math.pi)
     radius_sq = None if ellipse_scales is None else np.asarray(ellipse_scales, dtype=np.float64) ** 2
     return {"median_m": float(np.median(err)), "mean_m": float(err.mean()), "p90_m": float(np.percentile(err, 90)),
-            **dict(zip(("cov68", "cov95"), coverage(maha2, radius_sq=radius_sq))), "nll": float(nll.mean()), "n": int(len(err))}
+            **dict(zip(("cov68", "cov95"), coverage(maha2, radius_sq=radius_sq))), "nll": float(nll.mean()), "n": len(err)}
 
 
 def scored(estimates: Estimates, truth_m: np.ndarray) -> dict:
@@ -85,14 +84,16 @@ def run_onnx(path: Path, data: Windows, batch: int = 256, site: np.ndarray | Non
     """Positions (m), covariances (m^2) and ellipse scales (``None`` for a model without the optional output) of an
     ONNX model through ``OnnxSession.run``; ``site``: the
     ``site_propagation`` row it is fed (``None``: unknown), as the daemon feeds ``estimator.physics``'s; ``area``:
-    the ``search_area_row`` ([5], or [N, 5] one per draw; ``None``: unknown), the physics estimator's area."""
+    the ``search_area_row`` ([5], or [N, 5] one per draw; ``None``: unknown), the physics estimator's area. Each
+    draw's ``active_frames`` (the daemon's decision) go in as its ``frame_mask``, as the daemon feeds them."""
     from streamer.estimators.onnx import OnnxSession
 
     est = OnnxSession(path, providers=("CPUExecutionProvider",))
     pos, cov, scales = [], [], []
     for i in range(0, len(data), batch):
         rows = area if area is None or np.ndim(area) == 1 else area[i : i + batch]
-        out = est.run(data.features_dbm[i : i + batch], data.rx_enu_km[i : i + batch], data.rx_mask[i : i + batch], site, rows)
+        out = est.run(data.features_dbm[i : i + batch], data.rx_enu_km[i : i + batch], data.rx_mask[i : i + batch], site, rows,
+                      frame_mask=data.active_frames[i : i + batch])
         bad = ~out.valid
         pos.append(np.where(bad[:, None], np.nan, out.position_enu_km))
         cov.append(np.where(bad[:, None, None], np.nan, out.covariance_km2))
@@ -249,18 +250,27 @@ def format_gates(results: dict) -> str:
     return "\n".join(lines + ([""] + summary if summary else [])) + "\n"
 
 
+#: Name prefix of the traffic scenario sets of ``heimdall evaluate --scenarios`` (``traffic-partial``, ...).
+SCENARIO_PREFIX = "traffic-"
+
+
 def gate_readings(datasets) -> dict[str, list[str]]:
     """The datasets each reading of the per-network coverage gates grades, in order: ``seeded`` grades each random
     network on its one seeded realization (``random-<k>``); ``hidden state`` grades it over realizations of its
     hidden state (``random-<k>-realizations`` in place of ``random-<k>``), which no estimator is told, the oracle
     posterior included (module doc). Only ``seeded`` when no realizations were scored; only ``hidden state`` when
-    nothing else was."""
+    nothing else was. The traffic scenario sets (``SCENARIO_PREFIX``: the default and three unseen networks pooled
+    over their hidden state, under one kind of traffic) are graded apart, as ``traffic scenarios``."""
     datasets = list(datasets)
+    scenarios = [d for d in datasets if d.startswith(SCENARIO_PREFIX)]
+    datasets = [d for d in datasets if not d.startswith(SCENARIO_PREFIX)]
     seeded = [d for d in datasets if not d.endswith("-realizations")]
     readings = {"seeded": seeded} if seeded else {}
     if len(seeded) < len(datasets):
         readings["hidden state"] = [d for d in seeded if f"{d}-realizations" not in datasets] + \
                                    [d for d in datasets if d.endswith("-realizations")]
+    if scenarios:
+        readings["traffic scenarios"] = scenarios
     return readings
 
 
@@ -321,8 +331,8 @@ def _relative(value: float, reference: float) -> float:
 
 def format_reproduction(results: dict, reference: str, candidate: str) -> str:
     """``reproduction_rows`` as a Markdown table."""
-    lines = [f"{candidate} against {reference} (candidate / reference - 1; tolerance "
-             f"{100 * REPRODUCTION_TOLERANCE:.0f} %)", "",
+    lines = [(f"{candidate} against {reference} (candidate / reference - 1; tolerance "
+              f"{100 * REPRODUCTION_TOLERANCE:.0f} %)"), "",
              "| dataset | n | " + " | ".join(REPRODUCED_SCORES) + " | within |",
              "|---|---:|" + "---:|" * len(REPRODUCED_SCORES) + "---|"]
     try:
