@@ -1,8 +1,9 @@
 """``heimdall evaluate``: score ONNX models, the physics estimator and a centroid baseline on the same seeded draws.
 
-Owns the simulated evaluation sets (``default``, ``random-<k>``, ``random-many``, ``random-<k>-realizations``),
-the command line that scores them (and POWDER through ``models.train.powder``), and the printing of kept
-``--json`` results (``--from-json FILE`` with ``--markdown``, ``--gates``, ``--per-network``, ``--reproduces``).
+Owns the simulated evaluation sets (``default``, ``random-<k>``, ``random-many``, ``random-<k>-realizations``, the
+traffic scenario sets ``traffic-<name>``), keyed as ``--traffic`` says (``models.train.traffic``), the command line
+that scores them (and POWDER through ``models.train.powder``), and the printing of kept ``--json`` results
+(``--from-json FILE`` with ``--markdown``, ``--gates``, ``--per-network``, ``--reproduces``).
 Errors are in metres, powers in dBm, frequencies in Hz; scores and gates are ``models.train.scoring``'s.
 What each set is, how to run it and how to read its gates: docs/evaluation.md.
 """
