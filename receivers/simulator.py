@@ -28,9 +28,11 @@ Physics (units in the names; all of it deterministic from ``simulator.seed``)
   uniform over the area, keys up during the period (``second_transmitters``). ``truth_over(start, end)`` says
   which spans of a window the wanted transmitter was keyed and whether another one was on the channel.
 - Calibration drift: the hidden gain error at Unix time t (``calibration_error_db_at``) is the fixed
-  ``calibration_error_db`` plus a daily random walk (``calibration_drift_db_per_sqrt_day``, 0 at
-  ``calibration_epoch_unix_s``) plus a yearly sine (``calibration_seasonal_db``, random phase per receiver);
-  the live stream applies it per chunk. Both default to 0.
+  ``calibration_error_db`` plus how far a daily random walk (``calibration_drift_db_per_sqrt_day``) and a yearly
+  sine (``calibration_seasonal_db``, random phase per receiver) have moved since the receiver was calibrated
+  (its ``calibrated_at``, else ``simulator.calibration_epoch_unix_s``): the model
+  ``streamer.core.calibration_drift`` describes and the physics posterior widens for. The live stream applies
+  it per chunk. Both default to 0.
 - NBFM: the phase is an analytic function of transmitter time, so the propagation delay d/c is applied
   exactly, to the modulation and to the carrier (which gives Doppler for free).
 - Propagation: ``P_rx = P_tx - (ref_loss_db + 10 n log10(d / 1 km)) + S_r(x)``, d the 3-D distance
@@ -91,6 +93,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from receivers.base import IQBlock, ReceiverBase, ReceiverContext
+from streamer.core.calibration_drift import DAYS_PER_YEAR, SECONDS_PER_DAY, parse_calibrated_at
 from streamer.core.docs import doc as _doc
 from streamer.core.geodesy import SearchArea, enu_to_geodetic, network_geometry
 from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
@@ -130,8 +133,7 @@ PACKET_PAUSE_MEAN_S = 0.3
 #: and linearly interpolated between them (drift within a day is far below a window's noise); increments
 #: are drawn in blocks of this many days, each block from its own RNG stream (seed, receiver, block).
 DRIFT_BLOCK_DAYS = 256
-SECONDS_PER_DAY = 86_400.0
-SECONDS_PER_YEAR = 365.2425 * SECONDS_PER_DAY
+SECONDS_PER_YEAR = DAYS_PER_YEAR * SECONDS_PER_DAY
 
 KEYING_CHUNK_NS = 600 * 10**9  # keying schedule is generated per 10-minute chunk of absolute time
 TRACK_KNOT_NS = 15_625_000  # track evaluated every 1/64 s and interpolated (error < 1 mm at 300 m/s)
@@ -380,8 +382,10 @@ class SimulatedWorld:
     ----------
     origin, rx_enu_m ``[R, 3]``, rx_alt_m ``[R]``, area : geometry (``streamer.core.geodesy.network_geometry``).
     calibration_db ``[R]`` : configured gains, dBm = dBFS + calibration_db (what the daemon knows).
-    calibration_error_db ``[R]`` : hidden true gain minus configured (dB) at ``simulator.calibration_epoch_unix_s``;
+    calibration_error_db ``[R]`` : hidden true gain minus configured (dB) when the receiver was calibrated;
         never give it to an estimator. ``calibration_error_db_at(t_ns)`` adds the drift since then.
+    calibrated_at_s ``[R]`` : when each receiver was calibrated (Unix s): its ``calibrated_at``, else
+        ``simulator.calibration_epoch_unix_s``.
     noise_figure_db ``[R]`` : each receiver's noise figure (dB, >= 0): ``simulator.noise_figure_db`` plus a
         hidden N(0, ``noise_figure_sigma_db``) offset.
     clock_ppm ``[R]`` : reference-oscillator error (ppm): sample rate and LO are both off by it.
@@ -407,6 +411,9 @@ class SimulatedWorld:
         self._track_omega, self._track_phase = self._track_terms(seed)
         self._shadowing: dict[int, ShadowingField] = {}
         self._keying: dict[int, tuple[list[Transmission], list[Transmission]]] = {}
+        self.calibrated_at_s = np.array([
+            parse_calibrated_at(rx.calibrated_at).timestamp() if rx.calibrated_at is not None else self.sim.calibration_epoch_unix_s
+            for rx in config.receivers], dtype=np.float64)
         self._season_phase_rad = np.array([_rng(seed, _SEASON, r).uniform(0.0, 2.0 * math.pi) for r in range(n_rx)])
         self._walk_blocks: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
         weights = np.array([getattr(self.sim, f"traffic_{kind}_weight") for kind in TRAFFIC_KINDS], dtype=np.float64)
@@ -450,22 +457,31 @@ class SimulatedWorld:
     def calibration_error_db_at(self, t_ns) -> np.ndarray:
         """Hidden true gain minus configured gain (dB) at Unix times ``t_ns`` (int or array): ``[..., R]``.
 
-        ``calibration_error_db`` plus a random walk of ``calibration_drift_db_per_sqrt_day`` (0 at
-        ``calibration_epoch_unix_s``, each receiver its own) plus a yearly sine of amplitude ``calibration_seasonal_db``
-        (each receiver its own phase). Deterministic from the seed and the time; without drift keys, the constant.
+        ``calibration_error_db`` plus the change since each receiver was calibrated (``calibrated_at_s``) of a
+        random walk of ``calibration_drift_db_per_sqrt_day`` and of a yearly sine of amplitude
+        ``calibration_seasonal_db`` (each receiver its own walk and phase): over ``h`` days the change has variance
+        ``q^2 |h| + A^2 (1 - cos(2 pi h / year))``, ``streamer.core.calibration_drift``'s structure function.
+        Deterministic from the seed and the time; without drift keys, the constant.
         """
         t_s = np.asarray(t_ns, dtype=np.float64) / 1e9
         out = np.broadcast_to(self.calibration_error_db, t_s.shape + self.calibration_error_db.shape).copy()
         sim = self.sim
         if sim.calibration_seasonal_db > 0:
-            out += sim.calibration_seasonal_db * np.sin(2.0 * math.pi * t_s[..., None] / SECONDS_PER_YEAR + self._season_phase_rad)
+            def season(at_s):
+                return np.sin(2.0 * math.pi * at_s / SECONDS_PER_YEAR + self._season_phase_rad)
+            out += sim.calibration_seasonal_db * (season(t_s[..., None]) - season(self.calibrated_at_s))
         if sim.calibration_drift_db_per_sqrt_day > 0:
-            days = (t_s - sim.calibration_epoch_unix_s) / SECONDS_PER_DAY
-            k = np.floor(days).astype(np.int64)
-            frac = (days - k)[..., None]
-            at_k, at_next = self._walk_at_days(k), self._walk_at_days(k + 1)
-            out += sim.calibration_drift_db_per_sqrt_day * (at_k + frac * (at_next - at_k))
+            out += sim.calibration_drift_db_per_sqrt_day * (self._walk_at(t_s) - self._walk_at(self.calibrated_at_s).diagonal())
         return out
+
+    def _walk_at(self, t_s: np.ndarray) -> np.ndarray:
+        """Each receiver's unit random walk at Unix times ``t_s`` ``[...]`` (s): ``[..., R]``, 0 at
+        ``simulator.calibration_epoch_unix_s``, linear between whole days from it."""
+        days = (np.asarray(t_s, dtype=np.float64) - self.sim.calibration_epoch_unix_s) / SECONDS_PER_DAY
+        k = np.floor(days).astype(np.int64)
+        frac = (days - k)[..., None]
+        at_k, at_next = self._walk_at_days(k), self._walk_at_days(k + 1)
+        return at_k + frac * (at_next - at_k)
 
     def _walk_at_days(self, days: np.ndarray) -> np.ndarray:
         """Unit random walk (one N(0, 1) step per day, 0 at day 0, either side of it) at whole days ``[...]``: ``[..., R]``."""

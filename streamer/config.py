@@ -215,11 +215,11 @@ class SimulatorConfig:
     collision_probability: float = field(default=0.0, metadata=_doc(
         "chance (0..1) that a second transmitter elsewhere in the area keys up during a transmission, on the same channel"))
     calibration_drift_db_per_sqrt_day: float = field(default=0.0, metadata=_doc(
-        "random walk of each receiver's true gain (dB per sqrt(day)), zero at calibration_epoch_unix_s; 0 = no walk"))
+        "random walk of each receiver's true gain (dB per sqrt(day)) from when it was calibrated; 0 = no walk"))
     calibration_seasonal_db: float = field(default=0.0, metadata=_doc(
         "amplitude of each receiver's yearly gain swing (dB; a sine of one year with a random phase per receiver)"))
     calibration_epoch_unix_s: float = field(default=1_767_225_600.0, metadata=_doc(
-        "when the receivers were last calibrated (Unix s; default 2026-01-01T00:00Z): the random walk is 0 there"))
+        "when the simulated receivers were calibrated (Unix s; default 2026-01-01T00:00Z), for those without calibrated_at"))
     clock_jitter_ms: float = field(default=0.0, metadata=_doc(
         "mean lateness of each block's host timestamp (ms, exponential), as a loaded host stamps blocks; 0 = none"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 from collections import Counter
 
 import numpy as np
@@ -172,10 +174,27 @@ def test_calibration_drift_is_a_daily_random_walk_plus_a_yearly_swing_determinis
     seasonal = SimulatedWorld(network_config(seed=7, calibration_seasonal_db=1.5))
     t = epoch_ns + (np.arange(0, 365, 3) * SECONDS_PER_DAY * 1e9).astype(np.int64)
     swing = seasonal.calibration_error_db_at(t) - seasonal.calibration_error_db
-    assert np.abs(swing).max() == pytest.approx(1.5, rel=0.01)
+    np.testing.assert_allclose(swing[0], 0.0, atol=1e-12)  # none yet when calibrated
+    np.testing.assert_allclose(np.ptp(swing, axis=0), 3.0, rtol=0.01)  # a sine of amplitude 1.5 dB
     np.testing.assert_allclose(seasonal.calibration_error_db_at(t + int(SECONDS_PER_YEAR * 1e9)) - seasonal.calibration_error_db,
                                swing, atol=1e-6)
     assert np.ptp(np.argmax(swing, axis=0)) > 0  # each receiver its own phase
+
+
+def test_a_receivers_calibrated_at_is_where_its_drift_starts():
+    """The simulated error follows the model the physics posterior widens for: none at the receiver's own
+    calibrated_at (the others' from the simulator's epoch), growing from there."""
+    cfg = network_config(seed=7, calibration_drift_db_per_sqrt_day=0.3, calibration_seasonal_db=1.0)
+    receivers = [dataclasses.replace(rx, calibrated_at="2026-06-01") if rx.id == "torino" else rx for rx in cfg.receivers]
+    world = SimulatedWorld(dataclasses.replace(cfg, receivers=tuple(receivers)))
+    r = world.receiver_index("torino")
+    june_ns = int(dt.datetime(2026, 6, 1, tzinfo=dt.UTC).timestamp() * 1e9)
+    assert world.calibrated_at_s[r] == june_ns / 1e9
+    assert world.calibration_error_db_at(june_ns)[r] == pytest.approx(world.calibration_error_db[r], abs=1e-12)
+    epoch_ns = int(world.sim.calibration_epoch_unix_s * 1e9)
+    others = np.arange(len(receivers)) != r
+    np.testing.assert_allclose(world.calibration_error_db_at(epoch_ns)[others], world.calibration_error_db[others], atol=1e-12)
+    assert world.calibration_error_db_at(june_ns + 30 * 86_400 * 10**9)[r] != pytest.approx(world.calibration_error_db[r], abs=1e-3)
 
 
 def test_the_drifted_gain_is_what_the_receivers_apply():
