@@ -198,7 +198,8 @@ def window_keying_rng(world, window_id: int) -> np.random.Generator:
 def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: FeatureSpec, *, outage_prob: float = 0.0,
                  min_heard: int = 3, max_receivers: int = MAX_RECEIVERS, shuffle_slots: bool = True,
                  max_tries: int = 6, first_window_id: int = 0, oversampling: int = 1,
-                 traffic: Traffic | str = "full") -> Windows:
+                 traffic: Traffic | str = "full",
+                 start_ns_range: tuple[int, int] = (UNIX_2026_NS, UNIX_2026_NS + 10**15)) -> Windows:
     """Up to ``n`` windows of ``config``'s simulated world with the transmitter uniform over its search area.
 
     Transmit power is uniform in the simulator's ``[tx_power_min_dbm, tx_power_max_dbm]``. Returns fewer than
@@ -206,7 +207,9 @@ def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: Feature
     Rendered windows are numbered from ``first_window_id`` (it keys their audio and noise streams): calls on
     the same world that must not share noise use disjoint ranges. ``oversampling`` > 1 renders through the
     daemon's channelizer (``models.train.render.render_windows``). ``traffic`` (a ``Traffic`` or a name of
-    ``models.train.traffic.TRAFFIC``) keys each rendered window (module doc, step 5).
+    ``models.train.traffic.TRAFFIC``) keys each rendered window (module doc, step 5). Windows start at Unix times
+    (ns) uniform in ``start_ns_range`` (default: about 11.6 days from 2026-01-01), which sets how far a drifting
+    world's calibrations have moved (``SimulatedWorld.calibration_error_db_at``).
     """
     from models.train.render import render_windows  # the simulator's fast path
     from receivers.simulator import SimulatedWorld
@@ -236,7 +239,8 @@ def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: Feature
                 break
             rx_idx = np.flatnonzero(present[b])
             keying = traffic.draw(window_keying_rng(world, next_id), spec.window_s)
-            iq = render_windows(world, tx[b], power[b], UNIX_2026_NS + int(rng.integers(0, 10**15)),
+            start_ns = start_ns_range[0] + int(rng.integers(0, start_ns_range[1] - start_ns_range[0]))
+            iq = render_windows(world, tx[b], power[b], start_ns,
                                 sample_rate_hz=spec.sample_rate_hz, n_samples=spec.n_samples,
                                 window_ids=[next_id], receivers=rx_idx, oversampling=oversampling,
                                 keyings=[None if keying.kind == "full" else keying])

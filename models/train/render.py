@@ -36,8 +36,9 @@ def render_windows(
     For each window b the transmitter stands at ``tx_en_m[b]`` (east, north in m) keyed up at
     ``tx_power_dbm[b]`` (dBm) with audio drawn from (seed, window id); receiver r samples ``n_samples`` at
     ``sample_rate_hz`` (its oscillator error included) from Unix time ``start_ns[b]`` on, with thermal
-    noise over ``sample_rate_hz``. The shadowing fields, calibration errors and signal model are the
-    world's, through ``SimulatedWorld.received_baseband``.
+    noise over ``sample_rate_hz``. The shadowing fields, calibration errors (at ``start_ns[b]``, drift
+    included: ``SimulatedWorld.calibration_error_db_at``) and signal model are the world's, through
+    ``SimulatedWorld.received_baseband``.
 
     Returns complex64 ``[B, R, n_samples]`` in full-scale units (dBFS = dBm - true gain), so
     ``features.mel_frames_dbm(x, spec, world.calibration_db)`` gives dBm as the daemon reads them.
@@ -89,7 +90,7 @@ def render_windows(
         for j, r in enumerate(rx_idx):
             ppm = world.clock_ppm[r] * 1e-6
             t_rel = (np.arange(n_in) - first_input) / (in_rate_hz * (1.0 + ppm))
-            signal_scale, noise_scale = world.full_scale_per_sqrt_mw(r)
+            signal_scale, noise_scale = world.full_scale_per_sqrt_mw(r, t0)
             x = signal_scale * world.received_baseband(r, t0, t_rel, centre_hz * (1.0 + ppm), tx_en_m=tx[b],
                                                        transmissions=on_air)
             if add_noise:
