@@ -1,0 +1,397 @@
+"""Emissions on a band of channels: when each channel's transmission starts and ends, window after window.
+
+``EmissionTracker`` is fed, for every aligned window, each channel's per-frame in-channel SNR (dB) and noise
+(dBm) at each receiver, as the detection rule measures them (``channel_frame_levels``), the receivers present and
+the frames' times (``frame_times_ns``). It owns, per channel and receiver, a tracked noise floor, and per channel
+the state of the emission on it; it returns what happened in the window (``WindowEmissions``).
+
+- **Noise floor**: the rule's in-channel noise estimate (dBm over the channel bandwidth, from the out-of-channel
+  bands), averaged in mW with an exponential time constant of ``floor_time_constant_s`` of idle time. Only idle
+  frames move it: the channel carries no emission (open or being confirmed) and the receiver reads below the off
+  threshold, so a burst whose sidebands reach the noise bands does not raise its own floor. It starts from the
+  median of a receiver's first present window and restarts after a gap in the data much longer than the
+  time constant. The floor a window is judged against is the one tracked up to that window's start.
+- **Level**: a frame's signal (the rule's in-channel power minus noise, dBm) over the tracked floor, in dB.
+- **Hysteresis**: an emission opens on the first frame in which at least ``min_receivers`` present receivers reach
+  ``on_snr_db`` (the rule's threshold, ``EmissionTracker.from_rule``); a frame is active while at least
+  ``min_receivers`` stay at or above ``off_snr_db``; the emission ends when no frame has been active for longer
+  than ``hangover_s``. It starts at its first frame's time and ends at its last active frame's time.
+- **Minimum duration**: an emission is confirmed (``EmissionStart``, an id) once its active frames span
+  ``min_duration_s``; one that ends sooner is dropped and counted in ``dropped_short`` (per channel). Ids are
+  given at confirmation, so they increase in the order of the start events and none is skipped.
+
+Each window's ``active`` lists the confirmed emissions with the frames of that window they were active in
+(bool ``[T]``), for an interim estimate per window; ``EmissionEnd`` carries what a final estimate over the whole
+emission needs. Frames of an emission that fell in the window before the one that confirmed it are not reported
+(at most ``min_duration_s`` of it). A gap between windows counts as silence: an emission that spans a gap longer
+than ``hangover_s`` is split in two. Memory is fixed by the number of channels and receivers.
+
+Times are Unix ns (frame centres), levels dB, powers dBm; nothing here counts metrics or reads the config.
+
+Examples
+--------
+>>> import numpy as np
+>>> tracker = EmissionTracker([Channel("ch1", 446_006_250.0)], ["rx0", "rx1"], on_snr_db=6.0)
+>>> times = frame_times_ns(0, FeatureSpec())
+>>> snr = np.full((1, 2, times.size), -20.0)
+>>> snr[0, 0, 10:40] = 12.0                       # rx0 hears a 0.3 s burst
+>>> noise = np.full((1, 2, times.size), -110.0)
+>>> result = tracker.update(snr, noise, np.array([True, True]), times)
+>>> [type(event).__name__ for event in result.events], int(result.active[0].frames.sum())
+(['EmissionStart'], 30)
+>>> end = tracker.flush().events[0]
+>>> end.receivers, round(end.duration_s, 3)
+(('rx0',), 0.309)
+"""
+
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.dsp.detection import DetectionRule, frame_snr_db
+from streamer.dsp.features import FeatureSpec
+
+#: A gap between frames longer than this many time constants restarts the floor from the next idle frame
+#: (exp(-50) of the old floor would be left anyway); capping keeps the floor's log-domain sums finite.
+_FLOOR_RESTART_TIME_CONSTANTS = 50.0
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One watched channel: ``name`` (unique, used in events) and ``centre_hz`` (its centre frequency, Hz)."""
+
+    name: str
+    centre_hz: float
+
+
+@dataclass(frozen=True)
+class EmissionStart:
+    """An emission has lasted ``min_duration_s``: it started at ``start_ns`` (Unix ns, its first frame)."""
+
+    emission_id: int
+    channel: str
+    start_ns: int
+
+
+@dataclass(frozen=True)
+class EmissionEnd:
+    """An emission has ended.
+
+    start_ns, end_ns : its first frame and its last active frame (Unix ns, frame centres).
+    peak_snr_db : the receivers that heard it (reached ``on_snr_db`` in at least one frame) -> their peak level
+        over the tracked floor (dB), in receiver order.
+    active_frames : how many frames it was active in (at least ``min_receivers`` at or above ``off_snr_db``).
+    """
+
+    emission_id: int
+    channel: str
+    start_ns: int
+    end_ns: int
+    peak_snr_db: dict[str, float]
+    active_frames: int
+
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        """The receivers that heard it, in receiver order."""
+        return tuple(self.peak_snr_db)
+
+    @property
+    def duration_s(self) -> float:
+        """end_ns - start_ns, in s."""
+        return (self.end_ns - self.start_ns) / 1e9
+
+
+@dataclass(frozen=True)
+class ActiveEmission:
+    """A confirmed emission in one window: ``frames`` (bool ``[T]``) are the window's frames it was active in."""
+
+    emission_id: int
+    channel: str
+    frames: np.ndarray
+
+
+@dataclass(frozen=True)
+class WindowEmissions:
+    """What one ``update`` (or ``flush``) found: start and end events in time order, and the active emissions."""
+
+    events: tuple[EmissionStart | EmissionEnd, ...]
+    active: tuple[ActiveEmission, ...]
+
+
+def frame_times_ns(t_start_ns: int, spec: FeatureSpec) -> np.ndarray:
+    """Centre time (Unix ns, int64 ``[T]``) of each mel frame of the window that starts at ``t_start_ns``."""
+    centres_samples = np.arange(spec.n_frames) * spec.hop + spec.n_fft / 2
+    return int(t_start_ns) + np.round(centres_samples / spec.sample_rate_hz * 1e9).astype(np.int64)
+
+
+def channel_frame_levels(rule: DetectionRule, frames_dbm: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The rule's in-channel SNR (dB) and noise (dBm over the channel bandwidth) of each frame.
+
+    ``frames_dbm`` is ``[..., M, T]`` dBm mel frames of one channel (centred at 0 Hz); both results are ``[..., T]``.
+    The SNR is ``frame_snr_db``; the noise is ``channel_power``'s estimate with each frame taken as a window of one.
+    """
+    frames = np.asarray(frames_dbm)
+    if frames.ndim < 2 or frames.shape[-2] != spec.n_mels:
+        raise ValueError(f"channel_frame_levels: expected [..., {spec.n_mels}, T] mel frames, got shape {list(frames.shape)}")
+    snr_db = frame_snr_db(frames, spec, rule.bands(spec), rule.noise_max_offset_hz(spec))
+    one_frame_windows = np.moveaxis(frames, -1, -2)[..., None]
+    noise_dbm = rule.apply(one_frame_windows, spec).noise_dbm
+    return snr_db, noise_dbm
+
+
+class _ChannelState:
+    """One channel's emission in progress (open: a candidate or a confirmed emission), fixed size in receivers."""
+
+    def __init__(self, n_receivers: int) -> None:
+        self.open = False
+        self.emission_id: int | None = None
+        self.start_ns = 0
+        self.last_active_ns = 0
+        self.active_frames = 0
+        self.peak_snr_db = np.full(n_receivers, -np.inf)
+
+    def begin(self, t_ns: int) -> None:
+        self.open, self.emission_id = True, None
+        self.start_ns = self.last_active_ns = t_ns
+        self.active_frames = 0
+        self.peak_snr_db.fill(-np.inf)
+
+
+class EmissionTracker:
+    """Per-channel emission detection across receivers, with tracked noise floors (see the module docstring).
+
+    Parameters
+    ----------
+    channels : the watched channels, in the order of the first axis of ``update``'s arrays.
+    receiver_ids : the receivers, in the order of its second axis.
+    on_snr_db : level (dB over the floor) at which a receiver hears; an emission opens when ``min_receivers`` do.
+    off_snr_db : level (dB) at or above which a receiver keeps an emission active; default ``on_snr_db - 3``.
+    min_receivers : how many present receivers must reach the thresholds in the same frame (default 1).
+    hangover_s : an emission ends after this long (s) without an active frame (default 0.1 s).
+    min_duration_s : shorter emissions are dropped and counted (s; default 0.05 s).
+    floor_time_constant_s : time constant (s of idle frames) of the noise floor's average (default 2 s).
+    """
+
+    def __init__(
+        self,
+        channels: Sequence[Channel],
+        receiver_ids: Sequence[str],
+        *,
+        on_snr_db: float,
+        off_snr_db: float | None = None,
+        min_receivers: int = 1,
+        hangover_s: float = 0.1,
+        min_duration_s: float = 0.05,
+        floor_time_constant_s: float = 2.0,
+    ) -> None:
+        self.channels = tuple(channels)
+        self.receiver_ids = tuple(str(rx) for rx in receiver_ids)
+        _check_names(self.channels, self.receiver_ids)
+        self.on_snr_db = _finite("on_snr_db", on_snr_db)
+        self.off_snr_db = self.on_snr_db - 3.0 if off_snr_db is None else _finite("off_snr_db", off_snr_db)
+        if self.off_snr_db > self.on_snr_db:
+            raise ValueError(f"off_snr_db: expected at most on_snr_db ({self.on_snr_db} dB), got {self.off_snr_db} dB")
+        if isinstance(min_receivers, bool) or not isinstance(min_receivers, int) or not 1 <= min_receivers <= len(
+                self.receiver_ids):
+            raise ValueError(f"min_receivers: expected an integer from 1 to {len(self.receiver_ids)} (the receivers), "
+                             f"got {min_receivers!r}")
+        self.min_receivers = min_receivers
+        self.hangover_ns = _duration_ns("hangover_s", hangover_s, allow_zero=True)
+        self.min_duration_ns = _duration_ns("min_duration_s", min_duration_s, allow_zero=True)
+        self.floor_time_constant_s = _duration_ns("floor_time_constant_s", floor_time_constant_s, allow_zero=False) / 1e9
+        n_channels, n_receivers = len(self.channels), len(self.receiver_ids)
+        self._floor_mw = np.zeros((n_channels, n_receivers))
+        self._floor_seeded = np.zeros((n_channels, n_receivers), dtype=bool)
+        self._states = [_ChannelState(n_receivers) for _ in self.channels]
+        self._last_frame_ns: int | None = None
+        self._next_id = 0
+        #: Emissions dropped for being shorter than ``min_duration_s``, per channel (in channel order).
+        self.dropped_short = np.zeros(n_channels, dtype=np.int64)
+
+    @classmethod
+    def from_rule(cls, rule: DetectionRule, channels: Sequence[Channel], receiver_ids: Sequence[str],
+                  **options) -> EmissionTracker:
+        """A tracker that hears at the detection rule's threshold (``rule.snr_db``); ``options`` as the constructor's."""
+        return cls(channels, receiver_ids, on_snr_db=rule.snr_db, **options)
+
+    @property
+    def floor_dbm(self) -> np.ndarray:
+        """The tracked noise floor (dBm over the channel bandwidth), ``[C, R]``; NaN where not yet seen."""
+        with np.errstate(divide="ignore"):
+            floor = 10.0 * np.log10(self._floor_mw)
+        return np.where(self._floor_seeded, floor, np.nan)
+
+    def update(self, snr_db: np.ndarray, noise_dbm: np.ndarray, present: np.ndarray,
+               frame_times_ns: np.ndarray) -> WindowEmissions:
+        """Take one window: the rule's per-frame SNR (dB) and noise (dBm), both ``[C, R, T]``
+        (``channel_frame_levels``), ``present`` (bool ``[R]``) and the frames' centre times (Unix ns, ``[T]``,
+        increasing, after the previous window's). Non-finite values of a present receiver count as not heard and
+        leave its floor alone."""
+        snr, noise, present, times = self._checked(snr_db, noise_dbm, present, frame_times_ns)
+        usable = present[None, :, None] & np.isfinite(snr) & np.isfinite(noise)
+        self._seed_floors(noise, usable)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level_db = np.where(usable, snr + noise - self.floor_dbm[:, :, None], -np.inf)
+        events: list[tuple[int, EmissionStart | EmissionEnd]] = []
+        active: list[ActiveEmission] = []
+        busy = np.zeros((len(self.channels), times.size), dtype=bool)
+        for c in range(len(self.channels)):
+            busy[c] = self._track_channel(c, level_db[c], times, events, active)
+        idle = usable & ~busy[:, None, :] & (level_db < self.off_snr_db)
+        self._follow_floors(noise, idle, times)
+        self._last_frame_ns = int(times[-1])
+        return WindowEmissions(tuple(event for _, event in sorted(events, key=lambda item: item[0])), tuple(active))
+
+    def flush(self) -> WindowEmissions:
+        """Close every open emission (at shutdown): confirmed ones end at their last active frame, shorter ones are
+        dropped and counted."""
+        events: list[EmissionStart | EmissionEnd] = []
+        for c, state in enumerate(self._states):
+            if state.open:
+                ended = self._close(c, state)
+                if ended is not None:
+                    events.append(ended)
+        return WindowEmissions(tuple(sorted(events, key=lambda event: event.end_ns)), ())
+
+    # ------------------------------------------------------------------------------------------------
+
+    def _checked(self, snr_db, noise_dbm, present, frame_times_ns):
+        """The inputs as arrays of the expected shapes, or a ValueError that names the one that is not."""
+        times = np.asarray(frame_times_ns)
+        if times.ndim != 1 or times.size == 0 or not np.issubdtype(times.dtype, np.integer):
+            raise ValueError(f"frame_times_ns: expected a non-empty 1-D integer array (Unix ns), got "
+                             f"{times.dtype} shape {list(times.shape)}")
+        times = times.astype(np.int64)
+        expected = [len(self.channels), len(self.receiver_ids), times.size]
+        snr = np.asarray(snr_db, dtype=np.float64)
+        noise = np.asarray(noise_dbm, dtype=np.float64)
+        for name, array in (("snr_db", snr), ("noise_dbm", noise)):
+            if list(array.shape) != expected:
+                raise ValueError(f"{name}: expected shape [channels, receivers, frames] = {expected}, "
+                                 f"got {list(array.shape)}")
+        present = np.asarray(present)
+        if present.dtype != bool or present.shape != (len(self.receiver_ids),):
+            raise ValueError(f"present: expected a bool array of shape [{len(self.receiver_ids)}], "
+                             f"got {present.dtype} shape {list(present.shape)}")
+        if np.any(np.diff(times) <= 0):
+            raise ValueError("frame_times_ns: expected strictly increasing frame times")
+        if self._last_frame_ns is not None and times[0] <= self._last_frame_ns:
+            raise ValueError(f"frame_times_ns: the window's first frame ({int(times[0])} ns) is not after the previous "
+                             f"window's last ({self._last_frame_ns} ns)")
+        return snr, noise, present, times
+
+    def _seed_floors(self, noise: np.ndarray, usable: np.ndarray) -> None:
+        """A receiver's first present window seeds its floor with the median of its frames' noise (mW)."""
+        noise_mw = np.where(usable, 10.0 ** (noise / 10.0), np.nan)
+        fresh = ~self._floor_seeded & usable.any(axis=-1)
+        if fresh.any():
+            self._floor_mw[fresh] = np.nanmedian(noise_mw[fresh], axis=-1)
+            self._floor_seeded |= fresh
+
+    def _follow_floors(self, noise: np.ndarray, idle: np.ndarray, times: np.ndarray) -> None:
+        """Move each floor towards its idle frames' noise (mW): f <- d f + (1 - d) x per idle frame, d = exp(-dt/tau),
+        dt the time since the previous frame; summed in closed form over the window."""
+        previous_ns = times[0] if self._last_frame_ns is None else self._last_frame_ns
+        dt_s = np.diff(times, prepend=previous_ns) / 1e9
+        log_decay = np.where(idle, -np.minimum(dt_s / self.floor_time_constant_s, _FLOOR_RESTART_TIME_CONSTANTS), 0.0)
+        later = log_decay.sum(axis=-1, keepdims=True) - np.cumsum(log_decay, axis=-1)
+        noise_mw = np.where(idle, 10.0 ** (np.where(idle, noise, 0.0) / 10.0), 0.0)
+        weights = -np.expm1(log_decay) * np.exp(later)
+        self._floor_mw = np.exp(log_decay.sum(axis=-1)) * self._floor_mw + (weights * noise_mw).sum(axis=-1)
+
+    def _track_channel(self, c: int, level_db: np.ndarray, times: np.ndarray,
+                       events: list, active: list) -> np.ndarray:
+        """Run channel ``c``'s state over one window's frames (``level_db`` is ``[R, T]``); return the frames in
+        which it carried an emission (open, confirmed or not), and add its events and active frames."""
+        state = self._states[c]
+        heard = (level_db >= self.on_snr_db).sum(axis=0) >= self.min_receivers
+        holding = (level_db >= self.off_snr_db).sum(axis=0) >= self.min_receivers
+        busy = np.zeros(times.size, dtype=bool)
+        if not state.open and not heard.any():
+            return busy
+        frames = np.zeros(times.size, dtype=bool)
+        for t, t_ns in enumerate(times.tolist()):
+            if state.open and not holding[t] and t_ns - state.last_active_ns > self.hangover_ns:
+                self._report_frames(c, state, frames, active)
+                ended = self._close(c, state)
+                if ended is not None:
+                    events.append((t_ns, ended))
+            if not state.open and heard[t]:
+                state.begin(t_ns)
+            if not state.open:
+                continue
+            busy[t] = True
+            np.maximum(state.peak_snr_db, level_db[:, t], out=state.peak_snr_db)
+            if holding[t]:
+                state.last_active_ns = t_ns
+                state.active_frames += 1
+                frames[t] = True
+            if state.emission_id is None and state.last_active_ns - state.start_ns >= self.min_duration_ns:
+                state.emission_id = self._next_id
+                self._next_id += 1
+                events.append((t_ns, EmissionStart(state.emission_id, self.channels[c].name, state.start_ns)))
+        if state.open:
+            self._report_frames(c, state, frames, active)
+        return busy
+
+    def _report_frames(self, c: int, state: _ChannelState, frames: np.ndarray, active: list) -> None:
+        """Add a confirmed emission's frames of this window to ``active``, and clear ``frames`` for the next one."""
+        if state.emission_id is not None and frames.any():
+            active.append(ActiveEmission(state.emission_id, self.channels[c].name, frames.copy()))
+        frames[:] = False
+
+    def _close(self, c: int, state: _ChannelState) -> EmissionEnd | None:
+        """End channel ``c``'s open emission: its ``EmissionEnd``, or ``None`` (counted) for one never confirmed."""
+        state.open = False
+        if state.emission_id is None:
+            self.dropped_short[c] += 1
+            return None
+        heard = state.peak_snr_db >= self.on_snr_db
+        peaks = {rx: float(peak) for rx, peak, loud in zip(self.receiver_ids, state.peak_snr_db, heard) if loud}
+        return EmissionEnd(state.emission_id, self.channels[c].name, state.start_ns, state.last_active_ns, peaks,
+                           state.active_frames)
+
+
+def _check_names(channels: tuple[Channel, ...], receiver_ids: tuple[str, ...]) -> None:
+    """Channels and receivers: at least one each, unique names, finite channel centres (Hz)."""
+    if not channels:
+        raise ValueError("channels: expected at least one channel")
+    if not receiver_ids:
+        raise ValueError("receiver_ids: expected at least one receiver")
+    for index, channel in enumerate(channels):
+        if not isinstance(channel, Channel):
+            raise TypeError(f"channels[{index}]: expected a Channel(name, centre_hz), got {channel!r}")
+        if not isinstance(channel.centre_hz, (int, float)) or not math.isfinite(channel.centre_hz):
+            raise ValueError(f"channels[{index}].centre_hz: expected a finite frequency (Hz), got {channel.centre_hz!r}")
+    for what, names in (("channels", [channel.name for channel in channels]), ("receiver_ids", list(receiver_ids))):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{what}: expected unique names, got {', '.join(map(repr, repeated))} more than once")
+
+
+def _finite(name: str, value: float) -> float:
+    """``value`` as a float, or a ValueError naming the parameter."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number (dB), got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number (dB), got {value!r}")
+    return number
+
+
+def _duration_ns(name: str, seconds: float, *, allow_zero: bool) -> int:
+    """A duration given in s, as int ns; a ValueError naming the parameter when it is negative (or zero), or not a number."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a duration in s, got {seconds!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0 s" if allow_zero else "> 0 s"
+        raise ValueError(f"{name}: expected a finite duration {bound}, got {seconds!r}")
+    return round(value * 1e9)
