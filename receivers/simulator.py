@@ -1012,6 +1012,7 @@ class SimulatedReceiver(ReceiverBase):
         tx_time_geo = t_geo - delay_geo  # transmitter time of the knots (s after start_ns)
         tx_time = per_sample(tx_time_geo)
         frac32 = frac.astype(np.float32)
+        segment_start = np.concatenate([[0], np.cumsum(counts)])  # samples of knot segment j: [start[j], start[j + 1])
         parts = out.view(np.float32)
         for tx in transmissions:
             tau = tx_time + (self.start_ns - tx.start_ns) / 1e9
@@ -1020,8 +1021,14 @@ class SimulatedReceiver(ReceiverBase):
             if i1 <= i0:
                 continue
             tau_on = tau[i0:i1]
-            # The audio over the whole chunk (tau is analytic on either side of the transmission), then cut.
-            angle = _fm_phase_f32(tx, tx_time_geo + (self.start_ns - tx.start_ns) / 1e9, counts, frac32)[i0:i1]
+            # The audio over the knot segments holding samples i0 .. i1 - 1 only (a DMR burst is a fraction of a
+            # chunk), from the same knots as over the whole chunk: the same float32 values.
+            j0 = int(np.searchsorted(segment_start, i0, side="right")) - 1
+            j1 = int(np.searchsorted(segment_start, i1 - 1, side="right")) - 1
+            on_counts = counts[j0 : j1 + 1].copy()
+            on_counts[0] -= i0 - segment_start[j0]
+            on_counts[-1] -= segment_start[j1 + 1] - i1
+            angle = _fm_phase_f32(tx, tx_time_geo[j0 : j1 + 2] + (self.start_ns - tx.start_ns) / 1e9, on_counts, frac32[i0:i1])
             angle += (2.0 * math.pi * carrier[i0:i1]).astype(np.float32)
             a = amp[i0:i1] * np.float32(10.0 ** (tx.power_dbm / 20.0))
             if tau_on[0] < KEY_RAMP_S or tau_on[-1] > length_s - KEY_RAMP_S:
