@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import numpy as np
 from models.train.commands import non_negative_int, positive_int
 from models.train.dataset import (
     DETECTION,
+    UNIX_2026_NS,
     Windows,
     _spec_tag,
     draw_windows,
@@ -47,10 +48,11 @@ from models.train.scoring import (
 )
 from models.train.traffic import TRAFFIC, Traffic
 from streamer.config import Config, PhysicsConfig, load
+from streamer.core.calibration_drift import CalibrationDrift
 from streamer.dsp.features import FeatureSpec
 from streamer.estimators.contract import network_search_area_row, site_propagation
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES
-from streamer.estimators.physics import PhysicsGrid
+from streamer.estimators.physics import CALIBRATION_AGE_REFRESH_S, PhysicsGrid
 
 EVAL_SEED = 20_260_001
 RANDOM_NETWORKS = ((5, 8.0), (10, 60.0), (16, 180.0))  # (receivers, bounding-box side in km)
@@ -58,9 +60,8 @@ MANY_NETWORKS_KEY = 1000  # second entry of the random-many seeds; training uses
 DRAWS_PER_NETWORK = 64
 REALIZATIONS_KEY = 2000  # second entry of the random-<k>-realizations seeds
 DRAWS_PER_REALIZATION = 250
-SCENARIO_KEY = 3000  # second entry of the traffic scenario sets' realization seeds
-#: Traffic scenario sets ``--scenarios`` can score (each a ``models.train.traffic.TRAFFIC`` preset), and their size.
-SCENARIOS = ("partial", "bursts")
+SCENARIO_KEY = 3000  # second entry of the scenario sets' realization seeds
+#: The size of a scenario set (``SCENARIOS``): hidden-state realizations per network, draws per realization.
 SCENARIO_REALIZATIONS = 4
 SCENARIO_DRAWS = 250
 
@@ -111,19 +112,86 @@ def random_network(k: int, seed: int = EVAL_SEED) -> tuple[Config, np.random.Gen
 
 def hidden_state_realizations(base: Config, physics: PhysicsConfig, key: list[int], name: str, n_realizations: int,
                               draws: int, spec: FeatureSpec, cache_dir=None, oversampling: int = 1,
-                              traffic: Traffic | str = "full") -> list[tuple[Config, PhysicsConfig, Windows]]:
+                              traffic: Traffic | str = "full", drift: Scenario | None = None,
+                              ) -> list[tuple[Config, PhysicsConfig, Windows]]:
     """Network ``base`` with ``n_realizations`` fresh simulator seeds (hidden calibration errors, noise figures,
     shadowing fields), each drawn from ``SeedSequence(key + [j])``, ``draws`` draws each; ``physics`` (the
-    network's parameters: the seed is hidden state) for every one. ``name`` keys the cached draws."""
+    network's parameters: the seed is hidden state) for every one. ``name`` keys the cached draws. ``drift`` (a
+    ``Scenario`` with a drift): each realization's calibrations drift and its estimators are told so
+    (``drifted``)."""
     tag = _spec_tag(spec, oversampling, traffic)
     out = []
     for j in range(n_realizations):
         rng = np.random.default_rng(np.random.SeedSequence(list(key) + [j]))
         config = replace(base, simulator=replace(base.simulator, seed=int(rng.integers(1, 2**31))))
-        data = _cached(cache_dir, f"{name}-realization{j}-{draws}-{tag}", lambda config=config, rng=rng: draw_windows(
-            config, draws, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling, traffic=traffic))
-        out.append((config, physics, data))
+        told, start_ns_range = physics, (UNIX_2026_NS, UNIX_2026_NS + 10**15)
+        if drift is not None and drift.drift is not None:
+            config, told, start_ns_range = drifted(config, physics, drift)
+        data = _cached(cache_dir, f"{name}-realization{j}-{draws}-{tag}", lambda config=config, rng=rng, span=start_ns_range:
+                       draw_windows(config, draws, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling,
+                                    traffic=traffic, start_ns_range=span))
+        out.append((config, told, data))
     return out
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What a scenario set (``scenario-<name>``) holds fixed: the ``traffic`` (a ``models.train.traffic.TRAFFIC``
+    name) every window is keyed by, and optionally a calibration ``drift`` (random walk in dB/sqrt(day), yearly
+    swing in dB) that every receiver's hidden calibration error follows for ``calibration_age_days`` (days) since
+    all were calibrated together; the estimators are told the drift and the calibration date (``drifted``)."""
+
+    traffic: str
+    drift: CalibrationDrift | None = None
+    calibration_age_days: float = 0.0
+
+    def cache_key(self) -> str:
+        """What besides the traffic tag sets the draws (``""`` without drift)."""
+        if self.drift is None:
+            return ""
+        return (f"-drift{self.drift.random_walk_db_per_sqrt_day:g}+{self.drift.seasonal_db:g}"
+                f"@{self.calibration_age_days:g}d")
+
+
+SCENARIOS = {
+    "partial": Scenario("partial"),
+    "bursts": Scenario("bursts"),
+    # Half a year after calibration, a walk of 0.1 dB/sqrt(day) and a 1 dB yearly swing: an added calibration
+    # error comparable to the calibration sigmas the random networks draw.
+    "drift": Scenario("full", CalibrationDrift(random_walk_db_per_sqrt_day=0.1, seasonal_db=1.0), 180.0),
+}
+#: How long the windows of a drifting scenario span (s): the daemon re-measures the calibrations' age as often.
+DRIFT_WINDOW_SPAN_S = CALIBRATION_AGE_REFRESH_S
+
+
+def drifted(config: Config, physics: PhysicsConfig, scenario: Scenario) -> tuple[Config, PhysicsConfig, tuple[int, int]]:
+    """``config``'s world with ``scenario``'s drift, what its estimators are told, and when its windows are drawn.
+
+    Returns the config with the drift in ``[simulator]`` (walk and yearly swing from 2026-01-01, the calibration
+    epoch), the same drift in ``estimator.physics`` and every receiver's ``calibrated_at`` at that epoch; the
+    physics parameters the estimators get, their calibration sigma widened for the drift at the calibration's age
+    exactly as the daemon widens it (``streamer.estimators.physics.drift_variance_db2``: all receivers were
+    calibrated together, so one sigma, which is also what the model's ``site_propagation`` row takes); and the
+    windows' start range (ns): ``scenario.calibration_age_days`` after the epoch, ``DRIFT_WINDOW_SPAN_S`` long.
+    """
+    import datetime as dt
+    import math
+
+    from streamer.estimators.physics import drift_variance_db2
+
+    drift = scenario.drift
+    epoch_s = UNIX_2026_NS / 1e9
+    calibrated_at = dt.datetime.fromtimestamp(epoch_s, tz=dt.UTC).isoformat()
+    keys = {"calibration_drift_db_per_sqrt_day": drift.random_walk_db_per_sqrt_day,
+            "calibration_seasonal_db": drift.seasonal_db}
+    config = replace(config, simulator=replace(config.simulator, calibration_epoch_unix_s=epoch_s, **keys),
+                     estimator=replace(config.estimator, physics=replace(config.estimator.physics, **keys)),
+                     receivers=type(config.receivers)(replace(rx, calibrated_at=calibrated_at) for rx in config.receivers))
+    start_s = epoch_s + scenario.calibration_age_days * 86_400.0
+    told = replace(config, estimator=replace(config.estimator, physics=replace(physics, **keys)))
+    extra_db2 = drift_variance_db2(told, start_s + DRIFT_WINDOW_SPAN_S / 2)
+    aged = replace(physics, calibration_sigma_db=math.sqrt(physics.calibration_sigma_db**2 + float(extra_db2.mean())))
+    return config, aged, (int(start_s * 1e9), int((start_s + DRIFT_WINDOW_SPAN_S) * 1e9))
 
 
 def realizations(k: int, n_realizations: int, draws: int, spec: FeatureSpec, cache_dir=None,
@@ -137,21 +205,23 @@ def realizations(k: int, n_realizations: int, draws: int, spec: FeatureSpec, cac
                                      traffic)
 
 
-def scenario_networks(traffic: Traffic | str, n_realizations: int, draws: int, spec: FeatureSpec, cache_dir=None,
+def scenario_networks(scenario: Scenario | str, n_realizations: int, draws: int, spec: FeatureSpec, cache_dir=None,
                       oversampling: int = 1, *, seed: int = EVAL_SEED, network: Config | None = None,
                       network_name: str = "default") -> list[tuple[Config, PhysicsConfig, Windows]]:
-    """A traffic scenario set (``traffic-<name>``): the default network (or ``network``) and the three unseen random
-    networks ``random-<k>``, each with its hidden state drawn ``n_realizations`` times (seeds (``seed``,
+    """A scenario set (``scenario-<name>``, ``SCENARIOS``): the default network (or ``network``) and the three unseen
+    random networks ``random-<k>``, each with its hidden state drawn ``n_realizations`` times (seeds (``seed``,
     ``SCENARIO_KEY``, j) for the default, (``seed`` + 1 + k, ``SCENARIO_KEY``, j) for ``random-<k>``), ``draws``
-    draws each, every window keyed as ``traffic`` draws it. Two scenarios share their networks' realizations, so
-    they differ in the traffic only."""
+    draws each, every window keyed as the scenario's traffic draws it, its calibrations drifted when it has a
+    drift. Scenarios share their networks' realizations, so they differ in what the scenario sets only."""
+    scenario = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
     default = load() if network is None else network
-    bases = [(default, default.estimator.physics, [seed, SCENARIO_KEY], f"eval-{network_name}-{seed}-scenario")]
+    suffix = f"-scenario{scenario.cache_key()}"
+    bases = [(default, default.estimator.physics, [seed, SCENARIO_KEY], f"eval-{network_name}-{seed}{suffix}")]
     for k in range(len(RANDOM_NETWORKS)):
         config, _ = random_network(k, seed)
-        bases.append((config, physics_config_for(config), [seed + 1 + k, SCENARIO_KEY], f"eval-random{k}-{seed}-scenario"))
+        bases.append((config, physics_config_for(config), [seed + 1 + k, SCENARIO_KEY], f"eval-random{k}-{seed}{suffix}"))
     return [net for base, physics, key, name in bases for net in hidden_state_realizations(
-        base, physics, key, name, n_realizations, draws, spec, cache_dir, oversampling, traffic)]
+        base, physics, key, name, n_realizations, draws, spec, cache_dir, oversampling, scenario.traffic, scenario)]
 
 
 def many_networks(n_networks: int, spec: FeatureSpec, cache_dir=None, oversampling: int = 1, *,
@@ -239,7 +309,7 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
     only its first rows. A missing or malformed split file fails here, before any scoring. ``traffic`` keys the
     windows of the simulated sets, ``seed`` draws them and the random networks (``EVAL_SEED``: the sets of
     docs/evaluation.md); ``network`` replaces the default network (``simulated_sets``); ``scenarios`` (names of
-    ``SCENARIOS``) adds a ``traffic-<name>`` set each (``scenario_networks``), scored pooled.
+    ``SCENARIOS``) adds a ``scenario-<name>`` set each (``scenario_networks``), scored pooled.
     """
     spec = spec or FeatureSpec()
     if powder:
@@ -271,7 +341,7 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
                                                                              seed=seed)
     for scenario in scenarios:
         network_sets[f"{SCENARIO_PREFIX}{scenario}"] = lambda scenario=scenario: scenario_networks(
-            TRAFFIC[scenario], scenario_realizations, scenario_draws, spec, cache_dir, oversampling, seed=seed,
+            scenario, scenario_realizations, scenario_draws, spec, cache_dir, oversampling, seed=seed,
             network=network, network_name=network_name)
     for name, make in network_sets.items():
         results[name] = score_networks(models, make(), spec, physics)
@@ -333,10 +403,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how the simulated windows are keyed: full (the whole window, default), partial (keyed for a "
                              "fraction uniform in [0.1, 1], an edge inside the window), bursts (DMR-like TDMA or packet "
                              "bursts), onair (the training mix); models.train.traffic")
-    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=(), metavar="NAME",
-                        help="also score each traffic scenario (" + ", ".join(SCENARIOS) + "): the default network (or "
+    parser.add_argument("--scenarios", nargs="+", choices=tuple(SCENARIOS), default=(), metavar="NAME",
+                        help="also score each scenario (" + ", ".join(SCENARIOS) + ": partly keyed windows, bursts, "
+                             "calibrations drifted for half a year, told to the estimators): the default network (or "
                              "--config's) and the three unseen random networks, each with its hidden state drawn "
-                             "--scenario-realizations times, pooled (datasets traffic-<name>; graded apart by --gates)")
+                             "--scenario-realizations times, pooled (datasets scenario-<name>; graded apart by --gates)")
     parser.add_argument("--scenario-realizations", type=positive_int, default=SCENARIO_REALIZATIONS, metavar="K",
                         help=f"hidden-state realizations per network of a scenario (default {SCENARIO_REALIZATIONS})")
     parser.add_argument("--scenario-draws", type=positive_int, default=SCENARIO_DRAWS, metavar="N",
