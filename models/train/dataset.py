@@ -57,6 +57,8 @@ MAX_RECEIVERS = 16
 DETECTION = DetectionRule.from_config(Config())
 BANDS_HZ = ((144e6, 148e6), (430e6, 440e6))
 UNIX_2026_NS = 1_767_225_600 * 10**9
+#: When drawn windows start (Unix ns, [first, last)): about 11.6 days from 2026-01-01.
+WINDOW_START_NS_RANGE = (UNIX_2026_NS, UNIX_2026_NS + 10**15)
 #: Second entry of a window's keying stream (world seed, KEYING_STREAM, window id), apart from the simulator's own.
 KEYING_STREAM = 1_000_001
 
@@ -199,7 +201,7 @@ def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: Feature
                  min_heard: int = 3, max_receivers: int = MAX_RECEIVERS, shuffle_slots: bool = True,
                  max_tries: int = 6, first_window_id: int = 0, oversampling: int = 1,
                  traffic: Traffic | str = "full",
-                 start_ns_range: tuple[int, int] = (UNIX_2026_NS, UNIX_2026_NS + 10**15)) -> Windows:
+                 start_ns_range: tuple[int, int] = WINDOW_START_NS_RANGE) -> Windows:
     """Up to ``n`` windows of ``config``'s simulated world with the transmitter uniform over its search area.
 
     Transmit power is uniform in the simulator's ``[tx_power_min_dbm, tx_power_max_dbm]``. Returns fewer than
@@ -208,7 +210,7 @@ def draw_windows(config: Config, n: int, rng: np.random.Generator, spec: Feature
     the same world that must not share noise use disjoint ranges. ``oversampling`` > 1 renders through the
     daemon's channelizer (``models.train.render.render_windows``). ``traffic`` (a ``Traffic`` or a name of
     ``models.train.traffic.TRAFFIC``) keys each rendered window (module doc, step 5). Windows start at Unix times
-    (ns) uniform in ``start_ns_range`` (default: about 11.6 days from 2026-01-01), which sets how far a drifting
+    (ns) uniform in ``start_ns_range`` (``WINDOW_START_NS_RANGE``), which sets how far a drifting
     world's calibrations have moved (``SimulatedWorld.calibration_error_db_at``).
     """
     from models.train.render import render_windows  # the simulator's fast path

@@ -22,6 +22,7 @@ from models.train.commands import non_negative_int, positive_int
 from models.train.dataset import (
     DETECTION,
     UNIX_2026_NS,
+    WINDOW_START_NS_RANGE,
     Windows,
     _spec_tag,
     draw_windows,
@@ -112,11 +113,11 @@ def random_network(k: int, seed: int = EVAL_SEED) -> tuple[Config, np.random.Gen
 
 def hidden_state_realizations(base: Config, physics: PhysicsConfig, key: list[int], name: str, n_realizations: int,
                               draws: int, spec: FeatureSpec, cache_dir=None, oversampling: int = 1,
-                              traffic: Traffic | str = "full", drift: Scenario | None = None,
+                              traffic: Traffic | str = "full", drifting: Scenario | None = None,
                               ) -> list[tuple[Config, PhysicsConfig, Windows]]:
     """Network ``base`` with ``n_realizations`` fresh simulator seeds (hidden calibration errors, noise figures,
     shadowing fields), each drawn from ``SeedSequence(key + [j])``, ``draws`` draws each; ``physics`` (the
-    network's parameters: the seed is hidden state) for every one. ``name`` keys the cached draws. ``drift`` (a
+    network's parameters: the seed is hidden state) for every one. ``name`` keys the cached draws. ``drifting`` (a
     ``Scenario`` with a drift): each realization's calibrations drift and its estimators are told so
     (``drifted``)."""
     tag = _spec_tag(spec, oversampling, traffic)
@@ -124,9 +125,9 @@ def hidden_state_realizations(base: Config, physics: PhysicsConfig, key: list[in
     for j in range(n_realizations):
         rng = np.random.default_rng(np.random.SeedSequence(list(key) + [j]))
         config = replace(base, simulator=replace(base.simulator, seed=int(rng.integers(1, 2**31))))
-        told, start_ns_range = physics, (UNIX_2026_NS, UNIX_2026_NS + 10**15)
-        if drift is not None and drift.drift is not None:
-            config, told, start_ns_range = drifted(config, physics, drift)
+        told, start_ns_range = physics, WINDOW_START_NS_RANGE
+        if drifting is not None and drifting.drift is not None:
+            config, told, start_ns_range = drifted(config, physics, drifting)
         data = _cached(cache_dir, f"{name}-realization{j}-{draws}-{tag}", lambda config=config, rng=rng, span=start_ns_range:
                        draw_windows(config, draws, rng, spec, shuffle_slots=False, max_tries=20, oversampling=oversampling,
                                     traffic=traffic, start_ns_range=span))
