@@ -53,7 +53,7 @@ from streamer.core.calibration_drift import CalibrationDrift
 from streamer.dsp.features import FeatureSpec
 from streamer.estimators.contract import network_search_area_row, site_propagation
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES
-from streamer.estimators.physics import CALIBRATION_AGE_REFRESH_S, PhysicsGrid
+from streamer.estimators.physics import CALIBRATION_AGE_REFRESH_S
 
 EVAL_SEED = 20_260_001
 RANDOM_NETWORKS = ((5, 8.0), (10, 60.0), (16, 180.0))  # (receivers, bounding-box side in km)
@@ -276,23 +276,52 @@ def describe_network(config: Config, data: Windows) -> dict:
             "heard": float(data.heard.sum(axis=1).mean())}
 
 
-def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: FeatureSpec) -> Estimates:
-    """The daemon's physics estimator on every draw (receivers in config order, slots not shuffled)."""
-    from streamer.core.geodesy import network_geometry
+#: Unix time (s) the estimators of a simulated set run at: the middle of the draws' start range, the time a
+#: configured calibration drift is aged to (``streamer.estimators.physics.drift_variance_db2``).
+SCORED_AT_S = (WINDOW_START_NS_RANGE[0] + WINDOW_START_NS_RANGE[1]) / 2e9
 
-    _, rx_enu_m, area = network_geometry(config)
+
+def told_config(config: Config, physics: PhysicsConfig) -> Config:
+    """``config`` with ``physics`` as its ``estimator.physics``: what the daemon's estimators are configured with."""
+    return replace(config, estimator=replace(config.estimator, physics=physics))
+
+
+def site_row(config: Config, physics: PhysicsConfig) -> np.ndarray:
+    """The ``site_propagation`` row a model is told on ``config``'s network with ``physics``, as the daemon's
+    ``OnnxModel`` forms it: the calibration sigma widened for the receivers' mean calibration drift at
+    ``SCORED_AT_S`` (``estimator.physics`` drift keys and each receiver's ``calibrated_at``; none: as configured)."""
+    import math
+
+    from streamer.estimators.physics import drift_variance_db2
+
+    extra_db2 = drift_variance_db2(told_config(config, physics), SCORED_AT_S)
+    if not extra_db2.any():
+        return site_propagation(physics)
+    return site_propagation(physics, math.sqrt(physics.calibration_sigma_db**2 + float(extra_db2.mean())))
+
+
+def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: FeatureSpec) -> Estimates:
+    """The daemon's physics estimator (``PhysicsPosterior``: its shadowing map, ellipse scale and calibration age
+    at ``SCORED_AT_S`` included) configured with ``physics``, on every draw (receivers in config order, slots not
+    shuffled), each measured over its active frames as the daemon measures it."""
+    from streamer.core.geodesy import network_geometry
+    from streamer.estimators.base import EstimatorInputs
+    from streamer.estimators.physics import PhysicsPosterior
+
+    _, rx_enu_m, _ = network_geometry(config)
     n_rx = rx_enu_m.shape[0]
-    alts = np.array([rx.alt_m for rx in config.receivers])
-    est = PhysicsGrid(physics, rx_enu_m, alts, area)
+    posterior = PhysicsPosterior(told_config(config, physics), clock=lambda: SCORED_AT_S)
     pos = np.empty((len(data), 2))
     cov = np.empty((len(data), 2, 2))
     scales = np.empty((len(data), len(ELLIPSE_PROBABILITIES)))
     for b in range(len(data)):
         frames = data.features_dbm[b, :n_rx]
         present = data.rx_mask[b, :n_rx] > 0.5
-        power = DETECTION.apply(frames, spec, active=data.active_frames[b])  # the frames that carried it, as the daemon
-        res = est.estimate(np.where(present, power.signal_dbm, np.nan), power.heard & present, present,
-                           power.detection_level_dbm)
+        active = data.active_frames[b]
+        power = DETECTION.apply(frames, spec, active=active)
+        res = posterior.estimate(EstimatorInputs(frames, rx_enu_m, present, power.heard & present,
+                                                 np.where(present, power.signal_dbm, np.nan), power.detection_level_dbm,
+                                                 active))
         pos[b], cov[b], scales[b] = res.position_en_m, res.cov_en_m2, res.ellipse_scales
     return pos, cov, scales
 
@@ -324,7 +353,7 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         table = {}
         for path in models:
             for method, told in model_methods(path).items():
-                position, cov, scales = run_onnx(Path(path), data, site=site_propagation(physics_cfg) if told else None,
+                position, cov, scales = run_onnx(Path(path), data, site=site_row(config, physics_cfg) if told else None,
                                                  area=network_search_area_row(config) if told else None)
                 table[method] = scores(position, cov, truth, scales)
                 table[f"{method}+site"] = scores(position, site_calibrated(position, cov, truth), truth, scales)
@@ -367,7 +396,7 @@ def score_networks(models: list[Path], networks: list[tuple[Config, PhysicsConfi
     table = {}
     for path in models:
         for method, told in model_methods(path).items():
-            estimates = [run_onnx(Path(path), data, site=site_propagation(ph) if told else None,
+            estimates = [run_onnx(Path(path), data, site=site_row(c, ph) if told else None,
                                   area=network_search_area_row(c) if told else None) for c, ph, data in networks]
             table[method] = score_many(networks, estimates)
             table[f"{method}+site"] = score_many(networks, [

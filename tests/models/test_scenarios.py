@@ -65,3 +65,19 @@ def test_the_drift_scenario_shares_the_other_scenarios_hidden_states_and_draws_a
 def test_a_drift_free_scenario_leaves_the_world_and_the_estimators_alone():
     assert evaluate.SCENARIOS["partial"].drift is None and evaluate.SCENARIOS["partial"].cache_key() == ""
     assert evaluate.Scenario("full", CalibrationDrift(0.1, 0.0), 30.0).cache_key() == "-drift0.1+0@30d"
+
+
+def test_a_configured_drift_widens_both_estimators_at_the_calibrations_age_as_the_daemon_does():
+    base = load()
+    physics = replace(base.estimator.physics, calibration_drift_db_per_sqrt_day=0.2)
+    config = replace(base, estimator=replace(base.estimator, physics=physics),
+                     receivers=[replace(rx, calibrated_at="2025-01-01") for rx in base.receivers])
+    age_days = evaluate.SCORED_AT_S / 86_400 - (UNIX_2026_NS / 1e9 / 86_400 - 365)
+    sigma = math.hypot(physics.calibration_sigma_db, 0.2 * math.sqrt(age_days))
+    assert evaluate.site_row(config, physics)[1] == pytest.approx(math.hypot(physics.shadowing_db, sigma), rel=1e-5)
+    assert evaluate.site_row(base, base.estimator.physics)[1] == pytest.approx(
+        math.hypot(physics.shadowing_db, physics.calibration_sigma_db), rel=1e-6)
+    data = evaluate.simulated_sets(4, 0, SPEC)["default"][2]
+    _, aged_cov, _ = evaluate.run_physics(config, physics, data, SPEC)
+    _, fresh_cov, _ = evaluate.run_physics(base, base.estimator.physics, data, SPEC)
+    assert np.all(np.linalg.det(aged_cov) > np.linalg.det(fresh_cov))
