@@ -1,0 +1,461 @@
+"""Polyphase analysis filter bank: one receiver's IQ split into a regular grid of channels, state kept across blocks.
+
+The band-watch counterpart of ``streamer.dsp.channelizer``: where a ``Channelizer`` brings one target frequency
+to 0 Hz, a ``FilterBank`` brings every channel of a grid to 0 Hz at once, with one polyphase filter and one FFT
+per output sample time. ``FilterBank.process(block)`` takes one input ``IQBlock`` and returns the channels asked
+for as a ``ChannelBlock`` (complex64 ``[C, n]``), or ``None`` while no output is ready yet.
+
+The grid. A receiver at ``in_rate_hz`` tuned to ``center_freq_hz`` is split into ``N = in_rate_hz /
+channel_spacing_hz`` channels (an integer, else ValueError): channel ``k`` (signed, ``-(N//2) <= k <=
+(N-1)//2``) is centred on ``center_freq_hz + k*channel_spacing_hz``. Each channel comes out at ``out_rate_hz =
+oversampling*channel_spacing_hz`` (oversampling 2 by default: a decimation of ``M = N/oversampling``), so the
+whole channel ``±channel_spacing_hz/2`` lies inside the output band with room for the filter's transition: the
+channel edges do not alias. ``channel_number`` maps a channel's centre frequency (Hz) to ``k``;
+``covered_channels`` says which channels of a band a receiver covers (the rest are masked for it).
+
+What it computes (the whole-signal reference the tests compare the stream against), for each channel ``k``::
+
+    mixed_k[n] = x[n] * exp(-j*2*pi*k*n_abs/N)          n_abs = the absolute sample_index of x[n]
+    y_k        = resample_poly(mixed_k, 1, M, window=bank.taps)
+
+``taps`` is the prototype low-pass (``design_prototype``): a Kaiser-window FIR of odd length ``P*N - 1``,
+unit gain at 0 Hz, flat over the channel (``|f| <= channel_spacing_hz/2``, ripple about
+``10**(-attenuation_db/20)``) and ``attenuation_db`` down from the adjacent channel's centre
+(``|f| >= channel_spacing_hz``) outward, so a neighbour's centre and everything the decimation folds onto the
+channel are rejected by that much. ``P`` (taps per polyphase branch) is the smallest that reaches
+``attenuation_db`` by Kaiser's estimate.
+
+How. Writing ``t = m*M + half_len`` for output ``m``'s newest input and ``s = t - P*N + 1`` for its oldest
+(``taps`` zero-padded to ``P*N``, reversed into ``g``), ``y_k[m] = exp(-j*2*pi*k*s_abs/N) *
+FFT(v_m)[k]`` with ``v_m[r] = sum_q g[q*N + r] * x[s + q*N + r]``: the window folded into ``N`` polyphase
+sums, one ``N``-point FFT, and a phase that depends on ``s_abs mod N`` only (``oversampling`` distinct values).
+The folding runs as one ``numpy.einsum`` over a strided view of the input (no copy of the windows), the FFT is
+``scipy.fft.fft`` on one thread, in chunks of ``_ROWS`` output times that stay in cache.
+
+Timing and accounting (as the channelizer's, with ``up/down = 1/M``):
+
+- Output ``m`` of every channel (counted from 0 since the last reset) sits at input position ``m*M`` counted
+  from the first input since the reset: the prototype's group delay, ``half_len = (len(taps) - 1)/2`` input
+  samples, is compensated, and the output block's ``t0_ns`` is the time of input position
+  ``sample_index*M``. Inputs before the first one are taken as zero, as resample_poly pads.
+- Output ``m`` is emitted as soon as input ``m*M + half_len`` has arrived, so the latency is ``half_len``
+  input samples (``group_delay_s``); the history the next outputs need is carried to the next block, so block
+  boundaries leave no trace in the output (bit for bit: every output is computed from the same samples in
+  the same order whatever the blocks).
+- The mixer's phase comes from the absolute input index, as ``Channelizer``'s does: channel ``k`` of the bank
+  equals, to float32 rounding, a mix by ``k*channel_spacing_hz`` followed by the same filter.
+
+Gaps are the caller's business, as with the channelizer: ``process`` refuses a block that does not follow the
+previous one; the caller counts the gap and calls ``reset()`` (``follows(block)`` tells it beforehand).
+
+To the model's rate. The features run at ``FeatureSpec.sample_rate_hz`` (24 kHz), which differs from the
+bank's channel rate (25 kHz for 12.5 kHz channels). ``feature_rate_channelizers`` gives one ``Channelizer``
+per active channel (``out_rate/in_rate`` = 24/25, mixing by 0 Hz: a pure polyphase resampler with state
+across blocks); ``ChannelBlock.channel_block(i)`` is the ``IQBlock`` it takes. Its output ``j`` sits at bank
+output position ``j*25/24``, i.e. at input position ``j*25/24*M`` (``j*100`` at 2.4 MS/s): the same instants
+as today's single ``Channelizer`` to 24 kHz.
+
+Why hand-written. No maintained Python package offers a PFB channelizer that keeps filter state across
+blocks at this speed: GNU Radio's ``pfb_channelizer_ccf`` does, but only inside a GNU Radio flowgraph (C++,
+its own scheduler, a system-Python install), and scipy has only whole-signal ``resample_poly``/``upfirdn``
+per channel. The tests compare each channel with that scipy reference (``resample_poly`` of the mixed
+signal, the formula above) and the channel powers with GNU Radio's ``pfb_channelizer_ccf`` where GNU Radio is
+installed.
+
+Examples
+--------
+>>> import numpy as np
+>>> from receivers.base import IQBlock
+>>> bank = FilterBank(in_rate_hz=2.4e6, center_freq_hz=145.0e6, channel_spacing_hz=12_500.0, channels=[-1, 0, 4])
+>>> bank.n_channels, bank.decimation, bank.out_rate_hz, len(bank.taps), bank.half_len
+(192, 96, 25000.0, 1727, 863)
+>>> block = IQBlock("rx1", np.ones(24_000, np.complex64), sample_index=0, t0_ns=10**18, time_source="gps",
+...                 sample_rate=2.4e6, center_freq=145.0e6)
+>>> out = bank.process(block)
+>>> out.samples.shape, out.sample_index, out.t0_ns == 10**18, out.channel_freqs_hz
+((3, 242), 0, True, (144987500.0, 145000000.0, 145050000.0))
+>>> channel_number(145.05e6, center_freq_hz=145.0e6, in_rate_hz=2.4e6, channel_spacing_hz=12_500.0)
+4
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import scipy.fft
+from scipy.signal import firwin, kaiser_beta
+
+from receivers.base import MAX_SAMPLE_RATE_HZ, Flags, IQBlock, TimeSource
+from streamer.dsp.channelizer import NEEDS_RESET, Channelizer
+
+#: Largest number of channels (``in_rate_hz / channel_spacing_hz``): bounds the filter (``P*N`` taps) and the FFT.
+MAX_CHANNELS = 1 << 16
+#: Relative mismatch between ``in_rate_hz/channel_spacing_hz`` and an integer that still counts as exact.
+RATIO_TOLERANCE = 1e-9
+#: Range of ``attenuation_db`` accepted: below it the prototype is no channel filter, above it float32
+#: rounding (about -140 dB) would be the floor anyway.
+MIN_ATTENUATION_DB, MAX_ATTENUATION_DB = 20.0, 140.0
+# Output times per einsum + FFT call: the window view, the folded rows and their FFT stay in cache.
+_ROWS = 128
+# Large blocks are taken in pieces of this many output times: the history copy and temporaries stay bounded.
+_BLOCK_ROWS = 64 * _ROWS
+
+
+def channel_count(in_rate_hz: float, channel_spacing_hz: float) -> int:
+    """``N = in_rate_hz / channel_spacing_hz`` (both Hz), or ValueError when it is not an integer in ``[2, MAX_CHANNELS]``.
+
+    Examples
+    --------
+    >>> channel_count(2.4e6, 12_500.0)
+    192
+    >>> channel_count(2.4e6, 7_000.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: filterbank: channel_spacing_hz=7000.0 does not divide in_rate_hz=2400000.0 (ratio 342.857); choose a spacing of in_rate_hz/N Hz for an integer N in [2, 65536]
+    """
+    for name, rate in (("in_rate_hz", in_rate_hz), ("channel_spacing_hz", channel_spacing_hz)):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0):
+            raise ValueError(f"filterbank: {name} must be a positive number of Hz, got {rate!r}")
+    if in_rate_hz > MAX_SAMPLE_RATE_HZ:
+        raise ValueError(f"filterbank: in_rate_hz={in_rate_hz} is above MAX_SAMPLE_RATE_HZ={MAX_SAMPLE_RATE_HZ} Hz")
+    ratio = in_rate_hz / channel_spacing_hz
+    n = round(ratio)
+    if not 2 <= n <= MAX_CHANNELS or abs(ratio - n) > RATIO_TOLERANCE * ratio:
+        raise ValueError(
+            f"filterbank: channel_spacing_hz={channel_spacing_hz} does not divide in_rate_hz={in_rate_hz}"
+            f" (ratio {ratio:.6g}); choose a spacing of in_rate_hz/N Hz for an integer N in [2, {MAX_CHANNELS}]"
+        )
+    return n
+
+
+def channel_range(n_channels: int) -> tuple[int, int]:
+    """Lowest and highest signed channel number of an ``n_channels`` bank: ``(-(N//2), (N-1)//2)``."""
+    return -(n_channels // 2), (n_channels - 1) // 2
+
+
+def channel_number(freq_hz: float, *, center_freq_hz: float, in_rate_hz: float, channel_spacing_hz: float) -> int:
+    """Signed channel ``k`` centred on ``freq_hz`` (Hz) for a receiver tuned to ``center_freq_hz`` (Hz).
+
+    ValueError when ``freq_hz - center_freq_hz`` is not a whole number of ``channel_spacing_hz`` (to 1 mHz: the
+    receiver is tuned off the grid) or ``k`` is outside the bank (``channel_range``).
+    """
+    n = channel_count(in_rate_hz, channel_spacing_hz)
+    offset = Fraction(freq_hz) - Fraction(center_freq_hz)
+    k = round(offset / Fraction(channel_spacing_hz))
+    if abs(float(offset) - k * channel_spacing_hz) > 1e-3:
+        raise ValueError(
+            f"filterbank: channel at {freq_hz} Hz is {float(offset)} Hz from center_freq_hz={center_freq_hz}, not a"
+            f" multiple of channel_spacing_hz={channel_spacing_hz}; tune the receiver onto the channel grid"
+        )
+    lo, hi = channel_range(n)
+    if not lo <= k <= hi:
+        raise ValueError(
+            f"filterbank: channel at {freq_hz} Hz (channel {k}) is outside the band of center_freq_hz={center_freq_hz}"
+            f" at in_rate_hz={in_rate_hz}: channels {lo}..{hi} of {channel_spacing_hz} Hz"
+        )
+    return k
+
+
+def covered_channels(freqs_hz: Sequence[float], *, center_freq_hz: float, in_rate_hz: float,
+                     channel_spacing_hz: float, guard_hz: float = 0.0) -> tuple[int | None, ...]:
+    """For each band channel centre in ``freqs_hz`` (Hz): this receiver's channel number, or None (masked).
+
+    A channel is covered when its whole width, ``freq ± channel_spacing_hz/2``, lies within
+    ``center_freq_hz ± (in_rate_hz/2 - guard_hz)`` (Hz): ``guard_hz`` leaves out the band edges where a front
+    end's anti-alias filter rolls off. A covered channel off the receiver's grid is a ValueError
+    (``channel_number``): the receiver is tuned between channels.
+
+    Examples
+    --------
+    >>> covered_channels([145.0e6, 145.5e6, 146.2e6, 146.1875e6], center_freq_hz=145.0e6, in_rate_hz=2.4e6,
+    ...                  channel_spacing_hz=12_500.0)
+    (0, 40, None, 95)
+    """
+    if not (math.isfinite(guard_hz) and 0.0 <= guard_hz < in_rate_hz / 2):
+        raise ValueError(f"filterbank: guard_hz must be in [0, in_rate_hz/2 = {in_rate_hz / 2}) Hz, got {guard_hz!r}")
+    channel_count(in_rate_hz, channel_spacing_hz)
+    reach_hz = in_rate_hz / 2 - guard_hz - channel_spacing_hz / 2
+    out: list[int | None] = []
+    for freq in freqs_hz:
+        if abs(freq - center_freq_hz) > reach_hz + 1e-3:
+            out.append(None)
+        else:
+            out.append(channel_number(freq, center_freq_hz=center_freq_hz, in_rate_hz=in_rate_hz,
+                                      channel_spacing_hz=channel_spacing_hz))
+    return tuple(out)
+
+
+def design_prototype(n_channels: int, attenuation_db: float = 70.0) -> np.ndarray:
+    """The bank's prototype low-pass at the input rate (float64, odd length ``P*n_channels - 1``, unit gain at 0 Hz).
+
+    In units of the channel spacing: passband ``|f| <= 1/2`` (the channel), stopband ``|f| >= 1`` (the
+    adjacent channel's centre and beyond), i.e. ``firwin(L, 1.5/n_channels, window=("kaiser",
+    kaiser_beta(attenuation_db)))`` with ``L = P*n_channels - 1`` for the smallest ``P >= 2`` whose Kaiser
+    estimate (``scipy.signal.kaiserord``: ``2.285*(L - 1)*pi*w + 7.95`` dB for the transition width
+    ``w = 1/n_channels`` in Nyquist units) reaches ``attenuation_db``.
+    """
+    width = 1.0 / n_channels
+    needed = (attenuation_db - 7.95) / (2.285 * np.pi * width) + 1
+    branch_taps = max(2, math.ceil((needed + 1) / n_channels))
+    return firwin(branch_taps * n_channels - 1, 1.5 / n_channels, window=("kaiser", kaiser_beta(attenuation_db)))
+
+
+@dataclass(frozen=True)
+class ChannelBlock:
+    """A run of filter-bank output: the same output times of several channels of one receiver.
+
+    Attributes
+    ----------
+    receiver_id, time_source, gain_db : as the input blocks'.
+    samples : complex64 ``[C, n]``, one row per entry of ``channels``.
+    channels : signed channel numbers, row by row.
+    sample_index : output index of ``samples[:, 0]`` counted since the bank's reset.
+    t0_ns : Unix time (ns) of ``samples[:, 0]``.
+    sample_rate : output rate of every channel (Hz).
+    center_freq : the receiver's tuned centre (Hz).
+    channel_spacing_hz : the grid's spacing (Hz).
+    flags : union of the flags of the input blocks consumed since the previous output block.
+    """
+
+    receiver_id: str
+    samples: np.ndarray
+    channels: tuple[int, ...]
+    sample_index: int
+    t0_ns: int
+    time_source: TimeSource
+    sample_rate: float
+    center_freq: float
+    channel_spacing_hz: float
+    gain_db: float | None = None
+    flags: Flags = Flags.NONE
+
+    @property
+    def channel_freqs_hz(self) -> tuple[float, ...]:
+        """Centre frequency (Hz) of each row."""
+        return tuple(self.center_freq + k * self.channel_spacing_hz for k in self.channels)
+
+    def channel_block(self, row: int) -> IQBlock:
+        """Row ``row`` as an ``IQBlock`` at the channel rate, centred on its channel (for ``Channelizer``)."""
+        return IQBlock(
+            receiver_id=self.receiver_id,
+            samples=self.samples[row],
+            sample_index=self.sample_index,
+            t0_ns=self.t0_ns,
+            time_source=self.time_source,
+            sample_rate=self.sample_rate,
+            center_freq=self.channel_freqs_hz[row],
+            gain_db=self.gain_db,
+            flags=self.flags,
+        )
+
+
+class FilterBank:
+    """Per-receiver stage: split ``in_rate_hz`` into ``channel_spacing_hz`` channels, output the ones asked for.
+
+    Parameters
+    ----------
+    in_rate_hz : input sample rate (Hz); every block must carry it.
+    center_freq_hz : the receiver's tuned centre (Hz); every block must carry it.
+    channel_spacing_hz : the grid's spacing (Hz); must divide ``in_rate_hz`` (``channel_count``).
+    channels : signed channel numbers to output, in the order wanted (``channel_range``; no repeats).
+    oversampling : output rate / channel spacing, an integer dividing the channel count (2: the channel
+        edges do not alias; 1: critically sampled).
+    attenuation_db : the prototype's stopband attenuation from the adjacent channel's centre on (dB).
+
+    Attributes
+    ----------
+    n_channels : ``N``. decimation : ``M = N/oversampling``. out_rate_hz : ``in_rate_hz/M`` (Hz).
+    taps : the prototype (``design_prototype``), float64. half_len : its group delay (input samples).
+    branch_taps : ``P``, taps per polyphase branch.
+    """
+
+    def __init__(self, in_rate_hz: float, center_freq_hz: float, channel_spacing_hz: float, channels: Sequence[int],
+                 *, oversampling: int = 2, attenuation_db: float = 70.0) -> None:
+        n = channel_count(in_rate_hz, channel_spacing_hz)
+        if isinstance(oversampling, bool) or not isinstance(oversampling, int) or oversampling < 1 or n % oversampling:
+            raise ValueError(f"filterbank: oversampling must be an integer >= 1 dividing the {n} channels, got"
+                             f" {oversampling!r}")
+        if not (isinstance(attenuation_db, (int, float)) and MIN_ATTENUATION_DB <= attenuation_db <= MAX_ATTENUATION_DB):
+            raise ValueError(f"filterbank: attenuation_db must be in [{MIN_ATTENUATION_DB}, {MAX_ATTENUATION_DB}] dB,"
+                             f" got {attenuation_db!r}")
+        if not (isinstance(center_freq_hz, (int, float)) and math.isfinite(center_freq_hz)):
+            raise ValueError(f"filterbank: center_freq_hz must be a finite number of Hz, got {center_freq_hz!r}")
+        self.channels = self._check_channels(channels, n, in_rate_hz, channel_spacing_hz)
+        self.in_rate_hz = float(in_rate_hz)
+        self.center_freq_hz = float(center_freq_hz)
+        self.channel_spacing_hz = float(channel_spacing_hz)
+        self.n_channels = n
+        self.oversampling = oversampling
+        self.decimation = n // oversampling
+        self.out_rate_hz = self.in_rate_hz / self.decimation
+        self.taps = design_prototype(n, attenuation_db)
+        self.half_len = (len(self.taps) - 1) // 2
+        self.branch_taps = (len(self.taps) + 1) // n
+        padded = np.zeros(self.branch_taps * n)
+        padded[: len(self.taps)] = self.taps
+        # g[j] = taps[P*N - 1 - j], as [P, 2N] float32 pairs: each tap twice, for the (re, im) of one sample.
+        self._folding = np.repeat(padded[::-1], 2).astype(np.float32).reshape(self.branch_taps, 2 * n)
+        self._bins = np.array([k % n for k in self.channels], dtype=np.intp)
+        # exp(-j*2*pi*e/N) for e = bin*s_abs mod N: the phase of each output time's oldest input.
+        self._unit_phasors = np.exp(-2j * np.pi * np.arange(n) / n).astype(np.complex64)
+        self._in_rate = Fraction(in_rate_hz)
+        self.reset()
+
+    @staticmethod
+    def _check_channels(channels: Sequence[int], n: int, in_rate_hz: float, spacing_hz: float) -> tuple[int, ...]:
+        lo, hi = channel_range(n)
+        picked = tuple(channels)
+        if not picked:
+            raise ValueError("filterbank: channels is empty; give at least one channel number")
+        for k in picked:
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not lo <= k <= hi:
+                raise ValueError(f"filterbank: channel {k!r} is outside the band: channels are the integers {lo}..{hi}"
+                                 f" (steps of {spacing_hz} Hz at in_rate_hz={in_rate_hz})")
+        if len(set(picked)) != len(picked):
+            raise ValueError(f"filterbank: channels {list(picked)} repeat a channel")
+        return tuple(int(k) for k in picked)
+
+    def reset(self) -> None:
+        """Drop all state (history, stream origin, pending flags): use after a gap or discontinuity."""
+        self.samples_in = 0
+        self.samples_out = 0
+        self._hist_start = self._window_start(0)  # input position of _hist[0]: the next output's oldest input
+        self._hist = np.zeros(-self._hist_start, dtype=np.complex64)
+        self._start_index: int | None = None
+        self._next_index: int | None = None
+        self._receiver_id: str | None = None
+        self._pending_flags = Flags.NONE
+
+    @property
+    def group_delay_s(self) -> float:
+        """The prototype's group delay (s): how long after an input sample arrives its output time is emitted."""
+        return self.half_len / self.in_rate_hz
+
+    @property
+    def next_input_index(self) -> int | None:
+        """Absolute sample_index the next block must start at, or None right after a reset."""
+        return self._next_index
+
+    def _window_start(self, m: int) -> int:
+        return m * self.decimation + self.half_len - self.branch_taps * self.n_channels + 1
+
+    def ready(self, samples_in: int) -> int:
+        """Output times computable from the first ``samples_in`` inputs since the reset (their newest input arrived)."""
+        return max(0, (samples_in - 1 - self.half_len) // self.decimation + 1)
+
+    def input_samples_represented(self, n_out: int) -> int:
+        """Input samples owned by the first ``n_out`` output times: ``n_out*M`` (output ``m`` sits at input ``m*M``)."""
+        return int(n_out) * self.decimation
+
+    def follows(self, block: IQBlock) -> bool:
+        """True if ``process(block)`` can continue the current stream (no gap, no restart, no retune)."""
+        if self._next_index is None:
+            return True
+        return block.sample_index == self._next_index and not (Flags(block.flags) & NEEDS_RESET)
+
+    def process(self, block: IQBlock) -> ChannelBlock | None:
+        """Consume one input block; return the output times that became ready (every channel asked for), or None.
+
+        ``sample_index`` counts output times since the reset; ``t0_ns`` is the time of input position
+        ``sample_index*M``, from this block's ``t0_ns``; ``flags`` the union of the flags of the input blocks
+        consumed since the previous output block.
+        """
+        self._check(block)
+        if self._start_index is None:
+            self._start_index = block.sample_index
+            self._receiver_id = block.receiver_id
+        self._next_index = block.end_index
+        self._pending_flags |= Flags(block.flags)
+        first_out = self.samples_out
+        step = _BLOCK_ROWS * self.decimation
+        pieces = [self._push(block.samples[i : i + step]) for i in range(0, len(block.samples), step)]
+        if self.samples_out == first_out:
+            return None
+        samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+        # Time of output `first_out`: this block's t0 moved by (first_out*M - offset) input samples.
+        offset = block.sample_index - self._start_index
+        numerator = (first_out * self.decimation - offset) * 10**9 * self._in_rate.denominator
+        denominator = self._in_rate.numerator
+        t0_ns = block.t0_ns + (2 * numerator + denominator) // (2 * denominator)  # rounded to the nearest ns
+        flags, self._pending_flags = self._pending_flags, Flags.NONE
+        return ChannelBlock(
+            receiver_id=block.receiver_id,
+            samples=samples,
+            channels=self.channels,
+            sample_index=first_out,
+            t0_ns=int(t0_ns),
+            time_source=block.time_source,
+            sample_rate=self.out_rate_hz,
+            center_freq=self.center_freq_hz,
+            channel_spacing_hz=self.channel_spacing_hz,
+            gain_db=block.gain_db,
+            flags=flags,
+        )
+
+    def _push(self, samples: np.ndarray) -> np.ndarray:
+        """Append input; return ``[C, count]`` for the output times it made ready."""
+        samples = np.asarray(samples, dtype=np.complex64)
+        buf = np.concatenate((self._hist, samples))
+        self.samples_in += len(samples)
+        m0, m1 = self.samples_out, self.ready(self.samples_in)
+        count = max(0, m1 - m0)
+        out = np.empty((len(self.channels), count), dtype=np.complex64)
+        pairs = buf.view(np.float32)
+        stride = pairs.strides[0]
+        n, d, p = self.n_channels, self.decimation, self.branch_taps
+        for r0 in range(0, count, _ROWS):
+            rows = min(_ROWS, count - r0)
+            # windows[r, q, :] = the (re, im) pairs of inputs s_r + q*N .. s_r + q*N + N - 1, a view (no copy)
+            windows = np.ndarray((rows, p, 2 * n), np.float32, pairs, 2 * r0 * d * stride,
+                                 (2 * d * stride, 2 * n * stride, stride))
+            folded = np.einsum("rqs,qs->rs", windows, self._folding).view(np.complex64)
+            spectra = scipy.fft.fft(folded, axis=-1, workers=1, overwrite_x=True)
+            oldest = self._abs_window_start(m0 + r0 + np.arange(rows))
+            phase = self._unit_phasors[(self._bins[:, None] * oldest[None, :]) % n]  # [C, rows]
+            np.multiply(spectra[:, self._bins].T, phase, out=out[:, r0 : r0 + rows])
+        self.samples_out = m1
+        keep_from = self._window_start(self.samples_out)
+        self._hist = buf[keep_from - self._hist_start :].copy()
+        self._hist_start = keep_from
+        return out
+
+    def _abs_window_start(self, m: np.ndarray) -> np.ndarray:
+        """Absolute index modulo N of the oldest input of output times ``m`` (zeros before the stream count too)."""
+        origin = 0 if self._start_index is None else self._start_index
+        return (origin + m * self.decimation + self._window_start(0)) % self.n_channels
+
+    def _check(self, block: IQBlock) -> None:
+        if not math.isclose(block.sample_rate, self.in_rate_hz, rel_tol=1e-9):
+            raise ValueError(f"filterbank[{block.receiver_id}]: block sample_rate {block.sample_rate} Hz, configured"
+                             f" in_rate_hz {self.in_rate_hz} Hz")
+        if not math.isclose(block.center_freq, self.center_freq_hz, rel_tol=1e-12, abs_tol=1e-3):
+            raise ValueError(f"filterbank[{block.receiver_id}]: block center_freq {block.center_freq} Hz, configured"
+                             f" center_freq_hz {self.center_freq_hz} Hz")
+        if np.ndim(block.samples) != 1:
+            raise ValueError(f"filterbank[{block.receiver_id}]: samples must be 1-D, got shape {np.shape(block.samples)}")
+        if self._receiver_id is not None and block.receiver_id != self._receiver_id:
+            raise ValueError(f"filterbank: got a block of receiver {block.receiver_id!r} in the stream of"
+                             f" {self._receiver_id!r}")
+        if not self.follows(block):
+            if block.sample_index != self._next_index:
+                why = f"starts at sample_index {block.sample_index}, expected {self._next_index}"
+            else:
+                why = f"carries {Flags(block.flags)!r}"
+            raise ValueError(f"filterbank[{block.receiver_id}]: block {why}; count the gap and call reset() first")
+
+
+def feature_rate_channelizers(bank: FilterBank, feature_rate_hz: float, taps_per_phase: int = 20) -> list[Channelizer]:
+    """One ``Channelizer`` per channel of ``bank`` (row order), resampling ``bank.out_rate_hz`` -> ``feature_rate_hz``.
+
+    Each mixes by 0 Hz (its centre and target are the channel's centre) and resamples with state across
+    blocks; feed it ``ChannelBlock.channel_block(row)``. ValueError (``check_tunable``'s) when the two rates have
+    no small rational ratio.
+    """
+    return [
+        Channelizer(bank.out_rate_hz, freq, freq, feature_rate_hz, taps_per_phase)
+        for freq in (bank.center_freq_hz + k * bank.channel_spacing_hz for k in bank.channels)
+    ]
