@@ -23,6 +23,7 @@ import numpy as np
 from models.train.dataset import DETECTION, MAX_RECEIVERS, Windows, free_space_loss_1km_db, heard_mask
 from models.train.scoring import format_table, model_methods, run_centroid, run_onnx, scored, scores, site_calibrated
 from streamer.dsp import features as feature_module
+from streamer.core.calibration_drift import DriftFit, Survey, epoch_days, fit_drift, parse_calibrated_at
 from streamer.core.propagation import fit_path_loss
 from streamer.config import PhysicsConfig, from_dict
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES
@@ -183,6 +184,7 @@ def fit_offsets(rows: list[dict], origin: Origin) -> dict:
     fit = fit_path_loss(dist_m, rss_db, used, min_distance_m=10.0)
     return {"A_db": fit.level_db, "n": fit.exponent, "sigma_db": fit.sigma_db,
             "offsets_db": {n: float(fit.offsets_db[i]) for n, i in index.items() if fit.fitted[i]}, "links": fit.links,
+            "offsets_se_db": {n: float(fit.offset_se_db[i]) for n, i in index.items() if fit.fitted[i]},
             "rx_sigma_db": {n: float(fit.residual_sigma_db[i]) for n, i in index.items()
                             if fit.fitted[i] and fit.n_obs[i] >= MIN_LINKS_RX_SIGMA},
             "residuals": _residual_pairs(rows, fit, index, origin)}
@@ -335,11 +337,14 @@ def _channel_power(sample: RenderedSample, spec: FeatureSpec):
 
 
 def physics_estimate(sample: RenderedSample, fit: dict, options: PhysicsOptions, spec: FeatureSpec,
-                     power=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     power=None, drift_var_db2: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Position (m), covariance (m^2) and 68 % / 95 % credible ellipse radii (standard deviations) of the physics
-    estimator on one rendered sample, fed as ``options`` say."""
+    estimator on one rendered sample, fed as ``options`` say; ``drift_var_db2``: the calibration's drift since the
+    fitting rows (dB^2, ``CalibrationAge.variance_db2``), added to every receiver's error variance."""
     power = power if power is not None else _channel_power(sample, spec)
     est, k = physics_estimator(sample, fit, options)
+    if drift_var_db2 > 0:
+        est.widen_calibration(np.full(k, drift_var_db2))
     res = est.estimate(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
     return res.position_en_m, res.cov_en_m2, res.ellipse_scales
 
@@ -549,13 +554,62 @@ def choose_options(cv: dict) -> PhysicsOptions:
     return min(picked, key=lambda c: cv[c]["median_m"])
 
 
+@dataclass(frozen=True)
+class CalibrationAge:
+    """The drift of the receivers' offsets fitted on the fitting rows' surveys (calendar months: the data's
+    measurement campaigns), and what it implies for a row at another time.
+
+    ``epochs_days`` / ``weights``: each survey's mean time (days since the Unix epoch) and its share of the fitted
+    links: the pooled offsets are about that weighted mean of the surveys' offsets.
+    """
+
+    fit: DriftFit
+    surveys: tuple[str, ...]
+    epochs_days: np.ndarray
+    weights: np.ndarray
+
+    def variance_db2(self, timestamp: str) -> float:
+        """Variance (dB^2) of the pooled offsets' error for a row at ``timestamp`` (``streamer.core.calibration_drift``)."""
+        at = epoch_days(parse_calibrated_at(timestamp))
+        return self.fit.drift.prediction_variance_db2(at, self.epochs_days, self.weights)
+
+    def describe(self) -> str:
+        d = self.fit.drift
+        season = (f", seasonal {d.seasonal_db:.2f} +- {self.fit.seasonal_se:.2f} dB" if self.fit.seasonal_fitted
+                  else ", seasonal not fitted (one separation)")
+        return (f"calibration drift from surveys {', '.join(self.surveys)} ({self.fit.receivers} receivers in two or "
+                f"more): random walk {d.random_walk_db_per_sqrt_day:.3f} +- {self.fit.random_walk_se:.3f} dB/sqrt(day)"
+                + season)
+
+
+def fit_calibration_age(fit_rows: list[dict], origin: Origin) -> CalibrationAge | None:
+    """Per-month offsets of the fitting rows (``fit_offsets`` on each month's rows) and the drift they imply
+    (``fit_drift``); ``None`` when the fitting rows hold fewer than two months. Test rows are never read."""
+    months: dict[str, list[dict]] = {}
+    for r in fit_rows:
+        months.setdefault(r["timestamp"][:7], []).append(r)
+    if len(months) < 2:
+        return None
+    fits = {m: fit_offsets(rs, origin) for m, rs in sorted(months.items())}
+    names = sorted({n for f in fits.values() for n in f["offsets_db"]})
+    surveys, epochs, links = [], [], []
+    for m, f in fits.items():
+        epochs.append(float(np.mean([epoch_days(parse_calibrated_at(r["timestamp"])) for r in months[m]])))
+        links.append(f["links"])
+        surveys.append(Survey(epochs[-1], np.array([f["offsets_db"].get(n, np.nan) for n in names]),
+                              np.array([f["offsets_se_db"].get(n, np.nan) for n in names]), m))
+    return CalibrationAge(fit_drift(surveys), tuple(fits), np.array(epochs), np.array(links, dtype=np.float64))
+
+
 def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSpec | None = None, limit: int | None = None,
-                    root: Path = POWDER_DIR, options: PhysicsOptions | None = None, log=None) -> dict:
+                    root: Path = POWDER_DIR, options: PhysicsOptions | None = None, log=None,
+                    calibration_age: bool = True) -> dict:
     """``{method: scores}`` on a POWDER split (shorthand or file) for each ONNX model, ``physics`` and ``centroid``.
 
     ``limit`` scores only the first ``limit`` test rows (quick checks); ``skipped`` counts within them.
     ``options`` feeds the physics estimator (default: ``options_for(split)``, the choice ``select`` stored for this
-    split's test file, else ``BASELINE_OPTIONS``).
+    split's test file, else ``BASELINE_OPTIONS``). ``calibration_age``: both estimators widen for the drift of the
+    offsets between the fitting rows' months and each test row's time (``fit_calibration_age``).
     """
     spec = spec or FeatureSpec()
     options = options or options_for(split, root=root)
@@ -568,17 +622,26 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
             f"sigma = {fit['sigma_db']:.2f} dB; test rows {len(test_rows)}" + (f", scoring the first {limit}" if limit else ""))
         log(f"physics fed as: {options.label()}; shadowing correlation between receivers {_components(fit['correlation'])}"
             + (f", along transmitter positions (maps) {_components(fit['maps'].correlation)}" if "maps" in fit else ""))
-    samples = []
+    age = fit_calibration_age(fit_rows, origin) if calibration_age else None
+    if log and age is not None:
+        log(age.describe())
+    samples, drift_var = [], []
     for i, row in enumerate(test_rows[:limit] if limit else test_rows):
         sample = render_sample(row, fit, origin, spec, i)
         if scorable(sample):
             samples.append(sample)
+            drift_var.append(0.0 if age is None else age.variance_db2(row["timestamp"]))
+    if log and age is not None:
+        log(f"calibration sigma widened for the test rows' age: {CALIBRATION_SIGMA_DB:.1f} dB -> "
+            f"{math.sqrt(CALIBRATION_SIGMA_DB**2 + float(np.median(drift_var))):.2f} dB (median)")
     data = Windows.concat([model_windows(sm) for sm in samples])
     truth = data.tx_enu_km.astype(np.float64) * 1e3
     table = {}
+    sites = np.stack([site_propagation(physics_config(fit), math.sqrt(CALIBRATION_SIGMA_DB**2 + v)) for v in drift_var])
     for path in models:  # a model that takes the site is told the fitted exponent and sigma, as by heimdall calibrate
         for method, told in model_methods(path).items():
-            position, cov, scales = run_onnx(Path(path), data, site=site_propagation(physics_config(fit)) if told else None,
+            # One batch: run_onnx slices the area rows per batch but feeds the site rows whole.
+            position, cov, scales = run_onnx(Path(path), data, batch=max(len(data), 1), site=sites if told else None,
                                              area=np.stack([search_area_row(search_area(sm.rx_enu_m[:MAX_RECEIVERS], AREA_MARGIN_KM))
                                                             for sm in samples]) if told else None)
             table[method] = scores(position, cov, truth, scales)
@@ -587,7 +650,7 @@ def evaluate_powder(models: list, *, split: str | Path = "grid", spec: FeatureSp
     cov = np.empty((len(samples), 2, 2))
     radii = np.empty((len(samples), len(ELLIPSE_PROBABILITIES)))
     for b, sample in enumerate(samples):
-        pos[b], cov[b], radii[b] = physics_estimate(sample, fit, options, spec)
+        pos[b], cov[b], radii[b] = physics_estimate(sample, fit, options, spec, drift_var_db2=drift_var[b])
     table["physics"] = scores(pos, cov, truth, radii)
     table["centroid"] = scored(run_centroid(data), truth)
     skipped = (min(limit, len(test_rows)) if limit else len(test_rows)) - len(data)

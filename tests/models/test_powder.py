@@ -176,3 +176,23 @@ def test_posterior_summaries_mean_is_the_estimators_own():
     np.testing.assert_allclose(got["mean"][1], res.cov_en_m2, rtol=1e-9)
     for name in ("median", "mode"):  # second moment about another point is larger than the covariance
         assert np.trace(got[name][1]) >= np.trace(res.cov_en_m2) - 1e-6
+
+
+def test_calibration_age_is_fitted_on_the_fitting_months_only(rows):
+    origin = powder.origin_of(rows)
+    fit_rows, test_rows = powder.split_rows(rows, SPLITS / "seasonal_split" / "november.json")
+    age = powder.fit_calibration_age(fit_rows, origin)
+    assert age.surveys == ("2022-04", "2022-07") and {r["timestamp"][:7] for r in test_rows} == {"2022-11"}
+    assert not age.fit.seasonal_fitted and age.fit.drift.random_walk_db_per_sqrt_day > 0
+    # November is further from the pooled (mostly July) offsets than a July day is: it widens more.
+    assert age.variance_db2("2022-11-23 13:30:00") > 2 * age.variance_db2("2022-07-08 12:00:00") > 0
+    assert powder.fit_calibration_age([r for r in fit_rows if r["timestamp"].startswith("2022-07")], origin) is None
+
+
+def test_the_physics_posterior_widens_for_the_calibration_drift(fitted):
+    fit, test_rows, origin = fitted
+    spec = FeatureSpec()
+    sample = next(s for i, row in enumerate(test_rows) if powder.scorable(s := powder.render_sample(row, fit, origin, spec, i)))
+    _, fresh, _ = powder.physics_estimate(sample, fit, powder.BASELINE_OPTIONS, spec)
+    _, aged, _ = powder.physics_estimate(sample, fit, powder.BASELINE_OPTIONS, spec, drift_var_db2=40.0)
+    assert np.linalg.det(aged) > 1.5 * np.linalg.det(fresh)
