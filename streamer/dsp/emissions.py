@@ -237,15 +237,13 @@ class EmissionTracker:
         self._seed_floors(noise, usable)
         with np.errstate(divide="ignore", invalid="ignore"):
             level_db = np.where(usable, snr + noise - self.floor_dbm[:, :, None], -np.inf)
-        events: list[tuple[int, EmissionStart | EmissionEnd]] = []
+        events: list[EmissionStart | EmissionEnd] = []
         active: list[ActiveEmission] = []
-        busy = np.zeros((len(self.channels), times.size), dtype=bool)
-        for c in range(len(self.channels)):
-            busy[c] = self._track_channel(c, level_db[c], times, events, active)
+        busy = self._track_channels(level_db, times, events, active)
         idle = usable & ~busy[:, None, :] & (level_db < self.off_snr_db)
         self._follow_floors(noise, idle, times)
         self._last_frame_ns = int(times[-1])
-        return WindowEmissions(tuple(event for _, event in sorted(events, key=lambda item: item[0])), tuple(active))
+        return WindowEmissions(tuple(events), tuple(active))
 
     def flush(self) -> WindowEmissions:
         """Close every open emission (at shutdown): confirmed ones end at their last active frame, shorter ones are
@@ -304,40 +302,48 @@ class EmissionTracker:
         weights = -np.expm1(log_decay) * np.exp(later)
         self._floor_mw = np.exp(log_decay.sum(axis=-1)) * self._floor_mw + (weights * noise_mw).sum(axis=-1)
 
-    def _track_channel(self, c: int, level_db: np.ndarray, times: np.ndarray,
-                       events: list, active: list) -> np.ndarray:
-        """Run channel ``c``'s state over one window's frames (``level_db`` is ``[R, T]``); return the frames in
-        which it carried an emission (open, confirmed or not), and add its events and active frames."""
-        state = self._states[c]
-        heard = (level_db >= self.on_snr_db).sum(axis=0) >= self.min_receivers
-        holding = (level_db >= self.off_snr_db).sum(axis=0) >= self.min_receivers
-        busy = np.zeros(times.size, dtype=bool)
-        if not state.open and not heard.any():
-            return busy
-        frames = np.zeros(times.size, dtype=bool)
+    def _track_channels(self, level_db: np.ndarray, times: np.ndarray, events: list, active: list) -> np.ndarray:
+        """Run every channel's state over one window's frames (``level_db`` is ``[C, R, T]``), frame by frame so that
+        events come in time order and ids in the order of the start events; return the frames in which each channel
+        carried an emission (open, confirmed or not), ``[C, T]``, and add the events and active frames."""
+        heard = (level_db >= self.on_snr_db).sum(axis=1) >= self.min_receivers
+        holding = (level_db >= self.off_snr_db).sum(axis=1) >= self.min_receivers
+        busy = np.zeros(heard.shape, dtype=bool)
+        # A channel with nothing open and no frame heard has nothing to do this window.
+        watched = [c for c, state in enumerate(self._states) if state.open or heard[c].any()]
+        frames = {c: np.zeros(times.size, dtype=bool) for c in watched}
         for t, t_ns in enumerate(times.tolist()):
-            if state.open and not holding[t] and t_ns - state.last_active_ns > self.hangover_ns:
-                self._report_frames(c, state, frames, active)
-                ended = self._close(c, state)
-                if ended is not None:
-                    events.append((t_ns, ended))
-            if not state.open and heard[t]:
-                state.begin(t_ns)
-            if not state.open:
-                continue
-            busy[t] = True
-            np.maximum(state.peak_snr_db, level_db[:, t], out=state.peak_snr_db)
-            if holding[t]:
-                state.last_active_ns = t_ns
-                state.active_frames += 1
-                frames[t] = True
-            if state.emission_id is None and state.last_active_ns - state.start_ns >= self.min_duration_ns:
-                state.emission_id = self._next_id
-                self._next_id += 1
-                events.append((t_ns, EmissionStart(state.emission_id, self.channels[c].name, state.start_ns)))
-        if state.open:
-            self._report_frames(c, state, frames, active)
+            for c in watched:
+                busy[c, t] = self._step(c, t_ns, heard[c, t], holding[c, t], level_db[c, :, t], frames[c], events,
+                                        active)
+                frames[c][t] = holding[c, t] and busy[c, t]
+        for c in watched:
+            if self._states[c].open:
+                self._report_frames(c, self._states[c], frames[c], active)
         return busy
+
+    def _step(self, c: int, t_ns: int, heard: bool, holding: bool, level_db: np.ndarray, frames: np.ndarray,
+              events: list, active: list) -> bool:
+        """Channel ``c``'s state at one frame (``level_db`` is ``[R]``): whether an emission is open at it."""
+        state = self._states[c]
+        if state.open and not holding and t_ns - state.last_active_ns > self.hangover_ns:
+            self._report_frames(c, state, frames, active)
+            ended = self._close(c, state)
+            if ended is not None:
+                events.append(ended)
+        if not state.open and heard:
+            state.begin(t_ns)
+        if not state.open:
+            return False
+        np.maximum(state.peak_snr_db, level_db, out=state.peak_snr_db)
+        if holding:
+            state.last_active_ns = t_ns
+            state.active_frames += 1
+        if state.emission_id is None and state.last_active_ns - state.start_ns >= self.min_duration_ns:
+            state.emission_id = self._next_id
+            self._next_id += 1
+            events.append(EmissionStart(state.emission_id, self.channels[c].name, state.start_ns))
+        return True
 
     def _report_frames(self, c: int, state: _ChannelState, frames: np.ndarray, active: list) -> None:
         """Add a confirmed emission's frames of this window to ``active``, and clear ``frames`` for the next one."""
