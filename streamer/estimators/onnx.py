@@ -329,6 +329,9 @@ class OnnxModel:
             n, sigma, level, spread, _ = (float(v) for v in self._site)
             told = (f"told the site from estimator.physics: path-loss exponent {n:.2f}, sigma {sigma:.2f} dB, "
                     f"level 1 km away {level:.1f} +- {spread:.1f} dBm")
+            aged = float(self._site_row(np.ones(len(self._config.receivers), bool))[1])
+            if aged != sigma:
+                told += f" (sigma {aged:.2f} dB now, with every receiver's calibration age: calibrated_at)"
         if self._model.takes_area and self._area is not None:
             east_min, east_max, north_min, north_max, _ = (float(v) for v in self._area)
             told += (f"; told the search area, {east_max - east_min:.1f} x {north_max - north_min:.1f} km "

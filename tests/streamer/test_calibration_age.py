@@ -217,3 +217,20 @@ def test_the_model_is_told_the_rms_calibration_sigma_of_the_present_receivers(tm
     expected = site_propagation(physics, math.sqrt(physics.calibration_sigma_db**2 + mean_var))
     np.testing.assert_allclose(onnx._site_row(present), expected, rtol=1e-6)
     assert expected[1] > site_propagation(physics)[1] + 1.0
+
+
+def test_check_says_how_much_the_calibrations_age_widens_the_model_sigma(tmp_path, capsys):
+    from streamer.cli import main
+    from tests.helpers.onnx_models import known_model, save
+
+    config = load(write_config(tmp_path, {}))
+    model = save(known_model(config.features, max_receivers=8, site=True), tmp_path)
+    receivers = [{"id": rx.id, "kind": "simulator", "lat": rx.lat, "lon": rx.lon, "calibrated_at": "2020-01-01"}
+                 for rx in config.receivers]
+    path = write_config(tmp_path, {"estimator": {"kind": "onnx", "model": str(model), "providers": ["CPUExecutionProvider"],
+                                                 "physics": {"shadowing_db": 4.0, "calibration_sigma_db": 3.0,
+                                                             "calibration_drift_db_per_sqrt_day": 0.1}},
+                                   "receivers": receivers}, name="aged.toml")
+    assert main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sigma 5.00 dB, level" in out and "dB now, with every receiver's calibration age: calibrated_at)" in out
