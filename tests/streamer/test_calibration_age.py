@@ -21,7 +21,11 @@ from streamer.core.calibration_drift import (
 from streamer.core.geodesy import SearchArea, network_geometry
 from streamer.estimators.base import EstimatorInputs
 from streamer.estimators.contract import site_propagation
-from streamer.estimators.physics import PhysicsGrid, PhysicsPosterior, drift_variance_db2
+from streamer.estimators.physics import (
+    PhysicsGrid,
+    PhysicsPosterior,
+    drift_variance_db2,
+)
 from tests.helpers.daemon import write_config
 
 
@@ -124,8 +128,8 @@ def test_fit_refuses_what_it_cannot_measure():
 
 AREA = SearchArea(-30e3, 70e3, -30e3, 70e3)
 RX_EN = [[0, 0], [40e3, 0], [0, 40e3], [40e3, 40e3]]
-POWER = dict(rx_power_dbm=[-80.0, -95.0, -95.0, -99.0], heard=[True] * 4, present=[True] * 4,
-             detection_level_dbm=[-121.0] * 4)
+POWER = {"rx_power_dbm": [-80.0, -95.0, -95.0, -99.0], "heard": [True] * 4, "present": [True] * 4,
+         "detection_level_dbm": [-121.0] * 4}
 
 
 def test_equal_drift_is_the_same_posterior_as_a_wider_calibration_sigma():
