@@ -29,8 +29,10 @@ How. Writing ``t = m*M + half_len`` for output ``m``'s newest input and ``s = t 
 (``taps`` zero-padded to ``P*N``, reversed into ``g``), ``y_k[m] = exp(-j*2*pi*k*s_abs/N) *
 FFT(v_m)[k]`` with ``v_m[r] = sum_q g[q*N + r] * x[s + q*N + r]``: the window folded into ``N`` polyphase
 sums, one ``N``-point FFT, and a phase that depends on ``s_abs mod N`` only (``oversampling`` distinct values).
-The folding runs as one ``numpy.einsum`` over a strided view of the input (no copy of the windows), the FFT is
-``scipy.fft.fft`` on one thread, in chunks of ``_ROWS`` output times that stay in cache.
+The folding runs as one ``numpy.einsum`` over a strided view of the input (no copy of the windows); the phase
+is a circular shift of ``v_m`` by ``s_abs mod N`` before the transform; the transform is ``scipy.fft.fft`` on one
+thread, or for up to ``DFT_MAX_CHANNELS`` channels a matrix product with just their DFT rows; all in chunks of
+``_ROWS`` output times that stay in cache.
 
 Timing and accounting (as the channelizer's, with ``up/down = 1/M``):
 
@@ -99,6 +101,9 @@ RATIO_TOLERANCE = 1e-9
 #: Range of ``attenuation_db`` accepted: below it the prototype is no channel filter, above it float32
 #: rounding (about -140 dB) would be the floor anyway.
 MIN_ATTENUATION_DB, MAX_ATTENUATION_DB = 20.0, 140.0
+#: Up to this many channels the bank computes them as a DFT (matrix product) instead of the whole FFT: about
+#: ``8*N*C`` real operations per output time against the FFT's ``~5*N*log2(N)``.
+DFT_MAX_CHANNELS = 4
 # Output times per einsum + FFT call: the window view, the folded rows and their FFT stay in cache.
 _ROWS = 128
 # Large blocks are taken in pieces of this many output times: the history copy and temporaries stay bounded.
@@ -300,8 +305,10 @@ class FilterBank:
         # g[j] = taps[P*N - 1 - j], as [P, 2N] float32 pairs: each tap twice, for the (re, im) of one sample.
         self._folding = np.repeat(padded[::-1], 2).astype(np.float32).reshape(self.branch_taps, 2 * n)
         self._bins = np.array([k % n for k in self.channels], dtype=np.intp)
-        # exp(-j*2*pi*e/N) for e = bin*s_abs mod N: the phase of each output time's oldest input.
-        self._unit_phasors = np.exp(-2j * np.pi * np.arange(n) / n).astype(np.complex64)
+        # A few channels cost less as a DFT (a [N, C] matrix product) than as the whole FFT.
+        self._dft = None
+        if len(self.channels) <= DFT_MAX_CHANNELS:
+            self._dft = np.exp(-2j * np.pi * np.outer(np.arange(n), self._bins) / n).astype(np.complex64)
         self._in_rate = Fraction(in_rate_hz)
         self.reset()
 
@@ -413,20 +420,32 @@ class FilterBank:
             windows = np.ndarray((rows, p, 2 * n), np.float32, pairs, 2 * r0 * d * stride,
                                  (2 * d * stride, 2 * n * stride, stride))
             folded = np.einsum("rqs,qs->rs", windows, self._folding).view(np.complex64)
-            spectra = scipy.fft.fft(folded, axis=-1, workers=1, overwrite_x=True)
-            oldest = self._abs_window_start(m0 + r0 + np.arange(rows))
-            phase = self._unit_phasors[(self._bins[:, None] * oldest[None, :]) % n]  # [C, rows]
-            np.multiply(spectra[:, self._bins].T, phase, out=out[:, r0 : r0 + rows])
+            rolled = self._rotate(folded, m0 + r0)
+            if self._dft is None:
+                spectra = scipy.fft.fft(rolled, axis=-1, workers=1, overwrite_x=True)
+                out[:, r0 : r0 + rows] = np.take(spectra, self._bins, axis=1).T
+            else:
+                out[:, r0 : r0 + rows] = (rolled @ self._dft).T
         self.samples_out = m1
         keep_from = self._window_start(self.samples_out)
         self._hist = buf[keep_from - self._hist_start :].copy()
         self._hist_start = keep_from
         return out
 
-    def _abs_window_start(self, m: np.ndarray) -> np.ndarray:
-        """Absolute index modulo N of the oldest input of output times ``m`` (zeros before the stream count too)."""
+    def _rotate(self, folded: np.ndarray, m_first: int) -> np.ndarray:
+        """``folded`` rows (output times ``m_first``, ...) rolled by their oldest input's absolute index mod N.
+
+        ``np.roll(v, s)`` multiplies bin ``k`` of its FFT by ``exp(-j*2*pi*k*s/N)``: the mixer's phase, applied
+        before the transform. Rows ``oversampling`` apart are ``N`` inputs apart and share a shift.
+        """
+        n, rows = self.n_channels, len(folded)
         origin = 0 if self._start_index is None else self._start_index
-        return (origin + m * self.decimation + self._window_start(0)) % self.n_channels
+        rolled = np.empty_like(folded)
+        for first in range(min(self.oversampling, rows)):
+            shift = (origin + self._window_start(m_first + first)) % n
+            rolled[first::self.oversampling, shift:] = folded[first::self.oversampling, : n - shift]
+            rolled[first::self.oversampling, :shift] = folded[first::self.oversampling, n - shift :]
+        return rolled
 
     def _check(self, block: IQBlock) -> None:
         if not math.isclose(block.sample_rate, self.in_rate_hz, rel_tol=1e-9):
