@@ -233,15 +233,18 @@ class EmissionTracker:
         increasing, after the previous window's). Non-finite values of a present receiver count as not heard and
         leave its floor alone."""
         snr, noise, present, times = self._checked(snr_db, noise_dbm, present, frame_times_ns)
-        usable = present[None, :, None] & np.isfinite(snr) & np.isfinite(noise)
-        self._seed_floors(noise, usable)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        # Absurd values (overflowing mW) count as non-finite rather than warn.
+        with np.errstate(over="ignore", invalid="ignore"):
+            noise_mw = 10.0 ** (noise / 10.0)
+            usable = present[None, :, None] & np.isfinite(snr) & np.isfinite(noise) & np.isfinite(noise_mw)
+        self._seed_floors(noise_mw, usable)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             level_db = np.where(usable, snr + noise - self.floor_dbm[:, :, None], -np.inf)
         events: list[EmissionStart | EmissionEnd] = []
         active: list[ActiveEmission] = []
         busy = self._track_channels(level_db, times, events, active)
         idle = usable & ~busy[:, None, :] & (level_db < self.off_snr_db)
-        self._follow_floors(noise, idle, times)
+        self._follow_floors(noise_mw, idle, times)
         self._last_frame_ns = int(times[-1])
         return WindowEmissions(tuple(events), tuple(active))
 
@@ -283,24 +286,23 @@ class EmissionTracker:
                              f"window's last ({self._last_frame_ns} ns)")
         return snr, noise, present, times
 
-    def _seed_floors(self, noise: np.ndarray, usable: np.ndarray) -> None:
-        """A receiver's first present window seeds its floor with the median of its frames' noise (mW)."""
-        noise_mw = np.where(usable, 10.0 ** (noise / 10.0), np.nan)
+    def _seed_floors(self, noise_mw: np.ndarray, usable: np.ndarray) -> None:
+        """A receiver's first present window seeds its floor with the median of its usable frames' noise (mW)."""
         fresh = ~self._floor_seeded & usable.any(axis=-1)
         if fresh.any():
-            self._floor_mw[fresh] = np.nanmedian(noise_mw[fresh], axis=-1)
+            self._floor_mw[fresh] = np.nanmedian(np.where(usable, noise_mw, np.nan)[fresh], axis=-1)
             self._floor_seeded |= fresh
 
-    def _follow_floors(self, noise: np.ndarray, idle: np.ndarray, times: np.ndarray) -> None:
+    def _follow_floors(self, noise_mw: np.ndarray, idle: np.ndarray, times: np.ndarray) -> None:
         """Move each floor towards its idle frames' noise (mW): f <- d f + (1 - d) x per idle frame, d = exp(-dt/tau),
         dt the time since the previous frame; summed in closed form over the window."""
         previous_ns = times[0] if self._last_frame_ns is None else self._last_frame_ns
         dt_s = np.diff(times, prepend=previous_ns) / 1e9
         log_decay = np.where(idle, -np.minimum(dt_s / self.floor_time_constant_s, _FLOOR_RESTART_TIME_CONSTANTS), 0.0)
         later = log_decay.sum(axis=-1, keepdims=True) - np.cumsum(log_decay, axis=-1)
-        noise_mw = np.where(idle, 10.0 ** (np.where(idle, noise, 0.0) / 10.0), 0.0)
         weights = -np.expm1(log_decay) * np.exp(later)
-        self._floor_mw = np.exp(log_decay.sum(axis=-1)) * self._floor_mw + (weights * noise_mw).sum(axis=-1)
+        idle_noise_mw = np.where(idle, noise_mw, 0.0)
+        self._floor_mw = np.exp(log_decay.sum(axis=-1)) * self._floor_mw + (weights * idle_noise_mw).sum(axis=-1)
 
     def _track_channels(self, level_db: np.ndarray, times: np.ndarray, events: list, active: list) -> np.ndarray:
         """Run every channel's state over one window's frames (``level_db`` is ``[C, R, T]``), frame by frame so that

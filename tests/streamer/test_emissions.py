@@ -419,3 +419,15 @@ def test_bad_windows_are_named():
     band.update(levels - 120.0, levels - 110.0, present, times)
     with pytest.raises(ValueError, match="is not after the previous window's last"):
         band.update(levels, levels, present, times)
+
+
+def test_non_finite_levels_are_not_heard_and_leave_the_floor_alone():
+    band = EmissionTracker([Channel("ch-a", 446_006_250.0)], ["rx0", "rx1"], on_snr_db=6.0)
+    snr = np.full((1, 2, SPEC.n_frames), -20.0)
+    noise = np.full((1, 2, SPEC.n_frames), NOISE_DBM)
+    snr[0, 0] = np.nan                           # rx0: nothing usable at all
+    snr[0, 1, 5:25], noise[0, 1, 5:25] = np.inf, 1e300
+    result = band.update(snr, noise, np.array([True, True]), frame_times_ns(T0_NS, SPEC))
+    assert result == band.flush() == type(result)((), ())
+    assert np.isnan(band.floor_dbm[0, 0]) and band.floor_dbm[0, 1] == pytest.approx(NOISE_DBM)
+    assert band.dropped_short.tolist() == [0]
