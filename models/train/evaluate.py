@@ -137,7 +137,7 @@ def hidden_state_realizations(base: Config, physics: PhysicsConfig, key: list[in
 
 @dataclass(frozen=True)
 class Scenario:
-    """What a scenario set (``scenario-<name>``) holds fixed: the ``traffic`` (a ``models.train.traffic.TRAFFIC``
+    """What a scenario set (``traffic-<name>``) holds fixed: the ``traffic`` (a ``models.train.traffic.TRAFFIC``
     name) every window is keyed by, and optionally a calibration ``drift`` (random walk in dB/sqrt(day), yearly
     swing in dB) that every receiver's hidden calibration error follows for ``calibration_age_days`` (days) since
     all were calibrated together; the estimators are told the drift and the calibration date (``drifted``)."""
@@ -209,7 +209,7 @@ def realizations(k: int, n_realizations: int, draws: int, spec: FeatureSpec, cac
 def scenario_networks(scenario: Scenario | str, n_realizations: int, draws: int, spec: FeatureSpec, cache_dir=None,
                       oversampling: int = 1, *, seed: int = EVAL_SEED, network: Config | None = None,
                       network_name: str = "default") -> list[tuple[Config, PhysicsConfig, Windows]]:
-    """A scenario set (``scenario-<name>``, ``SCENARIOS``): the default network (or ``network``) and the three unseen
+    """A scenario set (``traffic-<name>``, ``SCENARIOS``): the default network (or ``network``) and the three unseen
     random networks ``random-<k>``, each with its hidden state drawn ``n_realizations`` times (seeds (``seed``,
     ``SCENARIO_KEY``, j) for the default, (``seed`` + 1 + k, ``SCENARIO_KEY``, j) for ``random-<k>``), ``draws``
     draws each, every window keyed as the scenario's traffic draws it, its calibrations drifted when it has a
@@ -339,7 +339,7 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
     only its first rows. A missing or malformed split file fails here, before any scoring. ``traffic`` keys the
     windows of the simulated sets, ``seed`` draws them and the random networks (``EVAL_SEED``: the sets of
     docs/evaluation.md); ``network`` replaces the default network (``simulated_sets``); ``scenarios`` (names of
-    ``SCENARIOS``) adds a ``scenario-<name>`` set each (``scenario_networks``), scored pooled.
+    ``SCENARIOS``) adds a ``traffic-<name>`` set each (``scenario_networks``), scored pooled.
     """
     spec = spec or FeatureSpec()
     if powder:
@@ -437,7 +437,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also score each scenario (" + ", ".join(SCENARIOS) + ": partly keyed windows, bursts, "
                              "calibrations drifted for half a year, told to the estimators): the default network (or "
                              "--config's) and the three unseen random networks, each with its hidden state drawn "
-                             "--scenario-realizations times, pooled (datasets scenario-<name>; graded apart by --gates)")
+                             "--scenario-realizations times, pooled (datasets traffic-<name>; graded apart by --gates)")
     parser.add_argument("--scenario-realizations", type=positive_int, default=SCENARIO_REALIZATIONS, metavar="K",
                         help=f"hidden-state realizations per network of a scenario (default {SCENARIO_REALIZATIONS})")
     parser.add_argument("--scenario-draws", type=positive_int, default=SCENARIO_DRAWS, metavar="N",

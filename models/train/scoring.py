@@ -250,8 +250,8 @@ def format_gates(results: dict) -> str:
     return "\n".join(lines + ([""] + summary if summary else [])) + "\n"
 
 
-#: Name prefix of the scenario sets of ``heimdall evaluate --scenarios`` (``scenario-partial``, ...).
-SCENARIO_PREFIX = "scenario-"
+#: Name prefix of the scenario sets of ``heimdall evaluate --scenarios`` (``traffic-partial``, ...).
+SCENARIO_PREFIX = "traffic-"
 
 
 def gate_readings(datasets) -> dict[str, list[str]]:
@@ -260,7 +260,7 @@ def gate_readings(datasets) -> dict[str, list[str]]:
     hidden state (``random-<k>-realizations`` in place of ``random-<k>``), which no estimator is told, the oracle
     posterior included (module doc). Only ``seeded`` when no realizations were scored; only ``hidden state`` when
     nothing else was. The scenario sets (``SCENARIO_PREFIX``: the default and three unseen networks pooled over
-    their hidden state, under one kind of traffic or drift) are graded apart, as ``scenarios``."""
+    their hidden state, under one kind of traffic or drift) are graded apart, as ``traffic scenarios``."""
     datasets = list(datasets)
     scenarios = [d for d in datasets if d.startswith(SCENARIO_PREFIX)]
     datasets = [d for d in datasets if not d.startswith(SCENARIO_PREFIX)]
@@ -270,7 +270,7 @@ def gate_readings(datasets) -> dict[str, list[str]]:
         readings["hidden state"] = [d for d in seeded if f"{d}-realizations" not in datasets] + \
                                    [d for d in datasets if d.endswith("-realizations")]
     if scenarios:
-        readings["scenarios"] = scenarios
+        readings["traffic scenarios"] = scenarios
     return readings
 
 

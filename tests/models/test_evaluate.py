@@ -356,11 +356,11 @@ def test_scenario_sets_pool_the_default_and_three_unseen_networks_over_their_hid
 def test_scenario_sets_are_graded_as_their_own_reading():
     results = {
         "default": {"physics": _scores(90, 100, 200, 0.70, 0.95), "m": _scores(95, 101, 201, 0.70, 0.95)},
-        "scenario-partial": {"physics": _scores(90, 100, 200, 0.70, 0.99), "m": _scores(95, 110, 201, 0.70, 0.95)},
+        "traffic-partial": {"physics": _scores(90, 100, 200, 0.70, 0.99), "m": _scores(95, 110, 201, 0.70, 0.95)},
     }
-    assert scoring.gate_readings(results) == {"seeded": ["default"], "scenarios": ["scenario-partial"]}
+    assert scoring.gate_readings(results) == {"seeded": ["default"], "traffic scenarios": ["traffic-partial"]}
     _, scenarios = scoring.gate_summary(results)
-    assert scenarios == "- scenarios (scenario-partial): m misses scenario-partial mean; physics misses scenario-partial cov95"
+    assert scenarios == "- traffic scenarios (traffic-partial): m misses traffic-partial mean; physics misses traffic-partial cov95"
 
 
 def test_the_model_is_fed_each_draws_active_frames(monkeypatch):
