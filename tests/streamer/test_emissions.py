@@ -332,14 +332,27 @@ def keyed_burst_iq(rng: np.random.Generator, n_samples: int, start: int, end: in
     return keyed.astype(np.complex64)
 
 
-def test_a_keyed_burst_in_real_mel_frames_is_one_emission_at_its_times():
+def keyed_tone_iq(n_samples: int, start: int, end: int, snr_db: float, offset_hz: float = 2_000.0) -> np.ndarray:
+    """A tone ``offset_hz`` from the channel centre, keyed over samples [start, end), ``snr_db`` over the channel's
+    noise at NOISE_DBM."""
+    amplitude = np.sqrt(10.0 ** ((NOISE_DBM + snr_db) / 10.0))
+    keyed = np.zeros(n_samples, dtype=np.complex128)
+    keyed[start:end] = amplitude * np.exp(2j * np.pi * offset_hz / SPEC.sample_rate_hz * np.arange(start, end))
+    return keyed.astype(np.complex64)
+
+
+@pytest.mark.parametrize("kind", ["noise-like burst", "tone"])
+def test_a_keyed_burst_in_real_mel_frames_is_one_emission_at_its_times(kind):
     rng = np.random.default_rng(21)
     n_windows = 4
     n_samples = n_windows * SPEC.n_samples
     start_s, end_s = 0.8, 1.4                      # window 1 and window 2
-    rate = SPEC.sample_rate_hz
-    iq = noise_iq(rng, n_samples, NOISE_DBM) + keyed_burst_iq(rng, n_samples, int(start_s * rate), int(end_s * rate),
-                                                               10.0)
+    start, end = int(start_s * SPEC.sample_rate_hz), int(end_s * SPEC.sample_rate_hz)
+    if kind == "tone":
+        signal = keyed_tone_iq(n_samples, start, end, 10.0)
+    else:
+        signal = keyed_burst_iq(rng, n_samples, start, end, 10.0)
+    iq = noise_iq(rng, n_samples, NOISE_DBM) + signal
     receivers = np.stack([iq, noise_iq(rng, n_samples, NOISE_DBM)])   # rx1 hears only noise
     one_channel = EmissionTracker.from_rule(RULE, [Channel("ch-a", 446_006_250.0)], ["rx0", "rx1"])
     events = []
