@@ -82,6 +82,16 @@ def _cached(cache_dir, name: str, make: Callable[[], Windows]) -> Windows:
     return data
 
 
+def _network_label(network: Config | None, network_name: str) -> str:
+    """``network_name`` in a cached draw's file name, with a hash of the config given with ``--config`` (two files of
+    one stem, or one file edited, never share draws)."""
+    if network is None:
+        return network_name
+    import hashlib
+
+    return f"{network_name}.{hashlib.sha256(repr(network).encode()).hexdigest()[:10]}"
+
+
 def simulated_sets(n_default: int, n_random: int, spec: FeatureSpec, cache_dir=None, oversampling: int = 1, *,
                    traffic: Traffic | str = "full", seed: int = EVAL_SEED, network: Config | None = None,
                    network_name: str = "default") -> dict[str, tuple[Config, PhysicsConfig, Windows]]:
@@ -94,7 +104,7 @@ def simulated_sets(n_default: int, n_random: int, spec: FeatureSpec, cache_dir=N
     default = load() if network is None else network
     if n_default:
         sets[network_name] = (default, default.estimator.physics, _cached(
-            cache_dir, f"eval-{network_name}-{seed}-{n_default}-{tag}", lambda: draw_windows(
+            cache_dir, f"eval-{_network_label(network, network_name)}-{seed}-{n_default}-{tag}", lambda: draw_windows(
                 default, n_default, np.random.default_rng(seed), spec, shuffle_slots=False, max_tries=20,
                 oversampling=oversampling, traffic=traffic)))
     for k in range(len(RANDOM_NETWORKS) if n_random else 0):
@@ -217,7 +227,8 @@ def scenario_networks(scenario: Scenario | str, n_realizations: int, draws: int,
     scenario = SCENARIOS[scenario] if isinstance(scenario, str) else scenario
     default = load() if network is None else network
     suffix = f"-scenario{scenario.cache_key()}"
-    bases = [(default, default.estimator.physics, [seed, SCENARIO_KEY], f"eval-{network_name}-{seed}{suffix}")]
+    label = _network_label(network, network_name)
+    bases = [(default, default.estimator.physics, [seed, SCENARIO_KEY], f"eval-{label}-{seed}{suffix}")]
     for k in range(len(RANDOM_NETWORKS)):
         config, _ = random_network(k, seed)
         bases.append((config, physics_config_for(config), [seed + 1 + k, SCENARIO_KEY], f"eval-random{k}-{seed}{suffix}"))

@@ -378,3 +378,15 @@ def test_the_model_is_fed_each_draws_active_frames(monkeypatch):
     monkeypatch.setattr(OnnxSession, "run", run)
     scoring.run_onnx(shipped_model_path(), data)
     assert len(seen) == 1 and np.array_equal(seen[0], data.active_frames) and not data.active_frames.all()
+
+
+def test_two_configs_of_one_stem_do_not_share_cached_draws(tmp_path):
+    first, second = tmp_path / "a" / "site.toml", tmp_path / "b" / "site.toml"
+    for path, seed in ((first, 77), (second, 78)):
+        path.parent.mkdir()
+        path.write_text(SITE_TOML.replace("seed = 77", f"seed = {seed}"))
+    cache = tmp_path / "cache"
+    drawn = [evaluate.simulated_sets(2, 0, evaluate.FeatureSpec(), cache, network=evaluate.read_network(p),
+                                     network_name="site")["site"][2] for p in (first, second)]
+    assert len(list(cache.glob("*.npz"))) == 2
+    assert not np.array_equal(drawn[0].features_dbm, drawn[1].features_dbm)
