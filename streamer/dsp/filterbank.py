@@ -32,7 +32,7 @@ sums, one ``N``-point FFT, and a phase that depends on ``s_abs mod N`` only (``o
 The folding runs as one ``numpy.einsum`` over a strided view of the input (no copy of the windows); the phase
 is a circular shift of ``v_m`` by ``s_abs mod N`` before the transform; the transform is ``scipy.fft.fft`` on one
 thread, or for up to ``DFT_MAX_CHANNELS`` channels a matrix product with just their DFT rows; all in chunks of
-``_ROWS`` output times that stay in cache.
+``ROWS_PER_CALL`` output times that stay in cache.
 
 Timing and accounting (as the channelizer's, with ``up/down = 1/M``):
 
@@ -104,10 +104,10 @@ MIN_ATTENUATION_DB, MAX_ATTENUATION_DB = 20.0, 140.0
 #: Up to this many channels the bank computes them as a DFT (matrix product) instead of the whole FFT: about
 #: ``8*N*C`` real operations per output time against the FFT's ``~5*N*log2(N)``.
 DFT_MAX_CHANNELS = 4
-# Output times per einsum + FFT call: the window view, the folded rows and their FFT stay in cache.
-_ROWS = 128
+#: Output times per einsum + FFT call: the window view, the folded rows and their FFT stay in cache.
+ROWS_PER_CALL = 128
 # Large blocks are taken in pieces of this many output times: the history copy and temporaries stay bounded.
-_BLOCK_ROWS = 64 * _ROWS
+_BLOCK_ROWS = 64 * ROWS_PER_CALL
 
 
 def channel_count(in_rate_hz: float, channel_spacing_hz: float) -> int:
@@ -414,8 +414,8 @@ class FilterBank:
         pairs = buf.view(np.float32)
         stride = pairs.strides[0]
         n, d, p = self.n_channels, self.decimation, self.branch_taps
-        for r0 in range(0, count, _ROWS):
-            rows = min(_ROWS, count - r0)
+        for r0 in range(0, count, ROWS_PER_CALL):
+            rows = min(ROWS_PER_CALL, count - r0)
             # windows[r, q, :] = the (re, im) pairs of inputs s_r + q*N .. s_r + q*N + N - 1, a view (no copy)
             windows = np.ndarray((rows, p, 2 * n), np.float32, pairs, 2 * r0 * d * stride,
                                  (2 * d * stride, 2 * n * stride, stride))

@@ -17,12 +17,18 @@ RECEIVERS_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_r
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommands of ``heimdall bench`` and their options."""
-    from streamer.tools import bench_features, bench_model, bench_pipeline
+    from streamer.tools import (
+        bench_features,
+        bench_filterbank,
+        bench_model,
+        bench_pipeline,
+    )
 
     bench_sub = parser.add_subparsers(dest="bench", required=True)
     for name, module, text in (("pipeline", bench_pipeline, "channelizer + features + estimator as fast as possible"),
                                ("model", bench_model, "batch-1 model latency: OnnxSession vs raw ONNX Runtime"),
-                               ("features", bench_features, "mel features vs scipy stft + librosa mel and raw FFT")):
+                               ("features", bench_features, "mel features vs scipy stft + librosa mel and raw FFT"),
+                               ("filterbank", bench_filterbank, "channel filter bank vs raw FFT and one channelizer per channel")):
         sub = bench_sub.add_parser(name, help=text, description=module.__doc__.split("\n")[0])
         module.add_arguments(sub)
         sub.set_defaults(bench_run=module.run, usage_error=sub.error)

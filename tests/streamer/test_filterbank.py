@@ -4,6 +4,7 @@ accounting; channel powers agree with GNU Radio's pfb_channelizer_ccf where it i
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import textwrap
 
@@ -21,6 +22,7 @@ from streamer.dsp.filterbank import (
     design_prototype,
     feature_rate_channelizers,
 )
+from streamer.tools import bench_filterbank
 
 IN_RATE_HZ = 2.4e6
 SPACING_HZ = 12_500.0
@@ -334,3 +336,21 @@ def test_channel_powers_agree_with_gnuradio_pfb_channelizer(tmp_path):
         assert abs(ours_db[row] - theirs_db[k % N_CHANNELS]) < 0.1, f"channel {k} (GNU Radio output {k % N_CHANNELS})"
     for k, amplitude in levels.items():
         assert theirs_db[k % N_CHANNELS] == pytest.approx(20 * np.log10(amplitude), abs=0.05)
+
+
+def test_bench_filterbank_times_every_path_and_prints_the_ratios_beside_their_targets(capsys):
+    """A tiny run of `heimdall bench filterbank`: distinct input blocks, every path timed, the ratios printed."""
+    blocks = bench_filterbank.input_blocks(IN_RATE_HZ, SPACING_HZ, seconds=0.02, block_ms=5.0, seed=0)
+    assert len(blocks) == 4 and [b.sample_index for b in blocks] == [0, 12_000, 24_000, 36_000]
+    assert not np.array_equal(blocks[0].samples, blocks[1].samples)
+    parser = argparse.ArgumentParser()
+    bench_filterbank.add_arguments(parser)
+    assert bench_filterbank.run(parser.parse_args(["--seconds", "0.02", "--repeats", "1", "--channelizers", "2"])) == 0
+    text = capsys.readouterr().out
+    for expected in ("bank, all 192 channels", "raw FFT 192-pt frames", "the bank's own: every 96 samples",
+                     "192 Channelizers (timed 2, scaled)", "bank / raw FFT", "(target >= 0.5:",
+                     "bank / 192 channelizers", "(target >= 20:", "load average", "at end"):
+        assert expected in text
+    res = bench_filterbank.bench_filterbank(seconds=0.02, repeats=1, channelizers=2)
+    assert res["bank"]["best_msps"] > 0 and res["bank_over_channelizers"] > 0
+    assert res["channelizers_timed"] == [-96, 0]
