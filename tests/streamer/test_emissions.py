@@ -3,6 +3,8 @@ draw checked against real mel frames of noise), and end to end on real mel frame
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -444,3 +446,30 @@ def test_non_finite_levels_are_not_heard_and_leave_the_floor_alone():
     assert result == band.flush() == type(result)((), ())
     assert np.isnan(band.floor_dbm[0, 0]) and band.floor_dbm[0, 1] == pytest.approx(NOISE_DBM)
     assert band.dropped_short.tolist() == [0]
+
+
+def test_memory_does_not_grow_with_the_number_of_emissions(noise_draw):
+    band = tracker()
+    rng = np.random.default_rng(4)
+    shape = (len(CHANNELS), len(RECEIVERS), SPEC.n_frames)
+
+    def feed(first: int, n_windows: int) -> int:
+        """Windows with a 0.2 s burst on ch-a in each; returns how many emissions started."""
+        started = 0
+        for index in range(first, first + n_windows):
+            times = frame_times_ns(T0_NS + index * WINDOW_NS, SPEC)
+            keyed = [(0, (0, 1), index * 0.5 + 0.1, index * 0.5 + 0.3, 10.0)]
+            snr, noise = noise_draw.draw(rng, shape, burst_snr_db(times, keyed))
+            events = band.update(snr, noise, np.ones(len(RECEIVERS), bool), times).events
+            started += sum(isinstance(event, EmissionStart) for event in events)
+        return started
+
+    tracemalloc.start()
+    try:
+        feed(0, 300)   # numpy's own caches fill up over the first few hundred calls (about 4 kB)
+        before_bytes = tracemalloc.get_traced_memory()[0]
+        assert feed(300, 300) == 300
+        grown_bytes = tracemalloc.get_traced_memory()[0] - before_bytes
+    finally:
+        tracemalloc.stop()
+    assert grown_bytes < 1024   # an event kept per emission would take about 300 x 200 bytes
