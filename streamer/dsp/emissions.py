@@ -117,7 +117,8 @@ class ActiveEmission:
 
 @dataclass(frozen=True)
 class WindowEmissions:
-    """What one ``update`` (or ``flush``) found: start and end events in time order, and the active emissions."""
+    """What one ``update`` (or ``flush``) found: start and end events in the order of the frames that decided them
+    (an end is decided a hangover after its last active frame), and the active emissions."""
 
     events: tuple[EmissionStart | EmissionEnd, ...]
     active: tuple[ActiveEmission, ...]
