@@ -191,7 +191,7 @@ def format_lines(res: dict) -> list[str]:
              f"per branch; MS/s of input per CPU second, best / median of {res['bank']['repeats']}")]
 
     def row(label: str, r: dict) -> str:
-        return f"  {label:<52}{r['best_msps']:9.2f} / {r['median_msps']:9.2f} MS/s"
+        return f"  {label:<58}{r['best_msps']:9.2f} / {r['median_msps']:9.2f} MS/s"
 
     lines.append(row(f"bank, all {res['channels']} channels", res["bank"]))
     lines.append(row(f"bank, {len(res['bank_few']['channels'])} channels (DFT path)", res["bank_few"]))
