@@ -293,6 +293,7 @@ class Pipeline:
             rx_power_dbm=np.where(present, power.signal_dbm, np.nan),
             detection_level_dbm=power.detection_level_dbm,
             active_frames=active,
+            t_ns=window.t_start_ns,
         )
         results: list[Estimate] = []
         for estimator in self.estimators:

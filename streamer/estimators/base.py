@@ -29,6 +29,8 @@ class EstimatorInputs:
     detection_level_dbm : float64 [R] signal power at the detection threshold (dBm) for each receiver.
     active_frames : bool [T] the frames that carried the transmission (``DetectionRule.frame_activity``): the
         powers above are measured over them, and the model is told them; ``None``: every frame.
+    t_ns : the window's start (Unix ns, the samples' own time): what calibration ages are measured at, so a
+        replayed recording ages its calibrations to when it was recorded; ``None``: the estimator's clock.
     """
 
     features_dbm: np.ndarray
@@ -38,6 +40,7 @@ class EstimatorInputs:
     rx_power_dbm: np.ndarray
     detection_level_dbm: np.ndarray
     active_frames: np.ndarray | None = None
+    t_ns: int | None = None
 
 
 @dataclass(frozen=True)

@@ -300,17 +300,18 @@ class OnnxModel:
         self._area = network_search_area_row(config) if config.receivers else None
         log.info("model %s %s %s", meta.name, meta.version, self.site_summary())
 
-    def _site_row(self, present: np.ndarray) -> np.ndarray | None:
+    def _site_row(self, present: np.ndarray, at_s: float | None = None) -> np.ndarray | None:
         """The site row for one window: the configured one, its sigma widened for the calibrations' age.
 
         The model takes one sigma for all receivers; a spread of ages becomes the RMS over the window's present
         receivers of their calibration sigmas, sqrt(mean(calibration_sigma^2 + drift variance)): the same total
         error variance over those receivers as the physics posterior's per-receiver sigmas. The age is
-        re-measured on ``clock`` at most every ``physics.CALIBRATION_AGE_REFRESH_S``.
+        measured at Unix time ``at_s`` (s; ``None``: on ``clock``), again when that time has moved by
+        ``physics.CALIBRATION_AGE_REFRESH_S``.
         """
         if self._site is None:
             return None
-        now = self._clock()
+        now = self._clock() if at_s is None else at_s
         if abs(now - self._aged_at_s) >= CALIBRATION_AGE_REFRESH_S:
             self._drift_var_db2, self._aged_at_s = drift_variance_db2(self._config, now), now
         if not self._drift_var_db2.any():
@@ -343,7 +344,7 @@ class OnnxModel:
             inputs.features_dbm[None].astype(np.float32),
             (inputs.rx_enu_m / 1000.0)[None].astype(np.float32),
             inputs.present[None].astype(np.float32),
-            self._site_row(inputs.present),
+            self._site_row(inputs.present, None if inputs.t_ns is None else inputs.t_ns / 1e9),
             self._area,
             frame_mask=None if inputs.active_frames is None else inputs.active_frames[None],
         )

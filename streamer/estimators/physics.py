@@ -482,16 +482,16 @@ class PhysicsPosterior:
         self._covariance_scale = config.estimator.physics.covariance_scale
         self._config, self._clock, self._aged_at_s = config, clock, -math.inf
 
-    def _refresh_calibration_age(self) -> None:
-        """Widen for each receiver's calibration age, measured on ``clock`` at most every
-        ``CALIBRATION_AGE_REFRESH_S`` (drift over an hour is far below what is resolved)."""
-        now = self._clock()
+    def _refresh_calibration_age(self, at_s: float | None = None) -> None:
+        """Widen for each receiver's calibration age at Unix time ``at_s`` (s; ``None``: on ``clock``), measured again
+        when that time has moved by ``CALIBRATION_AGE_REFRESH_S`` (drift over an hour is far below what is resolved)."""
+        now = self._clock() if at_s is None else at_s
         if abs(now - self._aged_at_s) >= CALIBRATION_AGE_REFRESH_S:
             self._estimator.widen_calibration(drift_variance_db2(self._config, now))
             self._aged_at_s = now
 
     def estimate(self, inputs: EstimatorInputs) -> Estimate:
-        self._refresh_calibration_age()
+        self._refresh_calibration_age(None if inputs.t_ns is None else inputs.t_ns / 1e9)
         result = self._estimator.estimate(
             rx_power_dbm=inputs.rx_power_dbm,
             heard=inputs.heard,

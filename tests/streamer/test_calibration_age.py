@@ -273,3 +273,26 @@ def test_widening_for_the_drift_restores_the_posteriors_coverage():
     aged = coverage_95(grid, np.random.default_rng(8), n=800, true_cal_sigma_db=true_sigma)
     print(f"cov95 told the calibration of the day {stale:.3f}, widened for its age {aged:.3f}")
     assert stale < 0.90 and 0.92 <= aged <= 0.98
+
+
+def test_a_window_is_aged_at_its_own_time_not_the_estimators_clock(tmp_path):
+    """A replayed recording's windows carry the time they were recorded (``EstimatorInputs.t_ns``): both estimators
+    age the calibrations to then, whatever the clock says."""
+    from streamer.estimators.onnx import OnnxModel
+    from tests.helpers.onnx_models import known_model, save
+
+    config = drifting_config(tmp_path, ["2026-01-01"], drift=0.5)
+    calibrated_s = parse_calibrated_at("2026-01-01").timestamp()
+    late_clock = lambda: calibrated_s + 400 * SECONDS_PER_DAY  # noqa: E731 - a replay a year after recording
+    inputs = window_inputs(config)
+    at_calibration = dataclasses.replace(inputs, t_ns=int(calibrated_s * 1e9))
+    fresh = PhysicsPosterior(config, clock=lambda: calibrated_s).estimate(inputs).cov_en_m2
+    np.testing.assert_allclose(PhysicsPosterior(config, clock=late_clock).estimate(at_calibration).cov_en_m2, fresh)
+    assert np.linalg.det(PhysicsPosterior(config, clock=late_clock).estimate(inputs).cov_en_m2) > 1.2 * np.linalg.det(fresh)
+    model = save(known_model(config.features, max_receivers=8, site=True), tmp_path)
+    config = dataclasses.replace(config, estimator=dataclasses.replace(
+        config.estimator, model=str(model), providers=("CPUExecutionProvider",), model_site="physics"))
+    onnx = OnnxModel(config, clock=late_clock)
+    present = np.ones(len(config.receivers), bool)
+    assert onnx._site_row(present, at_s=calibrated_s)[1] == pytest.approx(site_propagation(config.estimator.physics)[1])
+    assert onnx._site_row(present)[1] > site_propagation(config.estimator.physics)[1] + 1.0
