@@ -60,7 +60,7 @@ def _reference(x, k, origin, bank):
 def _stream(bank, x, sizes, first_index=ORIGIN):
     outs, pos = [], 0
     for size in sizes:
-        out = bank.process(_block(x[pos : pos + size], first_index + pos))
+        out = bank.process(_block(x[pos : pos + size], first_index + pos, fs=bank.in_rate_hz))
         pos += size
         if out is not None:
             outs.append(out)
@@ -81,6 +81,37 @@ def test_each_channel_equals_the_mix_and_resample_poly_reference(channels):
         ref = _reference(x, k, ORIGIN, bank)[:n_out]
         err = np.max(np.abs(out.samples[row] - ref)) / np.max(np.abs(ref))
         assert err < 2e-6, f"channel {k}: max relative error {err:.2e}"
+
+
+@pytest.mark.parametrize(
+    ("in_rate_hz", "spacing_hz", "oversampling"),
+    [(2.4e6, 12_500.0, 1), (2.048e6, 16_000.0, 4), (240_000.0, 16_000.0, 3), (250_000.0, 12_500.0, 2)],
+)
+def test_other_grids_and_oversampling_equal_the_reference_too(in_rate_hz, spacing_hz, oversampling):
+    """Critically sampled, 4x oversampled, an odd channel count (15), a small bank (20)."""
+    n_channels = channel_count(in_rate_hz, spacing_hz)
+    lo, hi = -(n_channels // 2), (n_channels - 1) // 2
+    channels = sorted({lo, -1, 0, 1, hi, lo + 3})
+    bank = FilterBank(in_rate_hz, CENTER_HZ, spacing_hz, channels, oversampling=oversampling)
+    assert bank.out_rate_hz == pytest.approx(oversampling * spacing_hz)
+    x = _noise(40_000, seed=7)
+    outs = _stream(bank, x, [9_999, 1, 30_000])
+    got = np.concatenate([o.samples for o in outs], axis=1)
+    for row, k in enumerate(channels):
+        cycles = (k % n_channels) * ((ORIGIN + np.arange(len(x))) % n_channels) / n_channels
+        ref = resample_poly(x * np.exp(-2j * np.pi * cycles), 1, bank.decimation, window=bank.taps)[: got.shape[1]]
+        err = np.max(np.abs(got[row] - ref)) / np.max(np.abs(ref))
+        assert err < 2e-6, f"channel {k}: max relative error {err:.2e}"
+
+
+def test_state_stays_bounded_over_a_long_stream():
+    """The carried history never exceeds one filter span plus one decimation step, however many blocks pass."""
+    bank = _bank()
+    x = _noise(bank.decimation * 40, seed=8)
+    span = bank.branch_taps * bank.n_channels
+    for i in range(300):
+        bank.process(_block(x[(i * 777) % 1000 :][:777], ORIGIN + i * 777))
+        assert len(bank._hist) < span + bank.decimation
 
 
 def test_each_channel_psd_within_0_1_db_of_an_independent_filter_and_decimate_over_80_percent():
@@ -254,6 +285,9 @@ def test_off_grid_and_out_of_band_frequencies_are_clear_errors():
     with pytest.raises(ValueError, match=r"channel 100\) is outside the band"):
         channel_number(CENTER_HZ + 100 * SPACING_HZ, center_freq_hz=CENTER_HZ, in_rate_hz=IN_RATE_HZ,
                        channel_spacing_hz=SPACING_HZ)
+    with pytest.raises(ValueError, match="tune the receiver onto the channel grid"):  # tuned between channels
+        covered_channels([CENTER_HZ], center_freq_hz=CENTER_HZ + 3_000.0, in_rate_hz=IN_RATE_HZ,
+                         channel_spacing_hz=SPACING_HZ)
     with pytest.raises(ValueError, match="guard_hz must be in"):
         covered_channels([CENTER_HZ], center_freq_hz=CENTER_HZ, in_rate_hz=IN_RATE_HZ, channel_spacing_hz=SPACING_HZ,
                          guard_hz=-1.0)
