@@ -343,14 +343,17 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
              powder_baseline: bool = False, cache_dir=None, spec: FeatureSpec | None = None, oversampling: int = 1,
              traffic: Traffic | str = "full", seed: int = EVAL_SEED, network: Config | None = None,
              network_name: str = "default", scenarios: tuple[str, ...] = (),
-             scenario_realizations: int = SCENARIO_REALIZATIONS, scenario_draws: int = SCENARIO_DRAWS, log=print) -> dict:
+             scenario_realizations: int = SCENARIO_REALIZATIONS, scenario_draws: int = SCENARIO_DRAWS,
+             every_frame: bool = False, log=print) -> dict:
     """``{dataset: {method: scores}}`` for every model, ``physics`` and ``centroid`` (docs/evaluation.md).
 
     ``powder_split`` is a shorthand (``grid``, ``random``) or a split file's path; ``powder_max_samples`` scores
     only its first rows. A missing or malformed split file fails here, before any scoring. ``traffic`` keys the
     windows of the simulated sets, ``seed`` draws them and the random networks (``EVAL_SEED``: the sets of
     docs/evaluation.md); ``network`` replaces the default network (``simulated_sets``); ``scenarios`` (names of
-    ``SCENARIOS``) adds a ``traffic-<name>`` set each (``scenario_networks``), scored pooled.
+    ``SCENARIOS``) adds a ``traffic-<name>`` set each (``scenario_networks``), scored pooled. ``every_frame``
+    scores the simulated sets over every frame of each window (``over_every_frame``), as the estimators ran before
+    the daemon decided which frames carried the transmission: the comparison that decision is measured against.
     """
     spec = spec or FeatureSpec()
     if powder:
@@ -360,6 +363,7 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
     results: dict[str, dict] = {}
     for name, (config, physics_cfg, data) in simulated_sets(n_default, n_random, spec, cache_dir, oversampling, traffic=traffic,
                                                             seed=seed, network=network, network_name=network_name).items():
+        data = over_every_frame(data) if every_frame else data
         truth = data.tx_enu_km.astype(np.float64) * 1e3
         table = {}
         for path in models:
@@ -385,7 +389,8 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
             scenario, scenario_realizations, scenario_draws, spec, cache_dir, oversampling, seed=seed,
             network=network, network_name=network_name)
     for name, make in network_sets.items():
-        results[name] = score_networks(models, make(), spec, physics)
+        networks = [(c, ph, over_every_frame(d) if every_frame else d) for c, ph, d in make()]
+        results[name] = score_networks(models, networks, spec, physics)
         log(format_table(name, results[name]))
     if powder:
         from models.train.powder import evaluate_powder, split_name
@@ -397,6 +402,12 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
                                         options=BASELINE_OPTIONS if powder_baseline else None, log=log)
         log(format_table(name, results[name]))
     return results
+
+
+def over_every_frame(data: Windows) -> Windows:
+    """``data`` with every frame of every window marked active: both estimators then measure and pool each window
+    over all its frames (``heard`` stays the draws' own, so the same windows are scored)."""
+    return replace(data, active_frames=np.ones_like(data.active_frames))
 
 
 def score_networks(models: list[Path], networks: list[tuple[Config, PhysicsConfig, Windows]], spec: FeatureSpec,
@@ -453,6 +464,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"hidden-state realizations per network of a scenario (default {SCENARIO_REALIZATIONS})")
     parser.add_argument("--scenario-draws", type=positive_int, default=SCENARIO_DRAWS, metavar="N",
                         help=f"draws per realization of a scenario (default {SCENARIO_DRAWS})")
+    parser.add_argument("--every-frame", action="store_true",
+                        help="score the simulated sets over every frame of each window, as the estimators ran before the "
+                             "daemon decided which frames carried the transmission (compare with a run without it)")
     parser.add_argument("--no-physics", action="store_true", help="skip the physics estimator")
     parser.add_argument("--powder", action="store_true", help="also score on POWDER real data (the split of --powder-split)")
     split = parser.add_mutually_exclusive_group()
@@ -520,7 +534,7 @@ def run(args: argparse.Namespace) -> int:
                        oversampling=2 if args.channelized else 1, traffic=args.traffic, seed=args.seed, network=network,
                        network_name="default" if args.config is None else args.config.stem,
                        scenarios=tuple(dict.fromkeys(args.scenarios)), scenario_realizations=args.scenario_realizations,
-                       scenario_draws=args.scenario_draws, log=log)
+                       scenario_draws=args.scenario_draws, every_frame=args.every_frame, log=log)
     if args.reproduces:
         print(format_reproduction(results, *args.reproduces))
     elif args.gates:

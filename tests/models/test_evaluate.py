@@ -390,3 +390,15 @@ def test_two_configs_of_one_stem_do_not_share_cached_draws(tmp_path):
                                      network_name="site")["site"][2] for p in (first, second)]
     assert len(list(cache.glob("*.npz"))) == 2
     assert not np.array_equal(drawn[0].features_dbm, drawn[1].features_dbm)
+
+
+def test_every_frame_scores_the_same_windows_over_all_their_frames():
+    data = evaluate.simulated_sets(3, 0, evaluate.FeatureSpec(), traffic="partial")["default"][2]
+    every = evaluate.over_every_frame(data)
+    assert every.active_frames.all() and not data.active_frames.all()
+    assert np.array_equal(every.features_dbm, data.features_dbm) and np.array_equal(every.heard, data.heard)
+    config = evaluate.load()
+    physics = config.estimator.physics
+    moved = evaluate.run_physics(config, physics, every, evaluate.FeatureSpec())[0] - \
+        evaluate.run_physics(config, physics, data, evaluate.FeatureSpec())[0]
+    assert np.abs(moved).max() > 1.0  # a partly keyed window measured over every frame reads a lower power
