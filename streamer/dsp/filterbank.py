@@ -152,6 +152,9 @@ def channel_number(freq_hz: float, *, center_freq_hz: float, in_rate_hz: float, 
     receiver is tuned off the grid) or ``k`` is outside the bank (``channel_range``).
     """
     n = channel_count(in_rate_hz, channel_spacing_hz)
+    for name, value in (("channel frequency", freq_hz), ("center_freq_hz", center_freq_hz)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"filterbank: {name} must be a finite number of Hz, got {value!r}")
     offset = Fraction(freq_hz) - Fraction(center_freq_hz)
     k = round(offset / Fraction(channel_spacing_hz))
     if abs(float(offset) - k * channel_spacing_hz) > 1e-3:
@@ -183,9 +186,9 @@ def covered_channels(freqs_hz: Sequence[float], *, center_freq_hz: float, in_rat
     ...                  channel_spacing_hz=12_500.0)
     (0, 40, None, 95)
     """
+    channel_count(in_rate_hz, channel_spacing_hz)
     if not (math.isfinite(guard_hz) and 0.0 <= guard_hz < in_rate_hz / 2):
         raise ValueError(f"filterbank: guard_hz must be in [0, in_rate_hz/2 = {in_rate_hz / 2}) Hz, got {guard_hz!r}")
-    channel_count(in_rate_hz, channel_spacing_hz)
     reach_hz = in_rate_hz / 2 - guard_hz - channel_spacing_hz / 2
     out: list[int | None] = []
     for freq in freqs_hz:

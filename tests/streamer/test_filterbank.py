@@ -288,6 +288,8 @@ def test_off_grid_and_out_of_band_frequencies_are_clear_errors():
     with pytest.raises(ValueError, match="tune the receiver onto the channel grid"):  # tuned between channels
         covered_channels([CENTER_HZ], center_freq_hz=CENTER_HZ + 3_000.0, in_rate_hz=IN_RATE_HZ,
                          channel_spacing_hz=SPACING_HZ)
+    with pytest.raises(ValueError, match="channel frequency must be a finite number of Hz, got nan"):
+        channel_number(float("nan"), center_freq_hz=CENTER_HZ, in_rate_hz=IN_RATE_HZ, channel_spacing_hz=SPACING_HZ)
     with pytest.raises(ValueError, match="guard_hz must be in"):
         covered_channels([CENTER_HZ], center_freq_hz=CENTER_HZ, in_rate_hz=IN_RATE_HZ, channel_spacing_hz=SPACING_HZ,
                          guard_hz=-1.0)
