@@ -321,6 +321,8 @@ class FilterBank:
     @staticmethod
     def _check_channels(channels: Sequence[int], n: int, in_rate_hz: float, spacing_hz: float) -> tuple[int, ...]:
         lo, hi = channel_range(n)
+        if isinstance(channels, (str, bytes)) or not hasattr(channels, "__iter__"):
+            raise ValueError(f"filterbank: channels must be a list of channel numbers, got {channels!r}")
         picked = tuple(channels)
         if not picked:
             raise ValueError("filterbank: channels is empty; give at least one channel number")

@@ -265,6 +265,7 @@ def test_channel_numbers_and_coverage():
         ({"in_rate_hz": 1e9}, "above MAX_SAMPLE_RATE_HZ"),
         ({"channels": [96]}, "channel 96 is outside the band: channels are the integers -96..95"),
         ({"channels": []}, "channels is empty"),
+        ({"channels": 5}, "channels must be a list of channel numbers, got 5"),
         ({"channels": [1, 1]}, "repeat a channel"),
         ({"channels": [1.5]}, "channel 1.5 is outside the band"),
         ({"oversampling": 5}, "oversampling must be an integer >= 1 dividing the 192 channels"),
