@@ -42,8 +42,9 @@ Timing and accounting (as the channelizer's, with ``up/down = 1/M``):
   ``sample_index*M``. Inputs before the first one are taken as zero, as resample_poly pads.
 - Output ``m`` is emitted as soon as input ``m*M + half_len`` has arrived, so the latency is ``half_len``
   input samples (``group_delay_s``); the history the next outputs need is carried to the next block, so block
-  boundaries leave no trace in the output (bit for bit: every output is computed from the same samples in
-  the same order whatever the blocks).
+  boundaries leave no trace in the output: bit for bit on the FFT path (every output is computed from the
+  same samples in the same order whatever the blocks), to float32 rounding on the DFT path (BLAS orders its
+  sums by how many rows a call gets).
 - The mixer's phase comes from the absolute input index, as ``Channelizer``'s does: channel ``k`` of the bank
   equals, to float32 rounding, a mix by ``k*channel_spacing_hz`` followed by the same filter.
 
@@ -104,9 +105,10 @@ RATIO_TOLERANCE = 1e-9
 #: Range of ``attenuation_db`` accepted: below it the prototype is no channel filter, above it float32
 #: rounding (about -140 dB) would be the floor anyway.
 MIN_ATTENUATION_DB, MAX_ATTENUATION_DB = 20.0, 140.0
-#: Up to this many channels the bank computes them as a DFT (matrix product) instead of the whole FFT: about
-#: ``8*N*C`` real operations per output time against the FFT's ``~5*N*log2(N)``.
-DFT_MAX_CHANNELS = 4
+#: Up to this many channels the bank computes just their DFT rows (one BLAS matrix product) instead of the whole
+#: FFT and a selection from it: more operations (``8*N*C`` per output time against ``~5*N*log2(N)``), but BLAS
+#: runs them faster than the FFT and the gather of a few rows, up to about this many (on x86-64 with OpenBLAS).
+DFT_MAX_CHANNELS = 16
 #: Output times per einsum + FFT call: the window view, the folded rows and their FFT stay in cache.
 ROWS_PER_CALL = 128
 # Large blocks are taken in pieces of this many output times: the history copy and temporaries stay bounded.

@@ -14,6 +14,7 @@ from scipy.signal import freqz, resample_poly, welch
 
 from receivers.base import Flags, IQBlock
 from streamer.dsp.filterbank import (
+    DFT_MAX_CHANNELS,
     ChannelBlock,
     FilterBank,
     channel_count,
@@ -67,9 +68,14 @@ def _stream(bank, x, sizes, first_index=ORIGIN):
     return outs
 
 
-@pytest.mark.parametrize("channels", [SOME_CHANNELS, [-1, 37], list(range(-96, 96))], ids=["fft", "dft", "all"])
+#: More than DFT_MAX_CHANNELS channels, not in bin order: the FFT path and its selection of rows.
+MANY_CHANNELS = SOME_CHANNELS + list(range(13, 1, -1))
+
+
+@pytest.mark.parametrize("channels", [SOME_CHANNELS, MANY_CHANNELS, list(range(-96, 96))], ids=["dft", "fft", "all"])
 def test_each_channel_equals_the_mix_and_resample_poly_reference(channels):
-    """The FFT path (more than DFT_MAX_CHANNELS channels) and the DFT path (a few) alike."""
+    """The DFT path (up to DFT_MAX_CHANNELS channels) and the FFT path alike."""
+    assert (len(channels) <= DFT_MAX_CHANNELS) == (channels is SOME_CHANNELS)
     bank = _bank(channels=channels)
     x = _noise(int(IN_RATE_HZ) // 10, seed=1)
     out = bank.process(_block(x, ORIGIN))
@@ -157,19 +163,23 @@ def test_prototype_is_flat_over_the_channel_and_attenuates_from_the_neighbours_c
     assert np.max(20 * np.log10(np.abs(h_stop))) < -68.0
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_block_boundaries_anywhere_give_the_one_block_output_bit_for_bit(seed):
+@pytest.mark.parametrize(("seed", "channels"), [(0, SOME_CHANNELS), (1, SOME_CHANNELS), (2, MANY_CHANNELS)])
+def test_block_boundaries_anywhere_give_the_one_block_output(seed, channels):
     rng = np.random.default_rng(seed)
     x = _noise(60_000, seed=10 + seed)
-    whole = _bank().process(_block(x, ORIGIN))
+    whole = _bank(channels).process(_block(x, ORIGIN))
     sizes = []
     while sum(sizes) < len(x):
         roll = rng.random()
         size = 0 if roll < 0.1 else 1 if roll < 0.2 else int(rng.integers(2, 30_000))
         sizes.append(min(size, len(x) - sum(sizes)))
-    outs = _stream(_bank(), x, sizes)
+    outs = _stream(_bank(channels), x, sizes)
     joined = np.concatenate([o.samples for o in outs], axis=1)
-    assert np.array_equal(joined, whole.samples)
+    if len(channels) > DFT_MAX_CHANNELS:  # the FFT path: every output from the same operations in the same order
+        assert np.array_equal(joined, whole.samples)
+    else:  # the DFT path: BLAS orders its sums by how many rows it gets, so float32 rounding differs
+        assert joined.shape == whole.samples.shape
+        assert np.max(np.abs(joined - whole.samples)) <= 1e-6 * np.max(np.abs(whole.samples))
     assert [o.sample_index for o in outs] == list(np.cumsum([0] + [o.samples.shape[1] for o in outs[:-1]]))
 
 
