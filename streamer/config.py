@@ -25,6 +25,7 @@ import re
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,10 @@ class MetricsConfig:
     port: int = field(default=9108, metadata=_doc("metrics HTTP port (0 = ephemeral)"))
 
 
+#: Most simulated transmitters (``simulator.transmitters``): each costs the live stream a render of its own.
+MAX_SIM_TRANSMITTERS = 64
+
+
 @dataclass(frozen=True)
 class SimulatorConfig:
     seed: int = field(default=1, metadata=_doc("seed of the whole simulated world"))
@@ -222,6 +227,9 @@ class SimulatorConfig:
         "when the simulated receivers were calibrated (Unix s; default 2026-01-01T00:00Z), for those without calibrated_at"))
     clock_jitter_ms: float = field(default=0.0, metadata=_doc(
         "mean lateness of each block's host timestamp (ms, exponential), as a loaded host stamps blocks; 0 = none"))
+    transmitters: int = field(default=1, metadata=_doc(
+        f"how many transmitters key up independently, each with its own track, powers and traffic, on a channel of the "
+        f"channel plan (distinct channels while there are enough, drawn from the seed); 1..{MAX_SIM_TRANSMITTERS}"))
 
     def __post_init__(self) -> None:
         weights = {name: getattr(self, f"traffic_{name}_weight") for name in ("voice", "dmr", "packet", "carrier")}
@@ -236,8 +244,56 @@ class SimulatorConfig:
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{key}: expected a finite value >= 0, got {value!r}")
+        if not 1 <= self.transmitters <= MAX_SIM_TRANSMITTERS:
+            raise ValueError(f"transmitters: expected 1..{MAX_SIM_TRANSMITTERS}, got {self.transmitters!r}")
         if not math.isfinite(self.calibration_epoch_unix_s):
             raise ValueError(f"calibration_epoch_unix_s: expected a finite Unix time (s), got {self.calibration_epoch_unix_s!r}")
+
+
+#: Most channels a plan may hold (``[[channels]]`` or ``[band]`` expanded): the band pipeline keeps state per
+#: channel and receiver, and a plan larger than this is almost surely a mistyped spacing.
+MAX_CHANNELS = 1024
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str = field(metadata=_doc("unique channel name, used in events and messages"))
+    centre_hz: float = field(metadata=_doc("centre frequency of the channel (Hz)"))
+    bandwidth_hz: float | None = field(
+        default=None, metadata=_doc("occupied bandwidth used for received power (Hz); unset = network.channel_bandwidth_hz")
+    )
+
+
+@dataclass(frozen=True)
+class BandConfig:
+    start_hz: float = field(metadata=_doc("centre of the first channel (Hz)"))
+    stop_hz: float = field(metadata=_doc("centre of the last channel (Hz); channels run start_hz, start_hz + spacing_hz, .. up to it"))
+    spacing_hz: float = field(metadata=_doc("distance between neighbouring channel centres (Hz)"))
+    bandwidth_hz: float | None = field(
+        default=None, metadata=_doc("occupied bandwidth of each channel (Hz), at most spacing_hz; unset = spacing_hz")
+    )
+
+    def channels(self) -> tuple[ChannelConfig, ...]:
+        """The plan this band expands to: a channel every ``spacing_hz`` from ``start_hz`` to ``stop_hz`` (both
+        included, to a millionth of the spacing), each named by its centre in MHz (``channel_name``)."""
+        count = band_channel_count(self)
+        bandwidth = self.spacing_hz if self.bandwidth_hz is None else self.bandwidth_hz
+        centres = (self.start_hz + k * self.spacing_hz for k in range(count))
+        return tuple(ChannelConfig(channel_name(c), c, bandwidth) for c in centres)
+
+
+def band_channel_count(band: BandConfig) -> int:
+    """How many channels ``band`` expands to (no cap applied here; see ``MAX_CHANNELS``)."""
+    return math.floor((band.stop_hz - band.start_hz) / band.spacing_hz + 1e-6) + 1
+
+
+def channel_name(centre_hz: float) -> str:
+    """A channel's name from its centre: MHz to the Hz, trailing zeros dropped (``145.5125``, ``462.5625``).
+
+    >>> channel_name(145_512_500.0), channel_name(446e6)
+    ('145.5125', '446')
+    """
+    return f"{centre_hz / 1e6:.6f}".rstrip("0").rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -266,8 +322,33 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    channels: tuple[ChannelConfig, ...] = field(
+        default=(), metadata=_doc("[[channels]]: the channel plan, one table per channel; not with [band]")
+    )
+    band: BandConfig | None = field(
+        default=None, metadata=_doc("[band]: a regular channel plan (start_hz .. stop_hz every spacing_hz); not with [[channels]]")
+    )
     receivers: tuple[ReceiverConfig, ...] = ()
     source: str = "<defaults>"
+
+    def has_channel_plan(self) -> bool:
+        """Whether the config sets a channel plan (``[[channels]]`` or ``[band]``) rather than one target frequency."""
+        return bool(self.channels) or self.band is not None
+
+    def channel_plan(self) -> tuple[ChannelConfig, ...]:
+        """The watched channels, each with its bandwidth (Hz) resolved, in every case: ``[[channels]]``, the
+        expanded ``[band]``, or else one channel at ``network.target_freq_hz`` of ``network.channel_bandwidth_hz``.
+
+        >>> Config().channel_plan()
+        (ChannelConfig(name='145.5', centre_hz=145500000.0, bandwidth_hz=12500.0),)
+        """
+        net = self.network
+        if self.band is not None:
+            return self.band.channels()
+        if self.channels:
+            return tuple(dataclasses.replace(ch, bandwidth_hz=net.channel_bandwidth_hz) if ch.bandwidth_hz is None else ch
+                         for ch in self.channels)
+        return (ChannelConfig(channel_name(net.target_freq_hz), net.target_freq_hz, net.channel_bandwidth_hz),)
 
     def receiver(self, receiver_id: str) -> ReceiverConfig:
         for rx in self.receivers:
@@ -491,6 +572,48 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     for i, rx in enumerate(receivers):
         need(-90 <= rx.lat <= 90, f"receivers[{i}].lat", "-90..90 degrees", rx.lat)
         need(-180 <= rx.lon <= 180, f"receivers[{i}].lon", "-180..180 degrees", rx.lon)
+    _check_channel_plan(cfg, need)
+
+
+def _check_channel_plan(cfg: Config, need: Callable[[bool, str, str, Any], None]) -> None:
+    """``[[channels]]`` or ``[band]`` (not both): positive frequencies, at most ``MAX_CHANNELS`` channels, unique
+    names and centres."""
+    if cfg.channels and cfg.band is not None:
+        raise ConfigError(f"{cfg.source}: band: given together with [[channels]]; "
+                          "expected one channel plan: either [[channels]] tables or a [band] table")
+    band = cfg.band
+    if band is not None:
+        need(band.start_hz > 0, "band.start_hz", "a frequency > 0 Hz", band.start_hz)
+        need(band.stop_hz > band.start_hz, "band.stop_hz", f"a frequency above band.start_hz ({band.start_hz!r} Hz)", band.stop_hz)
+        need(band.spacing_hz >= 1, "band.spacing_hz", ">= 1 Hz (band channels are named by their centre to the Hz)",
+             band.spacing_hz)
+        if band.bandwidth_hz is not None:
+            need(0 < band.bandwidth_hz <= band.spacing_hz, "band.bandwidth_hz",
+                 f"> 0 Hz and at most band.spacing_hz ({band.spacing_hz:g} Hz)", band.bandwidth_hz)
+        count = band_channel_count(band)
+        need(count <= MAX_CHANNELS, "band.spacing_hz",
+             f"a spacing that gives at most {MAX_CHANNELS} channels from band.start_hz to band.stop_hz "
+             f"(this one gives {count})", band.spacing_hz)
+        where = "band"
+    else:
+        need(len(cfg.channels) <= MAX_CHANNELS, "channels", f"at most {MAX_CHANNELS} [[channels]] tables", len(cfg.channels))
+        for i, ch in enumerate(cfg.channels):
+            need(ch.name.strip() != "", f"channels[{i}].name", "a non-empty name", ch.name)
+            need(ch.centre_hz > 0, f"channels[{i}].centre_hz", "a frequency > 0 Hz", ch.centre_hz)
+            need(ch.bandwidth_hz is None or ch.bandwidth_hz > 0, f"channels[{i}].bandwidth_hz", "> 0 Hz", ch.bandwidth_hz)
+        where = "channels"
+    names: dict[str, int] = {}
+    centres: dict[float, int] = {}
+    for i, ch in enumerate(cfg.channel_plan()):
+        key = f"{where}[{i}]" if where == "channels" else f"band (channel {i}, {ch.name})"
+        if ch.name in names:
+            raise ConfigError(f"{cfg.source}: {key}.name: duplicate channel name {ch.name!r} (also channel "
+                              f"{names[ch.name]}); expected unique names")
+        if ch.centre_hz in centres:
+            raise ConfigError(f"{cfg.source}: {key}.centre_hz: duplicate centre {ch.centre_hz!r} Hz (also channel "
+                              f"{centres[ch.centre_hz]}); expected distinct channels")
+        names[ch.name] = i
+        centres[ch.centre_hz] = i
 
 
 def _check_calibrated_at(rx: ReceiverConfig, where: str, drifting: bool) -> None:
@@ -515,8 +638,8 @@ def options_table(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in ("source", "receivers", "options"):
-            continue
+        if f.name in ("source", "receivers", "options", "channels", "band"):
+            continue  # tables of their own sections in configuration_markdown
         key = f"{prefix}{f.name}"
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
@@ -554,6 +677,22 @@ def configuration_markdown() -> str:
         "## Top-level tables",
         "",
         *table(options_table(Config)),
+        "",
+        "## Channel plan: `[[channels]]` or `[band]`",
+        "",
+        "The channels the daemon watches (docs/band-watch.md, Channel plan). Give either `[[channels]]` tables or one",
+        "`[band]` table, not both; with neither, the plan is one channel at `network.target_freq_hz` of",
+        f"`network.channel_bandwidth_hz`, named by its centre in MHz. A plan holds at most {MAX_CHANNELS} channels;",
+        "names and centres must be unique. `[band]` expands to a channel every `spacing_hz` from `start_hz` to",
+        "`stop_hz` (both included), each named by its centre in MHz to the Hz (`145.50625`).",
+        "",
+        "### `[[channels]]`",
+        "",
+        *table(options_table(ChannelConfig)),
+        "",
+        "### `[band]`",
+        "",
+        *table(options_table(BandConfig)),
         "",
         "## `[[receivers]]` (common keys)",
         "",
