@@ -35,12 +35,19 @@ from streamer.config import Config
 from streamer.core.errors import ModelMismatchError
 from streamer.dsp.detection import DetectionRule
 from streamer.dsp.features import FeatureSpec, normalise
-from streamer.estimators.base import Estimate, EstimateRejected, EstimatorInputs, file_sha256
+from streamer.estimators.base import (
+    Estimate,
+    EstimateRejected,
+    EstimatorInputs,
+    file_sha256,
+)
 from streamer.estimators.contract import (
     AREA_INPUT,
     ELLIPSE_OUTPUT,
     FRAME_MASK_INPUT,
+    OPTIONAL_OUTPUTS,
     OUTPUT_NAMES,
+    OUTPUTS,
     SEARCH_AREA_WIDTH,
     SITE_INPUT,
     SITE_PROPAGATION_WIDTH,
@@ -118,12 +125,21 @@ def fill_with_active_frames(features: np.ndarray, active: np.ndarray) -> np.ndar
 class OnnxSession:
     """A checked ONNX model on the best available provider; ``run`` maps dBm frames to position + covariance.
 
-    Not thread-safe: ``run`` reuses its input buffers (the daemon calls it from one thread).
+    Batches of any size (one window, or every active channel's window of a tick) go through one call. The host
+    input buffers are allocated for the largest batch seen and reused (a smaller batch runs in their first rows).
+    With ``io_binding`` (the default on the CUDA provider) the session runs through ONNX Runtime's I/O binding:
+    input and output buffers on the provider's device, allocated once per batch size (the last
+    ``BOUND_BATCH_SIZES`` sizes kept) and reused, each call copying the batch in and the outputs out.
+
+    Not thread-safe: ``run`` reuses its buffers (the daemon calls it from one thread).
     """
+
+    #: Batch sizes whose device buffers an ``io_binding`` session keeps (a tick's batch follows the active channels).
+    BOUND_BATCH_SIZES = 4
 
     def __init__(self, model_path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS,
                  expected_spec: FeatureSpec | None = None, session_options: ort.SessionOptions | None = None,
-                 expected_detection: DetectionRule | None = None) -> None:
+                 expected_detection: DetectionRule | None = None, io_binding: bool | None = None) -> None:
         self.model_path = Path(model_path)
         self.metadata: ModelMetadata = check_model(self.model_path, expected_spec, expected_detection)
         self.spec: FeatureSpec = self.metadata.features
@@ -146,6 +162,10 @@ class OnnxSession:
         batch_dim = self.session.get_inputs()[0].shape[0]
         self._static_batch = batch_dim if isinstance(batch_dim, int) else None
         self._buffers = self._allocate(1)
+        # I/O binding by default where it saves copies the session would otherwise make per call: on a GPU.
+        self.io_binding: bool = self.provider == "CUDAExecutionProvider" if io_binding is None else bool(io_binding)
+        self.io_binding_device: str = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self._bindings: dict[int, tuple[ort.IOBinding, dict[str, ort.OrtValue], list[ort.OrtValue]]] = {}
         log.info("model %s %s (%s) runs on %s (requested %s)", self.metadata.name, self.metadata.version,
                  self.model_path, self.provider, ", ".join(providers))
 
@@ -221,9 +241,9 @@ class OnnxSession:
         active = self._frame_mask(frame_mask, batch)
         if active is not None and not self.takes_frame_mask:
             features_dbm = fill_with_active_frames(features_dbm, active)
-        if self._buffers[0].shape[0] != batch:
+        if self._buffers[0].shape[0] < batch:
             self._buffers = self._allocate(batch)
-        feats, enu, mask = self._buffers
+        feats, enu, mask = (buffer[:batch] for buffer in self._buffers)  # leading rows: contiguous
         absent = ~(rx_mask > 0.5)
         norm = self.metadata.normalisation
         feats[:, :n_rx] = normalise(features_dbm, norm.offset_db, norm.scale_db)
@@ -242,7 +262,10 @@ class OnnxSession:
         if self.takes_frame_mask:
             feeds[FRAME_MASK_INPUT] = (np.ones((batch, self.spec.n_frames), np.float32) if active is None
                                        else np.ascontiguousarray(active, dtype=np.float32))
-        position, covariance, *scale = self.session.run(self.output_names, feeds)
+        if self.io_binding:
+            position, covariance, *scale = self._run_bound(feeds, batch)
+        else:
+            position, covariance, *scale = self.session.run(self.output_names, feeds)
         if position.shape != (batch, 2) or covariance.shape != (batch, 2, 2):
             raise ModelMismatchError(f"model {self.metadata.name} returned shapes {list(position.shape)} and "
                                      f"{list(covariance.shape)}, expected [{batch}, 2] and [{batch}, 2, 2]")
@@ -251,6 +274,38 @@ class OnnxSession:
             raise ModelMismatchError(f"model {self.metadata.name} returned {ELLIPSE_OUTPUT} of shape {list(scale[0].shape)}, "
                                      f"expected [{batch}, {n_p}]")
         return check_outputs(position, covariance, scale[0] if scale else None)
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
+        """``session.run`` through the I/O binding of this batch size: ``feeds`` copied into its device inputs,
+        the outputs (``output_names``) copied back to host arrays."""
+        binding = self._bindings.pop(batch, None) or self._bind(feeds, batch)
+        self._bindings[batch] = binding  # most recently used last
+        while len(self._bindings) > self.BOUND_BATCH_SIZES:
+            self._bindings.pop(next(iter(self._bindings)))
+        io, inputs, outputs = binding
+        for name, value in inputs.items():
+            value.update_inplace(np.ascontiguousarray(feeds[name]))
+        try:
+            self.session.run_with_iobinding(io)
+        except Exception as exc:  # onnxruntime's own types: e.g. an output that does not fit the contract's shape
+            raise ModelMismatchError(f"model {self.metadata.name} {self.metadata.version} failed through I/O binding "
+                                     f"at batch {batch}: {exc}") from exc
+        # On the CPU numpy() is a view of the reused output buffer: the copy keeps each call's answer its own.
+        return [np.array(value.numpy()) for value in outputs]
+
+    def _bind(self, feeds: dict[str, np.ndarray], batch: int):
+        """An I/O binding with device buffers for ``feeds``' inputs and the contract's outputs at ``batch``."""
+        io = self.session.io_binding()
+        device = self.io_binding_device
+        inputs = {name: ort.OrtValue.ortvalue_from_shape_and_type(list(array.shape), np.float32, device, 0)
+                  for name, array in feeds.items()}
+        for name, value in inputs.items():
+            io.bind_ortvalue_input(name, value)
+        dims = {t.name: [batch if d == "B" else d for d in t.dims] for t in (*OUTPUTS, *OPTIONAL_OUTPUTS)}
+        outputs = [ort.OrtValue.ortvalue_from_shape_and_type(dims[name], np.float32, device, 0) for name in self.output_names]
+        for name, value in zip(self.output_names, outputs):
+            io.bind_ortvalue_output(name, value)
+        return io, inputs, outputs
 
 log = logging.getLogger(__name__)
 
@@ -352,3 +407,28 @@ class OnnxModel:
             raise EstimateRejected("model output not finite or covariance not positive definite")
         return Estimate(self.name, out.position_enu_km[0] * 1000.0, out.covariance_km2[0] * (1e6 * self._covariance_scale),
                         self._covariance_scale, None if out.ellipse_scale is None else out.ellipse_scale[0])
+
+    def estimate_batch(self, inputs_list) -> list[Estimate | EstimateRejected]:
+        """``estimate`` of several windows (one tick's channels) in one ``OnnxSession.run``: each window keeps its own
+        site row (its calibrations' age), the search area and its frame mask. A window whose output ``estimate``
+        would reject comes back as that ``EstimateRejected`` in its place, not raised, so the others still count."""
+        if not inputs_list:
+            return []
+        sites = [self._site_row(i.present, None if i.t_ns is None else i.t_ns / 1e9) for i in inputs_list]
+        n_frames = self._model.spec.n_frames
+        frame_mask = None
+        if any(i.active_frames is not None for i in inputs_list):
+            frame_mask = np.stack([np.ones(n_frames, bool) if i.active_frames is None else np.asarray(i.active_frames, bool)
+                                   for i in inputs_list])
+        out = self._model.run(
+            np.stack([i.features_dbm for i in inputs_list]).astype(np.float32),
+            (np.stack([i.rx_enu_m for i in inputs_list]) / 1000.0).astype(np.float32),
+            np.stack([i.present for i in inputs_list]).astype(np.float32),
+            None if self._site is None else np.stack(sites),
+            self._area,
+            frame_mask=frame_mask,
+        )
+        return [Estimate(self.name, out.position_enu_km[b] * 1000.0, out.covariance_km2[b] * (1e6 * self._covariance_scale),
+                         self._covariance_scale, None if out.ellipse_scale is None else out.ellipse_scale[b])
+                if out.valid[b] else EstimateRejected("model output not finite or covariance not positive definite")
+                for b in range(len(inputs_list))]

@@ -41,10 +41,16 @@ from streamer.core.calibration_drift import (
     CalibrationDrift,
     parse_calibrated_at,
 )
-from streamer.core.geodesy import SearchArea, network_geometry
+from streamer.core.geodesy import SearchArea, ellipse_scale, network_geometry
 from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
 from streamer.estimators.base import Estimate, EstimatorInputs, file_sha256
-from streamer.estimators.credible import PHYSICS_SUBDIVISIONS, credible_scales
+from streamer.estimators.credible import (
+    ELLIPSE_PROBABILITIES,
+    PHYSICS_SUBDIVISIONS,
+    credible_scales,
+    radius_sq_at_mass,
+    subcell_offsets,
+)
 from streamer.estimators.survey import load_map
 
 #: Resolution of the numerical marginalisation over transmit power (dB). The power likelihood is at
@@ -82,12 +88,12 @@ def grid_shape(area: SearchArea, grid_step_km: float) -> tuple[int, int]:
     """(east, north) cell counts of the posterior grid: cells tile the area exactly (the step adjusted per
     axis), so the uniform prior covers exactly it."""
     step_m = 1000.0 * grid_step_km
-    return max(1, int(round(area.width_m / step_m))), max(1, int(round(area.height_m / step_m)))
+    return max(1, round(area.width_m / step_m)), max(1, round(area.height_m / step_m))
 
 
 def power_bins(physics) -> int:
     """Bins of the transmit-power marginalisation: ``POWER_STEP_DB`` wide over the prior's range."""
-    return max(1, int(math.ceil((physics.tx_power_max_dbm - physics.tx_power_min_dbm) / POWER_STEP_DB)))
+    return max(1, math.ceil((physics.tx_power_max_dbm - physics.tx_power_min_dbm) / POWER_STEP_DB))
 
 
 def grid_bytes(physics, area: SearchArea, n_receivers: int) -> tuple[int, int]:
@@ -176,6 +182,7 @@ class PhysicsGrid:
         # narrower than the grid that represents it.
         self._cell_cov_m2 = np.diag([self.cell_m[0] ** 2 / 12.0, self.cell_m[1] ** 2 / 12.0])
         self._subset_cache: dict[bytes, _Subset] = {}
+        self._batch_constants: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # estimate_batch's, on first use
         # What widen_calibration adds to: the error model as configured, before any calibration age.
         self._unaged = (self.sigma_db, self.error_cov_db2, self._error_var_db2)
 
@@ -196,7 +203,7 @@ class PhysicsGrid:
         else:
             self.error_cov_db2 = (sigma**2 * np.eye(n_rx) if cov is None else cov) + np.diag(extra)
 
-    def _subset(self, used: np.ndarray) -> "_Subset":
+    def _subset(self, used: np.ndarray) -> _Subset:
         """The path-loss constants of one set of receivers (``used``, bool ``[R]``), computed once per set.
 
         The set of hearing receivers changes rarely from window to window; gathering and centring its ``[G, k]``
@@ -211,7 +218,7 @@ class PhysicsGrid:
         return subset
 
     @classmethod
-    def from_config(cls, config, shadowing_map=None) -> "PhysicsGrid":
+    def from_config(cls, config, shadowing_map=None) -> PhysicsGrid:
         """Estimator for a ``Config``'s receivers, search area and ``estimator.physics`` section (``shadowing_map``:
         the callable of ``__init__``, e.g. ``streamer.estimators.survey.load_map(config)``)."""
         _, rx_enu, area = network_geometry(config)
@@ -385,6 +392,147 @@ class PhysicsGrid:
             ellipse_scales=credible_scales(w, self.grid_en_m, self.cell_m, mean, cov, subdivisions=PHYSICS_SUBDIVISIONS),
         )
 
+    def estimate_batch(self, rx_power_dbm, heard, present, detection_level_dbm) -> list[PhysicsResult]:
+        """``estimate`` of B windows in one vectorised pass: the same results as B calls of ``estimate``.
+
+        Parameters are ``estimate``'s stacked over windows, ``[B, R]`` each. With the i.i.d. error model the
+        hearing receivers' Gaussian term of every window comes from three ``[B, R] x [R, G]`` products (each
+        window's set of receivers as a mask, so windows whose sets differ share one pass), the censoring terms
+        from one ``[b, G, P]`` evaluation per silent receiver over the windows in which it is silent, and the
+        posterior means, covariances, transmit powers and credible radii from ``[B, G]`` arrays. With
+        ``error_cov_db2`` or a shadowing map the log posterior is computed window by window (its Gaussian term
+        depends on each window's set of receivers through a matrix inverse or per-cell weights), the summaries
+        still together.
+        """
+        rx, heard_arr, present_arr, detection = self._batch_arrays(rx_power_dbm, heard, present, detection_level_dbm)
+        use_heard = present_arr & heard_arr & np.isfinite(rx)
+        use_cens = present_arr & ~heard_arr & np.isfinite(detection)
+        if self.error_cov_db2 is not None or self._error_var_db2 is not None:
+            log_post = np.stack([self.log_posterior(rx[b], heard_arr[b], present_arr[b], detection[b])
+                                 for b in range(rx.shape[0])]) if rx.shape[0] else np.zeros((0, self.grid_en_m.shape[0]))
+        else:
+            log_post = self._log_posterior_iid_batch(rx, use_heard, use_cens, detection)
+        return self._summaries(rx, heard_arr & present_arr, ~heard_arr & present_arr, log_post)
+
+    def _batch_arrays(self, rx_power_dbm, heard, present, detection_level_dbm):
+        """The four ``[B, R]`` inputs of ``estimate_batch`` as float64 / bool arrays, their shapes checked."""
+        n_rx = self.rx_en_m.shape[0]
+        arrays = (np.asarray(rx_power_dbm, dtype=np.float64), np.asarray(heard, dtype=bool),
+                  np.asarray(present, dtype=bool), np.asarray(detection_level_dbm, dtype=np.float64))
+        batch = arrays[0].shape[0] if arrays[0].ndim == 2 else -1
+        for name, arr in zip(("rx_power_dbm", "heard", "present", "detection_level_dbm"), arrays):
+            if arr.ndim != 2 or arr.shape != (batch, n_rx):
+                raise ValueError(f"{name}: expected shape (B, {n_rx}) with one B for all four inputs, got {arr.shape}")
+        return arrays
+
+    def _log_posterior_iid_batch(self, rx, use_heard, use_cens, detection) -> np.ndarray:
+        """``[B, G]`` log posteriors with the i.i.d. error model (``log_posterior`` of each window).
+
+        With m the window's mask of hearing receivers, k = sum(m) and the path loss centred per cell over all
+        receivers (D = PL - mean_r PL, which keeps the squares small), the implied powers' mean is
+        mean(r) + mean_r PL + m.D / k and their scatter sum m (D - m.D/k)^2 + 2 r_c.D + sum r_c^2 (r_c the
+        window's received powers centred over its hearing receivers): the products with D, D^2 are all there is
+        per window.
+        """
+        s = self.sigma_db
+        if self._batch_constants is None:
+            reference = self._path_loss_db.mean(axis=1)
+            centred = self._path_loss_db - reference[:, None]
+            self._batch_constants = (reference, np.ascontiguousarray(centred.T), np.ascontiguousarray((centred**2).T))
+        reference, centred_t, centred_sq_t = self._batch_constants  # [G], [R, G], [R, G]
+        mask = use_heard.astype(np.float64)
+        k = mask.sum(axis=1)  # [B]
+        k_safe = np.maximum(k, 1.0)
+        r_mean = np.where(use_heard, rx, 0.0).sum(axis=1) / k_safe
+        rc = np.where(use_heard, rx - r_mean[:, None], 0.0)
+        # In place: each [B, G] temporary is a pass over memory, and these passes are what the batch costs.
+        pl_mean = mask @ centred_t  # [B, G]: mean over the used receivers of D
+        pl_mean /= k_safe[:, None]
+        scatter = mask @ centred_sq_t
+        cross = rc @ centred_t
+        cross *= 2.0
+        scatter += cross
+        np.multiply(pl_mean, pl_mean, out=cross)
+        cross *= k[:, None]
+        scatter -= cross
+        scatter += (rc * rc).sum(axis=1)[:, None]
+        np.maximum(scatter, 0.0, out=scatter)
+        mu = pl_mean
+        mu += reference[None, :]
+        mu += r_mean[:, None]
+        log_post = np.zeros((rx.shape[0], self.grid_en_m.shape[0]))
+        censored = use_cens.any(axis=1)
+        closed = np.flatnonzero(~censored & (k > 0))  # every present receiver heard: closed form in P
+        if closed.size:
+            every = closed.size == rx.shape[0]  # the common case: no row gathered
+            mu_c, scatter_c = (mu, scatter) if every else (mu[closed], scatter[closed])
+            sd = s / np.sqrt(k[closed])[:, None]
+            lo = (self.physics.tx_power_min_dbm - mu_c) / sd
+            hi = (self.physics.tx_power_max_dbm - mu_c) / sd
+            scatter_c /= -2.0 * s * s
+            scatter_c += _log_ndtr_difference(lo, hi)
+            if every:
+                return scatter_c
+            log_post[closed] = scatter_c
+        rows = np.flatnonzero(censored)
+        p = self.power_grid_dbm
+        chunk = max(1, BATCH_GRID_ELEMENTS // (self.grid_en_m.shape[0] * p.shape[0]))
+        for start in range(0, rows.size, chunk):
+            part = rows[start : start + chunk]
+            grid = -(k[part, None, None] * (p[None, None, :] - mu[part, :, None]) ** 2
+                     + scatter[part, :, None]) / (2.0 * s * s)  # [b, G, P]
+            grid[k[part] == 0] = 0.0
+            for i in np.flatnonzero(use_cens[part].any(axis=0)):
+                silent = np.flatnonzero(use_cens[part, i])
+                z = (detection[part[silent], i, None, None] - (p[None, None, :] - self._path_loss_db[None, :, i : i + 1])) / s
+                grid[silent] += log_ndtr(z)
+            peak = grid.max(axis=2)
+            log_post[part] = np.log(np.exp(grid - peak[:, :, None]).sum(axis=2)) + peak
+        return log_post
+
+    def _summaries(self, rx, used, censored, log_post) -> list[PhysicsResult]:
+        """``PhysicsResult`` of each window from its ``[B, G]`` log posterior: the weights, mean, covariance and
+        transmit power as ``[B, ...]`` arrays, the credible radii window by window (a sort of its own cells)."""
+        w = np.exp(log_post - log_post.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        mean = w @ self.grid_en_m  # [B, 2]
+        de = self.grid_en_m[None, :, 0] - mean[:, 0:1]
+        dn = self.grid_en_m[None, :, 1] - mean[:, 1:2]
+        cov = np.empty((w.shape[0], 2, 2))
+        cov[:, 0, 0] = (w * de * de).sum(axis=1)
+        cov[:, 1, 1] = (w * dn * dn).sum(axis=1)
+        cov[:, 0, 1] = cov[:, 1, 0] = (w * de * dn).sum(axis=1)
+        cov += self._cell_cov_m2
+        k = used.sum(axis=1)
+        r_mean = np.where(used, rx, 0.0).sum(axis=1) / np.maximum(k, 1)
+        pl_mean = (used @ self._path_loss_db.T) / np.maximum(k, 1)[:, None]  # [B, G]
+        lo, hi = self.physics.tx_power_min_dbm, self.physics.tx_power_max_dbm
+        tx_power = np.where(k > 0, np.clip(r_mean + (w * pl_mean).sum(axis=1), lo, hi), float(self.power_grid_dbm.mean()))
+        scales = self._credible_scales_batch(w, mean, cov)
+        return [PhysicsResult(position_en_m=mean[b], cov_en_m2=cov[b], tx_power_dbm=float(tx_power[b]),
+                              n_heard=int(k[b]), n_censored=int(censored[b].sum()), ellipse_scales=scales[b])
+                for b in range(w.shape[0])]
+
+    def _credible_scales_batch(self, w: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+        """``[B, P]`` ``credible.credible_scales`` of each window's weights ``w [B, G]``, mean and covariance (cells
+        spread over ``PHYSICS_SUBDIVISIONS``^2 points): the squared Mahalanobis radii of all windows as one quadratic
+        form, then each window's own cells above ``min_weight`` sorted (``credible.radius_sq_at_mass``)."""
+        offsets = subcell_offsets(PHYSICS_SUBDIVISIONS) * np.asarray(self.cell_m)  # [S, 2]
+        inv = np.linalg.inv(cov)  # [B, 2, 2], symmetric already
+        keep = w >= CREDIBLE_MIN_WEIGHT
+        gaussian = np.array([ellipse_scale(p) for p in ELLIPSE_PROBABILITIES])
+        out = np.empty((w.shape[0], len(ELLIPSE_PROBABILITIES)))
+        for b in range(w.shape[0]):
+            cells = self.grid_en_m[keep[b]]
+            kept = w[b, keep[b]]
+            de = (cells[:, None, 0] + offsets[None, :, 0] - mean[b, 0]).ravel()
+            dn = (cells[:, None, 1] + offsets[None, :, 1] - mean[b, 1]).ravel()
+            r2 = inv[b, 0, 0] * de * de + 2.0 * inv[b, 0, 1] * de * dn + inv[b, 1, 1] * dn * dn
+            point_w = np.repeat(kept / kept.sum() / len(offsets), len(offsets))
+            k = np.sqrt(radius_sq_at_mass(r2, point_w, ELLIPSE_PROBABILITIES))
+            out[b] = np.where(k > 0, k, gaussian)
+        return out
+
     def _posterior_power(self, rx_power_dbm, used, w) -> float:
         """Posterior mean transmit power (dBm), ignoring censoring: a by-product for the message only."""
         if not used.any():
@@ -396,6 +544,12 @@ class PhysicsGrid:
 
 #: Sets of receivers whose path-loss constants ``PhysicsGrid`` keeps (each ``[G, k]`` float64).
 SUBSET_CACHE_SIZE = 4
+#: Elements of the largest ``[b, G, P]`` float64 block ``estimate_batch`` builds for censored windows (4 MiB):
+#: the censoring terms are elementwise passes over the block, which run from cache only while it is this small, so
+#: a larger block is slower per window, not faster (on the default grid a block is one window).
+BATCH_GRID_ELEMENTS = 1 << 19
+#: ``credible_scales``' ``min_weight``: cells lighter than this are left out of the credible radii.
+CREDIBLE_MIN_WEIGHT = 1e-12
 
 
 @dataclass(frozen=True)
@@ -408,7 +562,7 @@ class _Subset:
     centred_sq_sum: np.ndarray
 
     @classmethod
-    def of(cls, path_loss_db: np.ndarray) -> "_Subset":
+    def of(cls, path_loss_db: np.ndarray) -> _Subset:
         mean = path_loss_db.mean(axis=1)
         centred = np.ascontiguousarray(path_loss_db - mean[:, None])
         return cls(mean, centred, (centred * centred).sum(axis=1))
@@ -500,3 +654,28 @@ class PhysicsPosterior:
         )
         return Estimate(self.name, np.asarray(result.position_en_m), self._covariance_scale * np.asarray(result.cov_en_m2),
                         self._covariance_scale, np.asarray(result.ellipse_scales))
+
+    def estimate_batch(self, inputs_list) -> list[Estimate]:
+        """``estimate`` of several windows (one tick's channels) through ``PhysicsGrid.estimate_batch``: the same
+        estimates as one ``estimate`` call per window, in order. A window whose time re-measures the calibrations'
+        age starts a new pass, so the windows before it keep the age they would have had."""
+        estimates: list[Estimate] = []
+        pending: list[EstimatorInputs] = []
+        for inputs in inputs_list:
+            now = self._clock() if inputs.t_ns is None else inputs.t_ns / 1e9
+            if abs(now - self._aged_at_s) >= CALIBRATION_AGE_REFRESH_S:
+                estimates += self._estimate_pass(pending)
+                pending = []
+                self._refresh_calibration_age(now)
+            pending.append(inputs)
+        return estimates + self._estimate_pass(pending)
+
+    def _estimate_pass(self, inputs_list: list[EstimatorInputs]) -> list[Estimate]:
+        """The windows' estimates at the calibration age already set."""
+        if not inputs_list:
+            return []
+        results = self._estimator.estimate_batch(
+            np.stack([i.rx_power_dbm for i in inputs_list]), np.stack([i.heard for i in inputs_list]),
+            np.stack([i.present for i in inputs_list]), np.stack([i.detection_level_dbm for i in inputs_list]))
+        return [Estimate(self.name, np.asarray(r.position_en_m), self._covariance_scale * np.asarray(r.cov_en_m2),
+                         self._covariance_scale, np.asarray(r.ellipse_scales)) for r in results]
