@@ -12,7 +12,10 @@ numbers and value ranges; this adds what depends on several keys, the host or in
 - CURVE key files and allow-lists, read by the same functions the daemon uses (``streamer.core.security``);
 - each receiver kind's optional dependencies (the adapter's ``check_dependencies()``), and, where the
   config fixes a receiver's band (the adapter's ``configured_band_hz()``, or a SigMF recording's metadata),
-  that the channelizer can reach ``network.target_freq_hz`` from it (``streamer.dsp.channelizer.check_tunable``).
+  that the channelizer can reach ``network.target_freq_hz`` from it (``streamer.dsp.channelizer.check_tunable``);
+- with a channel plan (``[[channels]]`` or ``[band]``) instead of that target check: every channel inside the bands
+  of at least ``pipeline.min_receivers`` receivers, and a warning per receiver that misses some channels
+  (``streamer.daemon.coverage``).
 
 It raises ``ConfigError`` or ``MissingDependencyError`` (file, key, value, expectation) and returns notes:
 warnings that do not stop the daemon. It opens no sockets and loads no model, so a reload can afford it.
@@ -55,6 +58,8 @@ def preflight(config: Config) -> list[str]:
     notes: list[str] = []
     for i, rx in enumerate(config.receivers):
         notes += _check_receiver(config, i, rx)
+    if config.has_channel_plan():
+        notes += _check_channel_plan(config)
     if config.estimator.kind == "onnx":
         notes += onnxruntime_notes()
     return notes
@@ -186,16 +191,23 @@ def _check_dependencies(config: Config, i: int, rx):
     return cls
 
 
+def _check_channel_plan(config: Config) -> list[str]:
+    """Every channel of the plan inside the bands of at least ``pipeline.min_receivers`` receivers (an error
+    otherwise); a warning for each receiver that misses some (``streamer.daemon.coverage``)."""
+    from streamer.daemon.coverage import channel_coverage, coverage_verdict
+
+    return coverage_verdict(config, channel_coverage(config))
+
+
 def _check_receiver(config: Config, i: int, rx) -> list[str]:
+    from streamer.daemon.coverage import receiver_bands
     from streamer.dsp.channelizer import check_tunable
 
     label = _label(i, rx)
-    cls = _check_dependencies(config, i, rx)
-    if rx.kind == "sigmf":
-        bands = _recorded_bands(rx, config)
-    else:
-        configured = getattr(cls, "configured_band_hz", None)
-        bands = None if configured is None else [configured(rx.options, config)]
+    _check_dependencies(config, i, rx)
+    if config.has_channel_plan():
+        return []  # a channel plan is checked channel by channel (_check_channel_plan), not against the target
+    bands = receiver_bands(config, rx)
     if not bands:
         return []  # the band is known only from the stream: the lane logs an untunable one at run time
     target = config.network.target_freq_hz
@@ -210,29 +222,6 @@ def _check_receiver(config: Config, i: int, rx) -> list[str]:
         raise ConfigError(f"{config.source}: {label}: {refused[0]}; expected the target within centre ± rate/2 and a rate "
                           "in a small ratio to features.sample_rate_hz: every block would be dropped as untunable")
     return [f"{config.source}: {label}: {text}: those recorded captures will be dropped as untunable" for text in refused]
-
-
-def _recorded_bands(rx, config: Config) -> list[tuple[float, float]] | None:
-    """(centre, rate) of each capture of a ``kind = "sigmf"`` receiver's recording, from its metadata (the data file's
-    checksum is not verified here); None when it does not open: ``heimdall run`` reports that receiver by name."""
-    import dataclasses
-    from pathlib import Path
-
-    import sigmf
-
-    from receivers import sigmf_file
-    from streamer.core.errors import ReceiverError
-
-    path = Path(rx.options.path).expanduser()
-    if not path.is_absolute() and Path(config.source).is_file():  # as SigmfReceiver.from_config resolves it
-        path = Path(config.source).parent / path
-    try:
-        recording, meta_path = sigmf_file.open_stream(path, rx.id, dataclasses.replace(rx.options, verify_checksum=False))
-        rate = float(recording.get_global_field(sigmf.SAMPLE_RATE_KEY))
-        segments = sigmf_file.plan_segments(recording, meta_path, rate)
-    except ReceiverError:
-        return None
-    return sorted({(segment.center_freq, rate) for segment in segments})
 
 
 def busy_port_notes(config: Config) -> list[str]:

@@ -1,5 +1,6 @@
 """``heimdall check``: the verdict on a config without running it: the checks ``heimdall run`` makes before it
-starts, its model loaded against the contract, the ports it would bind; or, with ``--receiver ID``, the checks
+starts, its model loaded against the contract, the ports it would bind, which receivers cover which channels of
+the channel plan; or, with ``--receiver ID``, the checks
 ``heimdall receiver ID`` makes on an edge host."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the verdict and any warnings; exit status 0 (a refusal raises ``HeimdallError``)."""
     from streamer import config as config_mod
+    from streamer.daemon.coverage import channel_coverage, coverage_lines
     from streamer.daemon.preflight import busy_port_notes, preflight, provider_summary
     from streamer.estimators.build import build_estimators
 
@@ -36,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"model {estimator.info['name']} {estimator.info['version']}: {estimator.site_summary()}")
     if cfg.estimator.kind == "onnx":
         print(provider_summary(cfg, running=estimators[0].provider))
+    for line in coverage_lines(channel_coverage(cfg)):  # which receivers' bands hold which channels of the plan
+        print(line)
     for note in notes:
         print(f"warning: {note}")
     return 0

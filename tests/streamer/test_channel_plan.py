@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from streamer import cli
 from streamer.config import MAX_CHANNELS, ChannelConfig, channel_name, from_dict
 from streamer.core.errors import ConfigError
+from streamer.daemon.coverage import channel_coverage, channel_in_band, coverage_verdict
+from tests.helpers.verdicts import (
+    RX,
+    assert_both_refuse,
+    merged,
+    toml_text,
+    write_config,
+)
+
+ZMQ_RX = {"id": "edge1", "kind": "zmq", "lat": 45.0, "lon": 7.0, "endpoint": "tcp://127.0.0.1:5599"}
 
 BAND_8 = {"start_hz": 145_456_250.0, "stop_hz": 145_543_750.0, "spacing_hz": 12_500.0}
 
@@ -97,3 +110,90 @@ def test_too_many_channels_tables_are_refused():
     tables = [{"name": f"c{k}", "centre_hz": 100e6 + 1e3 * k} for k in range(MAX_CHANNELS + 1)]
     with pytest.raises(ConfigError, match=rf"channels: expected at most {MAX_CHANNELS} \[\[channels\]\] tables, got 1025"):
         from_dict({"channels": tables}, source="x.toml")
+
+
+# --- coverage: which receivers' bands hold which channels (heimdall check, and the verdict check and run share) ---
+
+NARROW_RX = {**RX, "id": "c", "lat": 45.1, "sample_rate_hz": 96_000.0, "center_freq_hz": 145.49375e6}
+RAFT_8 = {"start_hz": 145.45e6, "stop_hz": 145.5375e6, "spacing_hz": 12_500.0}  # 145.45 .. 145.5375 MHz
+
+
+def channels_toml(doc: dict, channels: list[dict]) -> str:
+    """``doc`` as TOML with ``[[channels]]`` tables appended (the shared writer knows only ``[[receivers]]``)."""
+    tables = "".join("[[channels]]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in ch.items()) for ch in channels)
+    return toml_text(doc) + tables
+
+
+def test_channel_in_band_needs_the_whole_channel_inside_half_the_rate():
+    assert channel_in_band(145.56375e6, 12_500.0, 145.45e6, 240_000.0)  # upper edge exactly at 145.57 MHz
+    assert not channel_in_band(145.56376e6, 12_500.0, 145.45e6, 240_000.0)
+    assert channel_in_band(145.33625e6, 12_500.0, 145.45e6, 240_000.0)  # lower edge exactly at 145.33 MHz
+    assert not channel_in_band(145.45e6, 250_000.0, 145.45e6, 240_000.0)  # wider than the band itself
+
+
+def test_coverage_lists_covering_masked_and_unknown_receivers_per_channel():
+    cfg = from_dict(merged({"band": RAFT_8, "receivers": [RX, {**RX, "id": "b", "lat": 45.2}, NARROW_RX,
+                                                          {**ZMQ_RX, "lat": 45.3}]}), source="x.toml")
+    coverage = channel_coverage(cfg)
+    assert [c.channel.name for c in coverage] == ["145.45", "145.4625", "145.475", "145.4875", "145.5", "145.5125",
+                                                  "145.525", "145.5375"]
+    # c receives 145.44575 .. 145.54175 MHz: the first and the last channel stick out of it
+    assert [c.masked_for for c in coverage] == [("c",), (), (), (), (), (), (), ("c",)]
+    assert coverage[0].covered_by == ("a", "b") and coverage[1].covered_by == ("a", "b", "c")
+    assert {c.unknown for c in coverage} == {("edge1",)}
+    assert coverage_verdict(cfg, coverage) == [
+        ("x.toml: receivers[2] (id 'c', kind 'simulator'): 2 of 8 channels lie outside its band (145.45, 145.5375): "
+         "masked for this receiver")]
+
+
+def test_receivers_whose_band_only_the_stream_tells_count_towards_min_receivers():
+    doc = merged({"band": {"start_hz": 146e6, "stop_hz": 146.0125e6, "spacing_hz": 12_500.0},
+                  "pipeline": {"min_receivers": 1}, "receivers": [RX, ZMQ_RX]})
+    cfg = from_dict(doc, source="x.toml")
+    assert coverage_verdict(cfg, channel_coverage(cfg)) == [
+        ("x.toml: receivers[0] (id 'a', kind 'simulator'): 2 of 2 channels lie outside its band (146, 146.0125): "
+         "masked for this receiver")]
+    with pytest.raises(ConfigError, match=r"band: channel '146' .* lies inside the band of 0 receivers \(none\) \(and 1 "
+                                          r"more channel\); expected at least pipeline.min_receivers = 2"):
+        coverage_verdict(dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, min_receivers=2)),
+                         channel_coverage(cfg))
+
+
+def test_check_prints_which_receivers_cover_which_channels(tmp_path, capsys):
+    doc = merged({"band": RAFT_8, "pipeline": {"min_receivers": 2},
+                  "receivers": [RX, {**RX, "id": "b", "lat": 45.2}, NARROW_RX]})
+    path = write_config(tmp_path, doc)
+    assert cli.main(["check", "-c", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    coverage = [line for line in out if line.startswith(("channel ", "coverage: "))]
+    assert coverage == [
+        "channel 145.45: covered by 2 (a, b); masked for 1 (c)",
+        "channel 145.4625 .. 145.525 (6): covered by 3 (a, b, c)",
+        "channel 145.5375: covered by 2 (a, b); masked for 1 (c)",
+        "coverage: 8 channels x 3 receivers, 2 channel-receiver pairs masked",
+    ]
+    assert f"warning: {path}: receivers[2] (id 'c', kind 'simulator'): 2 of 8 channels lie outside its band " \
+           "(145.45, 145.5375): masked for this receiver" in out
+
+
+def test_check_without_a_plan_reports_the_target_channel(tmp_path, capsys):
+    assert cli.main(["check", "-c", str(write_config(tmp_path, merged({})))]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "channel 145.5: covered by 1 (a)" in out
+    assert "coverage: 1 channels x 1 receivers, 0 channel-receiver pairs masked" in out
+
+
+@pytest.mark.parametrize("overrides, channels, fragment", [
+    pytest.param({"band": RAFT_8}, [{"name": "a", "centre_hz": 145.5e6}],
+                 "band: given together with [[channels]]; expected one channel plan", id="both"),
+    pytest.param({}, [{"name": "in", "centre_hz": 145.5e6}, {"name": "far", "centre_hz": 146.5e6}],
+                 "channels[1]: channel 'far' (146500000 Hz ± 6250 Hz) lies inside the band of 0 receivers (none); "
+                 "expected at least pipeline.min_receivers = 1", id="outside"),
+    pytest.param({}, [{"name": "in", "centre_hz": 145.5e6}, {"name": "in", "centre_hz": 145.4e6}],
+                 "channels[1].name: duplicate channel name 'in' (also channel 0); expected unique names", id="dup"),
+])
+def test_check_and_run_refuse_a_bad_channels_table_alike(tmp_path, capsys, monkeypatch, overrides, channels, fragment):
+    doc = merged(overrides)
+    path = tmp_path / "site.toml"
+    path.write_text(channels_toml(doc, channels))
+    assert_both_refuse(path, capsys, monkeypatch, fragment)

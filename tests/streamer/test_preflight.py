@@ -88,6 +88,22 @@ BAD_CONFIGS = [
     ("calibrated_at_missing", {"estimator": {"physics": {"calibration_seasonal_db": 1.5}}},
      ["receivers[0].calibrated_at: required when estimator.physics.calibration_drift_db_per_sqrt_day or "
       "calibration_seasonal_db is > 0", "(receiver id 'a')"]),
+    # channel plan ([band]; the [[channels]] cases are in test_channel_plan.py): bad values, and channels that no
+    # pipeline.min_receivers receivers' bands hold, so they could never be localized
+    ("band_spacing_tiny", {"band": {"start_hz": 145.45e6, "stop_hz": 145.55e6, "spacing_hz": 0.5}},
+     ["band.spacing_hz: expected >= 1 Hz (band channels are named by their centre to the Hz), got 0.5"]),
+    ("band_too_many", {"band": {"start_hz": 144e6, "stop_hz": 146e6, "spacing_hz": 1_000.0}},
+     ["band.spacing_hz: expected a spacing that gives at most 1024 channels", "(this one gives 2001), got 1000.0"]),
+    ("band_bandwidth_over_spacing", {"band": {"start_hz": 145.45e6, "stop_hz": 145.55e6, "spacing_hz": 12_500.0,
+                                              "bandwidth_hz": 25_000.0}},
+     ["band.bandwidth_hz: expected > 0 Hz and at most band.spacing_hz (12500 Hz), got 25000.0"]),
+    ("band_outside_every_receiver", {"band": {"start_hz": 146.0e6, "stop_hz": 146.0875e6, "spacing_hz": 12_500.0}},
+     [("band: channel '146' (146000000 Hz ± 6250 Hz) lies inside the band of 0 receivers (none) (and 7 more channels); "
+       "expected at least pipeline.min_receivers = 1: it could never be localized"), "a 145.330000-145.570000 MHz"]),
+    # 145.5625 MHz +- 6.25 kHz still fits under the receiver's 145.57 MHz edge; 145.575 is the first that does not
+    ("band_past_the_receivers_edge", {"band": {"start_hz": 145.5e6, "stop_hz": 145.5875e6, "spacing_hz": 12_500.0}},
+     [("band: channel '145.575' (145575000 Hz ± 6250 Hz) lies inside the band of 0 receivers (none) (and 1 more "
+       "channel); expected at least pipeline.min_receivers = 1")]),
 ]
 
 
