@@ -2,8 +2,10 @@
 
 Owns reading the POWDER data folder (``POWDER_DIR`` overrides its place) and its split files, fitting the
 path-loss offsets on the fitting rows only, rendering each test row as per-receiver IQ that receives the
-calibrated power in dBm, the physics estimator's options for real data (``PhysicsOptions``) and their choice by
-spatial cross-validation: ``python -m models.train.powder select|residuals|variants --split grid|random|PATH``.
+calibrated power in dBm, the calibration's age (the drift of the offsets between the fitting rows' months, for
+which both estimators widen: ``fit_calibration_age``), the physics estimator's options for real data
+(``PhysicsOptions``) and their choice by spatial cross-validation:
+``python -m models.train.powder select|residuals|variants --split grid|random|PATH``.
 Distances are in metres, powers in dBm (RSS in the data's uncalibrated dB). The recipe step by step and why:
 docs/evaluation.md, "POWDER real data".
 """
