@@ -23,7 +23,9 @@ unit gain at 0 Hz, flat over the channel (``|f| <= channel_spacing_hz/2``, rippl
 ``10**(-attenuation_db/20)``) and ``attenuation_db`` down from the adjacent channel's centre
 (``|f| >= channel_spacing_hz``) outward, so a neighbour's centre and everything the decimation folds onto the
 channel are rejected by that much. ``P`` (taps per polyphase branch) is the smallest that reaches
-``attenuation_db`` by Kaiser's estimate.
+``attenuation_db`` by Kaiser's estimate. ``passband_hz`` and ``stopband_hz`` move those two edges: the band
+pipeline reads each channel flat well beyond its spacing (the features' noise bands) and stops at the output's
+Nyquist; ``feature_grid`` picks a grid and an oversampling for it.
 
 How. Writing ``t = m*M + half_len`` for output ``m``'s newest input and ``s = t - P*N + 1`` for its oldest
 (``taps`` zero-padded to ``P*N``, reversed into ``g``), ``y_k[m] = exp(-j*2*pi*k*s_abs/N) *
@@ -174,10 +176,11 @@ def channel_number(freq_hz: float, *, center_freq_hz: float, in_rate_hz: float, 
 
 
 def covered_channels(freqs_hz: Sequence[float], *, center_freq_hz: float, in_rate_hz: float,
-                     channel_spacing_hz: float, guard_hz: float = 0.0) -> tuple[int | None, ...]:
+                     channel_spacing_hz: float, guard_hz: float = 0.0,
+                     channel_width_hz: float | None = None) -> tuple[int | None, ...]:
     """For each band channel centre in ``freqs_hz`` (Hz): this receiver's channel number, or None (masked).
 
-    A channel is covered when its whole width, ``freq ± channel_spacing_hz/2``, lies within
+    A channel is covered when its whole width, ``freq ± channel_width_hz/2`` (default the spacing), lies within
     ``center_freq_hz ± (in_rate_hz/2 - guard_hz)`` (Hz): ``guard_hz`` leaves out the band edges where a front
     end's anti-alias filter rolls off. A covered channel off the receiver's grid is a ValueError
     (``channel_number``): the receiver is tuned between channels.
@@ -191,7 +194,10 @@ def covered_channels(freqs_hz: Sequence[float], *, center_freq_hz: float, in_rat
     channel_count(in_rate_hz, channel_spacing_hz)
     if not (math.isfinite(guard_hz) and 0.0 <= guard_hz < in_rate_hz / 2):
         raise ValueError(f"filterbank: guard_hz must be in [0, in_rate_hz/2 = {in_rate_hz / 2}) Hz, got {guard_hz!r}")
-    reach_hz = in_rate_hz / 2 - guard_hz - channel_spacing_hz / 2
+    width_hz = channel_spacing_hz if channel_width_hz is None else channel_width_hz
+    if not (isinstance(width_hz, (int, float)) and math.isfinite(width_hz) and width_hz > 0):
+        raise ValueError(f"filterbank: channel_width_hz must be a positive number of Hz, got {channel_width_hz!r}")
+    reach_hz = in_rate_hz / 2 - guard_hz - width_hz / 2
     out: list[int | None] = []
     for freq in freqs_hz:
         if abs(freq - center_freq_hz) > reach_hz + 1e-3:
@@ -202,19 +208,56 @@ def covered_channels(freqs_hz: Sequence[float], *, center_freq_hz: float, in_rat
     return tuple(out)
 
 
-def design_prototype(n_channels: int, attenuation_db: float = 70.0) -> np.ndarray:
+def design_prototype(n_channels: int, attenuation_db: float = 70.0, *, passband: float = 0.5,
+                     stopband: float = 1.0) -> np.ndarray:
     """The bank's prototype low-pass at the input rate (float64, odd length ``P*n_channels - 1``, unit gain at 0 Hz).
 
-    In units of the channel spacing: passband ``|f| <= 1/2`` (the channel), stopband ``|f| >= 1`` (the
-    adjacent channel's centre and beyond), i.e. ``firwin(L, 1.5/n_channels, window=("kaiser",
-    kaiser_beta(attenuation_db)))`` with ``L = P*n_channels - 1`` for the smallest ``P >= 2`` whose Kaiser
-    estimate (``scipy.signal.kaiserord``: ``2.285*(L - 1)*pi*w + 7.95`` dB for the transition width
-    ``w = 1/n_channels`` in Nyquist units) reaches ``attenuation_db``.
+    In units of the channel spacing: flat over ``|f| <= passband`` (default 1/2: the channel), down by
+    ``attenuation_db`` from ``|f| >= stopband`` (default 1: the adjacent channel's centre) outward, i.e.
+    ``firwin(L, (passband + stopband)/n_channels, window=("kaiser", kaiser_beta(attenuation_db)))`` with
+    ``L = P*n_channels - 1`` for the smallest ``P >= 2`` whose Kaiser estimate (``scipy.signal.kaiserord``:
+    ``2.285*(L - 1)*pi*w + 7.95`` dB for the transition width ``w = 2*(stopband - passband)/n_channels`` in
+    Nyquist units) reaches ``attenuation_db``.
     """
-    width = 1.0 / n_channels
+    if not (0.0 < passband < stopband and (passband + stopband) < n_channels):
+        raise ValueError(f"filterbank: expected 0 < passband < stopband and passband + stopband < {n_channels} (in"
+                         f" channel spacings), got passband={passband!r}, stopband={stopband!r}")
+    width = 2.0 * (stopband - passband) / n_channels
     needed = (attenuation_db - 7.95) / (2.285 * np.pi * width) + 1
     branch_taps = max(2, math.ceil((needed + 1) / n_channels))
-    return firwin(branch_taps * n_channels - 1, 1.5 / n_channels, window=("kaiser", kaiser_beta(attenuation_db)))
+    return firwin(branch_taps * n_channels - 1, (passband + stopband) / n_channels,
+                  window=("kaiser", kaiser_beta(attenuation_db)))
+
+
+def feature_grid(in_rate_hz: float, center_freq_hz: float, freqs_hz: Sequence[float], min_out_rate_hz: float,
+                 ) -> tuple[float, int]:
+    """A grid that puts every frequency of ``freqs_hz`` (Hz) on a channel centre: ``(channel_spacing_hz, oversampling)``.
+
+    The spacing is the largest that divides ``in_rate_hz`` and every offset ``freq - center_freq_hz`` (all whole
+    Hz); the oversampling the smallest that keeps the output rate (``oversampling*spacing``) at or above
+    ``min_out_rate_hz`` (Hz), so a channel's output holds ``±min_out_rate_hz/2`` whatever the spacing.
+    ValueError when the rates or offsets are not whole Hz, or the grid would exceed ``MAX_CHANNELS``.
+
+    Examples
+    --------
+    >>> feature_grid(2.4e6, 145.0e6, [145.0125e6, 145.5e6], 25_000.0)
+    (12500.0, 2)
+    >>> feature_grid(240_000.0, 145.45e6, [145.5e6, 145.5125e6], 25_000.0)
+    (2500.0, 12)
+    """
+    whole = [in_rate_hz, *(f - center_freq_hz for f in freqs_hz)]
+    if not all(math.isfinite(v) and abs(v - round(v)) <= 1e-3 for v in whole):
+        raise ValueError(f"filterbank: in_rate_hz={in_rate_hz} and the channel offsets from center_freq_hz="
+                         f"{center_freq_hz} must be whole Hz to share a channel grid")
+    spacing = math.gcd(*(abs(round(v)) for v in whole))
+    n = round(in_rate_hz) // spacing
+    if n > MAX_CHANNELS:
+        raise ValueError(f"filterbank: the channels' offsets from center_freq_hz={center_freq_hz} need a grid of"
+                         f" {spacing} Hz, {n} channels at in_rate_hz={in_rate_hz} (at most {MAX_CHANNELS})")
+    decimations = [d for d in range(1, n + 1) if n % d == 0 and in_rate_hz / d >= min_out_rate_hz]
+    if not decimations:
+        raise ValueError(f"filterbank: in_rate_hz={in_rate_hz} is below min_out_rate_hz={min_out_rate_hz}")
+    return float(spacing), n // max(decimations)
 
 
 @dataclass(frozen=True)
@@ -277,7 +320,11 @@ class FilterBank:
     channels : signed channel numbers to output, in the order wanted (``channel_range``; no repeats).
     oversampling : output rate / channel spacing, an integer dividing the channel count (2: the channel
         edges do not alias; 1: critically sampled).
-    attenuation_db : the prototype's stopband attenuation from the adjacent channel's centre on (dB).
+    attenuation_db : the prototype's stopband attenuation (dB).
+    passband_hz, stopband_hz : the prototype's flat band ``|f| <= passband_hz`` and where its stopband starts
+        (Hz from a channel's centre); default ``channel_spacing_hz/2`` and ``channel_spacing_hz`` (the channel, and
+        the neighbour's centre). A channel read wider than its spacing (features that read noise beside it) takes a
+        wider passband and a stopband at the output's Nyquist, ``out_rate_hz/2``: nothing that folds is left.
 
     Attributes
     ----------
@@ -287,7 +334,8 @@ class FilterBank:
     """
 
     def __init__(self, in_rate_hz: float, center_freq_hz: float, channel_spacing_hz: float, channels: Sequence[int],
-                 *, oversampling: int = 2, attenuation_db: float = 70.0) -> None:
+                 *, oversampling: int = 2, attenuation_db: float = 70.0, passband_hz: float | None = None,
+                 stopband_hz: float | None = None) -> None:
         n = channel_count(in_rate_hz, channel_spacing_hz)
         if isinstance(oversampling, bool) or not isinstance(oversampling, int) or oversampling < 1 or n % oversampling:
             raise ValueError(f"filterbank: oversampling must be an integer >= 1 dividing the {n} channels, got"
@@ -305,7 +353,17 @@ class FilterBank:
         self.oversampling = oversampling
         self.decimation = n // oversampling
         self.out_rate_hz = self.in_rate_hz / self.decimation
-        self.taps = design_prototype(n, attenuation_db)
+        passband_hz = channel_spacing_hz / 2 if passband_hz is None else passband_hz
+        stopband_hz = float(channel_spacing_hz) if stopband_hz is None else stopband_hz
+        for name, value in (("passband_hz", passband_hz), ("stopband_hz", stopband_hz)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"filterbank: {name} must be a finite number of Hz, got {value!r}")
+        if not 0 < passband_hz < stopband_hz <= in_rate_hz / 2:
+            raise ValueError(f"filterbank: expected 0 < passband_hz < stopband_hz <= in_rate_hz/2 = {in_rate_hz / 2} Hz,"
+                             f" got passband_hz={passband_hz}, stopband_hz={stopband_hz}")
+        self.passband_hz, self.stopband_hz = float(passband_hz), float(stopband_hz)
+        self.taps = design_prototype(n, attenuation_db, passband=passband_hz / channel_spacing_hz,
+                                     stopband=stopband_hz / channel_spacing_hz)
         self.half_len = (len(self.taps) - 1) // 2
         self.branch_taps = (len(self.taps) + 1) // n
         padded = np.zeros(self.branch_taps * n)

@@ -21,6 +21,7 @@ from streamer.dsp.filterbank import (
     channel_number,
     covered_channels,
     design_prototype,
+    feature_grid,
     feature_rate_channelizers,
 )
 from streamer.tools import bench_filterbank
@@ -401,3 +402,60 @@ def test_bench_filterbank_times_every_path_and_prints_the_ratios_beside_their_ta
     res = bench_filterbank.bench_filterbank(seconds=0.02, repeats=1, channelizers=2)
     assert res["bank"]["best_msps"] > 0 and res["bank_over_channelizers"] > 0
     assert res["channelizers_timed"] == [-96, 0]
+
+
+#: The band pipeline's channel read: flat to +-11 kHz (the features' noise bands reach +-9.6 kHz), stopping at the
+#: 25 kHz output's Nyquist.
+WIDE_PASS_HZ, WIDE_STOP_HZ = 11_000.0, 12_500.0
+
+
+def test_a_wide_passband_prototype_is_flat_to_it_and_stops_at_the_output_nyquist():
+    bank = _bank(channels=[0], passband_hz=WIDE_PASS_HZ, stopband_hz=WIDE_STOP_HZ)
+    assert bank.out_rate_hz / 2 == WIDE_STOP_HZ
+    _, h_pass = freqz(bank.taps, worN=np.linspace(0, WIDE_PASS_HZ, 400), fs=IN_RATE_HZ)
+    _, h_stop = freqz(bank.taps, worN=np.linspace(WIDE_STOP_HZ, IN_RATE_HZ / 2, 40_000), fs=IN_RATE_HZ)
+    ripple_db = 20 * np.log10(np.abs(h_pass))
+    assert np.max(np.abs(ripple_db)) < 0.01, f"passband ripple {np.max(np.abs(ripple_db)):.4f} dB"
+    assert 20 * np.log10(np.max(np.abs(h_stop))) < -69.0
+
+
+def test_a_wide_passband_channel_equals_the_reference_and_passes_a_tone_at_10_khz_unchanged():
+    channels = [-3, 0, 40]
+    bank = _bank(channels=channels, passband_hz=WIDE_PASS_HZ, stopband_hz=WIDE_STOP_HZ)
+    x = _noise(int(IN_RATE_HZ) // 10, seed=5)
+    out = bank.process(_block(x, ORIGIN))
+    for row, k in enumerate(channels):
+        ref = _reference(x, k, ORIGIN, bank)[: out.samples.shape[1]]
+        err = np.max(np.abs(out.samples[row] - ref)) / np.max(np.abs(ref))
+        assert err < 2e-6, f"channel {k}: max relative error {err:.2e}"
+    # A tone 10 kHz above channel 40's centre: inside the wide passband, so at full amplitude in channel 40 only.
+    bank.reset()
+    n = np.arange(int(IN_RATE_HZ) // 10)
+    tone = (0.5 * np.exp(2j * np.pi * (40 * SPACING_HZ + 10_000.0) * (ORIGIN + n) / IN_RATE_HZ)).astype(np.complex64)
+    settled = bank.process(_block(tone, ORIGIN)).samples[:, 4 * bank.branch_taps :]
+    amplitude = np.abs(settled).mean(axis=1)
+    assert amplitude[2] == pytest.approx(0.5, rel=1e-3)
+    assert np.all(amplitude[:2] < 0.5 * 10 ** (-60 / 20))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"passband_hz": 13_000.0, "stopband_hz": 12_500.0}, "0 < passband_hz < stopband_hz"),
+    ({"passband_hz": float("nan")}, "passband_hz must be a finite number"),
+    ({"passband_hz": 1_000.0, "stopband_hz": 2e6}, "in_rate_hz/2"),
+])
+def test_bad_pass_and_stop_bands_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _bank(**kwargs)
+
+
+def test_feature_grid_puts_every_channel_on_the_grid_at_the_smallest_rate_that_holds_it():
+    spacing, oversampling = feature_grid(240_000.0, 145.45e6, [145.5e6, 145.5125e6, 145.4375e6], 25_000.0)
+    assert (spacing, oversampling) == (2_500.0, 12)
+    bank = FilterBank(240_000.0, 145.45e6, spacing, [20, 25, -5], oversampling=oversampling)
+    assert bank.out_rate_hz == 30_000.0
+    # One channel 500 kHz off: a coarse grid, and no oversampling needed for 100 kHz >= 25 kHz.
+    assert feature_grid(2.4e6, 145.0e6, [145.5e6], 25_000.0) == (100_000.0, 1)
+    with pytest.raises(ValueError, match="whole Hz"):
+        feature_grid(240_000.0, 145.45e6, [145.5e6 + 0.5], 25_000.0)
+    with pytest.raises(ValueError, match="at most 65536"):
+        feature_grid(2.4e6, 145.0e6, [145.0e6 + 7.0], 25_000.0)
