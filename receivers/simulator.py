@@ -1,4 +1,4 @@
-"""Simulated receiver network: a seeded world of one moving NBFM transmitter, heard by every configured receiver.
+"""Simulated receiver network: a seeded world of moving NBFM transmitters, heard by every configured receiver.
 
 This is the template adapter (copy it to start a new one) and the fake that the other tests lean on.
 
@@ -27,6 +27,12 @@ Physics (units in the names; all of it deterministic from ``simulator.seed``)
   is a ``Transmission`` of its own. With ``collision_probability`` a second transmitter, at a fixed point
   uniform over the area, keys up during the period (``second_transmitters``). ``truth_over(start, end)`` says
   which spans of a window the wanted transmitter was keyed and whether another one was on the channel.
+- Band traffic: ``simulator.transmitters`` transmitters (default 1), each with its own track, keying, powers,
+  traffic and collisions from RNG streams keyed by the seed and its index (transmitter 0 uses the streams of
+  the one-transmitter world, so a world without a channel plan renders exactly as before). Each keys on one
+  channel of the plan (``transmitter_channels``: without a plan all are on ``network.target_freq_hz``); the
+  carrier lands at that channel's centre - LO, so a receiver's IQ holds every transmitter at its channel's
+  offset. ``truth_over(start, end, k)`` is transmitter k's truth with its channel; ``band_truth_over`` all of them.
 - Calibration drift: the hidden gain error at Unix time t (``calibration_error_db_at``) is the fixed
   ``calibration_error_db`` plus how far a daily random walk (``calibration_drift_db_per_sqrt_day``) and a yearly
   sine (``calibration_seasonal_db``, random phase per receiver) have moved since the receiver was calibrated
@@ -120,6 +126,7 @@ KEY_RAMP_S = 0.002
 # the others and every piece can be regenerated independently, in any order.
 _TRACK, _KEYING, _SHADOWING, _RECEIVER, _NOISE, _WINDOW, _WINDOW_NOISE, _NOISE_FIGURE = range(8)
 _TRAFFIC, _COLLISION, _DRIFT, _SEASON, _CLOCK_JITTER = range(8, 13)
+_BAND = 13  # which channel of the plan each transmitter keys on
 
 #: Traffic kinds a transmission can be (``simulator.traffic_<kind>_weight``), in the order their weights are drawn.
 TRAFFIC_KINDS = ("voice", "dmr", "packet", "carrier")
@@ -194,7 +201,9 @@ class WindowTruth:
     midpoint ``t_ns`` (as ``SimulatedWorld.truth``); ``keyed_fraction`` the share of the window in which the wanted
     transmitter was on the air; ``keyed_intervals_ns`` those on-air spans clipped to the window, in time order;
     ``collision`` whether a second transmitter was on the same channel during the window; ``kinds`` the traffic
-    kinds (``TRAFFIC_KINDS``) of the wanted transmissions in it.
+    kinds (``TRAFFIC_KINDS``) of the wanted transmissions in it; ``transmitter`` which of the world's transmitters
+    it is (0 in a one-channel world), ``channel`` and ``channel_hz`` the name and centre (Hz) of the channel of the
+    plan it keys on (``keyed_at`` tells which frames it was on air in).
     """
 
     start_ns: int
@@ -210,6 +219,18 @@ class WindowTruth:
     keyed_intervals_ns: tuple[tuple[int, int], ...]
     collision: bool
     kinds: tuple[str, ...]
+    transmitter: int
+    channel: str
+    channel_hz: float
+
+    def keyed_at(self, t_ns) -> np.ndarray:
+        """Whether the transmitter was on the air at each of the Unix times ``t_ns`` (ns, e.g. a window's frame
+        centres) inside the window: a bool array of ``t_ns``'s shape."""
+        t = np.asarray(t_ns, dtype=np.int64)
+        on = np.zeros(t.shape, dtype=bool)
+        for a, b in self.keyed_intervals_ns:
+            on |= (t >= a) & (t < b)
+        return on
 
 
 @dataclass(frozen=True, eq=False)
@@ -364,6 +385,21 @@ def _as_traffic(voice: Transmission, kind: str, rng: np.random.Generator) -> lis
     return [dataclasses.replace(voice, start_ns=a, end_ns=b, kind=kind) for a, b in bursts if b > a]
 
 
+def transmitter_channels(config) -> tuple:
+    """The channel (``streamer.config.ChannelConfig``) each of the ``simulator.transmitters`` keys on.
+
+    Without a channel plan, all are on the one channel at ``network.target_freq_hz``. With one, the channels are
+    dealt in an order drawn from the seed (stream ``_BAND``): distinct channels while there are as many as
+    transmitters, then round again, so some channels carry two transmitters that key independently.
+    """
+    plan = config.channel_plan()
+    count = config.simulator.transmitters
+    if not config.has_channel_plan():
+        return (plan[0],) * count
+    order = _rng(config.simulator.seed, _BAND).permutation(len(plan))
+    return tuple(plan[int(order[k % len(plan)])] for k in range(count))
+
+
 def _merged(intervals) -> list[tuple[int, int]]:
     """Sorted, non-empty ``(start, end)`` intervals with overlapping or touching ones joined."""
     out: list[tuple[int, int]] = []
@@ -408,9 +444,10 @@ class SimulatedWorld:
         self.clock_offset_ns = np.round(np.array([v[2] for v in per_rx]) * self.sim.clock_offset_sigma_ms * 1e6).astype(np.int64)
         self.noise_figure_db = np.maximum(0.0, self.sim.noise_figure_db + self.sim.noise_figure_sigma_db * np.array(
             [_rng(seed, _NOISE_FIGURE, r).standard_normal() for r in range(n_rx)]))
-        self._track_omega, self._track_phase = self._track_terms(seed)
+        self.transmitter_channels = transmitter_channels(config)
+        self._tracks = [self._track_terms(seed, k) for k in range(len(self.transmitter_channels))]
         self._shadowing: dict[int, ShadowingField] = {}
-        self._keying: dict[int, tuple[list[Transmission], list[Transmission]]] = {}
+        self._keying: dict[tuple[int, int], tuple[list[Transmission], list[Transmission]]] = {}
         self.calibrated_at_s = np.array([
             parse_calibrated_at(rx.calibrated_at).timestamp() if rx.calibrated_at is not None else self.sim.calibration_epoch_unix_s
             for rx in config.receivers], dtype=np.float64)
@@ -526,48 +563,51 @@ class SimulatedWorld:
 
     # --- track -------------------------------------------------------------------------------------
 
-    def _track_terms(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = _rng(seed, _TRACK)
+    def _track_terms(self, seed: int, transmitter: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        rng = _rng(seed, _TRACK) if transmitter == 0 else _rng(seed, _TRACK, transmitter)
         omega = rng.standard_normal((2, TRACK_TERMS))
         omega /= np.sqrt(np.mean(omega**2, axis=1, keepdims=True))  # exactly unit mean square per axis
         # RMS speed^2 = E[phi(g)^2] * E[g'^2] * (W^2 + H^2) with E[g'^2] = mean(omega^2) = lam.
         lam = self.sim.speed_mps**2 / (_E_PDF_SQ * (self.area.width_m**2 + self.area.height_m**2))
         return omega * math.sqrt(lam), rng.uniform(0.0, 2.0 * math.pi, (2, TRACK_TERMS))
 
-    def position_en_m(self, t_ns) -> np.ndarray:
+    def position_en_m(self, t_ns, transmitter: int = 0) -> np.ndarray:
         """Transmitter (east, north) in metres at Unix times ``t_ns`` (int or array): ``[..., 2]``."""
         t_s = np.asarray(t_ns, dtype=np.float64) / 1e9
-        arg = t_s[..., None, None] * self._track_omega + self._track_phase  # [..., 2, K]
+        omega, phase = self._tracks[transmitter]
+        arg = t_s[..., None, None] * omega + phase  # [..., 2, K]
         g = np.sqrt(2.0 / TRACK_TERMS) * np.cos(arg).sum(axis=-1)
         u = ndtr(g)
         a = self.area
         return np.stack([a.east_min_m + a.width_m * u[..., 0], a.north_min_m + a.height_m * u[..., 1]], axis=-1)
 
-    def _interpolated_positions(self, ref_ns: int, t_rel_s: np.ndarray) -> np.ndarray:
+    def _interpolated_positions(self, ref_ns: int, t_rel_s: np.ndarray, transmitter: int = 0) -> np.ndarray:
         """Track at ``ref_ns + t_rel_s`` by linear interpolation between absolute-time knots ``[N, 2]``."""
         k0 = ref_ns // TRACK_KNOT_NS
         u = ((ref_ns - k0 * TRACK_KNOT_NS) / 1e9 + t_rel_s) / (TRACK_KNOT_NS / 1e9)
         k = np.floor(u).astype(np.int64)
         frac = (u - k)[:, None]
         lo, hi = int(k.min()), int(k.max()) + 1
-        knots = self.position_en_m((k0 + np.arange(lo, hi + 1)) * TRACK_KNOT_NS)
+        knots = self.position_en_m((k0 + np.arange(lo, hi + 1)) * TRACK_KNOT_NS, transmitter)
         i = k - lo
         return knots[i] * (1.0 - frac) + knots[i + 1] * frac
 
     # --- keying ------------------------------------------------------------------------------------
 
-    def _raw_chunk(self, c: int) -> tuple[list[Transmission], list[Transmission], int | None]:
-        """(Wanted transmissions whose key-up falls in keying chunk ``c``, second transmitters keyed during them,
-        the end of the chunk's last on period (Unix ns; None: no on period)).
+    def _raw_chunk(self, c: int, transmitter: int = 0) -> tuple[list[Transmission], list[Transmission], int | None]:
+        """(Transmitter ``transmitter``'s transmissions whose key-up falls in keying chunk ``c``, second transmitters
+        keyed during them, the end of the chunk's last on period (Unix ns; None: no on period)).
 
         The on/off periods are an alternating exponential process from the keying stream; each on period's traffic
-        kind comes from the traffic stream and its collision from the collision stream (seed, stream, chunk), so
-        the on/off periods do not depend on the traffic mix.
+        kind comes from the traffic stream and its collision from the collision stream (seed, stream, chunk, and
+        the transmitter's index from 1 on), so the on/off periods do not depend on the traffic mix, and each
+        transmitter keys independently of the others.
         """
         sim = self.sim
-        rng = _rng(sim.seed, _KEYING, c + (1 << 40))  # offset keeps negative chunk indices valid entropy
-        traffic_rng = _rng(sim.seed, _TRAFFIC, c + (1 << 40))
-        collision_rng = _rng(sim.seed, _COLLISION, c + (1 << 40))
+        key = (c + (1 << 40),) if transmitter == 0 else (c + (1 << 40), transmitter)  # offset: negative c is valid entropy
+        rng = _rng(sim.seed, _KEYING, *key)
+        traffic_rng = _rng(sim.seed, _TRAFFIC, *key)
+        collision_rng = _rng(sim.seed, _COLLISION, *key)
         t = c * KEYING_CHUNK_NS
         end = t + KEYING_CHUNK_NS
         on = rng.random() < sim.key_up_mean_s / (sim.key_up_mean_s + sim.key_down_mean_s)
@@ -600,8 +640,8 @@ class SimulatedWorld:
         tx = Transmission.draw(key_up, end, power, sim.fm_deviation_hz, rng)
         return dataclasses.replace(tx, position_en_m=position)
 
-    def _chunk(self, c: int) -> tuple[list[Transmission], list[Transmission]]:
-        """Chunk ``c``: its wanted transmissions clipped so as not to overlap the previous chunk's last one, and its
+    def _chunk(self, c: int, transmitter: int = 0) -> tuple[list[Transmission], list[Transmission]]:
+        """Chunk ``c`` of transmitter ``transmitter``: its transmissions clipped so as not to overlap the previous chunk's last one, and its
         second transmitters (as ``_raw_chunk``).
 
         Each chunk's on/off process starts independently, so its first key-up may fall inside a transmission
@@ -609,63 +649,74 @@ class SimulatedWorld:
         ``_MIN_KEY_DOWN_NS``), not dropped: dropping it left silences as long as a whole transmission. "After it"
         is after its on period, whatever the traffic in it, so the on/off periods do not depend on the mix.
         """
-        if c not in self._keying:
-            _, _, previous_end = self._raw_chunk(c - 1)
+        if (transmitter, c) not in self._keying:
+            _, _, previous_end = self._raw_chunk(c - 1, transmitter)
             busy_until = (previous_end if previous_end is not None else c * KEYING_CHUNK_NS) + _MIN_KEY_DOWN_NS
             kept = []
-            wanted, others, _ = self._raw_chunk(c)
+            wanted, others, _ = self._raw_chunk(c, transmitter)
             for tx in wanted:
                 if tx.start_ns < busy_until:
                     if tx.end_ns <= busy_until:
                         continue
                     tx = dataclasses.replace(tx, start_ns=busy_until)
                 kept.append(tx)
-            self._keying[c] = (kept, others)
-            if len(self._keying) > 16:
+            self._keying[(transmitter, c)] = (kept, others)
+            if len(self._keying) > 16 * len(self.transmitter_channels):
                 self._keying.pop(next(iter(self._keying)))
-        return self._keying[c]
+        return self._keying[(transmitter, c)]
 
-    def transmissions(self, start_ns: int, end_ns: int) -> list[Transmission]:
-        """The wanted transmitter's transmissions overlapping [start_ns, end_ns) (transmitter Unix time), in time
-        order (a DMR or packet transmission as its bursts)."""
+    def transmissions(self, start_ns: int, end_ns: int, transmitter: int = 0) -> list[Transmission]:
+        """Transmitter ``transmitter``'s transmissions (0: the wanted one of a one-channel world) overlapping
+        [start_ns, end_ns) (transmitter Unix time), in time order (a DMR or packet transmission as its bursts)."""
         first = int(start_ns) // KEYING_CHUNK_NS - 1
         last = int(end_ns) // KEYING_CHUNK_NS
-        return [tx for c in range(first, last + 1) for tx in self._chunk(c)[0] if tx.end_ns > start_ns and tx.start_ns < end_ns]
+        return [tx for c in range(first, last + 1) for tx in self._chunk(c, transmitter)[0]
+                if tx.end_ns > start_ns and tx.start_ns < end_ns]
 
-    def second_transmitters(self, start_ns: int, end_ns: int) -> list[Transmission]:
-        """Other transmitters on the channel (``collision_probability``) overlapping [start_ns, end_ns), each at its
-        fixed ``position_en_m``."""
+    def second_transmitters(self, start_ns: int, end_ns: int, transmitter: int = 0) -> list[Transmission]:
+        """Other transmitters on transmitter ``transmitter``'s channel (``collision_probability``) overlapping
+        [start_ns, end_ns), each at its fixed ``position_en_m``."""
         if self.sim.collision_probability <= 0:
             return []
         # A second transmitter keys up inside a wanted one but may outlast it by many chunks.
         reach = int(20 * self.sim.key_up_mean_s * 1e9) // KEYING_CHUNK_NS + 1
         first = int(start_ns) // KEYING_CHUNK_NS - 1 - reach
         last = int(end_ns) // KEYING_CHUNK_NS
-        return [tx for c in range(first, last + 1) for tx in self._chunk(c)[1] if tx.end_ns > start_ns and tx.start_ns < end_ns]
+        return [tx for c in range(first, last + 1) for tx in self._chunk(c, transmitter)[1]
+                if tx.end_ns > start_ns and tx.start_ns < end_ns]
 
-    def truth_over(self, start_ns: int, end_ns: int) -> WindowTruth:
-        """What the wanted transmitter did over ``[start_ns, end_ns)`` (Unix ns, transmitter time): ``WindowTruth``."""
+    def truth_over(self, start_ns: int, end_ns: int, transmitter: int = 0) -> WindowTruth:
+        """What transmitter ``transmitter`` (0: the wanted one of a one-channel world) did over ``[start_ns, end_ns)``
+        (Unix ns, transmitter time): ``WindowTruth``."""
         start_ns, end_ns = int(start_ns), int(end_ns)
         if end_ns <= start_ns:
             raise ValueError(f"truth_over: window end {end_ns} ns must be after its start {start_ns} ns")
-        at_mid = self.truth((start_ns + end_ns) // 2)
-        on_air = self.transmissions(start_ns, end_ns)
+        if not 0 <= transmitter < len(self.transmitter_channels):
+            raise ValueError(f"truth_over: no transmitter {transmitter}; simulator.transmitters = {len(self.transmitter_channels)}")
+        at_mid = self.truth((start_ns + end_ns) // 2, transmitter)
+        on_air = self.transmissions(start_ns, end_ns, transmitter)
+        channel = self.transmitter_channels[transmitter]
         intervals = _merged((max(tx.start_ns, start_ns), min(tx.end_ns, end_ns)) for tx in on_air)
         keyed_ns = sum(b - a for a, b in intervals)
         return WindowTruth(
             start_ns=start_ns, end_ns=end_ns, t_ns=at_mid.t_ns, lat=at_mid.lat, lon=at_mid.lon, east_m=at_mid.east_m,
             north_m=at_mid.north_m, power_dbm=at_mid.power_dbm, keyed=at_mid.keyed,
             keyed_fraction=keyed_ns / (end_ns - start_ns), keyed_intervals_ns=tuple(intervals),
-            collision=bool(self.second_transmitters(start_ns, end_ns)),
+            collision=bool(self.second_transmitters(start_ns, end_ns, transmitter)),
             kinds=tuple(dict.fromkeys(tx.kind for tx in on_air)),
+            transmitter=transmitter, channel=channel.name, channel_hz=channel.centre_hz,
         )
 
-    def truth(self, t_ns: int) -> Truth:
-        """Ground truth at Unix time ``t_ns``: position, and transmit power while keyed."""
+    def band_truth_over(self, start_ns: int, end_ns: int) -> list[WindowTruth]:
+        """``truth_over`` for every transmitter, in transmitter order: each with its channel and on-air spans."""
+        return [self.truth_over(start_ns, end_ns, k) for k in range(len(self.transmitter_channels))]
+
+    def truth(self, t_ns: int, transmitter: int = 0) -> Truth:
+        """Ground truth of transmitter ``transmitter`` at Unix time ``t_ns``: position, and transmit power while keyed."""
         t_ns = int(t_ns)
-        east, north = self.position_en_m(t_ns)
+        east, north = self.position_en_m(t_ns, transmitter)
         lat, lon, _ = enu_to_geodetic(east, north, 0.0, self.origin)
-        active = [tx for tx in self.transmissions(t_ns, t_ns + 1) if tx.start_ns <= t_ns < tx.end_ns]
+        active = [tx for tx in self.transmissions(t_ns, t_ns + 1, transmitter) if tx.start_ns <= t_ns < tx.end_ns]
         power = active[0].power_dbm if active else None
         return Truth(t_ns, float(lat), float(lon), float(east), float(north), power, bool(active))
 
@@ -680,6 +731,7 @@ class SimulatedWorld:
         *,
         tx_en_m: np.ndarray | None = None,
         transmissions: list[Transmission] | None = None,
+        transmitter: int | None = None,
     ) -> np.ndarray:
         """Noise-free complex baseband at receiver ``r``'s antenna, in sqrt(mW) (|x|^2 = power in mW).
 
@@ -691,16 +743,24 @@ class SimulatedWorld:
         r : receiver index.
         ref_ns : Unix time (ns) that ``t_rel_s`` counts from.
         t_rel_s : ``[N]`` true sampling instants, seconds after ``ref_ns``.
-        lo_freq_hz : the receiver's actual LO frequency (Hz); the carrier lands at target - LO.
-        tx_en_m : fixed transmitter (east, north) in m; default: the world's track.
+        lo_freq_hz : the receiver's actual LO frequency (Hz); each carrier lands at its channel's centre - LO.
+        tx_en_m : fixed transmitter (east, north) in m; default: the transmitter's track.
         transmissions : what is on air; default: the world's keying schedule, and the second transmitters
             (``second_transmitters``) from their own positions.
+        transmitter : whose track, channel and schedule (``transmitter_channels`` order); None: every transmitter
+            summed where ``transmissions`` and ``tx_en_m`` are unset, else transmitter 0.
         """
         t_rel_s = np.asarray(t_rel_s, dtype=np.float64)
         if transmissions is None and tx_en_m is None:
-            others = self._second_transmitters_baseband(r, ref_ns, t_rel_s, lo_freq_hz)
-            wanted = self.received_baseband(r, ref_ns, t_rel_s, lo_freq_hz, transmissions=self._on_air_near(ref_ns, t_rel_s))
-            return wanted if others is None else wanted + others
+            total = None
+            for k in range(len(self.transmitter_channels)) if transmitter is None else (transmitter,):
+                others = self._second_transmitters_baseband(r, ref_ns, t_rel_s, lo_freq_hz, k)
+                wanted = self.received_baseband(r, ref_ns, t_rel_s, lo_freq_hz,
+                                                transmissions=self._on_air_near(ref_ns, t_rel_s, k), transmitter=k)
+                one = wanted if others is None else wanted + others
+                total = one if total is None else total + one
+            return total
+        k = 0 if transmitter is None else transmitter
         if tx_en_m is None and t_rel_s.size > 1:
             # The geometry changes slowly: evaluate it every GEOMETRY_STEP_S and interpolate distance and
             # gain, which costs a fraction of evaluating the track and shadowing field per sample. The knots
@@ -709,26 +769,27 @@ class SimulatedWorld:
             first = math.floor(t_rel_s[0] / GEOMETRY_STEP_S)
             last = math.ceil(t_rel_s[-1] / GEOMETRY_STEP_S)
             t_geo = np.arange(first, last + 1) * GEOMETRY_STEP_S
-            dist_geo, gain_geo = self._path(r, self._interpolated_positions(ref_ns, t_geo))
+            dist_geo, gain_geo = self._path(r, self._interpolated_positions(ref_ns, t_geo, k))
             dist = np.interp(t_rel_s, t_geo, dist_geo)
             gain_db = np.interp(t_rel_s, t_geo, gain_geo)
         elif tx_en_m is None:
-            dist, gain_db = self._path(r, self._interpolated_positions(ref_ns, t_rel_s))
+            dist, gain_db = self._path(r, self._interpolated_positions(ref_ns, t_rel_s, k))
         else:
             dist, gain_db = self._path(r, np.broadcast_to(np.asarray(tx_en_m, dtype=np.float64), (1, 2)))
         delay_s = dist / SPEED_OF_LIGHT_MPS
         t_tx_first = ref_ns + int(math.floor((t_rel_s[0] - delay_s.max()) * 1e9)) - 1
         t_tx_last = ref_ns + int(math.ceil(t_rel_s[-1] * 1e9)) + 1
         if transmissions is None:
-            transmissions = self.transmissions(t_tx_first, t_tx_last)
+            transmissions = self.transmissions(t_tx_first, t_tx_last, k)
         out = np.zeros(t_rel_s.shape, dtype=np.complex128)
         if not transmissions:
             return out
-        # Carrier: exp(j 2 pi [(f_tx - f_lo) t - f_tx d/c]). The constant part (f_tx - f_lo) * ref is
-        # reduced mod 1 exactly (Fraction) so the phase is continuous whatever ref a block uses.
-        offset_hz = self.target_freq_hz - lo_freq_hz
+        # Carrier: exp(j 2 pi [(f_tx - f_lo) t - f_tx d/c]), f_tx the channel's centre. The constant part
+        # (f_tx - f_lo) * ref is reduced mod 1 exactly (Fraction) so the phase is continuous whatever ref a block uses.
+        f_tx = self.transmitter_channels[k].centre_hz
+        offset_hz = f_tx - lo_freq_hz
         ref_cycles = float((Fraction(offset_hz) * Fraction(int(ref_ns), 10**9)) % 1)
-        carrier_cycles = ref_cycles + offset_hz * t_rel_s - self.target_freq_hz * delay_s
+        carrier_cycles = ref_cycles + offset_hz * t_rel_s - f_tx * delay_s
         carrier_cycles -= np.floor(carrier_cycles)
         for tx in transmissions:
             tau = (ref_ns - tx.start_ns) / 1e9 + t_rel_s - delay_s  # seconds since key-up, at the transmitter
@@ -740,22 +801,25 @@ class SimulatedWorld:
             out[on] += amp * np.exp(1j * (2.0 * math.pi * carrier_cycles[on] + tx.phase_rad(tau_on)))
         return out
 
-    def _on_air_near(self, ref_ns: int, t_rel_s: np.ndarray) -> list[Transmission]:
-        """The wanted transmissions that can reach a receiver at ``ref_ns + t_rel_s`` (any delay within the area)."""
+    def _on_air_near(self, ref_ns: int, t_rel_s: np.ndarray, transmitter: int = 0) -> list[Transmission]:
+        """The transmitter's transmissions that can reach a receiver at ``ref_ns + t_rel_s`` (any delay within the area)."""
         reach_s = 2.0 * math.hypot(self.area.width_m, self.area.height_m) / SPEED_OF_LIGHT_MPS + 1e-6
         return self.transmissions(ref_ns + math.floor((float(t_rel_s.min()) - reach_s) * 1e9) - 1,
-                                  ref_ns + math.ceil(float(t_rel_s.max()) * 1e9) + 1)
+                                  ref_ns + math.ceil(float(t_rel_s.max()) * 1e9) + 1, transmitter)
 
-    def _second_transmitters_baseband(self, r: int, ref_ns: int, t_rel_s: np.ndarray, lo_freq_hz: float) -> np.ndarray | None:
-        """The second transmitters' baseband at receiver ``r`` (sqrt(mW), as ``received_baseband``); None when none is on."""
+    def _second_transmitters_baseband(self, r: int, ref_ns: int, t_rel_s: np.ndarray, lo_freq_hz: float,
+                                      transmitter: int = 0) -> np.ndarray | None:
+        """The baseband at receiver ``r`` of the second transmitters on ``transmitter``'s channel (sqrt(mW), as
+        ``received_baseband``); None when none is on."""
         if self.sim.collision_probability <= 0 or t_rel_s.size == 0:
             return None
         reach_s = 2.0 * math.hypot(self.area.width_m, self.area.height_m) / SPEED_OF_LIGHT_MPS + 1e-6
         others = self.second_transmitters(ref_ns + math.floor((float(t_rel_s.min()) - reach_s) * 1e9) - 1,
-                                          ref_ns + math.ceil(float(t_rel_s.max()) * 1e9) + 1)
+                                          ref_ns + math.ceil(float(t_rel_s.max()) * 1e9) + 1, transmitter)
         if not others:
             return None
-        return sum(self.received_baseband(r, ref_ns, t_rel_s, lo_freq_hz, tx_en_m=np.asarray(tx.position_en_m), transmissions=[tx])
+        return sum(self.received_baseband(r, ref_ns, t_rel_s, lo_freq_hz, tx_en_m=np.asarray(tx.position_en_m),
+                                          transmissions=[tx], transmitter=transmitter)
                    for tx in others)
 
     def _path(self, r: int, pos_en_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -877,7 +941,7 @@ class SimulatedReceiver(ReceiverBase):
         self.noise_dbm = world.noise_dbm(self.index, self.sample_rate_hz)
         self._closed = False
         self._chunks: dict[int, np.ndarray] = {}
-        self._knot_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._knot_cache: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}  # transmitter -> span -> knots
 
     @staticmethod
     def band_hz(options: "SimulatedReceiver.Options", target_freq_hz: float) -> tuple[float, float]:
@@ -938,20 +1002,22 @@ class SimulatedReceiver(ReceiverBase):
         np.multiply(radius, np.sin(angle), out=parts[1::2])
         return out
 
-    def _knots(self, k_first: int, k_last: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distance (m) and gain (dB) at geometry knots ``k_first .. k_last`` (knot k at ``start_ns + k *
-        GEOMETRY_STEP_S``), as ``SimulatedWorld._path`` gives them; computed ``_KNOT_SPAN`` knots at a time
-        and kept (each knot's value depends on its index only, so the grouping does not change it)."""
+    def _knots(self, k_first: int, k_last: int, transmitter: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Distance (m) and gain (dB) from transmitter ``transmitter`` at geometry knots ``k_first .. k_last`` (knot k
+        at ``start_ns + k * GEOMETRY_STEP_S``), as ``SimulatedWorld._path`` gives them; computed ``_KNOT_SPAN`` knots
+        at a time and kept (each knot's value depends on its index only, so the grouping does not change it)."""
         parts = []
+        cache = self._knot_cache.setdefault(transmitter, {})
         for b in range(k_first // _KNOT_SPAN, k_last // _KNOT_SPAN + 1):
-            if b not in self._knot_cache:
+            if b not in cache:
                 t_geo = np.arange(b * _KNOT_SPAN, (b + 1) * _KNOT_SPAN) * GEOMETRY_STEP_S
-                self._knot_cache[b] = self.world._path(self.index, self.world._interpolated_positions(self.start_ns, t_geo))
-                if len(self._knot_cache) > 2:
-                    self._knot_cache.pop(next(iter(self._knot_cache)))
+                positions = self.world._interpolated_positions(self.start_ns, t_geo, transmitter)
+                cache[b] = self.world._path(self.index, positions)
+                if len(cache) > 2:
+                    cache.pop(next(iter(cache)))
             lo = max(k_first, b * _KNOT_SPAN) - b * _KNOT_SPAN
             hi = min(k_last + 1, (b + 1) * _KNOT_SPAN) - b * _KNOT_SPAN
-            parts.append((self._knot_cache[b][0][lo:hi], self._knot_cache[b][1][lo:hi]))
+            parts.append((cache[b][0][lo:hi], cache[b][1][lo:hi]))
         if len(parts) == 1:
             return parts[0]
         return np.concatenate([d for d, _ in parts]), np.concatenate([g for _, g in parts])
@@ -965,26 +1031,38 @@ class SimulatedReceiver(ReceiverBase):
         also the amplitude, in linear units rather than dB) spread to the samples by ``np.repeat``; the carrier
         reduced mod 1 in float64, the audio's angles reduced at the knots in float64 and carried to the samples
         in float32 (``_sin_knots``), sines and cosines in float32; each transmission's on-air samples found as
-        one slice (tau, the time since key-up at the transmitter, increases with the sample index)."""
+        one slice (tau, the time since key-up at the transmitter, increases with the sample index). Every
+        transmitter of the world adds its own, at its channel's offset from the LO."""
+        world = self.world
+        fs = self.true_sample_rate_hz
+        # The gain drifts over days: one value per call (a chunk of the stream) is exact to far below a dB.
+        signal_scale, _ = world.full_scale_per_sqrt_mw(self.index, self.start_ns + int(first / fs * 1e9))
+        for transmitter in range(len(world.transmitter_channels)):
+            self._add_transmitter(out, first, transmitter, signal_scale)
+
+    def _add_transmitter(self, out: np.ndarray, first: int, transmitter: int, signal_scale: float) -> None:
+        """``add_signal`` for one transmitter (and the second transmitters on its channel)."""
         world, r = self.world, self.index
         count = len(out)
         fs = self.true_sample_rate_hz
         t_first_s, t_last_s = first / fs, (first + count - 1) / fs
-        # The gain drifts over days: one value per call (a chunk of the stream) is exact to far below a dB.
-        signal_scale, _ = world.full_scale_per_sqrt_mw(r, self.start_ns + int(t_first_s * 1e9))
-        others = world._second_transmitters_baseband(r, self.start_ns, np.arange(first, first + count) / fs, self.lo_freq_hz)
+        others = world._second_transmitters_baseband(r, self.start_ns, np.arange(first, first + count) / fs, self.lo_freq_hz,
+                                                     transmitter)
         if others is not None:  # rare (collision_probability): the float64 reference form is fast enough
             out += (signal_scale * others).astype(np.complex64)
+        if transmitter > 0 and not world._on_air_near(self.start_ns, np.array([t_first_s, t_last_s]), transmitter):
+            return  # keyed down over the whole chunk: spare the geometry (transmitter 0 keeps its original order)
         # Knot k sits at sample position k * GEOMETRY_STEP_S * fs; the samples in [ceil(x_k), ceil(x_k+1))
         # lie between knots k and k + 1.
         knot_samples = GEOMETRY_STEP_S * fs
         k_first = math.floor(first / knot_samples)
         k_last = math.floor((first + count - 1) / knot_samples) + 1
-        dist_geo, gain_geo = self._knots(k_first, k_last)
+        dist_geo, gain_geo = self._knots(k_first, k_last, transmitter)
         delay_max_s = float(dist_geo.max()) / SPEED_OF_LIGHT_MPS
         transmissions = world.transmissions(
             self.start_ns + int(math.floor((t_first_s - delay_max_s) * 1e9)) - 1,
             self.start_ns + int(math.ceil(t_last_s * 1e9)) + 1,
+            transmitter,
         )
         if not transmissions:
             return
@@ -1003,9 +1081,10 @@ class SimulatedReceiver(ReceiverBase):
         amp = per_sample(signal_scale * 10.0 ** (gain_geo / 20.0)).astype(np.float32)
         # Carrier cycles, as in received_baseband: exp(j 2 pi [(f_tx - f_lo) t - f_tx d/c]), linear between
         # the knots like the delay; at the knots reduced mod 1 (ref_cycles exactly, by Fraction).
-        offset_hz = world.target_freq_hz - self.lo_freq_hz
+        f_tx = world.transmitter_channels[transmitter].centre_hz
+        offset_hz = f_tx - self.lo_freq_hz
         ref_cycles = float((Fraction(offset_hz) * Fraction(int(self.start_ns), 10**9)) % 1)
-        carrier_geo = ref_cycles + offset_hz * t_geo - world.target_freq_hz * delay_geo
+        carrier_geo = ref_cycles + offset_hz * t_geo - f_tx * delay_geo
         carrier_geo -= np.floor(carrier_geo[0])
         carrier = per_sample(carrier_geo)
         carrier -= np.floor(carrier)
