@@ -340,8 +340,8 @@ def run_physics(config: Config, physics: PhysicsConfig, data: Windows, spec: Fea
 def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000, n_networks: int = 0,
              n_realizations: int = 0, realization_draws: int = DRAWS_PER_REALIZATION, physics: bool = True,
              powder: bool = False, powder_split: str | Path = "grid", powder_max_samples: int | None = None,
-             powder_baseline: bool = False, cache_dir=None, spec: FeatureSpec | None = None, oversampling: int = 1,
-             traffic: Traffic | str = "full", seed: int = EVAL_SEED, network: Config | None = None,
+             powder_baseline: bool = False, powder_calibration_age: bool = True, cache_dir=None,
+             spec: FeatureSpec | None = None, oversampling: int = 1, traffic: Traffic | str = "full", seed: int = EVAL_SEED, network: Config | None = None,
              network_name: str = "default", scenarios: tuple[str, ...] = (),
              scenario_realizations: int = SCENARIO_REALIZATIONS, scenario_draws: int = SCENARIO_DRAWS,
              every_frame: bool = False, log=print) -> dict:
@@ -399,7 +399,8 @@ def evaluate(models: list[Path], *, n_default: int = 5000, n_random: int = 1000,
         from models.train.powder import BASELINE_OPTIONS
 
         results[name] = evaluate_powder(models, split=powder_split, spec=spec, limit=powder_max_samples,
-                                        options=BASELINE_OPTIONS if powder_baseline else None, log=log)
+                                        options=BASELINE_OPTIONS if powder_baseline else None,
+                                        calibration_age=powder_calibration_age, log=log)
         log(format_table(name, results[name]))
     return results
 
@@ -480,6 +481,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--powder-baseline", action="store_true",
                         help="feed POWDER to the physics estimator by the old recipe (16 strongest, i.i.d. errors) instead of "
                              "the options `python -m models.train.powder select` stored for the split")
+    parser.add_argument("--no-calibration-age", dest="calibration_age", action="store_false",
+                        help="score POWDER without widening for the calibrations' age (how figures before the widening "
+                             "were scored)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse/store the generated draws here")
     parser.add_argument("--channelized", action="store_true",
                         help="render the simulated draws through the daemon's channelizer (as heimdall train --channelized)")
@@ -530,7 +534,8 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate(models, n_default=args.n, n_random=args.n_random, n_networks=args.n_networks,
                        n_realizations=args.realizations, realization_draws=args.realization_draws, physics=not args.no_physics,
                        powder=args.powder or args.test_split is not None, powder_split=args.test_split or args.powder_split or "grid",
-                       powder_max_samples=args.powder_max_samples, powder_baseline=args.powder_baseline, cache_dir=args.cache_dir,
+                       powder_max_samples=args.powder_max_samples, powder_baseline=args.powder_baseline,
+                       powder_calibration_age=args.calibration_age, cache_dir=args.cache_dir,
                        oversampling=2 if args.channelized else 1, traffic=args.traffic, seed=args.seed, network=network,
                        network_name="default" if args.config is None else args.config.stem,
                        scenarios=tuple(dict.fromkeys(args.scenarios)), scenario_realizations=args.scenario_realizations,
