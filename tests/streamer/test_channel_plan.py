@@ -197,3 +197,17 @@ def test_check_and_run_refuse_a_bad_channels_table_alike(tmp_path, capsys, monke
     path = tmp_path / "site.toml"
     path.write_text(channels_toml(doc, channels))
     assert_both_refuse(path, capsys, monkeypatch, fragment)
+
+
+def test_the_band_example_passes_the_start_up_checks_with_its_narrow_receiver_warned():
+    from pathlib import Path
+
+    from receivers.simulator import transmitter_channels
+    from streamer.config import load
+    from streamer.daemon.preflight import preflight
+
+    cfg = load(Path(__file__).resolve().parents[2] / "config" / "examples" / "band-2m.toml")
+    assert len(cfg.channel_plan()) == 8 and cfg.channel_plan()[4].name == "145.5"
+    assert len({ch.name for ch in transmitter_channels(cfg)}) == cfg.simulator.transmitters == 5
+    warnings = [note for note in preflight(cfg) if "masked" in note]
+    assert len(warnings) == 1 and "(id 'milano', kind 'simulator'): 2 of 8 channels" in warnings[0]
