@@ -445,11 +445,13 @@ class PhysicsGrid:
         k_safe = np.maximum(k, 1.0)
         r_mean = np.where(use_heard, rx, 0.0).sum(axis=1) / k_safe
         rc = np.where(use_heard, rx - r_mean[:, None], 0.0)
-        # In place: each [B, G] temporary is a pass over memory, and these passes are what the batch costs.
-        pl_mean = mask @ centred_t  # [B, G]: mean over the used receivers of D
+        # In place: each [B, G] temporary is a pass over memory, and these passes are what the batch costs. The
+        # products contract over R receivers only: einsum's own loop, as a BLAS call woke BLAS's threads each time,
+        # which on a busy machine cost 100 times the product itself.
+        pl_mean = np.einsum("br,rg->bg", mask, centred_t)  # [B, G]: mean over the used receivers of D
         pl_mean /= k_safe[:, None]
-        scatter = mask @ centred_sq_t
-        cross = rc @ centred_t
+        scatter = np.einsum("br,rg->bg", mask, centred_sq_t)
+        cross = np.einsum("br,rg->bg", rc, centred_t)
         cross *= 2.0
         scatter += cross
         np.multiply(pl_mean, pl_mean, out=cross)
@@ -495,7 +497,7 @@ class PhysicsGrid:
         transmit power as ``[B, ...]`` arrays, the credible radii window by window (a sort of its own cells)."""
         w = np.exp(log_post - log_post.max(axis=1, keepdims=True))
         w /= w.sum(axis=1, keepdims=True)
-        mean = w @ self.grid_en_m  # [B, 2]
+        mean = np.einsum("bg,gi->bi", w, self.grid_en_m)  # [B, 2]
         de = self.grid_en_m[None, :, 0] - mean[:, 0:1]
         dn = self.grid_en_m[None, :, 1] - mean[:, 1:2]
         cov = np.empty((w.shape[0], 2, 2))
@@ -505,7 +507,7 @@ class PhysicsGrid:
         cov += self._cell_cov_m2
         k = used.sum(axis=1)
         r_mean = np.where(used, rx, 0.0).sum(axis=1) / np.maximum(k, 1)
-        pl_mean = (used @ self._path_loss_db.T) / np.maximum(k, 1)[:, None]  # [B, G]
+        pl_mean = np.einsum("br,gr->bg", used.astype(np.float64), self._path_loss_db) / np.maximum(k, 1)[:, None]
         lo, hi = self.physics.tx_power_min_dbm, self.physics.tx_power_max_dbm
         tx_power = np.where(k > 0, np.clip(r_mean + (w * pl_mean).sum(axis=1), lo, hi), float(self.power_grid_dbm.mean()))
         scales = self._credible_scales_batch(w, mean, cov)

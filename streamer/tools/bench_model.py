@@ -296,9 +296,11 @@ def physics_windows(grid, batch: int, seed: int = 0):
 def bench_physics(batches=(1,), *, iterations: int = 20, warmup: int = 2, rounds: int = 1) -> dict:
     """Per-call percentiles (ms) of ``batch`` single ``PhysicsGrid.estimate`` calls against one
     ``PhysicsGrid.estimate_batch`` of the same windows (``physics_windows``), for each batch size (batch 1 always),
-    on the default network; ``iterations`` calls of each, in ``rounds`` that take the batch sizes in turn."""
+    on the default network; ``iterations`` calls of each, in ``rounds`` that take the batch sizes in turn, with BLAS
+    held to one thread (``bench_features.blas_one_thread``) so both paths run on one core."""
     from streamer.config import load
     from streamer.estimators.physics import PhysicsGrid
+    from streamer.tools.bench_features import blas_one_thread
 
     grid = PhysicsGrid.from_config(load())
     sizes = _batch_sizes(batches)
@@ -309,7 +311,9 @@ def bench_physics(batches=(1,), *, iterations: int = 20, warmup: int = 2, rounds
 
     calls = [{"single_calls": singles(*windows[batch]), "estimate_batch": lambda w=windows[batch]: grid.estimate_batch(*w)}
              for batch in sizes]
-    samples = _interleaved(calls, iterations, warmup, rounds)
+    limit, blas = blas_one_thread()
+    with limit:
+        samples = _interleaved(calls, iterations, warmup, rounds)
     stats = [{name: _percentiles(t[name]) for name in ("single_calls", "estimate_batch")} for t in samples]
     rows = []
     for batch, s in zip(sizes, stats):
@@ -317,7 +321,7 @@ def bench_physics(batches=(1,), *, iterations: int = 20, warmup: int = 2, rounds
         row["censored_windows"] = int((~windows[batch][1]).any(axis=1).sum())
         row["batch_vs_single_calls"] = s["estimate_batch"]["p50_ms"] / s["single_calls"]["p50_ms"]
         rows.append(row)
-    return {"receivers": int(grid.rx_en_m.shape[0]), "cells": int(grid.grid_en_m.shape[0]),
+    return {"blas": blas, "receivers": int(grid.rx_en_m.shape[0]), "cells": int(grid.grid_en_m.shape[0]),
             "power_bins": int(grid.power_grid_dbm.shape[0]), "batches": rows}
 
 
@@ -350,7 +354,7 @@ def _print_batches(res: dict) -> None:
 
 def _print_physics(physics: dict) -> None:
     print(f"physics posterior, default network ({physics['receivers']} receivers, {physics['cells']} cells x "
-          f"{physics['power_bins']} power bins)")
+          f"{physics['power_bins']} power bins; {physics['blas']})")
     for row in physics["batches"]:
         single, batched = row["single_calls"], row["estimate_batch"]
         print(f"  batch {single['batch']:>3} ({row['censored_windows']} censored): {single['batch']} x estimate "
