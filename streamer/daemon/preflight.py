@@ -14,8 +14,8 @@ numbers and value ranges; this adds what depends on several keys, the host or in
   config fixes a receiver's band (the adapter's ``configured_band_hz()``, or a SigMF recording's metadata),
   that the channelizer can reach ``network.target_freq_hz`` from it (``streamer.dsp.channelizer.check_tunable``);
 - with a channel plan (``[[channels]]`` or ``[band]``) instead of that target check: every channel inside the bands
-  of at least ``pipeline.min_receivers`` receivers, and a warning per receiver that misses some channels
-  (``streamer.daemon.coverage``).
+  of at least ``pipeline.min_receivers`` receivers, a warning per receiver that misses some channels
+  (``streamer.daemon.coverage``), and one naming ``[[channels]]`` that overlap.
 
 It raises ``ConfigError`` or ``MissingDependencyError`` (file, key, value, expectation) and returns notes:
 warnings that do not stop the daemon. It opens no sockets and loads no model, so a reload can afford it.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import itertools
 import math
 import os
 import socket
@@ -196,7 +197,24 @@ def _check_channel_plan(config: Config) -> list[str]:
     otherwise); a warning for each receiver that misses some (``streamer.daemon.coverage``)."""
     from streamer.daemon.coverage import channel_coverage, coverage_verdict
 
-    return coverage_verdict(config, channel_coverage(config))
+    return coverage_verdict(config, channel_coverage(config)) + _overlap_notes(config)
+
+
+def _overlap_notes(config: Config) -> list[str]:
+    """A warning naming ``[[channels]]`` that overlap (centres closer than half their bandwidths together): one
+    transmission would show in both. A ``[band]`` cannot overlap (its bandwidth is at most its spacing)."""
+    plan = sorted(enumerate(config.channel_plan()), key=lambda item: item[1].centre_hz)
+    pairs = []
+    for (i, a), (j, b) in itertools.pairwise(plan):
+        overlap_hz = (a.bandwidth_hz + b.bandwidth_hz) / 2 - (b.centre_hz - a.centre_hz)
+        if overlap_hz > 0:
+            pairs.append(f"channels[{i}] {a.name!r} and channels[{j}] {b.name!r} by {overlap_hz:g} Hz")
+    if not pairs:
+        return []
+    listed = "; ".join(pairs[:6]) + (f"; and {len(pairs) - 6} more pairs" if len(pairs) > 6 else "")
+    counted = "1 pair" if len(pairs) == 1 else f"{len(pairs)} pairs"
+    return [(f"{config.source}: channels: {counted} of neighbouring channels overlap ({listed}): a transmission "
+             "in the overlap shows in both")]
 
 
 def _check_receiver(config: Config, i: int, rx) -> list[str]:

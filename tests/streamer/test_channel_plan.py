@@ -211,3 +211,17 @@ def test_the_band_example_passes_the_start_up_checks_with_its_narrow_receiver_wa
     assert len({ch.name for ch in transmitter_channels(cfg)}) == cfg.simulator.transmitters == 5
     warnings = [note for note in preflight(cfg) if "masked" in note]
     assert len(warnings) == 1 and "(id 'milano', kind 'simulator'): 2 of 8 channels" in warnings[0]
+
+
+def test_overlapping_channels_tables_are_a_warning_naming_both():
+    from streamer.daemon.preflight import preflight
+
+    cfg = from_dict(merged({"channels": [{"name": "wide", "centre_hz": 145.5e6, "bandwidth_hz": 25_000.0},
+                                         {"name": "low", "centre_hz": 145.48e6},
+                                         {"name": "high", "centre_hz": 145.52e6}]}), source="x.toml")
+    # wide spans 145.4875 .. 145.5125 MHz; low reaches up to 145.48625, high down from 145.51375
+    assert not any("overlap" in note for note in preflight(cfg))
+    cfg = dataclasses.replace(cfg, channels=(*cfg.channels[:2], ChannelConfig("high", 145.51e6, None)))
+    assert [note for note in preflight(cfg) if "overlap" in note] == [
+        ("x.toml: channels: 1 pair of neighbouring channels overlap (channels[0] 'wide' and channels[2] 'high' by "
+         "8750 Hz): a transmission in the overlap shows in both")]  # 145.5125 - (145.51 - 0.00625) MHz
