@@ -29,7 +29,7 @@ Physics (units in the names; all of it deterministic from ``simulator.seed``)
   which spans of a window the wanted transmitter was keyed and whether another one was on the channel.
 - Band traffic: ``simulator.transmitters`` transmitters (default 1), each with its own track, keying, powers,
   traffic and collisions from RNG streams keyed by the seed and its index (transmitter 0 uses the streams of
-  the one-transmitter world, so a world without a channel plan renders exactly as before). Each keys on one
+  the one-transmitter world, so one transmitter without a channel plan renders exactly as before). Each keys on one
   channel of the plan (``transmitter_channels``: without a plan all are on ``network.target_freq_hz``); the
   carrier lands at that channel's centre - LO, so a receiver's IQ holds every transmitter at its channel's
   offset. ``truth_over(start, end, k)`` is transmitter k's truth with its channel; ``band_truth_over`` all of them.
@@ -426,6 +426,8 @@ class SimulatedWorld:
         hidden N(0, ``noise_figure_sigma_db``) offset.
     clock_ppm ``[R]`` : reference-oscillator error (ppm): sample rate and LO are both off by it.
     clock_offset_ns ``[R]`` : host-clock error added to every ``t0_ns`` (ns).
+    transmitter_channels ``[simulator.transmitters]`` : the channel (``ChannelConfig``: name, centre Hz) each
+        transmitter keys on (``transmitter_channels``); the index is the ``transmitter`` argument of the methods.
     """
 
     def __init__(self, config) -> None:
