@@ -20,6 +20,8 @@ from streamer.config import ChannelConfig, Config, ReceiverConfig
 
 #: Most channel names listed in one warning; the rest are counted.
 LISTED_CHANNELS = 6
+#: How far past the band's edge a channel's edge may reach and still count as inside (Hz): float rounding only.
+EDGE_TOLERANCE_HZ = 1e-3
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,13 @@ class ChannelCoverage:
 
 def channel_in_band(channel_centre_hz: float, channel_bandwidth_hz: float, band_centre_hz: float, sample_rate_hz: float) -> bool:
     """Whether the channel ``centre ± bandwidth/2`` lies inside the band received at ``band_centre_hz ±
-    sample_rate_hz/2`` (all Hz).
+    sample_rate_hz/2`` (all Hz, to a millihertz: the rule ``streamer.dsp.filterbank.covered_channels`` applies
+    without a guard band).
 
     >>> channel_in_band(145.5e6, 12_500.0, 145.45e6, 240_000.0), channel_in_band(145.57e6, 12_500.0, 145.45e6, 240_000.0)
     (True, False)
     """
-    return abs(channel_centre_hz - band_centre_hz) + channel_bandwidth_hz / 2 <= sample_rate_hz / 2
+    return abs(channel_centre_hz - band_centre_hz) + channel_bandwidth_hz / 2 <= sample_rate_hz / 2 + EDGE_TOLERANCE_HZ
 
 
 def receiver_bands(config: Config, rx: ReceiverConfig) -> list[tuple[float, float]] | None:

@@ -126,7 +126,7 @@ def channels_toml(doc: dict, channels: list[dict]) -> str:
 
 def test_channel_in_band_needs_the_whole_channel_inside_half_the_rate():
     assert channel_in_band(145.56375e6, 12_500.0, 145.45e6, 240_000.0)  # upper edge exactly at 145.57 MHz
-    assert not channel_in_band(145.56376e6, 12_500.0, 145.45e6, 240_000.0)
+    assert not channel_in_band(145.56376e6, 12_500.0, 145.45e6, 240_000.0)  # 10 mHz past it
     assert channel_in_band(145.33625e6, 12_500.0, 145.45e6, 240_000.0)  # lower edge exactly at 145.33 MHz
     assert not channel_in_band(145.45e6, 250_000.0, 145.45e6, 240_000.0)  # wider than the band itself
 
