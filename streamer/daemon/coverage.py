@@ -94,8 +94,8 @@ def coverage_verdict(config: Config, coverage: list[ChannelCoverage]) -> list[st
         missed = [c.channel.name for c in coverage if rx.id in c.masked_for]
         if missed:
             listed = ", ".join(missed[:LISTED_CHANNELS]) + (f" and {len(missed) - LISTED_CHANNELS} more" if len(missed) > LISTED_CHANNELS else "")
-            notes.append(f"{config.source}: receivers[{i}] (id {rx.id!r}, kind {rx.kind!r}): {len(missed)} of "
-                         f"{len(coverage)} channels lie outside its band ({listed}): masked for this receiver")
+            notes.append(f"{config.source}: receivers[{i}] (id {rx.id!r}, kind {rx.kind!r}): channels outside its band, "
+                         f"{len(missed)} of {len(coverage)} ({listed}): masked for this receiver")
     return notes
 
 
@@ -120,7 +120,7 @@ def coverage_lines(coverage: list[ChannelCoverage]) -> list[str]:
         lines.append(text)
     masked = sum(len(c.masked_for) for c in coverage)
     receivers = len(coverage[0].covered_by) + len(coverage[0].masked_for) + len(coverage[0].unknown) if coverage else 0
-    lines.append(f"coverage: {len(coverage)} channels x {receivers} receivers, {masked} channel-receiver pairs masked")
+    lines.append(f"coverage: {len(coverage)} channels x {receivers} receivers; masked (channel, receiver) pairs: {masked}")
     return lines
 
 

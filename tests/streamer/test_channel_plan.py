@@ -142,7 +142,7 @@ def test_coverage_lists_covering_masked_and_unknown_receivers_per_channel():
     assert coverage[0].covered_by == ("a", "b") and coverage[1].covered_by == ("a", "b", "c")
     assert {c.unknown for c in coverage} == {("edge1",)}
     assert coverage_verdict(cfg, coverage) == [
-        ("x.toml: receivers[2] (id 'c', kind 'simulator'): 2 of 8 channels lie outside its band (145.45, 145.5375): "
+        ("x.toml: receivers[2] (id 'c', kind 'simulator'): channels outside its band, 2 of 8 (145.45, 145.5375): "
          "masked for this receiver")]
 
 
@@ -151,7 +151,7 @@ def test_receivers_whose_band_only_the_stream_tells_count_towards_min_receivers(
                   "pipeline": {"min_receivers": 1}, "receivers": [RX, ZMQ_RX]})
     cfg = from_dict(doc, source="x.toml")
     assert coverage_verdict(cfg, channel_coverage(cfg)) == [
-        ("x.toml: receivers[0] (id 'a', kind 'simulator'): 2 of 2 channels lie outside its band (146, 146.0125): "
+        ("x.toml: receivers[0] (id 'a', kind 'simulator'): channels outside its band, 2 of 2 (146, 146.0125): "
          "masked for this receiver")]
     with pytest.raises(ConfigError, match=r"band: channel '146' .* lies inside the band of 0 receivers \(none\) \(and 1 "
                                           r"more channel\); expected at least pipeline.min_receivers = 2"):
@@ -170,9 +170,9 @@ def test_check_prints_which_receivers_cover_which_channels(tmp_path, capsys):
         "channel 145.45: covered by 2 (a, b); masked for 1 (c)",
         "channel 145.4625 .. 145.525 (6): covered by 3 (a, b, c)",
         "channel 145.5375: covered by 2 (a, b); masked for 1 (c)",
-        "coverage: 8 channels x 3 receivers, 2 channel-receiver pairs masked",
+        "coverage: 8 channels x 3 receivers; masked (channel, receiver) pairs: 2",
     ]
-    assert f"warning: {path}: receivers[2] (id 'c', kind 'simulator'): 2 of 8 channels lie outside its band " \
+    assert f"warning: {path}: receivers[2] (id 'c', kind 'simulator'): channels outside its band, 2 of 8 " \
            "(145.45, 145.5375): masked for this receiver" in out
 
 
@@ -180,7 +180,7 @@ def test_check_without_a_plan_reports_the_target_channel(tmp_path, capsys):
     assert cli.main(["check", "-c", str(write_config(tmp_path, merged({})))]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "channel 145.5: covered by 1 (a)" in out
-    assert "coverage: 1 channels x 1 receivers, 0 channel-receiver pairs masked" in out
+    assert "coverage: 1 channels x 1 receivers; masked (channel, receiver) pairs: 0" in out
 
 
 @pytest.mark.parametrize("overrides, channels, fragment", [
@@ -210,7 +210,7 @@ def test_the_band_example_passes_the_start_up_checks_with_its_narrow_receiver_wa
     assert len(cfg.channel_plan()) == 8 and cfg.channel_plan()[4].name == "145.5"
     assert len({ch.name for ch in transmitter_channels(cfg)}) == cfg.simulator.transmitters == 5
     warnings = [note for note in preflight(cfg) if "masked" in note]
-    assert len(warnings) == 1 and "(id 'milano', kind 'simulator'): 2 of 8 channels" in warnings[0]
+    assert len(warnings) == 1 and "(id 'milano', kind 'simulator'): channels outside its band, 1 of 8 (145.45)" in warnings[0]
 
 
 def test_overlapping_channels_tables_are_a_warning_naming_both():
