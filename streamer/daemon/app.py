@@ -26,6 +26,7 @@ from streamer.config import Config
 from streamer.core import security
 from streamer.core.errors import ConfigError, HeimdallError
 from streamer.daemon.archive import JsonlArchive
+from streamer.daemon.band import BandPipeline
 from streamer.daemon.handoff import BlockQueue, coalesce_blocks
 from streamer.daemon.metrics import AdapterCounters, Metrics
 from streamer.daemon.pacing import ReplayPacer
@@ -229,7 +230,9 @@ def build(config: Config, daemon: Daemon, *, running: Config | None = None) -> P
     outputs = _open_outputs(config, daemon.metrics) if running is None else None
     context = outputs.zmq_context if outputs is not None else daemon.zmq_context
     try:
-        pipeline = Pipeline(
+        # A channel plan of the config's own takes the band path; without one, today's single-channel path.
+        pipeline_class = BandPipeline if config.has_channel_plan() else Pipeline
+        pipeline = pipeline_class(
             config,
             metrics=daemon.metrics,
             send=daemon._publish,

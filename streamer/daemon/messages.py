@@ -1,4 +1,4 @@
-"""What goes on the wire: Localization, Truth and Status as plain dicts (docs/protocol.md, schema v1).
+"""What goes on the wire: Localization, EmissionEvent, Truth and Status as plain dicts (docs/protocol.md, schema v2).
 
 These dataclasses are the only path to the publisher; numpy values are converted to Python numbers here,
 because msgpack cannot encode numpy types. An estimate's latitude and longitude come from ``_lat_lon``: pymap3d's
@@ -19,7 +19,7 @@ from streamer.core.geodesy import Ellipse, Origin, ellipse_from_covariance, elli
 from streamer.estimators.base import Estimate
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _f(x: Any) -> float:
@@ -99,7 +99,12 @@ def _ellipse_to_wire(ellipse: Ellipse) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Localization:
-    """Topic ``loc``: one estimate for one window."""
+    """Topic ``loc``: one estimate for one window, or for one emission of a band.
+
+    A band daemon (a channel plan) sets ``channel`` (its name), ``channel_hz`` (its centre, Hz), ``emission_id`` and
+    ``stage`` (``"interim"``: over one window's active frames; ``"final"``: over the whole emission, whose start and
+    end are then ``t_start_ns`` and ``t_end_ns``); a single-channel daemon leaves them None and they are not sent.
+    """
 
     seq: int
     t_start_ns: int
@@ -112,9 +117,16 @@ class Localization:
     age_ms: float
     network: str
     alternatives: tuple[EstimateOut, ...] = ()
+    channel: str | None = None
+    channel_hz: float | None = None
+    emission_id: int | None = None
+    stage: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         msg = {"v": SCHEMA_VERSION, "seq": int(self.seq), "t_start_ns": int(self.t_start_ns), "t_end_ns": int(self.t_end_ns)}
+        if self.channel is not None:
+            msg.update({"channel": str(self.channel), "channel_hz": _f(self.channel_hz),
+                        "emission_id": int(self.emission_id), "stage": str(self.stage)})
         msg.update(self.primary.to_wire())
         msg.update(
             {
@@ -127,6 +139,41 @@ class Localization:
             }
         )
         return msg
+
+
+@dataclass(frozen=True)
+class EmissionEvent:
+    """Topic ``emission``: an emission on a band channel started (``event="start"``) or ended (``"end"``).
+
+    start_ns, end_ns : its first frame and (at the end) its last active frame (Unix ns); end_ns None at the start.
+    peak_snr_db : at the end, the receivers that heard it -> their peak level over their noise floor (dB); empty at
+        the start. active_frames : at the end, how many frames (10.7 ms each) it was active in; None at the start.
+    """
+
+    event: str
+    emission_id: int
+    channel: str
+    channel_hz: float
+    start_ns: int
+    end_ns: int | None
+    peak_snr_db: dict[str, float]
+    active_frames: int | None
+    network: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "v": SCHEMA_VERSION,
+            "event": self.event,
+            "emission_id": int(self.emission_id),
+            "channel": str(self.channel),
+            "channel_hz": _f(self.channel_hz),
+            "start_ns": int(self.start_ns),
+            "end_ns": None if self.end_ns is None else int(self.end_ns),
+            "receivers": list(self.peak_snr_db),
+            "peak_snr_db": {k: _f(v) for k, v in self.peak_snr_db.items()},
+            "active_frames": None if self.active_frames is None else int(self.active_frames),
+            "network": self.network,
+        }
 
 
 @dataclass(frozen=True)

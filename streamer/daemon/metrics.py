@@ -87,6 +87,21 @@ class Metrics:
         self.reloads = Counter("heimdall_config_reloads", "config reloads (SIGHUP), by result", ["result"], registry=r)
         self.auth_failures = Counter("heimdall_auth_failures", "peers refused in the CURVE/ZAP handshake", ["socket"], registry=r)
         self.archive_errors = Counter("heimdall_archive_errors", "messages the archive could not write", ["reason"], registry=r)
+        # Band watch (a channel plan): labelled by configured channels and receivers only, never by emission.
+        self.emissions_started = Counter("heimdall_emissions_started", "emissions confirmed, per channel", ["channel"],
+                                         registry=r)
+        self.emissions_ended = Counter("heimdall_emissions_ended", "emissions ended, per channel", ["channel"], registry=r)
+        self.emissions_dropped_short = Counter(
+            "heimdall_emissions_dropped_short", "candidate emissions shorter than the minimum duration, per channel",
+            ["channel"], registry=r)
+        self.emissions_active = Gauge("heimdall_emissions_active", "emissions on the air now, per channel", ["channel"],
+                                      registry=r)
+        self.emission_localizations = Counter(
+            "heimdall_emission_localizations", "estimates of emissions, per channel, stage and outcome",
+            ["channel", "stage", "outcome"], registry=r)
+        self.channel_masked = Counter(
+            "heimdall_channel_masked_windows", "windows in which a present receiver's band did not hold the channel",
+            ["channel", "receiver"], registry=r)
 
     def init_receiver(self, receiver_id: str) -> None:
         """Create a receiver's series at zero so dashboards and alerts see them before the first event."""
@@ -99,6 +114,17 @@ class Metrics:
         self.last_block_age.labels(receiver_id)
         self.received_power.labels(receiver_id)
         self.sample_rate.labels(receiver_id)
+
+    def init_channel(self, channel: str, receiver_ids=()) -> None:
+        """Create a band channel's series at zero (its masked counters for each receiver in ``receiver_ids``)."""
+        self.emissions_started.labels(channel)
+        self.emissions_ended.labels(channel)
+        self.emissions_dropped_short.labels(channel)
+        self.emissions_active.labels(channel).set(0)
+        for stage in ("interim", "final"):
+            self.emission_localizations.labels(channel, stage, "localized")
+        for receiver_id in receiver_ids:
+            self.channel_masked.labels(channel, receiver_id)
 
     #: Per-receiver gauges: a state, which a removed receiver no longer has (its counters stay: they are totals).
     RECEIVER_GAUGES = ("samples_buffered", "receiver_up", "buffer_fill", "clock_offset", "last_block_age",

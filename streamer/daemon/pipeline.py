@@ -138,17 +138,11 @@ class Pipeline:
             capacity_s=config.pipeline.buffer_s,
             clock_jump_tolerance_s=config.pipeline.clock_jump_tolerance_s,
         )
-        self.lanes = {rid: Lane(rid, settings, self._drop_counter(rid), self._bad_frame_counter(rid)) for rid in self.receiver_ids}
+        self.lanes = self._make_lanes(settings)
         self.pool = LanePool(min(resolve_workers(config.pipeline.workers), max(1, len(self.receiver_ids))))
         #: Which of the pool's groups takes each receiver's blocks (the same group for the pipeline's life).
         self._group = {rid: i % self.pool.workers for i, rid in enumerate(self.receiver_ids)}
-        self.aligner = WindowAligner(
-            list(self.lanes.values()),
-            window_s=config.features.window_s,
-            sample_rate_hz=config.features.sample_rate_hz,
-            late_tolerance_s=config.pipeline.late_tolerance_s,
-            offline_after_s=config.pipeline.offline_after_s,
-        )
+        self.aligner = self._make_aligner()
         self.seq = 0
         self.windows = 0
         self._used_reported: Counter[str] = Counter()
@@ -162,6 +156,18 @@ class Pipeline:
         metrics.model_info.info(
             {"estimator": primary.name, "provider": getattr(primary, "provider", ""), **{k: str(v) for k, v in primary.info.items()}}
         )
+
+    # Parts (the band path, ``daemon.band.BandPipeline``, puts its own in) --------------------------
+    def _make_lanes(self, settings: LaneSettings) -> dict[str, Lane]:
+        return {rid: Lane(rid, settings, self._drop_counter(rid), self._bad_frame_counter(rid)) for rid in self.receiver_ids}
+
+    def _aligner_options(self) -> dict:
+        config = self.config
+        return {"window_s": config.features.window_s, "sample_rate_hz": config.features.sample_rate_hz,
+                "late_tolerance_s": config.pipeline.late_tolerance_s, "offline_after_s": config.pipeline.offline_after_s}
+
+    def _make_aligner(self) -> WindowAligner:
+        return WindowAligner(list(self.lanes.values()), **self._aligner_options())
 
     # Counting ---------------------------------------------------------------------------------------
     def _drop_counter(self, rid: str):
@@ -335,8 +341,10 @@ class Pipeline:
         return payload
 
     def _features(self, samples: np.ndarray) -> np.ndarray:
-        """``mel_frames_dbm`` of the window's rows, in chunks of ``FEATURE_CHUNK_RECEIVERS`` spread over the pool."""
-        spec, cal = self.config.features, self.calibration_db
+        """``mel_frames_dbm`` of the window's rows (``[R, N]``, or ``[R, C, N]`` for a band: receiver first), in chunks of
+        ``FEATURE_CHUNK_RECEIVERS`` receivers spread over the pool."""
+        spec = self.config.features
+        cal = self.calibration_db.reshape((-1,) + (1,) * (samples.ndim - 2))  # one per receiver, over any channel axis
         starts = range(0, len(samples), FEATURE_CHUNK_RECEIVERS)
         groups: list[list[Callable[[], np.ndarray]]] = [[] for _ in range(self.pool.workers)]
         for c, a in enumerate(starts):

@@ -40,6 +40,8 @@ import numpy as np
 import pytest
 import zmq
 
+from streamer.daemon.messages import SCHEMA_VERSION
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "config" / "default.toml"
 
@@ -296,7 +298,7 @@ def collect_messages(endpoint: str, *, n_loc: int, timeout_s: float) -> dict[str
 def check_localization_schema(msg: dict) -> None:
     """Assert that one ``loc`` message has every key of docs/protocol.md with consistent values."""
     assert LOC_KEYS <= set(msg), LOC_KEYS - set(msg)
-    assert msg["v"] == 1 and msg["estimator"] in ("physics", "onnx")
+    assert msg["v"] == SCHEMA_VERSION and msg["estimator"] in ("physics", "onnx")
     assert msg["t_end_ns"] > msg["t_start_ns"]
     assert -90 <= msg["lat"] <= 90 and -180 <= msg["lon"] <= 180
     cov = np.array(msg["cov_en_m2"])

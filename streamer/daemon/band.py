@@ -1,0 +1,485 @@
+"""The band path: a daemon watching a plan of channels finds every emission on them and localizes each one.
+
+Chosen by ``daemon.app.build`` when the config has a channel plan of its own (``[[channels]]`` or ``[band]``);
+a config without one keeps ``daemon.pipeline.Pipeline``'s single-channel path. ``BandPipeline`` is that
+pipeline with these parts in place of the single-channel ones:
+
+- ``BandLane`` (a ``Lane``, so the same block checks and sample accounting, ``received == used + buffered +
+  dropped`` in input samples) whose front end is a ``BandFrontEnd``: one ``dsp.filterbank.FilterBank`` over the
+  receiver's IQ, then each channel of the plan that the receiver covers brought to the feature rate (24 kHz) by
+  its own ``Channelizer``, into one ``ChannelRings`` (a ring buffer with a column per covered channel). Each
+  channel's stream is flat to ``PASSBAND_HZ`` around its centre, beyond the ±9.6 kHz the detection rule and the
+  model read noise from, as the single-channel ``Channelizer``'s is. A channel is covered when its whole
+  bandwidth lies inside the receiver's band (``centre ± sample_rate/2``, as ``daemon.coverage`` and ``heimdall
+  check`` judge it); a channel a receiver does not cover is masked for it in every window and counted
+  (``heimdall_channel_masked_windows_total``).
+- ``BandAligner``: the ``WindowAligner``'s grid and decisions, cutting every channel of every receiver over the
+  same ``[t, t + W)`` (``BandWindow``: samples ``[R, C, N]``).
+- Per window: the mel features ``[R, C, M, T]`` (``dsp.features``, the one implementation), each channel's per-frame
+  SNR and noise by its own detection rule (``channel_frame_levels``; the channel's bandwidth, the config's
+  threshold) into one ``dsp.emissions.EmissionTracker``; for each emission active in the window an **interim**
+  estimate over the frames it was active in (``EstimatorInputs.active_frames``); when an emission ends, a
+  **final** estimate over frames gathered from its whole length (``EmissionFrames``: at most ``T`` per receiver,
+  evenly spread). Both estimators run on each, together per window (``estimate_batch`` where an estimator has it).
+
+What is published (docs/protocol.md): on the loc topic, ``Localization`` messages that name the channel
+(``channel``, ``channel_hz``), the ``emission_id`` and the ``stage`` (``interim`` or ``final``); on topic
+``emission`` (``emission.<network>`` for a named network, as loc), an ``EmissionEvent`` when an emission starts
+and when it ends. Within one window: start events, then interim localizations, then each ended emission's final
+localization followed by its end event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from receivers.base import IQBlock
+from streamer.config import ChannelConfig, Config
+from streamer.daemon.aligner import Window, WindowAligner
+from streamer.daemon.lane import Lane, LaneSettings, UntunableBlock
+from streamer.daemon.messages import EmissionEvent, EstimateOut, Localization
+from streamer.daemon.pipeline import Pipeline
+from streamer.daemon.ringbuffer import RingBuffer
+from streamer.dsp.detection import DetectionRule
+from streamer.dsp.emissions import (
+    Channel,
+    EmissionEnd,
+    EmissionStart,
+    EmissionTracker,
+    channel_frame_levels,
+    frame_times_ns,
+)
+from streamer.dsp.filterbank import (
+    FilterBank,
+    channel_number,
+    feature_grid,
+    feature_rate_channelizers,
+)
+from streamer.estimators.base import Estimate, EstimateRejected, EstimatorInputs
+
+log = logging.getLogger(__name__)
+
+#: Each channel's stream is flat to this far from its centre (Hz): past the ±9.6 kHz from which the detection rule
+#: and the model read the noise (0.4 x the 24 kHz feature rate), as the single-channel Channelizer's output is.
+PASSBAND_HZ = 11_000.0
+#: Lowest filter-bank output rate (Hz): its Nyquist (where the bank's stopband starts) sits past ``PASSBAND_HZ``.
+MIN_BANK_RATE_HZ = 25_000.0
+
+
+def channel_in_band(channel: ChannelConfig, center_freq_hz: float, sample_rate_hz: float) -> bool:
+    """Whether ``channel``'s whole bandwidth lies inside the band a receiver at ``center_freq_hz`` (Hz) sampling at
+    ``sample_rate_hz`` (Hz) receives."""
+    return abs(channel.centre_hz - center_freq_hz) + channel.bandwidth_hz / 2 <= sample_rate_hz / 2
+
+
+@dataclass(frozen=True)
+class ChannelRows:
+    """A run of feature-rate samples of a receiver's covered channels: ``samples`` complex64 ``[n, C_covered]``
+    (time first, as ``ChannelRings`` stores them), ``t0_ns`` the Unix time of the first row."""
+
+    samples: np.ndarray
+    t0_ns: int
+
+
+class BandFrontEnd:
+    """FilterBank + one feature-rate Channelizer per covered channel, for one receiver's band.
+
+    It stands where a ``Lane`` keeps its ``Channelizer``, with the same accounting verbs: ``samples_in`` (input
+    samples since the reset), ``input_samples_represented(n)`` (the input samples the first ``n`` output rows own:
+    row ``j`` owns bank outputs by the Channelizer's rule, each bank output ``M`` inputs), ``reset()`` and
+    ``process(block) -> ChannelRows | None``. ValueError when no channel of ``plan`` lies in the band, or the band
+    puts them on no usable grid.
+    """
+
+    def __init__(self, in_rate_hz: float, center_freq_hz: float, plan: Sequence[ChannelConfig], feature_rate_hz: float):
+        self.in_rate_hz = float(in_rate_hz)
+        self.center_freq_hz = float(center_freq_hz)
+        self.covered = np.array([channel_in_band(ch, center_freq_hz, in_rate_hz) for ch in plan], dtype=bool)
+        if not self.covered.any():
+            names = ", ".join(ch.name for ch in plan[:6]) + (" .." if len(plan) > 6 else "")
+            raise ValueError(f"no channel of the plan ({names}) lies inside the band {center_freq_hz:.9g} Hz ± "
+                             f"{in_rate_hz / 2:.9g} Hz")
+        freqs = [ch.centre_hz for ch, inside in zip(plan, self.covered) if inside]
+        spacing_hz, oversampling = feature_grid(in_rate_hz, center_freq_hz, freqs, MIN_BANK_RATE_HZ)
+        numbers = [channel_number(f, center_freq_hz=center_freq_hz, in_rate_hz=in_rate_hz, channel_spacing_hz=spacing_hz)
+                   for f in freqs]
+        out_rate_hz = oversampling * spacing_hz
+        self.bank = FilterBank(in_rate_hz, center_freq_hz, spacing_hz, numbers, oversampling=oversampling,
+                               passband_hz=PASSBAND_HZ, stopband_hz=out_rate_hz / 2)
+        self.to_feature_rate = feature_rate_channelizers(self.bank, feature_rate_hz)
+
+    @property
+    def samples_in(self) -> int:
+        return self.bank.samples_in
+
+    def input_samples_represented(self, n_out: int) -> int:
+        return self.bank.input_samples_represented(self.to_feature_rate[0].input_samples_represented(n_out))
+
+    def reset(self) -> None:
+        self.bank.reset()
+        for channelizer in self.to_feature_rate:
+            channelizer.reset()
+
+    def process(self, block: IQBlock) -> ChannelRows | None:
+        out = self.bank.process(block)
+        if out is None:
+            return None
+        rows = [channelizer.process(out.channel_block(i)) for i, channelizer in enumerate(self.to_feature_rate)]
+        if rows[0] is None:  # every channel's resampler holds the same count: all are None or none
+            return None
+        return ChannelRows(np.stack([r.samples for r in rows], axis=1), rows[0].t0_ns)
+
+
+class ChannelRings(RingBuffer):
+    """A ``RingBuffer`` whose every index holds one sample per covered channel (complex64 ``[capacity, columns]``)."""
+
+    def __init__(self, capacity: int, sample_rate_hz: float, columns: int) -> None:
+        super().__init__(capacity, sample_rate_hz)
+        self._data = np.zeros((self.capacity, columns), dtype=np.complex64)
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """Copy of ``n`` rows ``[n, columns]`` from segment index ``start``; they must be held."""
+        if start < self.start_index or start + n > self.end_index:
+            raise IndexError(f"[{start}, {start + n}) not held in [{self.start_index}, {self.end_index})")
+        return np.take(self._data, np.arange(start, start + n) % self.capacity, axis=0)
+
+
+class BandLane(Lane):
+    """A ``Lane`` whose front end is a ``BandFrontEnd`` and whose ring holds every covered channel.
+
+    ``covered`` (bool ``[C]``, plan order) says which channels the current front end carries; none before the first
+    block. A block whose band holds no channel of the plan is refused as ``untunable``, as a single-channel lane
+    refuses one whose band misses the target.
+    """
+
+    def __init__(self, receiver_id: str, settings: LaneSettings, plan: Sequence[ChannelConfig], on_drop, on_bad_frame):
+        super().__init__(receiver_id, settings, on_drop, on_bad_frame)
+        self.plan = tuple(plan)
+        self._capacity = self.ring.capacity
+        self.ring = ChannelRings(self._capacity, settings.model_rate_hz, 0)
+        self.covered = np.zeros(len(self.plan), dtype=bool)
+
+    def _check_continuity(self, block: IQBlock) -> None:
+        front = self.channelizer
+        if front is None or front.in_rate_hz != block.sample_rate or front.center_freq_hz != block.center_freq:
+            if front is not None:
+                self._restart("retune")
+            try:
+                front = BandFrontEnd(block.sample_rate, block.center_freq, self.plan, self.settings.model_rate_hz)
+            except ValueError as exc:
+                self.channelizer = None
+                self.ring.clear()
+                self.covered = np.zeros(len(self.plan), dtype=bool)
+                raise UntunableBlock(str(exc)) from None
+            self.channelizer = front
+            self.ring = ChannelRings(self._capacity, self.settings.model_rate_hz, int(front.covered.sum()))
+            self.covered = front.covered.copy()
+            # A retune starts a new stream: as the single-channel lane does, no gap or clock check against the old one.
+            self._expected_index = self._expected_t_ns = None
+        super()._check_continuity(block)
+
+
+@dataclass(frozen=True)
+class BandWindow(Window):
+    """One aligned window of every channel: ``samples`` complex64 ``[R, C, N]`` (zeros where not held),
+    ``covered`` bool ``[R, C]`` (the receiver's band holds the channel; only meaningful where ``present``)."""
+
+    covered: np.ndarray
+
+
+class BandAligner(WindowAligner):
+    """``WindowAligner`` over ``BandLane``s: the same grid and decisions, cutting ``[R, C, N]`` windows."""
+
+    def __init__(self, lanes: list[BandLane], n_channels: int, **options) -> None:
+        super().__init__(lanes, **options)
+        self.n_channels = n_channels
+
+    def _cut(self, t0: int, t1: int, host_ns: int) -> BandWindow:
+        n_rx = len(self.lanes)
+        samples = np.zeros((n_rx, self.n_channels, self.n_samples), dtype=np.complex64)
+        present = np.zeros(n_rx, dtype=bool)
+        covered = np.zeros((n_rx, self.n_channels), dtype=bool)
+        reasons = {}
+        for i, lane in enumerate(self.lanes):
+            reason = None
+            if not lane.covers(t0, self.n_samples):
+                if not self.is_live(lane.receiver_id, host_ns):
+                    reason = "offline"
+                elif lane.starts_after(t0):
+                    reason = "gap"
+                else:
+                    reason = "late"
+                reasons[lane.receiver_id] = reason
+            taken = lane.take(t0, self.n_samples, reason)
+            if taken is not None:
+                samples[i, lane.covered] = taken.T
+                present[i] = True
+                covered[i] = lane.covered
+        return BandWindow(t0, t1, tuple(lane.receiver_id for lane in self.lanes), samples, present, reasons, covered)
+
+
+class EmissionFrames:
+    """The mel frames a final estimate of one emission is made from: per receiver, at most ``2*T`` of the frames the
+    emission was active in, evenly spread over it (every ``stride``-th kept; when full, every other one is dropped
+    and the stride doubles), so memory is fixed however long the emission lasts."""
+
+    def __init__(self, n_receivers: int, n_mels: int, n_frames: int) -> None:
+        self.n_frames = n_frames
+        self._kept = np.zeros((n_receivers, 2 * n_frames, n_mels), dtype=np.float32)
+        self._count = np.zeros(n_receivers, dtype=np.int64)
+        self._seen = np.zeros(n_receivers, dtype=np.int64)
+        self._stride = np.ones(n_receivers, dtype=np.int64)
+
+    def add(self, receiver: int, frames_dbm: np.ndarray) -> None:
+        """Append one receiver's active frames of a window (``[M, k]`` dBm, in time order)."""
+        for column in np.asarray(frames_dbm).T:
+            if self._seen[receiver] % self._stride[receiver] == 0:
+                self._kept[receiver, self._count[receiver]] = column
+                self._count[receiver] += 1
+                if self._count[receiver] == 2 * self.n_frames:
+                    self._kept[receiver, : self.n_frames] = self._kept[receiver, ::2]
+                    self._count[receiver] = self.n_frames
+                    self._stride[receiver] *= 2
+            self._seen[receiver] += 1
+
+    def window(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(frames_dbm [R, M, T], present [R])``: each receiver's kept frames spread over the ``T`` frames (picked
+        evenly when more are kept, repeated evenly when fewer); zeros and not present for a receiver with none."""
+        n_rx, _, n_mels = self._kept.shape
+        out = np.zeros((n_rx, n_mels, self.n_frames), dtype=np.float32)
+        present = self._count > 0
+        for r in np.flatnonzero(present):
+            picks = (np.arange(self.n_frames) * self._count[r]) // self.n_frames
+            out[r] = self._kept[r, picks].T
+        return out, present
+
+
+@dataclass
+class _Request:
+    """One estimate to make: its inputs and what its message needs."""
+
+    inputs: EstimatorInputs
+    channel: int
+    emission_id: int
+    stage: str
+    t_start_ns: int
+    t_end_ns: int
+    rx_power_dbm: np.ndarray
+
+
+class BandPipeline(Pipeline):
+    """``Pipeline`` over a channel plan: band lanes, the band aligner, emissions and their localizations."""
+
+    def __init__(self, config: Config, **kwargs) -> None:
+        self.plan = config.channel_plan()
+        super().__init__(config, **kwargs)
+        spec = config.features
+        self.rules = [DetectionRule(channel_bandwidth_hz=ch.bandwidth_hz, snr_db=config.pipeline.detection_snr_db)
+                      for ch in self.plan]
+        self.tracker = EmissionTracker.from_rule(self.rules[0], [Channel(ch.name, ch.centre_hz) for ch in self.plan],
+                                                 self.receiver_ids)
+        self._channel_index = {ch.name: c for c, ch in enumerate(self.plan)}
+        self._frames: dict[int, EmissionFrames] = {}
+        #: Confirmed emissions not yet ended: id -> channel index.
+        self._open: dict[int, int] = {}
+        self._dropped_reported = np.zeros(len(self.plan), dtype=np.int64)
+        self._n_mels, self._n_frames = spec.n_mels, spec.n_frames
+        for ch in self.plan:
+            self.metrics.init_channel(ch.name, self.receiver_ids)
+
+    # Parts ------------------------------------------------------------------------------------------
+    def _make_lanes(self, settings: LaneSettings) -> dict[str, Lane]:
+        return {rid: BandLane(rid, settings, self.plan, self._drop_counter(rid), self._bad_frame_counter(rid))
+                for rid in self.receiver_ids}
+
+    def _make_aligner(self) -> WindowAligner:
+        return BandAligner(list(self.lanes.values()), len(self.plan), **self._aligner_options())
+
+    @property
+    def emission_topic(self) -> str:
+        name = self.config.network.name
+        return "emission" if name == "default" else f"emission.{name}"
+
+    # Windows ----------------------------------------------------------------------------------------
+    def _process(self, window: BandWindow, now_ns: int) -> list[dict]:
+        m = self.metrics
+        self.windows += 1
+        for rid, reason in window.mask_reasons.items():
+            m.masked.labels(rid, reason).inc()
+        if self.has_truth:
+            self.publish_truth(window)
+        started = time.perf_counter()
+        spec = self.config.features
+        features = np.swapaxes(self._features(window.samples), 0, 1)  # [C, R, M, T]
+        listening = window.present[None, :] & window.covered.T  # [C, R]
+        for c, r in zip(*np.nonzero(window.present[None, :] & ~window.covered.T)):
+            m.channel_masked.labels(self.plan[c].name, self.receiver_ids[r]).inc()
+        features[~listening] = 0.0
+        snr = np.full((len(self.plan), len(self.receiver_ids), spec.n_frames), np.nan)
+        noise = np.full_like(snr, np.nan)
+        for c, rule in enumerate(self.rules):
+            if listening[c].any():
+                snr_c, noise_c = channel_frame_levels(rule, features[c], spec)
+                snr[c] = np.where(listening[c][:, None], snr_c, np.nan)
+                noise[c] = np.where(listening[c][:, None], noise_c, np.nan)
+        found = self.tracker.update(snr, noise, window.present, frame_times_ns(window.t_start_ns, spec))
+        m.feature_seconds.observe(time.perf_counter() - started)
+        published: list[dict] = []
+        for event in found.events:
+            if isinstance(event, EmissionStart):
+                m.emissions_started.labels(event.channel).inc()
+                self._open[event.emission_id] = self._channel_index[event.channel]
+                self._frames[event.emission_id] = EmissionFrames(len(self.receiver_ids), self._n_mels, self._n_frames)
+                self._send_event("start", event)
+        requests = []
+        for emission in found.active:
+            c = self._channel_index[emission.channel]
+            frames = self._frames.setdefault(emission.emission_id,
+                                             EmissionFrames(len(self.receiver_ids), self._n_mels, self._n_frames))
+            for r in np.flatnonzero(listening[c]):
+                frames.add(int(r), features[c, r][:, emission.frames])
+            request = self._request(c, emission.emission_id, "interim", features[c], listening[c], emission.frames,
+                                    window.t_start_ns, window.t_end_ns)
+            if request is not None:
+                requests.append(request)
+        published += self._localize(requests, started)
+        for event in found.events:
+            if isinstance(event, EmissionEnd):
+                published += self._end(event, started)
+        self._count_dropped_short()
+        self._set_active_gauges()
+        m.windows.labels("band").inc()
+        return published
+
+    def poll(self) -> list[dict]:
+        """Emit every window that is ready; returns the localization payloads published (interim and final)."""
+        now = self._clock_ns()
+        published = []
+        for window in self.aligner.poll(now):
+            published += self._process(window, now)
+        self._update_receiver_gauges(now)
+        return published
+
+    def _end(self, event: EmissionEnd, started: float) -> list[dict]:
+        """An ended emission: its final localization (if enough receivers heard it), then its end event."""
+        c = self._channel_index[event.channel]
+        frames = self._frames.pop(event.emission_id, None)
+        self._open.pop(event.emission_id, None)
+        published = []
+        if frames is not None:
+            features, present = frames.window()
+            request = self._request(c, event.emission_id, "final", features, present, None, event.start_ns, event.end_ns)
+            if request is not None:
+                published = self._localize([request], started)
+        self.metrics.emissions_ended.labels(event.channel).inc()
+        self._send_event("end", event)
+        return published
+
+    def _request(self, c: int, emission_id: int, stage: str, features: np.ndarray, present: np.ndarray,
+                 active: np.ndarray | None, t_start_ns: int, t_end_ns: int) -> _Request | None:
+        """The estimator inputs of one emission over ``features`` ([R, M, T] dBm, zeros where not ``present``), or
+        None (counted) when fewer than ``pipeline.min_receivers`` heard it."""
+        power = self.rules[c].apply(features, self.config.features, active=active)
+        heard = power.heard & present
+        if int(heard.sum()) < self.config.pipeline.min_receivers:
+            self.metrics.emission_localizations.labels(self.plan[c].name, stage, "too_few_receivers").inc()
+            return None
+        rx_power = np.where(present, power.signal_dbm, np.nan)
+        inputs = EstimatorInputs(
+            features_dbm=features, rx_enu_m=self.rx_enu_m, present=present, heard=heard, rx_power_dbm=rx_power,
+            detection_level_dbm=power.detection_level_dbm,
+            active_frames=np.ones(self._n_frames, dtype=bool) if active is None else active,
+            t_ns=t_start_ns,
+        )
+        return _Request(inputs, c, emission_id, stage, t_start_ns, t_end_ns, np.where(heard, rx_power, np.nan))
+
+    def _localize(self, requests: list[_Request], started: float) -> list[dict]:
+        """Both estimators over ``requests`` (batched where they can be), one loc message per request they all
+        answered."""
+        if not requests:
+            return []
+        answers: list[list[Estimate | None]] = []
+        for estimator in self.estimators:
+            answers.append(self._run(estimator, requests))
+        published = []
+        for i, request in enumerate(requests):
+            results = [answer[i] for answer in answers]
+            failed = next((f"{est.name}_{why}" for est, why in zip(self.estimators, results) if isinstance(why, str)), None)
+            channel = self.plan[request.channel]
+            if failed is not None:
+                self.metrics.emission_localizations.labels(channel.name, request.stage, failed).inc()
+                continue
+            published.append(self._publish_loc(request, results, started))
+        return published
+
+    def _run(self, estimator, requests: list[_Request]) -> list[Estimate | str]:
+        """One estimator over every request: an ``Estimate``, or ``"rejected"`` / ``"error"`` in its place."""
+        t = time.perf_counter()
+        inputs = [r.inputs for r in requests]
+        try:
+            if hasattr(estimator, "estimate_batch"):
+                raw = list(estimator.estimate_batch(inputs))
+            else:
+                raw = []
+                for one in inputs:
+                    try:
+                        raw.append(estimator.estimate(one))
+                    except EstimateRejected as exc:
+                        raw.append(exc)
+        except Exception:  # a failing estimator costs these estimates, never the daemon
+            log.exception("estimator %s failed on %d band estimates", estimator.name, len(inputs))
+            return ["error"] * len(inputs)
+        self.metrics.inference_seconds.labels(estimator.name).observe(time.perf_counter() - t)
+        return ["rejected" if isinstance(r, EstimateRejected) else r for r in raw]
+
+    def _publish_loc(self, request: _Request, results: list[Estimate], started: float) -> dict:
+        m = self.metrics
+        outs = [EstimateOut.from_estimate(r, self.origin) for r in results]
+        channel = self.plan[request.channel]
+        heard = ~np.isnan(request.rx_power_dbm)
+        processing_s = time.perf_counter() - started
+        end_ns = self._clock_ns()
+        loc = Localization(
+            seq=self.seq, t_start_ns=request.t_start_ns, t_end_ns=request.t_end_ns, primary=outs[0],
+            receivers=tuple(rid for rid, h in zip(self.receiver_ids, heard) if h),
+            rx_power_dbm={rid: float(p) for rid, p, h in zip(self.receiver_ids, request.rx_power_dbm, heard) if h},
+            model=self.estimators[0].info, processing_ms=processing_s * 1e3, age_ms=(end_ns - request.t_end_ns) / 1e6,
+            network=self.config.network.name, alternatives=tuple(outs[1:]), channel=channel.name,
+            channel_hz=channel.centre_hz, emission_id=request.emission_id, stage=request.stage,
+        )
+        payload = loc.to_wire()
+        self.seq += 1
+        if self._send(self.topic, payload):
+            m.published.labels(outs[0].estimator).inc()
+        m.emission_localizations.labels(channel.name, request.stage, "localized").inc()
+        m.processing_seconds.observe(processing_s)
+        m.age_seconds.observe(max(0.0, (end_ns - request.t_end_ns) / 1e9))
+        return payload
+
+    def _send_event(self, kind: str, event: EmissionStart | EmissionEnd) -> None:
+        channel = self.plan[self._channel_index[event.channel]]
+        ended = isinstance(event, EmissionEnd)
+        message = EmissionEvent(
+            event=kind, emission_id=event.emission_id, channel=channel.name, channel_hz=channel.centre_hz,
+            start_ns=event.start_ns, end_ns=event.end_ns if ended else None,
+            peak_snr_db=dict(event.peak_snr_db) if ended else {}, active_frames=event.active_frames if ended else None,
+            network=self.config.network.name,
+        )
+        self._send(self.emission_topic, message.to_wire())
+
+    def _count_dropped_short(self) -> None:
+        fresh = self.tracker.dropped_short - self._dropped_reported
+        for c in np.flatnonzero(fresh):
+            self.metrics.emissions_dropped_short.labels(self.plan[c].name).inc(int(fresh[c]))
+        self._dropped_reported = self.tracker.dropped_short.copy()
+
+    def _set_active_gauges(self) -> None:
+        """Open (confirmed, not yet ended) emissions per channel."""
+        per_channel = np.bincount(list(self._open.values()), minlength=len(self.plan))
+        for c, ch in enumerate(self.plan):
+            self.metrics.emissions_active.labels(ch.name).set(int(per_channel[c]))
