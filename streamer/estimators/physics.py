@@ -12,7 +12,8 @@ on transmit power (``power_bins`` bins), a Gaussian likelihood (variance shadowi
 full ``correlated_error_cov``, or a surveyed ``shadowing_map``) on the receivers that heard and a censoring
 term P(received < detection level) on those that did not. It reports the posterior mean, the full 2x2
 covariance and the credible ellipses' radii (``streamer.estimators.credible``: the covariance's shape scaled
-to hold 68 % / 95 % of the posterior). ``grid_bytes`` is what that grid costs, for the preflight check.
+to hold 68 % / 95 % of the posterior). ``PhysicsGrid.estimate_batch`` does the same for several windows at once
+(one tick's channels), with the same results. ``grid_bytes`` is what that grid costs, for the preflight check.
 
 A posterior rather than maximum likelihood with a Fisher ellipse: with several dB of shadowing the likelihood
 is far from Gaussian (banana-shaped, clipped by the area), so a Fisher ellipse misstates the error, while the
