@@ -157,3 +157,11 @@ def test_physics_windows_and_bench_physics():
     assert [row["estimate_batch"]["batch"] for row in res["batches"]] == [1, 2]
     row = res["batches"][1]
     assert row["batch_vs_single_calls"] == pytest.approx(row["estimate_batch"]["p50_ms"] / row["single_calls"]["p50_ms"])
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "eight"])
+def test_a_batch_that_is_not_a_positive_whole_number_is_a_usage_error(model_path, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", str(model_path), "--batch", value])
+    assert exc.value.code == 2
+    assert f"argument --batch: expected a whole number of windows >= 1, got '{value}'" in capsys.readouterr().err
