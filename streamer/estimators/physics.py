@@ -403,9 +403,16 @@ class PhysicsGrid:
         posterior means, covariances, transmit powers and credible radii from ``[B, G]`` arrays. With
         ``error_cov_db2`` or a shadowing map the log posterior is computed window by window (its Gaussian term
         depends on each window's set of receivers through a matrix inverse or per-cell weights), the summaries
-        still together.
+        still together. Windows go through in blocks of ``BATCH_BLOCK_CELLS`` cells (a few windows on the default
+        grid), so each ``[b, G]`` array stays in cache.
         """
-        rx, heard_arr, present_arr, detection = self._batch_arrays(rx_power_dbm, heard, present, detection_level_dbm)
+        arrays = self._batch_arrays(rx_power_dbm, heard, present, detection_level_dbm)
+        block = max(1, BATCH_BLOCK_CELLS // self.grid_en_m.shape[0])
+        return [result for start in range(0, arrays[0].shape[0], block)
+                for result in self._estimate_block(*(a[start : start + block] for a in arrays))]
+
+    def _estimate_block(self, rx, heard_arr, present_arr, detection) -> list[PhysicsResult]:
+        """``estimate_batch`` of one block of windows (checked ``[b, R]`` arrays)."""
         use_heard = present_arr & heard_arr & np.isfinite(rx)
         use_cens = present_arr & ~heard_arr & np.isfinite(detection)
         if self.error_cov_db2 is not None or self._error_var_db2 is not None:
@@ -551,6 +558,10 @@ SUBSET_CACHE_SIZE = 4
 #: the censoring terms are elementwise passes over the block, which run from cache only while it is this small, so
 #: a larger block is slower per window, not faster (on the default grid a block is one window).
 BATCH_GRID_ELEMENTS = 1 << 19
+#: Cells (windows x grid cells) of the blocks ``estimate_batch`` takes windows in: each ``[b, G]`` float64 array of a
+#: block is 256 KiB, which stays in cache through the block's passes over it; the whole batch at once was slower
+#: per window than single calls, blocks of a few windows faster.
+BATCH_BLOCK_CELLS = 1 << 15
 #: ``credible_scales``' ``min_weight``: cells lighter than this are left out of the credible radii.
 CREDIBLE_MIN_WEIGHT = 1e-12
 

@@ -66,7 +66,7 @@ def test_a_batch_gives_the_posteriors_of_one_estimate_per_window():
     assert batched[-1].n_heard == 0 and batched[-2].n_heard == 0
 
 
-def test_censored_windows_split_into_blocks_give_the_same_posteriors(monkeypatch):
+def test_windows_split_into_other_blocks_give_the_same_posteriors(monkeypatch):
     from streamer.estimators import physics as physics_module
 
     physics = PhysicsConfig(grid_step_km=3.0)
@@ -75,6 +75,8 @@ def test_censored_windows_split_into_blocks_give_the_same_posteriors(monkeypatch
     whole = grid.estimate_batch(power, heard, present, detection)
     cells = grid.grid_en_m.shape[0] * grid.power_grid_dbm.shape[0]
     monkeypatch.setattr(physics_module, "BATCH_GRID_ELEMENTS", 3 * cells)  # blocks of 3 windows
+    _assert_same_results(whole, grid.estimate_batch(power, heard, present, detection), rtol=1e-12)
+    monkeypatch.setattr(physics_module, "BATCH_BLOCK_CELLS", 100 * grid.grid_en_m.shape[0])  # all 12 in one block
     _assert_same_results(whole, grid.estimate_batch(power, heard, present, detection), rtol=1e-12)
 
 
