@@ -398,6 +398,13 @@ class Daemon:
         finally:
             self.shutdown()
 
+    def _finish_pipeline(self) -> None:
+        """``Pipeline.finish``; a failure there is logged, never in the way of a shutdown or reload."""
+        try:
+            self.pipeline.finish()
+        except Exception:
+            log.exception("pipeline: could not finish (emissions on the air are not ended)")
+
     def reload(self, path: str | None = None) -> bool:
         """Re-read the config (SIGHUP): receivers that did not change keep running, untouched.
 
@@ -424,6 +431,7 @@ class Daemon:
         changed = [rid for rid in self.runners if new_rx.get(rid) != old_rx[rid]]
         for rid in changed:
             self.runners.pop(rid).stop(timeout_s=1.0)
+        self._finish_pipeline()
         self.pipeline.flush_as_dropped("reload")
         self.pipeline.close()
         self.config, self.estimators, self.pipeline, self.pace_limits = (
@@ -477,6 +485,7 @@ class Daemon:
         if stuck:
             log.warning("receiver thread(s) %s still running after %.1f s; exiting without them",
                         ", ".join(stuck), wait_s)
+        self._finish_pipeline()  # while the outputs are open: a band's emissions on the air end now
         self.outputs.close(deadline)
         self.pipeline.close()  # its worker threads are idle between steps: they end at once
         if server_stopped is not None:

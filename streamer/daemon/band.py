@@ -365,6 +365,17 @@ class BandPipeline(Pipeline):
         self._update_receiver_gauges(now)
         return published
 
+    def finish(self) -> list[dict]:
+        """End every emission still on the air at its last active frame (``EmissionTracker.flush``): its final
+        localization and end event, as if it had ended; one shorter than the minimum duration is counted as dropped."""
+        started = time.perf_counter()
+        published: list[dict] = []
+        for event in self.tracker.flush().events:
+            published += self._end(event, started)
+        self._count_dropped_short()
+        self._set_active_gauges()
+        return published
+
     def _end(self, event: EmissionEnd, started: float) -> list[dict]:
         """An ended emission: its final localization (if enough receivers heard it), then its end event."""
         c = self._channel_index[event.channel]

@@ -232,6 +232,11 @@ class Pipeline:
             series.clock_offset.set((end_ns - arrival_ns) / 1e9)
         series.buffer_fill.set(lane.ring.fill_ratio)
 
+    def finish(self) -> list[dict]:
+        """Say what is still open, once, when the pipeline stops taking data (shutdown, reload) and the outputs are
+        still open; returns the localization payloads published. The single-channel path has nothing open."""
+        return []
+
     def close(self) -> None:
         """Stop the worker threads; the pipeline takes no more blocks after this."""
         self.pool.close()

@@ -153,7 +153,7 @@ def _band_config():
                                estimator=dataclasses.replace(base.estimator, kind="physics"))
 
 
-def _synthetic_blocks(cfg):
+def _synthetic_blocks(cfg, carriers=CARRIERS):
     """Each receiver's blocks: its own noise, plus each carrier at the power the simulated world's path loss gives
     it, keyed on [key-up, key-down)."""
     world = SimulatedWorld(cfg)
@@ -163,7 +163,7 @@ def _synthetic_blocks(cfg):
     for r, rx in enumerate(cfg.receivers):
         noise_dbfs = world.noise_dbm(r, IN_RATE_HZ) - rx.calibration_db
         iq = _noise(n_total, 100 + r, scale=np.sqrt(10 ** (noise_dbfs / 10) / 2)).astype(np.complex128)
-        for c, on_s, off_s, tx_en, power_dbm in CARRIERS:
+        for c, on_s, off_s, tx_en, power_dbm in carriers:
             rx_dbm = world.received_power_dbm(np.array(tx_en), power_dbm)[r]
             amplitude = 10 ** ((rx_dbm - rx.calibration_db) / 20)
             keyed = (t_s >= on_s) & (t_s < off_s)
@@ -173,11 +173,11 @@ def _synthetic_blocks(cfg):
     return world, streams
 
 
-def _run_band(cfg):
+def _run_band(cfg, carriers=CARRIERS):
     metrics, sent, clock = Metrics(), [], {"ns": T0_NS}
     pipeline = BandPipeline(cfg, metrics=metrics, send=lambda topic, msg: sent.append((topic, msg)) or True,
                             estimators=build_estimators(cfg), clock_ns=lambda: clock["ns"])
-    world, streams = _synthetic_blocks(cfg)
+    world, streams = _synthetic_blocks(cfg, carriers)
     try:
         for k in range(len(streams[0])):
             batch = [s[k] for s in streams]
@@ -283,3 +283,19 @@ def test_a_single_channel_config_keeps_todays_messages_apart_from_the_version():
     assert {k: band[k] for k in ("channel", "channel_hz", "emission_id", "stage")} == {
         "channel": "A", "channel_hz": 145.5e6, "emission_id": 3, "stage": "final"}
     assert set(band) - set(plain) == {"channel", "channel_hz", "emission_id", "stage"}
+
+
+def test_an_emission_on_the_air_at_shutdown_ends_with_its_final_estimate():
+    still_on = ((1, 3.0, 99.0, (-6_000.0, 12_000.0), 43.0),)
+    pipeline, metrics, sent, _world = _run_band(_band_config(), still_on)
+    assert [m["event"] for topic, m in sent if topic == "emission"] == ["start"]
+    assert metrics.registry.get_sample_value("heimdall_emissions_active", {"channel": "B"}) == 1
+    published = pipeline.finish()
+    assert [m["stage"] for m in published] == ["final"]
+    end = [m for topic, m in sent if topic == "emission"][-1]
+    assert end["event"] == "end" and end["channel"] == "B"
+    last_window_end_ns = pipeline.aligner.next_t_ns  # the stream's tail, short of a window, was never cut
+    assert last_window_end_ns - 30e6 < end["end_ns"] < last_window_end_ns, "ends at its last active frame"
+    assert published[0]["t_end_ns"] == end["end_ns"]
+    assert metrics.registry.get_sample_value("heimdall_emissions_active", {"channel": "B"}) == 0
+    assert pipeline.finish() == [], "nothing is open any more"
