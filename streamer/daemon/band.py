@@ -2,49 +2,39 @@
 
 Chosen by ``daemon.app.build`` when the config has a channel plan of its own (``[[channels]]`` or ``[band]``);
 a config without one keeps ``daemon.pipeline.Pipeline``'s single-channel path. ``BandPipeline`` is that
-pipeline with these parts in place of the single-channel ones:
+pipeline with the band lanes and aligner (``daemon.band_lane``) in place of the single-channel ones, and this in
+place of its window step:
 
-- ``BandLane`` (a ``Lane``, so the same block checks and sample accounting, ``received == used + buffered +
-  dropped`` in input samples) whose front end is a ``BandFrontEnd``: one ``dsp.filterbank.FilterBank`` over the
-  receiver's IQ, then each channel of the plan that the receiver covers brought to the feature rate (24 kHz) by
-  its own ``Channelizer``, into one ``ChannelRings`` (a ring buffer with a column per covered channel). Each
-  channel's stream is flat to ``PASSBAND_HZ`` around its centre, beyond the ±9.6 kHz the detection rule and the
-  model read noise from, as the single-channel ``Channelizer``'s is. A channel is covered when its whole
-  bandwidth lies inside the receiver's band (``centre ± sample_rate/2``, as ``daemon.coverage`` and ``heimdall
-  check`` judge it); a channel a receiver does not cover is masked for it in every window and counted
-  (``heimdall_channel_masked_windows_total``).
-- ``BandAligner``: the ``WindowAligner``'s grid and decisions, cutting every channel of every receiver over the
-  same ``[t, t + W)`` (``BandWindow``: samples ``[R, C, N]``).
-- Per window: the mel features ``[R, C, M, T]`` (``dsp.features``, the one implementation), each channel's per-frame
-  SNR and noise by its own detection rule (``channel_frame_levels``; the channel's bandwidth, the config's
-  threshold) into one ``dsp.emissions.EmissionTracker``; for each emission active in the window an **interim**
-  estimate over the frames it was active in (``EstimatorInputs.active_frames``); when an emission ends, a
-  **final** estimate over frames gathered from its whole length (``EmissionFrames``: at most ``T`` per receiver,
-  evenly spread). Both estimators run on each, together per window (``estimate_batch`` where an estimator has it).
+- the mel features ``[R, C, M, T]`` of every channel of every receiver (``dsp.features``, the one implementation);
+  each channel's per-frame SNR and noise by its own detection rule (``channel_frame_levels``; the channel's
+  bandwidth, the config's threshold) into one ``dsp.emissions.EmissionTracker``; a channel a receiver does not cover
+  is masked for it and counted (``heimdall_channel_masked_windows_total``);
+- for each emission active in the window an **interim** estimate over the frames it was active in
+  (``EstimatorInputs.active_frames``); when an emission ends, a **final** estimate over frames gathered from its
+  whole length (``EmissionFrames``: at most ``T`` per receiver, evenly spread). Both estimators run on each, all of
+  a window's together (``estimate_batch`` where an estimator has it).
 
 What is published (docs/protocol.md): on the loc topic, ``Localization`` messages that name the channel
 (``channel``, ``channel_hz``), the ``emission_id`` and the ``stage`` (``interim`` or ``final``); on topic
 ``emission`` (``emission.<network>`` for a named network, as loc), an ``EmissionEvent`` when an emission starts
 and when it ends. Within one window: start events, then interim localizations, then each ended emission's final
-localization followed by its end event.
+localization followed by its end event. ``finish()`` (shutdown, reload) ends the emissions still on the air.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from receivers.base import IQBlock
-from streamer.config import ChannelConfig, Config
-from streamer.daemon.aligner import Window, WindowAligner
-from streamer.daemon.lane import Lane, LaneSettings, UntunableBlock
+from streamer.config import Config
+from streamer.daemon.aligner import WindowAligner
+from streamer.daemon.band_lane import BandAligner, BandLane, BandWindow
+from streamer.daemon.lane import Lane, LaneSettings
 from streamer.daemon.messages import EmissionEvent, EstimateOut, Localization
 from streamer.daemon.pipeline import Pipeline
-from streamer.daemon.ringbuffer import RingBuffer
 from streamer.dsp.detection import DetectionRule
 from streamer.dsp.emissions import (
     Channel,
@@ -54,174 +44,9 @@ from streamer.dsp.emissions import (
     channel_frame_levels,
     frame_times_ns,
 )
-from streamer.dsp.filterbank import (
-    FilterBank,
-    channel_number,
-    feature_grid,
-    feature_rate_channelizers,
-)
 from streamer.estimators.base import Estimate, EstimateRejected, EstimatorInputs
 
 log = logging.getLogger(__name__)
-
-#: Each channel's stream is flat to this far from its centre (Hz): past the ±9.6 kHz from which the detection rule
-#: and the model read the noise (0.4 x the 24 kHz feature rate), as the single-channel Channelizer's output is.
-PASSBAND_HZ = 11_000.0
-#: Lowest filter-bank output rate (Hz): its Nyquist (where the bank's stopband starts) sits past ``PASSBAND_HZ``.
-MIN_BANK_RATE_HZ = 25_000.0
-
-
-def channel_in_band(channel: ChannelConfig, center_freq_hz: float, sample_rate_hz: float) -> bool:
-    """Whether ``channel``'s whole bandwidth lies inside the band a receiver at ``center_freq_hz`` (Hz) sampling at
-    ``sample_rate_hz`` (Hz) receives."""
-    return abs(channel.centre_hz - center_freq_hz) + channel.bandwidth_hz / 2 <= sample_rate_hz / 2
-
-
-@dataclass(frozen=True)
-class ChannelRows:
-    """A run of feature-rate samples of a receiver's covered channels: ``samples`` complex64 ``[n, C_covered]``
-    (time first, as ``ChannelRings`` stores them), ``t0_ns`` the Unix time of the first row."""
-
-    samples: np.ndarray
-    t0_ns: int
-
-
-class BandFrontEnd:
-    """FilterBank + one feature-rate Channelizer per covered channel, for one receiver's band.
-
-    It stands where a ``Lane`` keeps its ``Channelizer``, with the same accounting verbs: ``samples_in`` (input
-    samples since the reset), ``input_samples_represented(n)`` (the input samples the first ``n`` output rows own:
-    row ``j`` owns bank outputs by the Channelizer's rule, each bank output ``M`` inputs), ``reset()`` and
-    ``process(block) -> ChannelRows | None``. ValueError when no channel of ``plan`` lies in the band, or the band
-    puts them on no usable grid.
-    """
-
-    def __init__(self, in_rate_hz: float, center_freq_hz: float, plan: Sequence[ChannelConfig], feature_rate_hz: float):
-        self.in_rate_hz = float(in_rate_hz)
-        self.center_freq_hz = float(center_freq_hz)
-        self.covered = np.array([channel_in_band(ch, center_freq_hz, in_rate_hz) for ch in plan], dtype=bool)
-        if not self.covered.any():
-            names = ", ".join(ch.name for ch in plan[:6]) + (" .." if len(plan) > 6 else "")
-            raise ValueError(f"no channel of the plan ({names}) lies inside the band {center_freq_hz:.9g} Hz ± "
-                             f"{in_rate_hz / 2:.9g} Hz")
-        freqs = [ch.centre_hz for ch, inside in zip(plan, self.covered) if inside]
-        spacing_hz, oversampling = feature_grid(in_rate_hz, center_freq_hz, freqs, MIN_BANK_RATE_HZ)
-        numbers = [channel_number(f, center_freq_hz=center_freq_hz, in_rate_hz=in_rate_hz, channel_spacing_hz=spacing_hz)
-                   for f in freqs]
-        out_rate_hz = oversampling * spacing_hz
-        self.bank = FilterBank(in_rate_hz, center_freq_hz, spacing_hz, numbers, oversampling=oversampling,
-                               passband_hz=PASSBAND_HZ, stopband_hz=out_rate_hz / 2)
-        self.to_feature_rate = feature_rate_channelizers(self.bank, feature_rate_hz)
-
-    @property
-    def samples_in(self) -> int:
-        return self.bank.samples_in
-
-    def input_samples_represented(self, n_out: int) -> int:
-        return self.bank.input_samples_represented(self.to_feature_rate[0].input_samples_represented(n_out))
-
-    def reset(self) -> None:
-        self.bank.reset()
-        for channelizer in self.to_feature_rate:
-            channelizer.reset()
-
-    def process(self, block: IQBlock) -> ChannelRows | None:
-        out = self.bank.process(block)
-        if out is None:
-            return None
-        rows = [channelizer.process(out.channel_block(i)) for i, channelizer in enumerate(self.to_feature_rate)]
-        if rows[0] is None:  # every channel's resampler holds the same count: all are None or none
-            return None
-        return ChannelRows(np.stack([r.samples for r in rows], axis=1), rows[0].t0_ns)
-
-
-class ChannelRings(RingBuffer):
-    """A ``RingBuffer`` whose every index holds one sample per covered channel (complex64 ``[capacity, columns]``)."""
-
-    def __init__(self, capacity: int, sample_rate_hz: float, columns: int) -> None:
-        super().__init__(capacity, sample_rate_hz)
-        self._data = np.zeros((self.capacity, columns), dtype=np.complex64)
-
-    def read(self, start: int, n: int) -> np.ndarray:
-        """Copy of ``n`` rows ``[n, columns]`` from segment index ``start``; they must be held."""
-        if start < self.start_index or start + n > self.end_index:
-            raise IndexError(f"[{start}, {start + n}) not held in [{self.start_index}, {self.end_index})")
-        return np.take(self._data, np.arange(start, start + n) % self.capacity, axis=0)
-
-
-class BandLane(Lane):
-    """A ``Lane`` whose front end is a ``BandFrontEnd`` and whose ring holds every covered channel.
-
-    ``covered`` (bool ``[C]``, plan order) says which channels the current front end carries; none before the first
-    block. A block whose band holds no channel of the plan is refused as ``untunable``, as a single-channel lane
-    refuses one whose band misses the target.
-    """
-
-    def __init__(self, receiver_id: str, settings: LaneSettings, plan: Sequence[ChannelConfig], on_drop, on_bad_frame):
-        super().__init__(receiver_id, settings, on_drop, on_bad_frame)
-        self.plan = tuple(plan)
-        self._capacity = self.ring.capacity
-        self.ring = ChannelRings(self._capacity, settings.model_rate_hz, 0)
-        self.covered = np.zeros(len(self.plan), dtype=bool)
-
-    def _check_continuity(self, block: IQBlock) -> None:
-        front = self.channelizer
-        if front is None or front.in_rate_hz != block.sample_rate or front.center_freq_hz != block.center_freq:
-            if front is not None:
-                self._restart("retune")
-            try:
-                front = BandFrontEnd(block.sample_rate, block.center_freq, self.plan, self.settings.model_rate_hz)
-            except ValueError as exc:
-                self.channelizer = None
-                self.ring.clear()
-                self.covered = np.zeros(len(self.plan), dtype=bool)
-                raise UntunableBlock(str(exc)) from None
-            self.channelizer = front
-            self.ring = ChannelRings(self._capacity, self.settings.model_rate_hz, int(front.covered.sum()))
-            self.covered = front.covered.copy()
-            # A retune starts a new stream: as the single-channel lane does, no gap or clock check against the old one.
-            self._expected_index = self._expected_t_ns = None
-        super()._check_continuity(block)
-
-
-@dataclass(frozen=True)
-class BandWindow(Window):
-    """One aligned window of every channel: ``samples`` complex64 ``[R, C, N]`` (zeros where not held),
-    ``covered`` bool ``[R, C]`` (the receiver's band holds the channel; only meaningful where ``present``)."""
-
-    covered: np.ndarray
-
-
-class BandAligner(WindowAligner):
-    """``WindowAligner`` over ``BandLane``s: the same grid and decisions, cutting ``[R, C, N]`` windows."""
-
-    def __init__(self, lanes: list[BandLane], n_channels: int, **options) -> None:
-        super().__init__(lanes, **options)
-        self.n_channels = n_channels
-
-    def _cut(self, t0: int, t1: int, host_ns: int) -> BandWindow:
-        n_rx = len(self.lanes)
-        samples = np.zeros((n_rx, self.n_channels, self.n_samples), dtype=np.complex64)
-        present = np.zeros(n_rx, dtype=bool)
-        covered = np.zeros((n_rx, self.n_channels), dtype=bool)
-        reasons = {}
-        for i, lane in enumerate(self.lanes):
-            reason = None
-            if not lane.covers(t0, self.n_samples):
-                if not self.is_live(lane.receiver_id, host_ns):
-                    reason = "offline"
-                elif lane.starts_after(t0):
-                    reason = "gap"
-                else:
-                    reason = "late"
-                reasons[lane.receiver_id] = reason
-            taken = lane.take(t0, self.n_samples, reason)
-            if taken is not None:
-                samples[i, lane.covered] = taken.T
-                present[i] = True
-                covered[i] = lane.covered
-        return BandWindow(t0, t1, tuple(lane.receiver_id for lane in self.lanes), samples, present, reasons, covered)
-
 
 class EmissionFrames:
     """The mel frames a final estimate of one emission is made from: per receiver, at most ``2*T`` of the frames the

@@ -14,13 +14,8 @@ from receivers.simulator import SimulatedWorld
 from streamer import config as config_mod
 from streamer.config import ChannelConfig
 from streamer.core.geodesy import mahalanobis_sq
-from streamer.daemon.band import (
-    PASSBAND_HZ,
-    BandFrontEnd,
-    BandLane,
-    BandPipeline,
-    EmissionFrames,
-)
+from streamer.daemon.band import BandPipeline, EmissionFrames
+from streamer.daemon.band_lane import PASSBAND_HZ, BandFrontEnd, BandLane
 from streamer.daemon.lane import PIPELINE, LaneSettings
 from streamer.daemon.messages import SCHEMA_VERSION
 from streamer.daemon.metrics import Metrics
