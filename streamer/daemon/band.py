@@ -267,6 +267,9 @@ class BandPipeline(Pipeline):
                         raw.append(estimator.estimate(one))
                     except EstimateRejected as exc:
                         raw.append(exc)
+        except EstimateRejected as exc:  # a batch refused as a whole
+            log.debug("estimator %s rejected %d band estimates: %s", estimator.name, len(inputs), exc)
+            return ["rejected"] * len(inputs)
         except Exception:  # a failing estimator costs these estimates, never the daemon
             log.exception("estimator %s failed on %d band estimates", estimator.name, len(inputs))
             return ["error"] * len(inputs)

@@ -38,8 +38,8 @@ def _settings(capacity_s=4.0):
     return LaneSettings(PLAN[0].centre_hz, FEATURE_RATE_HZ, capacity_s, clock_jump_tolerance_s=0.05)
 
 
-def _lane(drops):
-    return BandLane("rx0", _settings(), PLAN, lambda reason, stage, n: drops.append((reason, stage, n)),
+def _lane(drops, capacity_s=4.0):
+    return BandLane("rx0", _settings(capacity_s), PLAN, lambda reason, stage, n: drops.append((reason, stage, n)),
                     lambda reason: drops.append((reason, "bad_frame", 0)))
 
 
@@ -62,7 +62,8 @@ def _accounting_holds(lane):
 
 def test_band_lane_keeps_the_sample_accounting_through_windows_gaps_overwrites_and_a_retune():
     drops = []
-    lane = _lane(drops)
+    lane = _lane(drops, capacity_s=0.4)  # 0.5 s of blocks between windows through a 0.4 s ring: overwrites
+    window_ns, window_n = 200_000_000, 4_800  # 0.2 s windows at 24 kHz
     index = 0
     for k in range(60):
         if k == 20:
@@ -74,16 +75,16 @@ def test_band_lane_keeps_the_sample_accounting_through_windows_gaps_overwrites_a
         index += BLOCK
         assert _accounting_holds(lane), (k, lane.received, lane.used, lane.buffered, dict(lane.dropped))
         if k % 10 == 9:
-            t_start = lane.span_ns()[0] + 10**9 // 2
-            t_start -= t_start % (10**9 // 2)
-            if lane.covers(t_start, 12_000):
-                window = lane.take(t_start, 12_000, None)
-                assert window.shape == (12_000, 2)  # A and B are covered, "far" is not
+            t_start = lane.span_ns()[0] + window_ns
+            t_start -= t_start % window_ns
+            assert lane.covers(t_start, window_n)
+            window = lane.take(t_start, window_n, None)
+            assert window.shape == (window_n, 2)  # A and B are covered, "far" is not
             assert _accounting_holds(lane)
     assert lane.covered.tolist() == [True, True, False]
     assert lane.used > 0
     reasons = {reason for reason, _stage in lane.dropped}
-    assert {"gap", "retune"} <= reasons
+    assert {"gap", "retune", "overwrite", "alignment"} <= reasons
     assert ("gap", "source") in lane.dropped
 
 
