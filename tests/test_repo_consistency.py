@@ -15,7 +15,7 @@ import pytest
 from receivers.registry import KINDS
 from streamer import config as config_mod
 from streamer.core.geodesy import Ellipse
-from streamer.daemon.messages import EstimateOut, Localization, ReceiverHealth, Status, Truth
+from streamer.daemon.messages import EmissionEvent, EstimateOut, Localization, ReceiverHealth, Status, Truth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,12 @@ def test_protocol_doc_lists_exactly_the_keys_each_message_carries():
     health = ReceiverHealth(True, 0.1, 1e6, "host", 10, 0, 0.5)
     status = Status(1, 1.0, "physics", 1, 1, {"a": health})
     truth = Truth(1, 45.0, 7.0, 30.0, True)
-    assert _documented_keys("### `loc`") == set(loc.to_wire())
+    # The table lists a band daemon's keys; a single-channel daemon's messages carry all but the band-only ones.
+    band_loc = dataclasses.replace(loc, channel="A", channel_hz=145.5e6, emission_id=0, stage="interim")
+    assert _documented_keys("### `loc`") == set(band_loc.to_wire())
+    assert set(band_loc.to_wire()) - set(loc.to_wire()) == {"channel", "channel_hz", "emission_id", "stage"}
+    emission = EmissionEvent("end", 0, "A", 145.5e6, 1, 2, {"a": 20.0}, 10, "default")
+    assert _documented_keys("### `emission`") == set(emission.to_wire())
     assert _documented_keys("### `truth`") == set(truth.to_wire())
     assert _documented_keys("### `status`") == set(status.to_wire())
 
