@@ -13,13 +13,14 @@ from receivers.base import IQBlock
 from receivers.simulator import SimulatedWorld
 from streamer import config as config_mod
 from streamer.config import ChannelConfig
-from streamer.core.geodesy import mahalanobis_sq
+from streamer.core.geodesy import Origin, geodetic_to_enu_m, mahalanobis_sq
 from streamer.daemon.band import BandPipeline, EmissionFrames
 from streamer.daemon.band_lane import PASSBAND_HZ, BandFrontEnd, BandLane
 from streamer.daemon.lane import PIPELINE, LaneSettings
-from streamer.daemon.messages import SCHEMA_VERSION
+from streamer.daemon.messages import SCHEMA_VERSION, EstimateOut, Localization
 from streamer.daemon.metrics import Metrics
 from streamer.dsp.channelizer import Channelizer
+from streamer.estimators.base import Estimate
 from streamer.estimators.build import build_estimators
 
 IN_RATE_HZ = 240_000.0
@@ -126,7 +127,6 @@ def test_emission_frames_keep_at_most_twice_t_frames_evenly_spread():
         frames.add(0, np.tile(np.arange(start, start + 5, dtype=np.float32), (3, 1)))
     frames.add(1, np.full((3, 1), 7.0, np.float32))
     window, present = frames.window()
-    assert present.tolist() == [True, False] or present.tolist() == [True, True]
     assert present.tolist() == [True, True]
     kept = window[0, 0]
     assert len(set(kept.tolist())) == 4 and kept[0] == 0.0 and kept[-1] >= 64  # spread over the emission
@@ -236,8 +236,6 @@ def test_the_final_estimate_covers_its_transmitter(band_run):
     the transmitter."""
     pipeline, _metrics, sent, _world = band_run
     finals = {m["channel"]: m for topic, m in sent if topic == "loc" and m["stage"] == "final"}
-    from streamer.core.geodesy import geodetic_to_enu_m
-
     for c, _on, _off, tx_en, _power in CARRIERS:
         final = finals[PLAN[c].name]
         east, north, _ = geodetic_to_enu_m(final["lat"], final["lon"], 0.0, pipeline.origin)
@@ -267,10 +265,6 @@ def test_the_channel_outside_every_band_is_masked_and_counted_and_the_metrics_st
 
 
 def test_a_single_channel_config_keeps_todays_messages_apart_from_the_version():
-    from streamer.core.geodesy import Origin
-    from streamer.daemon.messages import EstimateOut, Localization
-    from streamer.estimators.base import Estimate
-
     out = EstimateOut.from_estimate(Estimate("physics", np.zeros(2), np.eye(2) * 1e6), Origin(45.0, 7.0))
     plain = Localization(0, 1, 2, out, ("a",), {"a": -90.0}, {}, 1.0, 1.0, "default").to_wire()
     assert plain["v"] == 2 and not {"channel", "channel_hz", "emission_id", "stage"} & set(plain)
