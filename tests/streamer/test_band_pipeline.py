@@ -169,7 +169,8 @@ def _synthetic_blocks(cfg, carriers=CARRIERS):
     return world, streams
 
 
-def _run_band(cfg, carriers=CARRIERS):
+def _run_band(cfg, carriers=CARRIERS, silent_from_s=None):
+    """Feed every receiver's blocks in step; receiver 0 stops at ``silent_from_s`` (s), if given."""
     metrics, sent, clock = Metrics(), [], {"ns": T0_NS}
     pipeline = BandPipeline(cfg, metrics=metrics, send=lambda topic, msg: sent.append((topic, msg)) or True,
                             estimators=build_estimators(cfg), clock_ns=lambda: clock["ns"])
@@ -178,6 +179,8 @@ def _run_band(cfg, carriers=CARRIERS):
         for k in range(len(streams[0])):
             batch = [s[k] for s in streams]
             clock["ns"] = batch[0].t0_ns + batch[0].duration_ns
+            if silent_from_s is not None and batch[0].t0_ns >= T0_NS + silent_from_s * 1e9:
+                batch = batch[1:]
             assert pipeline.push_many(batch, arrival_ns=clock["ns"]) == []
             pipeline.poll()
         clock["ns"] += 2 * 10**9  # late tolerance passes: the last windows go out
@@ -289,3 +292,18 @@ def test_an_emission_on_the_air_at_shutdown_ends_with_its_final_estimate():
     assert published[0]["t_end_ns"] == end["end_ns"]
     assert metrics.registry.get_sample_value("heimdall_emissions_active", {"channel": "B"}) == 0
     assert pipeline.finish() == [], "nothing is open any more"
+
+
+def test_a_receiver_that_falls_silent_is_masked_and_the_others_still_localize():
+    pipeline, metrics, sent, _world = _run_band(_band_config(), silent_from_s=2.5)
+    silent = pipeline.receiver_ids[0]
+    masked = sum(metrics.registry.get_sample_value("heimdall_window_masked_receivers_total",
+                                                   {"receiver": silent, "reason": reason}) or 0.0
+                 for reason in ("offline", "late", "gap"))
+    assert masked >= 5, "every window after 2.5 s masks it"
+    ends = [m for topic, m in sent if topic == "emission" and m["event"] == "end"]
+    assert [e["channel"] for e in ends] == ["A", "B"]
+    late_locs = [m for topic, m in sent if topic == "loc" and m["t_start_ns"] >= T0_NS + 3 * 10**9]
+    assert late_locs and all(silent not in m["receivers"] for m in late_locs)
+    for lane in pipeline.lanes.values():
+        assert _accounting_holds(lane)
