@@ -6,7 +6,7 @@ import importlib.resources
 from pathlib import Path
 
 #: Version of the model shipped in this package (models/heimdall-<version>.onnx).
-SHIPPED_VERSION = "0.5.0"
+SHIPPED_VERSION = "0.6.0"
 
 #: Largest model file ``heimdall train`` writes, in bytes (here, not in models.train.export, so that checking the
 #: shipped file needs no torch).
