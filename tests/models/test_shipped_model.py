@@ -12,7 +12,18 @@ from models import MAX_MODEL_BYTES, SHIPPED_VERSION, shipped_model_path
 from models.train.commands import add_train_arguments
 from streamer.config import load
 from streamer.estimators.onnx import OnnxSession
-from streamer.estimators.contract import AREA_INPUT, ELLIPSE_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, SITE_INPUT, check_model, network_search_area_row, site_propagation
+from streamer.dsp.detection import DetectionRule
+from streamer.estimators.contract import (
+    AREA_INPUT,
+    ELLIPSE_OUTPUT,
+    FRAME_MASK_INPUT,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    SITE_INPUT,
+    check_model,
+    network_search_area_row,
+    site_propagation,
+)
 
 PATH = shipped_model_path()
 
@@ -24,7 +35,8 @@ def declared_shapes(values) -> dict[str, list]:
 
 def test_the_shipped_model_follows_the_contract_with_the_default_configs_features():
     config = load()
-    meta = check_model(PATH, expected_spec=config.features)
+    meta = check_model(PATH, expected_spec=config.features, expected_detection=DetectionRule.from_config(config))
+    assert meta.detection == DetectionRule.from_config(config)  # the rule it was trained with is the default config's
     assert PATH.name == f"heimdall-{SHIPPED_VERSION}.onnx" and meta.version == SHIPPED_VERSION
     assert PATH.stat().st_size <= MAX_MODEL_BYTES
     assert meta.max_receivers == 16
@@ -32,11 +44,13 @@ def test_the_shipped_model_follows_the_contract_with_the_default_configs_feature
     spec = meta.features
     graph = onnx.load(str(PATH)).graph
     inputs, outputs = declared_shapes(graph.input), declared_shapes(graph.output)
-    assert list(inputs) == [*INPUT_NAMES, SITE_INPUT, AREA_INPUT] and list(outputs) == [*OUTPUT_NAMES, ELLIPSE_OUTPUT]
+    assert list(inputs) == [*INPUT_NAMES, SITE_INPUT, AREA_INPUT, FRAME_MASK_INPUT]
+    assert list(outputs) == [*OUTPUT_NAMES, ELLIPSE_OUTPUT]
     batch = inputs["features"][0]
     assert isinstance(batch, str)  # symbolic: any batch size
     assert inputs == {"features": [batch, 16, spec.n_mels, spec.n_frames], "rx_enu_km": [batch, 16, 3],
-                      "rx_mask": [batch, 16], SITE_INPUT: [batch, 5], AREA_INPUT: [batch, 5]}
+                      "rx_mask": [batch, 16], SITE_INPUT: [batch, 5], AREA_INPUT: [batch, 5],
+                      FRAME_MASK_INPUT: [batch, spec.n_frames]}
     assert outputs == {"position_enu_km": [batch, 2], "covariance_km2": [batch, 2, 2], ELLIPSE_OUTPUT: [batch, 2]}
     # What it measured of itself at training time is carried in the metadata, per dataset.
     for table in (meta.accuracy, meta.calibration):
@@ -51,9 +65,9 @@ def test_the_shipped_model_localizes_a_simulated_window_of_the_default_network()
     config = load()
     data = draw_windows(config, 4, np.random.default_rng(3), config.features, shuffle_slots=False)
     est = OnnxSession(PATH, providers=("CPUExecutionProvider",), expected_spec=config.features)
-    assert est.takes_site and est.takes_area
+    assert est.takes_site and est.takes_area and est.takes_frame_mask
     out = est.run(data.features_dbm, data.rx_enu_km, data.rx_mask, site_propagation(config.estimator.physics),
-                  network_search_area_row(config))
+                  network_search_area_row(config), frame_mask=data.active_frames)
     assert out.valid.all()
     error_km = np.linalg.norm(out.position_enu_km - data.tx_enu_km, axis=-1)
     sigma_km = np.sqrt(np.trace(out.covariance_km2, axis1=1, axis2=2))
@@ -65,8 +79,9 @@ def test_the_shipped_model_localizes_a_simulated_window_of_the_default_network()
 
 
 def test_the_shipped_model_is_what_heimdall_train_makes_with_its_defaults():
-    """``heimdall train`` with no options reproduces the shipped file (models/MODEL_CARD.md): the recipe the file
-    records in its metadata is the command's defaults (channelized windows, the channel-power grid head)."""
+    """The recipe the shipped file records in its metadata is ``heimdall train``'s defaults (channelized windows,
+    the channel-power grid head, on-air traffic, the frame mask), so the command with no options trains it again
+    (models/MODEL_CARD.md, "Retrain and re-score")."""
     description = check_model(PATH).training_data
     recorded = json.loads(description[description.rindex("; {") + 2:])
     parser = argparse.ArgumentParser()
@@ -75,5 +90,7 @@ def test_the_shipped_model_is_what_heimdall_train_makes_with_its_defaults():
     for key in ("n_train", "n_val", "batch_size", "lr", "dim", "layers", "drop_prob", "seed", "head", "heard_weight"):
         assert recorded[key] == defaults[key], key
     assert recorded["channel_power"] is defaults["channel_power"] is True
+    assert recorded["traffic"] == defaults["traffic"] == "onair"
+    assert recorded["frame_mask"] is defaults["frame_mask"] is True
     assert defaults["channelized"] and recorded["render"].startswith("through streamer.channelizer from 2 x")
     assert "windows_per_network" not in recorded and defaults["windows_per_network"] == 64
