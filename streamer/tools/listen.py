@@ -1,5 +1,6 @@
 """``heimdall listen``: a ZeroMQ SUB client of the daemon's output that prints each message, as one human
-line per localization or as JSON lines. Times are UTC; distances in the human line are km."""
+line per localization, as JSON lines, or as GeoJSON Features (``--geojson``, one per line). Times are UTC;
+distances in the human line are km."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``heimdall listen``."""
     parser.add_argument("endpoint", nargs="?", default=DEFAULT_ENDPOINT, help=f"PUB endpoint (default {DEFAULT_ENDPOINT})")
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON object per line")
+    form.add_argument("--geojson", action="store_true",
+                      help="one GeoJSON Feature per line and localization: the estimate and its 95%% ellipse "
+                           "(docs/protocol.md, GeoJSON); other topics are not printed")
     parser.add_argument("--topic", default="loc", help="topic prefix (default 'loc')")
     parser.add_argument("--count", type=int, default=0, help="stop after this many messages (0 = forever)")
     parser.add_argument("--hint-after", type=float, default=5.0, metavar="SECONDS",
@@ -29,11 +34,11 @@ def format_localization(msg: dict) -> str:
     probability, semi-major axis ``a`` and semi-minor axis ``b`` (km) and the azimuth of ``a`` (degrees from
     north), the receivers used, the estimator, and ``proc``: the daemon's processing time for the window (ms),
     not the message's age."""
-    t = dt.datetime.fromtimestamp(msg["t_end_ns"] / 1e9, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    t = dt.datetime.fromtimestamp(msg["t_end_ns"] / 1e9, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
     e = msg["ellipse"]
     return (
         f"{t} {msg['lat']:.5f} {msg['lon']:.5f} "
-        f"{int(round(e['p'] * 100))}% a={e['semi_major_m'] / 1000:.1f} km b={e['semi_minor_m'] / 1000:.1f} km "
+        f"{round(e['p'] * 100)}% a={e['semi_major_m'] / 1000:.1f} km b={e['semi_minor_m'] / 1000:.1f} km "
         f"az {e['azimuth_deg']:.0f} rx={','.join(msg['receivers'])} {msg['estimator']} "
         f"proc {msg['latency_ms']['processing']:.1f} ms"
     )
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     """Subscribe to ``args.endpoint`` and print until ``args.count`` messages, SIGTERM or SIGINT; exit status 0."""
     import msgpack
     import zmq
+
+    from streamer.tools.geoformats import localization_feature
 
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.SUB)
@@ -73,14 +80,22 @@ def run(args: argparse.Namespace) -> int:
             topic = frames[0].decode(errors="replace")
             try:
                 msg = msgpack.unpackb(frames[1], raw=False)
-            except Exception as exc:
+            except (ValueError, msgpack.UnpackException) as exc:
                 print(f"heimdall listen: undecodable message on {topic!r}: {exc}", file=sys.stderr)
                 continue
             if topic.startswith("loc") and isinstance(msg, dict) and "seq" in msg:
                 if last_seq is not None and msg["seq"] > last_seq + 1:
                     print(f"heimdall listen: missed {msg['seq'] - last_seq - 1} localizations", file=sys.stderr)
                 last_seq = msg["seq"]
-            if args.json:
+            if args.geojson:
+                if not topic.startswith("loc"):
+                    continue
+                try:
+                    print(json.dumps(localization_feature(msg)), flush=True)
+                except ValueError as exc:
+                    print(f"heimdall listen: no GeoJSON for a message on {topic!r}: {exc}", file=sys.stderr)
+                    continue
+            elif args.json:
                 print(json.dumps({"topic": topic, **msg}), flush=True)
             elif topic.startswith("loc"):
                 print(format_localization(msg), flush=True)
