@@ -47,6 +47,7 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "run": Command("streamer.tools.daemon", "run the daemon (embedded default config: a simulated 7-receiver network)"),
     "listen": Command("streamer.tools.listen", "subscribe and print localizations"),
+    "map": Command("streamer.tools.map", "serve a live web map of the daemon's output (needs the [map] extra)"),
     "cot": Command("streamer.tools.cot", "send each localization as a Cursor-on-Target event to TAK (UDP or TCP)"),
     "check": Command("streamer.tools.check", "validate a config (and its model)"),
     "receiver": Command("streamer.tools.edge", "run one configured receiver alone, publishing framed IQ over ZeroMQ"),
