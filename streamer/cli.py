@@ -56,6 +56,8 @@ COMMANDS: dict[str, Command] = {
     "train": Command("models.train.commands", "train the localization model (needs the [train] extra: torch)",
                      add_arguments="add_train_arguments", run_module="models.train.train"),
     "evaluate": Command("models.train.evaluate", "score models and the physics estimator on simulated and real data"),
+    "evaluate-band": Command("streamer.tools.evaluate_band",
+                             "run simulated band traffic through the band pipeline offline; detection and accuracy gates"),
     "calibrate": Command("streamer.tools.calibrate",
                          "fit receivers' calibration_db (and the path-loss exponent) from transmissions at known positions"),
     "calibrate-ellipses": Command("streamer.tools.calibrate_ellipses",

@@ -1,0 +1,116 @@
+"""``heimdall evaluate-band``: simulated band traffic through the band pipeline, scored against the simulator's truth.
+
+The scoring is checked on hand-made truth and emissions (a missed transmission, a false emission, the slack), the
+noise-only world on its truth (nothing keys), the refusals on configs it cannot run, and the whole command on a few
+seconds of ``config/examples/band-2m.toml`` chosen so that a loud transmission lies inside them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from receivers.simulator import SimulatedWorld
+from streamer.cli import main
+from streamer.config import load
+from streamer.tools import evaluate_band as eb
+
+T0_NS = eb.DEFAULT_START_NS
+S = 10**9
+
+
+def _span(channel, start_s, end_s, snr_db=(20.0, 20.0, 20.0, 0.0)):
+    return eb.KeyedSpan(0, channel, T0_NS + int(start_s * S), T0_NS + int(end_s * S), tuple(snr_db))
+
+
+def _end(channel, start_s, end_s):
+    return {"channel": channel, "start_ns": T0_NS + int(start_s * S), "end_ns": T0_NS + int(end_s * S)}
+
+
+def test_detection_counts_a_missed_transmission_and_a_false_emission_and_ignores_what_the_gate_leaves_out():
+    spans = [
+        _span("A", 2.0, 4.0),  # found: an emission on A overlaps it
+        _span("B", 5.0, 6.0),  # missed: the emission on B is elsewhere
+        _span("A", 7.0, 7.3),  # shorter than 0.5 s: not in the gate
+        _span("B", 8.0, 9.0, snr_db=(20.0, 20.0, 9.0, 0.0)),  # 10 dB at two receivers only: not in the gate
+        _span("A", 0.2, 1.5),  # keyed in the warm-up: not in the gate
+    ]
+    busy = {"A": [(s.start_ns, s.end_ns) for s in spans if s.channel == "A"],
+            "B": [(s.start_ns, s.end_ns) for s in spans if s.channel == "B"]}
+    ends = [_end("A", 2.01, 3.99), _end("B", 8.1, 8.9), _end("B", 12.0, 12.5),
+            _end("A", 4.02, 4.5)]  # 20 ms after A's first transmission ended: within the slack, not false
+    det = eb.score_detection(spans, busy, ends, start_ns=T0_NS, end_ns=T0_NS + 3600 * S, n_channels=2)
+    assert (det["eligible"], det["found"]) == (2, 1)
+    assert det["found_share"] == 0.5
+    assert [m["channel"] for m in det["missed"]] == ["B"]
+    assert det["false"] == [{"channel": "B", "start_ns": T0_NS + 12 * S, "end_ns": T0_NS + 12 * S + S // 2}]
+    assert det["channel_hours"] == pytest.approx(2.0)
+    assert det["false_per_channel_hour"] == pytest.approx(0.5)
+
+
+def test_bursts_closer_than_the_hangover_are_one_transmission():
+    assert eb.merge_bursts([(0, 27), (60, 87), (120, 147)], max_gap_ns=100) == [(0, 147)]
+    assert eb.merge_bursts([(0, 27), (200, 227)], max_gap_ns=100) == [(0, 27), (200, 227)]
+
+
+def test_noise_only_world_never_keys():
+    cfg = eb.offline_config(load(eb.DEFAULT_CONFIG), start_ns=T0_NS, seconds=3600.0, noise_only=True)
+    world = SimulatedWorld(cfg)
+    assert len(world.transmitter_channels) == 5
+    assert all(world.transmissions(T0_NS, T0_NS + 3600 * S, k) == [] for k in range(5))
+    traffic = SimulatedWorld(eb.offline_config(load(eb.DEFAULT_CONFIG), start_ns=T0_NS, seconds=60.0))
+    assert any(traffic.transmissions(T0_NS, T0_NS + 60 * S, k) for k in range(5)), "the same world with traffic keys"
+
+
+def test_configs_it_cannot_score_are_refused_naming_the_receiver_or_the_plan():
+    cfg = load(eb.DEFAULT_CONFIG)
+    receivers = list(cfg.receivers)
+    receivers[2] = dataclasses.replace(receivers[2], kind="soapy")
+    with pytest.raises(eb.EvaluateBandError, match=r"receivers\[2\] \(id 'torino', kind 'soapy'\)"):
+        eb.offline_config(dataclasses.replace(cfg, receivers=tuple(receivers)), start_ns=T0_NS, seconds=1.0)
+    with pytest.raises(eb.EvaluateBandError, match="expected a channel plan"):
+        eb.offline_config(load(), start_ns=T0_NS, seconds=1.0)
+
+
+def test_minutes_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate-band", "--minutes", "0"])
+    assert exc.value.code == 2
+    assert "--minutes: expected minutes > 0, got 0" in capsys.readouterr().err
+
+
+def _loud_transmission_start(cfg, seconds):
+    """A window-aligned start from which a transmission of >= 0.5 s, 20 dB at >= 3 receivers, lies inside the
+    stream after the warm-up; and that transmission."""
+    world = SimulatedWorld(eb.offline_config(cfg, start_ns=T0_NS, seconds=600.0))
+    spans = eb.keyed_spans(world, cfg, T0_NS, T0_NS + 600 * S, hangover_ns=S // 10)
+    for span in spans:
+        start = (span.start_ns - int((eb.WARMUP_S + 0.5) * S)) // (S // 2) * (S // 2)
+        if (0.5 <= span.duration_s and span.end_ns <= start + int((seconds - 0.5) * S)
+                and span.heard_by(20.0) >= 3 and start >= T0_NS):
+            return start, span
+    raise AssertionError("no loud transmission short enough in the first 10 minutes of band-2m")
+
+
+def test_a_few_seconds_of_band_traffic_find_the_loud_transmission_and_print_every_gate(tmp_path, capsys):
+    seconds = 5.0
+    start, _span_found = _loud_transmission_start(load(eb.DEFAULT_CONFIG), seconds)
+    out = tmp_path / "band.json"
+    assert main(["evaluate-band", "--minutes", str(seconds / 60), "--start-ns", str(start), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    det = result["detection"]
+    assert det["eligible"] >= 1 and det["found"] == det["eligible"] and det["missed"] == []
+    assert result["localizations"]["final"] >= 1 and result["localizations"]["interim"] >= 1
+    gate_names = [g["gate"] for g in result["gates"]]
+    assert gate_names[0].startswith("found: transmissions >= 0.5 s at >= 10 dB at >= 3 receivers")
+    assert any(name.startswith("cov95, interim onnx") for name in gate_names)
+    assert any(name.startswith("cov95, final physics") for name in gate_names)
+    assert any(name.startswith("final no worse than the best interim, onnx") for name in gate_names)
+    assert {g["verdict"] for g in result["gates"]} <= {"met", "not met", "n/a", "see --noise-only"}
+    assert result["gates"][0]["verdict"] == "met"
+    for g in result["gates"]:
+        assert g["gate"] in printed
+    assert "interim estimates:" in printed and "final estimates:" in printed
+    assert printed.splitlines()[0].startswith(f"{seconds:g} s of stream")
