@@ -125,7 +125,7 @@ def ellipse_ring(lat: float, lon: float, semi_major_m: float, semi_minor_m: floa
     points_en = (semi_major_m * np.cos(t))[:, None] * major_en + (semi_minor_m * np.sin(t))[:, None] * minor_en
     lats, lons, _ = enu_to_geodetic(points_en[:, 0], points_en[:, 1], np.zeros(vertices), Origin(lat, lon))
     lons = lon + (lons - lon + 180.0) % 360.0 - 180.0
-    ring = [[float(x), float(y)] for x, y in zip(lons, lats)]
+    ring = [[round(float(x), 7), round(float(y), 7)] for x, y in zip(lons, lats)]  # 1e-7 degree: about 1 cm
     return ring + [ring[0]]
 
 
