@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import select
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import msgpack
 import pytest
 import zmq
 
+from streamer.cli import main
 from streamer.tools.geoformats import (
     BadLocalizationError,
     circular_error_m,
@@ -270,6 +272,34 @@ def test_heimdall_cot_streams_xml_events_to_a_tak_server_over_tcp(daemon_output,
     event = takproto.parse_proto(bytearray(received)).cotEvent
     assert_event_matches(event, loc_message(), stale_s=60.0, sent_ns=event.sendTime * 1_000_000)
     assert "1 events sent, 0 dropped (transport)" in stderr
+
+
+def test_heimdall_cot_counts_and_drops_the_events_a_down_tak_server_misses(daemon_output):
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: each connect is refused
+    endpoint = daemon_output.getsockopt_string(zmq.LAST_ENDPOINT)
+    proc = subprocess.Popen([sys.executable, "-m", "streamer", "cot", endpoint, "--tcp", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_subscriber(daemon_output, proc)
+        publish(daemon_output, "loc", loc_message())
+        ready, _, _ = select.select([proc.stderr], [], [], 20.0)
+        assert ready, "no warning from heimdall cot within 20 s"
+        warning = proc.stderr.readline()
+        proc.terminate()  # SIGTERM: a clean stop that says what it did
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert f"cot: TCP 127.0.0.1:{port}:" in warning and "retrying at the next event" in warning
+    assert proc.returncode == 0, stderr
+    assert "0 events sent, 1 dropped (transport), 0 messages skipped" in stderr
+
+
+def test_heimdall_cot_protobuf_without_takproto_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "takproto", None)  # as in an install without the [tak] extra
+    assert main(["cot", "--udp", "127.0.0.1:6969", "--protobuf"]) == 2
+    assert "heimdall: error: TAK protobuf output needs takproto: pip install -e '.[tak]'" in capsys.readouterr().err
 
 
 def test_heimdall_cot_refuses_protobuf_over_tcp_and_a_bad_address():
