@@ -300,9 +300,11 @@ class Daemon:
         return runner
 
     def _publish(self, topic: str, payload: dict) -> bool:
-        """Send on the output socket; localizations and status also go to the archive, if configured."""
+        """Send on the output socket; localizations, emission events (band watch) and status also go to the archive,
+        if configured."""
         sent = self.publisher.send(topic, payload)
-        if self.archive is not None and (topic == "status" or topic == self.pipeline.topic):
+        archived = ("status", self.pipeline.topic, getattr(self.pipeline, "emission_topic", None))
+        if self.archive is not None and topic in archived:
             self.archive.write(topic, payload)  # errors are counted inside; publication goes on
         return sent
 

@@ -172,6 +172,7 @@ class BandPipeline(Pipeline):
                                     window.t_start_ns, window.t_end_ns)
             if request is not None:
                 requests.append(request)
+        self._set_received_power(requests)
         published += self._localize(requests, started)
         for event in found.events:
             if isinstance(event, EmissionEnd):
@@ -211,6 +212,7 @@ class BandPipeline(Pipeline):
             features, present = frames.window()
             request = self._request(c, event.emission_id, "final", features, present, None, event.start_ns, event.end_ns)
             if request is not None:
+                self._set_received_power([request])
                 published = self._localize([request], started)
         self.metrics.emissions_ended.labels(event.channel).inc()
         self._send_event("end", event)
@@ -316,6 +318,19 @@ class BandPipeline(Pipeline):
         for c in np.flatnonzero(fresh):
             self.metrics.emissions_dropped_short.labels(self.plan[c].name).inc(int(fresh[c]))
         self._dropped_reported = self.tracker.dropped_short.copy()
+
+    def _set_received_power(self, requests: list[_Request]) -> None:
+        """``heimdall_received_power_dbm`` per receiver: the in-channel power (dBm) of the strongest of ``requests`` it
+        heard, over their frames: a window's emissions (interim), then each one that ended over its whole span (final),
+        so that an emission's last value is not that of the few frames it had left in its last window. A receiver
+        that heard none keeps its last value, as a single-channel daemon's does while the receiver is absent."""
+        if not requests:
+            return
+        powers = np.stack([r.rx_power_dbm for r in requests])  # [E, R], NaN where not heard
+        heard = ~np.isnan(powers)
+        strongest = np.max(np.where(heard, powers, -np.inf), axis=0)
+        for r in np.flatnonzero(heard.any(axis=0)):
+            self._series[self.receiver_ids[r]].received_power.set(float(strongest[r]))
 
     def _set_active_gauges(self) -> None:
         """Open (confirmed, not yet ended) emissions per channel."""
