@@ -2,7 +2,8 @@
 and windows of every channel cut on one grid.
 
 - ``BandFrontEnd``: one ``dsp.filterbank.FilterBank`` over a receiver's band, on the grid ``feature_grid`` picks
-  (every covered channel on a centre), then one ``Channelizer`` per covered channel to the feature rate (24 kHz).
+  (every covered channel on a centre), then every covered channel to the feature rate (24 kHz) by one
+  ``FeatureRateResampler`` (each channel's ``Channelizer`` filter, over a channel axis).
   Each channel's stream is flat to ``PASSBAND_HZ`` around its centre (the bank's stopband at its output's
   Nyquist), beyond the ±9.6 kHz from which the detection rule and the model read the noise, as the single-channel
   ``Channelizer``'s output is. A channel is covered when its whole bandwidth lies inside the receiver's band
@@ -28,10 +29,10 @@ from streamer.daemon.coverage import channel_in_band
 from streamer.daemon.lane import Lane, LaneSettings, UntunableBlock
 from streamer.daemon.ringbuffer import RingBuffer
 from streamer.dsp.filterbank import (
+    FeatureRateResampler,
     FilterBank,
     channel_number,
     feature_grid,
-    feature_rate_channelizers,
 )
 
 #: Each channel's stream is flat to this far from its centre (Hz): past the ±9.6 kHz from which the detection rule
@@ -51,7 +52,7 @@ class ChannelRows:
 
 
 class BandFrontEnd:
-    """FilterBank + one feature-rate Channelizer per covered channel, for one receiver's band.
+    """FilterBank + the feature-rate step of every covered channel (``FeatureRateResampler``), for one receiver's band.
 
     It stands where a ``Lane`` keeps its ``Channelizer``, with the same accounting verbs: ``samples_in`` (input
     samples since the reset), ``input_samples_represented(n)`` (the input samples the first ``n`` output rows own:
@@ -76,28 +77,25 @@ class BandFrontEnd:
         out_rate_hz = oversampling * spacing_hz
         self.bank = FilterBank(in_rate_hz, center_freq_hz, spacing_hz, numbers, oversampling=oversampling,
                                passband_hz=PASSBAND_HZ, stopband_hz=out_rate_hz / 2)
-        self.to_feature_rate = feature_rate_channelizers(self.bank, feature_rate_hz)
+        self.to_feature_rate = FeatureRateResampler(self.bank, feature_rate_hz)
 
     @property
     def samples_in(self) -> int:
         return self.bank.samples_in
 
     def input_samples_represented(self, n_out: int) -> int:
-        return self.bank.input_samples_represented(self.to_feature_rate[0].input_samples_represented(n_out))
+        return self.bank.input_samples_represented(self.to_feature_rate.input_samples_represented(n_out))
 
     def reset(self) -> None:
         self.bank.reset()
-        for channelizer in self.to_feature_rate:
-            channelizer.reset()
+        self.to_feature_rate.reset()
 
     def process(self, block: IQBlock) -> ChannelRows | None:
         out = self.bank.process(block)
         if out is None:
             return None
-        rows = [channelizer.process(out.channel_block(i)) for i, channelizer in enumerate(self.to_feature_rate)]
-        if rows[0] is None:  # every channel's resampler holds the same count: all are None or none
-            return None
-        return ChannelRows(np.stack([r.samples for r in rows], axis=1), rows[0].t0_ns)
+        rows = self.to_feature_rate.process(out)
+        return None if rows is None else ChannelRows(*rows)
 
 
 class ChannelRings(RingBuffer):

@@ -98,7 +98,7 @@ import scipy.fft
 from scipy.signal import firwin, kaiser_beta
 
 from receivers.base import MAX_SAMPLE_RATE_HZ, Flags, IQBlock, TimeSource
-from streamer.dsp.channelizer import NEEDS_RESET, Channelizer
+from streamer.dsp.channelizer import NEEDS_RESET, Channelizer, bank_size
 
 #: Largest number of channels (``in_rate_hz / channel_spacing_hz``): bounds the filter (``P*N`` taps) and the FFT.
 MAX_CHANNELS = 1 << 16
@@ -533,6 +533,113 @@ class FilterBank:
             else:
                 why = f"carries {Flags(block.flags)!r}"
             raise ValueError(f"filterbank[{block.receiver_id}]: block {why}; count the gap and call reset() first")
+
+
+class FeatureRateResampler:
+    """Every channel of a ``FilterBank`` from ``bank.out_rate_hz`` to ``feature_rate_hz`` (Hz) at once, with state
+    across blocks: the ``Channelizer`` of ``feature_rate_channelizers`` applied to all rows, as one resampler over a
+    channel axis instead of one Python object per channel.
+
+    The same filter (``Channelizer``'s ``up``, ``down`` and ``taps``; the 0 Hz mixer is the identity), the same output
+    instants and ``t0_ns`` rule, the same accounting (``samples_in``, ``samples_out``, ``input_samples_represented``);
+    the outputs equal each channel's ``Channelizer`` to float32 rounding (BLAS orders the sums over a wider array).
+    Samples are kept time first (``[n, C]`` complex64, viewed as ``[n, 2C]`` float32 pairs: real taps act on each
+    component alike), so each polyphase branch is one matrix product over every channel.
+
+    ``process(bank_output) -> (samples [n, C] complex64, t0_ns) | None`` takes the bank's ``ChannelBlock``s in order.
+    A ratio that needs the ``Channelizer``'s two-stage cascade (far above the feature rate) runs the channelizers
+    one per row, as ``feature_rate_channelizers`` gives them.
+    """
+
+    def __init__(self, bank: FilterBank, feature_rate_hz: float, taps_per_phase: int = 20) -> None:
+        self.per_channel = feature_rate_channelizers(bank, feature_rate_hz, taps_per_phase)
+        template = self.per_channel[0]
+        self.up, self.down = template.up, template.down // template.decimation1
+        self.n_channels = len(bank.channels)
+        self._in_rate = Fraction(bank.out_rate_hz)
+        if template.decimation1 == 1:
+            self.per_channel = []  # one resampler over every row instead
+            up_taps = np.asarray(template.taps, dtype=np.float64)
+            self.half_len = (len(up_taps) - 1) // 2
+            self._span = bank_size(self.up, self.down, len(up_taps)) // self.up
+            self._blocks = self._span // self.down
+            branches = np.zeros((self.up, self._span), dtype=np.float32)
+            for p in range(self.up):
+                branch = up_taps[p :: self.up] * self.up
+                branches[p, self._span - len(branch) :] = branch[::-1]
+            self._branches = branches.reshape(self.up, self._blocks, self.down)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all input and the stream origin: the next bank output is input 0, preceded by zeros."""
+        for channelizer in self.per_channel:
+            channelizer.reset()
+        self.samples_in = self.samples_out = 0
+        self._start_index: int | None = None
+        self._next_index: int | None = None
+        if not self.per_channel:
+            self._hist_start = min(0, self._newest_input(0) - self._span + 1)
+            self._hist = np.zeros((-self._hist_start, self.n_channels), dtype=np.complex64)
+
+    def input_samples_represented(self, n_out: int) -> int:
+        """Bank outputs owned by the first ``n_out`` outputs: ``ceil(n_out*down/up)``, as ``Channelizer``'s."""
+        return -(-int(n_out) * self.down // self.up)
+
+    def _newest_input(self, j: int) -> int:
+        return (j * self.down + self.half_len) // self.up
+
+    def _ready(self, samples_in: int) -> int:
+        return max(0, (self.up * samples_in - self.half_len - 1) // self.down + 1)
+
+    def process(self, block: ChannelBlock) -> tuple[np.ndarray, int] | None:
+        """Consume one bank output block; the outputs that became ready (``[n, C]``) and the time of the first, or None."""
+        if self.per_channel:
+            rows = [ch.process(block.channel_block(i)) for i, ch in enumerate(self.per_channel)]
+            self.samples_in, self.samples_out = self.per_channel[0].samples_in, self.per_channel[0].samples_out
+            return None if rows[0] is None else (np.stack([r.samples for r in rows], axis=1), rows[0].t0_ns)
+        if self._next_index is not None and block.sample_index != self._next_index:
+            raise ValueError(f"filterbank[{block.receiver_id}]: feature-rate step got bank output {block.sample_index},"
+                             f" expected {self._next_index}; reset() after a gap")
+        if self._start_index is None:
+            self._start_index = block.sample_index
+        self._next_index = block.sample_index + block.samples.shape[1]
+        first_out = self.samples_out
+        samples = self._push(block.samples)
+        if self.samples_out == first_out:
+            return None
+        offset = block.sample_index - self._start_index
+        numerator = (first_out * self.down - self.up * offset) * 10**9 * self._in_rate.denominator
+        denominator = self.up * self._in_rate.numerator
+        return samples, int(block.t0_ns + (2 * numerator + denominator) // (2 * denominator))
+
+    def _push(self, channel_rows: np.ndarray) -> np.ndarray:
+        """Append bank outputs (``[C, n]``); return the feature-rate outputs they made ready (``[m, C]``)."""
+        held = len(self._hist)
+        grown = np.empty((held + channel_rows.shape[1], self.n_channels), dtype=np.complex64)
+        grown[:held] = self._hist
+        grown[held:] = channel_rows.T
+        self._hist = grown
+        self.samples_in += channel_rows.shape[1]
+        j0, j1 = self.samples_out, self._ready(self.samples_in)
+        out = np.empty((max(0, j1 - j0), self.n_channels), dtype=np.complex64)
+        pairs, out_pairs = self._hist.view(np.float32), out.view(np.float32)
+        for j_first in range(j0, j0 + min(self.up, len(out))):
+            count = -(-(j1 - j_first) // self.up)
+            t = j_first * self.down + self.half_len
+            lo = t // self.up - self._span + 1 - self._hist_start
+            rows = count + self._blocks - 1
+            span = pairs[lo : lo + rows * self.down].reshape(rows, self.down, -1)
+            partial = np.matmul(self._branches[t % self.up], span)  # [rows, D, 2C]
+            summed = partial[:count, 0]
+            for d in range(1, self._blocks):  # output i sums partial[i + d, d] over d
+                summed = summed + partial[d : d + count, d]
+            out_pairs[j_first - j0 :: self.up] = summed
+        self.samples_out = max(j0, j1)
+        keep_from = min(self._newest_input(self.samples_out) - self._span + 1, self.samples_in)
+        if keep_from > self._hist_start:
+            self._hist = self._hist[keep_from - self._hist_start :].copy()
+            self._hist_start = keep_from
+        return out
 
 
 def feature_rate_channelizers(bank: FilterBank, feature_rate_hz: float, taps_per_phase: int = 20) -> list[Channelizer]:

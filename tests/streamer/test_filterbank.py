@@ -16,6 +16,7 @@ from receivers.base import Flags, IQBlock
 from streamer.dsp.filterbank import (
     DFT_MAX_CHANNELS,
     ChannelBlock,
+    FeatureRateResampler,
     FilterBank,
     channel_count,
     channel_number,
@@ -214,6 +215,39 @@ def test_flags_are_carried_to_the_next_output_block():
     assert bank.process(_block(np.zeros(100, np.complex64), ORIGIN, flags=Flags.CLIPPED)) is None
     out = bank.process(_block(np.zeros(10_000, np.complex64), ORIGIN + 100, flags=Flags.AGC))
     assert out.flags == Flags.CLIPPED | Flags.AGC
+
+
+@pytest.mark.parametrize("in_rate_hz", [IN_RATE_HZ, 240_000.0], ids=["2.4M", "240k"])
+def test_the_feature_rate_resampler_equals_one_channelizer_per_channel(in_rate_hz):
+    """All channels at once, across uneven blocks: each channel's samples as its own Channelizer gives them (to
+    float32 rounding), the same t0_ns, and the same accounting."""
+    spacing_hz = 12_500.0 if in_rate_hz == IN_RATE_HZ else 2_500.0
+    channels = [-40, -3, 0, 1, 7, 39] if in_rate_hz == IN_RATE_HZ else [-20, 0, 5, 10]
+    oversampling = 2 if in_rate_hz == IN_RATE_HZ else 12  # feature_grid's: 25 and 30 kS/s out
+    bank = FilterBank(in_rate_hz, CENTER_HZ, spacing_hz, channels, oversampling=oversampling, passband_hz=11_000.0,
+                      stopband_hz=oversampling * spacing_hz / 2)
+    together, one_each = FeatureRateResampler(bank, 24_000.0), feature_rate_channelizers(bank, 24_000.0)
+    x = _noise(int(in_rate_hz * 0.3), 3)
+    index, got, want = ORIGIN, [], []
+    for n in (100, 7, 9_000, 31_000, 3, 20_000, len(x)):
+        piece = x[index - ORIGIN : index - ORIGIN + n]
+        index += len(piece)
+        out = bank.process(_block(piece, index - len(piece), fs=in_rate_hz)) if len(piece) else None
+        if out is None:
+            continue
+        rows = together.process(out)
+        singles = [c.process(out.channel_block(i)) for i, c in enumerate(one_each)]
+        assert (rows is None) == (singles[0] is None)
+        if rows is not None:
+            assert rows[1] == singles[0].t0_ns
+            got.append(rows[0])
+            want.append(np.stack([s.samples for s in singles], axis=1))
+    assert len(got) >= 3
+    np.testing.assert_allclose(np.concatenate(got), np.concatenate(want), rtol=0, atol=1e-6)
+    assert (together.samples_in, together.samples_out) == (one_each[0].samples_in, one_each[0].samples_out)
+    assert together.input_samples_represented(77) == one_each[0].input_samples_represented(77)
+    together.reset()
+    assert (together.samples_in, together.samples_out) == (0, 0)
 
 
 def test_feature_rate_step_keeps_the_accounting_and_the_tone():
