@@ -3,7 +3,8 @@ headless Chromium (Debian's `chromium`, driven over the DevTools protocol) showi
 
 Checked on screenshots, pixel by pixel, not only in the DOM: the receivers are drawn, at least one ellipse in its
 estimator's colour appears within a few seconds, and a receiver that stops (its simulated signal ends, so the
-daemon's status reports it down) turns the down colour. The last screenshot is kept (docs/img/map.png is one) in
+daemon's status reports it down) turns the down colour. The tile server is unreachable, so the map is drawn on its
+graticule. The last screenshot is kept (docs/img/map.png is one) in
 HEIMDALL_ARTIFACTS_DIR when set, else in the test's tmp_path. The unit tests of the picture (MapState,
 ellipse_polygon) run without a browser.
 """
@@ -42,6 +43,8 @@ STOPPING_RECEIVER = "milano"
 STOP_AFTER_S = 14.0
 FIRST_LOCALIZATION_S = 20.0
 WINDOW = (1280, 860)
+#: a tile server that refuses every connection (port 9, discard): the map must still draw, on its graticule
+UNREACHABLE_TILES = "http://127.0.0.1:9/{z}/{x}/{y}.png"
 
 
 # The picture, without a browser -------------------------------------------------------------------------
@@ -247,13 +250,14 @@ async def drive(devtools_port: int, shots: Path, stopping_at: tuple[float, float
             f"'{STOPPING_RECEIVER} (down)')", STOP_AFTER_S + 20, f"{STOPPING_RECEIVER} reported down")
         await asyncio.sleep(0.5)
         png = await page.screenshot()
+        drawn_after = await page.evaluate("heimdallMap.drawn")
         (shots / "map.png").write_bytes(png)
         after = decode_png(png)
     marker = {"before": marker_colour(before, centre, scale), "after": marker_colour(after, centre, scale)}
-    estimator_pixels = {name: pixels_of(before, colour) for name, colour in colours["estimator"].items()}
-    return {"drawn": drawn_before, "estimator_pixels": estimator_pixels, "colours": colours, "marker": marker,
+    estimator_pixels = {name: pixels_of(after, colour) for name, colour in colours["estimator"].items()}
+    return {"drawn": drawn_before, "drawn_after": drawn_after, "estimator_pixels": estimator_pixels, "colours": colours, "marker": marker,
             "heard_before": pixels_of(before, colours["heard"]), "down_before": pixels_of(before, colours["down"]),
-            "down_after": pixels_of(after, colours["down"])}
+            "down_after": pixels_of(after, colours["down"]), "graticule": pixels_of(after, colours["graticule"])}
 
 
 @pytest.mark.slow
@@ -267,15 +271,17 @@ def test_map_page_draws_receivers_ellipses_and_a_receiver_going_down(tmp_path):
     overrides = {"receivers": receivers, "output": {"status_interval_s": 0.5}}
     with running_daemon(tmp_path, overrides) as daemon, \
             started([sys.executable, "-m", "streamer", "map", daemon.pub_endpoint, "-c", str(daemon.config_path),
-                     "--http", "127.0.0.1:0", "--tiles", "none"], r"serving (http://\S+/)") as served, \
+                     "--http", "127.0.0.1:0", "--tiles", UNREACHABLE_TILES], r"serving (http://\S+/)") as served, \
             tempfile.TemporaryDirectory() as profile, \
             started([chromium, "--headless=new", "--remote-debugging-port=0", f"--user-data-dir={profile}",
                      "--no-sandbox", "--disable-gpu", "--no-first-run", f"--window-size={WINDOW[0]},{WINDOW[1]}",
                      served.group(1)], r"DevTools listening on ws://127\.0\.0\.1:(\d+)/") as devtools:
         seen = asyncio.run(drive(int(devtools.group(1)), shots, (stopping["lat"], stopping["lon"])))
         state = fetch_json(served.group(1) + "state")
+    print(f"map screenshots ({shots / 'map.png'}): {json.dumps({k: v for k, v in seen.items() if k != 'colours'})}")
     assert seen["drawn"]["receivers"] == 7 and seen["drawn"]["ellipses"] >= 2, seen
-    assert max(seen["estimator_pixels"].values()) > 200, f"no ellipse on the screenshot: {seen}"
+    assert seen["drawn_after"]["tileErrors"] > 0 and seen["graticule"] > 1000, f"no graticule without tiles: {seen}"
+    assert min(seen["estimator_pixels"].values()) > 200, f"an estimator's ellipses not on the screenshot: {seen}"
     assert seen["heard_before"] > 100, f"no receiver marker drawn as heard: {seen}"
     colours = seen["colours"]
     assert seen["marker"]["before"] in (colours["heard"], colours["up"]), f"{STOPPING_RECEIVER}'s marker: {seen}"

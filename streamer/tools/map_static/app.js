@@ -7,7 +7,7 @@
 const COLOURS = {
   heard: "#1a9641", up: "#f4a81d", down: "#d7191c", unknown: "#888888",
   estimator: { onnx: "#2b83ba", physics: "#7b3294" }, otherEstimator: "#e66101",
-  track: "#303030", truth: "#000000", graticule: "#b4bcc8",
+  track: "#303030", truth: "#000000", graticule: "#cdd3dc",
 };
 
 const map = L.map("map", { zoomSnap: 0.25, worldCopyJump: true });
@@ -42,7 +42,8 @@ function drawGraticule() {
   const b = map.getBounds();
   const span = Math.max(b.getNorth() - b.getSouth(), b.getEast() - b.getWest());
   const step = [30, 10, 5, 2, 1, 0.5, 0.25, 0.1, 0.05, 0.02, 0.01].find((s) => span / s >= 4) || 0.01;
-  const style = { pane: "graticule", color: COLOURS.graticule, weight: 1, interactive: false };
+  // 2 px wide, so that at least one pixel across each line is the graticule's colour wherever the line falls
+  const style = { pane: "graticule", color: COLOURS.graticule, weight: 2, opacity: 1, interactive: false };
   for (let lat = Math.ceil(b.getSouth() / step) * step; lat <= b.getNorth(); lat += step) {
     L.polyline([[lat, b.getWest()], [lat, b.getEast()]], style).addTo(layers.graticule);
     L.marker([lat, b.getWest()], { pane: "graticule", interactive: false, icon: L.divIcon({
