@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from streamer.core.errors import HeimdallError
 from streamer.core.geodesy import Origin, enu_to_geodetic
 from streamer.tools.listen import DEFAULT_ENDPOINT
 
@@ -203,22 +204,32 @@ def static_folder():
     return importlib.resources.files("streamer.tools").joinpath("map_static")
 
 
-async def subscribe(state: MapState, endpoint: str, curve: dict | None = None) -> None:
-    """Read the daemon's messages into ``state`` until cancelled."""
-    import msgpack
+def open_subscriber(endpoint: str, curve: dict | None = None):
+    """A ``zmq.asyncio`` SUB socket connected to ``endpoint`` for the map's topics; ``curve``: ``{"keys": KeyPair,
+    "server_key": bytes}`` or None. A malformed endpoint is a HeimdallError naming it."""
     import zmq
     import zmq.asyncio
 
     from streamer.core.security import make_curve_client
 
-    ctx = zmq.asyncio.Context.instance()
-    sock = ctx.socket(zmq.SUB)
+    sock = zmq.asyncio.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     if curve:
         make_curve_client(sock, curve["keys"], curve["server_key"])
     for topic in TOPICS:
         sock.setsockopt_string(zmq.SUBSCRIBE, topic)
-    sock.connect(endpoint)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise HeimdallError(f"endpoint {endpoint!r}: cannot subscribe: {exc}; expected e.g. {DEFAULT_ENDPOINT}") from exc
+    return sock
+
+
+async def subscribe(state: MapState, sock) -> None:
+    """Read the daemon's messages from ``sock`` (``open_subscriber``) into ``state`` until cancelled; closes it."""
+    import msgpack
+
     try:
         while True:
             frames = await sock.recv_multipart()
@@ -274,14 +285,20 @@ async def serve(state: MapState, endpoint: str, host: str, port: int, curve: dic
     """Subscribe and serve until ``stop`` is set; logs the page's address."""
     from aiohttp import web
 
+    sock = open_subscriber(endpoint, curve)
     runner = web.AppRunner(build_app(state), shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        sock.close()
+        await runner.cleanup()
+        raise HeimdallError(f"--http {host}:{port}: cannot serve there: {exc.strerror or exc}") from exc
     bound = site._server.sockets[0].getsockname()  # the port the OS chose for port 0
     url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     print(f"heimdall map: serving http://{url_host}:{bound[1]}/ from {endpoint}", file=sys.stderr, flush=True)
-    reader = asyncio.create_task(subscribe(state, endpoint, curve))
+    reader = asyncio.create_task(subscribe(state, sock))
     try:
         await stop.wait()
     finally:

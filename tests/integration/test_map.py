@@ -299,7 +299,7 @@ def test_map_subscribes_with_curve(tmp_path):
     import zmq
 
     from streamer.core import security
-    from streamer.tools.map import subscribe
+    from streamer.tools.map import open_subscriber, subscribe
 
     paths = {name: security.generate_keys(tmp_path, name) for name in ("daemon", "map")}
     keys = {name: security.load_secret_key(secret, key=name) for name, (_, secret) in paths.items()}
@@ -316,8 +316,8 @@ def test_map_subscribes_with_curve(tmp_path):
         security.make_curve_server(pub, keys["daemon"], security.OUTPUT_DOMAIN)
         port = pub.bind_to_random_port("tcp://127.0.0.1")
         state = MapState({"a": (45.0, 7.0)})
-        reader = asyncio.create_task(subscribe(state, f"tcp://127.0.0.1:{port}",
-                                               {"keys": keys["map"], "server_key": keys["daemon"].public}))
+        sock = open_subscriber(f"tcp://127.0.0.1:{port}", {"keys": keys["map"], "server_key": keys["daemon"].public})
+        reader = asyncio.create_task(subscribe(state, sock))
         try:
             for _ in range(100):
                 pub.send_multipart([b"status", msgpack.packb({"receivers": {"a": {"up": True}}})])
@@ -334,3 +334,21 @@ def test_map_subscribes_with_curve(tmp_path):
 
     state = asyncio.run(check())
     assert state.counts["status"] >= 1 and state.receivers["a"]["up"] is True
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["map", "--http", "foo"], "--http 'foo': expected HOST:PORT"),
+    (["map", "--secret-key", "map.key_secret"], "--secret-key and --server-key go together"),
+    (["map", "--track", "0"], "--track 0: expected a whole number >= 1"),
+    (["map", "tcp//nowhere", "--http", "127.0.0.1:0"], "endpoint 'tcp//nowhere': cannot subscribe"),
+])
+def test_map_refuses_bad_options_with_a_message_naming_them(argv, expected, capsys):
+    pytest.importorskip("aiohttp", reason=f"needs the [map] extra (aiohttp): {MAP_INSTALL}")
+    from streamer.cli import main
+
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's usage error
+        status = exc.code
+    assert status == 2
+    assert expected in capsys.readouterr().err
