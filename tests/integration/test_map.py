@@ -86,6 +86,19 @@ def test_map_state_keeps_the_latest_estimate_per_estimator_the_track_and_who_is_
     assert snap["counts"] == {"loc": 3, "status": 1, "truth": 1}
 
 
+def test_map_state_keeps_the_latest_emission_per_channel_and_each_receivers_peak_snr():
+    state = MapState({"a": (45.0, 7.0)})
+    start = {"v": 2, "event": "start", "emission_id": 3, "channel": "145.500", "channel_hz": 145.5e6,
+             "start_ns": 1, "end_ns": None, "receivers": [], "peak_snr_db": {}, "active_frames": None}
+    assert state.apply("emission.band", start)
+    assert state.snapshot()["emissions"]["145.500"]["event"] == "start"
+    assert state.apply("emission.band", {**start, "event": "end", "end_ns": 2, "receivers": ["a"],
+                                         "peak_snr_db": {"a": 17.5}, "active_frames": 40})
+    snap = state.snapshot()
+    assert snap["emissions"]["145.500"] == {"event": "end", "emission_id": 3, "channel_hz": 145.5e6, "receivers": ["a"]}
+    assert snap["receivers"][0]["peak_snr_db"] == 17.5
+
+
 def test_map_state_counts_unusable_messages_and_keeps_its_picture():
     state = MapState({"a": (45.0, 7.0)})
     assert not state.apply("loc", {"lat": "x"})
@@ -251,11 +264,12 @@ async def drive(devtools_port: int, shots: Path, stopping_at: tuple[float, float
         await asyncio.sleep(0.5)
         png = await page.screenshot()
         drawn_after = await page.evaluate("heimdallMap.drawn")
+        truth_hidden = await page.evaluate("document.getElementById('show-truth').click(), heimdallMap.drawn.truth")
         (shots / "map.png").write_bytes(png)
         after = decode_png(png)
     marker = {"before": marker_colour(before, centre, scale), "after": marker_colour(after, centre, scale)}
     estimator_pixels = {name: pixels_of(after, colour) for name, colour in colours["estimator"].items()}
-    return {"drawn": drawn_before, "drawn_after": drawn_after, "estimator_pixels": estimator_pixels, "colours": colours, "marker": marker,
+    return {"drawn": drawn_before, "drawn_after": drawn_after, "truth_after_toggle": truth_hidden, "estimator_pixels": estimator_pixels, "colours": colours, "marker": marker,
             "heard_before": pixels_of(before, colours["heard"]), "down_before": pixels_of(before, colours["down"]),
             "down_after": pixels_of(after, colours["down"]), "graticule": pixels_of(after, colours["graticule"])}
 
@@ -280,6 +294,7 @@ def test_map_page_draws_receivers_ellipses_and_a_receiver_going_down(tmp_path):
         state = fetch_json(served.group(1) + "state")
     print(f"map screenshots ({shots / 'map.png'}): {json.dumps({k: v for k, v in seen.items() if k != 'colours'})}")
     assert seen["drawn"]["receivers"] == 7 and seen["drawn"]["ellipses"] >= 2, seen
+    assert seen["drawn_after"]["truth"] == 1 and seen["truth_after_toggle"] == 0, f"the truth toggle: {seen}"
     assert seen["drawn_after"]["tileErrors"] > 0 and seen["graticule"] > 1000, f"no graticule without tiles: {seen}"
     assert min(seen["estimator_pixels"].values()) > 200, f"an estimator's ellipses not on the screenshot: {seen}"
     assert seen["heard_before"] > 100, f"no receiver marker drawn as heard: {seen}"
