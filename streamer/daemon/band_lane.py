@@ -8,7 +8,7 @@ and windows of every channel cut on one grid.
   Nyquist), beyond the ±9.6 kHz from which the detection rule and the model read the noise, as the single-channel
   ``Channelizer``'s output is. A channel is covered when its whole bandwidth lies inside the receiver's band
   (``daemon.coverage.channel_in_band``, the rule ``heimdall check`` applies).
-- ``BandLane``: a ``daemon.lane.Lane`` with that front end and a ``ChannelRings`` (a ring buffer with one column
+- ``BandLane``: a ``daemon.lane.Lane`` with that front end and a ``ChannelRings`` (a ring buffer with one row
   per covered channel): the same block checks, and the same accounting, ``received == used + buffered + dropped``
   in input samples (row ``j`` of the rings owns the input samples its bank outputs own).
 - ``BandAligner``: the ``WindowAligner``'s grid and decisions, cutting ``BandWindow``s: samples ``[R, C, N]`` of
@@ -45,7 +45,7 @@ MIN_BANK_RATE_HZ = 25_000.0
 @dataclass(frozen=True)
 class ChannelRows:
     """A run of feature-rate samples of a receiver's covered channels: ``samples`` complex64 ``[n, C_covered]``
-    (time first, as ``ChannelRings`` stores them), ``t0_ns`` the Unix time of the first row."""
+    (time first, as the feature-rate step makes them; ``ChannelRings`` stores them channel first), ``t0_ns`` the Unix time of the first row."""
 
     samples: np.ndarray
     t0_ns: int
@@ -99,17 +99,47 @@ class BandFrontEnd:
 
 
 class ChannelRings(RingBuffer):
-    """A ``RingBuffer`` whose every index holds one sample per covered channel (complex64 ``[capacity, columns]``)."""
+    """A ``RingBuffer`` whose every index holds one sample per covered channel, stored channel first (complex64
+    ``[columns, capacity]``): a window of one channel is a contiguous run, so cutting ``[C, N]`` windows copies rows
+    instead of transposing."""
 
     def __init__(self, capacity: int, sample_rate_hz: float, columns: int) -> None:
         super().__init__(capacity, sample_rate_hz)
-        self._data = np.zeros((self.capacity, columns), dtype=np.complex64)
+        self._data = np.zeros((columns, self.capacity), dtype=np.complex64)
+
+    def append(self, samples: np.ndarray, t0_ns: int) -> int:
+        """Add rows ``[n, columns]`` (time first, as ``ChannelRows`` carries them); as ``RingBuffer.append``."""
+        n = len(samples)
+        if n == 0:
+            return 0
+        if self.t_anchor_ns is None:
+            self.t_anchor_ns = int(t0_ns)
+        overwritten = max(0, len(self) + n - self.capacity)
+        if n >= self.capacity:
+            samples = samples[-self.capacity :]
+            first = self.end_index + n - self.capacity
+        else:
+            first = self.end_index
+        pos = first % self.capacity
+        k = len(samples)
+        head = min(k, self.capacity - pos)
+        self._data[:, pos : pos + head] = samples[:head].T
+        self._data[:, : k - head] = samples[head:].T
+        self.end_index += n
+        self.start_index = max(self.start_index, self.end_index - self.capacity)
+        return overwritten
 
     def read(self, start: int, n: int) -> np.ndarray:
-        """Copy of ``n`` rows ``[n, columns]`` from segment index ``start``; they must be held."""
+        """Copy of ``n`` indices from segment index ``start`` as ``[n, columns]`` (a transposed view of a channel-first
+        copy: ``.T`` of it is contiguous); they must be held."""
         if start < self.start_index or start + n > self.end_index:
             raise IndexError(f"[{start}, {start + n}) not held in [{self.start_index}, {self.end_index})")
-        return np.take(self._data, np.arange(start, start + n) % self.capacity, axis=0)
+        pos = start % self.capacity
+        head = min(n, self.capacity - pos)
+        out = np.empty((len(self._data), n), dtype=np.complex64)
+        out[:, :head] = self._data[:, pos : pos + head]
+        out[:, head:] = self._data[:, : n - head]
+        return out.T
 
 
 class BandLane(Lane):
@@ -180,7 +210,7 @@ class BandAligner(WindowAligner):
                 reasons[lane.receiver_id] = reason
             taken = lane.take(t0, self.n_samples, reason)
             if taken is not None:
-                samples[i, lane.covered] = taken.T
+                samples[i, lane.covered] = taken.T  # channel first in memory: a copy of rows
                 present[i] = True
                 covered[i] = lane.covered
         return BandWindow(t0, t1, tuple(lane.receiver_id for lane in self.lanes), samples, present, reasons, covered)

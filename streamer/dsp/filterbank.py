@@ -552,13 +552,15 @@ class FeatureRateResampler:
     """
 
     def __init__(self, bank: FilterBank, feature_rate_hz: float, taps_per_phase: int = 20) -> None:
-        self.per_channel = feature_rate_channelizers(bank, feature_rate_hz, taps_per_phase)
-        template = self.per_channel[0]
+        first_hz = bank.center_freq_hz + bank.channels[0] * bank.channel_spacing_hz
+        template = Channelizer(bank.out_rate_hz, first_hz, first_hz, feature_rate_hz, taps_per_phase)
         self.up, self.down = template.up, template.down // template.decimation1
         self.n_channels = len(bank.channels)
         self._in_rate = Fraction(bank.out_rate_hz)
-        if template.decimation1 == 1:
-            self.per_channel = []  # one resampler over every row instead
+        self.per_channel: list[Channelizer] = []
+        if template.decimation1 > 1:
+            self.per_channel = feature_rate_channelizers(bank, feature_rate_hz, taps_per_phase)
+        else:
             up_taps = np.asarray(template.taps, dtype=np.float64)
             self.half_len = (len(up_taps) - 1) // 2
             self._span = bank_size(self.up, self.down, len(up_taps)) // self.up
