@@ -43,4 +43,4 @@ def substitute(expr: str, variables: dict[str, str]) -> str:
 
 def variable_values(rate_interval: str = "30s") -> dict[str, str]:
     """What a Prometheus-backed test puts in place of the dashboard's variables ("All" for the query variables)."""
-    return {"instance": ".+", "receiver": ".+", "__rate_interval": rate_interval}
+    return {"instance": ".+", "receiver": ".+", "channel": ".+", "__rate_interval": rate_interval}

@@ -11,20 +11,36 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import socket
 import subprocess
+import sys
+import threading
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
+import msgpack
 import pytest
+import zmq
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from receivers.base import ReceiverContext, TallyDropCounter
+from receivers.simulator import SimulatedReceiver
 from streamer.config import from_dict, load
+from streamer.daemon.app import Daemon
+from streamer.daemon.archive import FILE_NAME
+from streamer.daemon.band import BandPipeline
+from streamer.daemon.metrics import Metrics
+from streamer.estimators.build import build_estimators
 from tests.helpers.daemon import (
     check_localization_schema,
     collect_messages,
+    default_config,
+    merge,
     running_daemon,
+    to_toml,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +87,6 @@ needs_gnuradio = pytest.mark.skipif(
 
 
 def free_endpoint() -> str:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
@@ -197,9 +211,6 @@ def test_a_gnuradio_band_of_keyed_tones_gives_one_emission_per_burst_on_its_chan
 
 
 def test_the_band_daemon_archives_emission_events_beside_localizations_and_status(tmp_path):
-    from streamer.daemon.app import Daemon
-    from streamer.daemon.archive import FILE_NAME
-
     base = load(BAND_CONFIG)
     config = dataclasses.replace(
         base,
@@ -223,10 +234,136 @@ def test_the_band_daemon_archives_emission_events_beside_localizations_and_statu
 
 def test_overrides_form_a_valid_band_config():
     """The GNU Radio test's band and receivers make a config the daemon accepts, with the plan the bursts use."""
-    from tests.helpers.daemon import default_config, merge
-
     receivers = [{"id": rid, "kind": "gnuradio_zmq", "lat": lat, "lon": lon, "alt_m": alt, "endpoint": free_endpoint(),
                   "socket_type": "sub", "pass_tags": True} for rid, lat, lon, alt, _, _ in SITES]
     cfg = from_dict(merge(default_config(), {"band": BAND, "receivers": receivers}))
     plan = {ch.name: ch.centre_hz for ch in cfg.channel_plan()}
     assert all(plan[name] == freq for name, freq, _, _ in BURSTS)
+
+
+# A SigMF recording of a band ------------------------------------------------------------------------------------
+#: band-2m.toml from a fixed start (on the 0.5 s window grid): its seeded transmitters key on several channels here.
+BAND_START_NS = 1_790_000_000_000_000_000
+BAND_SECONDS = 10.0
+#: Messages about the last 1.5 s are left out of the comparison: the daemon cuts the final window when the ended
+#: recordings go offline (masked), and the emissions on the air then end at shutdown, not in a window.
+TAIL_NS = 1_500_000_000
+#: Fields that depend on when and how fast the messages were made, not on the samples.
+TIMING_FIELDS = ("latency_ms",)
+
+
+def band_receivers(**options) -> list[dict]:
+    """band-2m.toml's ``[[receivers]]`` with ``options`` set on each."""
+    receivers = _band_example()["receivers"]
+    for rx in receivers:
+        rx.update(options)
+    return receivers
+
+
+def offline_band_messages(config) -> list[tuple[str, dict]]:
+    """(topic, payload) of every message a BandPipeline publishes over ``config``'s simulated receivers, fed block by
+    block with every receiver's k-th block together (no receiver ever late), emissions still on the air left open."""
+    ctx = ReceiverContext(config, TallyDropCounter())
+    streams = [list(SimulatedReceiver.from_config(rx, ctx)) for rx in config.receivers]
+    sent: list[tuple[str, dict]] = []
+    clock = {"ns": BAND_START_NS}
+    band = BandPipeline(config, metrics=Metrics(registry=CollectorRegistry()),
+                        send=lambda topic, msg: sent.append((topic, msg)) or True,
+                        estimators=build_estimators(config), clock_ns=lambda: clock["ns"])
+    for k in range(max(len(s) for s in streams)):
+        batch = [s[k] for s in streams if k < len(s)]
+        clock["ns"] = max(b.t0_ns + b.duration_ns for b in batch)
+        band.push_many(batch, arrival_ns=clock["ns"])
+        band.poll()
+    return sent
+
+
+def data_time_ns(topic: str, msg: dict) -> int:
+    """The latest sample time a message depends on (Unix ns)."""
+    if topic.startswith("emission"):
+        return msg["end_ns"] if msg["event"] == "end" else msg["start_ns"]
+    return msg["t_end_ns"]
+
+
+def comparable(sent: list[tuple[str, dict]], cutoff_ns: int) -> list[tuple[str, dict]]:
+    return [(topic, {k: v for k, v in msg.items() if k not in TIMING_FIELDS}) for topic, msg in sent
+            if topic.startswith(("emission", "loc")) and data_time_ns(topic, msg) < cutoff_ns]
+
+
+@pytest.mark.slow
+def test_a_recorded_band_replays_through_the_daemon_to_the_same_emissions_and_localizations(tmp_path):
+    live = merge(default_config(), {
+        "network": {"name": "band-2m"}, "band": _band_table(),
+        "simulator": _band_simulator_table(),
+        "estimator": {"kind": "onnx"}, "pipeline": {"min_receivers": 3},
+        "receivers": band_receivers(realtime=False, start_ns=BAND_START_NS, duration_s=BAND_SECONDS + 5.0),
+    })
+    live_path = tmp_path / "live.toml"
+    live_path.write_text(to_toml(live))
+    out = tmp_path / "recording"
+    subprocess.run([sys.executable, "-m", "streamer", "record", "-c", str(live_path), "--seconds", str(BAND_SECONDS),
+                    str(out)], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    collection = out / "band-2m.sigmf-collection"
+    assert collection.exists(), sorted(p.name for p in out.iterdir())
+
+    live_cfg = load(live_path)
+    live_cfg = dataclasses.replace(live_cfg, receivers=tuple(dataclasses.replace(rx, options=dataclasses.replace(
+        rx.options, duration_s=BAND_SECONDS)) for rx in live_cfg.receivers))
+    cutoff_ns = BAND_START_NS + int(BAND_SECONDS * 1e9) - TAIL_NS
+    expected = comparable(offline_band_messages(live_cfg), cutoff_ns)
+
+    replay = {k: v for k, v in live.items() if k not in ("receivers", "output", "metrics")}
+    replay["receivers"] = [{"id": rx["id"], "kind": "sigmf", "lat": rx["lat"], "lon": rx["lon"], "alt_m": rx["alt_m"],
+                            "path": str(collection), "realtime": False} for rx in live["receivers"]]
+    got: list[tuple[str, dict]] = []
+    stop = threading.Event()
+    with running_daemon(tmp_path, overrides=replay, start_timeout_s=60.0, stop_timeout_s=10.0) as d:
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.linger = 0
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(d.pub_endpoint)
+
+        def listen() -> None:
+            while not stop.is_set():
+                if sub.poll(100):
+                    topic, body = sub.recv_multipart()
+                    got.append((topic.decode(), msgpack.unpackb(body, raw=False)))
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        expected_windows = int(BAND_SECONDS / 0.5) - 1  # the last one is cut when the recordings end
+        deadline = time.monotonic() + 120.0
+        while total(scrape(d.metrics_url), "heimdall_windows_total", outcome="band") < expected_windows:
+            assert time.monotonic() < deadline, f"replay did not finish; stderr:\n{d.stderr[-3000:]}"
+            time.sleep(0.2)  # polling a counter; the loop ends on the condition
+        m = scrape(d.metrics_url)
+    stop.set()
+    listener.join(5.0)
+    sub.close()
+
+    replayed = comparable(got, cutoff_ns)
+    ends = [msg for topic, msg in expected if topic.startswith("emission") and msg["event"] == "end"]
+    print(f"{len(expected)} messages compared, {len(ends)} emissions ended on {sorted({e['channel'] for e in ends})}")
+    assert len(ends) >= 3 and len({e["channel"] for e in ends}) >= 2, "too little band traffic to compare"
+    assert [t for t, _ in replayed] == [t for t, _ in expected]
+    for (topic, a), (_, b) in zip(expected, replayed):
+        assert a == b, f"{topic}: live {a}\nreplay {b}"
+    for rx in live["receivers"]:
+        residual = (total(m, "heimdall_samples_received_total", receiver=rx["id"])
+                    - total(m, "heimdall_samples_used_total", receiver=rx["id"])
+                    - total(m, "heimdall_samples_buffered", receiver=rx["id"])
+                    - total(m, "heimdall_samples_dropped_total", receiver=rx["id"], stage="pipeline"))
+        assert residual == 0, (rx["id"], residual)
+
+
+def _band_example() -> dict:
+    with BAND_CONFIG.open("rb") as f:
+        return tomllib.load(f)
+
+
+def _band_table() -> dict:
+    return _band_example()["band"]
+
+
+def _band_simulator_table() -> dict:
+    return _band_example()["simulator"]

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import re
 
-from tests.helpers.dashboard import load_dashboard, panels, substitute, targets, template_variables, variable_values
+from tests.helpers.dashboard import (
+    load_dashboard,
+    panels,
+    substitute,
+    targets,
+    template_variables,
+    variable_values,
+)
 from tests.helpers.metrics_doc import documented_series, exposed_series
 from tests.helpers.promql import label_names, metric_names
 
@@ -36,7 +43,7 @@ def test_datasource_is_a_variable():
     variables = template_variables(load_dashboard())
     ds = variables["datasource"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    for name in ("instance", "receiver"):
+    for name in ("instance", "receiver", "channel"):
         v = variables[name]
         assert v["type"] == "query" and v["datasource"]["uid"] == "${datasource}"
         assert v["includeAll"] and v["multi"]
@@ -108,6 +115,12 @@ def test_required_views_are_there():
         "heimdall_clock_offset_seconds",
         "heimdall_last_block_age_seconds",
         "heimdall_buffer_fill_ratio",
+        # band watch
+        "heimdall_emissions_started_total",
+        "heimdall_emissions_active",
+        "heimdall_emissions_dropped_short_total",
+        "heimdall_emission_localizations_total",
+        "heimdall_channel_masked_windows_total",
     }
     assert required <= used, f"missing views: {sorted(required - used)}"
     exprs = [t["expr"] for _, t in targets(load_dashboard())]
@@ -121,3 +134,13 @@ def test_scanner_rejects_unknown_series():
     documented = documented_series()
     assert metric_names('rate(heimdall_samples_recieved_total{receiver=~"$receiver"}[5m])') - exposed_series()
     assert label_names('sum by (reciever) (heimdall_receiver_up)') - labels_of("heimdall_receiver_up", documented)
+
+
+def test_band_watch_queries_follow_the_channel_variable():
+    """Every query on a series labelled by channel (band watch) narrows it to the selected channels."""
+    documented = documented_series()
+    band_series = {s for s in exposed_series() if "channel" in labels_of(s, documented)}
+    band_targets = [(title, t["expr"]) for title, t in targets(load_dashboard()) if metric_names(t["expr"]) & band_series]
+    assert band_targets, "no band watch panel"
+    for title, expr in band_targets:
+        assert 'channel=~"$channel"' in expr, f"{title}: {expr} ignores the channel variable"
