@@ -106,6 +106,9 @@ class BandPipeline(Pipeline):
         spec = config.features
         self.rules = [DetectionRule(channel_bandwidth_hz=ch.bandwidth_hz, snr_db=config.pipeline.detection_snr_db)
                       for ch in self.plan]
+        #: Channels that share a rule (a [band]: all of them), measured together: [(rule, channel indices)].
+        self._rule_groups = [(rule, np.array([c for c, other in enumerate(self.rules) if other == rule]))
+                             for rule in dict.fromkeys(self.rules)]
         self.tracker = EmissionTracker.from_rule(self.rules[0], [Channel(ch.name, ch.centre_hz) for ch in self.plan],
                                                  self.receiver_ids)
         self._channel_index = {ch.name: c for c, ch in enumerate(self.plan)}
@@ -147,11 +150,13 @@ class BandPipeline(Pipeline):
         features[~listening] = 0.0
         snr = np.full((len(self.plan), len(self.receiver_ids), spec.n_frames), np.nan)
         noise = np.full_like(snr, np.nan)
-        for c, rule in enumerate(self.rules):
-            if listening[c].any():
-                snr_c, noise_c = channel_frame_levels(rule, features[c], spec)
-                snr[c] = np.where(listening[c][:, None], snr_c, np.nan)
-                noise[c] = np.where(listening[c][:, None], noise_c, np.nan)
+        for rule, group in self._rule_groups:  # every channel of a rule in one call, not one call per channel
+            heard_in = group[listening[group].any(axis=1)]
+            if len(heard_in):
+                snr_g, noise_g = channel_frame_levels(rule, features[heard_in], spec)  # [g, R, T]
+                keep = listening[heard_in][:, :, None]
+                snr[heard_in] = np.where(keep, snr_g, np.nan)
+                noise[heard_in] = np.where(keep, noise_g, np.nan)
         found = self.tracker.update(snr, noise, window.present, frame_times_ns(window.t_start_ns, spec))
         m.feature_seconds.observe(time.perf_counter() - started)
         published: list[dict] = []

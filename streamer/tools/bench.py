@@ -1,5 +1,5 @@
-"""``heimdall bench pipeline|model|features|receivers``: the benchmarks. ``pipeline``, ``model`` and ``features`` are
-streamer.tools.bench_pipeline, streamer.tools.bench_model and streamer.tools.bench_features; ``receivers`` runs benchmarks/bench_receivers.py
+"""``heimdall bench pipeline|band|model|features|filterbank|receivers``: the benchmarks. ``pipeline``, ``band``, ``model``,
+``features`` and ``filterbank`` are streamer.tools.bench_<name>; ``receivers`` runs benchmarks/bench_receivers.py
 of a source checkout with the options given after it."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ RECEIVERS_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_r
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommands of ``heimdall bench`` and their options."""
     from streamer.tools import (
+        bench_band,
         bench_features,
         bench_filterbank,
         bench_model,
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     bench_sub = parser.add_subparsers(dest="bench", required=True)
     for name, module, text in (("pipeline", bench_pipeline, "channelizer + features + estimator as fast as possible"),
+                               ("band", bench_band, "band pipeline (filter bank, emissions, estimates) as fast as possible"),
                                ("model", bench_model, "batch-1 model latency: OnnxSession vs raw ONNX Runtime"),
                                ("features", bench_features, "mel features vs scipy stft + librosa mel and raw FFT"),
                                ("filterbank", bench_filterbank, "channel filter bank vs raw FFT and one channelizer per channel")):
