@@ -30,11 +30,16 @@ import sys
 import time
 
 import numpy as np
-import pmt
-from gnuradio import analog, blocks, gr, zeromq
+
+# GNU Radio is imported where the flowgraph is built, so that the project's own interpreter (pytest's doctest
+# collection walks tests/) can import this file without it.
 
 
 def start_tags(rate_hz, freq_hz, t0_s):
+    """``rx_rate``, ``rx_freq`` (Hz) and ``rx_time`` (``t0_s``, Unix s) tags on item 0."""
+    import pmt
+    from gnuradio import gr
+
     rx_time = pmt.make_tuple(pmt.from_uint64(int(t0_s)), pmt.from_double(t0_s - int(t0_s)))
     tags = []
     for key, value in (("rx_rate", pmt.from_double(rate_hz)), ("rx_freq", pmt.from_double(freq_hz)),
@@ -51,48 +56,50 @@ def keying(burst, keying_rate_hz, n_keys):
     return ((key_times_s >= burst["start_s"]) & (key_times_s < burst["stop_s"])).astype(np.float32)
 
 
-class BandTestSource(gr.top_block):
-    def __init__(self, spec, t0_s):
-        gr.top_block.__init__(self, "heimdall_band_test_source")
-        keying_rate_hz = float(spec["keying_rate_hz"])
-        n_keys = round(spec["duration_s"] * keying_rate_hz)
-        zeros = np.zeros(n_keys, np.complex64).tolist()
-        clock = blocks.throttle(gr.sizeof_gr_complex, keying_rate_hz)
-        self.connect(blocks.vector_source_c(zeros, False), clock)
-        for seed, stream in enumerate(spec["streams"], start=1):
-            rate_hz = float(stream["rate_hz"])
-            per_key = round(rate_hz / keying_rate_hz)
-            # The throttled clock's zeros carry the pace, a second source of zeros the start tags (offset 0 stays
-            # 0 through the repeat); the noise and the keyed tones are added to them.
-            stamp = blocks.add_cc()
-            self.connect(clock, (stamp, 0))
-            self.connect(blocks.vector_source_c(zeros, False, 1, start_tags(rate_hz, stream["freq_hz"], t0_s)),
-                         (stamp, 1))
-            pace = blocks.repeat(gr.sizeof_gr_complex, per_key)
-            total = blocks.add_cc()
-            self.connect(stamp, pace, (total, 0))
-            self.connect(analog.noise_source_c(analog.GR_GAUSSIAN, float(stream["noise_amplitude"]), seed), (total, 1))
-            gain = 10 ** (float(stream.get("gain_db", 0.0)) / 20)
-            for port, burst in enumerate(spec["bursts"], start=2):
-                envelope = blocks.vector_source_f(keying(burst, keying_rate_hz, n_keys).tolist(), False)
-                envelope_c = blocks.float_to_complex()
-                hold = blocks.repeat(gr.sizeof_gr_complex, per_key)
-                tone = analog.sig_source_c(rate_hz, analog.GR_COS_WAVE, burst["freq_hz"] - stream["freq_hz"],
-                                           burst["amplitude"] * gain)
-                keyed = blocks.multiply_cc()
-                self.connect(envelope, envelope_c, hold, (keyed, 0))
-                self.connect(tone, (keyed, 1))
-                self.connect(keyed, (total, port))
-            head = blocks.head(gr.sizeof_gr_complex, per_key * n_keys)
-            sink = zeromq.pub_sink(gr.sizeof_gr_complex, 1, stream["endpoint"], 100, True, -1)
-            self.connect(total, head, sink)
+def band_test_source(spec, t0_s):
+    """The flowgraph of ``spec`` (module docstring), not started."""
+    from gnuradio import analog, blocks, gr, zeromq
+
+    tb = gr.top_block("heimdall_band_test_source")
+    keying_rate_hz = float(spec["keying_rate_hz"])
+    n_keys = round(spec["duration_s"] * keying_rate_hz)
+    zeros = np.zeros(n_keys, np.complex64).tolist()
+    clock = blocks.throttle(gr.sizeof_gr_complex, keying_rate_hz)
+    tb.connect(blocks.vector_source_c(zeros, False), clock)
+    for seed, stream in enumerate(spec["streams"], start=1):
+        rate_hz = float(stream["rate_hz"])
+        per_key = round(rate_hz / keying_rate_hz)
+        # The throttled clock's zeros carry the pace, a second source of zeros the start tags (offset 0 stays
+        # 0 through the repeat); the noise and the keyed tones are added to them.
+        stamp = blocks.add_cc()
+        tb.connect(clock, (stamp, 0))
+        tb.connect(blocks.vector_source_c(zeros, False, 1, start_tags(rate_hz, stream["freq_hz"], t0_s)), (stamp, 1))
+        pace = blocks.repeat(gr.sizeof_gr_complex, per_key)
+        total = blocks.add_cc()
+        tb.connect(stamp, pace, (total, 0))
+        tb.connect(analog.noise_source_c(analog.GR_GAUSSIAN, float(stream["noise_amplitude"]), seed), (total, 1))
+        gain = 10 ** (float(stream.get("gain_db", 0.0)) / 20)
+        for port, burst in enumerate(spec["bursts"], start=2):
+            envelope = blocks.vector_source_f(keying(burst, keying_rate_hz, n_keys).tolist(), False)
+            envelope_c = blocks.float_to_complex()
+            hold = blocks.repeat(gr.sizeof_gr_complex, per_key)
+            tone = analog.sig_source_c(rate_hz, analog.GR_COS_WAVE, burst["freq_hz"] - stream["freq_hz"],
+                                       burst["amplitude"] * gain)
+            keyed = blocks.multiply_cc()
+            tb.connect(envelope, envelope_c, hold, (keyed, 0))
+            tb.connect(tone, (keyed, 1))
+            tb.connect(keyed, (total, port))
+        head = blocks.head(gr.sizeof_gr_complex, per_key * n_keys)
+        sink = zeromq.pub_sink(gr.sizeof_gr_complex, 1, stream["endpoint"], 100, True, -1)
+        tb.connect(total, head, sink)
+    return tb
 
 
 def main():
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     t0_ns = time.time_ns()
-    tb = BandTestSource(spec, t0_ns / 1e9)
+    tb = band_test_source(spec, t0_ns / 1e9)
     tb.start()
     print(f"started {t0_ns}", flush=True)
     try:
