@@ -1,9 +1,13 @@
-"""Band watch against real peers: a GNU Radio 3.10 flowgraph keying tones on several channels of a band
-(tests/integration/gnuradio_band_source.py: one 2.4 MS/s stream and two 240 kS/s ones, each on a gr-zeromq PUB
-sink with tags) -> `heimdall run` -> one emission per burst, on the burst's channel, at its times, localized, with
-the sample accounting exact; and the emission events in the JSON-lines archive.
+"""Band watch against real peers, through `heimdall run`.
 
-GNU Radio runs under the system Python (/usr/bin/python3); the test skips, naming the apt package, without it.
+- GNU Radio: a 3.10 flowgraph (tests/integration/gnuradio_band_source.py) keys tones on four channels of a band and
+  publishes them as one 2.4 MS/s and two 240 kS/s tagged streams on gr-zeromq PUB sinks, one per receiver site: one
+  emission per burst, on the burst's channel, at its times, heard by every site, localized (interim and final, the
+  final ones nearest the loudest site), the received power of each site set, and the sample accounting exact.
+  GNU Radio runs under the system Python (/usr/bin/python3); without it the test skips, naming the apt package.
+- SigMF: `heimdall record` of config/examples/band-2m.toml, replayed (kind sigmf) by the daemon, gives the same
+  emission events and localizations as the band pipeline on the live simulated stream, message by message.
+- The archive holds a band daemon's emission events beside its localizations.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from receivers.base import ReceiverContext, TallyDropCounter
 from receivers.simulator import SimulatedReceiver
 from streamer.config import from_dict, load
+from streamer.core.geodesy import Origin, geodetic_to_enu_m
 from streamer.daemon.app import Daemon
 from streamer.daemon.archive import FILE_NAME
 from streamer.daemon.band import BandPipeline
@@ -112,6 +117,11 @@ def accounting(samples: dict[tuple[str, tuple], float], rid: str) -> dict[str, f
         "dropped": total(samples, "heimdall_samples_dropped_total", receiver=rid, stage="pipeline"),
         "source_dropped": total(samples, "heimdall_samples_dropped_total", receiver=rid, stage="source"),
     }
+
+
+def km_between(lat_a: float, lon_a: float, lat_b: float, lon_b: float) -> float:
+    east_m, north_m, _ = geodetic_to_enu_m(lat_a, lon_a, 0.0, Origin(lat_b, lon_b, 0.0))
+    return math.hypot(east_m, north_m) / 1e3
 
 
 def flowgraph_spec(endpoints: dict[str, str]) -> dict:
@@ -200,6 +210,17 @@ def test_a_gnuradio_band_of_keyed_tones_gives_one_emission_per_burst_on_its_chan
         assert len(finals) == 1, f"emission {end['emission_id']} on {end['channel']}: {len(finals)} final estimates"
         assert (finals[0]["t_start_ns"], finals[0]["t_end_ns"]) == (end["start_ns"], end["end_ns"])
         assert any(msg["stage"] == "interim" for msg in mine), f"emission {end['emission_id']}: no interim estimate"
+    # Every site hears every burst with the same gain: the loudest site (torino) is the nearest to each final
+    # estimate, and the four estimates of each estimator agree.
+    finals = [est for msgs in by_emission.values() for msg in msgs if msg["stage"] == "final"
+              for est in (msg, *msg["alternatives"])]
+    for est in finals:
+        distance_km = {rid: km_between(est["lat"], est["lon"], lat, lon) for rid, lat, lon, *_ in SITES}
+        assert min(distance_km, key=distance_km.get) == "torino", (est["estimator"], distance_km)
+    for name in {est["estimator"] for est in finals}:
+        mine = [est for est in finals if est["estimator"] == name]
+        spread_km = max(km_between(a["lat"], a["lon"], b["lat"], b["lon"]) for a in mine for b in mine)
+        assert spread_km < 2.0, f"{name}: final estimates of the same transmitter {spread_km:.1f} km apart"
     for channel, count in {"145.4625": 2, "145.5125": 1, "145.5375": 1, "145.45": 0}.items():
         assert total(m, "heimdall_emissions_started_total", channel=channel) == count, channel
         assert total(m, "heimdall_emissions_ended_total", channel=channel) == count, channel
