@@ -17,6 +17,8 @@ SPEC.json::
 Every stream carries every burst: a complex tone at the burst's frequency (offset from the stream's
 ``freq_hz``), of ``amplitude`` (full scale) times ``gain_db``, keyed on from ``start_s`` to ``stop_s`` (seconds
 from item 0, on the keying grid of ``1/keying_rate_hz`` s), plus complex Gaussian noise of ``noise_amplitude``.
+A burst with ``deviation_hz`` and ``tone_hz`` is NBFM instead: its carrier frequency-modulated by a ``tone_hz``
+sine at ``deviation_hz`` peak deviation (the same power).
 Item 0 of every stream carries ``rx_rate``, ``rx_freq`` (Hz) and ``rx_time`` (the host clock when the flowgraph
 starts) tags. The keying envelope, at ``keying_rate_hz``, is the one throttled source: every stream is paced by
 it, so all of them run in real time together. Each stream stops after exactly ``duration_s * rate_hz`` items.
@@ -83,11 +85,18 @@ def band_test_source(spec, t0_s):
             envelope = blocks.vector_source_f(keying(burst, keying_rate_hz, n_keys).tolist(), False)
             envelope_c = blocks.float_to_complex()
             hold = blocks.repeat(gr.sizeof_gr_complex, per_key)
-            tone = analog.sig_source_c(rate_hz, analog.GR_COS_WAVE, burst["freq_hz"] - stream["freq_hz"],
-                                       burst["amplitude"] * gain)
+            carrier = analog.sig_source_c(rate_hz, analog.GR_COS_WAVE, burst["freq_hz"] - stream["freq_hz"],
+                                          burst["amplitude"] * gain)
             keyed = blocks.multiply_cc()
             tb.connect(envelope, envelope_c, hold, (keyed, 0))
-            tb.connect(tone, (keyed, 1))
+            if "deviation_hz" in burst:  # NBFM: the carrier frequency-modulated by a tone
+                modulating = analog.sig_source_f(rate_hz, analog.GR_SIN_WAVE, float(burst["tone_hz"]), 1.0)
+                fm = analog.frequency_modulator_fc(2 * np.pi * float(burst["deviation_hz"]) / rate_hz)
+                modulated = blocks.multiply_cc()
+                tb.connect(modulating, fm, (modulated, 0))
+                tb.connect(carrier, (modulated, 1))
+                carrier = modulated
+            tb.connect(carrier, (keyed, 1))
             tb.connect(keyed, (total, port))
         head = blocks.head(gr.sizeof_gr_complex, per_key * n_keys)
         sink = zeromq.pub_sink(gr.sizeof_gr_complex, 1, stream["endpoint"], 100, True, -1)

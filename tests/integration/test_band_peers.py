@@ -1,6 +1,7 @@
 """Band watch against real peers, through `heimdall run`.
 
-- GNU Radio: a 3.10 flowgraph (tests/integration/gnuradio_band_source.py) keys tones on four channels of a band and
+- GNU Radio: a 3.10 flowgraph (tests/integration/gnuradio_band_source.py) keys carriers and an NBFM burst on four
+  channels of a band and
   publishes them as one 2.4 MS/s and two 240 kS/s tagged streams on gr-zeromq PUB sinks, one per receiver site: one
   emission per burst, on the burst's channel, at its times, heard by every site, localized (interim and final, the
   final ones nearest the loudest site), the received power of each site set, and the sample accounting exact.
@@ -57,12 +58,14 @@ BAND = {"start_hz": 145.45e6, "stop_hz": 145.5375e6, "spacing_hz": 12_500.0, "ba
 STREAM_S = 7.0
 NOISE_DENSITY = 0.01**2 / 2.4e6  # full scale squared per Hz, the same on every stream
 BURST_AMPLITUDE = 0.01  # full scale at the 2.4 MS/s site: 22 dB over the noise in a 12.5 kHz channel; 16 and 12 dB at the others
+NBFM_CHANNEL = "145.5125"
+NBFM = {"deviation_hz": 2_500.0, "tone_hz": 1_000.0}
 #: A keyed carrier sits this far above its channel's centre: the mel bands the features read start above 0 Hz, so a
 #: carrier exactly at the centre reads several dB below its power (an NBFM signal spreads over the bands).
 CARRIER_OFFSET_HZ = 1_000.0
-#: The keyed tones: channel name, its centre (Hz), on and off (s from the streams' item 0). The first 2 s are quiet:
-#: the noise floors settle and a PUB's slow-joiner loss falls there. Channel 145.4625 keys twice; the others
-#: overlap it in time.
+#: The bursts: channel name, its centre (Hz), on and off (s from the streams' item 0). The first 2 s are quiet: the
+#: noise floors settle and a PUB's slow-joiner loss falls there. Channel 145.4625 keys twice; the others overlap it
+#: in time. The one on NBFM_CHANNEL is NBFM on the channel's centre; the others are keyed carriers.
 BURSTS = (
     ("145.4625", 145.4625e6, 2.0, 3.0),
     ("145.5125", 145.5125e6, 2.5, 4.0),
@@ -131,8 +134,10 @@ def flowgraph_spec(endpoints: dict[str, str]) -> dict:
         "streams": [{"endpoint": endpoints[rid], "rate_hz": rate, "freq_hz": CENTRE_HZ,
                      "noise_amplitude": math.sqrt(NOISE_DENSITY * rate), "gain_db": gain}
                     for rid, _, _, _, rate, gain in SITES],
-        "bursts": [{"freq_hz": freq + CARRIER_OFFSET_HZ, "start_s": on, "stop_s": off, "amplitude": BURST_AMPLITUDE}
-                   for _, freq, on, off in BURSTS],
+        "bursts": [{"freq_hz": freq, "start_s": on, "stop_s": off, "amplitude": BURST_AMPLITUDE, **NBFM}
+                   if channel == NBFM_CHANNEL else
+                   {"freq_hz": freq + CARRIER_OFFSET_HZ, "start_s": on, "stop_s": off, "amplitude": BURST_AMPLITUDE}
+                   for channel, freq, on, off in BURSTS],
     }
 
 
