@@ -2,8 +2,9 @@
 
 - GNU Radio: a 3.10 flowgraph (tests/integration/gnuradio_band_source.py) keys carriers and an NBFM burst on four
   channels of a band and publishes them as one 2.4 MS/s and two 240 kS/s tagged streams on gr-zeromq PUB sinks,
-  one per receiver site: one emission per burst, on the burst's channel, at its times, heard by every site, localized (interim and final, the
-  final ones nearest the loudest site), the received power of each site set, and the sample accounting exact.
+  one per receiver site: one emission per burst, on the burst's channel, at its times, heard by every site,
+  localized (interim and final, the final ones nearest the loudest site), the received power of each site set, and
+  the sample accounting exact.
   GNU Radio runs under the system Python (/usr/bin/python3); without it the test skips, naming the apt package.
 - SigMF: `heimdall record` of config/examples/band-2m.toml, replayed (kind sigmf) by the daemon, gives the same
   emission events and localizations as the band pipeline on the live simulated stream, message by message.
