@@ -193,6 +193,7 @@ class BandPipeline(Pipeline):
         published = []
         for window in self.aligner.poll(now):
             published += self._process(window, now)
+            self.aligner.recycle(window)  # nothing keeps a window's samples past _process
         self._update_receiver_gauges(now)
         return published
 

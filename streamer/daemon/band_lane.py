@@ -191,10 +191,18 @@ class BandAligner(WindowAligner):
     def __init__(self, lanes: list[BandLane], n_channels: int, **options) -> None:
         super().__init__(lanes, **options)
         self.n_channels = n_channels
+        self._spare: list[np.ndarray] = []
+
+    def recycle(self, window: BandWindow) -> None:
+        """Hand back a window its caller is done with: its sample array (``R x C x N`` complex64, large for a band) is
+        reused by a later cut instead of fresh memory, whose first touch costs more than the copy into it."""
+        if len(self._spare) < 2 and window.samples.shape == (len(self.lanes), self.n_channels, self.n_samples):
+            self._spare.append(window.samples)
 
     def _cut(self, t0: int, t1: int, host_ns: int) -> BandWindow:
         n_rx = len(self.lanes)
-        samples = np.zeros((n_rx, self.n_channels, self.n_samples), dtype=np.complex64)
+        shape = (n_rx, self.n_channels, self.n_samples)
+        samples = self._spare.pop() if self._spare else np.empty(shape, dtype=np.complex64)
         present = np.zeros(n_rx, dtype=bool)
         covered = np.zeros((n_rx, self.n_channels), dtype=bool)
         reasons = {}
@@ -209,8 +217,11 @@ class BandAligner(WindowAligner):
                     reason = "late"
                 reasons[lane.receiver_id] = reason
             taken = lane.take(t0, self.n_samples, reason)
-            if taken is not None:
+            if taken is None:
+                samples[i] = 0
+            else:
                 samples[i, lane.covered] = taken.T  # channel first in memory: a copy of rows
+                samples[i, ~lane.covered] = 0
                 present[i] = True
                 covered[i] = lane.covered
         return BandWindow(t0, t1, tuple(lane.receiver_id for lane in self.lanes), samples, present, reasons, covered)
