@@ -134,7 +134,7 @@ class EstimatorConfig:
 @dataclass(frozen=True)
 class ArchiveConfig:
     dir: str | None = field(
-        default=None, metadata=_doc("write every localization and status message as JSON lines here (unset: no archive)")
+        default=None, metadata=_doc("write every localization, emission event and status message as JSON lines here (unset: no archive)")
     )
     max_bytes: int = field(default=64 << 20, metadata=_doc("a file is rotated before it would grow past this size (bytes)"))
     keep_files: int = field(default=10, metadata=_doc("rotated files kept besides the current one; older ones are deleted"))

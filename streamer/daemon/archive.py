@@ -1,4 +1,4 @@
-"""JsonlArchive: every published localization and status message as one JSON line, in rotating files.
+"""JsonlArchive: every published localization, emission event and status message as one JSON line, in rotating files.
 
 Layout in ``[output.archive] dir``: ``heimdall.jsonl`` is written; when the next line would take it past
 ``max_bytes`` it becomes ``heimdall.jsonl.1`` (the older ones shift to ``.2`` ... and the one past
