@@ -196,7 +196,7 @@ class BandAligner(WindowAligner):
     def recycle(self, window: BandWindow) -> None:
         """Hand back a window its caller is done with: its sample array (``R x C x N`` complex64, large for a band) is
         reused by a later cut instead of fresh memory, whose first touch costs more than the copy into it."""
-        if len(self._spare) < 2 and window.samples.shape == (len(self.lanes), self.n_channels, self.n_samples):
+        if not self._spare and window.samples.shape == (len(self.lanes), self.n_channels, self.n_samples):
             self._spare.append(window.samples)
 
     def _cut(self, t0: int, t1: int, host_ns: int) -> BandWindow:

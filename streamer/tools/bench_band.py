@@ -103,6 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spacing", type=float, default=12_500.0, help="channel spacing (Hz)")
     parser.add_argument("--active", type=int, default=16, help="keyed carriers, one per channel")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of stream timed (after the rings fill)")
+    parser.add_argument("--buffer-s", type=float, default=None,
+                        help="pipeline.buffer_s, the ring buffer per receiver (s; default: the config's)")
     parser.add_argument("-c", "--config", help="config whose features, rule and estimators to use (default: embedded)")
 
 
@@ -114,8 +116,8 @@ def _config(args) -> config_mod.Config:
     return dataclasses.replace(
         base, receivers=receivers, channels=(), band=band_plan(args.rate, args.spacing, args.channels),
         metrics=dataclasses.replace(base.metrics, enabled=False),
-        pipeline=dataclasses.replace(base.pipeline, workers=1, min_receivers=min(base.pipeline.min_receivers,
-                                                                                 args.receivers)))
+        pipeline=dataclasses.replace(base.pipeline, workers=1, min_receivers=min(base.pipeline.min_receivers, args.receivers),
+                                     buffer_s=base.pipeline.buffer_s if args.buffer_s is None else args.buffer_s))
 
 
 def _pipeline_run(cfg, pool: InputPool, rate: float, n_blocks: int, settle_blocks: int) -> dict:
@@ -171,6 +173,9 @@ def bench_band(args) -> int:
     load0 = os.getloadavg()
     blas = limit_blas_threads()
     cfg = _config(args)
+    if not cfg.pipeline.buffer_s > 2 * cfg.features.window_s:
+        raise ValueError(f"bench band: --buffer-s must exceed two windows ({2 * cfg.features.window_s:g} s), got "
+                         f"{cfg.pipeline.buffer_s}")
     rate = float(args.rate)
     block_n = round(BLOCK_S * rate)
     loop_n = round(LOOP_S * rate) // block_n * block_n
@@ -188,7 +193,7 @@ def bench_band(args) -> int:
           f"{args.seconds:g} s timed after {settle_s:g} s; estimator {cfg.estimator.kind}")
     print(f"  load average             {' '.join(f'{x:.2f}' for x in load0)} at start ({ncpu} CPUs, shared)")
     print(f"  input                    {len(pool.signals)} distinct {LOOP_S:g} s signals ({pool.nbytes / 2**20:.0f} MiB), "
-          f"one per receiver; {BLOCK_S * 1e3:g} ms blocks; pipeline.workers 1; {blas}")
+          f"one per receiver; {BLOCK_S * 1e3:g} ms blocks; pipeline.workers 1, buffer_s {cfg.pipeline.buffer_s:g}; {blas}")
     r = _pipeline_run(cfg, pool, rate, n_blocks, settle)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     pct = lambda xs, q: 1e3 * float(np.percentile(xs, q)) if xs else float("nan")
