@@ -163,24 +163,32 @@ def _bank_cpu(cfg, pool: InputPool, rate: float, n_blocks: int) -> float:
     return time.process_time() - cpu0
 
 
+def _checked(args) -> tuple[config_mod.Config, np.ndarray]:
+    """The config and the keyed channels, or a usage error naming the option (argparse.ArgumentError)."""
+    try:
+        for name in ("receivers", "channels"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+        if not args.seconds > 0:
+            raise ValueError(f"--seconds must be positive, got {args.seconds}")
+        cfg = _config(args)
+        if not cfg.pipeline.buffer_s > 2 * cfg.features.window_s:
+            raise ValueError(f"--buffer-s must exceed two windows ({2 * cfg.features.window_s:g} s), got "
+                             f"{cfg.pipeline.buffer_s}")
+        return cfg, active_channels(len(cfg.channel_plan()), args.active)
+    except ValueError as exc:
+        raise argparse.ArgumentError(None, str(exc).removeprefix("bench band: ")) from None
+
+
 def bench_band(args) -> int:
-    for name in ("receivers", "channels"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"bench band: --{name} must be at least 1, got {getattr(args, name)}")
-    if not args.seconds > 0:
-        raise ValueError(f"bench band: --seconds must be positive, got {args.seconds}")
+    cfg, chosen = _checked(args)
     ncpu = os.cpu_count() or 1
     load0 = os.getloadavg()
     blas = limit_blas_threads()
-    cfg = _config(args)
-    if not cfg.pipeline.buffer_s > 2 * cfg.features.window_s:
-        raise ValueError(f"bench band: --buffer-s must exceed two windows ({2 * cfg.features.window_s:g} s), got "
-                         f"{cfg.pipeline.buffer_s}")
     rate = float(args.rate)
     block_n = round(BLOCK_S * rate)
     loop_n = round(LOOP_S * rate) // block_n * block_n
     plan = cfg.channel_plan()
-    chosen = active_channels(len(plan), args.active)
     offsets = np.array([plan[c].centre_hz - CENTER_HZ for c in chosen])
     pool = InputPool(receiver_signals(args.receivers, loop_n, rate, offsets, args.spacing), block_n)
     n_blocks = max(1, round(args.seconds / BLOCK_S))

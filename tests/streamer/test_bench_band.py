@@ -97,3 +97,14 @@ def test_a_recycled_window_array_gives_the_same_windows_as_fresh_memory():
     for (a, present_a, _), (b, present_b, _) in zip(fresh, reused):
         np.testing.assert_array_equal(present_a, present_b)
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(("option", "value", "named"), [("--active", "300", "--active 300"),
+                                                         ("--buffer-s", "0.8", "--buffer-s must exceed"),
+                                                         ("--receivers", "0", "--receivers must be at least 1")])
+def test_a_bad_option_is_a_usage_error_naming_it(option, value, named, capsys):
+    from streamer import cli
+
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["bench", "band", option, value])
+    assert exited.value.code == 2 and named in capsys.readouterr().err
