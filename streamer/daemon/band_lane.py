@@ -130,12 +130,17 @@ class ChannelRings(RingBuffer):
         return overwritten
 
     def read(self, start: int, n: int) -> np.ndarray:
-        """Copy of ``n`` indices from segment index ``start`` as ``[n, columns]`` (a transposed view of a channel-first
-        copy: ``.T`` of it is contiguous); they must be held."""
+        """``n`` indices from segment index ``start`` as ``[n, columns]`` (transposed: ``.T`` of it is channel first, each
+        channel's run contiguous); they must be held. Read-only, valid until the next ``append``: a view of the ring
+        where the run does not wrap (the band aligner copies it into its window at once), else a copy."""
         if start < self.start_index or start + n > self.end_index:
             raise IndexError(f"[{start}, {start + n}) not held in [{self.start_index}, {self.end_index})")
         pos = start % self.capacity
         head = min(n, self.capacity - pos)
+        if head == n:
+            view = self._data[:, pos : pos + n]
+            view.flags.writeable = False
+            return view.T
         out = np.empty((len(self._data), n), dtype=np.complex64)
         out[:, :head] = self._data[:, pos : pos + head]
         out[:, head:] = self._data[:, : n - head]
