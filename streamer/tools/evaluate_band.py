@@ -22,8 +22,9 @@ against the simulator's truth (``receivers.simulator.SimulatedWorld``):
 - **Accuracy.** Every interim and final localization is scored against its channel's transmitter at the middle of
   the message's span (``t_start_ns`` .. ``t_end_ns``: an interim estimate's window, a final one's emission), with
   ``streamer.tools.score_live``'s functions: error (m), and cov68 / cov95, the share of truths inside the published
-  68 % / 95 % ellipses; rows per stage, estimator and window class (``score_live.WINDOW_CLASSES``). The gates pool
-  the classes ``full`` and ``key-edge`` (a collision's truth does not say which transmitter the estimate found).
+  68 % / 95 % ellipses; rows per stage, estimator and window class (``score_live.WINDOW_CLASSES``). In a span where
+  only a collision's second transmitter was on the channel, the truth is that one (class ``collision``). The gates
+  pool the classes ``full`` and ``key-edge`` (a collision's truth does not say which transmitter the estimate found).
 - **Final against interim.** Per emission and estimator: whether the final estimate's error is no larger than the
   smallest error of the emission's interim estimates (share of emissions that have both).
 
@@ -285,15 +286,24 @@ def score_detection(spans: list[KeyedSpan], busy: dict[str, list[tuple[int, int]
 
 def _truth_wire(world, loc: dict) -> dict:
     """The truth of ``loc``'s channel over its span, as a ``truth`` message's dict: the transmitter on that channel
-    keyed longest in the span (``keyed_fraction`` 0 when none was)."""
+    keyed longest in the span; while none of them was, the second transmitter of a collision keyed longest in it
+    (at its fixed position, ``collision`` true); ``keyed_fraction`` 0 when nothing was on the channel."""
+    from streamer.core.geodesy import enu_to_geodetic
+
     start, end = int(loc["t_start_ns"]), int(loc["t_end_ns"]) + 1
-    candidates = [world.truth_over(start, end, k) for k, ch in enumerate(world.transmitter_channels)
-                  if ch.name == loc.get("channel")]
-    if not candidates:
+    on_channel = [k for k, ch in enumerate(world.transmitter_channels) if ch.name == loc.get("channel")]
+    candidates = [world.truth_over(start, end, k) for k in on_channel]
+    best = max(candidates, key=lambda t: t.keyed_fraction, default=None)
+    if best is not None and best.keyed_fraction > 0:
+        return {"lat": best.lat, "lon": best.lon, "keyed_fraction": best.keyed_fraction,
+                "collision": best.collision or sum(t.keyed_fraction > 0 for t in candidates) > 1}
+    seconds = [tx for k in on_channel for tx in world.second_transmitters(start, end, k)]
+    if not seconds:
         return {"lat": math.nan, "lon": math.nan, "keyed_fraction": 0.0, "collision": False}
-    best = max(candidates, key=lambda t: t.keyed_fraction)
-    return {"lat": best.lat, "lon": best.lon, "keyed_fraction": best.keyed_fraction,
-            "collision": best.collision or sum(t.keyed_fraction > 0 for t in candidates) > 1}
+    other = max(seconds, key=lambda tx: min(tx.end_ns, end) - max(tx.start_ns, start))
+    lat, lon, _ = enu_to_geodetic(*other.position_en_m, 0.0, world.origin)
+    return {"lat": float(lat), "lon": float(lon), "keyed_fraction": (min(other.end_ns, end) - max(other.start_ns, start))
+            / (end - start), "collision": True}
 
 
 def score_accuracy(world, locs: list[dict]) -> dict:

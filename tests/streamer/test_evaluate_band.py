@@ -14,6 +14,7 @@ import pytest
 from receivers.simulator import SimulatedWorld
 from streamer.cli import main
 from streamer.config import load
+from streamer.core.geodesy import enu_to_geodetic
 from streamer.tools import evaluate_band as eb
 
 T0_NS = eb.DEFAULT_START_NS
@@ -52,6 +53,26 @@ def test_detection_counts_a_missed_transmission_and_a_false_emission_and_ignores
 def test_bursts_closer_than_the_hangover_are_one_transmission():
     assert eb.merge_bursts([(0, 27), (60, 87), (120, 147)], max_gap_ns=100) == [(0, 147)]
     assert eb.merge_bursts([(0, 27), (200, 227)], max_gap_ns=100) == [(0, 27), (200, 227)]
+
+
+def test_a_span_only_a_collisions_second_transmitter_keyed_in_is_scored_against_that_one():
+    world = SimulatedWorld(eb.offline_config(load(eb.DEFAULT_CONFIG), start_ns=T0_NS, seconds=60.0))
+    # band-2m, seed 1: transmitter 0 keys on 145.45 until 25.7 s; a second transmitter there is on from 25.1 s to 33.5 s.
+    (k,) = [k for k, ch in enumerate(world.transmitter_channels) if ch.name == "145.45"]
+    start, end = T0_NS + 26 * S, T0_NS + 26 * S + S // 2
+    assert world.truth_over(start, end, k).keyed_fraction == 0
+    (other,) = world.second_transmitters(start, end, k)
+    truth = eb._truth_wire(world, {"t_start_ns": start, "t_end_ns": end, "channel": "145.45"})
+    assert truth["collision"] and truth["keyed_fraction"] == pytest.approx(1.0, abs=1e-8)
+    lat, lon, _ = enu_to_geodetic(*other.position_en_m, 0.0, world.origin)
+    assert (truth["lat"], truth["lon"]) == pytest.approx((float(lat), float(lon)))
+    keyed = eb._truth_wire(world, {"t_start_ns": T0_NS + 25 * S, "t_end_ns": T0_NS + 25 * S + S // 2, "channel": "145.45"})
+    wanted = world.truth_over(T0_NS + 25 * S, T0_NS + 25 * S + S // 2 + 1, k)
+    assert (keyed["lat"], keyed["lon"], keyed["keyed_fraction"]) == (wanted.lat, wanted.lon, wanted.keyed_fraction)
+    unused = sorted({ch.name for ch in world.config.channel_plan()} - {ch.name for ch in world.transmitter_channels})
+    assert unused, "band-2m has more channels than transmitters"
+    nothing = eb._truth_wire(world, {"t_start_ns": start, "t_end_ns": end, "channel": unused[0]})
+    assert nothing["keyed_fraction"] == 0.0 and not nothing["collision"]
 
 
 def test_noise_only_world_never_keys():
