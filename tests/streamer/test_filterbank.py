@@ -250,6 +250,27 @@ def test_the_feature_rate_resampler_equals_one_channelizer_per_channel(in_rate_h
     assert (together.samples_in, together.samples_out) == (0, 0)
 
 
+def test_a_bank_far_above_the_feature_rate_resamples_through_the_channelizers_cascade():
+    """Two 1.2 MHz channels at 2.4 MS/s (out rate 2.4 MS/s, 100 x the feature rate): the Channelizer's two-stage
+    cascade, one per channel, with the same outputs and accounting as the resampler's other path gives."""
+    bank = FilterBank(IN_RATE_HZ, CENTER_HZ, 1.2e6, [0, -1], oversampling=2)
+    together = FeatureRateResampler(bank, 24_000.0)
+    assert together.per_channel and together.per_channel[0].decimation1 > 1
+    reference = feature_rate_channelizers(bank, 24_000.0)
+    x = _noise(48_000, 9)
+    got, want = [], []
+    for i in range(0, len(x), 7_000):
+        out = bank.process(_block(x[i : i + 7_000], ORIGIN + i))
+        rows = together.process(out)
+        singles = [c.process(out.channel_block(k)) for k, c in enumerate(reference)]
+        if rows is not None:
+            assert rows[1] == singles[0].t0_ns
+            got.append(rows[0])
+            want.append(np.stack([s.samples for s in singles], axis=1))
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
+    assert together.samples_out == reference[0].samples_out > 0
+
+
 def test_feature_rate_step_keeps_the_accounting_and_the_tone():
     """Bank channel (25 kS/s) -> Channelizer 24/25: output j sits at input position j*100 at 2.4 MS/s."""
     k, offset_hz = 5, 3_000.0
