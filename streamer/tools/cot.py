@@ -33,7 +33,7 @@ from streamer.tools.geoformats import (
     cot_mesh_protobuf,
     import_takproto,
 )
-from streamer.tools.listen import DEFAULT_ENDPOINT
+from streamer.tools.listen import DEFAULT_ENDPOINT, decode_message
 from streamer.tools.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,6 @@ class TcpSender:
 def run(args: argparse.Namespace) -> int:
     """Subscribe to ``args.endpoint`` and send each ``loc`` message as a CoT event until ``args.count`` events,
     SIGTERM or SIGINT; say on stderr what was sent and dropped. Exit status 0."""
-    import msgpack
     import zmq
 
     if args.protobuf and args.tcp:
@@ -146,13 +145,13 @@ def run(args: argparse.Namespace) -> int:
             if not sock.poll(200):
                 continue
             frames = sock.recv_multipart()
-            if len(frames) != 2 or not frames[0].startswith(b"loc"):
+            if not frames[0].startswith(b"loc"):
                 continue
             topic = frames[0].decode(errors="replace")
             try:
-                msg = msgpack.unpackb(frames[1], raw=False)
+                _, msg = decode_message(frames)
                 event = cot_event_xml(msg, sent_ns=time.time_ns(), stale_s=args.stale_s, cot_type=args.cot_type)
-            except (ValueError, msgpack.UnpackException) as exc:  # undecodable or incomplete: skip it, serve the next
+            except ValueError as exc:  # undecodable (UndecodableMessage) or incomplete: skip it, serve the next
                 refused += 1
                 print(f"heimdall cot: skipped a message on {topic!r}: {exc}", file=sys.stderr, flush=True)
                 continue

@@ -12,6 +12,31 @@ import time
 
 from streamer.tools.signals import stop_on_signals
 
+
+class UndecodableMessage(ValueError):
+    """A message on the daemon's PUB socket that is not a topic frame and a msgpack frame."""
+
+
+def decode_message(frames: list[bytes]) -> tuple[str, object]:
+    """One message of the daemon's PUB socket (docs/protocol.md: a topic frame, a msgpack frame) -> (topic, payload).
+
+    Raises ``UndecodableMessage`` naming what is wrong (the frame count, or the payload's msgpack error and topic):
+    every subscriber here (listen, score-live, cot, map) reports or counts it and goes on with the next message.
+
+    >>> import msgpack
+    >>> decode_message([b"loc", msgpack.packb({"seq": 1})])
+    ('loc', {'seq': 1})
+    """
+    import msgpack
+
+    if len(frames) != 2:
+        raise UndecodableMessage(f"expected 2 frames (topic, payload), got {len(frames)}")
+    topic = frames[0].decode(errors="replace")
+    try:
+        return topic, msgpack.unpackb(frames[1], raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise UndecodableMessage(f"undecodable message on {topic!r}: {exc}") from exc
+
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
 
 
@@ -53,7 +78,6 @@ def no_message_hint(endpoint: str, topic: str, seconds: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Subscribe to ``args.endpoint`` and print until ``args.count`` messages, SIGTERM or SIGINT; exit status 0."""
-    import msgpack
     import zmq
 
     from streamer.tools.geoformats import localization_feature
@@ -74,14 +98,10 @@ def run(args: argparse.Namespace) -> int:
                     print(no_message_hint(args.endpoint, args.topic, args.hint_after), file=sys.stderr, flush=True)
                     hint_at = None
                 continue
-            frames = sock.recv_multipart()
-            if len(frames) != 2:
-                continue
-            topic = frames[0].decode(errors="replace")
             try:
-                msg = msgpack.unpackb(frames[1], raw=False)
-            except (ValueError, msgpack.UnpackException) as exc:
-                print(f"heimdall listen: undecodable message on {topic!r}: {exc}", file=sys.stderr)
+                topic, msg = decode_message(sock.recv_multipart())
+            except UndecodableMessage as exc:
+                print(f"heimdall listen: {exc}", file=sys.stderr)
                 continue
             if topic.startswith("loc") and isinstance(msg, dict) and "seq" in msg:
                 if last_seq is not None and msg["seq"] > last_seq + 1:

@@ -35,7 +35,7 @@ import numpy as np
 
 from streamer.core.errors import HeimdallError
 from streamer.core.geodesy import Origin, enu_to_geodetic
-from streamer.tools.listen import DEFAULT_ENDPOINT
+from streamer.tools.listen import DEFAULT_ENDPOINT, UndecodableMessage, decode_message
 
 log = logging.getLogger(__name__)
 
@@ -228,20 +228,15 @@ def open_subscriber(endpoint: str, curve: dict | None = None):
 
 async def subscribe(state: MapState, sock) -> None:
     """Read the daemon's messages from ``sock`` (``open_subscriber``) into ``state`` until cancelled; closes it."""
-    import msgpack
 
     try:
         while True:
-            frames = await sock.recv_multipart()
-            if len(frames) != 2:
-                state.counts["unusable"] += 1
-                continue
             try:
-                msg = msgpack.unpackb(frames[1], raw=False)
-            except (ValueError, TypeError, msgpack.UnpackException):  # a corrupt payload
+                topic, msg = decode_message(await sock.recv_multipart())
+            except UndecodableMessage:  # a corrupt message: counted, the next one is read
                 state.counts["unusable"] += 1
                 continue
-            state.apply(frames[0].decode(errors="replace"), msg)
+            state.apply(topic, msg)
     finally:
         sock.close()
 

@@ -42,7 +42,7 @@ from streamer.core.geodesy import Origin, geodetic_to_enu_m, mahalanobis_sq
 from streamer.estimators.credible import ELLIPSE_PROBABILITIES
 from streamer.tools import describe_with_module_doc
 from streamer.tools.calibrate_ellipses import coverage
-from streamer.tools.listen import DEFAULT_ENDPOINT
+from streamer.tools.listen import DEFAULT_ENDPOINT, UndecodableMessage, decode_message
 from streamer.tools.signals import stop_on_signals
 
 #: A window keyed for at least this share counts as fully keyed (the 2 ms key ramps aside).
@@ -168,7 +168,6 @@ class Matcher:
 def messages(endpoint: str, topics: tuple[str, ...], until: Callable[[], bool]) -> Iterator[tuple[str, dict]]:
     """(topic, payload) of each message from ``endpoint`` on ``topics`` (prefixes) until ``until()`` is true; payloads
     that do not decode to a map are skipped with a line on stderr."""
-    import msgpack
     import zmq
 
     sock = zmq.Context.instance().socket(zmq.SUB)
@@ -180,14 +179,10 @@ def messages(endpoint: str, topics: tuple[str, ...], until: Callable[[], bool]) 
         while not until():
             if not sock.poll(200):
                 continue
-            frames = sock.recv_multipart()
-            if len(frames) != 2:
-                continue
-            topic = frames[0].decode(errors="replace")
             try:
-                msg = msgpack.unpackb(frames[1], raw=False)
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:  # a peer's bytes: say so and go on
-                print(f"heimdall score-live: undecodable message on {topic!r}: {exc}", file=sys.stderr)
+                topic, msg = decode_message(sock.recv_multipart())
+            except UndecodableMessage as exc:  # a peer's bytes: say so and go on
+                print(f"heimdall score-live: {exc}", file=sys.stderr)
                 continue
             if isinstance(msg, dict):
                 yield topic, msg
