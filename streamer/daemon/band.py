@@ -136,11 +136,7 @@ class BandPipeline(Pipeline):
     # Windows ----------------------------------------------------------------------------------------
     def _process(self, window: BandWindow, now_ns: int) -> list[dict]:
         m = self.metrics
-        self.windows += 1
-        for rid, reason in window.mask_reasons.items():
-            m.masked.labels(rid, reason).inc()
-        if self.has_truth:
-            self.publish_truth(window)
+        self._begin_window(window)
         started = time.perf_counter()
         spec = self.config.features
         features = np.swapaxes(self._features(window.samples), 0, 1)  # [C, R, M, T]

@@ -275,13 +275,17 @@ class Pipeline:
             if not self.aligner.is_live(rid, now):
                 series.receiver_up.set(0)
 
-    def _process(self, window: Window, now_ns: int) -> dict | None:
-        m = self.metrics
+    def _begin_window(self, window) -> None:
+        """What every window does first, on either path: count it and its masked receivers, publish its truth."""
         self.windows += 1
         for rid, reason in window.mask_reasons.items():
-            m.masked.labels(rid, reason).inc()
+            self.metrics.masked.labels(rid, reason).inc()
         if self.has_truth:
             self.publish_truth(window)
+
+    def _process(self, window: Window, now_ns: int) -> dict | None:
+        m = self.metrics
+        self._begin_window(window)
         started = time.perf_counter()
         spec = self.config.features
         features = self._features(window.samples)
