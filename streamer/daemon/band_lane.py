@@ -107,27 +107,11 @@ class ChannelRings(RingBuffer):
         super().__init__(capacity, sample_rate_hz)
         self._data = np.zeros((columns, self.capacity), dtype=np.complex64)
 
-    def append(self, samples: np.ndarray, t0_ns: int) -> int:
-        """Add rows ``[n, columns]`` (time first, as ``ChannelRows`` carries them); as ``RingBuffer.append``."""
-        n = len(samples)
-        if n == 0:
-            return 0
-        if self.t_anchor_ns is None:
-            self.t_anchor_ns = int(t0_ns)
-        overwritten = max(0, len(self) + n - self.capacity)
-        if n >= self.capacity:
-            samples = samples[-self.capacity :]
-            first = self.end_index + n - self.capacity
-        else:
-            first = self.end_index
-        pos = first % self.capacity
-        k = len(samples)
-        head = min(k, self.capacity - pos)
+    def _write(self, pos: int, head: int, samples: np.ndarray) -> None:
+        """Store rows ``[n, columns]`` (time first, as ``ChannelRows`` carries them) channel first, from ring
+        position ``pos``: ``RingBuffer.append`` does the rest."""
         self._data[:, pos : pos + head] = samples[:head].T
-        self._data[:, : k - head] = samples[head:].T
-        self.end_index += n
-        self.start_index = max(self.start_index, self.end_index - self.capacity)
-        return overwritten
+        self._data[:, : len(samples) - head] = samples[head:].T
 
     def read(self, start: int, n: int) -> np.ndarray:
         """``n`` indices from segment index ``start`` as ``[n, columns]`` (transposed: ``.T`` of it is channel first, each

@@ -48,6 +48,11 @@ class RingBuffer:
             raise ValueError("empty ring buffer has no time anchor")
         return self.t_anchor_ns + int(round(index * 1e9 / self.sample_rate_hz))
 
+    def _write(self, pos: int, head: int, samples: np.ndarray) -> None:
+        """Store ``samples`` from ring position ``pos``: the first ``head`` up to the end, the rest from the start."""
+        self._data[pos : pos + head] = samples[:head]
+        self._data[: len(samples) - head] = samples[head:]
+
     def index_at(self, t_ns: int) -> int:
         """Segment index of the sample nearest to time ``t_ns``."""
         if self.t_anchor_ns is None:
@@ -70,8 +75,7 @@ class RingBuffer:
         pos = first % self.capacity
         k = len(samples)
         head = min(k, self.capacity - pos)
-        self._data[pos : pos + head] = samples[:head]
-        self._data[: k - head] = samples[head:]
+        self._write(pos, head, samples)
         self.end_index += n
         self.start_index = max(self.start_index, self.end_index - self.capacity)
         return overwritten
