@@ -472,4 +472,6 @@ def test_memory_does_not_grow_with_the_number_of_emissions(noise_draw):
         grown_bytes = tracemalloc.get_traced_memory()[0] - before_bytes
     finally:
         tracemalloc.stop()
-    assert grown_bytes < 1024   # an event kept per emission would take about 300 x 200 bytes
+    # An event kept per emission would take about 300 x 200 bytes (keeping ended emissions grew 153 000); in a full
+    # test run other code's caches add a few hundred bytes of their own in between, so allow 8 kB (27 B per emission).
+    assert grown_bytes < 8 * 1024
