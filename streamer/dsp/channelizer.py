@@ -280,6 +280,22 @@ class Mixer:
         return samples * oscillator
 
 
+def polyphase_branches(up: int, down: int, taps: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """``resample_poly(.., up, down, window=taps)``'s polyphase branches laid out for ``PolyphaseResampler``:
+    ``(half_len, span, branches)``, with ``half_len`` the filter's centre (input samples at the up-sampled rate),
+    ``span`` the inputs each output reads (padded to a multiple of ``down``) and ``branches`` float32
+    ``[up, span // down, down]``: branch p reversed and front-padded, so that window element m' =
+    x[newest - span + 1 + m'] meets its tap."""
+    taps = np.asarray(taps, dtype=np.float64)
+    half_len = (len(taps) - 1) // 2
+    span = bank_size(up, down, len(taps)) // up
+    bank = np.zeros((up, span), dtype=np.float32)
+    for p in range(up):
+        branch = taps[p::up] * up
+        bank[p, span - len(branch) :] = branch[::-1]
+    return half_len, span, bank.reshape(up, span // down, down)
+
+
 class PolyphaseResampler:
     """Streaming ``resample_poly(x, up, down, window=taps)``: push input, get the outputs that became ready.
 
@@ -294,16 +310,8 @@ class PolyphaseResampler:
 
     def __init__(self, up: int, down: int, taps: np.ndarray) -> None:
         self.up, self.down = int(up), int(down)
-        taps = np.asarray(taps, dtype=np.float64)
-        self.half_len = (len(taps) - 1) // 2  # resample_poly's centre for a given window
-        self._span = bank_size(self.up, self.down, len(taps)) // self.up  # inputs each output reads (padded)
+        self.half_len, self._span, self._bank = polyphase_branches(self.up, self.down, taps)
         self._blocks = self._span // self.down  # D: the branch padded to a multiple of `down`
-        # Branch p reversed and front-padded, so that window element m' = x[newest - span + 1 + m'] meets its tap.
-        bank = np.zeros((self.up, self._span), dtype=np.float32)
-        for p in range(self.up):
-            branch = taps[p :: self.up] * self.up
-            bank[p, self._span - len(branch) :] = branch[::-1]
-        self._bank = bank.reshape(self.up, self._blocks, self.down)
         self.reset()
 
     def reset(self) -> None:

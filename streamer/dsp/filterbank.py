@@ -98,7 +98,7 @@ import scipy.fft
 from scipy.signal import firwin, kaiser_beta
 
 from receivers.base import MAX_SAMPLE_RATE_HZ, Flags, IQBlock, TimeSource
-from streamer.dsp.channelizer import NEEDS_RESET, Channelizer, bank_size
+from streamer.dsp.channelizer import NEEDS_RESET, Channelizer, polyphase_branches
 
 #: Largest number of channels (``in_rate_hz / channel_spacing_hz``): bounds the filter (``P*N`` taps) and the FFT.
 MAX_CHANNELS = 1 << 16
@@ -561,15 +561,8 @@ class FeatureRateResampler:
         if template.decimation1 > 1:
             self.per_channel = feature_rate_channelizers(bank, feature_rate_hz, taps_per_phase)
         else:
-            up_taps = np.asarray(template.taps, dtype=np.float64)
-            self.half_len = (len(up_taps) - 1) // 2
-            self._span = bank_size(self.up, self.down, len(up_taps)) // self.up
+            self.half_len, self._span, self._branches = polyphase_branches(self.up, self.down, template.taps)
             self._blocks = self._span // self.down
-            branches = np.zeros((self.up, self._span), dtype=np.float32)
-            for p in range(self.up):
-                branch = up_taps[p :: self.up] * self.up
-                branches[p, self._span - len(branch) :] = branch[::-1]
-            self._branches = branches.reshape(self.up, self._blocks, self.down)
         self.reset()
 
     def reset(self) -> None:
