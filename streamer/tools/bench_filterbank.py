@@ -226,9 +226,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``heimdall bench filterbank`` with parsed arguments."""
     if args.repeats < 1 or args.channelizers < 1 or args.seconds <= 0 or args.block_ms <= 0:
-        raise ValueError("bench filterbank: --repeats and --channelizers must be >= 1, --seconds and --block-ms > 0")
-    res = bench_filterbank(rate_hz=args.rate, spacing_hz=args.spacing, seconds=args.seconds, block_ms=args.block_ms,
-                           repeats=args.repeats, channelizers=args.channelizers, seed=args.seed)
+        raise argparse.ArgumentError(None, "--repeats and --channelizers must be >= 1, --seconds and --block-ms > 0")
+    try:
+        res = bench_filterbank(rate_hz=args.rate, spacing_hz=args.spacing, seconds=args.seconds, block_ms=args.block_ms,
+                               repeats=args.repeats, channelizers=args.channelizers, seed=args.seed)
+    except ValueError as exc:  # the bank's own checks (a spacing that does not divide the rate, ...)
+        raise argparse.ArgumentError(None, str(exc)) from exc
     print(json.dumps(res, indent=2) if args.json else "\n".join(format_lines(res)))
     return 0
 

@@ -514,3 +514,16 @@ def test_feature_grid_puts_every_channel_on_the_grid_at_the_smallest_rate_that_h
         feature_grid(240_000.0, 145.45e6, [145.5e6 + 0.5], 25_000.0)
     with pytest.raises(ValueError, match="at most 65536"):
         feature_grid(2.4e6, 145.0e6, [145.0e6 + 7.0], 25_000.0)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    (["--repeats", "0"], "--repeats and --channelizers must be >= 1"),
+    (["--spacing", "7000", "--seconds", "0.01"], "channel_spacing_hz=7000.0 does not divide in_rate_hz=2400000.0"),
+])
+def test_bench_filterbank_refuses_bad_options_with_a_usage_error(options, fragment, capsys):
+    from streamer import cli
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "filterbank", *options])
+    assert info.value.code == 2
+    assert fragment in capsys.readouterr().err
