@@ -358,7 +358,8 @@ def verdict(value: float, *, at_least: float | None = None, below: float | None 
 
 
 def gates(result: dict) -> list[dict]:
-    """The issue's gates beside this run's figures: name, figure, target, verdict."""
+    """The band-watch gates (detection, false emissions, coverage, final against interim) beside this run's
+    figures: name, figure, target, verdict."""
     det, noise_only = result["detection"], result["noise_only"]
     rows = []
     if not noise_only:
