@@ -12,7 +12,9 @@ What it owns:
   around a position as a closed ring of (lat, lon) degrees, through ``streamer.core.geodesy``.
 - ``build_app``: the aiohttp application: ``/`` the page, ``/static/…`` the page's files (Leaflet vendored in
   ``map_static/leaflet``, so it works offline), ``/state`` the picture as JSON, ``/events`` the same as
-  server-sent events, one per change.
+  server-sent events, one per change, and ``/geojson`` the latest localizations as a GeoJSON FeatureCollection
+  (``streamer.tools.geoformats``: the Features ``heimdall listen --geojson`` prints), filtered by
+  ``?estimator=NAME`` and cut to the newest ``?limit=N``.
 
 The HTTP side binds 127.0.0.1 by default; the subscription speaks CURVE when given a key pair and the daemon's
 public key (docs/security.md). docs/map.md is the user's page.
@@ -35,6 +37,12 @@ import numpy as np
 
 from streamer.core.errors import HeimdallError
 from streamer.core.geodesy import Origin, enu_to_geodetic
+from streamer.tools.geoformats import (
+    BadLocalizationError,
+    feature_collection,
+    localization_feature,
+    select_ellipse,
+)
 from streamer.tools.listen import DEFAULT_ENDPOINT, UndecodableMessage, decode_message
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,8 @@ ELLIPSE_POINTS = 72
 EVENT_INTERVAL_S = 0.2
 #: a comment line on a quiet event stream this often (s), so that proxies and the browser keep it open
 KEEPALIVE_S = 15.0
+#: RFC 7946's media type
+GEOJSON_CONTENT_TYPE = "application/geo+json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +122,8 @@ class MapState:
         }
         self.estimates: dict[str, dict[str, Any]] = {}
         self.track: collections.deque[dict[str, Any]] = collections.deque(maxlen=max(track_length, 1))
+        # the latest loc messages as received, for /geojson (its Features are made on request, not per message)
+        self.localizations: collections.deque[dict[str, Any]] = collections.deque(maxlen=max(track_length, 1))
         self.truth: dict[str, Any] | None = None
         self.emissions: dict[str, dict[str, Any]] = {}
         self.tiles_url = tiles_url
@@ -152,6 +164,12 @@ class MapState:
         for est in [primary, *alternatives]:
             self.estimates[est["estimator"]] = est
         self.track.append({"lat": primary["lat"], "lon": primary["lon"], "t_end_ns": primary["t_end_ns"]})
+        try:
+            select_ellipse(msg)  # the one part of a Feature the picture has not checked already
+        except BadLocalizationError:
+            self.counts["geojson_unusable"] += 1
+        else:
+            self.localizations.append(msg)
         heard = set(msg["receivers"])
         power = msg.get("rx_power_dbm") or {}
         for rid in list(self.receivers) + sorted(heard - set(self.receivers)):
@@ -170,6 +188,16 @@ class MapState:
         }
         for rid, snr_db in (msg.get("peak_snr_db") or {}).items():
             self._receiver(str(rid))["peak_snr_db"] = float(snr_db)
+
+    def geojson(self, estimator: str | None = None, limit: int | None = None) -> dict[str, Any]:
+        """The latest localizations (oldest first) as a GeoJSON FeatureCollection, one Feature per ``loc`` message
+        as ``heimdall listen --geojson`` prints it; only those whose estimator is ``estimator`` when given, and the
+        newest ``limit`` of them when given. A ``loc`` message without a 95 % ellipse is not kept for it (counted
+        as ``geojson_unusable`` when it arrives)."""
+        chosen = [m for m in self.localizations if estimator is None or m.get("estimator") == estimator]
+        if limit is not None:
+            chosen = chosen[len(chosen) - limit:] if limit else []
+        return feature_collection([localization_feature(msg) for msg in chosen])
 
     def snapshot(self) -> dict[str, Any]:
         """The picture as plain JSON types."""
@@ -242,7 +270,7 @@ async def subscribe(state: MapState, sock) -> None:
 
 
 def build_app(state: MapState):
-    """The aiohttp application serving the page, ``/state`` and ``/events``."""
+    """The aiohttp application serving the page, ``/state``, ``/events`` and ``/geojson``."""
     from aiohttp import web
 
     folder = static_folder()
@@ -252,6 +280,16 @@ def build_app(state: MapState):
 
     async def state_json(request: web.Request) -> web.Response:
         return web.json_response(state.snapshot())
+
+    async def geojson(request: web.Request) -> web.Response:
+        limit_text = request.query.get("limit")
+        limit = None
+        if limit_text is not None:
+            if not limit_text.isdigit():
+                raise web.HTTPBadRequest(text=f"/geojson?limit={limit_text!r}: expected a whole number >= 0")
+            limit = int(limit_text)
+        body = json.dumps(state.geojson(request.query.get("estimator"), limit))
+        return web.Response(text=body, content_type=GEOJSON_CONTENT_TYPE)
 
     async def events(request: web.Request) -> web.StreamResponse:
         # Each client compares the picture's version every EVENT_INTERVAL_S: a burst of messages becomes one
@@ -272,6 +310,7 @@ def build_app(state: MapState):
     app.router.add_get("/", index)
     app.router.add_get("/state", state_json)
     app.router.add_get("/events", events)
+    app.router.add_get("/geojson", geojson)
     app.router.add_static("/static/", str(folder))
     return app
 
