@@ -9,10 +9,12 @@ place of its window step:
   each channel's per-frame SNR and noise by its own detection rule (``channel_frame_levels``; the channel's
   bandwidth, the config's threshold) into one ``dsp.emissions.EmissionTracker``; a channel a receiver does not cover
   is masked for it and counted (``heimdall_channel_masked_windows_total``);
-- for each emission active in the window an **interim** estimate over the frames it was active in
-  (``EstimatorInputs.active_frames``); when an emission ends, a **final** estimate over frames gathered from its
-  whole length (``EmissionFrames``: at most ``T`` per receiver, evenly spread). Both estimators run on each, all of
-  a window's together (``estimate_batch`` where an estimator has it).
+- for each emission active in the window an **interim** estimate over its active frames
+  (``EstimatorInputs.active_frames``): the frames the detection rule finds active (``DetectionRule.frame_activity``,
+  what the single-channel pipeline and the trainer use) within the span the tracker's hysteresis gives the emission;
+  when an emission ends, a **final** estimate over those frames gathered from its whole length (``EmissionFrames``:
+  at most ``T`` per receiver, evenly spread). Both estimators run on each, all of a window's together
+  (``estimate_batch`` where an estimator has it).
 
 What is published (docs/protocol.md): on the loc topic, ``Localization`` messages that name the channel
 (``channel``, ``channel_hz``), the ``emission_id`` and the ``stage`` (``interim`` or ``final``); on topic
@@ -165,11 +167,12 @@ class BandPipeline(Pipeline):
         requests = []
         for emission in found.active:
             c = self._channel_index[emission.channel]
+            active = self._active_frames(c, features[c], listening[c], emission.frames)
             frames = self._frames.setdefault(emission.emission_id,
                                              EmissionFrames(len(self.receiver_ids), self._n_mels, self._n_frames))
             for r in np.flatnonzero(listening[c]):
-                frames.add(int(r), features[c, r][:, emission.frames])
-            request = self._request(c, emission.emission_id, "interim", features[c], listening[c], emission.frames,
+                frames.add(int(r), features[c, r][:, active])
+            request = self._request(c, emission.emission_id, "interim", features[c], listening[c], active,
                                     window.t_start_ns, window.t_end_ns)
             if request is not None:
                 requests.append(request)
@@ -219,6 +222,18 @@ class BandPipeline(Pipeline):
         self.metrics.emissions_ended.labels(event.channel).inc()
         self._send_event("end", event)
         return published
+
+    def _active_frames(self, c: int, features: np.ndarray, listening: np.ndarray, emission_frames: np.ndarray) -> np.ndarray:
+        """The frames of a window the estimators measure an emission over (bool ``[T]``): those the detection rule finds
+        active (``DetectionRule.frame_activity`` of channel ``c``'s ``[R, M, T]`` frames over the ``listening``
+        receivers, the decision the single-channel pipeline and the trainer make), within the emission's span in this
+        window (its first to its last frame the tracker held, ``emission_frames``). The tracker's hysteresis decides
+        when the emission starts and ends; frames it holds below the rule's threshold are not active frames, because
+        the model learnt the rule's per-frame decision."""
+        held = np.flatnonzero(emission_frames)
+        span = np.zeros(self._n_frames, dtype=bool)
+        span[held[0] : held[-1] + 1] = True
+        return self.rules[c].frame_activity(features, self.config.features, listening) & span
 
     def _request(self, c: int, emission_id: int, stage: str, features: np.ndarray, present: np.ndarray,
                  active: np.ndarray | None, t_start_ns: int, t_end_ns: int) -> _Request | None:

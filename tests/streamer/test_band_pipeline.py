@@ -15,12 +15,12 @@ from streamer import config as config_mod
 from streamer.config import ChannelConfig
 from streamer.core.geodesy import Origin, geodetic_to_enu_m, mahalanobis_sq
 from streamer.daemon.band import BandPipeline, EmissionFrames
-from streamer.daemon.band_lane import PASSBAND_HZ, BandFrontEnd, BandLane
+from streamer.daemon.band_lane import PASSBAND_HZ, BandFrontEnd, BandLane, BandWindow
 from streamer.daemon.lane import PIPELINE, LaneSettings
 from streamer.daemon.messages import SCHEMA_VERSION, EstimateOut, Localization
 from streamer.daemon.metrics import Metrics
 from streamer.dsp.channelizer import Channelizer
-from streamer.estimators.base import Estimate
+from streamer.estimators.base import Estimate, EstimateRejected
 from streamer.estimators.build import build_estimators
 
 IN_RATE_HZ = 240_000.0
@@ -307,3 +307,70 @@ def test_a_receiver_that_falls_silent_is_masked_and_the_others_still_localize():
     assert late_locs and all(silent not in m["receivers"] for m in late_locs)
     for lane in pipeline.lanes.values():
         assert _accounting_holds(lane)
+
+
+class _RecordingEstimator:
+    """An estimator that keeps every ``EstimatorInputs`` it is given and answers as the one it wraps."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.seen = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def estimate(self, inputs):
+        self.seen.append(inputs)
+        return self.inner.estimate(inputs)
+
+    def estimate_batch(self, inputs_list):
+        self.seen.extend(inputs_list)
+        if hasattr(self.inner, "estimate_batch"):
+            return self.inner.estimate_batch(inputs_list)
+        answers = []
+        for inputs in inputs_list:
+            try:
+                answers.append(self.inner.estimate(inputs))
+            except EstimateRejected as exc:
+                answers.append(exc)
+        return answers
+
+
+def test_the_estimators_measure_an_emission_over_the_rules_active_frames_not_the_trackers_hysteresis():
+    """Channel A carries a tone 20 dB over the in-channel noise, then 4.5 dB (between the tracker's off threshold,
+    3 dB, and the rule's 6 dB) for the second half of a window, then 20 dB again: the tracker keeps the emission on
+    through the weak stretch, but the frames passed to the estimators (and the power measured over them) are the
+    detection rule's per-frame decision, ``DetectionRule.frame_activity``, as in the single-channel pipeline."""
+    cfg = _band_config()
+    spy = _RecordingEstimator(build_estimators(cfg)[0])
+    pipeline = BandPipeline(cfg, metrics=Metrics(), send=lambda topic, msg: True, estimators=[spy],
+                            clock_ns=lambda: T0_NS)
+    spec = cfg.features
+    n = spec.n_samples
+    noise_var = 1e-6
+    in_channel_noise = noise_var * PLAN[0].bandwidth_hz / FEATURE_RATE_HZ
+    strong, weak = (np.sqrt(in_channel_noise * 10 ** (snr / 10)) for snr in (20.0, 4.5))
+    tone = np.exp(2j * np.pi * 700.0 * np.arange(n) / FEATURE_RATE_HZ)
+    envelopes = [np.zeros(n), np.zeros(n), np.full(n, strong), np.where(np.arange(n) < 20 * spec.hop, strong, weak),
+                 np.full(n, strong), np.zeros(n), np.zeros(n)]
+    covered = np.tile([True, True, False], (N_RX, 1))
+    try:
+        for k, envelope in enumerate(envelopes):
+            iq = np.zeros((N_RX, len(PLAN), n), dtype=np.complex64)
+            for r in range(N_RX):
+                iq[r, :2] = _noise(2 * n, 1000 * k + r, scale=np.sqrt(noise_var / 2)).reshape(2, n)
+                iq[r, 0] += (envelope * tone).astype(np.complex64)
+            t0 = T0_NS + k * 10**9 // 2
+            window = BandWindow(t0, t0 + 10**9 // 2, pipeline.receiver_ids, iq, np.ones(N_RX, dtype=bool), {}, covered)
+            pipeline._process(window, t0)
+        pipeline.finish()
+    finally:
+        pipeline.close()
+    rule = pipeline.rules[0]
+    interim = [inputs for inputs in spy.seen if inputs.t_ns % (10**9 // 2) == 0]
+    assert len(interim) >= 3, "an interim estimate for each window the emission was on the air in"
+    for inputs in interim:
+        expected = rule.frame_activity(inputs.features_dbm, spec, inputs.present)
+        assert np.array_equal(inputs.active_frames, expected), (inputs.t_ns, inputs.active_frames, expected)
+    mixed = [inputs for inputs in interim if inputs.t_ns == T0_NS + 3 * 10**9 // 2]
+    assert len(mixed) == 1 and 15 <= mixed[0].active_frames.sum() <= 22, "only the strong half's frames are active"
