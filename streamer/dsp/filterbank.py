@@ -544,7 +544,8 @@ class FeatureRateResampler:
     instants and ``t0_ns`` rule, the same accounting (``samples_in``, ``samples_out``, ``input_samples_represented``);
     the outputs equal each channel's ``Channelizer`` to float32 rounding (BLAS orders the sums over a wider array).
     Samples are kept time first (``[n, C]`` complex64, viewed as ``[n, 2C]`` float32 pairs: real taps act on each
-    component alike), so each polyphase branch is one matrix product over every channel.
+    component alike), so a cycle of ``up`` outputs (``down`` inputs on) is one ``[up, L]`` matrix applied to ``L``
+    consecutive input rows of every channel, and every cycle of a block one batched matrix product.
 
     ``process(bank_output) -> (samples [n, C] complex64, t0_ns) | None`` takes the bank's ``ChannelBlock``s in order.
     A ratio that needs the ``Channelizer``'s two-stage cascade (far above the feature rate) runs the channelizers
@@ -561,9 +562,28 @@ class FeatureRateResampler:
         if template.decimation1 > 1:
             self.per_channel = feature_rate_channelizers(bank, feature_rate_hz, taps_per_phase)
         else:
-            self.half_len, self._span, self._branches = polyphase_branches(self.up, self.down, template.taps)
-            self._blocks = self._span // self.down
+            self.half_len, self._span, branches = polyphase_branches(self.up, self.down, template.taps)
+            self._cycle_first, self._cycle_taps = self._cycle_matrix(branches.reshape(self.up, self._span))
+            # Rows of zeros after the newest input: the last cycle of a push may read past it (for outputs not yet
+            # ready, which are dropped).
+            self._pad = self._cycle_taps.shape[1] + self.down
         self.reset()
+
+    def _cycle_matrix(self, branches: np.ndarray) -> tuple[int, np.ndarray]:
+        """One cycle of ``up`` outputs as one matrix: output ``j = up*k + p`` reads inputs
+        ``down*k + first + l`` (``l < L``) with the weights of row ``p`` of the returned float32 ``[up, L]``.
+
+        Output ``j``'s newest input is ``(j*down + half_len) // up`` and its branch ``(j*down + half_len) % up``
+        (``polyphase_branches``); for ``j = up*k + p`` both move by exactly ``down`` inputs and no branch from one
+        cycle to the next, so each row holds its branch at its own offset and zeros elsewhere. Returns ``first``
+        (the lowest offset, input samples) and the matrix."""
+        t = np.arange(self.up) * self.down + self.half_len
+        starts = t // self.up - self._span + 1
+        first = int(starts[0])
+        matrix = np.zeros((self.up, int(starts[-1]) - first + self._span), dtype=np.float32)
+        for p, (start, branch) in enumerate(zip(starts, t % self.up)):
+            matrix[p, start - first : start - first + self._span] = branches[branch]
+        return first, matrix
 
     def reset(self) -> None:
         """Forget all input and the stream origin: the next bank output is input 0, preceded by zeros."""
@@ -608,32 +628,36 @@ class FeatureRateResampler:
         return samples, int(block.t0_ns + (2 * numerator + denominator) // (2 * denominator))
 
     def _push(self, channel_rows: np.ndarray) -> np.ndarray:
-        """Append bank outputs (``[C, n]``); return the feature-rate outputs they made ready (``[m, C]``)."""
-        held = len(self._hist)
-        grown = np.empty((held + channel_rows.shape[1], self.n_channels), dtype=np.complex64)
+        """Append bank outputs (``[C, n]``); return the feature-rate outputs they made ready (``[m, C]``).
+
+        Whole cycles of ``up`` outputs are one matrix product each (``_cycle_matrix``, batched over cycles: one BLAS
+        call per push), from the cycle holding the first output not yet given to the one holding the last ready;
+        outputs of those cycles that were given before or are not ready yet are computed and dropped."""
+        held, n_new = len(self._hist), channel_rows.shape[1]
+        grown = np.empty((held + n_new + self._pad, self.n_channels), dtype=np.complex64)
         grown[:held] = self._hist
-        grown[held:] = channel_rows.T
-        self._hist = grown
-        self.samples_in += channel_rows.shape[1]
+        grown[held : held + n_new] = channel_rows.T
+        grown[held + n_new :] = 0
+        self.samples_in += n_new
         j0, j1 = self.samples_out, self._ready(self.samples_in)
-        out = np.empty((max(0, j1 - j0), self.n_channels), dtype=np.complex64)
-        pairs, out_pairs = self._hist.view(np.float32), out.view(np.float32)
-        for j_first in range(j0, j0 + min(self.up, len(out))):
-            count = -(-(j1 - j_first) // self.up)
-            t = j_first * self.down + self.half_len
-            lo = t // self.up - self._span + 1 - self._hist_start
-            rows = count + self._blocks - 1
-            span = pairs[lo : lo + rows * self.down].reshape(rows, self.down, -1)
-            partial = np.matmul(self._branches[t % self.up], span)  # [rows, D, 2C]
-            summed = partial[:count, 0]
-            for d in range(1, self._blocks):  # output i sums partial[i + d, d] over d
-                summed = summed + partial[d : d + count, d]
-            out_pairs[j_first - j0 :: self.up] = summed
+        if j1 > j0:
+            k0, k1 = j0 // self.up, -(-j1 // self.up)
+            pairs = grown.view(np.float32)
+            row_bytes = pairs.strides[0]
+            length = self._cycle_taps.shape[1]
+            lo = self.down * k0 + self._cycle_first - self._hist_start
+            windows = np.lib.stride_tricks.as_strided(pairs[lo:], (k1 - k0, length, pairs.shape[1]),
+                                                      (self.down * row_bytes, row_bytes, pairs.strides[1]),
+                                                      writeable=False)
+            cycles = np.matmul(self._cycle_taps, windows)  # [K, up, 2C]: outputs up*k0 .. up*k1 - 1
+            out = cycles.reshape(-1, pairs.shape[1])[j0 - self.up * k0 : j1 - self.up * k0].view(np.complex64)
+        else:
+            out = np.empty((0, self.n_channels), dtype=np.complex64)
         self.samples_out = max(j0, j1)
-        keep_from = min(self._newest_input(self.samples_out) - self._span + 1, self.samples_in)
-        if keep_from > self._hist_start:
-            self._hist = self._hist[keep_from - self._hist_start :].copy()
-            self._hist_start = keep_from
+        # Keep from the first input of the cycle that holds the next output (its earlier outputs are recomputed).
+        keep_from = min(self.down * (self.samples_out // self.up) + self._cycle_first, self.samples_in)
+        self._hist = grown[max(0, keep_from - self._hist_start) : held + n_new].copy()
+        self._hist_start = max(keep_from, self._hist_start)
         return out
 
 
