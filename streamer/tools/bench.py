@@ -1,5 +1,5 @@
-"""``heimdall bench pipeline|band|model|features|filterbank|receivers``: the benchmarks. ``pipeline``, ``band``, ``model``,
-``features`` and ``filterbank`` are streamer.tools.bench_<name>; ``receivers`` runs benchmarks/bench_receivers.py
+"""``heimdall bench pipeline|band|model|features|filterbank|map|receivers``: the benchmarks. ``pipeline``, ``band``,
+``model``, ``features``, ``filterbank`` and ``map`` are streamer.tools.bench_<name>; ``receivers`` runs benchmarks/bench_receivers.py
 of a source checkout with the options given after it."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         bench_band,
         bench_features,
         bench_filterbank,
+        bench_map,
         bench_model,
         bench_pipeline,
     )
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                ("band", bench_band, "band pipeline (filter bank, emissions, estimates) as fast as possible"),
                                ("model", bench_model, "batch-1 model latency: OnnxSession vs raw ONNX Runtime"),
                                ("features", bench_features, "mel features vs scipy stft + librosa mel and raw FFT"),
-                               ("filterbank", bench_filterbank, "channel filter bank vs raw FFT and one channelizer per channel")):
+                               ("filterbank", bench_filterbank, "channel filter bank vs raw FFT and one channelizer per channel"),
+                               ("map", bench_map, "the live map in headless Chromium: first ellipse, heap soak, daemon p99 with pages open")):
         sub = bench_sub.add_parser(name, help=text, description=module.__doc__.split("\n")[0])
         module.add_arguments(sub)
         sub.set_defaults(bench_run=module.run, usage_error=sub.error)

@@ -24,7 +24,13 @@ const layers = {
 let tiles = null;
 let fitted = false;
 let latest = null;
-const drawn = { version: -1, receivers: 0, ellipses: 0, estimates: 0, track: 0, truth: 0, tileErrors: 0 };
+// `localizations`: the server's count of loc messages in the last picture drawn; `updates`: pictures drawn
+const drawn = { version: -1, receivers: 0, ellipses: 0, estimates: 0, track: 0, truth: 0, tileErrors: 0,
+                localizations: 0, updates: 0 };
+// Set once, in the first animation frame after the first ellipse joined the map (the frame that paints it):
+// `heimdall bench map --first-ellipse` reads its time
+const FIRST_ELLIPSE_MARK = "heimdall:first-ellipse";
+let firstEllipseMarked = false;
 
 function receiverColour(rx) {
   if (rx.up === false) return COLOURS.down;
@@ -99,6 +105,10 @@ function drawEstimates(state) {
                           interactive: false }).addTo(layers.estimates);
       drawn.ellipses += 1;
     }
+    if (drawn.ellipses && !firstEllipseMarked) {
+      firstEllipseMarked = true;
+      requestAnimationFrame(() => performance.mark(FIRST_ELLIPSE_MARK));
+    }
     L.circleMarker([est.lat, est.lon], { radius: 5, color: colour, weight: 2, fillColor: "#ffffff", fillOpacity: 1 })
       .bindTooltip(`${est.estimator}: ${est.lat.toFixed(4)}, ${est.lon.toFixed(4)}`).addTo(layers.estimates);
   }
@@ -152,6 +162,8 @@ function draw(state) {
   document.getElementById("summary").textContent =
     `${counts.loc || 0} localizations, ${counts.status || 0} status, ${state.estimates.map((e) => e.estimator).join(" + ") || "no estimate yet"}`;
   drawn.version = state.version;
+  drawn.localizations = counts.loc || 0;
+  drawn.updates += 1;
 }
 
 document.getElementById("show-truth").addEventListener("change", () => { if (latest) drawTruth(latest); });
