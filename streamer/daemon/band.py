@@ -5,7 +5,8 @@ a config without one keeps ``daemon.pipeline.Pipeline``'s single-channel path. `
 pipeline with the band lanes and aligner (``daemon.band_lane``) in place of the single-channel ones, and this in
 place of its window step:
 
-- the mel features ``[R, C, M, T]`` of every channel of every receiver (``dsp.features``, the one implementation);
+- the mel features ``[R, C, M, T]`` of every channel of every receiver (``dsp.features``, the one implementation),
+  read from the band lanes' rings in place (``BandWindow.rows``);
   each channel's per-frame SNR and noise by its own detection rule (``channel_frame_levels``; the channel's
   bandwidth, the config's threshold) into one ``dsp.emissions.EmissionTracker``; a channel a receiver does not cover
   is masked for it and counted (``heimdall_channel_masked_windows_total``);
@@ -38,6 +39,7 @@ from streamer.daemon.lane import Lane, LaneSettings
 from streamer.daemon.messages import EmissionEvent, EstimateOut, Localization
 from streamer.daemon.pipeline import Pipeline
 from streamer.dsp.detection import DetectionRule
+from streamer.dsp.features import mel_frames_dbm
 from streamer.dsp.emissions import (
     Channel,
     EmissionEnd,
@@ -141,7 +143,7 @@ class BandPipeline(Pipeline):
         self._begin_window(window)
         started = time.perf_counter()
         spec = self.config.features
-        features = np.swapaxes(self._features(window.samples), 0, 1)  # [C, R, M, T]
+        features = np.swapaxes(self._band_features(window), 0, 1)  # [C, R, M, T]
         listening = window.present[None, :] & window.covered.T  # [C, R]
         for c, r in zip(*np.nonzero(window.present[None, :] & ~window.covered.T)):
             m.channel_masked.labels(self.plan[c].name, self.receiver_ids[r]).inc()
@@ -190,9 +192,8 @@ class BandPipeline(Pipeline):
         """Emit every window that is ready; returns the localization payloads published (interim and final)."""
         now = self._clock_ns()
         published = []
-        for window in self.aligner.poll(now):
+        for window in self.aligner.poll(now):  # its rows are views of the rings: used before the next push
             published += self._process(window, now)
-            self.aligner.recycle(window)  # nothing keeps a window's samples past _process
         self._update_receiver_gauges(now)
         return published
 
@@ -222,6 +223,22 @@ class BandPipeline(Pipeline):
         self.metrics.emissions_ended.labels(event.channel).inc()
         self._send_event("end", event)
         return published
+
+    def _band_features(self, window: BandWindow) -> np.ndarray:
+        """``mel_frames_dbm`` of every receiver's covered channels, read from its ring in place: float32 dBm
+        ``[R, C, M, T]``, zeros where a receiver is not present or does not cover the channel. One call per receiver,
+        spread over the pool's workers (receiver ``r`` on worker ``r % workers``)."""
+        spec = self.config.features
+        out = np.zeros((len(self.receiver_ids), len(self.plan), spec.n_mels, spec.n_frames), dtype=np.float32)
+        held = [r for r, rows in enumerate(window.rows) if rows is not None]
+        groups: list[list] = [[] for _ in range(self.pool.workers)]
+        for k, r in enumerate(held):
+            groups[k % self.pool.workers].append(
+                lambda r=r: mel_frames_dbm(window.rows[r], spec, self.calibration_db[r]))
+        done = self.pool.run(groups)
+        for k, r in enumerate(held):
+            out[r, window.covered[r]] = done[k % self.pool.workers][k // self.pool.workers]
+        return out
 
     def _active_frames(self, c: int, features: np.ndarray, listening: np.ndarray, emission_frames: np.ndarray) -> np.ndarray:
         """The frames of a window the estimators measure an emission over (bool ``[T]``): those the detection rule finds

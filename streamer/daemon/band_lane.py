@@ -11,8 +11,8 @@ and windows of every channel cut on one grid.
 - ``BandLane``: a ``daemon.lane.Lane`` with that front end and a ``ChannelRings`` (a ring buffer with one row
   per covered channel): the same block checks, and the same accounting, ``received == used + buffered + dropped``
   in input samples (row ``j`` of the rings owns the input samples its bank outputs own).
-- ``BandAligner``: the ``WindowAligner``'s grid and decisions, cutting ``BandWindow``s: samples ``[R, C, N]`` of
-  every channel of the plan, zeros where a receiver is masked or does not cover the channel.
+- ``BandAligner``: the ``WindowAligner``'s grid and decisions, cutting ``BandWindow``s: each present receiver's
+  covered channels ``[C_covered, N]``, read in place from its ring (no window-sized copy).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from receivers.base import IQBlock
 from streamer.config import ChannelConfig
-from streamer.daemon.aligner import Window, WindowAligner
+from streamer.daemon.aligner import WindowAligner
 from streamer.daemon.coverage import channel_in_band
 from streamer.daemon.lane import Lane, LaneSettings, UntunableBlock
 from streamer.daemon.ringbuffer import RingBuffer
@@ -116,7 +116,7 @@ class ChannelRings(RingBuffer):
     def read(self, start: int, n: int) -> np.ndarray:
         """``n`` indices from segment index ``start`` as ``[n, columns]`` (transposed: ``.T`` of it is channel first, each
         channel's run contiguous); they must be held. Read-only, valid until the next ``append``: a view of the ring
-        where the run does not wrap (the band aligner copies it into its window at once), else a copy."""
+        where the run does not wrap (the band aligner hands it on as a window's rows), else a copy."""
         if start < self.start_index or start + n > self.end_index:
             raise IndexError(f"[{start}, {start + n}) not held in [{self.start_index}, {self.end_index})")
         pos = start % self.capacity
@@ -167,33 +167,50 @@ class BandLane(Lane):
 
 
 @dataclass(frozen=True)
-class BandWindow(Window):
-    """One aligned window of every channel: ``samples`` complex64 ``[R, C, N]`` (zeros where not held),
-    ``covered`` bool ``[R, C]`` (the receiver's band holds the channel; only meaningful where ``present``)."""
+class BandWindow:
+    """One aligned window of every channel of the plan, each receiver's samples where its ring holds them.
 
+    t_start_ns, t_end_ns, receiver_ids, present, mask_reasons : as ``Window``'s.
+    covered : bool ``[R, C]``, the receiver's band holds the channel (only meaningful where ``present``).
+    rows : per receiver, complex64 ``[covered channels, N]`` (its covered channels in plan order, each row
+        contiguous), or None where not present. Read-only views of the receiver's ring where the window does not
+        wrap in it: valid until that receiver's next block is pushed, so a caller uses them (or copies them)
+        before pushing again, as ``BandPipeline.poll`` does. No window-sized copy is made.
+    """
+
+    t_start_ns: int
+    t_end_ns: int
+    receiver_ids: tuple[str, ...]
+    present: np.ndarray
+    mask_reasons: dict[str, str]
     covered: np.ndarray
+    rows: tuple[np.ndarray | None, ...]
+
+    @property
+    def samples(self) -> np.ndarray:
+        """Every channel of every receiver as one new complex64 ``[R, C, N]`` array, zeros where a receiver is not
+        present or does not cover the channel (a copy: for inspection, not the daemon's path)."""
+        n = next((rows.shape[1] for rows in self.rows if rows is not None), 0)
+        out = np.zeros(self.covered.shape + (n,), dtype=np.complex64)
+        for r, rows in enumerate(self.rows):
+            if rows is not None:
+                out[r, self.covered[r]] = rows
+        return out
 
 
 class BandAligner(WindowAligner):
-    """``WindowAligner`` over ``BandLane``s: the same grid and decisions, cutting ``[R, C, N]`` windows."""
+    """``WindowAligner`` over ``BandLane``s: the same grid and decisions, cutting ``BandWindow``s whose samples stay in
+    the lanes' rings (``BandWindow.rows``)."""
 
     def __init__(self, lanes: list[BandLane], n_channels: int, **options) -> None:
         super().__init__(lanes, **options)
         self.n_channels = n_channels
-        self._spare: list[np.ndarray] = []
-
-    def recycle(self, window: BandWindow) -> None:
-        """Hand back a window its caller is done with: its sample array (``R x C x N`` complex64, large for a band) is
-        reused by a later cut instead of fresh memory, whose first touch costs more than the copy into it."""
-        if not self._spare and window.samples.shape == (len(self.lanes), self.n_channels, self.n_samples):
-            self._spare.append(window.samples)
 
     def _cut(self, t0: int, t1: int, host_ns: int) -> BandWindow:
         n_rx = len(self.lanes)
-        shape = (n_rx, self.n_channels, self.n_samples)
-        samples = self._spare.pop() if self._spare else np.empty(shape, dtype=np.complex64)
         present = np.zeros(n_rx, dtype=bool)
         covered = np.zeros((n_rx, self.n_channels), dtype=bool)
+        rows: list[np.ndarray | None] = []
         reasons = {}
         for i, lane in enumerate(self.lanes):
             reason = None
@@ -207,10 +224,10 @@ class BandAligner(WindowAligner):
                 reasons[lane.receiver_id] = reason
             taken = lane.take(t0, self.n_samples, reason)
             if taken is None:
-                samples[i] = 0
+                rows.append(None)
             else:
-                samples[i, lane.covered] = taken.T  # channel first in memory: a copy of rows
-                samples[i, ~lane.covered] = 0
+                rows.append(taken.T)  # channel first: each channel's run contiguous in the ring
                 present[i] = True
                 covered[i] = lane.covered
-        return BandWindow(t0, t1, tuple(lane.receiver_id for lane in self.lanes), samples, present, reasons, covered)
+        return BandWindow(t0, t1, tuple(lane.receiver_id for lane in self.lanes), present, reasons, covered,
+                          tuple(rows))

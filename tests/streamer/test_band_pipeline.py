@@ -361,7 +361,8 @@ def test_the_estimators_measure_an_emission_over_the_rules_active_frames_not_the
                 iq[r, :2] = _noise(2 * n, 1000 * k + r, scale=np.sqrt(noise_var / 2)).reshape(2, n)
                 iq[r, 0] += (envelope * tone).astype(np.complex64)
             t0 = T0_NS + k * 10**9 // 2
-            window = BandWindow(t0, t0 + 10**9 // 2, pipeline.receiver_ids, iq, np.ones(N_RX, dtype=bool), {}, covered)
+            window = BandWindow(t0, t0 + 10**9 // 2, pipeline.receiver_ids, np.ones(N_RX, dtype=bool), {}, covered,
+                                tuple(iq[r, covered[r]] for r in range(N_RX)))
             pipeline._process(window, t0)
         pipeline.finish()
     finally:
@@ -374,3 +375,30 @@ def test_the_estimators_measure_an_emission_over_the_rules_active_frames_not_the
         assert np.array_equal(inputs.active_frames, expected), (inputs.t_ns, inputs.active_frames, expected)
     mixed = [inputs for inputs in interim if inputs.t_ns == T0_NS + 3 * 10**9 // 2]
     assert len(mixed) == 1 and 15 <= mixed[0].active_frames.sum() <= 22, "only the strong half's frames are active"
+
+
+def test_features_read_from_the_rings_in_place_equal_those_of_a_copied_window():
+    """``BandPipeline`` computes each receiver's features from its ring's rows in place (views whose rows are far
+    apart in memory, as a ring's are): the same dBm as the pipeline's feature step gives the whole window copied
+    into one ``[R, C, N]`` array; zeros where a receiver is absent or does not cover the channel."""
+    cfg = _band_config()
+    pipeline = BandPipeline(cfg, metrics=Metrics(), send=lambda topic, msg: True, estimators=build_estimators(cfg),
+                            clock_ns=lambda: T0_NS)
+    try:
+        n = cfg.features.n_samples
+        rng = np.random.default_rng(8)
+        covered = np.tile([True, True, False], (N_RX, 1))
+        covered[1] = [False, True, False]
+        present = np.ones(N_RX, dtype=bool)
+        present[2] = False
+        ring = (rng.standard_normal((N_RX, len(PLAN), 3 * n)) + 1j * rng.standard_normal((N_RX, len(PLAN), 3 * n)))
+        ring = (ring * 0.01).astype(np.complex64)
+        rows = tuple(ring[r, covered[r], n : 2 * n] if present[r] else None for r in range(N_RX))
+        window = BandWindow(T0_NS, T0_NS + 10**9 // 2, pipeline.receiver_ids, present, {}, covered, rows)
+        in_place = pipeline._band_features(window)
+        copied = pipeline._features(window.samples)
+        listening = present[:, None] & covered
+        np.testing.assert_allclose(in_place[listening], copied[listening], rtol=0, atol=1e-4)
+        assert not in_place[~listening].any()
+    finally:
+        pipeline.close()

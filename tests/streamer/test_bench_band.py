@@ -55,9 +55,10 @@ def test_every_receiver_hears_the_carriers_on_their_channels_at_its_own_level():
     assert len({round(level, 3) for level in levels}) == 3  # each receiver hears its own level
 
 
-def test_a_recycled_window_array_gives_the_same_windows_as_fresh_memory():
-    """The band aligner reuses a window's array once its caller hands it back (``recycle``): stale samples never
-    show, not where a receiver stopped sending nor in a channel outside a receiver's band."""
+def test_windows_read_in_place_from_the_rings_hold_their_samples_when_several_are_cut_in_one_poll():
+    """The band aligner hands out each receiver's rows as views of its ring (no window-sized copy): windows cut
+    together in one poll (the daemon polling late) hold the same samples as windows cut one per poll, zeros where a
+    receiver stopped sending or a channel is outside its band."""
     from receivers.base import IQBlock
     from streamer.config import ChannelConfig
     from streamer.daemon.band_lane import BandAligner, BandLane
@@ -72,10 +73,10 @@ def test_a_recycled_window_array_gives_the_same_windows_as_fresh_memory():
     streams = [(rng.standard_normal(60 * block_n) + 1j * rng.standard_normal(60 * block_n)).astype(np.complex64)
                for _ in range(2)]
 
-    def windows(recycling: bool) -> list:
+    def windows(poll_every: int) -> tuple[list, int]:
         lanes = [BandLane(f"rx{i}", settings, plan, lambda *a: None, lambda *a: None) for i in range(2)]
         aligner = BandAligner(lanes, len(plan), **options)
-        cut = []
+        cut, most = [], 0
         for k in range(60):
             host_ns = t0_ns + round(k * block_n * 1e9 / rate)
             for i, lane in enumerate(lanes):
@@ -83,20 +84,23 @@ def test_a_recycled_window_array_gives_the_same_windows_as_fresh_memory():
                     lane.push(IQBlock(lane.receiver_id, streams[i][k * block_n : (k + 1) * block_n], k * block_n,
                                       host_ns, "gps", rate, center))
                     aligner.mark_arrival(lane.receiver_id, host_ns)
-            for window in aligner.poll(host_ns):
-                cut.append((window.samples.copy(), window.present.copy(), id(window.samples)))
-                if recycling:
-                    window.samples.fill(np.nan)  # what a reuse must not show
-                    aligner.recycle(window)
-        return cut
+            if k % poll_every == poll_every - 1:
+                ready = aligner.poll(host_ns)
+                most = max(most, len(ready))
+                cut += [(w.t_start_ns, w.samples, w.present.copy(), w.covered.copy()) for w in ready]
+        return cut, most
 
-    fresh, reused = windows(False), windows(True)
-    assert len(fresh) == len(reused) >= 4
-    assert any(not present.all() for _, present, _ in fresh), "rx1 masked in the later windows"
-    assert len({address for _, _, address in reused}) < len(reused), "arrays were reused"
-    for (a, present_a, _), (b, present_b, _) in zip(fresh, reused):
+    (each, _), (together, most) = windows(1), windows(20)
+    assert most >= 2, "several windows cut in one poll"
+    assert len(each) == len(together) >= 4
+    assert any(not present.all() for _, _, present, _ in each), "rx1 masked in the later windows"
+    for (t_a, a, present_a, covered_a), (t_b, b, present_b, covered_b) in zip(each, together):
+        assert t_a == t_b
         np.testing.assert_array_equal(present_a, present_b)
+        np.testing.assert_array_equal(covered_a, covered_b)
         np.testing.assert_array_equal(a, b)
+        assert not a[~present_a].any() and not a[:, 2].any(), "zeros where absent and for the channel off the band"
+        assert a[present_a][:, :2].all(), "the covered channels hold samples"
 
 
 @pytest.mark.parametrize(("option", "value", "named"), [("--active", "300", "--active 300"),
