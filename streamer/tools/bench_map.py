@@ -19,12 +19,16 @@ in the same run:
     ``--window-s`` after ``--warmup-s`` (the baseline; windows shortened to half of what follows the warm-up when
     the soak is shorter), and whether the page kept up (localizations sent, received by the map server, drawn).
 ``--browsers N``
-    The daemon on the simulated default network and ``heimdall map``; phases of ``--phase-s`` seconds alternate
-    0 and N pages open on the map (``--phases``, default 0,N,0,N; all pages are tabs of one headless Chromium).
-    Per phase: the daemon's windows and the p50 and p99 of its per-window processing time (ms), from the
-    difference of its ``heimdall_processing_seconds`` histogram (docs/metrics.md) between the phase's start
-    (after ``--settle-s``) and its end, interpolated within a bucket as Prometheus' ``histogram_quantile`` does.
-    Printed: p99 per phase, mean p99 with N pages over without, and the load average at start and end.
+    The daemon on the simulated default network and ``heimdall map``; phases alternate 0 and N clients open on
+    the map (``--phases``, default 0,N,0,N). ``--clients browsers``: each client its own headless Chromium and
+    profile showing the page, as separate users (one browser holds at most 6 HTTP/1.1 connections to a host, so a
+    7th tab of one browser would wait for the event streams of the others); ``--clients streams``: readers of the
+    map server's ``/events`` that parse each picture and draw nothing (the map server's work without the
+    browsers'). A phase opens its clients, waits until each has a picture and ``--settle-s`` more, then measures
+    ``--phase-s`` seconds: the daemon's windows and the p50 and p99 of its per-window processing time (ms), from
+    the difference of its ``heimdall_processing_seconds`` histogram (docs/metrics.md) over those seconds,
+    interpolated within a bucket as Prometheus' ``histogram_quantile`` does. Printed: p99 and the 1-minute load
+    average per phase, mean p99 with N clients over without, and the load average at start and end.
 
 Without Chromium the bench says how to install it and exits 0 (nothing measured). The processes it starts (the
 daemon, ``heimdall map``, Chromium) bind loopback on ports the OS chooses and are stopped when it ends.
@@ -34,6 +38,7 @@ Examples (shell)
 ``heimdall bench map --first-ellipse``
 ``heimdall bench map --soak 3600 --rate 20``
 ``heimdall bench map --browsers 10 --phase-s 60``
+``heimdall bench map --browsers 10 --clients streams``
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--first-ellipse", action="store_true", help="page load to the first ellipse drawn (ms)")
     mode.add_argument("--soak", type=float, metavar="SECONDS", help="keep one page open this long at --rate")
-    mode.add_argument("--browsers", type=int, metavar="N", help="daemon p99 with 0 and N pages open")
+    mode.add_argument("--browsers", type=int, metavar="N", help="daemon p99 with 0 and N browsers open")
     parser.add_argument("endpoint", nargs="?", default=None,
                         help="--first-ellipse: a running daemon's PUB endpoint (default: start one on the simulated default)")
     parser.add_argument("-c", "--config", default=None,
@@ -96,11 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--soak: seconds before the first heap window (default 120)")
     parser.add_argument("--window-s", type=float, default=600.0,
                         help="--soak: length of the first and last heap windows (s, default 600)")
-    parser.add_argument("--phase-s", type=float, default=60.0, help="--browsers: seconds per phase (default 60)")
+    parser.add_argument("--phase-s", type=float, default=60.0, help="--browsers: seconds measured per phase (default 60)")
     parser.add_argument("--settle-s", type=float, default=10.0,
-                        help="--browsers: seconds at the start of each phase left out of it (default 10)")
+                        help="--browsers: seconds left out once a phase's clients drew, before its measurement (default 10)")
+    parser.add_argument("--clients", choices=("browsers", "streams"), default="browsers",
+                        help="--browsers: what is opened: headless Chromiums showing the page (default), or readers of "
+                             "the map server's event stream that draw nothing (the map server's work alone)")
     parser.add_argument("--phases", default=None, metavar="LIST",
-                        help="--browsers: pages open per phase, comma-separated (default 0,N,0,N)")
+                        help="--browsers: browsers open per phase, comma-separated (default 0,N,0,N)")
     parser.add_argument("--chromium", default=None, help="the Chromium binary (default: chromium on PATH)")
 
 
@@ -125,13 +133,12 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.browsers is not None:
         need(1 <= args.browsers <= 50, f"--browsers {args.browsers}: expected a whole number in 1..50")
         need(math.isfinite(args.phase_s) and args.phase_s > 0, f"--phase-s {args.phase_s}: expected seconds > 0")
-        need(math.isfinite(args.settle_s) and 0 <= args.settle_s < args.phase_s,
-             f"--settle-s {args.settle_s}: expected seconds >= 0 and below --phase-s {args.phase_s:g}")
+        need(math.isfinite(args.settle_s) and args.settle_s >= 0, f"--settle-s {args.settle_s}: expected seconds >= 0")
         phases(args)  # raises on a bad --phases
 
 
 def phases(args: argparse.Namespace) -> list[int]:
-    """Pages open per phase: ``--phases`` or 0, N, 0, N; both 0 and another count must appear."""
+    """Browsers open per phase: ``--phases`` or 0, N, 0, N; both 0 and another count must appear."""
     if args.phases is None:
         return [0, args.browsers, 0, args.browsers]
     try:
@@ -139,7 +146,7 @@ def phases(args: argparse.Namespace) -> list[int]:
     except ValueError:
         counts = []
     if not counts or min(counts) < 0 or max(counts) > 50 or 0 not in counts or max(counts) == 0:
-        raise argparse.ArgumentError(None, f"--phases {args.phases!r}: expected comma-separated page counts in 0..50, "
+        raise argparse.ArgumentError(None, f"--phases {args.phases!r}: expected comma-separated browser counts in 0..50, "
                                            "with 0 and at least one other, e.g. 0,10,0,10")
     return counts
 
@@ -589,34 +596,108 @@ def bench_soak(args: argparse.Namespace, binary: str, print_line) -> list[str]:
 
 
 # --browsers -----------------------------------------------------------------------------------------------------
-async def open_tabs(devtools_port: int, url: str, count: int) -> list[Tab]:
-    tabs = [await Tab.open(devtools_port, url) for _ in range(count)]
-    for tab in tabs:
-        await tab.wait_for("window.heimdallMap && heimdallMap.drawn.version >= 0", 30, "a map page to draw")
-    return tabs
+class BrowserClients:
+    """``count`` browsers on the map, each its own headless Chromium and profile (as separate users would be)."""
+
+    kind = "browsers"
+
+    def __init__(self, binary: str, url: str):
+        self.binary, self.url = binary, url
+        self.stack = contextlib.ExitStack()
+        self.tabs: list[Tab] = []
+
+    async def open(self, count: int) -> None:
+        for _ in range(count):
+            self.tabs.append(await Tab.open(self.stack.enter_context(chromium(self.binary)), self.url))
+        for tab in self.tabs:
+            await tab.wait_for("heimdallMap.drawn.updates > 0", 60, "a map page to draw")
+
+    async def pictures(self) -> list[int]:
+        """Pictures each page has drawn so far."""
+        return [await tab.evaluate("heimdallMap.drawn.updates") for tab in self.tabs]
+
+    async def close(self) -> None:
+        try:
+            for tab in self.tabs:
+                await tab.close()
+        finally:
+            self.tabs = []
+            self.stack.close()
 
 
-async def browser_phases(devtools_port: int, url: str, metrics_url: str, counts: list[int], phase_s: float,
-                         settle_s: float, print_line) -> list[dict]:
+class StreamClients:
+    """``count`` readers of the map server's ``/events`` that parse each picture and draw nothing: the map
+    server's whole work for a browser, without the browser's."""
+
+    kind = "event streams"
+
+    def __init__(self, url: str):
+        self.url = url
+        self.tasks: list[asyncio.Task] = []
+        self.counts: list[int] = []
+        self.session = None
+
+    async def open(self, count: int) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession()
+        self.counts = [0] * count
+        self.tasks = [asyncio.create_task(self._read(i)) for i in range(count)]
+        deadline = time.monotonic() + 60
+        while min(self.counts, default=1) == 0:
+            if time.monotonic() > deadline or any(t.done() for t in self.tasks):
+                raise HeimdallError(f"bench map: an event stream from {self.url}events gave no picture in 60 s")
+            await asyncio.sleep(0.05)
+
+    async def _read(self, index: int) -> None:
+        async with self.session.get(self.url + "events", timeout=None) as response:
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    json.loads(line[6:])
+                    self.counts[index] += 1
+
+    async def pictures(self) -> list[int]:
+        return list(self.counts)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks = []
+        if self.session is not None:
+            await self.session.close()
+
+
+async def client_phases(make_clients, metrics_url: str, counts: list[int], phase_s: float, settle_s: float,
+                        print_line) -> list[dict]:
+    """One phase per entry of ``counts``: that many clients (``make_clients()``) open on the map, then ``settle_s``
+    left out, then the daemon's processing histogram over ``phase_s`` seconds."""
     results = []
-    for pages in counts:
-        began = time.monotonic()
-        tabs = await open_tabs(devtools_port, url, pages)
-        await asyncio.sleep(max(0.0, began + settle_s - time.monotonic()))
-        start = processing_buckets(fetch(metrics_url).decode())
-        measured_from = time.monotonic()
-        await asyncio.sleep(max(0.0, began + phase_s - time.monotonic()))
-        delta = bucket_difference(processing_buckets(fetch(metrics_url).decode()), start)
-        measured_s = time.monotonic() - measured_from
-        open_now = sum([await tab.evaluate("heimdallMap.drawn.updates > 0") for tab in tabs])
-        for tab in tabs:
-            await tab.close()
+    for clients_open in counts:
+        clients = make_clients()
+        try:
+            await clients.open(clients_open)
+            await asyncio.sleep(settle_s)
+            before = await clients.pictures()
+            start = processing_buckets(fetch(metrics_url).decode())
+            measured_from = time.monotonic()
+            await asyncio.sleep(phase_s)
+            delta = bucket_difference(processing_buckets(fetch(metrics_url).decode()), start)
+            measured_s = time.monotonic() - measured_from
+            load_1min = os.getloadavg()[0]
+            # a client that stopped taking pictures during the phase no longer loaded the map server
+            gained = [after - b for after, b in zip(await clients.pictures(), before)]
+        finally:
+            await clients.close()
         p50, p99 = histogram_quantile(0.5, delta), histogram_quantile(0.99, delta)
-        result = {"pages": pages, "windows": int(delta[-1][1]), "seconds": measured_s, "p50_ms": None if p50 is None else p50 * 1e3,
-                  "p99_ms": None if p99 is None else p99 * 1e3, "pages_drawing": open_now}
+        result = {"clients": clients_open, "windows": int(delta[-1][1]), "seconds": measured_s,
+                  "p50_ms": None if p50 is None else p50 * 1e3, "p99_ms": None if p99 is None else p99 * 1e3,
+                  "pictures_min": min(gained, default=0), "load_1min": load_1min}
         results.append(result)
-        print_line(f"  phase {len(results)}: {pages:2d} pages ({open_now} drawing), {result['windows']} windows in "
-                   f"{measured_s:.0f} s, processing p50 {_ms(result['p50_ms'])}, p99 {_ms(result['p99_ms'])}")
+        took = f" (each took >= {result['pictures_min']} pictures)" if clients_open else ""
+        print_line(f"  phase {len(results)}: {clients_open:2d} {clients.kind}{took}, {result['windows']} windows in "
+                   f"{measured_s:.0f} s, processing p50 {_ms(result['p50_ms'])}, p99 {_ms(result['p99_ms'])}; "
+                   f"load average {load_1min:.2f}")
     return results
 
 
@@ -629,20 +710,24 @@ def bench_browsers(args: argparse.Namespace, binary: str, print_line) -> list[st
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         config = bench_config(Path(tmp))
-        with daemon(config) as addresses, map_server(addresses["pub"], config) as url, chromium(binary) as port:
+        with daemon(config) as addresses, map_server(addresses["pub"], config) as url:
             wait_until(lambda: map_has_estimate(url), 90, "the daemon's first localization on the map")
-            print_line(f"bench map --browsers {args.browsers}: phases {counts} x {args.phase_s:g} s (first "
-                       f"{args.settle_s:g} s of each left out); load average {load_start[0]:.2f} "
-                       f"{load_start[1]:.2f} {load_start[2]:.2f} at start")
-            results = asyncio.run(browser_phases(port, url, addresses["metrics"], counts, args.phase_s,
-                                                 args.settle_s, print_line))
+            print_line(f"bench map --browsers {args.browsers} --clients {args.clients}: phases {counts} x "
+                       f"{args.phase_s:g} s measured, each after its clients drew and {args.settle_s:g} s more; "
+                       f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} at start")
+            if args.clients == "browsers":
+                make_clients = lambda: BrowserClients(binary, url)
+            else:
+                make_clients = lambda: StreamClients(url)
+            results = asyncio.run(client_phases(make_clients, addresses["metrics"], counts, args.phase_s,
+                                                args.settle_s, print_line))
     load_end = os.getloadavg()
-    without = [r["p99_ms"] for r in results if r["pages"] == 0 and r["p99_ms"] is not None]
-    with_pages = [r["p99_ms"] for r in results if r["pages"] > 0 and r["p99_ms"] is not None]
+    without = [r["p99_ms"] for r in results if r["clients"] == 0 and r["p99_ms"] is not None]
+    with_pages = [r["p99_ms"] for r in results if r["clients"] > 0 and r["p99_ms"] is not None]
     lines = []
     if without and with_pages:
         ratio = statistics.fmean(with_pages) / statistics.fmean(without)
-        lines.append(f"  p99 mean with pages {statistics.fmean(with_pages):.1f} ms, without "
+        lines.append(f"  p99 mean with {args.clients} {statistics.fmean(with_pages):.1f} ms, without "
                      f"{statistics.fmean(without):.1f} ms: with / without {ratio:.2f}")
     else:
         lines.append("  p99: a phase had no localized window; no ratio")

@@ -30,7 +30,8 @@ from streamer.tools.bench_map import (
     (["bench", "map", "--browsers", "0"], "--browsers 0: expected a whole number in 1..50"),
     (["bench", "map", "--browsers", "10", "--phases", "10,10"], "--phases '10,10': expected comma-separated"),
     (["bench", "map", "--browsers", "10", "--phases", "0,x"], "--phases '0,x': expected comma-separated"),
-    (["bench", "map", "--browsers", "10", "--settle-s", "60"], "--settle-s 60.0: expected seconds >= 0 and below"),
+    (["bench", "map", "--browsers", "10", "--settle-s", "-1"], "--settle-s -1.0: expected seconds >= 0"),
+    (["bench", "map", "--browsers", "10", "--clients", "tabs"], "argument --clients: invalid choice"),
     (["bench", "map", "--soak", "3600", "tcp://127.0.0.1:5557"], "ENDPOINT goes with --first-ellipse only"),
 ])
 def test_bench_map_refuses_bad_options_naming_them(argv, expected, capsys):
