@@ -267,7 +267,8 @@ class ChannelBlock:
     Attributes
     ----------
     receiver_id, time_source, gain_db : as the input blocks'.
-    samples : complex64 ``[C, n]``, one row per entry of ``channels``.
+    samples : complex64 ``[C, n]``, one row per entry of ``channels``; from ``FilterBank.process``, the transposed view
+        of time-first memory (each output time's channels adjacent, a row's samples ``C`` apart).
     channels : signed channel numbers, row by row.
     sample_index : output index of ``samples[:, 0]`` counted since the bank's reset.
     t0_ns : Unix time (ns) of ``samples[:, 0]``.
@@ -450,7 +451,8 @@ class FilterBank:
         pieces = [self._push(block.samples[i : i + step]) for i in range(0, len(block.samples), step)]
         if self.samples_out == first_out:
             return None
-        samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
+        # Made time first (each output time's channels together, as the FFT gives them); handed out as its [C, n] view.
+        samples = (pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)).T
         # Time of output `first_out`: this block's t0 moved by (first_out*M - offset) input samples.
         offset = block.sample_index - self._start_index
         numerator = (first_out * self.decimation - offset) * 10**9 * self._in_rate.denominator
@@ -472,13 +474,13 @@ class FilterBank:
         )
 
     def _push(self, samples: np.ndarray) -> np.ndarray:
-        """Append input; return ``[C, count]`` for the output times it made ready."""
+        """Append input; return ``[count, C]`` (time first) for the output times it made ready."""
         samples = np.asarray(samples, dtype=np.complex64)
         buf = np.concatenate((self._hist, samples))
         self.samples_in += len(samples)
         m0, m1 = self.samples_out, self.ready(self.samples_in)
         count = max(0, m1 - m0)
-        out = np.empty((len(self.channels), count), dtype=np.complex64)
+        out = np.empty((count, len(self.channels)), dtype=np.complex64)
         pairs = buf.view(np.float32)
         stride = pairs.strides[0]
         n, d, p = self.n_channels, self.decimation, self.branch_taps
@@ -491,9 +493,9 @@ class FilterBank:
             rolled = self._rotate(folded, m0 + r0)
             if self._dft is None:
                 spectra = scipy.fft.fft(rolled, axis=-1, workers=1, overwrite_x=True)
-                out[:, r0 : r0 + rows] = np.take(spectra, self._bins, axis=1).T
+                np.take(spectra, self._bins, axis=1, out=out[r0 : r0 + rows], mode="clip")  # "raise" would buffer `out`
             else:
-                out[:, r0 : r0 + rows] = (rolled @ self._dft).T
+                np.matmul(rolled, self._dft, out=out[r0 : r0 + rows])
         self.samples_out = m1
         keep_from = self._window_start(self.samples_out)
         self._hist = buf[keep_from - self._hist_start :].copy()
