@@ -12,7 +12,10 @@ on transmit power (``power_bins`` bins), a Gaussian likelihood (variance shadowi
 full ``correlated_error_cov``, or a surveyed ``shadowing_map``) on the receivers that heard and a censoring
 term P(received < detection level) on those that did not. It reports the posterior mean, the full 2x2
 covariance and the credible ellipses' radii (``streamer.estimators.credible``: the covariance's shape scaled
-to hold 68 % / 95 % of the posterior). ``PhysicsGrid.estimate_batch`` does the same for several windows at once
+to hold 68 % / 95 % of the posterior). The point it reports is the posterior mean, or by ``point_estimate``
+the posterior's geometric (spatial) median, which minimises the expected distance to the transmitter, or its
+mode (``POINT_ESTIMATES``); the covariance is then the second moment about that point and the ellipses are
+centred on it. ``PhysicsGrid.estimate_batch`` does the same for several windows at once
 (one tick's channels), with the same results. ``grid_bytes`` is what that grid costs, for the preflight check.
 
 A posterior rather than maximum likelihood with a Fisher ellipse: with several dB of shadowing the likelihood
@@ -68,10 +71,12 @@ POWER_STEP_DB = 0.5
 class PhysicsResult:
     """Posterior summary of one window.
 
-    position_en_m : ``[2]`` posterior mean (east, north) in metres from the network origin.
-    cov_en_m2 : ``[2, 2]`` posterior covariance (m^2), including the grid cell's own spread.
+    position_en_m : ``[2]`` the point estimate (east, north) in metres from the network origin: the posterior
+        mean, geometric median or mode (``PhysicsGrid``'s ``point_estimate``).
+    cov_en_m2 : ``[2, 2]`` posterior second moment about that point (m^2; the covariance when it is the mean),
+        including the grid cell's own spread.
     ellipse_scales : ``[P]`` the credible ellipses' radii in standard deviations of ``cov_en_m2``: the ellipses
-        about the mean with the covariance's shape that hold ``credible.ELLIPSE_PROBABILITIES`` of the posterior.
+        about the point with that matrix's shape that hold ``credible.ELLIPSE_PROBABILITIES`` of the posterior.
     tx_power_dbm : posterior mean transmit power (dBm).
     n_heard : receivers that heard (Gaussian term).
     n_censored : present receivers that did not hear (censoring term).
@@ -83,6 +88,46 @@ class PhysicsResult:
     n_heard: int
     n_censored: int
     ellipse_scales: np.ndarray
+
+
+#: ``PhysicsGrid``'s point estimates: ``mean`` (minimises the expected squared error), ``geometric_median``
+#: (minimises the expected distance error) and ``map`` (the most probable cell).
+POINT_ESTIMATES = ("mean", "geometric_median", "map")
+#: ``geometric_median``: iterations stop when no window's point moves by more than this fraction of a cell, or
+#: after ``GEOMETRIC_MEDIAN_MAX_ITERATIONS``.
+GEOMETRIC_MEDIAN_TOLERANCE_CELLS = 1e-3
+GEOMETRIC_MEDIAN_MAX_ITERATIONS = 500
+#: ``geometric_median`` minimises sum w sqrt(d^2 + eps^2) with eps this fraction of a cell: without it the
+#: iteration divides by zero on a cell centre, and the minimiser moves by less than eps (below the grid's resolution).
+GEOMETRIC_MEDIAN_SMOOTHING_CELLS = 0.05
+
+
+def geometric_median(points, weights, start=None, *, tolerance: float, smoothing: float,
+                     max_iterations: int = GEOMETRIC_MEDIAN_MAX_ITERATIONS) -> np.ndarray:
+    """``[B, 2]`` weighted geometric medians of ``B`` distributions over the same ``points`` ``[G, 2]`` with
+    ``weights`` ``[B, G]`` (each row summing to 1): the point x minimising sum_g w_g |x - p_g|, found by Weiszfeld's
+    iteration (each step a weighted mean with weights w_g / |x - p_g|, which never increases the sum) from
+    ``start`` ``[B, 2]`` (default: the means). ``smoothing`` (the points' unit) replaces |d| by sqrt(d^2 + s^2),
+    ``tolerance`` the largest step at which it stops.
+
+    >>> pts = np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])
+    >>> np.round(geometric_median(pts, np.array([[0.4, 0.35, 0.25]]), tolerance=1e-9, smoothing=1e-9), 3).tolist()
+    [[1.0, 0.0]]
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    x = w @ pts if start is None else np.array(start, dtype=np.float64, copy=True).reshape(w.shape[0], 2)
+    active = np.arange(w.shape[0])
+    for _ in range(max_iterations):
+        if not active.size:
+            break
+        d2 = (pts[None, :, 0] - x[active, 0:1]) ** 2 + (pts[None, :, 1] - x[active, 1:2]) ** 2
+        q = w[active] / np.sqrt(d2 + smoothing * smoothing)
+        step = q @ pts / q.sum(axis=1, keepdims=True)
+        moved = np.abs(step - x[active]).max(axis=1)
+        x[active] = step
+        active = active[moved > tolerance]
+    return x
 
 
 def grid_shape(area: SearchArea, grid_step_km: float) -> tuple[int, int]:
@@ -122,6 +167,8 @@ class PhysicsGrid:
     shadowing_map : optional callable ``grid_en_m [G, 2] -> (mean_db [G, R], sd_db [G, R])``: a surveyed map of
         each receiver's shadowing (received power minus the median model's, dB) at each cell and the standard
         deviation of what remains (dB, shadowing and calibration together); replaces ``sigma_db``.
+    point_estimate : the point reported, one of ``POINT_ESTIMATES`` (default ``mean``); the covariance and ellipses
+        are taken about it.
 
     Examples
     --------
@@ -135,7 +182,11 @@ class PhysicsGrid:
     True
     """
 
-    def __init__(self, physics, rx_enu_m, rx_alt_m, area: SearchArea, error_cov_db2=None, shadowing_map=None) -> None:
+    def __init__(self, physics, rx_enu_m, rx_alt_m, area: SearchArea, error_cov_db2=None, shadowing_map=None,
+                 point_estimate: str = "mean") -> None:
+        if point_estimate not in POINT_ESTIMATES:
+            raise ValueError(f"point_estimate: expected one of {', '.join(POINT_ESTIMATES)}, got {point_estimate!r}")
+        self.point_estimate = point_estimate
         self.physics = physics
         self.area = area
         rx = np.asarray(rx_enu_m, dtype=np.float64)
@@ -379,19 +430,30 @@ class PhysicsGrid:
         log_post = self.log_posterior(rx_power_dbm, heard_arr, present_arr, detection_level_dbm)
         w = np.exp(log_post - log_post.max())
         w /= w.sum()
-        mean = w @ self.grid_en_m
-        d = self.grid_en_m - mean
+        point = self._points(w[None, :])[0]
+        d = self.grid_en_m - point
         cov = (d * w[:, None]).T @ d + self._cell_cov_m2
         cov = 0.5 * (cov + cov.T)
         tx_power = self._posterior_power(rx_power_dbm, heard_arr & present_arr, w)
         return PhysicsResult(
-            position_en_m=mean,
+            position_en_m=point,
             cov_en_m2=cov,
             tx_power_dbm=tx_power,
             n_heard=int((heard_arr & present_arr).sum()),
             n_censored=int((~heard_arr & present_arr).sum()),
-            ellipse_scales=credible_scales(w, self.grid_en_m, self.cell_m, mean, cov, subdivisions=PHYSICS_SUBDIVISIONS),
+            ellipse_scales=credible_scales(w, self.grid_en_m, self.cell_m, point, cov, subdivisions=PHYSICS_SUBDIVISIONS),
         )
+
+    def _points(self, w: np.ndarray) -> np.ndarray:
+        """``[B, 2]`` the ``point_estimate`` of each window's posterior weights ``w [B, G]`` (m)."""
+        mean = np.einsum("bg,gi->bi", w, self.grid_en_m)
+        if self.point_estimate == "map":
+            return self.grid_en_m[np.argmax(w, axis=1)]
+        if self.point_estimate == "geometric_median":
+            cell = min(self.cell_m)
+            return geometric_median(self.grid_en_m, w, mean, tolerance=GEOMETRIC_MEDIAN_TOLERANCE_CELLS * cell,
+                                    smoothing=GEOMETRIC_MEDIAN_SMOOTHING_CELLS * cell)
+        return mean
 
     def estimate_batch(self, rx_power_dbm, heard, present, detection_level_dbm) -> list[PhysicsResult]:
         """``estimate`` of B windows in one vectorised pass: the same results as B calls of ``estimate``.
@@ -501,11 +563,11 @@ class PhysicsGrid:
         return log_post
 
     def _summaries(self, rx, used, censored, log_post) -> list[PhysicsResult]:
-        """``PhysicsResult`` of each window from its ``[B, G]`` log posterior: the weights, mean, covariance and
+        """``PhysicsResult`` of each window from its ``[B, G]`` log posterior: the weights, point, covariance and
         transmit power as ``[B, ...]`` arrays, the credible radii window by window (a sort of its own cells)."""
         w = np.exp(log_post - log_post.max(axis=1, keepdims=True))
         w /= w.sum(axis=1, keepdims=True)
-        mean = np.einsum("bg,gi->bi", w, self.grid_en_m)  # [B, 2]
+        mean = self._points(w)  # [B, 2]: the point estimate (the mean by default)
         de = self.grid_en_m[None, :, 0] - mean[:, 0:1]
         dn = self.grid_en_m[None, :, 1] - mean[:, 1:2]
         cov = np.empty((w.shape[0], 2, 2))
@@ -524,8 +586,8 @@ class PhysicsGrid:
                 for b in range(w.shape[0])]
 
     def _credible_scales_batch(self, w: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
-        """``[B, P]`` ``credible.credible_scales`` of each window's weights ``w [B, G]``, mean and covariance (cells
-        spread over ``PHYSICS_SUBDIVISIONS``^2 points): the squared Mahalanobis radii of all windows as one quadratic
+        """``[B, P]`` ``credible.credible_scales`` of each window's weights ``w [B, G]``, centre ``mean`` (the point
+        estimate) and matrix ``cov`` (cells spread over ``PHYSICS_SUBDIVISIONS``^2 points): the squared Mahalanobis radii of all windows as one quadratic
         form, then each window's own cells above ``min_weight`` sorted (``credible.radius_sq_at_mass``)."""
         offsets = subcell_offsets(PHYSICS_SUBDIVISIONS) * np.asarray(self.cell_m)  # [S, 2]
         inv = np.linalg.inv(cov)  # [B, 2, 2], symmetric already
