@@ -17,7 +17,7 @@ import csv
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from streamer.core.errors import HeimdallError
 from streamer.dsp.features import FeatureSpec
 from streamer.core.geodesy import Origin, geodetic_to_enu_m, search_area
 from streamer.estimators.contract import search_area_row, site_propagation
-from streamer.estimators.physics import PhysicsGrid, correlated_error_cov
+from streamer.estimators.physics import POINT_ESTIMATES, PhysicsGrid, correlated_error_cov
 from streamer.core.propagation import log_distance_path_loss_db, slant_distance_m
 from streamer.estimators.survey import CORR_BINS_M, correlation_table, fit_correlation, pair_residuals
 from streamer.estimators.survey import ShadowingMaps as _KrigedMaps
@@ -238,6 +238,7 @@ class PhysicsOptions:
     mapped : the fixed receivers' shadowing maps kriged from the fitting links (``fit["maps"]``, ``ShadowingMaps``);
         receivers then independent (not with ``correlated``).
     sigma_scale : factor on the whole error covariance's standard deviations (shadowing and calibration).
+    point : the posterior's point estimate (``streamer.estimators.physics.POINT_ESTIMATES``; ``choose_point``).
     """
 
     max_receivers: int | None = MAX_RECEIVERS
@@ -245,10 +246,12 @@ class PhysicsOptions:
     correlated: bool = False
     sigma_scale: float = 1.0
     mapped: bool = False
+    point: str = "mean"
 
     def label(self) -> str:
         return (f"rx={self.max_receivers or 'all'} sigma={'per-rx' if self.per_receiver_sigma else 'common'} "
-                f"{'map' if self.mapped else 'corr=yes' if self.correlated else 'corr=no'} scale={self.sigma_scale:g}")
+                f"{'map' if self.mapped else 'corr=yes' if self.correlated else 'corr=no'} scale={self.sigma_scale:g}"
+                + ("" if self.point == "mean" else f" point={self.point}"))
 
 
 #: The recipe before ``select_physics_options`` (16 strongest, i.i.d. errors of the fitted sigma): the baseline.
@@ -362,42 +365,24 @@ def physics_estimator(sample: RenderedSample, fit: dict, options: PhysicsOptions
         sigma = np.array([fit["rx_sigma_db"].get(n, fit["sigma_db"]) if options.per_receiver_sigma else fit["sigma_db"]
                           for n in sample.names[:k]])
         shadowing_map = fit["maps"].for_receivers(sample.names[:k], sigma, options.sigma_scale)
-    elif options != BASELINE_OPTIONS:
+    elif replace(options, point=BASELINE_OPTIONS.point) != BASELINE_OPTIONS:
         sigma = np.array([fit["rx_sigma_db"].get(n, fit["sigma_db"]) if options.per_receiver_sigma else fit["sigma_db"]
                           for n in sample.names[:k]])
         components = fit["correlation"] if options.correlated else ()
         error_cov = options.sigma_scale**2 * correlated_error_cov(rx, sigma, components, CALIBRATION_SIGMA_DB)
     return PhysicsGrid(physics, rx, np.zeros(k), search_area(rx, area_margin_km), error_cov_db2=error_cov,
-                            shadowing_map=shadowing_map), k
-
-
-def _summaries(est: PhysicsGrid, k: int, power) -> dict:
-    """Point estimates of one posterior, each with the posterior second moment about it: mean, median, mode."""
-    log_post = est.log_posterior(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
-    w = np.exp(log_post - log_post.max())
-    w /= w.sum()
-    grid = est.grid_en_m
-    points = {"mean": w @ grid, "mode": grid[int(np.argmax(w))]}
-    median = []
-    for axis in (0, 1):
-        order = np.argsort(grid[:, axis])
-        median.append(grid[order, axis][np.searchsorted(np.cumsum(w[order]), 0.5)])
-    points["median"] = np.array(median)
-    out = {}
-    for name, point in points.items():
-        d = grid - point
-        out[name] = (point, (d * w[:, None]).T @ d + est._cell_cov_m2)
-    return out
+                       shadowing_map=shadowing_map, point_estimate=options.point), k
 
 
 def compare_variants(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, options: PhysicsOptions, *,
                      folds: int = SELECT_FOLDS, block_m: float = SELECT_BLOCK_M, per_fold: int = SELECT_PER_FOLD,
                      seed: int = SELECT_SEED, log=None) -> dict:
-    """Cross-validated scores (the same folds and rows as ``cross_validate``) of variants of one ``options``: the
-    posterior summary (mean, coordinate-wise median, mode, each with the second moment about it), the transmit
-    power prior (+-3 dB, +-6 dB around the calibrated 30 dBm) and the search-area margin (0.3 km, 0.6 km)."""
-    variants = [(summary, 3.0, 0.3) for summary in ("mean", "median", "mode")] + [("mean", 6.0, 0.3), ("mean", 3.0, 0.6)]
-    got = {v: ([], []) for v in variants}
+    """Cross-validated scores (the same folds and rows as ``cross_validate``) of variants of one ``options``: each
+    point estimate of ``POINT_ESTIMATES`` (the estimator's own, with its second moment and ellipses about the
+    point), the transmit power prior (+-3 dB, +-6 dB around the calibrated 30 dBm) and the search-area margin
+    (0.3 km, 0.6 km), these two with ``options.point``."""
+    variants = [(point, 3.0, 0.3) for point in POINT_ESTIMATES] + [(options.point, 6.0, 0.3), (options.point, 3.0, 0.6)]
+    got = {v: ([], [], []) for v in variants}
     truth = []
 
     def on_fold(f, train, pick, fit):
@@ -407,16 +392,30 @@ def compare_variants(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, op
     for fit, sample, power in _held_out_samples(fit_rows, origin, spec, folds=folds, block_m=block_m, per_fold=per_fold,
                                                 seed=seed, maps=options.mapped, on_fold=on_fold):  # fmt: skip
         truth.append(sample.tx_enu_m)
-        cache = {}
-        for summary, halfwidth, margin in variants:
-            if (halfwidth, margin) not in cache:
-                cache[(halfwidth, margin)] = _summaries(*physics_estimator(sample, fit, options, halfwidth, margin), power)
-            point, cov = cache[(halfwidth, margin)][summary]
-            got[(summary, halfwidth, margin)][0].append(point)
-            got[(summary, halfwidth, margin)][1].append(cov)
+        for point, halfwidth, margin in variants:
+            est, k = physics_estimator(sample, fit, replace(options, point=point), halfwidth, margin)
+            res = est.estimate(power.signal_dbm[:k], power.heard[:k], np.ones(k, bool), power.detection_level_dbm[:k])
+            positions, covs, radii = got[(point, halfwidth, margin)]
+            positions.append(res.position_en_m)
+            covs.append(res.cov_en_m2)
+            radii.append(res.ellipse_scales)
     truth = np.array(truth)
-    return {f"summary={s} power=30+-{h:g}dBm margin={m:g}km": scores(np.array(got[(s, h, m)][0]), np.array(got[(s, h, m)][1]), truth)
-            for s, h, m in variants}
+    return {f"point={p} power=30+-{h:g}dBm margin={m:g}km": scores(*(np.array(a) for a in got[(p, h, m)][:2]), truth,
+                                                                    np.array(got[(p, h, m)][2]))
+            for p, h, m in variants}
+
+
+def choose_point(cv: dict) -> str:
+    """The point estimate with the smallest cross-validated median error (``{point: scores}``, fitting rows only): the
+    gates' accuracy metric. Ties go to the earlier of ``POINT_ESTIMATES`` (the mean first)."""
+    return min(POINT_ESTIMATES, key=lambda p: (cv[p]["median_m"], POINT_ESTIMATES.index(p)))
+
+
+def cross_validate_points(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, options: PhysicsOptions,
+                          per_fold: int = SELECT_PER_FOLD, log=None) -> dict:
+    """``{point: scores}``: ``options`` with each of ``POINT_ESTIMATES``, on ``compare_variants``' folds and rows."""
+    table = compare_variants(fit_rows, origin, spec, options, per_fold=per_fold, log=log)
+    return {p: table[f"point={p} power=30+-3dBm margin=0.3km"] for p in POINT_ESTIMATES}
 
 
 def fit_model(fit_rows: list[dict], origin: Origin, maps: bool = True) -> dict:
@@ -688,10 +687,12 @@ def main(argv: list[str] | None = None) -> int:
     from dataclasses import asdict
 
     parser = argparse.ArgumentParser(prog="python -m models.train.powder", description=main.__doc__)
-    parser.add_argument("command", choices=("select", "residuals", "variants"),
-                        help="select: choose the physics options by CV; residuals: print the fitting links' residual "
-                             "correlations (between receivers, and along transmitter positions) and their fits; "
-                             "variants: CV scores of the stored choice's posterior summary, power prior and area margin")
+    parser.add_argument("command", choices=("select", "select-point", "residuals", "variants"),
+                        help="select: choose the physics options by CV; select-point: choose the stored options' point "
+                             "estimate by CV (BASELINE_OPTIONS' for a split without stored options) and store it; "
+                             "residuals: print the fitting links' residual correlations (between receivers, and along "
+                             "transmitter positions) and their fits; variants: CV scores of the stored choice's point "
+                             "estimate, power prior and area margin")
     parser.add_argument("--split", default="grid", help="grid, random or a split file: its test rows are left out of everything")
     parser.add_argument("--per-fold", type=int, default=SELECT_PER_FOLD, help="held-out rows scored per fold")
     parser.add_argument("--out", type=Path, default=OPTIONS_FILE, help="JSON file to store the choice in (merged by split)")
@@ -717,6 +718,20 @@ def main(argv: list[str] | None = None) -> int:
             for centre, rho, count in table:
                 lo, hi = next((lo, hi) for lo, hi in bins if lo <= centre < hi)
                 print(f"  {lo:>6.0f}-{hi:<6.0f} m  pairs {count:>8.0f}  correlation {rho:+.3f}")
+        return 0
+    if args.command == "select-point":
+        options = options_for(split)
+        cv = cross_validate_points(fit_rows, origin, FeatureSpec(), options, per_fold=args.per_fold, log=print)
+        print(format_table(f"cross-validation on the fitting rows of {split_name(split)}, {options.label()}",
+                           {f"point={p}": s for p, s in cv.items()}))
+        chosen = replace(options, point=choose_point(cv))
+        best = cv[chosen.point]
+        print(f"chosen: point={chosen.point} (CV {best['median_m']:.0f} m median, cov95 {best['cov95']:.3f})")
+        stored = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        entry = stored.setdefault(split_key(split), {})
+        command = f"python -m models.train.powder select-point --split {args.split} --per-fold {args.per_fold}"
+        entry.update({"options": asdict(chosen), "point_cv": cv, "point_command": command})
+        args.out.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
         return 0
     if args.command == "variants":
         options = options_for(split)

@@ -158,24 +158,21 @@ def test_shadowing_maps_predict_held_out_fitting_links(rows):
     np.testing.assert_allclose(far[1][0], np.hypot(sigma, powder.CALIBRATION_SIGMA_DB))
 
 
-def test_posterior_summaries_mean_is_the_estimators_own():
-    from types import SimpleNamespace
+def test_choose_point_takes_the_smallest_cross_validated_median_error():
+    cv = {"mean": {"median_m": 130.0}, "geometric_median": {"median_m": 121.0}, "map": {"median_m": 150.0}}
+    assert powder.choose_point(cv) == "geometric_median"
+    assert powder.choose_point({**cv, "geometric_median": {"median_m": 130.0}}) == "mean"  # a tie keeps the mean
 
-    from streamer.config import PhysicsConfig
-    from streamer.core.geodesy import SearchArea
-    from streamer.estimators.physics import PhysicsGrid
 
-    rx = np.array([[0.0, 0.0], [1500.0, 0.0], [0.0, 1500.0], [1500.0, 1500.0]])
-    est = PhysicsGrid(PhysicsConfig(grid_step_km=0.05, ref_loss_db=85.7, tx_alt_m=1.5), rx, np.zeros(4),
-                           SearchArea(-300, 1800, -300, 1800))
-    power = SimpleNamespace(signal_dbm=np.array([-60.0, -75.0, -72.0, -85.0]), heard=np.ones(4, bool),
-                            detection_level_dbm=np.full(4, -120.0))
-    got = powder._summaries(est, 4, power)
-    res = est.estimate(power.signal_dbm, power.heard, np.ones(4, bool), power.detection_level_dbm)
-    np.testing.assert_allclose(got["mean"][0], res.position_en_m)
-    np.testing.assert_allclose(got["mean"][1], res.cov_en_m2, rtol=1e-9)
-    for name in ("median", "mode"):  # second moment about another point is larger than the covariance
-        assert np.trace(got[name][1]) >= np.trace(res.cov_en_m2) - 1e-6
+def test_stored_point_feeds_the_estimator(tmp_path, fitted):
+    fit, test_rows, origin = fitted
+    path = tmp_path / "options.json"
+    path.write_text(json.dumps({powder.split_key("grid"): {"options": {"point": "geometric_median"}}}))
+    options = powder.options_for("grid", path)
+    assert options == powder.PhysicsOptions(point="geometric_median") and "point=geometric_median" in options.label()
+    samples = (powder.render_sample(row, fit, origin, FeatureSpec(), i) for i, row in enumerate(test_rows))
+    est, _ = powder.physics_estimator(next(s for s in samples if powder.scorable(s)), fit, options)
+    assert est.point_estimate == "geometric_median" and est.error_cov_db2 is None  # still the baseline's i.i.d. errors
 
 
 def test_calibration_age_is_fitted_on_the_fitting_months_only(rows):
