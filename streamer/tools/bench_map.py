@@ -27,8 +27,8 @@ in the same run:
     browsers'). A phase opens its clients, waits until each has a picture and ``--settle-s`` more, then measures
     ``--phase-s`` seconds: the daemon's windows and the p50 and p99 of its per-window processing time (ms), from
     the difference of its ``heimdall_processing_seconds`` histogram (docs/metrics.md) over those seconds,
-    interpolated within a bucket as Prometheus' ``histogram_quantile`` does. Printed: p99 and the 1-minute load
-    average per phase, mean p99 with N clients over without, and the load average at start and end.
+    interpolated within a bucket as Prometheus' ``histogram_quantile`` does. Printed: p50, p99 and the 1-minute
+    load average per phase, mean p99 (and p50) with N clients over without, and the load average at start and end.
 
 Without Chromium the bench says how to install it and exits 0 (nothing measured). The processes it starts (the
 daemon, ``heimdall map``, Chromium) bind loopback on ports the OS chooses and are stopped when it ends.
@@ -610,7 +610,7 @@ class BrowserClients:
         for _ in range(count):
             self.tabs.append(await Tab.open(self.stack.enter_context(chromium(self.binary)), self.url))
         for tab in self.tabs:
-            await tab.wait_for("heimdallMap.drawn.updates > 0", 60, "a map page to draw")
+            await tab.wait_for("window.heimdallMap && heimdallMap.drawn.updates > 0", 60, "a map page to draw")
 
     async def pictures(self) -> list[int]:
         """Pictures each page has drawn so far."""
@@ -729,6 +729,11 @@ def bench_browsers(args: argparse.Namespace, binary: str, print_line) -> list[st
         ratio = statistics.fmean(with_pages) / statistics.fmean(without)
         lines.append(f"  p99 mean with {args.clients} {statistics.fmean(with_pages):.1f} ms, without "
                      f"{statistics.fmean(without):.1f} ms: with / without {ratio:.2f}")
+        p50_without = [r["p50_ms"] for r in results if r["clients"] == 0 and r["p50_ms"] is not None]
+        p50_with = [r["p50_ms"] for r in results if r["clients"] > 0 and r["p50_ms"] is not None]
+        lines.append(f"  p50 mean with {args.clients} {statistics.fmean(p50_with):.1f} ms, without "
+                     f"{statistics.fmean(p50_without):.1f} ms: with / without "
+                     f"{statistics.fmean(p50_with) / statistics.fmean(p50_without):.2f}")
     else:
         lines.append("  p99: a phase had no localized window; no ratio")
     lines.append(f"  load average {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} at end "
