@@ -6,7 +6,9 @@ pipeline with the band lanes and aligner (``daemon.band_lane``) in place of the 
 place of its window step:
 
 - the mel features ``[R, C, M, T]`` of every channel of every receiver (``dsp.features``, the one implementation),
-  read from the band lanes' rings in place (``BandWindow.rows``);
+  read from the band lanes' rings in place (``BandWindow.rows``); those of the window the aligner cuts next, and
+  their per-frame levels, are computed a few frames at a time as each receiver's samples arrive (``poll`` ->
+  ``_stream_frames``), so the tick that completes a window has only its last frames left;
   each channel's per-frame SNR and noise by its own detection rule (``channel_frame_levels``; the channel's
   bandwidth, the config's threshold) into one ``dsp.emissions.EmissionTracker``; a channel a receiver does not cover
   is masked for it and counted (``heimdall_channel_masked_windows_total``);
@@ -88,6 +90,41 @@ class EmissionFrames:
         return out, present
 
 
+#: Frames of the next window a receiver's frames are computed in at once as its samples arrive (``_stream_frames``):
+#: fewer costs more calls, more leaves more of them to the tick that completes the window.
+STREAM_FRAMES = 8
+
+
+class _LaneFrames:
+    """One receiver's mel frames and per-frame levels of one window, as far as they are computed: the window starting
+    at ``t0_ns``, at index ``first`` of ``ring`` (whose segment is anchored at ``anchor_ns``), its ``covered`` channels
+    (bool ``[C]``, plan order). ``features`` ``[covered, M, T]`` float32 dBm, ``snr``/``noise`` ``[covered, T]``;
+    frames ``0 .. done - 1`` are filled; ``seconds`` spent on them."""
+
+    def __init__(self, t0_ns: int, ring, anchor_ns: int, first: int, covered: np.ndarray, spec) -> None:
+        self.t0_ns, self.ring, self.anchor_ns, self.first = t0_ns, ring, anchor_ns, first
+        self.covered = np.array(covered, dtype=bool)
+        n = int(self.covered.sum())
+        self.features = np.empty((n, spec.n_mels, spec.n_frames), dtype=np.float32)
+        self.snr = np.empty((n, spec.n_frames))
+        self.noise = np.empty((n, spec.n_frames))
+        self.done = 0
+        self.seconds = 0.0
+
+    def holds(self, t0_ns: int, ring, first: int) -> bool:
+        """Whether these are the frames of the window at ``t0_ns`` read from ``ring``'s current segment at ``first``."""
+        return (self.t0_ns == t0_ns and self.ring is ring and self.anchor_ns == ring.t_anchor_ns
+                and self.first == first)
+
+    def rule_positions(self, rule_groups):
+        """``(rule, positions)`` for each rule that has covered channels: their rows in ``features``."""
+        channels = np.flatnonzero(self.covered)
+        for rule, group in rule_groups:
+            positions = np.flatnonzero(np.isin(channels, group))
+            if len(positions):
+                yield rule, positions
+
+
 @dataclass
 class _Request:
     """One estimate to make: its inputs and what its message needs."""
@@ -121,6 +158,8 @@ class BandPipeline(Pipeline):
         self._open: dict[int, int] = {}
         self._dropped_reported = np.zeros(len(self.plan), dtype=np.int64)
         self._n_mels, self._n_frames = spec.n_mels, spec.n_frames
+        #: Per receiver, the frames of the next window computed so far (``_stream_frames``), or None.
+        self._lane_frames: list[_LaneFrames | None] = [None] * len(self.receiver_ids)
         for ch in self.plan:
             self.metrics.init_channel(ch.name, self.receiver_ids)
 
@@ -143,22 +182,12 @@ class BandPipeline(Pipeline):
         self._begin_window(window)
         started = time.perf_counter()
         spec = self.config.features
-        features = np.swapaxes(self._band_features(window), 0, 1)  # [C, R, M, T]
+        features, snr, noise, streamed_s = self._window_frames(window)  # [C, R, M, T], [C, R, T], [C, R, T]
         listening = window.present[None, :] & window.covered.T  # [C, R]
         for c, r in zip(*np.nonzero(window.present[None, :] & ~window.covered.T)):
             m.channel_masked.labels(self.plan[c].name, self.receiver_ids[r]).inc()
-        features[~listening] = 0.0
-        snr = np.full((len(self.plan), len(self.receiver_ids), spec.n_frames), np.nan)
-        noise = np.full_like(snr, np.nan)
-        for rule, group in self._rule_groups:  # every channel of a rule in one call, not one call per channel
-            heard_in = group[listening[group].any(axis=1)]
-            if len(heard_in):
-                snr_g, noise_g = channel_frame_levels(rule, features[heard_in], spec)  # [g, R, T]
-                keep = listening[heard_in][:, :, None]
-                snr[heard_in] = np.where(keep, snr_g, np.nan)
-                noise[heard_in] = np.where(keep, noise_g, np.nan)
         found = self.tracker.update(snr, noise, window.present, frame_times_ns(window.t_start_ns, spec))
-        m.feature_seconds.observe(time.perf_counter() - started)
+        m.feature_seconds.observe(time.perf_counter() - started + streamed_s)
         published: list[dict] = []
         for event in found.events:
             if isinstance(event, EmissionStart):
@@ -191,6 +220,7 @@ class BandPipeline(Pipeline):
     def poll(self) -> list[dict]:
         """Emit every window that is ready; returns the localization payloads published (interim and final)."""
         now = self._clock_ns()
+        self._stream_frames()
         published = []
         for window in self.aligner.poll(now):  # its rows are views of the rings: used before the next push
             published += self._process(window, now)
@@ -224,21 +254,94 @@ class BandPipeline(Pipeline):
         self._send_event("end", event)
         return published
 
-    def _band_features(self, window: BandWindow) -> np.ndarray:
-        """``mel_frames_dbm`` of every receiver's covered channels, read from its ring in place: float32 dBm
-        ``[R, C, M, T]``, zeros where a receiver is not present or does not cover the channel. One call per receiver,
-        spread over the pool's workers (receiver ``r`` on worker ``r % workers``)."""
+    def _stream_frames(self) -> None:
+        """Compute the mel frames and the rule's per-frame levels of the window the aligner cuts next, for each
+        receiver, as its samples arrive (``_LaneFrames``), ``STREAM_FRAMES`` frames at a time: the tick that completes
+        a window then has only its last few frames left, not all of them."""
+        t0 = self.aligner.next_t_ns
+        if t0 is None:
+            return
         spec = self.config.features
-        out = np.zeros((len(self.receiver_ids), len(self.plan), spec.n_mels, spec.n_frames), dtype=np.float32)
-        held = [r for r, rows in enumerate(window.rows) if rows is not None]
+        for r, lane in enumerate(self.lanes.values()):
+            ring = lane.ring
+            state = self._lane_frames[r]
+            if ring.t_anchor_ns is None or not lane.covered.any():
+                self._lane_frames[r] = None
+                continue
+            first = ring.index_at(t0)
+            if state is None or not state.holds(t0, ring, first):
+                if first < ring.start_index:
+                    self._lane_frames[r] = None
+                    continue
+                state = self._lane_frames[r] = _LaneFrames(t0, ring, ring.t_anchor_ns, first, lane.covered.copy(), spec)
+            if first + state.done * spec.hop < ring.start_index:  # overwritten meanwhile: the window step computes it
+                self._lane_frames[r] = None
+                continue
+            ready = min(spec.n_frames, max(0, (ring.end_index - first - spec.n_fft) // spec.hop + 1))
+            upto = ready if ready == spec.n_frames else ready - ready % STREAM_FRAMES  # whole chunks only
+            if upto > state.done:
+                started = time.perf_counter()
+                length = (upto - state.done - 1) * spec.hop + spec.n_fft
+                rows = ring.read(first + state.done * spec.hop, length).T  # [covered channels, length]
+                self._frames_of(r, state, rows, upto)
+                state.seconds += time.perf_counter() - started
+
+    def _frames_of(self, r: int, state: _LaneFrames, rows: np.ndarray, upto: int) -> None:
+        """Frames ``state.done .. upto - 1`` of receiver ``r``'s covered channels from ``rows`` (their samples from
+        frame ``state.done``'s first on): mel frames (``mel_frames_dbm``) and each channel's per-frame SNR and noise by
+        its rule (``channel_frame_levels``). Always in the same chunks of ``STREAM_FRAMES`` frames from the window's
+        first, however the samples arrived, so that a window's frames come out the same to the last bit whether
+        they were streamed or computed at once (a live run and its recording's replay agree)."""
+        spec = self.config.features
+        start = state.done
+        while state.done < upto:
+            stop = min(state.done + STREAM_FRAMES, upto)
+            offset = (state.done - start) * spec.hop
+            chunk = rows[:, offset : offset + (stop - state.done - 1) * spec.hop + spec.n_fft]
+            frames = mel_frames_dbm(chunk, spec, self.calibration_db[r])
+            state.features[:, :, state.done : stop] = frames
+            for rule, positions in state.rule_positions(self._rule_groups):
+                snr, noise = channel_frame_levels(rule, frames[positions], spec)  # [g, k]
+                state.snr[positions, state.done : stop] = snr
+                state.noise[positions, state.done : stop] = noise
+            state.done = stop
+
+    def _window_frames(self, window: BandWindow) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Every receiver's mel frames and the rule's per-frame levels of ``window``: float32 dBm features
+        ``[C, R, M, T]`` (zeros where a receiver is not present or does not cover the channel), SNR (dB) and noise (dBm)
+        ``[C, R, T]`` (NaN there), and the seconds spent on them in earlier ticks. A receiver's frames streamed in
+        earlier ticks (``_stream_frames``) are used where they are of this window from the same ring segment; the rest
+        are computed here from the window's rows, one call per receiver, spread over the pool's workers."""
+        spec = self.config.features
+        n_rx, n_ch = len(self.receiver_ids), len(self.plan)
+        features = np.zeros((n_ch, n_rx, spec.n_mels, spec.n_frames), dtype=np.float32)
+        snr = np.full((n_ch, n_rx, spec.n_frames), np.nan)
+        noise = np.full_like(snr, np.nan)
+        states = []
+        for r, (lane, rows) in enumerate(zip(self.lanes.values(), window.rows)):
+            if rows is None:
+                continue
+            state = self._lane_frames[r]
+            if state is None or lane.ring.t_anchor_ns is None \
+                    or not state.holds(window.t_start_ns, lane.ring, lane.ring.index_at(window.t_start_ns)) \
+                    or not np.array_equal(state.covered, window.covered[r]):
+                state = _LaneFrames(window.t_start_ns, lane.ring, lane.ring.t_anchor_ns, 0, window.covered[r], spec)
+            states.append((r, state, rows))
         groups: list[list] = [[] for _ in range(self.pool.workers)]
-        for k, r in enumerate(held):
-            groups[k % self.pool.workers].append(
-                lambda r=r: mel_frames_dbm(window.rows[r], spec, self.calibration_db[r]))
-        done = self.pool.run(groups)
-        for k, r in enumerate(held):
-            out[r, window.covered[r]] = done[k % self.pool.workers][k // self.pool.workers]
-        return out
+        for k, (r, state, rows) in enumerate(states):
+            if state.done < spec.n_frames:
+                groups[k % self.pool.workers].append(
+                    lambda r=r, state=state, rows=rows: self._frames_of(r, state, rows[:, state.done * spec.hop :],
+                                                                          spec.n_frames))
+        self.pool.run(groups)
+        streamed_s = 0.0
+        for r, state, _rows in states:
+            features[state.covered, r] = state.features
+            snr[state.covered, r] = state.snr
+            noise[state.covered, r] = state.noise
+            streamed_s += state.seconds
+            self._lane_frames[r] = None
+        return features, snr, noise, streamed_s
 
     def _active_frames(self, c: int, features: np.ndarray, listening: np.ndarray, emission_frames: np.ndarray) -> np.ndarray:
         """The frames of a window the estimators measure an emission over (bool ``[T]``): those the detection rule finds
