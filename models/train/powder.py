@@ -5,7 +5,7 @@ path-loss offsets on the fitting rows only, rendering each test row as per-recei
 calibrated power in dBm, the calibration's age (the drift of the offsets between the fitting rows' months, for
 which both estimators widen: ``fit_calibration_age``), the physics estimator's options for real data
 (``PhysicsOptions``) and their choice by spatial cross-validation:
-``python -m models.train.powder select|residuals|variants --split grid|random|PATH``.
+``python -m models.train.powder select|select-point|residuals|variants --split grid|random|PATH``.
 Distances are in metres, powers in dBm (RSS in the data's uncalibrated dB). The recipe step by step and why:
 docs/evaluation.md, "POWDER real data".
 """
