@@ -90,8 +90,9 @@ class EmissionFrames:
         return out, present
 
 
-#: Frames of the next window a receiver's frames are computed in at once as its samples arrive (``_stream_frames``):
-#: fewer costs more calls, more leaves more of them to the tick that completes the window.
+#: How many frames of the next window are computed together as a receiver's samples arrive (``_stream_frames``); the
+#: chunks start at multiples of it from the window's first frame. Fewer costs more calls, more leaves more frames to
+#: the tick that completes the window.
 STREAM_FRAMES = 8
 
 
