@@ -13,8 +13,9 @@ place of its window step:
   bandwidth, the config's threshold) into one ``dsp.emissions.EmissionTracker``; a channel a receiver does not cover
   is masked for it and counted (``heimdall_channel_masked_windows_total``);
 - for each emission active in the window an **interim** estimate over its active frames
-  (``EstimatorInputs.active_frames``): the frames the detection rule finds active (``DetectionRule.frame_activity``,
-  what the single-channel pipeline and the trainer use) within the span the tracker's hysteresis gives the emission;
+  (``EstimatorInputs.active_frames``): the frames the detection rule finds active (``DetectionRule.active_frames`` of
+  the per-frame SNRs above, the decision ``frame_activity`` makes for the single-channel pipeline and the trainer)
+  within the span the tracker's hysteresis gives the emission;
   when an emission ends, a **final** estimate over those frames gathered from its whole length (``EmissionFrames``:
   at most ``T`` per receiver, evenly spread). Both estimators run on each, all of a window's together
   (``estimate_batch`` where an estimator has it).
@@ -41,7 +42,6 @@ from streamer.daemon.lane import Lane, LaneSettings
 from streamer.daemon.messages import EmissionEvent, EstimateOut, Localization
 from streamer.daemon.pipeline import Pipeline
 from streamer.dsp.detection import DetectionRule
-from streamer.dsp.features import mel_frames_dbm
 from streamer.dsp.emissions import (
     Channel,
     EmissionEnd,
@@ -50,6 +50,7 @@ from streamer.dsp.emissions import (
     channel_frame_levels,
     frame_times_ns,
 )
+from streamer.dsp.features import mel_frames_dbm
 from streamer.estimators.base import Estimate, EstimateRejected, EstimatorInputs
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class BandPipeline(Pipeline):
         requests = []
         for emission in found.active:
             c = self._channel_index[emission.channel]
-            active = self._active_frames(c, features[c], listening[c], emission.frames)
+            active = self._active_frames(c, snr[c], listening[c], emission.frames)
             frames = self._frames.setdefault(emission.emission_id,
                                              EmissionFrames(len(self.receiver_ids), self._n_mels, self._n_frames))
             for r in np.flatnonzero(listening[c]):
@@ -344,17 +345,17 @@ class BandPipeline(Pipeline):
             self._lane_frames[r] = None
         return features, snr, noise, streamed_s
 
-    def _active_frames(self, c: int, features: np.ndarray, listening: np.ndarray, emission_frames: np.ndarray) -> np.ndarray:
+    def _active_frames(self, c: int, snr_db: np.ndarray, listening: np.ndarray, emission_frames: np.ndarray) -> np.ndarray:
         """The frames of a window the estimators measure an emission over (bool ``[T]``): those the detection rule finds
-        active (``DetectionRule.frame_activity`` of channel ``c``'s ``[R, M, T]`` frames over the ``listening``
-        receivers, the decision the single-channel pipeline and the trainer make), within the emission's span in this
-        window (its first to its last frame the tracker held, ``emission_frames``). The tracker's hysteresis decides
-        when the emission starts and ends; frames it holds below the rule's threshold are not active frames, because
-        the model learnt the rule's per-frame decision."""
+        active (``DetectionRule.active_frames`` of channel ``c``'s per-frame SNRs ``[R, T]``, the levels the tracker was
+        fed, over the ``listening`` receivers: the decision ``frame_activity`` makes for the single-channel pipeline and
+        the trainer), within the emission's span in this window (its first to its last frame the tracker held,
+        ``emission_frames``). The tracker's hysteresis decides when the emission starts and ends; frames it holds below
+        the rule's threshold are not active frames, because the model learnt the rule's per-frame decision."""
         held = np.flatnonzero(emission_frames)
         span = np.zeros(self._n_frames, dtype=bool)
         span[held[0] : held[-1] + 1] = True
-        return self.rules[c].frame_activity(features, self.config.features, listening) & span
+        return self.rules[c].active_frames(snr_db, listening) & span
 
     def _request(self, c: int, emission_id: int, stage: str, features: np.ndarray, present: np.ndarray,
                  active: np.ndarray | None, t_start_ns: int, t_end_ns: int) -> _Request | None:

@@ -290,8 +290,8 @@ class Pipeline:
         spec = self.config.features
         features = self._features(window.samples)
         present = window.present
-        active = self._detection.frame_activity(features, spec, present)
-        power = self._detection.apply(features, spec, active=active)
+        measured = self._detection.measure(features, spec, present)  # frame_activity, then apply over those frames
+        active, power = measured.active, measured.power
         features[~present] = 0.0
         heard = power.heard & present
         for i in np.flatnonzero(present).tolist():

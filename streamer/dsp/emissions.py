@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.dsp.detection import DetectionRule, frame_snr_db
+from streamer.dsp.detection import DetectionRule
 from streamer.dsp.features import FeatureSpec
 
 #: A gap between frames longer than this many time constants restarts the floor from the next idle frame
@@ -134,15 +134,14 @@ def channel_frame_levels(rule: DetectionRule, frames_dbm: np.ndarray, spec: Feat
     """The rule's in-channel SNR (dB) and noise (dBm over the channel bandwidth) of each frame.
 
     ``frames_dbm`` is ``[..., M, T]`` dBm mel frames of one channel (centred at 0 Hz); both results are ``[..., T]``.
-    The SNR is ``frame_snr_db``; the noise is ``channel_power``'s estimate with each frame taken as a window of one.
+    Both come from one ``DetectionRule.frame_levels``: the SNR is ``frame_snr_db``, the noise ``channel_power``'s
+    estimate with each frame taken as a window of one.
     """
     frames = np.asarray(frames_dbm)
     if frames.ndim < 2 or frames.shape[-2] != spec.n_mels:
         raise ValueError(f"channel_frame_levels: expected [..., {spec.n_mels}, T] mel frames, got shape {list(frames.shape)}")
-    snr_db = frame_snr_db(frames, spec, rule.bands(spec), rule.noise_max_offset_hz(spec))
-    one_frame_windows = np.moveaxis(frames, -1, -2)[..., None]
-    noise_dbm = rule.apply(one_frame_windows, spec).noise_dbm
-    return snr_db, noise_dbm
+    levels = rule.frame_levels(frames, spec)
+    return levels.snr_db, levels.noise_dbm
 
 
 class _ChannelState:
