@@ -112,6 +112,7 @@ class _LaneFrames:
         self.noise = np.empty((n, spec.n_frames))
         self.done = 0
         self.seconds = 0.0
+        self._rule_positions: list | None = None
 
     def holds(self, t0_ns: int, ring, first: int) -> bool:
         """Whether these are the frames of the window at ``t0_ns`` read from ``ring``'s current segment at ``first``."""
@@ -119,12 +120,18 @@ class _LaneFrames:
                 and self.first == first)
 
     def rule_positions(self, rule_groups):
-        """``(rule, positions)`` for each rule that has covered channels: their rows in ``features``."""
-        channels = np.flatnonzero(self.covered)
-        for rule, group in rule_groups:
-            positions = np.flatnonzero(np.isin(channels, group))
-            if len(positions):
-                yield rule, positions
+        """``(rule, positions)`` for each rule that has covered channels: their rows in ``features`` (a slice when they
+        are all of them, so the frames are not copied). Worked out once: ``covered`` does not change."""
+        if self._rule_positions is None:
+            channels = np.flatnonzero(self.covered)
+            self._rule_positions = []
+            for rule, group in rule_groups:
+                positions = np.flatnonzero(np.isin(channels, group))
+                if len(positions) == len(channels):
+                    positions = slice(None)
+                if len(channels) and (isinstance(positions, slice) or len(positions)):
+                    self._rule_positions.append((rule, positions))
+        return self._rule_positions
 
 
 @dataclass
