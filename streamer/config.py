@@ -70,6 +70,10 @@ class PipelineConfig:
     )
 
 
+#: The physics posterior's point estimates (``estimator.physics.point_estimate``).
+PHYSICS_POINT_ESTIMATES = ("mean", "geometric_median", "map")
+
+
 @dataclass(frozen=True)
 class PhysicsConfig:
     path_loss_exponent: float = field(default=3.0, metadata=_doc("log-distance exponent n"))
@@ -98,6 +102,11 @@ class PhysicsConfig:
         default=0.0,
         metadata=_doc("amplitude of an annual swing of each receiver's calibration, phase unknown (dB): adds "
                       "A^2 (1 - cos(2 pi days / 365.25)) to the calibration variance; 0 = none"),
+    )
+    point_estimate: str = field(
+        default="mean",
+        metadata=_doc("the point the posterior reports: 'mean' (least squared error), 'geometric_median' (least "
+                      "distance error) or 'map' (most probable cell); the ellipses are taken about it"),
     )
 
 
@@ -566,6 +575,8 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
         need(math.isfinite(scale) and scale > 0, key, "a finite factor > 0", scale)
     for key in ("calibration_drift_db_per_sqrt_day", "calibration_seasonal_db"):
         need(getattr(ph, key) >= 0, f"estimator.physics.{key}", "a finite drift >= 0 (0 = none)", getattr(ph, key))
+    need(ph.point_estimate in PHYSICS_POINT_ESTIMATES, "estimator.physics.point_estimate",
+         " or ".join(repr(p) for p in PHYSICS_POINT_ESTIMATES), ph.point_estimate)
     drifting = ph.calibration_drift_db_per_sqrt_day > 0 or ph.calibration_seasonal_db > 0
     for i, rx in enumerate(receivers):
         _check_calibrated_at(rx, f"{source}: receivers[{i}].calibrated_at", drifting)

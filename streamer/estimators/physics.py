@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr
 
-from streamer.config import Config
+from streamer.config import PHYSICS_POINT_ESTIMATES, Config
 from streamer.core.calibration_drift import (
     SECONDS_PER_DAY,
     CalibrationDrift,
@@ -92,7 +92,7 @@ class PhysicsResult:
 
 #: ``PhysicsGrid``'s point estimates: ``mean`` (minimises the expected squared error), ``geometric_median``
 #: (minimises the expected distance error) and ``map`` (the most probable cell).
-POINT_ESTIMATES = ("mean", "geometric_median", "map")
+POINT_ESTIMATES = PHYSICS_POINT_ESTIMATES
 #: ``geometric_median``: iterations stop when no window's point moves by more than this fraction of a cell, or
 #: after ``GEOMETRIC_MEDIAN_MAX_ITERATIONS``.
 GEOMETRIC_MEDIAN_TOLERANCE_CELLS = 1e-3
@@ -167,8 +167,8 @@ class PhysicsGrid:
     shadowing_map : optional callable ``grid_en_m [G, 2] -> (mean_db [G, R], sd_db [G, R])``: a surveyed map of
         each receiver's shadowing (received power minus the median model's, dB) at each cell and the standard
         deviation of what remains (dB, shadowing and calibration together); replaces ``sigma_db``.
-    point_estimate : the point reported, one of ``POINT_ESTIMATES`` (default ``mean``); the covariance and ellipses
-        are taken about it.
+    point_estimate : the point reported, one of ``POINT_ESTIMATES``; unset: ``physics.point_estimate``
+        (``estimator.physics.point_estimate``, default ``mean``). The covariance and ellipses are taken about it.
 
     Examples
     --------
@@ -183,7 +183,8 @@ class PhysicsGrid:
     """
 
     def __init__(self, physics, rx_enu_m, rx_alt_m, area: SearchArea, error_cov_db2=None, shadowing_map=None,
-                 point_estimate: str = "mean") -> None:
+                 point_estimate: str | None = None) -> None:
+        point_estimate = physics.point_estimate if point_estimate is None else point_estimate
         if point_estimate not in POINT_ESTIMATES:
             raise ValueError(f"point_estimate: expected one of {', '.join(POINT_ESTIMATES)}, got {point_estimate!r}")
         self.point_estimate = point_estimate

@@ -44,6 +44,8 @@ def load_text(tmp_path, text: str):
          "estimator.physics.shadowing_db: expected > 0 where calibration_sigma_db is 0"),
         ({"estimator": {"physics": {"ref_loss_db": float("nan")}}}, "estimator.physics.ref_loss_db: expected a finite number, got nan"),
         ({"estimator": {"physics": {"tx_power_min_dbm": float("-inf")}}}, "estimator.physics.tx_power_min_dbm: expected a finite number"),
+        ({"estimator": {"physics": {"point_estimate": "median"}}},
+         "estimator.physics.point_estimate: expected 'mean' or 'geometric_median' or 'map', got 'median'"),
     ],
 )
 def test_a_wrong_config_names_file_key_and_expectation(doc, message):

@@ -3,11 +3,14 @@ estimator reports it (with its second moment and ellipses about it) the same way
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize
 
 from streamer.config import PhysicsConfig
+from streamer.config import load as load_config
 from streamer.core.geodesy import SearchArea
 from streamer.core.propagation import log_distance_path_loss_db
 from streamer.estimators.credible import PHYSICS_SUBDIVISIONS, credible_scales
@@ -108,3 +111,17 @@ def test_the_geometric_median_is_nearer_the_transmitter_on_average_than_the_mean
 def test_an_unknown_point_estimate_is_refused_by_name():
     with pytest.raises(ValueError, match="point_estimate: expected one of mean, geometric_median, map, got 'median'"):
         _estimator("median")
+
+
+@pytest.mark.parametrize("point_estimate", POINT_ESTIMATES)
+def test_the_configured_point_reaches_the_daemons_estimator(point_estimate):
+    default = load_config()  # the embedded default network
+    config = dataclasses.replace(default, estimator=dataclasses.replace(
+        default.estimator, kind="physics", physics=dataclasses.replace(default.estimator.physics, point_estimate=point_estimate)))
+    est = PhysicsGrid.from_config(config)
+    assert est.point_estimate == point_estimate
+    explicit = PhysicsGrid(config.estimator.physics, est.rx_en_m, est.rx_alt_m, est.area, point_estimate=point_estimate)
+    power = {"rx_power_dbm": np.full(len(est.rx_en_m), -90.0), "heard": np.ones(len(est.rx_en_m), bool),
+             "present": np.ones(len(est.rx_en_m), bool), "detection_level_dbm": np.full(len(est.rx_en_m), -120.0)}
+    power["rx_power_dbm"][0] = -70.0
+    np.testing.assert_array_equal(est.estimate(**power).position_en_m, explicit.estimate(**power).position_en_m)
