@@ -528,8 +528,8 @@ async def soak_samples(devtools_port: int, url: str, feed: Feed, seconds: float,
         feed.start()
         for k in range(1, int(seconds // sample_s) + 1):
             await asyncio.sleep(max(0.0, start + k * sample_s - time.monotonic()))
-            sent = feed.sent
             drawn = await tab.evaluate("heimdallMap.drawn.localizations")
+            sent = feed.sent  # read after the page's count, so that "behind" never comes out below the true lag
             await tab.call("HeapProfiler.collectGarbage")
             heap = await tab.call("Runtime.getHeapUsage")
             metrics = {m["name"]: m["value"] for m in (await tab.call("Performance.getMetrics"))["metrics"]}
