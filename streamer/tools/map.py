@@ -306,8 +306,32 @@ def build_app(state: MapState):
                 await response.write(b": keep-alive\n\n")
             await asyncio.sleep(EVENT_INTERVAL_S)
 
+    async def updates(request: web.Request) -> web.WebSocketResponse:
+        # The page follows this WebSocket rather than /events: a browser holds at most six HTTP/1.1 connections
+        # per host, an event stream keeps one open for good, so a seventh tab of the map would never load.
+        ws = web.WebSocketResponse(heartbeat=KEEPALIVE_S)
+        await ws.prepare(request)
+
+        async def push() -> None:
+            sent = -1
+            while not ws.closed:
+                if state.version != sent:
+                    sent = state.version
+                    await ws.send_str(json.dumps(state.snapshot()))
+                await asyncio.sleep(EVENT_INTERVAL_S)
+
+        pusher = asyncio.create_task(push())
+        try:
+            async for _ in ws:  # the page sends nothing; reading is how a closed page is noticed
+                pass
+        finally:
+            pusher.cancel()
+            await asyncio.gather(pusher, return_exceptions=True)
+        return ws
+
     app = web.Application()
     app.router.add_get("/", index)
+    app.router.add_get("/updates", updates)
     app.router.add_get("/state", state_json)
     app.router.add_get("/events", events)
     app.router.add_get("/geojson", geojson)

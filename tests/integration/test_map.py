@@ -367,3 +367,41 @@ def test_map_refuses_bad_options_with_a_message_naming_them(argv, expected, caps
         status = exc.code
     assert status == 2
     assert expected in capsys.readouterr().err
+
+
+TABS = 8
+
+
+async def drive_tabs(devtools_port: int, url: str) -> list[dict]:
+    """Open ``TABS`` tabs of the map in one browser and wait until each one has drawn a localization."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        for _ in range(TABS - 1):  # the browser opened the first
+            async with session.put(f"http://127.0.0.1:{devtools_port}/json/new?{url}") as response:
+                assert response.status == 200, await response.text()
+        pages = [t for t in fetch_json(f"http://127.0.0.1:{devtools_port}/json/list") if t["type"] == "page"]
+        assert len(pages) == TABS, pages
+        drawn = []
+        for target in pages:
+            async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                page = Page(ws)
+                await page.wait_for("window.heimdallMap && heimdallMap.drawn.ellipses >= 2", FIRST_LOCALIZATION_S,
+                                    f"tab {len(drawn) + 1} of {TABS} to draw a localization")
+                drawn.append(await page.evaluate("heimdallMap.drawn"))
+        return drawn
+
+
+@pytest.mark.slow
+def test_more_tabs_of_the_map_than_a_browser_has_connections_to_one_host_all_draw(tmp_path):
+    """A browser keeps at most six HTTP/1.1 connections per host; every tab still loads and follows the daemon."""
+    chromium = chromium_or_skip()
+    with running_daemon(tmp_path, {"receivers": reproducible_receivers()}) as daemon, \
+            started([sys.executable, "-m", "streamer", "map", daemon.pub_endpoint, "-c", str(daemon.config_path),
+                     "--http", "127.0.0.1:0", "--tiles", UNREACHABLE_TILES], r"serving (http://\S+/)") as served, \
+            tempfile.TemporaryDirectory() as profile, \
+            started([chromium, "--headless=new", "--remote-debugging-port=0", f"--user-data-dir={profile}",
+                     "--no-sandbox", "--disable-gpu", "--no-first-run", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+                     served.group(1)], r"DevTools listening on ws://127\.0\.0\.1:(\d+)/") as devtools:
+        drawn = asyncio.run(drive_tabs(int(devtools.group(1)), served.group(1)))
+    assert len(drawn) == TABS and all(d["ellipses"] >= 2 and d["receivers"] == 7 for d in drawn), drawn

@@ -1,4 +1,4 @@
-// The live map: draws the picture that `heimdall map` serves at /state and streams at /events
+// The live map: draws the picture that `heimdall map` serves at /state and pushes over the /updates WebSocket
 // (streamer/tools/map.py owns its shape). Leaflet is vendored in /static/leaflet, so nothing here needs the internet
 // except the tiles, and without tiles the graticule still gives the map its coordinates.
 "use strict";
@@ -169,7 +169,13 @@ function draw(state) {
 document.getElementById("show-truth").addEventListener("change", () => { if (latest) drawTruth(latest); });
 drawGraticule();
 fetch("/state").then((r) => r.json()).then(draw);
-new EventSource("/events").onmessage = (event) => draw(JSON.parse(event.data));
+// A WebSocket, not an EventSource: each event stream holds one of the browser's six connections to this host.
+function follow() {
+  const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/updates`);
+  socket.onmessage = (event) => draw(JSON.parse(event.data));
+  socket.onclose = () => setTimeout(follow, 1000);  // the map server restarted or the network dropped
+}
+follow();
 
 // For tests and the curious: what is on the map now, and the colours it uses.
 window.heimdallMap = { drawn, colours: COLOURS, map };
