@@ -21,8 +21,7 @@ in the same run:
 ``--browsers N``
     The daemon on the simulated default network and ``heimdall map``; phases alternate 0 and N clients open on
     the map (``--phases``, default 0,N,0,N). ``--clients browsers``: each client its own headless Chromium and
-    profile showing the page, as separate users (one browser holds at most 6 HTTP/1.1 connections to a host, so a
-    7th tab of one browser would wait for the event streams of the others); ``--clients streams``: readers of the
+    profile showing the page, as separate users; ``--clients streams``: readers of the
     map server's ``/events`` that parse each picture and draw nothing (the map server's work without the
     browsers'). A phase opens its clients, waits until each has a picture and ``--settle-s`` more, then measures
     ``--phase-s`` seconds: the daemon's windows and the p50 and p99 of its per-window processing time (ms), from
