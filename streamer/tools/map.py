@@ -130,6 +130,7 @@ class MapState:
         self.counts = collections.Counter()  # messages by topic, and "undecodable"
         self.version = 0
         self.last_message_ns: int | None = None
+        self._encoded: tuple[int, str] = (-1, "")
 
     def apply(self, topic: str, msg: Any) -> bool:
         """Take one decoded message; return whether the picture changed. A malformed one is counted, not raised."""
@@ -198,6 +199,12 @@ class MapState:
         if limit is not None:
             chosen = chosen[len(chosen) - limit:] if limit else []
         return feature_collection([localization_feature(msg) for msg in chosen])
+
+    def snapshot_json(self) -> str:
+        """``snapshot()`` as JSON text, encoded once per version however many pages follow it."""
+        if self._encoded[0] != self.version:
+            self._encoded = (self.version, json.dumps(self.snapshot()))
+        return self._encoded[1]
 
     def snapshot(self) -> dict[str, Any]:
         """The picture as plain JSON types."""
@@ -300,7 +307,7 @@ def build_app(state: MapState):
         while True:
             if state.version != sent:
                 sent, quiet_since = state.version, time.monotonic()
-                await response.write(f"data: {json.dumps(state.snapshot())}\n\n".encode())
+                await response.write(f"data: {state.snapshot_json()}\n\n".encode())
             elif time.monotonic() - quiet_since > KEEPALIVE_S:
                 quiet_since = time.monotonic()
                 await response.write(b": keep-alive\n\n")
@@ -317,7 +324,7 @@ def build_app(state: MapState):
             while not ws.closed:
                 if state.version != sent:
                     sent = state.version
-                    await ws.send_str(json.dumps(state.snapshot()))
+                    await ws.send_str(state.snapshot_json())
                 await asyncio.sleep(EVENT_INTERVAL_S)
 
         pusher = asyncio.create_task(push())

@@ -86,6 +86,17 @@ def test_map_state_keeps_the_latest_estimate_per_estimator_the_track_and_who_is_
     assert snap["counts"] == {"loc": 3, "status": 1, "truth": 1}
 
 
+def test_the_picture_sent_to_pages_is_encoded_once_per_change_and_follows_every_change():
+    state = MapState({"a": (45.0, 7.0)})
+    first = state.snapshot_json()
+    assert state.snapshot_json() is first and json.loads(first) == state.snapshot()
+    assert state.apply("loc", _loc())
+    changed = state.snapshot_json()
+    assert changed is not first and json.loads(changed) == state.snapshot() and json.loads(changed)["counts"] == {"loc": 1}
+    assert not state.apply("nonsense", {})  # no change to the picture's version: the same text
+    assert state.snapshot_json() is changed
+
+
 def test_map_state_keeps_the_latest_emission_per_channel_and_each_receivers_peak_snr():
     state = MapState({"a": (45.0, 7.0)})
     start = {"v": 2, "event": "start", "emission_id": 3, "channel": "145.500", "channel_hz": 145.5e6,
