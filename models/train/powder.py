@@ -407,7 +407,7 @@ def compare_variants(fit_rows: list[dict], origin: Origin, spec: FeatureSpec, op
 
 def choose_point(cv: dict) -> str:
     """The point estimate with the smallest cross-validated median error (``{point: scores}``, fitting rows only): the
-    gates' accuracy metric. Ties go to the earlier of ``POINT_ESTIMATES`` (the mean first)."""
+    metric the evaluation reports first. Ties go to the earlier of ``POINT_ESTIMATES`` (the mean first)."""
     return min(POINT_ESTIMATES, key=lambda p: (cv[p]["median_m"], POINT_ESTIMATES.index(p)))
 
 
