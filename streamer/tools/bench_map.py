@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.core.errors import HeimdallError
+from streamer.tools.soak import quantile_from_buckets
 
 CHROMIUM_INSTALL = "apt-get install -y chromium"
 MAP_INSTALL = "pip install -e '.[map]'"
@@ -181,8 +182,7 @@ def heap_windows(samples: list[tuple[float, float]], warmup_s: float, window_s: 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
     """The ``q`` quantile of a Prometheus histogram given as ``(upper bound, cumulative count)`` in bound order
-    (the last bound ``inf``): linear within the bucket that holds it, as Prometheus' ``histogram_quantile``; the
-    highest finite bound when it falls in the ``+Inf`` bucket; None for an empty histogram.
+    (the last bound ``inf``), as ``soak.quantile_from_buckets`` interpolates it; None for an empty histogram.
 
     Examples
     --------
@@ -191,20 +191,9 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
     >>> histogram_quantile(0.99, [(0.01, 0), (0.02, 10), (0.05, 20), (math.inf, 20)])
     0.0494
     """
-    total = buckets[-1][1] if buckets else 0
-    if total <= 0:
+    if not buckets or buckets[-1][1] <= 0:
         return None
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for upper, count in buckets:
-        if count >= rank:
-            if math.isinf(upper):
-                return lower
-            if count == below:
-                return upper
-            return round(lower + (upper - lower) * (rank - below) / (count - below), 12)
-        lower, below = upper, count
-    return lower
+    return quantile_from_buckets(buckets, q)
 
 
 def processing_buckets(metrics_text: str) -> list[tuple[float, float]]:

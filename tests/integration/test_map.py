@@ -239,6 +239,20 @@ def started(args: list[str], pattern: str, timeout_s: float = 30.0):
         proc.stderr.close()
 
 
+@contextlib.contextmanager
+def map_in_chromium(tmp_path, overrides: dict, chromium: str):
+    """A daemon with ``overrides``, ``heimdall map`` on it (tiles refused) and headless Chromium showing the page:
+    yields the page's URL and Chromium's DevTools port."""
+    with running_daemon(tmp_path, overrides) as daemon, \
+            started([sys.executable, "-m", "streamer", "map", daemon.pub_endpoint, "-c", str(daemon.config_path),
+                     "--http", "127.0.0.1:0", "--tiles", UNREACHABLE_TILES], r"serving (http://\S+/)") as served, \
+            tempfile.TemporaryDirectory() as profile, \
+            started([chromium, "--headless=new", "--remote-debugging-port=0", f"--user-data-dir={profile}",
+                     "--no-sandbox", "--disable-gpu", "--no-first-run", f"--window-size={WINDOW[0]},{WINDOW[1]}",
+                     served.group(1)], r"DevTools listening on ws://127\.0\.0\.1:(\d+)/") as devtools:
+        yield served.group(1), int(devtools.group(1))
+
+
 def marker_colour(image: np.ndarray, centre_xy: list[float], scale: float) -> str:
     """The most common colour (#rrggbb) in the 5 × 5 pixels at a marker's centre (CSS px × ``scale``)."""
     x, y = (round(v * scale) for v in centre_xy)
@@ -294,15 +308,9 @@ def test_map_page_draws_receivers_ellipses_and_a_receiver_going_down(tmp_path):
     shots = Path(os.environ.get("HEIMDALL_ARTIFACTS_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     overrides = {"receivers": receivers, "output": {"status_interval_s": 0.5}}
-    with running_daemon(tmp_path, overrides) as daemon, \
-            started([sys.executable, "-m", "streamer", "map", daemon.pub_endpoint, "-c", str(daemon.config_path),
-                     "--http", "127.0.0.1:0", "--tiles", UNREACHABLE_TILES], r"serving (http://\S+/)") as served, \
-            tempfile.TemporaryDirectory() as profile, \
-            started([chromium, "--headless=new", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-                     "--no-sandbox", "--disable-gpu", "--no-first-run", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-                     served.group(1)], r"DevTools listening on ws://127\.0\.0\.1:(\d+)/") as devtools:
-        seen = asyncio.run(drive(int(devtools.group(1)), shots, (stopping["lat"], stopping["lon"])))
-        state = fetch_json(served.group(1) + "state")
+    with map_in_chromium(tmp_path, overrides, chromium) as (url, devtools_port):
+        seen = asyncio.run(drive(devtools_port, shots, (stopping["lat"], stopping["lon"])))
+        state = fetch_json(url + "state")
     print(f"map screenshots ({shots / 'map.png'}): {json.dumps({k: v for k, v in seen.items() if k != 'colours'})}")
     assert seen["drawn"]["receivers"] == 7 and seen["drawn"]["ellipses"] >= 2, seen
     assert seen["drawn_after"]["truth"] == 1 and seen["truth_after_toggle"] == 0, f"the truth toggle: {seen}"
@@ -407,12 +415,6 @@ async def drive_tabs(devtools_port: int, url: str) -> list[dict]:
 def test_more_tabs_of_the_map_than_a_browser_has_connections_to_one_host_all_draw(tmp_path):
     """A browser keeps at most six HTTP/1.1 connections per host; every tab still loads and follows the daemon."""
     chromium = chromium_or_skip()
-    with running_daemon(tmp_path, {"receivers": reproducible_receivers()}) as daemon, \
-            started([sys.executable, "-m", "streamer", "map", daemon.pub_endpoint, "-c", str(daemon.config_path),
-                     "--http", "127.0.0.1:0", "--tiles", UNREACHABLE_TILES], r"serving (http://\S+/)") as served, \
-            tempfile.TemporaryDirectory() as profile, \
-            started([chromium, "--headless=new", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-                     "--no-sandbox", "--disable-gpu", "--no-first-run", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-                     served.group(1)], r"DevTools listening on ws://127\.0\.0\.1:(\d+)/") as devtools:
-        drawn = asyncio.run(drive_tabs(int(devtools.group(1)), served.group(1)))
+    with map_in_chromium(tmp_path, {"receivers": reproducible_receivers()}, chromium) as (url, devtools_port):
+        drawn = asyncio.run(drive_tabs(devtools_port, url))
     assert len(drawn) == TABS and all(d["ellipses"] >= 2 and d["receivers"] == 7 for d in drawn), drawn
