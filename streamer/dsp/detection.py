@@ -77,7 +77,7 @@ class ChannelBands:
 def channel_bands(spec: FeatureSpec, channel_bandwidth_hz: float, noise_max_offset_hz: float | None = None) -> ChannelBands:
     """The band selection of ``channel_power`` (its parameters; also what a model that measures power the daemon's way
     needs). Raises ``ValueError`` when ``noise_max_offset_hz`` is inside the channel or no band falls on either side.
-    The selection of a spec and bandwidth is computed once and shared: do not write to its masks."""
+    The selection of a spec and bandwidth is computed once and shared; its masks are read-only."""
     top = None if noise_max_offset_hz is None else float(noise_max_offset_hz)
     return _channel_bands(spec, float(channel_bandwidth_hz), top)
 
@@ -97,6 +97,8 @@ def _channel_bands(spec: FeatureSpec, channel_bandwidth_hz: float, noise_max_off
         )
     in_channel = bands_between(spec, -half_bw, half_bw)
     noise = bands_between(spec, half_bw, top) | bands_between(spec, -top, -half_bw)
+    in_channel.setflags(write=False)  # shared by every caller through the cache
+    noise.setflags(write=False)
     return ChannelBands(in_channel, noise, in_bw, out_bw, float(channel_bandwidth_hz))
 
 
