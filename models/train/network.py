@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -179,8 +180,8 @@ class GridPosterior(nn.Module):
         # instead of reading power off the strongest band and the floor off the quietest with ten-times-wider ones.
         self.bands = bands
         if bands is not None:
-            self.register_buffer("in_channel", torch.as_tensor(bands.in_channel, dtype=torch.float32), persistent=False)
-            self.register_buffer("noise_bands", torch.as_tensor(bands.noise, dtype=torch.float32), persistent=False)
+            self.register_buffer("in_channel", torch.tensor(bands.in_channel.astype(np.float32)), persistent=False)
+            self.register_buffer("noise_bands", torch.tensor(bands.noise.astype(np.float32)), persistent=False)
         self.half_width = half_width
         step = 1.0 / cells
         self.cell_step = step  # a cell's side, in units of the grid's extent
