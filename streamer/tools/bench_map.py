@@ -28,6 +28,8 @@ in the same run:
     the difference of its ``heimdall_processing_seconds`` histogram (docs/metrics.md) over those seconds,
     interpolated within a bucket as Prometheus' ``histogram_quantile`` does. Printed: p50, p99 and the 1-minute
     load average per phase, mean p99 (and p50) with N clients over without, and the load average at start and end.
+    ``--daemon-cpus LIST`` pins the daemon to those CPUs and everything else (map server, clients, the bench) to
+    the rest, in every phase: the browsers' own CPU use leaves the comparison, as when they run on other machines.
 
 Without Chromium the bench says how to install it and exits 0 (nothing measured). The processes it starts (the
 daemon, ``heimdall map``, Chromium) bind loopback on ports the OS chooses and are stopped when it ends.
@@ -38,6 +40,7 @@ Examples (shell)
 ``heimdall bench map --soak 3600 --rate 20``
 ``heimdall bench map --browsers 10 --phase-s 60``
 ``heimdall bench map --browsers 10 --clients streams``
+``heimdall bench map --browsers 10 --daemon-cpus 0``
 """
 
 from __future__ import annotations
@@ -107,6 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", choices=("browsers", "streams"), default="browsers",
                         help="--browsers: what is opened: headless Chromiums showing the page (default), or readers of "
                              "the map server's event stream that draw nothing (the map server's work alone)")
+    parser.add_argument("--daemon-cpus", default=None, metavar="LIST",
+                        help="--browsers: run the daemon on these CPUs (comma-separated ids) and the map server, the "
+                             "clients and the bench on the others, as when the browsers are on the operators' own "
+                             "machines (default: everything shares every CPU)")
     parser.add_argument("--phases", default=None, metavar="LIST",
                         help="--browsers: browsers open per phase, comma-separated (default 0,N,0,N)")
     parser.add_argument("--chromium", default=None, help="the Chromium binary (default: chromium on PATH)")
@@ -135,6 +142,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         need(math.isfinite(args.phase_s) and args.phase_s > 0, f"--phase-s {args.phase_s}: expected seconds > 0")
         need(math.isfinite(args.settle_s) and args.settle_s >= 0, f"--settle-s {args.settle_s}: expected seconds >= 0")
         phases(args)  # raises on a bad --phases
+        daemon_cpus(args)  # raises on a bad --daemon-cpus
 
 
 def phases(args: argparse.Namespace) -> list[int]:
@@ -149,6 +157,22 @@ def phases(args: argparse.Namespace) -> list[int]:
         raise argparse.ArgumentError(None, f"--phases {args.phases!r}: expected comma-separated browser counts in 0..50, "
                                            "with 0 and at least one other, e.g. 0,10,0,10")
     return counts
+
+
+def daemon_cpus(args: argparse.Namespace) -> tuple[set[int], set[int]] | None:
+    """``--daemon-cpus`` as (the daemon's CPUs, everyone else's), both non-empty and within this process's
+    affinity; None without the option."""
+    if args.daemon_cpus is None:
+        return None
+    available = os.sched_getaffinity(0)
+    try:
+        chosen = {int(part) for part in args.daemon_cpus.split(",")}
+    except ValueError:
+        chosen = set()
+    if not chosen or not chosen <= available or chosen == available:
+        raise argparse.ArgumentError(None, f"--daemon-cpus {args.daemon_cpus!r}: expected comma-separated CPU ids "
+                                           f"from {sorted(available)}, leaving at least one for the clients")
+    return chosen, available - chosen
 
 
 # Arithmetic on what was measured ----------------------------------------------------------------------------
@@ -224,10 +248,11 @@ def restamp(msg: dict[str, Any], seq: int, now_ns: int) -> dict[str, Any]:
 class Child:
     """A started subprocess whose stderr is read by a thread (its first 200 and last 200 lines kept)."""
 
-    def __init__(self, name: str, argv: list[str]):
+    def __init__(self, name: str, argv: list[str], cpus: set[int] | None = None):
         self.name = name
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with on_cpus(cpus):  # the child and every process it forks inherit the starting thread's CPUs
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.head: list[str] = []
         self.tail: collections.deque[str] = collections.deque(maxlen=200)
         self.cond = threading.Condition()
@@ -273,8 +298,22 @@ class Child:
 
 
 @contextlib.contextmanager
-def child(name: str, argv: list[str]) -> Iterator[Child]:
-    proc = Child(name, argv)
+def on_cpus(cpus: set[int] | None) -> Iterator[None]:
+    """The calling thread runs on ``cpus`` (Linux affinity; nothing changes for None) until the block ends."""
+    if cpus is None:
+        yield
+        return
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+@contextlib.contextmanager
+def child(name: str, argv: list[str], cpus: set[int] | None = None) -> Iterator[Child]:
+    proc = Child(name, argv, cpus)
     try:
         yield proc
     finally:
@@ -299,9 +338,9 @@ def bench_config(directory: Path) -> Path:
 
 
 @contextlib.contextmanager
-def daemon(config: Path) -> Iterator[dict[str, str]]:
-    """The daemon on ``config``: yields its PUB endpoint and metrics URL, as it logs them."""
-    with child("the daemon", [sys.executable, "-m", "streamer", "run", "-c", str(config)]) as proc:
+def daemon(config: Path, cpus: set[int] | None = None) -> Iterator[dict[str, str]]:
+    """The daemon on ``config`` (on ``cpus`` when given): yields its PUB endpoint and metrics URL, as it logs them."""
+    with child("the daemon", [sys.executable, "-m", "streamer", "run", "-c", str(config)], cpus) as proc:
         yield {"pub": proc.wait_for(PUBLISH_RE, 60).group(1), "metrics": proc.wait_for(METRICS_RE, 60).group(1)}
 
 
@@ -695,14 +734,18 @@ def _ms(value: float | None) -> str:
 
 def bench_browsers(args: argparse.Namespace, binary: str, print_line) -> list[str]:
     counts = phases(args)
+    pinned = daemon_cpus(args)
+    daemon_on, others_on = pinned if pinned else (None, None)
+    placement = (f"daemon on CPUs {sorted(daemon_on)}, map server, clients and bench on {sorted(others_on)}"
+                 if pinned else "every process on every CPU")
     load_start = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, on_cpus(others_on):
         config = bench_config(Path(tmp))
-        with daemon(config) as addresses, map_server(addresses["pub"], config) as url:
+        with daemon(config, daemon_on) as addresses, map_server(addresses["pub"], config) as url:
             wait_until(lambda: map_has_estimate(url), 90, "the daemon's first localization on the map")
             print_line(f"bench map --browsers {args.browsers} --clients {args.clients}: phases {counts} x "
                        f"{args.phase_s:g} s measured, each after its clients drew and {args.settle_s:g} s more; "
-                       f"load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} at start")
+                       f"{placement}; load average {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} at start")
             if args.clients == "browsers":
                 make_clients = lambda: BrowserClients(binary, url)
             else:

@@ -5,6 +5,9 @@ Chromium. The bench itself is run by hand (docs/map.md, Performance)."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -33,6 +36,10 @@ from streamer.tools.bench_map import (
     (["bench", "map", "--browsers", "10", "--settle-s", "-1"], "--settle-s -1.0: expected seconds >= 0"),
     (["bench", "map", "--browsers", "10", "--clients", "tabs"], "argument --clients: invalid choice"),
     (["bench", "map", "--soak", "3600", "tcp://127.0.0.1:5557"], "ENDPOINT goes with --first-ellipse only"),
+    (["bench", "map", "--browsers", "10", "--daemon-cpus", "x"], "--daemon-cpus 'x': expected comma-separated CPU ids"),
+    (["bench", "map", "--browsers", "10", "--daemon-cpus", "4096"], "--daemon-cpus '4096': expected comma-separated"),
+    (["bench", "map", "--browsers", "10", "--daemon-cpus", ",".join(map(str, sorted(os.sched_getaffinity(0))))],
+     "leaving at least one for the clients"),
 ])
 def test_bench_map_refuses_bad_options_naming_them(argv, expected, capsys):
     try:
@@ -47,6 +54,20 @@ def test_bench_map_skips_with_the_install_command_when_chromium_is_missing(monke
     monkeypatch.setattr(bench_map.shutil, "which", lambda name: None)
     assert main(["bench", "map", "--first-ellipse"]) == 0
     assert "bench map: skipped, needs Chromium: apt-get install -y chromium" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin apart")
+def test_a_child_started_on_cpus_runs_there_and_the_caller_keeps_its_own():
+    mine = os.sched_getaffinity(0)
+    chosen = {min(mine)}
+    with bench_map.child("probe", [sys.executable, "-c", "import os, sys; "
+                                   "print(sorted(os.sched_getaffinity(0)), file=sys.stderr)"], chosen) as probe:
+        assert probe.wait_for(r"\[[\d, ]+\]", 30).group(0) == str(sorted(chosen))
+    assert os.sched_getaffinity(0) == mine
+    with bench_map.on_cpus(mine - chosen):
+        assert subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                              capture_output=True, text=True, check=True).stdout.strip() == str(sorted(mine - chosen))
+    assert os.sched_getaffinity(0) == mine
 
 
 def test_heap_windows_compare_the_last_window_with_the_first_after_the_warm_up():
