@@ -110,8 +110,10 @@ class ChannelRings(RingBuffer):
     def _write(self, pos: int, head: int, samples: np.ndarray) -> None:
         """Store rows ``[n, columns]`` (time first, as ``ChannelRows`` carries them) channel first, from ring
         position ``pos``: ``RingBuffer.append`` does the rest."""
-        self._data[:, pos : pos + head] = samples[:head].T
-        self._data[:, : len(samples) - head] = samples[head:].T
+        # Transposed in a scratch array first: assigned straight from the transposed view, numpy walks the source's
+        # order and writes each sample to another channel's row, one page apart (many times slower).
+        self._data[:, pos : pos + head] = np.ascontiguousarray(samples[:head].T)
+        self._data[:, : len(samples) - head] = np.ascontiguousarray(samples[head:].T)
 
     def read(self, start: int, n: int) -> np.ndarray:
         """``n`` indices from segment index ``start`` as ``[n, columns]`` (transposed: ``.T`` of it is channel first, each
