@@ -1,9 +1,10 @@
-"""Polyphase analysis filter bank: one receiver's IQ split into a regular grid of channels, state kept across blocks.
+"""Analysis filter bank: one receiver's IQ split into a regular grid of channels, state kept across blocks.
 
 The band-watch counterpart of ``streamer.dsp.channelizer``: where a ``Channelizer`` brings one target frequency
-to 0 Hz, a ``FilterBank`` brings every channel of a grid to 0 Hz at once, with one polyphase filter and one FFT
-per output sample time. ``FilterBank.process(block)`` takes one input ``IQBlock`` and returns the channels asked
-for as a ``ChannelBlock`` (complex64 ``[C, n]``), or ``None`` while no output is ready yet.
+to 0 Hz, a ``FilterBank`` brings every channel of a grid to 0 Hz at once, by fast convolution: one forward FFT
+per segment of input shared by every channel, then one short inverse FFT per channel. ``FilterBank.process(block)``
+takes one input ``IQBlock`` and returns the channels asked for as a ``ChannelBlock`` (complex64 ``[C, n]``), or
+``None`` while no output is ready yet.
 
 The grid. A receiver at ``in_rate_hz`` tuned to ``center_freq_hz`` is split into ``N = in_rate_hz /
 channel_spacing_hz`` channels (an integer, else ValueError): channel ``k`` (signed, ``-(N//2) <= k <=
@@ -13,12 +14,18 @@ whole channel ``±channel_spacing_hz/2`` lies inside the output band with room f
 channel edges do not alias. ``channel_number`` maps a channel's centre frequency (Hz) to ``k``;
 ``covered_channels`` says which channels of a band a receiver covers (the rest are masked for it).
 
-What it computes (the whole-signal reference the tests compare the stream against), for each channel ``k``::
+What it computes. The whole-signal reference the tests compare the stream against is, for each channel ``k``::
 
     mixed_k[n] = x[n] * exp(-j*2*pi*k*n_abs/N)          n_abs = the absolute sample_index of x[n]
     y_k        = resample_poly(mixed_k, 1, M, window=bank.taps)
 
-``taps`` is the prototype low-pass (``design_prototype``): a Kaiser-window FIR of odd length ``P*N - 1``,
+and the bank's output is that filter, ``taps`` applied to ``mixed_k`` with the group delay compensated, sampled
+every ``M`` inputs, except for what the reference's decimation folds onto the channel from beyond the bank's
+output band, ``±folded_bands*out_rate_hz/2`` around the channel (``folded_bands`` is 1 unless the stopband starts
+past the output's Nyquist): there the prototype is in its stopband, so the two differ by the prototype's response
+there, at or below ``-attenuation_db``.
+
+``taps`` is the prototype low-pass (``design_prototype``): a Kaiser-window FIR of length ``P*N - 1``,
 unit gain at 0 Hz, flat over the channel (``|f| <= channel_spacing_hz/2``, ripple about
 ``10**(-attenuation_db/20)``) and ``attenuation_db`` down from the adjacent channel's centre
 (``|f| >= channel_spacing_hz``) outward, so a neighbour's centre and everything the decimation folds onto the
@@ -27,28 +34,34 @@ channel are rejected by that much. ``P`` (taps per polyphase branch) is the smal
 pipeline reads each channel flat well beyond its spacing (the features' noise bands) and stops at the output's
 Nyquist; ``feature_grid`` picks a grid and an oversampling for it.
 
-How. Writing ``t = m*M + half_len`` for output ``m``'s newest input and ``s = t - P*N + 1`` for its oldest
-(``taps`` zero-padded to ``P*N``, reversed into ``g``), ``y_k[m] = exp(-j*2*pi*k*s_abs/N) *
-FFT(v_m)[k]`` with ``v_m[r] = sum_q g[q*N + r] * x[s + q*N + r]``: the window folded into ``N`` polyphase
-sums, one ``N``-point FFT, and a phase that depends on ``s_abs mod N`` only (``oversampling`` distinct values).
-The folding runs as one ``numpy.einsum`` over a strided view of the input (no copy of the windows); the phase
-is a circular shift of ``v_m`` by ``s_abs mod N`` before the transform; the transform is ``scipy.fft.fft`` on one
-thread, or for up to ``DFT_MAX_CHANNELS`` channels a matrix product with just their DFT rows; all in chunks of
-``ROWS_PER_CALL`` output times that stay in cache.
+How (overlap-save). The input is cut into segments of ``fft_len = N*2**j`` samples, ``hop`` apart, overlapping by
+``overlap = len(taps) - 1`` rounded up to a multiple of ``M`` (``fft_len`` is the smallest such length with the
+overlap at most ``1/OVERLAP_SHARE`` of it); segment ``s`` starts ``lead_in`` inputs (the group delay rounded up to
+a multiple of ``M``) before the instant of output ``s*hop/M``, counted from the first input since the reset, so
+segment boundaries sit at fixed positions of the stream, not of the caller's blocks. For each segment:
+
+1. one forward FFT (``scipy.fft.fft``, one thread) of its ``fft_len`` inputs, shared by every channel;
+2. per channel, the ``folded_bands*fft_len/M`` bins centred on the channel's centre bin (``k*fft_len/N``: mixing by
+   ``k`` channels is a shift of the spectrum by that many bins), times the prototype's response at those bins
+   with its group delay taken out, summed modulo ``fft_len/M`` (the decimation's fold);
+3. one batched inverse FFT of ``fft_len/M`` points for all channels, which is the circular convolution sampled every
+   ``M`` inputs; its first outputs (before ``lead_in``) and last (past the segment's ``hop``) wrap around the
+   segment and are dropped, the ``hop/M`` between are the segment's outputs;
+4. the mixer's phase at the segment's first input, ``exp(-j*2*pi*k*s_abs/N)`` for its absolute index ``s_abs``,
+   one complex factor per channel and segment.
 
 Timing and accounting (as the channelizer's, with ``up/down = 1/M``):
 
 - Output ``m`` of every channel (counted from 0 since the last reset) sits at input position ``m*M`` counted
-  from the first input since the reset: the prototype's group delay, ``half_len = (len(taps) - 1)/2`` input
+  from the first input since the reset: the prototype's group delay, ``half_len = (len(taps) - 1)//2`` input
   samples, is compensated, and the output block's ``t0_ns`` is the time of input position
   ``sample_index*M``. Inputs before the first one are taken as zero, as resample_poly pads.
-- Output ``m`` is emitted as soon as input ``m*M + half_len`` has arrived, so the latency is ``half_len``
-  input samples (``group_delay_s``); the history the next outputs need is carried to the next block, so block
-  boundaries leave no trace in the output: bit for bit on the FFT path (every output is computed from the
-  same samples in the same order whatever the blocks), to float32 rounding on the DFT path (BLAS orders its
-  sums by how many rows a call gets).
+- Outputs come a segment at a time, ``outputs_per_hop = hop/M`` of them, as soon as the segment's last input has
+  arrived (``ready``): an output waits at most ``max_latency_s`` after its instant's input. The inputs of the next
+  segment are carried to the next block, and each segment is computed by the same operations whatever blocks
+  brought its inputs, so block boundaries leave no trace in the output, bit for bit.
 - The mixer's phase comes from the absolute input index, as ``Channelizer``'s does: channel ``k`` of the bank
-  equals, to float32 rounding, a mix by ``k*channel_spacing_hz`` followed by the same filter.
+  equals a mix by ``k*channel_spacing_hz`` followed by the same filter (but for the stopband's folds, above).
 
 Gaps are the caller's business, as with the channelizer: ``process`` refuses a block that does not follow the
 previous one; the caller counts the gap and calls ``reset()`` (``follows(block)`` tells it beforehand).
@@ -58,17 +71,19 @@ bank's channel rate (25 kHz for 12.5 kHz channels). ``feature_rate_channelizers`
 per active channel (``out_rate/in_rate`` = 24/25, mixing by 0 Hz: a pure polyphase resampler with state
 across blocks); ``ChannelBlock.channel_block(i)`` is the ``IQBlock`` it takes. Its output ``j`` sits at bank
 output position ``j*25/24``, i.e. at input position ``j*25/24*M`` (``j*100`` at 2.4 MS/s): the same instants
-as today's single ``Channelizer`` to 24 kHz.
+as today's single ``Channelizer`` to 24 kHz. ``FeatureRateResampler`` does the same for every channel at once.
 
-Why hand-written. No maintained Python package offers a PFB channelizer that keeps filter state across
-blocks at this speed: GNU Radio's ``pfb_channelizer_ccf`` does, but only inside a GNU Radio flowgraph (C++,
-its own scheduler, a system-Python install), and scipy has only whole-signal ``resample_poly``/``upfirdn``
-per channel. The tests compare each channel with that scipy reference (``resample_poly`` of the mixed
-signal, the formula above) and the channel powers with GNU Radio's ``pfb_channelizer_ccf`` where GNU Radio is
-installed. Mapping to GNU Radio, given the same taps and ``oversample_rate``: its output ``i`` is channel ``k``
-with ``k mod N == i`` (0 at the centre, then upward, then the negative channels from ``-(N//2)``), and its
-outputs are not delay-compensated: an impulse that peaks at output ``m`` here peaks about ``half_len/M`` outputs
-later there (8 for 192 channels at 2.4 MS/s), so the two agree in power, not sample for sample.
+Why hand-written. No maintained Python package offers a channelizer that keeps filter state across blocks at
+this speed: GNU Radio's ``pfb_channelizer_ccf`` does, but only inside a GNU Radio flowgraph (C++, its own
+scheduler, a system-Python install); scipy has whole-signal ``resample_poly``/``upfirdn`` per channel and
+``oaconvolve``, an overlap-add convolution of one whole signal with no mixer, decimation or state across calls.
+What is hand-written here is the bookkeeping of overlap-save around ``scipy.fft``. The tests compare each channel
+with that scipy reference (``resample_poly`` of the mixed signal, the formula above) and the channel powers with
+GNU Radio's ``pfb_channelizer_ccf`` where GNU Radio is installed. Mapping to GNU Radio, given the same taps and
+``oversample_rate``: its output ``i`` is channel ``k`` with ``k mod N == i`` (0 at the centre, then upward, then the
+negative channels from ``-(N//2)``), and its outputs are not delay-compensated: an impulse that peaks at output
+``m`` here peaks about ``half_len/M`` outputs later there (8 for 192 channels at 2.4 MS/s), so the two agree in
+power, not sample for sample.
 
 Examples
 --------
@@ -77,11 +92,13 @@ Examples
 >>> bank = FilterBank(in_rate_hz=2.4e6, center_freq_hz=145.0e6, channel_spacing_hz=12_500.0, channels=[-1, 0, 4])
 >>> bank.n_channels, bank.decimation, bank.out_rate_hz, len(bank.taps), bank.half_len
 (192, 96, 25000.0, 1727, 863)
+>>> bank.fft_len, bank.hop, bank.outputs_per_hop, bank.folded_bands
+(12288, 10560, 110, 1)
 >>> block = IQBlock("rx1", np.ones(24_000, np.complex64), sample_index=0, t0_ns=10**18, time_source="gps",
 ...                 sample_rate=2.4e6, center_freq=145.0e6)
 >>> out = bank.process(block)
 >>> out.samples.shape, out.sample_index, out.t0_ns == 10**18, out.channel_freqs_hz
-((3, 242), 0, True, (144987500.0, 145000000.0, 145050000.0))
+((3, 220), 0, True, (144987500.0, 145000000.0, 145050000.0))
 >>> channel_number(145.05e6, center_freq_hz=145.0e6, in_rate_hz=2.4e6, channel_spacing_hz=12_500.0)
 4
 """
@@ -107,14 +124,9 @@ RATIO_TOLERANCE = 1e-9
 #: Range of ``attenuation_db`` accepted: below it the prototype is no channel filter, above it float32
 #: rounding (about -140 dB) would be the floor anyway.
 MIN_ATTENUATION_DB, MAX_ATTENUATION_DB = 20.0, 140.0
-#: Up to this many channels the bank computes just their DFT rows (one BLAS matrix product) instead of the whole
-#: FFT and a selection from it: more operations (``8*N*C`` per output time against ``~5*N*log2(N)``), but BLAS
-#: runs them faster than the FFT and the gather of a few rows, up to about this many (on x86-64 with OpenBLAS).
-DFT_MAX_CHANNELS = 16
-#: Output times per einsum + FFT call: the window view, the folded rows and their FFT stay in cache.
-ROWS_PER_CALL = 128
-# Large blocks are taken in pieces of this many output times: the history copy and temporaries stay bounded.
-_BLOCK_ROWS = 64 * ROWS_PER_CALL
+#: The FFT segment is at least this many times the overlap it shares with the next (``len(taps) - 1`` rounded up
+#: to a multiple of ``M``): at most a quarter of each forward FFT is spent again on the next segment's inputs.
+OVERLAP_SHARE = 4
 
 
 def channel_count(in_rate_hz: float, channel_spacing_hz: float) -> int:
@@ -331,7 +343,11 @@ class FilterBank:
     ----------
     n_channels : ``N``. decimation : ``M = N/oversampling``. out_rate_hz : ``in_rate_hz/M`` (Hz).
     taps : the prototype (``design_prototype``), float64. half_len : its group delay (input samples).
-    branch_taps : ``P``, taps per polyphase branch.
+    branch_taps : ``P``, taps per polyphase branch (``len(taps) = P*N - 1``).
+    fft_len, hop, overlap : the overlap-save segments (input samples; ``hop = fft_len - overlap``, all multiples of
+        ``M``). outputs_per_hop : ``hop/M``, the outputs of one segment. lead_in : inputs of a segment before its
+        first output's instant. folded_bands : output bands of ``out_rate_hz`` read around each channel and folded
+        onto it (module doc).
     """
 
     def __init__(self, in_rate_hz: float, center_freq_hz: float, channel_spacing_hz: float, channels: Sequence[int],
@@ -367,15 +383,38 @@ class FilterBank:
                                      stopband=stopband_hz / channel_spacing_hz)
         self.half_len = (len(self.taps) - 1) // 2
         self.branch_taps = (len(self.taps) + 1) // n
-        padded = np.zeros(self.branch_taps * n)
-        padded[: len(self.taps)] = self.taps
-        # g[j] = taps[P*N - 1 - j], as [P, 2N] float32 pairs: each tap twice, for the (re, im) of one sample.
-        self._folding = np.repeat(padded[::-1], 2).astype(np.float32).reshape(self.branch_taps, 2 * n)
-        self._bins = np.array([k % n for k in self.channels], dtype=np.intp)
-        # A few channels cost less as a DFT (a [N, C] matrix product) than as the whole FFT.
-        self._dft = None
-        if len(self.channels) <= DFT_MAX_CHANNELS:
-            self._dft = np.exp(-2j * np.pi * np.outer(np.arange(n), self._bins) / n).astype(np.complex64)
+        m = self.decimation
+        # Overlap-save: segments of fft_len inputs, hop apart; each gives hop/M outputs, its first lead_in inputs
+        # before its first output's instant (the filter's past half), the rest of the overlap after its last.
+        self.overlap = -(-(len(self.taps) - 1) // m) * m
+        self.fft_len = n
+        while self.fft_len < OVERLAP_SHARE * self.overlap:
+            self.fft_len *= 2
+        self.hop = self.fft_len - self.overlap
+        self.outputs_per_hop = self.hop // m
+        self.lead_in = -(-self.half_len // m) * m
+        bins = self.fft_len // m  # inverse FFT length: one channel's output band, out_rate_hz wide
+        bins_per_channel = self.fft_len // n
+        # Bands of out_rate_hz folded onto each channel's output: enough to hold everything up to the stopband.
+        self.folded_bands = max(1, math.ceil(2 * self.stopband_hz / self.out_rate_hz - 1e-9))
+        span = self.folded_bands * bins
+        # Offsets (bins from the channel's centre) read for output bin u of band s: -span/2 .. span/2 - 1, each
+        # band's offsets in inverse-FFT order (offset = u mod bins), so summing over s is the decimation's fold.
+        band_start = -span // 2 + bins * np.arange(self.folded_bands)[:, None]
+        offsets = band_start + (np.arange(bins)[None, :] - band_start) % bins  # [S, bins]
+        # The prototype's response at those offsets with its group delay taken out (real for an odd length, half a
+        # sample of delay left for an even one), the delay being where each segment starts; times the 1/M of the
+        # decimation.
+        centred = np.zeros(self.fft_len)
+        centred[: len(self.taps) - self.half_len] = self.taps[self.half_len :]
+        centred[self.fft_len - self.half_len :] = self.taps[: self.half_len]
+        response = scipy.fft.fft(centred) / m
+        self._weights = response[offsets % self.fft_len].astype(np.complex64)  # [S, bins]
+        centres = np.array([k % n for k in self.channels], dtype=np.intp) * bins_per_channel
+        self._bin_index = (centres[:, None, None] + offsets[None]) % self.fft_len  # [C, S, bins]
+        self._channel_bins = np.array([k % n for k in self.channels], dtype=np.int64)
+        self._twiddles = np.exp(-2j * np.pi * np.arange(n) / n).astype(np.complex64)
+        self._gathered = np.empty((len(self.channels), self.folded_bands, bins), dtype=np.complex64)
         self._in_rate = Fraction(in_rate_hz)
         self.reset()
 
@@ -399,8 +438,10 @@ class FilterBank:
         """Drop all state (history, stream origin, pending flags): use after a gap or discontinuity."""
         self.samples_in = 0
         self.samples_out = 0
-        self._hist_start = self._window_start(0)  # input position of _hist[0]: the next output's oldest input
-        self._hist = np.zeros(-self._hist_start, dtype=np.complex64)
+        # _buf[:_held] are the inputs from the next segment's first on; that segment starts lead_in inputs before
+        # output samples_out's instant, inputs before the stream's first being zeros.
+        self._buf = np.zeros(2 * self.fft_len, dtype=np.complex64)
+        self._held = self.lead_in
         self._start_index: int | None = None
         self._next_index: int | None = None
         self._receiver_id: str | None = None
@@ -408,20 +449,26 @@ class FilterBank:
 
     @property
     def group_delay_s(self) -> float:
-        """The prototype's group delay (s): how long after an input sample arrives its output time is emitted."""
+        """The prototype's group delay (s), compensated: output ``m`` sits at input position ``m*M``."""
         return self.half_len / self.in_rate_hz
+
+    @property
+    def max_latency_s(self) -> float:
+        """The longest an output waits after its instant's input arrives (s): until its segment's last input."""
+        return (self.fft_len - self.lead_in) / self.in_rate_hz
 
     @property
     def next_input_index(self) -> int | None:
         """Absolute sample_index the next block must start at, or None right after a reset."""
         return self._next_index
 
-    def _window_start(self, m: int) -> int:
-        return m * self.decimation + self.half_len - self.branch_taps * self.n_channels + 1
-
     def ready(self, samples_in: int) -> int:
-        """Output times computable from the first ``samples_in`` inputs since the reset (their newest input arrived)."""
-        return max(0, (samples_in - 1 - self.half_len) // self.decimation + 1)
+        """Output times computable from the first ``samples_in`` inputs since the reset: every output of each segment
+        whose last input has arrived (``outputs_per_hop`` at a time)."""
+        first_segment_end = self.fft_len - self.lead_in
+        if samples_in < first_segment_end:
+            return 0
+        return ((samples_in - first_segment_end) // self.hop + 1) * self.outputs_per_hop
 
     def input_samples_represented(self, n_out: int) -> int:
         """Input samples owned by the first ``n_out`` output times: ``n_out*M`` (output ``m`` sits at input ``m*M``)."""
@@ -447,12 +494,9 @@ class FilterBank:
         self._next_index = block.end_index
         self._pending_flags |= Flags(block.flags)
         first_out = self.samples_out
-        step = _BLOCK_ROWS * self.decimation
-        pieces = [self._push(block.samples[i : i + step]) for i in range(0, len(block.samples), step)]
+        made = self._push(block.samples)
         if self.samples_out == first_out:
             return None
-        # Made time first (each output time's channels together, as the FFT gives them); handed out as its [C, n] view.
-        samples = (pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)).T
         # Time of output `first_out`: this block's t0 moved by (first_out*M - offset) input samples.
         offset = block.sample_index - self._start_index
         numerator = (first_out * self.decimation - offset) * 10**9 * self._in_rate.denominator
@@ -461,7 +505,7 @@ class FilterBank:
         flags, self._pending_flags = self._pending_flags, Flags.NONE
         return ChannelBlock(
             receiver_id=block.receiver_id,
-            samples=samples,
+            samples=made.T,  # made time first (each output time's channels together); handed out as its [C, n] view
             channels=self.channels,
             sample_index=first_out,
             t0_ns=int(t0_ns),
@@ -474,48 +518,43 @@ class FilterBank:
         )
 
     def _push(self, samples: np.ndarray) -> np.ndarray:
-        """Append input; return ``[count, C]`` (time first) for the output times it made ready."""
-        samples = np.asarray(samples, dtype=np.complex64)
-        buf = np.concatenate((self._hist, samples))
-        self.samples_in += len(samples)
-        m0, m1 = self.samples_out, self.ready(self.samples_in)
-        count = max(0, m1 - m0)
-        out = np.empty((count, len(self.channels)), dtype=np.complex64)
-        pairs = buf.view(np.float32)
-        stride = pairs.strides[0]
-        n, d, p = self.n_channels, self.decimation, self.branch_taps
-        for r0 in range(0, count, ROWS_PER_CALL):
-            rows = min(ROWS_PER_CALL, count - r0)
-            # windows[r, q, :] = the (re, im) pairs of inputs s_r + q*N .. s_r + q*N + N - 1, a view (no copy)
-            windows = np.ndarray((rows, p, 2 * n), np.float32, pairs, 2 * r0 * d * stride,
-                                 (2 * d * stride, 2 * n * stride, stride))
-            folded = np.einsum("rqs,qs->rs", windows, self._folding).view(np.complex64)
-            rolled = self._rotate(folded, m0 + r0)
-            if self._dft is None:
-                spectra = scipy.fft.fft(rolled, axis=-1, workers=1, overwrite_x=True)
-                np.take(spectra, self._bins, axis=1, out=out[r0 : r0 + rows], mode="clip")  # "raise" would buffer `out`
-            else:
-                np.matmul(rolled, self._dft, out=out[r0 : r0 + rows])
-        self.samples_out = m1
-        keep_from = self._window_start(self.samples_out)
-        self._hist = buf[keep_from - self._hist_start :].copy()
-        self._hist_start = keep_from
+        """Append input; return ``[count, C]`` (time first) for the output times it made ready, one segment at a time
+        (each segment's outputs from the same operations whatever the blocks that brought its inputs)."""
+        held, n_new = self._held, len(samples)
+        if held + n_new > len(self._buf):
+            grown = np.empty(max(held + n_new, 2 * len(self._buf)), dtype=np.complex64)
+            grown[:held] = self._buf[:held]
+            self._buf = grown
+        buf = self._buf
+        buf[held : held + n_new] = samples
+        self._held += n_new
+        self.samples_in += n_new
+        segments = self.ready(self.samples_in) // self.outputs_per_hop - self.samples_out // self.outputs_per_hop
+        q, first = self.outputs_per_hop, self.lead_in // self.decimation
+        out = np.empty((segments * q, len(self.channels)), dtype=np.complex64)
+        for i in range(segments):
+            spectrum = scipy.fft.fft(buf[i * self.hop : i * self.hop + self.fft_len], workers=1, overwrite_x=False)
+            np.take(spectrum, self._bin_index, out=self._gathered, mode="clip")  # "raise" would buffer `out`
+            np.multiply(self._gathered, self._weights, out=self._gathered)
+            folded = self._gathered[:, 0] if self.folded_bands == 1 else self._gathered.sum(axis=1)
+            kept = scipy.fft.ifft(folded, axis=-1, workers=1, overwrite_x=True)[:, first : first + q]
+            # read through the transpose, written time first (a ufunc writing through a transpose is far slower)
+            np.multiply(kept.T, self._mixer_phase(self.samples_out), out=out[i * q : (i + 1) * q])
+            self.samples_out += q
+        if segments:  # moved to the front once a segment: the buffer is appended to in place between
+            rest = self._held - segments * self.hop
+            buf[:rest] = buf[segments * self.hop : self._held]
+            self._held = rest
         return out
 
-    def _rotate(self, folded: np.ndarray, m_first: int) -> np.ndarray:
-        """``folded`` rows (output times ``m_first``, ...) rolled by their oldest input's absolute index mod N.
-
-        ``np.roll(v, s)`` multiplies bin ``k`` of its FFT by ``exp(-j*2*pi*k*s/N)``: the mixer's phase, applied
-        before the transform. Rows ``oversampling`` apart are ``N`` inputs apart and share a shift.
-        """
-        n, rows = self.n_channels, len(folded)
+    def _mixer_phase(self, m_first: int) -> np.ndarray:
+        """Each channel's mixer phase at the first input of the segment whose first output is ``m_first``:
+        ``exp(-j*2*pi*k*s_abs/N)`` for that input's absolute index ``s_abs`` (the segment's bins are those of the
+        unmixed input, shifted by ``k`` channels)."""
+        n = self.n_channels
         origin = 0 if self._start_index is None else self._start_index
-        rolled = np.empty_like(folded)
-        for first in range(min(self.oversampling, rows)):
-            shift = (origin + self._window_start(m_first + first)) % n
-            rolled[first::self.oversampling, shift:] = folded[first::self.oversampling, : n - shift]
-            rolled[first::self.oversampling, :shift] = folded[first::self.oversampling, n - shift :]
-        return rolled
+        start = (origin + m_first * self.decimation - self.lead_in) % n
+        return self._twiddles[(self._channel_bins * start) % n]
 
     def _check(self, block: IQBlock) -> None:
         if not math.isclose(block.sample_rate, self.in_rate_hz, rel_tol=1e-9):

@@ -1,6 +1,7 @@
-"""Filter bank: each channel equals the mix-and-resample_poly reference; tones land in their channel only; block
-boundaries leave no trace; indices and times follow the input's; the step to the feature rate keeps the
-accounting; channel powers agree with GNU Radio's pfb_channelizer_ccf where it is installed."""
+"""Filter bank: each channel equals the mix-and-resample_poly reference but for what that reference's decimation
+aliases in from the stopband; tones land in their channel only; block boundaries leave no trace; indices and times
+follow the input's; the step to the feature rate keeps the accounting; channel powers agree with
+GNU Radio's pfb_channelizer_ccf where it is installed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from scipy.signal import freqz, resample_poly, welch
 
 from receivers.base import Flags, IQBlock
 from streamer.dsp.filterbank import (
-    DFT_MAX_CHANNELS,
     ChannelBlock,
     FeatureRateResampler,
     FilterBank,
@@ -60,6 +60,26 @@ def _reference(x, k, origin, bank):
     return resample_poly(x * np.exp(-2j * np.pi * cycles), 1, bank.decimation, window=bank.taps)
 
 
+def _alias_share(bank):
+    """RMS of what the reference's decimation folds onto a channel from beyond the bank's output band (the
+    ``folded_bands*out_rate_hz`` centred on the channel) relative to the channel's own, for white noise: the
+    prototype's energy there over its energy inside. The bank's fast convolution leaves that out, so for white
+    noise this is the RMS difference between bank and reference: the prototype's stopband at work, below
+    ``10**(-attenuation_db/20)``."""
+    response = np.fft.fft(bank.taps, 1 << 18)
+    freqs = np.fft.fftfreq(1 << 18, 1 / bank.in_rate_hz)
+    beyond = np.abs(freqs) >= bank.folded_bands * bank.out_rate_hz / 2
+    return float(np.sqrt(np.sum(np.abs(response[beyond]) ** 2) / np.sum(np.abs(response[~beyond]) ** 2)))
+
+
+def _assert_equals_reference(got, ref, bank, what):
+    """``got`` equals the reference but for the stopband's aliases (``_alias_share``; 25 % for the noise's own
+    spread over a few thousand samples) and float32 rounding. A wrong phase, delay or gain is off by order 1."""
+    assert len(got) == len(ref)
+    share = np.sqrt(np.mean(np.abs(got - ref) ** 2) / np.mean(np.abs(ref) ** 2))
+    assert share < 1.25 * _alias_share(bank) + 2e-6, f"{what}: RMS difference {share:.2e} of the reference's"
+
+
 def _stream(bank, x, sizes, first_index=ORIGIN):
     outs, pos = [], 0
     for size in sizes:
@@ -70,15 +90,16 @@ def _stream(bank, x, sizes, first_index=ORIGIN):
     return outs
 
 
-#: More than DFT_MAX_CHANNELS channels, not in bin order: the FFT path and its selection of rows.
+#: More channels, not in bin order.
 MANY_CHANNELS = SOME_CHANNELS + list(range(13, 1, -1))
 
 
-@pytest.mark.parametrize("channels", [SOME_CHANNELS, MANY_CHANNELS, list(range(-96, 96))], ids=["dft", "fft", "all"])
+@pytest.mark.parametrize("channels", [SOME_CHANNELS, MANY_CHANNELS, list(range(-96, 96))], ids=["few", "many", "all"])
 def test_each_channel_equals_the_mix_and_resample_poly_reference(channels):
-    """The DFT path (up to DFT_MAX_CHANNELS channels) and the FFT path alike."""
-    assert (len(channels) <= DFT_MAX_CHANNELS) == (channels is SOME_CHANNELS)
+    """Equal but for what resample_poly's decimation aliases in from beyond the output band, where the prototype is
+    in its stopband (``_alias_share``: 1.4e-4 of the RMS here, the prototype being 69 dB down there)."""
     bank = _bank(channels=channels)
+    assert _alias_share(bank) < 10 ** (-69 / 20)
     x = _noise(int(IN_RATE_HZ) // 10, seed=1)
     out = bank.process(_block(x, ORIGIN))
     n_out = out.samples.shape[1]
@@ -86,9 +107,7 @@ def test_each_channel_equals_the_mix_and_resample_poly_reference(channels):
     for row, k in enumerate(channels):
         if k not in SOME_CHANNELS:
             continue
-        ref = _reference(x, k, ORIGIN, bank)[:n_out]
-        err = np.max(np.abs(out.samples[row] - ref)) / np.max(np.abs(ref))
-        assert err < 2e-6, f"channel {k}: max relative error {err:.2e}"
+        _assert_equals_reference(out.samples[row], _reference(x, k, ORIGIN, bank)[:n_out], bank, f"channel {k}")
 
 
 @pytest.mark.parametrize(
@@ -96,7 +115,9 @@ def test_each_channel_equals_the_mix_and_resample_poly_reference(channels):
     [(2.4e6, 12_500.0, 1), (2.048e6, 16_000.0, 4), (240_000.0, 16_000.0, 3), (250_000.0, 12_500.0, 2)],
 )
 def test_other_grids_and_oversampling_equal_the_reference_too(in_rate_hz, spacing_hz, oversampling):
-    """Critically sampled, 4x oversampled, an odd channel count (15), a small bank (20)."""
+    """Critically sampled (its stopband, at the neighbour's centre, reaches past the output's Nyquist: two output
+    bands are folded), 4x oversampled, an odd channel count (15: an even-length prototype, half a sample of group
+    delay), a small bank (20)."""
     n_channels = channel_count(in_rate_hz, spacing_hz)
     lo, hi = -(n_channels // 2), (n_channels - 1) // 2
     channels = sorted({lo, -1, 0, 1, hi, lo + 3})
@@ -108,18 +129,17 @@ def test_other_grids_and_oversampling_equal_the_reference_too(in_rate_hz, spacin
     for row, k in enumerate(channels):
         cycles = (k % n_channels) * ((ORIGIN + np.arange(len(x))) % n_channels) / n_channels
         ref = resample_poly(x * np.exp(-2j * np.pi * cycles), 1, bank.decimation, window=bank.taps)[: got.shape[1]]
-        err = np.max(np.abs(got[row] - ref)) / np.max(np.abs(ref))
-        assert err < 2e-6, f"channel {k}: max relative error {err:.2e}"
+        _assert_equals_reference(got[row], ref, bank, f"channel {k}")
+    assert bank.folded_bands == (2 if oversampling == 1 else 1)
 
 
 def test_state_stays_bounded_over_a_long_stream():
-    """The carried history never exceeds one filter span plus one decimation step, however many blocks pass."""
+    """The carried history never reaches one FFT segment, however many blocks pass."""
     bank = _bank()
     x = _noise(bank.decimation * 40, seed=8)
-    span = bank.branch_taps * bank.n_channels
     for i in range(300):
         bank.process(_block(x[(i * 777) % 1000 :][:777], ORIGIN + i * 777))
-        assert len(bank._hist) < span + bank.decimation
+        assert bank._held < bank.fft_len and len(bank._buf) <= 2 * bank.fft_len
 
 
 def test_each_channel_psd_within_0_1_db_of_an_independent_filter_and_decimate_over_80_percent():
@@ -177,11 +197,7 @@ def test_block_boundaries_anywhere_give_the_one_block_output(seed, channels):
         sizes.append(min(size, len(x) - sum(sizes)))
     outs = _stream(_bank(channels), x, sizes)
     joined = np.concatenate([o.samples for o in outs], axis=1)
-    if len(channels) > DFT_MAX_CHANNELS:  # the FFT path: every output from the same operations in the same order
-        assert np.array_equal(joined, whole.samples)
-    else:  # the DFT path: BLAS orders its sums by how many rows it gets, so float32 rounding differs
-        assert joined.shape == whole.samples.shape
-        assert np.max(np.abs(joined - whole.samples)) <= 1e-6 * np.max(np.abs(whole.samples))
+    assert np.array_equal(joined, whole.samples)  # each segment from the same operations, whatever the blocks
     assert [o.sample_index for o in outs] == list(np.cumsum([0] + [o.samples.shape[1] for o in outs[:-1]]))
 
 
@@ -196,24 +212,43 @@ def test_output_index_and_time_follow_the_input():
         assert out.sample_rate == 25_000.0 and out.channels == tuple(SOME_CHANNELS)
     assert bank.samples_in == len(x)
     assert bank.samples_out == bank.ready(len(x)) == sum(o.samples.shape[1] for o in outs)
+    # Outputs come a segment at a time: what is held past the last output's instant is at most the latency.
     held = bank.samples_in - bank.input_samples_represented(bank.samples_out)
-    assert bank.half_len - bank.decimation < held <= bank.half_len
+    latency = round(bank.max_latency_s * IN_RATE_HZ)
+    assert latency - bank.hop < held <= latency
+    assert bank.samples_out % bank.outputs_per_hop == 0
     assert bank.group_delay_s == pytest.approx(bank.half_len / IN_RATE_HZ)
+
+
+def test_outputs_are_ready_a_segment_at_a_time_once_its_last_input_is_in():
+    bank = _bank()
+    first_end = round(bank.max_latency_s * IN_RATE_HZ)  # output 0's instant is input 0
+    assert bank.ready(first_end - 1) == 0
+    assert bank.ready(first_end) == bank.outputs_per_hop == bank.hop // bank.decimation
+    assert bank.ready(first_end + bank.hop - 1) == bank.outputs_per_hop
+    assert bank.ready(first_end + bank.hop) == 2 * bank.outputs_per_hop
+    x = _noise(first_end + bank.hop, seed=12)
+    assert bank.process(_block(x[: first_end - 1], ORIGIN)) is None
+    out = bank.process(_block(x[first_end - 1 : first_end], ORIGIN + first_end - 1))
+    assert out.samples.shape == (len(SOME_CHANNELS), bank.outputs_per_hop)
+    # the segment overlaps the next by the prototype's length, at most a quarter of the forward FFT
+    assert len(bank.taps) - 1 <= bank.overlap <= bank.fft_len / 4 and bank.hop == bank.fft_len - bank.overlap
 
 
 def test_group_delay_is_compensated_an_impulse_peaks_at_its_own_output_time():
     bank = _bank(channels=[0, 3])
-    x = np.zeros(200 * bank.decimation, np.complex64)
+    x = np.zeros(200 * bank.decimation + bank.fft_len, np.complex64)
     at = 120 * bank.decimation
     x[at] = 1.0
     out = bank.process(_block(x, 0))
+    assert out.samples.shape[1] > 200
     assert list(np.argmax(np.abs(out.samples), axis=1)) == [120, 120]
 
 
 def test_flags_are_carried_to_the_next_output_block():
     bank = _bank()
     assert bank.process(_block(np.zeros(100, np.complex64), ORIGIN, flags=Flags.CLIPPED)) is None
-    out = bank.process(_block(np.zeros(10_000, np.complex64), ORIGIN + 100, flags=Flags.AGC))
+    out = bank.process(_block(np.zeros(20_000, np.complex64), ORIGIN + 100, flags=Flags.AGC))
     assert out.flags == Flags.CLIPPED | Flags.AGC
 
 
@@ -229,7 +264,7 @@ def test_the_feature_rate_resampler_equals_one_channelizer_per_channel(in_rate_h
     together, one_each = FeatureRateResampler(bank, 24_000.0), feature_rate_channelizers(bank, 24_000.0)
     x = _noise(int(in_rate_hz * 0.3), 3)
     index, got, want = ORIGIN, [], []
-    for n in (100, 7, 9_000, 31_000, 3, 20_000, len(x)):
+    for n in (100, 7, 9_000, 61_000, 3, 50_000, len(x)):
         piece = x[index - ORIGIN : index - ORIGIN + n]
         index += len(piece)
         out = bank.process(_block(piece, index - len(piece), fs=in_rate_hz)) if len(piece) else None
@@ -377,7 +412,7 @@ def test_blocks_that_do_not_fit_the_stream_are_refused_with_the_reason():
         bank.process(_block(np.zeros(10, np.complex64), ORIGIN + 1000, fs=2.048e6))
     assert not bank.follows(_block(np.zeros(10, np.complex64), ORIGIN + 1000, flags=Flags.RETUNE))
     bank.reset()
-    out = bank.process(_block(np.zeros(2000, np.complex64), ORIGIN + 5000, flags=Flags.RETUNE))
+    out = bank.process(_block(np.zeros(20_000, np.complex64), ORIGIN + 5000, flags=Flags.RETUNE))
     assert out.sample_index == 0 and out.flags == Flags.RETUNE
 
 
@@ -416,7 +451,10 @@ def _gnuradio_available() -> bool:
 def test_channel_powers_agree_with_gnuradio_pfb_channelizer(tmp_path):
     """Same taps, same input. GNU Radio's output i is FFT bin i, i.e. our channel k with k mod N == i (0 at the
     centre, then upward, then the negative channels from -N/2); its outputs are not delay-compensated, so only
-    powers are compared, over the settled part of both."""
+    powers are compared, over the settled part of both. They agree to 0.1 dB but for what GNU Radio's polyphase
+    decimation folds onto a channel from beyond its output band (the tones of channels two or more away, and the
+    one exactly at the band's upper edge, through the prototype's stopband; the noise's share is negligible): the
+    bank leaves that out (module doc), which moves the quiet channels' power by up to about 0.1 dB here."""
     if not _gnuradio_available():
         pytest.skip(f"{GR_PYTHON} cannot import gnuradio.filter: apt-get install gnuradio")
     n = N_CHANNELS * 2000
@@ -433,10 +471,21 @@ def test_channel_powers_agree_with_gnuradio_pfb_channelizer(tmp_path):
                     str(N_CHANNELS), "2", str(tmp_path / "out.npy")], check=True, capture_output=True, timeout=300)
     theirs = np.load(tmp_path / "out.npy")
     skip = 4 * bank.branch_taps
-    ours_db = 10 * np.log10(np.mean(np.abs(ours[:, skip:]) ** 2, axis=1))
-    theirs_db = 10 * np.log10(np.mean(np.abs(theirs[:, skip:]) ** 2, axis=1))
+    ours_mw = np.mean(np.abs(ours[:, skip:]) ** 2, axis=1)
+    theirs_mw = np.mean(np.abs(theirs[:, skip:]) ** 2, axis=1)
     for row, k in enumerate(bank.channels):
-        assert abs(ours_db[row] - theirs_db[k % N_CHANNELS]) < 0.1, f"channel {k} (GNU Radio output {k % N_CHANNELS})"
+        # the tones' offsets from this channel's centre, wrapped to +-in_rate/2; beyond the output band unless in
+        # [-out_rate/2, out_rate/2), the bins the bank reads
+        offsets = np.array([k_tone - k for k_tone in levels]) * SPACING_HZ
+        offsets = (offsets + IN_RATE_HZ / 2) % IN_RATE_HZ - IN_RATE_HZ / 2
+        _, response = freqz(bank.taps, worN=offsets, fs=IN_RATE_HZ)
+        beyond = (offsets < -bank.out_rate_hz / 2) | (offsets >= bank.out_rate_hz / 2)
+        folded_mw = np.sum((np.array(list(levels.values())) * np.abs(response))[beyond] ** 2)
+        theirs_k = theirs_mw[k % N_CHANNELS]
+        assert abs(ours_mw[row] - theirs_k) <= (10 ** 0.01 - 1) * theirs_k + 1.2 * folded_mw, (
+            f"channel {k} (GNU Radio output {k % N_CHANNELS}): {10 * np.log10(ours_mw[row]):.3f} against"
+            f" {10 * np.log10(theirs_k):.3f} dB, {10 * np.log10(folded_mw + 1e-30):.1f} dB folded in there")
+    theirs_db = 10 * np.log10(theirs_mw)
     for k, amplitude in levels.items():
         assert theirs_db[k % N_CHANNELS] == pytest.approx(20 * np.log10(amplitude), abs=0.05)
 
@@ -450,7 +499,7 @@ def test_bench_filterbank_times_every_path_and_prints_the_ratios_beside_their_ta
     bench_filterbank.add_arguments(parser)
     assert bench_filterbank.run(parser.parse_args(["--seconds", "0.02", "--repeats", "1", "--channelizers", "2"])) == 0
     text = capsys.readouterr().out
-    for expected in ("bank, all 192 channels", "raw FFT 192-pt frames", "the bank's own: every 96 samples",
+    for expected in ("bank, all 192 channels", "raw FFT 192-pt frames", "the bank's own: 12288-pt every 10560, 192 x 128-pt inverse",
                      "192 Channelizers (timed 2, scaled)", "bank / raw FFT", "(target >= 0.5:",
                      "bank / 192 channelizers", "(target >= 20:", "load average", "at end"):
         assert expected in text
@@ -481,8 +530,7 @@ def test_a_wide_passband_channel_equals_the_reference_and_passes_a_tone_at_10_kh
     out = bank.process(_block(x, ORIGIN))
     for row, k in enumerate(channels):
         ref = _reference(x, k, ORIGIN, bank)[: out.samples.shape[1]]
-        err = np.max(np.abs(out.samples[row] - ref)) / np.max(np.abs(ref))
-        assert err < 2e-6, f"channel {k}: max relative error {err:.2e}"
+        _assert_equals_reference(out.samples[row], ref, bank, f"channel {k}")
     # A tone 10 kHz above channel 40's centre: inside the wide passband, so at full amplitude in channel 40 only.
     bank.reset()
     n = np.arange(int(IN_RATE_HZ) // 10)
