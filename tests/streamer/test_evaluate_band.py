@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -135,3 +136,22 @@ def test_a_few_seconds_of_band_traffic_find_the_loud_transmission_and_print_ever
         assert g["gate"] in printed
     assert "interim estimates:" in printed and "final estimates:" in printed
     assert printed.splitlines()[0].startswith(f"{seconds:g} s of stream")
+
+
+def test_final_against_interim_compares_with_the_smallest_error_and_with_the_most_confident_interim():
+    from streamer.tools.evaluate_band import _final_vs_best, ellipse_area_m2
+
+    errors = {  # (error m, 95 % ellipse area m^2)
+        (1, "onnx"): {"final": [(100.0, 5.0)], "interim": [(80.0, 9.0), (150.0, 2.0)]},   # confident one: 150 m
+        (2, "onnx"): {"final": [(300.0, 5.0)], "interim": [(200.0, 1.0), (400.0, 3.0)]},  # confident one: 200 m
+        (3, "onnx"): {"final": [], "interim": [(10.0, 1.0)]},  # no final: left out
+    }
+    s = _final_vs_best(errors)["onnx"]
+    assert s["n"] == 2
+    assert s["share_no_worse"] == 0.0  # 100 > 80, 300 > 200
+    assert s["share_no_worse_than_confident"] == 0.5  # 100 <= 150, 300 > 200
+    assert (s["median_final_m"], s["median_best_interim_m"], s["median_confident_interim_m"]) == (200.0, 140.0, 175.0)
+    # a 3 x 2 km ellipse (standard deviations) at the Gaussian 95 % scale, and at a published scale of 2
+    cov = [[9e6, 0.0], [0.0, 4e6]]
+    assert ellipse_area_m2({"cov_en_m2": cov}, float("nan")) == pytest.approx(math.pi * 6e6 * -2 * math.log(0.05))
+    assert ellipse_area_m2({"cov_en_m2": cov}, 4.0) == pytest.approx(math.pi * 6e6 * 4.0)
