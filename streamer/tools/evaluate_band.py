@@ -337,13 +337,13 @@ def score_accuracy(world, locs: list[dict]) -> dict:
 
 
 def ellipse_area_m2(estimate: dict, radius_sq_95: float) -> float:
-    """Area (m^2) of the 95 % ellipse ``estimate`` publishes: pi * scale^2 * sqrt(det(cov_en_m2)), with the Gaussian
-    scale where it publishes none (``radius_sq_95`` NaN)."""
-    from streamer.core.geodesy import ellipse_scale
+    """Area (m^2) of the 95 % ellipse ``estimate`` publishes, pi * semi-major * semi-minor of its ``cov_en_m2`` at
+    the scale ``sqrt(radius_sq_95)``, or the Gaussian's where it publishes none (``radius_sq_95`` NaN)."""
+    from streamer.core.geodesy import ellipse_from_covariance
 
-    scale_sq = ellipse_scale(0.95) ** 2 if not math.isfinite(radius_sq_95) else radius_sq_95
-    cov = np.asarray(estimate["cov_en_m2"], dtype=np.float64).reshape(2, 2)
-    return float(math.pi * scale_sq * math.sqrt(max(float(np.linalg.det(cov)), 0.0)))
+    scale = math.sqrt(radius_sq_95) if math.isfinite(radius_sq_95) else None
+    ellipse = ellipse_from_covariance(np.asarray(estimate["cov_en_m2"], dtype=np.float64).reshape(2, 2), 0.95, scale)
+    return math.pi * ellipse.semi_major_m * ellipse.semi_minor_m
 
 
 def _final_vs_best(errors: dict[tuple[int, str], dict[str, list[tuple[float, float]]]]) -> dict[str, dict[str, float]]:
