@@ -162,6 +162,17 @@ def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
 
 
+def in_sampled_band(offset_hz: float, sample_rate_hz: float) -> bool:
+    """Whether a carrier ``offset_hz`` from a receiver's LO reaches its complex samples at ``sample_rate_hz`` (Hz):
+    inside the Nyquist band ``|offset| < fs/2``. A device filters before it decimates, so a carrier outside is
+    removed, not folded into the band (an ideal filter here; its sidebands near the edge are not modelled).
+
+    >>> in_sampled_band(-75_000.0, 96_000.0), in_sampled_band(-25_000.0, 96_000.0)
+    (False, True)
+    """
+    return abs(offset_hz) < sample_rate_hz / 2
+
+
 def thermal_noise_dbm(bandwidth_hz: float, noise_figure_db: float) -> float:
     """Receiver noise power (dBm) over ``bandwidth_hz``: -174 dBm/Hz + 10 log10(B) + NF."""
     return THERMAL_NOISE_DBM_PER_HZ + 10.0 * math.log10(bandwidth_hz) + noise_figure_db
@@ -1034,13 +1045,16 @@ class SimulatedReceiver(ReceiverBase):
         reduced mod 1 in float64, the audio's angles reduced at the knots in float64 and carried to the samples
         in float32 (``_sin_knots``), sines and cosines in float32; each transmission's on-air samples found as
         one slice (tau, the time since key-up at the transmitter, increases with the sample index). Every
-        transmitter of the world adds its own, at its channel's offset from the LO."""
+        transmitter of the world whose channel centre lies inside the sampled band (``in_sampled_band``) adds its
+        own, at its channel's offset from the LO; one outside it is left out, as a device's anti-aliasing filter
+        removes it (``received_baseband``, the signal at the antenna, keeps every carrier)."""
         world = self.world
         fs = self.true_sample_rate_hz
         # The gain drifts over days: one value per call (a chunk of the stream) is exact to far below a dB.
         signal_scale, _ = world.full_scale_per_sqrt_mw(self.index, self.start_ns + int(first / fs * 1e9))
-        for transmitter in range(len(world.transmitter_channels)):
-            self._add_transmitter(out, first, transmitter, signal_scale)
+        for transmitter, channel in enumerate(world.transmitter_channels):
+            if in_sampled_band(channel.centre_hz - self.lo_freq_hz, fs):
+                self._add_transmitter(out, first, transmitter, signal_scale)
 
     def _add_transmitter(self, out: np.ndarray, first: int, transmitter: int, signal_scale: float) -> None:
         """``add_signal`` for one transmitter (and the second transmitters on its channel)."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from receivers.base import ReceiverContext, TallyDropCounter
-from receivers.simulator import SimulatedReceiver, SimulatedWorld, transmitter_channels
+from receivers.simulator import SimulatedReceiver, SimulatedWorld, in_sampled_band, transmitter_channels
 from streamer.config import from_dict
 
 T0_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00Z
@@ -22,9 +22,10 @@ READ_HALF_WIDTH_HZ = 4_000.0
 NOISE_REFERENCE_HZ = 145.40e6  # inside every receiver's band, outside every channel
 
 
-def band_config(transmitters: int = 3, *, band: dict | None = BAND, seed: int = 5, duration_s: float | None = None):
+def band_config(transmitters: int = 3, *, band: dict | None = BAND, seed: int = 5, duration_s: float | None = None,
+                sample_rate_hz: float = 240_000.0):
     """Three receivers a few km apart around (45.0, 7.0), tuned to ``RX_CENTRE_HZ`` at 240 kS/s, not real time."""
-    options = {"start_ns": T0_NS, "realtime": False, "center_freq_hz": RX_CENTRE_HZ}
+    options = {"start_ns": T0_NS, "realtime": False, "center_freq_hz": RX_CENTRE_HZ, "sample_rate_hz": sample_rate_hz}
     if duration_s is not None:
         options["duration_s"] = duration_s
     receivers = [{"id": f"r{k}", "kind": "simulator", "lat": 45.0 + 0.02 * k, "lon": 7.0 + 0.03 * (k % 2), **options}
@@ -206,3 +207,28 @@ def test_band_stream_is_the_same_whatever_the_block_size():
         **{**cfg.receivers[0].options.__dict__, "block_s": 0.0137}))
     b = np.concatenate([blk.samples for blk in small])
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_carrier_outside_a_receivers_sampled_band_is_filtered_out_not_folded_in():
+    """At 96 kS/s the plan's outer channels lie past +-48 kHz: a device's filter removes them before it decimates, so
+    the stream holds the channels inside the band and nothing of those outside, keyed or not."""
+    cfg = band_config(6, sample_rate_hz=96_000.0)
+    world = SimulatedWorld(cfg)
+    rx = open_receiver(cfg)
+    fs = rx.true_sample_rate_hz
+    offsets = [ch.centre_hz - rx.lo_freq_hz for ch in world.transmitter_channels]
+    outside = [k for k, off in enumerate(offsets) if not in_sampled_band(off, fs)]
+    inside = [k for k, off in enumerate(offsets) if in_sampled_band(off, fs)]
+    assert outside and inside, offsets
+    seconds = np.arange(T0_NS, T0_NS + 120 * 10**9, 10**9)
+    keyed = np.sum([world.truth_over(T0_NS, T0_NS + 120 * 10**9, k).keyed_at(seconds) for k in outside], axis=0)
+    first = int((int(seconds[np.argmax(keyed >= 1)]) - T0_NS) * rx.sample_rate_hz // 10**9)
+    count = 20_000
+    live = np.zeros(count, dtype=np.complex64)
+    rx.add_signal(live, first)
+    scale, _ = world.full_scale_per_sqrt_mw(rx.index, rx.start_ns + int(first / fs * 1e9))
+    t = np.arange(first, first + count) / fs
+    kept = scale * sum(world.received_baseband(rx.index, rx.start_ns, t, rx.lo_freq_hz, transmitter=k) for k in inside)
+    removed = scale * sum(world.received_baseband(rx.index, rx.start_ns, t, rx.lo_freq_hz, transmitter=k) for k in outside)
+    assert np.abs(removed).max() > 0  # an outside transmitter was on the air at the antenna
+    np.testing.assert_allclose(live, kept, rtol=0, atol=1e-4 * max(np.abs(kept).max(), np.abs(removed).max()))
