@@ -81,6 +81,8 @@ WARMUP_S = 1.0
 MATCH_SLACK_S = 0.025
 #: Window classes pooled for the coverage gates (``score_live.WINDOW_CLASSES``).
 GATED_CLASSES = ("full", "key-edge")
+#: The gated rows split by traffic next door: nothing keyed on an adjacent channel during the span, or something.
+ADJACENT_LABELS = ("adj-idle", "adj-keyed")
 #: ``--noise-only``: the mean pause between transmissions (s), so long that no transmitter keys in any run.
 NOISE_ONLY_KEY_DOWN_S = 1e15
 
@@ -308,9 +310,34 @@ def _truth_wire(world, loc: dict) -> dict:
             / (end - start), "collision": True}
 
 
-def score_accuracy(world, locs: list[dict]) -> dict:
-    """Errors and coverage of interim and final estimates (module doc); and each final against its best interim."""
+def adjacent_channels(plan) -> dict[str, tuple[str, ...]]:
+    """Each channel's neighbours in a plan (``ChannelConfig``s): the channels with the nearest centre below and above it.
+
+    >>> from streamer.config import ChannelConfig
+    >>> adjacent_channels([ChannelConfig("b", 2e6, 1e4), ChannelConfig("a", 1e6, 1e4), ChannelConfig("c", 3e6, 1e4)])
+    {'a': ('b',), 'b': ('a', 'c'), 'c': ('b',)}
+    """
+    order = sorted(plan, key=lambda ch: ch.centre_hz)
+    return {ch.name: tuple(order[j].name for j in (i - 1, i + 1) if 0 <= j < len(order)) for i, ch in enumerate(order)}
+
+
+def _summary_by_label(rows_by_label: dict[str, list[Scored]]) -> dict[str, dict[str, dict[str, float]]]:
+    """estimator -> label -> ``summarize``'s figures, each label's rows pooled into one class."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label, rows in rows_by_label.items():
+        for estimator, classes in summarize(dataclasses.replace(r, window="full") for r in rows).items():
+            out.setdefault(estimator, {})[label] = classes["full"]
+    return out
+
+
+def score_accuracy(world, locs: list[dict], adjacent: dict[str, tuple[str, ...]] | None = None,
+                   busy: dict[str, list[tuple[int, int]]] | None = None) -> dict:
+    """Errors and coverage of interim and final estimates (module doc); and each final against its best interim.
+
+    With ``adjacent`` (``adjacent_channels``) and ``busy`` (``busy_spans``) the gated rows are also split by whether
+    anything was keyed on an adjacent channel during the message's span (``by_adjacent``)."""
     scored: dict[str, list[Scored]] = {"interim": [], "final": []}
+    by_adjacent: dict[str, dict[str, list[Scored]]] = {stage: {label: [] for label in ADJACENT_LABELS} for stage in scored}
     unkeyed = {"interim": 0, "final": 0}
     errors: dict[tuple[int, str], dict[str, list[float]]] = {}
     for loc in locs:
@@ -323,6 +350,10 @@ def score_accuracy(world, locs: list[dict]) -> dict:
             continue
         rows = score_window(loc, truth)
         scored[stage].extend(rows)
+        if rows[0].window in GATED_CLASSES and adjacent is not None and busy is not None:
+            start, end = int(loc["t_start_ns"]), int(loc["t_end_ns"])
+            keyed = any(_overlaps(start, end, busy.get(name, ()), 0) for name in adjacent.get(loc.get("channel"), ()))
+            by_adjacent[stage][ADJACENT_LABELS[keyed]].extend(rows)
         if rows[0].window in GATED_CLASSES:
             for row, est in zip(rows, [loc, *loc.get("alternatives", [])]):
                 errors.setdefault((int(loc["emission_id"]), row.estimator), {"interim": [], "final": []})[stage].append(
@@ -333,6 +364,7 @@ def score_accuracy(world, locs: list[dict]) -> dict:
                    for stage, rows in scored.items()},
         "final_vs_best_interim": _final_vs_best(errors),
         "unkeyed": unkeyed,
+        "by_adjacent": {stage: _summary_by_label(groups) for stage, groups in by_adjacent.items()},
     }
 
 
@@ -407,7 +439,10 @@ def evaluate(config: Config, *, start_ns: int = DEFAULT_START_NS, seconds: float
     plain numbers (what ``--json`` writes)."""
     from receivers.simulator import SimulatedWorld
 
+    from streamer.daemon.coverage import channel_coverage, coverage_verdict
+
     cfg = offline_config(config, start_ns=start_ns, seconds=seconds, seed=seed, noise_only=noise_only)
+    coverage_verdict(cfg, channel_coverage(cfg))  # the plan's check `heimdall check` and `heimdall run` make: raises
     run = run_band(cfg, progress=progress)
     world = SimulatedWorld(cfg)
     end_ns = start_ns + round(seconds * 1e9)
@@ -422,7 +457,7 @@ def evaluate(config: Config, *, start_ns: int = DEFAULT_START_NS, seconds: float
         "localizations": {stage: sum(m.get("stage") == stage for m in locs) for stage in ("interim", "final")},
         "detection": score_detection(spans, busy_spans(world, start_ns, end_ns), run.emission_ends(),
                                      start_ns=start_ns, end_ns=end_ns, n_channels=len(cfg.channel_plan())),
-        "accuracy": score_accuracy(world, locs),
+        "accuracy": score_accuracy(world, locs, adjacent_channels(cfg.channel_plan()), busy_spans(world, start_ns, end_ns)),
     }
     result["gates"] = gates(result)
     return result
@@ -465,6 +500,9 @@ def format_report(result: dict) -> str:
     for stage, summary in result["accuracy"]["by_class"].items():
         if summary:
             lines += ["", f"{stage} estimates:", format_table(summary)]
+    for stage, summary in result["accuracy"].get("by_adjacent", {}).items():
+        if summary:
+            lines += ["", f"{stage} estimates, full and key-edge, by traffic on an adjacent channel:", format_table(summary)]
     return "\n".join(lines)
 
 

@@ -155,3 +155,50 @@ def test_final_against_interim_compares_with_the_smallest_error_and_with_the_mos
     cov = [[9e6, 0.0], [0.0, 4e6]]
     assert ellipse_area_m2({"cov_en_m2": cov}, float("nan")) == pytest.approx(math.pi * 6e6 * -2 * math.log(0.05))
     assert ellipse_area_m2({"cov_en_m2": cov}, 4.0) == pytest.approx(math.pi * 6e6 * 4.0)
+
+
+def test_gated_rows_are_also_split_by_traffic_on_an_adjacent_channel():
+    world = SimulatedWorld(eb.offline_config(load(eb.DEFAULT_CONFIG), start_ns=T0_NS, seconds=300.0))
+    adjacent = eb.adjacent_channels(world.config.channel_plan())
+    busy = eb.busy_spans(world, T0_NS, T0_NS + 300 * S)
+    found = {}
+    for k, channel in enumerate(world.transmitter_channels):
+        for start in range(T0_NS, T0_NS + 300 * S, S // 2):
+            end = start + S // 2
+            truth = world.truth_over(start, end + 1, k)
+            if truth.keyed_fraction < 1 or truth.collision:
+                continue
+            keyed = any(a <= end and start <= b for name in adjacent[channel.name] for a, b in busy.get(name, ()))
+            found.setdefault(keyed, (channel.name, start, end, truth))
+    assert set(found) == {False, True}, "band-2m keys a channel both beside a busy neighbour and beside idle ones"
+    locs = [{"stage": "interim", "channel": name, "emission_id": i, "t_start_ns": start, "t_end_ns": end,
+             "estimator": "onnx", "lat": truth.lat, "lon": truth.lon, "cov_en_m2": [[1e6, 0.0], [0.0, 1e6]],
+             "ellipses": [{"p": 0.68, "scale": 1.515}, {"p": 0.95, "scale": 2.448}]}
+            for i, (name, start, end, truth) in enumerate(found.values())]
+    split = eb.score_accuracy(world, locs, adjacent, busy)["by_adjacent"]["interim"]["onnx"]
+    assert (split["adj-idle"]["n"], split["adj-keyed"]["n"]) == (1, 1)
+    assert eb.score_accuracy(world, locs)["by_adjacent"]["interim"] == {}  # no split without the plan's neighbours
+
+
+def test_a_plan_heimdall_run_would_refuse_is_refused_here_too(tmp_path, capsys):
+    text = (eb.DEFAULT_CONFIG.read_text().replace("stop_hz = 145.5375e6", "stop_hz = 145.6e6"))
+    assert "stop_hz = 145.6e6" in text
+    path = tmp_path / "wide.toml"
+    path.write_text(text)
+    assert main(["check", "-c", str(path)]) == 2
+    refused = capsys.readouterr().err
+    assert main(["evaluate-band", "-c", str(path), "--minutes", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "channel '145.575'" in err and "expected at least pipeline.min_receivers = 3" in err
+    assert err.split("error: ", 1)[1] == refused.split("error: ", 1)[1]
+
+
+def test_a_plan_wider_than_one_receivers_band_raises_no_false_emission(tmp_path, capsys):
+    """band-25k: milano (96 kS/s) covers three of the seven channels; the transmitters on the others must not reach
+    its samples folded onto the channels it does cover (the simulator filters them out, as a device does)."""
+    config = eb.DEFAULT_CONFIG.parent / "band-25k.toml"
+    assert main(["check", "-c", str(config)]) == 0
+    assert "milano" in capsys.readouterr().out
+    result = eb.evaluate(load(config), seconds=30.0)
+    assert result["detection"]["emissions"] >= 3
+    assert result["detection"]["false_emissions"] == 0, result["detection"]["false"]
