@@ -914,6 +914,9 @@ class SimulatedReceiver(ReceiverBase):
         start_ns: int | None = field(default=None, metadata=_doc("Unix time of the first sample (ns); default now"))
         duration_s: float | None = field(default=None, metadata=_doc("stop after this much signal (s); default never"))
         gain_db: float | None = field(default=None, metadata=_doc("gain reported in IQBlock.gain_db (dB); levels follow calibration_db"))
+        dc_offset_db: float | None = field(default=None, metadata=_doc(
+            "a DC offset at the centre frequency, as many SDRs have: this many dB above the receiver's noise in "
+            "12.5 kHz (unset: none)"))
 
         def __post_init__(self) -> None:
             if not self.sample_rate_hz > 0:
@@ -922,6 +925,8 @@ class SimulatedReceiver(ReceiverBase):
                 raise ValueError(f"block_s must hold at least one sample, got {self.block_s}")
             if self.duration_s is not None and self.duration_s < 0:
                 raise ValueError(f"duration_s must be >= 0, got {self.duration_s}")
+            if self.dc_offset_db is not None and not math.isfinite(self.dc_offset_db):
+                raise ValueError(f"dc_offset_db must be a finite number of dB, got {self.dc_offset_db}")
 
     def __init__(
         self,
@@ -952,9 +957,18 @@ class SimulatedReceiver(ReceiverBase):
         self.block_len = max(1, int(round(opts.block_s * self.sample_rate_hz)))
         self.total_samples = None if opts.duration_s is None else int(round(opts.duration_s * self.sample_rate_hz))
         self.noise_dbm = world.noise_dbm(self.index, self.sample_rate_hz)
+        self._dc = self._dc_offset(opts.dc_offset_db)
         self._closed = False
         self._chunks: dict[int, np.ndarray] = {}
         self._knot_cache: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}  # transmitter -> span -> knots
+
+    def _dc_offset(self, db_over_noise: float | None) -> np.complex64:
+        """The constant (full scale) of a DC offset ``db_over_noise`` dB above the noise in 12.5 kHz; 0 for none."""
+        if db_over_noise is None:
+            return np.complex64(0.0)
+        _, noise_scale = self.world.full_scale_per_sqrt_mw(self.index)
+        power_mw = 10.0 ** ((self.world.noise_dbm(self.index, 12_500.0) + db_over_noise) / 10.0)
+        return np.complex64(noise_scale * math.sqrt(power_mw))
 
     @staticmethod
     def band_hz(options: "SimulatedReceiver.Options", target_freq_hz: float) -> tuple[float, float]:
@@ -989,6 +1003,8 @@ class SimulatedReceiver(ReceiverBase):
         if c not in self._chunks:
             x = self._noise(c)
             self.add_signal(x, c * NOISE_CHUNK)
+            if self._dc:
+                x += self._dc
             self._chunks[c] = x
             if len(self._chunks) > 2:
                 self._chunks.pop(next(iter(self._chunks)))

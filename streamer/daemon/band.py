@@ -11,7 +11,9 @@ place of its window step:
   ``_stream_frames``), so the tick that completes a window has only its last frames left;
   each channel's per-frame SNR and noise by its own detection rule (``channel_frame_levels``; the channel's
   bandwidth, the config's threshold) into one ``dsp.emissions.EmissionTracker``; a channel a receiver does not cover
-  is masked for it and counted (``heimdall_channel_masked_windows_total``);
+  is masked for it and counted (``heimdall_channel_masked_windows_total``); a receiver the tracker leaves out of a
+  channel (a carrier only it hears: ``EmissionTracker.left_out``) is left out of its estimates too, counted
+  (``heimdall_channel_lone_carrier_windows_total``) and logged;
 - for each emission active in the window an **interim** estimate over its active frames
   (``EstimatorInputs.active_frames``): the frames the detection rule finds active (``DetectionRule.active_frames`` of
   the per-frame SNRs above, the decision ``frame_activity`` makes for the single-channel pipeline and the trainer)
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamer.config import Config
+from streamer.core.boundedlog import BoundedLog
 from streamer.daemon.aligner import WindowAligner
 from streamer.daemon.band_lane import BandAligner, BandLane, BandWindow
 from streamer.daemon.lane import Lane, LaneSettings
@@ -54,6 +57,7 @@ from streamer.dsp.features import mel_frames_dbm
 from streamer.estimators.base import Estimate, EstimateRejected, EstimatorInputs
 
 log = logging.getLogger(__name__)
+_log = BoundedLog(log)
 
 class EmissionFrames:
     """The mel frames a final estimate of one emission is made from: per receiver, at most ``2*T`` of the frames the
@@ -162,6 +166,7 @@ class BandPipeline(Pipeline):
         self.tracker = EmissionTracker.from_rule(self.rules[0], [Channel(ch.name, ch.centre_hz) for ch in self.plan],
                                                  self.receiver_ids)
         self._channel_index = {ch.name: c for c, ch in enumerate(self.plan)}
+        self._lone_logged = np.zeros((len(self.plan), len(self.receiver_ids)), dtype=bool)
         self._frames: dict[int, EmissionFrames] = {}
         #: Confirmed emissions not yet ended: id -> channel index.
         self._open: dict[int, int] = {}
@@ -196,6 +201,7 @@ class BandPipeline(Pipeline):
         for c, r in zip(*np.nonzero(window.present[None, :] & ~window.covered.T)):
             m.channel_masked.labels(self.plan[c].name, self.receiver_ids[r]).inc()
         found = self.tracker.update(snr, noise, window.present, frame_times_ns(window.t_start_ns, spec))
+        self._leave_out_lone_carriers(listening)
         m.feature_seconds.observe(time.perf_counter() - started + streamed_s)
         published: list[dict] = []
         for event in found.events:
@@ -225,6 +231,23 @@ class BandPipeline(Pipeline):
         self._set_active_gauges()
         m.windows.labels("band").inc()
         return published
+
+    def _leave_out_lone_carriers(self, listening: np.ndarray) -> None:
+        """Take the receivers the tracker left out of a channel this window (``EmissionTracker.left_out``: a carrier
+        only they hear) out of ``listening`` (``[C, R]``, in place), count them, and say so when one is first left out."""
+        left_out = listening & self.tracker.left_out
+        if not left_out.any() and not self._lone_logged.any():
+            return
+        for c, r in zip(*np.nonzero(left_out)):
+            channel, receiver = self.plan[c].name, self.receiver_ids[r]
+            self.metrics.channel_lone_carrier.labels(channel, receiver).inc()
+            if not self._lone_logged[c, r]:
+                _log.warning(("lone carrier", channel, receiver),
+                             "receiver %s has heard a carrier on channel %s that no other receiver hears for %.0f s (a DC"
+                             " offset at its centre frequency, a birdie, local interference?): left out of that"
+                             " channel until it goes quiet", receiver, channel, self.tracker.lone_carrier_ns / 1e9)
+        self._lone_logged = (self._lone_logged | left_out) & self.tracker.left_out
+        listening &= ~self.tracker.left_out
 
     def poll(self) -> list[dict]:
         """Emit every window that is ready; returns the localization payloads published (interim and final)."""

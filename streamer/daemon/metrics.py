@@ -102,6 +102,10 @@ class Metrics:
         self.channel_masked = Counter(
             "heimdall_channel_masked_windows", "windows in which a present receiver's band did not hold the channel",
             ["channel", "receiver"], registry=r)
+        self.channel_lone_carrier = Counter(
+            "heimdall_channel_lone_carrier_windows",
+            "windows in which a receiver was left out of a channel for a carrier there that no other receiver heard",
+            ["channel", "receiver"], registry=r)
 
     def init_receiver(self, receiver_id: str) -> None:
         """Create a receiver's series at zero so dashboards and alerts see them before the first event."""
@@ -125,6 +129,7 @@ class Metrics:
             self.emission_localizations.labels(channel, stage, "localized")
         for receiver_id in receiver_ids:
             self.channel_masked.labels(channel, receiver_id)
+            self.channel_lone_carrier.labels(channel, receiver_id)
 
     #: Per-receiver gauges: a state, which a removed receiver no longer has (its counters stay: they are totals).
     RECEIVER_GAUGES = ("samples_buffered", "receiver_up", "buffer_fill", "clock_offset", "last_block_age",

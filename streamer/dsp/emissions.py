@@ -16,6 +16,12 @@ the state of the emission on it; it returns what happened in the window (``Windo
   ``on_snr_db`` (the rule's threshold, ``EmissionTracker.from_rule``); a frame is active while at least
   ``min_receivers`` stay at or above ``off_snr_db``; the emission ends when no frame has been active for longer
   than ``hangover_s``. It starts at its first frame's time and ends at its last active frame's time.
+- **Lone carriers**: a receiver that reads at or above the off threshold on a channel while no other present
+  receiver does, for ``lone_carrier_s`` of frames in all (a DC offset at its centre frequency, a birdie,
+  interference at its site: nothing a transmitter heard by one receiver alone would be localized from), is left out
+  of that channel (``left_out``: its levels count as not heard) until it reads below the off threshold in more than
+  half of a window's frames. Without this one receiver's carrier would hold the channel's emission open for as
+  long as it lasts, and every transmission on the channel would merge into it.
 - **Minimum duration**: an emission is confirmed (``EmissionStart``, an id) once its active frames span
   ``min_duration_s``; one that ends sooner is dropped and counted in ``dropped_short`` (per channel). Ids are
   given at confirmation, so they increase in the order of the start events and none is skipped.
@@ -56,6 +62,9 @@ import numpy as np
 from streamer.dsp.detection import DetectionRule
 from streamer.dsp.features import FeatureSpec
 
+#: How long (s of frames) a receiver may hear a channel that no other receiver hears before it is left out of it: longer
+#: than a push-to-talk over (tens of seconds), short enough that a DC offset or a birdie holds a channel for a minute.
+LONE_CARRIER_S = 60.0
 #: A gap between frames longer than this many time constants restarts the floor from the next idle frame
 #: (exp(-50) of the old floor would be left anyway); capping keeps the floor's log-domain sums finite.
 _FLOOR_RESTART_TIME_CONSTANTS = 50.0
@@ -175,6 +184,13 @@ class EmissionTracker:
     hangover_s : an emission ends after this long (s) without an active frame (default 0.1 s).
     min_duration_s : shorter emissions are dropped and counted (s; default 0.05 s).
     floor_time_constant_s : time constant (s of idle frames) of the noise floor's average (default 2 s).
+    lone_carrier_s : how long (s of frames) a receiver may hear a channel alone before it is left out of it (default
+        ``LONE_CARRIER_S``; ``None``: never).
+
+    Attributes
+    ----------
+    left_out : bool ``[C, R]``, the receivers left out of each channel in the last window ``update`` took (lone
+        carriers, module doc); the caller leaves them out of that window's estimates too.
     """
 
     def __init__(
@@ -188,6 +204,7 @@ class EmissionTracker:
         hangover_s: float = 0.1,
         min_duration_s: float = 0.05,
         floor_time_constant_s: float = 2.0,
+        lone_carrier_s: float | None = LONE_CARRIER_S,
     ) -> None:
         self.channels = tuple(channels)
         self.receiver_ids = tuple(str(rx) for rx in receiver_ids)
@@ -208,6 +225,11 @@ class EmissionTracker:
         self._floor_mw = np.zeros((n_channels, n_receivers))
         self._floor_seeded = np.zeros((n_channels, n_receivers), dtype=bool)
         self._states = [_ChannelState(n_receivers) for _ in self.channels]
+        self.lone_carrier_ns = None if lone_carrier_s is None else _duration_ns("lone_carrier_s", lone_carrier_s,
+                                                                                 allow_zero=False)
+        self._alone_ns = np.zeros((n_channels, n_receivers), dtype=np.int64)
+        self.left_out = np.zeros((n_channels, n_receivers), dtype=bool)
+        self._left_out_next = np.zeros((n_channels, n_receivers), dtype=bool)
         self._last_frame_ns: int | None = None
         self._next_id = 0
         #: Emissions dropped for being shorter than ``min_duration_s``, per channel (in channel order).
@@ -240,11 +262,15 @@ class EmissionTracker:
         self._seed_floors(noise_mw, usable)
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             level_db = np.where(usable, snr + noise - self.floor_dbm[:, :, None], -np.inf)
+        loud = level_db >= self.off_snr_db  # before leaving anyone out: how lone carriers are followed
+        self.left_out = self._left_out_next.copy()
+        level_db[self.left_out] = -np.inf
         events: list[EmissionStart | EmissionEnd] = []
         active: list[ActiveEmission] = []
         busy = self._track_channels(level_db, times, events, active)
         idle = usable & ~busy[:, None, :] & (level_db < self.off_snr_db)
         self._follow_floors(noise_mw, idle, times)
+        self._follow_lone_carriers(loud, usable, times)
         self._last_frame_ns = int(times[-1])
         return WindowEmissions(tuple(events), tuple(active))
 
@@ -303,6 +329,19 @@ class EmissionTracker:
         weights = -np.expm1(log_decay) * np.exp(later)
         idle_noise_mw = np.where(idle, noise_mw, 0.0)
         self._floor_mw = np.exp(log_decay.sum(axis=-1)) * self._floor_mw + (weights * idle_noise_mw).sum(axis=-1)
+
+    def _follow_lone_carriers(self, loud: np.ndarray, usable: np.ndarray, times: np.ndarray) -> None:
+        """Add up, per channel and receiver, the frames in which it was loud (``[C, R, T]``, at or above the off
+        threshold) and no other receiver was; leave it out from the next window on once that reaches
+        ``lone_carrier_s``, and start again from zero when it is quiet in more than half of a window's frames."""
+        if self.lone_carrier_ns is None:
+            return
+        alone = loud & (loud.sum(axis=1, keepdims=True) - loud == 0)
+        frame_ns = int(np.median(np.diff(times))) if times.size > 1 else 0
+        self._alone_ns += alone.sum(axis=-1) * frame_ns
+        quiet = 2 * (usable & ~loud).sum(axis=-1) > times.size
+        self._alone_ns[quiet] = 0
+        self._left_out_next = (self._left_out_next | (self._alone_ns >= self.lone_carrier_ns)) & ~quiet
 
     def _track_channels(self, level_db: np.ndarray, times: np.ndarray, events: list, active: list) -> np.ndarray:
         """Run every channel's state over one window's frames (``level_db`` is ``[C, R, T]``), frame by frame so that

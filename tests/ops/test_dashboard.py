@@ -121,6 +121,7 @@ def test_required_views_are_there():
         "heimdall_emissions_dropped_short_total",
         "heimdall_emission_localizations_total",
         "heimdall_channel_masked_windows_total",
+        "heimdall_channel_lone_carrier_windows_total",
     }
     assert required <= used, f"missing views: {sorted(required - used)}"
     exprs = [t["expr"] for _, t in targets(load_dashboard())]

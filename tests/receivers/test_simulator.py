@@ -404,7 +404,8 @@ def test_options_defaults_and_realtime_pacing_use_the_injected_clock():
                                    {"id": "y", "kind": "simulator", "lat": 45.3, "lon": 7.4}]}, source="<t>")
     opts = cfg.receiver("x").options
     assert dataclasses.asdict(opts) == {"sample_rate_hz": 240e3, "center_freq_hz": None, "block_s": 0.05, "realtime": True,
-                                        "start_ns": None, "duration_s": None, "gain_db": None}
+                                        "start_ns": None, "duration_s": None, "gain_db": None,
+                                        "dc_offset_db": None}
     for f in dataclasses.fields(SimulatedReceiver.Options):
         assert f.metadata["doc"]
     now = [1_000 * 10**9]

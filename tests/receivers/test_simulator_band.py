@@ -23,9 +23,10 @@ NOISE_REFERENCE_HZ = 145.40e6  # inside every receiver's band, outside every cha
 
 
 def band_config(transmitters: int = 3, *, band: dict | None = BAND, seed: int = 5, duration_s: float | None = None,
-                sample_rate_hz: float = 240_000.0):
+                sample_rate_hz: float = 240_000.0, **receiver_options):
     """Three receivers a few km apart around (45.0, 7.0), tuned to ``RX_CENTRE_HZ`` at 240 kS/s, not real time."""
-    options = {"start_ns": T0_NS, "realtime": False, "center_freq_hz": RX_CENTRE_HZ, "sample_rate_hz": sample_rate_hz}
+    options = {"start_ns": T0_NS, "realtime": False, "center_freq_hz": RX_CENTRE_HZ, "sample_rate_hz": sample_rate_hz,
+               **receiver_options}
     if duration_s is not None:
         options["duration_s"] = duration_s
     receivers = [{"id": f"r{k}", "kind": "simulator", "lat": 45.0 + 0.02 * k, "lon": 7.0 + 0.03 * (k % 2), **options}
@@ -232,3 +233,13 @@ def test_a_carrier_outside_a_receivers_sampled_band_is_filtered_out_not_folded_i
     removed = scale * sum(world.received_baseband(rx.index, rx.start_ns, t, rx.lo_freq_hz, transmitter=k) for k in outside)
     assert np.abs(removed).max() > 0  # an outside transmitter was on the air at the antenna
     np.testing.assert_allclose(live, kept, rtol=0, atol=1e-4 * max(np.abs(kept).max(), np.abs(removed).max()))
+
+
+def test_a_dc_offset_adds_a_constant_of_the_power_asked_for_and_nothing_else():
+    plain, offset = open_receiver(band_config(3)), open_receiver(band_config(3, dc_offset_db=20.0))
+    difference = offset.read(48_000, 24_000).astype(np.complex128) - plain.read(48_000, 24_000)
+    world = plain.world
+    _, noise_scale = world.full_scale_per_sqrt_mw(plain.index)
+    expected_mw = 10.0 ** ((world.noise_dbm(plain.index, 12_500.0) + 20.0) / 10.0)
+    np.testing.assert_allclose(difference, difference[0], rtol=0, atol=1e-3 * abs(difference[0]))
+    assert abs(difference[0]) ** 2 / noise_scale**2 == pytest.approx(expected_mw, rel=1e-4)

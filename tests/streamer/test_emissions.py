@@ -317,6 +317,37 @@ def test_the_floor_does_not_follow_a_long_carrier(noise_draw):
     assert np.all(np.abs(band.floor_dbm[1] - (NOISE_DBM + 3.0)) < 0.3)
 
 
+LONE_BURSTS = [
+    (0, (0,), 1.0, 30.0, 15.0),      # rx0 alone hears a carrier on ch-a for 29 s (a DC offset, a birdie)
+    (0, (1, 2), 12.0, 14.0, 12.0),   # two transmissions the other two hear meanwhile
+    (0, (1, 2), 20.0, 22.0, 12.0),
+    (0, (0, 1, 2), 35.0, 37.0, 12.0),  # and one all three hear, after rx0's carrier has gone
+]
+
+
+def test_a_carrier_one_receiver_hears_alone_is_left_out_and_the_channel_still_finds_the_others(noise_draw):
+    band = tracker(lone_carrier_s=5.0)
+    events, _ = run_windows(band, noise_draw, 80, bursts=LONE_BURSTS)
+    _, ends = starts_and_ends(events)
+    spans = [(round(at_s(e.start_ns), 1), round(at_s(e.end_ns), 1), sorted(e.peak_snr_db)) for e in ends]
+    assert len(ends) == 4, spans
+    lone, first, second, after = ends
+    assert at_s(lone.start_ns) == pytest.approx(1.0, abs=0.05) and 5.9 <= at_s(lone.end_ns) <= 7.1, spans
+    assert sorted(lone.peak_snr_db) == ["rx0"]
+    for end, (start_s, end_s) in ((first, (12.0, 14.0)), (second, (20.0, 22.0)), (after, (35.0, 37.0))):
+        assert abs(at_s(end.start_ns) - start_s) * 1e9 <= 2 * FRAME_NS and abs(at_s(end.end_ns) - end_s) * 1e9 <= 2 * FRAME_NS
+    assert sorted(first.peak_snr_db) == sorted(second.peak_snr_db) == ["rx1", "rx2"]  # rx0 is left out meanwhile
+    assert sorted(after.peak_snr_db) == ["rx0", "rx1", "rx2"]  # and back once its carrier has gone
+    assert not band.left_out.any()
+
+
+def test_without_leaving_lone_carriers_out_one_receivers_carrier_swallows_the_channel(noise_draw):
+    events, _ = run_windows(tracker(lone_carrier_s=None), noise_draw, 80, bursts=LONE_BURSTS)
+    _, ends = starts_and_ends(events)
+    assert at_s(ends[0].start_ns) == pytest.approx(1.0, abs=0.05) and at_s(ends[0].end_ns) == pytest.approx(30.0, abs=0.05)
+    assert len(ends) == 2  # the transmissions at 12 s and 20 s are lost inside it
+
+
 # ----------------------------------------------------------------------------------------------------
 # End to end on real mel frames
 
@@ -400,6 +431,7 @@ def test_frame_times_are_frame_centres():
     ({"hangover_s": -0.1}, "hangover_s: expected a finite duration >= 0 s"),
     ({"min_duration_s": float("nan")}, "min_duration_s"),
     ({"floor_time_constant_s": 0.0}, "floor_time_constant_s: expected a finite duration > 0 s"),
+    ({"lone_carrier_s": 0.0}, "lone_carrier_s: expected a finite duration > 0 s"),
     ({"on_snr_db": "loud"}, "on_snr_db: expected a number"),
 ])
 def test_bad_parameters_are_named(options, message):
