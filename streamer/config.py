@@ -61,6 +61,12 @@ class PipelineConfig:
     )
     queue_blocks: int = field(default=4096, metadata=_doc("most blocks queued between adapters and the pipeline"))
     queue_mb: float = field(default=256.0, metadata=_doc("most sample data queued between adapters and the pipeline (MiB)"))
+    lone_carrier_s: float = field(
+        default=60.0,
+        metadata=_doc("band watch: a receiver that hears a channel no other receiver hears for this long (s of frames: a "
+                      "DC offset at its centre frequency, a birdie, local interference) is left out of that channel "
+                      "until it goes quiet there (docs/band-watch.md)"),
+    )
     workers: int = field(
         default=1,
         metadata=_doc("threads for the per-receiver work (block checks, channelizer, ring buffer, mel features); "
@@ -538,6 +544,7 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(p.queue_mb > 0, "pipeline.queue_mb", "> 0", p.queue_mb)
     need(p.workers >= 0, "pipeline.workers", ">= 0 (0 = one per CPU core)", p.workers)
     need(p.offline_after_s > 0, "pipeline.offline_after_s", "> 0 s", p.offline_after_s)
+    need(0 < p.lone_carrier_s < math.inf, "pipeline.lone_carrier_s", "a finite duration > 0 s", p.lone_carrier_s)
     need(p.clock_jump_tolerance_s > 0, "pipeline.clock_jump_tolerance_s", "> 0 s", p.clock_jump_tolerance_s)
     net = cfg.network
     need(net.target_freq_hz > 0, "network.target_freq_hz", "a frequency > 0 Hz", net.target_freq_hz)

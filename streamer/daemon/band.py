@@ -164,7 +164,7 @@ class BandPipeline(Pipeline):
         self._rule_groups = [(rule, np.array([c for c, other in enumerate(self.rules) if other == rule]))
                              for rule in dict.fromkeys(self.rules)]
         self.tracker = EmissionTracker.from_rule(self.rules[0], [Channel(ch.name, ch.centre_hz) for ch in self.plan],
-                                                 self.receiver_ids)
+                                                 self.receiver_ids, lone_carrier_s=config.pipeline.lone_carrier_s)
         self._channel_index = {ch.name: c for c, ch in enumerate(self.plan)}
         self._lone_logged = np.zeros((len(self.plan), len(self.receiver_ids)), dtype=bool)
         self._frames: dict[int, EmissionFrames] = {}

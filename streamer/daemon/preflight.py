@@ -32,6 +32,7 @@ import socket
 
 from streamer.config import Config
 from streamer.core.errors import ConfigError, MissingDependencyError
+from streamer.daemon.coverage import centre_in_channel_notes
 
 #: Most memory one structure (all ring buffers together, or the posterior grid) may take (bytes); less
 #: on a host with under four times this much physical memory (``memory_limit_bytes``).
@@ -61,6 +62,7 @@ def preflight(config: Config) -> list[str]:
         notes += _check_receiver(config, i, rx)
     if config.has_channel_plan():
         notes += _check_channel_plan(config)
+    notes += centre_in_channel_notes(config)
     if config.estimator.kind == "onnx":
         notes += onnxruntime_notes()
     return notes

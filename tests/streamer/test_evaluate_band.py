@@ -206,7 +206,7 @@ def test_a_plan_wider_than_one_receivers_band_raises_no_false_emission(tmp_path,
 
 def test_a_dc_offset_at_one_receiver_holds_its_channel_for_a_minute_not_for_ever(tmp_path, caplog):
     """milano is tuned to 145.5 MHz, a channel's centre: with a DC offset 20 dB over its noise there, it alone hears a
-    carrier on that channel. The tracker leaves it out of the channel after a minute (``LONE_CARRIER_S``), says so,
+    carrier on that channel. The tracker leaves it out of the channel after a minute (``pipeline.lone_carrier_s``), says so,
     and the channel's emissions come back."""
     text = eb.DEFAULT_CONFIG.read_text().replace("center_freq_hz = 145.5e6", "center_freq_hz = 145.5e6\ndc_offset_db = 20.0")
     path = tmp_path / "dc.toml"

@@ -28,6 +28,8 @@ BAD_CONFIGS = [
     ("buffer_1e7", {"pipeline": {"buffer_s": 1e7}},
      ["pipeline.buffer_s: 10000000.0 s at features.sample_rate_hz 24000 Hz needs", "expected at most"]),
     ("workers_negative", {"pipeline": {"workers": -1}}, ["pipeline.workers: expected >= 0 (0 = one per CPU core), got -1"]),
+    ("lone_carrier_zero", {"pipeline": {"lone_carrier_s": 0}}, ["pipeline.lone_carrier_s: expected a finite duration > 0 s, got 0"]),
+    ("lone_carrier_inf", {"pipeline": {"lone_carrier_s": INF}}, ["pipeline.lone_carrier_s: expected a finite number, got inf"]),
     ("send_hwm", {"output": {"send_hwm": -5}}, ["output.send_hwm: expected 1 to 2147483647 messages", "got -5"]),
     ("endpoint", {"output": {"endpoint": "garbage"}},
      ["output.endpoint: expected tcp://HOST:PORT (PORT 0..65535 or *), ipc://PATH or inproc://NAME, got 'garbage'"]),
@@ -294,3 +296,22 @@ def test_an_edge_config_is_checked_as_heimdall_receiver_uses_it(tmp_path, capsys
     assert main(["receiver", "torino", "-c", str(edge)]) == 2  # the edge itself gives the same verdict
     assert f"{edge}: security.secret_key" in capsys.readouterr().err
 
+
+
+def test_a_receiver_tuned_inside_a_watched_channel_is_warned_of_its_dc_offset():
+    def receivers(centres, kind="rtl_tcp", **extra):
+        return [{"id": f"r{k}", "kind": kind, "lat": 45.0 + 0.1 * k, "lon": 7.0 + 0.1 * (k % 2), "center_freq_hz": c,
+                 **({"host": "127.0.0.1", "port": 1234} if kind == "rtl_tcp" else {}), **extra}
+                for k, c in enumerate(centres)]
+
+    one = from_dict({"network": {"target_freq_hz": 145.5e6}, "receivers": receivers([145.503e6, 145.45e6, 145.25e6])},
+                    source="one.toml")
+    (note,) = [n for n in preflight_mod.preflight(one) if "DC offset" in n]
+    assert note.startswith("one.toml: receivers[0] (id 'r0', kind 'rtl_tcp'): tuned to 145503000 Hz, inside channel '145.5'")
+    band = from_dict({"band": {"start_hz": 145.45e6, "stop_hz": 145.5e6, "spacing_hz": 12_500.0},
+                      "receivers": receivers([145.4e6, 145.4e6, 145.4625e6])}, source="band.toml")
+    assert [n.split(": ", 2)[1] for n in preflight_mod.preflight(band) if "DC offset" in n] == ["receivers[2] (id 'r2', kind 'rtl_tcp')"]
+    simulated = receivers([145.5e6, 145.45e6, 145.4e6], kind="simulator")
+    assert not [n for n in preflight_mod.preflight(from_dict({"receivers": simulated})) if "DC offset" in n]
+    simulated[0]["dc_offset_db"] = 20.0  # a simulated receiver has one only when told to
+    assert [n for n in preflight_mod.preflight(from_dict({"receivers": simulated})) if "DC offset" in n]
