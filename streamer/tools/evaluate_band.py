@@ -15,6 +15,9 @@ against the simulator's truth (``receivers.simulator.SimulatedWorld``):
   ``DETECTION_MIN_RECEIVERS`` or more receivers, keyed after the first ``WARMUP_S`` of stream (the noise floors
   start from the first window) and ended before the stream did, is *found* when an emission on its channel
   overlaps it (``MATCH_SLACK_S`` either side: start and end are exact to about two frames).
+- **Merged.** An emission that runs transmissions on its channel together: what it overlaps there, joined where the
+  gaps are within the tracker's hangover, is still more than one span. "Found" counts a transmission inside such an
+  emission (one receiver's carrier holding a channel open would find them all); this counts the emissions.
 - **False emissions.** An emission overlapping no keyed span on its channel (any transmitter, any length or SNR,
   second transmitters of a collision included), per channel-hour of stream. ``--noise-only`` runs the same world
   with no transmitter ever keyed (``key_up_mean_s`` 1 ns, ``key_down_mean_s`` ``NOISE_ONLY_KEY_DOWN_S``: no key-up
@@ -262,8 +265,10 @@ def _overlaps(a: int, b: int, spans: Iterable[tuple[int, int]], slack_ns: int) -
 
 
 def score_detection(spans: list[KeyedSpan], busy: dict[str, list[tuple[int, int]]], ends: list[dict], *,
-                    start_ns: int, end_ns: int, n_channels: int) -> dict:
-    """Detection and false emissions (module doc) from the truth and the emission end events."""
+                    start_ns: int, end_ns: int, n_channels: int, hangover_ns: int = 0) -> dict:
+    """Detection and false emissions (module doc) from the truth and the emission end events; and the emissions
+    that ran two or more transmissions together (``merged``: what it overlaps on its channel, joined where the gaps
+    are within ``hangover_ns`` and the slack, is still more than one span), which "found" alone cannot see."""
     slack = int(MATCH_SLACK_S * 1e9)
     by_channel: dict[str, list[tuple[int, int]]] = {}
     for e in ends:
@@ -272,6 +277,9 @@ def score_detection(spans: list[KeyedSpan], busy: dict[str, list[tuple[int, int]
                 and s.end_ns <= end_ns and s.heard_by(DETECTION_MIN_SNR_DB) >= DETECTION_MIN_RECEIVERS]
     missed = [s for s in eligible if not _overlaps(s.start_ns, s.end_ns, by_channel.get(s.channel, ()), slack)]
     false = [e for e in ends if not _overlaps(int(e["start_ns"]), int(e["end_ns"]), busy.get(e["channel"], ()), slack)]
+    merged = [e for e in ends if len(merge_bursts(
+        sorted((a, b) for a, b in busy.get(e["channel"], ()) if a <= int(e["end_ns"]) + slack and int(e["start_ns"]) - slack <= b),
+        max_gap_ns=hangover_ns + slack)) > 1]
     channel_hours = n_channels * (end_ns - start_ns) / 3.6e12
     return {
         "transmissions": len(spans),
@@ -285,6 +293,8 @@ def score_detection(spans: list[KeyedSpan], busy: dict[str, list[tuple[int, int]
         "channel_hours": channel_hours,
         "false_per_channel_hour": len(false) / channel_hours,
         "false": [{"channel": e["channel"], "start_ns": int(e["start_ns"]), "end_ns": int(e["end_ns"])} for e in false],
+        "merged_emissions": len(merged),
+        "merged": [{"channel": e["channel"], "start_ns": int(e["start_ns"]), "end_ns": int(e["end_ns"])} for e in merged],
     }
 
 
@@ -456,7 +466,8 @@ def evaluate(config: Config, *, start_ns: int = DEFAULT_START_NS, seconds: float
         "blocks_refused": run.blocks_refused,
         "localizations": {stage: sum(m.get("stage") == stage for m in locs) for stage in ("interim", "final")},
         "detection": score_detection(spans, busy_spans(world, start_ns, end_ns), run.emission_ends(),
-                                     start_ns=start_ns, end_ns=end_ns, n_channels=len(cfg.channel_plan())),
+                                     start_ns=start_ns, end_ns=end_ns, n_channels=len(cfg.channel_plan()),
+                                     hangover_ns=run.hangover_ns),
         "accuracy": score_accuracy(world, locs, adjacent_channels(cfg.channel_plan()), busy_spans(world, start_ns, end_ns)),
     }
     result["gates"] = gates(result)
@@ -479,7 +490,8 @@ def format_report(result: dict) -> str:
         (f"CPU s per s of stream: pipeline {cpu['pipeline']:.3f}, rendering the receivers' IQ {cpu['render']:.3f}; "
          f"blocks refused {result['blocks_refused']}"),
         (f"truth: {det['transmissions']} keyed spans; emissions ended: {det['emissions']}, false: "
-         f"{det['false_emissions']} in {det['channel_hours']:.3f} channel-hours"),
+         f"{det['false_emissions']} in {det['channel_hours']:.3f} channel-hours, running transmissions together: "
+         f"{det.get('merged_emissions', 0)}"),
         (f"loc: interim {result['localizations']['interim']}, final {result['localizations']['final']}; on a channel "
          f"nothing keyed on (not scored): interim {unkeyed['interim']}, final {unkeyed['final']}"),
         "",

@@ -221,3 +221,16 @@ def test_a_dc_offset_at_one_receiver_holds_its_channel_for_a_minute_not_for_ever
     # without leaving it out the emission would last the whole 90 s.
     assert 60.0 <= (false["end_ns"] - false["start_ns"]) / 1e9 <= 70.0
     assert "receiver milano has heard a carrier on channel 145.5 that no other receiver hears for 60 s" in caplog.text
+
+
+def test_an_emission_that_runs_two_transmissions_together_is_counted_as_merged():
+    busy = {"A": [(T0_NS + 2 * S, T0_NS + 3 * S), (T0_NS + 4 * S, T0_NS + 5 * S),  # 1 s apart
+                  (T0_NS + 10 * S, T0_NS + 12 * S), (T0_NS + 11 * S, T0_NS + 13 * S),  # a collision: overlapping
+                  (T0_NS + 20 * S, T0_NS + 20 * S + 27_500_000), (T0_NS + 20 * S + 60_000_000, T0_NS + 21 * S)]}  # DMR
+    ends = [_end("A", 2.0, 5.0), _end("A", 10.0, 13.0), _end("A", 20.0, 21.0)]
+    det = eb.score_detection([], busy, ends, start_ns=T0_NS, end_ns=T0_NS + 60 * S, n_channels=1, hangover_ns=S // 10)
+    assert det["merged_emissions"] == 1
+    assert det["merged"] == [{"channel": "A", "start_ns": T0_NS + 2 * S, "end_ns": T0_NS + 5 * S}]
+    split = eb.score_detection([], busy, [_end("A", 2.0, 3.0), _end("A", 4.0, 5.0)], start_ns=T0_NS,
+                               end_ns=T0_NS + 60 * S, n_channels=1, hangover_ns=S // 10)
+    assert split["merged_emissions"] == 0
