@@ -143,7 +143,7 @@ def test_a_second_transmitter_is_on_air_from_its_own_position_and_truth_says_so(
 
 
 def test_the_live_stream_and_the_reference_form_agree_with_a_second_transmitter():
-    cfg = network_config(seed=6, collision_probability=1.0, options={"sample_rate_hz": 48_000.0})
+    cfg = network_config(seed=6, collision_probability=1.0, options={"sample_rate_hz": 48_000.0, "center_freq_hz": 145.49e6})
     world = SimulatedWorld(cfg)
     other = next(tx for tx in world.second_transmitters(T_REF_NS, T_REF_NS + HOUR_NS) if tx.start_ns > T_REF_NS + 10**9)
     rx = open_sim(cfg, "torino")
