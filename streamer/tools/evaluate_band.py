@@ -16,7 +16,7 @@ against the simulator's truth (``receivers.simulator.SimulatedWorld``):
   start from the first window) and ended before the stream did, is *found* when an emission on its channel
   overlaps it (``MATCH_SLACK_S`` either side: start and end are exact to about two frames).
 - **Merged.** An emission that runs transmissions on its channel together: what it overlaps there, joined where the
-  gaps are within the tracker's hangover, is still more than one span. "Found" counts a transmission inside such an
+  gaps are within the tracker's hangover and twice ``MATCH_SLACK_S``, is still more than one span. "Found" counts a transmission inside such an
   emission (one receiver's carrier holding a channel open would find them all); this counts the emissions.
 - **False emissions.** An emission overlapping no keyed span on its channel (any transmitter, any length or SNR,
   second transmitters of a collision included), per channel-hour of stream. ``--noise-only`` runs the same world
@@ -268,7 +268,9 @@ def score_detection(spans: list[KeyedSpan], busy: dict[str, list[tuple[int, int]
                     start_ns: int, end_ns: int, n_channels: int, hangover_ns: int = 0) -> dict:
     """Detection and false emissions (module doc) from the truth and the emission end events; and the emissions
     that ran two or more transmissions together (``merged``: what it overlaps on its channel, joined where the gaps
-    are within ``hangover_ns`` and the slack, is still more than one span), which "found" alone cannot see."""
+    are within ``hangover_ns`` and twice the slack, is still more than one span), which "found" alone cannot see. The
+    slack counts twice because a frame's window smears both edges of a gap: packet bursts 0.13 s apart are one
+    emission to a tracker with a 0.1 s hangover."""
     slack = int(MATCH_SLACK_S * 1e9)
     by_channel: dict[str, list[tuple[int, int]]] = {}
     for e in ends:
@@ -279,7 +281,7 @@ def score_detection(spans: list[KeyedSpan], busy: dict[str, list[tuple[int, int]
     false = [e for e in ends if not _overlaps(int(e["start_ns"]), int(e["end_ns"]), busy.get(e["channel"], ()), slack)]
     merged = [e for e in ends if len(merge_bursts(
         sorted((a, b) for a, b in busy.get(e["channel"], ()) if a <= int(e["end_ns"]) + slack and int(e["start_ns"]) - slack <= b),
-        max_gap_ns=hangover_ns + slack)) > 1]
+        max_gap_ns=hangover_ns + 2 * slack)) > 1]
     channel_hours = n_channels * (end_ns - start_ns) / 3.6e12
     return {
         "transmissions": len(spans),

@@ -226,8 +226,9 @@ def test_a_dc_offset_at_one_receiver_holds_its_channel_for_a_minute_not_for_ever
 def test_an_emission_that_runs_two_transmissions_together_is_counted_as_merged():
     busy = {"A": [(T0_NS + 2 * S, T0_NS + 3 * S), (T0_NS + 4 * S, T0_NS + 5 * S),  # 1 s apart
                   (T0_NS + 10 * S, T0_NS + 12 * S), (T0_NS + 11 * S, T0_NS + 13 * S),  # a collision: overlapping
-                  (T0_NS + 20 * S, T0_NS + 20 * S + 27_500_000), (T0_NS + 20 * S + 60_000_000, T0_NS + 21 * S)]}  # DMR
-    ends = [_end("A", 2.0, 5.0), _end("A", 10.0, 13.0), _end("A", 20.0, 21.0)]
+                  (T0_NS + 20 * S, T0_NS + 20 * S + 27_500_000), (T0_NS + 20 * S + 60_000_000, T0_NS + 21 * S),  # DMR
+                  (T0_NS + 30 * S, T0_NS + 30 * S + S // 5), (T0_NS + 30 * S + 330_000_000, T0_NS + 31 * S)]}  # packets
+    ends = [_end("A", 2.0, 5.0), _end("A", 10.0, 13.0), _end("A", 20.0, 21.0), _end("A", 30.0, 31.0)]
     det = eb.score_detection([], busy, ends, start_ns=T0_NS, end_ns=T0_NS + 60 * S, n_channels=1, hangover_ns=S // 10)
     assert det["merged_emissions"] == 1
     assert det["merged"] == [{"channel": "A", "start_ns": T0_NS + 2 * S, "end_ns": T0_NS + 5 * S}]
