@@ -63,9 +63,10 @@ class PipelineConfig:
     queue_mb: float = field(default=256.0, metadata=_doc("most sample data queued between adapters and the pipeline (MiB)"))
     lone_carrier_s: float = field(
         default=60.0,
-        metadata=_doc("band watch: a receiver that hears a channel no other receiver hears for this long (s of frames: a "
-                      "DC offset at its centre frequency, a birdie, local interference) is left out of that channel "
-                      "until it goes quiet there (docs/band-watch.md)"),
+        metadata=_doc("a receiver that hears a carrier on a watched channel that no other receiver hears, for this long "
+                      "(s of frames: a DC offset at its centre frequency, a birdie, local interference), is left out of "
+                      "that channel's frame decisions, emissions and estimates until it goes quiet there "
+                      "(docs/band-watch.md, docs/metrics.md)"),
     )
     workers: int = field(
         default=1,

@@ -24,16 +24,19 @@ import numpy as np
 
 from receivers.base import IQBlock, plausible_rate
 from streamer.config import Config
+from streamer.core.boundedlog import BoundedLog
 from streamer.core.geodesy import network_geometry
 from streamer.daemon.aligner import Window, WindowAligner
 from streamer.daemon.lane import PIPELINE, Lane, LaneSettings
 from streamer.daemon.messages import EstimateOut, Localization, ReceiverHealth, Status, Truth
 from streamer.daemon.metrics import Metrics
 from streamer.dsp.detection import DetectionRule
+from streamer.dsp.emissions import LoneCarriers, frame_times_ns
 from streamer.dsp.features import mel_frames_dbm
 from streamer.estimators.base import Estimate, EstimateRejected, Estimator, EstimatorInputs
 
 log = logging.getLogger(__name__)
+_log = BoundedLog(log)
 
 Send = Callable[[str, dict], bool]
 
@@ -123,6 +126,8 @@ class Pipeline:
             raise ValueError("pipeline needs at least one estimator")
         self.config = config
         self._detection = DetectionRule.from_config(config)
+        self._lone = LoneCarriers(1, len(config.receivers), config.pipeline.lone_carrier_s)
+        self._lone_logged = np.zeros(len(config.receivers), dtype=bool)
         self.metrics = metrics
         self._send = send
         self.estimators = list(estimators)
@@ -289,9 +294,12 @@ class Pipeline:
         started = time.perf_counter()
         spec = self.config.features
         features = self._features(window.samples)
-        present = window.present
+        present = self._leave_out_lone_carriers(window.present)
         measured = self._detection.measure(features, spec, present)  # frame_activity, then apply over those frames
         active, power = measured.active, measured.power
+        loud = (np.nan_to_num(measured.levels.snr_db, nan=-np.inf) >= self._detection.snr_db) & window.present[:, None]
+        self._lone.update(loud[None], np.broadcast_to(window.present[None, :, None], loud[None].shape),
+                          frame_times_ns(window.t_start_ns, spec))
         features[~present] = 0.0
         heard = power.heard & present
         for i in np.flatnonzero(present).tolist():
@@ -348,6 +356,22 @@ class Pipeline:
         m.processing_seconds.observe(processing_s)
         m.age_seconds.observe(max(0.0, (end_ns - window.t_end_ns) / 1e9))
         return payload
+
+    def _leave_out_lone_carriers(self, present: np.ndarray) -> np.ndarray:
+        """``present`` without the receivers ``LoneCarriers`` leaves out (a carrier in the channel only they hear: a
+        DC offset with the target at their centre frequency, a birdie), so that it makes no frame active and counts
+        in no estimate; each is counted as masked (reason ``lone_carrier``) and logged when first left out."""
+        left_out = self._lone.left_out[0] & present
+        for i in np.flatnonzero(left_out).tolist():
+            rid = self.receiver_ids[i]
+            self.metrics.masked.labels(rid, "lone_carrier").inc()
+            if not self._lone_logged[i]:
+                _log.warning(("lone carrier", rid),
+                             "receiver %s has heard a carrier on the target channel that no other receiver hears for"
+                             " %.0f s (a DC offset at its centre frequency, a birdie, local interference?): left out"
+                             " until it goes quiet", rid, self._lone.lone_carrier_ns / 1e9)
+        self._lone_logged = (self._lone_logged | left_out) & self._lone.left_out[0]
+        return present & ~left_out
 
     def _features(self, samples: np.ndarray) -> np.ndarray:
         """``mel_frames_dbm`` of the window's rows (``[R, N]``, or ``[R, C, N]`` for a band: receiver first), in chunks of

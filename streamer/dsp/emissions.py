@@ -171,6 +171,32 @@ class _ChannelState:
         self.peak_snr_db.fill(-np.inf)
 
 
+class LoneCarriers:
+    """Which receivers hear a channel alone (module doc, "Lone carriers"): per channel and receiver, the frames in
+    which it read loud while no other present receiver did, added up; once they reach ``lone_carrier_s`` (s; ``None``:
+    never) it is left out of that channel (``left_out``, bool ``[C, R]``) from the next window on, until it reads quiet
+    in more than half of a window's frames. The emission tracker and the single-channel pipeline both keep one."""
+
+    def __init__(self, n_channels: int, n_receivers: int, lone_carrier_s: float | None = LONE_CARRIER_S) -> None:
+        self.lone_carrier_ns = None if lone_carrier_s is None else _duration_ns("lone_carrier_s", lone_carrier_s,
+                                                                                 allow_zero=False)
+        self._alone_ns = np.zeros((n_channels, n_receivers), dtype=np.int64)
+        self.left_out = np.zeros((n_channels, n_receivers), dtype=bool)
+
+    def update(self, loud: np.ndarray, usable: np.ndarray, frame_times_ns: np.ndarray) -> None:
+        """Take one window: ``loud`` and ``usable`` bool ``[C, R, T]`` (at or above the level that keeps an emission,
+        and measured at all), ``frame_times_ns`` ``[T]``; ``left_out`` becomes the next window's."""
+        if self.lone_carrier_ns is None:
+            return
+        alone = loud & (loud.sum(axis=1, keepdims=True) - loud == 0)
+        times = np.asarray(frame_times_ns)
+        frame_ns = int(np.median(np.diff(times))) if times.size > 1 else 0
+        self._alone_ns += alone.sum(axis=-1) * frame_ns
+        quiet = 2 * (usable & ~loud).sum(axis=-1) > times.size
+        self._alone_ns[quiet] = 0
+        self.left_out = (self.left_out | (self._alone_ns >= self.lone_carrier_ns)) & ~quiet
+
+
 class EmissionTracker:
     """Per-channel emission detection across receivers, with tracked noise floors (see the module docstring).
 
@@ -225,11 +251,9 @@ class EmissionTracker:
         self._floor_mw = np.zeros((n_channels, n_receivers))
         self._floor_seeded = np.zeros((n_channels, n_receivers), dtype=bool)
         self._states = [_ChannelState(n_receivers) for _ in self.channels]
-        self.lone_carrier_ns = None if lone_carrier_s is None else _duration_ns("lone_carrier_s", lone_carrier_s,
-                                                                                 allow_zero=False)
-        self._alone_ns = np.zeros((n_channels, n_receivers), dtype=np.int64)
+        self._lone = LoneCarriers(n_channels, n_receivers, lone_carrier_s)
+        self.lone_carrier_ns = self._lone.lone_carrier_ns
         self.left_out = np.zeros((n_channels, n_receivers), dtype=bool)
-        self._left_out_next = np.zeros((n_channels, n_receivers), dtype=bool)
         self._last_frame_ns: int | None = None
         self._next_id = 0
         #: Emissions dropped for being shorter than ``min_duration_s``, per channel (in channel order).
@@ -263,14 +287,14 @@ class EmissionTracker:
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             level_db = np.where(usable, snr + noise - self.floor_dbm[:, :, None], -np.inf)
         loud = level_db >= self.off_snr_db  # before leaving anyone out: how lone carriers are followed
-        self.left_out = self._left_out_next.copy()
+        self.left_out = self._lone.left_out.copy()
         level_db[self.left_out] = -np.inf
         events: list[EmissionStart | EmissionEnd] = []
         active: list[ActiveEmission] = []
         busy = self._track_channels(level_db, times, events, active)
         idle = usable & ~busy[:, None, :] & (level_db < self.off_snr_db)
         self._follow_floors(noise_mw, idle, times)
-        self._follow_lone_carriers(loud, usable, times)
+        self._lone.update(loud, usable, times)
         self._last_frame_ns = int(times[-1])
         return WindowEmissions(tuple(events), tuple(active))
 
@@ -329,19 +353,6 @@ class EmissionTracker:
         weights = -np.expm1(log_decay) * np.exp(later)
         idle_noise_mw = np.where(idle, noise_mw, 0.0)
         self._floor_mw = np.exp(log_decay.sum(axis=-1)) * self._floor_mw + (weights * idle_noise_mw).sum(axis=-1)
-
-    def _follow_lone_carriers(self, loud: np.ndarray, usable: np.ndarray, times: np.ndarray) -> None:
-        """Add up, per channel and receiver, the frames in which it was loud (``[C, R, T]``, at or above the off
-        threshold) and no other receiver was; leave it out from the next window on once that reaches
-        ``lone_carrier_s``, and start again from zero when it is quiet in more than half of a window's frames."""
-        if self.lone_carrier_ns is None:
-            return
-        alone = loud & (loud.sum(axis=1, keepdims=True) - loud == 0)
-        frame_ns = int(np.median(np.diff(times))) if times.size > 1 else 0
-        self._alone_ns += alone.sum(axis=-1) * frame_ns
-        quiet = 2 * (usable & ~loud).sum(axis=-1) > times.size
-        self._alone_ns[quiet] = 0
-        self._left_out_next = (self._left_out_next | (self._alone_ns >= self.lone_carrier_ns)) & ~quiet
 
     def _track_channels(self, level_db: np.ndarray, times: np.ndarray, events: list, active: list) -> np.ndarray:
         """Run every channel's state over one window's frames (``level_db`` is ``[C, R, T]``), frame by frame so that
