@@ -62,7 +62,7 @@ class PipelineConfig:
     queue_blocks: int = field(default=4096, metadata=_doc("most blocks queued between adapters and the pipeline"))
     queue_mb: float = field(default=256.0, metadata=_doc("most sample data queued between adapters and the pipeline (MiB)"))
     lone_carrier_s: float = field(
-        default=60.0,
+        default=10.0,
         metadata=_doc("a receiver that hears a carrier on a watched channel that no other receiver hears, for this long "
                       "(s of frames: a DC offset at its centre frequency, a birdie, local interference), is left out of "
                       "that channel's frame decisions, emissions and estimates until it goes quiet there "

@@ -62,9 +62,10 @@ import numpy as np
 from streamer.dsp.detection import DetectionRule
 from streamer.dsp.features import FeatureSpec
 
-#: How long (s of frames) a receiver may hear a channel that no other receiver hears before it is left out of it: longer
-#: than a push-to-talk over (tens of seconds), short enough that a DC offset or a birdie holds a channel for a minute.
-LONE_CARRIER_S = 60.0
+#: How long (s of frames) a receiver may hear a channel that no other receiver hears before it is left out of it: a DC
+#: offset or a birdie holds the channel (and undoes the active-frame decision) for this long; a transmission that only
+#: one receiver hears, which could not be localized anyway, ends for it after this long.
+LONE_CARRIER_S = 10.0
 #: A gap between frames longer than this many time constants restarts the floor from the next idle frame
 #: (exp(-50) of the old floor would be left anyway); capping keeps the floor's log-domain sums finite.
 _FLOOR_RESTART_TIME_CONSTANTS = 50.0

@@ -204,23 +204,23 @@ def test_a_plan_wider_than_one_receivers_band_raises_no_false_emission(tmp_path,
     assert result["detection"]["false_emissions"] == 0, result["detection"]["false"]
 
 
-def test_a_dc_offset_at_one_receiver_holds_its_channel_for_a_minute_not_for_ever(tmp_path, caplog):
+def test_a_dc_offset_at_one_receiver_holds_its_channel_for_lone_carrier_s_not_for_ever(tmp_path, caplog):
     """milano is tuned to 145.5 MHz, a channel's centre: with a DC offset 20 dB over its noise there, it alone hears a
-    carrier on that channel. The tracker leaves it out of the channel after a minute (``pipeline.lone_carrier_s``), says so,
-    and the channel's emissions come back."""
+    carrier on that channel. The tracker leaves it out of the channel after ``pipeline.lone_carrier_s`` (10 s by
+    default), says so, and the channel's emissions come back."""
     text = eb.DEFAULT_CONFIG.read_text().replace("center_freq_hz = 145.5e6", "center_freq_hz = 145.5e6\ndc_offset_db = 20.0")
     path = tmp_path / "dc.toml"
     path.write_text(text)
     cfg = load(path)
-    assert cfg.receiver("milano").options.dc_offset_db == 20.0
+    assert cfg.receiver("milano").options.dc_offset_db == 20.0 and cfg.pipeline.lone_carrier_s == 10.0
     with caplog.at_level("WARNING"):
-        result = eb.evaluate(cfg, seconds=90.0)
+        result = eb.evaluate(cfg, seconds=40.0)
     (false,) = result["detection"]["false"]
     assert false["channel"] == "145.5"
-    # A minute of frames in which milano alone hears it (others' frames at or above the off threshold pause the count);
-    # without leaving it out the emission would last the whole 90 s.
-    assert 60.0 <= (false["end_ns"] - false["start_ns"]) / 1e9 <= 70.0
-    assert "receiver milano has heard a carrier on channel 145.5 that no other receiver hears for 60 s" in caplog.text
+    # 10 s of frames in which milano alone hears it (others' frames at or above the off threshold pause the count);
+    # without leaving it out the emission would last the whole 40 s.
+    assert 10.0 <= (false["end_ns"] - false["start_ns"]) / 1e9 <= 20.0
+    assert "receiver milano has heard a carrier on channel 145.5 that no other receiver hears for 10 s" in caplog.text
 
 
 def test_an_emission_that_runs_two_transmissions_together_is_counted_as_merged():
