@@ -166,7 +166,6 @@ class BandPipeline(Pipeline):
         self.tracker = EmissionTracker.from_rule(self.rules[0], [Channel(ch.name, ch.centre_hz) for ch in self.plan],
                                                  self.receiver_ids, lone_carrier_s=config.pipeline.lone_carrier_s)
         self._channel_index = {ch.name: c for c, ch in enumerate(self.plan)}
-        self._lone_channels_logged = np.zeros((len(self.plan), len(self.receiver_ids)), dtype=bool)
         self._frames: dict[int, EmissionFrames] = {}
         #: Confirmed emissions not yet ended: id -> channel index.
         self._open: dict[int, int] = {}
@@ -236,17 +235,14 @@ class BandPipeline(Pipeline):
         """Take the receivers the tracker left out of a channel this window (``EmissionTracker.left_out``: a carrier
         only they hear) out of ``listening`` (``[C, R]``, in place), count them, and say so when one is first left out."""
         left_out = listening & self.tracker.left_out
-        if not left_out.any() and not self._lone_channels_logged.any():
-            return
         for c, r in zip(*np.nonzero(left_out)):
             channel, receiver = self.plan[c].name, self.receiver_ids[r]
             self.metrics.channel_lone_carrier.labels(channel, receiver).inc()
-            if not self._lone_channels_logged[c, r]:
+            if self.tracker.left_out_starting[c, r]:
                 _log.warning(("lone carrier", channel, receiver),
                              "receiver %s has heard a carrier on channel %s that no other receiver hears for %.0f s (a DC"
                              " offset at its centre frequency, a birdie, local interference?): left out of that"
                              " channel until it goes quiet", receiver, channel, self.tracker.lone_carrier_ns / 1e9)
-        self._lone_channels_logged = (self._lone_channels_logged | left_out) & self.tracker.left_out
         listening &= ~self.tracker.left_out
 
     def poll(self) -> list[dict]:

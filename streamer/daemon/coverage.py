@@ -103,12 +103,12 @@ def centre_in_channel_notes(config: Config) -> list[str]:
     """A warning per receiver tuned to a frequency inside a watched channel (``config.channel_plan()``, the one-channel
     form included): most SDRs leave a DC offset at their centre frequency, which reads as a carrier in that channel at
     that receiver alone. A simulated receiver has one only when its ``dc_offset_db`` is set."""
-    notes = []
+    notes, plan = [], config.channel_plan()
     for i, rx in enumerate(config.receivers):
         if rx.kind == "simulator" and getattr(rx.options, "dc_offset_db", None) is None:
             continue
         for centre, _rate in receiver_bands(config, rx) or ():
-            inside = [ch for ch in config.channel_plan() if abs(ch.centre_hz - centre) < ch.bandwidth_hz / 2]
+            inside = [ch for ch in plan if abs(ch.centre_hz - centre) < ch.bandwidth_hz / 2]
             for ch in inside:
                 notes.append(f"{config.source}: receivers[{i}] (id {rx.id!r}, kind {rx.kind!r}): tuned to {centre:.9g} Hz,"
                              f" inside channel {ch.name!r} ({_span(ch)}): an SDR's DC offset at its centre frequency reads"

@@ -127,7 +127,6 @@ class Pipeline:
         self.config = config
         self._detection = DetectionRule.from_config(config)
         self._lone = LoneCarriers(1, len(config.receivers), config.pipeline.lone_carrier_s)
-        self._lone_logged = np.zeros(len(config.receivers), dtype=bool)
         self.metrics = metrics
         self._send = send
         self.estimators = list(estimators)
@@ -365,12 +364,11 @@ class Pipeline:
         for i in np.flatnonzero(left_out).tolist():
             rid = self.receiver_ids[i]
             self.metrics.masked.labels(rid, "lone_carrier").inc()
-            if not self._lone_logged[i]:
+            if self._lone.starting[0, i]:
                 _log.warning(("lone carrier", rid),
                              "receiver %s has heard a carrier on the target channel that no other receiver hears for"
                              " %.0f s (a DC offset at its centre frequency, a birdie, local interference?): left out"
                              " until it goes quiet", rid, self._lone.lone_carrier_ns / 1e9)
-        self._lone_logged = (self._lone_logged | left_out) & self._lone.left_out[0]
         return present & ~left_out
 
     def _features(self, samples: np.ndarray) -> np.ndarray:

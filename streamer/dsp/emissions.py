@@ -176,13 +176,15 @@ class LoneCarriers:
     """Which receivers hear a channel alone (module doc, "Lone carriers"): per channel and receiver, the frames in
     which it read loud while no other present receiver did, added up; once they reach ``lone_carrier_s`` (s; ``None``:
     never) it is left out of that channel (``left_out``, bool ``[C, R]``) from the next window on, until it reads quiet
-    in more than half of a window's frames. The emission tracker and the single-channel pipeline both keep one."""
+    in more than half of a window's frames; ``starting`` marks those of ``left_out`` that were not left out in the
+    window before. The emission tracker and the single-channel pipeline both keep one."""
 
     def __init__(self, n_channels: int, n_receivers: int, lone_carrier_s: float | None = LONE_CARRIER_S) -> None:
         self.lone_carrier_ns = None if lone_carrier_s is None else _duration_ns("lone_carrier_s", lone_carrier_s,
                                                                                  allow_zero=False)
         self._alone_ns = np.zeros((n_channels, n_receivers), dtype=np.int64)
         self.left_out = np.zeros((n_channels, n_receivers), dtype=bool)
+        self.starting = np.zeros((n_channels, n_receivers), dtype=bool)
 
     def update(self, loud: np.ndarray, usable: np.ndarray, frame_times_ns: np.ndarray) -> None:
         """Take one window: ``loud`` and ``usable`` bool ``[C, R, T]`` (at or above the level that keeps an emission,
@@ -195,7 +197,9 @@ class LoneCarriers:
         self._alone_ns += alone.sum(axis=-1) * frame_ns
         quiet = 2 * (usable & ~loud).sum(axis=-1) > times.size
         self._alone_ns[quiet] = 0
-        self.left_out = (self.left_out | (self._alone_ns >= self.lone_carrier_ns)) & ~quiet
+        left_out = (self.left_out | (self._alone_ns >= self.lone_carrier_ns)) & ~quiet
+        self.starting = left_out & ~self.left_out
+        self.left_out = left_out
 
 
 class EmissionTracker:
@@ -218,6 +222,7 @@ class EmissionTracker:
     ----------
     left_out : bool ``[C, R]``, the receivers left out of each channel in the last window ``update`` took (lone
         carriers, module doc); the caller leaves them out of that window's estimates too.
+    left_out_starting : bool ``[C, R]``, those of ``left_out`` that this window is the first to leave out.
     """
 
     def __init__(
@@ -255,6 +260,7 @@ class EmissionTracker:
         self._lone = LoneCarriers(n_channels, n_receivers, lone_carrier_s)
         self.lone_carrier_ns = self._lone.lone_carrier_ns
         self.left_out = np.zeros((n_channels, n_receivers), dtype=bool)
+        self.left_out_starting = np.zeros((n_channels, n_receivers), dtype=bool)
         self._last_frame_ns: int | None = None
         self._next_id = 0
         #: Emissions dropped for being shorter than ``min_duration_s``, per channel (in channel order).
@@ -288,7 +294,7 @@ class EmissionTracker:
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             level_db = np.where(usable, snr + noise - self.floor_dbm[:, :, None], -np.inf)
         loud = level_db >= self.off_snr_db  # before leaving anyone out: how lone carriers are followed
-        self.left_out = self._lone.left_out.copy()
+        self.left_out, self.left_out_starting = self._lone.left_out.copy(), self._lone.starting.copy()
         level_db[self.left_out] = -np.inf
         events: list[EmissionStart | EmissionEnd] = []
         active: list[ActiveEmission] = []

@@ -16,8 +16,9 @@ against the simulator's truth (``receivers.simulator.SimulatedWorld``):
   start from the first window) and ended before the stream did, is *found* when an emission on its channel
   overlaps it (``MATCH_SLACK_S`` either side: start and end are exact to about two frames).
 - **Merged.** An emission that runs transmissions on its channel together: what it overlaps there, joined where the
-  gaps are within the tracker's hangover and twice ``MATCH_SLACK_S``, is still more than one span. "Found" counts a transmission inside such an
-  emission (one receiver's carrier holding a channel open would find them all); this counts the emissions.
+  gaps are within the tracker's hangover and twice ``MATCH_SLACK_S``, is still more than one span. "Found" counts a
+  transmission inside such an emission (one receiver's carrier holding a channel open would find them all); this
+  counts the emissions.
 - **False emissions.** An emission overlapping no keyed span on its channel (any transmitter, any length or SNR,
   second transmitters of a collision included), per channel-hour of stream. ``--noise-only`` runs the same world
   with no transmitter ever keyed (``key_up_mean_s`` 1 ns, ``key_down_mean_s`` ``NOISE_ONLY_KEY_DOWN_S``: no key-up
