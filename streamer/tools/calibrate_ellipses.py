@@ -15,8 +15,15 @@ Inputs
   * a CSV track ``--truth FILE``: a header ``t_unix_s,lat,lon`` (seconds, degrees WGS84), then one row per
     fix (a GPS logger on the test transmitter; ``#`` lines and blank lines are skipped). The transmitter
     must be keyed from the track's first fix to its last: split a track where it was not.
-  * ``truth`` lines in the same files (``heimdall listen --topic truth --json``, or a simulated network's
-    archive): fixes whose ``keyed`` is false mark the transmitter off.
+  * ``truth`` lines in the same files (``heimdall listen --topic truth --json``, a simulated network's
+    archive, or ``heimdall evaluate-band --archive``): fixes whose ``keyed`` is false mark the transmitter off,
+    and so do those whose ``collision`` is true (which of two transmitters a window found is not known).
+
+  A band daemon's localizations carry their ``channel``. Truth lines that carry one are the truth of that
+  channel only. A CSV track, or truth lines without a channel (a band daemon's ``truth`` topic follows its
+  first simulated transmitter only), is one transmitter's: with localizations on several channels,
+  ``--channel`` must say which one it keyed on. ``--channel NAME`` (repeatable) keeps only the localizations
+  on those channels.
 
   A window's truth is the track at its middle ``(t_start_ns + t_end_ns) / 2``, linearly interpolated
   (in the network's ENU plane) between the two fixes around it; a window with no fix within
@@ -146,20 +153,46 @@ class Localizations:
     cov_m2: dict[str, list[np.ndarray]] = field(default_factory=dict)
     applied: dict[str, list[float]] = field(default_factory=dict)
     scales: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # 68 % / 95 % radii; NaN: not said
+    channel: dict[str, list[str | None]] = field(default_factory=dict)  # a band daemon's channel name; None: none
 
     def add(self, name: str, t_ns: int, en_m: np.ndarray, cov_m2: np.ndarray, applied: float,
-            scales: tuple[float, float] = (math.nan, math.nan)) -> None:
+            scales: tuple[float, float] = (math.nan, math.nan), channel: str | None = None) -> None:
         self.t_ns.setdefault(name, []).append(t_ns)
         self.en_m.setdefault(name, []).append(en_m)
         self.cov_m2.setdefault(name, []).append(cov_m2)
         self.applied.setdefault(name, []).append(applied)
         self.scales.setdefault(name, []).append(scales)
+        self.channel.setdefault(name, []).append(channel)
+
+    def channels(self) -> set[str | None]:
+        """The channels the localizations are on (``None``: a single-channel daemon's)."""
+        return {c for chans in self.channel.values() for c in chans}
+
+    def on_channels(self, names: set[str]) -> Localizations:
+        """Only the localizations on the channels ``names``."""
+        out = Localizations()
+        for est, chans in self.channel.items():
+            for i, ch in enumerate(chans):
+                if ch in names:
+                    out.add(est, self.t_ns[est][i], self.en_m[est][i], self.cov_m2[est][i], self.applied[est][i],
+                            self.scales[est][i], ch)
+        return out
 
 
 def _number(value, path: Path, line_no: int, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise LocalizationFileError(f"{path}:{line_no}: {what}: expected a number, got {value!r}")
     return float(value)
+
+
+def _time_ns(value, path: Path, line_no: int, what: str) -> int:
+    """A Unix time in ns, exact: an integer is kept as is (a float carries only about 0.25 us at today's times)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = _number(value, path, line_no, what)
+    if not math.isfinite(number):
+        raise LocalizationFileError(f"{path}:{line_no}: {what}: expected a time in ns, got {value!r}")
+    return int(number)
 
 
 def _estimate(obj, path: Path, line_no: int, what: str) -> tuple[str, float, float, np.ndarray, float]:
@@ -195,11 +228,19 @@ def _ellipse_scales(ellipses, path: Path, line_no: int, what: str) -> tuple[floa
     return tuple(found.get(round(p, 6), math.nan) for p in ELLIPSE_PROBABILITIES)
 
 
+def _channel(msg: dict, path: Path, line_no: int) -> str | None:
+    channel = msg.get("channel")
+    if channel is not None and not isinstance(channel, str):
+        raise LocalizationFileError(f"{path}:{line_no}: channel: expected a channel name (string), got {channel!r}")
+    return channel
+
+
 def read_messages(paths: list[Path], origin, loc_topic: str = "loc"):
-    """(Localizations, truth Track from ``truth`` lines, lines skipped as other topics) from JSON-lines files."""
+    """(Localizations, truth Tracks by channel from ``truth`` lines, lines skipped as other topics) from JSON-lines
+    files. The Tracks' key is the truth lines' ``channel``, ``None`` for lines without one."""
     locs = Localizations()
-    raw_loc: list[tuple[str, int, float, float, np.ndarray, float, tuple[float, float]]] = []
-    truth: list[tuple[int, float, float, bool]] = []
+    raw_loc: list[tuple[str, int, float, float, np.ndarray, float, tuple[float, float], str | None]] = []
+    truth: dict[str | None, list[tuple[int, float, float, bool]]] = {}
     other = 0
     for path in paths:
         try:
@@ -217,26 +258,30 @@ def read_messages(paths: list[Path], origin, loc_topic: str = "loc"):
                 raise LocalizationFileError(f"{path}:{line_no}: expected a JSON object, got {type(msg).__name__}")
             topic = msg.get("topic")
             if topic == loc_topic:
-                t0 = _number(msg.get("t_start_ns"), path, line_no, "t_start_ns")
-                t1 = _number(msg.get("t_end_ns"), path, line_no, "t_end_ns")
-                middle = (int(t0) + int(t1)) // 2
+                t0 = _time_ns(msg.get("t_start_ns"), path, line_no, "t_start_ns")
+                t1 = _time_ns(msg.get("t_end_ns"), path, line_no, "t_end_ns")
+                middle = (t0 + t1) // 2
                 estimates = [_estimate(msg, path, line_no, "the primary estimate")]
                 estimates += [_estimate(alt, path, line_no, f"alternatives[{i}]")
                               for i, alt in enumerate(msg.get("alternatives") or [])]
-                raw_loc += [(name, middle, lat, lon, cov, applied, scales) for name, lat, lon, cov, applied, scales in estimates]
+                channel = _channel(msg, path, line_no)
+                raw_loc += [(name, middle, lat, lon, cov, applied, scales, channel)
+                            for name, lat, lon, cov, applied, scales in estimates]
             elif topic == "truth":
-                t = _number(msg.get("t_ns"), path, line_no, "t_ns")
-                truth.append((int(t), _number(msg.get("lat"), path, line_no, "lat"),
-                              _number(msg.get("lon"), path, line_no, "lon"), bool(msg.get("keyed", True))))
+                t = _time_ns(msg.get("t_ns"), path, line_no, "t_ns")
+                keyed = bool(msg.get("keyed", True)) and not bool(msg.get("collision", False))
+                truth.setdefault(_channel(msg, path, line_no), []).append(
+                    (t, _number(msg.get("lat"), path, line_no, "lat"), _number(msg.get("lon"), path, line_no, "lon"),
+                     keyed))
             else:
                 other += 1
     if raw_loc:
         lat = np.array([r[2] for r in raw_loc])
         lon = np.array([r[3] for r in raw_loc])
         en = geodetic_to_enu_m(lat, lon, np.zeros_like(lat), origin).reshape(-1, 3)[:, :2]
-        for (name, middle, _, _, cov, applied, scales), e in zip(raw_loc, en):
-            locs.add(name, middle, e, cov, applied, scales)
-    return locs, track_of(truth, origin), other
+        for (name, middle, _, _, cov, applied, scales, channel), e in zip(raw_loc, en):
+            locs.add(name, middle, e, cov, applied, scales, channel)
+    return locs, {channel: track_of(fixes, origin) for channel, fixes in truth.items()}, other
 
 
 def track_of(fixes: list[tuple[int, float, float, bool]], origin) -> Track:
@@ -295,14 +340,30 @@ class EllipseFit:
     written_value: float  # factor, rounded to SCALE_DECIMALS
 
 
-def fit_ellipses(locs: Localizations, track: Track, current: dict[str, float], max_gap_s: float) -> dict[str, EllipseFit]:
+def truth_at(locs: Localizations, name: str, tracks: dict[str | None, Track], max_gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Estimator ``name``'s windows' truths ``[N, 2]`` and whether each has one: a localization on a channel is
+    matched to that channel's track, or to the track of no channel (a CSV, a single-channel daemon's truth)."""
+    t_ns = np.array(locs.t_ns[name], dtype=np.int64)
+    channels = locs.channel[name]
+    truth, ok = np.full((len(t_ns), 2), np.nan), np.zeros(len(t_ns), bool)
+    for channel in set(channels):
+        track = tracks.get(channel, tracks.get(None))
+        if track is not None:
+            rows = np.array([c == channel for c in channels])
+            truth[rows], ok[rows] = track.at(t_ns[rows], max_gap_ns)
+    return truth, ok
+
+
+def fit_ellipses(locs: Localizations, tracks: dict[str | None, Track], current: dict[str, float],
+                 max_gap_s: float) -> dict[str, EllipseFit]:
     """An EllipseFit per estimator with at least one window that has a truth (others are left out).
 
-    ``current``: each estimator's factor in the config, taken as applied where a message does not say.
+    ``tracks``: the truth by channel (``truth_at``). ``current``: each estimator's factor in the config, taken as
+    applied where a message does not say.
     """
     fits = {}
     for name in sorted(locs.t_ns):
-        truth, ok = track.at(np.array(locs.t_ns[name]), int(round(max_gap_s * 1e9)))
+        truth, ok = truth_at(locs, name, tracks, int(round(max_gap_s * 1e9)))
         est = np.array(locs.en_m[name])
         cov = np.array(locs.cov_m2[name])
         applied = np.array(locs.applied[name], dtype=np.float64)
@@ -372,6 +433,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("localizations", type=Path, nargs="+", help="JSON-lines files (archive or heimdall listen --json)")
     parser.add_argument("--truth", type=Path, help="CSV track t_unix_s,lat,lon (default: truth lines in the same files)")
     parser.add_argument("--max-gap-s", type=float, default=2.0, help="farthest truth fix from a window's middle (s; default 2)")
+    parser.add_argument("--channel", action="append", metavar="NAME",
+                        help="a band daemon's channel: only its localizations (repeatable; needed with --truth when "
+                             "the localizations are on several channels)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, help="write the config with the fitted factors here (comments and layout kept)")
     where.add_argument("--in-place", action="store_true", help="rewrite the config given with -c")
@@ -395,14 +459,27 @@ def run(args: argparse.Namespace) -> int:
     config = load(args.config)
     origin, _, _ = network_geometry(config)
     topic = "loc" if config.network.name == "default" else f"loc.{config.network.name}"
-    locs, track, other = read_messages(args.localizations, origin, topic)
-    if args.truth is not None:
-        track = read_track_csv(args.truth, origin)
+    locs, tracks, other = read_messages(args.localizations, origin, topic)
     if not locs.t_ns:
         raise LocalizationFileError(f"no localizations (topic {topic!r}) in {', '.join(map(str, args.localizations))}")
-    if len(track.t_ns) == 0:
+    channels = locs.channels()
+    if args.channel:
+        wanted = set(args.channel)
+        locs = locs.on_channels(wanted)
+        if not locs.t_ns:
+            seen = ", ".join(sorted(c for c in channels if c is not None)) or "none: a single-channel daemon's"
+            raise LocalizationFileError(f"--channel {', '.join(sorted(wanted))}: no localization on it; their channels: {seen}")
+        channels = locs.channels()
+    if args.truth is not None:
+        tracks = {None: read_track_csv(args.truth, origin)}
+    if None in tracks and len(channels) > 1:
+        source = f"--truth {args.truth}" if args.truth is not None else "truth lines without a channel"
+        raise LocalizationFileError(f"{source}: one transmitter's track, and the localizations are on {len(channels)} "
+                                    f"channels ({', '.join(sorted(map(str, channels)))}): give --channel NAME, the one "
+                                    "it keyed on")
+    if not any(len(track.t_ns) for track in tracks.values()):
         raise LocalizationFileError("no truth: give --truth TRACK.csv, or files with truth lines")
-    fits = fit_ellipses(locs, track, current_scales(config), args.max_gap_s)
+    fits = fit_ellipses(locs, tracks, current_scales(config), args.max_gap_s)
     if not fits:
         raise LocalizationFileError(f"no localization has a keyed truth fix within {args.max_gap_s:g} s: do the times overlap?")
     unknown = sorted(set(fits) - set(SCALE_KEYS))

@@ -35,7 +35,10 @@ against the simulator's truth (``receivers.simulator.SimulatedWorld``):
   the daemon itself would rate best, where the smallest error is picked by the truth).
 
 It prints the gates beside the figures (met / not met) and the accuracy table; ``--json FILE`` writes the same
-numbers. CPU is reported apart for rendering the receivers' IQ (the simulator's work, not the daemon's) and for
+numbers. ``--archive FILE`` writes what the pipeline published as the daemon's archive does (JSON lines, one per
+message), each localization preceded by its truth (a ``truth`` line at the middle of its span, with its ``channel``):
+the input ``heimdall calibrate-ellipses`` fits a site's ellipse factors from (with ``--max-gap-s 0.001``, so each
+localization takes its own truth line). CPU is reported apart for rendering the receivers' IQ (the simulator's work, not the daemon's) and for
 the pipeline.
 
 Examples
@@ -446,10 +449,29 @@ def gates(result: dict) -> list[dict]:
     return rows
 
 
+def archive_lines(world, sent: list[tuple[str, dict]]) -> Iterable[bytes]:
+    """What the pipeline sent, as archive lines (``streamer.daemon.archive.encode_line``), each localization after
+    a ``truth`` line for its channel at the middle of its span (``_truth_wire``; none where nothing was keyed on the
+    channel: a false emission's estimate has no truth)."""
+    from streamer.daemon.archive import encode_line
+
+    for topic, msg in sent:
+        if topic.startswith("loc"):
+            truth = _truth_wire(world, msg)
+            if truth["keyed_fraction"]:
+                start, end = int(msg["t_start_ns"]), int(msg["t_end_ns"])
+                yield encode_line("truth", {"t_ns": (start + end) // 2, "lat": truth["lat"], "lon": truth["lon"],
+                                            "keyed": True, "keyed_fraction": truth["keyed_fraction"],
+                                            "collision": truth["collision"], "window_start_ns": start,
+                                            "window_end_ns": end, "channel": msg.get("channel")})
+        yield encode_line(topic, msg)
+
+
 def evaluate(config: Config, *, start_ns: int = DEFAULT_START_NS, seconds: float, seed: int | None = None,
-             noise_only: bool = False, progress: Callable[[float], None] | None = None) -> dict:
+             noise_only: bool = False, progress: Callable[[float], None] | None = None,
+             archive: Path | None = None) -> dict:
     """Run ``seconds`` of ``config``'s simulated band through the band pipeline and score it (module doc): a dict of
-    plain numbers (what ``--json`` writes)."""
+    plain numbers (what ``--json`` writes). ``archive``: also write ``archive_lines`` to this file."""
     from receivers.simulator import SimulatedWorld
 
     from streamer.daemon.coverage import channel_coverage, coverage_verdict
@@ -461,6 +483,9 @@ def evaluate(config: Config, *, start_ns: int = DEFAULT_START_NS, seconds: float
     end_ns = start_ns + round(seconds * 1e9)
     spans = keyed_spans(world, cfg, start_ns, end_ns, run.hangover_ns)
     locs = run.localizations()
+    if archive is not None:
+        with open(archive, "wb") as out:
+            out.writelines(archive_lines(world, run.sent))
     result = {
         "stream_s": seconds, "start_ns": start_ns, "seed": cfg.simulator.seed, "noise_only": noise_only,
         "receivers": len(cfg.receivers), "channels": len(cfg.channel_plan()),
@@ -531,6 +556,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-ns", type=int, default=DEFAULT_START_NS, help="Unix time of the first sample (ns)")
     parser.add_argument("--noise-only", action="store_true", help="no transmitter keys: every emission is false")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON to FILE")
+    parser.add_argument("--archive", type=Path, metavar="FILE",
+                        help="also write every published message, each localization after its truth, as JSON lines "
+                             "(the input of heimdall calibrate-ellipses)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -539,8 +567,11 @@ def run(args: argparse.Namespace) -> int:
         raise argparse.ArgumentError(None, f"--minutes: expected minutes > 0, got {args.minutes:g}")
     if not args.config.is_file():
         raise EvaluateBandError(f"--config: {args.config}: no such file")
+    for option, path in (("--json", args.json), ("--archive", args.archive)):
+        if path is not None and not path.parent.is_dir():
+            raise EvaluateBandError(f"{option}: {path}: no such folder {path.parent}")
     result = evaluate(load(args.config), start_ns=args.start_ns, seconds=args.minutes * 60.0, seed=args.seed,
-                      noise_only=args.noise_only,
+                      noise_only=args.noise_only, archive=args.archive,
                       progress=lambda s: print(f"heimdall evaluate-band: {s / 60:.0f} min of stream done", file=sys.stderr))
     print(format_report(result))
     if args.json is not None:

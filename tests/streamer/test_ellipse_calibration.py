@@ -82,12 +82,12 @@ def site(tmp_path):
     return cfg, geodetic
 
 
-def write_run(path, geodetic, *, n: int, onnx_factor: float, physics_factor: float, seed: int = 0, onnx_applied=None) -> None:
+def write_run(path, geodetic, *, n: int, onnx_factor: float, physics_factor: float, seed: int = 0, onnx_applied=None,
+              t0: int = 1_790_000_000_000_000_000) -> None:
     """A ``heimdall listen --topic "" --json`` file: one truth fix and one localization per 0.5 s window, the
     onnx and physics estimates' errors drawn from ``factor`` x their published covariance, status lines between.
     ``onnx_applied`` [n]: the site factor each onnx estimate says it carries (default: the key is absent)."""
     rng = np.random.default_rng(seed)
-    t0 = 1_790_000_000_000_000_000
     truth_en = np.cumsum(rng.normal(0, 300.0, (n, 2)), axis=0)
     cov = {"onnx": random_covariances(rng, n), "physics": random_covariances(rng, n)}
     est = {"onnx": truth_en - truths_around(rng, cov["onnx"], onnx_factor),
@@ -210,6 +210,70 @@ def test_a_track_that_does_not_overlap_the_localizations_is_refused(site, tmp_pa
     track.write_text("time,lat,lon\n")
     with pytest.raises(LocalizationFileError, match="expected the header t_unix_s,lat,lon, got \\['time', 'lat', 'lon'\\]"):
         main(["-c", str(cfg), str(run), "--truth", str(track)])
+
+
+def on_channel(path, channel: str, **changes) -> list[dict]:
+    """The lines of ``path`` with ``channel`` set on its truth and loc lines (``changes`` too, on truth lines)."""
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{**line, "channel": channel, **(changes if line["topic"] == "truth" else {})} if line["topic"] in ("truth", "loc")
+            else line for line in lines]
+
+
+def write_lines(path, lines) -> None:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_a_band_run_s_truth_lines_are_matched_on_their_own_channel_only_and_times_are_exact_to_the_ns(site, tmp_path, capsys):
+    cfg, geodetic = site
+    # Two transmitters at the same instants on two channels; odd ns times, which a float would round by ~100 ns.
+    t0 = 1_790_000_000_000_000_001
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_run(a, geodetic, n=600, onnx_factor=1.0, physics_factor=1.0, seed=1, t0=t0)
+    write_run(b, geodetic, n=600, onnx_factor=1.0, physics_factor=1.0, seed=2, t0=t0)
+    band = tmp_path / "band.jsonl"
+    write_lines(band, on_channel(a, "145.5") + on_channel(b, "145.525"))
+    assert main(["-c", str(cfg), str(band), "--max-gap-s", "1e-9", "--json"]) == 0
+    onnx = json.loads(capsys.readouterr().out)["estimators"]["onnx"]
+    assert onnx["n"] == 1200 and onnx["skipped"] == 0
+    assert onnx["factor"] == pytest.approx(2.0, rel=0.1)  # the config's 2.0 taken as applied, times the drawn 1.0
+
+    # A collision's truth does not say which transmitter was found: those windows are skipped.
+    write_lines(band, on_channel(a, "145.5", collision=True) + on_channel(b, "145.525"))
+    assert main(["-c", str(cfg), str(band), "--max-gap-s", "1e-9", "--json"]) == 0
+    onnx = json.loads(capsys.readouterr().out)["estimators"]["onnx"]
+    assert (onnx["n"], onnx["skipped"]) == (600, 600)
+
+    write_lines(band, on_channel(a, "145.5") + on_channel(b, "145.525"))
+    assert main(["-c", str(cfg), str(band), "--channel", "145.525", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["estimators"]["onnx"]["n"] == 600
+    with pytest.raises(LocalizationFileError, match=r"--channel 146: no localization on it; their channels: 145.5, 145.525"):
+        main(["-c", str(cfg), str(band), "--channel", "146"])
+
+
+def test_a_csv_track_on_a_band_run_needs_the_channel_it_keyed_on(site, tmp_path, capsys):
+    cfg, geodetic = site
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_run(a, geodetic, n=100, onnx_factor=1.0, physics_factor=1.0, seed=1)
+    write_run(b, geodetic, n=100, onnx_factor=1.0, physics_factor=1.0, seed=2)
+    track = tmp_path / "track.csv"
+    truths = [line for line in on_channel(a, "145.5") if line["topic"] == "truth"]
+    track.write_text("t_unix_s,lat,lon\n" + "".join(f"{t['t_ns'] / 1e9!r},{t['lat']!r},{t['lon']!r}\n" for t in truths))
+    locs = tmp_path / "locs.jsonl"
+    write_lines(locs, [line for line in on_channel(a, "145.5") + on_channel(b, "145.525") if line["topic"] != "truth"])
+    with pytest.raises(LocalizationFileError, match=r"one transmitter's track, and the localizations are on 2 channels "
+                                                     r"\(145.5, 145.525\): give --channel NAME"):
+        main(["-c", str(cfg), str(locs), "--truth", str(track)])
+    # So are truth lines without a channel (a band daemon's truth topic follows one transmitter).
+    untagged = [line for line in on_channel(a, "145.5") + on_channel(b, "145.525") if line["topic"] != "truth"]
+    untagged += [{k: v for k, v in line.items() if k != "channel"} for line in on_channel(a, "145.5") if line["topic"] == "truth"]
+    write_lines(tmp_path / "untagged.jsonl", untagged)
+    with pytest.raises(LocalizationFileError, match=r"truth lines without a channel: one transmitter's track, and the "
+                                                     r"localizations are on 2 channels"):
+        main(["-c", str(cfg), str(tmp_path / "untagged.jsonl")])
+    assert main(["-c", str(cfg), str(locs), "--truth", str(track), "--channel", "145.5", "--json"]) == 0
+    onnx = json.loads(capsys.readouterr().out)["estimators"]["onnx"]
+    assert onnx["n"] + onnx["skipped"] == 100 and onnx["n"] >= 98
+    assert onnx["factor"] == pytest.approx(2.0, rel=0.25)
 
 
 # --- the daemon applies the factors -------------------------------------------------------------------

@@ -118,8 +118,9 @@ def _loud_transmission_start(cfg, seconds):
 def test_a_few_seconds_of_band_traffic_find_the_loud_transmission_and_print_every_gate(tmp_path, capsys):
     seconds = 5.0
     start, _span_found = _loud_transmission_start(load(eb.DEFAULT_CONFIG), seconds)
-    out = tmp_path / "band.json"
-    assert main(["evaluate-band", "--minutes", str(seconds / 60), "--start-ns", str(start), "--json", str(out)]) == 0
+    out, archive = tmp_path / "band.json", tmp_path / "band.jsonl"
+    assert main(["evaluate-band", "--minutes", str(seconds / 60), "--start-ns", str(start), "--json", str(out),
+                 "--archive", str(archive)]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     det = result["detection"]
@@ -136,6 +137,23 @@ def test_a_few_seconds_of_band_traffic_find_the_loud_transmission_and_print_ever
         assert g["gate"] in printed
     assert "interim estimates:" in printed and "final estimates:" in printed
     assert printed.splitlines()[0].startswith(f"{seconds:g} s of stream")
+
+    # The archive: every message, each localization after its truth, which calibrate-ellipses matches exactly.
+    lines = [json.loads(line) for line in archive.read_text().splitlines()]
+    locs = [(i, m) for i, m in enumerate(lines) if m["topic"].startswith("loc")]
+    assert len(locs) == result["localizations"]["interim"] + result["localizations"]["final"]
+    assert sum(m["topic"].startswith("emission") for m in lines) >= 2
+    truths = []
+    for i, loc in locs:
+        truth = lines[i - 1]
+        if truth["topic"] == "truth":
+            assert truth["channel"] == loc["channel"] and truth["t_ns"] == (loc["t_start_ns"] + loc["t_end_ns"]) // 2
+            truths.append(truth)
+    assert len(truths) >= result["accuracy"]["pooled"]["interim"]["onnx"]["full"]["n"]
+    clean = [t for t in truths if not t["collision"]]
+    assert main(["calibrate-ellipses", "-c", str(eb.DEFAULT_CONFIG), str(archive), "--max-gap-s", "0.001", "--json"]) in (0, 1)
+    fits = json.loads(capsys.readouterr().out)["estimators"]
+    assert fits["onnx"]["n"] == fits["physics"]["n"] == len(clean)
 
 
 def test_final_against_interim_compares_with_the_smallest_error_and_with_the_most_confident_interim():
