@@ -38,7 +38,9 @@ It prints the gates beside the figures (met / not met) and the accuracy table; `
 numbers. ``--archive FILE`` writes what the pipeline published as the daemon's archive does (JSON lines, one per
 message), each localization preceded by its truth (a ``truth`` line at the middle of its span, with its ``channel``):
 the input ``heimdall calibrate-ellipses`` fits a site's ellipse factors from (with ``--max-gap-s 0.001``, so each
-localization takes its own truth line). CPU is reported apart for rendering the receivers' IQ (the simulator's work, not the daemon's) and for
+localization takes its own truth line). ``--pool FILE...`` runs nothing: it pools the ``--json`` of several runs
+(band traffic and noise-only apart) and prints their gates; a share is pooled weighted by its count, which is
+exact, and medians, which cannot be pooled so, are left out. CPU is reported apart for rendering the receivers' IQ (the simulator's work, not the daemon's) and for
 the pipeline.
 
 Examples
@@ -449,6 +451,71 @@ def gates(result: dict) -> list[dict]:
     return rows
 
 
+def _weighted(rows: list[dict], key: str) -> float:
+    n = sum(r["n"] for r in rows)
+    return sum(r[key] * r["n"] for r in rows) / n if n else math.nan
+
+
+def pool(results: list[dict]) -> dict:
+    """Several runs' results (``evaluate``'s dicts, all band traffic or all noise-only) as one: counts summed,
+    shares weighted by their counts; what ``gates`` reads, and the runs' seeds and stream."""
+    noise_only = {r["noise_only"] for r in results}
+    if len(noise_only) != 1:
+        raise EvaluateBandError("pool: band-traffic and noise-only runs are pooled apart")
+    det = [r["detection"] for r in results]
+    eligible, found = sum(d["eligible"] for d in det), sum(d["found"] for d in det)
+    hours, false = sum(d["channel_hours"] for d in det), sum(d["false_emissions"] for d in det)
+    pooled: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for stage in ("interim", "final"):
+        estimators = sorted({e for r in results for e in r["accuracy"]["pooled"].get(stage, {})})
+        for est in estimators:
+            rows = [r["accuracy"]["pooled"][stage][est]["full"] for r in results if est in r["accuracy"]["pooled"].get(stage, {})]
+            if not sum(x["n"] for x in rows):
+                continue
+            pooled.setdefault(stage, {})[est] = {"full": {"n": sum(x["n"] for x in rows), "cov68": _weighted(rows, "cov68"),
+                                                          "cov95": _weighted(rows, "cov95")}}
+    versus = {}
+    for est in sorted({e for r in results for e in r["accuracy"]["final_vs_best_interim"]}):
+        rows = [r["accuracy"]["final_vs_best_interim"][est] for r in results if est in r["accuracy"]["final_vs_best_interim"]]
+        if not sum(x["n"] for x in rows):
+            continue
+        versus[est] = {"n": sum(x["n"] for x in rows), "share_no_worse": _weighted(rows, "share_no_worse"),
+                       "share_no_worse_than_confident": _weighted(rows, "share_no_worse_than_confident")}
+    out = {
+        "runs": len(results), "seeds": [r["seed"] for r in results], "stream_s": sum(r["stream_s"] for r in results),
+        "noise_only": noise_only.pop(),
+        "detection": {"eligible": eligible, "found": found, "found_share": found / eligible if eligible else math.nan,
+                      "false_emissions": false, "channel_hours": hours,
+                      "false_per_channel_hour": false / hours if hours else math.nan,
+                      "merged_emissions": sum(d.get("merged_emissions", 0) for d in det)},
+        "accuracy": {"pooled": pooled, "final_vs_best_interim": versus},
+    }
+    out["gates"] = gates(out)
+    return out
+
+
+def format_pooled(pooled: dict) -> str:
+    """A pooled result (``pool``): what was pooled, the gates, cov68 beside cov95."""
+    det = pooled["detection"]
+    lines = [(f"{'noise only' if pooled['noise_only'] else 'band traffic'}: {pooled['runs']} runs, "
+              f"{pooled['stream_s'] / 60:g} min of stream, seeds {', '.join(map(str, pooled['seeds']))}; found "
+              f"{det['found']} of {det['eligible']}; false emissions {det['false_emissions']} in "
+              f"{det['channel_hours']:.2f} channel-hours; running transmissions together {det['merged_emissions']}")]
+    width = max(len(g["gate"]) for g in pooled["gates"])
+    lines.append(f"{'gate':<{width}}  {'figure':>8}  {'target':<22} verdict")
+    for g in pooled["gates"]:
+        figure = "n/a" if not math.isfinite(g["figure"]) else f"{g['figure']:.3f}"
+        lines.append(f"{g['gate']:<{width}}  {figure:>8}  {g['target']:<22} {g['verdict']}")
+    for stage, per_estimator in pooled["accuracy"]["pooled"].items():
+        for est, classes in per_estimator.items():
+            s = classes["full"]
+            lines.append(f"{stage} {est}: n {s['n']}, cov68 {s['cov68']:.3f}, cov95 {s['cov95']:.3f}")
+    for est, s in pooled["accuracy"]["final_vs_best_interim"].items():
+        lines.append(f"final no worse than the most confident interim, {est}: {s['share_no_worse_than_confident']:.3f} "
+                     f"of {s['n']}")
+    return "\n".join(lines)
+
+
 def archive_lines(world, sent: list[tuple[str, dict]]) -> Iterable[bytes]:
     """What the pipeline sent, as archive lines (``streamer.daemon.archive.encode_line``), each localization after
     a ``truth`` line for its channel at the middle of its span (``_truth_wire``; none where nothing was keyed on the
@@ -556,13 +623,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-ns", type=int, default=DEFAULT_START_NS, help="Unix time of the first sample (ns)")
     parser.add_argument("--noise-only", action="store_true", help="no transmitter keys: every emission is false")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON to FILE")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="JSON",
+                        help="run nothing: pool the --json files of several runs and print their gates")
     parser.add_argument("--archive", type=Path, metavar="FILE",
                         help="also write every published message, each localization after its truth, as JSON lines "
                              "(the input of heimdall calibrate-ellipses)")
 
 
+def _run_pool(paths: list[Path]) -> int:
+    results = []
+    for path in paths:
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise EvaluateBandError(f"--pool: {path}: not a heimdall evaluate-band --json file ({exc})") from None
+        if not isinstance(result, dict) or not {"detection", "accuracy", "noise_only", "seed"} <= set(result):
+            raise EvaluateBandError(f"--pool: {path}: not a heimdall evaluate-band --json file (expected its keys "
+                                    "detection, accuracy, noise_only, seed)")
+        results.append(result)
+    groups = [[r for r in results if not r["noise_only"]], [r for r in results if r["noise_only"]]]
+    print("\n\n".join(format_pooled(pool(group)) for group in groups if group))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run, score, print the report (and write ``--json``); exit status 0 whether or not the gates are met."""
+    if args.pool:
+        return _run_pool(args.pool)
     if not (math.isfinite(args.minutes) and args.minutes > 0):
         raise argparse.ArgumentError(None, f"--minutes: expected minutes > 0, got {args.minutes:g}")
     if not args.config.is_file():

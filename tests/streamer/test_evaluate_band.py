@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 
@@ -253,3 +254,40 @@ def test_an_emission_that_runs_two_transmissions_together_is_counted_as_merged()
     split = eb.score_detection([], busy, [_end("A", 2.0, 3.0), _end("A", 4.0, 5.0)], start_ns=T0_NS,
                                end_ns=T0_NS + 60 * S, n_channels=1, hangover_ns=S // 10)
     assert split["merged_emissions"] == 0
+
+
+def _result(seed, *, n, cov95, found, eligible, false=0, hours=1.0, noise_only=False):
+    cell = {"full": {"n": n, "median_error_m": 1.0, "p90_error_m": 2.0, "cov68": 0.6, "cov95": cov95}}
+    return {"seed": seed, "stream_s": 600.0, "noise_only": noise_only,
+            "detection": {"eligible": eligible, "found": found, "found_share": found / max(eligible, 1),
+                          "false_emissions": false, "channel_hours": hours, "merged_emissions": 0},
+            "accuracy": {"pooled": {"interim": {"onnx": cell}, "final": {"onnx": cell}},
+                         "final_vs_best_interim": {"onnx": {"n": n, "share_no_worse": 0.5,
+                                                            "share_no_worse_than_confident": 0.5}}}}
+
+
+def test_pooled_runs_weigh_each_share_by_its_count_and_keep_traffic_and_noise_apart(tmp_path, capsys):
+    pooled = eb.pool([_result(1, n=100, cov95=0.9, found=9, eligible=10), _result(2, n=300, cov95=0.98, found=30, eligible=30)])
+    assert pooled["accuracy"]["pooled"]["interim"]["onnx"]["full"] == {"n": 400, "cov68": pytest.approx(0.6),
+                                                                       "cov95": pytest.approx(0.96)}
+    assert pooled["detection"]["found_share"] == pytest.approx(39 / 40) and pooled["seeds"] == [1, 2]
+    verdicts = {g["gate"]: g["verdict"] for g in pooled["gates"]}
+    assert verdicts["cov95, interim onnx (n=400)"] == "met"
+    assert verdicts["found: transmissions >= 0.5 s at >= 10 dB at >= 3 receivers (n=40)"] == "not met"
+    with pytest.raises(eb.EvaluateBandError, match="pooled apart"):
+        eb.pool([_result(1, n=1, cov95=1, found=0, eligible=0), _result(2, n=1, cov95=1, found=0, eligible=0, noise_only=True)])
+
+    files = []
+    for k, r in enumerate([_result(1, n=10, cov95=0.95, found=1, eligible=1),
+                           _result(3, n=0, cov95=math.nan, found=0, eligible=0, false=1, hours=2.0, noise_only=True)]):
+        files.append(tmp_path / f"r{k}.json")
+        files[-1].write_text(json.dumps(r))
+    assert main(["evaluate-band", "--pool", *map(str, files)]) == 0
+    printed = capsys.readouterr().out
+    assert "band traffic: 1 runs, 10 min of stream, seeds 1" in printed
+    assert "noise only: 1 runs, 10 min of stream, seeds 3; found 0 of 0; false emissions 1 in 2.00 channel-hours" in printed
+    assert re.search(r"false emissions per channel-hour \(noise alone\) +0\.500 ", printed)
+    assert "nan" not in printed  # the noise-only run has no accuracy rows to print
+    (tmp_path / "bad.json").write_text("[1]")
+    assert main(["evaluate-band", "--pool", str(tmp_path / "bad.json")]) == 2
+    assert re.search(r"--pool: .*bad.json: not a heimdall evaluate-band --json file", capsys.readouterr().err)
