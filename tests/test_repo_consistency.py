@@ -77,7 +77,9 @@ def test_protocol_doc_lists_exactly_the_keys_each_message_carries():
     assert set(band_loc.to_wire()) - set(loc.to_wire()) == {"channel", "channel_hz", "emission_id", "stage"}
     emission = EmissionEvent("end", 0, "A", 145.5e6, 1, 2, {"a": 20.0}, 10, "default")
     assert _documented_keys("### `emission`") == set(emission.to_wire())
-    assert _documented_keys("### `truth`") == set(truth.to_wire())
+    band_truth = dataclasses.replace(truth, transmitter=1, channel="A", channel_hz=145.5e6)
+    assert _documented_keys("### `truth`") == set(band_truth.to_wire())
+    assert set(band_truth.to_wire()) - set(truth.to_wire()) == {"transmitter", "channel", "channel_hz"}
     assert _documented_keys("### `status`") == set(status.to_wire())
 
 

@@ -190,6 +190,10 @@ class BandPipeline(Pipeline):
         return "emission" if name == "default" else f"emission.{name}"
 
     # Windows ----------------------------------------------------------------------------------------
+    def _window_truths(self, window) -> list:
+        """Every simulated transmitter's ``WindowTruth`` over the window, each with its channel."""
+        return self._truth_source.band_truth_over(window.t_start_ns, window.t_end_ns)
+
     def _process(self, window: BandWindow, now_ns: int) -> list[dict]:
         m = self.metrics
         self._begin_window(window)

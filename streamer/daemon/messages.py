@@ -184,6 +184,8 @@ class Truth:
     ``keyed_fraction`` (0..1, the share of the window the wanted transmitter was on the air),
     ``keyed_intervals_ns`` (those on-air spans, clipped to the window), ``collision`` (a second transmitter
     on the channel during the window) and ``kinds`` (the traffic kinds on the air in it).
+    A band daemon sends one per simulated transmitter and window, each with ``transmitter`` (its index) and the
+    ``channel`` and ``channel_hz`` (Hz) it keys on; a single-channel daemon's has none of the three keys.
     """
 
     t_ns: int
@@ -197,8 +199,13 @@ class Truth:
     keyed_intervals_ns: tuple[tuple[int, int], ...] = ()
     collision: bool = False
     kinds: tuple[str, ...] = ()
+    transmitter: int | None = None
+    channel: str | None = None
+    channel_hz: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
+        band = {} if self.channel is None else {"transmitter": int(self.transmitter or 0), "channel": str(self.channel),
+                                                "channel_hz": _f(self.channel_hz)}
         return {
             "v": SCHEMA_VERSION,
             "t_ns": int(self.t_ns),
@@ -212,6 +219,7 @@ class Truth:
             "keyed_intervals_ns": [[int(a), int(b)] for a, b in self.keyed_intervals_ns],
             "collision": bool(self.collision),
             "kinds": [str(k) for k in self.kinds],
+            **band,
         }
 
 

@@ -396,14 +396,22 @@ class Pipeline:
         name = self.config.network.name
         return "loc" if name == "default" else f"loc.{name}"
 
+    def _window_truths(self, window: Window) -> list:
+        """The truth source's ``WindowTruth`` of the wanted transmitter over the window (``BandPipeline``: of each)."""
+        return [self._truth_source.truth_over(window.t_start_ns, window.t_end_ns)]
+
     def publish_truth(self, window: Window) -> None:
         """Publish the truth source's ``truth_over`` the window on topic ``truth``: position at its midpoint, the
-        share and spans of it in which the transmitter was keyed, whether another one collided (docs/protocol.md)."""
-        truth = self._truth_source.truth_over(window.t_start_ns, window.t_end_ns)
-        msg = Truth(t_ns=truth.t_ns, lat=truth.lat, lon=truth.lon, power_dbm=truth.power_dbm, keyed=truth.keyed,
-                    window_start_ns=truth.start_ns, window_end_ns=truth.end_ns, keyed_fraction=truth.keyed_fraction,
-                    keyed_intervals_ns=truth.keyed_intervals_ns, collision=truth.collision, kinds=truth.kinds)
-        self._send("truth", msg.to_wire())
+        share and spans of it in which the transmitter was keyed, whether another one collided (docs/protocol.md);
+        a band daemon one message per transmitter, with its channel."""
+        band = self.config.has_channel_plan()
+        for truth in self._window_truths(window):
+            msg = Truth(t_ns=truth.t_ns, lat=truth.lat, lon=truth.lon, power_dbm=truth.power_dbm, keyed=truth.keyed,
+                        window_start_ns=truth.start_ns, window_end_ns=truth.end_ns, keyed_fraction=truth.keyed_fraction,
+                        keyed_intervals_ns=truth.keyed_intervals_ns, collision=truth.collision, kinds=truth.kinds,
+                        **({"transmitter": truth.transmitter, "channel": truth.channel, "channel_hz": truth.channel_hz}
+                           if band else {}))
+            self._send("truth", msg.to_wire())
 
     # Heartbeat --------------------------------------------------------------------------------------
     def status(self, up: dict[str, bool] | None = None) -> Status:

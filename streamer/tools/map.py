@@ -6,8 +6,9 @@ What it owns:
 - ``MapState``: the latest picture built from the topics ``loc``, ``status``, ``truth`` and ``emission``
   (docs/protocol.md): each receiver (position from the config, ``up`` from ``status``, heard or not and its
   in-channel power in dBm from the latest primary ``loc``), the latest position per estimator with its 68 % and
-  95 % ellipses as polygons, a bounded track of recent primary positions, the simulator's truth, and the latest
-  emission event per channel. Messages it cannot use are counted, never raised.
+  95 % ellipses as polygons, a bounded track of recent primary positions, the simulator's truth (of its first
+  transmitter, on a band daemon), and the latest emission event per channel. Messages it cannot use are
+  counted, never raised.
 - ``ellipse_polygon``: an ellipse (semi-axes in m, azimuth of the major axis in degrees clockwise from north)
   around a position as a closed ring of (lat, lon) degrees, through ``streamer.core.geodesy``.
 - ``build_app``: the aiohttp application: ``/`` the page, ``/static/…`` the page's files (Leaflet vendored in
@@ -138,6 +139,8 @@ class MapState:
         if kind not in TOPICS or not isinstance(msg, dict):
             self.counts["unusable"] += 1
             return False
+        if kind == "truth" and msg.get("transmitter", 0) != 0:
+            return False  # a band daemon's other transmitters: the map draws the first one's truth
         try:
             getattr(self, f"_apply_{kind}")(msg)
         except (KeyError, TypeError, ValueError) as exc:

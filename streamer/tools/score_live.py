@@ -129,11 +129,15 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
 @dataclass
 class Matcher:
     """Pairs each localization with the truth of its window, whichever arrives first (the daemon sends the truth
-    first; a subscriber that joined between the two sees a localization without one: counted, not scored)."""
+    first; a subscriber that joined between the two sees a localization without one: counted, not scored).
+
+    A band daemon's messages carry a ``channel``: a localization is paired with the truth of its window on its
+    channel (the daemon sends one per transmitter). Its ``final`` estimates span a whole emission, not a window:
+    they are left out (``heimdall evaluate-band`` scores them)."""
 
     scored: list[Scored]
-    truths: dict[int, dict]
-    waiting: dict[int, dict]
+    truths: dict[tuple[int, str | None], dict]
+    waiting: dict[tuple[int, str | None], dict]
     matched: int = 0  # localizations scored
     unmatched: int = 0  # localizations dropped waiting for a truth that never came
 
@@ -144,21 +148,21 @@ class Matcher:
     def add(self, topic: str, msg: dict) -> None:
         """Take one message (topic and decoded payload); messages of other topics and old truths are ignored."""
         if topic == "truth" and msg.get("window_start_ns") is not None:
-            start = int(msg["window_start_ns"])
-            loc = self.waiting.pop(start, None)
+            key = (int(msg["window_start_ns"]), msg.get("channel"))
+            loc = self.waiting.pop(key, None)
             if loc is not None:
                 self.scored.extend(score_window(loc, msg))
                 self.matched += 1
-            else:
-                self.truths[start] = msg
-        elif topic.startswith("loc") and "t_start_ns" in msg:
-            start = int(msg["t_start_ns"])
-            truth = self.truths.pop(start, None)
+            elif (msg.get("keyed_fraction") or 0.0) >= (self.truths.get(key, {}).get("keyed_fraction") or 0.0):
+                self.truths[key] = msg  # two transmitters on one channel: the one keyed longest, as evaluate-band
+        elif topic.startswith("loc") and "t_start_ns" in msg and msg.get("stage") != "final":
+            key = (int(msg["t_start_ns"]), msg.get("channel"))
+            truth = self.truths.pop(key, None)
             if truth is not None:
                 self.scored.extend(score_window(msg, truth))
                 self.matched += 1
             else:
-                self.waiting[start] = msg
+                self.waiting[key] = msg
         for pending in (self.truths, self.waiting):
             while len(pending) > MAX_PENDING:
                 pending.pop(next(iter(pending)))

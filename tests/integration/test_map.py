@@ -83,7 +83,12 @@ def test_map_state_keeps_the_latest_estimate_per_estimator_the_track_and_who_is_
     assert (by_id["a"]["up"], by_id["a"]["heard"], by_id["a"]["rx_power_dbm"]) == (True, True, -100.0)
     assert (by_id["b"]["up"], by_id["b"]["heard"], by_id["b"]["rx_power_dbm"]) == (False, False, None)
     assert snap["truth"]["lat"] == 45.0
-    assert snap["counts"] == {"loc": 3, "status": 1, "truth": 1}
+    # A band daemon's truth of another transmitter is not drawn (one truth marker: the first transmitter's).
+    assert not state.apply("truth", {"lat": 46.0, "lon": 7.1, "t_ns": 2, "keyed": True, "transmitter": 1, "channel": "b"})
+    assert state.apply("truth", {"lat": 45.5, "lon": 7.1, "t_ns": 2, "keyed": True, "transmitter": 0, "channel": "a"})
+    assert state.snapshot()["truth"]["lat"] == 45.5
+    snap = json.loads(json.dumps(state.snapshot()))
+    assert snap["counts"] == {"loc": 3, "status": 1, "truth": 2}
 
 
 def test_the_picture_sent_to_pages_is_encoded_once_per_change_and_follows_every_change():

@@ -435,3 +435,40 @@ def test_frames_streamed_as_samples_arrive_equal_those_of_the_whole_window(monke
     assert len(checked) >= 10
     assert np.median(checked) > 0.5, f"share of each window's frames streamed before the window: {checked}"
     assert [m["event"] for topic, m in sent if topic == "emission"] == ["start", "start", "end", "end"]
+
+
+def test_a_band_daemon_publishes_each_simulated_transmitter_s_truth_with_its_channel():
+    from types import SimpleNamespace
+
+    from streamer.daemon.pipeline import Pipeline
+    from streamer.tools.evaluate_band import DEFAULT_CONFIG
+
+    band_cfg = config_mod.load(DEFAULT_CONFIG)
+    band_cfg = dataclasses.replace(band_cfg, estimator=dataclasses.replace(band_cfg.estimator, kind="physics"))
+    world = SimulatedWorld(band_cfg)
+    window = SimpleNamespace(t_start_ns=T0_NS, t_end_ns=T0_NS + 500_000_000)
+    sent = []
+    band = BandPipeline(band_cfg, metrics=Metrics(), send=lambda topic, msg: sent.append((topic, msg)) or True,
+                        estimators=build_estimators(band_cfg), truth_source=world)
+    try:
+        band.publish_truth(window)
+    finally:
+        band.close()
+    assert [topic for topic, _ in sent] == ["truth"] * len(world.transmitter_channels) and len(sent) > 1
+    for k, (_, msg) in enumerate(sent):
+        expected = world.truth_over(window.t_start_ns, window.t_end_ns, k)
+        assert (msg["transmitter"], msg["channel"], msg["channel_hz"]) == (k, expected.channel, expected.channel_hz)
+        assert (msg["lat"], msg["keyed_fraction"], msg["window_start_ns"]) == (expected.lat, expected.keyed_fraction, T0_NS)
+
+    one_cfg = config_mod.load()
+    sent.clear()
+    single = Pipeline(one_cfg, metrics=Metrics(), send=lambda topic, msg: sent.append((topic, msg)) or True,
+                      estimators=build_estimators(dataclasses.replace(
+                          one_cfg, estimator=dataclasses.replace(one_cfg.estimator, kind="physics"))),
+                      truth_source=SimulatedWorld(one_cfg))
+    try:
+        single.publish_truth(window)
+    finally:
+        single.close()
+    ((topic, msg),) = sent
+    assert topic == "truth" and not {"transmitter", "channel", "channel_hz"} & set(msg)

@@ -89,6 +89,22 @@ def test_the_matcher_pairs_by_window_start_whichever_message_comes_first():
     assert table.splitlines()[2].split()[:3] == ["physics", "key-edge", "1"]
 
 
+def test_a_band_daemon_s_localizations_meet_the_truth_of_their_own_channel_and_finals_are_left_out():
+    matcher = Matcher.empty()
+    for channel, east, keyed in (("145.5", 0.0, 1.0), ("145.525", 20_000.0, 0.4)):
+        matcher.add("truth", {**truth(START_NS, keyed, east_m=east), "transmitter": 0, "channel": channel,
+                              "channel_hz": float(channel) * 1e6})
+    # A second transmitter on 145.525, keyed for less of the window: the one keyed longest is the truth.
+    matcher.add("truth", {**truth(START_NS, 0.1, east_m=-50_000.0), "transmitter": 1, "channel": "145.525"})
+    on = {"stage": "interim", "emission_id": 3}
+    matcher.add("loc.band", {**loc(START_NS, estimate("onnx", 20_100.0, 0.0, 1000.0)), **on, "channel": "145.525"})
+    matcher.add("loc.band", {**loc(START_NS, estimate("onnx", 300.0, 0.0, 1000.0)), **on, "channel": "145.5"})
+    final = {**loc(START_NS, estimate("onnx", 0.0, 0.0, 1000.0)), "stage": "final", "emission_id": 3, "channel": "145.5"}
+    matcher.add("loc.band", final)
+    assert matcher.matched == 2 and not matcher.waiting
+    assert [(round(s.error_m), s.window) for s in matcher.scored] == [(100, "key-edge"), (300, "full")]
+
+
 def test_nothing_to_score_is_an_error_naming_the_endpoint(capsys):
     rc = cli.main(["score-live", "tcp://127.0.0.1:9", "--duration", "0.3"])
     assert rc == 2
