@@ -20,9 +20,9 @@ Inputs
     and so do those whose ``collision`` is true (which of two transmitters a window found is not known).
 
   A band daemon's localizations carry their ``channel``. Truth lines that carry one are the truth of that
-  channel only. A CSV track, or truth lines without a channel (a band daemon's ``truth`` topic follows its
-  first simulated transmitter only), is one transmitter's: with localizations on several channels,
-  ``--channel`` must say which one it keyed on. ``--channel NAME`` (repeatable) keeps only the localizations
+  channel only (a simulated band daemon sends one per transmitter and window). A CSV track, or truth lines
+  without a channel, is one transmitter's: with localizations on several channels, ``--channel`` must say
+  which one it keyed on. ``--channel NAME`` (repeatable) keeps only the localizations
   on those channels.
 
   A window's truth is the track at its middle ``(t_start_ns + t_end_ns) / 2``, linearly interpolated
