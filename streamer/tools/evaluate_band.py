@@ -640,6 +640,11 @@ def _run_pool(paths: list[Path]) -> int:
         if not isinstance(result, dict) or not {"detection", "accuracy", "noise_only", "seed"} <= set(result):
             raise EvaluateBandError(f"--pool: {path}: not a heimdall evaluate-band --json file (expected its keys "
                                     "detection, accuracy, noise_only, seed)")
+        try:
+            pool([result])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EvaluateBandError(f"--pool: {path}: not a heimdall evaluate-band --json file (bad or missing "
+                                    f"{exc})") from None
         results.append(result)
     groups = [[r for r in results if not r["noise_only"]], [r for r in results if r["noise_only"]]]
     print("\n\n".join(format_pooled(pool(group)) for group in groups if group))
@@ -657,6 +662,11 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--json", args.json), ("--archive", args.archive)):
         if path is not None and not path.parent.is_dir():
             raise EvaluateBandError(f"{option}: {path}: no such folder {path.parent}")
+        try:  # before minutes of work, not after
+            if path is not None:
+                path.open("ab").close()
+        except OSError as exc:
+            raise EvaluateBandError(f"{option}: {path}: cannot write ({exc.strerror})") from None
     result = evaluate(load(args.config), start_ns=args.start_ns, seconds=args.minutes * 60.0, seed=args.seed,
                       noise_only=args.noise_only, archive=args.archive,
                       progress=lambda s: print(f"heimdall evaluate-band: {s / 60:.0f} min of stream done", file=sys.stderr))

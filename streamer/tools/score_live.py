@@ -126,6 +126,13 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def _channel(msg: dict) -> str | None:
+    channel = msg.get("channel")
+    if channel is not None and not isinstance(channel, str):
+        raise TypeError(f"channel: expected a name, got {channel!r}")
+    return channel
+
+
 @dataclass
 class Matcher:
     """Pairs each localization with the truth of its window, whichever arrives first (the daemon sends the truth
@@ -140,15 +147,23 @@ class Matcher:
     waiting: dict[tuple[int, str | None], dict]
     matched: int = 0  # localizations scored
     unmatched: int = 0  # localizations dropped waiting for a truth that never came
+    malformed: int = 0  # messages of these topics that lack a key or carry a value of the wrong type: skipped
 
     @classmethod
     def empty(cls) -> Matcher:
         return cls([], {}, {})
 
     def add(self, topic: str, msg: dict) -> None:
-        """Take one message (topic and decoded payload); messages of other topics and old truths are ignored."""
+        """Take one message (topic and decoded payload); messages of other topics and old truths are ignored, and a
+        malformed one (a peer's bytes) is counted in ``malformed``."""
+        try:
+            self._add(topic, msg)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            self.malformed += 1
+
+    def _add(self, topic: str, msg: dict) -> None:
         if topic == "truth" and msg.get("window_start_ns") is not None:
-            key = (int(msg["window_start_ns"]), msg.get("channel"))
+            key = (int(msg["window_start_ns"]), _channel(msg))
             loc = self.waiting.pop(key, None)
             if loc is not None:
                 self.scored.extend(score_window(loc, msg))
@@ -156,7 +171,7 @@ class Matcher:
             elif (msg.get("keyed_fraction") or 0.0) >= (self.truths.get(key, {}).get("keyed_fraction") or 0.0):
                 self.truths[key] = msg  # two transmitters on one channel: the one keyed longest, as evaluate-band
         elif topic.startswith("loc") and "t_start_ns" in msg and msg.get("stage") != "final":
-            key = (int(msg["t_start_ns"]), msg.get("channel"))
+            key = (int(msg["t_start_ns"]), _channel(msg))
             truth = self.truths.pop(key, None)
             if truth is not None:
                 self.scored.extend(score_window(msg, truth))
@@ -219,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
             f"{counts['truth']} truth messages): is the daemon running with simulated receivers and output.publish_truth?")
     summary = summarize(matcher.scored)
     print(f"{counts['loc']} localizations, {counts['truth']} truth messages, "
-          f"{matcher.matched} localizations matched to their window's truth")
+          f"{matcher.matched} localizations matched to their window's truth"
+          + (f", {matcher.malformed} malformed messages skipped" if matcher.malformed else ""))
     print(format_table(summary))
     if args.json is not None:
         args.json.write_text(json.dumps({"endpoint": args.endpoint, "duration_s": args.duration, "messages": counts,

@@ -288,6 +288,15 @@ def test_pooled_runs_weigh_each_share_by_its_count_and_keep_traffic_and_noise_ap
     assert "noise only: 1 runs, 10 min of stream, seeds 3; found 0 of 0; false emissions 1 in 2.00 channel-hours" in printed
     assert re.search(r"false emissions per channel-hour \(noise alone\) +0\.500 ", printed)
     assert "nan" not in printed  # the noise-only run has no accuracy rows to print
-    (tmp_path / "bad.json").write_text("[1]")
-    assert main(["evaluate-band", "--pool", str(tmp_path / "bad.json")]) == 2
-    assert re.search(r"--pool: .*bad.json: not a heimdall evaluate-band --json file", capsys.readouterr().err)
+    for bad in ("[1]", "{", json.dumps({**_result(1, n=1, cov95=1, found=1, eligible=1), "detection": {"found": 1}}),
+                json.dumps({**_result(1, n=1, cov95=1, found=1, eligible=1), "accuracy": {"pooled": []}})):
+        (tmp_path / "bad.json").write_text(bad)
+        assert main(["evaluate-band", "--pool", str(tmp_path / "bad.json")]) == 2
+        assert re.search(r"--pool: .*bad.json: not a heimdall evaluate-band --json file", capsys.readouterr().err)
+
+
+def test_outputs_it_cannot_write_are_refused_before_the_run(tmp_path, capsys):
+    assert main(["evaluate-band", "--minutes", "10", "--archive", str(tmp_path)]) == 2
+    assert f"--archive: {tmp_path}: cannot write (Is a directory)" in capsys.readouterr().err
+    assert main(["evaluate-band", "--minutes", "10", "--json", str(tmp_path / "no" / "r.json")]) == 2
+    assert f"--json: {tmp_path / 'no' / 'r.json'}: no such folder {tmp_path / 'no'}" in capsys.readouterr().err

@@ -105,6 +105,22 @@ def test_a_band_daemon_s_localizations_meet_the_truth_of_their_own_channel_and_f
     assert [(round(s.error_m), s.window) for s in matcher.scored] == [(100, "key-edge"), (300, "full")]
 
 
+@pytest.mark.parametrize("topic, msg", [
+    ("truth", {**truth(START_NS, 1.0), "channel": ["a"]}),
+    ("truth", {**truth(START_NS, 1.0), "window_start_ns": "soon"}),
+    ("loc", {**loc(START_NS, estimate("onnx", 0.0, 0.0, 1.0)), "t_start_ns": None}),
+    ("loc", {**loc(START_NS, estimate("onnx", 0.0, 0.0, 1.0)), "lat": "north"}),
+])
+def test_a_malformed_message_is_counted_and_skipped_and_the_rest_still_scores(topic, msg):
+    matcher = Matcher.empty()
+    matcher.add("truth", truth(START_NS, 1.0))
+    matcher.add(topic, msg)
+    matcher.add("loc", loc(START_NS, estimate("onnx", 0.0, 0.0, 1000.0)))
+    matcher.add("truth", truth(START_NS + 500_000_000, 1.0))
+    matcher.add("loc", loc(START_NS + 500_000_000, estimate("onnx", 0.0, 0.0, 1000.0)))
+    assert matcher.malformed == 1 and matcher.matched >= 1 and len(matcher.scored) == matcher.matched
+
+
 def test_nothing_to_score_is_an_error_naming_the_endpoint(capsys):
     rc = cli.main(["score-live", "tcp://127.0.0.1:9", "--duration", "0.3"])
     assert rc == 2
