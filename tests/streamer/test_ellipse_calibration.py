@@ -189,6 +189,8 @@ def test_a_csv_track_gives_the_truth_and_too_few_windows_are_reported_not_writte
      "run.jsonl:1: the primary estimate.cov_en_m2: expected [[ee, en], [ne, nn]] (m^2), got [1, 2]"),
     ('{"topic": "loc", "t_start_ns": "x"}\n', "run.jsonl:1: t_start_ns: expected a number, got 'x'"),
     ('{"topic": "status"}\n', "no localizations (topic 'loc') in"),
+    ('{"topic": "truth", "t_ns": 1, "lat": 45, "lon": 7, "channel": 5}\n',
+     "run.jsonl:1: channel: expected a channel name (string), got 5"),
 ])
 def test_malformed_files_are_refused_naming_file_and_line(site, tmp_path, content, message):
     cfg, _ = site
