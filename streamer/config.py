@@ -99,6 +99,11 @@ class PhysicsConfig:
         default=1.0,
         metadata=_doc("factor on every posterior covariance: this site's ellipse calibration (heimdall calibrate-ellipses)"),
     )
+    final_covariance_scale: float | None = field(
+        default=None,
+        metadata=_doc("factor on a band daemon's final (whole-emission) posterior covariances, fitted apart from the "
+                      "interim ones by heimdall calibrate-ellipses; unset = covariance_scale"),
+    )
     calibration_drift_db_per_sqrt_day: float = field(
         default=0.0,
         metadata=_doc("random-walk drift of each receiver's calibration (dB per square-root day): both estimators "
@@ -139,12 +144,27 @@ class EstimatorConfig:
         default=1.0,
         metadata=_doc("factor on every model covariance: this site's ellipse calibration (heimdall calibrate-ellipses)"),
     )
+    model_final_covariance_scale: float | None = field(
+        default=None,
+        metadata=_doc("factor on a band daemon's final (whole-emission) model covariances, fitted apart from the "
+                      "interim ones by heimdall calibrate-ellipses; unset = model_covariance_scale"),
+    )
     model_site: str = field(
         default="physics",
         metadata=_doc("what a model that takes the site's propagation is told: 'physics' (the exponent, sigmas and "
                       "power range of estimator.physics) or 'none' (it infers them from each window)"),
     )
     physics: PhysicsConfig = field(default_factory=PhysicsConfig, metadata=_doc("physics estimator parameters"))
+
+    def covariance_scales(self, stage: str = "interim") -> dict[str, float]:
+        """Each estimator's site factor (keyed by its name in messages, ``onnx`` and ``physics``) on localizations of
+        ``stage``: ``final`` (a band daemon's whole-emission estimates) or anything else (its interim ones, and every
+        single-channel localization)."""
+        model, physics = self.model_covariance_scale, self.physics.covariance_scale
+        if stage == "final":
+            model = model if self.model_final_covariance_scale is None else self.model_final_covariance_scale
+            physics = physics if self.physics.final_covariance_scale is None else self.physics.final_covariance_scale
+        return {"onnx": model, "physics": physics}
 
 
 @dataclass(frozen=True)
@@ -579,8 +599,10 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(ph.tx_power_max_dbm > ph.tx_power_min_dbm, "estimator.physics.tx_power_max_dbm", "> tx_power_min_dbm", ph.tx_power_max_dbm)
     need(ph.grid_step_km > 0, "estimator.physics.grid_step_km", "> 0", ph.grid_step_km)
     for key, scale in (("estimator.model_covariance_scale", cfg.estimator.model_covariance_scale),
-                       ("estimator.physics.covariance_scale", ph.covariance_scale)):
-        need(math.isfinite(scale) and scale > 0, key, "a finite factor > 0", scale)
+                       ("estimator.physics.covariance_scale", ph.covariance_scale),
+                       ("estimator.model_final_covariance_scale", cfg.estimator.model_final_covariance_scale),
+                       ("estimator.physics.final_covariance_scale", ph.final_covariance_scale)):
+        need(scale is None or (math.isfinite(scale) and scale > 0), key, "a finite factor > 0", scale)
     for key in ("calibration_drift_db_per_sqrt_day", "calibration_seasonal_db"):
         need(getattr(ph, key) >= 0, f"estimator.physics.{key}", "a finite drift >= 0 (0 = none)", getattr(ph, key))
     need(ph.point_estimate in PHYSICS_POINT_ESTIMATES, "estimator.physics.point_estimate",

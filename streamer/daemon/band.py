@@ -414,6 +414,7 @@ class BandPipeline(Pipeline):
         for estimator in self.estimators:
             answers.append(self._run(estimator, requests))
         published = []
+        final_scales = self.config.estimator.covariance_scales("final")
         for i, request in enumerate(requests):
             results = [answer[i] for answer in answers]
             failed = next((f"{est.name}_{why}" for est, why in zip(self.estimators, results) if isinstance(why, str)), None)
@@ -421,6 +422,9 @@ class BandPipeline(Pipeline):
             if failed is not None:
                 self.metrics.emission_localizations.labels(channel.name, request.stage, failed).inc()
                 continue
+            if request.stage == "final":  # a whole emission's error is not a window's: the site factor fitted on finals
+                results = [r.with_covariance_scale(final_scales[r.estimator]) if r.estimator in final_scales else r
+                           for r in results]
             published.append(self._publish_loc(request, results, started))
         return published
 

@@ -8,7 +8,7 @@ implementation (streamer.dsp.features), so their answers are comparable message 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -57,6 +57,13 @@ class Estimate:
     cov_en_m2: np.ndarray
     covariance_scale: float = 1.0
     ellipse_scales: np.ndarray | None = None
+
+    def with_covariance_scale(self, scale: float) -> Estimate:
+        """This estimate with the site factor ``scale`` in place of the one applied (the ellipses' radii, in standard
+        deviations, are unchanged)."""
+        if scale == self.covariance_scale:
+            return self
+        return replace(self, cov_en_m2=self.cov_en_m2 * (scale / self.covariance_scale), covariance_scale=scale)
 
 
 class Estimator(Protocol):

@@ -41,6 +41,9 @@ already carries (``covariance_scale``, docs/protocol.md); m^2 is taken under the
 (that factor divided out, so localizations from before and after a reload mix correctly), and k written as
 ``estimator.model_covariance_scale`` for ``onnx``, ``estimator.physics.covariance_scale`` for ``physics``.
 Messages without the key (older daemons) are taken to carry the factor of the config given.
+A band daemon's final localizations (``stage`` ``final``, one over a whole emission) err differently from its
+interim ones (one per window), so they are fitted apart, reported as ``onnx final`` and ``physics final``, and
+written as ``estimator.model_final_covariance_scale`` and ``estimator.physics.final_covariance_scale``.
 Coverage counts a truth inside the 68 % / 95 % ellipse as the message publishes it: within its ``ellipses``'
 ``scale`` standard deviations (the estimator's credible radius, docs/protocol.md), or a Gaussian's 1.515 / 2.448
 for a message without them.
@@ -79,7 +82,11 @@ MIN_WINDOWS = 30
 CHI2_68, CHI2_95 = (-2.0 * math.log(1.0 - p) for p in (0.68, 0.95))
 SCALE_DECIMALS = 4
 #: Config key of each estimator's factor (``streamer.estimators``: the ``estimator`` field of a message).
-SCALE_KEYS = {"onnx": ("estimator", "model_covariance_scale"), "physics": ("estimator", "physics", "covariance_scale")}
+SCALE_KEYS = {"onnx": ("estimator", "model_covariance_scale"), "physics": ("estimator", "physics", "covariance_scale"),
+              "onnx final": ("estimator", "model_final_covariance_scale"),
+              "physics final": ("estimator", "physics", "final_covariance_scale")}
+#: Appended to the estimator's name for a band daemon's final (whole-emission) localizations, fitted apart.
+FINAL = " final"
 
 
 class LocalizationFileError(HeimdallError):
@@ -265,7 +272,8 @@ def read_messages(paths: list[Path], origin, loc_topic: str = "loc"):
                 estimates += [_estimate(alt, path, line_no, f"alternatives[{i}]")
                               for i, alt in enumerate(msg.get("alternatives") or [])]
                 channel = _channel(msg, path, line_no)
-                raw_loc += [(name, middle, lat, lon, cov, applied, scales, channel)
+                suffix = FINAL if msg.get("stage") == "final" else ""
+                raw_loc += [(name + suffix, middle, lat, lon, cov, applied, scales, channel)
                             for name, lat, lon, cov, applied, scales in estimates]
             elif topic == "truth":
                 t = _time_ns(msg.get("t_ns"), path, line_no, "t_ns")
@@ -386,7 +394,9 @@ def fit_ellipses(locs: Localizations, tracks: dict[str | None, Track], current: 
 
 
 def current_scales(config) -> dict[str, float]:
-    return {"onnx": config.estimator.model_covariance_scale, "physics": config.estimator.physics.covariance_scale}
+    """The factors of ``config`` by fit name (``SCALE_KEYS``)."""
+    finals = {name + FINAL: k for name, k in config.estimator.covariance_scales("final").items()}
+    return {**config.estimator.covariance_scales(), **finals}
 
 
 def updated_toml(text: str, fits: dict[str, EllipseFit]) -> str:
@@ -406,11 +416,11 @@ def updated_toml(text: str, fits: dict[str, EllipseFit]) -> str:
 
 
 def format_report(fits: dict[str, EllipseFit], other_lines: int) -> str:
-    lines = [f"{'estimator':<10}{'windows':>8}{'skipped':>8}{'median_m':>10}{'cov68':>7}{'cov95':>7}{'cov68':>7}{'cov95':>7}"
+    lines = [f"{'estimator':<14}{'windows':>8}{'skipped':>8}{'median_m':>10}{'cov68':>7}{'cov95':>7}{'cov68':>7}{'cov95':>7}"
              "   site factor"]
     for f in fits.values():
         applied = f"{f.applied_min:g}" if f.applied_min == f.applied_max else f"{f.applied_min:g}..{f.applied_max:g}"
-        lines.append(f"{f.estimator:<10}{f.n:>8}{f.skipped:>8}{f.median_error_m:>10.0f}{f.cov68:>7.3f}{f.cov95:>7.3f}"
+        lines.append(f"{f.estimator:<14}{f.n:>8}{f.skipped:>8}{f.median_error_m:>10.0f}{f.cov68:>7.3f}{f.cov95:>7.3f}"
                      f"{f.cov68_after:>7.3f}{f.cov95_after:>7.3f}   {applied} -> {f.written_value:g}")
     lines.append("(coverage as published, then with the fitted factor; a calibrated 2-D Gaussian covers 0.68 and 0.95 "
                  "of its truths)")

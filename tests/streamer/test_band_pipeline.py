@@ -247,6 +247,24 @@ def test_the_final_estimate_covers_its_transmitter(band_run):
         assert mahalanobis_sq(delta, final["cov_en_m2"]) <= 13.8, (PLAN[c].name, delta, final["cov_en_m2"])
 
 
+def test_final_estimates_carry_their_own_site_factor_and_interim_ones_the_other(band_run):
+    _pipeline, _metrics, plain, _world = band_run
+    cfg = _band_config()
+    physics = dataclasses.replace(cfg.estimator.physics, covariance_scale=2.0, final_covariance_scale=0.5)
+    _pipeline, _metrics, scaled, _world = _run_band(dataclasses.replace(
+        cfg, estimator=dataclasses.replace(cfg.estimator, physics=physics)))
+    before = [m for topic, m in plain if topic == "loc"]
+    after = [m for topic, m in scaled if topic == "loc"]
+    assert [(m["emission_id"], m["stage"], m["lat"], m["lon"]) for m in after] == \
+        [(m["emission_id"], m["stage"], m["lat"], m["lon"]) for m in before]
+    assert {m["stage"] for m in after} == {"interim", "final"}
+    for a, b in zip(after, before):
+        factor = 0.5 if a["stage"] == "final" else 2.0
+        assert a["covariance_scale"] == factor and b["covariance_scale"] == 1.0
+        np.testing.assert_allclose(a["cov_en_m2"], np.multiply(factor, b["cov_en_m2"]), rtol=1e-9)
+        assert [e["scale"] for e in a["ellipses"]] == [e["scale"] for e in b["ellipses"]]
+
+
 def test_the_channel_outside_every_band_is_masked_and_counted_and_the_metrics_stay_bounded(band_run):
     pipeline, metrics, _sent, _world = band_run
     reg = metrics.registry

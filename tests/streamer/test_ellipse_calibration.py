@@ -252,6 +252,37 @@ def test_a_band_run_s_truth_lines_are_matched_on_their_own_channel_only_and_time
         main(["-c", str(cfg), str(band), "--channel", "146"])
 
 
+def test_a_band_run_s_final_localizations_are_fitted_apart_and_written_to_their_own_keys(site, tmp_path, capsys):
+    cfg, geodetic = site
+    interim, final = tmp_path / "interim.jsonl", tmp_path / "final.jsonl"
+    write_run(interim, geodetic, n=2000, onnx_factor=1.5, physics_factor=0.8, seed=3)
+    write_run(final, geodetic, n=2000, onnx_factor=0.5, physics_factor=2.0, seed=4, t0=1_791_000_000_000_000_000)
+    band = tmp_path / "band.jsonl"
+    finals = [{**line, "stage": "final"} if line["topic"] == "loc" else line for line in on_channel(final, "145.5")]
+    write_lines(band, on_channel(interim, "145.5") + finals)
+    out = tmp_path / "calibrated.toml"
+    assert main(["-c", str(cfg), str(band), "--out", str(out), "--json"]) == 0
+    fits = json.loads(capsys.readouterr().out)["estimators"]
+    assert {name: fits[name]["n"] for name in fits} == {"onnx": 2000, "onnx final": 2000, "physics": 2000, "physics final": 2000}
+    # The config's onnx factor (2.0) is taken as applied on both stages, its physics one (1.0) too.
+    for name, drawn in (("onnx", 2.0 * 1.5), ("onnx final", 2.0 * 0.5), ("physics", 0.8), ("physics final", 2.0)):
+        assert fits[name]["factor"] == pytest.approx(drawn, rel=0.08), name
+        assert fits[name]["cov95_after"] == pytest.approx(0.95, abs=0.02), name
+    written = load(out).estimator
+    assert (written.model_covariance_scale, written.model_final_covariance_scale) == (
+        round(fits["onnx"]["factor"], 4), round(fits["onnx final"]["factor"], 4))
+    assert written.covariance_scales("final") == {"onnx": round(fits["onnx final"]["factor"], 4),
+                                                  "physics": round(fits["physics final"]["factor"], 4)}
+    assert written.covariance_scales() == {"onnx": round(fits["onnx"]["factor"], 4),
+                                           "physics": round(fits["physics"]["factor"], 4)}
+
+
+def test_a_config_without_final_factors_uses_the_interim_ones_for_finals(tmp_path):
+    estimator = load(write_config(tmp_path, {"estimator": {"model_covariance_scale": 1.7, "physics": {
+        "covariance_scale": 0.6}}})).estimator
+    assert estimator.covariance_scales("final") == estimator.covariance_scales("interim") == {"onnx": 1.7, "physics": 0.6}
+
+
 def test_a_csv_track_on_a_band_run_needs_the_channel_it_keyed_on(site, tmp_path, capsys):
     cfg, geodetic = site
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
@@ -280,10 +311,11 @@ def test_a_csv_track_on_a_band_run_needs_the_channel_it_keyed_on(site, tmp_path,
 
 # --- the daemon applies the factors -------------------------------------------------------------------
 
-@pytest.mark.parametrize("key", ["model_covariance_scale", "physics.covariance_scale"])
+@pytest.mark.parametrize("key", ["model_covariance_scale", "physics.covariance_scale", "model_final_covariance_scale",
+                                 "physics.final_covariance_scale"])
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan")])
 def test_a_factor_that_is_not_finite_and_positive_is_a_config_error(tmp_path, key, value):
-    table = {"model_covariance_scale": value} if key == "model_covariance_scale" else {"physics": {"covariance_scale": value}}
+    table = {key: value} if "." not in key else {"physics": {key.split(".")[1]: value}}
     path = write_config(tmp_path, {"estimator": table}, name="bad.toml")
     expected = "a finite number, got nan" if value != value else "a finite factor > 0"  # NaN: refused as any non-finite number
     with pytest.raises(ConfigError, match=f"estimator.{key}: expected {expected}"):
