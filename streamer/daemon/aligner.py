@@ -7,7 +7,11 @@ ahead cannot hurry the others) is ``late_tolerance`` past its end: receivers tha
 masked, with a reason:
 
 - ``offline``: no block arrived for ``offline_after_s`` (host time, not counting time the daemon itself
-  was not running: see ``STALL_S``);
+  was not running: see ``STALL_S``). A receiver the replay pacer holds in step (``paced``: a source that is
+  not real-time, whose pace the daemon sets) is never offline while it is held: its silence is the daemon's
+  doing (the pacer waits for a slower receiver or for the pipeline), and its samples are still to come, so
+  a window waits for them however loaded the host is. It is judged as any other once its source ended or
+  failed;
 - ``gap``: its data starts inside the window (it came back, or its stream restarted after a gap);
 - ``late``: its data has not reached the window's end yet.
 
@@ -17,6 +21,7 @@ streamer.daemon.lane stays exact.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,8 +58,11 @@ class WindowAligner:
         sample_rate_hz: float,
         late_tolerance_s: float,
         offline_after_s: float,
+        paced: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.lanes = lanes
+        self._paced = paced  # the receivers the replay pacer holds in step now (ids)
+        self._paced_now: frozenset[str] = frozenset()
         self.window_ns = int(round(window_s * 1e9))
         self.n_samples = int(round(window_s * sample_rate_hz))
         self.late_tolerance_ns = int(round(late_tolerance_s * 1e9))
@@ -78,14 +86,19 @@ class WindowAligner:
         return host_ns - last - (self.stalled_ns - self._stalled_at_arrival[receiver_id])
 
     def is_live(self, receiver_id: str, host_ns: int) -> bool:
+        """Whether windows wait for the receiver: heard within ``offline_after_s``, or held in step by the pacer
+        (as of the latest ``poll``) since its first block."""
         silence = self.silence_ns(receiver_id, host_ns)
-        return silence is not None and silence <= self.offline_after_ns
+        if silence is None:
+            return False
+        return receiver_id in self._paced_now or silence <= self.offline_after_ns
 
     def poll(self, host_ns: int) -> list[Window]:
         """Every window that is complete (or overdue) now."""
         if self._last_poll_ns is not None and host_ns - self._last_poll_ns > STALL_S * 1e9:
             self.stalled_ns += host_ns - self._last_poll_ns
         self._last_poll_ns = host_ns
+        self._paced_now = frozenset(self._paced())
         windows = []
         while True:
             spans = {lane.receiver_id: lane.span_ns() for lane in self.lanes}

@@ -239,6 +239,7 @@ def build(config: Config, daemon: Daemon, *, running: Config | None = None) -> P
             estimators=estimators,
             truth_source=_truth_source(config) if config.output.publish_truth else None,
             queued_samples=daemon._queued_samples,
+            paced=daemon.pacer.paced,
         )
         running_rx = {} if running is None else {rx.id: rx for rx in running.receivers}
         runners = {rx.id: daemon._runner(rx, config, context) for rx in config.receivers if running_rx.get(rx.id) != rx}

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, Collection, Iterable, Sequence, TypeVar
 
 import numpy as np
 
@@ -120,6 +120,7 @@ class Pipeline:
         estimators: Sequence[Estimator],
         truth_source=None,
         queued_samples: Callable[[str], int] = lambda receiver_id: 0,
+        paced: Callable[[], Collection[str]] = frozenset,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         if not estimators:
@@ -132,6 +133,7 @@ class Pipeline:
         self.estimators = list(estimators)
         self._truth_source = truth_source
         self._queued_samples = queued_samples
+        self._paced = paced
         self._clock_ns = clock_ns
         self.origin, self.rx_enu_m, _ = network_geometry(config)
         self.receiver_ids = tuple(rx.id for rx in config.receivers)
@@ -168,7 +170,8 @@ class Pipeline:
     def _aligner_options(self) -> dict:
         config = self.config
         return {"window_s": config.features.window_s, "sample_rate_hz": config.features.sample_rate_hz,
-                "late_tolerance_s": config.pipeline.late_tolerance_s, "offline_after_s": config.pipeline.offline_after_s}
+                "late_tolerance_s": config.pipeline.late_tolerance_s, "offline_after_s": config.pipeline.offline_after_s,
+                "paced": self._paced}
 
     def _make_aligner(self) -> WindowAligner:
         return WindowAligner(list(self.lanes.values()), **self._aligner_options())

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import socket
@@ -316,6 +317,20 @@ def comparable(sent: list[tuple[str, dict]], cutoff_ns: int) -> list[tuple[str, 
             if topic.startswith(("emission", "loc")) and data_time_ns(topic, msg) < cutoff_ns]
 
 
+def mismatch(expected: list[tuple[str, dict]], replayed: list[tuple[str, dict]], metrics: dict) -> str:
+    """What differs between the live run's messages and the replay's (a line per message: topic, event or stage,
+    emission, channel, data time), and the daemon's counters of masked receivers and dropped samples."""
+    def line(topic: str, msg: dict) -> str:
+        return (f"{topic} {msg.get('event') or msg.get('stage')} emission {msg.get('emission_id')} {msg.get('channel')} "
+                f"t {(data_time_ns(topic, msg) - BAND_START_NS) / 1e9:.3f} s")
+
+    diff = difflib.unified_diff([line(*m) for m in expected], [line(*m) for m in replayed], "live", "replay",
+                                lineterm="", n=1)
+    counters = [f"{name}{dict(labels)} {value:g}" for (name, labels), value in sorted(metrics.items())
+                if value and name in ("heimdall_window_masked_receivers_total", "heimdall_samples_dropped_total")]
+    return "\n".join(["messages:", *diff, "daemon counters:", *counters])
+
+
 @pytest.mark.slow
 def test_a_recorded_band_replays_through_the_daemon_to_the_same_emissions_and_localizations(tmp_path):
     live = merge(default_config(), {
@@ -371,7 +386,7 @@ def test_a_recorded_band_replays_through_the_daemon_to_the_same_emissions_and_lo
     ends = [msg for topic, msg in expected if topic.startswith("emission") and msg["event"] == "end"]
     print(f"{len(expected)} messages compared, {len(ends)} emissions ended on {sorted({e['channel'] for e in ends})}")
     assert len(ends) >= 3 and len({e["channel"] for e in ends}) >= 2, "too little band traffic to compare"
-    assert [t for t, _ in replayed] == [t for t, _ in expected]
+    assert [t for t, _ in replayed] == [t for t, _ in expected], mismatch(expected, replayed, m)
     for (topic, a), (_, b) in zip(expected, replayed):
         assert a == b, f"{topic}: live {a}\nreplay {b}"
     for rx in live["receivers"]:

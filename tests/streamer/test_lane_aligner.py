@@ -150,6 +150,41 @@ def test_a_stall_of_the_daemon_itself_does_not_make_every_receiver_look_offline(
         assert_accounting(lane)
 
 
+def test_a_receiver_the_replay_pacer_holds_is_waited_for_however_long_it_is_silent_and_masked_once_it_left():
+    """A replay the daemon paces (``realtime = false``) is silent while the pacer holds it back, for a slower
+    receiver or a slow pipeline, on a loaded host for longer than offline_after; its samples are still to come.
+    Windows wait for it, so a replay gives the same windows however loaded the host; once its source ended (it
+    left the pacer) it is judged by its silence like any other."""
+    rec = Recorder()
+    lanes = {r: rec.lane(r) for r in ("a", "b", "c")}
+    paced = {"a", "b", "c"}
+    aligner = WindowAligner(list(lanes.values()), window_s=WINDOW_S, sample_rate_hz=MODEL_RATE, late_tolerance_s=0.25,
+                            offline_after_s=0.5, paced=lambda: frozenset(paced))
+    block_n = 12_000  # 50 ms at the input rate
+    windows = []
+    for k in range(60):  # the host polls every 50 ms; the pacer holds every receiver back for 1 s from poll 10 on
+        host = T0_NS + k * 50_000_000
+        if not 10 <= k < 30:
+            j = k if k < 10 else k - 20  # their blocks, without a gap
+            for rid, lane in lanes.items():
+                feed(lane, aligner, [tone_block(rid, j * block_n, block_n)], host)
+        if k == 29:
+            assert aligner.is_live("c", host) and aligner.silence_ns("c", host) > aligner.offline_after_ns
+        windows += aligner.poll(host)
+    assert len(windows) >= 3 and all(w.present.all() and not w.mask_reasons for w in windows)
+    n_before = len(windows)
+
+    paced.discard("c")  # c's source ended: the others' windows go on without it, masked offline after 0.5 s
+    for k in range(60, 100):
+        host = T0_NS + k * 50_000_000
+        for rid in ("a", "b"):
+            feed(lanes[rid], aligner, [tone_block(rid, (k - 20) * block_n, block_n)], host)
+        windows += aligner.poll(host)
+    assert "offline" in [w.mask_reasons.get("c") for w in windows[n_before:]]
+    for lane in lanes.values():
+        assert_accounting(lane)
+
+
 def test_late_samples_after_their_window_went_out_are_dropped_as_late():
     rec = Recorder()
     lanes = {r: rec.lane(r) for r in ("fast", "slow")}
