@@ -154,7 +154,9 @@ def test_a_few_seconds_of_band_traffic_find_the_loud_transmission_and_print_ever
     clean = [t for t in truths if not t["collision"]]
     assert main(["calibrate-ellipses", "-c", str(eb.DEFAULT_CONFIG), str(archive), "--max-gap-s", "0.001", "--json"]) in (0, 1)
     fits = json.loads(capsys.readouterr().out)["estimators"]
-    assert fits["onnx"]["n"] == fits["physics"]["n"] == len(clean)
+    # Interim and final localizations are fitted apart (a final spans its emission: its own factor).
+    n = {name: fits.get(name, {}).get("n", 0) for name in ("onnx", "onnx final", "physics", "physics final")}
+    assert n["onnx"] + n["onnx final"] == n["physics"] + n["physics final"] == len(clean)
 
 
 def test_final_against_interim_compares_with_the_smallest_error_and_with_the_most_confident_interim():
