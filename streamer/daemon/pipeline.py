@@ -158,6 +158,8 @@ class Pipeline:
         #: Each receiver's gauge and counter children, looked up once (``labels()`` per block and per window
         #: was a hash of the label values each time, hundreds of times per window with many receivers).
         self._series = {rid: _ReceiverSeries.of(metrics, rid) for rid in self.receiver_ids}
+        #: Each receiver's latest block since the last poll: (rate Hz, clock offset s or None, ring fill 0..1).
+        self._latest_block: dict[str, tuple[float, float | None, float]] = {}
         primary = self.estimators[0]
         metrics.model_info.info(
             {"estimator": primary.name, "provider": getattr(primary, "provider", ""), **{k: str(v) for k, v in primary.info.items()}}
@@ -231,13 +233,12 @@ class Pipeline:
 
     def _after_push(self, block: IQBlock, lane: Lane, arrival_ns: int) -> None:
         self.aligner.mark_arrival(block.receiver_id, arrival_ns)
-        series = self._series[block.receiver_id]
-        series.receiver_up.set(1)
-        series.sample_rate.set(block.sample_rate)
+        # Kept for the next poll, which sets the gauges from each receiver's latest block: they are read at each
+        # scrape, seconds apart, and a set per block (hundreds a second per receiver) is work nobody reads.
+        offset_s = None
         if plausible_rate(block.sample_rate):  # else refused (bad_rate): no duration
-            end_ns = block.t0_ns + block.duration_ns
-            series.clock_offset.set((end_ns - arrival_ns) / 1e9)
-        series.buffer_fill.set(lane.ring.fill_ratio)
+            offset_s = (block.t0_ns + block.duration_ns - arrival_ns) / 1e9
+        self._latest_block[block.receiver_id] = (block.sample_rate, offset_s, lane.ring.fill_ratio)
 
     def finish(self) -> list[dict]:
         """Say what is still open, once, when the pipeline stops taking data (shutdown, reload) and the outputs are
@@ -269,6 +270,14 @@ class Pipeline:
             self.metrics.samples_buffered.labels(rid).set(self._queued_samples(rid))
 
     def _update_receiver_gauges(self, now: int) -> None:
+        for rid, (rate_hz, offset_s, fill) in self._latest_block.items():
+            series = self._series[rid]
+            series.receiver_up.set(1)
+            series.sample_rate.set(rate_hz)
+            if offset_s is not None:
+                series.clock_offset.set(offset_s)
+            series.buffer_fill.set(fill)
+        self._latest_block.clear()
         for rid, lane in self.lanes.items():
             series = self._series[rid]
             new_used = lane.used - self._used_reported[rid]
