@@ -84,11 +84,14 @@ BadFrameFn = Callable[[str], None]  # (reason)
 class Lane:
     """Channelizer + ring buffer of one receiver, and the counts that prove no sample went missing."""
 
-    def __init__(self, receiver_id: str, settings: LaneSettings, on_drop: DropFn, on_bad_frame: BadFrameFn) -> None:
+    def __init__(self, receiver_id: str, settings: LaneSettings, on_drop: DropFn, on_bad_frame: BadFrameFn,
+                 before_restart: Callable[[], None] | None = None) -> None:
         self.receiver_id = receiver_id
         self.settings = settings
         self._on_drop = on_drop
         self._on_bad_frame = on_bad_frame
+        #: Called before a restart forgets the held samples (an edge hands on what its ring holds first).
+        self._before_restart = before_restart
         self.ring = RingBuffer(int(math.ceil(settings.capacity_s * settings.model_rate_hz)), settings.model_rate_hz)
         self.channelizer: Channelizer | None = None
         self.received = 0
@@ -124,6 +127,8 @@ class Lane:
 
     def _restart(self, reason: str) -> None:
         """Forget all held samples (counted under ``reason``) and start a new segment."""
+        if self._before_restart is not None:
+            self._before_restart()
         if self.channelizer is not None:
             self._drop(reason, self.buffered)
             self.channelizer.reset()
@@ -258,6 +263,22 @@ class Lane:
             return False
         i0 = self.ring.index_at(t_start_ns)
         return self.ring.start_index <= i0 and i0 + n <= self.ring.end_index
+
+    def take_held(self) -> tuple[int, int, np.ndarray] | None:
+        """Every sample the ring holds, as ``(segment index of the first, its time in Unix ns, samples)``, counted
+        as used and forgotten; None when it holds none.
+
+        For an edge that hands its channelized stream on as it comes (``daemon.edge_channelizer``) instead of in
+        windows. Segment indices restart at 0 after each restart of the lane (gap, retune, refused block).
+        """
+        if self.ring.t_anchor_ns is None or not len(self.ring):
+            return None
+        first, end = self.ring.start_index, self.ring.end_index
+        samples = self.ring.read(first, end - first)
+        t0_ns = self.ring.time_of(first)
+        self.used += self._inputs_before(end) - self._inputs_before(first)
+        self.ring.discard_before(end)
+        return first, t0_ns, samples
 
     def take(self, t_start_ns: int, n: int, mask_reason: str | None) -> np.ndarray | None:
         """Samples of ``[t_start, t_start + n/fs)`` if held and ``mask_reason`` is None; forgets everything before the window end.

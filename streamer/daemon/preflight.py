@@ -68,10 +68,12 @@ def preflight(config: Config) -> list[str]:
     return notes
 
 
-def preflight_edge(config: Config, receiver_id: str) -> list[str]:
+def preflight_edge(config: Config, receiver_id: str, *, channelize: bool = False) -> list[str]:
     """What ``heimdall receiver ID`` needs: the receiver exists, its endpoint parses, its packages are installed,
     and under ``curve_ingest`` this edge's key pair and the daemon's public key load. The network keys
-    (``min_receivers``, the target, the grid) are the central daemon's business, not the edge's."""
+    (``min_receivers``, the target, the grid) are the central daemon's business, not the edge's, except with
+    ``channelize`` (``--channelize``): then the config must be a single-channel one (no ``[[channels]]`` or
+    ``[band]``) and the receiver's configured band must reach ``network.target_freq_hz``, as the daemon requires."""
     from streamer.core.security import edge_curve
 
     rx = config.receiver(receiver_id)
@@ -79,8 +81,14 @@ def preflight_edge(config: Config, receiver_id: str) -> list[str]:
     edge_only = dataclasses.replace(config, receivers=(rx,))
     _check_endpoints(dataclasses.replace(edge_only, metrics=dataclasses.replace(config.metrics, enabled=False)))
     edge_curve(config)
-    _check_dependencies(config, i, rx)
-    return []
+    if not channelize:
+        _check_dependencies(config, i, rx)
+        return []
+    if config.has_channel_plan():
+        raise ConfigError(f"{config.source}: --channelize publishes one channel, network.target_freq_hz; this config has a "
+                          "channel plan ([[channels]] or [band]): expected a single-channel config, or run the edge "
+                          "without --channelize")
+    return _check_receiver(config, i, rx)
 
 
 def _label(i: int, rx) -> str:

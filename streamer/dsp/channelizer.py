@@ -312,6 +312,7 @@ class PolyphaseResampler:
         self.up, self.down = int(up), int(down)
         self.half_len, self._span, self._bank = polyphase_branches(self.up, self.down, taps)
         self._blocks = self._span // self.down  # D: the branch padded to a multiple of `down`
+        self._identity = self.up == self.down == 1 and self._bank.shape == (1, 1, 1) and self._bank[0, 0, 0] == 1.0
         self.reset()
 
     def reset(self) -> None:
@@ -332,6 +333,10 @@ class PolyphaseResampler:
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Append complex input; return the complex64 outputs that became ready (possibly none)."""
         n = len(samples)
+        if self._identity:  # 1:1 with the one-tap filter [1.0] (an edge's channelized stream): the product's result
+            self.samples_in += n
+            self.samples_out += n
+            return np.array(samples, dtype=np.complex64)
         if n:
             grown = np.empty((2, self._hist.shape[1] + n), dtype=np.float32)
             grown[:, : self._hist.shape[1]] = self._hist

@@ -55,12 +55,13 @@ class Edge:
     endpoint: str  # where it binds
     config: Path
     prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", NS)
+    args: tuple[str, ...] = ()  # after the command's own, e.g. ("--channelize",)
     proc: subprocess.Popen | None = None
     log: list[str] = field(default_factory=list)
 
     def start(self, timeout_s: float = 30.0) -> None:
         cmd = [*self.prefix, sys.executable, "-m", "streamer", "receiver", self.receiver_id, "-c", str(self.config),
-               "--publish", self.endpoint]  # fmt: skip
+               "--publish", self.endpoint, *self.args]  # fmt: skip
         self.log = []
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
