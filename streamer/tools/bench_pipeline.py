@@ -11,12 +11,18 @@ block of the same 10 ms handed over together (``Pipeline.push_many``), as the da
 Rates are input samples per second; "CPU" is the process's CPU time (every thread of it), "wall" the
 elapsed time; "per real-time second" divides by the seconds of signal processed. ``--workers`` sets
 ``pipeline.workers``; ``--scaling`` runs the same input with 1, 2, 4, ... workers (up to the CPU count).
+
+``--edge-processes N`` runs the same input a second way: the block checks and the channelizer of every receiver
+in N forked processes (receivers dealt round-robin), each an ``EdgeChannelizer`` as ``heimdall receiver ID
+--channelize`` runs it, handing each 10 ms step's channelized blocks to this process over a pipe; this process
+runs the pipeline on them (its lanes' channelizers are then the identity). CPU is then every process's.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import os
 import time
 from typing import Callable
@@ -26,6 +32,7 @@ import numpy as np
 from receivers.base import IQBlock
 from streamer import config as config_mod
 from streamer.core.errors import ModelMismatchError
+from streamer.daemon.edge_channelizer import EdgeChannelizer, edge_lane_settings
 from streamer.daemon.metrics import Metrics
 from streamer.daemon.pipeline import Pipeline, limit_blas_threads, resolve_workers
 from streamer.estimators.build import build_estimators
@@ -37,6 +44,9 @@ BLOCK_S = 0.01
 #: Per-window latency target (s).
 TARGET_P99_S = 0.020
 T0_NS = 1_700_000_000_000_000_000
+#: Niceness of the edge processes: below the daemon's, so that a window's work is not queued behind channelizing
+#: (docs/operations.md recommends the same for edges on the daemon's host).
+EDGE_NICE = 5
 
 
 def _input_signal(n: int, rate_hz: float, offset_hz: float, seed: int) -> np.ndarray:
@@ -116,6 +126,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pipeline.workers (0 = one per CPU core; default: the config's)")
     parser.add_argument("--scaling", action="store_true",
                         help="run with 1, 2, 4, ... workers (up to the CPU count) and print the speed-up")
+    parser.add_argument("--edge-processes", type=_at_least_one, action="append", default=[], metavar="N",
+                        help="also run with the checks and channelizers in N processes, as channelizing edges"
+                             " (repeatable); prints the speed-up against the first in-process run")
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes >= 1, got {text!r}")
+    return value
 
 
 def _config(args):
@@ -168,7 +191,91 @@ def _run(cfg, pool: InputPool, rate: float, n_windows: int, workers: int) -> dic
         pipeline.close()
     return dict(workers=pipeline.pool.workers, cpu=cpu, wall=wall, seconds=index / rate, samples=len(ids) * index,
                 ingest_cpu=float(np.sum(ingest_cpu)), ingest_seconds=len(ingest_cpu) * spec.window_s,
-                window_cpu=window_cpu, window_wall=window_wall)
+                window_cpu=window_cpu, window_wall=window_wall, windows_published=pipeline.windows)
+
+
+def _edge_process(conn, go, cfg, pool: InputPool, rx_indices: list[int], rate: float, n_blocks: int) -> None:
+    """A forked process: once ``go`` is set, channelize receivers ``rx_indices``' blocks, send each step's outputs,
+    then its CPU time and the input samples it dropped."""
+    limit_blas_threads()
+    os.nice(EDGE_NICE)
+    ids = [cfg.receivers[i].id for i in rx_indices]
+    center = cfg.network.target_freq_hz - _offset_hz(rate)
+    edges = [EdgeChannelizer(rid, edge_lane_settings(cfg)) for rid in ids]
+    go.wait()
+    cpu0 = time.process_time()
+    for k in range(n_blocks):
+        index = k * pool.block_n
+        t0 = T0_NS + int(round(index * 1e9 / rate))
+        conn.send([out for i, rid, edge in zip(rx_indices, ids, edges)
+                   for out in edge.push(IQBlock(rid, pool.block(i, k), index, t0, "host", rate, center))])
+    dropped = sum(sum(edge.accounting()["dropped"].values()) for edge in edges)
+    conn.send((time.process_time() - cpu0, dropped))
+    conn.close()
+
+
+def _run_edges(cfg, pool: InputPool, rate: float, n_windows: int, processes: int) -> dict:
+    """As ``_run`` with one worker, with every receiver's checks and channelizer in ``processes`` forked processes."""
+    cfg = dataclasses.replace(cfg, pipeline=dataclasses.replace(cfg.pipeline, workers=1))
+    spec = cfg.features
+    window_n = int(round(spec.window_s * rate))
+    n_blocks = -(-(n_windows + 2) * window_n // pool.block_n)
+    fork = multiprocessing.get_context("fork")  # the children share the input pool's pages, uncopied
+    n_rx = len(cfg.receivers)
+    links, children = [], []
+    go = fork.Event()  # the clock starts once every process is ready, as _run's starts after the pipeline is built
+    for p in range(processes):
+        parent_end, child_end = fork.Pipe(duplex=False)
+        child = fork.Process(target=_edge_process, args=(child_end, go, cfg, pool, list(range(p, n_rx, processes)),
+                                                          rate, n_blocks), daemon=True)
+        child.start()
+        child_end.close()
+        links.append(parent_end)
+        children.append(child)
+    clock = {"ns": T0_NS}
+    pipeline = Pipeline(cfg, metrics=Metrics(), send=lambda topic, msg: True, estimators=build_estimators(cfg),
+                        clock_ns=lambda: clock["ns"])
+    ingest_cpu, window_cpu, window_wall = [], [], []
+    index = k = 0
+    try:
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        go.set()
+        for w in range(n_windows + 2):
+            c0 = time.process_time()
+            while index < (w + 1) * window_n:
+                t0 = T0_NS + int(round(index * 1e9 / rate))
+                blocks = [block for link in links for block in link.recv()]
+                pipeline.push_many(blocks, arrival_ns=t0)
+                index += pool.block_n
+                k += 1
+                clock["ns"] = t0
+            c1, t1 = time.process_time(), time.perf_counter()
+            published = pipeline.poll()
+            c2, t2 = time.process_time(), time.perf_counter()
+            if w >= 2:
+                ingest_cpu.append(c1 - c0)
+                if published:
+                    window_cpu.append(c2 - c1)
+                    window_wall.append(t2 - t1)
+        for _ in range(n_blocks - k):  # steps the children sent past the last window
+            for link in links:
+                link.recv()
+        edge_cpu, edge_dropped = 0.0, 0
+        for link in links:
+            cpu, dropped = link.recv()
+            edge_cpu += cpu
+            edge_dropped += dropped
+        cpu, wall = time.process_time() - cpu0 + edge_cpu, time.perf_counter() - wall0
+    finally:
+        pipeline.close()
+        for child in children:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+    return dict(workers=f"1 + {processes} edge process{'es' if processes > 1 else ''}", cpu=cpu, wall=wall,
+                seconds=index / rate, samples=n_rx * index, ingest_cpu=float(np.sum(ingest_cpu)),
+                ingest_seconds=len(ingest_cpu) * spec.window_s, window_cpu=window_cpu, window_wall=window_wall,
+                edge_cpu=edge_cpu, edge_dropped=edge_dropped, windows_published=pipeline.windows)
 
 
 def _offset_hz(rate: float) -> float:
@@ -180,6 +287,9 @@ def _print_run(r: dict, n_rx: int, rate: float) -> None:
     p99_wall = pct(r["window_wall"], 99)
     wall_per_s = r["wall"] / r["seconds"]
     print(f"  workers {r['workers']}:")
+    if "edge_cpu" in r:
+        print(f"  edge processes           {r['edge_cpu'] / r['seconds']:8.3f} cores of the total below (checks,"
+              f" channelizer), {r['edge_dropped']} input samples dropped there")
     print(f"  input processed          {r['samples'] / r['cpu'] / 1e6:8.2f} MS/s per CPU second "
           f"({r['samples'] / r['wall'] / 1e6:.2f} MS/s wall)")
     print(f"  CPU per real-time second {r['cpu'] / r['seconds']:8.3f} cores, all threads "
@@ -220,6 +330,10 @@ def bench_pipeline(args) -> int:
     for workers in workers_list:
         runs.append(_run(cfg, pool, rate, args.windows, workers))
         _print_run(runs[-1], n_rx, rate)
+    edge_runs = []
+    for processes in args.edge_processes:
+        edge_runs.append(_run_edges(cfg, pool, rate, args.windows, processes))
+        _print_run(edge_runs[-1], n_rx, rate)
     rates = _fft_rates(pool, spec.n_fft)
     best_name = max(rates, key=rates.get)
     others = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in rates.items() if k != best_name)
@@ -233,6 +347,10 @@ def bench_pipeline(args) -> int:
             print(f"  speed-up, workers {r['workers']} vs 1  {runs[0]['wall'] / r['wall']:6.2f} x wall "
                   f"(per-window p99 wall {1e3 * np.percentile(runs[0]['window_wall'], 99):.1f} -> "
                   f"{1e3 * np.percentile(r['window_wall'], 99):.1f} ms; CPU {runs[0]['cpu'] / r['cpu']:.2f} x)")
+    for r in edge_runs:
+        print(f"  speed-up, {r['workers']} vs workers {runs[0]['workers']}  {runs[0]['wall'] / r['wall']:6.2f} x wall "
+              f"(per-window p99 wall {1e3 * np.percentile(runs[0]['window_wall'], 99):.1f} -> "
+              f"{1e3 * np.percentile(r['window_wall'], 99):.1f} ms; CPU {runs[0]['cpu'] / r['cpu']:.2f} x)")
     print(f"  load average             {' '.join(f'{x:.2f}' for x in os.getloadavg())} at end")
     return 0
 

@@ -30,3 +30,34 @@ def test_the_scaling_run_prints_each_worker_count_the_baseline_and_the_speed_up(
     assert "best single-thread FFT" in out and "pipeline / best FFT" in out
     assert ("speed-up, workers 2 vs 1" in out) == ("workers 2:" in out)
     assert "per real-time second" in out and "p99 wall against target" in out
+
+
+def test_the_edge_process_run_channelizes_in_other_processes_and_localizes_the_same_windows(capsys):
+    parser = argparse.ArgumentParser()
+    bench_pipeline.add_arguments(parser)
+    args = parser.parse_args(["--receivers", "3", "--rate", "240000", "--windows", "3", "--workers", "1",
+                              "--edge-processes", "2"])
+    assert bench_pipeline.run(args) == 0
+    out = capsys.readouterr().out
+    assert "workers 1 + 2 edge processes:" in out
+    assert "0 input samples dropped there" in out
+    assert "speed-up, 1 + 2 edge processes vs workers 1" in out
+    cfg, _ = bench_pipeline._config(args)
+    pool = bench_pipeline.InputPool.make(3, 120_000, 2400, 240_000.0, bench_pipeline._offset_hz(240_000.0))
+    in_process = bench_pipeline._run(cfg, pool, 240_000.0, 3, 1)
+    edges = bench_pipeline._run_edges(cfg, pool, 240_000.0, 3, 2)
+    # The same windows published, and the edges' own CPU counted in the total.
+    assert edges["windows_published"] == in_process["windows_published"] > 0
+    assert edges["cpu"] > edges["edge_cpu"] > 0
+
+
+def test_a_process_count_below_one_is_refused_by_name():
+    parser = argparse.ArgumentParser()
+    bench_pipeline.add_arguments(parser)
+    for bad in ("0", "-1", "two"):
+        try:
+            parser.parse_args(["--edge-processes", bad])
+        except SystemExit as exc:
+            assert exc.code == 2
+        else:
+            raise AssertionError(f"--edge-processes {bad} was accepted")
