@@ -15,7 +15,8 @@ elapsed time; "per real-time second" divides by the seconds of signal processed.
 ``--edge-processes N`` runs the same input a second way: the block checks and the channelizer of every receiver
 in N forked processes (receivers dealt round-robin), each an ``EdgeChannelizer`` as ``heimdall receiver ID
 --channelize`` runs it, handing each 10 ms step's channelized blocks to this process over a pipe; this process
-runs the pipeline on them (its lanes' channelizers are then the identity). CPU is then every process's.
+runs the pipeline on them (its lanes' channelizers are then the identity). The edges run at ``EDGE_NICE``. CPU is
+then every process's.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ BLOCK_S = 0.01
 #: Per-window latency target (s).
 TARGET_P99_S = 0.020
 T0_NS = 1_700_000_000_000_000_000
-#: Niceness of the edge processes: below the daemon's, so that a window's work is not queued behind channelizing
-#: (docs/operations.md recommends the same for edges on the daemon's host).
-EDGE_NICE = 5
+#: Niceness of the edge processes: the lowest priority, so that a window's work is not queued behind channelizing
+#: (the edges have buffers, the window a deadline); docs/operations.md recommends it for edges on the daemon's host.
+EDGE_NICE = 19
 
 
 def _input_signal(n: int, rate_hz: float, offset_hz: float, seed: int) -> np.ndarray:
