@@ -72,3 +72,35 @@ def test_verify_catches_a_bad_directive(tmp_path):
     unit.write_text("[Service]\nExecStart=/bin/true\nProtectSystm=strict\n")
     result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert "ProtectSystm" in result.stdout + result.stderr
+
+
+EDGE_UNIT = ROOT / "config" / "systemd" / "heimdall-receiver@.service"
+
+
+def test_the_edge_template_runs_heimdall_receiver_with_its_instance_at_the_lowest_priority():
+    from streamer.cli import build_parser
+
+    parser = configparser.ConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
+    parser.optionxform = str
+    parser.read_string(EDGE_UNIT.read_text())
+    service = parser["Service"]
+    assert service["Nice"] == "19" and service["DynamicUser"] == "yes" and service["Restart"] == "on-failure"
+    # The command line as systemd expands it for instance torino with EDGE_ARGS=--channelize, parsed by the CLI.
+    line = (service["ExecStart"].replace("%i", "torino").replace("${PUBLISH}", "tcp://*:5561")
+            .replace("$EDGE_ARGS", "--channelize"))
+    program, *argv = line.split()
+    assert program == "/opt/heimdall/.venv/bin/heimdall"
+    args = build_parser("receiver").parse_args(argv)
+    assert (args.id, args.config, args.publish, args.channelize) == ("torino", "/etc/heimdall/edge.toml", "tcp://*:5561", True)
+
+
+def test_systemd_analyze_verifies_an_instance_of_the_edge_template(tmp_path):
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze not found: apt-get install systemd to verify the unit file")
+    text = re.sub(r"^ExecStart=\S+", "ExecStart=/bin/true", EDGE_UNIT.read_text(), flags=re.MULTILINE)
+    unit = tmp_path / "heimdall-receiver@torino.service"
+    unit.write_text(text)
+    result = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0 and output == "", output
