@@ -59,6 +59,7 @@ from streamer.estimators.contract import (
     site_propagation,
 )
 from streamer.estimators.onnx import CPU, OnnxSession, fill_with_active_frames
+from streamer.tools.bench import whole_number_at_least_one
 
 CUDA = "CUDAExecutionProvider"
 
@@ -325,17 +326,6 @@ def bench_physics(batches=(1,), *, iterations: int = 20, warmup: int = 2, rounds
             "power_bins": int(grid.power_grid_dbm.shape[0]), "batches": rows}
 
 
-def _batch_size(text: str) -> int:
-    """``--batch``'s value: a whole number of windows >= 1 (argparse reports anything else as a usage error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of windows >= 1, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``heimdall bench model``."""
     parser.add_argument("--model", type=Path, action="append", default=None,
@@ -347,7 +337,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds that take the models and batch sizes in turn (default: 1 for one model at batch 1, else 10)")
-    parser.add_argument("--batch", type=_batch_size, action="append", default=None,
+    parser.add_argument("--batch", type=whole_number_at_least_one("windows"), action="append", default=None,
                         help="windows per call; give it more than once (batch 1 is always timed, as the baseline)")
     parser.add_argument("--physics", action="store_true",
                         help="also time the physics posterior: single estimate calls against estimate_batch, per batch size")

@@ -37,6 +37,7 @@ from streamer.daemon.edge_channelizer import EdgeChannelizer, edge_lane_settings
 from streamer.daemon.metrics import Metrics
 from streamer.daemon.pipeline import Pipeline, limit_blas_threads, resolve_workers
 from streamer.estimators.build import build_estimators
+from streamer.tools.bench import whole_number_at_least_one
 
 #: Most bytes of distinct input signal held in memory.
 POOL_BYTES = 256 * 2**20
@@ -127,19 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pipeline.workers (0 = one per CPU core; default: the config's)")
     parser.add_argument("--scaling", action="store_true",
                         help="run with 1, 2, 4, ... workers (up to the CPU count) and print the speed-up")
-    parser.add_argument("--edge-processes", type=_at_least_one, action="append", default=[], metavar="N",
+    parser.add_argument("--edge-processes", type=whole_number_at_least_one("processes"), action="append", default=[], metavar="N",
                         help="also run with the checks and channelizers in N processes, as channelizing edges"
                              " (repeatable); prints the speed-up against the first in-process run")
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of processes >= 1, got {text!r}")
-    return value
 
 
 def _config(args):
@@ -166,33 +157,43 @@ def _run(cfg, pool: InputPool, rate: float, n_windows: int, workers: int) -> dic
     clock = {"ns": T0_NS}
     pipeline = Pipeline(cfg, metrics=Metrics(), send=lambda topic, msg: True, estimators=build_estimators(cfg),
                         clock_ns=lambda: clock["ns"])
-    ingest_cpu, window_cpu, window_wall = [], [], []
-    index = k = 0
     try:
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        for w in range(n_windows + 2):
-            c0 = time.process_time()
-            while index < (w + 1) * window_n:
-                t0 = T0_NS + int(round(index * 1e9 / rate))
-                blocks = [IQBlock(rid, pool.block(i, k), index, t0, "host", rate, center) for i, rid in enumerate(ids)]
-                pipeline.push_many(blocks, arrival_ns=t0)
-                index += pool.block_n
-                k += 1
-                clock["ns"] = t0
-            c1, t1 = time.process_time(), time.perf_counter()
-            published = pipeline.poll()
-            c2, t2 = time.process_time(), time.perf_counter()
-            if w >= 2:
-                ingest_cpu.append(c1 - c0)
-                if published:
-                    window_cpu.append(c2 - c1)
-                    window_wall.append(t2 - t1)
+        fed = _drive(pipeline, clock, rate, window_n, pool.block_n, n_windows,
+                     lambda k, index, t0: [IQBlock(rid, pool.block(i, k), index, t0, "host", rate, center)
+                                           for i, rid in enumerate(ids)])
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     finally:
         pipeline.close()
-    return dict(workers=pipeline.pool.workers, cpu=cpu, wall=wall, seconds=index / rate, samples=len(ids) * index,
-                ingest_cpu=float(np.sum(ingest_cpu)), ingest_seconds=len(ingest_cpu) * spec.window_s,
-                window_cpu=window_cpu, window_wall=window_wall, windows_published=pipeline.windows)
+    return dict(workers=pipeline.pool.workers, cpu=cpu, wall=wall, seconds=fed["index"] / rate,
+                samples=len(ids) * fed["index"], windows_published=pipeline.windows, **fed["times"])
+
+
+def _drive(pipeline: Pipeline, clock: dict, rate: float, window_n: int, block_n: int, n_windows: int,
+           blocks_at: Callable[[int, int, int], list[IQBlock]]) -> dict:
+    """Hand ``pipeline`` ``n_windows`` + 2 windows of input, step ``k`` being ``blocks_at(k, sample index, t0 ns)``,
+    and poll it after each window; the first two windows (filters and aligner filling) are not timed."""
+    ingest_cpu, window_cpu, window_wall = [], [], []
+    index = k = 0
+    for w in range(n_windows + 2):
+        c0 = time.process_time()
+        while index < (w + 1) * window_n:
+            t0 = T0_NS + int(round(index * 1e9 / rate))
+            pipeline.push_many(blocks_at(k, index, t0), arrival_ns=t0)
+            index += block_n
+            k += 1
+            clock["ns"] = t0
+        c1, t1 = time.process_time(), time.perf_counter()
+        published = pipeline.poll()
+        c2, t2 = time.process_time(), time.perf_counter()
+        if w >= 2:
+            ingest_cpu.append(c1 - c0)
+            if published:
+                window_cpu.append(c2 - c1)
+                window_wall.append(t2 - t1)
+    return {"index": index, "steps": k,
+            "times": dict(ingest_cpu=float(np.sum(ingest_cpu)), ingest_seconds=len(ingest_cpu) * pipeline.config.features.window_s,
+                          window_cpu=window_cpu, window_wall=window_wall)}
 
 
 def _edge_process(conn, go, cfg, pool: InputPool, rx_indices: list[int], rate: float, n_blocks: int) -> None:
@@ -236,29 +237,12 @@ def _run_edges(cfg, pool: InputPool, rate: float, n_windows: int, processes: int
     clock = {"ns": T0_NS}
     pipeline = Pipeline(cfg, metrics=Metrics(), send=lambda topic, msg: True, estimators=build_estimators(cfg),
                         clock_ns=lambda: clock["ns"])
-    ingest_cpu, window_cpu, window_wall = [], [], []
-    index = k = 0
     try:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         go.set()
-        for w in range(n_windows + 2):
-            c0 = time.process_time()
-            while index < (w + 1) * window_n:
-                t0 = T0_NS + int(round(index * 1e9 / rate))
-                blocks = [block for link in links for block in link.recv()]
-                pipeline.push_many(blocks, arrival_ns=t0)
-                index += pool.block_n
-                k += 1
-                clock["ns"] = t0
-            c1, t1 = time.process_time(), time.perf_counter()
-            published = pipeline.poll()
-            c2, t2 = time.process_time(), time.perf_counter()
-            if w >= 2:
-                ingest_cpu.append(c1 - c0)
-                if published:
-                    window_cpu.append(c2 - c1)
-                    window_wall.append(t2 - t1)
-        for _ in range(n_blocks - k):  # steps the children sent past the last window
+        fed = _drive(pipeline, clock, rate, window_n, pool.block_n, n_windows,
+                     lambda k, index, t0: [block for link in links for block in link.recv()])
+        for _ in range(n_blocks - fed["steps"]):  # steps the children sent past the last window
             for link in links:
                 link.recv()
         edge_cpu, edge_dropped = 0.0, 0
@@ -274,9 +258,8 @@ def _run_edges(cfg, pool: InputPool, rate: float, n_windows: int, processes: int
             if child.is_alive():
                 child.kill()
     return dict(workers=f"1 + {processes} edge process{'es' if processes > 1 else ''}", cpu=cpu, wall=wall,
-                seconds=index / rate, samples=n_rx * index, ingest_cpu=float(np.sum(ingest_cpu)),
-                ingest_seconds=len(ingest_cpu) * spec.window_s, window_cpu=window_cpu, window_wall=window_wall,
-                edge_cpu=edge_cpu, edge_dropped=edge_dropped, windows_published=pipeline.windows)
+                seconds=fed["index"] / rate, samples=n_rx * fed["index"], windows_published=pipeline.windows,
+                edge_cpu=edge_cpu, edge_dropped=edge_dropped, **fed["times"])
 
 
 def _offset_hz(rate: float) -> float:
