@@ -228,8 +228,22 @@ class Lane:
                 self.ring.clear()
                 raise UntunableBlock(str(exc)) from None
             self.ring.clear()
+            self._warn_if_channelized_elsewhere(block)
         else:
             self._restart(restart)
+
+    def _warn_if_channelized_elsewhere(self, block: IQBlock) -> None:
+        """A stream already at the model rate but not centred on the target is most likely a channelizing edge
+        (``heimdall receiver --channelize``) whose config names another target: its channel arrives shifted."""
+        target = self.settings.target_freq_hz
+        if block.sample_rate == self.settings.model_rate_hz and block.center_freq != target:
+            _log.warning(
+                ("channelized_elsewhere", self.receiver_id),
+                "receiver %s: a stream at the model rate (%.9g Hz) centred on %.9g Hz, not on the target %.9g Hz: a"
+                " channelizing edge whose config names another network.target_freq_hz? Its channel is shifted by"
+                " %.9g Hz and part of it is missing",
+                self.receiver_id, block.sample_rate, block.center_freq, target, target - block.center_freq,
+            )
 
     def _discard_consumed(self) -> None:
         """Samples that belong to windows already emitted arrived too late: drop them."""

@@ -4,6 +4,7 @@ accounts for every input sample."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from receivers.simulator import SimulatedReceiver
 from streamer import config as config_mod
 from streamer.cli import main
 from streamer.daemon.edge_channelizer import EdgeChannelizer, edge_lane_settings
+from streamer.daemon.lane import Lane
 from streamer.daemon.metrics import Metrics
 from streamer.daemon.pipeline import Pipeline
 from streamer.dsp.channelizer import Channelizer
@@ -199,3 +201,27 @@ def test_an_edge_whose_band_misses_the_target_is_refused_before_it_publishes(tmp
     assert main(["receiver", "torino", "-c", str(edge), "--channelize"]) == 2
     assert "cannot be channelized to network.target_freq_hz" in capsys.readouterr().err
     assert main(["check", "-c", str(edge), "--receiver", "torino"]) == 0  # without --channelize: the daemon's business
+
+
+def test_a_daemon_fed_an_edge_channelized_for_another_target_says_so(caplog):
+    cfg = _config(240_000.0)
+    edge_cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, target_freq_hz=145.502e6))
+    streams = _streams(cfg)
+    rid = cfg.receivers[0].id
+    edge = EdgeChannelizer(rid, edge_lane_settings(edge_cfg), hand_on_s=0.0)
+    lane = Lane(rid, edge_lane_settings(cfg), on_drop=lambda *a: None, on_bad_frame=lambda reason: None)
+    with caplog.at_level(logging.WARNING, logger="streamer.daemon.lane"):
+        for block in streams[0][:20]:
+            for out in edge.push(block):
+                lane.push(out)
+    warned = [r.getMessage() for r in caplog.records if "not on the target" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "centred on 145502000 Hz, not on the target 145500000 Hz" in warned[0] and "shifted by -2000 Hz" in warned[0]
+    caplog.clear()
+    right = Lane(rid, edge_lane_settings(cfg), on_drop=lambda *a: None, on_bad_frame=lambda reason: None)
+    matched = EdgeChannelizer(rid, edge_lane_settings(cfg), hand_on_s=0.0)
+    with caplog.at_level(logging.WARNING, logger="streamer.daemon.lane"):
+        for block in streams[0][:20]:
+            for out in matched.push(block):
+                right.push(out)
+    assert not [r for r in caplog.records if "not on the target" in r.getMessage()]
