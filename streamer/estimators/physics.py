@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy.special import log_ndtr
@@ -304,10 +305,9 @@ class PhysicsGrid:
             # likelihood in P is k (P - mean(y))^2 + scatter(y), so no [G, R, P] array is needed.
             k, mu, scatter = self._implied_power(rx_power, use_heard)
             log_post -= (k * (p[None, :] - mu[:, None]) ** 2 + scatter[:, None]) / (2.0 * s * s)
-        for i in np.flatnonzero(use_cens):
-            # Not heard: the received power P - PL fell below the detection level.
-            z = (detection[i] - (p[None, :] - self._path_loss_db[:, i : i + 1])) / s
-            log_post += log_ndtr(z)
+        # Not heard: the received power P - PL fell below the detection level.
+        add_censoring(log_post, lambda i, g, j: (detection[i] - (p[j] - self._path_loss_db[g, i])) / s,
+                      np.flatnonzero(use_cens))
         # logsumexp over P by hand: scipy's generic version costs ~3x more on this [G, P] shape.
         peak = log_post.max(axis=1)
         return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
@@ -346,9 +346,8 @@ class PhysicsGrid:
             return -0.5 * scatter + _log_ndtr_difference(lo, hi)
         p = self.power_grid_dbm
         log_post = -0.5 * (scatter[:, None] + a * (p[None, :] - mu[:, None]) ** 2)
-        for i in np.flatnonzero(use_cens):
-            z = (detection[i] - (p[None, :] - self._path_loss_db[:, i : i + 1])) / math.sqrt(cov[i, i])
-            log_post += log_ndtr(z)
+        add_censoring(log_post, lambda i, g, j: (detection[i] - (p[j] - self._path_loss_db[g, i])) / math.sqrt(cov[i, i]),
+                      np.flatnonzero(use_cens))
         peak = log_post.max(axis=1)
         return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
 
@@ -381,9 +380,8 @@ class PhysicsGrid:
         log_post = -0.5 * (scatter[:, None] + a[:, None] * (p[None, :] - mu[:, None]) ** 2) + log_det[:, None]
         if idx.size:
             log_post += 0.5 * np.log(a)[:, None]  # the P grid integrates the Gaussian in P itself
-        for i in np.flatnonzero(use_cens):
-            z = (detection[i] - (p[None, :] - self._path_loss_db[:, i : i + 1])) / np.sqrt(var[:, i : i + 1])
-            log_post += log_ndtr(z)
+        add_censoring(log_post, lambda i, g, j: (detection[i] - (p[j] - self._path_loss_db[g, i])) / np.sqrt(var[g, i]),
+                      np.flatnonzero(use_cens))
         peak = log_post.max(axis=1)
         return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
 
@@ -555,10 +553,9 @@ class PhysicsGrid:
             grid = -(k[part, None, None] * (p[None, None, :] - mu[part, :, None]) ** 2
                      + scatter[part, :, None]) / (2.0 * s * s)  # [b, G, P]
             grid[k[part] == 0] = 0.0
-            for i in np.flatnonzero(use_cens[part].any(axis=0)):
-                silent = np.flatnonzero(use_cens[part, i])
-                z = (detection[part[silent], i, None, None] - (p[None, None, :] - self._path_loss_db[None, :, i : i + 1])) / s
-                grid[silent] += log_ndtr(z)
+            for row, window in zip(grid, part):
+                add_censoring(row, lambda i, g, j: (detection[window, i] - (p[j] - self._path_loss_db[g, i])) / s,
+                              np.flatnonzero(use_cens[window]))
             peak = grid.max(axis=2)
             log_post[part] = np.log(np.exp(grid - peak[:, :, None]).sum(axis=2)) + peak
         return log_post
@@ -643,6 +640,52 @@ class _Subset:
         mean = path_loss_db.mean(axis=1)
         centred = np.ascontiguousarray(path_loss_db - mean[:, None])
         return cls(mean, centred, (centred * centred).sum(axis=1))
+
+
+#: Log-posterior entries this many nats below the best weigh less than exp(-NEGLIGIBLE_NATS) (4e-18) against it.
+NEGLIGIBLE_NATS = 40.0
+#: Beyond this z, log Phi(z) > -5.2e-17: a silent receiver whose predicted power lies this many sigma below its
+#: detection level says nothing, and its term is left out.
+NEGLIGIBLE_CENSORING_Z = 8.3
+
+
+def add_censoring(log_post: np.ndarray, z_at: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
+                  silent: np.ndarray) -> None:
+    """Add each silent receiver's censoring term ``log Phi(z)`` to ``log_post`` [G, P] in place, where it can matter.
+
+    ``z_at(i, g, j)`` gives receiver ``i``'s z at cells ``g`` and power bins ``j`` (index arrays). The terms are
+    <= 0, so an entry already ``NEGLIGIBLE_NATS`` below the best censored entry stays that far below the best;
+    such entries keep their uncensored value, an upper bound that still weighs less than exp(-NEGLIGIBLE_NATS)
+    against the best. Terms at z beyond ``NEGLIGIBLE_CENSORING_Z`` (> -5.2e-17) are left out too. The entries computed are those within ``NEGLIGIBLE_NATS`` of the uncensored best, then of
+    the censored best until it stops falling: usually a small part of the grid, and ``log_ndtr`` over the
+    whole ``[G, P]`` grid per silent receiver was most of a censored window's cost.
+    """
+    if not len(silent):
+        return
+    if not log_post.flags.c_contiguous:
+        raise ValueError("add_censoring: log_post must be C-contiguous (it is updated through a flat view)")
+    flat = log_post.reshape(-1)
+    done = np.zeros(flat.size, dtype=bool)
+    threshold = flat.max() - NEGLIGIBLE_NATS
+    while True:
+        todo = np.flatnonzero(~done & (flat >= threshold))
+        if not todo.size:
+            break
+        g, j = np.divmod(todo, log_post.shape[1])
+        total = flat[todo]
+        for i in silent:
+            z = z_at(int(i), g, j)
+            near = np.flatnonzero(z < NEGLIGIBLE_CENSORING_Z)
+            if near.size == z.size:
+                total += log_ndtr(z)
+            elif near.size:
+                total[near] += log_ndtr(z[near])
+        flat[todo] = total
+        done[todo] = True
+        lowered = flat[done].max() - NEGLIGIBLE_NATS
+        if not lowered < threshold:
+            break
+        threshold = lowered
 
 
 def _log_ndtr_difference(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -282,3 +282,78 @@ def test_a_flat_shadowing_map_gives_the_iid_posterior_and_a_mapped_bump_moves_it
     assert np.hypot(*(with_map.position_en_m - spot)) < 0.5 * np.hypot(*(plain.position_en_m - spot))
     with pytest.raises(ValueError, match="shadowing_map must return"):
         PhysicsGrid(physics, rx, alts, est.area, shadowing_map=lambda g: (np.zeros((len(g), 2)), np.ones((len(g), 2))))
+
+
+def _many_silent_windows(grid, n: int, seed: int):
+    """Windows whose weakest receivers (a seeded share, up to half) fell below a detection level just above them."""
+    rng = np.random.default_rng(seed)
+    n_rx = grid.rx_en_m.shape[0]
+    out = []
+    for _ in range(n):
+        cell = rng.integers(grid.grid_en_m.shape[0])
+        power = rng.uniform(grid.physics.tx_power_min_dbm, grid.physics.tx_power_max_dbm) - grid._path_loss_db[cell]
+        power = power + rng.normal(0.0, grid.sigma_db, n_rx)
+        silent = np.argsort(power)[: rng.integers(1, n_rx // 2 + 1)]
+        detection = np.full(n_rx, power[silent].max() + rng.uniform(0.1, 3.0))
+        heard = np.ones(n_rx, bool)
+        heard[silent] = False
+        out.append((np.where(heard, power, np.nan), heard, np.ones(n_rx, bool), detection))
+    return out
+
+
+@pytest.mark.parametrize("errors", ["iid", "correlated", "mapped"])
+def test_censoring_only_where_it_can_matter_gives_the_posterior_of_every_entry(monkeypatch, errors):
+    """add_censoring leaves out entries far below the best and terms of negligible z: the estimates equal those
+    with every entry and every term computed (NEGLIGIBLE_NATS and NEGLIGIBLE_CENSORING_Z infinite)."""
+    from streamer.estimators import physics as physics_mod
+
+    config = network_config()
+    grid = PhysicsGrid.from_config(config)
+    n_rx = grid.rx_en_m.shape[0]
+    if errors == "correlated":
+        grid = PhysicsGrid(grid.physics, grid.rx_en_m, grid.rx_alt_m, grid.area,
+                           error_cov_db2=correlated_error_cov(grid.rx_en_m, grid.sigma_db, ((0.3, 20e3),)))
+    elif errors == "mapped":
+        rng = np.random.default_rng(5)
+        grid = PhysicsGrid(grid.physics, grid.rx_en_m, grid.rx_alt_m, grid.area, shadowing_map=lambda g: (
+            rng.normal(0.0, 2.0, (len(g), n_rx)), rng.uniform(3.0, 8.0, (len(g), n_rx))))
+    windows = _many_silent_windows(grid, 12, seed=3)
+    pruned = [grid.estimate(*w) for w in windows]
+    batch = grid.estimate_batch(*(np.array(a) for a in zip(*windows)))
+    monkeypatch.setattr(physics_mod, "NEGLIGIBLE_NATS", np.inf)
+    monkeypatch.setattr(physics_mod, "NEGLIGIBLE_CENSORING_Z", np.inf)
+    every = [grid.estimate(*w) for w in windows]
+    every_batch = grid.estimate_batch(*(np.array(a) for a in zip(*windows)))
+    for a, b in [*zip(pruned, every), *zip(batch, every_batch)]:
+        np.testing.assert_allclose(a.position_en_m, b.position_en_m, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(a.cov_en_m2, b.cov_en_m2, rtol=1e-9, atol=1e-6)
+        np.testing.assert_allclose(a.ellipse_scales, b.ellipse_scales, rtol=1e-9)
+
+
+def test_censoring_computes_a_small_part_of_the_grid_when_the_silent_receivers_agree_with_the_heard_ones():
+    from scipy.special import log_ndtr
+
+    from streamer.estimators.physics import NEGLIGIBLE_NATS, add_censoring
+
+    grid = PhysicsGrid.from_config(network_config())
+    rng = np.random.default_rng(9)
+    p = grid.power_grid_dbm
+    log_post = -0.5 * ((p[None, :] - 10.0) ** 2 + rng.uniform(0.0, 400.0, (grid.grid_en_m.shape[0], 1)))
+    before = log_post.copy()
+    calls = []
+
+    def z_at(i, g, j):
+        calls.append(len(g))
+        return np.full(len(g), 0.5)  # a term of log Phi(0.5) = -0.37 everywhere: the best entry stays the best
+
+    add_censoring(log_post, z_at, np.array([0, 1, 2]))
+    computed = log_post != before
+    passes = [calls[k : k + 3] for k in range(0, len(calls), 3)]
+    assert all(len(set(sizes)) == 1 for sizes in passes)  # each pass: every silent receiver on the same entries
+    # The best fell by 3 x 0.37 nats, so a second pass took the entries that came within reach.
+    assert len(passes) == 2 and sum(sizes[0] for sizes in passes) == computed.sum()
+    assert computed.sum() < 0.25 * log_post.size
+    best = log_post.max()
+    assert np.all(before[computed] >= best - NEGLIGIBLE_NATS)
+    assert np.all(before[~computed] < best - NEGLIGIBLE_NATS)  # left out: still that far below the best
+    np.testing.assert_allclose(log_post[computed], before[computed] + 3 * log_ndtr(0.5))
