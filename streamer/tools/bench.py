@@ -1,5 +1,5 @@
-"""``heimdall bench pipeline|band|model|features|filterbank|map|receivers``: the benchmarks. ``pipeline``, ``band``,
-``model``, ``features``, ``filterbank`` and ``map`` are streamer.tools.bench_<name>; ``receivers`` runs benchmarks/bench_receivers.py
+"""``heimdall bench pipeline|band|model|censoring|features|filterbank|map|receivers``: the benchmarks. ``pipeline``,
+``band``, ``model``, ``censoring``, ``features``, ``filterbank`` and ``map`` are streamer.tools.bench_<name>; ``receivers`` runs benchmarks/bench_receivers.py
 of a source checkout with the options given after it."""
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommands of ``heimdall bench`` and their options."""
     from streamer.tools import (
         bench_band,
+        bench_censoring,
         bench_features,
         bench_filterbank,
         bench_map,
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, module, text in (("pipeline", bench_pipeline, "channelizer + features + estimator as fast as possible"),
                                ("band", bench_band, "band pipeline (filter bank, emissions, estimates) as fast as possible"),
                                ("model", bench_model, "batch-1 model latency: OnnxSession vs raw ONNX Runtime"),
+                               ("censoring", bench_censoring, "physics posterior with silent receivers: censoring where it matters vs everywhere"),
                                ("features", bench_features, "mel features vs scipy stft + librosa mel and raw FFT"),
                                ("filterbank", bench_filterbank, "channel filter bank vs raw FFT and one channelizer per channel"),
                                ("map", bench_map, "the live map in headless Chromium: first ellipse, heap soak, daemon p99 with pages open")):
