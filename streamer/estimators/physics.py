@@ -644,6 +644,8 @@ class _Subset:
 
 #: Log-posterior entries this many nats below the best weigh less than exp(-NEGLIGIBLE_NATS) (4e-18) against it.
 NEGLIGIBLE_NATS = 40.0
+#: Above this share of the grid within reach, every entry is computed at once: cheaper than gathering the share.
+DENSE_CENSORING_SHARE = 0.5
 #: Beyond this z, log Phi(z) > -5.2e-17: a silent receiver whose predicted power lies this many sigma below its
 #: detection level says nothing, and its term is left out.
 NEGLIGIBLE_CENSORING_Z = 8.3
@@ -671,6 +673,12 @@ def add_censoring(log_post: np.ndarray, z_at: Callable[[int, np.ndarray, np.ndar
         todo = np.flatnonzero(~done & (flat >= threshold))
         if not todo.size:
             break
+        if not done.any() and todo.size > DENSE_CENSORING_SHARE * flat.size:
+            # Most of the grid: every entry at once, on broadcast indices (no gathers), and nothing left to do.
+            cells, bins = np.arange(log_post.shape[0])[:, None], np.arange(log_post.shape[1])[None, :]
+            for i in silent:
+                log_post += log_ndtr(z_at(int(i), cells, bins))
+            return
         g, j = np.divmod(todo, log_post.shape[1])
         total = flat[todo]
         for i in silent:
