@@ -8,27 +8,11 @@ import argparse
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
 
 from streamer.core.errors import HeimdallError
 
 #: The source checkout's adapter benchmark (its peers live in tests/, so an installed package lacks it).
 RECEIVERS_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_receivers.py"
-
-
-def whole_number_at_least_one(what: str) -> Callable[[str], int]:
-    """An argparse ``type``: a whole number of ``what`` >= 1 (anything else is a usage error naming the value)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"expected a whole number of {what} >= 1, got {text!r}")
-        return value
-
-    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

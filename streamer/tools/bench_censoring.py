@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from streamer import config as config_mod
-from streamer.tools.bench import whole_number_at_least_one
+from streamer.tools.argtypes import whole_number_at_least_one
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -59,7 +59,7 @@ from streamer.estimators.contract import (
     site_propagation,
 )
 from streamer.estimators.onnx import CPU, OnnxSession, fill_with_active_frames
-from streamer.tools.bench import whole_number_at_least_one
+from streamer.tools.argtypes import whole_number_at_least_one
 
 CUDA = "CUDAExecutionProvider"
 

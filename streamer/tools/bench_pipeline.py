@@ -37,7 +37,7 @@ from streamer.daemon.edge_channelizer import EdgeChannelizer, edge_lane_settings
 from streamer.daemon.metrics import Metrics
 from streamer.daemon.pipeline import Pipeline, limit_blas_threads, resolve_workers
 from streamer.estimators.build import build_estimators
-from streamer.tools.bench import whole_number_at_least_one
+from streamer.tools.argtypes import whole_number_at_least_one
 
 #: Most bytes of distinct input signal held in memory.
 POOL_BYTES = 256 * 2**20
