@@ -36,11 +36,16 @@ def run(args: argparse.Namespace) -> int:
     from receivers.base import ReceiverContext, TallyDropCounter
     from receivers.zmq_framed import FramedPublisher
     from streamer import config as config_mod
+    from streamer.core.errors import HeimdallError
     from streamer.core.security import edge_curve
     from streamer.daemon.edge_channelizer import EdgeChannelizer, edge_lane_settings
     from streamer.daemon.preflight import preflight_edge
     from streamer.daemon.runner import ReceiverRunner
 
+    if args.channelize and args.dtype == "cu8":
+        raise HeimdallError("heimdall receiver --channelize --dtype cu8: 8-bit samples of the channel would add their"
+                            " quantization noise across it, above the noise that channelizing left; expected"
+                            " --dtype cf32 or ci16")
     cfg = config_mod.load(args.config)
     for note in preflight_edge(cfg, args.id, channelize=args.channelize):  # `heimdall check --receiver ID`'s verdict
         log.warning("%s", note)

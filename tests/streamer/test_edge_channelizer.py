@@ -191,6 +191,8 @@ def test_check_and_the_edge_refuse_to_channelize_a_band_config_alike(capsys):
     assert "--channelize publishes one channel" in capsys.readouterr().err
     assert main(["check", "--channelize"]) == 2
     assert "expected --receiver ID" in capsys.readouterr().err
+    assert main(["receiver", "milano", "--channelize", "--dtype", "cu8", "-c", "config/examples/edge.toml"]) == 2
+    assert "expected --dtype cf32 or ci16" in capsys.readouterr().err
 
 
 def test_an_edge_whose_band_misses_the_target_is_refused_before_it_publishes(tmp_path, capsys):
