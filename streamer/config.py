@@ -73,7 +73,8 @@ class PipelineConfig:
         metadata=_doc("threads for the per-receiver work (block checks, channelizer, ring buffer, mel features); "
                       "0 = one per CPU core; outputs do not depend on it. Default 1: the Python around the numpy "
                       "kernels holds the GIL, so more threads can cost more than they give; raise it where "
-                      "`heimdall bench pipeline --scaling` shows a gain (docs/performance.md)"),
+                      "`heimdall bench pipeline --scaling` shows a gain (docs/performance.md). Channelizing edges "
+                      "(`heimdall receiver ID --channelize`) spread the channelizing over processes instead"),
     )
 
 
