@@ -299,18 +299,26 @@ class PhysicsGrid:
             return self._log_posterior_mapped(rx_power, use_heard, use_cens, detection)
         if not use_cens.any():
             return self._log_posterior_uncensored(rx_power, use_heard)
-        log_post = np.zeros((self.grid_en_m.shape[0], p.shape[0]))
         if use_heard.any():
             # Each hearing receiver implies a transmit power y = received + path loss; their Gaussian
-            # likelihood in P is k (P - mean(y))^2 + scatter(y), so no [G, R, P] array is needed.
+            # likelihood in P is -(k (P - mean(y))^2 + scatter(y)) / (2 s^2), so no [G, R, P] array is needed.
+            # In place: each [G, P] temporary is a pass over memory.
             k, mu, scatter = self._implied_power(rx_power, use_heard)
-            log_post -= (k * (p[None, :] - mu[:, None]) ** 2 + scatter[:, None]) / (2.0 * s * s)
+            log_post = np.subtract(p[None, :], mu[:, None])
+            np.square(log_post, out=log_post)
+            log_post *= k
+            log_post += scatter[:, None]
+            log_post /= -2.0 * s * s
+        else:
+            log_post = np.zeros((self.grid_en_m.shape[0], p.shape[0]))
         # Not heard: the received power P - PL fell below the detection level.
         add_censoring(log_post, lambda i, g, j: (detection[i] - (p[j] - self._path_loss_db[g, i])) / s,
                       np.flatnonzero(use_cens))
-        # logsumexp over P by hand: scipy's generic version costs ~3x more on this [G, P] shape.
+        # logsumexp over P by hand (scipy's generic version costs ~3x more on this [G, P] shape), in place.
         peak = log_post.max(axis=1)
-        return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
+        log_post -= peak[:, None]
+        np.exp(log_post, out=log_post)
+        return np.log(log_post.sum(axis=1)) + peak
 
     def _log_posterior_correlated(self, rx_power, use_heard, use_cens, detection) -> np.ndarray:
         """The posterior with the full error covariance ``error_cov_db2`` (Gaussian in the hearing receivers).
@@ -669,16 +677,17 @@ def add_censoring(log_post: np.ndarray, z_at: Callable[[int, np.ndarray, np.ndar
     flat = log_post.reshape(-1)
     done = np.zeros(flat.size, dtype=bool)
     threshold = flat.max() - NEGLIGIBLE_NATS
+    within = flat >= threshold
+    if np.count_nonzero(within) > DENSE_CENSORING_SHARE * flat.size:
+        # Most of the grid: every entry at once, on broadcast indices (no gathers), and nothing left to do.
+        cells, bins = np.arange(log_post.shape[0])[:, None], np.arange(log_post.shape[1])[None, :]
+        for i in silent:
+            log_post += log_ndtr(z_at(int(i), cells, bins))
+        return
     while True:
-        todo = np.flatnonzero(~done & (flat >= threshold))
+        todo = np.flatnonzero(within & ~done)
         if not todo.size:
             break
-        if not done.any() and todo.size > DENSE_CENSORING_SHARE * flat.size:
-            # Most of the grid: every entry at once, on broadcast indices (no gathers), and nothing left to do.
-            cells, bins = np.arange(log_post.shape[0])[:, None], np.arange(log_post.shape[1])[None, :]
-            for i in silent:
-                log_post += log_ndtr(z_at(int(i), cells, bins))
-            return
         g, j = np.divmod(todo, log_post.shape[1])
         total = flat[todo]
         for i in silent:
@@ -694,6 +703,7 @@ def add_censoring(log_post: np.ndarray, z_at: Callable[[int, np.ndarray, np.ndar
         if not lowered < threshold:
             break
         threshold = lowered
+        within = flat >= threshold
 
 
 def _log_ndtr_difference(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
