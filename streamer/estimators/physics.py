@@ -558,14 +558,20 @@ class PhysicsGrid:
         chunk = max(1, BATCH_GRID_ELEMENTS // (self.grid_en_m.shape[0] * p.shape[0]))
         for start in range(0, rows.size, chunk):
             part = rows[start : start + chunk]
-            grid = -(k[part, None, None] * (p[None, None, :] - mu[part, :, None]) ** 2
-                     + scatter[part, :, None]) / (2.0 * s * s)  # [b, G, P]
+            # -(k (P - mu)^2 + scatter) / (2 s^2) over [b, G, P], in place (each temporary is a pass over memory).
+            grid = np.subtract(p[None, None, :], mu[part, :, None])
+            np.square(grid, out=grid)
+            grid *= k[part, None, None]
+            grid += scatter[part, :, None]
+            grid /= -2.0 * s * s
             grid[k[part] == 0] = 0.0
             for row, window in zip(grid, part):
                 add_censoring(row, lambda i, g, j: (detection[window, i] - (p[j] - self._path_loss_db[g, i])) / s,
                               np.flatnonzero(use_cens[window]))
             peak = grid.max(axis=2)
-            log_post[part] = np.log(np.exp(grid - peak[:, :, None]).sum(axis=2)) + peak
+            grid -= peak[:, :, None]
+            np.exp(grid, out=grid)
+            log_post[part] = np.log(grid.sum(axis=2)) + peak
         return log_post
 
     def _summaries(self, rx, used, censored, log_post) -> list[PhysicsResult]:
