@@ -19,19 +19,7 @@ from __future__ import annotations
 from collections import Counter
 
 from receivers.base import Flags, IQBlock
-from streamer.config import Config
 from streamer.daemon.lane import PIPELINE, SOURCE, Lane, LaneSettings
-
-
-def edge_lane_settings(config: Config) -> LaneSettings:
-    """The lane settings the central daemon uses for ``config``'s single channel (its target and model rate)."""
-    return LaneSettings(
-        target_freq_hz=config.network.target_freq_hz,
-        model_rate_hz=config.features.sample_rate_hz,
-        capacity_s=config.pipeline.buffer_s,
-        clock_jump_tolerance_s=config.pipeline.clock_jump_tolerance_s,
-    )
-
 
 #: Output an edge holds before handing it on (s): the daemon's cost per block is mostly fixed, so blocks of this
 #: length cost it a fraction of the 10 ms blocks receivers deliver; it delays the data by as much.

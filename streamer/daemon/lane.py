@@ -22,7 +22,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from receivers.base import Flags, IQBlock, plausible_rate
 from streamer.core.boundedlog import BoundedLog
 from streamer.daemon.ringbuffer import RingBuffer
 from streamer.dsp.channelizer import Channelizer
+
+if TYPE_CHECKING:
+    from streamer.config import Config
 
 _log = BoundedLog(logging.getLogger(__name__))
 
@@ -71,6 +74,16 @@ class LaneSettings:
     model_rate_hz: float
     capacity_s: float
     clock_jump_tolerance_s: float
+
+    @classmethod
+    def of(cls, config: Config) -> LaneSettings:
+        """A single-channel config's lanes: its target (Hz), the model rate (Hz), ring length and clock tolerance (s)."""
+        return cls(
+            target_freq_hz=config.network.target_freq_hz,
+            model_rate_hz=config.features.sample_rate_hz,
+            capacity_s=config.pipeline.buffer_s,
+            clock_jump_tolerance_s=config.pipeline.clock_jump_tolerance_s,
+        )
 
 
 class UntunableBlock(Exception):

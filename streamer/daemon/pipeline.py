@@ -138,13 +138,7 @@ class Pipeline:
         self.origin, self.rx_enu_m, _ = network_geometry(config)
         self.receiver_ids = tuple(rx.id for rx in config.receivers)
         self.calibration_db = np.array([rx.calibration_db for rx in config.receivers])
-        settings = LaneSettings(
-            target_freq_hz=config.network.target_freq_hz,
-            model_rate_hz=config.features.sample_rate_hz,
-            capacity_s=config.pipeline.buffer_s,
-            clock_jump_tolerance_s=config.pipeline.clock_jump_tolerance_s,
-        )
-        self.lanes = self._make_lanes(settings)
+        self.lanes = self._make_lanes(LaneSettings.of(config))
         self.pool = LanePool(min(resolve_workers(config.pipeline.workers), max(1, len(self.receiver_ids))))
         #: Which of the pool's groups takes each receiver's blocks (the same group for the pipeline's life).
         self._group = {rid: i % self.pool.workers for i, rid in enumerate(self.receiver_ids)}

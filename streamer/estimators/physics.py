@@ -672,9 +672,10 @@ def add_censoring(log_post: np.ndarray, z_at: Callable[[int, np.ndarray, np.ndar
     ``z_at(i, g, j)`` gives receiver ``i``'s z at cells ``g`` and power bins ``j`` (index arrays). The terms are
     <= 0, so an entry already ``NEGLIGIBLE_NATS`` below the best censored entry stays that far below the best;
     such entries keep their uncensored value, an upper bound that still weighs less than exp(-NEGLIGIBLE_NATS)
-    against the best. Terms at z beyond ``NEGLIGIBLE_CENSORING_Z`` (> -5.2e-17) are left out too. The entries computed are those within ``NEGLIGIBLE_NATS`` of the uncensored best, then of
-    the censored best until it stops falling: usually a small part of the grid, and ``log_ndtr`` over the
-    whole ``[G, P]`` grid per silent receiver was most of a censored window's cost.
+    against the best. Terms at z beyond ``NEGLIGIBLE_CENSORING_Z`` (> -5.2e-17) are left out too. The entries
+    computed are those within ``NEGLIGIBLE_NATS`` of the uncensored best, then of the censored best until it stops
+    falling; when they are most of the grid (``DENSE_CENSORING_SHARE``), every entry is computed at once.
+    ValueError when ``log_post`` is not C-contiguous (it is updated through a flat view).
     """
     if not len(silent):
         return

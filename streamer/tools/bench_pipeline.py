@@ -33,7 +33,8 @@ import numpy as np
 from receivers.base import IQBlock
 from streamer import config as config_mod
 from streamer.core.errors import ModelMismatchError
-from streamer.daemon.edge_channelizer import EdgeChannelizer, edge_lane_settings
+from streamer.daemon.edge_channelizer import EdgeChannelizer
+from streamer.daemon.lane import LaneSettings
 from streamer.daemon.metrics import Metrics
 from streamer.daemon.pipeline import Pipeline, limit_blas_threads, resolve_workers
 from streamer.estimators.build import build_estimators
@@ -203,7 +204,7 @@ def _edge_process(conn, go, cfg, pool: InputPool, rx_indices: list[int], rate: f
     os.nice(EDGE_NICE)
     ids = [cfg.receivers[i].id for i in rx_indices]
     center = cfg.network.target_freq_hz - _offset_hz(rate)
-    edges = [EdgeChannelizer(rid, edge_lane_settings(cfg)) for rid in ids]
+    edges = [EdgeChannelizer(rid, LaneSettings.of(cfg)) for rid in ids]
     go.wait()
     cpu0 = time.process_time()
     for k in range(n_blocks):

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from streamer import config as config_mod
     from streamer.core.errors import HeimdallError
     from streamer.core.security import edge_curve
-    from streamer.daemon.edge_channelizer import EdgeChannelizer, edge_lane_settings
+    from streamer.daemon.edge_channelizer import EdgeChannelizer
+    from streamer.daemon.lane import LaneSettings
     from streamer.daemon.preflight import preflight_edge
     from streamer.daemon.runner import ReceiverRunner
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     rx = cfg.receiver(args.id)
     drops = TallyDropCounter()
     publisher = FramedPublisher(args.publish, bind=True, dtype=args.dtype, **edge_curve(cfg))
-    channelizer = EdgeChannelizer(rx.id, edge_lane_settings(cfg)) if args.channelize else None
+    channelizer = EdgeChannelizer(rx.id, LaneSettings.of(cfg)) if args.channelize else None
     lock = threading.Lock()
     if channelizer is None:
         log.info("receiver %s (%s): publishing framed IQ on %s", rx.id, rx.kind, publisher.endpoint)

@@ -14,8 +14,8 @@ from receivers.base import Flags, IQBlock, ReceiverContext, TallyDropCounter
 from receivers.simulator import SimulatedReceiver
 from streamer import config as config_mod
 from streamer.cli import main
-from streamer.daemon.edge_channelizer import EdgeChannelizer, edge_lane_settings
-from streamer.daemon.lane import Lane
+from streamer.daemon.edge_channelizer import EdgeChannelizer
+from streamer.daemon.lane import Lane, LaneSettings
 from streamer.daemon.metrics import Metrics
 from streamer.daemon.pipeline import Pipeline
 from streamer.dsp.channelizer import Channelizer
@@ -49,7 +49,7 @@ def _localizations(cfg, streams, through_edges: bool, hand_on_s: float = 0.0):
     clock = {"ns": START_NS}
     pipeline = Pipeline(cfg, metrics=Metrics(), send=lambda t, m: sent.append((t, m)) or True,
                         estimators=build_estimators(cfg), clock_ns=lambda: clock["ns"])
-    edges = {rx.id: EdgeChannelizer(rx.id, edge_lane_settings(cfg), hand_on_s) for rx in cfg.receivers}
+    edges = {rx.id: EdgeChannelizer(rx.id, LaneSettings.of(cfg), hand_on_s) for rx in cfg.receivers}
     flagged = 0
     try:
         for k in range(max(len(s) for s in streams)):
@@ -113,7 +113,7 @@ def _hostile_blocks():
 
 def test_the_edge_accounts_for_every_input_sample_and_marks_each_restart_through_hostile_blocks():
     cfg = _config(2.4e6)
-    edge = EdgeChannelizer("rx", edge_lane_settings(cfg), hand_on_s=0.0)
+    edge = EdgeChannelizer("rx", LaneSettings.of(cfg), hand_on_s=0.0)
     blocks = _hostile_blocks()
     outs, held_before = [], []
     for block in blocks:
@@ -142,7 +142,7 @@ def test_the_edge_accounts_for_every_input_sample_and_marks_each_restart_through
 
 def test_an_edge_that_holds_its_output_hands_on_the_same_samples_and_drops_no_more():
     cfg = _config(2.4e6)
-    each, held = (EdgeChannelizer("rx", edge_lane_settings(cfg), hand_on_s=h) for h in (0.0, 0.3))
+    each, held = (EdgeChannelizer("rx", LaneSettings.of(cfg), hand_on_s=h) for h in (0.0, 0.3))
     by_block = [out for block in _hostile_blocks() for out in each.push(block)]
     by_hold = [out for block in _hostile_blocks() for out in held.push(block)] + held.flush()
     assert len(by_hold) < len(by_block)
@@ -158,7 +158,7 @@ def test_the_channelized_stream_is_the_channelizer_s_output_with_its_times():
     cfg = _config(2.4e6)
     rng = np.random.default_rng(3)
     signal = (rng.standard_normal(240_000) + 1j * rng.standard_normal(240_000)).astype(np.complex64)
-    edge = EdgeChannelizer("rx", edge_lane_settings(cfg), hand_on_s=0.0)
+    edge = EdgeChannelizer("rx", LaneSettings.of(cfg), hand_on_s=0.0)
     reference = Channelizer(in_rate_hz=2.4e6, center_freq_hz=145.49e6, target_freq_hz=145.5e6, out_rate_hz=24_000.0)
     cuts = [0, 1, 999, 24_000, 24_017, 100_000, 240_000]  # uneven blocks, one of a single sample
     got, want = [], []
@@ -210,8 +210,8 @@ def test_a_daemon_fed_an_edge_channelized_for_another_target_says_so(caplog):
     edge_cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, target_freq_hz=145.502e6))
     streams = _streams(cfg)
     rid = cfg.receivers[0].id
-    edge = EdgeChannelizer(rid, edge_lane_settings(edge_cfg), hand_on_s=0.0)
-    lane = Lane(rid, edge_lane_settings(cfg), on_drop=lambda *a: None, on_bad_frame=lambda reason: None)
+    edge = EdgeChannelizer(rid, LaneSettings.of(edge_cfg), hand_on_s=0.0)
+    lane = Lane(rid, LaneSettings.of(cfg), on_drop=lambda *a: None, on_bad_frame=lambda reason: None)
     with caplog.at_level(logging.WARNING, logger="streamer.daemon.lane"):
         for block in streams[0][:20]:
             for out in edge.push(block):
@@ -220,10 +220,17 @@ def test_a_daemon_fed_an_edge_channelized_for_another_target_says_so(caplog):
     assert len(warned) == 1, warned
     assert "centred on 145502000 Hz, not on the target 145500000 Hz" in warned[0] and "shifted by -2000 Hz" in warned[0]
     caplog.clear()
-    right = Lane(rid, edge_lane_settings(cfg), on_drop=lambda *a: None, on_bad_frame=lambda reason: None)
-    matched = EdgeChannelizer(rid, edge_lane_settings(cfg), hand_on_s=0.0)
+    right = Lane(rid, LaneSettings.of(cfg), on_drop=lambda *a: None, on_bad_frame=lambda reason: None)
+    matched = EdgeChannelizer(rid, LaneSettings.of(cfg), hand_on_s=0.0)
     with caplog.at_level(logging.WARNING, logger="streamer.daemon.lane"):
         for block in streams[0][:20]:
             for out in matched.push(block):
                 right.push(out)
     assert not [r for r in caplog.records if "not on the target" in r.getMessage()]
+
+
+@pytest.mark.parametrize("hand_on_s", [-0.1, float("nan"), 3.0])
+def test_a_hold_that_is_negative_not_a_number_or_over_half_the_ring_is_refused(hand_on_s):
+    settings = LaneSettings.of(_config(240_000.0))  # a 4 s ring
+    with pytest.raises(ValueError, match=r"hand_on_s: expected 0 to half the ring \(2 s\)"):
+        EdgeChannelizer("rx", settings, hand_on_s=hand_on_s)

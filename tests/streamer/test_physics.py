@@ -357,3 +357,11 @@ def test_censoring_computes_a_small_part_of_the_grid_when_the_silent_receivers_a
     assert np.all(before[computed] >= best - NEGLIGIBLE_NATS)
     assert np.all(before[~computed] < best - NEGLIGIBLE_NATS)  # left out: still that far below the best
     np.testing.assert_allclose(log_post[computed], before[computed] + 3 * log_ndtr(0.5))
+
+
+def test_censoring_refuses_a_grid_it_could_not_update_in_place():
+    from streamer.estimators.physics import add_censoring
+
+    strided = np.zeros((10, 8))[:, ::2]
+    with pytest.raises(ValueError, match="log_post must be C-contiguous"):
+        add_censoring(strided, lambda i, g, j: np.zeros(np.broadcast(g, j).shape), np.array([0]))
