@@ -352,19 +352,48 @@ def _render_digest(fs_in, fs_out=24_000.0, n=9600):
     return len(y), hashlib.sha256(y.tobytes()).hexdigest()
 
 
-@pytest.mark.parametrize(
-    "fs_in, digest",
-    [
-        (48_000.0, (4790, "bd65d520a9ff9dee10de4eaefad2c352ff9c2130d616227abbb904e23a186c34")),
-        (240_000.0, (950, "f2fb7b4ec952b05b86a6c787fe56edeb42ba9f56a13261c1599794959078c470")),
-        (250_000.0, (912, "79337264182d1f56e6f9c12cc6c3808ca3bc5734346ecb2b2d5faa7df296dfe3")),
-    ],
-)
-def test_single_stage_rates_give_the_bits_they_gave_before_the_cascade(fs_in, digest):
-    # Digests of the single-stage channelizer before the cascade existed (commit 93a148a), taken with the
-    # OpenBLAS of numpy's x86-64 wheel: the cascade must leave these rates' path untouched, bit for bit. (A
-    # BLAS with another float32 summation order would change the last bits, and these digests with them.)
-    assert _render_digest(fs_in) == digest
+#: Digests of the single-stage channelizer before the cascade existed (commit 93a148a), one set per OpenBLAS
+#: float32 kernel family (numpy's wheel picks one for the CPU at load; they sum in different orders, so the last
+#: bits differ between them). Both sets were taken at 93a148a with OPENBLAS_CORETYPE forcing the kernel.
+PRE_CASCADE_DIGESTS = {
+    "Haswell": {48_000.0: (4790, "bd65d520a9ff9dee10de4eaefad2c352ff9c2130d616227abbb904e23a186c34"),
+                240_000.0: (950, "5be7ae87f1018e2a2e4d1d411922991335d4a9c9e71fa7128eaeb8b5ee4dee19"),
+                250_000.0: (912, "7e6af6bf749ff91a8c13ee2913baebfca497f611de1e3fc7e572943b4f8f321e")},
+    "SkylakeX": {48_000.0: (4790, "bd65d520a9ff9dee10de4eaefad2c352ff9c2130d616227abbb904e23a186c34"),
+                 240_000.0: (950, "f2fb7b4ec952b05b86a6c787fe56edeb42ba9f56a13261c1599794959078c470"),
+                 250_000.0: (912, "79337264182d1f56e6f9c12cc6c3808ca3bc5734346ecb2b2d5faa7df296dfe3")},
+}
+
+_DIGESTS_UNDER_KERNEL = """
+import json, sys
+from threadpoolctl import threadpool_info
+sys.path.insert(0, sys.argv[1])
+from test_channelizer import _render_digest
+blas = [(i["internal_api"], i.get("architecture")) for i in threadpool_info() if i["user_api"] == "blas"]
+print(json.dumps({"blas": blas, "digests": {str(fs): _render_digest(fs) for fs in (48000.0, 240000.0, 250000.0)}}))
+"""
+
+
+@pytest.mark.parametrize("kernel", sorted(PRE_CASCADE_DIGESTS))
+def test_single_stage_rates_give_the_bits_they_gave_before_the_cascade(kernel):
+    """The cascade must leave the single-stage rates' path untouched, bit for bit: each kernel family's digests,
+    in a process whose OpenBLAS is made to use that family (where the CPU and numpy's BLAS allow it)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OPENBLAS_CORETYPE": kernel}
+    run = subprocess.run([sys.executable, "-c", _DIGESTS_UNDER_KERNEL, str(Path(__file__).parent)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    if {tuple(b) for b in result["blas"]} != {("openblas", kernel)}:
+        pytest.skip(f"numpy's BLAS here is {result['blas']}, not OpenBLAS on its {kernel} kernels (the CPU or the "
+                    "BLAS build cannot run them), so these digests do not apply")
+    for fs_in, digest in PRE_CASCADE_DIGESTS[kernel].items():
+        assert tuple(result["digests"][str(fs_in)]) == digest, fs_in
 
 
 def _single_stage_and_cascade_gain(fs_in, freqs_hz):
