@@ -34,6 +34,7 @@ from receivers.base import ZMQ_INT_MAX
 from streamer.core.docs import doc as _doc
 from streamer.core.errors import ConfigError
 from streamer.dsp.features import FeatureSpec
+from streamer.dsp.frame_fft import backend_problem
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ class PipelineConfig:
                       "kernels holds the GIL, so more threads can cost more than they give; raise it where "
                       "`heimdall bench pipeline --scaling` shows a gain (docs/performance.md). Channelizing edges "
                       "(`heimdall receiver ID --channelize`) spread the channelizing over processes instead"),
+    )
+    fft: str = field(
+        default="scipy",
+        metadata=_doc("the mel features' FFT: 'scipy' (scipy.fft; the same bits in every run) or 'fftw' (FFTW "
+                      "through pyFFTW, pip install -e '.[fftw]'; faster, and a run's last-bit rounding depends on "
+                      "the plan FFTW times as fastest; docs/performance.md, Feature stage)"),
     )
 
 
@@ -565,6 +572,9 @@ def _check_ranges(cfg: Config, receivers: tuple[ReceiverConfig, ...], source: st
     need(p.queue_blocks >= 1, "pipeline.queue_blocks", ">= 1", p.queue_blocks)
     need(p.queue_mb > 0, "pipeline.queue_mb", "> 0", p.queue_mb)
     need(p.workers >= 0, "pipeline.workers", ">= 0 (0 = one per CPU core)", p.workers)
+    fft_problem = backend_problem(p.fft)
+    if fft_problem:
+        raise ConfigError(f"{source}: pipeline.fft: {fft_problem}")
     need(p.offline_after_s > 0, "pipeline.offline_after_s", "> 0 s", p.offline_after_s)
     need(0 < p.lone_carrier_s < math.inf, "pipeline.lone_carrier_s", "a finite duration > 0 s", p.lone_carrier_s)
     need(p.clock_jump_tolerance_s > 0, "pipeline.clock_jump_tolerance_s", "> 0 s", p.clock_jump_tolerance_s)

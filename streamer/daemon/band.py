@@ -330,7 +330,7 @@ class BandPipeline(Pipeline):
             stop = min(state.done + STREAM_FRAMES, upto)
             offset = (state.done - start) * spec.hop
             chunk = rows[:, offset : offset + (stop - state.done - 1) * spec.hop + spec.n_fft]
-            frames = mel_frames_dbm(chunk, spec, self.calibration_db[r])
+            frames = mel_frames_dbm(chunk, spec, self.calibration_db[r], fft_backend=self.config.pipeline.fft)
             state.features[:, :, state.done : stop] = frames
             for rule, positions in state.rule_positions(self._rule_groups):
                 snr, noise = channel_frame_levels(rule, frames[positions], spec)  # [g, k]

@@ -380,17 +380,17 @@ class Pipeline:
     def _features(self, samples: np.ndarray) -> np.ndarray:
         """``mel_frames_dbm`` of the window's rows (``[R, N]``, or ``[R, C, N]`` for a band: receiver first), in chunks of
         ``FEATURE_CHUNK_RECEIVERS`` receivers spread over the pool."""
-        spec = self.config.features
+        spec, fft = self.config.features, self.config.pipeline.fft
         cal = self.calibration_db.reshape((-1,) + (1,) * (samples.ndim - 2))  # one per receiver, over any channel axis
         starts = range(0, len(samples), FEATURE_CHUNK_RECEIVERS)
         groups: list[list[Callable[[], np.ndarray]]] = [[] for _ in range(self.pool.workers)]
         for c, a in enumerate(starts):
             b = a + FEATURE_CHUNK_RECEIVERS
-            groups[c % self.pool.workers].append(lambda a=a, b=b: mel_frames_dbm(samples[a:b], spec, cal[a:b]))
+            groups[c % self.pool.workers].append(lambda a=a, b=b: mel_frames_dbm(samples[a:b], spec, cal[a:b], fft_backend=fft))
         done = self.pool.run(groups)
         chunks = [done[c % self.pool.workers][c // self.pool.workers] for c in range(len(starts))]
         if len(chunks) <= 1:
-            return chunks[0] if chunks else mel_frames_dbm(samples, spec, cal)
+            return chunks[0] if chunks else mel_frames_dbm(samples, spec, cal, fft_backend=fft)
         return np.concatenate(chunks)
 
     @property

@@ -18,9 +18,9 @@ Recipe, for one receiver's window of ``n_samples`` complex samples at ``sample_r
 4. ``10*log10(power_mW + eps)`` = dBm; models apply their own affine normalisation on top
    (``normalise``), stored in the model's metadata.
 
-How ``mel_frames_dbm`` computes it: a chunk of frames at a time (``CHUNK_BYTES``), window, one single-thread
-``scipy.fft`` call (the daemon runs receivers in parallel itself), squares in place, and the mel projection as a
-few BLAS matmuls on the unshifted bins, the bank cut into blocks of neighbouring bands (``_projection``) with the
+How ``mel_frames_dbm`` computes it: a chunk of frames at a time (``CHUNK_BYTES``), window, a single-thread
+FFT in place (``streamer.dsp.frame_fft``: ``scipy.fft``, or FFTW where ``pipeline.fft`` asks for it), squares
+in place, and the mel projection as a few BLAS matmuls on the unshifted bins, the bank cut into blocks of neighbouring bands (``_projection``) with the
 power scaling folded in. complex64 samples (the daemon's and the trainer's) are computed in single precision,
 complex128 in double. Single precision matches a double-precision transform to well under 1e-3 dB except in
 bands 60 dB or more below their frame's strongest band, where the FFT's rounding shows (up to about 1e-2 dB).
@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fft
+
+from streamer.dsp.frame_fft import DEFAULT_BACKEND, frame_fft
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ def _projection(spec: FeatureSpec, dtype: np.dtype) -> tuple[tuple[int, int, int
 CHUNK_BYTES = 1 << 20
 
 
-def _mel_power_rows(rows: np.ndarray, spec: FeatureSpec, work: np.dtype) -> np.ndarray:
+def _mel_power_rows(rows: np.ndarray, spec: FeatureSpec, work: np.dtype, fft_backend: str) -> np.ndarray:
     """Band power ``[L, T, n_mels]`` of ``rows`` ``[L, n]`` (of dtype ``work``, samples contiguous), in ``work``'s
     real type: frames windowed, transformed, squared and projected a chunk at a time."""
     real = np.finfo(work).dtype
@@ -251,7 +253,8 @@ def _mel_power_rows(rows: np.ndarray, spec: FeatureSpec, work: np.dtype) -> np.n
         return out
     flat_out = out.reshape(n_rows * n_frames, spec.n_mels)
     step = max(1, CHUNK_BYTES // (n_fft * work.itemsize))  # frames per step
-    buffer = np.empty((min(step, n_rows * n_frames), n_fft), work)
+    transform = frame_fft(n_fft, work, fft_backend)
+    buffer = transform.empty(min(step, n_rows * n_frames))
     # Whole rows per step while a row fits in one (as many per step as the fewest steps need); otherwise each
     # row in runs of ``step`` frames.
     rows_per_step = max(1, step // n_frames)
@@ -264,7 +267,7 @@ def _mel_power_rows(rows: np.ndarray, spec: FeatureSpec, work: np.dtype) -> np.n
             chunk = buffer[:k]
             # On the float views (re, im interleaved) the window is a real multiply with no casting.
             np.multiply(frames[r0:r1, t0:t1].view(real), window2, out=chunk.view(real).reshape(r1 - r0, t1 - t0, 2 * n_fft))
-            spectrum = scipy.fft.fft(chunk, axis=-1, workers=1, overwrite_x=True)
+            spectrum = transform.forward(chunk)
             squares = spectrum.view(real)  # [k, 2 * n_fft]: re, im, re, im, ...
             np.square(squares, out=squares)
             # Whole rows: their frames are consecutive in ``out``; part of one row: that row's run of frames.
@@ -279,25 +282,29 @@ def mel_power(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return _mel_power(np.asarray(samples), spec).astype(np.float64)
 
 
-def _mel_power(samples: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+def _mel_power(samples: np.ndarray, spec: FeatureSpec, fft_backend: str = DEFAULT_BACKEND) -> np.ndarray:
     """``mel_power`` in the working precision (float32 for complex64 samples, float64 for complex128)."""
     work = _work_dtype(samples)
     lead, n = samples.shape[:-1], samples.shape[-1]
     rows = samples.reshape(-1, n)
     if rows.dtype != work or rows.strides[-1] != work.itemsize:  # real or strided input: complex, contiguous
         rows = np.ascontiguousarray(rows, dtype=work)
-    power = _mel_power_rows(rows, spec, work)  # [L, T, M]
+    power = _mel_power_rows(rows, spec, work, fft_backend)  # [L, T, M]
     return np.swapaxes(power, -1, -2).reshape(*lead, spec.n_mels, power.shape[1])
 
 
-def mel_frames_dbm(samples: np.ndarray, spec: FeatureSpec, calibration_db: float | np.ndarray = 0.0) -> np.ndarray:
+def mel_frames_dbm(samples: np.ndarray, spec: FeatureSpec, calibration_db: float | np.ndarray = 0.0, *,
+                   fft_backend: str = DEFAULT_BACKEND) -> np.ndarray:
     """dBm mel frames ``[..., n_mels, T]`` (float32); ``calibration_db`` broadcasts over leading axes.
+
+    ``fft_backend``: ``"scipy"`` or ``"fftw"`` (``streamer.dsp.frame_fft``, the daemon's ``pipeline.fft``); both
+    give the same frames to single-precision rounding.
 
     complex64 samples are transformed and projected in single precision, complex128 ones in double; the
     dB values are the same to well within 1e-3 dB either way, except for bands that lie near single
     precision's rounding floor (about 140 dB below the strongest bin of a frame).
     """
-    power = _mel_power(np.asarray(samples), spec)
+    power = _mel_power(np.asarray(samples), spec, fft_backend)
     gain = 10.0 ** (np.asarray(calibration_db, dtype=np.float64)[..., None, None] / 10.0)
     power_mw = power * gain.astype(power.dtype)
     power_mw += power.dtype.type(spec.eps)

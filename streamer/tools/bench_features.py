@@ -10,7 +10,8 @@ Two cases, each on distinct seeded signals per receiver (complex64 noise plus a 
 
 Paths timed on the same input, best and median of ``--repeats``:
 
-* ``stage``: ``mel_frames_dbm``;
+* ``stage``: ``mel_frames_dbm``, on each FFT backend this process has (``pipeline.fft``: scipy.fft, and FFTW
+  where pyFFTW is installed), each with its ratios;
 * ``naive``: ``scipy.signal.stft`` (two-sided, periodic Hann, no padding) then a mel filterbank built from
   ``librosa.filters.mel`` (HTK, unnormalised, one per side) applied as a matmul to the power, then dB; left out,
   with a line that says so, where librosa is not installed;
@@ -41,10 +42,14 @@ import scipy.fft
 
 from streamer.dsp import features
 from streamer.dsp.features import FeatureSpec, mel_frames_dbm
+from streamer.dsp.frame_fft import FFTW_INSTALL_HINT, available_backends
 
 #: Targets (docs/performance.md), printed beside the measured ratios.
 TARGET_STAGE_OVER_NAIVE = 4.0
 TARGET_STAGE_OVER_RAW_FFT = 0.5
+
+#: How the report names each ``pipeline.fft`` backend of the stage.
+STAGE_LABELS = {"scipy": "scipy.fft", "fftw": "FFTW"}
 
 WIDEBAND = dict(sample_rate_hz=2.4e6, n_fft=1024, hop=512, n_mels=128)
 
@@ -155,22 +160,25 @@ def bench_case(name: str, spec: FeatureSpec, calls: list[np.ndarray], repeats: i
     def rate(t: dict) -> dict:
         return {**t, "best_msps": n_in / t["best_s"] / 1e6, "median_msps": n_in / t["median_s"] / 1e6}
 
-    res["stage"] = rate(timed(lambda: [mel_frames_dbm(x, spec) for x in calls], repeats))
+    backends = available_backends()
+    res["stage"] = {b: rate(timed(lambda b=b: [mel_frames_dbm(x, spec, fft_backend=b) for x in calls], repeats))
+                    for b in backends}
     bank = naive_bank(spec)
     if bank is None:
         res["naive"] = None
         res["naive_skipped"] = "librosa is not importable: pip install librosa to time the naive path"
     else:
         res["naive"] = rate(timed(lambda: [naive_mel_dbm(x, spec, bank) for x in calls], repeats))
-        res["max_abs_diff_db"] = float(max(np.max(np.abs(mel_frames_dbm(x, spec) - naive_mel_dbm(x, spec, bank)))
-                                           for x in calls))
-        res["stage_over_naive"] = res["stage"]["best_msps"] / res["naive"]["best_msps"]
+        res["max_abs_diff_db"] = {b: float(max(np.max(np.abs(mel_frames_dbm(x, spec, fft_backend=b)
+                                                             - naive_mel_dbm(x, spec, bank))) for x in calls))
+                                  for b in backends}
+        res["stage_over_naive"] = {b: res["stage"][b]["best_msps"] / res["naive"]["best_msps"] for b in backends}
     frames = [windowed_frames(x, spec) for x in calls]
     raw = {label: rate(timed(fn, repeats)) for label, fn in raw_fft_runners(frames, chunk_frames(spec)).items()}
     best = max(raw, key=lambda label: raw[label]["best_msps"])
     res["raw_fft"] = raw
     res["raw_fft_best"] = best
-    res["stage_over_raw_fft"] = res["stage"]["best_msps"] / raw[best]["best_msps"]
+    res["stage_over_raw_fft"] = {b: res["stage"][b]["best_msps"] / raw[best]["best_msps"] for b in backends}
     return res
 
 
@@ -209,21 +217,27 @@ def format_lines(res: dict) -> list[str]:
         s = case["spec"]
         lines.append(f"{case['case']}: {s['sample_rate_hz'] / 1e6:g} MS/s, n_fft {s['n_fft']}, hop {s['hop']}, "
                      f"{s['n_mels']} mels; {case['calls']} call(s) of {case['receivers']} receivers x "
-                     f"{case['samples_per_receiver_per_call']} samples; best / median of {case['stage']['repeats']}")
-        lines.append(f"  stage mel_frames_dbm        {case['stage']['best_msps']:9.2f} / {case['stage']['median_msps']:9.2f} MS/s")
+                     f"{case['samples_per_receiver_per_call']} samples; best / median of {case['stage']['scipy']['repeats']}")
+        for b, r in case["stage"].items():
+            lines.append(f"  stage mel_frames_dbm, {STAGE_LABELS[b]:<10}{r['best_msps']:9.2f} / {r['median_msps']:9.2f} MS/s")
+        if "fftw" not in case["stage"]:
+            lines.append(f"  stage mel_frames_dbm, FFTW: skipped: pyFFTW is not installed ({FFTW_INSTALL_HINT})")
         if case["naive"] is None:
             lines.append(f"  naive: skipped: {case['naive_skipped']}")
         else:
             lines.append(f"  naive stft + librosa mel    {case['naive']['best_msps']:9.2f} / {case['naive']['median_msps']:9.2f} MS/s")
         for label, r in case["raw_fft"].items():
             lines.append(f"  raw FFT {label:<26}{r['best_msps']:9.2f} / {r['median_msps']:9.2f} MS/s")
-        if case["naive"] is not None:
-            lines.append(f"  stage / naive       {case['stage_over_naive']:6.2f}  {_met(case['stage_over_naive'], TARGET_STAGE_OVER_NAIVE)}")
-        ratio = case["stage_over_raw_fft"]
-        lines.append(f"  stage / raw FFT     {ratio:6.2f}  {_met(ratio, TARGET_STAGE_OVER_RAW_FFT)}, "
-                     f"against {case['raw_fft_best']}")
-        if case["naive"] is not None:
-            lines.append(f"  max |stage - naive| {case['max_abs_diff_db']:.2e} dB")
+        for b in case["stage"]:
+            label = f"stage ({STAGE_LABELS[b]})"
+            if case["naive"] is not None:
+                ratio = case["stage_over_naive"][b]
+                lines.append(f"  {label + ' / naive':<28}{ratio:6.2f}  {_met(ratio, TARGET_STAGE_OVER_NAIVE)}")
+            ratio = case["stage_over_raw_fft"][b]
+            lines.append(f"  {label + ' / raw FFT':<28}{ratio:6.2f}  {_met(ratio, TARGET_STAGE_OVER_RAW_FFT)}, "
+                         f"against {case['raw_fft_best']}")
+            if case["naive"] is not None:
+                lines.append(f"  {'max |' + label + ' - naive|':<28}{case['max_abs_diff_db'][b]:.2e} dB")
     lines.append(load.format(*res["load_average_end"]) + " at end")
     return lines
 
