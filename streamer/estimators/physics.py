@@ -56,6 +56,7 @@ from streamer.estimators.credible import (
     radius_sq_at_mass,
     subcell_offsets,
 )
+from streamer.estimators.normal_tail import add_log_ndtr_outer, log_ndtr_table
 from streamer.estimators.survey import load_map
 
 #: Resolution of the numerical marginalisation over transmit power (dB). The power likelihood is at
@@ -312,8 +313,7 @@ class PhysicsGrid:
         else:
             log_post = np.zeros((self.grid_en_m.shape[0], p.shape[0]))
         # Not heard: the received power P - PL fell below the detection level.
-        add_censoring(log_post, lambda i, g, j: (detection[i] - (p[j] - self._path_loss_db[g, i])) / s,
-                      np.flatnonzero(use_cens))
+        add_censoring(log_post, p, lambda i: (detection[i] + self._path_loss_db[:, i], 1.0 / s), np.flatnonzero(use_cens))
         # logsumexp over P by hand (scipy's generic version costs ~3x more on this [G, P] shape), in place.
         peak = log_post.max(axis=1)
         log_post -= peak[:, None]
@@ -354,7 +354,7 @@ class PhysicsGrid:
             return -0.5 * scatter + _log_ndtr_difference(lo, hi)
         p = self.power_grid_dbm
         log_post = -0.5 * (scatter[:, None] + a * (p[None, :] - mu[:, None]) ** 2)
-        add_censoring(log_post, lambda i, g, j: (detection[i] - (p[j] - self._path_loss_db[g, i])) / math.sqrt(cov[i, i]),
+        add_censoring(log_post, p, lambda i: (detection[i] + self._path_loss_db[:, i], 1.0 / math.sqrt(cov[i, i])),
                       np.flatnonzero(use_cens))
         peak = log_post.max(axis=1)
         return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
@@ -388,7 +388,7 @@ class PhysicsGrid:
         log_post = -0.5 * (scatter[:, None] + a[:, None] * (p[None, :] - mu[:, None]) ** 2) + log_det[:, None]
         if idx.size:
             log_post += 0.5 * np.log(a)[:, None]  # the P grid integrates the Gaussian in P itself
-        add_censoring(log_post, lambda i, g, j: (detection[i] - (p[j] - self._path_loss_db[g, i])) / np.sqrt(var[g, i]),
+        add_censoring(log_post, p, lambda i: (detection[i] + self._path_loss_db[:, i], 1.0 / np.sqrt(var[:, i])),
                       np.flatnonzero(use_cens))
         peak = log_post.max(axis=1)
         return np.log(np.exp(log_post - peak[:, None]).sum(axis=1)) + peak
@@ -566,7 +566,7 @@ class PhysicsGrid:
             grid /= -2.0 * s * s
             grid[k[part] == 0] = 0.0
             for row, window in zip(grid, part):
-                add_censoring(row, lambda i, g, j: (detection[window, i] - (p[j] - self._path_loss_db[g, i])) / s,
+                add_censoring(row, p, lambda i: (detection[window, i] + self._path_loss_db[:, i], 1.0 / s),
                               np.flatnonzero(use_cens[window]))
             peak = grid.max(axis=2)
             grid -= peak[:, :, None]
@@ -665,16 +665,19 @@ DENSE_CENSORING_SHARE = 0.5
 NEGLIGIBLE_CENSORING_Z = 8.3
 
 
-def add_censoring(log_post: np.ndarray, z_at: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
-                  silent: np.ndarray) -> None:
+def add_censoring(log_post: np.ndarray, power_dbm: np.ndarray,
+                  margin_at: Callable[[int], tuple[np.ndarray, np.ndarray | float]], silent: np.ndarray) -> None:
     """Add each silent receiver's censoring term ``log Phi(z)`` to ``log_post`` [G, P] in place, where it can matter.
 
-    ``z_at(i, g, j)`` gives receiver ``i``'s z at cells ``g`` and power bins ``j`` (index arrays). The terms are
-    <= 0, so an entry already ``NEGLIGIBLE_NATS`` below the best censored entry stays that far below the best;
-    such entries keep their uncensored value, an upper bound that still weighs less than exp(-NEGLIGIBLE_NATS)
-    against the best. Terms at z beyond ``NEGLIGIBLE_CENSORING_Z`` (> -5.2e-17) are left out too. The entries
-    computed are those within ``NEGLIGIBLE_NATS`` of the uncensored best, then of the censored best until it stops
-    falling; when they are most of the grid (``DENSE_CENSORING_SHARE``), every entry is computed at once.
+    ``margin_at(i)`` gives receiver ``i``'s ``(offset [G], weight)``: its detection level plus the path loss to
+    each cell (dB), and 1 / the error sigma (1/dB; per cell or one value), so that its z at cell g and power bin j
+    is ``(offset[g] - power_dbm[j]) * weight[g]``. log Phi is ``normal_tail``'s table, within
+    ``normal_tail.MAX_ERROR_NATS`` of scipy's ``log_ndtr``. The terms are <= 0, so an entry already
+    ``NEGLIGIBLE_NATS`` below the best censored entry stays that far below the best; such entries keep their
+    uncensored value, an upper bound that still weighs less than exp(-NEGLIGIBLE_NATS) against the best. Terms
+    at z beyond ``NEGLIGIBLE_CENSORING_Z`` (> -5.2e-17) are left out too. The entries computed are those within
+    ``NEGLIGIBLE_NATS`` of the uncensored best, then of the censored best until it stops falling; when they are
+    most of the grid (``DENSE_CENSORING_SHARE``), every entry is computed at once.
     ValueError when ``log_post`` is not C-contiguous (it is updated through a flat view).
     """
     if not len(silent):
@@ -686,24 +689,25 @@ def add_censoring(log_post: np.ndarray, z_at: Callable[[int, np.ndarray, np.ndar
     threshold = flat.max() - NEGLIGIBLE_NATS
     within = flat >= threshold
     if np.count_nonzero(within) > DENSE_CENSORING_SHARE * flat.size:
-        # Most of the grid: every entry at once, on broadcast indices (no gathers), and nothing left to do.
-        cells, bins = np.arange(log_post.shape[0])[:, None], np.arange(log_post.shape[1])[None, :]
+        # Most of the grid: every entry at once, from the two vectors (no [G, P] z), and nothing left to do.
         for i in silent:
-            log_post += log_ndtr(z_at(int(i), cells, bins))
+            offset, weight = margin_at(int(i))
+            add_log_ndtr_outer(log_post, offset, power_dbm, weight)
         return
+    margins = {int(i): margin_at(int(i)) for i in silent}
     while True:
         todo = np.flatnonzero(within & ~done)
         if not todo.size:
             break
         g, j = np.divmod(todo, log_post.shape[1])
         total = flat[todo]
-        for i in silent:
-            z = z_at(int(i), g, j)
+        for offset, weight in margins.values():
+            z = (offset[g] - power_dbm[j]) * (weight[g] if np.ndim(weight) else weight)
             near = np.flatnonzero(z < NEGLIGIBLE_CENSORING_Z)
             if near.size == z.size:
-                total += log_ndtr(z)
+                log_ndtr_table(z, add_to=total)
             elif near.size:
-                total[near] += log_ndtr(z[near])
+                total[near] += log_ndtr_table(z[near])
         flat[todo] = total
         done[todo] = True
         lowered = flat[done].max() - NEGLIGIBLE_NATS

@@ -1,8 +1,14 @@
-"""``heimdall bench censoring``: the physics posterior on windows where some receivers did not hear, with the
-censoring term computed only where it can matter (``physics.add_censoring``) against the same windows with every
-grid entry and every term computed (its ``NEGLIGIBLE_NATS`` and ``NEGLIGIBLE_CENSORING_Z`` set to infinity), in
-interleaved rounds of one run; it prints both per-window times, their ratio and the largest difference between
-the two paths' estimates.
+"""``heimdall bench censoring``: the physics posterior on windows where some receivers did not hear, three ways
+on the same windows in interleaved rounds of one run:
+
+* ``now``: as the daemon runs it, the censoring term only where it can matter (``physics.add_censoring``) and
+  log Phi by table (``normal_tail.log_ndtr_table``);
+* ``log_ndtr``: the same entries with scipy's ``log_ndtr``;
+* ``every entry``: every grid entry and term (``NEGLIGIBLE_NATS`` and ``NEGLIGIBLE_CENSORING_Z`` infinite) with
+  scipy's ``log_ndtr``: the exact posterior the other two approximate.
+
+It prints each path's per-window times, ``now``'s ratios to the other two, and the largest differences of
+``now``'s and ``log_ndtr``'s estimates from ``every entry``'s.
 
 The network is the config's receivers, repeated as needed, each copy moved by (0.05°, 0.03°) north and east
 from the one before; the windows are ``bench_model.physics_windows`` (transmitters and powers drawn in the search
@@ -60,15 +66,19 @@ def bench_censoring(args) -> int:
     grid = PhysicsGrid.from_config(cfg)
     windows = censored_windows(grid, args.windows)
     silent = np.array([int((~w[1]).sum()) for w in windows])
-    limits = {"pruned": (physics_mod.NEGLIGIBLE_NATS, physics_mod.NEGLIGIBLE_CENSORING_Z), "every entry": (np.inf, np.inf)}
-    times = {name: [] for name in limits}
+    table = (physics_mod.log_ndtr_table, physics_mod.add_log_ndtr_outer)
+    exact = (exact_log_ndtr, exact_add_log_ndtr_outer)
+    pruned = (physics_mod.NEGLIGIBLE_NATS, physics_mod.NEGLIGIBLE_CENSORING_Z)
+    paths = {"now": (*pruned, table), "log_ndtr": (*pruned, exact), "every entry": (np.inf, np.inf, exact)}
+    times = {name: [] for name in paths}
     results = {}
     limit, blas = blas_one_thread()
     try:
         with limit:
             for _ in range(args.rounds):
-                for name, (nats, z) in limits.items():
+                for name, (nats, z, log_phi) in paths.items():
                     physics_mod.NEGLIGIBLE_NATS, physics_mod.NEGLIGIBLE_CENSORING_Z = nats, z
+                    physics_mod.log_ndtr_table, physics_mod.add_log_ndtr_outer = log_phi
                     out = []
                     for window in windows:
                         t0 = time.perf_counter()
@@ -76,23 +86,52 @@ def bench_censoring(args) -> int:
                         times[name].append(time.perf_counter() - t0)
                     results[name] = out
     finally:
-        physics_mod.NEGLIGIBLE_NATS, physics_mod.NEGLIGIBLE_CENSORING_Z = limits["pruned"]
+        physics_mod.NEGLIGIBLE_NATS, physics_mod.NEGLIGIBLE_CENSORING_Z = pruned
+        physics_mod.log_ndtr_table, physics_mod.add_log_ndtr_outer = table
     print(f"bench censoring: physics posterior, {args.receivers} receivers, {grid.grid_en_m.shape[0]} cells x "
           f"{grid.power_grid_dbm.shape[0]} power bins, {len(windows)} censored windows x {args.rounds} rounds; {blas}")
     print(f"  load average             {' '.join(f'{x:.2f}' for x in load0)} at start ({os.cpu_count()} CPUs, shared)")
     print(f"  silent receivers         median {np.median(silent):.0f}, range {silent.min()}-{silent.max()} per window")
     ms = {name: 1e3 * np.asarray(t) for name, t in times.items()}
     for name, t in ms.items():
-        print(f"  {name:<24} p50 {np.percentile(t, 50):7.2f} ms  p99 {np.percentile(t, 99):7.2f} ms per window")
-    print(f"  pruned / every entry     x{np.percentile(ms['pruned'], 50) / np.percentile(ms['every entry'], 50):.3f} p50, "
-          f"x{np.percentile(ms['pruned'], 99) / np.percentile(ms['every entry'], 99):.3f} p99")
-    moved = max(float(np.max(np.abs(a.position_en_m - b.position_en_m)))
-                for a, b in zip(results["pruned"], results["every entry"]))
-    cov = max(float(np.max(np.abs(a.cov_en_m2 - b.cov_en_m2) / np.abs(b.cov_en_m2).max()))
-              for a, b in zip(results["pruned"], results["every entry"]))
-    print(f"  largest difference       position {moved:.2e} m, covariance {cov:.2e} of its largest entry")
+        print(f"  {name:<24} p50 {np.percentile(t, 50):7.2f} ms  p99 {np.percentile(t, 99):7.2f} ms per window"
+              f"  ({PATH_DOCS[name]})")
+    for base in ("log_ndtr", "every entry"):
+        print(f"  {'now / ' + base:<24} x{np.percentile(ms['now'], 50) / np.percentile(ms[base], 50):.3f} p50, "
+              f"x{np.percentile(ms['now'], 99) / np.percentile(ms[base], 99):.3f} p99")
+    for name in ("now", "log_ndtr"):
+        pairs = list(zip(results[name], results["every entry"]))
+        moved = max(float(np.max(np.abs(a.position_en_m - b.position_en_m))) for a, b in pairs)
+        cov = max(float(np.max(np.abs(a.cov_en_m2 - b.cov_en_m2) / np.abs(b.cov_en_m2).max())) for a, b in pairs)
+        print(f"  {name + ' - every entry':<24} largest: position {moved:.2e} m, covariance {cov:.2e} of its largest entry")
     print(f"  load average             {' '.join(f'{x:.2f}' for x in os.getloadavg())} at end")
     return 0
+
+
+#: What each timed path computes.
+PATH_DOCS = {
+    "now": "pruned, log Phi by table",
+    "log_ndtr": "pruned, scipy's log_ndtr",
+    "every entry": "every entry and term, scipy's log_ndtr",
+}
+
+
+def exact_add_log_ndtr_outer(acc: np.ndarray, offset: np.ndarray, points: np.ndarray, weight) -> None:
+    """scipy's ``log_ndtr`` with ``normal_tail.add_log_ndtr_outer``'s signature (z built as a ``[G, P]`` array)."""
+    from scipy.special import log_ndtr
+
+    acc += log_ndtr((offset[:, None] - points[None, :]) * np.broadcast_to(weight, offset.shape)[:, None])
+
+
+def exact_log_ndtr(z: np.ndarray, add_to: np.ndarray | None = None) -> np.ndarray:
+    """scipy's ``log_ndtr`` with ``normal_tail.log_ndtr_table``'s signature: the baseline paths' censoring term."""
+    from scipy.special import log_ndtr
+
+    values = log_ndtr(z)
+    if add_to is None:
+        return values
+    add_to += values
+    return add_to
 
 
 run = bench_censoring  # the name streamer/tools/bench.py calls

@@ -7,18 +7,22 @@ import re
 import pytest
 
 from streamer.cli import main
-from streamer.estimators import physics
+from streamer.estimators import normal_tail, physics
 
 
-def test_the_bench_times_both_paths_and_prints_how_far_their_estimates_differ(capsys):
+def test_the_bench_times_the_three_paths_and_prints_how_far_their_estimates_differ(capsys):
     assert main(["bench", "censoring", "--receivers", "14", "--windows", "4", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "14 receivers" in out and "4 censored windows" in out and "load average" in out
-    assert re.search(r"pruned +p50 .* ms per window", out) and re.search(r"every entry +p50 .* ms per window", out)
-    assert "pruned / every entry" in out
-    moved = float(re.search(r"largest difference +position (\S+) m", out).group(1))
-    assert moved < 1e-3
-    # The bench puts the module's limits back.
+    for path in ("now", "log_ndtr", "every entry"):
+        assert re.search(rf"{path} +p50 .* ms per window", out)
+    assert "now / log_ndtr" in out and "now / every entry" in out
+    for path in ("now", "log_ndtr"):
+        moved = float(re.search(rf"{path} - every entry +largest: position (\S+) m", out).group(1))
+        assert moved < 1e-2
+    # The bench puts the module's limits and its log Phi back.
+    assert physics.log_ndtr_table is normal_tail.log_ndtr_table
+    assert physics.add_log_ndtr_outer is normal_tail.add_log_ndtr_outer
     assert (physics.NEGLIGIBLE_NATS, physics.NEGLIGIBLE_CENSORING_Z) == (40.0, 8.3)
 
 
