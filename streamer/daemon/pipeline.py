@@ -33,6 +33,7 @@ from streamer.daemon.metrics import Metrics
 from streamer.dsp.detection import DetectionRule
 from streamer.dsp.emissions import LoneCarriers, frame_times_ns
 from streamer.dsp.features import mel_frames_dbm
+from streamer.dsp.frame_fft import frame_fft
 from streamer.estimators.base import Estimate, EstimateRejected, Estimator, EstimatorInputs
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,8 @@ class Pipeline:
         self.calibration_db = np.array([rx.calibration_db for rx in config.receivers])
         self.lanes = self._make_lanes(LaneSettings.of(config))
         self.pool = LanePool(min(resolve_workers(config.pipeline.workers), max(1, len(self.receiver_ids))))
+        # FFTW plans the features' transform on its first use in a thread: here, not in the first window.
+        frame_fft(config.features.n_fft, np.complex64, config.pipeline.fft)
         #: Which of the pool's groups takes each receiver's blocks (the same group for the pipeline's life).
         self._group = {rid: i % self.pool.workers for i, rid in enumerate(self.receiver_ids)}
         self.aligner = self._make_aligner()
