@@ -51,6 +51,14 @@ def backend_problem(backend: str) -> str | None:
     return None
 
 
+def fft_summary(backend: str) -> str:
+    """One line for ``heimdall check``: the features' FFT, and where FFTW is there but not used."""
+    if backend == "fftw":
+        return f"features: FFT by FFTW (pyFFTW {pyfftw.__version__}; pipeline.fft = \"fftw\")"
+    spare = "; pyFFTW is installed: pipeline.fft = \"fftw\" is faster, bits may differ by run" if pyfftw is not None else ""
+    return f"features: FFT by scipy.fft (pipeline.fft = \"scipy\"{spare})"
+
+
 class FrameFFT:
     """Forward FFT along the last axis of ``[k, n_fft]`` frames of one complex dtype, in place where it can."""
 

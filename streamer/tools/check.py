@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from streamer.core.errors import HeimdallError
     from streamer.daemon.coverage import channel_coverage, coverage_lines
     from streamer.daemon.preflight import busy_port_notes, preflight, provider_summary
+    from streamer.dsp.frame_fft import fft_summary
     from streamer.estimators.build import build_estimators
 
     if args.channelize and args.receiver is None:
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"model {estimator.info['name']} {estimator.info['version']}: {estimator.site_summary()}")
     if cfg.estimator.kind == "onnx":
         print(provider_summary(cfg, running=estimators[0].provider))
+    print(fft_summary(cfg.pipeline.fft))
     for line in coverage_lines(channel_coverage(cfg)):  # which receivers' bands hold which channels of the plan
         print(line)
     for note in notes:

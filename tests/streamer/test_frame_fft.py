@@ -127,3 +127,19 @@ def test_pipeline_fft_is_checked_at_load_naming_the_key(tmp_path, monkeypatch):
     path.write_text('[pipeline]\nfft = "fftw"\n')
     with pytest.raises(ConfigError, match=r"pipeline.fft: 'fftw' needs pyFFTW, which is not installed"):
         config_mod.load(path)
+
+
+def test_check_says_which_fft_the_features_use(tmp_path, capsys):
+    from importlib.resources import files
+
+    from streamer.cli import main
+
+    assert main(["check"]) == 0
+    assert 'features: FFT by scipy.fft (pipeline.fft = "scipy"' in capsys.readouterr().out
+    if "fftw" in frame_fft_mod.available_backends():
+        path = tmp_path / "fftw.toml"
+        default = (files("streamer") / "default.toml").read_text()
+        path.write_text(default.replace("[pipeline]\n", '[pipeline]\nfft = "fftw"\n', 1))
+        assert main(["check", "-c", str(path)]) == 0
+        assert f'features: FFT by FFTW (pyFFTW {frame_fft_mod.pyfftw.__version__}; pipeline.fft = "fftw")' \
+            in capsys.readouterr().out
