@@ -1,11 +1,11 @@
 """log Phi(z), the standard normal's log CDF, fast: the physics posterior's censoring term for silent receivers.
 
 ``scipy.special.log_ndtr`` evaluates erfc per element; a censored window needs it at every grid cell and
-power bin for every silent receiver. ``log_ndtr_table`` interpolates linearly in a table of ``log_ndtr`` at
+power bin for every silent receiver. ``add_log_ndtr_outer`` interpolates linearly in a table of ``log_ndtr`` at
 ``TABLE_STEP`` spacing over [``TABLE_Z_MIN``, ``TABLE_Z_MAX``], in cache-sized chunks. log Phi is concave with
 a second derivative in (-1, 0), so linear interpolation is off by at most ``TABLE_STEP**2 / 8`` (1.2e-7)
 nats: ``MAX_ERROR_NATS``. Below the table ``log_ndtr`` itself is used; above it log Phi(z) > -5e-17 and the
-table's last entry is returned.
+table's last entry is taken.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from scipy.special import log_ndtr
 TABLE_STEP = 1.0 / 1024.0
 TABLE_Z_MIN = -64.0
 TABLE_Z_MAX = 8.3
-#: Bound on |log_ndtr_table(z) - log_ndtr(z)| (nats).
+#: Bound on the difference between the table's log Phi and ``log_ndtr`` (nats).
 MAX_ERROR_NATS = TABLE_STEP**2 / 8.0
 
 _N_STEPS = math.ceil((TABLE_Z_MAX - TABLE_Z_MIN) / TABLE_STEP)
@@ -26,51 +26,6 @@ _VALUES = log_ndtr(TABLE_Z_MIN + TABLE_STEP * np.arange(_N_STEPS + 1))
 _SLOPES = np.diff(_VALUES, append=_VALUES[-1])  # per step; the last entry's is 0 (clipped above the table)
 #: Elements per pass: the chunk's temporaries stay in a core's cache between the passes.
 CHUNK = 8192
-
-
-def log_ndtr_table(z: np.ndarray, add_to: np.ndarray | None = None) -> np.ndarray:
-    """log Phi(z) to within ``MAX_ERROR_NATS``, same shape as ``z`` (float64); NaN where ``z`` is NaN.
-
-    With ``add_to`` (float64, C-contiguous, ``z``'s shape) the values are added to it in place and it is
-    returned: one pass less, and no array of ``z``'s size.
-    """
-    z = np.ascontiguousarray(z, dtype=np.float64)
-    if add_to is None:
-        out, adding = np.empty_like(z), False
-    else:
-        if add_to.shape != z.shape or add_to.dtype != np.float64 or not add_to.flags.c_contiguous:
-            raise ValueError(f"log_ndtr_table: add_to must be C-contiguous float64 of shape {z.shape}, "
-                             f"got {add_to.dtype} {add_to.shape}")
-        out, adding = add_to, True
-    flat_z, flat_out = z.reshape(-1), out.reshape(-1)
-    k = min(CHUNK, flat_z.size)
-    position, index, values = np.empty(k), np.empty(k, np.intp), np.empty(k)
-    for a in range(0, flat_z.size, CHUNK):
-        zc = flat_z[a : a + CHUNK]
-        n = zc.size
-        u, i, v = position[:n], index[:n], values[:n]
-        np.subtract(zc, TABLE_Z_MIN, out=u)
-        u *= 1.0 / TABLE_STEP
-        np.fmax(u, 0.0, out=u)  # NaN -> 0 here, patched below
-        np.fmin(u, float(_N_STEPS), out=u)
-        i[...] = u  # floor: u >= 0
-        u -= i
-        _SLOPES.take(i, out=v)
-        v *= u
-        v += _VALUES.take(i)
-        if adding:
-            flat_out[a : a + n] += v
-        else:
-            flat_out[a : a + n] = v
-    outside = ~(flat_z >= TABLE_Z_MIN)  # below the table, or NaN
-    if outside.any():
-        where = np.flatnonzero(outside)
-        exact = log_ndtr(flat_z[where])
-        if adding:
-            flat_out[where] += exact - _VALUES[0]  # the table's first entry was added there
-        else:
-            flat_out[where] = exact
-    return out
 
 
 def add_log_ndtr_outer(acc: np.ndarray, offset: np.ndarray, points: np.ndarray, weight: np.ndarray | float) -> None:
@@ -91,6 +46,8 @@ def add_log_ndtr_outer(acc: np.ndarray, offset: np.ndarray, points: np.ndarray, 
                          f"got {offset.shape} and {points.shape}")
     if not (np.isfinite(offset).all() and np.isfinite(points).all() and (scale > 0).all() and np.isfinite(scale).all()):
         raise ValueError("add_log_ndtr_outer: offset and points must be finite and weight finite and > 0")
+    if acc.size == 0:
+        return
     # Table position u = (offset - point) * weight / step - z_min / step = start[g] - points[j] * scale[g].
     start = offset * scale - TABLE_Z_MIN / TABLE_STEP
     rows = max(1, CHUNK // max(n_cols, 1))
@@ -112,8 +69,10 @@ def add_log_ndtr_outer(acc: np.ndarray, offset: np.ndarray, points: np.ndarray, 
         v += _VALUES.take(i)
         acc[r0:r1] += v.reshape(r1 - r0, n_cols)
     # Below the table (z < TABLE_Z_MIN): the table's first entry was added there; put log_ndtr in its place.
-    lowest = start - points.max() * scale
-    for g in np.flatnonzero(lowest < 0.0):
-        z = (offset[g] - points) * (scale[g] * TABLE_STEP)
+    low = np.flatnonzero(start - points.max() * scale < 0.0)
+    if low.size:
+        z = (offset[low, None] - points[None, :]) * (scale[low, None] * TABLE_STEP)
         below = z < TABLE_Z_MIN
-        acc[g, below] += log_ndtr(z[below]) - _VALUES[0]
+        fix = np.zeros_like(z)
+        fix[below] = log_ndtr(z[below]) - _VALUES[0]
+        acc[low] += fix

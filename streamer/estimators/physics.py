@@ -56,7 +56,7 @@ from streamer.estimators.credible import (
     radius_sq_at_mass,
     subcell_offsets,
 )
-from streamer.estimators.normal_tail import add_log_ndtr_outer, log_ndtr_table
+from streamer.estimators.normal_tail import add_log_ndtr_outer
 from streamer.estimators.survey import load_map
 
 #: Resolution of the numerical marginalisation over transmit power (dB). The power likelihood is at
@@ -660,9 +660,6 @@ class _Subset:
 NEGLIGIBLE_NATS = 40.0
 #: Above this share of the grid within reach, every entry is computed at once: cheaper than gathering the share.
 DENSE_CENSORING_SHARE = 0.5
-#: Beyond this z, log Phi(z) > -5.2e-17: a silent receiver whose predicted power lies this many sigma below its
-#: detection level says nothing, and its term is left out.
-NEGLIGIBLE_CENSORING_Z = 8.3
 
 
 def add_censoring(log_post: np.ndarray, power_dbm: np.ndarray,
@@ -672,49 +669,44 @@ def add_censoring(log_post: np.ndarray, power_dbm: np.ndarray,
     ``margin_at(i)`` gives receiver ``i``'s ``(offset [G], weight)``: its detection level plus the path loss to
     each cell (dB), and 1 / the error sigma (1/dB; per cell or one value), so that its z at cell g and power bin j
     is ``(offset[g] - power_dbm[j]) * weight[g]``. log Phi is ``normal_tail``'s table, within
-    ``normal_tail.MAX_ERROR_NATS`` of scipy's ``log_ndtr``. The terms are <= 0, so an entry already
-    ``NEGLIGIBLE_NATS`` below the best censored entry stays that far below the best; such entries keep their
-    uncensored value, an upper bound that still weighs less than exp(-NEGLIGIBLE_NATS) against the best. Terms
-    at z beyond ``NEGLIGIBLE_CENSORING_Z`` (> -5.2e-17) are left out too. The entries computed are those within
-    ``NEGLIGIBLE_NATS`` of the uncensored best, then of the censored best until it stops falling; when they are
-    most of the grid (``DENSE_CENSORING_SHARE``), every entry is computed at once.
-    ValueError when ``log_post`` is not C-contiguous (it is updated through a flat view).
+    ``normal_tail.MAX_ERROR_NATS`` of scipy's ``log_ndtr``. The terms are <= 0, so a cell whose every entry is
+    already ``NEGLIGIBLE_NATS`` below the best censored entry stays that far below the best; such cells keep
+    their uncensored values, upper bounds that still weigh less than exp(-NEGLIGIBLE_NATS) against the best. The
+    cells computed (every power bin of each) are those within ``NEGLIGIBLE_NATS`` of the uncensored best, then
+    of the censored best until it stops falling; when they are most of the grid (``DENSE_CENSORING_SHARE``),
+    every cell is computed at once. ValueError when ``log_post`` is not C-contiguous (it is updated in place).
     """
     if not len(silent):
         return
     if not log_post.flags.c_contiguous:
-        raise ValueError("add_censoring: log_post must be C-contiguous (it is updated through a flat view)")
-    flat = log_post.reshape(-1)
-    done = np.zeros(flat.size, dtype=bool)
-    threshold = flat.max() - NEGLIGIBLE_NATS
-    within = flat >= threshold
-    if np.count_nonzero(within) > DENSE_CENSORING_SHARE * flat.size:
-        # Most of the grid: every entry at once, from the two vectors (no [G, P] z), and nothing left to do.
+        raise ValueError("add_censoring: log_post must be C-contiguous (it is updated in place)")
+    row_best = log_post.max(axis=1)  # [G]: each cell's best uncensored entry
+    threshold = row_best.max() - NEGLIGIBLE_NATS
+    within = row_best >= threshold
+    if np.count_nonzero(within) > DENSE_CENSORING_SHARE * within.size:
+        # Most of the grid: every cell at once, from the two vectors (no [G, P] z), and nothing left to do.
         for i in silent:
             offset, weight = margin_at(int(i))
             add_log_ndtr_outer(log_post, offset, power_dbm, weight)
         return
-    margins = {int(i): margin_at(int(i)) for i in silent}
+    margins = [margin_at(int(i)) for i in silent]
+    done = np.zeros(within.size, dtype=bool)
+    best = -np.inf
     while True:
         todo = np.flatnonzero(within & ~done)
         if not todo.size:
             break
-        g, j = np.divmod(todo, log_post.shape[1])
-        total = flat[todo]
-        for offset, weight in margins.values():
-            z = (offset[g] - power_dbm[j]) * (weight[g] if np.ndim(weight) else weight)
-            near = np.flatnonzero(z < NEGLIGIBLE_CENSORING_Z)
-            if near.size == z.size:
-                log_ndtr_table(z, add_to=total)
-            elif near.size:
-                total[near] += log_ndtr_table(z[near])
-        flat[todo] = total
+        part = log_post[todo]  # [k, P], a copy
+        for offset, weight in margins:
+            add_log_ndtr_outer(part, offset[todo], power_dbm, weight[todo] if np.ndim(weight) else weight)
+        log_post[todo] = part
         done[todo] = True
-        lowered = flat[done].max() - NEGLIGIBLE_NATS
+        best = max(best, float(part.max()))
+        lowered = best - NEGLIGIBLE_NATS
         if not lowered < threshold:
             break
         threshold = lowered
-        within = flat >= threshold
+        within = row_best >= threshold
 
 
 def _log_ndtr_difference(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
