@@ -11,7 +11,8 @@ Paths timed on that input, best and median of ``--repeats`` (CPU seconds of this
 * ``bank``: ``FilterBank`` with every channel of the ``--spacing`` grid (192 x 12.5 kHz, oversampling 2, 25 kS/s
   each), block by block; and the same bank asked for ``FEW_CHANNELS`` channels;
 * ``raw FFT``: ``scipy.fft.fft(workers=1)`` of the same samples as ``N``-point frames, ``FRAMES_PER_CALL`` per
-  call and as one batch per block; the best is the reference. Also printed: the FFTs the bank itself computes
+  call and as one batch per block, and pyFFTW (one thread, a measured plan per shape) where it is installed; the
+  best is the reference. Also printed: the FFTs the bank itself computes
   (a forward FFT of ``fft_len`` inputs every ``hop``, and one inverse FFT of ``fft_len/M`` points per channel
   each time), which the bank cannot go below;
 * ``channelizers``: today's path, one ``Channelizer`` (mixer + polyphase resampler to the same 25 kS/s) per
@@ -128,11 +129,30 @@ def raw_fft_runners(blocks: list[IQBlock], bank: FilterBank) -> dict:
             scipy.fft.fft(segment, workers=1)
             scipy.fft.ifft(channel_bands, axis=-1, workers=1)
 
-    return {
+    runners = {
         f"{n_channels}-pt frames, {rows} per call": chunked,
         f"{n_channels}-pt frames, one batch per block": whole,
-        f"the bank's own: {bank.fft_len}-pt every {bank.hop}, {len(bank.channels)} x {bins}-pt inverse": own,
     }
+    try:
+        import pyfftw  # optional: FFTW with a measured plan per frame shape (made in the warm-up call)
+    except ImportError:
+        pyfftw = None
+    if pyfftw is not None:
+        plans = {}
+
+        def fftw():
+            for block in blocks:
+                f = frames(block, n_channels)
+                for i in range(0, len(f), rows):
+                    part = f[i : i + rows]
+                    if part.shape not in plans:
+                        plans[part.shape] = pyfftw.builders.fft(pyfftw.empty_aligned(part.shape, dtype=part.dtype),
+                                                                axis=-1, threads=1, planner_effort="FFTW_MEASURE")
+                    plans[part.shape](part)
+
+        runners[f"{n_channels}-pt frames, {rows} per call, FFTW"] = fftw
+    runners[f"the bank's own: {bank.fft_len}-pt every {bank.hop}, {len(bank.channels)} x {bins}-pt inverse"] = own
+    return runners
 
 
 def channelizer_runner(blocks: list[IQBlock], rate_hz: float, spacing_hz: float, out_rate_hz: float,

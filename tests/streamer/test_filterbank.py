@@ -503,6 +503,9 @@ def test_bench_filterbank_times_every_path_and_prints_the_ratios_beside_their_ta
                      "192 Channelizers (timed 2, scaled)", "bank / raw FFT", "(target >= 0.5:",
                      "bank / 192 channelizers", "(target >= 20:", "load average", "at end"):
         assert expected in text
+    from streamer.dsp.frame_fft import available_backends
+
+    assert ("per call, FFTW" in text) == ("fftw" in available_backends())  # FFTW joins the baselines where installed
     res = bench_filterbank.bench_filterbank(seconds=0.02, repeats=1, channelizers=2)
     assert res["bank"]["best_msps"] > 0 and res["bank_over_channelizers"] > 0
     assert res["channelizers_timed"] == [-96, 0]
