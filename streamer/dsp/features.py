@@ -20,10 +20,11 @@ Recipe, for one receiver's window of ``n_samples`` complex samples at ``sample_r
 
 How ``mel_frames_dbm`` computes it: a chunk of frames at a time (``CHUNK_BYTES``), window, a single-thread
 FFT in place (``streamer.dsp.frame_fft``: ``scipy.fft``, or FFTW where ``pipeline.fft`` asks for it), squares
-in place, and the mel projection as a few BLAS matmuls on the unshifted bins, the bank cut into blocks of neighbouring bands (``_projection``) with the
-power scaling folded in. complex64 samples (the daemon's and the trainer's) are computed in single precision,
-complex128 in double. Single precision matches a double-precision transform to well under 1e-3 dB except in
-bands 60 dB or more below their frame's strongest band, where the FFT's rounding shows (up to about 1e-2 dB).
+in place, and the mel projection as a few BLAS matmuls on the unshifted bins, the bank cut into blocks of
+neighbouring bands (``_projection``) with the power scaling folded in. complex64 samples (the daemon's and the
+trainer's) are computed in single precision, complex128 in double. Single precision matches a double-precision
+transform to well under 1e-3 dB except in bands 60 dB or more below their frame's strongest band, where the FFT's
+rounding shows (up to about 1e-2 dB).
 """
 
 from __future__ import annotations

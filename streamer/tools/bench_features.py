@@ -42,7 +42,7 @@ import scipy.fft
 
 from streamer.dsp import features
 from streamer.dsp.features import FeatureSpec, mel_frames_dbm
-from streamer.dsp.frame_fft import FFTW_INSTALL_HINT, available_backends
+from streamer.dsp.frame_fft import FFTW_INSTALL_HINT, available_backends, measured_fftw
 
 #: Targets (docs/performance.md), printed beside the measured ratios.
 TARGET_STAGE_OVER_NAIVE = 4.0
@@ -117,23 +117,14 @@ def raw_fft_runners(frames: list[np.ndarray], step: int) -> dict:
                 scipy.fft.fft(f[i : i + step], axis=-1, workers=1)
 
     runners = {"scipy.fft whole batch": whole, "scipy.fft in stage chunks": chunked}
-    try:
-        import pyfftw
-    except ImportError:
+    transform = measured_fftw()
+    if transform is None:
         return runners
-    plans = {}
-
-    def plan(shape):
-        if shape not in plans:
-            buffer = pyfftw.empty_aligned(shape, dtype="complex64")
-            plans[shape] = pyfftw.builders.fft(buffer, axis=-1, threads=1, planner_effort="FFTW_MEASURE")
-        return plans[shape]
 
     def fftw():
         for f in frames:
             for i in range(0, len(f), step):
-                part = f[i : i + step]
-                plan(part.shape)(part)
+                transform(f[i : i + step])
 
     fftw()  # plans made outside the timing
     runners["pyfftw in stage chunks"] = fftw

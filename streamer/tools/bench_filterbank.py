@@ -43,6 +43,7 @@ from receivers.base import IQBlock
 from streamer.dsp import filterbank
 from streamer.dsp.channelizer import Channelizer
 from streamer.dsp.filterbank import FilterBank, channel_range
+from streamer.dsp.frame_fft import measured_fftw
 from streamer.tools.bench_features import blas_one_thread
 
 #: Channels of the bank's second timed run (spread over the band): a receiver watching a few channels.
@@ -133,22 +134,14 @@ def raw_fft_runners(blocks: list[IQBlock], bank: FilterBank) -> dict:
         f"{n_channels}-pt frames, {rows} per call": chunked,
         f"{n_channels}-pt frames, one batch per block": whole,
     }
-    try:
-        import pyfftw  # optional: FFTW with a measured plan per frame shape (made in the warm-up call)
-    except ImportError:
-        pyfftw = None
-    if pyfftw is not None:
-        plans = {}
+    transform = measured_fftw()  # where pyFFTW is installed: its plans are made in the untimed warm-up call
+    if transform is not None:
 
         def fftw():
             for block in blocks:
                 f = frames(block, n_channels)
                 for i in range(0, len(f), rows):
-                    part = f[i : i + rows]
-                    if part.shape not in plans:
-                        plans[part.shape] = pyfftw.builders.fft(pyfftw.empty_aligned(part.shape, dtype=part.dtype),
-                                                                axis=-1, threads=1, planner_effort="FFTW_MEASURE")
-                    plans[part.shape](part)
+                    transform(f[i : i + rows])
 
         runners[f"{n_channels}-pt frames, {rows} per call, FFTW"] = fftw
     runners[f"the bank's own: {bank.fft_len}-pt every {bank.hop}, {len(bank.channels)} x {bins}-pt inverse"] = own

@@ -37,6 +37,7 @@ from streamer.daemon.edge_channelizer import EdgeChannelizer
 from streamer.daemon.lane import LaneSettings
 from streamer.daemon.metrics import Metrics
 from streamer.daemon.pipeline import Pipeline, limit_blas_threads, resolve_workers
+from streamer.dsp.frame_fft import measured_fftw
 from streamer.estimators.build import build_estimators
 from streamer.tools.argtypes import whole_number_at_least_one
 
@@ -96,19 +97,8 @@ def _fft_rates(pool: InputPool, n_fft: int, repeats: int = 3) -> dict[str, float
         "scipy.fft": lambda f: scipy.fft.fft(f, axis=-1, workers=1),
         "numpy.fft": lambda f: np.fft.fft(f, axis=-1),
     }
-    try:
-        import pyfftw  # optional: FFTW with a measured plan per frame shape, made before the timing
-    except ImportError:
-        pyfftw = None
-    if pyfftw is not None:
-        plans: dict[tuple[int, ...], Callable[[np.ndarray], object]] = {}
-
-        def fftw(f: np.ndarray):
-            if f.shape not in plans:
-                plans[f.shape] = pyfftw.builders.fft(pyfftw.empty_aligned(f.shape, dtype=f.dtype), axis=-1, threads=1,
-                                                     planner_effort="FFTW_MEASURE")
-            return plans[f.shape](f)
-
+    fftw = measured_fftw()  # where pyFFTW is installed: its plan is made by the untimed first call below
+    if fftw is not None:
         ffts["pyfftw"] = fftw
     step = max(1, pool.block_n // n_fft) * n_fft  # a block's whole frames (one frame at least)
     chunks = [s[k : k + step].reshape(-1, n_fft) for s in pool.signals for k in range(0, len(s) - step + 1, step)]

@@ -66,6 +66,31 @@ def _copy_into(transform, x):
 
 
 @needs_fftw
+def test_fftw_refuses_frames_of_another_length_or_type_naming_both():
+    transform = frame_fft(512, np.complex64, "fftw")
+    for bad in (np.zeros((4, 256), np.complex64), np.zeros((4, 512), np.complex128), np.zeros(512, np.complex64)):
+        with pytest.raises(ValueError, match=r"frame_fft: expected \[k, 512\] complex64 frames, got"):
+            transform.forward(bad)
+
+
+@needs_fftw
+def test_the_benches_fftw_baseline_transforms_any_shape_and_keeps_its_input():
+    transform = frame_fft_mod.measured_fftw()
+    for shape in ((7, 192), (3, 4, 512), (1, 1024)):
+        x = _frames(int(np.prod(shape[:-1])), shape[-1], np.complex64, seed=3).reshape(shape)
+        kept = x.copy()
+        got = transform(x)
+        np.testing.assert_array_equal(x, kept)
+        truth = np.fft.fft(x.astype(np.complex128), axis=-1)
+        assert np.abs(got - truth).max() <= 2e-6 * np.abs(truth).max()
+
+
+def test_without_pyfftw_the_benches_have_no_fftw_baseline(monkeypatch):
+    monkeypatch.setattr(frame_fft_mod, "pyfftw", None)
+    assert frame_fft_mod.measured_fftw() is None
+
+
+@needs_fftw
 def test_threads_transform_at_once_each_with_its_own_plans():
     n_fft, x = 1024, _frames(100, 1024, np.complex64, seed=2)
     expected = frame_fft(n_fft, np.complex64, "fftw").forward(x.copy())

@@ -28,6 +28,8 @@ BAD_CONFIGS = [
     ("buffer_1e7", {"pipeline": {"buffer_s": 1e7}},
      ["pipeline.buffer_s: 10000000.0 s at features.sample_rate_hz 24000 Hz needs", "expected at most"]),
     ("workers_negative", {"pipeline": {"workers": -1}}, ["pipeline.workers: expected >= 0 (0 = one per CPU core), got -1"]),
+    ("fft_unknown", {"pipeline": {"fft": "pocketfft"}}, ["pipeline.fft: expected one of 'scipy', 'fftw', got 'pocketfft'"]),
+    ("fft_number", {"pipeline": {"fft": 1}}, ["pipeline.fft: expected a string, got int 1"]),
     ("sim_dc_offset_nan", {"receivers": [{**RX, "dc_offset_db": NAN}]},
      ["receivers[0].dc_offset_db: expected a finite number, got nan"]),
     ("lone_carrier_zero", {"pipeline": {"lone_carrier_s": 0}}, ["pipeline.lone_carrier_s: expected a finite duration > 0 s, got 0"]),
